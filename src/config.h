@@ -1,0 +1,97 @@
+/*
+ * config.h — the broker's configuration, as loaded from one Lua file.
+ *
+ * The file is evaluated in a Lua sandbox without I/O; its result is checked
+ * against one declarative table of options (config.c) with types, defaults and
+ * bounds; unknown keys and wrong types are errors naming the key and the file.
+ * Secrets are never literals: only { env = "NAME" } or { file = "PATH" }.
+ * A struct config is immutable once loaded and owns everything it points to.
+ */
+#ifndef BROKER_CONFIG_H
+#define BROKER_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "jwt.h"
+#include "secret.h"
+
+struct jwt_config {
+	bool enabled;
+	unsigned algorithms;      /* bitmask of enum jwt_alg; required, non-empty */
+	struct secret hmac_secret; /* for HS* */
+	char *issuer;             /* NULL: not checked */
+	char *audience;           /* NULL: not checked */
+	long leeway_s;            /* default 30 */
+	size_t max_token_bytes;   /* default 8192 */
+	char *subject_claim;      /* default "sub" */
+};
+
+struct auth_config {
+	struct jwt_config jwt;
+	bool none; /* development: unauthenticated requester reaches the policy */
+};
+
+struct rate_limit {
+	double per_second; /* 0: no limit */
+	double burst;
+};
+
+struct tenant {
+	char *name;
+	struct secret api_key;
+	char *policy_path; /* absolute */
+	char *policy_dir;  /* absolute, folder of policy_path */
+	char *policy_text; /* the policy's source, read once at load */
+	size_t policy_len;
+	char policy_revision[17]; /* hex of SHA-256(source)[0..8) */
+	struct auth_config auth;
+	long long max_expires_s;     /* default 7d */
+	long long default_expires_s; /* used when the policy gives none; default 1h */
+	char **allowed_scopes;       /* NULL-terminated; default: the push tier */
+	size_t n_allowed_scopes;
+	struct rate_limit rate_limit;
+};
+
+struct config {
+	char *path; /* absolute path of the file */
+	char *dir;  /* its folder: relative paths are relative to it */
+
+	char *listen_host; /* "127.0.0.1" */
+	unsigned short listen_port;
+	unsigned threads;          /* MHD pool size, default 2 */
+	unsigned connection_timeout_s; /* idle client connections, default 30 */
+	size_t max_body_bytes;     /* default 16 KiB */
+	unsigned max_connections;  /* default 4096 */
+	unsigned max_inflight;     /* upstream calls in flight before 503, default 4096 */
+	unsigned drain_timeout_ms; /* SIGTERM: wait for in-flight, default 10000 */
+
+	char *courier_base_url;    /* env COURIER_BASE_URL overrides */
+	long courier_timeout_ms;   /* default 5000 */
+	long courier_connect_timeout_ms; /* default 2000 */
+	unsigned courier_max_connections; /* per host, default 64 */
+
+	long long policy_max_instructions; /* per decision, default 1,000,000 */
+	size_t policy_max_memory_bytes;    /* per decision, default 8 MiB */
+	long policy_timeout_ms;            /* per decision wall clock, default 50 */
+
+	struct tenant *tenants;
+	size_t n_tenants;
+};
+
+/*
+ * Loads and validates the file at path. Secrets are resolved (env or file).
+ * Returns a new config, or NULL with a message naming the file and key in err.
+ */
+struct config *config_load(const char *path, char *err, size_t errlen);
+
+/* Frees everything, zeroing every secret. NULL is fine. */
+void config_free(struct config *cfg);
+
+/* The tenant with that name, or NULL. */
+const struct tenant *config_tenant(const struct config *cfg, const char *name);
+
+/* Writes every option with its default as Markdown rows (for docs). */
+void config_print_options(void);
+
+#endif

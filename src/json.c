@@ -1,0 +1,125 @@
+/*
+ * json.c — JSON through lua-cjson on a caller's Lua state.
+ *
+ * Owns the decoder's limits. The cjson module table lives in the state's
+ * registry, out of reach of any policy. Must never be given a secret to encode.
+ */
+#include "json.h"
+
+#include <lauxlib.h>
+#include <lua-cjson.h>
+#include <lua.h>
+#include <pthread.h>
+
+#define REG_KEY "broker.cjson"
+
+static pthread_mutex_t open_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/* Calls cjson.<fn>(arg) on the module table at the top of the stack. */
+static int configure(lua_State *L, const char *fn, int arg, int is_bool)
+{
+	lua_getfield(L, -1, fn);
+	if (is_bool)
+		lua_pushboolean(L, arg);
+	else
+		lua_pushinteger(L, arg);
+	return lua_pcall(L, 1, 0, 0) == LUA_OK ? 0 : (lua_pop(L, 1), -1);
+}
+
+int json_open(lua_State *L)
+{
+	int rc = 0;
+
+	/* luaopen_cjson writes a static on its first call: one thread at a time. */
+	pthread_mutex_lock(&open_lock);
+	lua_pushcfunction(L, luaopen_cjson);
+	rc = lua_pcall(L, 0, 1, 0) == LUA_OK ? 0 : -1;
+	pthread_mutex_unlock(&open_lock);
+	if (rc) {
+		lua_pop(L, 1);
+		return -1;
+	}
+	if (configure(L, "decode_invalid_numbers", 0, 1) || configure(L, "encode_invalid_numbers", 0, 1) ||
+	    configure(L, "decode_max_depth", JSON_MAX_DEPTH, 0) ||
+	    configure(L, "encode_max_depth", JSON_MAX_DEPTH, 0) ||
+	    configure(L, "encode_sparse_array", 0, 1)) {
+		lua_pop(L, 1);
+		return -1;
+	}
+	/* Keep decode and encode as registry entries: one lookup per call. */
+	lua_getfield(L, -1, "decode");
+	lua_setfield(L, LUA_REGISTRYINDEX, REG_KEY ".decode");
+	lua_getfield(L, -1, "encode");
+	lua_setfield(L, LUA_REGISTRYINDEX, REG_KEY ".encode");
+	lua_setfield(L, LUA_REGISTRYINDEX, REG_KEY);
+	return 0;
+}
+
+/* Turns integral floats into integers, in place, for the value at the top. */
+static void integerise(lua_State *L, int depth)
+{
+	if (depth > JSON_MAX_DEPTH + 1 || lua_type(L, -1) != LUA_TTABLE)
+		return;
+	lua_pushnil(L);
+	while (lua_next(L, -2)) {
+		if (lua_type(L, -1) == LUA_TNUMBER && !lua_isinteger(L, -1)) {
+			lua_Number n = lua_tonumber(L, -1);
+			lua_Integer i;
+			if (n >= -9007199254740992.0 && n <= 9007199254740992.0 && lua_numbertointeger(n, &i) &&
+			    (lua_Number)i == n) {
+				lua_pushvalue(L, -2);
+				lua_pushinteger(L, i);
+				lua_rawset(L, -5);
+			}
+		} else if (lua_type(L, -1) == LUA_TTABLE) {
+			integerise(L, depth + 1);
+		}
+		lua_pop(L, 1);
+	}
+}
+
+static int decode_protected(lua_State *L)
+{
+	size_t len;
+	const char *buf = lua_touserdata(L, 1);
+
+	len = (size_t)lua_tointeger(L, 2);
+	lua_getfield(L, LUA_REGISTRYINDEX, REG_KEY ".decode");
+	lua_pushlstring(L, buf, len);
+	lua_call(L, 1, 1);
+	if (lua_type(L, -1) == LUA_TNUMBER && !lua_isinteger(L, -1)) {
+		lua_Number n = lua_tonumber(L, -1);
+		lua_Integer i;
+		if (n >= -9007199254740992.0 && n <= 9007199254740992.0 && lua_numbertointeger(n, &i) &&
+		    (lua_Number)i == n) {
+			lua_pop(L, 1);
+			lua_pushinteger(L, i);
+		}
+	}
+	integerise(L, 0);
+	return 1;
+}
+
+int json_decode(lua_State *L, const char *buf, size_t len)
+{
+	lua_pushcfunction(L, decode_protected);
+	lua_pushlightuserdata(L, (void *)buf);
+	lua_pushinteger(L, (lua_Integer)len);
+	if (lua_pcall(L, 2, 1, 0) != LUA_OK) {
+		lua_pop(L, 1);
+		return -1;
+	}
+	return 0;
+}
+
+const char *json_encode(lua_State *L, int idx, size_t *len)
+{
+	idx = lua_absindex(L, idx);
+	lua_getfield(L, LUA_REGISTRYINDEX, REG_KEY ".encode");
+	lua_pushvalue(L, idx);
+	if (lua_pcall(L, 1, 1, 0) != LUA_OK || lua_type(L, -1) != LUA_TSTRING) {
+		lua_pop(L, 1);
+		return NULL;
+	}
+	return lua_tolstring(L, -1, len);
+}

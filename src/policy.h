@@ -1,0 +1,65 @@
+/*
+ * policy.h — the per-tenant Lua policy engine.
+ *
+ * One engine per worker thread: a lua_State holding every tenant's compiled
+ * policy of one configuration generation, inside a sandbox (no I/O, no
+ * require outside the policy folder, text chunks only, no debug, read-only
+ * shared tables) with an instruction budget and a memory cap per decision.
+ * A fresh environment is made for every decision so nothing leaks between
+ * requests. The engine never calls the HTTP front or Courier.
+ */
+#ifndef BROKER_POLICY_H
+#define BROKER_POLICY_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+struct lua_State;
+struct config;
+struct tenant;
+struct decision;
+
+struct policy_engine;
+
+/* Builds a Lua state with the sandbox and compiles every tenant's policy of
+ * cfg (which must outlive the engine). Returns NULL with file:line and the
+ * reason in err. */
+struct policy_engine *policy_engine_new(const struct config *cfg, char *err, size_t errlen);
+
+void policy_engine_free(struct policy_engine *e);
+
+/* The engine's Lua state, for JSON work on the same thread (json.h, jwt.h).
+ * Callers keep the stack balanced. */
+struct lua_State *policy_engine_lua(struct policy_engine *e);
+
+struct policy_header {
+	const char *name; /* lower-case */
+	const char *value;
+};
+
+/* What the policy sees as req (see the contract). Stack indexes are absolute
+ * indexes on policy_engine_lua(e). */
+struct policy_request {
+	const struct tenant *tenant;
+	const char *user_id;
+	int body_idx;   /* the decoded body table */
+	bool authenticated;
+	const char *method;  /* "jwt", "client_key", "proxy", "none" */
+	const char *subject; /* NULL or "" when none */
+	int claims_idx;      /* claims table, or 0 */
+	const char *client_ip, *origin, *user_agent; /* NULL when absent */
+	const struct policy_header *headers; /* without authorization and cookie */
+	size_t n_headers;
+	long long now;
+};
+
+/*
+ * Runs the tenant's policy for rq. Returns 0 with a type-checked decision in
+ * out (allow or deny; the envelope is the caller's next step), or -1 for a
+ * policy error (raised, budget or memory exceeded, malformed decision) with
+ * a reason naming file and line in err, for the log only.
+ */
+int policy_decide(struct policy_engine *e, const struct policy_request *rq, struct decision *out,
+		  char *err, size_t errlen);
+
+#endif
