@@ -14,11 +14,14 @@ PKGS      = lua5.4 lua5.4-cjson libmicrohttpd libcurl libcrypto
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 
+# Truncating a message to its buffer is intended everywhere we format: no -Wformat-truncation.
 WARN = -Wall -Wextra -Wshadow -Wformat=2 -Wstrict-prototypes -Wmissing-prototypes \
-       -Wpointer-arith -Wundef -Wvla -Wnull-dereference -Werror
+       -Wpointer-arith -Wundef -Wvla -Wnull-dereference -Werror \
+       -Wno-format-truncation
 OPT      ?= -O2 -g -D_FORTIFY_SOURCE=2
 SAN      ?=
-CFLAGS_ALL = -std=c17 -D_GNU_SOURCE $(OPT) $(SAN) $(WARN) -fstack-protector-strong \
+VERSION  = 0.1.0
+CFLAGS_ALL = -std=c17 -D_GNU_SOURCE -DBROKER_VERSION=\"$(VERSION)\" $(OPT) $(SAN) $(WARN) -fstack-protector-strong \
              -Isrc $(PKG_CFLAGS) $(CFLAGS)
 LDLIBS_ALL = $(PKG_LIBS) -lpthread -lm $(LDLIBS)
 
@@ -61,7 +64,7 @@ $(DOUBLE): tests/double/courier_double.c $(BUILD)/obj/json.o | $(BUILD)/obj
 	$(CC) $(CFLAGS_ALL) -o $@ $< $(BUILD)/obj/json.o $(LDLIBS_ALL)
 
 .SECONDEXPANSION:
-$(BUILD)/tests/test_%: tests/unit/test_%.c $$(patsubst %,$(BUILD)/obj/%.o,$$(UNIT_$$*)) | $(BUILD)/tests
+$(BUILD)/tests/test_%: tests/unit/test_%.c $$(addprefix $(BUILD)/obj/,$$(addsuffix .o,$$(UNIT_$$*))) | $(BUILD)/tests
 	$(CC) $(CFLAGS_ALL) -o $@ $^ $(LDLIBS_ALL) -lcmocka
 
 unit: $(UNIT_BINS)
@@ -93,12 +96,13 @@ FUZZ_jwt      = jwt json secret
 FUZZ_duration = duration
 FUZZ_scope    = scope
 FUZZ_json     = json
+FUZZ_SECONDS ?= 60
 fuzz: deps
 	@$(MAKE) --no-print-directory BUILD=build/fuzz CC=clang OPT="-O1 -g" \
 	  SAN="-fsanitize=fuzzer-no-link,address,undefined" $(patsubst %,build/fuzz/fuzz_%,$(FUZZ_NAMES))
 	@bash scripts/fuzz.sh $(FUZZ_SECONDS) $(patsubst %,build/fuzz/fuzz_%,$(FUZZ_NAMES))
 
-$(BUILD)/fuzz_%: tests/fuzz/fuzz_%.c $$(patsubst %,$(BUILD)/obj/%.o,$$(FUZZ_$$*))
+$(BUILD)/fuzz_%: tests/fuzz/fuzz_%.c $$(addprefix $(BUILD)/obj/,$$(addsuffix .o,$$(FUZZ_$$*)))
 	clang $(CFLAGS_ALL) -fsanitize=fuzzer -o $@ $^ $(LDLIBS_ALL)
 
 fmt:

@@ -62,4 +62,14 @@ struct policy_request {
 int policy_decide(struct policy_engine *e, const struct policy_request *rq, struct decision *out,
 		  char *err, size_t errlen);
 
+/* What broker.log (and print) wrote during the last decision on e: lines
+ * ending in "\n", at most 2 KiB, "" when nothing. Valid until the next
+ * decision; for `eval` and the log. */
+const char *policy_decision_log(const struct policy_engine *e);
+
+/* Builds an engine for cfg (compiling every policy and checking each returns
+ * a function) and frees it: `courier-broker check`. Returns 0, or -1 with
+ * file:line and the reason in err. */
+int policy_engine_check(const struct config *cfg, char *err, size_t errlen);
+
 #endif

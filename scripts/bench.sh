@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# make bench: wrk against the broker (test double upstream) and against the
+# double directly, in one run; prints rps, p50, p99 and the ratios.
+#   BENCH_SECONDS (default 10)
+set -euo pipefail
+broker=$1 double=$2
+root=$(cd "$(dirname "$0")/.." && pwd)
+secs=${BENCH_SECONDS:-10}
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+ulimit -n 65536 2>/dev/null || true
+
+wait_for() {
+  for _ in $(seq 100); do
+    m=$(grep -oE "$2" "$1" 2>/dev/null | head -1 || true)
+    [ -n "$m" ] && { echo "$m" | grep -oE '[0-9]+$'; return 0; }
+    sleep 0.1
+  done
+  echo "bench: timed out waiting for $2" >&2; cat "$1" >&2; return 1
+}
+
+COURIER_DOUBLE_KEYS=bench-courier-key "$double" --port 0 >"$work/double.out" 2>"$work/double.err" &
+pids+=($!)
+dport=$(wait_for "$work/double.out" '^PORT [0-9]+')
+
+cat >"$work/bench.conf.lua" <<CONF
+listen = "127.0.0.1:0"
+threads = 2
+max_connections = 8192
+courier = { base_url = "http://127.0.0.1:$dport", timeout_ms = 5000, max_connections = 1024 }
+tenants = {
+  default = {
+    api_key = { env = "COURIER_API_KEY" },
+    policy = "$root/policies/default.lua",
+    auth = { jwt = { algorithms = { "HS256" }, hmac_secret = { env = "APP_JWT_SECRET" } } },
+  },
+}
+CONF
+export COURIER_API_KEY=bench-courier-key APP_JWT_SECRET=bench-app-secret
+"$broker" serve -c "$work/bench.conf.lua" 2>"$work/broker.log" &
+bpid=$!
+pids+=($bpid)
+bport=$(wait_for "$work/broker.log" 'listening on 127\.0\.0\.1:[0-9]+')
+
+session=$(/usr/bin/python3 -c 'import jwt, time, sys
+print(jwt.encode({"sub": "alice", "iat": int(time.time()), "exp": int(time.time()) + 3600}, sys.argv[1], algorithm="HS256"))' "$APP_JWT_SECRET")
+
+# run NAME URL CONNS BEARER BODY -> prints a row, leaves figures in $work/NAME
+run() {
+  local name=$1 url=$2 conns=$3
+  BENCH_BEARER=$4 BENCH_BODY=$5 wrk -t2 -c"$conns" -d"${secs}s" --timeout 10s --latency \
+    -s "$root/scripts/bench/post.lua" "$url" >"$work/$name.txt" 2>&1 || true
+  local rps p50 p99 non2xx sockerr
+  rps=$(awk '/^Requests\/sec/ {print $2}' "$work/$name.txt")
+  p50=$(awk '$1=="50%" {print $2}' "$work/$name.txt")
+  p99=$(awk '$1=="99%" {print $2}' "$work/$name.txt")
+  non2xx=$(awk '/Non-2xx/ {print $NF}' "$work/$name.txt"); non2xx=${non2xx:-0}
+  sockerr=$(awk -F'[ ,]+' '/Socket errors/ {print $4+$6+$8+$10}' "$work/$name.txt"); sockerr=${sockerr:-0}
+  printf '%-34s %6s conns %10s rps  p50 %9s  p99 %9s  errors %s\n' "$name" "$conns" "${rps:-?}" "${p50:-?}" "${p99:-?}" "$((non2xx + sockerr))"
+  echo "${rps:-0} $((non2xx + sockerr))" >"$work/$name"
+}
+
+reset_double() { curl -sS -X POST "http://127.0.0.1:$dport/_double/config" -d "{\"latency_ms\": $1}" >/dev/null; }
+
+echo "courier-broker benchmark: ${secs}s per run, wrk -t2, $(nproc) cores"
+reset_double 0
+run "double direct (0 ms)" "http://127.0.0.1:$dport/auth/issue-token" 32 bench-courier-key \
+  '{"scope":"user_id:alice inbox:read:messages inbox:write:events read:brands","expires_in":"3600s"}'
+run "broker (0 ms upstream)" "http://127.0.0.1:$bport/v1/token" 32 "$session" '{"user_id":"alice"}'
+reset_double 100
+run "broker (100 ms upstream)" "http://127.0.0.1:$bport/v1/token" 500 "$session" '{"user_id":"alice"}'
+rss=$(awk '/VmHWM/ {print $2}' "/proc/$bpid/status")
+reset_double 0
+
+read -r d_rps _ <"$work/double direct (0 ms)"
+read -r b_rps _ <"$work/broker (0 ms upstream)"
+read -r s_rps s_err <"$work/broker (100 ms upstream)"
+echo
+/usr/bin/python3 - "$d_rps" "$b_rps" "$s_rps" "$s_err" "$rss" <<'PY'
+import sys
+d, b, s, err, rss = float(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+ratio = b / d if d else 0
+print("ratio broker/double at 0 ms, 32 conns:   %.1f%%  (goal >= 33%%)" % (100 * ratio))
+print("100 ms upstream, 500 conns:              %.0f rps = %.1f%% of the 5000 rps ideal (goal >= 90%%), %d errors" % (s, s / 50, err))
+print("broker peak RSS:                         %.1f MiB (goal < 64 MiB)" % (rss / 1024))
+PY

@@ -1,0 +1,43 @@
+/*
+ * gen.h — configuration generations, swapped atomically.
+ *
+ * A generation is one loaded configuration (keys, tenants, policy sources)
+ * plus the little mutable state that belongs to it (rate-limit buckets).
+ * Requests take a reference for their whole life, so a reload never changes
+ * a request halfway; the last reference frees the generation and zeroes its
+ * keys.
+ */
+#ifndef BROKER_GEN_H
+#define BROKER_GEN_H
+
+#include <stdbool.h>
+#include <time.h>
+
+struct config;
+struct tenant;
+
+struct gen {
+	struct config *cfg; /* owned */
+	unsigned long long id;
+	time_t loaded_at;
+	char *courier_url;              /* base_url + "/auth/issue-token" */
+	struct ratelimit *limits;       /* one per tenant, same order */
+	_Atomic int refs;
+};
+
+/* Makes cfg (ownership taken) the current generation. Returns 0 or -1. */
+int gen_install(struct config *cfg);
+
+/* The current generation with a reference taken, or NULL before the first. */
+struct gen *gen_acquire(void);
+
+void gen_release(struct gen *g);
+
+/* Drops the current generation (at exit). */
+void gen_shutdown(void);
+
+/* Takes one token from the tenant's bucket. false: over the limit, with the
+ * seconds to wait in *retry_after. */
+bool gen_rate_take(struct gen *g, const struct tenant *t, double *retry_after);
+
+#endif

@@ -1,0 +1,932 @@
+/*
+ * http.c — the HTTP front on libmicrohttpd.
+ *
+ * Owns routing, request limits (body size counted for Content-Length and
+ * chunked bodies alike), the JSON answers and the per-request log line. A
+ * token request goes: headers (route, tenant, media type, size, rate) →
+ * body → identity → policy → envelope → suspend while the Courier client
+ * works → resume → answer. Each MHD worker thread keeps one policy engine
+ * (its own lua_State) for the generation it last served. Nothing secret is
+ * ever put in an answer or a log line: tokens appear only as a short hash.
+ */
+#include "http.h"
+
+#include <arpa/inet.h>
+#include <lauxlib.h>
+#include <lua.h>
+#include <microhttpd.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "courier.h"
+#include "duration.h"
+#include "envelope.h"
+#include "gen.h"
+#include "ident.h"
+#include "json.h"
+#include "log.h"
+#include "metrics.h"
+#include "policy.h"
+#include "scope.h"
+
+#define MAX_HEADERS 64
+#define HEADER_BUF 8192
+
+struct http_server {
+	struct MHD_Daemon *d;
+	struct courier_client *cc;
+	pthread_key_t worker_key;
+	atomic_int active;   /* token requests between arrival and completion */
+	atomic_int upstream; /* of those, waiting on Courier */
+	atomic_bool draining;
+};
+
+/* Per MHD thread: the policy engine of the generation it serves. */
+struct worker {
+	struct policy_engine *engine;
+	struct gen *gen;
+};
+
+enum req_state { RS_BODY, RS_WAITING, RS_DONE };
+
+struct req {
+	struct http_server *srv;
+	struct MHD_Connection *conn;
+	struct gen *gen;
+	const struct tenant *tenant;
+	enum req_state state;
+	struct timespec start;
+
+	char *body;
+	size_t body_len, body_cap;
+	bool too_large;
+
+	/* What the log line reports. */
+	char user_id[SCOPE_USER_ID_MAX + 1];
+	char subject[256];
+	const char *method;
+	const char *decision; /* "allow", "deny", "error" or NULL */
+	char reason[256];
+	char client_ip[INET6_ADDRSTRLEN];
+
+	struct grant grant;
+	char *courier_body;
+	struct courier_job job;
+};
+
+/* ---------------------------------------------------------------- workers */
+
+static void worker_free(void *p)
+{
+	struct worker *w = p;
+
+	if (!w)
+		return;
+	policy_engine_free(w->engine);
+	gen_release(w->gen);
+	free(w);
+}
+
+/* The calling thread's engine, rebuilt when g is not the generation it has. */
+static struct policy_engine *worker_engine(struct http_server *s, struct gen *g)
+{
+	struct worker *w = pthread_getspecific(s->worker_key);
+	char err[512];
+
+	if (!w) {
+		w = calloc(1, sizeof(*w));
+		if (!w || pthread_setspecific(s->worker_key, w) != 0) {
+			free(w);
+			return NULL;
+		}
+	}
+	if (w->gen == g && w->engine)
+		return w->engine;
+	policy_engine_free(w->engine);
+	gen_release(w->gen);
+	w->engine = NULL;
+	w->gen = NULL;
+	w->engine = policy_engine_new(g->cfg, err, sizeof(err));
+	if (!w->engine) {
+		log_msg("error", "cannot build the policy engine: %s", err);
+		return NULL;
+	}
+	atomic_fetch_add(&g->refs, 1);
+	w->gen = g;
+	return w->engine;
+}
+
+/* -------------------------------------------------------------- answering */
+
+static double elapsed_ms(const struct timespec *t0)
+{
+	struct timespec now;
+
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	return (double)(now.tv_sec - t0->tv_sec) * 1e3 + (double)(now.tv_nsec - t0->tv_nsec) / 1e6;
+}
+
+static enum MHD_Result queue(struct MHD_Connection *conn, struct http_server *s, int status,
+			     const char *ctype, const char *body, size_t len, const char *extra_name,
+			     const char *extra_value)
+{
+	struct MHD_Response *resp;
+	enum MHD_Result ret;
+
+	resp = MHD_create_response_from_buffer(len, (void *)body, MHD_RESPMEM_MUST_COPY);
+	if (!resp)
+		return MHD_NO;
+	MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, ctype);
+	if (extra_name)
+		MHD_add_response_header(resp, extra_name, extra_value);
+	if (s && atomic_load(&s->draining))
+		MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
+	ret = MHD_queue_response(conn, (unsigned)status, resp);
+	MHD_destroy_response(resp);
+	return ret;
+}
+
+/* Writes the request's log line and counts it. L may be NULL. */
+static void finish_log(struct req *r, lua_State *L, int status, const char *error, const char *token,
+		       size_t token_len, double upstream_ms)
+{
+	char ts[40], hash[13];
+	int top;
+
+	metrics_request(r->tenant ? r->tenant->name : NULL, status);
+	if (!L) {
+		log_msg("info", "token request: status %d %s", status, error ? error : "");
+		return;
+	}
+	top = lua_gettop(L);
+	log_timestamp(ts, sizeof(ts));
+	lua_createtable(L, 0, 20);
+	lua_pushstring(L, ts);
+	lua_setfield(L, -2, "time");
+	lua_pushstring(L, "info");
+	lua_setfield(L, -2, "level");
+	lua_pushstring(L, "token_request");
+	lua_setfield(L, -2, "event");
+	if (r->tenant) {
+		lua_pushstring(L, r->tenant->name);
+		lua_setfield(L, -2, "tenant");
+		lua_pushstring(L, r->tenant->policy_revision);
+		lua_setfield(L, -2, "policy_revision");
+	}
+	if (r->user_id[0]) {
+		lua_pushstring(L, r->user_id);
+		lua_setfield(L, -2, "user");
+	}
+	if (r->method) {
+		lua_pushstring(L, r->method);
+		lua_setfield(L, -2, "auth");
+	}
+	if (r->subject[0]) {
+		lua_pushstring(L, r->subject);
+		lua_setfield(L, -2, "subject");
+	}
+	if (r->decision) {
+		lua_pushstring(L, r->decision);
+		lua_setfield(L, -2, "decision");
+	}
+	if (r->reason[0]) {
+		lua_pushstring(L, r->reason);
+		lua_setfield(L, -2, "reason");
+	}
+	if (r->grant.scope[0]) {
+		lua_pushstring(L, r->grant.scope);
+		lua_setfield(L, -2, "scope");
+		lua_pushinteger(L, r->grant.expires_s);
+		lua_setfield(L, -2, "expires_in");
+		if (r->grant.capped) {
+			lua_pushboolean(L, 1);
+			lua_setfield(L, -2, "capped");
+		}
+	}
+	lua_pushinteger(L, status);
+	lua_setfield(L, -2, "status");
+	if (error) {
+		lua_pushstring(L, error);
+		lua_setfield(L, -2, "error");
+	}
+	if (token) {
+		log_token_hash(token, token_len, hash);
+		lua_pushstring(L, hash);
+		lua_setfield(L, -2, "token_sha256");
+	}
+	lua_pushnumber(L, (double)(long long)(elapsed_ms(&r->start) * 1000) / 1000);
+	lua_setfield(L, -2, "latency_ms");
+	if (upstream_ms >= 0) {
+		lua_pushnumber(L, (double)(long long)(upstream_ms * 1000) / 1000);
+		lua_setfield(L, -2, "upstream_ms");
+	}
+	if (r->client_ip[0]) {
+		lua_pushstring(L, r->client_ip);
+		lua_setfield(L, -2, "client_ip");
+	}
+	log_table(L, -1);
+	lua_settop(L, top);
+}
+
+/* {"error": code, "message": message}, the log line, and the headers the
+ * status calls for. */
+static enum MHD_Result fail(struct req *r, lua_State *L, int status, const char *code, const char *message,
+			    const char *extra_name, const char *extra_value)
+{
+	enum MHD_Result ret = MHD_NO;
+	const char *json = NULL;
+	size_t len = 0;
+	int top = L ? lua_gettop(L) : 0;
+	char fallback[160];
+
+	if (L) {
+		lua_createtable(L, 0, 2);
+		lua_pushstring(L, code);
+		lua_setfield(L, -2, "error");
+		lua_pushstring(L, message);
+		lua_setfield(L, -2, "message");
+		json = json_encode(L, -1, &len);
+	}
+	if (!json) {
+		len = (size_t)snprintf(fallback, sizeof(fallback), "{\"error\":\"%s\"}", code);
+		json = fallback;
+	}
+	if (status == 401) {
+		extra_name = MHD_HTTP_HEADER_WWW_AUTHENTICATE;
+		extra_value = "Bearer";
+	}
+	ret = queue(r->conn, r->srv, status, "application/json", json, len, extra_name, extra_value);
+	if (L)
+		lua_settop(L, top);
+	finish_log(r, L, status, code, NULL, 0, -1);
+	r->state = RS_DONE;
+	return ret;
+}
+
+/* A plain answer outside the token routes. */
+static enum MHD_Result plain(struct MHD_Connection *conn, struct http_server *s, int status, const char *ctype,
+			     const char *body, const char *extra_name, const char *extra_value)
+{
+	return queue(conn, s, status, ctype, body, strlen(body), extra_name, extra_value);
+}
+
+/* ------------------------------------------------------ reading a request */
+
+static const char *header(struct MHD_Connection *conn, const char *name)
+{
+	return MHD_lookup_connection_value(conn, MHD_HEADER_KIND, name);
+}
+
+static bool is_json_type(const char *ct)
+{
+	static const char want[] = "application/json";
+
+	if (!ct || strncasecmp(ct, want, sizeof(want) - 1) != 0)
+		return false;
+	ct += sizeof(want) - 1;
+	return *ct == '\0' || *ct == ';' || *ct == ' ' || *ct == '\t';
+}
+
+static void peer_ip(struct MHD_Connection *conn, char *out, size_t len)
+{
+	const union MHD_ConnectionInfo *ci =
+		MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+	const struct sockaddr *sa = ci ? ci->client_addr : NULL;
+
+	out[0] = '\0';
+	if (!sa)
+		return;
+	if (sa->sa_family == AF_INET)
+		inet_ntop(AF_INET, &((const struct sockaddr_in *)(const void *)sa)->sin_addr, out,
+			  (socklen_t)len);
+	else if (sa->sa_family == AF_INET6)
+		inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr, out,
+			  (socklen_t)len);
+}
+
+struct header_set {
+	struct policy_header h[MAX_HEADERS];
+	size_t n;
+	char buf[HEADER_BUF];
+	size_t used;
+};
+
+static enum MHD_Result collect_header(void *cls, enum MHD_ValueKind kind, const char *key, const char *value)
+{
+	struct header_set *hs = cls;
+	size_t klen = strlen(key);
+
+	(void)kind;
+	if (!value || strcasecmp(key, "authorization") == 0 || strcasecmp(key, "cookie") == 0 ||
+	    strcasecmp(key, "proxy-authorization") == 0)
+		return MHD_YES;
+	if (hs->n >= MAX_HEADERS || hs->used + klen + 1 > sizeof(hs->buf))
+		return MHD_NO;
+	for (size_t i = 0; i < klen; i++) {
+		char c = key[i];
+		hs->buf[hs->used + i] = (c >= 'A' && c <= 'Z') ? (char)(c - 'A' + 'a') : c;
+	}
+	hs->buf[hs->used + klen] = '\0';
+	hs->h[hs->n].name = hs->buf + hs->used;
+	hs->h[hs->n].value = value;
+	hs->n++;
+	hs->used += klen + 1;
+	return MHD_YES;
+}
+
+/* Checks the body's fields the core owns; 0 or -1 with a message. */
+static int check_body(lua_State *L, int body, struct req *r, const char **msg)
+{
+	size_t len;
+	const char *s;
+
+	lua_getfield(L, body, "user_id");
+	if (lua_type(L, -1) != LUA_TSTRING) {
+		*msg = "user_id is required and must be a string";
+		return -1;
+	}
+	s = lua_tolstring(L, -1, &len);
+	if (!scope_user_id_valid(s, len)) {
+		*msg = "user_id must be 1-256 bytes of UTF-8 without whitespace or control characters";
+		return -1;
+	}
+	memcpy(r->user_id, s, len + 1);
+	lua_pop(L, 1);
+
+	lua_getfield(L, body, "scopes");
+	if (!lua_isnil(L, -1)) {
+		lua_Integer n;
+		if (lua_type(L, -1) != LUA_TTABLE) {
+			*msg = "scopes must be an array of strings";
+			return -1;
+		}
+		n = (lua_Integer)lua_rawlen(L, -1);
+		if (n > DECISION_MAX_SCOPES) {
+			*msg = "too many scopes";
+			return -1;
+		}
+		for (lua_Integer i = 1; i <= n; i++) {
+			lua_rawgeti(L, -1, i);
+			if (lua_type(L, -1) != LUA_TSTRING) {
+				*msg = "scopes must be an array of strings";
+				return -1;
+			}
+			s = lua_tolstring(L, -1, &len);
+			if (!scope_token_valid(s, len)) {
+				*msg = "a scope has invalid characters";
+				return -1;
+			}
+			lua_pop(L, 1);
+		}
+		/* An object, or an array with holes, has keys beyond 1..n. */
+		lua_pushnil(L);
+		while (lua_next(L, -2)) {
+			lua_pop(L, 1);
+			if (!lua_isinteger(L, -1) || lua_tointeger(L, -1) < 1 || lua_tointeger(L, -1) > n) {
+				lua_pop(L, 1);
+				*msg = "scopes must be an array of strings";
+				return -1;
+			}
+		}
+	}
+	lua_pop(L, 1);
+
+	lua_getfield(L, body, "expires_in");
+	if (!lua_isnil(L, -1)) {
+		long long secs;
+		if (lua_type(L, -1) == LUA_TSTRING) {
+			s = lua_tolstring(L, -1, &len);
+			if (duration_parse(s, len, &secs) != 0) {
+				*msg = "expires_in must be a duration with a unit (\"1h\", \"30m\") or seconds as a number";
+				return -1;
+			}
+		} else if (!lua_isinteger(L, -1) || lua_tointeger(L, -1) <= 0) {
+			*msg = "expires_in must be a duration with a unit (\"1h\", \"30m\") or seconds as a number";
+			return -1;
+		}
+	}
+	lua_pop(L, 1);
+	return 0;
+}
+
+/* ------------------------------------------------------------ token flow */
+
+static void on_courier_done(struct courier_job *job)
+{
+	struct req *r = job->arg;
+
+	/* Runs on the Courier thread: only hand the connection back to MHD. */
+	MHD_resume_connection(r->conn);
+}
+
+static enum MHD_Result process(struct req *r)
+{
+	struct http_server *s = r->srv;
+	const struct tenant *t = r->tenant;
+	struct policy_engine *e = worker_engine(s, r->gen);
+	struct ident_request irq;
+	struct identity id;
+	struct policy_request prq;
+	struct header_set *hs = NULL;
+	struct decision *dec = NULL;
+	const char *msg = NULL;
+	char err[512];
+	lua_State *L;
+	enum MHD_Result ret;
+	int top, body;
+	size_t blen;
+	const char *b;
+
+	if (!e)
+		return fail(r, NULL, 503, "unavailable", "the policy engine is not available", NULL, NULL);
+	L = policy_engine_lua(e);
+	top = lua_gettop(L);
+
+	if (json_decode(L, r->body ? r->body : "", r->body_len) != 0 || lua_type(L, -1) != LUA_TTABLE) {
+		ret = fail(r, L, 400, "invalid_request", "the body must be a JSON object", NULL, NULL);
+		goto out;
+	}
+	body = lua_gettop(L);
+	if (check_body(L, body, r, &msg) != 0) {
+		lua_settop(L, body);
+		ret = fail(r, L, 400, "invalid_request", msg, NULL, NULL);
+		goto out;
+	}
+
+	irq.authorization = header(r->conn, MHD_HTTP_HEADER_AUTHORIZATION);
+	irq.peer_ip = r->client_ip;
+	irq.now = (long long)time(NULL);
+	if (ident_authenticate(L, &t->auth, &irq, &id, err, sizeof(err)) != 0) {
+		snprintf(r->reason, sizeof(r->reason), "%.*s", (int)sizeof(r->reason) - 1, err);
+		ret = fail(r, L, 401, "unauthenticated", "missing or invalid credential", NULL, NULL);
+		goto out;
+	}
+	r->method = id.method;
+	snprintf(r->subject, sizeof(r->subject), "%s", id.subject);
+
+	hs = calloc(1, sizeof(*hs));
+	dec = calloc(1, sizeof(*dec));
+	if (!hs || !dec) {
+		ret = fail(r, L, 503, "unavailable", "out of memory", NULL, NULL);
+		goto out;
+	}
+	MHD_get_connection_values(r->conn, MHD_HEADER_KIND, collect_header, hs);
+	memset(&prq, 0, sizeof(prq));
+	prq.tenant = t;
+	prq.user_id = r->user_id;
+	prq.body_idx = body;
+	prq.authenticated = id.authenticated;
+	prq.method = id.method;
+	prq.subject = id.subject;
+	prq.claims_idx = id.claims_idx;
+	prq.client_ip = r->client_ip;
+	prq.origin = header(r->conn, "Origin");
+	prq.user_agent = header(r->conn, MHD_HTTP_HEADER_USER_AGENT);
+	prq.headers = hs->h;
+	prq.n_headers = hs->n;
+	prq.now = irq.now;
+
+	if (policy_decide(e, &prq, dec, err, sizeof(err)) != 0) {
+		r->decision = "error";
+		snprintf(r->reason, sizeof(r->reason), "%.*s", (int)sizeof(r->reason) - 1, err);
+		log_msg("error", "tenant %s: policy error: %s", t->name, err);
+		ret = fail(r, L, 500, "policy_error", "the policy failed; no token was issued", NULL, NULL);
+		goto out;
+	}
+	snprintf(r->reason, sizeof(r->reason), "%s", dec->reason);
+	if (!dec->allow) {
+		r->decision = "deny";
+		ret = fail(r, L, 403, "forbidden", dec->reason[0] ? dec->reason : "denied by policy", NULL, NULL);
+		goto out;
+	}
+	if (envelope_apply(t, r->user_id, dec, &r->grant, err, sizeof(err)) != 0) {
+		r->decision = "error";
+		r->grant.scope[0] = '\0';
+		snprintf(r->reason, sizeof(r->reason), "%.*s", (int)sizeof(r->reason) - 1, err);
+		log_msg("error", "tenant %s: decision outside the envelope: %s", t->name, err);
+		ret = fail(r, L, 500, "policy_error", "the policy's decision was refused; no token was issued", NULL,
+			   NULL);
+		goto out;
+	}
+	r->decision = "allow";
+
+	if ((unsigned)atomic_load(&s->upstream) >= r->gen->cfg->max_inflight) {
+		ret = fail(r, L, 503, "unavailable", "too many requests waiting on Courier", "Retry-After", "1");
+		goto out;
+	}
+	b = courier_request_body(L, &r->grant, &blen);
+	if (!b || !(r->courier_body = malloc(blen + 1))) {
+		ret = fail(r, L, 503, "unavailable", "out of memory", NULL, NULL);
+		goto out;
+	}
+	memcpy(r->courier_body, b, blen + 1);
+
+	r->job.url = r->gen->courier_url;
+	r->job.api_key = &t->api_key;
+	r->job.body = r->courier_body;
+	r->job.body_len = blen;
+	r->job.timeout_ms = r->gen->cfg->courier_timeout_ms;
+	r->job.connect_timeout_ms = r->gen->cfg->courier_connect_timeout_ms;
+	r->job.done = on_courier_done;
+	r->job.arg = r;
+
+	/* Suspend before the job can finish: resuming a running connection is undefined. */
+	r->state = RS_WAITING;
+	atomic_fetch_add(&s->upstream, 1);
+	MHD_suspend_connection(r->conn);
+	if (courier_submit(s->cc, &r->job) != 0) {
+		atomic_fetch_sub(&s->upstream, 1);
+		MHD_resume_connection(r->conn);
+		r->state = RS_BODY;
+		ret = fail(r, L, 503, "unavailable", "shutting down", NULL, NULL);
+		goto out;
+	}
+	ret = MHD_YES;
+out:
+	free(hs);
+	free(dec);
+	lua_settop(L, top);
+	return ret;
+}
+
+/* Answers after Courier (or the timeout) is done. */
+static enum MHD_Result complete(struct req *r)
+{
+	struct http_server *s = r->srv;
+	struct policy_engine *e = worker_engine(s, r->gen);
+	struct courier_job *job = &r->job;
+	lua_State *L = e ? policy_engine_lua(e) : NULL;
+	double up_ms = job->seconds * 1e3;
+	const char *token, *json;
+	size_t tlen, jlen;
+	long long exp;
+	char when[40];
+	enum MHD_Result ret;
+	int top;
+
+	atomic_fetch_sub(&s->upstream, 1);
+	metrics_upstream(job->seconds, job->status);
+	if (!L)
+		return fail(r, NULL, 503, "unavailable", "the policy engine is not available", NULL, NULL);
+	top = lua_gettop(L);
+
+	if (job->status == 0) {
+		bool aborted = strcmp(job->error, "aborted") == 0;
+		log_msg("warn", "tenant %s: Courier call failed: %s", r->tenant->name, job->error);
+		if (job->timed_out)
+			return fail(r, L, 504, "upstream_timeout", "Courier did not answer in time", NULL, NULL);
+		if (aborted)
+			return fail(r, L, 503, "unavailable", "shutting down", NULL, NULL);
+		return fail(r, L, 502, "upstream_error", "Courier could not be reached", NULL, NULL);
+	}
+	if (job->status == 401 || job->status == 403) {
+		log_msg("error",
+			"tenant %s: Courier refused the API key (HTTP %ld) with fingerprint %s: check the key and "
+			"its environment",
+			r->tenant->name, job->status, r->tenant->api_key.fingerprint);
+		return fail(r, L, 502, "upstream_error", "Courier refused the broker's credentials", NULL, NULL);
+	}
+	if (job->status != 200) {
+		log_msg("warn", "tenant %s: Courier answered HTTP %ld", r->tenant->name, job->status);
+		return fail(r, L, 502, "upstream_error", "Courier refused the call", NULL, NULL);
+	}
+	token = courier_read_token(L, job->resp, job->resp_len, &tlen, &exp);
+	if (!token) {
+		log_msg("warn", "tenant %s: Courier answered 200 without a usable token", r->tenant->name);
+		return fail(r, L, 502, "upstream_error", "Courier answered something unusable", NULL, NULL);
+	}
+	if (exp <= 0)
+		exp = (long long)time(NULL) + r->grant.expires_s;
+	{
+		time_t te = (time_t)exp;
+		struct tm tm;
+		gmtime_r(&te, &tm);
+		strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", &tm);
+	}
+	lua_createtable(L, 0, 5);
+	lua_pushvalue(L, -2);
+	lua_setfield(L, -2, "token");
+	lua_pushstring(L, r->user_id);
+	lua_setfield(L, -2, "user_id");
+	lua_pushstring(L, r->grant.scope);
+	lua_setfield(L, -2, "scope");
+	lua_pushinteger(L, r->grant.expires_s);
+	lua_setfield(L, -2, "expires_in");
+	lua_pushstring(L, when);
+	lua_setfield(L, -2, "expires_at");
+	json = json_encode(L, -1, &jlen);
+	if (!json) {
+		lua_settop(L, top);
+		return fail(r, L, 503, "unavailable", "out of memory", NULL, NULL);
+	}
+	ret = queue(r->conn, s, 200, "application/json", json, jlen, "X-Policy-Revision", r->tenant->policy_revision);
+	finish_log(r, L, 200, NULL, token, tlen, up_ms);
+	r->state = RS_DONE;
+	lua_settop(L, top);
+	return ret;
+}
+
+/* --------------------------------------------------------------- routing */
+
+/* Returns the tenant name of a token route, or NULL. */
+static const char *token_route(const char *url, char *name, size_t len)
+{
+	static const char prefix[] = "/v1/tenants/";
+	const char *p, *end;
+
+	if (strcmp(url, "/v1/token") == 0) {
+		snprintf(name, len, "default");
+		return name;
+	}
+	if (strncmp(url, prefix, sizeof(prefix) - 1) != 0)
+		return NULL;
+	p = url + sizeof(prefix) - 1;
+	end = strchr(p, '/');
+	if (!end || end == p || strcmp(end, "/token") != 0 || (size_t)(end - p) >= len)
+		return NULL;
+	memcpy(name, p, (size_t)(end - p));
+	name[end - p] = '\0';
+	return name;
+}
+
+static enum MHD_Result serve_other(struct http_server *s, struct MHD_Connection *conn, const char *url,
+				   const char *method)
+{
+	bool get = strcmp(method, MHD_HTTP_METHOD_GET) == 0 || strcmp(method, MHD_HTTP_METHOD_HEAD) == 0;
+
+	if (strcmp(url, "/healthz") == 0 || strcmp(url, "/readyz") == 0 || strcmp(url, "/metrics") == 0) {
+		if (!get)
+			return plain(conn, s, 405, "application/json",
+				     "{\"error\":\"method_not_allowed\",\"message\":\"use GET\"}", MHD_HTTP_HEADER_ALLOW,
+				     "GET, HEAD");
+		if (strcmp(url, "/healthz") == 0)
+			return plain(conn, s, 200, "application/json", "{\"status\":\"ok\"}", NULL, NULL);
+		if (strcmp(url, "/readyz") == 0) {
+			struct gen *g = gen_acquire();
+			enum MHD_Result ret;
+			if (g && !atomic_load(&s->draining))
+				ret = plain(conn, s, 200, "application/json", "{\"status\":\"ready\"}", NULL, NULL);
+			else
+				ret = plain(conn, s, 503, "application/json", "{\"status\":\"not ready\"}", NULL, NULL);
+			gen_release(g);
+			return ret;
+		} else {
+			size_t len = 0;
+			char *text = metrics_render(&len);
+			enum MHD_Result ret;
+			if (!text)
+				return plain(conn, s, 503, "text/plain", "out of memory\n", NULL, NULL);
+			ret = queue(conn, s, 200, "text/plain; version=0.0.4", text, len, NULL, NULL);
+			free(text);
+			return ret;
+		}
+	}
+	return plain(conn, s, 404, "application/json", "{\"error\":\"not_found\",\"message\":\"no such path\"}", NULL,
+		     NULL);
+}
+
+/* The first call for a token route: everything that can be decided from the headers. */
+static enum MHD_Result begin_token(struct http_server *s, struct MHD_Connection *conn, const char *name,
+				   const char *method, void **con_cls)
+{
+	struct req *r = calloc(1, sizeof(*r));
+	const char *cl;
+	lua_State *L = NULL;
+	double retry;
+	char msg[160];
+
+	if (!r)
+		return MHD_NO;
+	r->srv = s;
+	r->conn = conn;
+	r->state = RS_BODY;
+	clock_gettime(CLOCK_MONOTONIC, &r->start);
+	peer_ip(conn, r->client_ip, sizeof(r->client_ip));
+	*con_cls = r;
+	atomic_fetch_add(&s->active, 1);
+	metrics_inflight_add(1);
+
+	r->gen = gen_acquire();
+	if (r->gen) {
+		struct policy_engine *e = worker_engine(s, r->gen);
+		L = e ? policy_engine_lua(e) : NULL;
+	}
+	if (atomic_load(&s->draining) || !r->gen)
+		return fail(r, L, 503, "unavailable", "the broker is not serving", "Retry-After", "1");
+	if (strcmp(method, MHD_HTTP_METHOD_POST) != 0)
+		return fail(r, L, 405, "method_not_allowed", "use POST", MHD_HTTP_HEADER_ALLOW, "POST");
+	r->tenant = config_tenant(r->gen->cfg, name);
+	if (!r->tenant)
+		return fail(r, L, 404, "unknown_tenant", "no such tenant", NULL, NULL);
+	if (!is_json_type(header(conn, MHD_HTTP_HEADER_CONTENT_TYPE)))
+		return fail(r, L, 415, "unsupported_media_type", "the body must be application/json", NULL, NULL);
+	cl = header(conn, MHD_HTTP_HEADER_CONTENT_LENGTH);
+	if (cl) {
+		char *end;
+		unsigned long long n = strtoull(cl, &end, 10);
+		if (end == cl || *end || n > r->gen->cfg->max_body_bytes) {
+			snprintf(msg, sizeof(msg), "the body is limited to %zu bytes", r->gen->cfg->max_body_bytes);
+			return fail(r, L, 413, "payload_too_large", msg, MHD_HTTP_HEADER_CONNECTION, "close");
+		}
+	}
+	if (!gen_rate_take(r->gen, r->tenant, &retry)) {
+		snprintf(msg, sizeof(msg), "%.0f", retry < 1 ? 1 : retry);
+		return fail(r, L, 429, "rate_limited", "too many token requests for this tenant", "Retry-After", msg);
+	}
+	return MHD_YES;
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url, const char *method,
+				  const char *version, const char *upload_data, size_t *upload_data_size,
+				  void **con_cls)
+{
+	struct http_server *s = cls;
+	struct req *r = *con_cls;
+	char name[80];
+
+	(void)version;
+	if (!r) {
+		if (!token_route(url, name, sizeof(name))) {
+			/* Bodies sent to these routes are never read: answer now. */
+			return serve_other(s, conn, url, method);
+		}
+		return begin_token(s, conn, name, method, con_cls);
+	}
+	switch (r->state) {
+	case RS_DONE:
+		/* Answered early; discard whatever body still arrives. */
+		*upload_data_size = 0;
+		return MHD_YES;
+	case RS_WAITING:
+		return complete(r);
+	case RS_BODY:
+		break;
+	}
+	if (*upload_data_size) {
+		size_t n = *upload_data_size, max = r->gen->cfg->max_body_bytes;
+		*upload_data_size = 0;
+		if (r->too_large)
+			return MHD_NO; /* a chunked body past the limit: close the connection */
+		if (r->body_len + n > max) {
+			char msg[96];
+			struct policy_engine *e = worker_engine(s, r->gen);
+			r->too_large = true;
+			snprintf(msg, sizeof(msg), "the body is limited to %zu bytes", max);
+			if (fail(r, e ? policy_engine_lua(e) : NULL, 413, "payload_too_large", msg,
+				 MHD_HTTP_HEADER_CONNECTION, "close") == MHD_YES)
+				return MHD_YES;
+			return MHD_NO;
+		}
+		if (r->body_len + n + 1 > r->body_cap) {
+			size_t cap = r->body_cap ? r->body_cap : 1024;
+			while (cap < r->body_len + n + 1)
+				cap *= 2;
+			char *p = realloc(r->body, cap);
+			if (!p)
+				return MHD_NO;
+			r->body = p;
+			r->body_cap = cap;
+		}
+		memcpy(r->body + r->body_len, upload_data, n);
+		r->body_len += n;
+		r->body[r->body_len] = '\0';
+		return MHD_YES;
+	}
+	return process(r);
+}
+
+static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
+			 enum MHD_RequestTerminationCode toe)
+{
+	struct http_server *s = cls;
+	struct req *r = *con_cls;
+
+	(void)conn;
+	(void)toe;
+	if (!r)
+		return;
+	*con_cls = NULL;
+	if (r->state != RS_DONE) {
+		/* The client left before an answer (never while suspended: MHD does not
+		 * notice, and every suspended request ends with Courier's call). */
+		metrics_request(r->tenant ? r->tenant->name : NULL, 499);
+	}
+	courier_job_cleanup(&r->job);
+	free(r->courier_body);
+	free(r->body);
+	gen_release(r->gen);
+	free(r);
+	atomic_fetch_sub(&s->active, 1);
+	metrics_inflight_add(-1);
+}
+
+static void mhd_log(void *cls, const char *fmt, va_list ap)
+{
+	char msg[512];
+
+	(void)cls;
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	msg[strcspn(msg, "\n")] = '\0';
+	log_msg("warn", "http: %s", msg);
+}
+
+struct http_server *http_start(const struct config *cfg, struct courier_client *cc, char *err, size_t errlen)
+{
+	struct http_server *s = calloc(1, sizeof(*s));
+	struct sockaddr_storage ss;
+	socklen_t sl;
+	unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ITC |
+			 MHD_USE_ERROR_LOG;
+
+	if (!s) {
+		snprintf(err, errlen, "out of memory");
+		return NULL;
+	}
+	memset(&ss, 0, sizeof(ss));
+	if (inet_pton(AF_INET, cfg->listen_host, &((struct sockaddr_in *)&ss)->sin_addr) == 1) {
+		struct sockaddr_in *sin = (struct sockaddr_in *)&ss;
+		sin->sin_family = AF_INET;
+		sin->sin_port = htons(cfg->listen_port);
+		sl = sizeof(*sin);
+	} else if (inet_pton(AF_INET6, cfg->listen_host, &((struct sockaddr_in6 *)&ss)->sin6_addr) == 1) {
+		struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)&ss;
+		sin6->sin6_family = AF_INET6;
+		sin6->sin6_port = htons(cfg->listen_port);
+		sl = sizeof(*sin6);
+		flags |= MHD_USE_IPv6;
+	} else {
+		snprintf(err, errlen, "listen: %s is not an IP address", cfg->listen_host);
+		free(s);
+		return NULL;
+	}
+	(void)sl;
+	s->cc = cc;
+	if (pthread_key_create(&s->worker_key, worker_free) != 0) {
+		snprintf(err, errlen, "pthread_key_create failed");
+		free(s);
+		return NULL;
+	}
+	s->d = MHD_start_daemon(flags, cfg->listen_port, NULL, NULL, on_request, s,
+				MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
+				MHD_OPTION_THREAD_POOL_SIZE, (unsigned)cfg->threads,
+				MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)cfg->connection_timeout_s,
+				MHD_OPTION_CONNECTION_LIMIT, (unsigned)cfg->max_connections,
+				MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)32 * 1024,
+				MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
+				MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
+				MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1,
+				MHD_OPTION_END);
+	if (!s->d) {
+		snprintf(err, errlen, "cannot listen on %s:%u", cfg->listen_host, cfg->listen_port);
+		pthread_key_delete(s->worker_key);
+		free(s);
+		return NULL;
+	}
+	return s;
+}
+
+unsigned short http_port(struct http_server *s)
+{
+	const union MHD_DaemonInfo *di = MHD_get_daemon_info(s->d, MHD_DAEMON_INFO_BIND_PORT);
+
+	return di ? di->port : 0;
+}
+
+void http_drain_and_stop(struct http_server *s, unsigned deadline_ms)
+{
+	struct timespec t0;
+	MHD_socket fd;
+
+	if (!s)
+		return;
+	atomic_store(&s->draining, true);
+	fd = MHD_quiesce_daemon(s->d);
+	if (fd != MHD_INVALID_SOCKET)
+		close(fd);
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	while (atomic_load(&s->upstream) > 0 && elapsed_ms(&t0) < deadline_ms)
+		usleep(5000);
+	if (atomic_load(&s->upstream) > 0) {
+		log_msg("warn", "drain deadline passed with %d requests waiting on Courier: answering 503",
+			atomic_load(&s->upstream));
+		courier_abort_all(s->cc);
+		/* Bounded: every aborted job resumes its connection at once. */
+		for (int i = 0; i < 200 && atomic_load(&s->upstream) > 0; i++)
+			usleep(5000);
+	}
+	/* Let the answers just queued reach their sockets. */
+	for (int i = 0; i < 100 && atomic_load(&s->active) > 0; i++)
+		usleep(5000);
+	MHD_stop_daemon(s->d);
+	pthread_key_delete(s->worker_key);
+	free(s);
+}

@@ -1,0 +1,29 @@
+/*
+ * http.h — the HTTP front: routes, limits, statuses, and the request's life.
+ *
+ * The front parses and bounds what arrives, asks the engines (identity,
+ * policy, envelope, Courier client) and answers. Engines never call back into
+ * it, except the Courier client's completion callback, which only resumes a
+ * suspended connection.
+ */
+#ifndef BROKER_HTTP_H
+#define BROKER_HTTP_H
+
+#include <stddef.h>
+
+struct courier_client;
+struct config;
+struct http_server;
+
+/* Starts listening as cfg says (address, threads, limits). */
+struct http_server *http_start(const struct config *cfg, struct courier_client *cc, char *err,
+			       size_t errlen);
+
+/* The port it listens on (useful with port 0). */
+unsigned short http_port(struct http_server *s);
+
+/* Stops accepting, answers what is in flight (waiting up to deadline_ms for
+ * Courier, then 503 for what is left), and stops the server. */
+void http_drain_and_stop(struct http_server *s, unsigned deadline_ms);
+
+#endif

@@ -1,0 +1,28 @@
+/*
+ * log.h — one JSON line per event on stderr.
+ *
+ * Request lines are tables built by the caller on its own Lua state and
+ * encoded with cjson; system lines (start, reload, errors) are formatted here.
+ * Nothing secret may be passed in: no key, no credential, no token (tokens
+ * only as log_token_hash).
+ */
+#ifndef BROKER_LOG_H
+#define BROKER_LOG_H
+
+#include <stddef.h>
+
+struct lua_State;
+
+/* RFC 3339 UTC time with milliseconds, e.g. "2026-11-23T10:00:00.123Z". */
+void log_timestamp(char *buf, size_t len);
+
+/* A system line: {"time":..., "level":..., "msg":...}. */
+void log_msg(const char *level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Encodes the table at idx on L and writes it as one line. */
+void log_table(struct lua_State *L, int idx);
+
+/* First 12 hex chars of SHA-256(token): enough to correlate, useless to replay. */
+void log_token_hash(const char *token, size_t len, char out[13]);
+
+#endif

@@ -1,0 +1,232 @@
+/*
+ * metrics.c — counters for /metrics, in Prometheus text format.
+ *
+ * Owns every counter the broker exports. Request-path updates are relaxed
+ * atomic increments; the only lock guards interning a tenant name the first
+ * time it is seen (bounded: past MAX_TENANTS they count under "_other").
+ */
+#include "metrics.h"
+
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MAX_TENANTS 256
+
+static const int statuses[] = {200, 400, 401, 403, 404, 405, 413, 415, 429, 500, 502, 503, 504, 0};
+#define N_STATUS (sizeof(statuses) / sizeof(statuses[0])) /* last slot: any other */
+
+static const double buckets[] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10};
+#define N_BUCKETS (sizeof(buckets) / sizeof(buckets[0]))
+
+struct tenant_slot {
+	char name[72];
+	atomic_ullong requests[N_STATUS];
+};
+
+static struct tenant_slot tenants[MAX_TENANTS + 1]; /* last: "_other" */
+static atomic_uint n_tenants;
+static pthread_mutex_t intern_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static atomic_ullong up_buckets[N_BUCKETS + 1];
+static atomic_ullong up_count, up_sum_us;
+static atomic_ullong up_status_2xx, up_status_4xx, up_status_5xx, up_status_none;
+static atomic_int inflight;
+static atomic_ullong gen_id, gen_loaded_at;
+static atomic_ullong reload_ok, reload_failed, reload_last_time, reload_last_ok, stale_since;
+
+static struct tenant_slot *slot_for(const char *name)
+{
+	unsigned n = atomic_load_explicit(&n_tenants, memory_order_acquire);
+
+	if (!name)
+		name = "-";
+	for (unsigned i = 0; i < n; i++)
+		if (strcmp(tenants[i].name, name) == 0)
+			return &tenants[i];
+	pthread_mutex_lock(&intern_lock);
+	n = atomic_load_explicit(&n_tenants, memory_order_relaxed);
+	for (unsigned i = 0; i < n; i++) {
+		if (strcmp(tenants[i].name, name) == 0) {
+			pthread_mutex_unlock(&intern_lock);
+			return &tenants[i];
+		}
+	}
+	if (n >= MAX_TENANTS || strlen(name) >= sizeof(tenants[0].name)) {
+		pthread_mutex_unlock(&intern_lock);
+		snprintf(tenants[MAX_TENANTS].name, sizeof(tenants[0].name), "_other");
+		return &tenants[MAX_TENANTS];
+	}
+	snprintf(tenants[n].name, sizeof(tenants[n].name), "%s", name);
+	atomic_store_explicit(&n_tenants, n + 1, memory_order_release);
+	pthread_mutex_unlock(&intern_lock);
+	return &tenants[n];
+}
+
+void metrics_request(const char *tenant, int status)
+{
+	struct tenant_slot *s = slot_for(tenant);
+	size_t i;
+
+	for (i = 0; i < N_STATUS - 1; i++)
+		if (statuses[i] == status)
+			break;
+	atomic_fetch_add_explicit(&s->requests[i], 1, memory_order_relaxed);
+}
+
+void metrics_upstream(double seconds, long http_status)
+{
+	size_t i;
+
+	for (i = 0; i < N_BUCKETS; i++)
+		if (seconds <= buckets[i])
+			break;
+	atomic_fetch_add_explicit(&up_buckets[i], 1, memory_order_relaxed);
+	atomic_fetch_add_explicit(&up_count, 1, memory_order_relaxed);
+	atomic_fetch_add_explicit(&up_sum_us, (unsigned long long)(seconds * 1e6), memory_order_relaxed);
+	if (http_status >= 200 && http_status < 300)
+		atomic_fetch_add_explicit(&up_status_2xx, 1, memory_order_relaxed);
+	else if (http_status >= 400 && http_status < 500)
+		atomic_fetch_add_explicit(&up_status_4xx, 1, memory_order_relaxed);
+	else if (http_status >= 500)
+		atomic_fetch_add_explicit(&up_status_5xx, 1, memory_order_relaxed);
+	else
+		atomic_fetch_add_explicit(&up_status_none, 1, memory_order_relaxed);
+}
+
+void metrics_inflight_add(int delta)
+{
+	atomic_fetch_add_explicit(&inflight, delta, memory_order_relaxed);
+}
+
+void metrics_generation(unsigned long long id, time_t loaded_at)
+{
+	atomic_store(&gen_id, id);
+	atomic_store(&gen_loaded_at, (unsigned long long)loaded_at);
+}
+
+void metrics_reload(bool ok, time_t when)
+{
+	atomic_fetch_add(ok ? &reload_ok : &reload_failed, 1);
+	atomic_store(&reload_last_time, (unsigned long long)when);
+	atomic_store(&reload_last_ok, ok ? 1 : 0);
+	if (ok)
+		atomic_store(&stale_since, 0);
+	else if (atomic_load(&stale_since) == 0)
+		atomic_store(&stale_since, (unsigned long long)when);
+}
+
+struct buf {
+	char *p;
+	size_t len, cap;
+	int failed;
+};
+
+__attribute__((format(printf, 2, 3))) static void add(struct buf *b, const char *fmt, ...)
+{
+	va_list ap;
+	int n;
+
+	if (b->failed)
+		return;
+	for (;;) {
+		va_start(ap, fmt);
+		n = vsnprintf(b->p + b->len, b->cap - b->len, fmt, ap);
+		va_end(ap);
+		if (n < 0) {
+			b->failed = 1;
+			return;
+		}
+		if ((size_t)n < b->cap - b->len)
+			break;
+		char *np = realloc(b->p, b->cap * 2 + (size_t)n);
+		if (!np) {
+			b->failed = 1;
+			return;
+		}
+		b->p = np;
+		b->cap = b->cap * 2 + (size_t)n;
+	}
+	b->len += (size_t)n;
+}
+
+char *metrics_render(size_t *len)
+{
+	struct buf b = {malloc(8192), 0, 8192, 0};
+	unsigned n = atomic_load_explicit(&n_tenants, memory_order_acquire);
+	unsigned long long cum = 0;
+	time_t now = time(NULL);
+
+	if (!b.p)
+		return NULL;
+	add(&b, "# HELP broker_requests_total Token requests answered, by tenant and status.\n"
+		"# TYPE broker_requests_total counter\n");
+	for (unsigned t = 0; t <= MAX_TENANTS; t++) {
+		if (t >= n && t != MAX_TENANTS)
+			continue;
+		for (size_t i = 0; i < N_STATUS; i++) {
+			unsigned long long v = atomic_load_explicit(&tenants[t].requests[i], memory_order_relaxed);
+			if (!v)
+				continue;
+			if (statuses[i])
+				add(&b, "broker_requests_total{tenant=\"%s\",status=\"%d\"} %llu\n", tenants[t].name,
+				    statuses[i], v);
+			else
+				add(&b, "broker_requests_total{tenant=\"%s\",status=\"other\"} %llu\n",
+				    tenants[t].name, v);
+		}
+	}
+	add(&b, "# HELP broker_upstream_seconds Latency of Courier calls.\n"
+		"# TYPE broker_upstream_seconds histogram\n");
+	for (size_t i = 0; i < N_BUCKETS; i++) {
+		cum += atomic_load_explicit(&up_buckets[i], memory_order_relaxed);
+		add(&b, "broker_upstream_seconds_bucket{le=\"%g\"} %llu\n", buckets[i], cum);
+	}
+	cum += atomic_load_explicit(&up_buckets[N_BUCKETS], memory_order_relaxed);
+	add(&b, "broker_upstream_seconds_bucket{le=\"+Inf\"} %llu\n", cum);
+	add(&b, "broker_upstream_seconds_sum %.6f\n", (double)atomic_load(&up_sum_us) / 1e6);
+	add(&b, "broker_upstream_seconds_count %llu\n", atomic_load(&up_count));
+	add(&b, "# HELP broker_upstream_responses_total Courier answers by class.\n"
+		"# TYPE broker_upstream_responses_total counter\n"
+		"broker_upstream_responses_total{class=\"2xx\"} %llu\n"
+		"broker_upstream_responses_total{class=\"4xx\"} %llu\n"
+		"broker_upstream_responses_total{class=\"5xx\"} %llu\n"
+		"broker_upstream_responses_total{class=\"none\"} %llu\n",
+	    atomic_load(&up_status_2xx), atomic_load(&up_status_4xx), atomic_load(&up_status_5xx),
+	    atomic_load(&up_status_none));
+	add(&b, "# HELP broker_inflight_requests Token requests being handled.\n"
+		"# TYPE broker_inflight_requests gauge\nbroker_inflight_requests %d\n",
+	    atomic_load(&inflight));
+	add(&b, "# HELP broker_generation Id of the running configuration generation.\n"
+		"# TYPE broker_generation gauge\nbroker_generation %llu\n"
+		"# HELP broker_generation_loaded_timestamp_seconds When it was loaded.\n"
+		"# TYPE broker_generation_loaded_timestamp_seconds gauge\n"
+		"broker_generation_loaded_timestamp_seconds %llu\n",
+	    atomic_load(&gen_id), atomic_load(&gen_loaded_at));
+	add(&b, "# HELP broker_reloads_total Reload attempts by result.\n"
+		"# TYPE broker_reloads_total counter\n"
+		"broker_reloads_total{result=\"ok\"} %llu\nbroker_reloads_total{result=\"failed\"} %llu\n"
+		"# HELP broker_last_reload_timestamp_seconds Time of the last reload attempt.\n"
+		"# TYPE broker_last_reload_timestamp_seconds gauge\n"
+		"broker_last_reload_timestamp_seconds %llu\n"
+		"# HELP broker_last_reload_success Whether the last reload attempt succeeded.\n"
+		"# TYPE broker_last_reload_success gauge\nbroker_last_reload_success %llu\n",
+	    atomic_load(&reload_ok), atomic_load(&reload_failed), atomic_load(&reload_last_time),
+	    atomic_load(&reload_last_ok));
+	{
+		unsigned long long since = atomic_load(&stale_since);
+		add(&b, "# HELP broker_policy_stale_seconds How long the running generation has been behind a "
+			"failed reload.\n# TYPE broker_policy_stale_seconds gauge\nbroker_policy_stale_seconds %llu\n",
+		    since ? (unsigned long long)now - since : 0ULL);
+	}
+	if (b.failed) {
+		free(b.p);
+		return NULL;
+	}
+	*len = b.len;
+	return b.p;
+}

@@ -1,0 +1,31 @@
+/*
+ * metrics.h — counters for /metrics, in Prometheus text format.
+ *
+ * Lock-free on the request path (atomics); tenant names are interned once.
+ * Labels carry tenant names and status codes only: never a user, a subject,
+ * a key or a token.
+ */
+#ifndef BROKER_METRICS_H
+#define BROKER_METRICS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <time.h>
+
+/* One finished request on the token routes. tenant may be NULL ("-"). */
+void metrics_request(const char *tenant, int status);
+
+/* One Courier call, whatever its outcome. */
+void metrics_upstream(double seconds, long http_status);
+
+/* Requests currently between arrival and answer on the token routes. */
+void metrics_inflight_add(int delta);
+
+/* Generation and reload bookkeeping. */
+void metrics_generation(unsigned long long id, time_t loaded_at);
+void metrics_reload(bool ok, time_t when);
+
+/* Renders everything; returns a malloc'ed string (caller frees) or NULL. */
+char *metrics_render(size_t *len);
+
+#endif

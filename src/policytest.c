@@ -1,0 +1,649 @@
+/*
+ * policytest.c — policy tests and dry runs: `test`, `check`, `eval`.
+ *
+ * Owns the test-file format and the report. A case's request goes through
+ * the same engine (policy.c) and the same ceiling (envelope.c) as a live
+ * request, so a passing test means what production will do. Test files are
+ * loaded as text into an environment without I/O. Never calls Courier.
+ */
+#include "policytest.h"
+
+#include <dirent.h>
+#include <lauxlib.h>
+#include <lua.h>
+#include <lualib.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include "config.h"
+#include "duration.h"
+#include "envelope.h"
+#include "json.h"
+#include "policy.h"
+#include "scope.h"
+
+#define MAX_TEST_FILE (1024 * 1024)
+#define MAX_HDRS 64
+
+struct report {
+	bool json;
+	bool quiet;
+	const char *pattern;
+	int passed, failed;
+	FILE *out;
+	char first_failure[512];
+};
+
+/* ------------------------------------------------------- building a req */
+
+/* The request a case (or eval) describes, as the table at idx on L. Strings
+ * point into Lua values kept on the stack, so the caller restores the stack
+ * only after deciding. */
+struct case_req {
+	struct policy_request rq;
+	struct policy_header hdrs[MAX_HDRS];
+};
+
+static const char *opt_string(lua_State *L, int t, const char *field)
+{
+	const char *s;
+
+	lua_getfield(L, t, field);
+	s = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
+	/* Left on the stack on purpose: s must stay valid. */
+	return s;
+}
+
+/* Builds cr from the table at idx; pushes helper values. 0 or -1 with a message. */
+static int build_req(lua_State *L, int idx, const struct tenant *t, struct case_req *cr, const char **msg)
+{
+	struct policy_request *rq = &cr->rq;
+	int ident, client, hdrs;
+
+	memset(cr, 0, sizeof(*cr));
+	idx = lua_absindex(L, idx);
+	rq->tenant = t;
+	rq->user_id = opt_string(L, idx, "user_id");
+	if (!rq->user_id || !scope_user_id_valid(rq->user_id, strlen(rq->user_id))) {
+		*msg = "req.user_id must be a valid user id";
+		return -1;
+	}
+	lua_getfield(L, idx, "body");
+	if (lua_isnil(L, -1)) {
+		lua_pop(L, 1);
+		lua_createtable(L, 0, 3);
+		lua_pushstring(L, rq->user_id);
+		lua_setfield(L, -2, "user_id");
+		lua_getfield(L, idx, "scopes");
+		lua_setfield(L, -2, "scopes");
+		lua_getfield(L, idx, "expires_in");
+		lua_setfield(L, -2, "expires_in");
+	} else if (!lua_istable(L, -1)) {
+		*msg = "req.body must be a table";
+		return -1;
+	}
+	rq->body_idx = lua_gettop(L);
+
+	lua_getfield(L, idx, "identity");
+	ident = lua_gettop(L);
+	if (lua_istable(L, ident)) {
+		lua_getfield(L, ident, "authenticated");
+		rq->authenticated = lua_toboolean(L, -1);
+		rq->method = opt_string(L, ident, "method");
+		rq->subject = opt_string(L, ident, "subject");
+		lua_getfield(L, ident, "claims");
+		if (lua_istable(L, -1))
+			rq->claims_idx = lua_gettop(L);
+		if (!rq->method)
+			rq->method = rq->authenticated ? "jwt" : "none";
+	} else {
+		rq->method = "none";
+	}
+
+	lua_getfield(L, idx, "client");
+	client = lua_gettop(L);
+	if (lua_istable(L, client)) {
+		rq->client_ip = opt_string(L, client, "ip");
+		rq->origin = opt_string(L, client, "origin");
+		rq->user_agent = opt_string(L, client, "user_agent");
+	}
+
+	lua_getfield(L, idx, "headers");
+	hdrs = lua_gettop(L);
+	if (lua_istable(L, hdrs)) {
+		lua_pushnil(L);
+		/* Keys and values stay alive in the table, which stays on the stack. */
+		while (lua_next(L, hdrs)) {
+			if (lua_type(L, -2) == LUA_TSTRING && lua_type(L, -1) == LUA_TSTRING &&
+			    rq->n_headers < MAX_HDRS) {
+				cr->hdrs[rq->n_headers].name = lua_tostring(L, -2);
+				cr->hdrs[rq->n_headers].value = lua_tostring(L, -1);
+				rq->n_headers++;
+			}
+			lua_pop(L, 1);
+		}
+	}
+	rq->headers = cr->hdrs;
+
+	lua_getfield(L, idx, "now");
+	rq->now = lua_isinteger(L, -1) ? (long long)lua_tointeger(L, -1) : (long long)time(NULL);
+	return 0;
+}
+
+/* -------------------------------------------------------- running a case */
+
+struct outcome {
+	enum { OUT_ALLOW, OUT_DENY, OUT_ERROR } kind;
+	struct decision dec;
+	struct grant grant;
+	char err[512];
+};
+
+static void decide(struct policy_engine *e, lua_State *L, int reqidx, const struct tenant *t, struct outcome *o)
+{
+	struct case_req *cr = calloc(1, sizeof(*cr));
+	const char *msg = NULL;
+	int top = lua_gettop(L);
+
+	memset(o, 0, sizeof(*o));
+	o->kind = OUT_ERROR;
+	if (!cr) {
+		snprintf(o->err, sizeof(o->err), "out of memory");
+		return;
+	}
+	if (build_req(L, reqidx, t, cr, &msg) != 0) {
+		snprintf(o->err, sizeof(o->err), "%s", msg);
+	} else if (policy_decide(e, &cr->rq, &o->dec, o->err, sizeof(o->err)) != 0) {
+		/* o->err says why */
+	} else if (!o->dec.allow) {
+		o->kind = OUT_DENY;
+	} else if (envelope_apply(t, cr->rq.user_id, &o->dec, &o->grant, o->err, sizeof(o->err)) == 0) {
+		o->kind = OUT_ALLOW;
+	}
+	lua_settop(L, top);
+	free(cr);
+}
+
+/* Whether the grant's scopes, without the user_id one, are exactly the list at idx (any order). */
+static bool same_scopes(lua_State *L, int idx, const struct grant *g, char *why, size_t whylen)
+{
+	char buf[sizeof(g->scope)];
+	size_t n = 0, want = (size_t)lua_rawlen(L, idx);
+	char *save = NULL;
+
+	snprintf(buf, sizeof(buf), "%s", g->scope);
+	for (char *tok = strtok_r(buf, " ", &save); tok; tok = strtok_r(NULL, " ", &save)) {
+		bool found = false;
+		if (strncmp(tok, "user_id:", 8) == 0)
+			continue;
+		n++;
+		for (size_t i = 1; i <= want && !found; i++) {
+			lua_rawgeti(L, idx, (lua_Integer)i);
+			found = lua_type(L, -1) == LUA_TSTRING && strcmp(lua_tostring(L, -1), tok) == 0;
+			lua_pop(L, 1);
+		}
+		if (!found) {
+			snprintf(why, whylen, "unexpected scope %s (got \"%s\")", tok, g->scope);
+			return false;
+		}
+	}
+	if (n != want) {
+		snprintf(why, whylen, "expected %zu scopes, got \"%s\"", want, g->scope);
+		return false;
+	}
+	return true;
+}
+
+/* Compares the outcome with the case's expect table at idx. */
+static bool check_expect(lua_State *L, int idx, const struct outcome *o, char *why, size_t whylen)
+{
+	bool ok = true;
+	int top = lua_gettop(L);
+
+	idx = lua_absindex(L, idx);
+	lua_getfield(L, idx, "error");
+	if (lua_toboolean(L, -1)) {
+		ok = o->kind == OUT_ERROR;
+		if (!ok)
+			snprintf(why, whylen, "expected a policy error, got %s", o->kind == OUT_ALLOW ? "allow" : "deny");
+		goto out;
+	}
+	if (o->kind == OUT_ERROR) {
+		snprintf(why, whylen, "policy error: %s", o->err);
+		ok = false;
+		goto out;
+	}
+	lua_getfield(L, idx, "allow");
+	if (!lua_isboolean(L, -1)) {
+		snprintf(why, whylen, "expect.allow must be a boolean");
+		ok = false;
+		goto out;
+	}
+	if (lua_toboolean(L, -1) != (o->kind == OUT_ALLOW)) {
+		snprintf(why, whylen, "expected %s, got %s%s%s", lua_toboolean(L, -1) ? "allow" : "deny",
+			 o->kind == OUT_ALLOW ? "allow" : "deny", o->dec.reason[0] ? ": " : "", o->dec.reason);
+		ok = false;
+		goto out;
+	}
+	if (o->kind == OUT_ALLOW) {
+		lua_getfield(L, idx, "scopes");
+		if (lua_istable(L, -1) && !same_scopes(L, lua_gettop(L), &o->grant, why, whylen)) {
+			ok = false;
+			goto out;
+		}
+		lua_getfield(L, idx, "expires_in");
+		if (!lua_isnil(L, -1)) {
+			long long want = -1;
+			size_t len;
+			if (lua_isinteger(L, -1))
+				want = (long long)lua_tointeger(L, -1);
+			else if (lua_type(L, -1) == LUA_TSTRING) {
+				const char *s = lua_tolstring(L, -1, &len);
+				if (duration_parse(s, len, &want) != 0)
+					want = -1;
+			}
+			if (want != o->grant.expires_s) {
+				snprintf(why, whylen, "expected expires_in %lld s, got %lld s", want, o->grant.expires_s);
+				ok = false;
+				goto out;
+			}
+		}
+	}
+	lua_getfield(L, idx, "reason");
+	if (lua_type(L, -1) == LUA_TSTRING && strcmp(lua_tostring(L, -1), o->dec.reason) != 0) {
+		snprintf(why, whylen, "expected reason \"%s\", got \"%s\"", lua_tostring(L, -1), o->dec.reason);
+		ok = false;
+	}
+out:
+	lua_settop(L, top);
+	return ok;
+}
+
+static void report_case(struct report *rep, const char *file, const char *name, bool ok, const char *why)
+{
+	if (ok)
+		rep->passed++;
+	else {
+		rep->failed++;
+		if (!rep->first_failure[0])
+			snprintf(rep->first_failure, sizeof(rep->first_failure), "%s: %s: %s", file, name, why);
+	}
+	if (rep->quiet)
+		return;
+	if (rep->json)
+		fprintf(rep->out, "%s{\"file\":\"%s\",\"case\":\"%s\",\"result\":\"%s\"}\n", "", file, name,
+			ok ? "pass" : "fail");
+	else if (ok)
+		fprintf(rep->out, "PASS %s: %s\n", file, name);
+	else
+		fprintf(rep->out, "FAIL %s: %s: %s\n", file, name, why);
+}
+
+/* Loads a test file (text only, no I/O) on L; pushes its list of cases. */
+static int load_cases(lua_State *L, const char *path, char *err, size_t errlen)
+{
+	FILE *f = fopen(path, "rb");
+	char *buf;
+	size_t len;
+	static const char *const safe[] = {"ipairs", "pairs", "next", "select", "tostring", "tonumber", "type",
+					   "error", "assert", "string", "table", "math", NULL};
+
+	if (!f) {
+		snprintf(err, errlen, "%s: cannot open", path);
+		return -1;
+	}
+	buf = malloc(MAX_TEST_FILE + 1);
+	len = buf ? fread(buf, 1, MAX_TEST_FILE + 1, f) : 0;
+	fclose(f);
+	if (!buf || len > MAX_TEST_FILE) {
+		free(buf);
+		snprintf(err, errlen, "%s: larger than 1 MiB", path);
+		return -1;
+	}
+	lua_pushfstring(L, "@%s", path);
+	if (luaL_loadbufferx(L, buf, len, lua_tostring(L, -1), "t") != LUA_OK) {
+		snprintf(err, errlen, "%s", lua_tostring(L, -1));
+		lua_pop(L, 2);
+		free(buf);
+		return -1;
+	}
+	free(buf);
+	lua_remove(L, -2);
+	/* The test file's own environment: a few pure functions, nothing else. */
+	lua_newtable(L);
+	for (int i = 0; safe[i]; i++) {
+		lua_getglobal(L, safe[i]);
+		lua_setfield(L, -2, safe[i]);
+	}
+	if (!lua_setupvalue(L, -2, 1))
+		lua_pop(L, 1);
+	if (lua_pcall(L, 0, 1, 0) != LUA_OK) {
+		snprintf(err, errlen, "%s", lua_tostring(L, -1));
+		lua_pop(L, 1);
+		return -1;
+	}
+	if (!lua_istable(L, -1)) {
+		snprintf(err, errlen, "%s: must return a list of cases", path);
+		lua_pop(L, 1);
+		return -1;
+	}
+	return 0;
+}
+
+static int run_file(struct policy_engine *e, const struct tenant *t, const char *path, struct report *rep)
+{
+	lua_State *L = policy_engine_lua(e);
+	int top = lua_gettop(L), cases;
+	char err[512];
+	lua_Integer n;
+
+	if (load_cases(L, path, err, sizeof(err)) != 0) {
+		report_case(rep, path, "(load)", false, err);
+		return -1;
+	}
+	cases = lua_gettop(L);
+	n = (lua_Integer)lua_rawlen(L, cases);
+	for (lua_Integer i = 1; i <= n; i++) {
+		struct outcome *o;
+		const char *name;
+		char why[512] = "";
+		bool ok;
+
+		lua_rawgeti(L, cases, i);
+		if (!lua_istable(L, -1)) {
+			report_case(rep, path, "(case)", false, "each case must be a table");
+			lua_settop(L, cases);
+			continue;
+		}
+		lua_getfield(L, -1, "name");
+		name = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "(unnamed)";
+		if (rep->pattern && !strstr(name, rep->pattern)) {
+			lua_settop(L, cases);
+			continue;
+		}
+		lua_getfield(L, -2, "req");
+		lua_getfield(L, -3, "expect");
+		if (!lua_istable(L, -2) || !lua_istable(L, -1)) {
+			report_case(rep, path, name, false, "a case needs req and expect tables");
+			lua_settop(L, cases);
+			continue;
+		}
+		o = calloc(1, sizeof(*o));
+		if (!o) {
+			lua_settop(L, top);
+			return -1;
+		}
+		decide(e, L, -2, t, o);
+		ok = check_expect(L, -1, o, why, sizeof(why));
+		report_case(rep, path, name, ok, why);
+		free(o);
+		lua_settop(L, cases);
+	}
+	lua_settop(L, top);
+	return 0;
+}
+
+/* ---------------------------------------------- a tenant for `test` alone */
+
+static char *read_text(const char *path, size_t *len)
+{
+	FILE *f = fopen(path, "rb");
+	char *buf;
+
+	if (!f)
+		return NULL;
+	buf = malloc(MAX_TEST_FILE + 1);
+	*len = buf ? fread(buf, 1, MAX_TEST_FILE + 1, f) : 0;
+	fclose(f);
+	if (!buf || *len > MAX_TEST_FILE) {
+		free(buf);
+		return NULL;
+	}
+	buf[*len] = '\0';
+	return buf;
+}
+
+/* Runs path (a *_test.lua file) against the policy beside it under defaults. */
+static int test_file_standalone(const char *path, struct report *rep)
+{
+	static const char suffix[] = "_test.lua";
+	struct config cfg;
+	struct tenant t;
+	struct policy_engine *e;
+	char policy[4096], err[512];
+	size_t plen = strlen(path);
+	const char *const *push = scope_tier("push");
+	size_t n_push = 0;
+	int rc = -1;
+
+	if (plen < sizeof(suffix) || strcmp(path + plen - (sizeof(suffix) - 1), suffix) != 0 ||
+	    plen - (sizeof(suffix) - 1) + 4 >= sizeof(policy)) {
+		report_case(rep, path, "(load)", false, "test files are named NAME_test.lua");
+		return -1;
+	}
+	snprintf(policy, sizeof(policy), "%.*s.lua", (int)(plen - (sizeof(suffix) - 1)), path);
+	while (push[n_push])
+		n_push++;
+	memset(&cfg, 0, sizeof(cfg));
+	memset(&t, 0, sizeof(t));
+	t.name = "test";
+	t.policy_path = realpath(policy, NULL);
+	t.policy_text = t.policy_path ? read_text(t.policy_path, &t.policy_len) : NULL;
+	if (!t.policy_text) {
+		snprintf(err, sizeof(err), "cannot read the policy %s", policy);
+		report_case(rep, path, "(load)", false, err);
+		goto out;
+	}
+	t.policy_dir = strdup(t.policy_path);
+	if (t.policy_dir && strrchr(t.policy_dir, '/'))
+		*strrchr(t.policy_dir, '/') = '\0';
+	snprintf(t.policy_revision, sizeof(t.policy_revision), "test");
+	t.max_expires_s = 7 * 86400;
+	t.default_expires_s = 3600;
+	t.allowed_scopes = (char **)(uintptr_t)push;
+	t.n_allowed_scopes = n_push;
+	t.auth.none = true;
+	cfg.tenants = &t;
+	cfg.n_tenants = 1;
+	cfg.policy_max_instructions = 1000000;
+	cfg.policy_max_memory_bytes = 8 * 1024 * 1024;
+	cfg.policy_timeout_ms = 50;
+	e = policy_engine_new(&cfg, err, sizeof(err));
+	if (!e) {
+		report_case(rep, path, "(load)", false, err);
+		goto out;
+	}
+	rc = run_file(e, &t, path, rep);
+	policy_engine_free(e);
+out:
+	free(t.policy_text);
+	free(t.policy_dir);
+	free(t.policy_path);
+	return rc;
+}
+
+static bool is_test_file(const char *name)
+{
+	size_t n = strlen(name);
+	return n > 9 && strcmp(name + n - 9, "_test.lua") == 0;
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+	return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static void run_path(const char *path, struct report *rep)
+{
+	struct stat st;
+	DIR *d;
+	struct dirent *de;
+	char **names = NULL;
+	size_t n = 0, cap = 0;
+
+	if (stat(path, &st) != 0) {
+		report_case(rep, path, "(load)", false, "no such file or folder");
+		return;
+	}
+	if (!S_ISDIR(st.st_mode)) {
+		test_file_standalone(path, rep);
+		return;
+	}
+	d = opendir(path);
+	if (!d) {
+		report_case(rep, path, "(load)", false, "cannot open the folder");
+		return;
+	}
+	while ((de = readdir(d))) {
+		if (!is_test_file(de->d_name))
+			continue;
+		if (n == cap) {
+			char **p = realloc(names, (cap = cap * 2 + 8) * sizeof(*names));
+			if (!p)
+				break;
+			names = p;
+		}
+		if (asprintf(&names[n], "%s/%s", path, de->d_name) < 0)
+			break;
+		n++;
+	}
+	closedir(d);
+	qsort(names, n, sizeof(*names), cmp_str);
+	for (size_t i = 0; i < n; i++) {
+		test_file_standalone(names[i], rep);
+		free(names[i]);
+	}
+	free(names);
+}
+
+int policytest_main(int argc, char **argv)
+{
+	struct report rep = {.out = stdout};
+	int npaths = 0;
+
+	for (int i = 0; i < argc; i++) {
+		if (strcmp(argv[i], "--run") == 0 && i + 1 < argc)
+			rep.pattern = argv[++i];
+		else if (strcmp(argv[i], "--format") == 0 && i + 1 < argc) {
+			const char *f = argv[++i];
+			if (strcmp(f, "json") == 0)
+				rep.json = true;
+			else if (strcmp(f, "text") != 0) {
+				fprintf(stderr, "courier-broker test: --format is text or json\n");
+				return 2;
+			}
+		} else if (argv[i][0] == '-' && argv[i][1]) {
+			fprintf(stderr, "courier-broker test: unknown option %s\n", argv[i]);
+			return 2;
+		} else {
+			npaths++;
+		}
+	}
+	if (!npaths) {
+		fprintf(stderr, "usage: courier-broker test [--run PATTERN] [--format text|json] PATH...\n");
+		return 2;
+	}
+	for (int i = 0; i < argc; i++) {
+		if (strcmp(argv[i], "--run") == 0 || strcmp(argv[i], "--format") == 0) {
+			i++;
+			continue;
+		}
+		run_path(argv[i], &rep);
+	}
+	if (rep.json)
+		fprintf(stdout, "{\"passed\":%d,\"failed\":%d}\n", rep.passed, rep.failed);
+	else
+		fprintf(stdout, "%d passed, %d failed\n", rep.passed, rep.failed);
+	if (rep.passed + rep.failed == 0) {
+		fprintf(stderr, "courier-broker test: no test case ran\n");
+		return 1;
+	}
+	return rep.failed ? 1 : 0;
+}
+
+int policytest_config(const struct config *cfg, bool quiet, char *err, size_t errlen)
+{
+	struct report rep = {.out = stderr, .quiet = quiet};
+	struct policy_engine *e = NULL;
+
+	for (size_t i = 0; i < cfg->n_tenants; i++) {
+		const struct tenant *t = &cfg->tenants[i];
+		char path[4096];
+		size_t n = strlen(t->policy_path);
+		struct stat st;
+
+		if (n < 4 || strcmp(t->policy_path + n - 4, ".lua") != 0)
+			continue;
+		snprintf(path, sizeof(path), "%.*s_test.lua", (int)(n - 4), t->policy_path);
+		if (stat(path, &st) != 0)
+			continue;
+		if (!e && !(e = policy_engine_new(cfg, err, errlen)))
+			return -1;
+		run_file(e, t, path, &rep);
+	}
+	policy_engine_free(e);
+	if (rep.failed) {
+		snprintf(err, errlen, "policy test failed: %s", rep.first_failure);
+		return -1;
+	}
+	return 0;
+}
+
+int policytest_eval(struct policy_engine *e, const struct tenant *t, const char *json, size_t len, FILE *out)
+{
+	lua_State *L = policy_engine_lua(e);
+	int top = lua_gettop(L);
+	struct outcome *o;
+	const char *s;
+	size_t slen;
+
+	if (json_decode(L, json, len) != 0 || !lua_istable(L, -1)) {
+		fprintf(stderr, "courier-broker eval: the request must be a JSON object\n");
+		lua_settop(L, top);
+		return 1;
+	}
+	o = calloc(1, sizeof(*o));
+	if (!o)
+		return 1;
+	decide(e, L, -1, t, o);
+	lua_createtable(L, 0, 8);
+	lua_pushstring(L, t->name);
+	lua_setfield(L, -2, "tenant");
+	lua_pushstring(L, t->policy_revision);
+	lua_setfield(L, -2, "policy_revision");
+	lua_pushstring(L, o->kind == OUT_ALLOW ? "allow" : o->kind == OUT_DENY ? "deny" : "policy_error");
+	lua_setfield(L, -2, "decision");
+	lua_pushboolean(L, o->kind == OUT_ALLOW);
+	lua_setfield(L, -2, "allow");
+	if (o->dec.reason[0]) {
+		lua_pushstring(L, o->dec.reason);
+		lua_setfield(L, -2, "reason");
+	}
+	if (o->kind == OUT_ERROR) {
+		lua_pushstring(L, o->err);
+		lua_setfield(L, -2, "error");
+	}
+	if (o->kind == OUT_ALLOW) {
+		lua_pushstring(L, o->grant.scope);
+		lua_setfield(L, -2, "scope");
+		lua_pushinteger(L, o->grant.expires_s);
+		lua_setfield(L, -2, "expires_in");
+		lua_pushstring(L, o->grant.courier_expires);
+		lua_setfield(L, -2, "courier_expires_in");
+		if (o->grant.capped) {
+			lua_newtable(L);
+			lua_pushstring(L, "lifetime capped at the tenant's max_expires_in");
+			lua_rawseti(L, -2, 1);
+			lua_setfield(L, -2, "warnings");
+		}
+	}
+	s = json_encode(L, -1, &slen);
+	if (s)
+		fprintf(out, "%s\n", s);
+	lua_settop(L, top);
+	free(o);
+	return s ? 0 : 1;
+}

@@ -1,0 +1,33 @@
+/*
+ * policytest.h — policy tests, dry runs: `courier-broker test`, `check`, `eval`.
+ *
+ * A test file NAME_test.lua returns a list of cases
+ *   { name = ..., req = { ... }, expect = { allow = ..., scopes = ..., expires_in = ... } }
+ * run against NAME.lua in the same folder, through the same engine and
+ * envelope as a live request. Never calls Courier.
+ */
+#ifndef BROKER_POLICYTEST_H
+#define BROKER_POLICYTEST_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdio.h>
+
+struct config;
+struct tenant;
+struct policy_engine;
+
+/* `courier-broker test [--run PATTERN] [--format text|json] PATH...`: exit status. */
+int policytest_main(int argc, char **argv);
+
+/* Runs, for every tenant of cfg, the tests beside its policy (<policy>_test.lua,
+ * when present) under that tenant's ceiling. Returns 0, or -1 with the first
+ * failure in err. Prints one line per case unless quiet. */
+int policytest_config(const struct config *cfg, bool quiet, char *err, size_t errlen);
+
+/* `eval`: decodes a request description (JSON: user_id, body, identity, client,
+ * headers, now), decides, applies the envelope and prints the result as JSON
+ * to out. Returns the exit status (0 when a decision was printed). */
+int policytest_eval(struct policy_engine *e, const struct tenant *t, const char *json, size_t len, FILE *out);
+
+#endif

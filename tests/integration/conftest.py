@@ -1,0 +1,248 @@
+"""Fixtures that start the real broker and the Courier test double on loopback.
+
+Every server binds 127.0.0.1 with an ephemeral port (port 0) and reports the
+port it got; every wait is bounded. The binaries come from BROKER_BIN and
+DOUBLE_BIN (set by `make test` / `make check`), or build/ by default.
+"""
+import http.client
+import json
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+
+import jwt as pyjwt
+import pytest
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+BROKER_BIN = os.environ.get("BROKER_BIN", os.path.join(ROOT, "build", "courier-broker"))
+DOUBLE_BIN = os.environ.get("DOUBLE_BIN", os.path.join(ROOT, "build", "courier-double"))
+
+COURIER_KEY = "ck_test_3f9a1c0e5b7d2a4c6e8f"
+APP_SECRET = "app-secret-7c1e9a3b5d2f4e6a8c0b1d3f5a7c9e2b"
+START_TIMEOUT = 10.0
+
+
+class Response:
+    def __init__(self, status, headers, body):
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+    def json(self):
+        return json.loads(self.body)
+
+    def header(self, name):
+        for k, v in self.headers:
+            if k.lower() == name.lower():
+                return v
+        return None
+
+
+def request(port, method, path, body=None, headers=None, timeout=10.0):
+    """One HTTP request on a fresh connection; body may be bytes, str or a JSON value."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    hdrs = dict(headers or {})
+    if body is not None and not isinstance(body, (bytes, str)):
+        body = json.dumps(body)
+        hdrs.setdefault("Content-Type", "application/json")
+    if isinstance(body, str):
+        body = body.encode()
+    try:
+        conn.request(method, path, body=body, headers=hdrs)
+        r = conn.getresponse()
+        return Response(r.status, r.getheaders(), r.read())
+    finally:
+        conn.close()
+
+
+class Process:
+    """A child process whose stderr is collected line by line in a thread."""
+
+    def __init__(self, argv, env, stdout_port=False):
+        self.lines = []
+        self._cond = threading.Condition()
+        self.proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self._threads = [threading.Thread(target=self._read, args=(self.proc.stderr,), daemon=True),
+                         threading.Thread(target=self._read, args=(self.proc.stdout,), daemon=True)]
+        for t in self._threads:
+            t.start()
+
+    def _read(self, stream):
+        for raw in iter(stream.readline, b""):
+            line = raw.decode("utf-8", "replace").rstrip("\n")
+            with self._cond:
+                self.lines.append(line)
+                self._cond.notify_all()
+
+    def wait_for(self, pattern, timeout=START_TIMEOUT, start=0):
+        """Waits until a line matching pattern appears; returns the match."""
+        rx = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        i = start
+        with self._cond:
+            while True:
+                while i < len(self.lines):
+                    m = rx.search(self.lines[i])
+                    if m:
+                        return m
+                    i += 1
+                left = deadline - time.monotonic()
+                if left <= 0 or self.proc.poll() is not None and i >= len(self.lines):
+                    raise AssertionError("no line matching %r; got:\n%s" % (pattern, "\n".join(self.lines[-40:])))
+                self._cond.wait(min(left, 0.1))
+
+    def text(self):
+        with self._cond:
+            return "\n".join(self.lines)
+
+    def json_lines(self):
+        out = []
+        for line in self.text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                pass
+        return out
+
+    def stop(self, sig=signal.SIGTERM, timeout=15.0):
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        for t in self._threads:
+            t.join(2)
+        return self.proc.returncode
+
+
+class Double:
+    def __init__(self, keys=(COURIER_KEY,)):
+        env = dict(os.environ, COURIER_DOUBLE_KEYS=",".join(keys))
+        self.p = Process([DOUBLE_BIN, "--port", "0"], env)
+        self.port = int(self.p.wait_for(r"^PORT (\d+)$").group(1))
+        self.url = "http://127.0.0.1:%d" % self.port
+
+    def configure(self, **kw):
+        r = request(self.port, "POST", "/_double/config", kw)
+        assert r.status == 200, r.body
+
+    def reset(self):
+        assert request(self.port, "POST", "/_double/reset", b"").status == 200
+
+    def last(self):
+        return request(self.port, "GET", "/_double/last").json()
+
+    def served(self):
+        return request(self.port, "GET", "/_double/stats").json()["served"]
+
+    def stop(self):
+        return self.p.stop()
+
+
+def lua_str(s):
+    return json.dumps(s)  # a JSON string literal is a valid Lua string literal for our inputs
+
+
+ALLOW_POLICY = """
+return function(req)
+  return { allow = true, tier = "inbox", expires_in = "1h", reason = "test" }
+end
+"""
+
+
+class Broker:
+    """The real broker, started from a config written into a temporary folder."""
+
+    def __init__(self, tmp_path, double, tenants=None, extra="", env=None, policies=None, courier_timeout_ms=2000):
+        self.dir = tmp_path
+        self.double = double
+        policies = dict(policies or {"default": ALLOW_POLICY})
+        os.makedirs(tmp_path / "policies", exist_ok=True)
+        for name, text in policies.items():
+            (tmp_path / "policies" / ("%s.lua" % name)).write_text(text)
+        if tenants is None:
+            tenants = {name: {} for name in policies}
+        parts = []
+        for name, opts in tenants.items():
+            auth = opts.get("auth", 'auth = { jwt = { algorithms = { "HS256" }, hmac_secret = { env = "APP_JWT_SECRET" } } },')
+            parts.append("""  [%s] = {
+    api_key = %s,
+    policy = %s,
+    %s
+    %s
+  },""" % (lua_str(name), opts.get("api_key", '{ env = "COURIER_API_KEY" }'),
+             lua_str("policies/%s.lua" % opts.get("policy", name)), auth, opts.get("extra", "")))
+        self.config_text = """listen = "127.0.0.1:0"
+courier = { base_url = %s, timeout_ms = %d, connect_timeout_ms = 1000 }
+%s
+tenants = {
+%s
+}
+""" % (lua_str(double.url if double else "http://127.0.0.1:9"), courier_timeout_ms, extra, "\n".join(parts))
+        self.config = tmp_path / "broker.conf.lua"
+        self.config.write_text(self.config_text)
+        e = dict(os.environ)
+        e.pop("COURIER_BASE_URL", None)
+        e.update({"COURIER_API_KEY": COURIER_KEY, "APP_JWT_SECRET": APP_SECRET})
+        e.update(env or {})
+        self.env = e
+        self.p = Process([BROKER_BIN, "serve", "-c", str(self.config)], e)
+        self.port = int(self.p.wait_for(r"listening on 127\.0\.0\.1:(\d+)").group(1))
+        self.url = "http://127.0.0.1:%d" % self.port
+
+    def post(self, path="/v1/token", body=None, token=None, headers=None, **kw):
+        h = {"Content-Type": "application/json"}
+        if token is not None:
+            h["Authorization"] = "Bearer " + token
+        h.update(headers or {})
+        return request(self.port, "POST", path, body, h, **kw)
+
+    def get(self, path):
+        return request(self.port, "GET", path)
+
+    def sighup(self):
+        self.p.proc.send_signal(signal.SIGHUP)
+
+    def stop(self, sig=signal.SIGTERM):
+        return self.p.stop(sig)
+
+
+def mint(sub="alice", secret=APP_SECRET, alg="HS256", ttl=300, **claims):
+    now = int(time.time())
+    payload = {"sub": sub, "iat": now, "exp": now + ttl}
+    payload.update(claims)
+    return pyjwt.encode(payload, secret, algorithm=alg)
+
+
+@pytest.fixture
+def double():
+    d = Double()
+    yield d
+    d.stop()
+
+
+@pytest.fixture
+def broker_factory(tmp_path, double):
+    started = []
+
+    def make(**kw):
+        sub = tmp_path / ("b%d" % len(started))
+        sub.mkdir()
+        b = Broker(sub, kw.pop("double", double), **kw)
+        started.append(b)
+        return b
+
+    yield make
+    for b in started:
+        b.stop()
+
+
+@pytest.fixture
+def broker(broker_factory):
+    return broker_factory()
