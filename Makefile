@@ -14,10 +14,11 @@ PKGS      = lua5.4 lua5.4-cjson libmicrohttpd libcurl libcrypto
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 
-# Truncating a message to its buffer is intended everywhere we format: no -Wformat-truncation.
+# Truncating a message to its buffer is intended everywhere we format: no
+# -Wformat-truncation (a gcc-only flag: clang builds set WARN_GCC empty).
+WARN_GCC ?= -Wno-format-truncation
 WARN = -Wall -Wextra -Wshadow -Wformat=2 -Wstrict-prototypes -Wmissing-prototypes \
-       -Wpointer-arith -Wundef -Wvla -Wnull-dereference -Werror \
-       -Wno-format-truncation
+       -Wpointer-arith -Wundef -Wvla -Wnull-dereference -Werror $(WARN_GCC)
 OPT      ?= -O2 -g -D_FORTIFY_SOURCE=2
 SAN      ?=
 VERSION  = 0.1.0
@@ -98,7 +99,7 @@ FUZZ_scope    = scope
 FUZZ_json     = json
 FUZZ_SECONDS ?= 60
 fuzz: deps
-	@$(MAKE) --no-print-directory BUILD=build/fuzz CC=clang OPT="-O1 -g" \
+	@$(MAKE) --no-print-directory BUILD=build/fuzz CC=clang WARN_GCC= OPT="-O1 -g" \
 	  SAN="-fsanitize=fuzzer-no-link,address,undefined" $(patsubst %,build/fuzz/fuzz_%,$(FUZZ_NAMES))
 	@bash scripts/fuzz.sh $(FUZZ_SECONDS) $(patsubst %,build/fuzz/fuzz_%,$(FUZZ_NAMES))
 

@@ -60,6 +60,8 @@ static void integerise(lua_State *L, int depth)
 {
 	if (depth > JSON_MAX_DEPTH + 1 || lua_type(L, -1) != LUA_TTABLE)
 		return;
+	/* Two slots per level of nesting: make room (raises under our pcall). */
+	luaL_checkstack(L, 4, "JSON nesting");
 	lua_pushnil(L);
 	while (lua_next(L, -2)) {
 		if (lua_type(L, -1) == LUA_TNUMBER && !lua_isinteger(L, -1)) {
