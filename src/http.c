@@ -146,6 +146,8 @@ static enum MHD_Result queue(struct MHD_Connection *conn, struct http_server *s,
 	if (!resp)
 		return MHD_NO;
 	MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, ctype);
+	/* Tokens, and errors about them, must never sit in a cache. */
+	MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
 	if (extra_name)
 		MHD_add_response_header(resp, extra_name, extra_value);
 	if (s && atomic_load(&s->draining))
@@ -843,6 +845,7 @@ struct http_server *http_start(const struct config *cfg, struct courier_client *
 {
 	struct http_server *s = calloc(1, sizeof(*s));
 	struct sockaddr_storage ss;
+	const char *host;
 	socklen_t sl;
 	unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ITC |
 			 MHD_USE_ERROR_LOG;
@@ -852,19 +855,20 @@ struct http_server *http_start(const struct config *cfg, struct courier_client *
 		return NULL;
 	}
 	memset(&ss, 0, sizeof(ss));
-	if (inet_pton(AF_INET, cfg->listen_host, &((struct sockaddr_in *)&ss)->sin_addr) == 1) {
+	host = strcmp(cfg->listen_host, "localhost") == 0 ? "127.0.0.1" : cfg->listen_host;
+	if (inet_pton(AF_INET, host, &((struct sockaddr_in *)&ss)->sin_addr) == 1) {
 		struct sockaddr_in *sin = (struct sockaddr_in *)&ss;
 		sin->sin_family = AF_INET;
 		sin->sin_port = htons(cfg->listen_port);
 		sl = sizeof(*sin);
-	} else if (inet_pton(AF_INET6, cfg->listen_host, &((struct sockaddr_in6 *)&ss)->sin6_addr) == 1) {
+	} else if (inet_pton(AF_INET6, host, &((struct sockaddr_in6 *)&ss)->sin6_addr) == 1) {
 		struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)&ss;
 		sin6->sin6_family = AF_INET6;
 		sin6->sin6_port = htons(cfg->listen_port);
 		sl = sizeof(*sin6);
 		flags |= MHD_USE_IPv6;
 	} else {
-		snprintf(err, errlen, "listen: %s is not an IP address", cfg->listen_host);
+		snprintf(err, errlen, "listen: %s is not an IP address (or localhost)", cfg->listen_host);
 		free(s);
 		return NULL;
 	}
@@ -876,13 +880,13 @@ struct http_server *http_start(const struct config *cfg, struct courier_client *
 		return NULL;
 	}
 	s->d = MHD_start_daemon(flags, cfg->listen_port, NULL, NULL, on_request, s,
+				MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
 				MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
 				MHD_OPTION_THREAD_POOL_SIZE, (unsigned)cfg->threads,
 				MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)cfg->connection_timeout_s,
 				MHD_OPTION_CONNECTION_LIMIT, (unsigned)cfg->max_connections,
 				MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)32 * 1024,
 				MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
-				MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
 				MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1,
 				MHD_OPTION_END);
 	if (!s->d) {

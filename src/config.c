@@ -1,0 +1,1440 @@
+/*
+ * config.c — loading the broker's configuration from one Lua file.
+ *
+ * The file runs once in a throw-away Lua state with no I/O (base, string,
+ * table, math; no load/require/dofile/setmetatable), a memory cap and an
+ * instruction cap; the globals it assigns land in a private environment
+ * table. That table is
+ * then checked against `options`, the single declarative table of every
+ * option: its dotted name, type, default, bounds, where it is stored and what
+ * it means. Nothing else in the broker parses configuration, and the docs are
+ * printed from the same table (config_print_options). Every error names the
+ * file and the full key path; no error ever echoes a secret's value. The walk
+ * reads the Lua values with raw accesses only, so no code from the file runs
+ * after the chunk itself has returned.
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <lauxlib.h>
+#include <limits.h>
+#include <lua.h>
+#include <lualib.h>
+#include <math.h>
+#include <openssl/evp.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "duration.h"
+#include "scope.h"
+
+#define CONFIG_FILE_MAX     (1024 * 1024) /* the configuration file itself */
+#define POLICY_FILE_MAX     (1024 * 1024) /* each tenant's policy source */
+#define CONFIG_MEMORY_MAX   (64u << 20)   /* Lua heap while the file runs */
+#define CONFIG_INSTRUCTIONS 10000000LL    /* Lua VM instructions while the file runs */
+#define HOOK_EVERY          1000          /* instructions between two hook calls */
+#define TENANT_NAME_MAX     64
+
+/* ------------------------------------------------------------------------ */
+/* The table of options                                                      */
+/* ------------------------------------------------------------------------ */
+
+enum opt_type {
+	OPT_TABLE, /* a section: its children are the rows named "<name>.<key>" */
+	OPT_MAP,   /* name -> section "<name>.*" (tenants) */
+	OPT_STRING,
+	OPT_INT,
+	OPT_NUMBER,
+	OPT_BOOL,
+	OPT_DURATION, /* "1h", "7d": see duration.h; stored as whole seconds */
+	OPT_SECRET,   /* { env = "NAME" } or { file = "PATH" } */
+	OPT_LIST,     /* list of strings */
+};
+
+enum opt_flag {
+	OPT_REQUIRED = 1u << 0,
+	OPT_UNSUPPORTED = 1u << 1,   /* accepted name, refused value: "not supported yet" */
+	OPT_PROSE_DEFAULT = 1u << 2, /* def is prose for the docs; the loader computes it */
+	OPT_PRESENCE = 1u << 3,      /* a section that is skipped when absent; offset: bool */
+};
+
+/* A value read from the file, or parsed from a row's default text. */
+struct value {
+	bool present;    /* false: absent and no default */
+	const char *str; /* OPT_STRING, OPT_DURATION (points into Lua or the row) */
+	size_t len;
+	long long i; /* OPT_INT */
+	double num;  /* OPT_NUMBER */
+	bool b;      /* OPT_BOOL */
+	char **list; /* OPT_LIST, NULL-terminated, owned until a converter takes it */
+	size_t n;
+	struct secret_ref ref; /* OPT_SECRET, owned */
+};
+
+struct loader;
+typedef int (*convert_fn)(struct loader *ld, const char *key, struct value *v, void *base);
+
+struct option {
+	const char *name; /* dotted; "*" stands for a tenant's name */
+	enum opt_type type;
+	const char *def; /* default as written in a config file, or NULL */
+	double min, max; /* OPT_INT / OPT_NUMBER bounds (inclusive) */
+	size_t offset;   /* into struct config, or struct tenant below "tenants.*" */
+	size_t size;     /* of the member, 0 when a converter stores the value */
+	unsigned flags;
+	convert_fn convert; /* stores the value itself (custom checks); NULL: generic */
+	const char *desc;
+};
+
+static int conv_listen(struct loader *ld, const char *key, struct value *v, void *base);
+static int conv_base_url(struct loader *ld, const char *key, struct value *v, void *base);
+static int conv_policy(struct loader *ld, const char *key, struct value *v, void *base);
+static int conv_algorithms(struct loader *ld, const char *key, struct value *v, void *base);
+static int conv_scopes(struct loader *ld, const char *key, struct value *v, void *base);
+static int conv_burst(struct loader *ld, const char *key, struct value *v, void *base);
+
+#define CFG(m)  offsetof(struct config, m), sizeof(((struct config *)0)->m)
+#define TEN(m)  offsetof(struct tenant, m), sizeof(((struct tenant *)0)->m)
+#define NOWHERE 0, 0
+
+static const struct option options[] = {
+    {"listen", OPT_STRING, "127.0.0.1:8080", 0, 0, NOWHERE, 0, conv_listen,
+     "Address to listen on: `host:port`, or `[ipv6]:port`; port 0 picks a free port (logged at start)."},
+    {"threads", OPT_INT, "2", 1, 64, CFG(threads), 0, NULL, "HTTP worker threads."},
+    {"connection_timeout_s", OPT_INT, "30", 1, 3600, CFG(connection_timeout_s), 0, NULL,
+     "Idle client connections are closed after this many seconds."},
+    {"max_body_bytes", OPT_INT, "16384", 256, 1048576, CFG(max_body_bytes), 0, NULL,
+     "Largest request body; larger ones get 413."},
+    {"max_connections", OPT_INT, "4096", 1, 100000, CFG(max_connections), 0, NULL,
+     "Client connections held at once."},
+    {"max_inflight", OPT_INT, "4096", 1, 100000, CFG(max_inflight), 0, NULL,
+     "Courier calls in flight before new requests get 503."},
+    {"drain_timeout_ms", OPT_INT, "10000", 0, 600000, CFG(drain_timeout_ms), 0, NULL,
+     "On SIGTERM, how long to wait for in-flight requests."},
+
+    {"courier", OPT_TABLE, NULL, 0, 0, NOWHERE, 0, NULL, "How to reach Courier."},
+    {"courier.base_url", OPT_STRING, "https://api.courier.com", 0, 0, NOWHERE, 0, conv_base_url,
+     "Courier API base URL (`https://` or `http://`); env `COURIER_BASE_URL` overrides it."},
+    {"courier.timeout_ms", OPT_INT, "5000", 1, 60000, CFG(courier_timeout_ms), 0, NULL,
+     "Whole Courier call, queueing and connecting included."},
+    {"courier.connect_timeout_ms", OPT_INT, "2000", 1, 60000, CFG(courier_connect_timeout_ms), 0, NULL,
+     "Connecting to Courier."},
+    {"courier.max_connections", OPT_INT, "64", 1, 1024, CFG(courier_max_connections), 0, NULL,
+     "Connections to Courier's host."},
+
+    {"policy_limits", OPT_TABLE, NULL, 0, 0, NOWHERE, 0, NULL, "Budget of one policy decision."},
+    {"policy_limits.max_instructions", OPT_INT, "1000000", 1000, 100000000, CFG(policy_max_instructions), 0,
+     NULL, "Lua instructions per decision."},
+    {"policy_limits.max_memory_bytes", OPT_INT, "8388608", 65536, 268435456, CFG(policy_max_memory_bytes), 0,
+     NULL, "Lua memory per policy state."},
+    {"policy_limits.timeout_ms", OPT_INT, "50", 1, 5000, CFG(policy_timeout_ms), 0, NULL,
+     "Wall-clock time per decision."},
+
+    {"tenants", OPT_MAP, NULL, 0, 0, NOWHERE, OPT_REQUIRED, NULL,
+     "At least one tenant; names match `[A-Za-z0-9_-]{1,64}`; `default` serves `POST /v1/token`."},
+    {"tenants.*", OPT_TABLE, NULL, 0, 0, NOWHERE, 0, NULL, "One tenant, keyed by its name."},
+    {"tenants.*.api_key", OPT_SECRET, NULL, 0, 0, TEN(api_key), OPT_REQUIRED, NULL,
+     "Courier API key of this tenant's workspace and environment."},
+    {"tenants.*.policy", OPT_STRING, NULL, 0, 0, NOWHERE, OPT_REQUIRED, conv_policy,
+     "Policy file (Lua), relative to the config file's folder."},
+    {"tenants.*.auth", OPT_TABLE, NULL, 0, 0, NOWHERE, 0, NULL,
+     "How requesters authenticate: at least one of `jwt`, `none = true`."},
+    {"tenants.*.auth.jwt", OPT_TABLE, NULL, 0, 0, TEN(auth.jwt.enabled), OPT_PRESENCE, NULL,
+     "Requester presents a JWT from the app (`Authorization: Bearer`)."},
+    {"tenants.*.auth.jwt.algorithms", OPT_LIST, NULL, 0, 0, NOWHERE, OPT_REQUIRED, conv_algorithms,
+     "Allowed algorithms: `HS256`, `HS384`, `HS512`."},
+    {"tenants.*.auth.jwt.hmac_secret", OPT_SECRET, NULL, 0, 0, TEN(auth.jwt.hmac_secret), 0, NULL,
+     "Key for HS* algorithms (required with them)."},
+    {"tenants.*.auth.jwt.public_key", OPT_SECRET, NULL, 0, 0, NOWHERE, OPT_UNSUPPORTED, NULL,
+     "Not supported yet."},
+    {"tenants.*.auth.jwt.jwks", OPT_TABLE, NULL, 0, 0, NOWHERE, OPT_UNSUPPORTED, NULL, "Not supported yet."},
+    {"tenants.*.auth.jwt.issuer", OPT_STRING, NULL, 0, 0, TEN(auth.jwt.issuer), 0, NULL,
+     "Expected `iss` claim, compared exactly; not checked when absent."},
+    {"tenants.*.auth.jwt.audience", OPT_STRING, NULL, 0, 0, TEN(auth.jwt.audience), 0, NULL,
+     "Expected `aud` (the claim may be a list), compared exactly; not checked when absent."},
+    {"tenants.*.auth.jwt.leeway_s", OPT_INT, "30", 0, 600, TEN(auth.jwt.leeway_s), 0, NULL,
+     "Clock skew allowed on `exp` and `nbf`, in seconds."},
+    {"tenants.*.auth.jwt.max_token_bytes", OPT_INT, "8192", 256, 65536, TEN(auth.jwt.max_token_bytes), 0,
+     NULL, "Longer tokens are refused unread."},
+    {"tenants.*.auth.jwt.subject_claim", OPT_STRING, "sub", 0, 0, TEN(auth.jwt.subject_claim), 0, NULL,
+     "Claim that names the requester (`req.identity.subject`)."},
+    {"tenants.*.auth.client_keys", OPT_TABLE, NULL, 0, 0, NOWHERE, OPT_UNSUPPORTED, NULL,
+     "Not supported yet."},
+    {"tenants.*.auth.trusted_proxy", OPT_TABLE, NULL, 0, 0, NOWHERE, OPT_UNSUPPORTED, NULL,
+     "Not supported yet."},
+    {"tenants.*.auth.none", OPT_BOOL, "false", 0, 0, TEN(auth.none), 0, NULL,
+     "Development only: unauthenticated requesters reach the policy."},
+    {"tenants.*.max_expires_in", OPT_DURATION, "7d", 0, 0, TEN(max_expires_s), 0, NULL,
+     "Ceiling on any token's lifetime."},
+    {"tenants.*.default_expires_in", OPT_DURATION, "1h", 0, 0, TEN(default_expires_s), 0, NULL,
+     "Lifetime when neither request nor policy gives one; at most `max_expires_in`."},
+    {"tenants.*.allowed_scopes", OPT_LIST, "the push tier", 0, 0, NOWHERE, OPT_PROSE_DEFAULT, conv_scopes,
+     "Ceiling on the scopes of any token (`user_id:` scopes are added by the broker)."},
+    {"tenants.*.rate_limit", OPT_TABLE, NULL, 0, 0, NOWHERE, 0, NULL, "Token issuance per tenant."},
+    {"tenants.*.rate_limit.per_second", OPT_NUMBER, "0", 0, 1e6, TEN(rate_limit.per_second), 0, NULL,
+     "Sustained rate; 0 turns the limit off."},
+    {"tenants.*.rate_limit.burst", OPT_NUMBER, "per_second", 0, 1e6, NOWHERE, OPT_PROSE_DEFAULT, conv_burst,
+     "Bucket size; at least 1 when `per_second` > 0."},
+};
+
+#define N_OPTIONS (sizeof(options) / sizeof(options[0]))
+
+/* ------------------------------------------------------------------------ */
+/* Errors and small helpers                                                  */
+/* ------------------------------------------------------------------------ */
+
+struct loader {
+	lua_State *L;
+	struct config *cfg;
+	const char *shown; /* the path as the caller wrote it: every message starts with it */
+	char *err;
+	size_t errlen;
+};
+
+/* "<file>: <key>: <reason>". Returns -1 so callers can `return fail(...)`. */
+__attribute__((format(printf, 3, 4))) static int fail(struct loader *ld, const char *key, const char *fmt,
+                                                      ...)
+{
+	size_t used;
+	va_list ap;
+	int n;
+
+	if (!ld->err || ld->errlen == 0)
+		return -1;
+	n = key ? snprintf(ld->err, ld->errlen, "%s: %s: ", ld->shown, key)
+	        : snprintf(ld->err, ld->errlen, "%s: ", ld->shown);
+	used = n < 0 ? 0 : (size_t)n;
+	if (used >= ld->errlen)
+		return -1;
+	va_start(ap, fmt);
+	vsnprintf(ld->err + used, ld->errlen - used, fmt, ap);
+	va_end(ap);
+	return -1;
+}
+
+/* snprintf for key paths: a path too long for the buffer is cut, never overrun. */
+__attribute__((format(printf, 3, 4))) static void key_printf(char *out, size_t outlen, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(out, outlen, fmt, ap);
+	va_end(ap);
+}
+
+static const char *type_name(enum opt_type t)
+{
+	switch (t) {
+	case OPT_TABLE:
+		return "table";
+	case OPT_MAP:
+		return "table of tables";
+	case OPT_STRING:
+		return "string";
+	case OPT_INT:
+		return "integer";
+	case OPT_NUMBER:
+		return "number";
+	case OPT_BOOL:
+		return "boolean";
+	case OPT_DURATION:
+		return "duration";
+	case OPT_SECRET:
+		return "secret";
+	case OPT_LIST:
+		return "list of strings";
+	}
+	return "?";
+}
+
+/* What the file gave instead, for "expected X, got Y". */
+static const char *lua_value_kind(lua_State *L, int idx)
+{
+	if (lua_type(L, idx) == LUA_TNUMBER)
+		return lua_isinteger(L, idx) ? "integer" : "number";
+	return luaL_typename(L, idx);
+}
+
+static void free_list(char **list)
+{
+	if (!list)
+		return;
+	for (char **p = list; *p; p++)
+		free(*p);
+	free(list);
+}
+
+static void value_release(struct value *v)
+{
+	free_list(v->list);
+	v->list = NULL;
+	free(v->ref.env);
+	free(v->ref.file);
+	v->ref.env = v->ref.file = NULL;
+}
+
+/* base + "/" + path unless path is absolute. NULL when out of memory. */
+static char *path_join(const char *dir, const char *path)
+{
+	size_t dl, pl;
+	char *p;
+
+	if (path[0] == '/')
+		return strdup(path);
+	dl = strlen(dir);
+	pl = strlen(path);
+	p = malloc(dl + pl + 2);
+	if (!p)
+		return NULL;
+	memcpy(p, dir, dl);
+	p[dl] = '/';
+	memcpy(p + dl + 1, path, pl + 1);
+	return p;
+}
+
+static char *dir_of(const char *path)
+{
+	const char *slash = strrchr(path, '/');
+	char *d;
+
+	if (!slash)
+		return strdup(".");
+	if (slash == path)
+		return strdup("/");
+	d = strndup(path, (size_t)(slash - path));
+	return d;
+}
+
+/* Reads a regular file of at most max bytes into a NUL-terminated buffer. */
+static int read_file(const char *path, size_t max, char **out, size_t *outlen, char *why, size_t whylen)
+{
+	struct stat st;
+	char *buf = NULL;
+	size_t len = 0;
+	ssize_t n;
+	int fd, rc = -1;
+
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0) {
+		snprintf(why, whylen, "%s", strerror(errno));
+		return -1;
+	}
+	if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+		snprintf(why, whylen, "not a regular file");
+		goto out;
+	}
+	if ((unsigned long long)st.st_size > max) {
+		snprintf(why, whylen, "larger than %zu bytes", max);
+		goto out;
+	}
+	buf = malloc(max + 2);
+	if (!buf) {
+		snprintf(why, whylen, "out of memory");
+		goto out;
+	}
+	/* Read up to one byte past the cap: the file may have grown since fstat. */
+	while (len <= max && (n = read(fd, buf + len, max + 1 - len)) > 0)
+		len += (size_t)n;
+	if (len > max) {
+		snprintf(why, whylen, "larger than %zu bytes", max);
+		goto out;
+	}
+	buf[len] = '\0';
+	*out = buf;
+	*outlen = len;
+	buf = NULL;
+	rc = 0;
+out:
+	free(buf);
+	close(fd);
+	return rc;
+}
+
+/* Levenshtein distance, for "did you mean". Short names only. */
+static size_t edit_distance(const char *a, const char *b)
+{
+	size_t la = strlen(a), lb = strlen(b), row[65];
+
+	if (la > 64 || lb > 64)
+		return SIZE_MAX;
+	for (size_t j = 0; j <= lb; j++)
+		row[j] = j;
+	for (size_t i = 1; i <= la; i++) {
+		size_t diag = row[0];
+		row[0] = i;
+		for (size_t j = 1; j <= lb; j++) {
+			size_t up = row[j];
+			size_t best = diag + (a[i - 1] != b[j - 1]);
+			if (row[j] + 1 < best)
+				best = row[j] + 1;
+			if (row[j - 1] + 1 < best)
+				best = row[j - 1] + 1;
+			row[j] = best;
+			diag = up;
+		}
+	}
+	return row[lb];
+}
+
+/* ------------------------------------------------------------------------ */
+/* Rows                                                                      */
+/* ------------------------------------------------------------------------ */
+
+/* The row for pattern + "." + key (pattern "" at the top), or NULL. */
+static const struct option *find_child(const char *pattern, const char *key)
+{
+	size_t pl = strlen(pattern);
+
+	for (size_t i = 0; i < N_OPTIONS; i++) {
+		const char *n = options[i].name;
+		if (pl) {
+			if (strncmp(n, pattern, pl) != 0 || n[pl] != '.')
+				continue;
+			n += pl + 1;
+		}
+		if (strcmp(n, key) == 0)
+			return &options[i];
+	}
+	return NULL;
+}
+
+/* The last component of a row's name if the row is a direct child of pattern. */
+static const char *child_key(const struct option *o, const char *pattern)
+{
+	size_t pl = strlen(pattern);
+	const char *n = o->name;
+
+	if (pl) {
+		if (strncmp(n, pattern, pl) != 0 || n[pl] != '.')
+			return NULL;
+		n += pl + 1;
+	}
+	return strchr(n, '.') ? NULL : n;
+}
+
+static const char *suggest(const char *pattern, const char *key)
+{
+	const char *best = NULL;
+	size_t bestd = 3; /* at most two edits away */
+
+	for (size_t i = 0; i < N_OPTIONS; i++) {
+		const char *k = child_key(&options[i], pattern);
+		size_t d;
+		if (!k || strcmp(k, "*") == 0)
+			continue;
+		d = edit_distance(k, key);
+		if (d < bestd) {
+			bestd = d;
+			best = k;
+		}
+	}
+	return best;
+}
+
+static void store_uint(void *p, size_t size, unsigned long long v)
+{
+	/* Every integer bound is non-negative, so the member's width is all that matters. */
+	switch (size) {
+	case 1: {
+		uint8_t x = (uint8_t)v;
+		memcpy(p, &x, 1);
+		break;
+	}
+	case 2: {
+		uint16_t x = (uint16_t)v;
+		memcpy(p, &x, 2);
+		break;
+	}
+	case 4: {
+		uint32_t x = (uint32_t)v;
+		memcpy(p, &x, 4);
+		break;
+	}
+	default: {
+		uint64_t x = (uint64_t)v;
+		memcpy(p, &x, 8);
+		break;
+	}
+	}
+}
+
+/* ------------------------------------------------------------------------ */
+/* Reading one value                                                         */
+/* ------------------------------------------------------------------------ */
+
+static int read_string(struct loader *ld, const char *key, int idx, struct value *v)
+{
+	lua_State *L = ld->L;
+
+	if (lua_type(L, idx) != LUA_TSTRING)
+		return fail(ld, key, "expected a string, got %s", lua_value_kind(L, idx));
+	v->str = lua_tolstring(L, idx, &v->len);
+	if (v->len == 0)
+		return fail(ld, key, "must not be empty");
+	if (strlen(v->str) != v->len)
+		return fail(ld, key, "must not contain a NUL byte");
+	return 0;
+}
+
+static int read_list(struct loader *ld, const char *key, int idx, struct value *v)
+{
+	lua_State *L = ld->L;
+	char sub[256];
+	size_t n, count = 0;
+
+	idx = lua_absindex(L, idx);
+	if (lua_type(L, idx) != LUA_TTABLE)
+		return fail(ld, key, "expected a list of strings, got %s", lua_value_kind(L, idx));
+	n = (size_t)lua_rawlen(L, idx);
+	lua_pushnil(L);
+	while (lua_next(L, idx)) {
+		lua_pop(L, 1);
+		count++;
+		if (!lua_isinteger(L, -1) || lua_tointeger(L, -1) < 1 || (size_t)lua_tointeger(L, -1) > n) {
+			lua_pop(L, 1);
+			return fail(ld, key, "expected a list of strings, got a table with other keys");
+		}
+	}
+	if (count != n)
+		return fail(ld, key, "expected a list of strings, got a list with holes");
+	v->list = calloc(n + 1, sizeof(char *));
+	if (!v->list)
+		return fail(ld, key, "out of memory");
+	for (size_t i = 0; i < n; i++) {
+		const char *s;
+		size_t len;
+		lua_rawgeti(L, idx, (lua_Integer)i + 1);
+		key_printf(sub, sizeof(sub), "%s[%zu]", key, i + 1);
+		if (lua_type(L, -1) != LUA_TSTRING) {
+			fail(ld, sub, "expected a string, got %s", lua_value_kind(L, -1));
+			lua_pop(L, 1);
+			return -1;
+		}
+		s = lua_tolstring(L, -1, &len);
+		if (len == 0 || strlen(s) != len) {
+			lua_pop(L, 1);
+			return fail(ld, sub, len ? "must not contain a NUL byte" : "must not be empty");
+		}
+		v->list[i] = strdup(s);
+		lua_pop(L, 1);
+		if (!v->list[i])
+			return fail(ld, sub, "out of memory");
+	}
+	v->n = n;
+	return 0;
+}
+
+static const char secret_shape[] = "must be { env = ... } or { file = ... }";
+
+/* One string field of a secret table: { env = "NAME" } or { file = "PATH" }. */
+static int secret_field(struct loader *ld, const char *key, int idx, const char *field, char **out)
+{
+	lua_State *L = ld->L;
+	char sub[256];
+	const char *s;
+	size_t len;
+
+	key_printf(sub, sizeof(sub), "%s.%s", key, field);
+	lua_pushstring(L, field);
+	lua_rawget(L, idx);
+	if (lua_type(L, -1) != LUA_TSTRING) {
+		fail(ld, sub, "expected a string, got %s", lua_value_kind(L, -1));
+		lua_pop(L, 1);
+		return -1;
+	}
+	s = lua_tolstring(L, -1, &len);
+	if (len == 0 || strlen(s) != len || (field[0] == 'e' && strchr(s, '='))) {
+		lua_pop(L, 1);
+		return fail(ld, sub, field[0] == 'e' ? "not an environment variable name" : "not a path");
+	}
+	*out = field[0] == 'e' ? strdup(s) : path_join(ld->cfg->dir, s);
+	lua_pop(L, 1);
+	if (!*out)
+		return fail(ld, key, "out of memory");
+	return 0;
+}
+
+static int read_secret(struct loader *ld, const char *key, int idx, struct value *v)
+{
+	lua_State *L = ld->L;
+	bool env = false, file = false, other = false;
+
+	idx = lua_absindex(L, idx);
+	/* Never print the value: a literal here is most likely the secret itself. */
+	if (lua_type(L, idx) == LUA_TSTRING || lua_type(L, idx) == LUA_TNUMBER)
+		return fail(ld, key, "%s: literal secrets are refused", secret_shape);
+	if (lua_type(L, idx) != LUA_TTABLE)
+		return fail(ld, key, "%s, got %s", secret_shape, lua_value_kind(L, idx));
+	lua_pushnil(L);
+	while (lua_next(L, idx)) {
+		lua_pop(L, 1);
+		if (lua_type(L, -1) == LUA_TSTRING && strcmp(lua_tostring(L, -1), "env") == 0)
+			env = true;
+		else if (lua_type(L, -1) == LUA_TSTRING && strcmp(lua_tostring(L, -1), "file") == 0)
+			file = true;
+		else
+			other = true;
+	}
+	if (other || env == file)
+		return fail(ld, key, "%s, with exactly one of the two keys", secret_shape);
+	if (env)
+		return secret_field(ld, key, idx, "env", &v->ref.env);
+	return secret_field(ld, key, idx, "file", &v->ref.file);
+}
+
+/* Fills v from the default text of a row, the way the file would have. */
+static int read_default(struct loader *ld, const struct option *o, const char *key, struct value *v)
+{
+	char *end = NULL;
+
+	v->present = true;
+	switch (o->type) {
+	case OPT_STRING:
+	case OPT_DURATION:
+		v->str = o->def;
+		v->len = strlen(o->def);
+		return 0;
+	case OPT_INT:
+		v->i = strtoll(o->def, &end, 10);
+		break;
+	case OPT_NUMBER:
+		v->num = strtod(o->def, &end);
+		break;
+	case OPT_BOOL:
+		v->b = strcmp(o->def, "true") == 0;
+		return 0;
+	default:
+		break;
+	}
+	if (!end || *end)
+		return fail(ld, key, "internal error: bad default \"%s\"", o->def);
+	return 0;
+}
+
+/* Fills v from the Lua value at idx (nil: absent, then the row's default). */
+static int read_value(struct loader *ld, const struct option *o, const char *key, int idx, struct value *v)
+{
+	lua_State *L = ld->L;
+	int isint = 0;
+
+	if (lua_isnil(L, idx)) {
+		if (o->flags & OPT_REQUIRED)
+			return fail(ld, key, "is required");
+		if (!o->def || (o->flags & OPT_PROSE_DEFAULT))
+			return 0;
+		return read_default(ld, o, key, v);
+	}
+	if (o->flags & OPT_UNSUPPORTED)
+		return fail(ld, key, "not supported yet in this version");
+	v->present = true;
+	switch (o->type) {
+	case OPT_STRING:
+		return read_string(ld, key, idx, v);
+	case OPT_DURATION:
+		if (lua_type(L, idx) == LUA_TNUMBER)
+			return fail(ld, key,
+			            "expected a duration string such as \"1h\" or \"7d\", got a number "
+			            "(write the unit: Courier reads a bare number as milliseconds)");
+		return read_string(ld, key, idx, v);
+	case OPT_INT:
+		if (lua_type(L, idx) != LUA_TNUMBER)
+			return fail(ld, key, "expected an integer, got %s", lua_value_kind(L, idx));
+		v->i = (long long)lua_tointegerx(L, idx, &isint);
+		if (!isint)
+			return fail(ld, key, "expected an integer, got %s", lua_value_kind(L, idx));
+		if ((double)v->i < o->min || (double)v->i > o->max)
+			return fail(ld, key, "%lld is out of bounds (%.0f..%.0f)", v->i, o->min, o->max);
+		return 0;
+	case OPT_NUMBER:
+		if (lua_type(L, idx) != LUA_TNUMBER)
+			return fail(ld, key, "expected a number, got %s", lua_value_kind(L, idx));
+		v->num = (double)lua_tonumber(L, idx);
+		if (!isfinite(v->num) || v->num < o->min || v->num > o->max)
+			return fail(ld, key, "%g is out of bounds (%g..%g)", v->num, o->min, o->max);
+		return 0;
+	case OPT_BOOL:
+		if (lua_type(L, idx) != LUA_TBOOLEAN)
+			return fail(ld, key, "expected a boolean, got %s", lua_value_kind(L, idx));
+		v->b = lua_toboolean(L, idx);
+		return 0;
+	case OPT_SECRET:
+		return read_secret(ld, key, idx, v);
+	case OPT_LIST:
+		return read_list(ld, key, idx, v);
+	case OPT_TABLE:
+	case OPT_MAP:
+		break;
+	}
+	return fail(ld, key, "internal error: not a value");
+}
+
+/* Stores a value at the row's member, or hands it to the row's converter. */
+static int store_value(struct loader *ld, const struct option *o, const char *key, struct value *v,
+                       void *base)
+{
+	char *p = (char *)base + o->offset;
+	char why[512];
+
+	if (o->convert)
+		return o->convert(ld, key, v, base);
+	if (!v->present || o->size == 0)
+		return 0;
+	switch (o->type) {
+	case OPT_STRING: {
+		char *s = strndup(v->str, v->len);
+		if (!s)
+			return fail(ld, key, "out of memory");
+		memcpy(p, &s, sizeof(s));
+		return 0;
+	}
+	case OPT_INT:
+		store_uint(p, o->size, (unsigned long long)v->i);
+		return 0;
+	case OPT_NUMBER:
+		memcpy(p, &v->num, sizeof(v->num));
+		return 0;
+	case OPT_BOOL:
+		memcpy(p, &v->b, sizeof(v->b));
+		return 0;
+	case OPT_DURATION: {
+		long long secs = 0;
+		if (duration_parse(v->str, v->len, &secs) != 0)
+			return fail(ld, key,
+			            "\"%s\" is not a duration (write a number and a unit, such as \"30m\", "
+			            "\"1h\", \"7d\"; at least 1s, at most 10y)",
+			            v->str);
+		memcpy(p, &secs, sizeof(secs));
+		return 0;
+	}
+	case OPT_SECRET:
+		if (secret_load(&v->ref, (struct secret *)(void *)p, why, sizeof(why)) != 0)
+			return fail(ld, key, "%s", why);
+		return 0;
+	case OPT_LIST:
+	case OPT_TABLE:
+	case OPT_MAP:
+		break;
+	}
+	return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Converters: options that need more than a store                           */
+/* ------------------------------------------------------------------------ */
+
+static int conv_listen(struct loader *ld, const char *key, struct value *v, void *base)
+{
+	struct config *cfg = base;
+	const char *s = v->str, *host, *port;
+	size_t len = v->len, hostlen, portlen;
+	unsigned long n = 0;
+
+	if (s[0] == '[') {
+		const char *close = memchr(s, ']', len);
+		if (!close || close[1] != ':')
+			goto bad;
+		host = s + 1;
+		hostlen = (size_t)(close - host);
+		port = close + 2;
+		for (size_t i = 0; i < hostlen; i++)
+			if (!strchr("0123456789abcdefABCDEF:.%", host[i]))
+				goto bad;
+	} else {
+		const char *colon = strrchr(s, ':');
+		if (!colon)
+			goto bad;
+		host = s;
+		hostlen = (size_t)(colon - s);
+		port = colon + 1;
+		if (memchr(host, ':', hostlen))
+			return fail(ld, key, "\"%s\": an IPv6 address goes in brackets, as in \"[::1]:8080\"",
+			            s);
+		for (size_t i = 0; i < hostlen; i++)
+			if (!strchr("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-",
+			            host[i]))
+				goto bad;
+	}
+	portlen = len - (size_t)(port - s);
+	if (hostlen == 0 || hostlen > 255 || portlen == 0 || portlen > 5)
+		goto bad;
+	for (size_t i = 0; i < portlen; i++) {
+		if (port[i] < '0' || port[i] > '9')
+			goto bad;
+		n = n * 10 + (unsigned long)(port[i] - '0');
+	}
+	if (n > 65535)
+		return fail(ld, key, "\"%s\": the port must be 0..65535 (0: any free port, logged at start)", s);
+	cfg->listen_host = strndup(host, hostlen);
+	if (!cfg->listen_host)
+		return fail(ld, key, "out of memory");
+	cfg->listen_port = (unsigned short)n;
+	return 0;
+bad:
+	return fail(ld, key, "\"%s\" is not host:port (such as \"127.0.0.1:8080\" or \"[::1]:8080\")", s);
+}
+
+static int conv_base_url(struct loader *ld, const char *key, struct value *v, void *base)
+{
+	struct config *cfg = base;
+	const char *s = v->str, *env = getenv("COURIER_BASE_URL"), *from = "";
+	size_t len = v->len, skip;
+
+	/* The official SDKs read COURIER_BASE_URL; the broker honours it the same way. */
+	if (env && *env) {
+		s = env;
+		len = strlen(env);
+		from = "from the environment (COURIER_BASE_URL): ";
+	}
+	if (strncmp(s, "https://", 8) == 0)
+		skip = 8;
+	else if (strncmp(s, "http://", 7) == 0)
+		skip = 7;
+	else
+		return fail(ld, key, "%smust start with https:// or http://", from);
+	if (len == skip || s[skip] == '/')
+		return fail(ld, key, "%shas no host", from);
+	for (size_t i = 0; i < len; i++)
+		if ((unsigned char)s[i] <= 0x20 || (unsigned char)s[i] >= 0x7f)
+			return fail(ld, key, "%smust not contain spaces, control or non-ASCII bytes", from);
+	/* "https://api.courier.com/" and ".../auth" joins must not yield "//auth". */
+	while (len > skip + 1 && s[len - 1] == '/')
+		len--;
+	cfg->courier_base_url = strndup(s, len);
+	if (!cfg->courier_base_url)
+		return fail(ld, key, "out of memory");
+	return 0;
+}
+
+static void revision_of(const char *text, size_t len, char out[17])
+{
+	static const char hex[] = "0123456789abcdef";
+	unsigned char md[EVP_MAX_MD_SIZE];
+	unsigned int mdlen = 0;
+
+	out[0] = '\0';
+	if (!EVP_Digest(text, len, md, &mdlen, EVP_sha256(), NULL) || mdlen < 8)
+		return;
+	for (int i = 0; i < 8; i++) {
+		out[2 * i] = hex[md[i] >> 4];
+		out[2 * i + 1] = hex[md[i] & 15];
+	}
+	out[16] = '\0';
+}
+
+static int conv_policy(struct loader *ld, const char *key, struct value *v, void *base)
+{
+	struct tenant *t = base;
+	char why[512];
+	char *joined;
+	int rc = -1;
+
+	joined = path_join(ld->cfg->dir, v->str);
+	if (!joined)
+		return fail(ld, key, "out of memory");
+	t->policy_path = realpath(joined, NULL);
+	if (!t->policy_path) {
+		fail(ld, key, "%s: %s", joined, strerror(errno));
+		goto out;
+	}
+	if (read_file(t->policy_path, POLICY_FILE_MAX, &t->policy_text, &t->policy_len, why, sizeof(why))) {
+		fail(ld, key, "%s: %s", t->policy_path, why);
+		goto out;
+	}
+	t->policy_dir = dir_of(t->policy_path);
+	if (!t->policy_dir) {
+		fail(ld, key, "out of memory");
+		goto out;
+	}
+	revision_of(t->policy_text, t->policy_len, t->policy_revision);
+	rc = 0;
+out:
+	free(joined);
+	return rc;
+}
+
+static int conv_algorithms(struct loader *ld, const char *key, struct value *v, void *base)
+{
+	/* Names worth probing for the "supported:" hint; jwt.c decides which are. */
+	static const char *const known[] = {"HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256",
+	                                    "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"};
+	struct tenant *t = base;
+	char sub[256], supported[128] = "";
+
+	if (v->n == 0)
+		return fail(ld, key, "must list at least one algorithm");
+	for (size_t i = 0; i < v->n; i++) {
+		unsigned a = jwt_alg_from_name(v->list[i]);
+		if (a) {
+			t->auth.jwt.algorithms |= a;
+			continue;
+		}
+		for (size_t k = 0; k < sizeof(known) / sizeof(known[0]); k++) {
+			if (!jwt_alg_from_name(known[k]))
+				continue;
+			if (supported[0])
+				strncat(supported, ", ", sizeof(supported) - strlen(supported) - 1);
+			strncat(supported, known[k], sizeof(supported) - strlen(supported) - 1);
+		}
+		key_printf(sub, sizeof(sub), "%s[%zu]", key, i + 1);
+		return fail(ld, sub, "unsupported algorithm \"%s\" (supported: %s)", v->list[i], supported);
+	}
+	return 0;
+}
+
+static int conv_scopes(struct loader *ld, const char *key, struct value *v, void *base)
+{
+	struct tenant *t = base;
+	char sub[256];
+	size_t n = 0;
+
+	if (!v->present) {
+		const char *const *tier = scope_tier("push");
+		size_t k = 0;
+		if (!tier)
+			return fail(ld, key, "internal error: no push tier");
+		while (tier[k])
+			k++;
+		t->allowed_scopes = calloc(k + 1, sizeof(char *));
+		if (!t->allowed_scopes)
+			return fail(ld, key, "out of memory");
+		for (size_t i = 0; i < k; i++) {
+			t->allowed_scopes[i] = strdup(tier[i]);
+			if (!t->allowed_scopes[i])
+				return fail(ld, key, "out of memory");
+			t->n_allowed_scopes = i + 1;
+		}
+		return 0;
+	}
+	if (v->n == 0)
+		return fail(ld, key, "must not be empty (leave it out for the default: the push tier)");
+	for (size_t i = 0; i < v->n; i++) {
+		const char *s = v->list[i];
+		bool dup = false;
+		key_printf(sub, sizeof(sub), "%s[%zu]", key, i + 1);
+		if (!scope_token_valid(s, strlen(s)))
+			return fail(
+			    ld, sub,
+			    "\"%s\" is not a valid scope (1..%d printable ASCII characters, no spaces)", s,
+			    SCOPE_MAX_LEN);
+		if (strncmp(s, "user_id:", 8) == 0)
+			return fail(
+			    ld, sub,
+			    "\"%s\": user_id scopes are not allowed here (the broker adds the one for "
+			    "the requested user)",
+			    s);
+		for (size_t j = 0; j < n; j++)
+			dup = dup || strcmp(v->list[j], s) == 0;
+		if (dup) {
+			free(v->list[i]);
+			continue;
+		}
+		v->list[n++] = v->list[i];
+	}
+	v->list[n] = NULL;
+	t->allowed_scopes = v->list;
+	t->n_allowed_scopes = n;
+	v->list = NULL;
+	return 0;
+}
+
+static int conv_burst(struct loader *ld, const char *key, struct value *v, void *base)
+{
+	struct tenant *t = base;
+
+	(void)ld;
+	(void)key;
+	/* Absent: check_tenant makes it per_second, which is read after this row. */
+	t->rate_limit.burst = v->present ? v->num : -1;
+	return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Walking the tables                                                        */
+/* ------------------------------------------------------------------------ */
+
+static int walk_table(struct loader *ld, const char *pattern, const char *path, int idx, void *base);
+
+static bool tenant_name_valid(const char *s, size_t len)
+{
+	if (len == 0 || len > TENANT_NAME_MAX || strlen(s) != len)
+		return false;
+	for (size_t i = 0; i < len; i++) {
+		char c = s[i];
+		if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+		      c == '_' || c == '-'))
+			return false;
+	}
+	return true;
+}
+
+/* Checks that involve more than one option of a tenant. */
+static int check_tenant(struct loader *ld, const char *path, struct tenant *t)
+{
+	char key[256];
+
+	if (!t->auth.jwt.enabled && !t->auth.none) {
+		key_printf(key, sizeof(key), "%s.auth", path);
+		return fail(ld, key,
+		            "no authentication mode: give jwt = { ... } (or none = true for development)");
+	}
+	if (t->auth.jwt.enabled && (t->auth.jwt.algorithms & (JWT_HS256 | JWT_HS384 | JWT_HS512)) &&
+	    !t->auth.jwt.hmac_secret.data) {
+		key_printf(key, sizeof(key), "%s.auth.jwt.hmac_secret", path);
+		return fail(ld, key, "is required when an HS* algorithm is listed");
+	}
+	if (t->default_expires_s > t->max_expires_s) {
+		key_printf(key, sizeof(key), "%s.default_expires_in", path);
+		return fail(ld, key, "%llds is longer than max_expires_in (%llds)", t->default_expires_s,
+		            t->max_expires_s);
+	}
+	if (t->rate_limit.burst < 0)
+		t->rate_limit.burst = t->rate_limit.per_second;
+	if (t->rate_limit.per_second > 0 && t->rate_limit.burst < 1) {
+		key_printf(key, sizeof(key), "%s.rate_limit.burst", path);
+		return fail(ld, key, "must be at least 1 when per_second is set");
+	}
+	return 0;
+}
+
+static int cmp_names(const void *a, const void *b)
+{
+	return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static int walk_tenants(struct loader *ld, const struct option *o, int idx)
+{
+	lua_State *L = ld->L;
+	struct config *cfg = ld->cfg;
+	char path[256];
+	size_t n = 0, i;
+	char **names;
+
+	if (lua_type(L, idx) != LUA_TTABLE)
+		return fail(ld, o->name, "expected a table of tenants, got %s", lua_value_kind(L, idx));
+	lua_pushnil(L);
+	while (lua_next(L, idx)) {
+		size_t len;
+		const char *name;
+		if (lua_type(L, -2) != LUA_TSTRING) {
+			lua_pop(L, 2);
+			return fail(ld, o->name,
+			            "tenant names must be strings (write tenants = { name = { ... } })");
+		}
+		name = lua_tolstring(L, -2, &len);
+		if (!tenant_name_valid(name, len)) {
+			fail(ld, o->name, "\"%s\" is not a valid tenant name (1..%d of A-Z a-z 0-9 _ -)",
+			     name, TENANT_NAME_MAX);
+			lua_pop(L, 2);
+			return -1;
+		}
+		if (lua_type(L, -1) != LUA_TTABLE) {
+			key_printf(path, sizeof(path), "%s.%s", o->name, name);
+			fail(ld, path, "expected a table, got %s", lua_value_kind(L, -1));
+			lua_pop(L, 2);
+			return -1;
+		}
+		lua_pop(L, 1);
+		n++;
+	}
+	if (n == 0)
+		return fail(ld, o->name, "at least one tenant is required");
+
+	/* Sorted, so that the order of tenants does not depend on Lua's hashing. */
+	names = calloc(n, sizeof(char *));
+	cfg->tenants = calloc(n, sizeof(struct tenant));
+	if (!names || !cfg->tenants) {
+		free(names);
+		return fail(ld, o->name, "out of memory");
+	}
+	cfg->n_tenants = n;
+	i = 0;
+	lua_pushnil(L);
+	while (lua_next(L, idx)) {
+		lua_pop(L, 1);
+		cfg->tenants[i].name = strdup(lua_tostring(L, -1));
+		names[i] = cfg->tenants[i].name;
+		if (!names[i]) {
+			lua_pop(L, 1);
+			free(names);
+			return fail(ld, o->name, "out of memory");
+		}
+		i++;
+	}
+	qsort(names, n, sizeof(char *), cmp_names);
+	for (i = 0; i < n; i++)
+		cfg->tenants[i].name = names[i];
+	free(names);
+
+	for (i = 0; i < n; i++) {
+		struct tenant *t = &cfg->tenants[i];
+		int rc;
+		key_printf(path, sizeof(path), "%s.%s", o->name, t->name);
+		lua_pushstring(L, t->name);
+		lua_rawget(L, idx);
+		rc = walk_table(ld, "tenants.*", path, lua_absindex(L, -1), t);
+		lua_pop(L, 1);
+		if (rc || check_tenant(ld, path, t))
+			return -1;
+	}
+	return 0;
+}
+
+static void join_key(char *out, size_t outlen, const char *path, const char *key)
+{
+	if (path[0])
+		key_printf(out, outlen, "%s.%s", path, key);
+	else
+		key_printf(out, outlen, "%s", key);
+}
+
+/*
+ * Walks the Lua table at idx, the section named pattern ("" at the top, or
+ * "tenants.*"), found at path ("tenants.default"), storing into base. Unknown
+ * keys are reported first: a misspelt name is the likeliest mistake and the
+ * most useful message.
+ */
+static int walk_table(struct loader *ld, const char *pattern, const char *path, int idx, void *base)
+{
+	lua_State *L = ld->L;
+	char key[256];
+
+	luaL_checkstack(L, 8, "configuration nested too deeply");
+	lua_pushnil(L);
+	while (lua_next(L, idx)) {
+		const char *k, *hint;
+		lua_pop(L, 1);
+		if (lua_type(L, -1) != LUA_TSTRING) {
+			const char *kind = lua_value_kind(L, -1);
+			lua_pop(L, 1);
+			return fail(ld, path[0] ? path : NULL, "unexpected %s key: expected names = values",
+			            kind);
+		}
+		k = lua_tostring(L, -1);
+		if (strcmp(k, "*") != 0 && find_child(pattern, k))
+			continue;
+		join_key(key, sizeof(key), path, k);
+		hint = suggest(pattern, k);
+		if (hint)
+			fail(ld, NULL, "unknown key \"%s\" (did you mean \"%s\"?)", key, hint);
+		else if (!path[0])
+			fail(ld, NULL, "unknown key \"%s\" (helper variables must be local)", key);
+		else
+			fail(ld, NULL, "unknown key \"%s\"", key);
+		lua_pop(L, 1);
+		return -1;
+	}
+
+	for (size_t i = 0; i < N_OPTIONS; i++) {
+		const struct option *o = &options[i];
+		const char *k = child_key(o, pattern);
+		int rc = 0;
+
+		if (!k || strcmp(k, "*") == 0)
+			continue;
+		join_key(key, sizeof(key), path, k);
+		lua_pushstring(L, k);
+		lua_rawget(L, idx);
+		if (o->type == OPT_MAP) {
+			if (lua_isnil(L, -1))
+				rc = fail(ld, key, "is required (at least one tenant)");
+			else
+				rc = walk_tenants(ld, o, lua_absindex(L, -1));
+		} else if (o->type == OPT_TABLE) {
+			bool present = !lua_isnil(L, -1);
+			if (present && (o->flags & OPT_UNSUPPORTED))
+				rc = fail(ld, key, "not supported yet in this version");
+			else if (present && lua_type(L, -1) != LUA_TTABLE)
+				rc = fail(ld, key, "expected a table, got %s", lua_value_kind(L, -1));
+			else if (present || !(o->flags & (OPT_PRESENCE | OPT_UNSUPPORTED))) {
+				if (!present) {
+					lua_pop(L, 1);
+					lua_newtable(L); /* absent: every default applies */
+				}
+				if (o->flags & OPT_PRESENCE)
+					memcpy((char *)base + o->offset, &present, sizeof(present));
+				rc = walk_table(ld, o->name, key, lua_absindex(L, -1), base);
+			}
+		} else {
+			struct value v;
+			memset(&v, 0, sizeof(v));
+			rc = read_value(ld, o, key, -1, &v);
+			if (rc == 0)
+				rc = store_value(ld, o, key, &v, base);
+			value_release(&v);
+		}
+		lua_pop(L, 1);
+		if (rc)
+			return -1;
+	}
+	return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* The sandbox the file runs in                                              */
+/* ------------------------------------------------------------------------ */
+
+struct sandbox {
+	struct loader *ld;
+	const char *text;
+	size_t len;
+	size_t heap_used;
+	size_t heap_limit;
+	long long hook_calls;
+	bool sealed;      /* every further Lua instruction raises an error */
+	bool walk_failed; /* the walk wrote its own message to ld->err */
+};
+
+/* lua_Alloc with a cap. When ptr is NULL, osize is a type tag, not a size. */
+static void *capped_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
+{
+	struct sandbox *sb = ud;
+	size_t old = ptr ? osize : 0;
+	void *p;
+
+	if (nsize == 0) {
+		free(ptr);
+		sb->heap_used -= old;
+		return NULL;
+	}
+	if (nsize > old && nsize - old > sb->heap_limit - sb->heap_used)
+		return NULL;
+	p = realloc(ptr, nsize);
+	if (!p)
+		return NULL;
+	sb->heap_used = sb->heap_used - old + nsize;
+	return p;
+}
+
+static struct sandbox *sandbox_of(lua_State *L)
+{
+	struct sandbox *sb;
+	memcpy(&sb, lua_getextraspace(L), sizeof(sb));
+	return sb;
+}
+
+/*
+ * Counts instructions. Past the budget it raises an error on every following
+ * instruction: a pcall in the file may catch one error, but the very next
+ * instruction after it raises again, so the error reaches the host.
+ */
+static void count_hook(lua_State *L, lua_Debug *ar)
+{
+	struct sandbox *sb = sandbox_of(L);
+
+	if (!sb->sealed && ++sb->hook_calls * HOOK_EVERY < CONFIG_INSTRUCTIONS)
+		return;
+	if (!sb->sealed) {
+		sb->sealed = true;
+		lua_sethook(L, count_hook, LUA_MASKCOUNT, 1);
+	}
+	/* luaL_error would name the caller's line: the hook runs on the looping function's. */
+	if (lua_getinfo(L, "Sl", ar) && ar->currentline > 0)
+		lua_pushfstring(L, "%s:%d: ", ar->short_src, ar->currentline);
+	else
+		lua_pushliteral(L, "");
+	lua_pushfstring(L, "%sthe configuration ran more than %I instructions (an endless loop?)",
+	                lua_tostring(L, -1), (lua_Integer)CONFIG_INSTRUCTIONS);
+	lua_error(L);
+}
+
+/*
+ * Runs under lua_pcall, so that any Lua error (memory included) is caught.
+ * The walk allocates with malloc and attaches everything to the config at
+ * once, so config_free releases it whatever happens; only a Lua memory error
+ * in the middle of reading one value could leak that value's strings.
+ */
+static int sandbox_main(lua_State *L)
+{
+	/*
+	 * setmetatable goes too: Lua turns hooks off while a __gc finalizer runs,
+	 * so a looping finalizer would escape the instruction cap (and __close
+	 * needs a metatable as well).
+	 */
+	static const char *const removed[] = {"dofile",         "loadfile", "load", "require",
+	                                      "collectgarbage", "print",    "_G",   "setmetatable"};
+	struct sandbox *sb = sandbox_of(L);
+	struct loader *ld = sb->ld;
+	int env;
+
+	luaL_requiref(L, LUA_GNAME, luaopen_base, 1);
+	luaL_requiref(L, LUA_STRLIBNAME, luaopen_string, 1);
+	luaL_requiref(L, LUA_TABLIBNAME, luaopen_table, 1);
+	luaL_requiref(L, LUA_MATHLIBNAME, luaopen_math, 1);
+	lua_pop(L, 4);
+	for (size_t i = 0; i < sizeof(removed) / sizeof(removed[0]); i++) {
+		lua_pushnil(L);
+		lua_setglobal(L, removed[i]);
+	}
+
+	/* The file's globals land in env; reads fall through to the libraries. */
+	lua_newtable(L);
+	env = lua_gettop(L);
+	lua_newtable(L);
+	lua_pushglobaltable(L);
+	lua_setfield(L, -2, "__index");
+	lua_setmetatable(L, env);
+
+	lua_pushfstring(L, "@%s", ld->shown);
+	if (luaL_loadbufferx(L, sb->text, sb->len, lua_tostring(L, -1), "t") != LUA_OK)
+		return lua_error(L);
+	lua_pushvalue(L, env);
+	if (!lua_setupvalue(L, -2, 1))
+		lua_pop(L, 1);
+	lua_sethook(L, count_hook, LUA_MASKCOUNT, HOOK_EVERY);
+	lua_call(L, 0, 0);
+
+	/* From here on no code of the file may run, finalizers included. */
+	sb->sealed = true;
+	lua_sethook(L, count_hook, LUA_MASKCOUNT, 1);
+	if (walk_table(ld, "", "", env, ld->cfg) != 0)
+		sb->walk_failed = true;
+	return 0;
+}
+
+static int run_file(struct loader *ld, const char *text, size_t len)
+{
+	struct sandbox sb = {.ld = ld, .text = text, .len = len, .heap_limit = CONFIG_MEMORY_MAX};
+	struct sandbox *sbp = &sb;
+	lua_State *L;
+	int status, rc = -1;
+
+	L = lua_newstate(capped_alloc, &sb);
+	if (!L)
+		return fail(ld, NULL, "out of memory");
+	memcpy(lua_getextraspace(L), &sbp, sizeof(sbp));
+	ld->L = L;
+	lua_pushcfunction(L, sandbox_main);
+	status = lua_pcall(L, 0, 0, 0);
+	if (status == LUA_ERRMEM)
+		fail(ld, NULL, "out of memory (a configuration may use at most %u MiB)",
+		     CONFIG_MEMORY_MAX >> 20);
+	else if (status != LUA_OK) {
+		const char *msg =
+		    lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "error object is not a string";
+		/* Lua's messages mostly start with "<file>:<line>:" already; Lua shortens long names. */
+		if (strncmp(msg, ld->shown, strlen(ld->shown)) == 0)
+			snprintf(ld->err, ld->errlen, "%s", msg);
+		else
+			fail(ld, NULL, "%s", msg);
+	} else if (!sb.walk_failed)
+		rc = 0;
+	lua_close(L);
+	ld->L = NULL;
+	return rc;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Public functions                                                          */
+/* ------------------------------------------------------------------------ */
+
+struct config *config_load(const char *path, char *err, size_t errlen)
+{
+	char fallback[8];
+	struct loader ld = {.shown = path, .err = err, .errlen = errlen};
+	struct config *cfg;
+	char why[512], *text = NULL;
+	size_t len = 0;
+
+	if (!err || errlen == 0) {
+		ld.err = fallback;
+		ld.errlen = sizeof(fallback);
+	}
+	ld.err[0] = '\0';
+	cfg = calloc(1, sizeof(*cfg));
+	if (!cfg) {
+		fail(&ld, NULL, "out of memory");
+		return NULL;
+	}
+	ld.cfg = cfg;
+	cfg->path = realpath(path, NULL);
+	if (!cfg->path) {
+		fail(&ld, NULL, "%s", strerror(errno));
+		goto bad;
+	}
+	cfg->dir = dir_of(cfg->path);
+	if (!cfg->dir) {
+		fail(&ld, NULL, "out of memory");
+		goto bad;
+	}
+	if (read_file(cfg->path, CONFIG_FILE_MAX, &text, &len, why, sizeof(why)) != 0) {
+		fail(&ld, NULL, "%s", why);
+		goto bad;
+	}
+	if (run_file(&ld, text, len) != 0)
+		goto bad;
+	free(text);
+	return cfg;
+bad:
+	free(text);
+	config_free(cfg);
+	return NULL;
+}
+
+void config_free(struct config *cfg)
+{
+	if (!cfg)
+		return;
+	for (size_t i = 0; i < cfg->n_tenants; i++) {
+		struct tenant *t = &cfg->tenants[i];
+		free(t->name);
+		secret_clear(&t->api_key);
+		free(t->policy_path);
+		free(t->policy_dir);
+		free(t->policy_text);
+		secret_clear(&t->auth.jwt.hmac_secret);
+		free(t->auth.jwt.issuer);
+		free(t->auth.jwt.audience);
+		free(t->auth.jwt.subject_claim);
+		free_list(t->allowed_scopes);
+	}
+	free(cfg->tenants);
+	free(cfg->path);
+	free(cfg->dir);
+	free(cfg->listen_host);
+	free(cfg->courier_base_url);
+	free(cfg);
+}
+
+const struct tenant *config_tenant(const struct config *cfg, const char *name)
+{
+	if (!cfg || !name)
+		return NULL;
+	for (size_t i = 0; i < cfg->n_tenants; i++)
+		if (strcmp(cfg->tenants[i].name, name) == 0)
+			return &cfg->tenants[i];
+	return NULL;
+}
+
+void config_print_options(void)
+{
+	printf("| name | type | default | bounds | description |\n");
+	printf("|---|---|---|---|---|\n");
+	for (size_t i = 0; i < N_OPTIONS; i++) {
+		const struct option *o = &options[i];
+		char def[96], bounds[64] = "";
+
+		if (o->flags & OPT_UNSUPPORTED)
+			snprintf(def, sizeof(def), "—");
+		else if (o->flags & OPT_REQUIRED)
+			snprintf(def, sizeof(def), "required");
+		else if (!o->def)
+			snprintf(def, sizeof(def), "—");
+		else if (o->flags & OPT_PROSE_DEFAULT)
+			snprintf(def, sizeof(def), "%s", o->def);
+		else if (o->type == OPT_STRING || o->type == OPT_DURATION)
+			snprintf(def, sizeof(def), "`\"%s\"`", o->def);
+		else
+			snprintf(def, sizeof(def), "`%s`", o->def);
+		if (o->type == OPT_INT || o->type == OPT_NUMBER)
+			snprintf(bounds, sizeof(bounds), "%.15g..%.15g", o->min, o->max);
+		else if (o->type == OPT_DURATION)
+			snprintf(bounds, sizeof(bounds), "1s..10y");
+		printf("| `%s` | %s | %s | %s | %s |\n", o->name, type_name(o->type), def, bounds, o->desc);
+	}
+}

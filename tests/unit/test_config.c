@@ -1,0 +1,645 @@
+/*
+ * test_config.c — unit tests for src/config.c.
+ *
+ * Each test writes a config file (and its policy and secret files) into a
+ * fresh temporary folder, loads it, and checks what an operator would see:
+ * the values applied, or the error message naming the file and the key.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include <fcntl.h>
+#include <ftw.h>
+#include <openssl/evp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "jwt.h"
+#include "scope.h"
+
+#define POLICY_TEXT "return function(req) return { allow = true } end\n"
+
+struct fixture {
+	char dir[64];
+	char path[128]; /* the config file */
+	char err[1024];
+};
+
+static void write_file(const char *dir, const char *name, const char *text, mode_t mode)
+{
+	char path[512];
+	int fd;
+
+	snprintf(path, sizeof(path), "%s/%s", dir, name);
+	fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, mode);
+	assert_true(fd >= 0);
+	assert_int_equal(write(fd, text, strlen(text)), (ssize_t)strlen(text));
+	assert_int_equal(fchmod(fd, mode), 0);
+	close(fd);
+}
+
+static int setup(void **state)
+{
+	struct fixture *f = calloc(1, sizeof(*f));
+	char sub[128];
+
+	assert_non_null(f);
+	snprintf(f->dir, sizeof(f->dir), "/tmp/test_config.XXXXXX");
+	assert_non_null(mkdtemp(f->dir));
+	snprintf(sub, sizeof(sub), "%s/policies", f->dir);
+	assert_int_equal(mkdir(sub, 0700), 0);
+	write_file(f->dir, "policies/default.lua", POLICY_TEXT, 0644);
+	snprintf(f->path, sizeof(f->path), "%s/broker.conf.lua", f->dir);
+	setenv("COURIER_API_KEY", "pk_test_apikey", 1);
+	setenv("APP_JWT_SECRET", "app-jwt-secret-0123456789", 1);
+	unsetenv("COURIER_BASE_URL");
+	*state = f;
+	return 0;
+}
+
+static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+	(void)st;
+	(void)flag;
+	(void)ftw;
+	return remove(path);
+}
+
+static int teardown(void **state)
+{
+	struct fixture *f = *state;
+
+	nftw(f->dir, rm_entry, 8, FTW_DEPTH | FTW_PHYS);
+	free(f);
+	unsetenv("COURIER_BASE_URL");
+	return 0;
+}
+
+/* Loads text as the config file; returns the config (NULL: see f->err). */
+static struct config *load(struct fixture *f, const char *text)
+{
+	write_file(f->dir, "broker.conf.lua", text, 0644);
+	f->err[0] = '\0';
+	return config_load(f->path, f->err, sizeof(f->err));
+}
+
+/* Expects text to be refused with an error that contains every fragment. */
+static void expect_error(struct fixture *f, const char *text, ...)
+{
+	struct config *cfg = load(f, text);
+	va_list ap;
+	const char *frag;
+
+	if (cfg)
+		fail_msg("accepted:\n%s", text);
+	va_start(ap, text);
+	while ((frag = va_arg(ap, const char *)) != NULL) {
+		if (!strstr(f->err, frag)) {
+			va_end(ap);
+			fail_msg("error \"%s\" lacks \"%s\"", f->err, frag);
+		}
+	}
+	va_end(ap);
+	/* Every message starts with the file as the caller named it. */
+	assert_true(strncmp(f->err, f->path, strlen(f->path)) == 0);
+}
+
+/* The smallest valid config; %s is spliced into the tenant table. */
+#define TENANT_HEAD                                                                                          \
+	"tenants = { default = {\n"                                                                          \
+	"  api_key = { env = 'COURIER_API_KEY' },\n"                                                         \
+	"  policy = 'policies/default.lua',\n"
+#define JWT_AUTH                                                                                             \
+	"  auth = { jwt = { algorithms = { 'HS256' }, hmac_secret = { env = 'APP_JWT_SECRET' } } },\n"
+#define MINIMAL TENANT_HEAD JWT_AUTH "} }\n"
+
+static void test_minimal_config_gets_every_default(void **state)
+{
+	struct fixture *f = *state;
+	struct config *cfg = load(f, MINIMAL);
+	const struct tenant *t;
+	const char *const *push = scope_tier("push");
+	unsigned char md[EVP_MAX_MD_SIZE];
+	unsigned int mdlen = 0;
+	char hex[17];
+	size_t i;
+
+	if (!cfg)
+		fail_msg("%s", f->err);
+	assert_string_equal(cfg->path, f->path);
+	assert_string_equal(cfg->dir, f->dir);
+	assert_string_equal(cfg->listen_host, "127.0.0.1");
+	assert_int_equal(cfg->listen_port, 8080);
+	assert_int_equal(cfg->threads, 2);
+	assert_int_equal(cfg->connection_timeout_s, 30);
+	assert_int_equal(cfg->max_body_bytes, 16384);
+	assert_int_equal(cfg->max_connections, 4096);
+	assert_int_equal(cfg->max_inflight, 4096);
+	assert_int_equal(cfg->drain_timeout_ms, 10000);
+	assert_string_equal(cfg->courier_base_url, "https://api.courier.com");
+	assert_int_equal(cfg->courier_timeout_ms, 5000);
+	assert_int_equal(cfg->courier_connect_timeout_ms, 2000);
+	assert_int_equal(cfg->courier_max_connections, 64);
+	assert_int_equal(cfg->policy_max_instructions, 1000000);
+	assert_int_equal(cfg->policy_max_memory_bytes, 8388608);
+	assert_int_equal(cfg->policy_timeout_ms, 50);
+
+	assert_int_equal(cfg->n_tenants, 1);
+	t = config_tenant(cfg, "default");
+	assert_non_null(t);
+	assert_null(config_tenant(cfg, "other"));
+	assert_string_equal(t->name, "default");
+	assert_int_equal(t->api_key.len, strlen("pk_test_apikey"));
+	assert_memory_equal(t->api_key.data, "pk_test_apikey", t->api_key.len);
+
+	assert_true(t->policy_path[0] == '/');
+	assert_non_null(strstr(t->policy_path, "/policies/default.lua"));
+	assert_non_null(strstr(t->policy_dir, "/policies"));
+	assert_int_equal(t->policy_len, strlen(POLICY_TEXT));
+	assert_string_equal(t->policy_text, POLICY_TEXT);
+	assert_true(EVP_Digest(POLICY_TEXT, strlen(POLICY_TEXT), md, &mdlen, EVP_sha256(), NULL));
+	for (i = 0; i < 8; i++)
+		snprintf(hex + 2 * i, 3, "%02x", md[i]);
+	assert_string_equal(t->policy_revision, hex);
+
+	assert_true(t->auth.jwt.enabled);
+	assert_int_equal(t->auth.jwt.algorithms, JWT_HS256);
+	assert_memory_equal(t->auth.jwt.hmac_secret.data, "app-jwt-secret-0123456789",
+	                    strlen("app-jwt-secret-0123456789"));
+	assert_null(t->auth.jwt.issuer);
+	assert_null(t->auth.jwt.audience);
+	assert_int_equal(t->auth.jwt.leeway_s, 30);
+	assert_int_equal(t->auth.jwt.max_token_bytes, 8192);
+	assert_string_equal(t->auth.jwt.subject_claim, "sub");
+	assert_false(t->auth.none);
+	assert_int_equal(t->max_expires_s, 7 * 86400);
+	assert_int_equal(t->default_expires_s, 3600);
+	for (i = 0; push[i]; i++)
+		assert_string_equal(t->allowed_scopes[i], push[i]);
+	assert_int_equal(t->n_allowed_scopes, i);
+	assert_null(t->allowed_scopes[i]);
+	assert_true(t->rate_limit.per_second == 0);
+	assert_true(t->rate_limit.burst == 0);
+	config_free(cfg);
+}
+
+static void test_every_option_set(void **state)
+{
+	struct fixture *f = *state;
+	struct config *cfg;
+	const struct tenant *a, *b;
+
+	write_file(f->dir, "jwt.key", "file-secret\n", 0600);
+	write_file(f->dir, "policies/b.lua", "return function() return {allow=false} end", 0644);
+	cfg =
+	    load(f, "local common = { env = 'COURIER_API_KEY' }\n"
+	            "listen = '[::1]:9090'\n"
+	            "threads = 4; connection_timeout_s = 60; max_body_bytes = 4096\n"
+	            "max_connections = 100; max_inflight = 50; drain_timeout_ms = 0\n"
+	            "courier = { base_url = 'http://127.0.0.1:9999/', timeout_ms = 1e3,\n"
+	            "            connect_timeout_ms = 500, max_connections = 8 }\n"
+	            "policy_limits = { max_instructions = 5000, max_memory_bytes = 65536, timeout_ms = 10 }\n"
+	            "tenants = {\n"
+	            "  zeta = { api_key = common, policy = 'policies/b.lua', auth = { none = true },\n"
+	            "           rate_limit = { per_second = 2.5 } },\n"
+	            "  alpha = { api_key = common, policy = '"
+	            "policies/default.lua',\n"
+	            "    auth = { none = true, jwt = { algorithms = { 'HS512', 'HS256' },\n"
+	            "      hmac_secret = { file = 'jwt.key' }, issuer = 'https://app.example.com',\n"
+	            "      audience = 'courier-broker', leeway_s = 0, max_token_bytes = 256,\n"
+	            "      subject_claim = 'uid' } },\n"
+	            "    max_expires_in = '2 days', default_expires_in = '30m',\n"
+	            "    allowed_scopes = { 'inbox:read:messages', 'read:brands', 'inbox:read:messages' },\n"
+	            "    rate_limit = { per_second = 10, burst = 20 } },\n"
+	            "}\n");
+	if (!cfg)
+		fail_msg("%s", f->err);
+	assert_string_equal(cfg->listen_host, "::1");
+	assert_int_equal(cfg->listen_port, 9090);
+	assert_int_equal(cfg->threads, 4);
+	assert_int_equal(cfg->connection_timeout_s, 60);
+	assert_int_equal(cfg->max_body_bytes, 4096);
+	assert_int_equal(cfg->max_connections, 100);
+	assert_int_equal(cfg->max_inflight, 50);
+	assert_int_equal(cfg->drain_timeout_ms, 0);
+	assert_string_equal(cfg->courier_base_url, "http://127.0.0.1:9999");
+	assert_int_equal(cfg->courier_timeout_ms, 1000);
+	assert_int_equal(cfg->courier_connect_timeout_ms, 500);
+	assert_int_equal(cfg->courier_max_connections, 8);
+	assert_int_equal(cfg->policy_max_instructions, 5000);
+	assert_int_equal(cfg->policy_max_memory_bytes, 65536);
+	assert_int_equal(cfg->policy_timeout_ms, 10);
+
+	/* Tenants come sorted by name. */
+	assert_int_equal(cfg->n_tenants, 2);
+	assert_string_equal(cfg->tenants[0].name, "alpha");
+	assert_string_equal(cfg->tenants[1].name, "zeta");
+	a = config_tenant(cfg, "alpha");
+	b = config_tenant(cfg, "zeta");
+	assert_ptr_equal(a, &cfg->tenants[0]);
+	assert_ptr_equal(b, &cfg->tenants[1]);
+
+	assert_true(a->auth.none);
+	assert_true(a->auth.jwt.enabled);
+	assert_int_equal(a->auth.jwt.algorithms, JWT_HS256 | JWT_HS512);
+	assert_int_equal(a->auth.jwt.hmac_secret.len, strlen("file-secret"));
+	assert_memory_equal(a->auth.jwt.hmac_secret.data, "file-secret", strlen("file-secret"));
+	assert_string_equal(a->auth.jwt.issuer, "https://app.example.com");
+	assert_string_equal(a->auth.jwt.audience, "courier-broker");
+	assert_int_equal(a->auth.jwt.leeway_s, 0);
+	assert_int_equal(a->auth.jwt.max_token_bytes, 256);
+	assert_string_equal(a->auth.jwt.subject_claim, "uid");
+	assert_int_equal(a->max_expires_s, 2 * 86400);
+	assert_int_equal(a->default_expires_s, 1800);
+	assert_int_equal(a->n_allowed_scopes, 2); /* the duplicate is dropped */
+	assert_string_equal(a->allowed_scopes[0], "inbox:read:messages");
+	assert_string_equal(a->allowed_scopes[1], "read:brands");
+	assert_null(a->allowed_scopes[2]);
+	assert_true(a->rate_limit.per_second == 10 && a->rate_limit.burst == 20);
+
+	assert_true(b->auth.none);
+	assert_false(b->auth.jwt.enabled);
+	assert_null(b->auth.jwt.hmac_secret.data);
+	assert_non_null(strstr(b->policy_path, "/policies/b.lua"));
+	assert_true(b->rate_limit.per_second == 2.5 && b->rate_limit.burst == 2.5); /* burst defaults */
+	assert_string_not_equal(a->policy_revision, b->policy_revision);
+	config_free(cfg);
+}
+
+static void test_base_url_env_override(void **state)
+{
+	struct fixture *f = *state;
+	struct config *cfg;
+
+	setenv("COURIER_BASE_URL", "http://127.0.0.1:4010/", 1);
+	cfg = load(f, "courier = { base_url = 'https://api.eu.courier.com' }\n" MINIMAL);
+	if (!cfg)
+		fail_msg("%s", f->err);
+	assert_string_equal(cfg->courier_base_url, "http://127.0.0.1:4010");
+	config_free(cfg);
+
+	setenv("COURIER_BASE_URL", "ftp://example.com", 1);
+	expect_error(f, MINIMAL, "courier.base_url", "COURIER_BASE_URL", "https:// or http://", NULL);
+	unsetenv("COURIER_BASE_URL");
+	expect_error(f, "courier = { base_url = 'api.courier.com' }\n" MINIMAL,
+	             ": courier.base_url: must start with https:// or http://", NULL);
+}
+
+static void test_unknown_keys_name_the_path(void **state)
+{
+	struct fixture *f = *state;
+
+	expect_error(f,
+	             TENANT_HEAD "  auth = { jwt = { algoritms = { 'HS256' },\n"
+	                         "    hmac_secret = { env = 'APP_JWT_SECRET' } } } } }\n",
+	             ": unknown key \"tenants.default.auth.jwt.algoritms\"", "did you mean \"algorithms\"",
+	             NULL);
+	expect_error(f, "thread = 4\n" MINIMAL, ": unknown key \"thread\"", NULL);
+	expect_error(f, "helper = 1\n" MINIMAL, ": unknown key \"helper\" (helper variables must be local)",
+	             NULL);
+	expect_error(f, "courier = { url = 'x' }\n" MINIMAL, ": unknown key \"courier.url\"", NULL);
+	expect_error(f, TENANT_HEAD JWT_AUTH "  rate_limit = { rate = 1 } } }\n",
+	             ": unknown key \"tenants.default.rate_limit.rate\"", NULL);
+}
+
+static void test_wrong_types_name_the_expected_type(void **state)
+{
+	struct fixture *f = *state;
+
+	expect_error(f, "threads = '4'\n" MINIMAL, ": threads: expected an integer, got string", NULL);
+	expect_error(f, "threads = 2.5\n" MINIMAL, ": threads: expected an integer, got number", NULL);
+	expect_error(f, "listen = 8080\n" MINIMAL, ": listen: expected a string, got integer", NULL);
+	expect_error(f, "courier = 'https://x'\n" MINIMAL, ": courier: expected a table, got string", NULL);
+	expect_error(f, TENANT_HEAD JWT_AUTH "  max_expires_in = 3600 } }\n",
+	             ": tenants.default.max_expires_in: expected a duration string", NULL);
+	expect_error(f, TENANT_HEAD "  auth = { none = 'yes' } } }\n",
+	             ": tenants.default.auth.none: expected a boolean, got string", NULL);
+	expect_error(f, TENANT_HEAD JWT_AUTH "  allowed_scopes = 'read:brands' } }\n",
+	             ": tenants.default.allowed_scopes: expected a list of strings, got string", NULL);
+	expect_error(f, TENANT_HEAD JWT_AUTH "  allowed_scopes = { 'read:brands', 7 } } }\n",
+	             ": tenants.default.allowed_scopes[2]: expected a string, got integer", NULL);
+	expect_error(f, TENANT_HEAD JWT_AUTH "  max_expires_in = '3600' } }\n",
+	             ": tenants.default.max_expires_in: \"3600\" is not a duration", NULL);
+	expect_error(f, "tenants = { 'x' }\n", ": tenants: tenant names must be strings", NULL);
+}
+
+static void test_out_of_bounds_names_the_bounds(void **state)
+{
+	struct fixture *f = *state;
+
+	expect_error(f, "threads = 65\n" MINIMAL, ": threads: 65 is out of bounds (1..64)", NULL);
+	expect_error(f, "threads = 0\n" MINIMAL, ": threads: 0 is out of bounds (1..64)", NULL);
+	expect_error(f, "max_body_bytes = 100\n" MINIMAL,
+	             "max_body_bytes: 100 is out of bounds (256..1048576)", NULL);
+	expect_error(f, "policy_limits = { timeout_ms = 6000 }\n" MINIMAL,
+	             ": policy_limits.timeout_ms: 6000 is out of bounds (1..5000)", NULL);
+	expect_error(f,
+	             TENANT_HEAD "  auth = { jwt = { algorithms = { 'HS256' }, leeway_s = 601,\n"
+	                         "    hmac_secret = { env = 'APP_JWT_SECRET' } } } } }\n",
+	             ": tenants.default.auth.jwt.leeway_s: 601 is out of bounds (0..600)", NULL);
+	expect_error(f, TENANT_HEAD JWT_AUTH "  rate_limit = { per_second = -1 } } }\n",
+	             ": tenants.default.rate_limit.per_second: -1 is out of bounds", NULL);
+	expect_error(f, TENANT_HEAD JWT_AUTH "  rate_limit = { per_second = 5, burst = 0 } } }\n",
+	             ": tenants.default.rate_limit.burst: must be at least 1", NULL);
+}
+
+static void test_literal_secret_refused_without_echo(void **state)
+{
+	struct fixture *f = *state;
+
+	expect_error(
+	    f,
+	    "tenants = { default = { api_key = 'sk_live_VERYSECRET', policy = 'policies/default.lua',\n"
+	    "  auth = { none = true } } }\n",
+	    ": tenants.default.api_key: must be { env = ... } or { file = ... }: literal secrets are refused",
+	    NULL);
+	assert_null(strstr(f->err, "VERYSECRET"));
+	expect_error(f,
+	             TENANT_HEAD
+	             "  auth = { jwt = { algorithms = { 'HS256' }, hmac_secret = 'hunter2hunter2' } } } }\n",
+	             ": tenants.default.auth.jwt.hmac_secret: must be { env = ... } or { file = ... }", NULL);
+	assert_null(strstr(f->err, "hunter2"));
+	expect_error(f,
+	             TENANT_HEAD "  auth = { jwt = { algorithms = { 'HS256' },\n"
+	                         "    hmac_secret = { env = 'A', file = 'b' } } } } }\n",
+	             "hmac_secret: must be { env = ... } or { file = ... }, with exactly one", NULL);
+	expect_error(f,
+	             TENANT_HEAD "  auth = { jwt = { algorithms = { 'HS256' },\n"
+	                         "    hmac_secret = { value = 'topsecretvalue' } } } } }\n",
+	             "hmac_secret: must be { env = ... } or { file = ... }", NULL);
+	assert_null(strstr(f->err, "topsecretvalue"));
+}
+
+static void test_secret_file_modes(void **state)
+{
+	struct fixture *f = *state;
+	static const char text[] = TENANT_HEAD
+	    "  auth = { jwt = { algorithms = { 'HS256' }, hmac_secret = { file = 'jwt.key' } } } } }\n";
+	struct config *cfg;
+
+	write_file(f->dir, "jwt.key", "from-a-file", 0644);
+	expect_error(f, text, ": tenants.default.auth.jwt.hmac_secret: ", "readable by group or others",
+	             NULL);
+	assert_null(strstr(f->err, "from-a-file"));
+
+	write_file(f->dir, "jwt.key", "from-a-file", 0600);
+	cfg = load(f, text);
+	if (!cfg)
+		fail_msg("%s", f->err);
+	assert_memory_equal(config_tenant(cfg, "default")->auth.jwt.hmac_secret.data, "from-a-file", 11);
+	config_free(cfg);
+
+	expect_error(f,
+	             TENANT_HEAD
+	             "  auth = { jwt = { algorithms = { 'HS256' }, hmac_secret = { file = 'nope' } } } } }\n",
+	             ": tenants.default.auth.jwt.hmac_secret: ", "/nope", NULL);
+}
+
+static void test_missing_env_var(void **state)
+{
+	struct fixture *f = *state;
+
+	unsetenv("COURIER_API_KEY");
+	expect_error(f, MINIMAL, ": tenants.default.api_key: ", "COURIER_API_KEY", "not set", NULL);
+	setenv("COURIER_API_KEY", "", 1);
+	expect_error(f, MINIMAL, ": tenants.default.api_key: ", "COURIER_API_KEY", NULL);
+}
+
+static void test_missing_and_required(void **state)
+{
+	struct fixture *f = *state;
+
+	expect_error(f,
+	             "tenants = { default = { api_key = { env = 'COURIER_API_KEY' },\n"
+	             "  policy = 'policies/missing.lua', auth = { none = true } } }\n",
+	             ": tenants.default.policy: ", "/policies/missing.lua: No such file or directory", NULL);
+	expect_error(
+	    f, "tenants = { default = { api_key = { env = 'COURIER_API_KEY' }, auth = { none = true } } }\n",
+	    ": tenants.default.policy: is required", NULL);
+	expect_error(f, "listen = '127.0.0.1:8080'\n", ": tenants: is required", NULL);
+	expect_error(f, "tenants = {}\n", ": tenants: at least one tenant is required", NULL);
+	expect_error(f, TENANT_HEAD "} }\n", ": tenants.default.auth: no authentication mode", NULL);
+	expect_error(f, TENANT_HEAD "  auth = { jwt = { algorithms = { 'HS256' } } } } }\n",
+	             ": tenants.default.auth.jwt.hmac_secret: is required when an HS* algorithm is listed",
+	             NULL);
+	expect_error(f, TENANT_HEAD "  auth = { jwt = { hmac_secret = { env = 'APP_JWT_SECRET' } } } } }\n",
+	             ": tenants.default.auth.jwt.algorithms: is required", NULL);
+	expect_error(f,
+	             TENANT_HEAD
+	             "  auth = { jwt = { algorithms = {}, hmac_secret = { env = 'APP_JWT_SECRET' } } } } }\n",
+	             ": tenants.default.auth.jwt.algorithms: must list at least one algorithm", NULL);
+	expect_error(f,
+	             "tenants = { ['bad name'] = { api_key = { env = 'COURIER_API_KEY' },\n"
+	             "  policy = 'policies/default.lua', auth = { none = true } } }\n",
+	             ": tenants: \"bad name\" is not a valid tenant name", NULL);
+	config_free(config_load("/nonexistent/broker.conf.lua", f->err, sizeof(f->err)));
+	assert_non_null(strstr(f->err, "/nonexistent/broker.conf.lua: No such file or directory"));
+}
+
+static void test_bad_listen(void **state)
+{
+	struct fixture *f = *state;
+	static const char *const bad[] = {
+	    "8080",        "127.0.0.1", "127.0.0.1:", ":8080", "127.0.0.1:http", "127.0.0.1:70000",
+	    "::1:8080",  "[::1]8080",  "[::1]", "host name:80",   "127.0.0.1:8080 "};
+	char text[512];
+
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		snprintf(text, sizeof(text), "listen = '%s'\n" MINIMAL, bad[i]);
+		expect_error(f, text, ": listen: ", NULL);
+	}
+	expect_error(f, "listen = '::1:8080'\n" MINIMAL, "brackets", NULL);
+}
+
+static void test_default_expires_above_max_refused(void **state)
+{
+	struct fixture *f = *state;
+
+	expect_error(f, TENANT_HEAD JWT_AUTH "  max_expires_in = '1h', default_expires_in = '2h' } }\n",
+	             ": tenants.default.default_expires_in: ", "longer than max_expires_in", NULL);
+	/* The default 1h is itself above a 30-minute ceiling. */
+	expect_error(f, TENANT_HEAD JWT_AUTH "  max_expires_in = '30m' } }\n",
+	             ": tenants.default.default_expires_in: ", NULL);
+}
+
+static void test_allowed_scopes_checked(void **state)
+{
+	struct fixture *f = *state;
+
+	expect_error(f, TENANT_HEAD JWT_AUTH "  allowed_scopes = { 'read:brands', 'user_id:x' } } }\n",
+	             ": tenants.default.allowed_scopes[2]: \"user_id:x\": user_id scopes are not allowed",
+	             NULL);
+	expect_error(f, TENANT_HEAD JWT_AUTH "  allowed_scopes = { 'read:brands write:brands' } } }\n",
+	             ": tenants.default.allowed_scopes[1]: ", "is not a valid scope", NULL);
+	expect_error(f, TENANT_HEAD JWT_AUTH "  allowed_scopes = {} } }\n",
+	             ": tenants.default.allowed_scopes: must not be empty", NULL);
+	expect_error(f, TENANT_HEAD JWT_AUTH "  allowed_scopes = { 'read:brands', x = 'y' } } }\n",
+	             ": tenants.default.allowed_scopes: expected a list of strings", NULL);
+}
+
+static void test_algorithms_checked(void **state)
+{
+	struct fixture *f = *state;
+
+	expect_error(f,
+	             TENANT_HEAD "  auth = { jwt = { algorithms = { 'HS256', 'RS256' },\n"
+	                         "    hmac_secret = { env = 'APP_JWT_SECRET' } } } } }\n",
+	             ": tenants.default.auth.jwt.algorithms[2]: unsupported algorithm \"RS256\"", "HS256",
+	             NULL);
+	expect_error(f,
+	             TENANT_HEAD "  auth = { jwt = { algorithms = { 'none' },\n"
+	                         "    hmac_secret = { env = 'APP_JWT_SECRET' } } } } }\n",
+	             "unsupported algorithm \"none\"", NULL);
+	expect_error(f,
+	             TENANT_HEAD
+	             "  auth = { jwt = { algorithms = { 'HS256' }, public_key = { file = 'k.pem' },\n"
+	             "    hmac_secret = { env = 'APP_JWT_SECRET' } } } } }\n",
+	             ": tenants.default.auth.jwt.public_key: not supported yet", NULL);
+	expect_error(f,
+	             TENANT_HEAD "  auth = { jwt = { algorithms = { 'HS256' }, jwks = { file = 'k.json' },\n"
+	                         "    hmac_secret = { env = 'APP_JWT_SECRET' } } } } }\n",
+	             ": tenants.default.auth.jwt.jwks: not supported yet", NULL);
+	expect_error(f, TENANT_HEAD "  auth = { trusted_proxy = { header = 'X-User' } } } }\n",
+	             ": tenants.default.auth.trusted_proxy: not supported yet", NULL);
+}
+
+static void test_sandbox_has_no_io(void **state)
+{
+	struct fixture *f = *state;
+
+	expect_error(f, "local fh = io.open('/etc/passwd')\n" MINIMAL, "broker.conf.lua:1:", "'io'", NULL);
+	expect_error(f, "\nos.execute('touch /tmp/pwned')\n" MINIMAL, "broker.conf.lua:2:", "'os'", NULL);
+	expect_error(f, "local x = require('os')\n" MINIMAL, "broker.conf.lua:1:", "'require'", NULL);
+	expect_error(f, "dofile('/etc/passwd')\n" MINIMAL, "broker.conf.lua:1:", "'dofile'", NULL);
+	expect_error(f, "load('return 1')()\n" MINIMAL, "broker.conf.lua:1:", "'load'", NULL);
+	expect_error(f, "_G.threads = 3\n" MINIMAL, "broker.conf.lua:1:", NULL);
+	expect_error(f, "print('hi')\n" MINIMAL, "broker.conf.lua:1:", "'print'", NULL);
+	/* Bytecode is refused: text mode only. */
+	expect_error(f, "\x1bLua\x54", "binary chunk", NULL);
+}
+
+static void test_lua_errors_carry_the_line(void **state)
+{
+	struct fixture *f = *state;
+	struct config *cfg;
+
+	expect_error(f, "threads = 2\nlisten = = 3\n", "broker.conf.lua:2:", NULL);
+	expect_error(f, "\n\nerror('custom failure')\n", "broker.conf.lua:3: custom failure", NULL);
+	/* The libraries that remain are usable. */
+	cfg = load(f, "threads = math.max(1, 3)\nlisten = string.format('%s:%d', '127.0.0.1', 8000 + 1)\n"
+	              "local t = {} table.insert(t, 'read:brands')\n" TENANT_HEAD JWT_AUTH
+	              "  allowed_scopes = t } }\n");
+	if (!cfg)
+		fail_msg("%s", f->err);
+	assert_int_equal(cfg->threads, 3);
+	assert_int_equal(cfg->listen_port, 8001);
+	config_free(cfg);
+}
+
+static void test_endless_loop_stopped(void **state)
+{
+	struct fixture *f = *state;
+
+	expect_error(f, "while true do end\n" MINIMAL, "broker.conf.lua:1:", "instructions", NULL);
+	/* pcall cannot swallow the limit. */
+	expect_error(f, "while true do pcall(function() while true do end end) end\n" MINIMAL,
+	             "broker.conf.lua:1:", NULL);
+	/* A __gc finalizer would run with hooks off: setmetatable is not there. */
+	expect_error(f, "setmetatable({}, { __gc = function() while true do end end })\n" MINIMAL,
+	             "broker.conf.lua:1:", "'setmetatable'", NULL);
+}
+
+static void test_memory_is_capped(void **state)
+{
+	struct fixture *f = *state;
+
+	expect_error(f, "local s = string.rep('x', 1 << 30)\n" MINIMAL, "out of memory", NULL);
+	expect_error(f, "local t = {} for i = 1, 1e8 do t[i] = i end\n" MINIMAL, NULL);
+}
+
+static void test_file_size_capped(void **state)
+{
+	struct fixture *f = *state;
+	size_t n = 1024 * 1024 + 10;
+	char *big = malloc(n + 1);
+
+	assert_non_null(big);
+	memset(big, '-', n);
+	big[n] = '\0';
+	expect_error(f, big, "larger than 1048576 bytes", NULL);
+	free(big);
+}
+
+static void test_print_options(void **state)
+{
+	char path[128], buf[16384];
+	int fd, saved;
+	ssize_t n;
+	struct fixture *f = *state;
+
+	snprintf(path, sizeof(path), "%s/options.md", f->dir);
+	fflush(stdout);
+	saved = dup(1);
+	fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+	assert_true(saved >= 0 && fd >= 0);
+	dup2(fd, 1);
+	config_print_options();
+	fflush(stdout);
+	dup2(saved, 1);
+	close(saved);
+	close(fd);
+	fd = open(path, O_RDONLY);
+	n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	assert_true(n > 0);
+	buf[n] = '\0';
+	assert_non_null(strstr(buf, "| name | type | default | bounds | description |\n|---|"));
+	assert_non_null(strstr(buf, "| `threads` | integer | `2` | 1..64 |"));
+	assert_non_null(strstr(buf, "| `tenants.*.max_expires_in` | duration | `\"7d\"` |"));
+	assert_non_null(strstr(buf, "| `tenants.*.api_key` | secret | required |"));
+	assert_non_null(strstr(buf, "| `tenants.*.auth.jwt.algorithms` | list of strings | required |"));
+}
+
+static void test_free_null(void **state)
+{
+	(void)state;
+	config_free(NULL);
+	assert_null(config_tenant(NULL, "default"));
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test_setup_teardown(test_minimal_config_gets_every_default, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_every_option_set, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_base_url_env_override, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_unknown_keys_name_the_path, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_wrong_types_name_the_expected_type, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_out_of_bounds_names_the_bounds, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_literal_secret_refused_without_echo, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_secret_file_modes, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_missing_env_var, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_missing_and_required, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_bad_listen, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_default_expires_above_max_refused, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_allowed_scopes_checked, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_algorithms_checked, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_sandbox_has_no_io, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_lua_errors_carry_the_line, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_endless_loop_stopped, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_memory_is_capped, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_file_size_capped, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_print_options, setup, teardown),
+	    cmocka_unit_test(test_free_null),
+	};
+
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
