@@ -18,6 +18,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/timerfd.h>
+#include <unistd.h>
 
 #include "envelope.h"
 #include "json.h"
@@ -29,6 +33,7 @@
 
 struct courier_client {
 	CURLM *multi;
+	int epfd, tfd, efd; /* epoll, libcurl's timer, wake-ups from submitters */
 	pthread_t thread;
 	pthread_mutex_t lock;
 	struct courier_job *queue, *queue_tail; /* submitted, not yet added */
@@ -175,15 +180,95 @@ static void fail_unstarted(struct courier_job *job, const char *why)
 	job->done(job);
 }
 
+/* ------------------------------------------------ the event loop (epoll) */
+
+/* libcurl tells us which sockets to watch; we keep epoll in step. */
+static int on_socket(CURL *e, curl_socket_t fd, int what, void *arg, void *sockp)
+{
+	struct courier_client *c = arg;
+	struct epoll_event ev = {0};
+
+	(void)e;
+	if (what == CURL_POLL_REMOVE) {
+		epoll_ctl(c->epfd, EPOLL_CTL_DEL, fd, NULL);
+		curl_multi_assign(c->multi, fd, NULL);
+		return 0;
+	}
+	ev.events = (what & CURL_POLL_IN ? EPOLLIN : 0) | (what & CURL_POLL_OUT ? EPOLLOUT : 0);
+	ev.data.fd = fd;
+	if (sockp) {
+		epoll_ctl(c->epfd, EPOLL_CTL_MOD, fd, &ev);
+	} else {
+		/* Mark the socket known; the pointer only needs to be non-NULL. */
+		epoll_ctl(c->epfd, EPOLL_CTL_ADD, fd, &ev);
+		curl_multi_assign(c->multi, fd, c);
+	}
+	return 0;
+}
+
+/* Never calls libcurl: a zero timeout arms the timer to fire at once. */
+static int on_timer(CURLM *multi, long timeout_ms, void *arg)
+{
+	struct courier_client *c = arg;
+	struct itimerspec its = {0};
+
+	(void)multi;
+	if (timeout_ms >= 0) {
+		its.it_value.tv_sec = timeout_ms / 1000;
+		its.it_value.tv_nsec = (timeout_ms % 1000) * 1000000L;
+		if (timeout_ms == 0)
+			its.it_value.tv_nsec = 1;
+	}
+	timerfd_settime(c->tfd, 0, &its, NULL);
+	return 0;
+}
+
+static void reap(struct courier_client *c)
+{
+	CURLMsg *m;
+	int left;
+
+	while ((m = curl_multi_info_read(c->multi, &left))) {
+		if (m->msg == CURLMSG_DONE) {
+			struct courier_job *job;
+			CURLcode rc = m->data.result;
+			curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&job);
+			finish(c, job, rc);
+		}
+	}
+}
+
 static void *run(void *arg)
 {
 	struct courier_client *c = arg;
+	struct epoll_event evs[64];
 
 	for (;;) {
 		struct courier_job *q;
-		bool stopping, abort_all;
-		CURLMsg *m;
-		int left, still;
+		bool stopping, abort_all, woken = false;
+		int n, still;
+
+		n = epoll_wait(c->epfd, evs, 64, -1);
+		for (int i = 0; i < n; i++) {
+			int fd = evs[i].data.fd;
+			uint64_t v;
+			if (fd == c->efd) {
+				ssize_t r = read(c->efd, &v, sizeof(v));
+				(void)r;
+				woken = true;
+			} else if (fd == c->tfd) {
+				if (read(c->tfd, &v, sizeof(v)) > 0)
+					curl_multi_socket_action(c->multi, CURL_SOCKET_TIMEOUT, 0, &still);
+			} else {
+				int flags = (evs[i].events & EPOLLIN ? CURL_CSELECT_IN : 0) |
+					    (evs[i].events & EPOLLOUT ? CURL_CSELECT_OUT : 0) |
+					    (evs[i].events & (EPOLLERR | EPOLLHUP) ? CURL_CSELECT_ERR : 0);
+				curl_multi_socket_action(c->multi, fd, flags, &still);
+			}
+		}
+		reap(c);
+		if (!woken)
+			continue;
 
 		pthread_mutex_lock(&c->lock);
 		q = c->queue;
@@ -209,45 +294,62 @@ static void *run(void *arg)
 			if (stopping)
 				break;
 		}
-
-		curl_multi_perform(c->multi, &still);
-		while ((m = curl_multi_info_read(c->multi, &left))) {
-			if (m->msg == CURLMSG_DONE) {
-				struct courier_job *job;
-				curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&job);
-				finish(c, job, m->data.result);
-			}
-		}
-		curl_multi_poll(c->multi, NULL, 0, 1000, NULL);
 	}
 	return NULL;
+}
+
+static void wake(struct courier_client *c)
+{
+	uint64_t one = 1;
+	ssize_t n = write(c->efd, &one, sizeof(one));
+	(void)n;
 }
 
 struct courier_client *courier_client_new(unsigned max_host_connections, char *err, size_t errlen)
 {
 	struct courier_client *c = calloc(1, sizeof(*c));
+	struct epoll_event ev = {.events = EPOLLIN};
 
 	if (!c) {
 		snprintf(err, errlen, "out of memory");
 		return NULL;
 	}
+	c->epfd = epoll_create1(EPOLL_CLOEXEC);
+	c->tfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+	c->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
 	c->multi = curl_multi_init();
-	if (!c->multi) {
-		snprintf(err, errlen, "curl_multi_init failed");
-		free(c);
-		return NULL;
+	if (c->epfd < 0 || c->tfd < 0 || c->efd < 0 || !c->multi) {
+		snprintf(err, errlen, "cannot set up the Courier client's event loop");
+		goto fail;
 	}
+	ev.data.fd = c->tfd;
+	epoll_ctl(c->epfd, EPOLL_CTL_ADD, c->tfd, &ev);
+	ev.data.fd = c->efd;
+	epoll_ctl(c->epfd, EPOLL_CTL_ADD, c->efd, &ev);
+	curl_multi_setopt(c->multi, CURLMOPT_SOCKETFUNCTION, on_socket);
+	curl_multi_setopt(c->multi, CURLMOPT_SOCKETDATA, c);
+	curl_multi_setopt(c->multi, CURLMOPT_TIMERFUNCTION, on_timer);
+	curl_multi_setopt(c->multi, CURLMOPT_TIMERDATA, c);
 	curl_multi_setopt(c->multi, CURLMOPT_MAX_HOST_CONNECTIONS, (long)max_host_connections);
 	curl_multi_setopt(c->multi, CURLMOPT_MAXCONNECTS, (long)max_host_connections);
 	pthread_mutex_init(&c->lock, NULL);
 	if (pthread_create(&c->thread, NULL, run, c) != 0) {
 		snprintf(err, errlen, "cannot start the Courier client thread");
-		curl_multi_cleanup(c->multi);
 		pthread_mutex_destroy(&c->lock);
-		free(c);
-		return NULL;
+		goto fail;
 	}
 	return c;
+fail:
+	if (c->multi)
+		curl_multi_cleanup(c->multi);
+	if (c->epfd >= 0)
+		close(c->epfd);
+	if (c->tfd >= 0)
+		close(c->tfd);
+	if (c->efd >= 0)
+		close(c->efd);
+	free(c);
+	return NULL;
 }
 
 int courier_submit(struct courier_client *c, struct courier_job *job)
@@ -264,7 +366,7 @@ int courier_submit(struct courier_client *c, struct courier_job *job)
 		c->queue = job;
 	c->queue_tail = job;
 	pthread_mutex_unlock(&c->lock);
-	curl_multi_wakeup(c->multi);
+	wake(c);
 	return 0;
 }
 
@@ -273,7 +375,7 @@ void courier_abort_all(struct courier_client *c)
 	pthread_mutex_lock(&c->lock);
 	c->abort_all = true;
 	pthread_mutex_unlock(&c->lock);
-	curl_multi_wakeup(c->multi);
+	wake(c);
 }
 
 void courier_client_free(struct courier_client *c)
@@ -283,11 +385,14 @@ void courier_client_free(struct courier_client *c)
 	pthread_mutex_lock(&c->lock);
 	c->stopping = true;
 	pthread_mutex_unlock(&c->lock);
-	curl_multi_wakeup(c->multi);
+	wake(c);
 	pthread_join(c->thread, NULL);
 	for (int i = 0; i < c->n_pool; i++)
 		curl_easy_cleanup(c->pool[i]);
 	curl_multi_cleanup(c->multi);
+	close(c->epfd);
+	close(c->tfd);
+	close(c->efd);
 	pthread_mutex_destroy(&c->lock);
 	free(c);
 }
