@@ -173,7 +173,7 @@ static const struct option options[] = {
     {"tenants.*.max_expires_in", OPT_DURATION, "7d", 0, 0, TEN(max_expires_s), 0, NULL,
      "Ceiling on any token's lifetime."},
     {"tenants.*.default_expires_in", OPT_DURATION, "1h", 0, 0, TEN(default_expires_s), 0, NULL,
-     "Lifetime when neither request nor policy gives one; at most `max_expires_in`."},
+     "Lifetime when the policy's decision gives none; at most `max_expires_in`."},
     {"tenants.*.allowed_scopes", OPT_LIST, "the push tier", 0, 0, NOWHERE, OPT_PROSE_DEFAULT, conv_scopes,
      "Ceiling on the scopes of any token (`user_id:` scopes are added by the broker)."},
     {"tenants.*.rate_limit", OPT_TABLE, NULL, 0, 0, NOWHERE, 0, NULL, "Token issuance per tenant."},

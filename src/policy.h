@@ -42,13 +42,13 @@ struct policy_header {
 struct policy_request {
 	const struct tenant *tenant;
 	const char *user_id;
-	int body_idx;   /* the decoded body table */
+	int body_idx; /* the decoded body table */
 	bool authenticated;
-	const char *method;  /* "jwt", "client_key", "proxy", "none" */
-	const char *subject; /* NULL or "" when none */
-	int claims_idx;      /* claims table, or 0 */
+	const char *method;                          /* "jwt", "client_key", "proxy", "none" */
+	const char *subject;                         /* NULL or "" when none */
+	int claims_idx;                              /* claims table, or 0 */
 	const char *client_ip, *origin, *user_agent; /* NULL when absent */
-	const struct policy_header *headers; /* without authorization and cookie */
+	const struct policy_header *headers;         /* without authorization and cookie */
 	size_t n_headers;
 	long long now;
 };
@@ -59,8 +59,8 @@ struct policy_request {
  * policy error (raised, budget or memory exceeded, malformed decision) with
  * a reason naming file and line in err, for the log only.
  */
-int policy_decide(struct policy_engine *e, const struct policy_request *rq, struct decision *out,
-		  char *err, size_t errlen);
+int policy_decide(struct policy_engine *e, const struct policy_request *rq, struct decision *out, char *err,
+                  size_t errlen);
 
 /* What broker.log (and print) wrote during the last decision on e: lines
  * ending in "\n", at most 2 KiB, "" when nothing. Valid until the next

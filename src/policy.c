@@ -1,0 +1,1372 @@
+/*
+ * policy.c — the per-tenant Lua policy engine.
+ *
+ * Owns one lua_State per engine (one engine per worker thread): the sandbox
+ * every policy runs in, each tenant's compiled chunk, the read-only request
+ * a policy sees, the budgets of one decision (instructions, wall clock,
+ * memory) and the type check of what a policy returns. It must never hand a
+ * policy anything that outlives the decision or reaches the host: no I/O, no
+ * debug, no bytecode, no coroutines, no writable shared table, no __gc. It
+ * never applies the envelope (the caller does), and never calls the HTTP
+ * front or Courier.
+ *
+ * How a decision runs: the chunk is compiled once; for every decision its
+ * _ENV upvalue is pointed at a fresh, empty environment whose metatable reads
+ * through to the read-only base, the chunk is run to get decide, and decide
+ * is called with req. Both run on one coroutine of the engine, so the count
+ * hook can end a runaway policy by yielding: an error raised from a hook
+ * could be caught by pcall inside the policy, a yield cannot. Host flags
+ * (budget spent, memory cap hit) make the decision a policy error whatever
+ * the policy returns.
+ */
+#include "policy.h"
+
+#include <lauxlib.h>
+#include <lua.h>
+#include <lualib.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "config.h"
+#include "duration.h"
+#include "envelope.h"
+#include "json.h"
+#include "scope.h"
+
+#define HOOK_STEP     1000          /* instructions between two budget checks */
+#define REP_MAX       (1024 * 1024) /* largest string.rep result */
+#define LOAD_MAX      (64 * 1024)   /* largest chunk a policy may load() */
+#define MOVE_MAX      (1024 * 1024) /* most elements one table.move may touch */
+#define GC_STEP_AFTER (256 * 1024)  /* a decision that grew the heap more runs a GC step */
+#define LOG_MAX       2048          /* broker.log bytes kept per decision */
+
+enum stop_reason { STOP_NONE, STOP_INSTRUCTIONS, STOP_TIME, STOP_MEMORY };
+
+struct policy_engine {
+	lua_State *L;
+	lua_State *co; /* the thread every policy runs on; anchored by ref_co */
+	const struct config *cfg;
+	int *chunks; /* registry refs of the compiled chunks, by tenant index */
+	size_t n_chunks;
+
+	/* Registry refs of the sandbox's shared pieces. */
+	int ref_co, ref_rmt, ref_envmt;
+
+	/* Memory: bytes in use, and the cap armed only while a decision runs. */
+	size_t mem_used;
+	size_t mem_cap;
+	int cap_armed;
+	int mem_hit;
+
+	/* Budget of the running decision. */
+	long long steps;
+	long long max_steps;
+	int hook_step;
+	struct timespec deadline;
+	enum stop_reason stop;
+	char where[128]; /* "file:line: " where the budget ran out, when known */
+
+	int broken; /* a failed decision could not be cleaned up: refuse all */
+
+	char log[LOG_MAX]; /* broker.log lines of the last decision */
+	size_t log_len;
+};
+
+/* ---------------------------------------------------------------- memory */
+
+/* Lua's allocator with a byte count. When ptr is NULL, osize is a type tag,
+ * not a size: only a live block has a size to give back. */
+static void *engine_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
+{
+	struct policy_engine *e = ud;
+	size_t old = ptr ? osize : 0;
+	void *p;
+
+	if (nsize == 0) {
+		free(ptr);
+		e->mem_used -= old;
+		return NULL;
+	}
+	if (e->cap_armed && nsize > old && e->mem_used + (nsize - old) > e->mem_cap) {
+		e->mem_hit = 1;
+		return NULL;
+	}
+	p = realloc(ptr, nsize);
+	if (!p)
+		return NULL;
+	e->mem_used = e->mem_used - old + nsize;
+	return p;
+}
+
+static int engine_panic(lua_State *L)
+{
+	const char *msg = lua_tostring(L, -1);
+	fprintf(stderr, "policy: unprotected Lua error: %s\n", msg ? msg : "?");
+	abort();
+}
+
+static struct policy_engine *engine_of(lua_State *L)
+{
+	return *(struct policy_engine **)lua_getextraspace(L);
+}
+
+/* ---------------------------------------------------------------- budget */
+
+static int deadline_passed(const struct timespec *d)
+{
+	struct timespec now;
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	return now.tv_sec > d->tv_sec || (now.tv_sec == d->tv_sec && now.tv_nsec >= d->tv_nsec);
+}
+
+/*
+ * The count hook. Once a budget is spent it fires on every instruction and
+ * yields, which unwinds through any pcall of the policy back to the engine.
+ * Where a yield is impossible (inside a sort comparator, a gsub callback, a
+ * metamethod called from C) lua_yield raises instead; that error may be
+ * caught, but the next instruction outside such a call yields for good.
+ */
+static void budget_hook(lua_State *L, lua_Debug *ar)
+{
+	struct policy_engine *e = engine_of(L);
+
+	if (e->stop == STOP_NONE) {
+		e->steps += e->hook_step;
+		if (e->mem_hit)
+			e->stop = STOP_MEMORY;
+		else if (e->steps > e->max_steps)
+			e->stop = STOP_INSTRUCTIONS;
+		else if (deadline_passed(&e->deadline))
+			e->stop = STOP_TIME;
+		else
+			return;
+		if (lua_getinfo(L, "Sl", ar) && ar->currentline > 0)
+			snprintf(e->where, sizeof(e->where), "%s:%d: ", ar->short_src, ar->currentline);
+		lua_sethook(L, budget_hook, LUA_MASKCOUNT, 1);
+	}
+	lua_yield(L, 0);
+}
+
+static void budget_arm(struct policy_engine *e)
+{
+	long ms = e->cfg->policy_timeout_ms > 0 ? e->cfg->policy_timeout_ms : 50;
+
+	e->steps = 0;
+	e->max_steps = e->cfg->policy_max_instructions > 0 ? e->cfg->policy_max_instructions : 1000000;
+	e->hook_step = e->max_steps < HOOK_STEP ? (int)e->max_steps : HOOK_STEP;
+	e->stop = STOP_NONE;
+	e->where[0] = '\0';
+	e->mem_hit = 0;
+	e->log_len = 0;
+	e->log[0] = '\0';
+	clock_gettime(CLOCK_MONOTONIC, &e->deadline);
+	e->deadline.tv_sec += ms / 1000;
+	e->deadline.tv_nsec += (ms % 1000) * 1000000L;
+	if (e->deadline.tv_nsec >= 1000000000L) {
+		e->deadline.tv_sec++;
+		e->deadline.tv_nsec -= 1000000000L;
+	}
+	lua_sethook(e->co, budget_hook, LUA_MASKCOUNT, e->hook_step);
+	e->mem_cap = e->mem_used +
+	             (e->cfg->policy_max_memory_bytes ? e->cfg->policy_max_memory_bytes : (size_t)8 << 20);
+	e->cap_armed = 1;
+}
+
+/* Writes the budget error, if any budget was spent; returns 1 then. */
+static int budget_spent(struct policy_engine *e, char *err, size_t errlen)
+{
+	if (e->stop == STOP_NONE && e->mem_hit)
+		e->stop = STOP_MEMORY;
+	if (e->stop == STOP_NONE && deadline_passed(&e->deadline))
+		e->stop = STOP_TIME;
+	switch (e->stop) {
+	case STOP_INSTRUCTIONS:
+		snprintf(err, errlen, "%sinstruction budget exceeded (%lld instructions)", e->where,
+		         e->max_steps);
+		return 1;
+	case STOP_TIME:
+		snprintf(err, errlen, "%stime budget exceeded (%ld ms)", e->where, e->cfg->policy_timeout_ms);
+		return 1;
+	case STOP_MEMORY:
+		snprintf(err, errlen, "%smemory cap exceeded (%zu bytes)", e->where,
+		         e->cfg->policy_max_memory_bytes);
+		return 1;
+	case STOP_NONE:
+		break;
+	}
+	return 0;
+}
+
+/* ------------------------------------------------------ read-only proxies */
+
+/*
+ * A read-only view of a table T is a table whose only raw entries sit under
+ * two light-userdata keys no policy can name: view[&REAL_KEY] = T and,
+ * once a nested table is reached, view[&CACHE_KEY] = { field = its view }.
+ * Its metatable is the shared, protected RMT (upvalue 1 of the functions
+ * below): a read goes through __index to T, a write finds no raw entry and
+ * reaches __newindex, which refuses. The sandbox's next and pairs skip the
+ * hidden keys, rawget and rawset refuse views: nothing raw reaches T.
+ */
+static const char REAL_KEY = 'r';
+static const char CACHE_KEY = 'c';
+#define UV_RMT lua_upvalueindex(1)
+
+/* Replaces the table at the top with a new view; rmt: RMT's absolute or
+ * pseudo-index. */
+static void proxy_new(lua_State *L, int rmt)
+{
+	lua_createtable(L, 0, 1);
+	lua_insert(L, -2);
+	lua_rawsetp(L, -2, &REAL_KEY);
+	lua_pushvalue(L, rmt);
+	lua_setmetatable(L, -2);
+}
+
+/* Pushes the table behind the view at idx. */
+static void proxy_real(lua_State *L, int idx)
+{
+	if (lua_rawgetp(L, idx, &REAL_KEY) != LUA_TTABLE)
+		luaL_error(L, "not a read-only view");
+}
+
+/* Replaces the table at the top, found under the key at index key of the
+ * view at index view, with its view: made once per view and key. */
+static void proxy_child(lua_State *L, int view, int key)
+{
+	if (lua_rawgetp(L, view, &CACHE_KEY) != LUA_TTABLE) {
+		lua_pop(L, 1);
+		lua_createtable(L, 0, 2);
+		lua_pushvalue(L, -1);
+		lua_rawsetp(L, view, &CACHE_KEY);
+	}
+	lua_pushvalue(L, key);
+	if (lua_rawget(L, -2) == LUA_TTABLE) {
+		lua_replace(L, -3);
+		lua_pop(L, 1);
+		return;
+	}
+	lua_pop(L, 1);
+	lua_insert(L, -2); /* cache, table */
+	proxy_new(L, UV_RMT);
+	lua_pushvalue(L, key);
+	lua_pushvalue(L, -2);
+	lua_rawset(L, -4);
+	lua_remove(L, -2);
+}
+
+static int proxy_index(lua_State *L)
+{
+	proxy_real(L, 1);
+	lua_pushvalue(L, 2);
+	if (lua_rawget(L, -2) == LUA_TTABLE)
+		proxy_child(L, 1, 2);
+	return 1;
+}
+
+static int proxy_newindex(lua_State *L)
+{
+	if (lua_type(L, 2) == LUA_TSTRING)
+		return luaL_error(L, "cannot set field '%s': the table is read-only", lua_tostring(L, 2));
+	return luaL_error(L, "cannot modify a read-only table");
+}
+
+static int proxy_len(lua_State *L)
+{
+	proxy_real(L, 1);
+	lua_pushinteger(L, (lua_Integer)lua_rawlen(L, -1));
+	return 1;
+}
+
+static int proxy_next(lua_State *L)
+{
+	luaL_checktype(L, 1, LUA_TTABLE);
+	lua_settop(L, 2);
+	proxy_real(L, 1);
+	lua_pushvalue(L, 2);
+	if (!lua_next(L, 3))
+		return 0;
+	if (lua_type(L, -1) == LUA_TTABLE)
+		proxy_child(L, 1, 4);
+	return 2;
+}
+
+static int proxy_pairs(lua_State *L)
+{
+	lua_pushvalue(L, UV_RMT);
+	lua_pushcclosure(L, proxy_next, 1);
+	lua_pushvalue(L, 1);
+	lua_pushnil(L);
+	return 3;
+}
+
+/* next for policies: the hidden keys of views do not exist. */
+static int sb_next(lua_State *L)
+{
+	luaL_checktype(L, 1, LUA_TTABLE);
+	lua_settop(L, 2);
+	while (lua_next(L, 1)) {
+		if (lua_type(L, -2) != LUA_TLIGHTUSERDATA ||
+		    (lua_touserdata(L, -2) != &REAL_KEY && lua_touserdata(L, -2) != &CACHE_KEY))
+			return 2;
+		lua_pop(L, 1);
+	}
+	lua_pushnil(L);
+	return 1;
+}
+
+/* pairs for policies: __pairs when there is one, else the sandbox's next
+ * (the real one, which pairs would hand out, sees the hidden keys). */
+static int sb_pairs(lua_State *L)
+{
+	luaL_checkany(L, 1);
+	if (luaL_getmetafield(L, 1, "__pairs") == LUA_TNIL) {
+		lua_pushcfunction(L, sb_next);
+		lua_pushvalue(L, 1);
+		lua_pushnil(L);
+	} else {
+		lua_pushvalue(L, 1);
+		lua_call(L, 1, 3);
+	}
+	return 3;
+}
+
+/* Replaces the table at the top with its view (engine-side). */
+static void engine_wrap(lua_State *L, struct policy_engine *e)
+{
+	lua_createtable(L, 0, 1);
+	lua_insert(L, -2);
+	lua_rawsetp(L, -2, &REAL_KEY);
+	lua_rawgeti(L, LUA_REGISTRYINDEX, e->ref_rmt);
+	lua_setmetatable(L, -2);
+}
+
+/* Whether the value at idx has metatable RMT or the environments' one. */
+static int is_ours(lua_State *L, int idx, int rmt, int envmt)
+{
+	int ours;
+
+	if (!lua_getmetatable(L, idx))
+		return 0;
+	ours = lua_rawequal(L, -1, rmt) || lua_rawequal(L, -1, envmt);
+	lua_pop(L, 1);
+	return ours;
+}
+
+/* If the value at idx is a view, replaces it with its table (engine-side). */
+static void engine_unwrap(lua_State *L, struct policy_engine *e, int idx)
+{
+	idx = lua_absindex(L, idx);
+	if (lua_type(L, idx) != LUA_TTABLE || !lua_getmetatable(L, idx))
+		return;
+	lua_rawgeti(L, LUA_REGISTRYINDEX, e->ref_rmt);
+	if (lua_rawequal(L, -1, -2)) {
+		lua_pop(L, 2);
+		lua_rawgetp(L, idx, &REAL_KEY);
+		lua_replace(L, idx);
+		return;
+	}
+	lua_pop(L, 2);
+}
+
+/* ------------------------------------------------------ sandboxed globals */
+
+/* Upvalues of the guards: 1 RMT, 2 the environments' metatable. */
+static void check_writable(lua_State *L, const char *fn)
+{
+	luaL_checktype(L, 1, LUA_TTABLE);
+	if (is_ours(L, 1, lua_upvalueindex(1), lua_upvalueindex(2)))
+		luaL_error(L, "%s: the table is read-only", fn);
+}
+
+static int sb_rawset(lua_State *L)
+{
+	check_writable(L, "rawset");
+	luaL_checkany(L, 2);
+	luaL_checkany(L, 3);
+	lua_settop(L, 3);
+	lua_rawset(L, 1);
+	return 1;
+}
+
+static int sb_rawget(lua_State *L)
+{
+	check_writable(L, "rawget");
+	luaL_checkany(L, 2);
+	lua_settop(L, 2);
+	lua_rawget(L, 1);
+	return 1;
+}
+
+/* setmetatable without __gc: a finalizer runs with hooks off, at any later
+ * time, outside every budget. */
+static int sb_setmetatable(lua_State *L)
+{
+	int t = lua_type(L, 2);
+
+	luaL_checktype(L, 1, LUA_TTABLE);
+	luaL_argexpected(L, t == LUA_TNIL || t == LUA_TTABLE, 2, "nil or table");
+	if (t == LUA_TTABLE) {
+		lua_pushliteral(L, "__gc");
+		if (lua_rawget(L, 2) != LUA_TNIL)
+			return luaL_error(L, "__gc metamethods are not allowed in policies");
+		lua_pop(L, 1);
+	}
+	if (luaL_getmetafield(L, 1, "__metatable") != LUA_TNIL)
+		return luaL_error(L, "cannot change a protected metatable");
+	lua_settop(L, 2);
+	lua_setmetatable(L, 1);
+	return 1;
+}
+
+static int env_newindex(lua_State *L)
+{
+	if (lua_type(L, 2) == LUA_TSTRING)
+		return luaL_error(L,
+		                  "cannot set global '%s': globals cannot be created in a policy (use local)",
+		                  lua_tostring(L, 2));
+	return luaL_error(L, "globals cannot be created in a policy (use local)");
+}
+
+/* Pushes a fresh, empty environment reading through to the base. */
+static void push_fresh_env(lua_State *L, int envmt)
+{
+	lua_createtable(L, 0, 0);
+	lua_pushvalue(L, envmt);
+	lua_setmetatable(L, -2);
+}
+
+/* load(chunk [, chunkname [, mode [, env]]]): text only, strings only, a
+ * fresh sandboxed environment unless env is given. Upvalue 1: envmt. */
+static int sb_load(lua_State *L)
+{
+	size_t len;
+	const char *s;
+	const char *name = luaL_optstring(L, 2, "load");
+	int status;
+
+	if (lua_type(L, 1) != LUA_TSTRING)
+		return luaL_argerror(L, 1, "string expected (reader functions are not supported)");
+	s = lua_tolstring(L, 1, &len);
+	if (len > LOAD_MAX) {
+		luaL_pushfail(L);
+		lua_pushliteral(L, "chunk too large for load");
+		return 2;
+	}
+	lua_pushfstring(L, "=(%s)", name);
+	status = luaL_loadbufferx(L, s, len, lua_tostring(L, -1), "t");
+	if (status != LUA_OK) {
+		luaL_pushfail(L);
+		lua_insert(L, -2);
+		return 2;
+	}
+	if (!lua_isnone(L, 4))
+		lua_pushvalue(L, 4);
+	else
+		push_fresh_env(L, lua_upvalueindex(1));
+	if (!lua_setupvalue(L, -2, 1))
+		lua_pop(L, 1);
+	return 1;
+}
+
+/* string.rep with a bounded result. Upvalue 1: the real string.rep. */
+static int sb_rep(lua_State *L)
+{
+	size_t l, lsep;
+	lua_Integer n;
+
+	luaL_checklstring(L, 1, &l);
+	n = luaL_checkinteger(L, 2);
+	luaL_optlstring(L, 3, "", &lsep);
+	if (n > 0 && (l + lsep) > 0 && (uint64_t)n > (uint64_t)(REP_MAX + lsep) / (l + lsep)) {
+		engine_of(L)->mem_hit = 1; /* a bomb: fatal even if the policy catches it */
+		return luaL_error(L, "string.rep: result larger than %d bytes", REP_MAX);
+	}
+	lua_pushvalue(L, lua_upvalueindex(1));
+	lua_insert(L, 1);
+	lua_call(L, lua_gettop(L) - 1, 1);
+	return 1;
+}
+
+/* table.move touching a bounded range: its loop runs in C, out of reach of
+ * the count hook. Upvalue 1: the real table.move. */
+static int sb_move(lua_State *L)
+{
+	lua_Integer f = luaL_checkinteger(L, 2);
+	lua_Integer t = luaL_checkinteger(L, 3);
+
+	if (t >= f && (lua_Unsigned)t - (lua_Unsigned)f >= MOVE_MAX) {
+		engine_of(L)->stop = STOP_INSTRUCTIONS; /* fatal even if the policy catches it */
+		return luaL_error(L, "table.move: more than %d elements", MOVE_MAX);
+	}
+	lua_pushvalue(L, lua_upvalueindex(1));
+	lua_insert(L, 1);
+	lua_call(L, lua_gettop(L) - 1, 1);
+	return 1;
+}
+
+static int broker_duration(lua_State *L)
+{
+	size_t len;
+	const char *s;
+	long long secs;
+
+	if (lua_type(L, 1) != LUA_TSTRING)
+		return luaL_error(L, "broker.duration: expected a string like \"1h\", got %s",
+		                  luaL_typename(L, 1));
+	s = lua_tolstring(L, 1, &len);
+	if (duration_parse(s, len, &secs) != 0)
+		return luaL_error(L, "broker.duration: invalid duration \"%s\"", s);
+	lua_pushinteger(L, (lua_Integer)secs);
+	return 1;
+}
+
+/* broker.log(...) and print(...): one line per call, kept for the last
+ * decision (policy_decision_log), bounded. */
+static int broker_log(lua_State *L)
+{
+	struct policy_engine *e = engine_of(L);
+	int n = lua_gettop(L);
+
+	for (int i = 1; i <= n; i++) {
+		size_t len;
+		const char *s = luaL_tolstring(L, i, &len);
+		size_t room = sizeof(e->log) - e->log_len;
+		if (room > 2) {
+			size_t k = len < room - 2 ? len : room - 2;
+			if (i > 1)
+				e->log[e->log_len++] = ' ';
+			memcpy(e->log + e->log_len, s, k);
+			e->log_len += k;
+		}
+		lua_pop(L, 1);
+	}
+	if (e->log_len < sizeof(e->log) - 1)
+		e->log[e->log_len++] = '\n';
+	e->log[e->log_len < sizeof(e->log) ? e->log_len : sizeof(e->log) - 1] = '\0';
+	return 0;
+}
+
+/*
+ * xpcall without a message handler in C's sense: Lua runs a message handler
+ * with hooks off when the error comes from a hook (a spent budget where a
+ * yield is impossible), so a looping handler would escape every budget. This
+ * one unwinds first (pcall) and then calls the handler as plain, hooked Lua.
+ * Without the debug library a handler could not use the unwound stack anyway.
+ */
+static const char XPCALL_LUA[] = "local pcall, type, error = ...\n"
+                                 "local function finish(h, ok, ...)\n"
+                                 "  if ok then return true, ... end\n"
+                                 "  return false, (h((...)))\n"
+                                 "end\n"
+                                 "return function(f, h, ...)\n"
+                                 "  if type(h) ~= 'function' then\n"
+                                 "    error(\"bad argument #2 to 'xpcall' (function expected)\", 2)\n"
+                                 "  end\n"
+                                 "  return finish(h, pcall(f, ...))\n"
+                                 "end\n";
+
+/* Pushes the sandbox's xpcall, built from the base library at g. */
+static void push_xpcall(lua_State *L, int g)
+{
+	if (luaL_loadbufferx(L, XPCALL_LUA, sizeof(XPCALL_LUA) - 1, "=xpcall", "t") != LUA_OK)
+		lua_error(L);
+	lua_pushnil(L);
+	lua_setupvalue(L, -2, 1); /* no _ENV: it uses only what it is given */
+	lua_getfield(L, g, "pcall");
+	lua_getfield(L, g, "type");
+	lua_getfield(L, g, "error");
+	lua_call(L, 3, 1);
+}
+
+/* Copies the named fields of the table at src into the table at the top;
+ * a NULL-terminated list. */
+static void copy_fields(lua_State *L, int src, const char *const *names)
+{
+	for (; *names; names++) {
+		lua_getfield(L, src, *names);
+		lua_setfield(L, -2, *names);
+	}
+}
+
+static void push_tier(lua_State *L, const char *name)
+{
+	const char *const *list = scope_tier(name);
+	int i = 0;
+
+	lua_createtable(L, 8, 0);
+	for (; list && list[i]; i++) {
+		lua_pushstring(L, list[i]);
+		lua_rawseti(L, -2, i + 1);
+	}
+}
+
+/*
+ * Builds the sandbox on a fresh state: the shared proxy pieces, the base
+ * environment (registry ref_envmt's __index), the protected string
+ * metatable. Runs protected; upvalue-free, the engine comes from extraspace.
+ */
+static int setup_protected(lua_State *L)
+{
+	struct policy_engine *e = engine_of(L);
+	static const char *const base_names[] = {
+	    "assert",   "error",    "ipairs", "pcall",    "rawequal",     "rawlen", "select",
+	    "tonumber", "tostring", "type",   "_VERSION", "getmetatable", NULL};
+	static const char *const string_names[] = {"byte", "char",   "find",  "format", "gmatch",   "gsub",
+	                                           "len",  "lower",  "match", "pack",   "packsize", "reverse",
+	                                           "sub",  "unpack", "upper", NULL};
+	static const char *const table_names[] = {"concat", "insert", "pack", "remove",
+	                                          "sort",   "unpack", NULL};
+	static const char *const math_names[] = {
+	    "abs",  "ceil",       "cos",       "deg",        "exp",  "floor", "fmod", "huge",   "log",
+	    "max",  "maxinteger", "min",       "mininteger", "modf", "pi",    "rad",  "random", "sin",
+	    "sqrt", "tan",        "tointeger", "type",       "ult",  "acos",  "asin", "atan",   NULL};
+	static const char *const utf8_names[] = {"char", "charpattern", "codepoint", "codes",
+	                                         "len",  "offset",      NULL};
+	static const char *const os_names[] = {"time", "clock", NULL};
+	int g, rmt, envmt, base, str;
+
+	luaL_requiref(L, "_G", luaopen_base, 0);
+	g = lua_gettop(L);
+	luaL_requiref(L, "string", luaopen_string, 0);
+	luaL_requiref(L, "table", luaopen_table, 0);
+	luaL_requiref(L, "math", luaopen_math, 0);
+	luaL_requiref(L, "utf8", luaopen_utf8, 0);
+	luaL_requiref(L, "os", luaopen_os, 0);
+	/* stack: _G string table math utf8 os at g .. g+5 */
+
+	if (json_open(L) != 0)
+		return luaL_error(L, "cannot load cjson");
+
+	/* The views' metatable. */
+	lua_createtable(L, 0, 5);
+	rmt = lua_gettop(L);
+	lua_pushvalue(L, rmt);
+	lua_pushcclosure(L, proxy_index, 1);
+	lua_setfield(L, rmt, "__index");
+	lua_pushcfunction(L, proxy_newindex);
+	lua_setfield(L, rmt, "__newindex");
+	lua_pushcfunction(L, proxy_len);
+	lua_setfield(L, rmt, "__len");
+	lua_pushvalue(L, rmt);
+	lua_pushcclosure(L, proxy_pairs, 1);
+	lua_setfield(L, rmt, "__pairs");
+	lua_pushboolean(L, 0);
+	lua_setfield(L, rmt, "__metatable");
+	lua_pushvalue(L, rmt);
+	e->ref_rmt = luaL_ref(L, LUA_REGISTRYINDEX);
+
+	/* The environments' metatable and the base it reads through to. */
+	lua_createtable(L, 0, 3);
+	envmt = lua_gettop(L);
+	lua_createtable(L, 0, 32);
+	base = lua_gettop(L);
+	lua_pushvalue(L, base);
+	lua_setfield(L, envmt, "__index");
+	lua_pushcfunction(L, env_newindex);
+	lua_setfield(L, envmt, "__newindex");
+	lua_pushboolean(L, 0);
+	lua_setfield(L, envmt, "__metatable");
+	lua_pushvalue(L, envmt);
+	e->ref_envmt = luaL_ref(L, LUA_REGISTRYINDEX);
+
+	lua_pushvalue(L, base);
+	copy_fields(L, g, base_names);
+	lua_pushvalue(L, rmt);
+	lua_pushvalue(L, envmt);
+	lua_pushcclosure(L, sb_rawset, 2);
+	lua_setfield(L, base, "rawset");
+	lua_pushvalue(L, rmt);
+	lua_pushvalue(L, envmt);
+	lua_pushcclosure(L, sb_rawget, 2);
+	lua_setfield(L, base, "rawget");
+	lua_pushcfunction(L, sb_setmetatable);
+	lua_setfield(L, base, "setmetatable");
+	lua_pushvalue(L, envmt);
+	lua_pushcclosure(L, sb_load, 1);
+	lua_setfield(L, base, "load");
+	lua_pushcfunction(L, broker_log);
+	lua_setfield(L, base, "print");
+	push_xpcall(L, g);
+	lua_setfield(L, base, "xpcall");
+	lua_pushcfunction(L, sb_next);
+	lua_setfield(L, base, "next");
+	lua_pushcfunction(L, sb_pairs);
+	lua_setfield(L, base, "pairs");
+	lua_pop(L, 1);
+
+	/* string: the sandbox's copy, also the strings' __index. */
+	lua_createtable(L, 0, 20);
+	str = lua_gettop(L);
+	copy_fields(L, g + 1, string_names);
+	lua_getfield(L, g + 1, "rep");
+	lua_pushcclosure(L, sb_rep, 1);
+	lua_setfield(L, str, "rep");
+	lua_pushliteral(L, "");
+	if (!lua_getmetatable(L, -1))
+		return luaL_error(L, "strings have no metatable");
+	lua_pushvalue(L, str);
+	lua_setfield(L, -2, "__index");
+	lua_pushboolean(L, 0);
+	lua_setfield(L, -2, "__metatable");
+	lua_pop(L, 2);
+	lua_pushvalue(L, str);
+	engine_wrap(L, e);
+	lua_setfield(L, base, "string");
+	lua_pop(L, 1);
+
+	lua_createtable(L, 0, 8);
+	copy_fields(L, g + 2, table_names);
+	lua_getfield(L, g + 2, "move");
+	lua_pushcclosure(L, sb_move, 1);
+	lua_setfield(L, -2, "move");
+	engine_wrap(L, e);
+	lua_setfield(L, base, "table");
+
+	lua_createtable(L, 0, 32);
+	copy_fields(L, g + 3, math_names);
+	engine_wrap(L, e);
+	lua_setfield(L, base, "math");
+
+	lua_createtable(L, 0, 8);
+	copy_fields(L, g + 4, utf8_names);
+	engine_wrap(L, e);
+	lua_setfield(L, base, "utf8");
+
+	lua_createtable(L, 0, 2);
+	copy_fields(L, g + 5, os_names);
+	engine_wrap(L, e);
+	lua_setfield(L, base, "os");
+
+	/* broker */
+	lua_createtable(L, 0, 3);
+	lua_createtable(L, 0, 3);
+	push_tier(L, "inbox");
+	lua_setfield(L, -2, "inbox");
+	push_tier(L, "preferences");
+	lua_setfield(L, -2, "preferences");
+	push_tier(L, "push");
+	lua_setfield(L, -2, "push");
+	lua_setfield(L, -2, "tiers");
+	lua_pushcfunction(L, broker_duration);
+	lua_setfield(L, -2, "duration");
+	lua_pushcfunction(L, broker_log);
+	lua_setfield(L, -2, "log");
+	engine_wrap(L, e);
+	lua_setfield(L, base, "broker");
+
+	/* Nothing outside the sandbox may keep the os and io-free libraries'
+	 * full tables reachable by name. */
+	lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+	lua_pushnil(L);
+	lua_setfield(L, -2, "os");
+	lua_pop(L, 1);
+	lua_pushnil(L);
+	lua_setfield(L, g, "os");
+
+	/* The thread policies run on. */
+	e->co = lua_newthread(L);
+	e->ref_co = luaL_ref(L, LUA_REGISTRYINDEX);
+	return 0;
+}
+
+/* Replaces co with a new thread (protected: it allocates). */
+static int new_co_protected(lua_State *L)
+{
+	struct policy_engine *e = engine_of(L);
+	lua_State *co = lua_newthread(L);
+	int ref = luaL_ref(L, LUA_REGISTRYINDEX);
+
+	luaL_unref(L, LUA_REGISTRYINDEX, e->ref_co);
+	e->co = co;
+	e->ref_co = ref;
+	return 0;
+}
+
+/* ------------------------------------------------------------ running */
+
+/* Copies the error on top of co (after a failed resume) into err. */
+static void resume_error(struct policy_engine *e, int status, char *err, size_t errlen)
+{
+	lua_State *co = e->co;
+
+	if (status == LUA_ERRMEM) {
+		snprintf(err, errlen, "%smemory cap exceeded (%zu bytes)", e->where,
+		         e->cfg->policy_max_memory_bytes);
+	} else if (lua_type(co, -1) == LUA_TSTRING) {
+		snprintf(err, errlen, "%s", lua_tostring(co, -1));
+	} else {
+		snprintf(err, errlen, "policy raised a non-string error (%s)", luaL_typename(co, -1));
+	}
+}
+
+/*
+ * Resumes co with the function and nargs arguments already on it. Returns 0
+ * with exactly one result left on co, or -1 with err set. *dirty tells the
+ * caller co must be reset before its next use.
+ */
+static int run(struct policy_engine *e, int nargs, const char *what, char *err, size_t errlen, int *dirty)
+{
+	lua_State *co = e->co;
+	int nres = 0;
+	int status = lua_resume(co, e->L, nargs, &nres);
+
+	if (status != LUA_OK)
+		*dirty = 1;
+	if (budget_spent(e, err, errlen))
+		return -1;
+	if (status == LUA_YIELD) {
+		snprintf(err, errlen, "%s: the policy yielded", what);
+		return -1;
+	}
+	if (status != LUA_OK) {
+		resume_error(e, status, err, errlen);
+		return -1;
+	}
+	if (nres < 1) {
+		snprintf(err, errlen, "%s returned nothing", what);
+		return -1;
+	}
+	lua_pop(co, nres - 1);
+	return 0;
+}
+
+/* Puts the compiled chunk of tenant i, with a fresh _ENV, on co. */
+static void push_chunk(struct policy_engine *e, size_t i)
+{
+	lua_State *L = e->L;
+
+	lua_rawgeti(L, LUA_REGISTRYINDEX, e->chunks[i]);
+	lua_rawgeti(L, LUA_REGISTRYINDEX, e->ref_envmt);
+	push_fresh_env(L, lua_gettop(L));
+	lua_remove(L, -2);
+	lua_setupvalue(L, -2, 1);
+	lua_xmove(L, e->co, 1);
+}
+
+/* ------------------------------------------------------------- decisions */
+
+static const char *const decision_fields[] = {"allow", "scopes", "tier", "expires_in", "reason", NULL};
+
+/* Pushes field name of the table at t, raw. */
+static int raw_field(lua_State *L, int t, const char *name)
+{
+	lua_pushstring(L, name);
+	return lua_rawget(L, t);
+}
+
+static int bad(char *err, size_t errlen, const char *path, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+/* Writes "path: invalid decision: ..." into err; returns -1. */
+static int bad(char *err, size_t errlen, const char *path, const char *fmt, ...)
+{
+	char msg[200];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	snprintf(err, errlen, "%s: invalid decision: %s", path, msg);
+	return -1;
+}
+
+static int check_scopes(lua_State *L, struct policy_engine *e, int v, struct decision *out, const char *path,
+                        char *err, size_t errlen)
+{
+	lua_Integer n;
+	int count = 0;
+
+	engine_unwrap(L, e, v);
+	if (lua_type(L, v) != LUA_TTABLE)
+		return bad(err, errlen, path, "scopes must be a list of strings, got %s",
+		           luaL_typename(L, v));
+	n = (lua_Integer)lua_rawlen(L, v);
+	lua_pushnil(L);
+	while (lua_next(L, v)) {
+		lua_pop(L, 1);
+		if (++count > DECISION_MAX_SCOPES) {
+			lua_pop(L, 1);
+			break;
+		}
+	}
+	if (count > DECISION_MAX_SCOPES || n > DECISION_MAX_SCOPES)
+		return bad(err, errlen, path, "scopes has more than %s entries", "32");
+	if (n < 1 || count != n)
+		return bad(err, errlen, path, "%s", "scopes must be a list of 1 to 32 strings without holes");
+	for (lua_Integer i = 1; i <= n; i++) {
+		size_t len;
+		const char *s;
+		if (lua_rawgeti(L, v, i) != LUA_TSTRING)
+			return bad(err, errlen, path, "scopes entries must be strings, got %s",
+			           luaL_typename(L, -1));
+		s = lua_tolstring(L, -1, &len);
+		if (len == 0 || decision_add_scope(out, s, len) != 0)
+			return bad(err, errlen, path, "scope \"%s\" is empty, too long or holds a NUL byte",
+			           s);
+		lua_pop(L, 1);
+	}
+	return 0;
+}
+
+static int check_tier(lua_State *L, int v, struct decision *out, const char *path, char *err, size_t errlen)
+{
+	size_t len;
+	const char *s;
+	const char *const *list;
+
+	if (lua_type(L, v) != LUA_TSTRING)
+		return bad(err, errlen, path, "tier must be a string, got %s", luaL_typename(L, v));
+	s = lua_tolstring(L, v, &len);
+	list = strlen(s) == len ? scope_tier(s) : NULL;
+	if (!list)
+		return bad(err, errlen, path, "unknown tier \"%s\" (inbox, preferences or push)", s);
+	for (; *list; list++)
+		if (decision_add_scope(out, *list, strlen(*list)) != 0)
+			return bad(err, errlen, path, "%s", "tier scopes do not fit");
+	return 0;
+}
+
+static int check_expires(lua_State *L, int v, struct decision *out, const char *path, char *err,
+                         size_t errlen)
+{
+	if (lua_type(L, v) == LUA_TNUMBER) {
+		lua_Integer i;
+		if (lua_isinteger(L, v))
+			i = lua_tointeger(L, v);
+		else if (!lua_numbertointeger(lua_tonumber(L, v), &i) || (lua_Number)i != lua_tonumber(L, v))
+			return bad(err, errlen, path, "%s", "expires_in must be a whole number of seconds");
+		if (i <= 0)
+			return bad(err, errlen, path, "%s", "expires_in must be positive");
+		out->expires_s = (long long)i;
+		return 0;
+	}
+	if (lua_type(L, v) == LUA_TSTRING) {
+		size_t len;
+		const char *s = lua_tolstring(L, v, &len);
+		long long secs;
+		if (duration_parse(s, len, &secs) != 0)
+			return bad(
+			    err, errlen, path,
+			    "expires_in \"%s\" is not a duration with a unit (\"3600s\", \"1h\", \"7d\")", s);
+		out->expires_s = secs;
+		return 0;
+	}
+	return bad(err, errlen, path, "expires_in must be seconds or a duration string, got %s",
+	           luaL_typename(L, v));
+}
+
+/* Type-checks the decision at idx (on e->L) into out. */
+static int check_decision(lua_State *L, struct policy_engine *e, int idx, const char *path,
+                          struct decision *out, char *err, size_t errlen)
+{
+	int allow, f_scopes, f_tier, f_exp, f_reason, rc;
+
+	engine_unwrap(L, e, idx);
+	if (lua_type(L, idx) != LUA_TTABLE)
+		return bad(err, errlen, path, "decide must return a table, got %s", luaL_typename(L, idx));
+	lua_pushnil(L);
+	while (lua_next(L, idx)) {
+		const char *const *f = decision_fields;
+		lua_pop(L, 1);
+		if (lua_type(L, -1) != LUA_TSTRING)
+			return bad(err, errlen, path, "unknown field of type %s", luaL_typename(L, -1));
+		for (; *f; f++)
+			if (strcmp(*f, lua_tostring(L, -1)) == 0)
+				break;
+		if (!*f)
+			return bad(err, errlen, path,
+			           "unknown field '%s' (allow, scopes, tier, expires_in, reason)",
+			           lua_tostring(L, -1));
+	}
+
+	if (raw_field(L, idx, "allow") != LUA_TBOOLEAN)
+		return bad(err, errlen, path, "allow must be true or false, got %s", luaL_typename(L, -1));
+	allow = lua_toboolean(L, -1);
+	f_scopes = raw_field(L, idx, "scopes") != LUA_TNIL ? lua_gettop(L) : 0;
+	f_tier = raw_field(L, idx, "tier") != LUA_TNIL ? lua_gettop(L) : 0;
+	f_exp = raw_field(L, idx, "expires_in") != LUA_TNIL ? lua_gettop(L) : 0;
+	f_reason = raw_field(L, idx, "reason") != LUA_TNIL ? lua_gettop(L) : 0;
+
+	if (f_reason) {
+		size_t len;
+		const char *s;
+		if (lua_type(L, f_reason) != LUA_TSTRING)
+			return bad(err, errlen, path, "reason must be a string, got %s",
+			           luaL_typename(L, f_reason));
+		s = lua_tolstring(L, f_reason, &len);
+		if (len > sizeof(out->reason) - 1)
+			len = sizeof(out->reason) - 1;
+		memcpy(out->reason, s, len);
+		out->reason[len] = '\0';
+	}
+	if (allow && !f_scopes == !f_tier)
+		return bad(err, errlen, path, "%s",
+		           "an allowing decision needs exactly one of scopes and tier");
+	rc = 0;
+	if (f_scopes)
+		rc = check_scopes(L, e, f_scopes, out, path, err, errlen);
+	if (!rc && f_tier)
+		rc = check_tier(L, f_tier, out, path, err, errlen);
+	if (!rc && f_exp)
+		rc = check_expires(L, f_exp, out, path, err, errlen);
+	if (rc)
+		return rc;
+	out->allow = allow;
+	if (!allow) {
+		out->n_scopes = 0;
+		out->strbuf_used = 0;
+		out->expires_s = 0;
+	}
+	return 0;
+}
+
+/* ------------------------------------------------------------ requests */
+
+static void set_str(lua_State *L, const char *k, const char *v)
+{
+	if (v) {
+		lua_pushstring(L, v);
+		lua_setfield(L, -2, k);
+	}
+}
+
+/* Whether the table at idx is a list of 1.. strings and nothing else. */
+static int is_string_list(lua_State *L, int idx)
+{
+	lua_Integer n = (lua_Integer)lua_rawlen(L, idx), count = 0;
+
+	lua_pushnil(L);
+	while (lua_next(L, idx)) {
+		int ok = lua_type(L, -1) == LUA_TSTRING && lua_isinteger(L, -2) &&
+		         lua_tointeger(L, -2) >= 1 && lua_tointeger(L, -2) <= n;
+		lua_pop(L, 1);
+		if (!ok) {
+			lua_pop(L, 1);
+			return 0;
+		}
+		count++;
+	}
+	return count == n;
+}
+
+/* Pushes the real req table; body and claims at the given indexes (0: none). */
+static void push_req(lua_State *L, const struct policy_request *rq, int body, int claims)
+{
+	lua_createtable(L, 0, 10);
+	set_str(L, "tenant", rq->tenant->name);
+	set_str(L, "user_id", rq->user_id);
+	if (body && lua_type(L, body) == LUA_TTABLE) {
+		int t;
+		lua_pushliteral(L, "scopes");
+		t = lua_rawget(L, body);
+		if (t == LUA_TTABLE && is_string_list(L, lua_gettop(L)))
+			lua_setfield(L, -2, "scopes");
+		else
+			lua_pop(L, 1);
+		lua_pushliteral(L, "expires_in");
+		t = lua_rawget(L, body);
+		if (t == LUA_TSTRING || t == LUA_TNUMBER)
+			lua_setfield(L, -2, "expires_in");
+		else
+			lua_pop(L, 1);
+		lua_pushvalue(L, body);
+	} else {
+		lua_createtable(L, 0, 0);
+	}
+	lua_setfield(L, -2, "body");
+
+	lua_createtable(L, 0, 4);
+	lua_pushboolean(L, rq->authenticated);
+	lua_setfield(L, -2, "authenticated");
+	set_str(L, "method", rq->method);
+	if (rq->subject && rq->subject[0])
+		set_str(L, "subject", rq->subject);
+	if (claims && lua_type(L, claims) == LUA_TTABLE)
+		lua_pushvalue(L, claims);
+	else
+		lua_createtable(L, 0, 0);
+	lua_setfield(L, -2, "claims");
+	lua_setfield(L, -2, "identity");
+
+	lua_createtable(L, 0, 3);
+	set_str(L, "ip", rq->client_ip);
+	set_str(L, "origin", rq->origin);
+	set_str(L, "user_agent", rq->user_agent);
+	lua_setfield(L, -2, "client");
+
+	lua_createtable(L, 0, (int)(rq->n_headers < 64 ? rq->n_headers : 64));
+	for (size_t i = 0; i < rq->n_headers; i++)
+		if (rq->headers[i].name && rq->headers[i].value)
+			set_str(L, rq->headers[i].name, rq->headers[i].value);
+	lua_setfield(L, -2, "headers");
+
+	lua_pushinteger(L, (lua_Integer)rq->now);
+	lua_setfield(L, -2, "now");
+}
+
+struct decide_ctx {
+	struct policy_engine *e;
+	const struct policy_request *rq;
+	size_t tenant;
+	struct decision *out;
+	char *err;
+	size_t errlen;
+	int rc;
+	int dirty;
+};
+
+/* Runs protected on e->L: arguments ctx, body, claims. */
+static int decide_protected(lua_State *L)
+{
+	struct decide_ctx *c = lua_touserdata(L, 1);
+	struct policy_engine *e = c->e;
+	const char *path = c->rq->tenant->policy_path ? c->rq->tenant->policy_path : c->rq->tenant->name;
+	int req;
+
+	push_req(L, c->rq, lua_type(L, 2) == LUA_TNIL ? 0 : 2, lua_type(L, 3) == LUA_TNIL ? 0 : 3);
+	engine_wrap(L, e);
+	req = lua_gettop(L);
+
+	lua_settop(e->co, 0);
+	push_chunk(e, c->tenant);
+	budget_arm(e);
+	if (run(e, 0, path, c->err, c->errlen, &c->dirty) != 0)
+		goto out;
+	if (lua_type(e->co, -1) != LUA_TFUNCTION) {
+		snprintf(c->err, c->errlen, "%s: the policy must return a function decide(req), got %s", path,
+		         luaL_typename(e->co, -1));
+		goto out;
+	}
+	lua_pushvalue(L, req);
+	lua_xmove(L, e->co, 1);
+	if (run(e, 1, "decide", c->err, c->errlen, &c->dirty) != 0)
+		goto out;
+	lua_xmove(e->co, L, 1);
+	e->cap_armed = 0;
+	c->rc = check_decision(L, e, lua_gettop(L), path, c->out, c->err, c->errlen);
+out:
+	e->cap_armed = 0;
+	return 0;
+}
+
+/*
+ * Cleans up after a decision. A thread a policy failed on is dropped, not
+ * reset: an error raised from the hook where a yield was impossible leaves
+ * the thread with hooks switched off (Lua restores them only at a pcall),
+ * and resetting would run the policy's pending __close handlers unhooked.
+ * A dropped thread's __close handlers never run; the GC frees it.
+ */
+static void finish(struct policy_engine *e, int dirty, size_t used_before)
+{
+	e->cap_armed = 0;
+	lua_settop(e->co, 0);
+	if (dirty) {
+		lua_pushcfunction(e->L, new_co_protected);
+		if (lua_pcall(e->L, 0, 0, 0) != LUA_OK) {
+			lua_pop(e->L, 1);
+			e->broken = 1;
+		}
+	}
+	if (dirty || e->mem_hit)
+		lua_gc(e->L, LUA_GCCOLLECT, 0);
+	else if (e->mem_used > used_before + GC_STEP_AFTER)
+		lua_gc(e->L, LUA_GCSTEP, 0);
+}
+
+int policy_decide(struct policy_engine *e, const struct policy_request *rq, struct decision *out, char *err,
+                  size_t errlen)
+{
+	lua_State *L = e->L;
+	int top = lua_gettop(L);
+	size_t used_before = e->mem_used;
+	struct decide_ctx c = {.e = e, .rq = rq, .out = out, .err = err, .errlen = errlen, .rc = -1};
+	int status;
+
+	err[0] = '\0';
+	out->allow = false;
+	out->n_scopes = 0;
+	out->expires_s = 0;
+	out->reason[0] = '\0';
+	out->strbuf_used = 0;
+	if (!rq->tenant || rq->tenant < e->cfg->tenants ||
+	    rq->tenant >= e->cfg->tenants + e->cfg->n_tenants) {
+		snprintf(err, errlen, "tenant is not part of this engine's configuration");
+		return -1;
+	}
+	c.tenant = (size_t)(rq->tenant - e->cfg->tenants);
+	if (e->broken) {
+		snprintf(err, errlen, "policy engine out of memory");
+		return -1;
+	}
+
+	lua_pushcfunction(L, decide_protected);
+	lua_pushlightuserdata(L, &c);
+	if (rq->body_idx > 0)
+		lua_pushvalue(L, rq->body_idx);
+	else
+		lua_pushnil(L);
+	if (rq->claims_idx > 0)
+		lua_pushvalue(L, rq->claims_idx);
+	else
+		lua_pushnil(L);
+	status = lua_pcall(L, 3, 0, 0);
+	if (status != LUA_OK) {
+		snprintf(err, errlen, "policy engine: %s",
+		         lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "out of memory");
+		c.rc = -1;
+		c.dirty = 1;
+	}
+	finish(e, c.dirty, used_before);
+	lua_settop(L, top);
+	if (c.rc != 0) {
+		out->allow = false;
+		out->n_scopes = 0;
+		out->strbuf_used = 0;
+		if (!err[0])
+			snprintf(err, errlen, "policy error");
+	}
+	return c.rc;
+}
+
+const char *policy_decision_log(const struct policy_engine *e)
+{
+	return e->log;
+}
+
+/* ------------------------------------------------------------ engines */
+
+struct compile_ctx {
+	struct policy_engine *e;
+	char *err;
+	size_t errlen;
+	int rc;
+	int dirty;
+};
+
+/* Compiles every tenant's chunk and runs each once, to check it returns a
+ * function. Runs protected on e->L. */
+static int compile_protected(lua_State *L)
+{
+	struct compile_ctx *c = lua_touserdata(L, 1);
+	struct policy_engine *e = c->e;
+
+	for (size_t i = 0; i < e->n_chunks; i++) {
+		const struct tenant *t = &e->cfg->tenants[i];
+		const char *path = t->policy_path ? t->policy_path : t->name;
+		if (!t->policy_text) {
+			snprintf(c->err, c->errlen, "tenant %s: no policy", t->name);
+			return 0;
+		}
+		lua_pushfstring(L, "@%s", path);
+		if (luaL_loadbufferx(L, t->policy_text, t->policy_len, lua_tostring(L, -1), "t") != LUA_OK) {
+			snprintf(c->err, c->errlen, "%s", lua_tostring(L, -1));
+			return 0;
+		}
+		e->chunks[i] = luaL_ref(L, LUA_REGISTRYINDEX);
+		lua_pop(L, 1);
+
+		lua_settop(e->co, 0);
+		push_chunk(e, i);
+		budget_arm(e);
+		if (run(e, 0, path, c->err, c->errlen, &c->dirty) != 0) {
+			e->cap_armed = 0;
+			return 0;
+		}
+		e->cap_armed = 0;
+		if (lua_type(e->co, -1) != LUA_TFUNCTION) {
+			snprintf(c->err, c->errlen,
+			         "%s: the policy must return a function decide(req), got %s", path,
+			         luaL_typename(e->co, -1));
+			return 0;
+		}
+		lua_settop(e->co, 0);
+	}
+	c->rc = 0;
+	return 0;
+}
+
+struct policy_engine *policy_engine_new(const struct config *cfg, char *err, size_t errlen)
+{
+	struct policy_engine *e = calloc(1, sizeof(*e));
+	struct compile_ctx c;
+	lua_State *L;
+
+	if (!e) {
+		snprintf(err, errlen, "policy engine: out of memory");
+		return NULL;
+	}
+	e->cfg = cfg;
+	e->n_chunks = cfg->n_tenants;
+	e->chunks = calloc(cfg->n_tenants ? cfg->n_tenants : 1, sizeof(*e->chunks));
+	L = e->chunks ? lua_newstate(engine_alloc, e) : NULL;
+	if (!L) {
+		free(e->chunks);
+		free(e);
+		snprintf(err, errlen, "policy engine: out of memory");
+		return NULL;
+	}
+	e->L = L;
+	lua_atpanic(L, engine_panic);
+	lua_gc(L, LUA_GCGEN, 0, 0);
+	*(struct policy_engine **)lua_getextraspace(L) = e;
+	for (size_t i = 0; i < e->n_chunks; i++)
+		e->chunks[i] = LUA_NOREF;
+
+	lua_pushcfunction(L, setup_protected);
+	if (lua_pcall(L, 0, 0, 0) != LUA_OK) {
+		snprintf(err, errlen, "policy engine: %s",
+		         lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "setup failed");
+		policy_engine_free(e);
+		return NULL;
+	}
+
+	c = (struct compile_ctx){.e = e, .err = err, .errlen = errlen, .rc = -1};
+	err[0] = '\0';
+	lua_pushcfunction(L, compile_protected);
+	lua_pushlightuserdata(L, &c);
+	if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
+		snprintf(err, errlen, "policy engine: %s",
+		         lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "out of memory");
+		c.rc = -1;
+		c.dirty = 1;
+	}
+	finish(e, c.dirty, e->mem_used);
+	lua_settop(L, 0);
+	if (c.rc != 0) {
+		policy_engine_free(e);
+		return NULL;
+	}
+	return e;
+}
+
+void policy_engine_free(struct policy_engine *e)
+{
+	if (!e)
+		return;
+	if (e->L) {
+		e->cap_armed = 0;
+		lua_close(e->L);
+	}
+	free(e->chunks);
+	free(e);
+}
+
+lua_State *policy_engine_lua(struct policy_engine *e)
+{
+	return e->L;
+}
+
+int policy_engine_check(const struct config *cfg, char *err, size_t errlen)
+{
+	struct policy_engine *e = policy_engine_new(cfg, err, errlen);
+
+	if (!e)
+		return -1;
+	policy_engine_free(e);
+	return 0;
+}

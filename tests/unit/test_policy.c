@@ -1,0 +1,752 @@
+/*
+ * test_policy.c — the policy engine: decisions, their type check, the
+ * sandbox and the budgets, through inline policies on a hand-built config.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include <cmocka.h>
+#include <lua.h>
+
+#include "config.h"
+#include "envelope.h"
+#include "json.h"
+#include "policy.h"
+
+struct fixture {
+	struct config cfg;
+	struct tenant t[2];
+	struct policy_engine *e;
+	char err[512];
+	struct decision d;
+};
+
+static struct fixture fx;
+
+static const char *const ALLOW_INBOX = "return function(req) return {allow=true, tier='inbox'} end";
+
+/* An engine over one or two tenants with inline policies. */
+static struct policy_engine *engine_for(const char *p1, const char *p2)
+{
+	memset(&fx, 0, sizeof(fx));
+	fx.t[0].name = "acme";
+	fx.t[0].policy_path = "/policies/acme.lua";
+	fx.t[0].policy_text = (char *)p1;
+	fx.t[0].policy_len = strlen(p1);
+	fx.t[1].name = "other";
+	fx.t[1].policy_path = "/policies/other.lua";
+	fx.t[1].policy_text = (char *)(p2 ? p2 : ALLOW_INBOX);
+	fx.t[1].policy_len = strlen(fx.t[1].policy_text);
+	fx.cfg.tenants = fx.t;
+	fx.cfg.n_tenants = 2;
+	fx.cfg.policy_max_instructions = 1000000;
+	fx.cfg.policy_max_memory_bytes = 1 << 20;
+	fx.cfg.policy_timeout_ms = 50;
+	fx.e = policy_engine_new(&fx.cfg, fx.err, sizeof(fx.err));
+	return fx.e;
+}
+
+static struct policy_engine *must_engine(const char *p1, const char *p2)
+{
+	struct policy_engine *e = engine_for(p1, p2);
+	if (!e)
+		fail_msg("engine: %s", fx.err);
+	return e;
+}
+
+/* One decision for tenant ti with a JSON body and claims; the stack of the
+ * engine's state must come back as it was. */
+static int decide_full(int ti, const char *body, const char *claims, bool authenticated, const char *subject)
+{
+	lua_State *L = policy_engine_lua(fx.e);
+	int top = lua_gettop(L);
+	struct policy_header h[] = {{"x-trace", "t1"}, {"content-type", "application/json"}};
+	struct policy_request rq;
+	int rc;
+
+	memset(&rq, 0, sizeof(rq));
+	assert_int_equal(json_decode(L, body, strlen(body)), 0);
+	rq.body_idx = lua_gettop(L);
+	if (claims) {
+		assert_int_equal(json_decode(L, claims, strlen(claims)), 0);
+		rq.claims_idx = lua_gettop(L);
+	}
+	rq.tenant = &fx.t[ti];
+	rq.user_id = "alice";
+	rq.authenticated = authenticated;
+	rq.method = authenticated ? "jwt" : "none";
+	rq.subject = subject;
+	rq.client_ip = "10.0.0.1";
+	rq.origin = "https://app.example.com";
+	rq.headers = h;
+	rq.n_headers = 2;
+	rq.now = 1700000000;
+	memset(&fx.d, 0xa5, sizeof(fx.d));
+	fx.err[0] = '\0';
+	rc = policy_decide(fx.e, &rq, &fx.d, fx.err, sizeof(fx.err));
+	assert_int_equal(lua_gettop(L), top + (claims ? 2 : 1));
+	lua_settop(L, top);
+	return rc;
+}
+
+static int decide(int ti)
+{
+	return decide_full(ti, "{\"user_id\":\"alice\"}", NULL, true, "alice");
+}
+
+static void assert_err_has(const char *needle)
+{
+	if (!strstr(fx.err, needle))
+		fail_msg("err \"%s\" lacks \"%s\"", fx.err, needle);
+}
+
+/* The tenant's policy fails with needle in err, and the engine still works. */
+static void assert_policy_error(const char *policy, const char *needle)
+{
+	must_engine(policy, NULL);
+	if (decide(0) != -1)
+		fail_msg("policy accepted: %s", policy);
+	assert_false(fx.d.allow);
+	if (needle)
+		assert_err_has(needle);
+	assert_int_equal(decide(1), 0);
+	assert_true(fx.d.allow);
+	policy_engine_free(fx.e);
+}
+
+static double ms_since(const struct timespec *t0)
+{
+	struct timespec t1;
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	return (double)(t1.tv_sec - t0->tv_sec) * 1e3 + (double)(t1.tv_nsec - t0->tv_nsec) / 1e6;
+}
+
+/* ------------------------------------------------------------ decisions */
+
+static void test_allow_tier(void **state)
+{
+	(void)state;
+	must_engine("return function(req)\n"
+	            "  return {allow=true, tier='preferences', expires_in='2h', reason='own inbox'}\n"
+	            "end\n",
+	            NULL);
+	assert_int_equal(decide(0), 0);
+	assert_true(fx.d.allow);
+	assert_int_equal(fx.d.n_scopes, 5);
+	assert_string_equal(fx.d.scopes[0], "inbox:read:messages");
+	assert_string_equal(fx.d.scopes[4], "write:preferences");
+	assert_int_equal(fx.d.expires_s, 7200);
+	assert_string_equal(fx.d.reason, "own inbox");
+	policy_engine_free(fx.e);
+}
+
+static void test_allow_scopes(void **state)
+{
+	(void)state;
+	must_engine("return function(req)\n"
+	            "  return {allow=true, scopes={'inbox:read:messages', 'read:brands'}, expires_in=600}\n"
+	            "end\n",
+	            NULL);
+	assert_int_equal(decide(0), 0);
+	assert_true(fx.d.allow);
+	assert_int_equal(fx.d.n_scopes, 2);
+	assert_string_equal(fx.d.scopes[0], "inbox:read:messages");
+	assert_string_equal(fx.d.scopes[1], "read:brands");
+	assert_int_equal(fx.d.expires_s, 600);
+	assert_string_equal(fx.d.reason, "");
+	policy_engine_free(fx.e);
+}
+
+/* Read-only lists (the request's, broker.tiers') are valid scope lists. */
+static void test_allow_readonly_lists(void **state)
+{
+	(void)state;
+	must_engine(
+	    "return function(req) return {allow=true, scopes=req.scopes} end",
+	    "return function(req) return {allow=true, scopes=broker.tiers.push, expires_in=3600.0} end");
+	assert_int_equal(
+	    decide_full(0, "{\"user_id\":\"alice\",\"scopes\":[\"read:brands\"]}", NULL, true, "alice"), 0);
+	assert_int_equal(fx.d.n_scopes, 1);
+	assert_string_equal(fx.d.scopes[0], "read:brands");
+	assert_int_equal(decide(1), 0);
+	assert_int_equal(fx.d.n_scopes, 7);
+	assert_string_equal(fx.d.scopes[6], "write:user-tokens");
+	assert_int_equal(fx.d.expires_s, 3600);
+	policy_engine_free(fx.e);
+}
+
+static void test_deny_reason(void **state)
+{
+	(void)state;
+	must_engine("return function(req) return {allow=false, reason='not yours'} end", NULL);
+	assert_int_equal(decide(0), 0);
+	assert_false(fx.d.allow);
+	assert_int_equal(fx.d.n_scopes, 0);
+	assert_string_equal(fx.d.reason, "not yours");
+	policy_engine_free(fx.e);
+}
+
+static void test_reason_truncated(void **state)
+{
+	(void)state;
+	must_engine("return function(req) return {allow=false, reason=('r'):rep(1000)} end", NULL);
+	assert_int_equal(decide(0), 0);
+	assert_int_equal(strlen(fx.d.reason), 255);
+	policy_engine_free(fx.e);
+}
+
+static void test_malformed_decisions(void **state)
+{
+	static const struct {
+		const char *ret, *needle;
+	} cases[] = {
+	    {"42", "must return a table"},
+	    {"nil", "must return a table"},
+	    {"{tier='inbox'}", "allow must be true or false"},
+	    {"{allow='yes', tier='inbox'}", "allow must be true or false"},
+	    {"{allow=1, tier='inbox'}", "allow must be true or false"},
+	    {"{allow=true}", "exactly one of scopes and tier"},
+	    {"{allow=true, tier='inbox', scopes={'read:brands'}}", "exactly one of scopes and tier"},
+	    {"{allow=true, tier='admin'}", "unknown tier"},
+	    {"{allow=true, tier=1}", "tier must be a string"},
+	    {"{allow=true, scopes={'read:brands', 7}}", "must be strings"},
+	    {"{allow=true, scopes='read:brands'}", "list of strings"},
+	    {"{allow=true, scopes={}}", "1 to 32"},
+	    {"{allow=true, scopes={'a', nil, 'b'}}", "without holes"},
+	    {"{allow=true, scopes={'a', x='b'}}", "without holes"},
+	    {"{allow=true, scopes={''}}", "empty"},
+	    {"{allow=true, scopes={'a\\0b'}}", "NUL"},
+	    {"(function() local s = {} for i = 1, 33 do s[i] = 'read:brands' end "
+	     "return {allow=true, scopes=s} end)()",
+	     "more than 32"},
+	    {"{allow=true, tier='inbox', expires_in=-5}", "positive"},
+	    {"{allow=true, tier='inbox', expires_in=0}", "positive"},
+	    {"{allow=true, tier='inbox', expires_in=1.5}", "whole number"},
+	    {"{allow=true, tier='inbox', expires_in='3600'}", "not a duration with a unit"},
+	    {"{allow=true, tier='inbox', expires_in='soon'}", "not a duration"},
+	    {"{allow=true, tier='inbox', expires_in={}}", "expires_in must be"},
+	    {"{allow=true, tier='inbox', reason=false}", "reason must be a string"},
+	    {"{alow=true, tier='inbox'}", "unknown field 'alow'"},
+	    {"{allow=false, why='no'}", "unknown field 'why'"},
+	    {"{allow=true, tier='inbox', [1]=2}", "unknown field of type number"},
+	};
+	char policy[512];
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		snprintf(policy, sizeof(policy), "return function(req)\n  return %s\nend\n", cases[i].ret);
+		must_engine(policy, NULL);
+		if (decide(0) != -1)
+			fail_msg("accepted: %s", cases[i].ret);
+		assert_false(fx.d.allow);
+		assert_int_equal(fx.d.n_scopes, 0);
+		assert_err_has("/policies/acme.lua: invalid decision: ");
+		assert_err_has(cases[i].needle);
+		policy_engine_free(fx.e);
+	}
+}
+
+/* A deny may still name what it would have granted. */
+static void test_deny_ignores_grant_fields(void **state)
+{
+	(void)state;
+	must_engine(
+	    "return function(req) return {allow=false, tier='inbox', scopes={'x'}, expires_in='1h'} end",
+	    NULL);
+	assert_int_equal(decide(0), 0);
+	assert_false(fx.d.allow);
+	assert_int_equal(fx.d.n_scopes, 0);
+	assert_int_equal(fx.d.expires_s, 0);
+	policy_engine_free(fx.e);
+}
+
+static void test_error_names_line(void **state)
+{
+	(void)state;
+	must_engine("return function(req)\n"
+	            "  local x = 1\n"
+	            "  error('boom')\n"
+	            "end\n",
+	            NULL);
+	assert_int_equal(decide(0), -1);
+	assert_err_has("acme.lua:3: boom");
+	assert_int_equal(decide(0), -1);
+	assert_int_equal(decide(1), 0);
+	policy_engine_free(fx.e);
+
+	must_engine("return function(req) return req.nope.deeper end", NULL);
+	assert_int_equal(decide(0), -1);
+	assert_err_has("acme.lua:1: attempt to index a nil value");
+	policy_engine_free(fx.e);
+
+	must_engine("return function(req) error({code = 1}) end", NULL);
+	assert_int_equal(decide(0), -1);
+	assert_err_has("non-string error (table)");
+	policy_engine_free(fx.e);
+}
+
+static void test_engine_new_errors(void **state)
+{
+	(void)state;
+	assert_null(engine_for("return function(req)\n  return {allow=\nend\n", NULL));
+	assert_non_null(strstr(fx.err, "acme.lua:3:"));
+	assert_null(engine_for("return 42", NULL));
+	assert_non_null(strstr(fx.err, "must return a function decide(req), got number"));
+	assert_null(engine_for(ALLOW_INBOX, "error('at load')"));
+	assert_non_null(strstr(fx.err, "other.lua:1: at load"));
+	assert_null(engine_for("while true do end", NULL));
+	assert_non_null(strstr(fx.err, "budget exceeded"));
+	assert_null(engine_for("\x1bLua\x54\x00", NULL));
+	assert_non_null(strstr(fx.err, "binary"));
+
+	memset(&fx, 0, sizeof(fx));
+	fx.t[0].name = "acme";
+	fx.t[0].policy_path = "/p.lua";
+	fx.t[0].policy_text = (char *)ALLOW_INBOX;
+	fx.t[0].policy_len = strlen(ALLOW_INBOX);
+	fx.cfg.tenants = fx.t;
+	fx.cfg.n_tenants = 1;
+	fx.cfg.policy_max_instructions = 1000000;
+	fx.cfg.policy_max_memory_bytes = 1 << 20;
+	fx.cfg.policy_timeout_ms = 50;
+	assert_int_equal(policy_engine_check(&fx.cfg, fx.err, sizeof(fx.err)), 0);
+	fx.t[0].policy_text = (char *)"return function(";
+	fx.t[0].policy_len = strlen(fx.t[0].policy_text);
+	assert_int_equal(policy_engine_check(&fx.cfg, fx.err, sizeof(fx.err)), -1);
+	assert_non_null(strstr(fx.err, "p.lua:1:"));
+}
+
+/* -------------------------------------------------------------- budgets */
+
+static void test_infinite_loop(void **state)
+{
+	struct timespec t0;
+
+	(void)state;
+	must_engine("local calls = 0\n"
+	            "return function(req)\n"
+	            "  if req.body.spin then\n"
+	            "    while true do end\n"
+	            "  end\n"
+	            "  return {allow=true, tier='inbox'}\n"
+	            "end\n",
+	            NULL);
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	assert_int_equal(decide_full(0, "{\"spin\":true}", NULL, true, "alice"), -1);
+	assert_true(ms_since(&t0) < 100);
+	assert_err_has("acme.lua:4: instruction budget exceeded");
+	assert_int_equal(decide(0), 0);
+	assert_true(fx.d.allow);
+	policy_engine_free(fx.e);
+}
+
+static void test_time_budget(void **state)
+{
+	struct timespec t0;
+
+	(void)state;
+	engine_for("return function(req) while true do end end", NULL);
+	policy_engine_free(fx.e);
+	fx.cfg.policy_max_instructions = 100000000;
+	fx.cfg.policy_timeout_ms = 20;
+	fx.e = policy_engine_new(&fx.cfg, fx.err, sizeof(fx.err));
+	assert_non_null(fx.e);
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	assert_int_equal(decide(0), -1);
+	assert_true(ms_since(&t0) < 100);
+	assert_err_has("time budget exceeded (20 ms)");
+	assert_int_equal(decide(1), 0);
+	policy_engine_free(fx.e);
+}
+
+/* A runaway loop stays fatal however the policy wraps it in pcall. */
+static void test_loop_in_pcall(void **state)
+{
+	static const char *const policies[] = {
+	    "return function(req)\n"
+	    "  pcall(function() while true do end end)\n"
+	    "  return {allow=true, tier='inbox'}\n"
+	    "end\n",
+	    "return function(req)\n"
+	    "  while true do pcall(function() while true do end end) end\n"
+	    "end\n",
+	    "return function(req)\n"
+	    "  for i = 1, 100 do pcall(function() while true do end end) end\n"
+	    "  return {allow=true, tier='inbox'}\n"
+	    "end\n",
+	    "return function(req)\n"
+	    "  while true do pcall(table.sort, {3, 2, 1}, function(a, b) while true do end end) end\n"
+	    "end\n",
+	    "return function(req)\n"
+	    "  table.sort({3, 2, 1}, function(a, b) while true do pcall(function() end) end end)\n"
+	    "  return {allow=true, tier='inbox'}\n"
+	    "end\n",
+	    "return function(req)\n"
+	    "  xpcall(error, function(m) while true do end end, 'x')\n"
+	    "  return {allow=true, tier='inbox'}\n"
+	    "end\n",
+	    "return function(req)\n"
+	    "  local ok = pcall(string.gsub, 'aaa', 'a', function() while true do end end)\n"
+	    "  return {allow=true, tier='inbox'}\n"
+	    "end\n",
+	    "return function(req)\n"
+	    "  local t <close> = setmetatable({}, {__close = function() while true do end end})\n"
+	    "  error('boom')\n"
+	    "end\n",
+	    "return function(req)\n"
+	    "  local t = setmetatable({}, {__index = function(t, k) while true do end end})\n"
+	    "  pcall(table.concat, t, ',', 1, 3)\n"
+	    "  return {allow=true, tier='inbox'}\n"
+	    "end\n",
+	};
+	struct timespec t0;
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(policies) / sizeof(policies[0]); i++) {
+		must_engine(policies[i], NULL);
+		clock_gettime(CLOCK_MONOTONIC, &t0);
+		if (decide(0) != -1)
+			fail_msg("survived: %s", policies[i]);
+		if (ms_since(&t0) > 100)
+			fail_msg("took %.1f ms: %s", ms_since(&t0), policies[i]);
+		if (!strstr(fx.err, "budget exceeded") && !strstr(fx.err, "boom"))
+			fail_msg("err \"%s\": %s", fx.err, policies[i]);
+		assert_int_equal(decide(1), 0);
+		assert_int_equal(decide(1), 0);
+		policy_engine_free(fx.e);
+	}
+}
+
+static void test_memory_bombs(void **state)
+{
+	static const char *const policies[] = {
+	    "return function(req)\n"
+	    "  local t = {}\n"
+	    "  while true do t[#t + 1] = {} end\n"
+	    "end\n",
+	    "return function(req)\n"
+	    "  local t = {}\n"
+	    "  pcall(function() while true do t[#t + 1] = ('x'):rep(100) .. #t end end)\n"
+	    "  t = nil\n"
+	    "  return {allow=true, tier='inbox'}\n"
+	    "end\n",
+	    "return function(req) local s = string.rep('x', 1e9) end",
+	    "return function(req)\n"
+	    "  pcall(string.rep, 'x', 1e9)\n"
+	    "  return {allow=true, tier='inbox'}\n"
+	    "end\n",
+	    "return function(req)\n"
+	    "  pcall(function() return ('x'):rep(1e9) end)\n"
+	    "  return {allow=true, tier='inbox'}\n"
+	    "end\n",
+	    "return function(req)\n"
+	    "  local s = ('x'):rep(1000000)\n"
+	    "  pcall(function() while true do s = s .. s end end)\n"
+	    "  return {allow=true, tier='inbox'}\n"
+	    "end\n",
+	};
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(policies) / sizeof(policies[0]); i++) {
+		must_engine(policies[i], NULL);
+		if (decide(0) != -1)
+			fail_msg("survived: %s", policies[i]);
+		if (!strstr(fx.err, "memory cap exceeded"))
+			fail_msg("err \"%s\": %s", fx.err, policies[i]);
+		assert_int_equal(decide(1), 0);
+		assert_int_equal(decide(0), -1);
+		assert_int_equal(decide(1), 0);
+		policy_engine_free(fx.e);
+	}
+}
+
+/* table.move loops in C, where the count hook cannot reach: a huge range is
+ * fatal even when caught. */
+static void test_table_move_bounded(void **state)
+{
+	(void)state;
+	assert_policy_error("return function(req)\n"
+	                    "  pcall(table.move, {}, 1, 1 << 40, 1)\n"
+	                    "  return {allow=true, tier='inbox'}\n"
+	                    "end\n",
+	                    "instruction budget exceeded");
+	must_engine("return function(req)\n"
+	            "  local t = table.move({1, 2, 3}, 1, 3, 2)\n"
+	            "  return {allow=true, tier='inbox', reason=table.concat(t, ',')}\n"
+	            "end\n",
+	            NULL);
+	assert_int_equal(decide(0), 0);
+	assert_string_equal(fx.d.reason, "1,1,2,3");
+	policy_engine_free(fx.e);
+}
+
+/* Memory a decision leaves behind does not eat into the next one's cap. */
+static void test_memory_reclaimed(void **state)
+{
+	(void)state;
+	must_engine("return function(req)\n"
+	            "  local t = {}\n"
+	            "  for i = 1, 2000 do t[i] = ('y'):rep(200) .. i end\n"
+	            "  return {allow=true, tier='inbox'}\n"
+	            "end\n",
+	            NULL);
+	for (int i = 0; i < 50; i++)
+		assert_int_equal(decide(0), 0);
+	policy_engine_free(fx.e);
+}
+
+/* --------------------------------------------------------------- sandbox */
+
+static void test_string_metatable_protected(void **state)
+{
+	static const char *const policies[] = {
+	    "return function(req) getmetatable('').__index = {} end",
+	    "return function(req) getmetatable('').__index.upper = function() return 'x' end end",
+	    "return function(req) string.upper = function() return 'x' end end",
+	    "return function(req) rawset(string, 'upper', function() return 'x' end) end",
+	    "return function(req) setmetatable(string, {}) end",
+	    "return function(req) ('').upper = 1 end",
+	    "return function(req) table.insert = print end",
+	};
+	static const char *const check = "return function(req)\n"
+	                                 "  return {allow=true, tier='inbox', reason=('ab'):upper() .. "
+	                                 "string.upper('c') .. tostring(getmetatable(''))}\n"
+	                                 "end\n";
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(policies) / sizeof(policies[0]); i++) {
+		must_engine(policies[i], check);
+		if (decide(0) != -1)
+			fail_msg("accepted: %s", policies[i]);
+		assert_int_equal(decide(1), 0);
+		assert_string_equal(fx.d.reason, "ABCfalse");
+		policy_engine_free(fx.e);
+	}
+}
+
+static void test_unavailable(void **state)
+{
+	(void)state;
+	must_engine(
+	    "return function(req)\n"
+	    "  assert(io == nil and require == nil and debug == nil and package == nil)\n"
+	    "  assert(dofile == nil and loadfile == nil and collectgarbage == nil and coroutine == nil)\n"
+	    "  assert(_G == nil and string.dump == nil and ('').dump == nil and math.randomseed == nil)\n"
+	    "  assert(os.execute == nil and os.getenv == nil and os.exit == nil and os.remove == nil)\n"
+	    "  assert(type(os.time()) == 'number' and type(os.clock()) == 'number')\n"
+	    "  local f, e = load(string.char(27) .. 'LuaT' .. string.char(0, 25, 147, 13, 10, 26, 10))\n"
+	    "  assert(f == nil and e:find('binary'), e)\n"
+	    "  f, e = load(string.char(27) .. 'Lua', 'x', 'b')\n"
+	    "  assert(f == nil and e:find('binary'), e)\n"
+	    "  assert(load('return 1 + 1')() == 2)\n"
+	    "  assert(not pcall(load('y = 1')))\n"
+	    "  assert(load('return x', 'c', 't', {x = 3})() == 3)\n"
+	    "  assert(not pcall(load, function() return nil end))\n"
+	    "  assert(not pcall(setmetatable, {}, {__gc = function() end}))\n"
+	    "  assert(select(2, pcall(error, 'x', 0)) == 'x')\n"
+	    "  assert(broker.duration('1d') == 86400 and not pcall(broker.duration, '3600'))\n"
+	    "  assert(broker.tiers.inbox[3] == 'read:brands' and #broker.tiers.push == 7)\n"
+	    "  assert(not pcall(function() broker.tiers.inbox[1] = 'x' end))\n"
+	    "  assert(not pcall(function() broker.tiers = {} end))\n"
+	    "  assert(not pcall(rawset, _ENV, 'x', 1))\n"
+	    "  return {allow=true, tier='inbox'}\n"
+	    "end\n",
+	    NULL);
+	if (decide(0) != 0)
+		fail_msg("%s", fx.err);
+	policy_engine_free(fx.e);
+}
+
+static void test_globals_cannot_be_set(void **state)
+{
+	(void)state;
+	/* At the top of the chunk: caught when the engine is built. */
+	assert_null(engine_for("x = 1\nreturn function(req) return {allow=true, tier='inbox'} end", NULL));
+	assert_non_null(strstr(fx.err, "acme.lua:1: cannot set global 'x'"));
+	assert_null(engine_for("function helper() end\nreturn function(req) end", NULL));
+	assert_non_null(strstr(fx.err, "globals cannot be created"));
+	/* In decide. */
+	assert_policy_error("return function(req)\n  count = (count or 0) + 1\nend\n",
+	                    "acme.lua:2: cannot set global 'count': globals cannot be created");
+	assert_policy_error("return function(req) _ENV.x = 1 end", "cannot set global 'x'");
+	must_engine("return function(req)\n"
+	            "  local ok = pcall(rawset, _ENV, 'x', 1)\n"
+	            "  return {allow=false, reason=tostring(ok) .. ' ' .. tostring(x)}\n"
+	            "end\n",
+	            NULL);
+	assert_int_equal(decide(0), 0);
+	assert_string_equal(fx.d.reason, "false nil");
+	policy_engine_free(fx.e);
+}
+
+/* Nothing a decision does survives into the next one. */
+static void test_no_state_between_requests(void **state)
+{
+	(void)state;
+	must_engine("local calls = 0\n"
+	            "local seen = {}\n"
+	            "return function(req)\n"
+	            "  calls = calls + 1\n"
+	            "  seen[#seen + 1] = req.user_id\n"
+	            "  return {allow=false, reason=tostring(calls) .. '/' .. #seen}\n"
+	            "end\n",
+	            NULL);
+	for (int i = 0; i < 3; i++) {
+		assert_int_equal(decide(0), 0);
+		assert_string_equal(fx.d.reason, "1/1");
+	}
+	policy_engine_free(fx.e);
+
+	/* A global counter cannot even start. */
+	must_engine("return function(req) count = (count or 0) + 1 end", NULL);
+	assert_int_equal(decide(0), -1);
+	assert_int_equal(decide(0), -1);
+	assert_err_has("globals cannot be created");
+	policy_engine_free(fx.e);
+}
+
+static void test_req_read_only(void **state)
+{
+	static const char *const policies[] = {
+	    "return function(req) req.user_id = 'x' end",
+	    "return function(req) req.new = 'x' end",
+	    "return function(req) req.identity.claims.x = 1 end",
+	    "return function(req) req.body.user_id = 'mallory' end",
+	    "return function(req) req.body.nested.deep[1] = 'z' end",
+	    "return function(req) table.insert(req.scopes, 'read:brands') end",
+	    "return function(req) rawset(req, 'user_id', 'x') end",
+	    "return function(req) rawset(req.identity, 'authenticated', true) end",
+	    "return function(req) setmetatable(req, nil) end",
+	    "return function(req) getmetatable(req).__index = {} end",
+	};
+	char body[] = "{\"user_id\":\"alice\",\"scopes\":[\"read:brands\"],\"nested\":{\"deep\":[\"a\"]}}";
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(policies) / sizeof(policies[0]); i++) {
+		must_engine(policies[i], NULL);
+		if (decide_full(0, body, "{\"sub\":\"alice\"}", true, "alice") != -1)
+			fail_msg("accepted: %s", policies[i]);
+		policy_engine_free(fx.e);
+	}
+	assert_policy_error("return function(req) req.user_id = 'x' end", "cannot set field 'user_id'");
+}
+
+static void test_req_fields(void **state)
+{
+	(void)state;
+	must_engine(
+	    "return function(req)\n"
+	    "  assert(req.tenant == 'acme', 'tenant')\n"
+	    "  assert(req.user_id == 'alice', 'user_id')\n"
+	    "  assert(req.body.user_id == 'alice' and req.body.nested.deep[2] == 'b', 'body')\n"
+	    "  assert(req.body == req.body and req.body.nested == req.body.nested, 'identity')\n"
+	    "  assert(#req.scopes == 2 and req.scopes[2] == 'read:brands', 'scopes')\n"
+	    "  local n = 0\n"
+	    "  for i, s in ipairs(req.scopes) do n = n + #s end\n"
+	    "  assert(n == 30, 'ipairs')\n"
+	    "  assert(table.concat(req.scopes, ' ') == 'inbox:read:messages read:brands', 'concat')\n"
+	    "  assert(req.expires_in == '2h', 'expires_in')\n"
+	    "  local id = req.identity\n"
+	    "  assert(id.authenticated == true and id.method == 'jwt' and id.subject == 'alice', "
+	    "'identity')\n"
+	    "  assert(math.type(id.claims.iat) == 'integer' and id.claims.iat == 1700000000, 'iat')\n"
+	    "  assert(id.claims.roles[1] == 'admin', 'roles')\n"
+	    "  n = 0\n"
+	    "  for k, v in pairs(id) do n = n + 1 end\n"
+	    "  assert(n == 4, 'pairs')\n"
+	    "  assert(next(id) == nil and next(req.body) == nil and next(req) == nil, 'views are empty')\n"
+	    "  local rawnext = pairs({})\n"
+	    "  assert(rawnext(req) == nil and rawnext(req.body.nested) == nil, 'next of pairs')\n"
+	    "  assert(select('#', next(string)) == 1 and next(broker.tiers) == nil, 'library views')\n"
+	    "  n = 0\n"
+	    "  for k, v in pairs(req) do n = n + 1 end\n"
+	    "  assert(n == 9, 'pairs(req) ' .. n)\n"
+	    "  assert(req.client.ip == '10.0.0.1' and req.client.origin == 'https://app.example.com', "
+	    "'client')\n"
+	    "  assert(req.client.user_agent == nil, 'user_agent')\n"
+	    "  assert(req.headers['x-trace'] == 't1' and req.headers.authorization == nil, 'headers')\n"
+	    "  assert(math.type(req.now) == 'integer' and req.now == 1700000000, 'now')\n"
+	    "  assert(type(req) == 'table' and type(req.body) == 'table', 'types')\n"
+	    "  broker.log('checked', #req.scopes, true)\n"
+	    "  print('again')\n"
+	    "  return {allow=true, scopes=req.scopes}\n"
+	    "end\n",
+	    NULL);
+	if (decide_full(0,
+	                "{\"user_id\":\"alice\",\"scopes\":[\"inbox:read:messages\",\"read:brands\"],"
+	                "\"expires_in\":\"2h\",\"nested\":{\"deep\":[\"a\",\"b\"]}}",
+	                "{\"sub\":\"alice\",\"iat\":1700000000,\"roles\":[\"admin\"]}", true, "alice") != 0)
+		fail_msg("%s", fx.err);
+	assert_int_equal(fx.d.n_scopes, 2);
+	assert_string_equal(policy_decision_log(fx.e), "checked 2 true\nagain\n");
+	policy_engine_free(fx.e);
+}
+
+/* What the request does not carry is nil, not a placeholder. */
+static void test_req_absent_fields(void **state)
+{
+	(void)state;
+	must_engine(
+	    "return function(req)\n"
+	    "  assert(req.scopes == nil and req.expires_in == nil, 'asked')\n"
+	    "  assert(req.identity.authenticated == false and req.identity.subject == nil, 'identity')\n"
+	    "  assert(req.identity.method == 'none' and next(req.identity.claims) == nil, 'claims')\n"
+	    "  return {allow=false}\n"
+	    "end\n",
+	    NULL);
+	if (decide_full(0, "{\"user_id\":\"alice\",\"scopes\":[1,2],\"expires_in\":{}}", NULL, false, "") !=
+	    0)
+		fail_msg("%s", fx.err);
+	if (decide_full(0, "{\"user_id\":\"alice\"}", NULL, false, NULL) != 0)
+		fail_msg("%s", fx.err);
+	assert_string_equal(policy_decision_log(fx.e), "");
+	policy_engine_free(fx.e);
+}
+
+/* Many decisions on one engine stay correct and keep memory flat. */
+static void test_many_decisions(void **state)
+{
+	(void)state;
+	must_engine(
+	    "return function(req) return {allow=req.identity.subject == req.user_id, tier='push'} end", NULL);
+	for (int i = 0; i < 20000; i++) {
+		assert_int_equal(decide(0), 0);
+		assert_true(fx.d.allow);
+	}
+	policy_engine_free(fx.e);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(test_allow_tier),
+	    cmocka_unit_test(test_allow_scopes),
+	    cmocka_unit_test(test_allow_readonly_lists),
+	    cmocka_unit_test(test_deny_reason),
+	    cmocka_unit_test(test_reason_truncated),
+	    cmocka_unit_test(test_malformed_decisions),
+	    cmocka_unit_test(test_deny_ignores_grant_fields),
+	    cmocka_unit_test(test_error_names_line),
+	    cmocka_unit_test(test_engine_new_errors),
+	    cmocka_unit_test(test_infinite_loop),
+	    cmocka_unit_test(test_time_budget),
+	    cmocka_unit_test(test_loop_in_pcall),
+	    cmocka_unit_test(test_memory_bombs),
+	    cmocka_unit_test(test_table_move_bounded),
+	    cmocka_unit_test(test_memory_reclaimed),
+	    cmocka_unit_test(test_string_metatable_protected),
+	    cmocka_unit_test(test_unavailable),
+	    cmocka_unit_test(test_globals_cannot_be_set),
+	    cmocka_unit_test(test_no_state_between_requests),
+	    cmocka_unit_test(test_req_read_only),
+	    cmocka_unit_test(test_req_fields),
+	    cmocka_unit_test(test_req_absent_fields),
+	    cmocka_unit_test(test_many_decisions),
+	};
+	return cmocka_run_group_tests_name("policy", tests, NULL, NULL);
+}
