@@ -69,6 +69,7 @@ struct req {
 	char *body;
 	size_t body_len, body_cap;
 	bool too_large;
+	size_t discarded; /* bytes past the limit, counted and dropped */
 
 	/* What the log line reports. */
 	char user_id[SCOPE_USER_ID_MAX + 1];
@@ -345,6 +346,12 @@ static enum MHD_Result collect_header(void *cls, enum MHD_ValueKind kind, const 
 	return MHD_YES;
 }
 
+/* nil, or JSON null (cjson's null is a NULL light userdata). */
+static bool is_absent(lua_State *L, int idx)
+{
+	return lua_isnil(L, idx) || (lua_islightuserdata(L, idx) && lua_touserdata(L, idx) == NULL);
+}
+
 /* Checks the body's fields the core owns; 0 or -1 with a message. */
 static int check_body(lua_State *L, int body, struct req *r, const char **msg)
 {
@@ -365,7 +372,7 @@ static int check_body(lua_State *L, int body, struct req *r, const char **msg)
 	lua_pop(L, 1);
 
 	lua_getfield(L, body, "scopes");
-	if (!lua_isnil(L, -1)) {
+	if (!is_absent(L, -1)) {
 		lua_Integer n;
 		if (lua_type(L, -1) != LUA_TTABLE) {
 			*msg = "scopes must be an array of strings";
@@ -403,7 +410,7 @@ static int check_body(lua_State *L, int body, struct req *r, const char **msg)
 	lua_pop(L, 1);
 
 	lua_getfield(L, body, "expires_in");
-	if (!lua_isnil(L, -1)) {
+	if (!is_absent(L, -1)) {
 		long long secs;
 		if (lua_type(L, -1) == LUA_TSTRING) {
 			s = lua_tolstring(L, -1, &len);
@@ -444,6 +451,7 @@ static enum MHD_Result process(struct req *r)
 	char err[512];
 	lua_State *L;
 	enum MHD_Result ret;
+	double retry;
 	int top, body;
 	size_t blen;
 	const char *b;
@@ -474,6 +482,13 @@ static enum MHD_Result process(struct req *r)
 	}
 	r->method = id.method;
 	snprintf(r->subject, sizeof(r->subject), "%s", id.subject);
+	/* Charged after authentication, so strangers cannot spend a tenant's budget. */
+	if (!gen_rate_take(r->gen, t, &retry)) {
+		char after[32];
+		snprintf(after, sizeof(after), "%.0f", retry < 1 ? 1 : retry);
+		ret = fail(r, L, 429, "rate_limited", "too many token requests for this tenant", "Retry-After", after);
+		goto out;
+	}
 
 	hs = calloc(1, sizeof(*hs));
 	dec = calloc(1, sizeof(*dec));
@@ -703,7 +718,6 @@ static enum MHD_Result begin_token(struct http_server *s, struct MHD_Connection 
 	struct req *r = calloc(1, sizeof(*r));
 	const char *cl;
 	lua_State *L = NULL;
-	double retry;
 	char msg[160];
 
 	if (!r)
@@ -740,10 +754,6 @@ static enum MHD_Result begin_token(struct http_server *s, struct MHD_Connection 
 			return fail(r, L, 413, "payload_too_large", msg, MHD_HTTP_HEADER_CONNECTION, "close");
 		}
 	}
-	if (!gen_rate_take(r->gen, r->tenant, &retry)) {
-		snprintf(msg, sizeof(msg), "%.0f", retry < 1 ? 1 : retry);
-		return fail(r, L, 429, "rate_limited", "too many token requests for this tenant", "Retry-After", msg);
-	}
 	return MHD_YES;
 }
 
@@ -776,17 +786,12 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 	if (*upload_data_size) {
 		size_t n = *upload_data_size, max = r->gen->cfg->max_body_bytes;
 		*upload_data_size = 0;
-		if (r->too_large)
-			return MHD_NO; /* a chunked body past the limit: close the connection */
-		if (r->body_len + n > max) {
-			char msg[96];
-			struct policy_engine *e = worker_engine(s, r->gen);
+		if (r->too_large || r->body_len + n > max) {
+			/* MHD cannot answer mid-upload: count what arrives, answer 413 at
+			 * its end, and close the connection once a client sends far more. */
 			r->too_large = true;
-			snprintf(msg, sizeof(msg), "the body is limited to %zu bytes", max);
-			if (fail(r, e ? policy_engine_lua(e) : NULL, 413, "payload_too_large", msg,
-				 MHD_HTTP_HEADER_CONNECTION, "close") == MHD_YES)
-				return MHD_YES;
-			return MHD_NO;
+			r->discarded += n;
+			return r->discarded > 4 * max + 65536 ? MHD_NO : MHD_YES;
 		}
 		if (r->body_len + n + 1 > r->body_cap) {
 			size_t cap = r->body_cap ? r->body_cap : 1024;
@@ -802,6 +807,13 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 		r->body_len += n;
 		r->body[r->body_len] = '\0';
 		return MHD_YES;
+	}
+	if (r->too_large) {
+		char msg[96];
+		struct policy_engine *e = worker_engine(s, r->gen);
+		snprintf(msg, sizeof(msg), "the body is limited to %zu bytes", r->gen->cfg->max_body_bytes);
+		return fail(r, e ? policy_engine_lua(e) : NULL, 413, "payload_too_large", msg,
+			    MHD_HTTP_HEADER_CONNECTION, "close");
 	}
 	return process(r);
 }

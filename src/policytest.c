@@ -34,6 +34,7 @@ struct report {
 	const char *pattern;
 	int passed, failed;
 	FILE *out;
+	lua_State *L; /* a state of the report's own, to encode JSON lines */
 	char first_failure[512];
 };
 
@@ -273,9 +274,28 @@ static void report_case(struct report *rep, const char *file, const char *name, 
 	}
 	if (rep->quiet)
 		return;
-	if (rep->json)
-		fprintf(rep->out, "%s{\"file\":\"%s\",\"case\":\"%s\",\"result\":\"%s\"}\n", "", file, name,
-			ok ? "pass" : "fail");
+	if (rep->json && rep->L) {
+		lua_State *L = rep->L;
+		const char *s;
+		size_t len;
+		lua_createtable(L, 0, 4);
+		lua_pushstring(L, file);
+		lua_setfield(L, -2, "file");
+		lua_pushstring(L, name);
+		lua_setfield(L, -2, "case");
+		lua_pushstring(L, ok ? "pass" : "fail");
+		lua_setfield(L, -2, "result");
+		if (!ok) {
+			lua_pushstring(L, why);
+			lua_setfield(L, -2, "error");
+		}
+		s = json_encode(L, -1, &len);
+		if (s) {
+			fprintf(rep->out, "%s\n", s);
+			lua_pop(L, 1);
+		}
+		lua_pop(L, 1);
+	}
 	else if (ok)
 		fprintf(rep->out, "PASS %s: %s\n", file, name);
 	else
@@ -546,6 +566,10 @@ int policytest_main(int argc, char **argv)
 		fprintf(stderr, "usage: courier-broker test [--run PATTERN] [--format text|json] PATH...\n");
 		return 2;
 	}
+	if (rep.json && (!(rep.L = luaL_newstate()) || json_open(rep.L) != 0)) {
+		fprintf(stderr, "courier-broker test: out of memory\n");
+		return 1;
+	}
 	for (int i = 0; i < argc; i++) {
 		if (strcmp(argv[i], "--run") == 0 || strcmp(argv[i], "--format") == 0) {
 			i++;
@@ -555,6 +579,8 @@ int policytest_main(int argc, char **argv)
 	}
 	if (rep.json)
 		fprintf(stdout, "{\"passed\":%d,\"failed\":%d}\n", rep.passed, rep.failed);
+	if (rep.L)
+		lua_close(rep.L);
 	else
 		fprintf(stdout, "%d passed, %d failed\n", rep.passed, rep.failed);
 	if (rep.passed + rep.failed == 0) {
