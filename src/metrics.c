@@ -37,7 +37,9 @@ static atomic_ullong up_count, up_sum_us;
 static atomic_ullong up_status_2xx, up_status_4xx, up_status_5xx, up_status_none;
 static atomic_int inflight;
 static atomic_ullong gen_id, gen_loaded_at;
-static atomic_ullong reload_ok, reload_failed, reload_last_time, reload_last_ok, stale_since;
+static atomic_ullong reload_ok, reload_failed, reload_last_time, stale_since;
+/* The configuration loaded at start counts as a success: no alert on a fresh start. */
+static atomic_ullong reload_last_ok = 1;
 
 static struct tenant_slot *slot_for(const char *name)
 {
