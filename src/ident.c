@@ -1,21 +1,29 @@
 /*
  * ident.c — who is asking: the requester's identity, per tenant auth modes.
  *
- * Owns the parsing of the Authorization header and the order in which a
- * tenant's modes are tried. It must never let a credential that is present
- * but invalid (or of a kind no enabled mode verifies) fall through to a weaker
- * mode, and never copy a credential into Lua, a log line or an error.
+ * Owns the parsing of the Authorization header, the order in which a
+ * tenant's modes are tried (jwt, client_keys, trusted_proxy, none), the
+ * trusted proxies' networks and the client address behind them. It must
+ * never let a credential that is present but invalid (or of a kind no
+ * enabled mode verifies) fall through to a weaker mode, never honour a proxy
+ * header from a peer outside the configured networks, and never copy a
+ * credential into Lua, a log line or an error.
  */
 #include "ident.h"
 
+#include <arpa/inet.h>
 #include <lua.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <time.h>
 
 #include "config.h"
+#include "jwks.h"
 #include "jwt.h"
+
+#define XFF_MAX_VALUES 16 /* X-Forwarded-For header lines read */
 
 /* The Authorization header, split once for every mode. */
 struct credential {
@@ -66,16 +74,176 @@ static void parse_authorization(const char *h, struct credential *c)
 	c->token_len = strlen(t);
 }
 
+/* ---- networks ------------------------------------------------------------ */
+
+/* A numeric IPv4 or IPv6 address as 16 bytes (IPv4 mapped into ::ffff:0:0/96). */
+static int parse_addr(const char *s, unsigned char out[16], bool *v4)
+{
+	struct in_addr a4;
+
+	if (inet_pton(AF_INET, s, &a4) == 1) {
+		memset(out, 0, 10);
+		out[10] = out[11] = 0xff;
+		memcpy(out + 12, &a4, 4);
+		*v4 = true;
+		return 0;
+	}
+	*v4 = false;
+	return inet_pton(AF_INET6, s, out) == 1 ? 0 : -1;
+}
+
+int ident_cidr_parse(const char *s, struct ident_cidr *out)
+{
+	char addr[INET6_ADDRSTRLEN + 1];
+	const char *slash = strchr(s, '/');
+	size_t alen = slash ? (size_t)(slash - s) : strlen(s);
+	unsigned long prefix;
+	bool v4;
+	char *end;
+
+	if (alen == 0 || alen >= sizeof(addr))
+		return -1;
+	memcpy(addr, s, alen);
+	addr[alen] = '\0';
+	if (parse_addr(addr, out->addr, &v4))
+		return -1;
+	if (slash) {
+		if (slash[1] < '0' || slash[1] > '9' || (slash[1] == '0' && slash[2] != '\0'))
+			return -1;
+		prefix = strtoul(slash + 1, &end, 10);
+		if (*end || prefix > (v4 ? 32u : 128u))
+			return -1;
+	} else {
+		prefix = v4 ? 32 : 128;
+	}
+	out->prefix = (unsigned)prefix + (v4 ? 96 : 0);
+	/* Host bits set ("10.1.2.3/8") most likely mean a typo: refuse. */
+	for (unsigned bit = out->prefix; bit < 128; bit++)
+		if (out->addr[bit / 8] & (0x80 >> (bit % 8)))
+			return -1;
+	return 0;
+}
+
+static bool in_net(const struct ident_cidr *n, const unsigned char a[16])
+{
+	unsigned full = n->prefix / 8, rest = n->prefix % 8;
+
+	if (memcmp(n->addr, a, full) != 0)
+		return false;
+	return rest == 0 || ((n->addr[full] ^ a[full]) & (unsigned char)(0xff << (8 - rest))) == 0;
+}
+
+static bool match_addr(const struct ident_cidr *nets, size_t n, const unsigned char a[16])
+{
+	for (size_t i = 0; i < n; i++)
+		if (in_net(&nets[i], a))
+			return true;
+	return false;
+}
+
+bool ident_cidr_match(const struct ident_cidr *nets, size_t n, const char *ip)
+{
+	unsigned char a[16];
+	bool v4;
+
+	return ip && parse_addr(ip, a, &v4) == 0 && match_addr(nets, n, a);
+}
+
+/* Whether the connection comes from one of the tenant's trusted proxies. */
+static bool peer_trusted(const struct auth_config *auth, const struct ident_request *rq)
+{
+	return auth->proxy.enabled && auth->proxy.n_from > 0 &&
+	       ident_cidr_match(auth->proxy.from, auth->proxy.n_from, rq->peer_ip);
+}
+
+static void copy_ip(char *out, size_t outlen, const char *ip)
+{
+	snprintf(out, outlen, "%s", ip ? ip : "");
+}
+
+/* Writes a canonical form of a (inet_ntop; IPv4 for mapped addresses). */
+static void format_addr(const unsigned char a[16], bool v4, char *out, size_t outlen)
+{
+	char buf[INET6_ADDRSTRLEN];
+
+	if (!inet_ntop(v4 ? AF_INET : AF_INET6, v4 ? a + 12 : a, buf, sizeof(buf)))
+		buf[0] = '\0';
+	copy_ip(out, outlen, buf);
+}
+
+void ident_client_ip(const struct auth_config *auth, const struct ident_request *rq, char *out, size_t outlen)
+{
+	const char *values[XFF_MAX_VALUES];
+	size_t nv = 0;
+
+	copy_ip(out, outlen, rq->peer_ip);
+	if (!peer_trusted(auth, rq) || !rq->header)
+		return;
+	while (nv < XFF_MAX_VALUES &&
+	       (values[nv] = rq->header(rq->header_ctx, "X-Forwarded-For", (unsigned)nv)))
+		nv++;
+	/*
+	 * Walk from the right: each hop appends the address it received from.
+	 * Every entry a trusted proxy added is skipped; the first one that is not
+	 * a trusted proxy is the client. An entry that is not an address ends the
+	 * walk: nothing left of it can be trusted, so the last trusted hop is used.
+	 */
+	for (size_t v = nv; v-- > 0;) {
+		const char *val = values[v], *end = val + strlen(val);
+		while (end > val) {
+			const char *start = end;
+			char entry[INET6_ADDRSTRLEN + 1];
+			unsigned char a[16];
+			size_t len;
+			bool v4;
+			while (start > val && start[-1] != ',')
+				start--;
+			{
+				const char *b = start, *e = end;
+				while (b < e && (*b == ' ' || *b == '\t'))
+					b++;
+				while (e > b && (e[-1] == ' ' || e[-1] == '\t'))
+					e--;
+				len = (size_t)(e - b);
+				if (len == 0 || len >= sizeof(entry))
+					return;
+				memcpy(entry, b, len);
+				entry[len] = '\0';
+			}
+			if (parse_addr(entry, a, &v4))
+				return;
+			format_addr(a, v4, out, outlen);
+			if (!match_addr(auth->proxy.from, auth->proxy.n_from, a))
+				return;
+			end = start > val ? start - 1 : val;
+		}
+	}
+}
+
+bool ident_ready(const struct auth_config *auth)
+{
+	return !auth->jwt.enabled || !auth->jwt.jwks || jwks_ready(auth->jwt.jwks);
+}
+
 /* ---- modes, in the order they are tried ---------------------------------- */
+
+/* A JWS compact token has exactly two dots; a client key has none (or other counts). */
+static bool jwt_shaped(const struct credential *c)
+{
+	size_t dots = 0;
+
+	for (size_t i = 0; i < c->token_len; i++)
+		dots += c->token[i] == '.';
+	return dots == 2;
+}
 
 static enum outcome try_jwt(lua_State *L, const struct auth_config *auth, const struct ident_request *rq,
                             const struct credential *c, struct identity *id, char *err, size_t errlen)
 {
 	char why[128];
 
-	/* Once client keys exist they are bearer tokens too: this mode will then
-	 * claim only tokens shaped like a JWS (two dots). */
-	if (!auth->jwt.enabled || !c->bearer)
+	/* With client keys beside it, this mode claims only bearers shaped like a JWS. */
+	if (!auth->jwt.enabled || !c->bearer || (auth->n_client_keys > 0 && !jwt_shaped(c)))
 		return MODE_SKIP;
 	if (jwt_verify(L, &auth->jwt, c->token, c->token_len, (time_t)rq->now, id->subject,
 	               sizeof(id->subject), why, sizeof(why))) {
@@ -86,6 +254,70 @@ static enum outcome try_jwt(lua_State *L, const struct auth_config *auth, const 
 	id->authenticated = true;
 	id->method = "jwt";
 	id->claims_idx = lua_gettop(L);
+	return MODE_OK;
+}
+
+static enum outcome try_client_key(lua_State *L, const struct auth_config *auth,
+                                   const struct ident_request *rq, const struct credential *c,
+                                   struct identity *id, char *err, size_t errlen)
+{
+	const struct client_key *found = NULL;
+
+	(void)L;
+	(void)rq;
+	if (auth->n_client_keys == 0 || !c->bearer)
+		return MODE_SKIP;
+	/* Every key is compared, whatever matched before: the time taken says
+	 * nothing about which key (or how much of one) the bearer resembles. */
+	for (size_t i = 0; i < auth->n_client_keys; i++) {
+		bool eq = secret_equals(&auth->client_keys[i].key, c->token, c->token_len);
+		if (eq && !found)
+			found = &auth->client_keys[i];
+	}
+	if (!found) {
+		set_err(err, errlen, "client_key: no key matches");
+		return MODE_FAIL;
+	}
+	id->authenticated = true;
+	id->method = "client_key";
+	snprintf(id->subject, sizeof(id->subject), "%s", found->name);
+	return MODE_OK;
+}
+
+static enum outcome try_proxy(lua_State *L, const struct auth_config *auth, const struct ident_request *rq,
+                              const struct credential *c, struct identity *id, char *err, size_t errlen)
+{
+	const char *v;
+	size_t n;
+
+	(void)L;
+	/* An Authorization header that no mode before this one claimed is refused
+	 * (below), even if the proxy vouches for someone: it is a credential
+	 * nobody checked. From a peer that is not a trusted proxy the identity
+	 * header is just a header: ignored, not an error. */
+	if (c->present || !peer_trusted(auth, rq) || !rq->header || !auth->proxy.header)
+		return MODE_SKIP;
+	v = rq->header(rq->header_ctx, auth->proxy.header, 0);
+	if (!v)
+		return MODE_SKIP;
+	if (rq->header(rq->header_ctx, auth->proxy.header, 1)) {
+		set_err(err, errlen, "proxy: the identity header was sent more than once");
+		return MODE_FAIL;
+	}
+	n = strlen(v);
+	if (n == 0 || n > 256) {
+		set_err(err, errlen, "proxy: the identity header must be 1..256 bytes");
+		return MODE_FAIL;
+	}
+	for (size_t i = 0; i < n; i++)
+		if ((unsigned char)v[i] < 0x20 || v[i] == 0x7f) {
+			set_err(err, errlen, "proxy: the identity header holds control characters");
+			return MODE_FAIL;
+		}
+	id->authenticated = true;
+	id->method = "proxy";
+	memcpy(id->subject, v, n);
+	id->subject[n] = '\0';
 	return MODE_OK;
 }
 
@@ -110,6 +342,8 @@ static const struct mode {
 	                    const struct credential *c, struct identity *id, char *err, size_t errlen);
 } modes[] = {
     {"jwt", try_jwt},
+    {"client_key", try_client_key},
+    {"proxy", try_proxy},
     {"none", try_none},
 };
 

@@ -1,9 +1,12 @@
 /*
  * fuzz_jwt.c — libFuzzer driver for src/jwt.c.
  *
- * Feeds arbitrary bytes as a token to jwt_verify (HS256/384/512 allowed, a
- * fixed secret, issuer and audience checked), to jwt_peek_claims and to the
- * base64url decoder. The same bytes, read as "header JSON\npayload JSON", are
+ * Feeds arbitrary bytes as a token to jwt_verify (every algorithm allowed:
+ * a fixed HMAC secret, an EC P-256 public key, and a JWKS file holding RSA,
+ * P-256, P-384 and Ed25519 keys with kids; issuer and audience checked), to
+ * jwt_peek_claims and to the base64url decoder. Bytes of the form
+ * "header JSON\npayload JSON" are also signed here (HS256 and ES256) so the
+ * checks behind the signature are reached. The same bytes, read as "header JSON\npayload JSON", are
  * also signed here with the right secret, so the header and claims checks
  * behind the signature are reached too. Crashes, sanitizer reports, an
  * unbalanced Lua stack and a non-canonical base64url decode are findings; a
@@ -20,6 +23,7 @@
 #include "json.h"
 #include "jwt.h"
 #include "secret.h"
+#include "../unit/testkeys.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -31,8 +35,24 @@ static void init(void)
 	L = luaL_newstate();
 	if (!L || json_open(L))
 		abort();
+	char pem[4096], doc[8192], a[2048], b[600], c[600], d[600], err[256];
+	struct jwks_options o = {.enabled = true, .file = "/tmp/fuzz_jwt_jwks.json"};
+	FILE *fp;
+
 	cfg.enabled = true;
-	cfg.algorithms = JWT_HS256 | JWT_HS384 | JWT_HS512;
+	cfg.algorithms = JWT_HS256 | JWT_HS384 | JWT_HS512 | JWT_RSA_ALGS | JWT_ES256 | JWT_ES384 | JWT_EDDSA;
+	tk_pub_pem(tk_key(TK_P256), pem, sizeof(pem));
+	if (!(cfg.public_key = jwt_key_pem(pem, strlen(pem), err, sizeof(err))))
+		abort();
+	snprintf(doc, sizeof(doc), "{\"keys\":[%s,%s,%s,%s]}", tk_jwk(tk_key(TK_RSA), "\"kid\":\"r1\",", a, sizeof(a)),
+	         tk_jwk(tk_other_key(TK_P256), "\"kid\":\"e1\",", b, sizeof(b)),
+	         tk_jwk(tk_key(TK_P384), "\"kid\":\"e2\",", c, sizeof(c)), tk_jwk(tk_key(TK_ED25519), "", d, sizeof(d)));
+	if (!(fp = fopen(o.file, "w")))
+		abort();
+	fputs(doc, fp);
+	fclose(fp);
+	if (!(cfg.jwks = jwks_open(&o, "fuzz", err, sizeof(err))))
+		abort();
 	if (secret_set(&cfg.hmac_secret, "secret", 6))
 		abort();
 	cfg.issuer = "https://app.example.com";
@@ -40,6 +60,8 @@ static void init(void)
 	cfg.leeway_s = 30;
 	cfg.max_token_bytes = 8192;
 	cfg.subject_claim = "sub";
+	if (jwt_config_prepare(&cfg, NULL, 0))
+		abort();
 }
 
 /* A successful decode must re-encode to exactly the input (canonical form). */
@@ -58,6 +80,52 @@ static void check_b64url(const uint8_t *data, size_t size)
 		enc[i] = enc[i] == '+' ? '-' : enc[i] == '/' ? '_' : enc[i];
 	if ((size_t)w != size || memcmp(enc, data, size) != 0)
 		abort();
+}
+
+/* Verifies tok and checks the stack discipline of jwt_verify. */
+static void verify_one(const char *tok, size_t len)
+{
+	char subject[257], err[160];
+	int top = lua_gettop(L);
+
+	if (jwt_verify(L, &cfg, tok, len, (time_t)1700000100, subject, sizeof(subject), err, sizeof(err)) == 0) {
+		if (lua_gettop(L) != top + 1 || lua_type(L, -1) != LUA_TTABLE)
+			abort();
+		lua_pop(L, 1);
+	} else if (lua_gettop(L) != top || subject[0] != '\0' || err[0] == '\0') {
+		abort();
+	}
+}
+
+/* "header\npayload" signed with the HMAC secret and with the P-256 key. */
+static void sign_and_verify(const uint8_t *data, size_t size)
+{
+	const uint8_t *nl = memchr(data, '\n', size);
+	char header[1024], payload[2048], tok[8192];
+	unsigned char mac[64];
+	size_t hl, pl, n, maclen = 0;
+
+	if (!nl)
+		return;
+	hl = (size_t)(nl - data);
+	pl = size - hl - 1;
+	if (hl >= sizeof(header) || pl >= sizeof(payload) || memchr(data, 0, size))
+		return;
+	memcpy(header, data, hl);
+	header[hl] = '\0';
+	memcpy(payload, nl + 1, pl);
+	payload[pl] = '\0';
+	tk_mint(tok, header, payload, "ES256", tk_key(TK_P256));
+	verify_one(tok, strlen(tok));
+	n = tk_b64url(tok, header, hl);
+	tok[n++] = '.';
+	n += tk_b64url(tok + n, payload, pl);
+	if (!EVP_Q_mac(NULL, "HMAC", NULL, "SHA256", NULL, "secret", 6, (unsigned char *)tok, n, mac, sizeof(mac),
+	               &maclen))
+		abort();
+	tok[n++] = '.';
+	n += tk_b64url(tok + n, mac, maclen);
+	verify_one(tok, n);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -84,6 +152,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		abort();
 	}
 	check_b64url(data, size);
+	sign_and_verify(data, size);
 	/* Keep memory flat across millions of runs. */
 	lua_gc(L, LUA_GCSTEP, 0);
 	return 0;

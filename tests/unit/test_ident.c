@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "config.h"
 #include "ident.h"
@@ -60,6 +61,8 @@ static int setup(void **state)
 	f->auth.jwt.leeway_s = 30;
 	f->auth.jwt.max_token_bytes = 8192;
 	f->auth.jwt.subject_claim = "sub";
+	if (jwt_config_prepare(&f->auth.jwt, NULL, 0))
+		return -1;
 	*state = f;
 	return 0;
 }
@@ -69,6 +72,7 @@ static int teardown(void **state)
 	struct fx *f = *state;
 
 	secret_clear(&f->auth.jwt.hmac_secret);
+	jwt_config_release(&f->auth.jwt);
 	lua_close(f->L);
 	free(f);
 	return 0;
@@ -250,6 +254,285 @@ static void t_nothing_enabled(void **state)
 	expect_refused(f, f->hdr, "not accepted");
 }
 
+
+/* ---- a request with headers ------------------------------------------------ */
+
+/* Headers as "Name: value" strings; lookup is case-insensitive, in order. */
+struct hdrs {
+	const char *const *lines;
+};
+
+static const char *hdr_lookup(void *ctx, const char *name, unsigned index)
+{
+	const struct hdrs *h = ctx;
+	size_t nl = strlen(name);
+	unsigned seen = 0;
+
+	for (size_t i = 0; h->lines[i]; i++)
+		if (strncasecmp(h->lines[i], name, nl) == 0 && h->lines[i][nl] == ':' && seen++ == index)
+			return h->lines[i] + nl + 2;
+	return NULL;
+}
+
+static int auth_from(struct fx *f, const char *authorization, const char *peer, const char *const *lines)
+{
+	struct hdrs h = {lines};
+	struct ident_request rq = {.authorization = authorization, .peer_ip = peer, .now = NOW,
+	                           .header = hdr_lookup, .header_ctx = &h};
+	int top = lua_gettop(f->L), rc;
+
+	f->err[0] = '\0';
+	rc = ident_authenticate(f->L, &f->auth, &rq, &f->id, f->err, sizeof(f->err));
+	assert_int_equal(lua_gettop(f->L), top + (rc == 0 && f->id.claims_idx ? 1 : 0));
+	lua_settop(f->L, top);
+	if (rc) {
+		assert_false(f->id.authenticated);
+		assert_string_equal(f->id.subject, "");
+		assert_null(strstr(f->err, "billing-secret"));
+	}
+	return rc;
+}
+
+static const char *client_ip(struct fx *f, const char *peer, const char *const *lines)
+{
+	static char out[64];
+	struct hdrs h = {lines};
+	struct ident_request rq = {.peer_ip = peer, .now = NOW, .header = hdr_lookup, .header_ctx = &h};
+
+	ident_client_ip(&f->auth, &rq, out, sizeof(out));
+	return out;
+}
+
+static void add_client_keys(struct fx *f)
+{
+	f->auth.client_keys = calloc(2, sizeof(*f->auth.client_keys));
+	assert_non_null(f->auth.client_keys);
+	f->auth.client_keys[0].name = "billing-backend";
+	assert_int_equal(secret_set(&f->auth.client_keys[0].key, "billing-secret-0123456789", 25), 0);
+	f->auth.client_keys[1].name = "reports";
+	assert_int_equal(secret_set(&f->auth.client_keys[1].key, "reports-secret-0123456789", 25), 0);
+	f->auth.n_client_keys = 2;
+}
+
+static void drop_client_keys(struct fx *f)
+{
+	for (size_t i = 0; i < f->auth.n_client_keys; i++)
+		secret_clear(&f->auth.client_keys[i].key);
+	free(f->auth.client_keys);
+	f->auth.client_keys = NULL;
+	f->auth.n_client_keys = 0;
+}
+
+static void set_proxy(struct fx *f, const char *const *cidrs)
+{
+	size_t n = 0;
+
+	while (cidrs[n])
+		n++;
+	free(f->auth.proxy.from);
+	f->auth.proxy.from = calloc(n, sizeof(*f->auth.proxy.from));
+	for (size_t i = 0; i < n; i++)
+		assert_int_equal(ident_cidr_parse(cidrs[i], &f->auth.proxy.from[i]), 0);
+	f->auth.proxy.n_from = n;
+	f->auth.proxy.enabled = true;
+	f->auth.proxy.header = "X-Forwarded-User";
+}
+
+/* ---- client keys ------------------------------------------------------------- */
+
+static void t_client_keys(void **state)
+{
+	struct fx *f = *state;
+	static const char *const none[] = {NULL};
+
+	add_client_keys(f);
+	assert_int_equal(auth_from(f, "Bearer billing-secret-0123456789", "10.1.1.1", none), 0);
+	assert_true(f->id.authenticated);
+	assert_string_equal(f->id.method, "client_key");
+	assert_string_equal(f->id.subject, "billing-backend");
+	assert_int_equal(f->id.claims_idx, 0);
+	assert_int_equal(auth_from(f, "Bearer reports-secret-0123456789", "10.1.1.1", none), 0);
+	assert_string_equal(f->id.subject, "reports");
+	/* Near misses: prefix, longer, other case. */
+	assert_int_equal(auth_from(f, "Bearer billing-secret-012345678", "10.1.1.1", none), -1);
+	assert_non_null(strstr(f->err, "client_key"));
+	assert_int_equal(auth_from(f, "Bearer billing-secret-01234567890", "10.1.1.1", none), -1);
+	assert_int_equal(auth_from(f, "Bearer BILLING-secret-0123456789", "10.1.1.1", none), -1);
+	/* With jwt beside it: a bearer with two dots goes to jwt, any other to client_keys. */
+	snprintf(f->hdr, sizeof(f->hdr), "Bearer %s", PY_HS256);
+	assert_int_equal(auth_from(f, f->hdr, "10.1.1.1", none), 0);
+	assert_string_equal(f->id.method, "jwt");
+	assert_int_equal(auth_from(f, "Bearer a.b.c", "10.1.1.1", none), -1);
+	assert_non_null(strstr(f->err, "jwt:"));
+	assert_int_equal(auth_from(f, "Bearer a.b", "10.1.1.1", none), -1);
+	assert_non_null(strstr(f->err, "client_key"));
+	/* Without jwt every bearer goes to client_keys, JWT-shaped or not. */
+	f->auth.jwt.enabled = false;
+	assert_int_equal(auth_from(f, f->hdr, "10.1.1.1", none), -1);
+	assert_non_null(strstr(f->err, "client_key"));
+	/* A wrong key never falls through to none. */
+	f->auth.none = true;
+	assert_int_equal(auth_from(f, "Bearer nope", "10.1.1.1", none), -1);
+	assert_int_equal(auth_from(f, NULL, "10.1.1.1", none), 0);
+	assert_string_equal(f->id.method, "none");
+	drop_client_keys(f);
+}
+
+/* A bearer that is neither a valid JWT nor a client key is 401 even with none = true. */
+static void t_bearer_neither(void **state)
+{
+	struct fx *f = *state;
+	static const char *const none[] = {NULL};
+
+	add_client_keys(f);
+	f->auth.none = true;
+	assert_int_equal(auth_from(f, "Bearer x.y.z", "127.0.0.1", none), -1);
+	assert_int_equal(auth_from(f, "Bearer xyz", "127.0.0.1", none), -1);
+	assert_int_equal(auth_from(f, "Basic dXNlcjpwYXNz", "127.0.0.1", none), -1);
+	drop_client_keys(f);
+}
+
+/* ---- trusted proxy --------------------------------------------------------------- */
+
+static void t_cidr_parse_and_match(void **state)
+{
+	struct ident_cidr c[4];
+	static const char *const bad[] = {"",          "10.0.0.0/33", "10.0.0.0/-1", "10.0.0.0/",  "/8",
+	                                  "10.0.0/8",  "10.0.0.1/8",  "::1/129",     "fe80::1%lo/128",
+	                                  "1.2.3.4/08", "::/", "10.0.0.0/8/8", "10.0.0.0 /8", "banana",
+	                                  "1.2.3.4/32x", "::ffff:1.2.3.4/200"};
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+		if (ident_cidr_parse(bad[i], &c[0]) == 0)
+			fail_msg("accepted \"%s\"", bad[i]);
+	assert_int_equal(ident_cidr_parse("10.0.0.0/8", &c[0]), 0);
+	assert_true(ident_cidr_match(c, 1, "10.0.0.0"));
+	assert_true(ident_cidr_match(c, 1, "10.255.255.255"));
+	assert_true(ident_cidr_match(c, 1, "::ffff:10.1.2.3")); /* a mapped peer on a v6 socket */
+	assert_false(ident_cidr_match(c, 1, "11.0.0.0"));
+	assert_false(ident_cidr_match(c, 1, "9.255.255.255"));
+	assert_false(ident_cidr_match(c, 1, "::a00:1"));
+	assert_false(ident_cidr_match(c, 1, "garbage"));
+	assert_false(ident_cidr_match(c, 1, NULL));
+	assert_int_equal(ident_cidr_parse("127.0.0.1/32", &c[0]), 0);
+	assert_true(ident_cidr_match(c, 1, "127.0.0.1"));
+	assert_false(ident_cidr_match(c, 1, "127.0.0.2"));
+	assert_int_equal(ident_cidr_parse("127.0.0.1", &c[0]), 0); /* a bare address is /32 */
+	assert_false(ident_cidr_match(c, 1, "127.0.0.2"));
+	assert_int_equal(ident_cidr_parse("0.0.0.0/0", &c[0]), 0);
+	assert_true(ident_cidr_match(c, 1, "203.0.113.9"));
+	assert_false(ident_cidr_match(c, 1, "2001:db8::1")); /* v4 /0 is all of IPv4, not IPv6 */
+	assert_int_equal(ident_cidr_parse("::/0", &c[0]), 0);
+	assert_true(ident_cidr_match(c, 1, "2001:db8::1"));
+	assert_true(ident_cidr_match(c, 1, "203.0.113.9"));
+	assert_int_equal(ident_cidr_parse("::1/128", &c[0]), 0);
+	assert_true(ident_cidr_match(c, 1, "::1"));
+	assert_false(ident_cidr_match(c, 1, "::2"));
+	assert_int_equal(ident_cidr_parse("2001:db8:abcc::/47", &c[0]), 0);
+	assert_int_equal(ident_cidr_parse("2001:db8:abcd::/47", &c[0]), -1); /* host bit */
+	assert_int_equal(ident_cidr_parse("2001:db8:abcc::/47", &c[0]), 0);
+	assert_true(ident_cidr_match(c, 1, "2001:db8:abcd:1::5"));
+	assert_false(ident_cidr_match(c, 1, "2001:db8:abce::1"));
+	assert_int_equal(ident_cidr_parse("192.168.4.0/22", &c[1]), 0);
+	assert_true(ident_cidr_match(c, 2, "192.168.7.255"));
+	assert_false(ident_cidr_match(c, 2, "192.168.8.0"));
+}
+
+static void t_trusted_proxy(void **state)
+{
+	struct fx *f = *state;
+	static const char *const nets[] = {"10.0.0.0/8", "127.0.0.1/32", "::1/128", NULL};
+	static const char *const user[] = {"X-Forwarded-User: alice@example.com", NULL};
+	static const char *const lower[] = {"x-forwarded-user: bob", NULL};
+	static const char *const twice[] = {"X-Forwarded-User: a", "X-Forwarded-User: b", NULL};
+	static const char *const empty[] = {"X-Forwarded-User: ", NULL};
+	static const char *const ctrl[] = {"X-Forwarded-User: a\tb", NULL};
+	static const char *const none[] = {NULL};
+	char longv[400];
+	const char *longh[] = {longv, NULL};
+
+	f->auth.jwt.enabled = false;
+	set_proxy(f, nets);
+	assert_int_equal(auth_from(f, NULL, "10.2.3.4", user), 0);
+	assert_string_equal(f->id.method, "proxy");
+	assert_string_equal(f->id.subject, "alice@example.com");
+	assert_true(f->id.authenticated);
+	assert_int_equal(auth_from(f, NULL, "::1", lower), 0);
+	assert_string_equal(f->id.subject, "bob");
+	assert_int_equal(auth_from(f, NULL, "::ffff:127.0.0.1", user), 0);
+	/* From an untrusted peer the header is ignored: no credential at all. */
+	assert_int_equal(auth_from(f, NULL, "192.0.2.1", user), -1);
+	assert_non_null(strstr(f->err, "no credential"));
+	assert_int_equal(auth_from(f, NULL, "127.0.0.2", user), -1);
+	f->auth.none = true;
+	assert_int_equal(auth_from(f, NULL, "192.0.2.1", user), 0);
+	assert_string_equal(f->id.method, "none");
+	assert_false(f->id.authenticated);
+	/* Trusted peer, invalid header: 401, not none. */
+	assert_int_equal(auth_from(f, NULL, "10.0.0.1", twice), -1);
+	assert_int_equal(auth_from(f, NULL, "10.0.0.1", empty), -1);
+	assert_int_equal(auth_from(f, NULL, "10.0.0.1", ctrl), -1);
+	snprintf(longv, sizeof(longv), "X-Forwarded-User: %0257d", 0);
+	assert_int_equal(auth_from(f, NULL, "10.0.0.1", longh), -1);
+	snprintf(longv, sizeof(longv), "X-Forwarded-User: %0256d", 0);
+	assert_int_equal(auth_from(f, NULL, "10.0.0.1", longh), 0);
+	assert_int_equal(strlen(f->id.subject), 256);
+	/* Trusted peer without the header: none. */
+	assert_int_equal(auth_from(f, NULL, "10.0.0.1", none), 0);
+	assert_string_equal(f->id.method, "none");
+	/* An Authorization header no mode checks is refused, proxy header or not. */
+	assert_int_equal(auth_from(f, "Bearer whatever", "10.0.0.1", user), -1);
+	/* jwt first: a valid JWT wins; an invalid one is final. */
+	f->auth.jwt.enabled = true;
+	snprintf(f->hdr, sizeof(f->hdr), "Bearer %s", PY_HS256);
+	assert_int_equal(auth_from(f, f->hdr, "10.0.0.1", user), 0);
+	assert_string_equal(f->id.method, "jwt");
+	assert_int_equal(auth_from(f, "Bearer a.b.c", "10.0.0.1", user), -1);
+	free(f->auth.proxy.from);
+	f->auth.proxy.from = NULL;
+}
+
+static void t_forwarded_for(void **state)
+{
+	struct fx *f = *state;
+	static const char *const nets[] = {"10.0.0.0/8", "::1/128", NULL};
+	static const char *const chain[] = {"X-Forwarded-For: 203.0.113.7, 10.0.0.5", NULL};
+	static const char *const spoof[] = {"X-Forwarded-For: 1.1.1.1, 203.0.113.7, 10.0.0.5", NULL};
+	static const char *const all_trusted[] = {"X-Forwarded-For: 10.9.9.9,10.0.0.5", NULL};
+	static const char *const two_lines[] = {"X-Forwarded-For: 198.51.100.1", "x-forwarded-for: 10.1.1.1", NULL};
+	static const char *const junk[] = {"X-Forwarded-For: 203.0.113.7, nonsense, 10.0.0.5", NULL};
+	static const char *const junk_right[] = {"X-Forwarded-For: 203.0.113.7, 10.0.0.5, nonsense", NULL};
+	static const char *const v6[] = {"X-Forwarded-For: 2001:db8::1, ::1", NULL};
+	static const char *const empty_entry[] = {"X-Forwarded-For: 203.0.113.7,, 10.0.0.5", NULL};
+	static const char *const none[] = {NULL};
+
+	/* Without trusted_proxy the peer is the client, whatever the header says. */
+	assert_string_equal(client_ip(f, "10.0.0.1", chain), "10.0.0.1");
+	set_proxy(f, nets);
+	/* An untrusted peer: its header is ignored. */
+	assert_string_equal(client_ip(f, "192.0.2.1", chain), "192.0.2.1");
+	/* A trusted peer: the right-most entry that is not a trusted proxy. */
+	assert_string_equal(client_ip(f, "10.0.0.1", chain), "203.0.113.7");
+	assert_string_equal(client_ip(f, "10.0.0.1", spoof), "203.0.113.7");
+	assert_string_equal(client_ip(f, "10.0.0.1", all_trusted), "10.9.9.9");
+	assert_string_equal(client_ip(f, "10.0.0.1", two_lines), "198.51.100.1");
+	assert_string_equal(client_ip(f, "10.0.0.1", junk), "10.0.0.5");
+	assert_string_equal(client_ip(f, "10.0.0.1", junk_right), "10.0.0.1");
+	assert_string_equal(client_ip(f, "::1", v6), "2001:db8::1");
+	assert_string_equal(client_ip(f, "10.0.0.1", empty_entry), "10.0.0.5");
+	assert_string_equal(client_ip(f, "10.0.0.1", none), "10.0.0.1");
+	free(f->auth.proxy.from);
+	f->auth.proxy.from = NULL;
+}
+
+static void t_ready(void **state)
+{
+	struct fx *f = *state;
+
+	assert_true(ident_ready(&f->auth));
+}
+
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
 
 int main(void)
@@ -264,6 +547,12 @@ int main(void)
 	    T(t_present_invalid_with_none_enabled),
 	    T(t_none_only_refuses_any_credential),
 	    T(t_nothing_enabled),
+	    T(t_client_keys),
+	    T(t_bearer_neither),
+	    T(t_cidr_parse_and_match),
+	    T(t_trusted_proxy),
+	    T(t_forwarded_for),
+	    T(t_ready),
 	};
 
 	return cmocka_run_group_tests_name("ident", tests, NULL, NULL);

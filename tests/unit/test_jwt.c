@@ -25,6 +25,7 @@
 #include "json.h"
 #include "jwt.h"
 #include "secret.h"
+#include "testkeys.h"
 
 #define NOW 1700000100LL
 
@@ -84,6 +85,8 @@ static int setup(void **state)
 	f->cfg.leeway_s = 30;
 	f->cfg.max_token_bytes = 8192;
 	f->cfg.subject_claim = "sub";
+	if (jwt_config_prepare(&f->cfg, NULL, 0))
+		return -1;
 	*state = f;
 	return 0;
 }
@@ -93,6 +96,7 @@ static int teardown(void **state)
 	struct fx *f = *state;
 
 	secret_clear(&f->cfg.hmac_secret);
+	jwt_config_release(&f->cfg);
 	lua_close(f->L);
 	free(f);
 	return 0;
@@ -275,6 +279,8 @@ static void t_alg_none_and_unknown(void **state)
 	expect_refused(f, mint_with(f->tok, "{\"alg\":\"hs256\"}", GOOD_CLAIMS, "SHA256", "secret"),
 	               "alg not supported");
 	expect_refused(f, mint_with(f->tok, "{\"alg\":\"RS256\"}", GOOD_CLAIMS, "SHA256", "secret"),
+	               "alg not allowed");
+	expect_refused(f, mint_with(f->tok, "{\"alg\":\"ES512\"}", GOOD_CLAIMS, "SHA256", "secret"),
 	               "alg not supported");
 	expect_refused(f, mint_with(f->tok, "{\"typ\":\"JWT\"}", GOOD_CLAIMS, "SHA256", "secret"), "no alg");
 	expect_refused(f, mint_with(f->tok, "{\"alg\":256}", GOOD_CLAIMS, "SHA256", "secret"), "no alg");
@@ -291,7 +297,12 @@ static void t_alg_from_name(void **state)
 	assert_int_equal(jwt_alg_from_name("none"), 0);
 	assert_int_equal(jwt_alg_from_name("hs256"), 0);
 	assert_int_equal(jwt_alg_from_name("HS2560"), 0);
-	assert_int_equal(jwt_alg_from_name("RS256"), 0);
+	assert_int_equal(jwt_alg_from_name("RS256"), JWT_RS256);
+	assert_int_equal(jwt_alg_from_name("PS512"), JWT_PS512);
+	assert_int_equal(jwt_alg_from_name("ES384"), JWT_ES384);
+	assert_int_equal(jwt_alg_from_name("EdDSA"), JWT_EDDSA);
+	assert_int_equal(jwt_alg_from_name("ES512"), 0);
+	assert_int_equal(jwt_alg_from_name("eddsa"), 0);
 	assert_int_equal(jwt_alg_from_name(""), 0);
 	assert_int_equal(jwt_alg_from_name(NULL), 0);
 }
@@ -301,6 +312,7 @@ static void t_no_key(void **state)
 	struct fx *f = *state;
 
 	secret_clear(&f->cfg.hmac_secret);
+	jwt_config_release(&f->cfg);
 	expect_refused(f, PY_HS256, "no key");
 }
 
@@ -331,6 +343,8 @@ static void t_wrong_secret(void **state)
 	expect_refused(f, mint_with(f->tok, "{\"alg\":\"HS256\"}", GOOD_CLAIMS, "SHA256", "secreT"),
 	               "bad signature");
 	secret_set(&f->cfg.hmac_secret, "secret2", 7);
+	jwt_config_release(&f->cfg);
+	assert_int_equal(jwt_config_prepare(&f->cfg, NULL, 0), 0);
 	expect_refused(f, PY_HS256, "bad signature");
 }
 
@@ -811,6 +825,331 @@ static void t_lua_out_of_memory(void **state)
 	expect_ok(f, PY_HS256);
 }
 
+
+/* ---- asymmetric algorithms ------------------------------------------------ */
+
+static const char *const ASYM[] = {"RS256", "RS384", "RS512", "PS256", "PS384",
+                                   "PS512", "ES256", "ES384", "EdDSA"};
+#define N_ASYM (sizeof(ASYM) / sizeof(ASYM[0]))
+#define ALL_ASYM                                                                                             \
+	(JWT_RS256 | JWT_RS384 | JWT_RS512 | JWT_PS256 | JWT_PS384 | JWT_PS512 | JWT_ES256 | JWT_ES384 | JWT_EDDSA)
+
+/* The kind of key that signs alg. */
+static enum tk_kind kind_for(const char *alg)
+{
+	return alg[0] == 'R' || alg[0] == 'P' ? TK_RSA
+	       : strcmp(alg, "ES256") == 0    ? TK_P256
+	       : strcmp(alg, "ES384") == 0    ? TK_P384
+	                                      : TK_ED25519;
+}
+
+/* Makes the key of kind k (its public PEM) the tenant's public_key. */
+static void use_public_key(struct fx *f, EVP_PKEY *pkey)
+{
+	char pem[4096], err[160];
+
+	jwt_key_free(f->cfg.public_key);
+	tk_pub_pem(pkey, pem, sizeof(pem));
+	f->cfg.public_key = jwt_key_pem(pem, strlen(pem), err, sizeof(err));
+	if (!f->cfg.public_key)
+		fail_msg("public key refused: %s", err);
+}
+
+static const char *mint_pk(struct fx *f, const char *alg, const char *payload, EVP_PKEY *pkey)
+{
+	char header[128];
+
+	snprintf(header, sizeof(header), "{\"alg\":\"%s\",\"typ\":\"JWT\"}", alg);
+	return tk_mint(f->tok, header, payload, alg, pkey);
+}
+
+/* Every algorithm verifies with a key of its type and is refused with every other key type. */
+static void t_asym_each_alg_and_key(void **state)
+{
+	struct fx *f = *state;
+	const enum tk_kind kinds[] = {TK_RSA, TK_P256, TK_P384, TK_ED25519};
+
+	f->cfg.algorithms = ALL_ASYM | JWT_HMAC_ALGS;
+	for (size_t k = 0; k < 4; k++) {
+		use_public_key(f, tk_key(kinds[k]));
+		for (size_t i = 0; i < N_ASYM; i++) {
+			const char *alg = ASYM[i];
+			bool right = kind_for(alg) == kinds[k];
+			/* Signed by the key of the algorithm's type; the tenant holds kinds[k]. */
+			mint_pk(f, alg, GOOD_CLAIMS, tk_key(kind_for(alg)));
+			if (right) {
+				expect_ok(f, f->tok);
+				assert_string_equal(f->subject, "alice");
+			} else {
+				expect_refused(f, f->tok, "no key for alg");
+			}
+			/* The HMAC secret never verifies an asymmetric token, nor the reverse. */
+			assert_int_equal(verify(f, mint_with(f->tok, "{\"alg\":\"HS256\"}", GOOD_CLAIMS, "SHA256",
+			                                     "secret")),
+			                 0);
+			lua_pop(f->L, 1);
+		}
+	}
+}
+
+static void t_asym_wrong_key_tampered(void **state)
+{
+	struct fx *f = *state;
+	char tok[4096];
+
+	f->cfg.algorithms = ALL_ASYM;
+	for (size_t i = 0; i < N_ASYM; i++) {
+		enum tk_kind k = kind_for(ASYM[i]);
+		char *dot;
+		use_public_key(f, tk_key(k));
+		expect_refused(f, mint_pk(f, ASYM[i], GOOD_CLAIMS, tk_other_key(k)), "bad signature");
+		/* Tampered payload, signature kept. */
+		mint_pk(f, ASYM[i], GOOD_CLAIMS, tk_key(k));
+		dot = strchr(f->tok, '.');
+		snprintf(tok, sizeof(tok), "%s", f->tok);
+		mint_pk(f, ASYM[i], "{\"sub\":\"mallory\",\"exp\":1700003600}", tk_other_key(k));
+		memcpy(strrchr(f->tok, '.') + 1, strrchr(tok, '.') + 1, strlen(strrchr(tok, '.')));
+		expect_refused(f, f->tok, "bad signature");
+		(void)dot;
+		/* Stripped signature. */
+		mint_pk(f, ASYM[i], GOOD_CLAIMS, tk_key(k));
+		strrchr(f->tok, '.')[1] = '\0';
+		expect_refused(f, f->tok, "signature missing");
+	}
+}
+
+/* RFC 8725 §2.1: HS256 "signed" with the RSA public key's PEM as the secret. */
+static void t_alg_confusion(void **state)
+{
+	struct fx *f = *state;
+	char pem[4096];
+
+	tk_pub_pem(tk_key(TK_RSA), pem, sizeof(pem));
+	use_public_key(f, tk_key(TK_RSA));
+	mint_with(f->tok, "{\"alg\":\"HS256\"}", GOOD_CLAIMS, "SHA256", pem);
+	f->cfg.algorithms = JWT_RS256;
+	expect_refused(f, f->tok, "alg not allowed");
+	/* Even with HS256 allowed, only the HMAC secret checks HS256. */
+	f->cfg.algorithms = JWT_RS256 | JWT_HS256;
+	expect_refused(f, f->tok, "bad signature");
+	/* With no HMAC secret at all there is no key for HS256. */
+	jwt_key_free(f->cfg.hmac_key);
+	f->cfg.hmac_key = NULL;
+	expect_refused(f, f->tok, "no key for alg");
+	/* And the RSA key does not check an ES256 token. */
+	f->cfg.algorithms = JWT_RS256 | JWT_ES256;
+	expect_refused(f, mint_pk(f, "ES256", GOOD_CLAIMS, tk_key(TK_P256)), "no key for alg");
+}
+
+/* CVE-2022-21449 and friends: r or s zero or out of range, wrong lengths. */
+static void t_ecdsa_forged(void **state)
+{
+	struct fx *f = *state;
+	/* The order n of P-256 and of P-384, big-endian. */
+	static const char n256[] = "FFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551";
+	static const char n384[] = "FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFC7634D81F4372DDF581A0DB248B0A77AECEC196ACCC52973";
+	const char *hdr[2] = {"{\"alg\":\"ES256\"}", "{\"alg\":\"ES384\"}"};
+	const char *order[2] = {n256, n384};
+	size_t size[2] = {32, 48};
+
+	f->cfg.algorithms = JWT_ES256 | JWT_ES384;
+	for (int c = 0; c < 2; c++) {
+		unsigned char sig[200], good[200];
+		BIGNUM *n = NULL;
+		size_t glen;
+		char *p;
+		use_public_key(f, tk_key(c ? TK_P384 : TK_P256));
+		mint_pk(f, c ? "ES384" : "ES256", GOOD_CLAIMS, tk_key(c ? TK_P384 : TK_P256));
+		expect_ok(f, f->tok);
+		p = strrchr(f->tok, '.') + 1;
+		assert_int_equal(jwt_b64url_decode(p, strlen(p), good, sizeof(good), &glen), 0);
+		assert_int_equal(glen, 2 * size[c]);
+		/* r = s = 0 */
+		memset(sig, 0, sizeof(sig));
+		expect_refused(f, tk_mint_sig(f->tok, hdr[c], GOOD_CLAIMS, sig, 2 * size[c]), "bad signature");
+		/* r = n, s kept; then s = n, r kept; then r = n + 1 (all 0xff). */
+		assert_true(BN_hex2bn(&n, order[c]) > 0);
+		memcpy(sig, good, 2 * size[c]);
+		BN_bn2binpad(n, sig, (int)size[c]);
+		expect_refused(f, tk_mint_sig(f->tok, hdr[c], GOOD_CLAIMS, sig, 2 * size[c]), "bad signature");
+		memcpy(sig, good, 2 * size[c]);
+		BN_bn2binpad(n, sig + size[c], (int)size[c]);
+		expect_refused(f, tk_mint_sig(f->tok, hdr[c], GOOD_CLAIMS, sig, 2 * size[c]), "bad signature");
+		memset(sig, 0xff, size[c]);
+		expect_refused(f, tk_mint_sig(f->tok, hdr[c], GOOD_CLAIMS, sig, 2 * size[c]), "bad signature");
+		BN_free(n);
+		/* Wrong lengths: one byte short or long, the other curve's size, DER. */
+		memcpy(sig, good, 2 * size[c]);
+		expect_refused(f, tk_mint_sig(f->tok, hdr[c], GOOD_CLAIMS, sig, 2 * size[c] - 1), "bad signature");
+		sig[2 * size[c]] = 0;
+		expect_refused(f, tk_mint_sig(f->tok, hdr[c], GOOD_CLAIMS, sig, 2 * size[c] + 1), "bad signature");
+		expect_refused(f, tk_mint_sig(f->tok, hdr[c], GOOD_CLAIMS, sig, c ? 64 : 96), "bad signature");
+		expect_refused(f, tk_mint_sig(f->tok, hdr[c], GOOD_CLAIMS, sig, 72), "bad signature");
+	}
+}
+
+static void t_rsa_eddsa_lengths(void **state)
+{
+	struct fx *f = *state;
+	unsigned char sig[600];
+	size_t n;
+	char *p;
+
+	f->cfg.algorithms = JWT_RS256 | JWT_PS256;
+	use_public_key(f, tk_key(TK_RSA));
+	mint_pk(f, "RS256", GOOD_CLAIMS, tk_key(TK_RSA));
+	p = strrchr(f->tok, '.') + 1;
+	assert_int_equal(jwt_b64url_decode(p, strlen(p), sig + 1, sizeof(sig) - 1, &n), 0);
+	assert_int_equal(n, 256);
+	/* A leading zero byte added, or the last byte dropped: not the modulus' length. */
+	sig[0] = 0;
+	expect_refused(f, tk_mint_sig(f->tok, "{\"alg\":\"RS256\"}", GOOD_CLAIMS, sig, 257), "bad signature");
+	expect_refused(f, tk_mint_sig(f->tok, "{\"alg\":\"RS256\"}", GOOD_CLAIMS, sig + 1, 255), "bad signature");
+	/* An RS256 signature is not a PS256 one. */
+	expect_refused(f, tk_mint_sig(f->tok, "{\"alg\":\"PS256\"}", GOOD_CLAIMS, sig + 1, 256), "bad signature");
+
+	f->cfg.algorithms = JWT_EDDSA;
+	use_public_key(f, tk_key(TK_ED25519));
+	mint_pk(f, "EdDSA", GOOD_CLAIMS, tk_key(TK_ED25519));
+	p = strrchr(f->tok, '.') + 1;
+	assert_int_equal(jwt_b64url_decode(p, strlen(p), sig, sizeof(sig), &n), 0);
+	assert_int_equal(n, 64);
+	expect_refused(f, tk_mint_sig(f->tok, "{\"alg\":\"EdDSA\"}", GOOD_CLAIMS, sig, 63), "bad signature");
+	expect_refused(f, tk_mint_sig(f->tok, "{\"alg\":\"EdDSA\"}", GOOD_CLAIMS, sig, 65), "bad signature");
+	memset(sig, 0, 64);
+	expect_refused(f, tk_mint_sig(f->tok, "{\"alg\":\"EdDSA\"}", GOOD_CLAIMS, sig, 64), "bad signature");
+}
+
+/* PS* needs a salt as long as the hash (RFC 7518 §3.5). */
+static void t_pss_salt_length(void **state)
+{
+	struct fx *f = *state;
+	EVP_MD_CTX *md = EVP_MD_CTX_new();
+	EVP_PKEY_CTX *pctx = NULL;
+	unsigned char sig[512];
+	size_t n = sizeof(sig), len;
+
+	f->cfg.algorithms = JWT_PS256;
+	use_public_key(f, tk_key(TK_RSA));
+	len = tk_b64url(f->tok, "{\"alg\":\"PS256\"}", 15);
+	f->tok[len++] = '.';
+	len += tk_b64url(f->tok + len, GOOD_CLAIMS, strlen(GOOD_CLAIMS));
+	assert_int_equal(EVP_DigestSignInit_ex(md, &pctx, "SHA256", NULL, NULL, tk_key(TK_RSA), NULL), 1);
+	EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_PSS_PADDING);
+	EVP_PKEY_CTX_set_rsa_pss_saltlen(pctx, RSA_PSS_SALTLEN_MAX);
+	assert_int_equal(EVP_DigestSign(md, sig, &n, (unsigned char *)f->tok, len), 1);
+	EVP_MD_CTX_free(md);
+	f->tok[len++] = '.';
+	tk_b64url(f->tok + len, sig, n);
+	expect_refused(f, f->tok, "bad signature");
+}
+
+static void t_key_loading(void **state)
+{
+	struct fx *f = *state;
+	char pem[4096], err[160];
+	struct jwt_key *k;
+	BIO *b;
+	char *p;
+	long n;
+
+	(void)f;
+	/* RSA under 2048 bits is refused at load. */
+	tk_pub_pem(tk_key(TK_RSA1024), pem, sizeof(pem));
+	assert_null(jwt_key_pem(pem, strlen(pem), err, sizeof(err)));
+	assert_non_null(strstr(err, "1024 bits"));
+	/* P-521 is not supported (no ES512). */
+	tk_pub_pem(tk_key(TK_P521), pem, sizeof(pem));
+	assert_null(jwt_key_pem(pem, strlen(pem), err, sizeof(err)));
+	assert_non_null(strstr(err, "curve"));
+	/* A private key is named as such. */
+	b = BIO_new(BIO_s_mem());
+	assert_true(PEM_write_bio_PrivateKey(b, tk_key(TK_P256), NULL, NULL, 0, NULL, NULL));
+	n = BIO_get_mem_data(b, &p);
+	assert_null(jwt_key_pem(p, (size_t)n, err, sizeof(err)));
+	assert_non_null(strstr(err, "private key"));
+	BIO_free(b);
+	assert_null(jwt_key_pem("hello", 5, err, sizeof(err)));
+	assert_non_null(strstr(err, "PEM"));
+	/* Bound algorithms per type. */
+	tk_pub_pem(tk_key(TK_RSA), pem, sizeof(pem));
+	assert_non_null(k = jwt_key_pem(pem, strlen(pem), err, sizeof(err)));
+	assert_int_equal(jwt_key_algs(k), JWT_RSA_ALGS);
+	assert_int_equal(jwt_key_restrict(k, "k1", JWT_ES256), -1);
+	assert_int_equal(jwt_key_restrict(k, "k1", JWT_PS256), 0);
+	assert_int_equal(jwt_key_algs(k), JWT_PS256);
+	assert_string_equal(jwt_key_kid(k), "k1");
+	jwt_key_free(k);
+	tk_pub_pem(tk_key(TK_P384), pem, sizeof(pem));
+	assert_non_null(k = jwt_key_pem(pem, strlen(pem), err, sizeof(err)));
+	assert_int_equal(jwt_key_algs(k), JWT_ES384);
+	jwt_key_free(k);
+	tk_pub_pem(tk_key(TK_ED25519), pem, sizeof(pem));
+	assert_non_null(k = jwt_key_pem(pem, strlen(pem), err, sizeof(err)));
+	assert_int_equal(jwt_key_algs(k), JWT_EDDSA);
+	jwt_key_free(k);
+}
+
+static void t_max_age(void **state)
+{
+	struct fx *f = *state;
+	char payload[256];
+
+	f->cfg.max_age_s = 60;
+	f->cfg.leeway_s = 30;
+	f->cfg.issuer = NULL;
+	f->cfg.audience = NULL;
+	expect_refused(f, mint(f, "{\"sub\":\"a\",\"exp\":1700003600}"), "no iat");
+	snprintf(payload, sizeof(payload), "{\"sub\":\"a\",\"iat\":%lld}", NOW - 91);
+	expect_refused(f, mint(f, payload), "too old");
+	snprintf(payload, sizeof(payload), "{\"sub\":\"a\",\"iat\":%lld}", NOW - 90);
+	expect_ok(f, mint(f, payload));
+	f->cfg.leeway_s = 0;
+	expect_refused(f, mint(f, payload), "too old");
+	snprintf(payload, sizeof(payload), "{\"sub\":\"a\",\"iat\":%lld}", NOW - 60);
+	expect_ok(f, mint(f, payload));
+	expect_refused(f, mint(f, "{\"sub\":\"a\",\"iat\":\"1700000000\"}"), "iat not a number");
+}
+
+static void t_typ_required(void **state)
+{
+	struct fx *f = *state;
+
+	f->cfg.typ = "JWT";
+	expect_ok(f, mint_with(f->tok, "{\"alg\":\"HS256\",\"typ\":\"JWT\"}", GOOD_CLAIMS, "SHA256", "secret"));
+	expect_ok(f, mint_with(f->tok, "{\"alg\":\"HS256\",\"typ\":\"jwt\"}", GOOD_CLAIMS, "SHA256", "secret"));
+	expect_ok(f, mint_with(f->tok, "{\"alg\":\"HS256\",\"typ\":\"application/JWT\"}", GOOD_CLAIMS, "SHA256",
+	                       "secret"));
+	expect_refused(f, mint_with(f->tok, "{\"alg\":\"HS256\"}", GOOD_CLAIMS, "SHA256", "secret"), "typ mismatch");
+	expect_refused(f, mint_with(f->tok, "{\"alg\":\"HS256\",\"typ\":\"at+jwt\"}", GOOD_CLAIMS, "SHA256", "secret"),
+	               "typ mismatch");
+	expect_refused(f, mint_with(f->tok, "{\"alg\":\"HS256\",\"typ\":\"JWTX\"}", GOOD_CLAIMS, "SHA256", "secret"),
+	               "typ mismatch");
+	f->cfg.typ = "at+jwt";
+	expect_ok(f, mint_with(f->tok, "{\"alg\":\"HS256\",\"typ\":\"application/at+JWT\"}", GOOD_CLAIMS, "SHA256",
+	                       "secret"));
+}
+
+static void t_kid_bounds(void **state)
+{
+	struct fx *f = *state;
+	char header[600];
+
+	snprintf(header, sizeof(header), "{\"alg\":\"HS256\",\"kid\":\"%0256d\"}", 0);
+	expect_ok(f, mint_with(f->tok, header, GOOD_CLAIMS, "SHA256", "secret"));
+	snprintf(header, sizeof(header), "{\"alg\":\"HS256\",\"kid\":\"%0257d\"}", 0);
+	expect_refused(f, mint_with(f->tok, header, GOOD_CLAIMS, "SHA256", "secret"), "kid invalid");
+	expect_refused(f, mint_with(f->tok, "{\"alg\":\"HS256\",\"kid\":7}", GOOD_CLAIMS, "SHA256", "secret"),
+	               "kid invalid");
+	expect_refused(f, mint_with(f->tok, "{\"alg\":\"HS256\",\"kid\":\"\"}", GOOD_CLAIMS, "SHA256", "secret"),
+	               "kid invalid");
+	expect_refused(f, mint_with(f->tok, "{\"alg\":\"HS256\",\"kid\":\"a\\nb\"}", GOOD_CLAIMS, "SHA256", "secret"),
+	               "kid invalid");
+	/* jku/x5u/jwk are ignored: the token still verifies with the configured key only. */
+	expect_ok(f, mint_with(f->tok, "{\"alg\":\"HS256\",\"jku\":\"https://evil/jwks\",\"x5u\":\"https://evil\"}",
+	                       GOOD_CLAIMS, "SHA256", "secret"));
+}
+
 /* ---- peek ---------------------------------------------------------------- */
 
 static void t_peek_claims(void **state)
@@ -870,6 +1209,16 @@ int main(void)
 	    T(t_subject),
 	    T(t_lua_out_of_memory),
 	    T(t_peek_claims),
+	    T(t_asym_each_alg_and_key),
+	    T(t_asym_wrong_key_tampered),
+	    T(t_alg_confusion),
+	    T(t_ecdsa_forged),
+	    T(t_rsa_eddsa_lengths),
+	    T(t_pss_salt_length),
+	    T(t_key_loading),
+	    T(t_max_age),
+	    T(t_typ_required),
+	    T(t_kid_bounds),
 	};
 
 	return cmocka_run_group_tests_name("jwt", tests, NULL, NULL);

@@ -1,0 +1,82 @@
+/*
+ * jwks.h — JSON Web Key Sets: parsing, and sources kept fresh.
+ *
+ * A set is an immutable snapshot of verification keys (struct jwt_key), each
+ * with its kid and the algorithms it may verify; it is shared by reference
+ * count. A source is where a tenant's set comes from: a file, read once at
+ * load, or an https URL, fetched once at load (blocking) and then refreshed
+ * by a background thread, within bounds, from the response's Cache-Control.
+ * The request path only takes a reference to the current snapshot and, on an
+ * unknown kid, asks for a refresh: it never blocks on the network.
+ */
+#ifndef BROKER_JWKS_H
+#define BROKER_JWKS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+struct jwt_key;
+
+/* How a tenant's `jwks = { ... }` was configured. */
+struct jwks_options {
+	bool enabled;       /* jwks = { ... } was given */
+	char *file;         /* absolute path, or NULL */
+	char *url;          /* https:// (http:// to loopback only), or NULL */
+	long min_refresh_s; /* shortest time between two scheduled fetches, default 60 */
+	long max_cache_s;   /* longest a fetched set is used before a refetch, default 3600 */
+	long cooldown_s;    /* at most one unknown-kid refetch per cooldown, default 30 */
+	long timeout_ms;    /* one fetch, default 5000 */
+};
+
+#define JWKS_MAX_BYTES (512 * 1024) /* a JWKS document */
+#define JWKS_MAX_KEYS  64           /* keys read from one document */
+
+struct jwks_set;
+struct jwks;
+
+/* Called for each key of a document that is skipped, with why (never key material). */
+typedef void (*jwks_skip_fn)(void *ctx, size_t index, const char *kid, const char *why);
+
+/*
+ * Parses a JWKS document ({"keys": [...]}). Keys that cannot be used are
+ * skipped, each reported to skip (may be NULL). Returns a set with a
+ * reference for the caller, or NULL with a reason in err (not JSON, no keys
+ * array, no usable key).
+ */
+struct jwks_set *jwks_parse(const char *json, size_t len, jwks_skip_fn skip, void *ctx, char *err,
+                            size_t errlen);
+
+void jwks_set_release(struct jwks_set *set);
+size_t jwks_set_size(const struct jwks_set *set);
+const struct jwt_key *jwks_set_key(const struct jwks_set *set, size_t i);
+
+/*
+ * Opens a source under o, for the tenant called name (for log lines): reads
+ * the file or fetches the URL now, on the calling thread; for a URL starts
+ * the refresher thread. Returns NULL with a reason in err when the first
+ * load fails.
+ */
+struct jwks *jwks_open(const struct jwks_options *o, const char *name, char *err, size_t errlen);
+
+/* Drops the opener's reference: the refresher stops (it never blocks the caller). */
+void jwks_close(struct jwks *src);
+
+/* The current snapshot with a reference taken, or NULL when none is loaded. */
+struct jwks_set *jwks_acquire(struct jwks *src);
+
+/* A token named a kid the current set lacks: asks the refresher for one
+ * fetch, at most once per cooldown; concurrent misses share that fetch.
+ * Never blocks. A file source ignores it. */
+void jwks_unknown_kid(struct jwks *src);
+
+/* Whether a set is loaded. */
+bool jwks_ready(struct jwks *src);
+
+/* Fetches attempted so far, the first included (for tests and metrics). */
+unsigned long jwks_fetch_count(struct jwks *src);
+
+/* Waits (at most timeout_ms) until every refresher thread has exited: at
+ * exit, and in tests, so that nothing is left running. Returns 0 or -1. */
+int jwks_shutdown(long timeout_ms);
+
+#endif
