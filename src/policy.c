@@ -11,9 +11,13 @@
  * front or Courier.
  *
  * How a decision runs: the chunk is compiled once; for every decision its
- * _ENV upvalue is pointed at a fresh, empty environment whose metatable reads
- * through to the read-only base, the chunk is run to get decide, and decide
- * is called with req. Both run on one coroutine of the engine, so the count
+ * _ENV upvalue is pointed at the tenant's environment (an empty table that
+ * can never be written, reading through to the read-only base with the
+ * tenant's broker and require), the chunk is run to get a fresh decide (so
+ * no upvalue survives a decision), and decide is called with req (a view
+ * whose client and headers are built when first read). Library functions
+ * that loop in C charge their work to the same budget (pmatch.c for
+ * patterns). Both run on one coroutine of the engine, so the count
  * hook can end a runaway policy by yielding: an error raised from a hook
  * could be caught by pcall inside the policy, a yield cannot. Host flags
  * (budget spent, memory cap hit) make the decision a policy error whatever
@@ -21,7 +25,9 @@
  */
 #include "policy.h"
 
+#include <arpa/inet.h>
 #include <lauxlib.h>
+#include <limits.h>
 #include <lua.h>
 #include <lualib.h>
 #include <stdarg.h>
@@ -35,6 +41,7 @@
 #include "duration.h"
 #include "envelope.h"
 #include "json.h"
+#include "pmatch.h"
 #include "scope.h"
 
 #define HOOK_STEP     1000          /* instructions between two budget checks */
@@ -43,6 +50,12 @@
 #define MOVE_MAX      (1024 * 1024) /* most elements one table.move may touch */
 #define GC_STEP_AFTER (256 * 1024)  /* a decision that grew the heap more runs a GC step */
 #define LOG_MAX       2048          /* broker.log bytes kept per decision */
+#define LOG_LINES     32            /* broker.log lines kept per decision */
+#define TRACE_FRAMES  4             /* Lua frames of a policy error's traceback */
+#define ITEMS_MAX     100000        /* most elements one table/string library call may touch */
+#define FORMAT_MAX    (1024 * 1024) /* largest string.format result (estimated before the call) */
+#define BIG_ALLOC     (64 * 1024)   /* allocations this large check the wall clock */
+#define CHECK_EVERY   4096          /* charged units between two looks at the wall clock */
 
 enum stop_reason { STOP_NONE, STOP_INSTRUCTIONS, STOP_TIME, STOP_MEMORY };
 
@@ -54,7 +67,17 @@ struct policy_engine {
 	size_t n_chunks;
 
 	/* Registry refs of the sandbox's shared pieces. */
-	int ref_co, ref_rmt, ref_envmt;
+	int ref_co, ref_rmt, ref_envmt, ref_base, ref_broker, ref_loaded, ref_modcache, ref_reqmt;
+	const struct policy_request *rq_now; /* while a decision runs: for req's lazy fields */
+
+	/* Per tenant (index of cfg->tenants): the environments' metatable
+	 * (reading through to the base, plus the tenant's broker and require)
+	 * and the table of its compiled modules. */
+	int *envmts;
+	int *mods;
+	size_t cur;       /* the tenant whose policy runs */
+	int loaded_valid; /* ref_loaded holds this decision's modules */
+	int log_lines;
 
 	/* Memory: bytes in use, and the cap armed only while a decision runs. */
 	size_t mem_used;
@@ -68,15 +91,22 @@ struct policy_engine {
 	int hook_step;
 	struct timespec deadline;
 	enum stop_reason stop;
-	char where[128]; /* "file:line: " where the budget ran out, when known */
+	char where[128];     /* "file:line: " where the budget ran out, when known */
+	char detail[128];    /* what ran out, when a guarded C function noticed */
+	long long unchecked; /* units charged since the last look at the clock */
 
 	int broken; /* a failed decision could not be cleaned up: refuse all */
+
+	int coverage; /* `test --coverage`: lines run are recorded in ref_cov */
+	int ref_cov;
 
 	char log[LOG_MAX]; /* broker.log lines of the last decision */
 	size_t log_len;
 };
 
 /* ---------------------------------------------------------------- memory */
+
+static int deadline_passed(const struct timespec *d);
 
 /* Lua's allocator with a byte count. When ptr is NULL, osize is a type tag,
  * not a size: only a live block has a size to give back. */
@@ -93,6 +123,13 @@ static void *engine_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
 	}
 	if (e->cap_armed && nsize > old && e->mem_used + (nsize - old) > e->mem_cap) {
 		e->mem_hit = 1;
+		return NULL;
+	}
+	/* Large blocks are where one VM instruction or C call does O(n) work
+	 * (concatenation, string results): look at the clock there too. */
+	if (e->cap_armed && nsize >= BIG_ALLOC && nsize > old && deadline_passed(&e->deadline)) {
+		if (e->stop == STOP_NONE)
+			e->stop = STOP_TIME;
 		return NULL;
 	}
 	p = realloc(ptr, nsize);
@@ -116,11 +153,39 @@ static struct policy_engine *engine_of(lua_State *L)
 
 /* ---------------------------------------------------------------- budget */
 
+static void record_line(struct policy_engine *e, lua_State *L, lua_Debug *ar);
+static int req_index(lua_State *L);
+static int req_pairs(lua_State *L);
+
+/* The time budget is the decision's own CPU time: a busy machine must not turn
+ * a healthy policy into a policy_error (or refuse a reload whose tests merely
+ * waited for a core). A policy cannot block, so CPU time bounds its latency. */
 static int deadline_passed(const struct timespec *d)
 {
 	struct timespec now;
-	clock_gettime(CLOCK_MONOTONIC, &now);
+	clock_gettime(CLOCK_THREAD_CPUTIME_ID, &now);
 	return now.tv_sec > d->tv_sec || (now.tv_sec == d->tv_sec && now.tv_nsec >= d->tv_nsec);
+}
+
+/* Coverage: cov[source][line] = true, outside the decision's memory cap. */
+static void record_line(struct policy_engine *e, lua_State *L, lua_Debug *ar)
+{
+	int armed = e->cap_armed;
+
+	if (!lua_getinfo(L, "S", ar) || ar->source[0] != '@' || !lua_checkstack(L, 4))
+		return;
+	e->cap_armed = 0;
+	lua_rawgeti(L, LUA_REGISTRYINDEX, e->ref_cov);
+	if (lua_getfield(L, -1, ar->source + 1) != LUA_TTABLE) {
+		lua_pop(L, 1);
+		lua_newtable(L);
+		lua_pushvalue(L, -1);
+		lua_setfield(L, -3, ar->source + 1);
+	}
+	lua_pushboolean(L, 1);
+	lua_rawseti(L, -2, ar->currentline);
+	lua_pop(L, 2);
+	e->cap_armed = armed;
 }
 
 /*
@@ -134,6 +199,11 @@ static void budget_hook(lua_State *L, lua_Debug *ar)
 {
 	struct policy_engine *e = engine_of(L);
 
+	if (ar->event == LUA_HOOKLINE) {
+		if (e->stop == STOP_NONE)
+			record_line(e, L, ar);
+		return;
+	}
 	if (e->stop == STOP_NONE) {
 		e->steps += e->hook_step;
 		if (e->mem_hit)
@@ -160,17 +230,21 @@ static void budget_arm(struct policy_engine *e)
 	e->hook_step = e->max_steps < HOOK_STEP ? (int)e->max_steps : HOOK_STEP;
 	e->stop = STOP_NONE;
 	e->where[0] = '\0';
+	e->detail[0] = '\0';
+	e->unchecked = 0;
 	e->mem_hit = 0;
 	e->log_len = 0;
 	e->log[0] = '\0';
-	clock_gettime(CLOCK_MONOTONIC, &e->deadline);
+	e->log_lines = 0;
+	e->loaded_valid = 0;
+	clock_gettime(CLOCK_THREAD_CPUTIME_ID, &e->deadline);
 	e->deadline.tv_sec += ms / 1000;
 	e->deadline.tv_nsec += (ms % 1000) * 1000000L;
 	if (e->deadline.tv_nsec >= 1000000000L) {
 		e->deadline.tv_sec++;
 		e->deadline.tv_nsec -= 1000000000L;
 	}
-	lua_sethook(e->co, budget_hook, LUA_MASKCOUNT, e->hook_step);
+	lua_sethook(e->co, budget_hook, LUA_MASKCOUNT | (e->coverage ? LUA_MASKLINE : 0), e->hook_step);
 	e->mem_cap = e->mem_used +
 	             (e->cfg->policy_max_memory_bytes ? e->cfg->policy_max_memory_bytes : (size_t)8 << 20);
 	e->cap_armed = 1;
@@ -185,15 +259,16 @@ static int budget_spent(struct policy_engine *e, char *err, size_t errlen)
 		e->stop = STOP_TIME;
 	switch (e->stop) {
 	case STOP_INSTRUCTIONS:
-		snprintf(err, errlen, "%sinstruction budget exceeded (%lld instructions)", e->where,
-		         e->max_steps);
+		snprintf(err, errlen, "%sinstruction budget exceeded (%lld instructions)%s%s", e->where,
+		         e->max_steps, e->detail[0] ? ": " : "", e->detail);
 		return 1;
 	case STOP_TIME:
-		snprintf(err, errlen, "%stime budget exceeded (%ld ms)", e->where, e->cfg->policy_timeout_ms);
+		snprintf(err, errlen, "%stime budget exceeded (%ld ms)%s%s", e->where,
+		         e->cfg->policy_timeout_ms, e->detail[0] ? ": " : "", e->detail);
 		return 1;
 	case STOP_MEMORY:
-		snprintf(err, errlen, "%smemory cap exceeded (%zu bytes)", e->where,
-		         e->cfg->policy_max_memory_bytes);
+		snprintf(err, errlen, "%smemory cap exceeded (%zu bytes)%s%s", e->where,
+		         e->cfg->policy_max_memory_bytes, e->detail[0] ? ": " : "", e->detail);
 		return 1;
 	case STOP_NONE:
 		break;
@@ -206,14 +281,15 @@ static int budget_spent(struct policy_engine *e, char *err, size_t errlen)
 /*
  * A read-only view of a table T is a table whose only raw entries sit under
  * two light-userdata keys no policy can name: view[&REAL_KEY] = T and,
- * once a nested table is reached, view[&CACHE_KEY] = { field = its view }.
+ * once a nested table is reached, view[real child] = its view (a key no
+ * policy can hold).
  * Its metatable is the shared, protected RMT (upvalue 1 of the functions
  * below): a read goes through __index to T, a write finds no raw entry and
  * reaches __newindex, which refuses. The sandbox's next and pairs skip the
  * hidden keys, rawget and rawset refuse views: nothing raw reaches T.
  */
 static const char REAL_KEY = 'r';
-static const char CACHE_KEY = 'c';
+static const char VIEW_KEY = 'v'; /* marks the views' metatables */
 #define UV_RMT lua_upvalueindex(1)
 
 /* Replaces the table at the top with a new view; rmt: RMT's absolute or
@@ -234,29 +310,24 @@ static void proxy_real(lua_State *L, int idx)
 		luaL_error(L, "not a read-only view");
 }
 
-/* Replaces the table at the top, found under the key at index key of the
- * view at index view, with its view: made once per view and key. */
-static void proxy_child(lua_State *L, int view, int key)
+/* Replaces the table at the top, a table inside the real table of the view
+ * at index view, with its view: made once per view and table, and kept in
+ * the view under the real table as key (a key no policy can name, since no
+ * policy ever holds a real table). */
+static void proxy_child(lua_State *L, int view)
 {
-	if (lua_rawgetp(L, view, &CACHE_KEY) != LUA_TTABLE) {
-		lua_pop(L, 1);
-		lua_createtable(L, 0, 2);
-		lua_pushvalue(L, -1);
-		lua_rawsetp(L, view, &CACHE_KEY);
-	}
-	lua_pushvalue(L, key);
-	if (lua_rawget(L, -2) == LUA_TTABLE) {
-		lua_replace(L, -3);
-		lua_pop(L, 1);
+	lua_pushvalue(L, -1);
+	if (lua_rawget(L, view) == LUA_TTABLE) {
+		lua_replace(L, -2);
 		return;
 	}
 	lua_pop(L, 1);
-	lua_insert(L, -2); /* cache, table */
-	proxy_new(L, UV_RMT);
-	lua_pushvalue(L, key);
+	lua_pushvalue(L, -1);
+	proxy_new(L, UV_RMT); /* real, its view */
 	lua_pushvalue(L, -2);
-	lua_rawset(L, -4);
-	lua_remove(L, -2);
+	lua_pushvalue(L, -2);
+	lua_rawset(L, view);
+	lua_replace(L, -2);
 }
 
 static int proxy_index(lua_State *L)
@@ -264,7 +335,7 @@ static int proxy_index(lua_State *L)
 	proxy_real(L, 1);
 	lua_pushvalue(L, 2);
 	if (lua_rawget(L, -2) == LUA_TTABLE)
-		proxy_child(L, 1, 2);
+		proxy_child(L, 1);
 	return 1;
 }
 
@@ -291,7 +362,7 @@ static int proxy_next(lua_State *L)
 	if (!lua_next(L, 3))
 		return 0;
 	if (lua_type(L, -1) == LUA_TTABLE)
-		proxy_child(L, 1, 4);
+		proxy_child(L, 1);
 	return 2;
 }
 
@@ -304,17 +375,22 @@ static int proxy_pairs(lua_State *L)
 	return 3;
 }
 
-/* next for policies: the hidden keys of views do not exist. */
+/* next for policies: a view has no entries of its own (its raw entries
+ * are the hidden real table and cached children). */
 static int sb_next(lua_State *L)
 {
 	luaL_checktype(L, 1, LUA_TTABLE);
 	lua_settop(L, 2);
-	while (lua_next(L, 1)) {
-		if (lua_type(L, -2) != LUA_TLIGHTUSERDATA ||
-		    (lua_touserdata(L, -2) != &REAL_KEY && lua_touserdata(L, -2) != &CACHE_KEY))
-			return 2;
-		lua_pop(L, 1);
+	if (lua_getmetatable(L, 1)) {
+		int view = lua_rawgetp(L, -1, &VIEW_KEY) != LUA_TNIL;
+		lua_pop(L, 2);
+		if (view) {
+			lua_pushnil(L);
+			return 1;
+		}
 	}
+	if (lua_next(L, 1))
+		return 2;
 	lua_pushnil(L);
 	return 1;
 }
@@ -345,15 +421,23 @@ static void engine_wrap(lua_State *L, struct policy_engine *e)
 	lua_setmetatable(L, -2);
 }
 
-/* Whether the value at idx has metatable RMT or the environments' one. */
-static int is_ours(lua_State *L, int idx, int rmt, int envmt)
+/* Marks the metatables of the environments (one per tenant, holding the
+ * tenant's environment under this key) and of req's view. */
+static const char ENV_KEY = 'e';
+
+/* Whether the value at idx is a view or an environment. */
+static int is_ours(lua_State *L, int idx, int rmt)
 {
 	int ours;
 
 	if (!lua_getmetatable(L, idx))
 		return 0;
-	ours = lua_rawequal(L, -1, rmt) || lua_rawequal(L, -1, envmt);
-	lua_pop(L, 1);
+	if (lua_rawequal(L, -1, rmt)) {
+		lua_pop(L, 1);
+		return 1;
+	}
+	ours = lua_rawgetp(L, -1, &ENV_KEY) != LUA_TNIL;
+	lua_pop(L, 2);
 	return ours;
 }
 
@@ -375,11 +459,11 @@ static void engine_unwrap(lua_State *L, struct policy_engine *e, int idx)
 
 /* ------------------------------------------------------ sandboxed globals */
 
-/* Upvalues of the guards: 1 RMT, 2 the environments' metatable. */
+/* Upvalue of the guards: 1 RMT. */
 static void check_writable(lua_State *L, const char *fn)
 {
 	luaL_checktype(L, 1, LUA_TTABLE);
-	if (is_ours(L, 1, lua_upvalueindex(1), lua_upvalueindex(2)))
+	if (is_ours(L, 1, lua_upvalueindex(1)))
 		luaL_error(L, "%s: the table is read-only", fn);
 }
 
@@ -441,17 +525,24 @@ static void push_fresh_env(lua_State *L, int envmt)
 }
 
 /* load(chunk [, chunkname [, mode [, env]]]): text only, strings only, a
- * fresh sandboxed environment unless env is given. Upvalue 1: envmt. */
+ * fresh sandboxed environment (the running tenant's) unless env is given. */
 static int sb_load(lua_State *L)
 {
 	size_t len;
 	const char *s;
 	const char *name = luaL_optstring(L, 2, "load");
+	const char *mode = luaL_optstring(L, 3, "bt");
 	int status;
 
 	if (lua_type(L, 1) != LUA_TSTRING)
 		return luaL_argerror(L, 1, "string expected (reader functions are not supported)");
 	s = lua_tolstring(L, 1, &len);
+	if (!strchr(mode, 't')) {
+		luaL_pushfail(L);
+		lua_pushfstring(
+		    L, "attempt to load a text chunk (mode is '%s'): binary chunks are not allowed", mode);
+		return 2;
+	}
 	if (len > LOAD_MAX) {
 		luaL_pushfail(L);
 		lua_pushliteral(L, "chunk too large for load");
@@ -464,13 +555,108 @@ static int sb_load(lua_State *L)
 		lua_insert(L, -2);
 		return 2;
 	}
-	if (!lua_isnone(L, 4))
+	if (!lua_isnone(L, 4)) {
 		lua_pushvalue(L, 4);
-	else
-		push_fresh_env(L, lua_upvalueindex(1));
+	} else {
+		struct policy_engine *e = engine_of(L);
+		lua_rawgeti(L, LUA_REGISTRYINDEX, e->envmts[e->cur]);
+		push_fresh_env(L, lua_gettop(L));
+		lua_remove(L, -2);
+	}
 	if (!lua_setupvalue(L, -2, 1))
 		lua_pop(L, 1);
 	return 1;
+}
+
+/*
+ * Work inside C functions. No hook runs while a library function loops in
+ * C, so each one that can do work out of proportion to the instructions
+ * that called it is wrapped: the wrapper charges its work (elements touched,
+ * 16 bytes copied or compared, one step of pattern matching) to the
+ * decision's instruction budget before the call, and looks at the clock
+ * every CHECK_EVERY units. A breach sets the host flag first and then
+ * raises: a pcall in the policy may catch the error, but the decision is a
+ * policy error whatever it returns.
+ */
+
+/* Records where (the innermost Lua function) and what stopped the decision. */
+static void note_breach(struct policy_engine *e, lua_State *L, const char *what)
+{
+	lua_Debug ar;
+
+	for (int level = 1; !e->where[0] && level < 8 && lua_getstack(L, level, &ar); level++)
+		if (lua_getinfo(L, "Sl", &ar) && ar.currentline > 0)
+			snprintf(e->where, sizeof(e->where), "%s:%d: ", ar.short_src, ar.currentline);
+	if (!e->detail[0])
+		snprintf(e->detail, sizeof(e->detail), "%s", what);
+}
+
+/* Charges units of C work; returns 0, or 1 once a budget is spent (the flag
+ * is set). */
+static int charge_units(lua_State *L, long long units, const char *what)
+{
+	struct policy_engine *e = engine_of(L);
+
+	if (e->stop != STOP_NONE || e->mem_hit)
+		return 1;
+	e->steps += units;
+	e->unchecked += units;
+	if (e->steps > e->max_steps)
+		e->stop = STOP_INSTRUCTIONS;
+	else if (e->unchecked >= CHECK_EVERY && (e->unchecked = 0, deadline_passed(&e->deadline)))
+		e->stop = STOP_TIME;
+	else
+		return 0;
+	note_breach(e, L, what);
+	return 1;
+}
+
+/* Charges units, raising once a budget is spent. */
+static void charge(lua_State *L, long long units, const char *what)
+{
+	if (charge_units(L, units, what))
+		luaL_error(L, "%s: budget exceeded", what);
+}
+
+static int pattern_charge(lua_State *L, unsigned long steps)
+{
+	return charge_units(L, (long long)steps, "string pattern matching");
+}
+
+static const struct pmatch_budget pattern_budget = {pattern_charge};
+
+/* Calls upvalue 1 (the real function) with every argument, returns all. */
+static int pass_on(lua_State *L)
+{
+	int base = lua_gettop(L);
+
+	lua_pushvalue(L, lua_upvalueindex(1));
+	lua_insert(L, 1);
+	lua_call(L, base, LUA_MULTRET);
+	return lua_gettop(L);
+}
+
+/* The count of i..j, 0 when empty. */
+static long long span(lua_Integer i, lua_Integer j)
+{
+	if (j < i)
+		return 0;
+	if ((lua_Unsigned)j - (lua_Unsigned)i >= (lua_Unsigned)LLONG_MAX / 2)
+		return LLONG_MAX / 2;
+	return (long long)((lua_Unsigned)j - (lua_Unsigned)i) + 1;
+}
+
+/* Refuses a call over ITEMS_MAX elements (fatal), else charges n. */
+static void charge_items(lua_State *L, long long n, const char *what)
+{
+	if (n > ITEMS_MAX) {
+		struct policy_engine *e = engine_of(L);
+		if (e->stop == STOP_NONE)
+			e->stop = STOP_INSTRUCTIONS;
+		note_breach(e, L, what);
+		luaL_error(L, "%s: more than %d elements in one call", what, ITEMS_MAX);
+	}
+	charge(L, n, what);
 }
 
 /* string.rep with a bounded result. Upvalue 1: the real string.rep. */
@@ -483,13 +669,14 @@ static int sb_rep(lua_State *L)
 	n = luaL_checkinteger(L, 2);
 	luaL_optlstring(L, 3, "", &lsep);
 	if (n > 0 && (l + lsep) > 0 && (uint64_t)n > (uint64_t)(REP_MAX + lsep) / (l + lsep)) {
-		engine_of(L)->mem_hit = 1; /* a bomb: fatal even if the policy catches it */
+		struct policy_engine *e = engine_of(L);
+		e->mem_hit = 1; /* a bomb: fatal even if the policy catches it */
+		note_breach(e, L, "string.rep");
 		return luaL_error(L, "string.rep: result larger than %d bytes", REP_MAX);
 	}
-	lua_pushvalue(L, lua_upvalueindex(1));
-	lua_insert(L, 1);
-	lua_call(L, lua_gettop(L) - 1, 1);
-	return 1;
+	if (n > 0 && l + lsep > 0)
+		charge(L, (long long)(((uint64_t)n * (l + lsep)) / 16) + n / 16 + 1, "string.rep");
+	return pass_on(L);
 }
 
 /* table.move touching a bounded range: its loop runs in C, out of reach of
@@ -500,13 +687,124 @@ static int sb_move(lua_State *L)
 	lua_Integer t = luaL_checkinteger(L, 3);
 
 	if (t >= f && (lua_Unsigned)t - (lua_Unsigned)f >= MOVE_MAX) {
-		engine_of(L)->stop = STOP_INSTRUCTIONS; /* fatal even if the policy catches it */
+		struct policy_engine *e = engine_of(L);
+		if (e->stop == STOP_NONE)
+			e->stop = STOP_INSTRUCTIONS; /* fatal even if the policy catches it */
+		note_breach(e, L, "table.move");
 		return luaL_error(L, "table.move: more than %d elements", MOVE_MAX);
 	}
-	lua_pushvalue(L, lua_upvalueindex(1));
-	lua_insert(L, 1);
-	lua_call(L, lua_gettop(L) - 1, 1);
-	return 1;
+	charge(L, span(f, t), "table.move");
+	return pass_on(L);
+}
+
+/* table.concat(list [, sep [, i [, j]]]) */
+static int sb_concat(lua_State *L)
+{
+	size_t lsep = 0;
+	lua_Integer i, j;
+
+	luaL_checkany(L, 1);
+	luaL_optlstring(L, 2, "", &lsep);
+	i = luaL_optinteger(L, 3, 1);
+	j = lua_isnoneornil(L, 4) ? luaL_len(L, 1) : luaL_checkinteger(L, 4);
+	charge_items(L, span(i, j), "table.concat");
+	charge(L, span(i, j) * (long long)(lsep / 16), "table.concat");
+	return pass_on(L);
+}
+
+/* table.unpack(list [, i [, j]]) */
+static int sb_unpack(lua_State *L)
+{
+	lua_Integer i = luaL_optinteger(L, 2, 1);
+	lua_Integer j = lua_isnoneornil(L, 3) ? luaL_len(L, 1) : luaL_checkinteger(L, 3);
+
+	charge_items(L, span(i, j), "table.unpack");
+	return pass_on(L);
+}
+
+/* table.sort(list [, comp]): n log n comparisons in C. */
+static int sb_sort(lua_State *L)
+{
+	lua_Integer n = luaL_len(L, 1);
+	long long cost = n;
+
+	charge_items(L, n, "table.sort");
+	for (lua_Integer k = n; k > 1; k >>= 1)
+		cost += n;
+	charge(L, cost, "table.sort");
+	return pass_on(L);
+}
+
+/* table.insert and table.remove shift up to #list elements in C. */
+static int sb_shift(lua_State *L)
+{
+	lua_Integer n = luaL_len(L, 1);
+
+	charge_items(L, n < 0 ? 0 : n, "table.insert/remove");
+	return pass_on(L);
+}
+
+/* string.byte(s [, i [, j]]) and utf8.codepoint(s [, i [, j]]): one value
+ * per byte on the stack. */
+static int sb_bytes(lua_State *L)
+{
+	size_t l;
+	lua_Integer i, j;
+
+	luaL_checklstring(L, 1, &l);
+	i = luaL_optinteger(L, 2, 1);
+	j = luaL_optinteger(L, 3, i);
+	if (i < 0)
+		i = (lua_Integer)l + i + 1;
+	if (j < 0)
+		j = (lua_Integer)l + j + 1;
+	charge_items(L, span(i < 1 ? 1 : i, j > (lua_Integer)l ? (lua_Integer)l : j), "string.byte");
+	return pass_on(L);
+}
+
+/* string.char(...) and utf8.char(...): one step per argument. */
+static int sb_chars(lua_State *L)
+{
+	charge_items(L, lua_gettop(L), "string.char/utf8.char");
+	return pass_on(L);
+}
+
+/* string.reverse, lower, upper, sub: one step per 16 bytes. */
+static int sb_copy(lua_State *L)
+{
+	size_t l;
+
+	luaL_checklstring(L, 1, &l);
+	charge(L, (long long)(l / 16) + 1, "string copy");
+	return pass_on(L);
+}
+
+/* string.format with an estimated result of at most FORMAT_MAX bytes: a
+ * conversion yields at most 99 digits of width and 99 of precision (Lua's
+ * own limit) or a few hundred for %f of a huge number; %q at most 4 bytes
+ * per byte of its string. */
+static int sb_format(lua_State *L)
+{
+	int n = lua_gettop(L);
+	size_t lfmt, est;
+
+	luaL_checklstring(L, 1, &lfmt);
+	est = lfmt;
+	for (int i = 2; i <= n; i++) {
+		size_t l = 0;
+		if (lua_type(L, i) == LUA_TSTRING)
+			lua_tolstring(L, i, &l);
+		est += 4 * l + 512;
+	}
+	if (est > FORMAT_MAX) {
+		struct policy_engine *e = engine_of(L);
+		e->mem_hit = 1;
+		note_breach(e, L, "string.format");
+		return luaL_error(L, "string.format: result may be larger than %d bytes", FORMAT_MAX);
+	}
+	charge_items(L, n, "string.format");
+	charge(L, (long long)(est / 16), "string.format");
+	return pass_on(L);
 }
 
 static int broker_duration(lua_State *L)
@@ -525,30 +823,219 @@ static int broker_duration(lua_State *L)
 	return 1;
 }
 
-/* broker.log(...) and print(...): one line per call, kept for the last
- * decision (policy_decision_log), bounded. */
+/* broker.log(...) and print(...): one line per call, its arguments joined
+ * by spaces with line breaks turned into spaces, kept for the last decision
+ * (policy_decision_log): at most LOG_LINES lines and LOG_MAX bytes. */
 static int broker_log(lua_State *L)
 {
 	struct policy_engine *e = engine_of(L);
 	int n = lua_gettop(L);
 
+	if (e->log_lines >= LOG_LINES)
+		return 0;
 	for (int i = 1; i <= n; i++) {
 		size_t len;
 		const char *s = luaL_tolstring(L, i, &len);
 		size_t room = sizeof(e->log) - e->log_len;
-		if (room > 2) {
-			size_t k = len < room - 2 ? len : room - 2;
+		if (room > 3) {
+			size_t k = len < room - 3 ? len : room - 3;
 			if (i > 1)
 				e->log[e->log_len++] = ' ';
-			memcpy(e->log + e->log_len, s, k);
-			e->log_len += k;
+			for (size_t j = 0; j < k; j++) {
+				char c = s[j];
+				e->log[e->log_len++] = c == '\n' || c == '\r' || c == '\0' ? ' ' : c;
+			}
 		}
 		lua_pop(L, 1);
 	}
-	if (e->log_len < sizeof(e->log) - 1)
+	if (e->log_len < sizeof(e->log) - 1) {
 		e->log[e->log_len++] = '\n';
+		e->log_lines++;
+	}
 	e->log[e->log_len < sizeof(e->log) ? e->log_len : sizeof(e->log) - 1] = '\0';
 	return 0;
+}
+
+/* An address as 16 bytes, IPv4 as IPv4-mapped IPv6; 0 or -1. */
+static int parse_ip(const char *s, size_t len, unsigned char out[16], int *v4)
+{
+	struct in_addr a4;
+	struct in6_addr a6;
+
+	if (len == 0 || len > INET6_ADDRSTRLEN || strlen(s) != len)
+		return -1;
+	if (inet_pton(AF_INET, s, &a4) == 1) {
+		memset(out, 0, 10);
+		out[10] = out[11] = 0xff;
+		memcpy(out + 12, &a4, 4);
+		*v4 = 1;
+		return 0;
+	}
+	if (inet_pton(AF_INET6, s, &a6) == 1) {
+		memcpy(out, &a6, 16);
+		*v4 = 0;
+		return 0;
+	}
+	return -1;
+}
+
+/* Whether ip (16 bytes) is in the CIDR at index idx; raises on a malformed
+ * CIDR: that is a mistake in the policy, not in the request. */
+static int in_cidr(lua_State *L, const unsigned char ip[16], int idx)
+{
+	size_t len;
+	const char *c = lua_tolstring(L, idx, &len);
+	const char *slash = c ? memchr(c, '/', len) : NULL;
+	char addr[INET6_ADDRSTRLEN + 1];
+	unsigned char net[16];
+	size_t alen = slash ? (size_t)(slash - c) : len;
+	long bits = -1;
+	int v4;
+
+	if (!c || alen > INET6_ADDRSTRLEN)
+		goto bad;
+	memcpy(addr, c, alen);
+	addr[alen] = '\0';
+	if (parse_ip(addr, alen, net, &v4) != 0)
+		goto bad;
+	if (slash) {
+		char *end;
+		if (slash[1] < '0' || slash[1] > '9' || len - alen > 4)
+			goto bad;
+		bits = strtol(slash + 1, &end, 10);
+		if (*end || bits > (v4 ? 32 : 128))
+			goto bad;
+	} else {
+		bits = v4 ? 32 : 128;
+	}
+	if (v4)
+		bits += 96;
+	for (long i = 0; i < bits / 8; i++)
+		if (ip[i] != net[i])
+			return 0;
+	if (bits % 8) {
+		unsigned char mask = (unsigned char)(0xff << (8 - bits % 8));
+		if ((ip[bits / 8] & mask) != (net[bits / 8] & mask))
+			return 0;
+	}
+	return 1;
+bad:
+	return luaL_error(
+	    L, "broker.cidr_match: \"%s\" is not a CIDR such as \"10.0.0.0/8\" or \"2001:db8::/32\"",
+	    c ? c : luaL_typename(L, idx));
+}
+
+/* broker.cidr_match(ip, cidr or list of cidrs): false for an ip that is not
+ * an address (request data); an error for a malformed CIDR (policy data). */
+static int broker_cidr_match(lua_State *L)
+{
+	unsigned char ip[16];
+	size_t len;
+	const char *s;
+	int v4, found = 0;
+
+	if (lua_type(L, 2) != LUA_TSTRING && lua_type(L, 2) != LUA_TTABLE)
+		return luaL_error(L, "broker.cidr_match: expected a CIDR string or a list of them, got %s",
+		                  luaL_typename(L, 2));
+	s = lua_type(L, 1) == LUA_TSTRING ? lua_tolstring(L, 1, &len) : NULL;
+	if (!s || parse_ip(s, len, ip, &v4) != 0) {
+		lua_pushboolean(L, 0);
+		return 1;
+	}
+	if (lua_type(L, 2) == LUA_TSTRING) {
+		found = in_cidr(L, ip, 2);
+	} else {
+		lua_Integer n = luaL_len(L, 2);
+		charge_items(L, n, "broker.cidr_match");
+		for (lua_Integer i = 1; i <= n && !found; i++) {
+			lua_geti(L, 2, i);
+			if (lua_type(L, -1) != LUA_TSTRING)
+				return luaL_error(
+				    L, "broker.cidr_match: entry %d of the list is not a string", (int)i);
+			found = in_cidr(L, ip, lua_gettop(L));
+			lua_pop(L, 1);
+		}
+	}
+	lua_pushboolean(L, found);
+	return 1;
+}
+
+/* ------------------------------------------------------------- require */
+
+static const char LOADING = 'l'; /* loaded[name] while the module runs */
+
+/* Names require refuses even when such a file sits beside the policy: a
+ * policy asking for one of these expects the real library. */
+static const char *const reserved_modules[] = {"os",     "io",    "debug", "package", "coroutine",
+                                               "string", "table", "math",  "utf8",    "_G",
+                                               "ffi",    "jit",   "cjson", NULL};
+
+static int require_done(lua_State *L, int status, lua_KContext ctx)
+{
+	(void)status;
+	(void)ctx;
+	/* 1 name, 2 loaded, 3 the module's result */
+	if (lua_isnil(L, 3)) {
+		lua_pushboolean(L, 1);
+		lua_replace(L, 3);
+	}
+	lua_pushvalue(L, 3);
+	lua_setfield(L, 2, lua_tostring(L, 1));
+	return 1;
+}
+
+/*
+ * require(name): NAME.lua beside the tenant's policy, compiled (text only)
+ * when the engine was built, run once per decision in a fresh environment
+ * of the sandbox and cached for the rest of that decision only. No file is
+ * read here: config.c read the folder at load. Upvalue 1: tenant index.
+ */
+static int sb_require(lua_State *L)
+{
+	struct policy_engine *e = engine_of(L);
+	size_t len;
+	const char *name = luaL_checklstring(L, 1, &len);
+	size_t ti = (size_t)lua_tointeger(L, lua_upvalueindex(1));
+	int ok = len > 0 && len <= 64;
+
+	for (size_t i = 0; ok && i < len; i++)
+		ok = (name[i] >= 'a' && name[i] <= 'z') || (name[i] >= 'A' && name[i] <= 'Z') ||
+		     (name[i] >= '0' && name[i] <= '9') || name[i] == '_';
+	if (!ok)
+		return luaL_error(L,
+		                  "require: \"%s\" is not a module name ([A-Za-z0-9_], a file NAME.lua "
+		                  "beside the policy)",
+		                  name);
+	for (const char *const *lib = reserved_modules; *lib; lib++)
+		if (strcmp(name, *lib) == 0)
+			return luaL_error(
+			    L, "require: '%s' is a standard library: policies have no %s module", name, name);
+	lua_settop(L, 1);
+	if (!e->loaded_valid) {
+		lua_createtable(L, 0, 4);
+		lua_rawseti(L, LUA_REGISTRYINDEX, e->ref_loaded);
+		e->loaded_valid = 1;
+	}
+	lua_rawgeti(L, LUA_REGISTRYINDEX, e->ref_loaded);
+	if (lua_getfield(L, 2, name) != LUA_TNIL) {
+		if (lua_touserdata(L, -1) == &LOADING)
+			return luaL_error(L, "require: module '%s' requires itself (a loop)", name);
+		return 1;
+	}
+	lua_pop(L, 1);
+	lua_rawgeti(L, LUA_REGISTRYINDEX, e->mods[ti]);
+	if (lua_getfield(L, -1, name) != LUA_TFUNCTION)
+		return luaL_error(L, "require: no module '%s' beside the policy", name);
+	lua_remove(L, -2);
+	lua_pushlightuserdata(L, (void *)&LOADING);
+	lua_setfield(L, 2, name);
+	lua_rawgeti(L, LUA_REGISTRYINDEX, e->envmts[ti]);
+	push_fresh_env(L, lua_gettop(L));
+	lua_remove(L, -2);
+	lua_setupvalue(L, -2, 1);
+	lua_pushvalue(L, 1);
+	lua_callk(L, 1, 1, 0, require_done);
+	return require_done(L, LUA_OK, 0);
 }
 
 /*
@@ -593,6 +1080,21 @@ static void copy_fields(lua_State *L, int src, const char *const *names)
 	}
 }
 
+struct wrap {
+	const char *name;
+	lua_CFunction fn; /* called with the real function as upvalue 1 */
+};
+
+/* Sets each wrapped function of the table at src into the table at the top. */
+static void wrap_fields(lua_State *L, int src, const struct wrap *w)
+{
+	for (; w->name; w++) {
+		lua_getfield(L, src, w->name);
+		lua_pushcclosure(L, w->fn, 1);
+		lua_setfield(L, -2, w->name);
+	}
+}
+
 static void push_tier(lua_State *L, const char *name)
 {
 	const char *const *list = scope_tier(name);
@@ -616,17 +1118,21 @@ static int setup_protected(lua_State *L)
 	static const char *const base_names[] = {
 	    "assert",   "error",    "ipairs", "pcall",    "rawequal",     "rawlen", "select",
 	    "tonumber", "tostring", "type",   "_VERSION", "getmetatable", NULL};
-	static const char *const string_names[] = {"byte", "char",   "find",  "format", "gmatch",   "gsub",
-	                                           "len",  "lower",  "match", "pack",   "packsize", "reverse",
-	                                           "sub",  "unpack", "upper", NULL};
-	static const char *const table_names[] = {"concat", "insert", "pack", "remove",
-	                                          "sort",   "unpack", NULL};
+	static const char *const string_names[] = {"len", "pack", "packsize", "unpack", NULL};
+	static const struct wrap string_wraps[] = {
+	    {"rep", sb_rep},       {"byte", sb_bytes},   {"char", sb_chars},
+	    {"format", sb_format}, {"reverse", sb_copy}, {"lower", sb_copy},
+	    {"upper", sb_copy},    {"sub", sb_copy},     {NULL, NULL}};
+	static const char *const table_names[] = {"pack", NULL};
+	static const struct wrap table_wraps[] = {
+	    {"concat", sb_concat}, {"unpack", sb_unpack}, {"sort", sb_sort}, {"insert", sb_shift},
+	    {"remove", sb_shift},  {"move", sb_move},     {NULL, NULL}};
+	static const struct wrap utf8_wraps[] = {{"char", sb_chars}, {"codepoint", sb_bytes}, {NULL, NULL}};
 	static const char *const math_names[] = {
 	    "abs",  "ceil",       "cos",       "deg",        "exp",  "floor", "fmod", "huge",   "log",
 	    "max",  "maxinteger", "min",       "mininteger", "modf", "pi",    "rad",  "random", "sin",
 	    "sqrt", "tan",        "tointeger", "type",       "ult",  "acos",  "asin", "atan",   NULL};
-	static const char *const utf8_names[] = {"char", "charpattern", "codepoint", "codes",
-	                                         "len",  "offset",      NULL};
+	static const char *const utf8_names[] = {"charpattern", "codes", "len", "offset", NULL};
 	static const char *const os_names[] = {"time", "clock", NULL};
 	int g, rmt, envmt, base, str;
 
@@ -657,8 +1163,30 @@ static int setup_protected(lua_State *L)
 	lua_setfield(L, rmt, "__pairs");
 	lua_pushboolean(L, 0);
 	lua_setfield(L, rmt, "__metatable");
+	lua_pushboolean(L, 1);
+	lua_rawsetp(L, rmt, &VIEW_KEY);
 	lua_pushvalue(L, rmt);
 	e->ref_rmt = luaL_ref(L, LUA_REGISTRYINDEX);
+
+	/* req's view: RMT's behaviour, and client and headers built on demand. */
+	lua_createtable(L, 0, 6);
+	lua_pushvalue(L, rmt);
+	lua_pushcclosure(L, req_index, 1);
+	lua_setfield(L, -2, "__index");
+	lua_pushcfunction(L, proxy_newindex);
+	lua_setfield(L, -2, "__newindex");
+	lua_pushcfunction(L, proxy_len);
+	lua_setfield(L, -2, "__len");
+	lua_pushvalue(L, rmt);
+	lua_pushcclosure(L, req_pairs, 1);
+	lua_setfield(L, -2, "__pairs");
+	lua_pushboolean(L, 0);
+	lua_setfield(L, -2, "__metatable");
+	lua_pushboolean(L, 1);
+	lua_rawsetp(L, -2, &ENV_KEY); /* ours: rawset and rawget refuse it */
+	lua_pushboolean(L, 1);
+	lua_rawsetp(L, -2, &VIEW_KEY);
+	e->ref_reqmt = luaL_ref(L, LUA_REGISTRYINDEX);
 
 	/* The environments' metatable and the base it reads through to. */
 	lua_createtable(L, 0, 3);
@@ -673,21 +1201,24 @@ static int setup_protected(lua_State *L)
 	lua_setfield(L, envmt, "__metatable");
 	lua_pushvalue(L, envmt);
 	e->ref_envmt = luaL_ref(L, LUA_REGISTRYINDEX);
+	lua_pushvalue(L, base);
+	e->ref_base = luaL_ref(L, LUA_REGISTRYINDEX);
+	lua_pushboolean(L, 0);
+	e->ref_loaded = luaL_ref(L, LUA_REGISTRYINDEX);
+	lua_newtable(L);
+	e->ref_modcache = luaL_ref(L, LUA_REGISTRYINDEX);
 
 	lua_pushvalue(L, base);
 	copy_fields(L, g, base_names);
 	lua_pushvalue(L, rmt);
-	lua_pushvalue(L, envmt);
-	lua_pushcclosure(L, sb_rawset, 2);
+	lua_pushcclosure(L, sb_rawset, 1);
 	lua_setfield(L, base, "rawset");
 	lua_pushvalue(L, rmt);
-	lua_pushvalue(L, envmt);
-	lua_pushcclosure(L, sb_rawget, 2);
+	lua_pushcclosure(L, sb_rawget, 1);
 	lua_setfield(L, base, "rawget");
 	lua_pushcfunction(L, sb_setmetatable);
 	lua_setfield(L, base, "setmetatable");
-	lua_pushvalue(L, envmt);
-	lua_pushcclosure(L, sb_load, 1);
+	lua_pushcfunction(L, sb_load);
 	lua_setfield(L, base, "load");
 	lua_pushcfunction(L, broker_log);
 	lua_setfield(L, base, "print");
@@ -703,9 +1234,8 @@ static int setup_protected(lua_State *L)
 	lua_createtable(L, 0, 20);
 	str = lua_gettop(L);
 	copy_fields(L, g + 1, string_names);
-	lua_getfield(L, g + 1, "rep");
-	lua_pushcclosure(L, sb_rep, 1);
-	lua_setfield(L, str, "rep");
+	wrap_fields(L, g + 1, string_wraps);
+	pmatch_register(L, str, &pattern_budget);
 	lua_pushliteral(L, "");
 	if (!lua_getmetatable(L, -1))
 		return luaL_error(L, "strings have no metatable");
@@ -721,9 +1251,7 @@ static int setup_protected(lua_State *L)
 
 	lua_createtable(L, 0, 8);
 	copy_fields(L, g + 2, table_names);
-	lua_getfield(L, g + 2, "move");
-	lua_pushcclosure(L, sb_move, 1);
-	lua_setfield(L, -2, "move");
+	wrap_fields(L, g + 2, table_wraps);
 	engine_wrap(L, e);
 	lua_setfield(L, base, "table");
 
@@ -734,6 +1262,7 @@ static int setup_protected(lua_State *L)
 
 	lua_createtable(L, 0, 8);
 	copy_fields(L, g + 4, utf8_names);
+	wrap_fields(L, g + 4, utf8_wraps);
 	engine_wrap(L, e);
 	lua_setfield(L, base, "utf8");
 
@@ -756,6 +1285,10 @@ static int setup_protected(lua_State *L)
 	lua_setfield(L, -2, "duration");
 	lua_pushcfunction(L, broker_log);
 	lua_setfield(L, -2, "log");
+	lua_pushcfunction(L, broker_cidr_match);
+	lua_setfield(L, -2, "cidr_match");
+	lua_pushvalue(L, -1);
+	e->ref_broker = luaL_ref(L, LUA_REGISTRYINDEX);
 	engine_wrap(L, e);
 	lua_setfield(L, base, "broker");
 
@@ -804,6 +1337,43 @@ static void resume_error(struct policy_engine *e, int status, char *err, size_t 
 	}
 }
 
+/* Appends where co stopped, innermost first: up to TRACE_FRAMES Lua frames,
+ * for the log only (a failed resume leaves co's stack in place). */
+static void append_traceback(struct policy_engine *e, char *err, size_t errlen)
+{
+	lua_Debug ar;
+	size_t len = strlen(err);
+	int shown = 0;
+
+	for (int level = 0; shown < TRACE_FRAMES && lua_getstack(e->co, level, &ar); level++) {
+		int n;
+		if (!lua_getinfo(e->co, "Sln", &ar) || ar.currentline <= 0)
+			continue;
+		if (len + 1 >= errlen)
+			break;
+		if (ar.name)
+			n = snprintf(err + len, errlen - len, "%s%s:%d in %s",
+			             shown ? "; " : " [traceback: ", ar.short_src, ar.currentline, ar.name);
+		else if (ar.what && strcmp(ar.what, "main") == 0)
+			n = snprintf(err + len, errlen - len, "%s%s:%d in main chunk",
+			             shown ? "; " : " [traceback: ", ar.short_src, ar.currentline);
+		else
+			n = snprintf(err + len, errlen - len, "%s%s:%d in function <line %d>",
+			             shown ? "; " : " [traceback: ", ar.short_src, ar.currentline,
+			             ar.linedefined);
+		if (n < 0 || (size_t)n >= errlen - len) {
+			len = errlen - 1;
+			break;
+		}
+		len += (size_t)n;
+		shown++;
+	}
+	if (shown && len + 2 < errlen) {
+		err[len++] = ']';
+		err[len] = '\0';
+	}
+}
+
 /*
  * Resumes co with the function and nargs arguments already on it. Returns 0
  * with exactly one result left on co, or -1 with err set. *dirty tells the
@@ -817,14 +1387,17 @@ static int run(struct policy_engine *e, int nargs, const char *what, char *err, 
 
 	if (status != LUA_OK)
 		*dirty = 1;
-	if (budget_spent(e, err, errlen))
+	if (budget_spent(e, err, errlen)) {
+		append_traceback(e, err, errlen);
 		return -1;
+	}
 	if (status == LUA_YIELD) {
 		snprintf(err, errlen, "%s: the policy yielded", what);
 		return -1;
 	}
 	if (status != LUA_OK) {
 		resume_error(e, status, err, errlen);
+		append_traceback(e, err, errlen);
 		return -1;
 	}
 	if (nres < 1) {
@@ -835,14 +1408,15 @@ static int run(struct policy_engine *e, int nargs, const char *what, char *err, 
 	return 0;
 }
 
-/* Puts the compiled chunk of tenant i, with a fresh _ENV, on co. */
+/* Puts the compiled chunk of tenant i, with the tenant's _ENV, on co. */
 static void push_chunk(struct policy_engine *e, size_t i)
 {
 	lua_State *L = e->L;
 
+	e->cur = i;
 	lua_rawgeti(L, LUA_REGISTRYINDEX, e->chunks[i]);
-	lua_rawgeti(L, LUA_REGISTRYINDEX, e->ref_envmt);
-	push_fresh_env(L, lua_gettop(L));
+	lua_rawgeti(L, LUA_REGISTRYINDEX, e->envmts[i]);
+	lua_rawgetp(L, -1, &ENV_KEY);
 	lua_remove(L, -2);
 	lua_setupvalue(L, -2, 1);
 	lua_xmove(L, e->co, 1);
@@ -1093,20 +1667,71 @@ static void push_req(lua_State *L, const struct policy_request *rq, int body, in
 	lua_setfield(L, -2, "claims");
 	lua_setfield(L, -2, "identity");
 
-	lua_createtable(L, 0, 3);
-	set_str(L, "ip", rq->client_ip);
-	set_str(L, "origin", rq->origin);
-	set_str(L, "user_agent", rq->user_agent);
-	lua_setfield(L, -2, "client");
-
-	lua_createtable(L, 0, (int)(rq->n_headers < 64 ? rq->n_headers : 64));
-	for (size_t i = 0; i < rq->n_headers; i++)
-		if (rq->headers[i].name && rq->headers[i].value)
-			set_str(L, rq->headers[i].name, rq->headers[i].value);
-	lua_setfield(L, -2, "headers");
-
+	/* client and headers are built when first read (req_index). */
 	lua_pushinteger(L, (lua_Integer)rq->now);
 	lua_setfield(L, -2, "now");
+}
+
+/* Pushes req.client or req.headers of the running decision, storing it in
+ * the real req at index real; pushes nil for any other name. */
+static void req_fill(lua_State *L, int real, const char *name)
+{
+	const struct policy_request *rq = engine_of(L)->rq_now;
+
+	if (!rq) {
+		lua_pushnil(L);
+		return;
+	}
+	if (strcmp(name, "client") == 0) {
+		lua_createtable(L, 0, 3);
+		set_str(L, "ip", rq->client_ip);
+		set_str(L, "origin", rq->origin);
+		set_str(L, "user_agent", rq->user_agent);
+	} else if (strcmp(name, "headers") == 0) {
+		lua_createtable(L, 0, (int)(rq->n_headers < 64 ? rq->n_headers : 64));
+		for (size_t i = 0; i < rq->n_headers; i++)
+			if (rq->headers[i].name && rq->headers[i].value)
+				set_str(L, rq->headers[i].name, rq->headers[i].value);
+	} else {
+		lua_pushnil(L);
+		return;
+	}
+	lua_pushvalue(L, -1);
+	lua_setfield(L, real, name);
+}
+
+/* __index of the req view: as proxy_index, building the lazy fields first. */
+static int req_index(lua_State *L)
+{
+	proxy_real(L, 1);
+	lua_pushvalue(L, 2);
+	if (lua_rawget(L, 3) == LUA_TNIL && lua_type(L, 2) == LUA_TSTRING) {
+		lua_pop(L, 1);
+		req_fill(L, 3, lua_tostring(L, 2));
+	}
+	if (lua_type(L, -1) == LUA_TTABLE)
+		proxy_child(L, 1);
+	return 1;
+}
+
+/* __pairs of the req view: every field, the lazy ones built. */
+static int req_pairs(lua_State *L)
+{
+	static const char *const lazy[] = {"client", "headers", NULL};
+
+	int real;
+
+	proxy_real(L, 1);
+	real = lua_gettop(L);
+	for (const char *const *f = lazy; *f; f++) {
+		if (lua_getfield(L, real, *f) == LUA_TNIL) {
+			lua_pop(L, 1);
+			req_fill(L, real, *f);
+		}
+		lua_pop(L, 1);
+	}
+	lua_settop(L, 1);
+	return proxy_pairs(L);
 }
 
 struct decide_ctx {
@@ -1129,8 +1754,13 @@ static int decide_protected(lua_State *L)
 	int req;
 
 	push_req(L, c->rq, lua_type(L, 2) == LUA_TNIL ? 0 : 2, lua_type(L, 3) == LUA_TNIL ? 0 : 3);
-	engine_wrap(L, e);
+	lua_createtable(L, 0, 1); /* its view, with the lazy fields' metatable */
+	lua_insert(L, -2);
+	lua_rawsetp(L, -2, &REAL_KEY);
+	lua_rawgeti(L, LUA_REGISTRYINDEX, e->ref_reqmt);
+	lua_setmetatable(L, -2);
 	req = lua_gettop(L);
+	e->rq_now = c->rq;
 
 	lua_settop(e->co, 0);
 	push_chunk(e, c->tenant);
@@ -1151,6 +1781,7 @@ static int decide_protected(lua_State *L)
 	c->rc = check_decision(L, e, lua_gettop(L), path, c->out, c->err, c->errlen);
 out:
 	e->cap_armed = 0;
+	e->rq_now = NULL;
 	return 0;
 }
 
@@ -1238,6 +1869,238 @@ const char *policy_decision_log(const struct policy_engine *e)
 	return e->log;
 }
 
+/* ------------------------------------------------------------ coverage */
+
+static int cov_on_protected(lua_State *L)
+{
+	struct policy_engine *e = engine_of(L);
+
+	lua_newtable(L);
+	e->ref_cov = luaL_ref(L, LUA_REGISTRYINDEX);
+	return 0;
+}
+
+int policy_engine_coverage(struct policy_engine *e)
+{
+	lua_pushcfunction(e->L, cov_on_protected);
+	if (lua_pcall(e->L, 0, 0, 0) != LUA_OK) {
+		lua_pop(e->L, 1);
+		return -1;
+	}
+	e->coverage = 1;
+	return 0;
+}
+
+void policy_coverage_each(struct policy_engine *e, void (*fn)(void *ctx, const char *path, int line),
+                          void *ctx)
+{
+	lua_State *L = e->L;
+	int top = lua_gettop(L);
+
+	if (!e->coverage)
+		return;
+	lua_rawgeti(L, LUA_REGISTRYINDEX, e->ref_cov);
+	lua_pushnil(L);
+	while (lua_next(L, -2)) {
+		const char *path = lua_tostring(L, -2);
+		lua_pushnil(L);
+		while (lua_next(L, -2)) {
+			if (lua_isinteger(L, -2))
+				fn(ctx, path, (int)lua_tointeger(L, -2));
+			lua_pop(L, 1);
+		}
+		lua_pop(L, 1);
+	}
+	lua_settop(L, top);
+}
+
+/*
+ * Which lines hold code: the lines of every instruction of the chunk and of
+ * every function nested in it, read from the chunk's own dump (the debug
+ * API reaches nested prototypes only once their closures exist). As Lua's
+ * activelines does, a vararg function's first instruction (VARARGPREP) is
+ * not a line; unlike it, neither is each function's implicit final return,
+ * which never runs in a function that returns explicitly. The dump format
+ * is Lua 5.4's (ldump.c); it is only ever produced here, from text.
+ */
+struct dump_reader {
+	const unsigned char *p, *end;
+	int bad;
+	unsigned char *lines;
+	size_t nlines;
+};
+
+static unsigned rd_byte(struct dump_reader *r)
+{
+	if (r->p >= r->end) {
+		r->bad = 1;
+		return 0;
+	}
+	return *r->p++;
+}
+
+static size_t rd_size(struct dump_reader *r)
+{
+	size_t x = 0;
+	unsigned b;
+
+	do {
+		b = rd_byte(r);
+		if (x > (SIZE_MAX >> 7)) {
+			r->bad = 1;
+			return 0;
+		}
+		x = (x << 7) | (b & 0x7f);
+	} while (!(b & 0x80) && !r->bad);
+	return x;
+}
+
+static void rd_skip(struct dump_reader *r, size_t n)
+{
+	if ((size_t)(r->end - r->p) < n) {
+		r->bad = 1;
+		r->p = r->end;
+	} else {
+		r->p += n;
+	}
+}
+
+static void rd_string(struct dump_reader *r)
+{
+	size_t n = rd_size(r);
+	if (n)
+		rd_skip(r, n - 1);
+}
+
+static void rd_function(struct dump_reader *r, int depth)
+{
+	size_t ncode, n, nli, nabs;
+	const signed char *li;
+	const unsigned char *abs_at;
+	long line;
+	int vararg;
+
+	if (depth > 200) {
+		r->bad = 1;
+		return;
+	}
+	rd_string(r);            /* source */
+	line = (long)rd_size(r); /* linedefined */
+	rd_size(r);              /* lastlinedefined */
+	rd_byte(r);              /* numparams */
+	vararg = (int)rd_byte(r);
+	rd_byte(r); /* maxstacksize */
+	ncode = rd_size(r);
+	rd_skip(r, ncode * 4);
+	n = rd_size(r); /* constants */
+	for (size_t i = 0; i < n && !r->bad; i++) {
+		unsigned tag = rd_byte(r);
+		if (tag == 0x03 || tag == 0x13) /* integer, float */
+			rd_skip(r, 8);
+		else if (tag == 0x04 || tag == 0x14) /* short, long string */
+			rd_string(r);
+	}
+	n = rd_size(r); /* upvalues: instack, idx, kind */
+	rd_skip(r, n * 3);
+	n = rd_size(r); /* nested functions */
+	for (size_t i = 0; i < n && !r->bad; i++)
+		rd_function(r, depth + 1);
+	nli = rd_size(r);
+	li = (const signed char *)r->p;
+	rd_skip(r, nli);
+	nabs = rd_size(r);
+	abs_at = r->p;
+	for (size_t i = 0; i < nabs && !r->bad; i++) {
+		rd_size(r);
+		rd_size(r);
+	}
+	if (r->bad)
+		return;
+	/* Lines: deltas, or an absolute line (-128) taken from the next pair. */
+	{
+		struct dump_reader ab = {.p = abs_at, .end = r->p};
+		for (size_t pc = 0; pc < nli; pc++) {
+			if (li[pc] == -128) {
+				rd_size(&ab);
+				line = (long)rd_size(&ab);
+			} else {
+				line += li[pc];
+			}
+			if ((vararg && pc == 0) || pc + 1 == nli || ab.bad)
+				continue;
+			if (line > 0 && (size_t)line < r->nlines)
+				r->lines[line] = 1;
+		}
+	}
+	n = rd_size(r); /* local variables */
+	for (size_t i = 0; i < n && !r->bad; i++) {
+		rd_string(r);
+		rd_size(r);
+		rd_size(r);
+	}
+	n = rd_size(r); /* upvalue names */
+	for (size_t i = 0; i < n && !r->bad; i++)
+		rd_string(r);
+}
+
+struct dump_buf {
+	unsigned char *p;
+	size_t len, cap;
+};
+
+static int dump_write(lua_State *L, const void *p, size_t sz, void *ud)
+{
+	struct dump_buf *b = ud;
+
+	(void)L;
+	if (b->len + sz > b->cap) {
+		size_t cap = (b->len + sz) * 2;
+		unsigned char *np = realloc(b->p, cap);
+		if (!np)
+			return 1;
+		b->p = np;
+		b->cap = cap;
+	}
+	memcpy(b->p + b->len, p, sz);
+	b->len += sz;
+	return 0;
+}
+
+int policy_code_lines(const char *name, const char *text, size_t len, unsigned char *lines, size_t nlines,
+                      char *err, size_t errlen)
+{
+	lua_State *L = luaL_newstate();
+	struct dump_buf b = {0};
+	struct dump_reader r;
+	int rc = -1;
+
+	memset(lines, 0, nlines);
+	if (!L) {
+		snprintf(err, errlen, "out of memory");
+		return -1;
+	}
+	lua_pushfstring(L, "@%s", name);
+	if (luaL_loadbufferx(L, text, len, lua_tostring(L, -1), "t") != LUA_OK) {
+		snprintf(err, errlen, "%s", lua_tostring(L, -1));
+		goto out;
+	}
+	if (lua_dump(L, dump_write, &b, 0) != 0 || b.len < 32) {
+		snprintf(err, errlen, "%s: cannot read its line information", name);
+		goto out;
+	}
+	r = (struct dump_reader){.p = b.p + 32, .end = b.p + b.len, .lines = lines, .nlines = nlines};
+	rd_function(&r, 0); /* after the 31-byte header and the upvalue count */
+	if (r.bad) {
+		snprintf(err, errlen, "%s: cannot read its line information", name);
+		goto out;
+	}
+	rc = 0;
+out:
+	free(b.p);
+	lua_close(L);
+	return rc;
+}
+
 /* ------------------------------------------------------------ engines */
 
 struct compile_ctx {
@@ -1247,6 +2110,90 @@ struct compile_ctx {
 	int rc;
 	int dirty;
 };
+
+/* Builds tenant i's environments' metatable (the shared base plus its own
+ * broker, with broker.data, and require) and compiles its modules. */
+static int tenant_setup(struct policy_engine *e, size_t i, char *err, size_t errlen)
+{
+	lua_State *L = e->L;
+	const struct tenant *t = &e->cfg->tenants[i];
+	int tbase, broker;
+
+	lua_createtable(L, 0, 40);
+	tbase = lua_gettop(L);
+	lua_rawgeti(L, LUA_REGISTRYINDEX, e->ref_base);
+	lua_pushnil(L);
+	while (lua_next(L, -2)) {
+		lua_pushvalue(L, -2);
+		lua_insert(L, -2);
+		lua_rawset(L, tbase);
+	}
+	lua_pop(L, 1);
+
+	lua_createtable(L, 0, 8);
+	broker = lua_gettop(L);
+	lua_rawgeti(L, LUA_REGISTRYINDEX, e->ref_broker);
+	lua_pushnil(L);
+	while (lua_next(L, -2)) {
+		lua_pushvalue(L, -2);
+		lua_insert(L, -2);
+		lua_rawset(L, broker);
+	}
+	lua_pop(L, 1);
+	if (t->data_text) {
+		if (json_decode(L, t->data_text, t->data_len) != 0) {
+			snprintf(err, errlen, "%s: not valid JSON (broker.data of tenant %s)",
+			         t->data_path ? t->data_path : "data", t->name);
+			return -1;
+		}
+		lua_setfield(L, broker, "data"); /* the broker view wraps it when read */
+	}
+	engine_wrap(L, e);
+	lua_setfield(L, tbase, "broker");
+	lua_pushinteger(L, (lua_Integer)i);
+	lua_pushcclosure(L, sb_require, 1);
+	lua_setfield(L, tbase, "require");
+
+	lua_createtable(L, 0, 4);
+	lua_pushvalue(L, tbase);
+	lua_setfield(L, -2, "__index");
+	lua_pushcfunction(L, env_newindex);
+	lua_setfield(L, -2, "__newindex");
+	lua_pushboolean(L, 0);
+	lua_setfield(L, -2, "__metatable");
+	/* The tenant's environment, kept under ENV_KEY: one for every decision,
+	 * since nothing can ever be written into it (__newindex refuses, rawset
+	 * and setmetatable refuse environments), it is always empty. */
+	lua_createtable(L, 0, 0);
+	lua_pushvalue(L, -2);
+	lua_setmetatable(L, -2);
+	lua_rawsetp(L, -2, &ENV_KEY);
+	e->envmts[i] = luaL_ref(L, LUA_REGISTRYINDEX);
+	lua_pop(L, 1);
+
+	/* Tenants sharing a folder share the compiled modules (by path): the
+	 * require of each decision sets the _ENV it runs with. */
+	lua_createtable(L, 0, (int)t->n_modules);
+	lua_rawgeti(L, LUA_REGISTRYINDEX, e->ref_modcache);
+	for (size_t k = 0; k < t->n_modules; k++) {
+		const struct policy_module *m = &t->modules[k];
+		if (lua_getfield(L, -1, m->path) != LUA_TFUNCTION) {
+			lua_pop(L, 1);
+			lua_pushfstring(L, "@%s", m->path);
+			if (luaL_loadbufferx(L, m->text, m->len, lua_tostring(L, -1), "t") != LUA_OK) {
+				snprintf(err, errlen, "%s", lua_tostring(L, -1));
+				return -1;
+			}
+			lua_remove(L, -2);
+			lua_pushvalue(L, -1);
+			lua_setfield(L, -3, m->path);
+		}
+		lua_setfield(L, -3, m->name);
+	}
+	lua_pop(L, 1);
+	e->mods[i] = luaL_ref(L, LUA_REGISTRYINDEX);
+	return 0;
+}
 
 /* Compiles every tenant's chunk and runs each once, to check it returns a
  * function. Runs protected on e->L. */
@@ -1262,9 +2209,11 @@ static int compile_protected(lua_State *L)
 			snprintf(c->err, c->errlen, "tenant %s: no policy", t->name);
 			return 0;
 		}
+		if (tenant_setup(e, i, c->err, c->errlen) != 0)
+			return 0;
 		lua_pushfstring(L, "@%s", path);
 		if (luaL_loadbufferx(L, t->policy_text, t->policy_len, lua_tostring(L, -1), "t") != LUA_OK) {
-			snprintf(c->err, c->errlen, "%s", lua_tostring(L, -1));
+			snprintf(c->err, c->errlen, "tenant %s: %s", t->name, lua_tostring(L, -1));
 			return 0;
 		}
 		e->chunks[i] = luaL_ref(L, LUA_REGISTRYINDEX);
@@ -1274,14 +2223,17 @@ static int compile_protected(lua_State *L)
 		push_chunk(e, i);
 		budget_arm(e);
 		if (run(e, 0, path, c->err, c->errlen, &c->dirty) != 0) {
+			char why[512];
 			e->cap_armed = 0;
+			snprintf(why, sizeof(why), "%s", c->err);
+			snprintf(c->err, c->errlen, "tenant %s: %s", t->name, why);
 			return 0;
 		}
 		e->cap_armed = 0;
 		if (lua_type(e->co, -1) != LUA_TFUNCTION) {
 			snprintf(c->err, c->errlen,
-			         "%s: the policy must return a function decide(req), got %s", path,
-			         luaL_typename(e->co, -1));
+			         "tenant %s: %s: the policy must return a function decide(req), got %s",
+			         t->name, path, luaL_typename(e->co, -1));
 			return 0;
 		}
 		lua_settop(e->co, 0);
@@ -1303,9 +2255,13 @@ struct policy_engine *policy_engine_new(const struct config *cfg, char *err, siz
 	e->cfg = cfg;
 	e->n_chunks = cfg->n_tenants;
 	e->chunks = calloc(cfg->n_tenants ? cfg->n_tenants : 1, sizeof(*e->chunks));
-	L = e->chunks ? lua_newstate(engine_alloc, e) : NULL;
+	e->envmts = calloc(cfg->n_tenants ? cfg->n_tenants : 1, sizeof(*e->envmts));
+	e->mods = calloc(cfg->n_tenants ? cfg->n_tenants : 1, sizeof(*e->mods));
+	L = e->chunks && e->envmts && e->mods ? lua_newstate(engine_alloc, e) : NULL;
 	if (!L) {
 		free(e->chunks);
+		free(e->envmts);
+		free(e->mods);
 		free(e);
 		snprintf(err, errlen, "policy engine: out of memory");
 		return NULL;
@@ -1315,7 +2271,7 @@ struct policy_engine *policy_engine_new(const struct config *cfg, char *err, siz
 	lua_gc(L, LUA_GCGEN, 0, 0);
 	*(struct policy_engine **)lua_getextraspace(L) = e;
 	for (size_t i = 0; i < e->n_chunks; i++)
-		e->chunks[i] = LUA_NOREF;
+		e->chunks[i] = e->envmts[i] = e->mods[i] = LUA_NOREF;
 
 	lua_pushcfunction(L, setup_protected);
 	if (lua_pcall(L, 0, 0, 0) != LUA_OK) {
@@ -1353,6 +2309,8 @@ void policy_engine_free(struct policy_engine *e)
 		lua_close(e->L);
 	}
 	free(e->chunks);
+	free(e->envmts);
+	free(e->mods);
 	free(e);
 }
 

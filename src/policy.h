@@ -5,8 +5,9 @@
  * policy of one configuration generation, inside a sandbox (no I/O, no
  * require outside the policy folder, text chunks only, no debug, read-only
  * shared tables) with an instruction budget and a memory cap per decision.
- * A fresh environment is made for every decision so nothing leaks between
- * requests. The engine never calls the HTTP front or Courier.
+ * The policy's file runs again for every decision, in an environment that
+ * can never be written, so nothing leaks between requests or tenants. The
+ * engine never calls the HTTP front or Courier.
  */
 #ifndef BROKER_POLICY_H
 #define BROKER_POLICY_H
@@ -26,6 +27,8 @@ struct policy_engine;
  * reason in err. */
 struct policy_engine *policy_engine_new(const struct config *cfg, char *err, size_t errlen);
 
+/* Never reads the engine's config: an engine may outlive it idle (a worker
+ * thread's engine of a generation already freed) and still be freed. */
 void policy_engine_free(struct policy_engine *e);
 
 /* The engine's Lua state, for JSON work on the same thread (json.h, jwt.h).
@@ -66,6 +69,20 @@ int policy_decide(struct policy_engine *e, const struct policy_request *rq, stru
  * ending in "\n", at most 2 KiB, "" when nothing. Valid until the next
  * decision; for `eval` and the log. */
 const char *policy_decision_log(const struct policy_engine *e);
+
+/* `test --coverage`: from now on, every line of a policy or module that
+ * runs on e is recorded (with a line hook: slower). Returns 0 or -1. */
+int policy_engine_coverage(struct policy_engine *e);
+
+/* Calls fn for every recorded line, with the file's absolute path. */
+void policy_coverage_each(struct policy_engine *e, void (*fn)(void *ctx, const char *path, int line),
+                          void *ctx);
+
+/* The lines of a Lua source that hold code: lines[k] = 1 for each such k
+ * below nlines (others 0). name is for messages. Returns 0, or -1 with the
+ * reason (a syntax error) in err. */
+int policy_code_lines(const char *name, const char *text, size_t len, unsigned char *lines, size_t nlines,
+                      char *err, size_t errlen);
 
 /* Builds an engine for cfg (compiling every policy and checking each returns
  * a function) and frees it: `courier-broker check`. Returns 0, or -1 with

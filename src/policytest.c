@@ -17,6 +17,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "config.h"
 #include "duration.h"
@@ -36,7 +37,116 @@ struct report {
 	FILE *out;
 	lua_State *L; /* a state of the report's own, to encode JSON lines */
 	char first_failure[512];
+	bool coverage;
+	struct cov_file *cov; /* files seen by --coverage, merged over test files */
+	size_t n_cov;
 };
+
+/* ------------------------------------------------------------- coverage */
+
+static char *read_text(const char *path, size_t *len);
+
+/* One policy or module file: which lines hold code, which ran. */
+struct cov_file {
+	char *path;
+	size_t nlines; /* entries of code and hit: lines 0 .. nlines - 1 */
+	unsigned char *code, *hit;
+	bool policy; /* a policy under test (reported even when nothing ran) */
+};
+
+static struct cov_file *cov_find(struct report *rep, const char *path, bool add)
+{
+	struct cov_file *f, *grown;
+	char *text, err[512];
+	size_t len, lines = 2;
+
+	for (size_t i = 0; i < rep->n_cov; i++)
+		if (strcmp(rep->cov[i].path, path) == 0)
+			return &rep->cov[i];
+	if (!add || !(text = read_text(path, &len)))
+		return NULL;
+	for (size_t i = 0; i < len; i++)
+		lines += text[i] == '\n';
+	grown = realloc(rep->cov, (rep->n_cov + 1) * sizeof(*rep->cov));
+	if (!grown) {
+		free(text);
+		return NULL;
+	}
+	rep->cov = grown;
+	f = &rep->cov[rep->n_cov];
+	memset(f, 0, sizeof(*f));
+	f->path = strdup(path);
+	f->nlines = lines;
+	f->code = calloc(lines, 1);
+	f->hit = calloc(lines, 1);
+	if (!f->path || !f->code || !f->hit ||
+	    policy_code_lines(path, text, len, f->code, lines, err, sizeof(err)) != 0) {
+		free(f->path);
+		free(f->code);
+		free(f->hit);
+		free(text);
+		return NULL;
+	}
+	free(text);
+	rep->n_cov++;
+	return f;
+}
+
+static void cov_hit(void *ctx, const char *path, int line)
+{
+	struct cov_file *f = cov_find(ctx, path, true);
+
+	if (f && line > 0 && (size_t)line < f->nlines)
+		f->hit[line] = 1;
+}
+
+static int cmp_cov(const void *a, const void *b)
+{
+	return strcmp(((const struct cov_file *)a)->path, ((const struct cov_file *)b)->path);
+}
+
+/* Prints "file: N% (covered/total lines)" per file; returns the lowest
+ * percentage (rounded down), 100 when there is no file. */
+static int cov_report(struct report *rep)
+{
+	int lowest = 100;
+
+	if (rep->n_cov)
+		qsort(rep->cov, rep->n_cov, sizeof(*rep->cov), cmp_cov);
+	for (size_t i = 0; i < rep->n_cov; i++) {
+		struct cov_file *f = &rep->cov[i];
+		size_t total = 0, covered = 0;
+		int pct;
+		for (size_t l = 0; l < f->nlines; l++) {
+			total += f->code[l];
+			covered += f->code[l] && f->hit[l];
+		}
+		pct = total ? (int)(covered * 100 / total) : 100;
+		if (pct < lowest)
+			lowest = pct;
+		if (rep->json)
+			fprintf(rep->out, "{\"coverage\":{\"file\":\"%s\",\"percent\":%d,\"covered\":%zu,\"total\":%zu}}\n",
+			        f->path, pct, covered, total);
+		else {
+			const char *sep = ", not covered: ";
+			fprintf(rep->out, "%s: %d%% (%zu/%zu lines)", f->path, pct, covered, total);
+			for (size_t l = 0; l < f->nlines; l++) {
+				if (!f->code[l] || f->hit[l])
+					continue;
+				fprintf(rep->out, "%s%zu", sep, l);
+				sep = " ";
+			}
+			fputc('\n', rep->out);
+		}
+		free(f->path);
+		free(f->code);
+		free(f->hit);
+	}
+	free(rep->cov);
+	rep->cov = NULL;
+	rep->n_cov = 0;
+	return lowest;
+}
 
 /* ------------------------------------------------------- building a req */
 
@@ -335,7 +445,14 @@ static int load_cases(lua_State *L, const char *path, char *err, size_t errlen)
 	/* The test file's own environment: a few pure functions, nothing else. */
 	lua_newtable(L);
 	for (int i = 0; safe[i]; i++) {
-		lua_getglobal(L, safe[i]);
+		/* The libraries are not globals of the engine's state: take them
+		 * from its loaded modules (the engine's own copies are separate). */
+		if (lua_getglobal(L, safe[i]) == LUA_TNIL) {
+			lua_pop(L, 1);
+			lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+			lua_getfield(L, -1, safe[i]);
+			lua_remove(L, -2);
+		}
 		lua_setfield(L, -2, safe[i]);
 	}
 	if (!lua_setupvalue(L, -2, 1))
@@ -433,7 +550,7 @@ static int test_file_standalone(const char *path, struct report *rep)
 	struct config cfg;
 	struct tenant t;
 	struct policy_engine *e;
-	char policy[4096], err[512];
+	char policy[4096], data[4096], err[512];
 	size_t plen = strlen(path);
 	const char *const *push = scope_tier("push");
 	size_t n_push = 0;
@@ -460,6 +577,17 @@ static int test_file_standalone(const char *path, struct report *rep)
 	t.policy_dir = strdup(t.policy_path);
 	if (t.policy_dir && strrchr(t.policy_dir, '/'))
 		*strrchr(t.policy_dir, '/') = '\0';
+	if (t.policy_dir && config_load_modules(&t, err, sizeof(err)) != 0) {
+		report_case(rep, path, "(load)", false, err);
+		goto out;
+	}
+	/* Without a configuration, NAME_data.json beside the policy is broker.data. */
+	snprintf(data, sizeof(data), "%.*s_data.json", (int)(plen - (sizeof(suffix) - 1)), path);
+	if (access(data, F_OK) == 0 && !(t.data_text = read_text(data, &t.data_len))) {
+		snprintf(err, sizeof(err), "cannot read %s", data);
+		report_case(rep, path, "(load)", false, err);
+		goto out;
+	}
 	snprintf(t.policy_revision, sizeof(t.policy_revision), "test");
 	t.max_expires_s = 7 * 86400;
 	t.default_expires_s = 3600;
@@ -476,9 +604,17 @@ static int test_file_standalone(const char *path, struct report *rep)
 		report_case(rep, path, "(load)", false, err);
 		goto out;
 	}
+	if (rep->coverage && (policy_engine_coverage(e) != 0 || !cov_find(rep, t.policy_path, true))) {
+		report_case(rep, path, "(load)", false, "coverage: out of memory");
+		policy_engine_free(e);
+		goto out;
+	}
 	rc = run_file(e, &t, path, rep);
+	if (rep->coverage)
+		policy_coverage_each(e, cov_hit, rep);
 	policy_engine_free(e);
 out:
+	config_free_policy_files(&t);
 	free(t.policy_text);
 	free(t.policy_dir);
 	free(t.policy_path);
@@ -542,7 +678,7 @@ static void run_path(const char *path, struct report *rep)
 int policytest_main(int argc, char **argv)
 {
 	struct report rep = {.out = stdout};
-	int npaths = 0;
+	int npaths = 0, threshold = -1, lowest = 100;
 
 	for (int i = 0; i < argc; i++) {
 		if (strcmp(argv[i], "--run") == 0 && i + 1 < argc)
@@ -555,6 +691,17 @@ int policytest_main(int argc, char **argv)
 				fprintf(stderr, "courier-broker test: --format is text or json\n");
 				return 2;
 			}
+		} else if (strcmp(argv[i], "--coverage") == 0) {
+			rep.coverage = true;
+		} else if (strcmp(argv[i], "--threshold") == 0 && i + 1 < argc) {
+			char *end;
+			long n = strtol(argv[++i], &end, 10);
+			if (*end || end == argv[i] || n < 0 || n > 100) {
+				fprintf(stderr, "courier-broker test: --threshold is a percentage, 0 to 100\n");
+				return 2;
+			}
+			threshold = (int)n;
+			rep.coverage = true;
 		} else if (argv[i][0] == '-' && argv[i][1]) {
 			fprintf(stderr, "courier-broker test: unknown option %s\n", argv[i]);
 			return 2;
@@ -563,7 +710,8 @@ int policytest_main(int argc, char **argv)
 		}
 	}
 	if (!npaths) {
-		fprintf(stderr, "usage: courier-broker test [--run PATTERN] [--format text|json] PATH...\n");
+		fprintf(stderr, "usage: courier-broker test [--run PATTERN] [--format text|json] [--coverage] "
+		                "[--threshold N] PATH...\n");
 		return 2;
 	}
 	if (rep.json && (!(rep.L = luaL_newstate()) || json_open(rep.L) != 0)) {
@@ -571,12 +719,17 @@ int policytest_main(int argc, char **argv)
 		return 1;
 	}
 	for (int i = 0; i < argc; i++) {
-		if (strcmp(argv[i], "--run") == 0 || strcmp(argv[i], "--format") == 0) {
+		if (strcmp(argv[i], "--run") == 0 || strcmp(argv[i], "--format") == 0 ||
+		    strcmp(argv[i], "--threshold") == 0) {
 			i++;
 			continue;
 		}
+		if (strcmp(argv[i], "--coverage") == 0)
+			continue;
 		run_path(argv[i], &rep);
 	}
+	if (rep.coverage)
+		lowest = cov_report(&rep);
 	if (rep.json)
 		fprintf(stdout, "{\"passed\":%d,\"failed\":%d}\n", rep.passed, rep.failed);
 	if (rep.L)
@@ -587,6 +740,11 @@ int policytest_main(int argc, char **argv)
 		fprintf(stderr, "courier-broker test: no test case ran\n");
 		return 1;
 	}
+	if (threshold >= 0 && lowest < threshold) {
+		fprintf(stderr, "courier-broker test: coverage %d%% is below the threshold of %d%%\n", lowest,
+		        threshold);
+		return 1;
+	}
 	return rep.failed ? 1 : 0;
 }
 
@@ -594,6 +752,7 @@ int policytest_config(const struct config *cfg, bool quiet, char *err, size_t er
 {
 	struct report rep = {.out = stderr, .quiet = quiet};
 	struct policy_engine *e = NULL;
+	const char *failing = NULL; /* the tenant of the first failure */
 
 	for (size_t i = 0; i < cfg->n_tenants; i++) {
 		const struct tenant *t = &cfg->tenants[i];
@@ -609,13 +768,61 @@ int policytest_config(const struct config *cfg, bool quiet, char *err, size_t er
 		if (!e && !(e = policy_engine_new(cfg, err, errlen)))
 			return -1;
 		run_file(e, t, path, &rep);
+		if (rep.failed && !failing)
+			failing = t->name;
 	}
 	policy_engine_free(e);
 	if (rep.failed) {
-		snprintf(err, errlen, "policy test failed: %s", rep.first_failure);
+		snprintf(err, errlen, "tenant %s: policy test failed: %s", failing ? failing : "?",
+			 rep.first_failure);
 		return -1;
 	}
 	return 0;
+}
+
+/* The grant's scope string as a list. */
+static void push_scope_list(lua_State *L, const char *scope)
+{
+	int n = 0;
+
+	lua_newtable(L);
+	for (const char *p = scope; *p;) {
+		const char *sp = strchr(p, ' ');
+		size_t len = sp ? (size_t)(sp - p) : strlen(p);
+		if (len) {
+			lua_pushlstring(L, p, len);
+			lua_rawseti(L, -2, ++n);
+		}
+		p += len + (sp ? 1 : 0);
+	}
+}
+
+/* What the envelope changed in an allowing decision, for `eval`. */
+static void push_warnings(lua_State *L, const struct tenant *t, const struct outcome *o)
+{
+	const struct decision *d = &o->dec;
+	int n = 0;
+
+	lua_newtable(L);
+	for (size_t i = 0; i < d->n_scopes; i++) {
+		bool dup = false;
+		for (size_t j = 0; j < i && !dup; j++)
+			dup = strcmp(d->scopes[i], d->scopes[j]) == 0;
+		if (dup) {
+			lua_pushfstring(L, "scope %s was given more than once: sent once", d->scopes[i]);
+			lua_rawseti(L, -2, ++n);
+		}
+	}
+	if (o->grant.capped) {
+		lua_pushfstring(L, "lifetime capped: the policy asked for %I s, max_expires_in is %I s",
+		                (lua_Integer)d->expires_s, (lua_Integer)t->max_expires_s);
+		lua_rawseti(L, -2, ++n);
+	}
+	if (d->expires_s == 0) {
+		lua_pushfstring(L, "the policy gave no expires_in: default_expires_in (%I s) applies",
+		                (lua_Integer)t->default_expires_s);
+		lua_rawseti(L, -2, ++n);
+	}
 }
 
 int policytest_eval(struct policy_engine *e, const struct tenant *t, const char *json, size_t len, FILE *out)
@@ -652,6 +859,15 @@ int policytest_eval(struct policy_engine *e, const struct tenant *t, const char 
 		lua_pushstring(L, o->err);
 		lua_setfield(L, -2, "error");
 	}
+	if (policy_decision_log(e)[0]) {
+		int n = 0;
+		lua_newtable(L);
+		for (const char *p = policy_decision_log(e), *nl; (nl = strchr(p, '\n')); p = nl + 1) {
+			lua_pushlstring(L, p, (size_t)(nl - p));
+			lua_rawseti(L, -2, ++n);
+		}
+		lua_setfield(L, -2, "policy_log");
+	}
 	if (o->kind == OUT_ALLOW) {
 		lua_pushstring(L, o->grant.scope);
 		lua_setfield(L, -2, "scope");
@@ -659,12 +875,13 @@ int policytest_eval(struct policy_engine *e, const struct tenant *t, const char 
 		lua_setfield(L, -2, "expires_in");
 		lua_pushstring(L, o->grant.courier_expires);
 		lua_setfield(L, -2, "courier_expires_in");
-		if (o->grant.capped) {
-			lua_newtable(L);
-			lua_pushstring(L, "lifetime capped at the tenant's max_expires_in");
-			lua_rawseti(L, -2, 1);
+		push_scope_list(L, o->grant.scope);
+		lua_setfield(L, -2, "scopes");
+		push_warnings(L, t, o);
+		if (lua_rawlen(L, -1) > 0)
 			lua_setfield(L, -2, "warnings");
-		}
+		else
+			lua_pop(L, 1);
 	}
 	s = json_encode(L, -1, &slen);
 	if (s)

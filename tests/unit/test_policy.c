@@ -485,6 +485,201 @@ static void test_table_move_bounded(void **state)
 	policy_engine_free(fx.e);
 }
 
+/* Work inside C functions, where no hook runs: each bomb is a policy error
+ * even when the policy catches it, well within 100 ms, and the next decision
+ * on the engine is served. */
+static void test_c_work_bounded(void **state)
+{
+	static const char *const bombs[] = {
+	    "pcall(string.find, ('a'):rep(5000), ('a*'):rep(30) .. 'b')",
+	    "pcall(string.match, ('a'):rep(5000), ('.-'):rep(20) .. 'b')",
+	    "pcall(function() return ('a'):rep(5000):gsub(('a?'):rep(40) .. 'b', '') end)",
+	    "pcall(function() for x in ('a'):rep(5000):gmatch(('a*'):rep(10) .. 'b') do end end)",
+	    "local s = ('a'):rep(1000000) for i = 1, 200 do pcall(string.find, s, ('a'):rep(1000) .. 'b', 1, true) end",
+	    "pcall(string.format, ('%99d'):rep(20000), table.unpack({}, 1, 20000))",
+	    "pcall(string.format, '%s%s%s%s', ('x'):rep(300000), ('x'):rep(300000), 'x', 'x')",
+	    "pcall(table.concat, {}, '', 1, 1 << 40)",
+	    "pcall(table.unpack, {}, 1, 1 << 30)",
+	    "pcall(string.byte, ('x'):rep(1000000), 1, -1)",
+	    "pcall(utf8.codepoint, ('x'):rep(1000000), 1, -1)",
+	    "local t = {} for i = 1, 10 do table.move({string.byte(('x'):rep(90000), 1, -1)}, 1, 90000, #t + 1, t) end\n"
+	    "  for i = 1, 1000 do table.insert(t, 1, 'x') end",
+	    "local t = {string.byte(('x'):rep(90000), 1, -1)} for i = 1, 1000 do table.sort(t) end",
+	    "local t = {string.byte(('x'):rep(90000), 1, -1)} for i = 1, 1000 do pcall(table.concat, t) end",
+	    "local s = ('x'):rep(1 << 20) for i = 1, 100000 do local u = s:upper() end",
+	    "local s = ('x'):rep(1 << 20) for i = 1, 100000 do local u = s .. i end",
+	};
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(bombs) / sizeof(bombs[0]); i++) {
+		char policy[1024];
+		struct timespec t0;
+		snprintf(policy, sizeof(policy),
+		         "return function(req)\n"
+		         "  %s\n"
+		         "  return {allow=true, tier='inbox'}\n"
+		         "end\n",
+		         bombs[i]);
+		must_engine(policy, NULL);
+		clock_gettime(CLOCK_MONOTONIC, &t0);
+		if (decide(0) != -1)
+			fail_msg("survived: %s", bombs[i]);
+		if (ms_since(&t0) > 100)
+			fail_msg("%s: took %.1f ms", bombs[i], ms_since(&t0));
+		if (!strstr(fx.err, "budget exceeded") && !strstr(fx.err, "memory cap exceeded"))
+			fail_msg("%s: err \"%s\"", bombs[i], fx.err);
+		assert_int_equal(decide(1), 0);
+		assert_true(fx.d.allow);
+		policy_engine_free(fx.e);
+	}
+}
+
+/* The guarded functions still do their ordinary work. */
+static void test_guarded_functions_work(void **state)
+{
+	(void)state;
+	must_engine("return function(req)\n"
+	            "  local t = {3, 1, 2}\n"
+	            "  table.sort(t)\n"
+	            "  table.insert(t, 4)\n"
+	            "  table.insert(t, 1, 0)\n"
+	            "  assert(table.remove(t) == 4)\n"
+	            "  assert(select('#', table.unpack(t)) == 4)\n"
+	            "  assert(utf8.char(72, 105) == 'Hi' and string.char(72, 105) == 'Hi')\n"
+	            "  assert(('Hi'):byte(1, -1) == 72 and utf8.codepoint('Hi', 1, -1) == 72)\n"
+	            "  assert(('abc'):upper() == 'ABC' and ('ABC'):lower() == 'abc' and ('abc'):reverse() == 'cba')\n"
+	            "  assert(('abc'):sub(2) == 'bc' and ('ab'):rep(2, ',') == 'ab,ab')\n"
+	            "  assert(string.format('%5.1f|%s|%q', 1.25, 'x', 'y') == '  1.2|x|\"y\"')\n"
+	            "  local user, host = ('alice@example.com'):match('^([^@]+)@(.+)$')\n"
+	            "  assert(user == 'alice' and host == 'example.com')\n"
+	            "  assert(('a,b,c'):gsub(',', ';') == 'a;b;c')\n"
+	            "  local n = 0 for w in ('a b c'):gmatch('%a') do n = n + 1 end\n"
+	            "  return {allow=true, tier='inbox', reason=table.concat(t, ',') .. ':' .. n}\n"
+	            "end\n",
+	            NULL);
+	assert_int_equal(decide(0), 0);
+	assert_string_equal(fx.d.reason, "0,1,2,3:3");
+	policy_engine_free(fx.e);
+}
+
+static void test_cidr_match(void **state)
+{
+	(void)state;
+	must_engine("local m = broker.cidr_match\n"
+	            "return function(req)\n"
+	            "  assert(m('10.1.2.3', '10.0.0.0/8') and not m('11.1.2.3', '10.0.0.0/8'))\n"
+	            "  assert(m('192.168.1.7', '192.168.1.0/25') and not m('192.168.1.200', '192.168.1.0/25'))\n"
+	            "  assert(m('10.0.0.1', '10.0.0.1') and m('1.2.3.4', '0.0.0.0/0'))\n"
+	            "  assert(m('::ffff:10.1.2.3', '10.0.0.0/8') and m('10.1.2.3', '::ffff:10.0.0.0/104'))\n"
+	            "  assert(m('2001:db8::1', '2001:db8::/32') and not m('2001:db9::1', '2001:db8::/32'))\n"
+	            "  assert(not m('2001:db8::1', '10.0.0.0/8') and not m('10.0.0.1', '2001:db8::/32'))\n"
+	            "  assert(m('10.0.0.1', {'192.168.0.0/16', '10.0.0.0/8'}) and not m('8.8.8.8', {'10.0.0.0/8'}))\n"
+	            "  assert(not m('not an ip', '10.0.0.0/8') and not m(nil, '10.0.0.0/8') and not m('', '0.0.0.0/0'))\n"
+	            "  assert(not m('10.0.0.1 ', '10.0.0.0/8') and not m('10.0.0.1/8', '10.0.0.0/8'))\n"
+	            "  for _, bad in ipairs({'10.0.0.0/33', '10.0.0.0/', '10.0.0/8', 'x', '10.0.0.0/8x', '::/129', '10.0.0.0/-1'}) do\n"
+	            "    assert(not pcall(m, '10.0.0.1', bad), bad)\n"
+	            "  end\n"
+	            "  assert(not pcall(m, '10.0.0.1', 8))\n"
+	            "  return {allow = m(req.client.ip, '10.0.0.0/8'), tier='inbox'}\n"
+	            "end\n",
+	            NULL);
+	if (decide(0) != 0)
+		fail_msg("%s", fx.err);
+	assert_true(fx.d.allow);
+	policy_engine_free(fx.e);
+}
+
+/* broker.data is the tenant's own, read-only; require finds modules beside
+ * the policy, runs them fresh in every decision, and nothing else. */
+static void test_data_and_require(void **state)
+{
+	static struct policy_module mods[] = {
+	    {"helpers", "/policies/helpers.lua",
+	     "local n = 0\n"
+	     "local M = {}\n"
+	     "function M.bump() n = n + 1 return n end\n"
+	     "function M.admins() return broker.data and broker.data.admins end\n"
+	     "return M\n",
+	     0},
+	    {"loop", "/policies/loop.lua", "return require('loop')\n", 0},
+	    {"bad", "/policies/bad.lua", "x = 1\nreturn 1\n", 0},
+	};
+	static const char data[] = "{\"admins\": [\"root\", \"alice\"], \"limits\": {\"max\": 3}}";
+
+	(void)state;
+	for (size_t i = 0; i < 3; i++)
+		mods[i].len = strlen(mods[i].text);
+	memset(&fx, 0, sizeof(fx));
+	fx.t[0].name = "acme";
+	fx.t[0].policy_path = "/policies/acme.lua";
+	fx.t[0].policy_text = "local h = require('helpers')\n"
+	                      "return function(req)\n"
+	                      "  assert(require('helpers') == h)\n"
+	                      "  assert(broker.data.limits.max == 3 and #broker.data.admins == 2)\n"
+	                      "  assert(not pcall(function() broker.data.limits.max = 9 end))\n"
+	                      "  assert(not pcall(function() broker.data.x = 1 end))\n"
+	                      "  assert(not pcall(require, 'loop'))\n"
+	                      "  assert(not pcall(require, 'bad'))\n"
+	                      "  assert(not pcall(require, 'nope'))\n"
+	                      "  assert(h.admins()[2] == 'alice')\n"
+	                      "  return {allow=true, tier='inbox', reason=tostring(h.bump())}\n"
+	                      "end\n";
+	fx.t[0].policy_len = strlen(fx.t[0].policy_text);
+	fx.t[0].modules = mods;
+	fx.t[0].n_modules = 3;
+	fx.t[0].data_text = (char *)data;
+	fx.t[0].data_len = strlen(data);
+	fx.t[1].name = "other";
+	fx.t[1].policy_path = "/policies/other.lua";
+	fx.t[1].policy_text = "return function(req)\n"
+	                      "  assert(broker.data == nil and not pcall(require, 'helpers'))\n"
+	                      "  return {allow=true, tier='inbox'}\n"
+	                      "end\n";
+	fx.t[1].policy_len = strlen(fx.t[1].policy_text);
+	fx.cfg.tenants = fx.t;
+	fx.cfg.n_tenants = 2;
+	fx.cfg.policy_max_instructions = 1000000;
+	fx.cfg.policy_max_memory_bytes = 1 << 20;
+	fx.cfg.policy_timeout_ms = 50;
+	fx.e = policy_engine_new(&fx.cfg, fx.err, sizeof(fx.err));
+	if (!fx.e)
+		fail_msg("%s", fx.err);
+	for (int i = 0; i < 3; i++) {
+		if (decide(0) != 0)
+			fail_msg("%s", fx.err);
+		assert_string_equal(fx.d.reason, "1"); /* the module's state is fresh each time */
+		if (decide(1) != 0)
+			fail_msg("%s", fx.err);
+	}
+	policy_engine_free(fx.e);
+
+	/* Bad data is an engine error naming the tenant. */
+	fx.t[0].data_text = "{nope";
+	fx.t[0].data_len = 5;
+	assert_null(policy_engine_new(&fx.cfg, fx.err, sizeof(fx.err)));
+	assert_err_has("not valid JSON");
+}
+
+/* broker.log lines: one per call, bounded, reset per decision. */
+static void test_log_lines(void **state)
+{
+	(void)state;
+	must_engine("return function(req)\n"
+	            "  broker.log('hello', 42, true)\n"
+	            "  print('two\\nlines')\n"
+	            "  if req.body.many then for i = 1, 100 do broker.log(('x'):rep(100)) end end\n"
+	            "  return {allow=true, tier='inbox'}\n"
+	            "end\n",
+	            NULL);
+	assert_int_equal(decide(0), 0);
+	assert_string_equal(policy_decision_log(fx.e), "hello 42 true\ntwo lines\n");
+	assert_int_equal(decide_full(0, "{\"many\":true}", NULL, true, "alice"), 0);
+	assert_true(strlen(policy_decision_log(fx.e)) <= 2048);
+	assert_int_equal(decide(1), 0);
+	assert_string_equal(policy_decision_log(fx.e), "");
+	policy_engine_free(fx.e);
+}
+
 /* Memory a decision leaves behind does not eat into the next one's cap. */
 static void test_memory_reclaimed(void **state)
 {
@@ -534,7 +729,9 @@ static void test_unavailable(void **state)
 	(void)state;
 	must_engine(
 	    "return function(req)\n"
-	    "  assert(io == nil and require == nil and debug == nil and package == nil)\n"
+	    "  assert(io == nil and debug == nil and package == nil)\n"
+	    "  assert(not pcall(require, 'os') and not pcall(require, '../acme') and not pcall(require, '/etc/x'))\n"
+	    "  assert(not pcall(require, 'string') and not pcall(require, 'a.b'))\n"
 	    "  assert(dofile == nil and loadfile == nil and collectgarbage == nil and coroutine == nil)\n"
 	    "  assert(_G == nil and string.dump == nil and ('').dump == nil and math.randomseed == nil)\n"
 	    "  assert(os.execute == nil and os.getenv == nil and os.exit == nil and os.remove == nil)\n"
@@ -738,6 +935,11 @@ int main(void)
 	    cmocka_unit_test(test_loop_in_pcall),
 	    cmocka_unit_test(test_memory_bombs),
 	    cmocka_unit_test(test_table_move_bounded),
+	    cmocka_unit_test(test_c_work_bounded),
+	    cmocka_unit_test(test_guarded_functions_work),
+	    cmocka_unit_test(test_cidr_match),
+	    cmocka_unit_test(test_data_and_require),
+	    cmocka_unit_test(test_log_lines),
 	    cmocka_unit_test(test_memory_reclaimed),
 	    cmocka_unit_test(test_string_metatable_protected),
 	    cmocka_unit_test(test_unavailable),

@@ -1,0 +1,336 @@
+"""The policy building blocks and tools, through the real broker and CLI.
+
+broker.log lines in the request's log line, broker.cidr_match, per-tenant
+read-only data (and its place in the policy revision), require of a sibling
+module, `test --coverage/--threshold`, `eval` warnings, and the example
+multi-tenant configuration passing `check`.
+"""
+import json
+import os
+import subprocess
+import time
+
+import pytest
+
+from conftest import APP_SECRET, BROKER_BIN, COURIER_KEY, ROOT, Broker, mint, request
+
+TIMEOUT = 30
+
+
+def run(args, env=None, cwd=None, input=None):
+    e = dict(os.environ)
+    e.pop("COURIER_BASE_URL", None)
+    e.update({"COURIER_API_KEY": COURIER_KEY, "APP_JWT_SECRET": APP_SECRET})
+    e.update(env or {})
+    p = subprocess.run([BROKER_BIN] + [str(a) for a in args], env=e, cwd=cwd, input=input,
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=TIMEOUT)
+    p.out = p.stdout.decode("utf-8", "replace")
+    p.err = p.stderr.decode("utf-8", "replace")
+    return p
+
+
+def token_lines(b, tenant=None):
+    return [l for l in b.p.json_lines()
+            if l.get("event") == "token_request" and (tenant is None or l.get("tenant") == tenant)]
+
+
+def wait_lines(b, n, tenant=None, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        lines = token_lines(b, tenant)
+        if len(lines) >= n:
+            return lines
+        time.sleep(0.02)
+    raise AssertionError("expected %d token_request lines:\n%s" % (n, b.p.text()))
+
+
+def metric(b, name):
+    for line in request(b.port, "GET", "/metrics").body.decode().splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    return None
+
+
+def reload(b):
+    ok0 = metric(b, 'broker_reloads_total{result="ok"}') or 0
+    b.sighup()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if (metric(b, 'broker_reloads_total{result="ok"}') or 0) > ok0:
+            return
+        time.sleep(0.05)
+    raise AssertionError("no reload:\n" + b.p.text())
+
+
+# ------------------------------------------------------------ broker.log
+
+
+def test_broker_log_reaches_the_log_line(broker_factory):
+    b = broker_factory(policies={"default": """return function(req)
+  broker.log("checking", req.user_id, 42)
+  print("second\\nline")
+  if req.body.deny then
+    broker.log("denying")
+    return { allow = false, reason = "asked to" }
+  end
+  return { allow = true, tier = "inbox" }
+end
+"""})
+    assert b.post(body={"user_id": "alice"}, token=mint()).status == 200
+    assert b.post(body={"user_id": "alice", "deny": True}, token=mint()).status == 403
+    lines = wait_lines(b, 2)
+    assert lines[0]["status"] == 200 and lines[0]["policy_log"] == ["checking alice 42", "second line"]
+    assert lines[1]["status"] == 403 and lines[1]["policy_log"] == ["checking alice 42", "second line", "denying"]
+    # Never in the answer.
+    r = b.post(body={"user_id": "alice", "deny": True}, token=mint())
+    assert "checking" not in r.body.decode()
+
+
+def test_broker_log_is_bounded_and_absent_when_unused(broker_factory):
+    b = broker_factory(policies={
+        "default": 'return function(req) return { allow = true, tier = "inbox" } end\n',
+        "chatty": 'return function(req) for i = 1, 100 do broker.log(("x"):rep(200)) end\n'
+                  '  return { allow = false, reason = "no" } end\n'})
+    assert b.post(body={"user_id": "alice"}, token=mint()).status == 200
+    assert b.post("/v1/tenants/chatty/token", body={"user_id": "alice"}, token=mint()).status == 403
+    quiet = wait_lines(b, 1, "default")[0]
+    assert "policy_log" not in quiet
+    chatty = wait_lines(b, 1, "chatty")[0]
+    assert 1 <= len(chatty["policy_log"]) <= 32
+    assert sum(len(l) for l in chatty["policy_log"]) <= 2048
+
+
+# ------------------------------------------------------------ cidr_match
+
+
+def test_cidr_match_sees_the_client_address(broker_factory):
+    b = broker_factory(policies={"default": """return function(req)
+  if broker.cidr_match(req.client.ip, { "127.0.0.0/8", "::1/128" }) then
+    return { allow = true, tier = "inbox" }
+  end
+  return { allow = false, reason = "not from loopback" }
+end
+""", "elsewhere": """return function(req)
+  if broker.cidr_match(req.client.ip, "10.0.0.0/8") then
+    return { allow = true, tier = "inbox" }
+  end
+  return { allow = false, reason = "not from 10/8" }
+end
+""", "badcidr": """return function(req)
+  return { allow = broker.cidr_match(req.client.ip, "10.0.0.0/99"), tier = "inbox" }
+end
+"""})
+    assert b.post(body={"user_id": "alice"}, token=mint()).status == 200
+    r = b.post("/v1/tenants/elsewhere/token", body={"user_id": "alice"}, token=mint())
+    assert r.status == 403 and r.json()["message"] == "not from 10/8"
+    # A malformed CIDR is the policy's mistake: a policy error, named in the log.
+    r = b.post("/v1/tenants/badcidr/token", body={"user_id": "alice"}, token=mint())
+    assert r.status == 500 and r.json()["error"] == "policy_error"
+    b.p.wait_for(r"10\.0\.0\.0\\?/99.*is not a CIDR")
+
+
+# ------------------------------------------------------------ data, require, revision
+
+
+DATA_POLICY = """local roles = require("roles")
+return function(req)
+  local admins = broker.data.admins
+  if roles.is_admin(admins, req.identity.subject) then
+    return { allow = true, tier = "push", reason = "admin" }
+  end
+  return { allow = false, reason = "not an admin (" .. #admins .. " admins)" }
+end
+"""
+
+ROLES_MODULE = """local M = {}
+function M.is_admin(admins, who)
+  for _, a in ipairs(admins) do
+    if a == who then return true end
+  end
+  return false
+end
+return M
+"""
+
+
+@pytest.fixture
+def data_broker(tmp_path, double):
+    pol = tmp_path / "policies"
+    pol.mkdir()
+    (pol / "roles.lua").write_text(ROLES_MODULE)
+    (pol / "acme_data.json").write_text(json.dumps({"admins": ["alice", "root"]}))
+    b = Broker(tmp_path, double, policies={"default": DATA_POLICY},
+               tenants={"default": {"extra": 'data = "policies/acme_data.json",'}})
+    yield b
+    b.stop()
+
+
+def test_data_and_sibling_module(data_broker):
+    b = data_broker
+    r = b.post(body={"user_id": "alice"}, token=mint("alice"))
+    assert r.status == 200, r.body
+    assert r.json()["scope"].endswith("read:user-tokens write:user-tokens")
+    r = b.post(body={"user_id": "bob"}, token=mint("bob"))
+    assert r.status == 403 and r.json()["message"] == "not an admin (2 admins)"
+
+
+def test_revision_changes_with_data_and_modules(data_broker):
+    b = data_broker
+    rev0 = b.post(body={"user_id": "alice"}, token=mint("alice")).header("X-Policy-Revision")
+    assert rev0 and len(rev0) == 16
+    (b.dir / "policies" / "acme_data.json").write_text(json.dumps({"admins": ["root"]}))
+    reload(b)
+    r = b.post(body={"user_id": "alice"}, token=mint("alice"))
+    assert r.status == 403 and r.json()["message"] == "not an admin (1 admins)"
+    rev1 = r.header("X-Policy-Revision") or wait_lines(b, 2)[-1]["policy_revision"]
+    assert rev1 != rev0
+    (b.dir / "policies" / "roles.lua").write_text(ROLES_MODULE.replace("return false", "return who == 'alice'"))
+    reload(b)
+    r = b.post(body={"user_id": "alice"}, token=mint("alice"))
+    assert r.status == 200, r.body
+    rev2 = r.header("X-Policy-Revision")
+    assert rev2 not in (rev0, rev1)
+    lines = wait_lines(b, 3)
+    assert lines[-1]["policy_revision"] == rev2
+
+
+def test_bad_data_fails_check_naming_the_file(tmp_path):
+    pol = tmp_path / "policies"
+    pol.mkdir()
+    (pol / "default.lua").write_text(DATA_POLICY)
+    (pol / "roles.lua").write_text(ROLES_MODULE)
+    (pol / "acme_data.json").write_text("{not json")
+    conf = tmp_path / "broker.conf.lua"
+    conf.write_text("""tenants = { default = { api_key = { env = "COURIER_API_KEY" }, policy = "policies/default.lua",
+  data = "policies/acme_data.json", auth = { none = true } } }
+""")
+    p = run(["check", "-c", conf])
+    assert p.returncode == 1, p.out + p.err
+    assert "acme_data.json" in p.err and "JSON" in p.err
+
+
+def test_module_syntax_error_fails_check(tmp_path):
+    pol = tmp_path / "policies"
+    pol.mkdir()
+    (pol / "default.lua").write_text('return function(req) return { allow = false } end\n')
+    (pol / "helpers.lua").write_text("return {\n")
+    conf = tmp_path / "broker.conf.lua"
+    conf.write_text('tenants = { default = { api_key = { env = "COURIER_API_KEY" }, '
+                    'policy = "policies/default.lua", auth = { none = true } } }\n')
+    p = run(["check", "-c", conf])
+    assert p.returncode == 1
+    assert "helpers.lua:2" in p.err, p.err
+
+
+# ------------------------------------------------------------ test --coverage
+
+
+COV_POLICY = """return function(req)
+  if req.user_id == "alice" then
+    return { allow = true, tier = "inbox" }
+  end
+  return { allow = false, reason = "only alice" }
+end
+"""
+
+COV_TEST = """return {
+  { name = "alice", req = { user_id = "alice" }, expect = { allow = true } },
+  %s
+}
+"""
+
+
+def test_coverage_and_threshold(tmp_path):
+    (tmp_path / "p.lua").write_text(COV_POLICY)
+    (tmp_path / "p_test.lua").write_text(COV_TEST % "")
+    p = run(["test", "--coverage", tmp_path])
+    assert p.returncode == 0, p.out + p.err
+    assert "p.lua: 75% (3/4 lines), not covered: 5" in p.out, p.out
+    assert p.out.strip().splitlines()[-1] == "1 passed, 0 failed"
+    # Rounded down: 75 passes 75, fails 76.
+    assert run(["test", "--threshold", "75", tmp_path]).returncode == 0
+    p = run(["test", "--threshold", "76", tmp_path])
+    assert p.returncode == 1 and "below the threshold" in p.err
+    # The missing case brings it to 100.
+    (tmp_path / "p_test.lua").write_text(COV_TEST % '{ name = "bob", req = { user_id = "bob" }, expect = { allow = false } },')
+    p = run(["test", "--threshold", "100", tmp_path])
+    assert p.returncode == 0, p.out + p.err
+    assert "p.lua: 100% (4/4 lines)" in p.out
+    # JSON report.
+    p = run(["test", "--coverage", "--format", "json", tmp_path])
+    docs = [json.loads(l) for l in p.out.splitlines()]
+    cov = [d["coverage"] for d in docs if "coverage" in d]
+    assert cov and cov[0]["percent"] == 100 and cov[0]["total"] == 4
+    assert docs[-1] == {"passed": 2, "failed": 0}
+
+
+def test_coverage_counts_required_modules(tmp_path):
+    (tmp_path / "p.lua").write_text('local h = require("h")\nreturn function(req) return h.decide(req) end\n')
+    (tmp_path / "h.lua").write_text("""local M = {}
+function M.decide(req)
+  if req.now > 0 then
+    return { allow = true, tier = "inbox" }
+  end
+  return { allow = false }
+end
+return M
+""")
+    (tmp_path / "p_test.lua").write_text(COV_TEST % "")
+    p = run(["test", "--coverage", tmp_path])
+    assert p.returncode == 0, p.out + p.err
+    assert "h.lua: " in p.out and "not covered: 6" in p.out, p.out
+    assert "p.lua: 100%" in p.out
+
+
+def test_threshold_needs_a_number(tmp_path):
+    assert run(["test", "--threshold", "abc", tmp_path]).returncode == 2
+
+
+def test_example_policies_pass_with_full_coverage():
+    p = run(["test", "--threshold", "100", os.path.join(ROOT, "policies")])
+    assert p.returncode == 0, p.out + p.err
+    for name in ("default", "support", "mobile", "office_hours"):
+        assert "%s.lua: 100%%" % name in p.out, p.out
+
+
+def test_multi_tenant_example_passes_check():
+    p = run(["check", "-c", os.path.join(ROOT, "examples", "multi-tenant.conf.lua")])
+    assert p.returncode == 0, p.out + p.err
+    for tenant in ("default", "support", "mobile", "office"):
+        assert "tenant %s:" % tenant in p.err + p.out
+
+
+def test_multi_tenant_example_without_secrets_fails_check():
+    e = dict(os.environ)
+    e.pop("APP_JWT_SECRET", None)
+    e["COURIER_API_KEY"] = COURIER_KEY
+    p = subprocess.run([BROKER_BIN, "check", "-c", os.path.join(ROOT, "examples", "multi-tenant.conf.lua")],
+                       env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=TIMEOUT)
+    assert p.returncode == 1
+
+
+# ------------------------------------------------------------ eval
+
+
+def test_eval_prints_scopes_lifetime_reason_warnings(tmp_path):
+    pol = tmp_path / "policies"
+    pol.mkdir()
+    (pol / "default.lua").write_text("""return function(req)
+  broker.log("asked", req.expires_in)
+  return { allow = true, scopes = { "read:brands", "read:brands", "inbox:read:messages" },
+           expires_in = "30d", reason = "ok" }
+end
+""")
+    conf = tmp_path / "broker.conf.lua"
+    conf.write_text('tenants = { default = { api_key = { env = "COURIER_API_KEY" }, '
+                    'policy = "policies/default.lua", auth = { none = true } } }\n')
+    p = run(["eval", "-c", conf, "--tenant", "default", "--request", "-"],
+            input=b'{"user_id": "alice", "body": {"user_id": "alice", "expires_in": "30d"}}')
+    assert p.returncode == 0, p.err
+    d = json.loads(p.out)
+    assert d["decision"] == "allow" and d["reason"] == "ok"
+    assert d["scopes"] == ["user_id:alice", "read:brands", "inbox:read:messages"]
+    assert d["expires_in"] == 7 * 86400 and d["courier_expires_in"] == "604800s"
+    assert any("read:brands" in w and "more than once" in w for w in d["warnings"]), d
+    assert any("capped" in w for w in d["warnings"]), d
+    assert d["policy_log"] == ["asked 30d"]
