@@ -4,7 +4,9 @@
  * Owns the pointer to the current generation. The swap and the taking of a
  * reference happen under one short mutex, so a reader never sees a
  * generation that is being freed. Never loads or validates anything itself:
- * callers hand it a configuration that has passed every check.
+ * callers hand it a configuration that has passed every check. It does build
+ * the policy engines a new generation's worker threads will take, before the
+ * swap, on the caller's (the reload's) thread.
  */
 #include "gen.h"
 
@@ -18,6 +20,7 @@
 #include "config.h"
 #include "log.h"
 #include "metrics.h"
+#include "policy.h"
 
 struct ratelimit {
 	pthread_mutex_t lock;
@@ -31,15 +34,21 @@ static unsigned long long next_id = 1;
 
 static void gen_free(struct gen *g)
 {
+	/* Engines point at the config: before it goes. */
+	for (size_t i = 0; i < g->n_spare; i++)
+		policy_engine_free(g->spare[i]);
+	free(g->spare);
+	pthread_mutex_destroy(&g->spare_lock);
 	for (size_t i = 0; g->limits && i < g->cfg->n_tenants; i++)
 		pthread_mutex_destroy(&g->limits[i].lock);
 	free(g->limits);
 	free(g->courier_url);
 	config_free(g->cfg); /* zeroes keys */
 	free(g);
+	metrics_generations_alive(-1);
 }
 
-int gen_install(struct config *cfg)
+int gen_install(struct config *cfg, unsigned spare_engines)
 {
 	struct gen *g = calloc(1, sizeof(*g)), *old;
 	size_t n;
@@ -68,6 +77,16 @@ int gen_install(struct config *cfg)
 		clock_gettime(CLOCK_MONOTONIC, &g->limits[i].last);
 	}
 	atomic_init(&g->refs, 1);
+	pthread_mutex_init(&g->spare_lock, NULL);
+	g->spare = spare_engines ? calloc(spare_engines, sizeof(*g->spare)) : NULL;
+	for (unsigned i = 0; g->spare && i < spare_engines; i++) {
+		char err[256];
+		/* A failure here is not fatal: a worker builds its own, and logs why. */
+		if (!(g->spare[g->n_spare] = policy_engine_new(cfg, err, sizeof(err))))
+			break;
+		g->n_spare++;
+	}
+	metrics_generations_alive(1);
 
 	pthread_mutex_lock(&cur_lock);
 	g->id = next_id++;
@@ -79,6 +98,17 @@ int gen_install(struct config *cfg)
 	if (old)
 		gen_release(old);
 	return 0;
+}
+
+struct policy_engine *gen_take_engine(struct gen *g)
+{
+	struct policy_engine *e = NULL;
+
+	pthread_mutex_lock(&g->spare_lock);
+	if (g->n_spare > 0)
+		e = g->spare[--g->n_spare];
+	pthread_mutex_unlock(&g->spare_lock);
+	return e;
 }
 
 struct gen *gen_acquire(void)

@@ -10,11 +10,14 @@
 #ifndef BROKER_GEN_H
 #define BROKER_GEN_H
 
+#include <pthread.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <time.h>
 
 struct config;
 struct tenant;
+struct policy_engine;
 
 struct gen {
 	struct config *cfg; /* owned */
@@ -23,10 +26,23 @@ struct gen {
 	char *courier_url;              /* base_url + "/auth/issue-token" */
 	struct ratelimit *limits;       /* one per tenant, same order */
 	_Atomic int refs;
+
+	/* Policy engines built for this generation before it serves, so worker
+	 * threads switch to it without compiling on a request's time. Taken
+	 * once each (gen_take_engine); those never taken die with it. */
+	struct policy_engine **spare;
+	size_t n_spare;
+	pthread_mutex_t spare_lock;
 };
 
-/* Makes cfg (ownership taken) the current generation. Returns 0 or -1. */
-int gen_install(struct config *cfg);
+/* Makes cfg (ownership taken) the current generation, with up to
+ * spare_engines policy engines built for it first (one per worker thread).
+ * Returns 0 or -1. */
+int gen_install(struct config *cfg, unsigned spare_engines);
+
+/* One of g's spare engines, now the caller's (policy_engine_free it), or
+ * NULL when none is left. */
+struct policy_engine *gen_take_engine(struct gen *g);
 
 /* The current generation with a reference taken, or NULL before the first. */
 struct gen *gen_acquire(void);

@@ -2,14 +2,17 @@
  * main.c — the command line: wires configuration, engines and the front.
  *
  * serve: blocks the signals before any thread starts and reads them here, in
- * one place (SIGHUP reloads, SIGTERM/SIGINT drain and exit). check: loads
- * everything and runs the policy tests. eval: one decision, never calling
- * Courier. Keeps no logic of its own beyond the order of things.
+ * one place (SIGHUP reloads, several pending ones once; SIGTERM/SIGINT drain
+ * and exit, with a watchdog that bounds the exit). check: loads everything and
+ * runs the policy tests. reload: check, then SIGHUP the broker of a pid file.
+ * eval: one decision, never calling Courier. Keeps no logic of its own beyond
+ * the order of things.
  */
 #include <curl/curl.h>
 #include <errno.h>
 #include <lauxlib.h>
 #include <lua.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,13 +30,19 @@
 #include "json.h"
 #include "log.h"
 #include "metrics.h"
+#include "pidfile.h"
 #include "policy.h"
 #include "policytest.h"
+#include "reload.h"
 #include "scope.h"
 
 static const char usage[] =
-	"usage: courier-broker serve -c CONFIG         run the server (foreground, logs to stderr)\n"
+	"usage: courier-broker serve -c CONFIG [--pid-file PATH]\n"
+	"                                              run the server (foreground, logs to stderr)\n"
 	"       courier-broker check -c CONFIG         load config, keys and policies, run policy tests\n"
+	"       courier-broker reload -c CONFIG [--pid-file PATH]\n"
+	"                                              check CONFIG, then SIGHUP the broker named by the\n"
+	"                                              pid file (default " PIDFILE_DEFAULT ")\n"
 	"       courier-broker test [--run PATTERN] [--format text|json] PATH...\n"
 	"                                              run policy test files (*_test.lua) or folders\n"
 	"       courier-broker eval -c CONFIG --tenant NAME [--request FILE|-]\n"
@@ -53,22 +62,10 @@ static void harden_process(void)
 static struct config *load_checked(const char *path, bool quiet_tests)
 {
 	char err[1024];
-	struct config *cfg = config_load(path, err, sizeof(err));
+	struct config *cfg = reload_load(path, quiet_tests, err, sizeof(err));
 
-	if (!cfg) {
+	if (!cfg)
 		log_msg("error", "%s", err);
-		return NULL;
-	}
-	if (policy_engine_check(cfg, err, sizeof(err)) != 0) {
-		log_msg("error", "%s", err);
-		config_free(cfg);
-		return NULL;
-	}
-	if (policytest_config(cfg, quiet_tests, err, sizeof(err)) != 0) {
-		log_msg("error", "%s", err);
-		config_free(cfg);
-		return NULL;
-	}
 	return cfg;
 }
 
@@ -89,28 +86,84 @@ static int cmd_check(const char *path)
 	return 0;
 }
 
-static void reload(const char *path)
+/* `reload`: the same checks as `check`; only a configuration that passes
+ * them gets the running broker a SIGHUP. */
+static int cmd_reload(const char *path, const char *pid_file)
 {
-	struct config *cfg;
+	struct config *cfg = load_checked(path, true);
+	char err[512];
+	pid_t pid;
 
-	log_msg("info", "SIGHUP: reloading %s", path);
-	cfg = load_checked(path, true);
-	if (!cfg || gen_install(cfg) != 0) {
-		if (cfg)
-			config_free(cfg);
-		metrics_reload(false, time(NULL));
-		log_msg("error", "reload refused: the running generation keeps serving");
-		return;
+	if (!cfg) {
+		fprintf(stderr, "courier-broker: configuration %s: FAILED; the running broker was not signalled\n",
+			path);
+		return 1;
 	}
-	metrics_reload(true, time(NULL));
-	{
-		struct gen *g = gen_acquire();
-		log_msg("info", "reload done: generation %llu serving", g ? g->id : 0ULL);
-		gen_release(g);
+	config_free(cfg);
+	pid = pidfile_broker(pid_file, err, sizeof(err));
+	if (pid < 0) {
+		fprintf(stderr, "courier-broker: %s\n", err);
+		return 1;
 	}
+	if (kill(pid, SIGHUP) != 0) {
+		fprintf(stderr, "courier-broker: cannot signal pid %ld: %s\n", (long)pid, strerror(errno));
+		return 1;
+	}
+	fprintf(stderr, "courier-broker: configuration %s: ok; sent SIGHUP to pid %ld (the result is in its log "
+			"and /metrics)\n",
+		path, (long)pid);
+	return 0;
 }
 
-static int cmd_serve(const char *path)
+/* ------------------------------------------------------------ the drain watchdog */
+
+static unsigned watchdog_ms;
+
+/* Bounds the exit whatever hangs: the drain, the Courier thread, MHD. */
+static void *watchdog(void *arg)
+{
+	struct timespec ts = {watchdog_ms / 1000, (long)(watchdog_ms % 1000) * 1000000L};
+
+	(void)arg;
+	while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+		;
+	log_msg("error", "shutdown did not finish within %u ms: exiting now", watchdog_ms);
+	pidfile_remove();
+	_exit(0);
+	return NULL;
+}
+
+static void watchdog_start(unsigned ms)
+{
+	pthread_t t;
+
+	watchdog_ms = ms;
+	if (pthread_create(&t, NULL, watchdog, NULL) == 0)
+		pthread_detach(t);
+	else
+		log_msg("warn", "cannot start the shutdown watchdog");
+}
+
+/* Waits for a signal. Several SIGHUPs already pending make one reload
+ * (*hups counts them); a pending SIGTERM or SIGINT wins over them. */
+static int next_signal(const sigset_t *set, int *hups)
+{
+	static const struct timespec now = {0, 0};
+	int sig, more;
+
+	while (sigwait(set, &sig) != 0)
+		;
+	*hups = sig == SIGHUP;
+	while (sig == SIGHUP && (more = sigtimedwait(set, NULL, &now)) > 0) {
+		if (more == SIGHUP)
+			(*hups)++;
+		else
+			sig = more;
+	}
+	return sig;
+}
+
+static int cmd_serve(const char *path, const char *pid_file)
 {
 	struct courier_client *cc = NULL;
 	struct http_server *srv = NULL;
@@ -119,7 +172,7 @@ static int cmd_serve(const char *path)
 	sigset_t set;
 	char err[512];
 	unsigned drain_ms;
-	int sig;
+	int sig, hups, rc;
 
 	harden_process();
 	/* Before any thread exists, so every thread inherits the mask. */
@@ -131,10 +184,15 @@ static int cmd_serve(const char *path)
 	signal(SIGPIPE, SIG_IGN);
 	curl_global_init(CURL_GLOBAL_DEFAULT);
 
+	if (pid_file && pidfile_check(pid_file, err, sizeof(err)) != 0) {
+		log_msg("error", "%s", err);
+		return 1;
+	}
 	cfg = load_checked(path, true);
 	if (!cfg)
 		return 1;
-	if (gen_install(cfg) != 0) {
+	reload_started_with(cfg);
+	if (gen_install(cfg, cfg->threads) != 0) {
 		config_free(cfg);
 		log_msg("error", "out of memory");
 		return 1;
@@ -150,27 +208,33 @@ static int cmd_serve(const char *path)
 		gen_shutdown();
 		return 1;
 	}
+	/* Before the "listening" line, so whoever waits for that line finds it. */
+	if (pid_file && pidfile_write(pid_file, err, sizeof(err)) != 0)
+		log_msg("warn", "%s: `courier-broker reload` will not find this broker", err);
 	log_msg("info", "courier-broker %s listening on %s:%u with %zu tenant(s), generation %llu", BROKER_VERSION,
 		g->cfg->listen_host, http_port(srv), g->cfg->n_tenants, g->id);
 	gen_release(g);
 
-	for (;;) {
-		if (sigwait(&set, &sig) != 0)
-			continue;
-		if (sig == SIGHUP) {
-			reload(path);
-			continue;
-		}
-		break;
-	}
+	while ((sig = next_signal(&set, &hups)) == SIGHUP)
+		reload_run(path, hups);
 	g = gen_acquire();
 	drain_ms = g ? g->cfg->drain_timeout_ms : 10000;
 	gen_release(g);
 	log_msg("info", "%s: draining (up to %u ms)", sig == SIGINT ? "SIGINT" : "SIGTERM", drain_ms);
-	http_drain_and_stop(srv, drain_ms);
+	/* The drain returns at most 1.5 s after its deadline (aborted Courier
+	 * calls, answers flushed); 2 s is a hang. */
+	watchdog_start(drain_ms + 2000);
+	rc = http_drain_and_stop(srv, drain_ms);
+	if (rc != 0) {
+		/* Connections are still suspended: freeing what they use would crash. */
+		log_msg("error", "exiting without cleanup");
+		pidfile_remove();
+		_exit(0);
+	}
 	courier_client_free(cc);
 	gen_shutdown();
 	curl_global_cleanup();
+	pidfile_remove();
 	log_msg("info", "stopped");
 	return 0;
 }
@@ -233,7 +297,7 @@ out:
 int main(int argc, char **argv)
 {
 	const char *cmd = argc > 1 ? argv[1] : NULL;
-	const char *config = NULL, *tenant = NULL, *request = NULL;
+	const char *config = NULL, *tenant = NULL, *request = NULL, *pid_file = NULL;
 
 	if (!cmd || strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0) {
 		fputs(usage, cmd ? stdout : stderr);
@@ -253,6 +317,9 @@ int main(int argc, char **argv)
 			tenant = argv[++i];
 		else if (strcmp(argv[i], "--request") == 0 && i + 1 < argc)
 			request = argv[++i];
+		else if (strcmp(argv[i], "--pid-file") == 0 && i + 1 < argc &&
+			 (strcmp(cmd, "serve") == 0 || strcmp(cmd, "reload") == 0))
+			pid_file = argv[++i];
 		else {
 			fprintf(stderr, "courier-broker: unexpected argument %s\n%s", argv[i], usage);
 			return 2;
@@ -263,9 +330,11 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	if (strcmp(cmd, "serve") == 0)
-		return cmd_serve(config);
+		return cmd_serve(config, pid_file);
 	if (strcmp(cmd, "check") == 0)
 		return cmd_check(config);
+	if (strcmp(cmd, "reload") == 0)
+		return cmd_reload(config, pid_file ? pid_file : PIDFILE_DEFAULT);
 	if (strcmp(cmd, "eval") == 0) {
 		if (!tenant) {
 			fprintf(stderr, "courier-broker: eval needs --tenant NAME\n");

@@ -37,6 +37,7 @@ static atomic_ullong up_count, up_sum_us;
 static atomic_ullong up_status_2xx, up_status_4xx, up_status_5xx, up_status_none;
 static atomic_int inflight;
 static atomic_ullong gen_id, gen_loaded_at;
+static atomic_int gens_alive;
 static atomic_ullong reload_ok, reload_failed, reload_last_time, stale_since;
 /* The configuration loaded at start counts as a success: no alert on a fresh start. */
 static atomic_ullong reload_last_ok = 1;
@@ -109,6 +110,11 @@ void metrics_generation(unsigned long long id, time_t loaded_at)
 {
 	atomic_store(&gen_id, id);
 	atomic_store(&gen_loaded_at, (unsigned long long)loaded_at);
+}
+
+void metrics_generations_alive(int delta)
+{
+	atomic_fetch_add(&gens_alive, delta);
 }
 
 void metrics_reload(bool ok, time_t when)
@@ -207,8 +213,11 @@ char *metrics_render(size_t *len)
 		"# TYPE broker_generation gauge\nbroker_generation %llu\n"
 		"# HELP broker_generation_loaded_timestamp_seconds When it was loaded.\n"
 		"# TYPE broker_generation_loaded_timestamp_seconds gauge\n"
-		"broker_generation_loaded_timestamp_seconds %llu\n",
-	    atomic_load(&gen_id), atomic_load(&gen_loaded_at));
+		"broker_generation_loaded_timestamp_seconds %llu\n"
+		"# HELP broker_generations_alive Generations not yet freed (the running one and those held by "
+		"requests).\n"
+		"# TYPE broker_generations_alive gauge\nbroker_generations_alive %d\n",
+	    atomic_load(&gen_id), atomic_load(&gen_loaded_at), atomic_load(&gens_alive));
 	add(&b, "# HELP broker_reloads_total Reload attempts by result.\n"
 		"# TYPE broker_reloads_total counter\n"
 		"broker_reloads_total{result=\"ok\"} %llu\nbroker_reloads_total{result=\"failed\"} %llu\n"

@@ -25,6 +25,10 @@ void metrics_inflight_add(int delta);
 void metrics_generation(unsigned long long id, time_t loaded_at);
 void metrics_reload(bool ok, time_t when);
 
+/* Generations not yet freed: the running one plus those that requests still
+ * hold. Back to 1 once the requests that started before a reload are done. */
+void metrics_generations_alive(int delta);
+
 /* Renders everything; returns a malloc'ed string (caller frees) or NULL. */
 char *metrics_render(size_t *len);
 

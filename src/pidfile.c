@@ -1,0 +1,153 @@
+/*
+ * pidfile.c — the pid file of `serve`, and finding the broker it names.
+ *
+ * Owns the path of the file this process wrote (set once, before any other
+ * thread can call pidfile_remove). Never signals anything itself: `reload`
+ * does, with the pid this module vouches for.
+ */
+#include "pidfile.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define PROC_NAME "courier-broker"
+
+static char written[PATH_MAX]; /* "" until pidfile_write succeeds */
+
+/* Reads a positive pid from path: 1 found, 0 absent or not a pid, -1 error. */
+static int read_pid(const char *path, pid_t *pid, char *err, size_t errlen)
+{
+	char buf[32];
+	ssize_t n;
+	long v;
+	char *end;
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+
+	if (fd < 0) {
+		if (errno == ENOENT)
+			return 0;
+		snprintf(err, errlen, "pid file %s: %s", path, strerror(errno));
+		return -1;
+	}
+	n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	if (n <= 0)
+		return 0;
+	buf[n] = '\0';
+	errno = 0;
+	v = strtol(buf, &end, 10);
+	if (errno || end == buf || (*end && *end != '\n') || v <= 0 || v > INT_MAX)
+		return 0;
+	*pid = (pid_t)v;
+	return 1;
+}
+
+/* Alive, and (when /proc tells) called courier-broker. */
+static bool is_broker(pid_t pid)
+{
+	char path[64], comm[32];
+	ssize_t n;
+	int fd;
+
+	if (kill(pid, 0) != 0 && errno != EPERM)
+		return false;
+	snprintf(path, sizeof(path), "/proc/%ld/comm", (long)pid);
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return true; /* alive, name unknown: assume the worst */
+	n = read(fd, comm, sizeof(comm) - 1);
+	close(fd);
+	if (n <= 0)
+		return true;
+	comm[n] = '\0';
+	comm[strcspn(comm, "\n")] = '\0';
+	return strcmp(comm, PROC_NAME) == 0;
+}
+
+int pidfile_check(const char *path, char *err, size_t errlen)
+{
+	pid_t pid;
+	int rc = read_pid(path, &pid, err, errlen);
+
+	if (rc <= 0)
+		return rc;
+	if (pid != getpid() && is_broker(pid)) {
+		snprintf(err, errlen,
+		         "pid file %s names a running courier-broker (pid %ld): not starting a second one",
+		         path, (long)pid);
+		return -1;
+	}
+	return 0;
+}
+
+int pidfile_write(const char *path, char *err, size_t errlen)
+{
+	char tmp[PATH_MAX], line[32];
+	int fd, len;
+
+	if (strlen(path) >= sizeof(written) ||
+	    snprintf(tmp, sizeof(tmp), "%s.tmp", path) >= (int)sizeof(tmp)) {
+		snprintf(err, errlen, "pid file %s: path too long", path);
+		return -1;
+	}
+	len = snprintf(line, sizeof(line), "%ld\n", (long)getpid());
+	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0644);
+	if (fd < 0) {
+		snprintf(err, errlen, "pid file %s: %s", tmp, strerror(errno));
+		return -1;
+	}
+	if (write(fd, line, (size_t)len) != len || close(fd) != 0) {
+		snprintf(err, errlen, "pid file %s: %s", tmp, strerror(errno));
+		unlink(tmp);
+		return -1;
+	}
+	if (rename(tmp, path) != 0) {
+		snprintf(err, errlen, "pid file %s: %s", path, strerror(errno));
+		unlink(tmp);
+		return -1;
+	}
+	memcpy(written, path, strlen(path) + 1);
+	return 0;
+}
+
+void pidfile_remove(void)
+{
+	char buf[32];
+	pid_t pid = 0;
+	int rc;
+
+	if (!written[0])
+		return;
+	rc = read_pid(written, &pid, buf, sizeof(buf));
+	if (rc == 1 && pid == getpid())
+		unlink(written);
+	written[0] = '\0';
+}
+
+pid_t pidfile_broker(const char *path, char *err, size_t errlen)
+{
+	pid_t pid;
+	int rc = read_pid(path, &pid, err, errlen);
+
+	if (rc < 0)
+		return -1;
+	if (rc == 0) {
+		snprintf(err, errlen,
+		         "pid file %s: missing or holds no pid (is the broker running with --pid-file?)",
+		         path);
+		return -1;
+	}
+	if (!is_broker(pid)) {
+		snprintf(err, errlen, "pid file %s: pid %ld is not a running courier-broker (stale file?)",
+		         path, (long)pid);
+		return -1;
+	}
+	return pid;
+}

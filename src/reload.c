@@ -1,0 +1,118 @@
+/*
+ * reload.c — building, checking and installing the next generation.
+ *
+ * Owns the checks a configuration passes before it may serve, and the record
+ * of each attempt (one log line with the reason, the reload metrics). Knows
+ * which settings the running server took at start and cannot change. Never
+ * touches a generation that is serving: gen_install swaps it atomically.
+ */
+#include "reload.h"
+
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include "config.h"
+#include "gen.h"
+#include "log.h"
+#include "metrics.h"
+#include "policy.h"
+#include "policytest.h"
+
+/* The settings serve started with: changing them needs a restart. */
+static struct {
+	char listen_host[256];
+	unsigned short listen_port;
+	unsigned threads, max_connections, connection_timeout_s, courier_max_connections;
+	bool set;
+} started;
+
+struct config *reload_load(const char *path, bool quiet_tests, char *err, size_t errlen)
+{
+	struct config *cfg = config_load(path, err, errlen);
+
+	if (!cfg)
+		return NULL;
+	if (policy_engine_check(cfg, err, errlen) != 0 ||
+	    policytest_config(cfg, quiet_tests, err, errlen) != 0) {
+		config_free(cfg);
+		return NULL;
+	}
+	return cfg;
+}
+
+void reload_started_with(const struct config *cfg)
+{
+	snprintf(started.listen_host, sizeof(started.listen_host), "%s", cfg->listen_host);
+	started.listen_port = cfg->listen_port;
+	started.threads = cfg->threads;
+	started.max_connections = cfg->max_connections;
+	started.connection_timeout_s = cfg->connection_timeout_s;
+	started.courier_max_connections = cfg->courier_max_connections;
+	started.set = true;
+}
+
+/* One warning per setting the new configuration changes but cannot apply. */
+static void warn_restart_only(const struct config *cfg)
+{
+	if (!started.set)
+		return;
+	if (strcmp(cfg->listen_host, started.listen_host) != 0 || cfg->listen_port != started.listen_port)
+		log_msg("warn", "reload: listen changed to %s:%u; still listening on %s:%u until a restart",
+		        cfg->listen_host, cfg->listen_port, started.listen_host, started.listen_port);
+	if (cfg->threads != started.threads)
+		log_msg("warn", "reload: threads changed to %u; still %u until a restart", cfg->threads,
+		        started.threads);
+	if (cfg->max_connections != started.max_connections)
+		log_msg("warn", "reload: max_connections changed to %u; still %u until a restart",
+		        cfg->max_connections, started.max_connections);
+	if (cfg->connection_timeout_s != started.connection_timeout_s)
+		log_msg("warn", "reload: connection_timeout_s changed to %u; still %u until a restart",
+		        cfg->connection_timeout_s, started.connection_timeout_s);
+	if (cfg->courier_max_connections != started.courier_max_connections)
+		log_msg("warn", "reload: courier.max_connections changed to %u; still %u until a restart",
+		        cfg->courier_max_connections, started.courier_max_connections);
+}
+
+static double ms_since(const struct timespec *t0)
+{
+	struct timespec now;
+
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	return (double)(now.tv_sec - t0->tv_sec) * 1e3 + (double)(now.tv_nsec - t0->tv_nsec) / 1e6;
+}
+
+int reload_run(const char *path, int signals)
+{
+	char err[1024];
+	struct timespec t0;
+	struct config *cfg;
+	struct gen *g;
+	unsigned long long running;
+
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	if (signals > 1)
+		log_msg("info", "SIGHUP: reloading %s (%d signals coalesced)", path, signals);
+	else
+		log_msg("info", "SIGHUP: reloading %s", path);
+	cfg = reload_load(path, true, err, sizeof(err));
+	if (cfg) {
+		warn_restart_only(cfg);
+		/* One engine per worker thread (as many as serve started with). */
+		if (gen_install(cfg, started.set ? started.threads : cfg->threads) != 0) {
+			config_free(cfg);
+			cfg = NULL;
+			snprintf(err, sizeof(err), "out of memory");
+		}
+	}
+	g = gen_acquire();
+	running = g ? g->id : 0ULL;
+	gen_release(g);
+	metrics_reload(cfg != NULL, time(NULL));
+	if (!cfg) {
+		log_msg("error", "reload refused: %s; generation %llu keeps serving", err, running);
+		return -1;
+	}
+	log_msg("info", "reload done: generation %llu serving (%.1f ms)", running, ms_since(&t0));
+	return 0;
+}
