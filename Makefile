@@ -39,14 +39,17 @@ UNIT_duration = duration
 UNIT_secret   = secret
 UNIT_envelope = envelope scope duration secret
 UNIT_json     = json
-UNIT_jwt      = jwt json secret
-UNIT_ident    = ident jwt json secret
-UNIT_config   = config secret jwt json duration scope log
-UNIT_policy   = policy envelope scope duration json config secret jwt log
+UNIT_jwt      = jwt jwks json secret log
+UNIT_ident    = ident jwt jwks json secret log
+UNIT_config   = config secret jwt jwks ident json duration scope log
+UNIT_pmatch   = pmatch
+UNIT_pidfile  = pidfile
+UNIT_jwks     = jwks jwt json secret log
+UNIT_policy   = policy pmatch envelope scope duration json config secret jwt jwks ident log
 UNIT_NAMES = $(patsubst tests/unit/test_%.c,%,$(wildcard tests/unit/test_*.c))
 UNIT_BINS  = $(patsubst %,$(BUILD)/tests/test_%,$(UNIT_NAMES))
 
-.PHONY: all deps test check demo bench fuzz fmt lint clean unit integration
+.PHONY: all deps test check demo bench bench-jwt bench-decision fuzz fmt lint clean unit integration
 all: $(BROKER) $(DOUBLE)
 
 deps:
@@ -92,8 +95,25 @@ bench: deps
 	@$(MAKE) --no-print-directory all
 	@bash scripts/bench.sh $(abspath $(BROKER)) $(abspath $(DOUBLE))
 
+# JWT verification micro-benchmark: µs per token per algorithm (scripts/bench.sh runs it too).
+BENCH_JWT_OBJS = jwt jwks json secret log
+$(BUILD)/bench_jwt: tests/bench/bench_jwt.c tests/unit/testkeys.h $(addprefix $(BUILD)/obj/,$(addsuffix .o,$(BENCH_JWT_OBJS)))
+	$(CC) $(CFLAGS_ALL) -o $@ $< $(addprefix $(BUILD)/obj/,$(addsuffix .o,$(BENCH_JWT_OBJS))) $(LDLIBS_ALL)
+
+bench-jwt: $(BUILD)/bench_jwt
+	@$(BUILD)/bench_jwt
+
+# Policy decision micro-benchmark: median and p99 µs per decision of policies/default.lua.
+BENCH_DECISION_OBJS = policy pmatch envelope scope duration json config secret jwt jwks ident log
+$(BUILD)/bench_decision: tests/bench/bench_decision.c $(addprefix $(BUILD)/obj/,$(addsuffix .o,$(BENCH_DECISION_OBJS)))
+	$(CC) $(CFLAGS_ALL) -o $@ $< $(addprefix $(BUILD)/obj/,$(addsuffix .o,$(BENCH_DECISION_OBJS))) $(LDLIBS_ALL)
+
+bench-decision: $(BUILD)/bench_decision
+	@$(BUILD)/bench_decision policies/default.lua
+
 FUZZ_NAMES = $(patsubst tests/fuzz/fuzz_%.c,%,$(wildcard tests/fuzz/fuzz_*.c))
-FUZZ_jwt      = jwt json secret
+FUZZ_jwt      = jwt jwks json secret log
+FUZZ_jwks     = jwks jwt json secret log
 FUZZ_duration = duration
 FUZZ_scope    = scope
 FUZZ_json     = json

@@ -86,3 +86,18 @@ print("ratio broker/double at 0 ms, 32 conns:   %.1f%%  (goal >= 33%%)" % (100 *
 print("100 ms upstream, 500 conns:              %.0f rps = %.1f%% of the 5000 rps ideal (goal >= 90%%), %d errors" % (s, s / 50, err))
 print("broker peak RSS:                         %.1f MiB (goal < 64 MiB)" % (rss / 1024))
 PY
+
+# ------------------------------------------------------ reload (issue 5)
+# Reload time for 100 tenants (and `check`), throughput during a SIGHUP storm
+# next to throughput without one: scripts/bench/reload.sh, own processes.
+bash "$root/scripts/bench/reload.sh" "$broker" "$double" "$secs"
+
+# ---- JWT verification cost per algorithm (issue 3): its own target ----------
+echo
+make -C "$root" --no-print-directory bench-jwt
+
+# ---- policy decision cost (issue 4): its own target --------------------------
+# Request table built, policies/default.lua run in its sandbox, decision
+# validated; median and p99 µs per decision (goal: median < 2 µs).
+echo
+make -C "$root" --no-print-directory bench-decision

@@ -7,6 +7,7 @@ secs=${1:-60}; shift
 root=$(cd "$(dirname "$0")/.." && pwd)
 status=0
 for bin in "$@"; do
+  bin=$(cd "$(dirname "$bin")" && pwd)/$(basename "$bin")   # the run happens in a scratch folder
   name=${bin##*/fuzz_}
   work=$(mktemp -d)
   [ -d "$root/tests/fuzz/corpus/$name" ] && cp -r "$root/tests/fuzz/corpus/$name/." "$work/"

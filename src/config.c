@@ -15,6 +15,7 @@
  */
 #include "config.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <lauxlib.h>
@@ -28,6 +29,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -35,7 +37,9 @@
 #include "scope.h"
 
 #define CONFIG_FILE_MAX     (1024 * 1024) /* the configuration file itself */
-#define POLICY_FILE_MAX     (1024 * 1024) /* each tenant's policy source */
+#define POLICY_FILE_MAX     (1024 * 1024) /* each tenant's policy source, and each module */
+#define DATA_FILE_MAX       (1024 * 1024) /* each tenant's data = "x.json" */
+#define MODULES_MAX         64            /* modules beside one policy */
 #define CONFIG_MEMORY_MAX   (64u << 20)   /* Lua heap while the file runs */
 #define CONFIG_INSTRUCTIONS 10000000LL    /* Lua VM instructions while the file runs */
 #define HOOK_EVERY          1000          /* instructions between two hook calls */
@@ -52,9 +56,10 @@ enum opt_type {
 	OPT_INT,
 	OPT_NUMBER,
 	OPT_BOOL,
-	OPT_DURATION, /* "1h", "7d": see duration.h; stored as whole seconds */
-	OPT_SECRET,   /* { env = "NAME" } or { file = "PATH" } */
-	OPT_LIST,     /* list of strings */
+	OPT_DURATION,   /* "1h", "7d": see duration.h; stored as whole seconds */
+	OPT_SECRET,     /* { env = "NAME" } or { file = "PATH" } */
+	OPT_LIST,       /* list of strings */
+	OPT_TABLE_LIST, /* list of tables, read by the row's converter (client_keys) */
 };
 
 enum opt_flag {
@@ -75,6 +80,7 @@ struct value {
 	char **list; /* OPT_LIST, NULL-terminated, owned until a converter takes it */
 	size_t n;
 	struct secret_ref ref; /* OPT_SECRET, owned */
+	int idx;               /* OPT_TABLE_LIST: absolute stack index of the list */
 };
 
 struct loader;
@@ -95,9 +101,15 @@ struct option {
 static int conv_listen(struct loader *ld, const char *key, struct value *v, void *base);
 static int conv_base_url(struct loader *ld, const char *key, struct value *v, void *base);
 static int conv_policy(struct loader *ld, const char *key, struct value *v, void *base);
+static int conv_data(struct loader *ld, const char *key, struct value *v, void *base);
 static int conv_algorithms(struct loader *ld, const char *key, struct value *v, void *base);
 static int conv_scopes(struct loader *ld, const char *key, struct value *v, void *base);
 static int conv_burst(struct loader *ld, const char *key, struct value *v, void *base);
+static int conv_public_key(struct loader *ld, const char *key, struct value *v, void *base);
+static int conv_jwks_file(struct loader *ld, const char *key, struct value *v, void *base);
+static int conv_client_keys(struct loader *ld, const char *key, struct value *v, void *base);
+static int conv_proxy_header(struct loader *ld, const char *key, struct value *v, void *base);
+static int conv_proxy_from(struct loader *ld, const char *key, struct value *v, void *base);
 
 #define CFG(m)  offsetof(struct config, m), sizeof(((struct config *)0)->m)
 #define TEN(m)  offsetof(struct tenant, m), sizeof(((struct tenant *)0)->m)
@@ -130,11 +142,14 @@ static const struct option options[] = {
 
     {"policy_limits", OPT_TABLE, NULL, 0, 0, NOWHERE, 0, NULL, "Budget of one policy decision."},
     {"policy_limits.max_instructions", OPT_INT, "1000000", 1000, 100000000, CFG(policy_max_instructions), 0,
-     NULL, "Lua instructions per decision."},
+     NULL, "Lua instructions per decision; work inside library functions (pattern matching steps, elements "
+           "and bytes handled) is charged to it too. Breach: `policy_error`, even under `pcall`."},
     {"policy_limits.max_memory_bytes", OPT_INT, "8388608", 65536, 268435456, CFG(policy_max_memory_bytes), 0,
-     NULL, "Lua memory per policy state."},
+     NULL, "Lua memory a decision may add to its engine; `string.rep`/`string.format` results are capped at "
+           "1 MiB besides."},
     {"policy_limits.timeout_ms", OPT_INT, "50", 1, 5000, CFG(policy_timeout_ms), 0, NULL,
-     "Wall-clock time per decision."},
+     "CPU time of one decision (checked every 1000 instructions, every 4096 units of charged library work "
+     "and at every allocation of 64 KiB or more)."},
 
     {"tenants", OPT_MAP, NULL, 0, 0, NOWHERE, OPT_REQUIRED, NULL,
      "At least one tenant; names match `[A-Za-z0-9_-]{1,64}`; `default` serves `POST /v1/token`."},
@@ -143,17 +158,48 @@ static const struct option options[] = {
      "Courier API key of this tenant's workspace and environment."},
     {"tenants.*.policy", OPT_STRING, NULL, 0, 0, NOWHERE, OPT_REQUIRED, conv_policy,
      "Policy file (Lua), relative to the config file's folder."},
+    {"tenants.*.data", OPT_STRING, NULL, 0, 0, NOWHERE, 0, conv_data,
+     "JSON document the policy reads as `broker.data` (read-only), relative to the config file's folder; "
+     "at most 1 MiB, part of the policy revision."},
     {"tenants.*.auth", OPT_TABLE, NULL, 0, 0, NOWHERE, 0, NULL,
-     "How requesters authenticate: at least one of `jwt`, `none = true`."},
+     "How requesters authenticate: at least one of `jwt`, `client_keys`, `trusted_proxy`, `none = true`; "
+     "tried in that order, the first that authenticates wins, a credential present but invalid is a 401."},
     {"tenants.*.auth.jwt", OPT_TABLE, NULL, 0, 0, TEN(auth.jwt.enabled), OPT_PRESENCE, NULL,
      "Requester presents a JWT from the app (`Authorization: Bearer`)."},
     {"tenants.*.auth.jwt.algorithms", OPT_LIST, NULL, 0, 0, NOWHERE, OPT_REQUIRED, conv_algorithms,
-     "Allowed algorithms: `HS256`, `HS384`, `HS512`."},
+     "Allowed algorithms: `HS256`, `HS384`, `HS512` (with `hmac_secret`), `RS256`, `RS384`, `RS512`, "
+     "`PS256`, "
+     "`PS384`, `PS512` (RSA key), `ES256` (EC P-256 key), `ES384` (EC P-384 key), `EdDSA` (Ed25519 key)."},
     {"tenants.*.auth.jwt.hmac_secret", OPT_SECRET, NULL, 0, 0, TEN(auth.jwt.hmac_secret), 0, NULL,
-     "Key for HS* algorithms (required with them)."},
-    {"tenants.*.auth.jwt.public_key", OPT_SECRET, NULL, 0, 0, NOWHERE, OPT_UNSUPPORTED, NULL,
-     "Not supported yet."},
-    {"tenants.*.auth.jwt.jwks", OPT_TABLE, NULL, 0, 0, NOWHERE, OPT_UNSUPPORTED, NULL, "Not supported yet."},
+     "Key for HS* algorithms (required with them; refused without them)."},
+    {"tenants.*.auth.jwt.public_key", OPT_TABLE, NULL, 0, 0, TEN(auth.jwt.public_key_given), OPT_PRESENCE,
+     NULL,
+     "`{ file = \"PATH\" }`: one PEM public key (`-----BEGIN PUBLIC KEY-----`) for RS*/PS* (RSA, 2048..8192 "
+     "bits), ES256 (P-256), ES384 (P-384) or EdDSA (Ed25519); not a secret, so any file mode is fine."},
+    {"tenants.*.auth.jwt.public_key.file", OPT_STRING, NULL, 0, 0, NOWHERE, OPT_REQUIRED, conv_public_key,
+     "PEM file, relative to the config file's folder."},
+    {"tenants.*.auth.jwt.jwks", OPT_TABLE, NULL, 0, 0, TEN(auth.jwt.jwks_opts.enabled), OPT_PRESENCE, NULL,
+     "A JSON Web Key Set: `{ file = \"PATH\" }` or `{ url = \"https://...\" }`; keys chosen by the token's "
+     "`kid` and `alg`, never from `jku`/`x5u`/`x5c`/`jwk`."},
+    {"tenants.*.auth.jwt.jwks.file", OPT_STRING, NULL, 0, 0, NOWHERE, 0, conv_jwks_file,
+     "JWKS file, relative to the config file's folder; read at load and at each reload."},
+    {"tenants.*.auth.jwt.jwks.url", OPT_STRING, NULL, 0, 0, TEN(auth.jwt.jwks_opts.url), 0, NULL,
+     "JWKS URL (`https://`; `http://` only to 127.0.0.1, [::1] or localhost): fetched before the tenant is "
+     "ready (a failed first fetch fails `check` and start), then refreshed in the background."},
+    {"tenants.*.auth.jwt.jwks.min_refresh_s", OPT_INT, "60", 1, 86400, TEN(auth.jwt.jwks_opts.min_refresh_s),
+     0, NULL,
+     "Shortest time between scheduled fetches (lower bound on `Cache-Control: max-age`; retry delay "
+     "after a failed fetch)."},
+    {"tenants.*.auth.jwt.jwks.max_cache_s", OPT_INT, "3600", 1, 604800, TEN(auth.jwt.jwks_opts.max_cache_s),
+     0, NULL,
+     "Longest a fetched set is used before it is fetched again (upper bound on `max-age`; used when "
+     "the response has none)."},
+    {"tenants.*.auth.jwt.jwks.cooldown_s", OPT_INT, "30", 1, 3600, TEN(auth.jwt.jwks_opts.cooldown_s), 0,
+     NULL,
+     "A token with an unknown `kid` is refused and triggers one fetch, at most once per this many seconds "
+     "since the last fetch; concurrent misses share it."},
+    {"tenants.*.auth.jwt.jwks.timeout_ms", OPT_INT, "5000", 100, 60000, TEN(auth.jwt.jwks_opts.timeout_ms), 0,
+     NULL, "One JWKS fetch, connecting included."},
     {"tenants.*.auth.jwt.issuer", OPT_STRING, NULL, 0, 0, TEN(auth.jwt.issuer), 0, NULL,
      "Expected `iss` claim, compared exactly; not checked when absent."},
     {"tenants.*.auth.jwt.audience", OPT_STRING, NULL, 0, 0, TEN(auth.jwt.audience), 0, NULL,
@@ -164,10 +210,24 @@ static const struct option options[] = {
      NULL, "Longer tokens are refused unread."},
     {"tenants.*.auth.jwt.subject_claim", OPT_STRING, "sub", 0, 0, TEN(auth.jwt.subject_claim), 0, NULL,
      "Claim that names the requester (`req.identity.subject`)."},
-    {"tenants.*.auth.client_keys", OPT_TABLE, NULL, 0, 0, NOWHERE, OPT_UNSUPPORTED, NULL,
-     "Not supported yet."},
-    {"tenants.*.auth.trusted_proxy", OPT_TABLE, NULL, 0, 0, NOWHERE, OPT_UNSUPPORTED, NULL,
-     "Not supported yet."},
+    {"tenants.*.auth.jwt.max_age_s", OPT_INT, NULL, 1, 31536000, TEN(auth.jwt.max_age_s), 0, NULL,
+     "When set, `iat` is required and may be at most this many seconds old (plus `leeway_s`)."},
+    {"tenants.*.auth.jwt.typ", OPT_STRING, NULL, 0, 0, TEN(auth.jwt.typ), 0, NULL,
+     "When set, the header's `typ` must equal it (case-insensitive, `application/` optional), e.g. "
+     "`\"JWT\"`."},
+    {"tenants.*.auth.client_keys", OPT_TABLE_LIST, NULL, 0, 0, NOWHERE, 0, conv_client_keys,
+     "Server-to-server bearer keys: `{ { name = \"billing-backend\", key = { env = \"BILLING_KEY\" } }, ... "
+     "}`; "
+     "the bearer is compared in constant time with every key; `identity.subject` is the name. With `jwt` "
+     "beside it, a bearer with two dots goes to `jwt`, any other to `client_keys`."},
+    {"tenants.*.auth.trusted_proxy", OPT_TABLE, NULL, 0, 0, TEN(auth.proxy.enabled), OPT_PRESENCE, NULL,
+     "An authenticating proxy in front: its identity header is honoured only from `from`; it also makes "
+     "`req.client.ip` the right-most `X-Forwarded-For` entry that is not a trusted proxy."},
+    {"tenants.*.auth.trusted_proxy.header", OPT_STRING, NULL, 0, 0, NOWHERE, OPT_REQUIRED, conv_proxy_header,
+     "Header naming the user, e.g. `\"X-Forwarded-User\"` (1..256 bytes, no control characters)."},
+    {"tenants.*.auth.trusted_proxy.from", OPT_LIST, NULL, 0, 0, NOWHERE, OPT_REQUIRED, conv_proxy_from,
+     "CIDRs of the proxies, e.g. `{ \"10.0.0.0/8\", \"::1/128\" }`; no default: the header is ignored from "
+     "anyone else."},
     {"tenants.*.auth.none", OPT_BOOL, "false", 0, 0, TEN(auth.none), 0, NULL,
      "Development only: unauthenticated requesters reach the policy."},
     {"tenants.*.max_expires_in", OPT_DURATION, "7d", 0, 0, TEN(max_expires_s), 0, NULL,
@@ -249,6 +309,8 @@ static const char *type_name(enum opt_type t)
 		return "secret";
 	case OPT_LIST:
 		return "list of strings";
+	case OPT_TABLE_LIST:
+		return "list of tables";
 	}
 	return "?";
 }
@@ -667,6 +729,11 @@ static int read_value(struct loader *ld, const struct option *o, const char *key
 		return read_secret(ld, key, idx, v);
 	case OPT_LIST:
 		return read_list(ld, key, idx, v);
+	case OPT_TABLE_LIST:
+		if (lua_type(L, idx) != LUA_TTABLE)
+			return fail(ld, key, "expected a list of tables, got %s", lua_value_kind(L, idx));
+		v->idx = lua_absindex(L, idx);
+		return 0;
 	case OPT_TABLE:
 	case OPT_MAP:
 		break;
@@ -717,6 +784,7 @@ static int store_value(struct loader *ld, const struct option *o, const char *ke
 			return fail(ld, key, "%s", why);
 		return 0;
 	case OPT_LIST:
+	case OPT_TABLE_LIST:
 	case OPT_TABLE:
 	case OPT_MAP:
 		break;
@@ -811,22 +879,6 @@ static int conv_base_url(struct loader *ld, const char *key, struct value *v, vo
 	return 0;
 }
 
-static void revision_of(const char *text, size_t len, char out[17])
-{
-	static const char hex[] = "0123456789abcdef";
-	unsigned char md[EVP_MAX_MD_SIZE];
-	unsigned int mdlen = 0;
-
-	out[0] = '\0';
-	if (!EVP_Digest(text, len, md, &mdlen, EVP_sha256(), NULL) || mdlen < 8)
-		return;
-	for (int i = 0; i < 8; i++) {
-		out[2 * i] = hex[md[i] >> 4];
-		out[2 * i + 1] = hex[md[i] & 15];
-	}
-	out[16] = '\0';
-}
-
 static int conv_policy(struct loader *ld, const char *key, struct value *v, void *base)
 {
 	struct tenant *t = base;
@@ -851,11 +903,176 @@ static int conv_policy(struct loader *ld, const char *key, struct value *v, void
 		fail(ld, key, "out of memory");
 		goto out;
 	}
-	revision_of(t->policy_text, t->policy_len, t->policy_revision);
+	if (config_load_modules(t, why, sizeof(why)) != 0) {
+		fail(ld, key, "%s", why);
+		goto out;
+	}
+	config_policy_revision(t);
 	rc = 0;
 out:
 	free(joined);
 	return rc;
+}
+
+/* Runs after conv_policy (the row follows it), present or not. */
+static int conv_data(struct loader *ld, const char *key, struct value *v, void *base)
+{
+	struct tenant *t = base;
+	char why[512];
+	char *joined;
+
+	if (!v->present)
+		return 0;
+	joined = path_join(ld->cfg->dir, v->str);
+	if (!joined)
+		return fail(ld, key, "out of memory");
+	t->data_path = realpath(joined, NULL);
+	if (!t->data_path) {
+		fail(ld, key, "%s: %s", joined, strerror(errno));
+		free(joined);
+		return -1;
+	}
+	free(joined);
+	if (read_file(t->data_path, DATA_FILE_MAX, &t->data_text, &t->data_len, why, sizeof(why)))
+		return fail(ld, key, "%s: %s", t->data_path, why);
+	config_policy_revision(t);
+	return 0;
+}
+
+static int cmp_modules(const void *a, const void *b)
+{
+	return strcmp(((const struct policy_module *)a)->name, ((const struct policy_module *)b)->name);
+}
+
+/* Whether a file name is NAME.lua with NAME of [A-Za-z0-9_], not NAME_test.lua. */
+static bool module_file(const char *fname, size_t *namelen)
+{
+	size_t n = strlen(fname);
+
+	if (n <= 4 || strcmp(fname + n - 4, ".lua") != 0 || n - 4 > 64)
+		return false;
+	if (n >= 9 && strcmp(fname + n - 9, "_test.lua") == 0)
+		return false;
+	for (size_t i = 0; i < n - 4; i++) {
+		char c = fname[i];
+		if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_'))
+			return false;
+	}
+	*namelen = n - 4;
+	return true;
+}
+
+int config_load_modules(struct tenant *t, char *err, size_t errlen)
+{
+	DIR *d = opendir(t->policy_dir);
+	struct dirent *de;
+	char why[256];
+	int rc = -1;
+
+	if (!d) {
+		snprintf(err, errlen, "%s: %s", t->policy_dir, strerror(errno));
+		return -1;
+	}
+	while ((de = readdir(d))) {
+		struct policy_module *m;
+		size_t namelen;
+		if (!module_file(de->d_name, &namelen))
+			continue;
+		if (t->n_modules == MODULES_MAX) {
+			snprintf(err, errlen, "%s: more than %d modules beside the policy", t->policy_dir,
+			         MODULES_MAX);
+			goto out;
+		}
+		if (!t->modules && !(t->modules = calloc(MODULES_MAX, sizeof(*t->modules)))) {
+			snprintf(err, errlen, "out of memory");
+			goto out;
+		}
+		m = &t->modules[t->n_modules];
+		m->name = strndup(de->d_name, namelen);
+		m->path = path_join(t->policy_dir, de->d_name);
+		if (!m->name || !m->path) {
+			free(m->name);
+			free(m->path);
+			snprintf(err, errlen, "out of memory");
+			goto out;
+		}
+		t->n_modules++;
+		if (strcmp(m->path, t->policy_path) == 0) {
+			t->n_modules--; /* the policy itself is not a module */
+			free(m->name);
+			free(m->path);
+			continue;
+		}
+		if (read_file(m->path, POLICY_FILE_MAX, &m->text, &m->len, why, sizeof(why))) {
+			snprintf(err, errlen, "module %s: %s", m->path, why);
+			goto out;
+		}
+	}
+	if (t->n_modules)
+		qsort(t->modules, t->n_modules, sizeof(*t->modules), cmp_modules);
+	rc = 0;
+out:
+	closedir(d);
+	return rc;
+}
+
+/* SHA-256 over each part, each preceded by its length and a tag, so that
+ * moving bytes between parts changes the revision. */
+void config_policy_revision(struct tenant *t)
+{
+	static const char hex[] = "0123456789abcdef";
+	unsigned char md[EVP_MAX_MD_SIZE];
+	unsigned int mdlen = 0;
+	EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+	char head[128];
+	int ok;
+
+	t->policy_revision[0] = '\0';
+	if (!ctx)
+		return;
+	ok = EVP_DigestInit_ex(ctx, EVP_sha256(), NULL);
+	if (ok && t->n_modules == 0 && !t->data_text) {
+		/* A lone policy: the revision is the SHA-256 of its source. */
+		ok = EVP_DigestUpdate(ctx, t->policy_text, t->policy_len);
+	} else if (ok) {
+		snprintf(head, sizeof(head), "policy %zu\n", t->policy_len);
+		ok = EVP_DigestUpdate(ctx, head, strlen(head)) && EVP_DigestUpdate(ctx, t->policy_text, t->policy_len);
+		for (size_t i = 0; ok && i < t->n_modules; i++) {
+			snprintf(head, sizeof(head), "module %s %zu\n", t->modules[i].name, t->modules[i].len);
+			ok = EVP_DigestUpdate(ctx, head, strlen(head)) &&
+			     EVP_DigestUpdate(ctx, t->modules[i].text, t->modules[i].len);
+		}
+		if (ok && t->data_text) {
+			snprintf(head, sizeof(head), "data %zu\n", t->data_len);
+			ok = EVP_DigestUpdate(ctx, head, strlen(head)) &&
+			     EVP_DigestUpdate(ctx, t->data_text, t->data_len);
+		}
+	}
+	if (ok && EVP_DigestFinal_ex(ctx, md, &mdlen) && mdlen >= 8) {
+		for (int i = 0; i < 8; i++) {
+			t->policy_revision[2 * i] = hex[md[i] >> 4];
+			t->policy_revision[2 * i + 1] = hex[md[i] & 15];
+		}
+		t->policy_revision[16] = '\0';
+	}
+	EVP_MD_CTX_free(ctx);
+}
+
+void config_free_policy_files(struct tenant *t)
+{
+	for (size_t i = 0; i < t->n_modules; i++) {
+		free(t->modules[i].name);
+		free(t->modules[i].path);
+		free(t->modules[i].text);
+	}
+	free(t->modules);
+	t->modules = NULL;
+	t->n_modules = 0;
+	free(t->data_path);
+	free(t->data_text);
+	t->data_path = NULL;
+	t->data_text = NULL;
+	t->data_len = 0;
 }
 
 static int conv_algorithms(struct loader *ld, const char *key, struct value *v, void *base)
@@ -954,6 +1171,177 @@ static int conv_burst(struct loader *ld, const char *key, struct value *v, void 
 	return 0;
 }
 
+static int conv_public_key(struct loader *ld, const char *key, struct value *v, void *base)
+{
+	struct tenant *t = base;
+	char why[256], *path, *pem = NULL;
+	size_t len = 0;
+
+	if (!(path = path_join(ld->cfg->dir, v->str)))
+		return fail(ld, key, "out of memory");
+	/* A public key is not a secret: any file mode is fine. */
+	if (read_file(path, 1024 * 1024, &pem, &len, why, sizeof(why)) == 0)
+		t->auth.jwt.public_key = jwt_key_pem(pem, len, why, sizeof(why));
+	free(pem);
+	if (!t->auth.jwt.public_key) {
+		fail(ld, key, "%s: %s", path, why);
+		free(path);
+		return -1;
+	}
+	free(path);
+	return 0;
+}
+
+static int conv_jwks_file(struct loader *ld, const char *key, struct value *v, void *base)
+{
+	struct tenant *t = base;
+
+	if (!v->present)
+		return 0;
+	if (!(t->auth.jwt.jwks_opts.file = path_join(ld->cfg->dir, v->str)))
+		return fail(ld, key, "out of memory");
+	return 0;
+}
+
+#define CLIENT_KEYS_MAX     64
+#define CLIENT_KEY_NAME_MAX 128
+
+/* client_keys = { { name = "billing-backend", key = { env = "BILLING_KEY" } }, ... } */
+static int conv_client_keys(struct loader *ld, const char *key, struct value *v, void *base)
+{
+	struct tenant *t = base;
+	lua_State *L = ld->L;
+	char sub[256], why[512];
+	size_t n, count = 0;
+
+	if (!v->present)
+		return 0;
+	n = (size_t)lua_rawlen(L, v->idx);
+	lua_pushnil(L);
+	while (lua_next(L, v->idx)) {
+		lua_pop(L, 1);
+		count++;
+		if (!lua_isinteger(L, -1) || lua_tointeger(L, -1) < 1 || (size_t)lua_tointeger(L, -1) > n) {
+			lua_pop(L, 1);
+			return fail(ld, key, "expected a list { { name = ..., key = { env = ... } }, ... }");
+		}
+	}
+	if (count != n || n == 0)
+		return fail(ld, key, n ? "expected a list without holes" : "must list at least one key");
+	if (n > CLIENT_KEYS_MAX)
+		return fail(ld, key, "at most %d keys", CLIENT_KEYS_MAX);
+	if (!(t->auth.client_keys = calloc(n, sizeof(*t->auth.client_keys))))
+		return fail(ld, key, "out of memory");
+	for (size_t i = 0; i < n; i++) {
+		struct client_key *ck = &t->auth.client_keys[i];
+		struct value kv;
+		const char *name;
+		size_t len;
+		int rc, entry;
+
+		key_printf(sub, sizeof(sub), "%s[%zu]", key, i + 1);
+		lua_rawgeti(L, v->idx, (lua_Integer)i + 1);
+		entry = lua_gettop(L);
+		if (lua_type(L, entry) != LUA_TTABLE) {
+			fail(ld, sub, "expected { name = ..., key = { env = ... } }, got %s",
+			     lua_value_kind(L, entry));
+			lua_pop(L, 1);
+			return -1;
+		}
+		lua_pushnil(L);
+		while (lua_next(L, entry)) {
+			const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : NULL;
+			lua_pop(L, 1);
+			if (!k || (strcmp(k, "name") != 0 && strcmp(k, "key") != 0)) {
+				lua_pop(L, 2);
+				return fail(ld, sub, "unknown key%s%s%s (expected name and key)",
+				            k ? " \"" : "", k ? k : "", k ? "\"" : "");
+			}
+		}
+		lua_getfield(L, entry, "name");
+		name = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &len) : NULL;
+		rc = name && len > 0 && len <= CLIENT_KEY_NAME_MAX && strlen(name) == len ? 0 : -1;
+		for (size_t c = 0; rc == 0 && c < len; c++)
+			if ((unsigned char)name[c] <= 0x20 || (unsigned char)name[c] >= 0x7f)
+				rc = -1;
+		if (rc == 0 && !(ck->name = strdup(name)))
+			rc = -2;
+		lua_pop(L, 1);
+		t->auth.n_client_keys = i + 1;
+		if (rc) {
+			lua_pop(L, 1);
+			key_printf(sub, sizeof(sub), "%s[%zu].name", key, i + 1);
+			return fail(ld, sub,
+			            rc == -2 ? "out of memory"
+			                     : "must be 1..%d printable ASCII characters without spaces",
+			            CLIENT_KEY_NAME_MAX);
+		}
+		for (size_t j = 0; j < i; j++)
+			if (strcmp(t->auth.client_keys[j].name, ck->name) == 0) {
+				lua_pop(L, 1);
+				key_printf(sub, sizeof(sub), "%s[%zu].name", key, i + 1);
+				return fail(ld, sub, "\"%s\" is listed twice", ck->name);
+			}
+		key_printf(sub, sizeof(sub), "%s[%zu].key", key, i + 1);
+		memset(&kv, 0, sizeof(kv));
+		lua_getfield(L, entry, "key");
+		if (lua_isnil(L, -1))
+			rc = fail(ld, sub, "is required");
+		else if ((rc = read_secret(ld, sub, -1, &kv)) == 0 &&
+		         secret_load(&kv.ref, &ck->key, why, sizeof(why)))
+			rc = fail(ld, sub, "%s", why);
+		value_release(&kv);
+		lua_pop(L, 2);
+		if (rc)
+			return -1;
+		/* Two names for one key would make the identity depend on list order. */
+		for (size_t j = 0; j < i; j++)
+			if (secret_equals(&t->auth.client_keys[j].key, ck->key.data, ck->key.len))
+				return fail(ld, sub,
+				            "the same key as %s[%zu] (each caller needs its own key)", key,
+				            j + 1);
+	}
+	return 0;
+}
+
+static int conv_proxy_header(struct loader *ld, const char *key, struct value *v, void *base)
+{
+	struct tenant *t = base;
+
+	/* An HTTP field name (RFC 9110 token); never a credential header. */
+	for (size_t i = 0; i < v->len; i++)
+		if (!strchr("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ",
+		            v->str[i]))
+			return fail(ld, key, "\"%s\" is not a header name", v->str);
+	if (strcasecmp(v->str, "Authorization") == 0 || strcasecmp(v->str, "Cookie") == 0 ||
+	    strcasecmp(v->str, "Proxy-Authorization") == 0 || strcasecmp(v->str, "X-Forwarded-For") == 0)
+		return fail(ld, key, "\"%s\" cannot carry the proxy's user", v->str);
+	if (!(t->auth.proxy.header = strndup(v->str, v->len)))
+		return fail(ld, key, "out of memory");
+	return 0;
+}
+
+static int conv_proxy_from(struct loader *ld, const char *key, struct value *v, void *base)
+{
+	struct tenant *t = base;
+	char sub[256];
+
+	if (v->n == 0)
+		return fail(ld, key, "must list at least one CIDR (there is no default)");
+	if (!(t->auth.proxy.from = calloc(v->n, sizeof(*t->auth.proxy.from))))
+		return fail(ld, key, "out of memory");
+	for (size_t i = 0; i < v->n; i++) {
+		key_printf(sub, sizeof(sub), "%s[%zu]", key, i + 1);
+		if (ident_cidr_parse(v->list[i], &t->auth.proxy.from[i]))
+			return fail(
+			    ld, sub,
+			    "\"%s\" is not a CIDR such as \"10.0.0.0/8\" or \"::1/128\" (no host bits set)",
+			    v->list[i]);
+		t->auth.proxy.n_from = i + 1;
+	}
+	return 0;
+}
+
 /* ------------------------------------------------------------------------ */
 /* Walking the tables                                                        */
 /* ------------------------------------------------------------------------ */
@@ -973,21 +1361,72 @@ static bool tenant_name_valid(const char *s, size_t len)
 	return true;
 }
 
+/* Binds the tenant's algorithms to its keys, opens its JWKS, builds the HMAC key. */
+static int check_jwt_keys(struct loader *ld, const char *path, struct tenant *t)
+{
+	struct jwt_config *j = &t->auth.jwt;
+	unsigned asym = j->algorithms & ~(unsigned)JWT_HMAC_ALGS;
+	char key[256], why[512];
+
+	if (j->hmac_secret.data && !(j->algorithms & JWT_HMAC_ALGS)) {
+		key_printf(key, sizeof(key), "%s.auth.jwt.hmac_secret", path);
+		return fail(ld, key, "is given but no HS* algorithm is listed");
+	}
+	if (asym && !j->public_key && !j->jwks_opts.enabled) {
+		key_printf(key, sizeof(key), "%s.auth.jwt", path);
+		return fail(ld, key, "%s is listed: give public_key = { file = ... } or jwks = { ... }",
+		            jwt_alg_name(asym & -asym));
+	}
+	if (j->public_key && !(jwt_key_algs(j->public_key) & j->algorithms)) {
+		key_printf(key, sizeof(key), "%s.auth.jwt.public_key", path);
+		return fail(ld, key, "is an %s key, but no algorithm it verifies is listed",
+		            jwt_key_describe(j->public_key));
+	}
+	if (j->public_key && !j->jwks_opts.enabled && (asym & ~jwt_key_algs(j->public_key))) {
+		unsigned bad = asym & ~jwt_key_algs(j->public_key);
+		key_printf(key, sizeof(key), "%s.auth.jwt.algorithms", path);
+		return fail(ld, key, "%s is listed, but the public key is %s (and there is no jwks)",
+		            jwt_alg_name(bad & -bad), jwt_key_describe(j->public_key));
+	}
+	if (j->jwks_opts.enabled) {
+		key_printf(key, sizeof(key), "%s.auth.jwt.jwks", path);
+		if (!j->jwks_opts.file == !j->jwks_opts.url)
+			return fail(ld, key, "give exactly one of file and url");
+		if (j->jwks_opts.min_refresh_s > j->jwks_opts.max_cache_s)
+			return fail(ld, key, "min_refresh_s (%ld) is more than max_cache_s (%ld)",
+			            j->jwks_opts.min_refresh_s, j->jwks_opts.max_cache_s);
+		if (!asym)
+			return fail(ld, key,
+			            "is given but only HS* algorithms are listed (a JWKS holds public keys)");
+		if (!(j->jwks = jwks_open(&j->jwks_opts, t->name, why, sizeof(why))))
+			return fail(ld, key, "%s", why);
+	}
+	if (jwt_config_prepare(j, why, sizeof(why))) {
+		key_printf(key, sizeof(key), "%s.auth.jwt.hmac_secret", path);
+		return fail(ld, key, "%s", why);
+	}
+	return 0;
+}
+
 /* Checks that involve more than one option of a tenant. */
 static int check_tenant(struct loader *ld, const char *path, struct tenant *t)
 {
 	char key[256];
 
-	if (!t->auth.jwt.enabled && !t->auth.none) {
+	if (!t->auth.jwt.enabled && !t->auth.none && !t->auth.n_client_keys && !t->auth.proxy.enabled) {
 		key_printf(key, sizeof(key), "%s.auth", path);
-		return fail(ld, key,
-		            "no authentication mode: give jwt = { ... } (or none = true for development)");
+		return fail(
+		    ld, key,
+		    "no authentication mode: give jwt, client_keys or trusted_proxy (or none = true for "
+		    "development)");
 	}
 	if (t->auth.jwt.enabled && (t->auth.jwt.algorithms & (JWT_HS256 | JWT_HS384 | JWT_HS512)) &&
 	    !t->auth.jwt.hmac_secret.data) {
 		key_printf(key, sizeof(key), "%s.auth.jwt.hmac_secret", path);
 		return fail(ld, key, "is required when an HS* algorithm is listed");
 	}
+	if (t->auth.jwt.enabled && check_jwt_keys(ld, path, t))
+		return -1;
 	if (t->default_expires_s > t->max_expires_s) {
 		key_printf(key, sizeof(key), "%s.default_expires_in", path);
 		return fail(ld, key, "%llds is longer than max_expires_in (%llds)", t->default_expires_s,
@@ -1387,7 +1826,19 @@ void config_free(struct config *cfg)
 		free(t->policy_path);
 		free(t->policy_dir);
 		free(t->policy_text);
+		config_free_policy_files(t);
 		secret_clear(&t->auth.jwt.hmac_secret);
+		jwt_config_release(&t->auth.jwt);
+		free(t->auth.jwt.jwks_opts.file);
+		free(t->auth.jwt.jwks_opts.url);
+		free(t->auth.jwt.typ);
+		for (size_t k = 0; k < t->auth.n_client_keys; k++) {
+			free(t->auth.client_keys[k].name);
+			secret_clear(&t->auth.client_keys[k].key);
+		}
+		free(t->auth.client_keys);
+		free(t->auth.proxy.header);
+		free(t->auth.proxy.from);
 		free(t->auth.jwt.issuer);
 		free(t->auth.jwt.audience);
 		free(t->auth.jwt.subject_claim);

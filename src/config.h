@@ -13,28 +13,61 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include "ident.h"
+#include "jwks.h"
 #include "jwt.h"
 #include "secret.h"
 
 struct jwt_config {
 	bool enabled;
-	unsigned algorithms;      /* bitmask of enum jwt_alg; required, non-empty */
-	struct secret hmac_secret; /* for HS* */
-	char *issuer;             /* NULL: not checked */
-	char *audience;           /* NULL: not checked */
-	long leeway_s;            /* default 30 */
-	size_t max_token_bytes;   /* default 8192 */
-	char *subject_claim;      /* default "sub" */
+	unsigned algorithms;           /* bitmask of enum jwt_alg; required, non-empty */
+	struct secret hmac_secret;     /* for HS* */
+	struct jwt_key *hmac_key;      /* built from hmac_secret by jwt_config_prepare */
+	bool public_key_given;         /* public_key = { ... } was given */
+	struct jwt_key *public_key;    /* public_key = { file = PEM } */
+	struct jwks_options jwks_opts; /* jwks = { file | url, ... } as configured */
+	struct jwks *jwks;             /* the source opened from jwks_opts */
+	char *issuer;                  /* NULL: not checked */
+	char *audience;                /* NULL: not checked */
+	long leeway_s;                 /* default 30 */
+	size_t max_token_bytes;        /* default 8192 */
+	char *subject_claim;           /* default "sub" */
+	long max_age_s;                /* 0: not checked; else iat required and not older */
+	char *typ;                     /* NULL: not checked; else the header's typ must match */
+};
+
+struct client_key {
+	char *name; /* req.identity.subject */
+	struct secret key;
+};
+
+struct trusted_proxy_config {
+	bool enabled;
+	char *header;            /* e.g. "X-Forwarded-User" */
+	struct ident_cidr *from; /* peers whose header is honoured; never empty */
+	size_t n_from;
 };
 
 struct auth_config {
 	struct jwt_config jwt;
+	struct client_key *client_keys; /* server-to-server bearer keys */
+	size_t n_client_keys;
+	struct trusted_proxy_config proxy;
 	bool none; /* development: unauthenticated requester reaches the policy */
 };
 
 struct rate_limit {
 	double per_second; /* 0: no limit */
 	double burst;
+};
+
+/* A module a policy may require: NAME.lua beside the policy, NAME of
+ * [A-Za-z0-9_], not a test file, read once at load. */
+struct policy_module {
+	char *name;
+	char *path; /* absolute */
+	char *text;
+	size_t len;
 };
 
 struct tenant {
@@ -44,7 +77,12 @@ struct tenant {
 	char *policy_dir;  /* absolute, folder of policy_path */
 	char *policy_text; /* the policy's source, read once at load */
 	size_t policy_len;
-	char policy_revision[17]; /* hex of SHA-256(source)[0..8) */
+	char policy_revision[17]; /* hex of SHA-256(policy, modules, data)[0..8) */
+	struct policy_module *modules; /* the other *.lua of policy_dir, for require */
+	size_t n_modules;
+	char *data_path; /* absolute, NULL when no data = ... */
+	char *data_text; /* JSON, read once at load; broker.data */
+	size_t data_len;
 	struct auth_config auth;
 	long long max_expires_s;     /* default 7d */
 	long long default_expires_s; /* used when the policy gives none; default 1h */
@@ -90,6 +128,17 @@ void config_free(struct config *cfg);
 
 /* The tenant with that name, or NULL. */
 const struct tenant *config_tenant(const struct config *cfg, const char *name);
+
+/* Reads the modules beside t->policy_path (t->policy_dir must be set) into
+ * t->modules, sorted by name; at most 64, each at most 1 MiB. Returns 0, or
+ * -1 with the reason in err. */
+int config_load_modules(struct tenant *t, char *err, size_t errlen);
+
+/* Sets t->policy_revision from the policy, its modules and its data. */
+void config_policy_revision(struct tenant *t);
+
+/* Frees t's modules and data (config_free calls it). */
+void config_free_policy_files(struct tenant *t);
 
 /* Writes every option with its default as Markdown rows (for docs). */
 void config_print_options(void);

@@ -48,12 +48,22 @@ struct http_server {
 	atomic_int active;   /* token requests between arrival and completion */
 	atomic_int upstream; /* of those, waiting on Courier */
 	atomic_bool draining;
+	atomic_bool stopping; /* drain deadline passed: no new Courier call may start */
 };
 
-/* Per MHD thread: the policy engine of the generation it serves. */
+/*
+ * Per MHD thread: the policy engine built for one generation, named by its id
+ * only. The worker holds no reference, so an idle thread never keeps an old
+ * generation (and its keys) alive: the generation is freed when its last
+ * request ends, and the engine's config pointer may then dangle. It is never
+ * dereferenced again: the engine is used only for a request whose generation
+ * has the engine's id (that request holds the generation), and
+ * policy_engine_free does not read the config. Ids are never reused, unlike
+ * addresses.
+ */
 struct worker {
 	struct policy_engine *engine;
-	struct gen *gen;
+	unsigned long long gen_id; /* 0: none */
 };
 
 enum req_state { RS_BODY, RS_WAITING, RS_DONE };
@@ -81,6 +91,7 @@ struct req {
 
 	struct grant grant;
 	char *courier_body;
+	char *policy_log; /* broker.log lines of the decision ("a\nb\n"), or NULL */
 	struct courier_job job;
 };
 
@@ -93,11 +104,11 @@ static void worker_free(void *p)
 	if (!w)
 		return;
 	policy_engine_free(w->engine);
-	gen_release(w->gen);
 	free(w);
 }
 
-/* The calling thread's engine, rebuilt when g is not the generation it has. */
+/* The calling thread's engine for g, which the caller holds (r->gen): rebuilt
+ * when the thread's engine was built for another generation. */
 static struct policy_engine *worker_engine(struct http_server *s, struct gen *g)
 {
 	struct worker *w = pthread_getspecific(s->worker_key);
@@ -110,19 +121,19 @@ static struct policy_engine *worker_engine(struct http_server *s, struct gen *g)
 			return NULL;
 		}
 	}
-	if (w->gen == g && w->engine)
+	if (w->engine && w->gen_id == g->id)
 		return w->engine;
 	policy_engine_free(w->engine);
-	gen_release(w->gen);
-	w->engine = NULL;
-	w->gen = NULL;
-	w->engine = policy_engine_new(g->cfg, err, sizeof(err));
+	w->gen_id = 0;
+	/* Usually one the reload built; compiling here is the fallback. */
+	w->engine = gen_take_engine(g);
+	if (!w->engine)
+		w->engine = policy_engine_new(g->cfg, err, sizeof(err));
 	if (!w->engine) {
 		log_msg("error", "cannot build the policy engine: %s", err);
 		return NULL;
 	}
-	atomic_fetch_add(&g->refs, 1);
-	w->gen = g;
+	w->gen_id = g->id;
 	return w->engine;
 }
 
@@ -235,6 +246,15 @@ static void finish_log(struct req *r, lua_State *L, int status, const char *erro
 	if (r->client_ip[0]) {
 		lua_pushstring(L, r->client_ip);
 		lua_setfield(L, -2, "client_ip");
+	}
+	if (r->policy_log) {
+		int n = 0;
+		lua_createtable(L, 8, 0);
+		for (const char *p = r->policy_log, *nl; (nl = strchr(p, '\n')); p = nl + 1) {
+			lua_pushlstring(L, p, (size_t)(nl - p));
+			lua_rawseti(L, -2, ++n);
+		}
+		lua_setfield(L, -2, "policy_log");
 	}
 	log_table(L, -1);
 	lua_settop(L, top);
@@ -437,6 +457,34 @@ static void on_courier_done(struct courier_job *job)
 	MHD_resume_connection(r->conn);
 }
 
+/* ident's header lookup: the index-th value of a header, in the order received. */
+struct nth_header {
+	const char *name;
+	unsigned want, seen;
+	const char *found;
+};
+
+static enum MHD_Result nth_header_cb(void *cls, enum MHD_ValueKind kind, const char *key, const char *value)
+{
+	struct nth_header *q = cls;
+
+	(void)kind;
+	if (strcasecmp(key, q->name) != 0)
+		return MHD_YES;
+	if (q->seen++ < q->want)
+		return MHD_YES;
+	q->found = value;
+	return MHD_NO;
+}
+
+static const char *ident_header(void *ctx, const char *name, unsigned index)
+{
+	struct nth_header q = {.name = name, .want = index};
+
+	MHD_get_connection_values(ctx, MHD_HEADER_KIND, nth_header_cb, &q);
+	return q.found;
+}
+
 static enum MHD_Result process(struct req *r)
 {
 	struct http_server *s = r->srv;
@@ -445,10 +493,12 @@ static enum MHD_Result process(struct req *r)
 	struct ident_request irq;
 	struct identity id;
 	struct policy_request prq;
+	char client_ip[INET6_ADDRSTRLEN];
 	struct header_set *hs = NULL;
 	struct decision *dec = NULL;
 	const char *msg = NULL;
 	char err[512];
+	int decided;
 	lua_State *L;
 	enum MHD_Result ret;
 	double retry;
@@ -472,9 +522,12 @@ static enum MHD_Result process(struct req *r)
 		goto out;
 	}
 
+	memset(&irq, 0, sizeof(irq));
 	irq.authorization = header(r->conn, MHD_HTTP_HEADER_AUTHORIZATION);
 	irq.peer_ip = r->client_ip;
 	irq.now = (long long)time(NULL);
+	irq.header = ident_header;
+	irq.header_ctx = r->conn;
 	if (ident_authenticate(L, &t->auth, &irq, &id, err, sizeof(err)) != 0) {
 		snprintf(r->reason, sizeof(r->reason), "%.*s", (int)sizeof(r->reason) - 1, err);
 		ret = fail(r, L, 401, "unauthenticated", "missing or invalid credential", NULL, NULL);
@@ -505,14 +558,18 @@ static enum MHD_Result process(struct req *r)
 	prq.method = id.method;
 	prq.subject = id.subject;
 	prq.claims_idx = id.claims_idx;
-	prq.client_ip = r->client_ip;
+	ident_client_ip(&t->auth, &irq, client_ip, sizeof(client_ip));
+	prq.client_ip = client_ip;
 	prq.origin = header(r->conn, "Origin");
 	prq.user_agent = header(r->conn, MHD_HTTP_HEADER_USER_AGENT);
 	prq.headers = hs->h;
 	prq.n_headers = hs->n;
 	prq.now = irq.now;
 
-	if (policy_decide(e, &prq, dec, err, sizeof(err)) != 0) {
+	decided = policy_decide(e, &prq, dec, err, sizeof(err));
+	if (policy_decision_log(e)[0])
+		r->policy_log = strdup(policy_decision_log(e)); /* the engine's copy lasts one decision */
+	if (decided != 0) {
 		r->decision = "error";
 		snprintf(r->reason, sizeof(r->reason), "%.*s", (int)sizeof(r->reason) - 1, err);
 		log_msg("error", "tenant %s: policy error: %s", t->name, err);
@@ -556,9 +613,16 @@ static enum MHD_Result process(struct req *r)
 	r->job.done = on_courier_done;
 	r->job.arg = r;
 
+	/* Counted before the stopping check (the drain sets stopping before it
+	 * reads the count): either the drain sees this call, or it is refused. */
+	atomic_fetch_add(&s->upstream, 1);
+	if (atomic_load(&s->stopping)) {
+		atomic_fetch_sub(&s->upstream, 1);
+		ret = fail(r, L, 503, "unavailable", "shutting down", NULL, NULL);
+		goto out;
+	}
 	/* Suspend before the job can finish: resuming a running connection is undefined. */
 	r->state = RS_WAITING;
-	atomic_fetch_add(&s->upstream, 1);
 	MHD_suspend_connection(r->conn);
 	if (courier_submit(s->cc, &r->job) != 0) {
 		atomic_fetch_sub(&s->upstream, 1);
@@ -690,7 +754,10 @@ static enum MHD_Result serve_other(struct http_server *s, struct MHD_Connection 
 		if (strcmp(url, "/readyz") == 0) {
 			struct gen *g = gen_acquire();
 			enum MHD_Result ret;
-			if (g && !atomic_load(&s->draining))
+			bool ready = g && !atomic_load(&s->draining);
+			for (size_t i = 0; ready && i < g->cfg->n_tenants; i++)
+				ready = ident_ready(&g->cfg->tenants[i].auth);
+			if (ready)
 				ret = plain(conn, s, 200, "application/json", "{\"status\":\"ready\"}", NULL, NULL);
 			else
 				ret = plain(conn, s, 503, "application/json", "{\"status\":\"not ready\"}", NULL, NULL);
@@ -834,8 +901,15 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 		 * notice, and every suspended request ends with Courier's call). */
 		metrics_request(r->tenant ? r->tenant->name : NULL, 499);
 	}
+	if (r->state == RS_WAITING) {
+		/* Courier's call ended and resumed the connection, but MHD found the
+		 * client gone and never called complete(): it stops waiting here, or
+		 * the count would creep up to max_inflight and hold every drain. */
+		atomic_fetch_sub(&s->upstream, 1);
+	}
 	courier_job_cleanup(&r->job);
 	free(r->courier_body);
+	free(r->policy_log);
 	free(r->body);
 	gen_release(r->gen);
 	free(r);
@@ -917,32 +991,45 @@ unsigned short http_port(struct http_server *s)
 	return di ? di->port : 0;
 }
 
-void http_drain_and_stop(struct http_server *s, unsigned deadline_ms)
+int http_drain_and_stop(struct http_server *s, unsigned deadline_ms)
 {
 	struct timespec t0;
 	MHD_socket fd;
 
 	if (!s)
-		return;
+		return 0;
 	atomic_store(&s->draining, true);
 	fd = MHD_quiesce_daemon(s->d);
 	if (fd != MHD_INVALID_SOCKET)
 		close(fd);
 	clock_gettime(CLOCK_MONOTONIC, &t0);
-	while (atomic_load(&s->upstream) > 0 && elapsed_ms(&t0) < deadline_ms)
+	/* Requests already under way finish normally, wherever they are: reading
+	 * the body, in the policy, or waiting on Courier. Idle keep-alive
+	 * connections are not waited for: MHD_stop_daemon closes them. */
+	while (atomic_load(&s->active) > 0 && elapsed_ms(&t0) < deadline_ms)
 		usleep(5000);
-	if (atomic_load(&s->upstream) > 0) {
+	atomic_store(&s->stopping, true);
+	if (atomic_load(&s->upstream) > 0)
 		log_msg("warn", "drain deadline passed with %d requests waiting on Courier: answering 503",
 			atomic_load(&s->upstream));
-		courier_abort_all(s->cc);
-		/* Bounded: every aborted job resumes its connection at once. */
-		for (int i = 0; i < 200 && atomic_load(&s->upstream) > 0; i++)
-			usleep(5000);
+	/* Bounded: every aborted job resumes its connection at once. Aborting
+	 * again now and then catches a job submitted just before stopping was set. */
+	for (int i = 0; i < 200 && atomic_load(&s->upstream) > 0; i++) {
+		if (i % 20 == 0)
+			courier_abort_all(s->cc);
+		usleep(5000);
 	}
 	/* Let the answers just queued reach their sockets. */
 	for (int i = 0; i < 100 && atomic_load(&s->active) > 0; i++)
 		usleep(5000);
+	/* MHD_stop_daemon with a suspended connection is an API violation: never. */
+	if (atomic_load(&s->upstream) > 0) {
+		log_msg("error", "%d connections are still suspended after the drain: not stopping the HTTP server",
+			atomic_load(&s->upstream));
+		return -1;
+	}
 	MHD_stop_daemon(s->d);
 	pthread_key_delete(s->worker_key);
 	free(s);
+	return 0;
 }

@@ -22,8 +22,11 @@ struct http_server *http_start(const struct config *cfg, struct courier_client *
 /* The port it listens on (useful with port 0). */
 unsigned short http_port(struct http_server *s);
 
-/* Stops accepting, answers what is in flight (waiting up to deadline_ms for
- * Courier, then 503 for what is left), and stops the server. */
-void http_drain_and_stop(struct http_server *s, unsigned deadline_ms);
+/* Stops accepting, answers what is in flight (waiting up to deadline_ms,
+ * then 503 for what still waits on Courier), and stops the server. Returns
+ * 0, or -1 when a connection is still suspended about a second after the
+ * deadline: the server is then left running (stopping it would be an API
+ * violation) and the caller should exit without further cleanup. */
+int http_drain_and_stop(struct http_server *s, unsigned deadline_ms);
 
 #endif

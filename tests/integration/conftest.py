@@ -159,7 +159,8 @@ end
 class Broker:
     """The real broker, started from a config written into a temporary folder."""
 
-    def __init__(self, tmp_path, double, tenants=None, extra="", env=None, policies=None, courier_timeout_ms=2000):
+    def __init__(self, tmp_path, double, tenants=None, extra="", env=None, policies=None, courier_timeout_ms=2000,
+                 args=()):
         self.dir = tmp_path
         self.double = double
         policies = dict(policies or {"default": ALLOW_POLICY})
@@ -192,7 +193,7 @@ tenants = {
         e.update({"COURIER_API_KEY": COURIER_KEY, "APP_JWT_SECRET": APP_SECRET})
         e.update(env or {})
         self.env = e
-        self.p = Process([BROKER_BIN, "serve", "-c", str(self.config)], e)
+        self.p = Process([BROKER_BIN, "serve", "-c", str(self.config)] + list(args), e)
         self.port = int(self.p.wait_for(r"listening on 127\.0\.0\.1:(\d+)").group(1))
         self.url = "http://127.0.0.1:%d" % self.port
 

@@ -22,8 +22,10 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "ident.h"
 #include "jwt.h"
 #include "scope.h"
+#include "testkeys.h"
 
 #define POLICY_TEXT "return function(req) return { allow = true } end\n"
 
@@ -490,10 +492,14 @@ static void test_algorithms_checked(void **state)
 	struct fixture *f = *state;
 
 	expect_error(f,
+	             TENANT_HEAD "  auth = { jwt = { algorithms = { 'HS256', 'ES512' },\n"
+	                         "    hmac_secret = { env = 'APP_JWT_SECRET' } } } } }\n",
+	             ": tenants.default.auth.jwt.algorithms[2]: unsupported algorithm \"ES512\"", "HS256",
+	             NULL);
+	expect_error(f,
 	             TENANT_HEAD "  auth = { jwt = { algorithms = { 'HS256', 'RS256' },\n"
 	                         "    hmac_secret = { env = 'APP_JWT_SECRET' } } } } }\n",
-	             ": tenants.default.auth.jwt.algorithms[2]: unsupported algorithm \"RS256\"", "HS256",
-	             NULL);
+	             ": tenants.default.auth.jwt: RS256 is listed: give public_key", NULL);
 	expect_error(f,
 	             TENANT_HEAD "  auth = { jwt = { algorithms = { 'none' },\n"
 	                         "    hmac_secret = { env = 'APP_JWT_SECRET' } } } } }\n",
@@ -502,13 +508,13 @@ static void test_algorithms_checked(void **state)
 	             TENANT_HEAD
 	             "  auth = { jwt = { algorithms = { 'HS256' }, public_key = { file = 'k.pem' },\n"
 	             "    hmac_secret = { env = 'APP_JWT_SECRET' } } } } }\n",
-	             ": tenants.default.auth.jwt.public_key: not supported yet", NULL);
+	             ": tenants.default.auth.jwt.public_key.file: ", "k.pem: No such file", NULL);
 	expect_error(f,
 	             TENANT_HEAD "  auth = { jwt = { algorithms = { 'HS256' }, jwks = { file = 'k.json' },\n"
 	                         "    hmac_secret = { env = 'APP_JWT_SECRET' } } } } }\n",
-	             ": tenants.default.auth.jwt.jwks: not supported yet", NULL);
+	             ": tenants.default.auth.jwt.jwks: is given but only HS* algorithms are listed", NULL);
 	expect_error(f, TENANT_HEAD "  auth = { trusted_proxy = { header = 'X-User' } } } }\n",
-	             ": tenants.default.auth.trusted_proxy: not supported yet", NULL);
+	             ": tenants.default.auth.trusted_proxy.from: is required", NULL);
 }
 
 static void test_sandbox_has_no_io(void **state)
@@ -578,6 +584,54 @@ static void test_file_size_capped(void **state)
 	free(big);
 }
 
+/* data = and the modules beside the policy: read at load, part of the revision. */
+static void test_policy_data_and_modules(void **state)
+{
+	static const char conf[] =
+	    "tenants = { default = { api_key = { env = 'COURIER_API_KEY' }, policy = 'policies/default.lua',\n"
+	    "  data = 'policies/acme_data.json', auth = { none = true } } }\n";
+	struct fixture *f = *state;
+	struct config *cfg;
+	const struct tenant *t;
+	char rev1[17], rev2[17], rev3[17];
+
+	write_file(f->dir, "policies/helpers.lua", "return {}\n", 0644);
+	write_file(f->dir, "policies/default_test.lua", "return {}\n", 0644);
+	write_file(f->dir, "policies/not-a-module.lua", "return {}\n", 0644);
+	write_file(f->dir, "policies/acme_data.json", "{\"admins\": [\"root\"]}", 0644);
+	cfg = load(f, conf);
+	if (!cfg)
+		fail_msg("%s", f->err);
+	t = config_tenant(cfg, "default");
+	assert_int_equal(t->n_modules, 1); /* neither the test, nor the policy, nor a bad name */
+	assert_string_equal(t->modules[0].name, "helpers");
+	assert_string_equal(t->modules[0].text, "return {}\n");
+	assert_non_null(strstr(t->data_path, "/policies/acme_data.json"));
+	assert_string_equal(t->data_text, "{\"admins\": [\"root\"]}");
+	snprintf(rev1, sizeof(rev1), "%s", t->policy_revision);
+	config_free(cfg);
+
+	write_file(f->dir, "policies/acme_data.json", "{\"admins\": [\"root\", \"eve\"]}", 0644);
+	cfg = load(f, conf);
+	assert_non_null(cfg);
+	snprintf(rev2, sizeof(rev2), "%s", config_tenant(cfg, "default")->policy_revision);
+	config_free(cfg);
+	assert_string_not_equal(rev1, rev2);
+
+	write_file(f->dir, "policies/helpers.lua", "return { x = 1 }\n", 0644);
+	cfg = load(f, conf);
+	assert_non_null(cfg);
+	snprintf(rev3, sizeof(rev3), "%s", config_tenant(cfg, "default")->policy_revision);
+	config_free(cfg);
+	assert_string_not_equal(rev2, rev3);
+	assert_int_equal(strlen(rev3), 16);
+
+	expect_error(f,
+	             "tenants = { default = { api_key = { env = 'COURIER_API_KEY' }, policy = 'policies/default.lua',\n"
+	             "  data = 'policies/missing.json', auth = { none = true } } }\n",
+	             "tenants.default.data", "missing.json", NULL);
+}
+
 static void test_print_options(void **state)
 {
 	char path[128], buf[16384];
@@ -615,10 +669,177 @@ static void test_free_null(void **state)
 	assert_null(config_tenant(NULL, "default"));
 }
 
+
+/* ---- issue 3: keys and auth modes ------------------------------------------- */
+
+static void write_pem(struct fixture *f, const char *name, EVP_PKEY *pkey, mode_t mode)
+{
+	char pem[4096];
+
+	write_file(f->dir, name, tk_pub_pem(pkey, pem, sizeof(pem)), mode);
+}
+
+static void test_public_key_and_jwks(void **state)
+{
+	struct fixture *f = *state;
+	struct config *cfg;
+	const struct tenant *t;
+	char doc[4096], jwk[2048];
+
+	write_pem(f, "rsa.pem", tk_key(TK_RSA), 0644); /* public: group/other-readable is fine */
+	cfg = load(f, TENANT_HEAD "  auth = { jwt = { algorithms = { 'RS256', 'PS256' }, public_key = { file = 'rsa.pem' },\n"
+	                          "    max_age_s = 300, typ = 'JWT' } } } }\n");
+	if (!cfg)
+		fail_msg("%s", f->err);
+	t = config_tenant(cfg, "default");
+	assert_int_equal(jwt_key_algs(t->auth.jwt.public_key), JWT_RSA_ALGS);
+	assert_int_equal(t->auth.jwt.max_age_s, 300);
+	assert_string_equal(t->auth.jwt.typ, "JWT");
+	assert_null(t->auth.jwt.jwks);
+	config_free(cfg);
+
+	expect_error(f,
+	             TENANT_HEAD "  auth = { jwt = { algorithms = { 'RS256', 'ES256' }, public_key = { file = 'rsa.pem' } } } } }\n",
+	             ": tenants.default.auth.jwt.algorithms: ES256 is listed, but the public key is RSA", NULL);
+	expect_error(f, TENANT_HEAD "  auth = { jwt = { algorithms = { 'ES256' }, public_key = { file = 'rsa.pem' } } } } }\n",
+	             ": tenants.default.auth.jwt.public_key: is an RSA key, but no algorithm it verifies is listed", NULL);
+	expect_error(f, TENANT_HEAD "  auth = { jwt = { algorithms = { 'RS256' }, public_key = 'rsa.pem' } } } }\n",
+	             ": tenants.default.auth.jwt.public_key: expected a table", NULL);
+	expect_error(f, TENANT_HEAD "  auth = { jwt = { algorithms = { 'RS256' }, public_key = { path = 'rsa.pem' } } } } }\n",
+	             "unknown key \"tenants.default.auth.jwt.public_key.path\"", NULL);
+	write_pem(f, "small.pem", tk_key(TK_RSA1024), 0644);
+	expect_error(f, TENANT_HEAD "  auth = { jwt = { algorithms = { 'RS256' }, public_key = { file = 'small.pem' } } } } }\n",
+	             ": tenants.default.auth.jwt.public_key.file: ", "1024 bits refused", NULL);
+	expect_error(f, TENANT_HEAD "  auth = { jwt = { algorithms = { 'RS256' } } } } }\n",
+	             ": tenants.default.auth.jwt: RS256 is listed: give public_key", NULL);
+	expect_error(f, TENANT_HEAD "  auth = { jwt = { algorithms = { 'RS256' }, public_key = { file = 'rsa.pem' },\n"
+	                            "    hmac_secret = { env = 'APP_JWT_SECRET' } } } } }\n",
+	             ": tenants.default.auth.jwt.hmac_secret: is given but no HS* algorithm is listed", NULL);
+	expect_error(f, TENANT_HEAD "  auth = { jwt = { algorithms = { 'RS256' }, public_key = { file = 'rsa.pem' }, max_age_s = 0 } } } }\n",
+	             ": tenants.default.auth.jwt.max_age_s: 0 is out of bounds", NULL);
+
+	snprintf(doc, sizeof(doc), "{\"keys\":[%s]}", tk_jwk(tk_key(TK_P256), "\"kid\":\"e1\",", jwk, sizeof(jwk)));
+	write_file(f->dir, "jwks.json", doc, 0644);
+	cfg = load(f, TENANT_HEAD "  auth = { jwt = { algorithms = { 'ES256', 'RS256' }, jwks = { file = 'jwks.json' } } } } }\n");
+	if (!cfg)
+		fail_msg("%s", f->err);
+	t = config_tenant(cfg, "default");
+	assert_non_null(t->auth.jwt.jwks);
+	assert_true(ident_ready(&t->auth));
+	assert_int_equal(t->auth.jwt.jwks_opts.min_refresh_s, 60);
+	assert_int_equal(t->auth.jwt.jwks_opts.max_cache_s, 3600);
+	assert_int_equal(t->auth.jwt.jwks_opts.cooldown_s, 30);
+	config_free(cfg);
+	expect_error(f, TENANT_HEAD "  auth = { jwt = { algorithms = { 'ES256' }, jwks = { } } } } }\n",
+	             ": tenants.default.auth.jwt.jwks: give exactly one of file and url", NULL);
+	expect_error(f, TENANT_HEAD "  auth = { jwt = { algorithms = { 'ES256' }, jwks = { file = 'jwks.json',\n"
+	                            "    url = 'https://example.com/jwks' } } } } }\n",
+	             ": tenants.default.auth.jwt.jwks: give exactly one of file and url", NULL);
+	expect_error(f, TENANT_HEAD "  auth = { jwt = { algorithms = { 'ES256' }, jwks = { url = 'http://example.com/jwks' } } } } }\n",
+	             ": tenants.default.auth.jwt.jwks: url: must start with https://", NULL);
+	expect_error(f, TENANT_HEAD "  auth = { jwt = { algorithms = { 'ES256' }, jwks = { url = 'http://127.0.0.1:1/jwks',\n"
+	                            "    timeout_ms = 500 } } } } }\n",
+	             ": tenants.default.auth.jwt.jwks: fetching http://127.0.0.1:1/jwks: ", NULL);
+	expect_error(f, TENANT_HEAD "  auth = { jwt = { algorithms = { 'ES256' }, jwks = { file = 'jwks.json',\n"
+	                            "    min_refresh_s = 600, max_cache_s = 60 } } } } }\n",
+	             "min_refresh_s (600) is more than max_cache_s (60)", NULL);
+	expect_error(f, TENANT_HEAD "  auth = { jwt = { algorithms = { 'ES256' }, jwks = { file = 'jwks.json', cooldown_s = 0 } } } } }\n",
+	             ": tenants.default.auth.jwt.jwks.cooldown_s: 0 is out of bounds", NULL);
+	write_file(f->dir, "jwks.json", "{\"keys\":[]}", 0644);
+	expect_error(f, TENANT_HEAD "  auth = { jwt = { algorithms = { 'ES256' }, jwks = { file = 'jwks.json' } } } } }\n",
+	             ": tenants.default.auth.jwt.jwks: ", "no usable key", NULL);
+}
+
+static void test_client_keys(void **state)
+{
+	struct fixture *f = *state;
+	struct config *cfg;
+	const struct tenant *t;
+
+	setenv("BILLING_KEY", "billing-key-0123456789", 1);
+	setenv("REPORTS_KEY", "reports-key-0123456789", 1);
+	write_file(f->dir, "reports.key", "reports-key-file\n", 0600);
+	cfg = load(f, TENANT_HEAD "  auth = { client_keys = {\n"
+	                          "    { name = 'billing-backend', key = { env = 'BILLING_KEY' } },\n"
+	                          "    { name = 'reports', key = { file = 'reports.key' } } } } } }\n");
+	if (!cfg)
+		fail_msg("%s", f->err);
+	t = config_tenant(cfg, "default");
+	assert_int_equal(t->auth.n_client_keys, 2);
+	assert_string_equal(t->auth.client_keys[0].name, "billing-backend");
+	assert_memory_equal(t->auth.client_keys[0].key.data, "billing-key-0123456789", 22);
+	assert_string_equal(t->auth.client_keys[1].name, "reports");
+	assert_memory_equal(t->auth.client_keys[1].key.data, "reports-key-file", 16);
+	assert_false(t->auth.jwt.enabled);
+	config_free(cfg);
+
+	expect_error(f, TENANT_HEAD "  auth = { client_keys = { } } } }\n",
+	             ": tenants.default.auth.client_keys: must list at least one key", NULL);
+	expect_error(f, TENANT_HEAD "  auth = { client_keys = 'x' } } }\n",
+	             ": tenants.default.auth.client_keys: expected a list of tables", NULL);
+	expect_error(f, TENANT_HEAD "  auth = { client_keys = { { name = 'a', key = 'literal-secret' } } } } }\n",
+	             ": tenants.default.auth.client_keys[1].key: ", "literal secrets are refused", NULL);
+	expect_error(f, TENANT_HEAD "  auth = { client_keys = { { name = 'a' } } } } }\n",
+	             ": tenants.default.auth.client_keys[1].key: is required", NULL);
+	expect_error(f, TENANT_HEAD "  auth = { client_keys = { { name = 'has space', key = { env = 'BILLING_KEY' } } } } } }\n",
+	             ": tenants.default.auth.client_keys[1].name: must be 1..128 printable", NULL);
+	expect_error(f, TENANT_HEAD "  auth = { client_keys = { { name = 'a', key = { env = 'BILLING_KEY' }, extra = 1 } } } } }\n",
+	             ": tenants.default.auth.client_keys[1]: unknown key \"extra\"", NULL);
+	expect_error(f, TENANT_HEAD "  auth = { client_keys = { { name = 'a', key = { env = 'BILLING_KEY' } },\n"
+	                            "    { name = 'a', key = { env = 'REPORTS_KEY' } } } } } }\n",
+	             ": tenants.default.auth.client_keys[2].name: \"a\" is listed twice", NULL);
+	expect_error(f, TENANT_HEAD "  auth = { client_keys = { { name = 'a', key = { env = 'BILLING_KEY' } },\n"
+	                            "    { name = 'b', key = { env = 'BILLING_KEY' } } } } } }\n",
+	             ": tenants.default.auth.client_keys[2].key: the same key as", NULL);
+	expect_error(f, TENANT_HEAD "  auth = { client_keys = { { name = 'a', key = { env = 'NOPE_NOT_SET' } } } } } }\n",
+	             ": tenants.default.auth.client_keys[1].key: environment variable NOPE_NOT_SET", NULL);
+	expect_error(f, TENANT_HEAD "  auth = { client_keys = { [2] = { name = 'a', key = { env = 'BILLING_KEY' } } } } } }\n",
+	             ": tenants.default.auth.client_keys: expected a list", NULL);
+	/* The value of a key never appears in an error. */
+	assert_null(strstr(f->err, "billing-key-0123456789"));
+}
+
+static void test_trusted_proxy(void **state)
+{
+	struct fixture *f = *state;
+	struct config *cfg;
+	const struct tenant *t;
+
+	cfg = load(f, TENANT_HEAD "  auth = { trusted_proxy = { header = 'X-Forwarded-User',\n"
+	                          "    from = { '10.0.0.0/8', '127.0.0.1/32', '::1/128' } } } } }\n");
+	if (!cfg)
+		fail_msg("%s", f->err);
+	t = config_tenant(cfg, "default");
+	assert_true(t->auth.proxy.enabled);
+	assert_string_equal(t->auth.proxy.header, "X-Forwarded-User");
+	assert_int_equal(t->auth.proxy.n_from, 3);
+	assert_true(ident_cidr_match(t->auth.proxy.from, t->auth.proxy.n_from, "10.20.30.40"));
+	assert_true(ident_cidr_match(t->auth.proxy.from, t->auth.proxy.n_from, "::1"));
+	assert_false(ident_cidr_match(t->auth.proxy.from, t->auth.proxy.n_from, "192.168.0.1"));
+	config_free(cfg);
+
+	expect_error(f, TENANT_HEAD "  auth = { trusted_proxy = { header = 'X-User', from = { } } } } }\n",
+	             ": tenants.default.auth.trusted_proxy.from: must list at least one CIDR", NULL);
+	expect_error(f, TENANT_HEAD "  auth = { trusted_proxy = { header = 'X-User', from = { '10.0.0.0/8', '10.0.0.0/33' } } } } }\n",
+	             ": tenants.default.auth.trusted_proxy.from[2]: \"10.0.0.0/33\" is not a CIDR", NULL);
+	expect_error(f, TENANT_HEAD "  auth = { trusted_proxy = { header = 'X-User', from = { '10.1.2.3/8' } } } } }\n",
+	             "is not a CIDR", NULL);
+	expect_error(f, TENANT_HEAD "  auth = { trusted_proxy = { header = 'Authorization', from = { '::1/128' } } } } }\n",
+	             ": tenants.default.auth.trusted_proxy.header: \"Authorization\" cannot carry", NULL);
+	expect_error(f, TENANT_HEAD "  auth = { trusted_proxy = { header = 'X User', from = { '::1/128' } } } } }\n",
+	             "is not a header name", NULL);
+	expect_error(f, TENANT_HEAD "  auth = { trusted_proxy = { from = { '::1/128' } } } } }\n",
+	             ": tenants.default.auth.trusted_proxy.header: is required", NULL);
+	expect_error(f, TENANT_HEAD "  auth = { } } }\n", ": tenants.default.auth: no authentication mode", NULL);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test_setup_teardown(test_minimal_config_gets_every_default, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_public_key_and_jwks, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_client_keys, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_trusted_proxy, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_every_option_set, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_base_url_env_override, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_unknown_keys_name_the_path, setup, teardown),
@@ -637,6 +858,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_endless_loop_stopped, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_memory_is_capped, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_file_size_capped, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_policy_data_and_modules, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_print_options, setup, teardown),
 	    cmocka_unit_test(test_free_null),
 	};
