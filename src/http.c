@@ -83,7 +83,7 @@ struct req {
 
 	/* What the log line reports. */
 	char user_id[SCOPE_USER_ID_MAX + 1];
-	char subject[256];
+	char subject[257];
 	const char *method;
 	const char *decision; /* "allow", "deny", "error" or NULL */
 	char reason[256];

@@ -9,7 +9,9 @@
 #include <lauxlib.h>
 #include <lua-cjson.h>
 #include <lua.h>
+#include <math.h>
 #include <pthread.h>
+#include <string.h>
 
 #define REG_KEY "broker.cjson"
 
@@ -67,6 +69,8 @@ static void integerise(lua_State *L, int depth)
 		if (lua_type(L, -1) == LUA_TNUMBER && !lua_isinteger(L, -1)) {
 			lua_Number n = lua_tonumber(L, -1);
 			lua_Integer i;
+			if (!isfinite(n))
+				luaL_error(L, "number out of range"); /* "exp": 1e400 is +inf */
 			if (n >= -9007199254740992.0 && n <= 9007199254740992.0 && lua_numbertointeger(n, &i) &&
 			    (lua_Number)i == n) {
 				lua_pushvalue(L, -2);
@@ -92,6 +96,8 @@ static int decode_protected(lua_State *L)
 	if (lua_type(L, -1) == LUA_TNUMBER && !lua_isinteger(L, -1)) {
 		lua_Number n = lua_tonumber(L, -1);
 		lua_Integer i;
+		if (!isfinite(n))
+			luaL_error(L, "number out of range");
 		if (n >= -9007199254740992.0 && n <= 9007199254740992.0 && lua_numbertointeger(n, &i) &&
 		    (lua_Number)i == n) {
 			lua_pop(L, 1);
@@ -104,6 +110,9 @@ static int decode_protected(lua_State *L)
 
 int json_decode(lua_State *L, const char *buf, size_t len)
 {
+	/* cjson stops at a NUL: "{...}\0{...}" would read as its first half. */
+	if (memchr(buf, '\0', len))
+		return -1;
 	lua_pushcfunction(L, decode_protected);
 	lua_pushlightuserdata(L, (void *)buf);
 	lua_pushinteger(L, (lua_Integer)len);

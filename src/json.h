@@ -4,7 +4,8 @@
  * Every JSON document the broker reads or writes (request bodies, JWT parts,
  * Courier's answers, responses, log lines) goes through these two calls, so
  * the decoder's limits are set in one place: no NaN/Infinity/hex numbers, a
- * nesting depth of 32, integral numbers turned into Lua integers.
+ * nesting depth of 32, no number that overflows to infinity, no NUL byte
+ * inside a document, integral numbers turned into Lua integers.
  */
 #ifndef BROKER_JSON_H
 #define BROKER_JSON_H
