@@ -142,11 +142,13 @@ static const struct option options[] = {
 
     {"policy_limits", OPT_TABLE, NULL, 0, 0, NOWHERE, 0, NULL, "Budget of one policy decision."},
     {"policy_limits.max_instructions", OPT_INT, "1000000", 1000, 100000000, CFG(policy_max_instructions), 0,
-     NULL, "Lua instructions per decision; work inside library functions (pattern matching steps, elements "
-           "and bytes handled) is charged to it too. Breach: `policy_error`, even under `pcall`."},
+     NULL,
+     "Lua instructions per decision; work inside library functions (pattern matching steps, elements "
+     "and bytes handled) is charged to it too. Breach: `policy_error`, even under `pcall`."},
     {"policy_limits.max_memory_bytes", OPT_INT, "8388608", 65536, 268435456, CFG(policy_max_memory_bytes), 0,
-     NULL, "Lua memory a decision may add to its engine; `string.rep`/`string.format` results are capped at "
-           "1 MiB besides."},
+     NULL,
+     "Lua memory a decision may add to its engine; `string.rep`/`string.format` results are capped at "
+     "1 MiB besides."},
     {"policy_limits.timeout_ms", OPT_INT, "50", 1, 5000, CFG(policy_timeout_ms), 0, NULL,
      "CPU time of one decision (checked every 1000 instructions, every 4096 units of charged library work "
      "and at every allocation of 64 KiB or more)."},
@@ -837,7 +839,8 @@ static int conv_listen(struct loader *ld, const char *key, struct value *v, void
 		n = n * 10 + (unsigned long)(port[i] - '0');
 	}
 	if (n > 65535)
-		return fail(ld, key, "\"%s\": the port must be 0..65535 (0: any free port, logged at start)", s);
+		return fail(ld, key, "\"%s\": the port must be 0..65535 (0: any free port, logged at start)",
+		            s);
 	cfg->listen_host = strndup(host, hostlen);
 	if (!cfg->listen_host)
 		return fail(ld, key, "out of memory");
@@ -1036,9 +1039,11 @@ void config_policy_revision(struct tenant *t)
 		ok = EVP_DigestUpdate(ctx, t->policy_text, t->policy_len);
 	} else if (ok) {
 		snprintf(head, sizeof(head), "policy %zu\n", t->policy_len);
-		ok = EVP_DigestUpdate(ctx, head, strlen(head)) && EVP_DigestUpdate(ctx, t->policy_text, t->policy_len);
+		ok = EVP_DigestUpdate(ctx, head, strlen(head)) &&
+		     EVP_DigestUpdate(ctx, t->policy_text, t->policy_len);
 		for (size_t i = 0; ok && i < t->n_modules; i++) {
-			snprintf(head, sizeof(head), "module %s %zu\n", t->modules[i].name, t->modules[i].len);
+			snprintf(head, sizeof(head), "module %s %zu\n", t->modules[i].name,
+			         t->modules[i].len);
 			ok = EVP_DigestUpdate(ctx, head, strlen(head)) &&
 			     EVP_DigestUpdate(ctx, t->modules[i].text, t->modules[i].len);
 		}

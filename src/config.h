@@ -77,7 +77,7 @@ struct tenant {
 	char *policy_dir;  /* absolute, folder of policy_path */
 	char *policy_text; /* the policy's source, read once at load */
 	size_t policy_len;
-	char policy_revision[17]; /* hex of SHA-256(policy, modules, data)[0..8) */
+	char policy_revision[17];      /* hex of SHA-256(policy, modules, data)[0..8) */
 	struct policy_module *modules; /* the other *.lua of policy_dir, for require */
 	size_t n_modules;
 	char *data_path; /* absolute, NULL when no data = ... */
@@ -97,16 +97,16 @@ struct config {
 
 	char *listen_host; /* "127.0.0.1" */
 	unsigned short listen_port;
-	unsigned threads;          /* MHD pool size, default 2 */
+	unsigned threads;              /* MHD pool size, default 2 */
 	unsigned connection_timeout_s; /* idle client connections, default 30 */
-	size_t max_body_bytes;     /* default 16 KiB */
-	unsigned max_connections;  /* default 4096 */
-	unsigned max_inflight;     /* upstream calls in flight before 503, default 4096 */
-	unsigned drain_timeout_ms; /* SIGTERM: wait for in-flight, default 10000 */
+	size_t max_body_bytes;         /* default 16 KiB */
+	unsigned max_connections;      /* default 4096 */
+	unsigned max_inflight;         /* upstream calls in flight before 503, default 4096 */
+	unsigned drain_timeout_ms;     /* SIGTERM: wait for in-flight, default 10000 */
 
-	char *courier_base_url;    /* env COURIER_BASE_URL overrides */
-	long courier_timeout_ms;   /* default 5000 */
-	long courier_connect_timeout_ms; /* default 2000 */
+	char *courier_base_url;           /* env COURIER_BASE_URL overrides */
+	long courier_timeout_ms;          /* default 5000 */
+	long courier_connect_timeout_ms;  /* default 2000 */
 	unsigned courier_max_connections; /* per host, default 64 */
 
 	long long policy_max_instructions; /* per decision, default 1,000,000 */

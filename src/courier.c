@@ -35,8 +35,8 @@
 struct courier_client {
 	CURLM *multi;
 	int epfd, tfd, efd; /* epoll, libcurl's timer, wake-ups from submitters */
-	long long armed_at;  /* when the timerfd fires (CLOCK_MONOTONIC ms), 0: not armed */
-	bool due_now;        /* libcurl asked for a timeout of 0: run it in this loop turn */
+	long long armed_at; /* when the timerfd fires (CLOCK_MONOTONIC ms), 0: not armed */
+	bool due_now;       /* libcurl asked for a timeout of 0: run it in this loop turn */
 	pthread_t thread;
 	pthread_mutex_t lock;
 	struct courier_job *queue, *queue_tail; /* submitted, not yet added */
@@ -289,8 +289,8 @@ static void *run(void *arg)
 					curl_multi_socket_action(c->multi, CURL_SOCKET_TIMEOUT, 0, &still);
 			} else {
 				int flags = (evs[i].events & EPOLLIN ? CURL_CSELECT_IN : 0) |
-					    (evs[i].events & EPOLLOUT ? CURL_CSELECT_OUT : 0) |
-					    (evs[i].events & (EPOLLERR | EPOLLHUP) ? CURL_CSELECT_ERR : 0);
+				            (evs[i].events & EPOLLOUT ? CURL_CSELECT_OUT : 0) |
+				            (evs[i].events & (EPOLLERR | EPOLLHUP) ? CURL_CSELECT_ERR : 0);
 				curl_multi_socket_action(c->multi, fd, flags, &still);
 			}
 		}
@@ -474,7 +474,7 @@ static bool looks_like_jwt(const char *s, size_t len)
 				return false;
 			seg = 0;
 		} else if ((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
-			   ch == '-' || ch == '_') {
+		           ch == '-' || ch == '_') {
 			seg++;
 		} else {
 			return false;

@@ -31,10 +31,10 @@ struct courier_job {
 	void *arg;
 
 	/* Set by the client before done runs. */
-	long status;      /* HTTP status; 0 when no answer came */
-	bool timed_out;   /* the total timeout passed */
-	char error[256];  /* libcurl's message when status is 0 */
-	char *resp;       /* the answer's body (capped), freed by courier_job_cleanup */
+	long status;     /* HTTP status; 0 when no answer came */
+	bool timed_out;  /* the total timeout passed */
+	char error[256]; /* libcurl's message when status is 0 */
+	char *resp;      /* the answer's body (capped), freed by courier_job_cleanup */
 	size_t resp_len;
 	double seconds;
 
@@ -72,6 +72,6 @@ const char *courier_request_body(struct lua_State *L, const struct grant *g, siz
  * token's "exp" in *exp (0 when absent), or returns NULL with nothing pushed.
  */
 const char *courier_read_token(struct lua_State *L, const char *resp, size_t resp_len, size_t *len,
-			       long long *exp);
+                               long long *exp);
 
 #endif

@@ -33,9 +33,9 @@ int decision_add_scope(struct decision *d, const char *scope, size_t len);
 
 /* What the core lets through to Courier. */
 struct grant {
-	char scope[8192];        /* "user_id:<id> <scope> ..." */
-	long long expires_s;     /* after the cap */
-	bool capped;             /* the policy asked for more than max_expires_in */
+	char scope[8192];         /* "user_id:<id> <scope> ..." */
+	long long expires_s;      /* after the cap */
+	bool capped;              /* the policy asked for more than max_expires_in */
 	char courier_expires[32]; /* explicit unit, e.g. "3600s" */
 };
 
@@ -44,8 +44,8 @@ struct grant {
  * validated by scope_user_id_valid). Returns 0 and fills g, or -1 with the
  * reason in err (a policy_error).
  */
-int envelope_apply(const struct tenant *t, const char *user_id, const struct decision *d,
-		   struct grant *g, char *err, size_t errlen);
+int envelope_apply(const struct tenant *t, const char *user_id, const struct decision *d, struct grant *g,
+                   char *err, size_t errlen);
 
 /* Whether scope (len bytes) is in the tenant's allowed_scopes. */
 bool envelope_scope_allowed(const struct tenant *t, const char *scope, size_t len);

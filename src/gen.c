@@ -153,7 +153,7 @@ bool gen_rate_take(struct gen *g, const struct tenant *t, double *retry_after)
 	clock_gettime(CLOCK_MONOTONIC, &now);
 	pthread_mutex_lock(&b->lock);
 	b->tokens += ((double)(now.tv_sec - b->last.tv_sec) + (double)(now.tv_nsec - b->last.tv_nsec) / 1e9) *
-		     rl->per_second;
+	             rl->per_second;
 	if (b->tokens > rl->burst)
 		b->tokens = rl->burst;
 	b->last = now;

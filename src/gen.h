@@ -23,8 +23,8 @@ struct gen {
 	struct config *cfg; /* owned */
 	unsigned long long id;
 	time_t loaded_at;
-	char *courier_url;              /* base_url + "/auth/issue-token" */
-	struct ratelimit *limits;       /* one per tenant, same order */
+	char *courier_url;        /* base_url + "/auth/issue-token" */
+	struct ratelimit *limits; /* one per tenant, same order */
 	_Atomic int refs;
 
 	/* Policy engines built for this generation before it serves, so worker

@@ -39,7 +39,7 @@
 #include "scope.h"
 
 #define MAX_HEADERS 64
-#define HEADER_BUF 8192
+#define HEADER_BUF  8192
 
 struct http_server {
 	struct MHD_Daemon *d;
@@ -148,8 +148,8 @@ static double elapsed_ms(const struct timespec *t0)
 }
 
 static enum MHD_Result queue(struct MHD_Connection *conn, struct http_server *s, int status,
-			     const char *ctype, const char *body, size_t len, const char *extra_name,
-			     const char *extra_value)
+                             const char *ctype, const char *body, size_t len, const char *extra_name,
+                             const char *extra_value)
 {
 	struct MHD_Response *resp;
 	enum MHD_Result ret;
@@ -171,7 +171,7 @@ static enum MHD_Result queue(struct MHD_Connection *conn, struct http_server *s,
 
 /* Writes the request's log line and counts it. L may be NULL. */
 static void finish_log(struct req *r, lua_State *L, int status, const char *error, const char *token,
-		       size_t token_len, double upstream_ms)
+                       size_t token_len, double upstream_ms)
 {
 	char ts[40], hash[13];
 	int top;
@@ -263,7 +263,7 @@ static void finish_log(struct req *r, lua_State *L, int status, const char *erro
 /* {"error": code, "message": message}, the log line, and the headers the
  * status calls for. */
 static enum MHD_Result fail(struct req *r, lua_State *L, int status, const char *code, const char *message,
-			    const char *extra_name, const char *extra_value)
+                            const char *extra_name, const char *extra_value)
 {
 	enum MHD_Result ret = MHD_NO;
 	const char *json = NULL;
@@ -296,8 +296,9 @@ static enum MHD_Result fail(struct req *r, lua_State *L, int status, const char 
 }
 
 /* A plain answer outside the token routes. */
-static enum MHD_Result plain(struct MHD_Connection *conn, struct http_server *s, int status, const char *ctype,
-			     const char *body, const char *extra_name, const char *extra_value)
+static enum MHD_Result plain(struct MHD_Connection *conn, struct http_server *s, int status,
+                             const char *ctype, const char *body, const char *extra_name,
+                             const char *extra_value)
 {
 	return queue(conn, s, status, ctype, body, strlen(body), extra_name, extra_value);
 }
@@ -322,7 +323,7 @@ static bool is_json_type(const char *ct)
 static void peer_ip(struct MHD_Connection *conn, char *out, size_t len)
 {
 	const union MHD_ConnectionInfo *ci =
-		MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+	    MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
 	const struct sockaddr *sa = ci ? ci->client_addr : NULL;
 
 	out[0] = '\0';
@@ -330,10 +331,10 @@ static void peer_ip(struct MHD_Connection *conn, char *out, size_t len)
 		return;
 	if (sa->sa_family == AF_INET)
 		inet_ntop(AF_INET, &((const struct sockaddr_in *)(const void *)sa)->sin_addr, out,
-			  (socklen_t)len);
+		          (socklen_t)len);
 	else if (sa->sa_family == AF_INET6)
 		inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr, out,
-			  (socklen_t)len);
+		          (socklen_t)len);
 }
 
 struct header_set {
@@ -435,11 +436,13 @@ static int check_body(lua_State *L, int body, struct req *r, const char **msg)
 		if (lua_type(L, -1) == LUA_TSTRING) {
 			s = lua_tolstring(L, -1, &len);
 			if (duration_parse(s, len, &secs) != 0) {
-				*msg = "expires_in must be a duration with a unit (\"1h\", \"30m\") or seconds as a number";
+				*msg = "expires_in must be a duration with a unit (\"1h\", \"30m\") or "
+				       "seconds as a number";
 				return -1;
 			}
 		} else if (!lua_isinteger(L, -1) || lua_tointeger(L, -1) <= 0) {
-			*msg = "expires_in must be a duration with a unit (\"1h\", \"30m\") or seconds as a number";
+			*msg = "expires_in must be a duration with a unit (\"1h\", \"30m\") or seconds as a "
+			       "number";
 			return -1;
 		}
 	}
@@ -539,7 +542,8 @@ static enum MHD_Result process(struct req *r)
 	if (!gen_rate_take(r->gen, t, &retry)) {
 		char after[32];
 		snprintf(after, sizeof(after), "%.0f", retry < 1 ? 1 : retry);
-		ret = fail(r, L, 429, "rate_limited", "too many token requests for this tenant", "Retry-After", after);
+		ret = fail(r, L, 429, "rate_limited", "too many token requests for this tenant",
+		           "Retry-After", after);
 		goto out;
 	}
 
@@ -579,7 +583,8 @@ static enum MHD_Result process(struct req *r)
 	snprintf(r->reason, sizeof(r->reason), "%s", dec->reason);
 	if (!dec->allow) {
 		r->decision = "deny";
-		ret = fail(r, L, 403, "forbidden", dec->reason[0] ? dec->reason : "denied by policy", NULL, NULL);
+		ret = fail(r, L, 403, "forbidden", dec->reason[0] ? dec->reason : "denied by policy", NULL,
+		           NULL);
 		goto out;
 	}
 	if (envelope_apply(t, r->user_id, dec, &r->grant, err, sizeof(err)) != 0) {
@@ -587,14 +592,15 @@ static enum MHD_Result process(struct req *r)
 		r->grant.scope[0] = '\0';
 		snprintf(r->reason, sizeof(r->reason), "%.*s", (int)sizeof(r->reason) - 1, err);
 		log_msg("error", "tenant %s: decision outside the envelope: %s", t->name, err);
-		ret = fail(r, L, 500, "policy_error", "the policy's decision was refused; no token was issued", NULL,
-			   NULL);
+		ret = fail(r, L, 500, "policy_error",
+		           "the policy's decision was refused; no token was issued", NULL, NULL);
 		goto out;
 	}
 	r->decision = "allow";
 
 	if ((unsigned)atomic_load(&s->upstream) >= r->gen->cfg->max_inflight) {
-		ret = fail(r, L, 503, "unavailable", "too many requests waiting on Courier", "Retry-After", "1");
+		ret = fail(r, L, 503, "unavailable", "too many requests waiting on Courier", "Retry-After",
+		           "1");
 		goto out;
 	}
 	b = courier_request_body(L, &r->grant, &blen);
@@ -664,17 +670,20 @@ static enum MHD_Result complete(struct req *r)
 		bool aborted = strcmp(job->error, "aborted") == 0;
 		log_msg("warn", "tenant %s: Courier call failed: %s", r->tenant->name, job->error);
 		if (job->timed_out)
-			return fail(r, L, 504, "upstream_timeout", "Courier did not answer in time", NULL, NULL);
+			return fail(r, L, 504, "upstream_timeout", "Courier did not answer in time", NULL,
+			            NULL);
 		if (aborted)
 			return fail(r, L, 503, "unavailable", "shutting down", NULL, NULL);
 		return fail(r, L, 502, "upstream_error", "Courier could not be reached", NULL, NULL);
 	}
 	if (job->status == 401 || job->status == 403) {
 		log_msg("error",
-			"tenant %s: Courier refused the API key (HTTP %ld) with fingerprint %s: check the key and "
-			"its environment",
-			r->tenant->name, job->status, r->tenant->api_key.fingerprint);
-		return fail(r, L, 502, "upstream_error", "Courier refused the broker's credentials", NULL, NULL);
+		        "tenant %s: Courier refused the API key (HTTP %ld) with fingerprint %s: check the "
+		        "key and "
+		        "its environment",
+		        r->tenant->name, job->status, r->tenant->api_key.fingerprint);
+		return fail(r, L, 502, "upstream_error", "Courier refused the broker's credentials", NULL,
+		            NULL);
 	}
 	if (job->status != 200) {
 		log_msg("warn", "tenant %s: Courier answered HTTP %ld", r->tenant->name, job->status);
@@ -709,7 +718,8 @@ static enum MHD_Result complete(struct req *r)
 		lua_settop(L, top);
 		return fail(r, L, 503, "unavailable", "out of memory", NULL, NULL);
 	}
-	ret = queue(r->conn, s, 200, "application/json", json, jlen, "X-Policy-Revision", r->tenant->policy_revision);
+	ret = queue(r->conn, s, 200, "application/json", json, jlen, "X-Policy-Revision",
+	            r->tenant->policy_revision);
 	finish_log(r, L, 200, NULL, token, tlen, up_ms);
 	r->state = RS_DONE;
 	lua_settop(L, top);
@@ -740,15 +750,15 @@ static const char *token_route(const char *url, char *name, size_t len)
 }
 
 static enum MHD_Result serve_other(struct http_server *s, struct MHD_Connection *conn, const char *url,
-				   const char *method)
+                                   const char *method)
 {
 	bool get = strcmp(method, MHD_HTTP_METHOD_GET) == 0 || strcmp(method, MHD_HTTP_METHOD_HEAD) == 0;
 
 	if (strcmp(url, "/healthz") == 0 || strcmp(url, "/readyz") == 0 || strcmp(url, "/metrics") == 0) {
 		if (!get)
 			return plain(conn, s, 405, "application/json",
-				     "{\"error\":\"method_not_allowed\",\"message\":\"use GET\"}", MHD_HTTP_HEADER_ALLOW,
-				     "GET, HEAD");
+			             "{\"error\":\"method_not_allowed\",\"message\":\"use GET\"}",
+			             MHD_HTTP_HEADER_ALLOW, "GET, HEAD");
 		if (strcmp(url, "/healthz") == 0)
 			return plain(conn, s, 200, "application/json", "{\"status\":\"ok\"}", NULL, NULL);
 		if (strcmp(url, "/readyz") == 0) {
@@ -758,9 +768,11 @@ static enum MHD_Result serve_other(struct http_server *s, struct MHD_Connection 
 			for (size_t i = 0; ready && i < g->cfg->n_tenants; i++)
 				ready = ident_ready(&g->cfg->tenants[i].auth);
 			if (ready)
-				ret = plain(conn, s, 200, "application/json", "{\"status\":\"ready\"}", NULL, NULL);
+				ret = plain(conn, s, 200, "application/json", "{\"status\":\"ready\"}", NULL,
+				            NULL);
 			else
-				ret = plain(conn, s, 503, "application/json", "{\"status\":\"not ready\"}", NULL, NULL);
+				ret = plain(conn, s, 503, "application/json", "{\"status\":\"not ready\"}",
+				            NULL, NULL);
 			gen_release(g);
 			return ret;
 		} else {
@@ -774,13 +786,13 @@ static enum MHD_Result serve_other(struct http_server *s, struct MHD_Connection 
 			return ret;
 		}
 	}
-	return plain(conn, s, 404, "application/json", "{\"error\":\"not_found\",\"message\":\"no such path\"}", NULL,
-		     NULL);
+	return plain(conn, s, 404, "application/json",
+	             "{\"error\":\"not_found\",\"message\":\"no such path\"}", NULL, NULL);
 }
 
 /* The first call for a token route: everything that can be decided from the headers. */
 static enum MHD_Result begin_token(struct http_server *s, struct MHD_Connection *conn, const char *name,
-				   const char *method, void **con_cls)
+                                   const char *method, void **con_cls)
 {
 	struct req *r = calloc(1, sizeof(*r));
 	const char *cl;
@@ -811,13 +823,15 @@ static enum MHD_Result begin_token(struct http_server *s, struct MHD_Connection 
 	if (!r->tenant)
 		return fail(r, L, 404, "unknown_tenant", "no such tenant", NULL, NULL);
 	if (!is_json_type(header(conn, MHD_HTTP_HEADER_CONTENT_TYPE)))
-		return fail(r, L, 415, "unsupported_media_type", "the body must be application/json", NULL, NULL);
+		return fail(r, L, 415, "unsupported_media_type", "the body must be application/json", NULL,
+		            NULL);
 	cl = header(conn, MHD_HTTP_HEADER_CONTENT_LENGTH);
 	if (cl) {
 		char *end;
 		unsigned long long n = strtoull(cl, &end, 10);
 		if (end == cl || *end || n > r->gen->cfg->max_body_bytes) {
-			snprintf(msg, sizeof(msg), "the body is limited to %zu bytes", r->gen->cfg->max_body_bytes);
+			snprintf(msg, sizeof(msg), "the body is limited to %zu bytes",
+			         r->gen->cfg->max_body_bytes);
 			return fail(r, L, 413, "payload_too_large", msg, MHD_HTTP_HEADER_CONNECTION, "close");
 		}
 	}
@@ -825,8 +839,8 @@ static enum MHD_Result begin_token(struct http_server *s, struct MHD_Connection 
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url, const char *method,
-				  const char *version, const char *upload_data, size_t *upload_data_size,
-				  void **con_cls)
+                                  const char *version, const char *upload_data, size_t *upload_data_size,
+                                  void **con_cls)
 {
 	struct http_server *s = cls;
 	struct req *r = *con_cls;
@@ -880,13 +894,13 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 		struct policy_engine *e = worker_engine(s, r->gen);
 		snprintf(msg, sizeof(msg), "the body is limited to %zu bytes", r->gen->cfg->max_body_bytes);
 		return fail(r, e ? policy_engine_lua(e) : NULL, 413, "payload_too_large", msg,
-			    MHD_HTTP_HEADER_CONNECTION, "close");
+		            MHD_HTTP_HEADER_CONNECTION, "close");
 	}
 	return process(r);
 }
 
 static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
-			 enum MHD_RequestTerminationCode toe)
+                         enum MHD_RequestTerminationCode toe)
 {
 	struct http_server *s = cls;
 	struct req *r = *con_cls;
@@ -933,8 +947,8 @@ struct http_server *http_start(const struct config *cfg, struct courier_client *
 	struct sockaddr_storage ss;
 	const char *host;
 	socklen_t sl;
-	unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ITC |
-			 MHD_USE_ERROR_LOG;
+	unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME |
+	                 MHD_USE_ITC | MHD_USE_ERROR_LOG;
 
 	if (!s) {
 		snprintf(err, errlen, "out of memory");
@@ -965,16 +979,13 @@ struct http_server *http_start(const struct config *cfg, struct courier_client *
 		free(s);
 		return NULL;
 	}
-	s->d = MHD_start_daemon(flags, cfg->listen_port, NULL, NULL, on_request, s,
-				MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
-				MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
-				MHD_OPTION_THREAD_POOL_SIZE, (unsigned)cfg->threads,
-				MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)cfg->connection_timeout_s,
-				MHD_OPTION_CONNECTION_LIMIT, (unsigned)cfg->max_connections,
-				MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)32 * 1024,
-				MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
-				MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1,
-				MHD_OPTION_END);
+	s->d = MHD_start_daemon(
+	    flags, cfg->listen_port, NULL, NULL, on_request, s, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
+	    MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss, MHD_OPTION_THREAD_POOL_SIZE, (unsigned)cfg->threads,
+	    MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)cfg->connection_timeout_s, MHD_OPTION_CONNECTION_LIMIT,
+	    (unsigned)cfg->max_connections, MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)32 * 1024,
+	    MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1,
+	    MHD_OPTION_END);
 	if (!s->d) {
 		snprintf(err, errlen, "cannot listen on %s:%u", cfg->listen_host, cfg->listen_port);
 		pthread_key_delete(s->worker_key);
@@ -1011,7 +1022,7 @@ int http_drain_and_stop(struct http_server *s, unsigned deadline_ms)
 	atomic_store(&s->stopping, true);
 	if (atomic_load(&s->upstream) > 0)
 		log_msg("warn", "drain deadline passed with %d requests waiting on Courier: answering 503",
-			atomic_load(&s->upstream));
+		        atomic_load(&s->upstream));
 	/* Bounded: every aborted job resumes its connection at once. Aborting
 	 * again now and then catches a job submitted just before stopping was set. */
 	for (int i = 0; i < 200 && atomic_load(&s->upstream) > 0; i++) {
@@ -1024,8 +1035,9 @@ int http_drain_and_stop(struct http_server *s, unsigned deadline_ms)
 		usleep(5000);
 	/* MHD_stop_daemon with a suspended connection is an API violation: never. */
 	if (atomic_load(&s->upstream) > 0) {
-		log_msg("error", "%d connections are still suspended after the drain: not stopping the HTTP server",
-			atomic_load(&s->upstream));
+		log_msg("error",
+		        "%d connections are still suspended after the drain: not stopping the HTTP server",
+		        atomic_load(&s->upstream));
 		return -1;
 	}
 	MHD_stop_daemon(s->d);

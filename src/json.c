@@ -71,8 +71,8 @@ static void integerise(lua_State *L, int depth)
 			lua_Integer i;
 			if (!isfinite(n))
 				luaL_error(L, "number out of range"); /* "exp": 1e400 is +inf */
-			if (n >= -9007199254740992.0 && n <= 9007199254740992.0 && lua_numbertointeger(n, &i) &&
-			    (lua_Number)i == n) {
+			if (n >= -9007199254740992.0 && n <= 9007199254740992.0 &&
+			    lua_numbertointeger(n, &i) && (lua_Number)i == n) {
 				lua_pushvalue(L, -2);
 				lua_pushinteger(L, i);
 				lua_rawset(L, -5);

@@ -37,17 +37,17 @@
 #include "scope.h"
 
 static const char usage[] =
-	"usage: courier-broker serve -c CONFIG [--pid-file PATH]\n"
-	"                                              run the server (foreground, logs to stderr)\n"
-	"       courier-broker check -c CONFIG         load config, keys and policies, run policy tests\n"
-	"       courier-broker reload -c CONFIG [--pid-file PATH]\n"
-	"                                              check CONFIG, then SIGHUP the broker named by the\n"
-	"                                              pid file (default " PIDFILE_DEFAULT ")\n"
-	"       courier-broker test [--run PATTERN] [--format text|json] PATH...\n"
-	"                                              run policy test files (*_test.lua) or folders\n"
-	"       courier-broker eval -c CONFIG --tenant NAME [--request FILE|-]\n"
-	"                                              print the decision for one request as JSON\n"
-	"       courier-broker --version | --help\n";
+    "usage: courier-broker serve -c CONFIG [--pid-file PATH]\n"
+    "                                              run the server (foreground, logs to stderr)\n"
+    "       courier-broker check -c CONFIG         load config, keys and policies, run policy tests\n"
+    "       courier-broker reload -c CONFIG [--pid-file PATH]\n"
+    "                                              check CONFIG, then SIGHUP the broker named by the\n"
+    "                                              pid file (default " PIDFILE_DEFAULT ")\n"
+    "       courier-broker test [--run PATTERN] [--format text|json] PATH...\n"
+    "                                              run policy test files (*_test.lua) or folders\n"
+    "       courier-broker eval -c CONFIG --tenant NAME [--request FILE|-]\n"
+    "                                              print the decision for one request as JSON\n"
+    "       courier-broker --version | --help\n";
 
 /* Keys live in this process's memory: keep them out of core dumps. */
 static void harden_process(void)
@@ -79,8 +79,8 @@ static int cmd_check(const char *path)
 	}
 	for (size_t i = 0; i < cfg->n_tenants; i++)
 		fprintf(stderr, "tenant %s: policy %s (revision %s), api key %s\n", cfg->tenants[i].name,
-			cfg->tenants[i].policy_path, cfg->tenants[i].policy_revision,
-			cfg->tenants[i].api_key.fingerprint);
+		        cfg->tenants[i].policy_path, cfg->tenants[i].policy_revision,
+		        cfg->tenants[i].api_key.fingerprint);
 	fprintf(stderr, "courier-broker: configuration %s: ok\n", path);
 	config_free(cfg);
 	return 0;
@@ -95,8 +95,9 @@ static int cmd_reload(const char *path, const char *pid_file)
 	pid_t pid;
 
 	if (!cfg) {
-		fprintf(stderr, "courier-broker: configuration %s: FAILED; the running broker was not signalled\n",
-			path);
+		fprintf(stderr,
+		        "courier-broker: configuration %s: FAILED; the running broker was not signalled\n",
+		        path);
 		return 1;
 	}
 	config_free(cfg);
@@ -109,9 +110,10 @@ static int cmd_reload(const char *path, const char *pid_file)
 		fprintf(stderr, "courier-broker: cannot signal pid %ld: %s\n", (long)pid, strerror(errno));
 		return 1;
 	}
-	fprintf(stderr, "courier-broker: configuration %s: ok; sent SIGHUP to pid %ld (the result is in its log "
-			"and /metrics)\n",
-		path, (long)pid);
+	fprintf(stderr,
+	        "courier-broker: configuration %s: ok; sent SIGHUP to pid %ld (the result is in its log "
+	        "and /metrics)\n",
+	        path, (long)pid);
 	return 0;
 }
 
@@ -211,8 +213,8 @@ static int cmd_serve(const char *path, const char *pid_file)
 	/* Before the "listening" line, so whoever waits for that line finds it. */
 	if (pid_file && pidfile_write(pid_file, err, sizeof(err)) != 0)
 		log_msg("warn", "%s: `courier-broker reload` will not find this broker", err);
-	log_msg("info", "courier-broker %s listening on %s:%u with %zu tenant(s), generation %llu", BROKER_VERSION,
-		g->cfg->listen_host, http_port(srv), g->cfg->n_tenants, g->id);
+	log_msg("info", "courier-broker %s listening on %s:%u with %zu tenant(s), generation %llu",
+	        BROKER_VERSION, g->cfg->listen_host, http_port(srv), g->cfg->n_tenants, g->id);
 	gen_release(g);
 
 	while ((sig = next_signal(&set, &hups)) == SIGHUP)
@@ -318,7 +320,7 @@ int main(int argc, char **argv)
 		else if (strcmp(argv[i], "--request") == 0 && i + 1 < argc)
 			request = argv[++i];
 		else if (strcmp(argv[i], "--pid-file") == 0 && i + 1 < argc &&
-			 (strcmp(cmd, "serve") == 0 || strcmp(cmd, "reload") == 0))
+		         (strcmp(cmd, "serve") == 0 || strcmp(cmd, "reload") == 0))
 			pid_file = argv[++i];
 		else {
 			fprintf(stderr, "courier-broker: unexpected argument %s\n%s", argv[i], usage);

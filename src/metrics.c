@@ -172,24 +172,25 @@ char *metrics_render(size_t *len)
 	if (!b.p)
 		return NULL;
 	add(&b, "# HELP broker_requests_total Token requests answered, by tenant and status.\n"
-		"# TYPE broker_requests_total counter\n");
+	        "# TYPE broker_requests_total counter\n");
 	for (unsigned t = 0; t <= MAX_TENANTS; t++) {
 		if (t >= n && t != MAX_TENANTS)
 			continue;
 		for (size_t i = 0; i < N_STATUS; i++) {
-			unsigned long long v = atomic_load_explicit(&tenants[t].requests[i], memory_order_relaxed);
+			unsigned long long v =
+			    atomic_load_explicit(&tenants[t].requests[i], memory_order_relaxed);
 			if (!v)
 				continue;
 			if (statuses[i])
-				add(&b, "broker_requests_total{tenant=\"%s\",status=\"%d\"} %llu\n", tenants[t].name,
-				    statuses[i], v);
+				add(&b, "broker_requests_total{tenant=\"%s\",status=\"%d\"} %llu\n",
+				    tenants[t].name, statuses[i], v);
 			else
 				add(&b, "broker_requests_total{tenant=\"%s\",status=\"other\"} %llu\n",
 				    tenants[t].name, v);
 		}
 	}
 	add(&b, "# HELP broker_upstream_seconds Latency of Courier calls.\n"
-		"# TYPE broker_upstream_seconds histogram\n");
+	        "# TYPE broker_upstream_seconds histogram\n");
 	for (size_t i = 0; i < N_BUCKETS; i++) {
 		cum += atomic_load_explicit(&up_buckets[i], memory_order_relaxed);
 		add(&b, "broker_upstream_seconds_bucket{le=\"%g\"} %llu\n", buckets[i], cum);
@@ -198,40 +199,46 @@ char *metrics_render(size_t *len)
 	add(&b, "broker_upstream_seconds_bucket{le=\"+Inf\"} %llu\n", cum);
 	add(&b, "broker_upstream_seconds_sum %.6f\n", (double)atomic_load(&up_sum_us) / 1e6);
 	add(&b, "broker_upstream_seconds_count %llu\n", atomic_load(&up_count));
-	add(&b, "# HELP broker_upstream_responses_total Courier answers by class.\n"
-		"# TYPE broker_upstream_responses_total counter\n"
-		"broker_upstream_responses_total{class=\"2xx\"} %llu\n"
-		"broker_upstream_responses_total{class=\"4xx\"} %llu\n"
-		"broker_upstream_responses_total{class=\"5xx\"} %llu\n"
-		"broker_upstream_responses_total{class=\"none\"} %llu\n",
+	add(&b,
+	    "# HELP broker_upstream_responses_total Courier answers by class.\n"
+	    "# TYPE broker_upstream_responses_total counter\n"
+	    "broker_upstream_responses_total{class=\"2xx\"} %llu\n"
+	    "broker_upstream_responses_total{class=\"4xx\"} %llu\n"
+	    "broker_upstream_responses_total{class=\"5xx\"} %llu\n"
+	    "broker_upstream_responses_total{class=\"none\"} %llu\n",
 	    atomic_load(&up_status_2xx), atomic_load(&up_status_4xx), atomic_load(&up_status_5xx),
 	    atomic_load(&up_status_none));
-	add(&b, "# HELP broker_inflight_requests Token requests being handled.\n"
-		"# TYPE broker_inflight_requests gauge\nbroker_inflight_requests %d\n",
+	add(&b,
+	    "# HELP broker_inflight_requests Token requests being handled.\n"
+	    "# TYPE broker_inflight_requests gauge\nbroker_inflight_requests %d\n",
 	    atomic_load(&inflight));
-	add(&b, "# HELP broker_generation Id of the running configuration generation.\n"
-		"# TYPE broker_generation gauge\nbroker_generation %llu\n"
-		"# HELP broker_generation_loaded_timestamp_seconds When it was loaded.\n"
-		"# TYPE broker_generation_loaded_timestamp_seconds gauge\n"
-		"broker_generation_loaded_timestamp_seconds %llu\n"
-		"# HELP broker_generations_alive Generations not yet freed (the running one and those held by "
-		"requests).\n"
-		"# TYPE broker_generations_alive gauge\nbroker_generations_alive %d\n",
+	add(&b,
+	    "# HELP broker_generation Id of the running configuration generation.\n"
+	    "# TYPE broker_generation gauge\nbroker_generation %llu\n"
+	    "# HELP broker_generation_loaded_timestamp_seconds When it was loaded.\n"
+	    "# TYPE broker_generation_loaded_timestamp_seconds gauge\n"
+	    "broker_generation_loaded_timestamp_seconds %llu\n"
+	    "# HELP broker_generations_alive Generations not yet freed (the running one and those held by "
+	    "requests).\n"
+	    "# TYPE broker_generations_alive gauge\nbroker_generations_alive %d\n",
 	    atomic_load(&gen_id), atomic_load(&gen_loaded_at), atomic_load(&gens_alive));
-	add(&b, "# HELP broker_reloads_total Reload attempts by result.\n"
-		"# TYPE broker_reloads_total counter\n"
-		"broker_reloads_total{result=\"ok\"} %llu\nbroker_reloads_total{result=\"failed\"} %llu\n"
-		"# HELP broker_last_reload_timestamp_seconds Time of the last reload attempt.\n"
-		"# TYPE broker_last_reload_timestamp_seconds gauge\n"
-		"broker_last_reload_timestamp_seconds %llu\n"
-		"# HELP broker_last_reload_success Whether the last reload attempt succeeded.\n"
-		"# TYPE broker_last_reload_success gauge\nbroker_last_reload_success %llu\n",
+	add(&b,
+	    "# HELP broker_reloads_total Reload attempts by result.\n"
+	    "# TYPE broker_reloads_total counter\n"
+	    "broker_reloads_total{result=\"ok\"} %llu\nbroker_reloads_total{result=\"failed\"} %llu\n"
+	    "# HELP broker_last_reload_timestamp_seconds Time of the last reload attempt.\n"
+	    "# TYPE broker_last_reload_timestamp_seconds gauge\n"
+	    "broker_last_reload_timestamp_seconds %llu\n"
+	    "# HELP broker_last_reload_success Whether the last reload attempt succeeded.\n"
+	    "# TYPE broker_last_reload_success gauge\nbroker_last_reload_success %llu\n",
 	    atomic_load(&reload_ok), atomic_load(&reload_failed), atomic_load(&reload_last_time),
 	    atomic_load(&reload_last_ok));
 	{
 		unsigned long long since = atomic_load(&stale_since);
-		add(&b, "# HELP broker_policy_stale_seconds How long the running generation has been behind a "
-			"failed reload.\n# TYPE broker_policy_stale_seconds gauge\nbroker_policy_stale_seconds %llu\n",
+		add(&b,
+		    "# HELP broker_policy_stale_seconds How long the running generation has been behind a "
+		    "failed reload.\n# TYPE broker_policy_stale_seconds gauge\nbroker_policy_stale_seconds "
+		    "%llu\n",
 		    since ? (unsigned long long)now - since : 0ULL);
 	}
 	if (b.failed) {

@@ -27,7 +27,7 @@
 #include "scope.h"
 
 #define MAX_TEST_FILE (1024 * 1024)
-#define MAX_HDRS 64
+#define MAX_HDRS      64
 
 struct report {
 	bool json;
@@ -125,8 +125,10 @@ static int cov_report(struct report *rep)
 		if (pct < lowest)
 			lowest = pct;
 		if (rep->json)
-			fprintf(rep->out, "{\"coverage\":{\"file\":\"%s\",\"percent\":%d,\"covered\":%zu,\"total\":%zu}}\n",
-			        f->path, pct, covered, total);
+			fprintf(
+			    rep->out,
+			    "{\"coverage\":{\"file\":\"%s\",\"percent\":%d,\"covered\":%zu,\"total\":%zu}}\n",
+			    f->path, pct, covered, total);
 		else {
 			const char *sep = ", not covered: ";
 			fprintf(rep->out, "%s: %d%% (%zu/%zu lines)", f->path, pct, covered, total);
@@ -253,7 +255,8 @@ struct outcome {
 	char err[512];
 };
 
-static void decide(struct policy_engine *e, lua_State *L, int reqidx, const struct tenant *t, struct outcome *o)
+static void decide(struct policy_engine *e, lua_State *L, int reqidx, const struct tenant *t,
+                   struct outcome *o)
 {
 	struct case_req *cr = calloc(1, sizeof(*cr));
 	const char *msg = NULL;
@@ -319,7 +322,8 @@ static bool check_expect(lua_State *L, int idx, const struct outcome *o, char *w
 	if (lua_toboolean(L, -1)) {
 		ok = o->kind == OUT_ERROR;
 		if (!ok)
-			snprintf(why, whylen, "expected a policy error, got %s", o->kind == OUT_ALLOW ? "allow" : "deny");
+			snprintf(why, whylen, "expected a policy error, got %s",
+			         o->kind == OUT_ALLOW ? "allow" : "deny");
 		goto out;
 	}
 	if (o->kind == OUT_ERROR) {
@@ -335,7 +339,8 @@ static bool check_expect(lua_State *L, int idx, const struct outcome *o, char *w
 	}
 	if (lua_toboolean(L, -1) != (o->kind == OUT_ALLOW)) {
 		snprintf(why, whylen, "expected %s, got %s%s%s", lua_toboolean(L, -1) ? "allow" : "deny",
-			 o->kind == OUT_ALLOW ? "allow" : "deny", o->dec.reason[0] ? ": " : "", o->dec.reason);
+		         o->kind == OUT_ALLOW ? "allow" : "deny", o->dec.reason[0] ? ": " : "",
+		         o->dec.reason);
 		ok = false;
 		goto out;
 	}
@@ -357,7 +362,8 @@ static bool check_expect(lua_State *L, int idx, const struct outcome *o, char *w
 					want = -1;
 			}
 			if (want != o->grant.expires_s) {
-				snprintf(why, whylen, "expected expires_in %lld s, got %lld s", want, o->grant.expires_s);
+				snprintf(why, whylen, "expected expires_in %lld s, got %lld s", want,
+				         o->grant.expires_s);
 				ok = false;
 				goto out;
 			}
@@ -365,7 +371,8 @@ static bool check_expect(lua_State *L, int idx, const struct outcome *o, char *w
 	}
 	lua_getfield(L, idx, "reason");
 	if (lua_type(L, -1) == LUA_TSTRING && strcmp(lua_tostring(L, -1), o->dec.reason) != 0) {
-		snprintf(why, whylen, "expected reason \"%s\", got \"%s\"", lua_tostring(L, -1), o->dec.reason);
+		snprintf(why, whylen, "expected reason \"%s\", got \"%s\"", lua_tostring(L, -1),
+		         o->dec.reason);
 		ok = false;
 	}
 out:
@@ -380,7 +387,8 @@ static void report_case(struct report *rep, const char *file, const char *name, 
 	else {
 		rep->failed++;
 		if (!rep->first_failure[0])
-			snprintf(rep->first_failure, sizeof(rep->first_failure), "%s: %s: %s", file, name, why);
+			snprintf(rep->first_failure, sizeof(rep->first_failure), "%s: %s: %s", file, name,
+			         why);
 	}
 	if (rep->quiet)
 		return;
@@ -405,8 +413,7 @@ static void report_case(struct report *rep, const char *file, const char *name, 
 			lua_pop(L, 1);
 		}
 		lua_pop(L, 1);
-	}
-	else if (ok)
+	} else if (ok)
 		fprintf(rep->out, "PASS %s: %s\n", file, name);
 	else
 		fprintf(rep->out, "FAIL %s: %s: %s\n", file, name, why);
@@ -418,8 +425,9 @@ static int load_cases(lua_State *L, const char *path, char *err, size_t errlen)
 	FILE *f = fopen(path, "rb");
 	char *buf;
 	size_t len;
-	static const char *const safe[] = {"ipairs", "pairs", "next", "select", "tostring", "tonumber", "type",
-					   "error", "assert", "string", "table", "math", NULL};
+	static const char *const safe[] = {"ipairs",   "pairs", "next",  "select", "tostring",
+	                                   "tonumber", "type",  "error", "assert", "string",
+	                                   "table",    "math",  NULL};
 
 	if (!f) {
 		snprintf(err, errlen, "%s: cannot open", path);
@@ -697,7 +705,8 @@ int policytest_main(int argc, char **argv)
 			char *end;
 			long n = strtol(argv[++i], &end, 10);
 			if (*end || end == argv[i] || n < 0 || n > 100) {
-				fprintf(stderr, "courier-broker test: --threshold is a percentage, 0 to 100\n");
+				fprintf(stderr,
+				        "courier-broker test: --threshold is a percentage, 0 to 100\n");
 				return 2;
 			}
 			threshold = (int)n;
@@ -710,8 +719,9 @@ int policytest_main(int argc, char **argv)
 		}
 	}
 	if (!npaths) {
-		fprintf(stderr, "usage: courier-broker test [--run PATTERN] [--format text|json] [--coverage] "
-		                "[--threshold N] PATH...\n");
+		fprintf(stderr,
+		        "usage: courier-broker test [--run PATTERN] [--format text|json] [--coverage] "
+		        "[--threshold N] PATH...\n");
 		return 2;
 	}
 	if (rep.json && (!(rep.L = luaL_newstate()) || json_open(rep.L) != 0)) {
@@ -774,7 +784,7 @@ int policytest_config(const struct config *cfg, bool quiet, char *err, size_t er
 	policy_engine_free(e);
 	if (rep.failed) {
 		snprintf(err, errlen, "tenant %s: policy test failed: %s", failing ? failing : "?",
-			 rep.first_failure);
+		         rep.first_failure);
 		return -1;
 	}
 	return 0;

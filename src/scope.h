@@ -12,7 +12,7 @@
 #include <stddef.h>
 
 #define SCOPE_USER_ID_MAX 256
-#define SCOPE_MAX_LEN 128 /* one scope token */
+#define SCOPE_MAX_LEN     128 /* one scope token */
 
 /* 1..256 bytes of valid UTF-8, no whitespace (ASCII or Unicode), no control
  * characters (C0, DEL, C1), no NUL. */

@@ -19,11 +19,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../unit/testkeys.h"
 #include "config.h"
 #include "json.h"
 #include "jwt.h"
 #include "secret.h"
-#include "../unit/testkeys.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -44,9 +44,11 @@ static void init(void)
 	tk_pub_pem(tk_key(TK_P256), pem, sizeof(pem));
 	if (!(cfg.public_key = jwt_key_pem(pem, strlen(pem), err, sizeof(err))))
 		abort();
-	snprintf(doc, sizeof(doc), "{\"keys\":[%s,%s,%s,%s]}", tk_jwk(tk_key(TK_RSA), "\"kid\":\"r1\",", a, sizeof(a)),
+	snprintf(doc, sizeof(doc), "{\"keys\":[%s,%s,%s,%s]}",
+	         tk_jwk(tk_key(TK_RSA), "\"kid\":\"r1\",", a, sizeof(a)),
 	         tk_jwk(tk_other_key(TK_P256), "\"kid\":\"e1\",", b, sizeof(b)),
-	         tk_jwk(tk_key(TK_P384), "\"kid\":\"e2\",", c, sizeof(c)), tk_jwk(tk_key(TK_ED25519), "", d, sizeof(d)));
+	         tk_jwk(tk_key(TK_P384), "\"kid\":\"e2\",", c, sizeof(c)),
+	         tk_jwk(tk_key(TK_ED25519), "", d, sizeof(d)));
 	if (!(fp = fopen(o.file, "w")))
 		abort();
 	fputs(doc, fp);
@@ -88,7 +90,8 @@ static void verify_one(const char *tok, size_t len)
 	char subject[257], err[160];
 	int top = lua_gettop(L);
 
-	if (jwt_verify(L, &cfg, tok, len, (time_t)1700000100, subject, sizeof(subject), err, sizeof(err)) == 0) {
+	if (jwt_verify(L, &cfg, tok, len, (time_t)1700000100, subject, sizeof(subject), err, sizeof(err)) ==
+	    0) {
 		if (lua_gettop(L) != top + 1 || lua_type(L, -1) != LUA_TTABLE)
 			abort();
 		lua_pop(L, 1);
@@ -120,8 +123,8 @@ static void sign_and_verify(const uint8_t *data, size_t size)
 	n = tk_b64url(tok, header, hl);
 	tok[n++] = '.';
 	n += tk_b64url(tok + n, payload, pl);
-	if (!EVP_Q_mac(NULL, "HMAC", NULL, "SHA256", NULL, "secret", 6, (unsigned char *)tok, n, mac, sizeof(mac),
-	               &maclen))
+	if (!EVP_Q_mac(NULL, "HMAC", NULL, "SHA256", NULL, "secret", 6, (unsigned char *)tok, n, mac,
+	               sizeof(mac), &maclen))
 		abort();
 	tok[n++] = '.';
 	n += tk_b64url(tok + n, mac, maclen);

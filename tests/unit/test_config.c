@@ -449,9 +449,9 @@ static void test_missing_and_required(void **state)
 static void test_bad_listen(void **state)
 {
 	struct fixture *f = *state;
-	static const char *const bad[] = {
-	    "8080",        "127.0.0.1", "127.0.0.1:", ":8080", "127.0.0.1:http", "127.0.0.1:70000",
-	    "::1:8080",  "[::1]8080",  "[::1]", "host name:80",   "127.0.0.1:8080 "};
+	static const char *const bad[] = {"8080",           "127.0.0.1",       "127.0.0.1:",     ":8080",
+	                                  "127.0.0.1:http", "127.0.0.1:70000", "::1:8080",       "[::1]8080",
+	                                  "[::1]",          "host name:80",    "127.0.0.1:8080 "};
 	char text[512];
 
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
@@ -587,9 +587,9 @@ static void test_file_size_capped(void **state)
 /* data = and the modules beside the policy: read at load, part of the revision. */
 static void test_policy_data_and_modules(void **state)
 {
-	static const char conf[] =
-	    "tenants = { default = { api_key = { env = 'COURIER_API_KEY' }, policy = 'policies/default.lua',\n"
-	    "  data = 'policies/acme_data.json', auth = { none = true } } }\n";
+	static const char conf[] = "tenants = { default = { api_key = { env = 'COURIER_API_KEY' }, policy = "
+	                           "'policies/default.lua',\n"
+	                           "  data = 'policies/acme_data.json', auth = { none = true } } }\n";
 	struct fixture *f = *state;
 	struct config *cfg;
 	const struct tenant *t;
@@ -627,7 +627,8 @@ static void test_policy_data_and_modules(void **state)
 	assert_int_equal(strlen(rev3), 16);
 
 	expect_error(f,
-	             "tenants = { default = { api_key = { env = 'COURIER_API_KEY' }, policy = 'policies/default.lua',\n"
+	             "tenants = { default = { api_key = { env = 'COURIER_API_KEY' }, policy = "
+	             "'policies/default.lua',\n"
 	             "  data = 'policies/missing.json', auth = { none = true } } }\n",
 	             "tenants.default.data", "missing.json", NULL);
 }
@@ -669,7 +670,6 @@ static void test_free_null(void **state)
 	assert_null(config_tenant(NULL, "default"));
 }
 
-
 /* ---- issue 3: keys and auth modes ------------------------------------------- */
 
 static void write_pem(struct fixture *f, const char *name, EVP_PKEY *pkey, mode_t mode)
@@ -687,8 +687,10 @@ static void test_public_key_and_jwks(void **state)
 	char doc[4096], jwk[2048];
 
 	write_pem(f, "rsa.pem", tk_key(TK_RSA), 0644); /* public: group/other-readable is fine */
-	cfg = load(f, TENANT_HEAD "  auth = { jwt = { algorithms = { 'RS256', 'PS256' }, public_key = { file = 'rsa.pem' },\n"
-	                          "    max_age_s = 300, typ = 'JWT' } } } }\n");
+	cfg =
+	    load(f, TENANT_HEAD
+	         "  auth = { jwt = { algorithms = { 'RS256', 'PS256' }, public_key = { file = 'rsa.pem' },\n"
+	         "    max_age_s = 300, typ = 'JWT' } } } }\n");
 	if (!cfg)
 		fail_msg("%s", f->err);
 	t = config_tenant(cfg, "default");
@@ -699,28 +701,48 @@ static void test_public_key_and_jwks(void **state)
 	config_free(cfg);
 
 	expect_error(f,
-	             TENANT_HEAD "  auth = { jwt = { algorithms = { 'RS256', 'ES256' }, public_key = { file = 'rsa.pem' } } } } }\n",
-	             ": tenants.default.auth.jwt.algorithms: ES256 is listed, but the public key is RSA", NULL);
-	expect_error(f, TENANT_HEAD "  auth = { jwt = { algorithms = { 'ES256' }, public_key = { file = 'rsa.pem' } } } } }\n",
-	             ": tenants.default.auth.jwt.public_key: is an RSA key, but no algorithm it verifies is listed", NULL);
-	expect_error(f, TENANT_HEAD "  auth = { jwt = { algorithms = { 'RS256' }, public_key = 'rsa.pem' } } } }\n",
-	             ": tenants.default.auth.jwt.public_key: expected a table", NULL);
-	expect_error(f, TENANT_HEAD "  auth = { jwt = { algorithms = { 'RS256' }, public_key = { path = 'rsa.pem' } } } } }\n",
-	             "unknown key \"tenants.default.auth.jwt.public_key.path\"", NULL);
+	             TENANT_HEAD "  auth = { jwt = { algorithms = { 'RS256', 'ES256' }, public_key = { file "
+	                         "= 'rsa.pem' } } } } }\n",
+	             ": tenants.default.auth.jwt.algorithms: ES256 is listed, but the public key is RSA",
+	             NULL);
+	expect_error(
+	    f,
+	    TENANT_HEAD
+	    "  auth = { jwt = { algorithms = { 'ES256' }, public_key = { file = 'rsa.pem' } } } } }\n",
+	    ": tenants.default.auth.jwt.public_key: is an RSA key, but no algorithm it verifies is listed",
+	    NULL);
+	expect_error(
+	    f, TENANT_HEAD "  auth = { jwt = { algorithms = { 'RS256' }, public_key = 'rsa.pem' } } } }\n",
+	    ": tenants.default.auth.jwt.public_key: expected a table", NULL);
+	expect_error(
+	    f,
+	    TENANT_HEAD
+	    "  auth = { jwt = { algorithms = { 'RS256' }, public_key = { path = 'rsa.pem' } } } } }\n",
+	    "unknown key \"tenants.default.auth.jwt.public_key.path\"", NULL);
 	write_pem(f, "small.pem", tk_key(TK_RSA1024), 0644);
-	expect_error(f, TENANT_HEAD "  auth = { jwt = { algorithms = { 'RS256' }, public_key = { file = 'small.pem' } } } } }\n",
-	             ": tenants.default.auth.jwt.public_key.file: ", "1024 bits refused", NULL);
+	expect_error(
+	    f,
+	    TENANT_HEAD
+	    "  auth = { jwt = { algorithms = { 'RS256' }, public_key = { file = 'small.pem' } } } } }\n",
+	    ": tenants.default.auth.jwt.public_key.file: ", "1024 bits refused", NULL);
 	expect_error(f, TENANT_HEAD "  auth = { jwt = { algorithms = { 'RS256' } } } } }\n",
 	             ": tenants.default.auth.jwt: RS256 is listed: give public_key", NULL);
-	expect_error(f, TENANT_HEAD "  auth = { jwt = { algorithms = { 'RS256' }, public_key = { file = 'rsa.pem' },\n"
-	                            "    hmac_secret = { env = 'APP_JWT_SECRET' } } } } }\n",
+	expect_error(f,
+	             TENANT_HEAD
+	             "  auth = { jwt = { algorithms = { 'RS256' }, public_key = { file = 'rsa.pem' },\n"
+	             "    hmac_secret = { env = 'APP_JWT_SECRET' } } } } }\n",
 	             ": tenants.default.auth.jwt.hmac_secret: is given but no HS* algorithm is listed", NULL);
-	expect_error(f, TENANT_HEAD "  auth = { jwt = { algorithms = { 'RS256' }, public_key = { file = 'rsa.pem' }, max_age_s = 0 } } } }\n",
+	expect_error(f,
+	             TENANT_HEAD "  auth = { jwt = { algorithms = { 'RS256' }, public_key = { file = "
+	                         "'rsa.pem' }, max_age_s = 0 } } } }\n",
 	             ": tenants.default.auth.jwt.max_age_s: 0 is out of bounds", NULL);
 
-	snprintf(doc, sizeof(doc), "{\"keys\":[%s]}", tk_jwk(tk_key(TK_P256), "\"kid\":\"e1\",", jwk, sizeof(jwk)));
+	snprintf(doc, sizeof(doc), "{\"keys\":[%s]}",
+	         tk_jwk(tk_key(TK_P256), "\"kid\":\"e1\",", jwk, sizeof(jwk)));
 	write_file(f->dir, "jwks.json", doc, 0644);
-	cfg = load(f, TENANT_HEAD "  auth = { jwt = { algorithms = { 'ES256', 'RS256' }, jwks = { file = 'jwks.json' } } } } }\n");
+	cfg = load(
+	    f, TENANT_HEAD
+	    "  auth = { jwt = { algorithms = { 'ES256', 'RS256' }, jwks = { file = 'jwks.json' } } } } }\n");
 	if (!cfg)
 		fail_msg("%s", f->err);
 	t = config_tenant(cfg, "default");
@@ -732,21 +754,32 @@ static void test_public_key_and_jwks(void **state)
 	config_free(cfg);
 	expect_error(f, TENANT_HEAD "  auth = { jwt = { algorithms = { 'ES256' }, jwks = { } } } } }\n",
 	             ": tenants.default.auth.jwt.jwks: give exactly one of file and url", NULL);
-	expect_error(f, TENANT_HEAD "  auth = { jwt = { algorithms = { 'ES256' }, jwks = { file = 'jwks.json',\n"
-	                            "    url = 'https://example.com/jwks' } } } } }\n",
+	expect_error(f,
+	             TENANT_HEAD "  auth = { jwt = { algorithms = { 'ES256' }, jwks = { file = 'jwks.json',\n"
+	                         "    url = 'https://example.com/jwks' } } } } }\n",
 	             ": tenants.default.auth.jwt.jwks: give exactly one of file and url", NULL);
-	expect_error(f, TENANT_HEAD "  auth = { jwt = { algorithms = { 'ES256' }, jwks = { url = 'http://example.com/jwks' } } } } }\n",
+	expect_error(f,
+	             TENANT_HEAD "  auth = { jwt = { algorithms = { 'ES256' }, jwks = { url = "
+	                         "'http://example.com/jwks' } } } } }\n",
 	             ": tenants.default.auth.jwt.jwks: url: must start with https://", NULL);
-	expect_error(f, TENANT_HEAD "  auth = { jwt = { algorithms = { 'ES256' }, jwks = { url = 'http://127.0.0.1:1/jwks',\n"
-	                            "    timeout_ms = 500 } } } } }\n",
-	             ": tenants.default.auth.jwt.jwks: fetching http://127.0.0.1:1/jwks: ", NULL);
-	expect_error(f, TENANT_HEAD "  auth = { jwt = { algorithms = { 'ES256' }, jwks = { file = 'jwks.json',\n"
-	                            "    min_refresh_s = 600, max_cache_s = 60 } } } } }\n",
+	expect_error(
+	    f,
+	    TENANT_HEAD
+	    "  auth = { jwt = { algorithms = { 'ES256' }, jwks = { url = 'http://127.0.0.1:1/jwks',\n"
+	    "    timeout_ms = 500 } } } } }\n",
+	    ": tenants.default.auth.jwt.jwks: fetching http://127.0.0.1:1/jwks: ", NULL);
+	expect_error(f,
+	             TENANT_HEAD "  auth = { jwt = { algorithms = { 'ES256' }, jwks = { file = 'jwks.json',\n"
+	                         "    min_refresh_s = 600, max_cache_s = 60 } } } } }\n",
 	             "min_refresh_s (600) is more than max_cache_s (60)", NULL);
-	expect_error(f, TENANT_HEAD "  auth = { jwt = { algorithms = { 'ES256' }, jwks = { file = 'jwks.json', cooldown_s = 0 } } } } }\n",
+	expect_error(f,
+	             TENANT_HEAD "  auth = { jwt = { algorithms = { 'ES256' }, jwks = { file = 'jwks.json', "
+	                         "cooldown_s = 0 } } } } }\n",
 	             ": tenants.default.auth.jwt.jwks.cooldown_s: 0 is out of bounds", NULL);
 	write_file(f->dir, "jwks.json", "{\"keys\":[]}", 0644);
-	expect_error(f, TENANT_HEAD "  auth = { jwt = { algorithms = { 'ES256' }, jwks = { file = 'jwks.json' } } } } }\n",
+	expect_error(f,
+	             TENANT_HEAD
+	             "  auth = { jwt = { algorithms = { 'ES256' }, jwks = { file = 'jwks.json' } } } } }\n",
 	             ": tenants.default.auth.jwt.jwks: ", "no usable key", NULL);
 }
 
@@ -777,24 +810,38 @@ static void test_client_keys(void **state)
 	             ": tenants.default.auth.client_keys: must list at least one key", NULL);
 	expect_error(f, TENANT_HEAD "  auth = { client_keys = 'x' } } }\n",
 	             ": tenants.default.auth.client_keys: expected a list of tables", NULL);
-	expect_error(f, TENANT_HEAD "  auth = { client_keys = { { name = 'a', key = 'literal-secret' } } } } }\n",
-	             ": tenants.default.auth.client_keys[1].key: ", "literal secrets are refused", NULL);
+	expect_error(
+	    f, TENANT_HEAD "  auth = { client_keys = { { name = 'a', key = 'literal-secret' } } } } }\n",
+	    ": tenants.default.auth.client_keys[1].key: ", "literal secrets are refused", NULL);
 	expect_error(f, TENANT_HEAD "  auth = { client_keys = { { name = 'a' } } } } }\n",
 	             ": tenants.default.auth.client_keys[1].key: is required", NULL);
-	expect_error(f, TENANT_HEAD "  auth = { client_keys = { { name = 'has space', key = { env = 'BILLING_KEY' } } } } } }\n",
-	             ": tenants.default.auth.client_keys[1].name: must be 1..128 printable", NULL);
-	expect_error(f, TENANT_HEAD "  auth = { client_keys = { { name = 'a', key = { env = 'BILLING_KEY' }, extra = 1 } } } } }\n",
-	             ": tenants.default.auth.client_keys[1]: unknown key \"extra\"", NULL);
-	expect_error(f, TENANT_HEAD "  auth = { client_keys = { { name = 'a', key = { env = 'BILLING_KEY' } },\n"
-	                            "    { name = 'a', key = { env = 'REPORTS_KEY' } } } } } }\n",
+	expect_error(
+	    f,
+	    TENANT_HEAD
+	    "  auth = { client_keys = { { name = 'has space', key = { env = 'BILLING_KEY' } } } } } }\n",
+	    ": tenants.default.auth.client_keys[1].name: must be 1..128 printable", NULL);
+	expect_error(
+	    f,
+	    TENANT_HEAD
+	    "  auth = { client_keys = { { name = 'a', key = { env = 'BILLING_KEY' }, extra = 1 } } } } }\n",
+	    ": tenants.default.auth.client_keys[1]: unknown key \"extra\"", NULL);
+	expect_error(f,
+	             TENANT_HEAD "  auth = { client_keys = { { name = 'a', key = { env = 'BILLING_KEY' } },\n"
+	                         "    { name = 'a', key = { env = 'REPORTS_KEY' } } } } } }\n",
 	             ": tenants.default.auth.client_keys[2].name: \"a\" is listed twice", NULL);
-	expect_error(f, TENANT_HEAD "  auth = { client_keys = { { name = 'a', key = { env = 'BILLING_KEY' } },\n"
-	                            "    { name = 'b', key = { env = 'BILLING_KEY' } } } } } }\n",
+	expect_error(f,
+	             TENANT_HEAD "  auth = { client_keys = { { name = 'a', key = { env = 'BILLING_KEY' } },\n"
+	                         "    { name = 'b', key = { env = 'BILLING_KEY' } } } } } }\n",
 	             ": tenants.default.auth.client_keys[2].key: the same key as", NULL);
-	expect_error(f, TENANT_HEAD "  auth = { client_keys = { { name = 'a', key = { env = 'NOPE_NOT_SET' } } } } } }\n",
+	expect_error(f,
+	             TENANT_HEAD
+	             "  auth = { client_keys = { { name = 'a', key = { env = 'NOPE_NOT_SET' } } } } } }\n",
 	             ": tenants.default.auth.client_keys[1].key: environment variable NOPE_NOT_SET", NULL);
-	expect_error(f, TENANT_HEAD "  auth = { client_keys = { [2] = { name = 'a', key = { env = 'BILLING_KEY' } } } } } }\n",
-	             ": tenants.default.auth.client_keys: expected a list", NULL);
+	expect_error(
+	    f,
+	    TENANT_HEAD
+	    "  auth = { client_keys = { [2] = { name = 'a', key = { env = 'BILLING_KEY' } } } } } }\n",
+	    ": tenants.default.auth.client_keys: expected a list", NULL);
 	/* The value of a key never appears in an error. */
 	assert_null(strstr(f->err, "billing-key-0123456789"));
 }
@@ -820,17 +867,25 @@ static void test_trusted_proxy(void **state)
 
 	expect_error(f, TENANT_HEAD "  auth = { trusted_proxy = { header = 'X-User', from = { } } } } }\n",
 	             ": tenants.default.auth.trusted_proxy.from: must list at least one CIDR", NULL);
-	expect_error(f, TENANT_HEAD "  auth = { trusted_proxy = { header = 'X-User', from = { '10.0.0.0/8', '10.0.0.0/33' } } } } }\n",
+	expect_error(f,
+	             TENANT_HEAD "  auth = { trusted_proxy = { header = 'X-User', from = { '10.0.0.0/8', "
+	                         "'10.0.0.0/33' } } } } }\n",
 	             ": tenants.default.auth.trusted_proxy.from[2]: \"10.0.0.0/33\" is not a CIDR", NULL);
-	expect_error(f, TENANT_HEAD "  auth = { trusted_proxy = { header = 'X-User', from = { '10.1.2.3/8' } } } } }\n",
+	expect_error(f,
+	             TENANT_HEAD
+	             "  auth = { trusted_proxy = { header = 'X-User', from = { '10.1.2.3/8' } } } } }\n",
 	             "is not a CIDR", NULL);
-	expect_error(f, TENANT_HEAD "  auth = { trusted_proxy = { header = 'Authorization', from = { '::1/128' } } } } }\n",
+	expect_error(f,
+	             TENANT_HEAD
+	             "  auth = { trusted_proxy = { header = 'Authorization', from = { '::1/128' } } } } }\n",
 	             ": tenants.default.auth.trusted_proxy.header: \"Authorization\" cannot carry", NULL);
-	expect_error(f, TENANT_HEAD "  auth = { trusted_proxy = { header = 'X User', from = { '::1/128' } } } } }\n",
-	             "is not a header name", NULL);
+	expect_error(
+	    f, TENANT_HEAD "  auth = { trusted_proxy = { header = 'X User', from = { '::1/128' } } } } }\n",
+	    "is not a header name", NULL);
 	expect_error(f, TENANT_HEAD "  auth = { trusted_proxy = { from = { '::1/128' } } } } }\n",
 	             ": tenants.default.auth.trusted_proxy.header: is required", NULL);
-	expect_error(f, TENANT_HEAD "  auth = { } } }\n", ": tenants.default.auth: no authentication mode", NULL);
+	expect_error(f, TENANT_HEAD "  auth = { } } }\n", ": tenants.default.auth: no authentication mode",
+	             NULL);
 }
 
 int main(void)

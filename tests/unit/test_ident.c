@@ -254,7 +254,6 @@ static void t_nothing_enabled(void **state)
 	expect_refused(f, f->hdr, "not accepted");
 }
 
-
 /* ---- a request with headers ------------------------------------------------ */
 
 /* Headers as "Name: value" strings; lookup is case-insensitive, in order. */
@@ -277,8 +276,11 @@ static const char *hdr_lookup(void *ctx, const char *name, unsigned index)
 static int auth_from(struct fx *f, const char *authorization, const char *peer, const char *const *lines)
 {
 	struct hdrs h = {lines};
-	struct ident_request rq = {.authorization = authorization, .peer_ip = peer, .now = NOW,
-	                           .header = hdr_lookup, .header_ctx = &h};
+	struct ident_request rq = {.authorization = authorization,
+	                           .peer_ip = peer,
+	                           .now = NOW,
+	                           .header = hdr_lookup,
+	                           .header_ctx = &h};
 	int top = lua_gettop(f->L), rc;
 
 	f->err[0] = '\0';
@@ -397,10 +399,22 @@ static void t_bearer_neither(void **state)
 static void t_cidr_parse_and_match(void **state)
 {
 	struct ident_cidr c[4];
-	static const char *const bad[] = {"",          "10.0.0.0/33", "10.0.0.0/-1", "10.0.0.0/",  "/8",
-	                                  "10.0.0/8",  "10.0.0.1/8",  "::1/129",     "fe80::1%lo/128",
-	                                  "1.2.3.4/08", "::/", "10.0.0.0/8/8", "10.0.0.0 /8", "banana",
-	                                  "1.2.3.4/32x", "::ffff:1.2.3.4/200"};
+	static const char *const bad[] = {"",
+	                                  "10.0.0.0/33",
+	                                  "10.0.0.0/-1",
+	                                  "10.0.0.0/",
+	                                  "/8",
+	                                  "10.0.0/8",
+	                                  "10.0.0.1/8",
+	                                  "::1/129",
+	                                  "fe80::1%lo/128",
+	                                  "1.2.3.4/08",
+	                                  "::/",
+	                                  "10.0.0.0/8/8",
+	                                  "10.0.0.0 /8",
+	                                  "banana",
+	                                  "1.2.3.4/32x",
+	                                  "::ffff:1.2.3.4/200"};
 
 	(void)state;
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
@@ -500,7 +514,8 @@ static void t_forwarded_for(void **state)
 	static const char *const chain[] = {"X-Forwarded-For: 203.0.113.7, 10.0.0.5", NULL};
 	static const char *const spoof[] = {"X-Forwarded-For: 1.1.1.1, 203.0.113.7, 10.0.0.5", NULL};
 	static const char *const all_trusted[] = {"X-Forwarded-For: 10.9.9.9,10.0.0.5", NULL};
-	static const char *const two_lines[] = {"X-Forwarded-For: 198.51.100.1", "x-forwarded-for: 10.1.1.1", NULL};
+	static const char *const two_lines[] = {"X-Forwarded-For: 198.51.100.1", "x-forwarded-for: 10.1.1.1",
+	                                        NULL};
 	static const char *const junk[] = {"X-Forwarded-For: 203.0.113.7, nonsense, 10.0.0.5", NULL};
 	static const char *const junk_right[] = {"X-Forwarded-For: 203.0.113.7, 10.0.0.5, nonsense", NULL};
 	static const char *const v6[] = {"X-Forwarded-For: 2001:db8::1, ::1", NULL};

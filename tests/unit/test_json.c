@@ -97,9 +97,9 @@ static void t_encode(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(t_integers_stay_integers),
-		cmocka_unit_test(t_refused),
-		cmocka_unit_test(t_encode),
+	    cmocka_unit_test(t_integers_stay_integers),
+	    cmocka_unit_test(t_refused),
+	    cmocka_unit_test(t_encode),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
 }

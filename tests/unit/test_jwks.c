@@ -28,12 +28,12 @@
 #include <unistd.h>
 
 #include "config.h"
-#include "jwks.h"
 #include "json.h"
+#include "jwks.h"
 #include "jwt.h"
 #include "testkeys.h"
 
-#define NOW 1700000100LL
+#define NOW    1700000100LL
 #define CLAIMS "{\"sub\":\"alice\",\"exp\":1700003600}"
 
 /* ---- a JWKS server on loopback --------------------------------------------- */
@@ -208,8 +208,8 @@ static void open_file_source(struct fx *f)
 static int verify(struct fx *f, const char *tok)
 {
 	int top = lua_gettop(f->L);
-	int rc = jwt_verify(f->L, &f->cfg, tok, strlen(tok), (time_t)NOW, f->subject, sizeof(f->subject), f->err,
-	                    sizeof(f->err));
+	int rc = jwt_verify(f->L, &f->cfg, tok, strlen(tok), (time_t)NOW, f->subject, sizeof(f->subject),
+	                    f->err, sizeof(f->err));
 
 	assert_int_equal(lua_gettop(f->L), top + (rc == 0));
 	lua_settop(f->L, top);
@@ -240,10 +240,11 @@ static void t_parse_good_keys(void **state)
 {
 	struct fx *f = *state;
 	char a[2048], b[512], c[512], d[512];
-	const char *keys[] = {tk_jwk(tk_key(TK_RSA), "\"kid\":\"rsa\",\"use\":\"sig\",\"alg\":\"RS256\",", a, sizeof(a)),
-	                      tk_jwk(tk_key(TK_P256), "\"kid\":\"p256\",", b, sizeof(b)),
-	                      tk_jwk(tk_key(TK_P384), "\"kid\":\"p384\",\"key_ops\":[\"verify\"],", c, sizeof(c)),
-	                      tk_jwk(tk_key(TK_ED25519), "", d, sizeof(d)), NULL};
+	const char *keys[] = {
+	    tk_jwk(tk_key(TK_RSA), "\"kid\":\"rsa\",\"use\":\"sig\",\"alg\":\"RS256\",", a, sizeof(a)),
+	    tk_jwk(tk_key(TK_P256), "\"kid\":\"p256\",", b, sizeof(b)),
+	    tk_jwk(tk_key(TK_P384), "\"kid\":\"p384\",\"key_ops\":[\"verify\"],", c, sizeof(c)),
+	    tk_jwk(tk_key(TK_ED25519), "", d, sizeof(d)), NULL};
 	struct jwks_set *set;
 
 	doc_of(f, keys);
@@ -277,7 +278,8 @@ static void t_parse_bad_keys_skipped(void **state)
 	    tk_jwk(tk_key(TK_P521), "\"kid\":\"p521\",", p521, sizeof(p521)),
 	    tk_jwk(tk_key(TK_RSA), "\"kid\":\"mismatch\",\"alg\":\"ES256\",", mismatch, sizeof(mismatch)),
 	    tk_jwk(tk_key(TK_RSA), "\"kid\":\"hs\",\"alg\":\"HS256\",", hs, sizeof(hs)),
-	    "{\"kty\":\"EC\",\"crv\":\"P-256\",\"kid\":\"offcurve\",\"x\":\"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAE\","
+	    "{\"kty\":\"EC\",\"crv\":\"P-256\",\"kid\":\"offcurve\",\"x\":"
+	    "\"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAE\","
 	    "\"y\":\"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAE\"}",
 	    "{\"kty\":\"EC\",\"crv\":\"P-256\",\"kid\":\"short\",\"x\":\"AAAA\",\"y\":\"AAAA\"}",
 	    "{\"kty\":\"OKP\",\"crv\":\"Ed448\",\"x\":\"AAAA\"}",
@@ -292,7 +294,8 @@ static void t_parse_bad_keys_skipped(void **state)
 
 	memset(kidbuf, 'k', 257);
 	kidbuf[257] = '\0';
-	snprintf(kidlong, sizeof(kidlong), "{\"kty\":\"OKP\",\"crv\":\"Ed25519\",\"kid\":\"%s\",\"x\":\"AAAA\"}", kidbuf);
+	snprintf(kidlong, sizeof(kidlong),
+	         "{\"kty\":\"OKP\",\"crv\":\"Ed25519\",\"kid\":\"%s\",\"x\":\"AAAA\"}", kidbuf);
 	keys[15] = kidlong;
 	doc_of(f, keys);
 	set = jwks_parse(f->doc, strlen(f->doc), on_skip, f, f->err, sizeof(f->err));
@@ -328,7 +331,13 @@ static void t_parse_bad_keys_skipped(void **state)
 static void t_parse_documents(void **state)
 {
 	struct fx *f = *state;
-	static const char *const bad[] = {"", "[]", "{\"keys\":{}}", "{\"keys\":[]}", "{\"keys\":1}", "{}", "nul",
+	static const char *const bad[] = {"",
+	                                  "[]",
+	                                  "{\"keys\":{}}",
+	                                  "{\"keys\":[]}",
+	                                  "{\"keys\":1}",
+	                                  "{}",
+	                                  "nul",
 	                                  "{\"keys\":[{\"kty\":\"oct\",\"k\":\"AA\"}]}"};
 
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
@@ -382,7 +391,8 @@ static void t_kid_and_alg_selection(void **state)
 	{
 		char jwk[512], header[700];
 		tk_jwk(tk_key(TK_P384), "", jwk, sizeof(jwk));
-		snprintf(header, sizeof(header), "{\"alg\":\"ES384\",\"jwk\":%s,\"jku\":\"http://127.0.0.1/x\"}", jwk);
+		snprintf(header, sizeof(header),
+		         "{\"alg\":\"ES384\",\"jwk\":%s,\"jku\":\"http://127.0.0.1/x\"}", jwk);
 		tk_mint(f->tok, header, CLAIMS, "ES384", tk_key(TK_P384));
 		expect_refused(f, f->tok, "no key for alg");
 	}
@@ -412,9 +422,14 @@ static void t_file_source_errors(void **state)
 	assert_null(jwks_open(&o, "t", f->err, sizeof(f->err)));
 	/* Loopback by its address only, not by a name that starts like one. */
 	{
-		static const char *const refused[] = {"http://127.0.0.1.example.com/jwks", "http://127.0.0.1@example.com/",
-		                                      "http://localhost.example.com/", "http://[::1].example.com/",
-		                                      "http://128.0.0.1/", "http://[::2]/", "http:///jwks", "https:///x"};
+		static const char *const refused[] = {"http://127.0.0.1.example.com/jwks",
+		                                      "http://127.0.0.1@example.com/",
+		                                      "http://localhost.example.com/",
+		                                      "http://[::1].example.com/",
+		                                      "http://128.0.0.1/",
+		                                      "http://[::2]/",
+		                                      "http:///jwks",
+		                                      "https:///x"};
 		for (size_t i = 0; i < sizeof(refused) / sizeof(refused[0]); i++) {
 			o.url = (char *)refused[i];
 			assert_null(jwks_open(&o, "t", f->err, sizeof(f->err)));

@@ -825,14 +825,14 @@ static void t_lua_out_of_memory(void **state)
 	expect_ok(f, PY_HS256);
 }
 
-
 /* ---- asymmetric algorithms ------------------------------------------------ */
 
 static const char *const ASYM[] = {"RS256", "RS384", "RS512", "PS256", "PS384",
                                    "PS512", "ES256", "ES384", "EdDSA"};
 #define N_ASYM (sizeof(ASYM) / sizeof(ASYM[0]))
 #define ALL_ASYM                                                                                             \
-	(JWT_RS256 | JWT_RS384 | JWT_RS512 | JWT_PS256 | JWT_PS384 | JWT_PS512 | JWT_ES256 | JWT_ES384 | JWT_EDDSA)
+	(JWT_RS256 | JWT_RS384 | JWT_RS512 | JWT_PS256 | JWT_PS384 | JWT_PS512 | JWT_ES256 | JWT_ES384 |     \
+	 JWT_EDDSA)
 
 /* The kind of key that signs alg. */
 static enum tk_kind kind_for(const char *alg)
@@ -884,8 +884,8 @@ static void t_asym_each_alg_and_key(void **state)
 				expect_refused(f, f->tok, "no key for alg");
 			}
 			/* The HMAC secret never verifies an asymmetric token, nor the reverse. */
-			assert_int_equal(verify(f, mint_with(f->tok, "{\"alg\":\"HS256\"}", GOOD_CLAIMS, "SHA256",
-			                                     "secret")),
+			assert_int_equal(verify(f, mint_with(f->tok, "{\"alg\":\"HS256\"}", GOOD_CLAIMS,
+			                                     "SHA256", "secret")),
 			                 0);
 			lua_pop(f->L, 1);
 		}
@@ -947,7 +947,8 @@ static void t_ecdsa_forged(void **state)
 	struct fx *f = *state;
 	/* The order n of P-256 and of P-384, big-endian. */
 	static const char n256[] = "FFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551";
-	static const char n384[] = "FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFC7634D81F4372DDF581A0DB248B0A77AECEC196ACCC52973";
+	static const char n384[] = "FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFC7634D81F4372DDF581A0DB24"
+	                           "8B0A77AECEC196ACCC52973";
 	const char *hdr[2] = {"{\"alg\":\"ES256\"}", "{\"alg\":\"ES384\"}"};
 	const char *order[2] = {n256, n384};
 	size_t size[2] = {32, 48};
@@ -966,24 +967,31 @@ static void t_ecdsa_forged(void **state)
 		assert_int_equal(glen, 2 * size[c]);
 		/* r = s = 0 */
 		memset(sig, 0, sizeof(sig));
-		expect_refused(f, tk_mint_sig(f->tok, hdr[c], GOOD_CLAIMS, sig, 2 * size[c]), "bad signature");
+		expect_refused(f, tk_mint_sig(f->tok, hdr[c], GOOD_CLAIMS, sig, 2 * size[c]),
+		               "bad signature");
 		/* r = n, s kept; then s = n, r kept; then r = n + 1 (all 0xff). */
 		assert_true(BN_hex2bn(&n, order[c]) > 0);
 		memcpy(sig, good, 2 * size[c]);
 		BN_bn2binpad(n, sig, (int)size[c]);
-		expect_refused(f, tk_mint_sig(f->tok, hdr[c], GOOD_CLAIMS, sig, 2 * size[c]), "bad signature");
+		expect_refused(f, tk_mint_sig(f->tok, hdr[c], GOOD_CLAIMS, sig, 2 * size[c]),
+		               "bad signature");
 		memcpy(sig, good, 2 * size[c]);
 		BN_bn2binpad(n, sig + size[c], (int)size[c]);
-		expect_refused(f, tk_mint_sig(f->tok, hdr[c], GOOD_CLAIMS, sig, 2 * size[c]), "bad signature");
+		expect_refused(f, tk_mint_sig(f->tok, hdr[c], GOOD_CLAIMS, sig, 2 * size[c]),
+		               "bad signature");
 		memset(sig, 0xff, size[c]);
-		expect_refused(f, tk_mint_sig(f->tok, hdr[c], GOOD_CLAIMS, sig, 2 * size[c]), "bad signature");
+		expect_refused(f, tk_mint_sig(f->tok, hdr[c], GOOD_CLAIMS, sig, 2 * size[c]),
+		               "bad signature");
 		BN_free(n);
 		/* Wrong lengths: one byte short or long, the other curve's size, DER. */
 		memcpy(sig, good, 2 * size[c]);
-		expect_refused(f, tk_mint_sig(f->tok, hdr[c], GOOD_CLAIMS, sig, 2 * size[c] - 1), "bad signature");
+		expect_refused(f, tk_mint_sig(f->tok, hdr[c], GOOD_CLAIMS, sig, 2 * size[c] - 1),
+		               "bad signature");
 		sig[2 * size[c]] = 0;
-		expect_refused(f, tk_mint_sig(f->tok, hdr[c], GOOD_CLAIMS, sig, 2 * size[c] + 1), "bad signature");
-		expect_refused(f, tk_mint_sig(f->tok, hdr[c], GOOD_CLAIMS, sig, c ? 64 : 96), "bad signature");
+		expect_refused(f, tk_mint_sig(f->tok, hdr[c], GOOD_CLAIMS, sig, 2 * size[c] + 1),
+		               "bad signature");
+		expect_refused(f, tk_mint_sig(f->tok, hdr[c], GOOD_CLAIMS, sig, c ? 64 : 96),
+		               "bad signature");
 		expect_refused(f, tk_mint_sig(f->tok, hdr[c], GOOD_CLAIMS, sig, 72), "bad signature");
 	}
 }
@@ -1004,9 +1012,11 @@ static void t_rsa_eddsa_lengths(void **state)
 	/* A leading zero byte added, or the last byte dropped: not the modulus' length. */
 	sig[0] = 0;
 	expect_refused(f, tk_mint_sig(f->tok, "{\"alg\":\"RS256\"}", GOOD_CLAIMS, sig, 257), "bad signature");
-	expect_refused(f, tk_mint_sig(f->tok, "{\"alg\":\"RS256\"}", GOOD_CLAIMS, sig + 1, 255), "bad signature");
+	expect_refused(f, tk_mint_sig(f->tok, "{\"alg\":\"RS256\"}", GOOD_CLAIMS, sig + 1, 255),
+	               "bad signature");
 	/* An RS256 signature is not a PS256 one. */
-	expect_refused(f, tk_mint_sig(f->tok, "{\"alg\":\"PS256\"}", GOOD_CLAIMS, sig + 1, 256), "bad signature");
+	expect_refused(f, tk_mint_sig(f->tok, "{\"alg\":\"PS256\"}", GOOD_CLAIMS, sig + 1, 256),
+	               "bad signature");
 
 	f->cfg.algorithms = JWT_EDDSA;
 	use_public_key(f, tk_key(TK_ED25519));
@@ -1116,18 +1126,23 @@ static void t_typ_required(void **state)
 	struct fx *f = *state;
 
 	f->cfg.typ = "JWT";
-	expect_ok(f, mint_with(f->tok, "{\"alg\":\"HS256\",\"typ\":\"JWT\"}", GOOD_CLAIMS, "SHA256", "secret"));
-	expect_ok(f, mint_with(f->tok, "{\"alg\":\"HS256\",\"typ\":\"jwt\"}", GOOD_CLAIMS, "SHA256", "secret"));
-	expect_ok(f, mint_with(f->tok, "{\"alg\":\"HS256\",\"typ\":\"application/JWT\"}", GOOD_CLAIMS, "SHA256",
-	                       "secret"));
-	expect_refused(f, mint_with(f->tok, "{\"alg\":\"HS256\"}", GOOD_CLAIMS, "SHA256", "secret"), "typ mismatch");
-	expect_refused(f, mint_with(f->tok, "{\"alg\":\"HS256\",\"typ\":\"at+jwt\"}", GOOD_CLAIMS, "SHA256", "secret"),
+	expect_ok(f,
+	          mint_with(f->tok, "{\"alg\":\"HS256\",\"typ\":\"JWT\"}", GOOD_CLAIMS, "SHA256", "secret"));
+	expect_ok(f,
+	          mint_with(f->tok, "{\"alg\":\"HS256\",\"typ\":\"jwt\"}", GOOD_CLAIMS, "SHA256", "secret"));
+	expect_ok(f, mint_with(f->tok, "{\"alg\":\"HS256\",\"typ\":\"application/JWT\"}", GOOD_CLAIMS,
+	                       "SHA256", "secret"));
+	expect_refused(f, mint_with(f->tok, "{\"alg\":\"HS256\"}", GOOD_CLAIMS, "SHA256", "secret"),
 	               "typ mismatch");
-	expect_refused(f, mint_with(f->tok, "{\"alg\":\"HS256\",\"typ\":\"JWTX\"}", GOOD_CLAIMS, "SHA256", "secret"),
-	               "typ mismatch");
+	expect_refused(
+	    f, mint_with(f->tok, "{\"alg\":\"HS256\",\"typ\":\"at+jwt\"}", GOOD_CLAIMS, "SHA256", "secret"),
+	    "typ mismatch");
+	expect_refused(
+	    f, mint_with(f->tok, "{\"alg\":\"HS256\",\"typ\":\"JWTX\"}", GOOD_CLAIMS, "SHA256", "secret"),
+	    "typ mismatch");
 	f->cfg.typ = "at+jwt";
-	expect_ok(f, mint_with(f->tok, "{\"alg\":\"HS256\",\"typ\":\"application/at+JWT\"}", GOOD_CLAIMS, "SHA256",
-	                       "secret"));
+	expect_ok(f, mint_with(f->tok, "{\"alg\":\"HS256\",\"typ\":\"application/at+JWT\"}", GOOD_CLAIMS,
+	                       "SHA256", "secret"));
 }
 
 static void t_kid_bounds(void **state)
@@ -1141,12 +1156,15 @@ static void t_kid_bounds(void **state)
 	expect_refused(f, mint_with(f->tok, header, GOOD_CLAIMS, "SHA256", "secret"), "kid invalid");
 	expect_refused(f, mint_with(f->tok, "{\"alg\":\"HS256\",\"kid\":7}", GOOD_CLAIMS, "SHA256", "secret"),
 	               "kid invalid");
-	expect_refused(f, mint_with(f->tok, "{\"alg\":\"HS256\",\"kid\":\"\"}", GOOD_CLAIMS, "SHA256", "secret"),
+	expect_refused(f,
+	               mint_with(f->tok, "{\"alg\":\"HS256\",\"kid\":\"\"}", GOOD_CLAIMS, "SHA256", "secret"),
 	               "kid invalid");
-	expect_refused(f, mint_with(f->tok, "{\"alg\":\"HS256\",\"kid\":\"a\\nb\"}", GOOD_CLAIMS, "SHA256", "secret"),
-	               "kid invalid");
+	expect_refused(
+	    f, mint_with(f->tok, "{\"alg\":\"HS256\",\"kid\":\"a\\nb\"}", GOOD_CLAIMS, "SHA256", "secret"),
+	    "kid invalid");
 	/* jku/x5u/jwk are ignored: the token still verifies with the configured key only. */
-	expect_ok(f, mint_with(f->tok, "{\"alg\":\"HS256\",\"jku\":\"https://evil/jwks\",\"x5u\":\"https://evil\"}",
+	expect_ok(f, mint_with(f->tok,
+	                       "{\"alg\":\"HS256\",\"jku\":\"https://evil/jwks\",\"x5u\":\"https://evil\"}",
 	                       GOOD_CLAIMS, "SHA256", "secret"));
 }
 

@@ -495,14 +495,16 @@ static void test_c_work_bounded(void **state)
 	    "pcall(string.match, ('a'):rep(5000), ('.-'):rep(20) .. 'b')",
 	    "pcall(function() return ('a'):rep(5000):gsub(('a?'):rep(40) .. 'b', '') end)",
 	    "pcall(function() for x in ('a'):rep(5000):gmatch(('a*'):rep(10) .. 'b') do end end)",
-	    "local s = ('a'):rep(1000000) for i = 1, 200 do pcall(string.find, s, ('a'):rep(1000) .. 'b', 1, true) end",
+	    "local s = ('a'):rep(1000000) for i = 1, 200 do pcall(string.find, s, ('a'):rep(1000) .. 'b', 1, "
+	    "true) end",
 	    "pcall(string.format, ('%99d'):rep(20000), table.unpack({}, 1, 20000))",
 	    "pcall(string.format, '%s%s%s%s', ('x'):rep(300000), ('x'):rep(300000), 'x', 'x')",
 	    "pcall(table.concat, {}, '', 1, 1 << 40)",
 	    "pcall(table.unpack, {}, 1, 1 << 30)",
 	    "pcall(string.byte, ('x'):rep(1000000), 1, -1)",
 	    "pcall(utf8.codepoint, ('x'):rep(1000000), 1, -1)",
-	    "local t = {} for i = 1, 10 do table.move({string.byte(('x'):rep(90000), 1, -1)}, 1, 90000, #t + 1, t) end\n"
+	    "local t = {} for i = 1, 10 do table.move({string.byte(('x'):rep(90000), 1, -1)}, 1, 90000, #t + "
+	    "1, t) end\n"
 	    "  for i = 1, 1000 do table.insert(t, 1, 'x') end",
 	    "local t = {string.byte(('x'):rep(90000), 1, -1)} for i = 1, 1000 do table.sort(t) end",
 	    "local t = {string.byte(('x'):rep(90000), 1, -1)} for i = 1, 1000 do pcall(table.concat, t) end",
@@ -538,25 +540,26 @@ static void test_c_work_bounded(void **state)
 static void test_guarded_functions_work(void **state)
 {
 	(void)state;
-	must_engine("return function(req)\n"
-	            "  local t = {3, 1, 2}\n"
-	            "  table.sort(t)\n"
-	            "  table.insert(t, 4)\n"
-	            "  table.insert(t, 1, 0)\n"
-	            "  assert(table.remove(t) == 4)\n"
-	            "  assert(select('#', table.unpack(t)) == 4)\n"
-	            "  assert(utf8.char(72, 105) == 'Hi' and string.char(72, 105) == 'Hi')\n"
-	            "  assert(('Hi'):byte(1, -1) == 72 and utf8.codepoint('Hi', 1, -1) == 72)\n"
-	            "  assert(('abc'):upper() == 'ABC' and ('ABC'):lower() == 'abc' and ('abc'):reverse() == 'cba')\n"
-	            "  assert(('abc'):sub(2) == 'bc' and ('ab'):rep(2, ',') == 'ab,ab')\n"
-	            "  assert(string.format('%5.1f|%s|%q', 1.25, 'x', 'y') == '  1.2|x|\"y\"')\n"
-	            "  local user, host = ('alice@example.com'):match('^([^@]+)@(.+)$')\n"
-	            "  assert(user == 'alice' and host == 'example.com')\n"
-	            "  assert(('a,b,c'):gsub(',', ';') == 'a;b;c')\n"
-	            "  local n = 0 for w in ('a b c'):gmatch('%a') do n = n + 1 end\n"
-	            "  return {allow=true, tier='inbox', reason=table.concat(t, ',') .. ':' .. n}\n"
-	            "end\n",
-	            NULL);
+	must_engine(
+	    "return function(req)\n"
+	    "  local t = {3, 1, 2}\n"
+	    "  table.sort(t)\n"
+	    "  table.insert(t, 4)\n"
+	    "  table.insert(t, 1, 0)\n"
+	    "  assert(table.remove(t) == 4)\n"
+	    "  assert(select('#', table.unpack(t)) == 4)\n"
+	    "  assert(utf8.char(72, 105) == 'Hi' and string.char(72, 105) == 'Hi')\n"
+	    "  assert(('Hi'):byte(1, -1) == 72 and utf8.codepoint('Hi', 1, -1) == 72)\n"
+	    "  assert(('abc'):upper() == 'ABC' and ('ABC'):lower() == 'abc' and ('abc'):reverse() == 'cba')\n"
+	    "  assert(('abc'):sub(2) == 'bc' and ('ab'):rep(2, ',') == 'ab,ab')\n"
+	    "  assert(string.format('%5.1f|%s|%q', 1.25, 'x', 'y') == '  1.2|x|\"y\"')\n"
+	    "  local user, host = ('alice@example.com'):match('^([^@]+)@(.+)$')\n"
+	    "  assert(user == 'alice' and host == 'example.com')\n"
+	    "  assert(('a,b,c'):gsub(',', ';') == 'a;b;c')\n"
+	    "  local n = 0 for w in ('a b c'):gmatch('%a') do n = n + 1 end\n"
+	    "  return {allow=true, tier='inbox', reason=table.concat(t, ',') .. ':' .. n}\n"
+	    "end\n",
+	    NULL);
 	assert_int_equal(decide(0), 0);
 	assert_string_equal(fx.d.reason, "0,1,2,3:3");
 	policy_engine_free(fx.e);
@@ -565,24 +568,27 @@ static void test_guarded_functions_work(void **state)
 static void test_cidr_match(void **state)
 {
 	(void)state;
-	must_engine("local m = broker.cidr_match\n"
-	            "return function(req)\n"
-	            "  assert(m('10.1.2.3', '10.0.0.0/8') and not m('11.1.2.3', '10.0.0.0/8'))\n"
-	            "  assert(m('192.168.1.7', '192.168.1.0/25') and not m('192.168.1.200', '192.168.1.0/25'))\n"
-	            "  assert(m('10.0.0.1', '10.0.0.1') and m('1.2.3.4', '0.0.0.0/0'))\n"
-	            "  assert(m('::ffff:10.1.2.3', '10.0.0.0/8') and m('10.1.2.3', '::ffff:10.0.0.0/104'))\n"
-	            "  assert(m('2001:db8::1', '2001:db8::/32') and not m('2001:db9::1', '2001:db8::/32'))\n"
-	            "  assert(not m('2001:db8::1', '10.0.0.0/8') and not m('10.0.0.1', '2001:db8::/32'))\n"
-	            "  assert(m('10.0.0.1', {'192.168.0.0/16', '10.0.0.0/8'}) and not m('8.8.8.8', {'10.0.0.0/8'}))\n"
-	            "  assert(not m('not an ip', '10.0.0.0/8') and not m(nil, '10.0.0.0/8') and not m('', '0.0.0.0/0'))\n"
-	            "  assert(not m('10.0.0.1 ', '10.0.0.0/8') and not m('10.0.0.1/8', '10.0.0.0/8'))\n"
-	            "  for _, bad in ipairs({'10.0.0.0/33', '10.0.0.0/', '10.0.0/8', 'x', '10.0.0.0/8x', '::/129', '10.0.0.0/-1'}) do\n"
-	            "    assert(not pcall(m, '10.0.0.1', bad), bad)\n"
-	            "  end\n"
-	            "  assert(not pcall(m, '10.0.0.1', 8))\n"
-	            "  return {allow = m(req.client.ip, '10.0.0.0/8'), tier='inbox'}\n"
-	            "end\n",
-	            NULL);
+	must_engine(
+	    "local m = broker.cidr_match\n"
+	    "return function(req)\n"
+	    "  assert(m('10.1.2.3', '10.0.0.0/8') and not m('11.1.2.3', '10.0.0.0/8'))\n"
+	    "  assert(m('192.168.1.7', '192.168.1.0/25') and not m('192.168.1.200', '192.168.1.0/25'))\n"
+	    "  assert(m('10.0.0.1', '10.0.0.1') and m('1.2.3.4', '0.0.0.0/0'))\n"
+	    "  assert(m('::ffff:10.1.2.3', '10.0.0.0/8') and m('10.1.2.3', '::ffff:10.0.0.0/104'))\n"
+	    "  assert(m('2001:db8::1', '2001:db8::/32') and not m('2001:db9::1', '2001:db8::/32'))\n"
+	    "  assert(not m('2001:db8::1', '10.0.0.0/8') and not m('10.0.0.1', '2001:db8::/32'))\n"
+	    "  assert(m('10.0.0.1', {'192.168.0.0/16', '10.0.0.0/8'}) and not m('8.8.8.8', {'10.0.0.0/8'}))\n"
+	    "  assert(not m('not an ip', '10.0.0.0/8') and not m(nil, '10.0.0.0/8') and not m('', "
+	    "'0.0.0.0/0'))\n"
+	    "  assert(not m('10.0.0.1 ', '10.0.0.0/8') and not m('10.0.0.1/8', '10.0.0.0/8'))\n"
+	    "  for _, bad in ipairs({'10.0.0.0/33', '10.0.0.0/', '10.0.0/8', 'x', '10.0.0.0/8x', '::/129', "
+	    "'10.0.0.0/-1'}) do\n"
+	    "    assert(not pcall(m, '10.0.0.1', bad), bad)\n"
+	    "  end\n"
+	    "  assert(not pcall(m, '10.0.0.1', 8))\n"
+	    "  return {allow = m(req.client.ip, '10.0.0.0/8'), tier='inbox'}\n"
+	    "end\n",
+	    NULL);
 	if (decide(0) != 0)
 		fail_msg("%s", fx.err);
 	assert_true(fx.d.allow);
@@ -730,7 +736,8 @@ static void test_unavailable(void **state)
 	must_engine(
 	    "return function(req)\n"
 	    "  assert(io == nil and debug == nil and package == nil)\n"
-	    "  assert(not pcall(require, 'os') and not pcall(require, '../acme') and not pcall(require, '/etc/x'))\n"
+	    "  assert(not pcall(require, 'os') and not pcall(require, '../acme') and not pcall(require, "
+	    "'/etc/x'))\n"
 	    "  assert(not pcall(require, 'string') and not pcall(require, 'a.b'))\n"
 	    "  assert(dofile == nil and loadfile == nil and collectgarbage == nil and coroutine == nil)\n"
 	    "  assert(_G == nil and string.dump == nil and ('').dump == nil and math.randomseed == nil)\n"
