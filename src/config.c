@@ -104,6 +104,7 @@ static int conv_policy(struct loader *ld, const char *key, struct value *v, void
 static int conv_data(struct loader *ld, const char *key, struct value *v, void *base);
 static int conv_algorithms(struct loader *ld, const char *key, struct value *v, void *base);
 static int conv_scopes(struct loader *ld, const char *key, struct value *v, void *base);
+static int conv_cors(struct loader *ld, const char *key, struct value *v, void *base);
 static int conv_burst(struct loader *ld, const char *key, struct value *v, void *base);
 static int conv_public_key(struct loader *ld, const char *key, struct value *v, void *base);
 static int conv_jwks_file(struct loader *ld, const char *key, struct value *v, void *base);
@@ -238,6 +239,9 @@ static const struct option options[] = {
      "Lifetime when the policy's decision gives none; at most `max_expires_in`."},
     {"tenants.*.allowed_scopes", OPT_LIST, "the push tier", 0, 0, NOWHERE, OPT_PROSE_DEFAULT, conv_scopes,
      "Ceiling on the scopes of any token (`user_id:` scopes are added by the broker)."},
+    {"tenants.*.cors_origins", OPT_LIST, NULL, 0, 0, NOWHERE, 0, conv_cors,
+     "Browser origins allowed to call this tenant's token route (`https://app.example.com`, exact match; "
+     "no `*`): they get CORS headers and preflight answers."},
     {"tenants.*.rate_limit", OPT_TABLE, NULL, 0, 0, NOWHERE, 0, NULL, "Token issuance per tenant."},
     {"tenants.*.rate_limit.per_second", OPT_NUMBER, "0", 0, 1e6, TEN(rate_limit.per_second), 0, NULL,
      "Sustained rate; 0 turns the limit off."},
@@ -1165,6 +1169,47 @@ static int conv_scopes(struct loader *ld, const char *key, struct value *v, void
 	return 0;
 }
 
+/* An origin is scheme://host[:port] exactly as a browser sends it. */
+static bool origin_valid(const char *s)
+{
+	const char *host;
+	size_t n = strlen(s);
+
+	if (strncmp(s, "https://", 8) == 0)
+		host = s + 8;
+	else if (strncmp(s, "http://", 7) == 0)
+		host = s + 7;
+	else
+		return false;
+	if (!*host || n > 255)
+		return false;
+	for (const char *p = host; *p; p++)
+		if (!strchr("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-:[]", *p))
+			return false;
+	return true;
+}
+
+static int conv_cors(struct loader *ld, const char *key, struct value *v, void *base)
+{
+	struct tenant *t = base;
+	char sub[256];
+
+	if (!v->present)
+		return 0;
+	for (size_t i = 0; i < v->n; i++) {
+		key_printf(sub, sizeof(sub), "%s[%zu]", key, i + 1);
+		if (strcmp(v->list[i], "*") == 0)
+			return fail(ld, sub, "\"*\" is refused: list each origin that may ask for tokens");
+		if (!origin_valid(v->list[i]))
+			return fail(ld, sub, "\"%s\" is not an origin (scheme://host[:port], no path)",
+			            v->list[i]);
+	}
+	t->cors_origins = v->list;
+	t->n_cors_origins = v->n;
+	v->list = NULL;
+	return 0;
+}
+
 static int conv_burst(struct loader *ld, const char *key, struct value *v, void *base)
 {
 	struct tenant *t = base;
@@ -1848,6 +1893,7 @@ void config_free(struct config *cfg)
 		free(t->auth.jwt.audience);
 		free(t->auth.jwt.subject_claim);
 		free_list(t->allowed_scopes);
+		free_list(t->cors_origins);
 	}
 	free(cfg->tenants);
 	free(cfg->path);

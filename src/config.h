@@ -88,6 +88,8 @@ struct tenant {
 	long long default_expires_s; /* used when the policy gives none; default 1h */
 	char **allowed_scopes;       /* NULL-terminated; default: the push tier */
 	size_t n_allowed_scopes;
+	char **cors_origins; /* NULL-terminated, or NULL: no CORS */
+	size_t n_cors_origins;
 	struct rate_limit rate_limit;
 };
 

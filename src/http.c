@@ -73,6 +73,7 @@ struct req {
 	struct MHD_Connection *conn;
 	struct gen *gen;
 	const struct tenant *tenant;
+	const char *cors_origin; /* the tenant's listed origin this request came from, or NULL */
 	enum req_state state;
 	struct timespec start;
 
@@ -149,7 +150,7 @@ static double elapsed_ms(const struct timespec *t0)
 
 static enum MHD_Result queue(struct MHD_Connection *conn, struct http_server *s, int status,
                              const char *ctype, const char *body, size_t len, const char *extra_name,
-                             const char *extra_value)
+                             const char *extra_value, const char *cors_origin)
 {
 	struct MHD_Response *resp;
 	enum MHD_Result ret;
@@ -162,6 +163,11 @@ static enum MHD_Result queue(struct MHD_Connection *conn, struct http_server *s,
 	MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
 	if (extra_name)
 		MHD_add_response_header(resp, extra_name, extra_value);
+	if (cors_origin) {
+		/* Errors carry it too, so the frontend can read why. */
+		MHD_add_response_header(resp, "Access-Control-Allow-Origin", cors_origin);
+		MHD_add_response_header(resp, "Vary", "Origin");
+	}
 	if (s && atomic_load(&s->draining))
 		MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
 	ret = MHD_queue_response(conn, (unsigned)status, resp);
@@ -287,7 +293,8 @@ static enum MHD_Result fail(struct req *r, lua_State *L, int status, const char 
 		extra_name = MHD_HTTP_HEADER_WWW_AUTHENTICATE;
 		extra_value = "Bearer";
 	}
-	ret = queue(r->conn, r->srv, status, "application/json", json, len, extra_name, extra_value);
+	ret = queue(r->conn, r->srv, status, "application/json", json, len, extra_name, extra_value,
+	            r->cors_origin);
 	if (L)
 		lua_settop(L, top);
 	finish_log(r, L, status, code, NULL, 0, -1);
@@ -300,7 +307,7 @@ static enum MHD_Result plain(struct MHD_Connection *conn, struct http_server *s,
                              const char *ctype, const char *body, const char *extra_name,
                              const char *extra_value)
 {
-	return queue(conn, s, status, ctype, body, strlen(body), extra_name, extra_value);
+	return queue(conn, s, status, ctype, body, strlen(body), extra_name, extra_value, NULL);
 }
 
 /* ------------------------------------------------------ reading a request */
@@ -719,7 +726,7 @@ static enum MHD_Result complete(struct req *r)
 		return fail(r, L, 503, "unavailable", "out of memory", NULL, NULL);
 	}
 	ret = queue(r->conn, s, 200, "application/json", json, jlen, "X-Policy-Revision",
-	            r->tenant->policy_revision);
+	            r->tenant->policy_revision, r->cors_origin);
 	finish_log(r, L, 200, NULL, token, tlen, up_ms);
 	r->state = RS_DONE;
 	lua_settop(L, top);
@@ -781,13 +788,48 @@ static enum MHD_Result serve_other(struct http_server *s, struct MHD_Connection 
 			enum MHD_Result ret;
 			if (!text)
 				return plain(conn, s, 503, "text/plain", "out of memory\n", NULL, NULL);
-			ret = queue(conn, s, 200, "text/plain; version=0.0.4", text, len, NULL, NULL);
+			ret = queue(conn, s, 200, "text/plain; version=0.0.4", text, len, NULL, NULL, NULL);
 			free(text);
 			return ret;
 		}
 	}
 	return plain(conn, s, 404, "application/json",
 	             "{\"error\":\"not_found\",\"message\":\"no such path\"}", NULL, NULL);
+}
+
+/* The tenant's configured origin equal to the request's Origin, or NULL. */
+static const char *cors_match(const struct tenant *t, const char *origin)
+{
+	if (!origin)
+		return NULL;
+	for (size_t i = 0; i < t->n_cors_origins; i++)
+		if (strcmp(t->cors_origins[i], origin) == 0)
+			return t->cors_origins[i];
+	return NULL;
+}
+
+/* A browser's CORS preflight for a token route. */
+static enum MHD_Result preflight(struct req *r, lua_State *L)
+{
+	struct MHD_Response *resp;
+	enum MHD_Result ret;
+
+	if (!r->cors_origin)
+		return fail(r, L, 403, "forbidden", "this origin may not ask for tokens", NULL, NULL);
+	resp = MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
+	if (!resp)
+		return MHD_NO;
+	MHD_add_response_header(resp, "Access-Control-Allow-Origin", r->cors_origin);
+	MHD_add_response_header(resp, "Access-Control-Allow-Methods", "POST");
+	MHD_add_response_header(resp, "Access-Control-Allow-Headers", "Authorization, Content-Type");
+	MHD_add_response_header(resp, "Access-Control-Max-Age", "600");
+	MHD_add_response_header(resp, "Vary", "Origin");
+	MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
+	ret = MHD_queue_response(r->conn, MHD_HTTP_NO_CONTENT, resp);
+	MHD_destroy_response(resp);
+	metrics_request(r->tenant->name, 204);
+	r->state = RS_DONE;
+	return ret;
 }
 
 /* The first call for a token route: everything that can be decided from the headers. */
@@ -817,11 +859,14 @@ static enum MHD_Result begin_token(struct http_server *s, struct MHD_Connection 
 	}
 	if (atomic_load(&s->draining) || !r->gen)
 		return fail(r, L, 503, "unavailable", "the broker is not serving", "Retry-After", "1");
-	if (strcmp(method, MHD_HTTP_METHOD_POST) != 0)
-		return fail(r, L, 405, "method_not_allowed", "use POST", MHD_HTTP_HEADER_ALLOW, "POST");
 	r->tenant = config_tenant(r->gen->cfg, name);
 	if (!r->tenant)
 		return fail(r, L, 404, "unknown_tenant", "no such tenant", NULL, NULL);
+	r->cors_origin = cors_match(r->tenant, header(conn, "Origin"));
+	if (strcmp(method, MHD_HTTP_METHOD_OPTIONS) == 0)
+		return preflight(r, L);
+	if (strcmp(method, MHD_HTTP_METHOD_POST) != 0)
+		return fail(r, L, 405, "method_not_allowed", "use POST", MHD_HTTP_HEADER_ALLOW, "POST");
 	if (!is_json_type(header(conn, MHD_HTTP_HEADER_CONTENT_TYPE)))
 		return fail(r, L, 415, "unsupported_media_type", "the body must be application/json", NULL,
 		            NULL);

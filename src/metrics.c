@@ -17,7 +17,7 @@
 
 #define MAX_TENANTS 256
 
-static const int statuses[] = {200, 400, 401, 403, 404, 405, 413, 415, 429, 500, 502, 503, 504, 0};
+static const int statuses[] = {200, 204, 400, 401, 403, 404, 405, 413, 415, 429, 500, 502, 503, 504, 0};
 #define N_STATUS (sizeof(statuses) / sizeof(statuses[0])) /* last slot: any other */
 
 static const double buckets[] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10};
