@@ -19,6 +19,7 @@
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -90,10 +91,12 @@ struct req {
 	char reason[256];
 	char client_ip[INET6_ADDRSTRLEN];
 
-	struct grant grant;
 	char *courier_body;
 	char *policy_log; /* broker.log lines of the decision ("a\nb\n"), or NULL */
 	struct courier_job job;
+
+	/* Last and not zeroed at allocation (8 KiB): envelope_apply fills it all. */
+	struct grant grant;
 };
 
 /* ---------------------------------------------------------------- workers */
@@ -554,8 +557,11 @@ static enum MHD_Result process(struct req *r)
 		goto out;
 	}
 
-	hs = calloc(1, sizeof(*hs));
-	dec = calloc(1, sizeof(*dec));
+	/* Both are initialised by their users: no need to zero 13 KiB per request. */
+	hs = malloc(sizeof(*hs));
+	dec = malloc(sizeof(*dec));
+	if (hs)
+		hs->n = hs->used = 0;
 	if (!hs || !dec) {
 		ret = fail(r, L, 503, "unavailable", "out of memory", NULL, NULL);
 		goto out;
@@ -836,13 +842,18 @@ static enum MHD_Result preflight(struct req *r, lua_State *L)
 static enum MHD_Result begin_token(struct http_server *s, struct MHD_Connection *conn, const char *name,
                                    const char *method, void **con_cls)
 {
-	struct req *r = calloc(1, sizeof(*r));
+	struct req *r = malloc(sizeof(*r));
 	const char *cl;
 	lua_State *L = NULL;
 	char msg[160];
 
 	if (!r)
 		return MHD_NO;
+	memset(r, 0, offsetof(struct req, grant));
+	r->grant.scope[0] = '\0';
+	r->grant.expires_s = 0;
+	r->grant.capped = false;
+	r->grant.courier_expires[0] = '\0';
 	r->srv = s;
 	r->conn = conn;
 	r->state = RS_BODY;
