@@ -117,6 +117,8 @@ FUZZ_jwks     = jwks jwt json secret log
 FUZZ_duration = duration
 FUZZ_scope    = scope
 FUZZ_json     = json
+FUZZ_pmatch   = pmatch
+FUZZ_courier  = courier json jwt jwks secret log
 FUZZ_SECONDS ?= 60
 fuzz: deps
 	@$(MAKE) --no-print-directory BUILD=build/fuzz CC=clang WARN_GCC= OPT="-O1 -g" \
