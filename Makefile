@@ -44,6 +44,7 @@ UNIT_ident    = ident jwt jwks json secret log
 UNIT_config   = config secret jwt jwks ident json duration scope log
 UNIT_pmatch   = pmatch
 UNIT_pidfile  = pidfile
+UNIT_metrics  = metrics
 UNIT_jwks     = jwks jwt json secret log
 UNIT_policy   = policy pmatch envelope scope duration json config secret jwt jwks ident log
 UNIT_NAMES = $(patsubst tests/unit/test_%.c,%,$(wildcard tests/unit/test_*.c))

@@ -1,0 +1,138 @@
+/* test_secret.c — key material by reference, zeroed, compared in constant time (src/secret.c). */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "secret.h"
+
+static char dir[] = "/tmp/test_secret_XXXXXX";
+
+static int setup(void **state)
+{
+	(void)state;
+	return mkdtemp(dir) ? 0 : -1;
+}
+
+static int teardown(void **state)
+{
+	static const char *const names[] = {"open.key", "group.key", "ok.key", "empty.key"};
+	char path[256];
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+		snprintf(path, sizeof(path), "%s/%s", dir, names[i]);
+		unlink(path);
+	}
+	return rmdir(dir);
+}
+
+static const char *write_file(const char *name, const char *text, mode_t mode)
+{
+	static char path[256];
+	FILE *f;
+
+	snprintf(path, sizeof(path), "%s/%s", dir, name);
+	f = fopen(path, "w");
+	assert_non_null(f);
+	fputs(text, f);
+	fclose(f);
+	assert_int_equal(chmod(path, mode), 0);
+	return path;
+}
+
+static void t_env(void **state)
+{
+	struct secret s = {0};
+	struct secret_ref ref = {.env = "TEST_SECRET_VALUE"};
+	char err[256];
+
+	(void)state;
+	unsetenv("TEST_SECRET_VALUE");
+	assert_int_equal(secret_load(&ref, &s, err, sizeof(err)), -1);
+	assert_non_null(strstr(err, "TEST_SECRET_VALUE"));
+	setenv("TEST_SECRET_VALUE", "", 1);
+	assert_int_equal(secret_load(&ref, &s, err, sizeof(err)), -1);
+	setenv("TEST_SECRET_VALUE", "ck_live_abc", 1);
+	assert_int_equal(secret_load(&ref, &s, err, sizeof(err)), 0);
+	assert_int_equal(s.len, 11);
+	assert_memory_equal(s.data, "ck_live_abc", 11);
+	assert_int_equal(strlen(s.fingerprint), 16);
+	assert_null(strstr(s.fingerprint, "ck_live"));
+	secret_clear(&s);
+	assert_null(s.data);
+	assert_int_equal(s.len, 0);
+}
+
+static void t_file_modes(void **state)
+{
+	struct secret s = {0};
+	struct secret_ref ref = {0};
+	char err[256];
+
+	(void)state;
+	ref.file = (char *)write_file("open.key", "topsecret\n", 0644);
+	assert_int_equal(secret_load(&ref, &s, err, sizeof(err)), -1);
+	assert_non_null(strstr(err, "group or others"));
+	assert_null(strstr(err, "topsecret")); /* the value is never echoed */
+	ref.file = (char *)write_file("group.key", "topsecret\n", 0640);
+	assert_int_equal(secret_load(&ref, &s, err, sizeof(err)), -1);
+	ref.file = (char *)write_file("ok.key", "topsecret\r\n", 0600);
+	assert_int_equal(secret_load(&ref, &s, err, sizeof(err)), 0);
+	assert_int_equal(s.len, 9); /* trailing CR LF dropped */
+	assert_memory_equal(s.data, "topsecret", 9);
+	secret_clear(&s);
+	ref.file = (char *)write_file("empty.key", "\n", 0600);
+	assert_int_equal(secret_load(&ref, &s, err, sizeof(err)), -1);
+	ref.file = (char *)"/nonexistent/courier.key";
+	assert_int_equal(secret_load(&ref, &s, err, sizeof(err)), -1);
+	ref.file = (char *)dir; /* a folder is not a secret */
+	assert_int_equal(secret_load(&ref, &s, err, sizeof(err)), -1);
+}
+
+static void t_equals(void **state)
+{
+	struct secret s = {0};
+
+	(void)state;
+	assert_false(secret_equals(&s, "x", 1)); /* unset never matches */
+	assert_int_equal(secret_set(&s, "billing-key", 11), 0);
+	assert_true(secret_equals(&s, "billing-key", 11));
+	assert_false(secret_equals(&s, "billing-kez", 11));
+	assert_false(secret_equals(&s, "billing-key ", 12));
+	assert_false(secret_equals(&s, "billing-ke", 10));
+	assert_false(secret_equals(&s, "", 0));
+	assert_false(secret_equals(&s, NULL, 0));
+	secret_clear(&s);
+	assert_int_equal(secret_set(&s, "", 0), -1); /* empty secrets are refused */
+}
+
+static void t_fingerprints_differ(void **state)
+{
+	struct secret a = {0}, b = {0};
+
+	(void)state;
+	assert_int_equal(secret_set(&a, "key-one", 7), 0);
+	assert_int_equal(secret_set(&b, "key-two", 7), 0);
+	assert_string_not_equal(a.fingerprint, b.fingerprint);
+	secret_clear(&a);
+	secret_clear(&b);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(t_env),
+	    cmocka_unit_test(t_file_modes),
+	    cmocka_unit_test(t_equals),
+	    cmocka_unit_test(t_fingerprints_differ),
+	};
+	return cmocka_run_group_tests(tests, setup, teardown);
+}
