@@ -31,6 +31,7 @@
 #include <lua.h>
 #include <lualib.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -68,6 +69,7 @@ struct policy_engine {
 
 	/* Registry refs of the sandbox's shared pieces. */
 	int ref_co, ref_rmt, ref_envmt, ref_base, ref_broker, ref_loaded, ref_modcache, ref_reqmt;
+	int ref_idmt, ref_lazymt;            /* identity's views' metatable, real req's */
 	const struct policy_request *rq_now; /* while a decision runs: for req's lazy fields */
 
 	/* Per tenant (index of cfg->tenants): the environments' metatable
@@ -89,7 +91,13 @@ struct policy_engine {
 	long long steps;
 	long long max_steps;
 	int hook_step;
-	struct timespec deadline;
+	struct timespec deadline;      /* thread CPU time at which the time budget is spent */
+	struct timespec wall_deadline; /* raw monotonic time before which it cannot be */
+	/* The last reading of the thread's CPU clock (cpu_ref, on the thread
+	 * numbered ref_thread, 0: none), taken just after the monotonic reading
+	 * wall_ref. */
+	struct timespec cpu_ref, wall_ref;
+	unsigned long ref_thread;
 	enum stop_reason stop;
 	char where[128];     /* "file:line: " where the budget ran out, when known */
 	char detail[128];    /* what ran out, when a guarded C function noticed */
@@ -106,7 +114,7 @@ struct policy_engine {
 
 /* ---------------------------------------------------------------- memory */
 
-static int deadline_passed(const struct timespec *d);
+static int deadline_passed(const struct policy_engine *e);
 
 /* Lua's allocator with a byte count. When ptr is NULL, osize is a type tag,
  * not a size: only a live block has a size to give back. */
@@ -127,7 +135,7 @@ static void *engine_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
 	}
 	/* Large blocks are where one VM instruction or C call does O(n) work
 	 * (concatenation, string results): look at the clock there too. */
-	if (e->cap_armed && nsize >= BIG_ALLOC && nsize > old && deadline_passed(&e->deadline)) {
+	if (e->cap_armed && nsize >= BIG_ALLOC && nsize > old && deadline_passed(e)) {
 		if (e->stop == STOP_NONE)
 			e->stop = STOP_TIME;
 		return NULL;
@@ -154,17 +162,40 @@ static struct policy_engine *engine_of(lua_State *L)
 /* ---------------------------------------------------------------- budget */
 
 static void record_line(struct policy_engine *e, lua_State *L, lua_Debug *ar);
-static int req_index(lua_State *L);
-static int req_pairs(lua_State *L);
+static int req_lazy(lua_State *L);
 
 /* The time budget is the decision's own CPU time: a busy machine must not turn
  * a healthy policy into a policy_error (or refuse a reload whose tests merely
- * waited for a core). A policy cannot block, so CPU time bounds its latency. */
-static int deadline_passed(const struct timespec *d)
+ * waited for a core). A policy cannot block, so CPU time bounds its latency.
+ * Reading the thread's CPU clock is a system call (no vDSO: about 0.3 to
+ * 0.7 us here), the raw monotonic clock is not: a thread cannot use more CPU
+ * time than the time that passed, so before wall_deadline the budget cannot
+ * be spent and the CPU clock is read only once a decision has run for as
+ * long as its budget. */
+static int ts_before(const struct timespec *a, const struct timespec *b)
+{
+	return a->tv_sec < b->tv_sec || (a->tv_sec == b->tv_sec && a->tv_nsec < b->tv_nsec);
+}
+
+static int deadline_passed(const struct policy_engine *e)
 {
 	struct timespec now;
+	clock_gettime(CLOCK_MONOTONIC_RAW, &now);
+	if (ts_before(&now, &e->wall_deadline))
+		return 0;
 	clock_gettime(CLOCK_THREAD_CPUTIME_ID, &now);
-	return now.tv_sec > d->tv_sec || (now.tv_sec == d->tv_sec && now.tv_nsec >= d->tv_nsec);
+	return !ts_before(&now, &e->deadline);
+}
+
+/* start + ms, normalised. */
+static void ts_add_ms(struct timespec *t, long ms)
+{
+	t->tv_sec += ms / 1000;
+	t->tv_nsec += (ms % 1000) * 1000000L;
+	if (t->tv_nsec >= 1000000000L) {
+		t->tv_sec++;
+		t->tv_nsec -= 1000000000L;
+	}
 }
 
 /* Coverage: cov[source][line] = true, outside the decision's memory cap. */
@@ -210,7 +241,7 @@ static void budget_hook(lua_State *L, lua_Debug *ar)
 			e->stop = STOP_MEMORY;
 		else if (e->steps > e->max_steps)
 			e->stop = STOP_INSTRUCTIONS;
-		else if (deadline_passed(&e->deadline))
+		else if (deadline_passed(e))
 			e->stop = STOP_TIME;
 		else
 			return;
@@ -219,6 +250,41 @@ static void budget_hook(lua_State *L, lua_Debug *ar)
 		lua_sethook(L, budget_hook, LUA_MASKCOUNT, 1);
 	}
 	lua_yield(L, 0);
+}
+
+/*
+ * Sets the deadlines of a decision that starts now with a budget of ms.
+ * The CPU clock is a system call that costs about as much as a small
+ * decision, so a reading up to ms/100 old (on this thread) stands for the
+ * decision's start: the CPU time the thread used since then counts against
+ * the decision. The budget may thus be spent up to 1% early, never late: the
+ * deadline is reading + ms, and the CPU clock only moves forward.
+ */
+static atomic_ulong threads_numbered;
+static _Thread_local unsigned long thread_number; /* 0 until numbered: never reused */
+
+static void budget_clock(struct policy_engine *e, long ms)
+{
+	struct timespec now;
+	long long age_ns;
+
+	if (!thread_number)
+		thread_number = atomic_fetch_add(&threads_numbered, 1) + 1;
+
+	clock_gettime(CLOCK_MONOTONIC_RAW, &now);
+	age_ns =
+	    (long long)(now.tv_sec - e->wall_ref.tv_sec) * 1000000000LL + (now.tv_nsec - e->wall_ref.tv_nsec);
+	if (e->ref_thread != thread_number || age_ns < 0 || age_ns >= (long long)ms * 10000LL) {
+		/* Wall clock first: the CPU time used after the CPU clock's
+		 * reading is at most the wall time since the earlier wall reading. */
+		e->wall_ref = now;
+		clock_gettime(CLOCK_THREAD_CPUTIME_ID, &e->cpu_ref);
+		e->ref_thread = thread_number;
+	}
+	e->deadline = e->cpu_ref;
+	e->wall_deadline = e->wall_ref;
+	ts_add_ms(&e->deadline, ms);
+	ts_add_ms(&e->wall_deadline, ms);
 }
 
 static void budget_arm(struct policy_engine *e)
@@ -237,13 +303,7 @@ static void budget_arm(struct policy_engine *e)
 	e->log[0] = '\0';
 	e->log_lines = 0;
 	e->loaded_valid = 0;
-	clock_gettime(CLOCK_THREAD_CPUTIME_ID, &e->deadline);
-	e->deadline.tv_sec += ms / 1000;
-	e->deadline.tv_nsec += (ms % 1000) * 1000000L;
-	if (e->deadline.tv_nsec >= 1000000000L) {
-		e->deadline.tv_sec++;
-		e->deadline.tv_nsec -= 1000000000L;
-	}
+	budget_clock(e, ms);
 	lua_sethook(e->co, budget_hook, LUA_MASKCOUNT | (e->coverage ? LUA_MASKLINE : 0), e->hook_step);
 	e->mem_cap = e->mem_used +
 	             (e->cfg->policy_max_memory_bytes ? e->cfg->policy_max_memory_bytes : (size_t)8 << 20);
@@ -255,7 +315,7 @@ static int budget_spent(struct policy_engine *e, char *err, size_t errlen)
 {
 	if (e->stop == STOP_NONE && e->mem_hit)
 		e->stop = STOP_MEMORY;
-	if (e->stop == STOP_NONE && deadline_passed(&e->deadline))
+	if (e->stop == STOP_NONE && deadline_passed(e))
 		e->stop = STOP_TIME;
 	switch (e->stop) {
 	case STOP_INSTRUCTIONS:
@@ -290,6 +350,7 @@ static int budget_spent(struct policy_engine *e, char *err, size_t errlen)
  */
 static const char REAL_KEY = 'r';
 static const char VIEW_KEY = 'v'; /* marks the views' metatables */
+static const char SWAP_KEY = 's'; /* marks the metatables of req's and identity's views */
 #define UV_RMT lua_upvalueindex(1)
 
 /* Replaces the table at the top with a new view; rmt: RMT's absolute or
@@ -603,7 +664,7 @@ static int charge_units(lua_State *L, long long units, const char *what)
 	e->unchecked += units;
 	if (e->steps > e->max_steps)
 		e->stop = STOP_INSTRUCTIONS;
-	else if (e->unchecked >= CHECK_EVERY && (e->unchecked = 0, deadline_passed(&e->deadline)))
+	else if (e->unchecked >= CHECK_EVERY && (e->unchecked = 0, deadline_passed(e)))
 		e->stop = STOP_TIME;
 	else
 		return 0;
@@ -1107,6 +1168,30 @@ static void push_tier(lua_State *L, const char *name)
 	}
 }
 
+static int swap_pairs(lua_State *L);
+
+/* Pushes a metatable for views whose __index is set per decision; rmt:
+ * RMT's absolute index. */
+static void push_swap_mt(lua_State *L, int rmt)
+{
+	lua_createtable(L, 0, 8);
+	lua_pushcfunction(L, proxy_newindex);
+	lua_setfield(L, -2, "__newindex");
+	lua_pushcfunction(L, proxy_len);
+	lua_setfield(L, -2, "__len");
+	lua_pushvalue(L, rmt);
+	lua_pushcclosure(L, swap_pairs, 1);
+	lua_setfield(L, -2, "__pairs");
+	lua_pushboolean(L, 0);
+	lua_setfield(L, -2, "__metatable");
+	lua_pushboolean(L, 1);
+	lua_rawsetp(L, -2, &ENV_KEY); /* ours: rawset and rawget refuse it */
+	lua_pushboolean(L, 1);
+	lua_rawsetp(L, -2, &VIEW_KEY);
+	lua_pushboolean(L, 1);
+	lua_rawsetp(L, -2, &SWAP_KEY);
+}
+
 /*
  * Builds the sandbox on a fresh state: the shared proxy pieces, the base
  * environment (registry ref_envmt's __index), the protected string
@@ -1168,25 +1253,19 @@ static int setup_protected(lua_State *L)
 	lua_pushvalue(L, rmt);
 	e->ref_rmt = luaL_ref(L, LUA_REGISTRYINDEX);
 
-	/* req's view: RMT's behaviour, and client and headers built on demand. */
-	lua_createtable(L, 0, 6);
-	lua_pushvalue(L, rmt);
-	lua_pushcclosure(L, req_index, 1);
-	lua_setfield(L, -2, "__index");
-	lua_pushcfunction(L, proxy_newindex);
-	lua_setfield(L, -2, "__newindex");
-	lua_pushcfunction(L, proxy_len);
-	lua_setfield(L, -2, "__len");
-	lua_pushvalue(L, rmt);
-	lua_pushcclosure(L, req_pairs, 1);
-	lua_setfield(L, -2, "__pairs");
-	lua_pushboolean(L, 0);
-	lua_setfield(L, -2, "__metatable");
-	lua_pushboolean(L, 1);
-	lua_rawsetp(L, -2, &ENV_KEY); /* ours: rawset and rawget refuse it */
-	lua_pushboolean(L, 1);
-	lua_rawsetp(L, -2, &VIEW_KEY);
+	/* The metatables of req's and req.identity's views: __index is the
+	 * running decision's real table (see swap_view), so the VM reads their
+	 * fields without a C call; the tables they hold are views already.
+	 * The real req's own metatable builds client and headers on demand. */
+	push_swap_mt(L, rmt);
 	e->ref_reqmt = luaL_ref(L, LUA_REGISTRYINDEX);
+	push_swap_mt(L, rmt);
+	e->ref_idmt = luaL_ref(L, LUA_REGISTRYINDEX);
+	lua_createtable(L, 0, 1);
+	lua_pushvalue(L, rmt);
+	lua_pushcclosure(L, req_lazy, 1);
+	lua_setfield(L, -2, "__index");
+	e->ref_lazymt = luaL_ref(L, LUA_REGISTRYINDEX);
 
 	/* The environments' metatable and the base it reads through to. */
 	lua_createtable(L, 0, 3);
@@ -1426,13 +1505,6 @@ static void push_chunk(struct policy_engine *e, size_t i)
 
 static const char *const decision_fields[] = {"allow", "scopes", "tier", "expires_in", "reason", NULL};
 
-/* Pushes field name of the table at t, raw. */
-static int raw_field(lua_State *L, int t, const char *name)
-{
-	lua_pushstring(L, name);
-	return lua_rawget(L, t);
-}
-
 static int bad(char *err, size_t errlen, const char *path, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 
@@ -1534,37 +1606,52 @@ static int check_expires(lua_State *L, int v, struct decision *out, const char *
 	           luaL_typename(L, v));
 }
 
+/* The index in decision_fields of the string key at idx, or -1. */
+static int decision_field(lua_State *L, int idx)
+{
+	size_t len;
+	const char *k = lua_tolstring(L, idx, &len);
+
+	for (int i = 0; decision_fields[i]; i++)
+		if (strlen(decision_fields[i]) == len && memcmp(decision_fields[i], k, len) == 0)
+			return i;
+	return -1;
+}
+
 /* Type-checks the decision at idx (on e->L) into out. */
 static int check_decision(lua_State *L, struct policy_engine *e, int idx, const char *path,
                           struct decision *out, char *err, size_t errlen)
 {
-	int allow, f_scopes, f_tier, f_exp, f_reason, rc;
+	int allow, f_scopes, f_tier, f_exp, f_reason, rc, slots;
 
 	engine_unwrap(L, e, idx);
 	if (lua_type(L, idx) != LUA_TTABLE)
 		return bad(err, errlen, path, "decide must return a table, got %s", luaL_typename(L, idx));
+	/* One pass: every key must be a field, whose value goes to its slot
+	 * (slots + index in decision_fields; nil when absent). */
+	luaL_checkstack(L, 8, NULL);
+	slots = lua_gettop(L) + 1;
+	lua_settop(L, slots + 4);
 	lua_pushnil(L);
 	while (lua_next(L, idx)) {
-		const char *const *f = decision_fields;
-		lua_pop(L, 1);
-		if (lua_type(L, -1) != LUA_TSTRING)
-			return bad(err, errlen, path, "unknown field of type %s", luaL_typename(L, -1));
-		for (; *f; f++)
-			if (strcmp(*f, lua_tostring(L, -1)) == 0)
-				break;
-		if (!*f)
+		int f;
+		if (lua_type(L, -2) != LUA_TSTRING)
+			return bad(err, errlen, path, "unknown field of type %s", luaL_typename(L, -2));
+		f = decision_field(L, -2);
+		if (f < 0)
 			return bad(err, errlen, path,
 			           "unknown field '%s' (allow, scopes, tier, expires_in, reason)",
-			           lua_tostring(L, -1));
+			           lua_tostring(L, -2));
+		lua_replace(L, slots + f);
 	}
 
-	if (raw_field(L, idx, "allow") != LUA_TBOOLEAN)
-		return bad(err, errlen, path, "allow must be true or false, got %s", luaL_typename(L, -1));
-	allow = lua_toboolean(L, -1);
-	f_scopes = raw_field(L, idx, "scopes") != LUA_TNIL ? lua_gettop(L) : 0;
-	f_tier = raw_field(L, idx, "tier") != LUA_TNIL ? lua_gettop(L) : 0;
-	f_exp = raw_field(L, idx, "expires_in") != LUA_TNIL ? lua_gettop(L) : 0;
-	f_reason = raw_field(L, idx, "reason") != LUA_TNIL ? lua_gettop(L) : 0;
+	if (lua_type(L, slots) != LUA_TBOOLEAN)
+		return bad(err, errlen, path, "allow must be true or false, got %s", luaL_typename(L, slots));
+	allow = lua_toboolean(L, slots);
+	f_scopes = lua_isnil(L, slots + 1) ? 0 : slots + 1;
+	f_tier = lua_isnil(L, slots + 2) ? 0 : slots + 2;
+	f_exp = lua_isnil(L, slots + 3) ? 0 : slots + 3;
+	f_reason = lua_isnil(L, slots + 4) ? 0 : slots + 4;
 
 	if (f_reason) {
 		size_t len;
@@ -1628,31 +1715,73 @@ static int is_string_list(lua_State *L, int idx)
 	return count == n;
 }
 
-/* Pushes the real req table; body and claims at the given indexes (0: none). */
-static void push_req(lua_State *L, const struct policy_request *rq, int body, int claims)
+/*
+ * Replaces the table at the top, a real table of req built for this
+ * decision whose tables are all views, with its view: a table holding it
+ * under REAL_KEY, whose metatable (registry[ref_mt], one per engine) gets
+ * it as __index until the decision ends (swap_clear). A policy reads its
+ * fields without a C call, and cannot write, rawset, rawget, next or
+ * getmetatable it; only swap_next lists it, and only for these views.
+ */
+static void swap_view(lua_State *L, int ref_mt)
 {
+	lua_createtable(L, 0, 1); /* real view */
+	lua_insert(L, -2);        /* view real */
+	lua_rawgeti(L, LUA_REGISTRYINDEX, ref_mt);
+	lua_pushliteral(L, "__index");
+	lua_pushvalue(L, -3);
+	lua_rawset(L, -3);             /* view real mt */
+	lua_insert(L, -2);             /* view mt real */
+	lua_rawsetp(L, -3, &REAL_KEY); /* view mt */
+	lua_setmetatable(L, -2);
+}
+
+/* Ends the decision's hold on the metatable at registry[ref_mt]: a view
+ * kept past its decision reads nothing. */
+static void swap_clear(lua_State *L, int ref_mt)
+{
+	lua_rawgeti(L, LUA_REGISTRYINDEX, ref_mt);
+	lua_pushliteral(L, "__index");
+	lua_pushnil(L);
+	lua_rawset(L, -3);
+	lua_pop(L, 1);
+}
+
+/* Pushes the real req table, behind views where it holds tables; body and
+ * claims at the given indexes (0: none). */
+static void push_req(lua_State *L, struct policy_engine *e, const struct policy_request *rq, int body,
+                     int claims)
+{
+	int rmt, real;
+
+	lua_rawgeti(L, LUA_REGISTRYINDEX, e->ref_rmt);
+	rmt = lua_gettop(L);
 	lua_createtable(L, 0, 10);
+	real = rmt + 1;
 	set_str(L, "tenant", rq->tenant->name);
 	set_str(L, "user_id", rq->user_id);
 	if (body && lua_type(L, body) == LUA_TTABLE) {
 		int t;
 		lua_pushliteral(L, "scopes");
 		t = lua_rawget(L, body);
-		if (t == LUA_TTABLE && is_string_list(L, lua_gettop(L)))
-			lua_setfield(L, -2, "scopes");
-		else
+		if (t == LUA_TTABLE && is_string_list(L, lua_gettop(L))) {
+			proxy_new(L, rmt);
+			lua_setfield(L, real, "scopes");
+		} else {
 			lua_pop(L, 1);
+		}
 		lua_pushliteral(L, "expires_in");
 		t = lua_rawget(L, body);
 		if (t == LUA_TSTRING || t == LUA_TNUMBER)
-			lua_setfield(L, -2, "expires_in");
+			lua_setfield(L, real, "expires_in");
 		else
 			lua_pop(L, 1);
 		lua_pushvalue(L, body);
 	} else {
 		lua_createtable(L, 0, 0);
 	}
-	lua_setfield(L, -2, "body");
+	proxy_new(L, rmt);
+	lua_setfield(L, real, "body");
 
 	lua_createtable(L, 0, 4);
 	lua_pushboolean(L, rq->authenticated);
@@ -1664,16 +1793,22 @@ static void push_req(lua_State *L, const struct policy_request *rq, int body, in
 		lua_pushvalue(L, claims);
 	else
 		lua_createtable(L, 0, 0);
+	proxy_new(L, rmt);
 	lua_setfield(L, -2, "claims");
-	lua_setfield(L, -2, "identity");
+	swap_view(L, e->ref_idmt);
+	lua_setfield(L, real, "identity");
 
-	/* client and headers are built when first read (req_index). */
+	/* client and headers are built when first read (req_lazy). */
 	lua_pushinteger(L, (lua_Integer)rq->now);
-	lua_setfield(L, -2, "now");
+	lua_setfield(L, real, "now");
+	lua_rawgeti(L, LUA_REGISTRYINDEX, e->ref_lazymt);
+	lua_setmetatable(L, real);
+	lua_remove(L, rmt);
 }
 
-/* Pushes req.client or req.headers of the running decision, storing it in
- * the real req at index real; pushes nil for any other name. */
+/* Pushes the view of req.client or req.headers of the running decision,
+ * storing it in the real req at index real; pushes nil for any other name.
+ * Upvalue 1: RMT. */
 static void req_fill(lua_State *L, int real, const char *name)
 {
 	const struct policy_request *rq = engine_of(L)->rq_now;
@@ -1696,42 +1831,64 @@ static void req_fill(lua_State *L, int real, const char *name)
 		lua_pushnil(L);
 		return;
 	}
+	proxy_new(L, UV_RMT);
 	lua_pushvalue(L, -1);
 	lua_setfield(L, real, name);
 }
 
-/* __index of the req view: as proxy_index, building the lazy fields first. */
-static int req_index(lua_State *L)
+/* __index of the real req (reached through its view when a field is not
+ * there yet): builds the lazy fields. Upvalue 1: RMT. */
+static int req_lazy(lua_State *L)
 {
-	proxy_real(L, 1);
-	lua_pushvalue(L, 2);
-	if (lua_rawget(L, 3) == LUA_TNIL && lua_type(L, 2) == LUA_TSTRING) {
-		lua_pop(L, 1);
-		req_fill(L, 3, lua_tostring(L, 2));
+	luaL_checktype(L, 1, LUA_TTABLE);
+	if (lua_type(L, 2) != LUA_TSTRING) {
+		lua_pushnil(L);
+		return 1;
 	}
-	if (lua_type(L, -1) == LUA_TTABLE)
-		proxy_child(L, 1);
+	req_fill(L, 1, lua_tostring(L, 2));
 	return 1;
 }
 
-/* __pairs of the req view: every field, the lazy ones built. */
-static int req_pairs(lua_State *L)
+/* next over req's and identity's views (and no other table): their real
+ * tables hold only plain values and views. */
+static int swap_next(lua_State *L)
+{
+	luaL_checktype(L, 1, LUA_TTABLE);
+	lua_settop(L, 2);
+	if (!lua_getmetatable(L, 1) || lua_rawgetp(L, -1, &SWAP_KEY) == LUA_TNIL)
+		return luaL_error(L, "not a read-only view");
+	lua_settop(L, 2);
+	proxy_real(L, 1);
+	lua_pushvalue(L, 2);
+	if (!lua_next(L, 3))
+		return 0;
+	return 2;
+}
+
+/* __pairs of req's and identity's views; upvalue 1: RMT. For req, every
+ * field: the lazy ones are built first. */
+static int swap_pairs(lua_State *L)
 {
 	static const char *const lazy[] = {"client", "headers", NULL};
-
 	int real;
 
 	proxy_real(L, 1);
 	real = lua_gettop(L);
-	for (const char *const *f = lazy; *f; f++) {
-		if (lua_getfield(L, real, *f) == LUA_TNIL) {
-			lua_pop(L, 1);
-			req_fill(L, real, *f);
-		}
+	if (lua_getmetatable(L, real)) { /* the real req: lazymt */
 		lua_pop(L, 1);
+		for (const char *const *f = lazy; *f; f++) {
+			lua_pushstring(L, *f);
+			if (lua_rawget(L, real) == LUA_TNIL) {
+				lua_pop(L, 1);
+				req_fill(L, real, *f);
+			}
+			lua_pop(L, 1);
+		}
 	}
-	lua_settop(L, 1);
-	return proxy_pairs(L);
+	lua_pushcfunction(L, swap_next);
+	lua_pushvalue(L, 1);
+	lua_pushnil(L);
+	return 3;
 }
 
 struct decide_ctx {
@@ -1753,12 +1910,8 @@ static int decide_protected(lua_State *L)
 	const char *path = c->rq->tenant->policy_path ? c->rq->tenant->policy_path : c->rq->tenant->name;
 	int req;
 
-	push_req(L, c->rq, lua_type(L, 2) == LUA_TNIL ? 0 : 2, lua_type(L, 3) == LUA_TNIL ? 0 : 3);
-	lua_createtable(L, 0, 1); /* its view, with the lazy fields' metatable */
-	lua_insert(L, -2);
-	lua_rawsetp(L, -2, &REAL_KEY);
-	lua_rawgeti(L, LUA_REGISTRYINDEX, e->ref_reqmt);
-	lua_setmetatable(L, -2);
+	push_req(L, e, c->rq, lua_type(L, 2) == LUA_TNIL ? 0 : 2, lua_type(L, 3) == LUA_TNIL ? 0 : 3);
+	swap_view(L, e->ref_reqmt);
 	req = lua_gettop(L);
 	e->rq_now = c->rq;
 
@@ -1782,6 +1935,8 @@ static int decide_protected(lua_State *L)
 out:
 	e->cap_armed = 0;
 	e->rq_now = NULL;
+	swap_clear(L, e->ref_reqmt);
+	swap_clear(L, e->ref_idmt);
 	return 0;
 }
 

@@ -925,6 +925,87 @@ static void test_many_decisions(void **state)
 	policy_engine_free(fx.e);
 }
 
+/* The fast views of req and req.identity: every table they hand out is a
+ * view, their own next refuses every other table, and they never show a
+ * previous decision's request. */
+static void test_req_views_sealed(void **state)
+{
+	(void)state;
+	must_engine(
+	    "local function sealed(v)\n"
+	    "  return not pcall(function() v.x = 1 end) and not pcall(rawset, v, 'x', 1)\n"
+	    "    and not pcall(rawget, v, 'x') and next(v) == nil and getmetatable(v) == false\n"
+	    "end\n"
+	    "return function(req)\n"
+	    "  local f, s, k = pairs(req)\n"
+	    "  assert(s == req and k == nil, 'pairs')\n"
+	    "  for _, t in ipairs({req.body, req.body.nested, req.identity.claims, {}, string}) do\n"
+	    "    assert(not pcall(f, t), 'next of another table')\n"
+	    "  end\n"
+	    "  local n = 0\n"
+	    "  for key, v in pairs(req) do\n"
+	    "    n = n + 1\n"
+	    "    if type(v) == 'table' then assert(sealed(v), key) end\n"
+	    "  end\n"
+	    "  for key, v in pairs(req.identity) do\n"
+	    "    if type(v) == 'table' then assert(sealed(v), 'identity.' .. key) end\n"
+	    "  end\n"
+	    "  assert(sealed(req) and sealed(req.identity) and sealed(req.client), 'views')\n"
+	    "  assert(req.identity == req.identity and req.client == req.client, 'same views')\n"
+	    "  assert(req.nothing == nil and req[1] == nil and #req == 0, 'absent')\n"
+	    "  assert(not pcall(setmetatable, req.identity, nil), 'setmetatable')\n"
+	    "  return {allow=false, reason=req.body.user_id .. ' ' .. tostring(req.identity.subject)\n"
+	    "    .. ' ' .. tostring(req.identity.claims.sub) .. ' ' .. n}\n"
+	    "end\n",
+	    NULL);
+	assert_int_equal(decide_full(0, "{\"user_id\":\"alice\",\"nested\":{\"a\":[1]}}",
+	                             "{\"sub\":\"alice\"}", true, "alice"),
+	                 0);
+	assert_string_equal(fx.d.reason, "alice alice alice 7");
+	/* The next decision sees its own request only, also after a failed one. */
+	assert_int_equal(
+	    decide_full(0, "{\"user_id\":\"bob\",\"nested\":{}}", "{\"sub\":\"bob\"}", true, "bob"), 0);
+	assert_string_equal(fx.d.reason, "bob bob bob 7");
+	assert_int_equal(decide_full(0, "{\"x\":1}", NULL, false, NULL), -1);
+	assert_int_equal(decide_full(0, "{\"user_id\":\"carol\",\"nested\":{}}", NULL, false, NULL), 0);
+	assert_string_equal(fx.d.reason, "carol nil nil 7");
+	assert_int_equal(decide(1), 0);
+	policy_engine_free(fx.e);
+}
+
+/* The time budget reuses a recent reading of the CPU clock: quick decisions
+ * under a tight budget still pass, and a runaway one still stops in time. */
+static void test_time_budget_after_quick_decisions(void **state)
+{
+	struct timespec t0;
+
+	(void)state;
+	engine_for("return function(req) if req.body.spin then while true do end end\n"
+	           "  return {allow=true, tier='inbox'} end",
+	           NULL);
+	policy_engine_free(fx.e);
+	fx.cfg.policy_max_instructions = 100000000;
+	fx.cfg.policy_timeout_ms = 1;
+	fx.e = policy_engine_new(&fx.cfg, fx.err, sizeof(fx.err));
+	assert_non_null(fx.e);
+	for (int i = 0; i < 2000; i++)
+		if (decide(0) != 0)
+			fail_msg("quick decision %d: %s", i, fx.err);
+	policy_engine_free(fx.e);
+
+	fx.cfg.policy_timeout_ms = 20;
+	fx.e = policy_engine_new(&fx.cfg, fx.err, sizeof(fx.err));
+	assert_non_null(fx.e);
+	for (int i = 0; i < 2000; i++)
+		assert_int_equal(decide(0), 0);
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	assert_int_equal(decide_full(0, "{\"spin\":true}", NULL, true, "alice"), -1);
+	assert_true(ms_since(&t0) < 100);
+	assert_err_has("time budget exceeded (20 ms)");
+	assert_int_equal(decide(0), 0);
+	policy_engine_free(fx.e);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -956,6 +1037,8 @@ int main(void)
 	    cmocka_unit_test(test_req_fields),
 	    cmocka_unit_test(test_req_absent_fields),
 	    cmocka_unit_test(test_many_decisions),
+	    cmocka_unit_test(test_req_views_sealed),
+	    cmocka_unit_test(test_time_budget_after_quick_decisions),
 	};
 	return cmocka_run_group_tests_name("policy", tests, NULL, NULL);
 }
