@@ -89,6 +89,15 @@ void log_msg(const char *level, const char *fmt, ...)
 	pthread_mutex_unlock(&sys_lock);
 }
 
+/* SHA-256 fetched once: EVP_sha256() inside EVP_Digest looks it up on every call. */
+static pthread_once_t sha256_once = PTHREAD_ONCE_INIT;
+static EVP_MD *sha256;
+
+static void fetch_sha256(void)
+{
+	sha256 = EVP_MD_fetch(NULL, "SHA256", NULL);
+}
+
 void log_token_hash(const char *token, size_t len, char out[13])
 {
 	unsigned char md[EVP_MAX_MD_SIZE];
@@ -96,7 +105,8 @@ void log_token_hash(const char *token, size_t len, char out[13])
 	static const char hex[] = "0123456789abcdef";
 
 	out[0] = '\0';
-	if (!EVP_Digest(token, len, md, &mdlen, EVP_sha256(), NULL) || mdlen < 6)
+	pthread_once(&sha256_once, fetch_sha256);
+	if (!EVP_Digest(token, len, md, &mdlen, sha256 ? sha256 : EVP_sha256(), NULL) || mdlen < 6)
 		return;
 	for (int i = 0; i < 6; i++) {
 		out[2 * i] = hex[md[i] >> 4];
