@@ -57,6 +57,26 @@ int json_open(lua_State *L)
 	return 0;
 }
 
+/*
+ * The float at the top of the stack: raises when it overflowed to ±infinity
+ * ("exp": 1e400 would be a token that never expires); replaces an integral
+ * value within ±2^53 by the integer. Returns 1 when it replaced it.
+ */
+static int normalise_number(lua_State *L)
+{
+	lua_Number n = lua_tonumber(L, -1);
+	lua_Integer i;
+
+	if (!isfinite(n))
+		luaL_error(L, "number out of range");
+	if (n < -9007199254740992.0 || n > 9007199254740992.0 || !lua_numbertointeger(n, &i) ||
+	    (lua_Number)i != n)
+		return 0;
+	lua_pop(L, 1);
+	lua_pushinteger(L, i);
+	return 1;
+}
+
 /* Turns integral floats into integers, in place, for the value at the top. */
 static void integerise(lua_State *L, int depth)
 {
@@ -67,14 +87,9 @@ static void integerise(lua_State *L, int depth)
 	lua_pushnil(L);
 	while (lua_next(L, -2)) {
 		if (lua_type(L, -1) == LUA_TNUMBER && !lua_isinteger(L, -1)) {
-			lua_Number n = lua_tonumber(L, -1);
-			lua_Integer i;
-			if (!isfinite(n))
-				luaL_error(L, "number out of range"); /* "exp": 1e400 is +inf */
-			if (n >= -9007199254740992.0 && n <= 9007199254740992.0 &&
-			    lua_numbertointeger(n, &i) && (lua_Number)i == n) {
+			if (normalise_number(L)) {
 				lua_pushvalue(L, -2);
-				lua_pushinteger(L, i);
+				lua_pushvalue(L, -2);
 				lua_rawset(L, -5);
 			}
 		} else if (lua_type(L, -1) == LUA_TTABLE) {
@@ -93,17 +108,8 @@ static int decode_protected(lua_State *L)
 	lua_getfield(L, LUA_REGISTRYINDEX, REG_KEY ".decode");
 	lua_pushlstring(L, buf, len);
 	lua_call(L, 1, 1);
-	if (lua_type(L, -1) == LUA_TNUMBER && !lua_isinteger(L, -1)) {
-		lua_Number n = lua_tonumber(L, -1);
-		lua_Integer i;
-		if (!isfinite(n))
-			luaL_error(L, "number out of range");
-		if (n >= -9007199254740992.0 && n <= 9007199254740992.0 && lua_numbertointeger(n, &i) &&
-		    (lua_Number)i == n) {
-			lua_pop(L, 1);
-			lua_pushinteger(L, i);
-		}
-	}
+	if (lua_type(L, -1) == LUA_TNUMBER && !lua_isinteger(L, -1))
+		normalise_number(L);
 	integerise(L, 0);
 	return 1;
 }
