@@ -466,7 +466,10 @@ static void on_courier_done(struct courier_job *job)
 {
 	struct req *r = job->arg;
 
-	/* Runs on the Courier thread: only hand the connection back to MHD. */
+	/* Runs on the Courier thread: count the call as over (whether or not the
+	 * client is still there to read the answer) and hand the connection back. */
+	atomic_fetch_sub(&r->srv->upstream, 1);
+	metrics_upstream(job->seconds, job->status);
 	MHD_resume_connection(r->conn);
 }
 
@@ -673,8 +676,6 @@ static enum MHD_Result complete(struct req *r)
 	enum MHD_Result ret;
 	int top;
 
-	atomic_fetch_sub(&s->upstream, 1);
-	metrics_upstream(job->seconds, job->status);
 	if (!L)
 		return fail(r, NULL, 503, "unavailable", "the policy engine is not available", NULL, NULL);
 	top = lua_gettop(L);
@@ -970,12 +971,6 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 		/* The client left before an answer (never while suspended: MHD does not
 		 * notice, and every suspended request ends with Courier's call). */
 		metrics_request(r->tenant ? r->tenant->name : NULL, 499);
-	}
-	if (r->state == RS_WAITING) {
-		/* Courier's call ended and resumed the connection, but MHD found the
-		 * client gone and never called complete(): it stops waiting here, or
-		 * the count would creep up to max_inflight and hold every drain. */
-		atomic_fetch_sub(&s->upstream, 1);
 	}
 	courier_job_cleanup(&r->job);
 	free(r->courier_body);
