@@ -46,8 +46,14 @@ int secret_set(struct secret *s, const void *data, size_t len)
 	s->data = malloc(len + 1);
 	if (!s->data)
 		return -1;
-	/* Best effort: keep key pages out of core dumps and swap. */
-	(void)madvise((void *)((uintptr_t)s->data & ~(uintptr_t)4095), len + 1, MADV_DONTDUMP);
+	/* Best effort, beside the process being non-dumpable: keep every page the
+	 * key touches out of core dumps (rounded out to whole pages). */
+	{
+		uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+		uintptr_t start = (uintptr_t)s->data & ~(page - 1);
+		uintptr_t end = ((uintptr_t)s->data + len + 1 + page - 1) & ~(page - 1);
+		(void)madvise((void *)start, end - start, MADV_DONTDUMP);
+	}
 	memcpy(s->data, data, len);
 	s->data[len] = '\0';
 	s->len = len;
