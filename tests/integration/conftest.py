@@ -247,3 +247,22 @@ def broker_factory(tmp_path, double):
 @pytest.fixture
 def broker(broker_factory):
     return broker_factory()
+
+
+@pytest.fixture
+def brokers(tmp_path):
+    """Starts brokers in named folders prepared beforehand (key files); stops them all."""
+    started = []
+
+    def make(name, double, prepare=None, **kw):
+        d = tmp_path / name
+        d.mkdir()
+        if prepare:
+            prepare(d)
+        b = Broker(d, double, **kw)
+        started.append(b)
+        return b
+
+    yield make
+    for b in started:
+        b.stop()

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from conftest import ALLOW_POLICY, COURIER_KEY, Broker, Double, mint
+from conftest import ALLOW_POLICY, COURIER_KEY, Double, mint
 
 RELOAD_WAIT = 5.0
 NEW_KEY = "ck_test_rotated_8e7d6c5b4a39281706f5"
@@ -86,23 +86,6 @@ def post(b, user="alice", **kw):
     return b.post(body={"user_id": user}, token=mint(user), **kw)
 
 
-@pytest.fixture
-def brokers(tmp_path):
-    """Starts brokers in folders prepared beforehand (key files); stops them all."""
-    started = []
-
-    def make(name, double, prepare=None, **kw):
-        d = tmp_path / name
-        d.mkdir()
-        if prepare:
-            prepare(d)
-        b = Broker(d, double, **kw)
-        started.append(b)
-        return b
-
-    yield make
-    for b in started:
-        b.stop()
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from conftest import BROKER_BIN, COURIER_KEY, Broker, Double, mint
+from conftest import BROKER_BIN, COURIER_KEY, Double, mint
 from test_lifecycle import (DENY_POLICY, FILE_KEY, NEW_KEY, connect_refused, generation, key_file_prep, metrics,
                             post, reload_failed, reload_ok, reloads, wait_metric)
 
@@ -41,22 +41,9 @@ return {
 
 
 @pytest.fixture
-def started(tmp_path):
-    """Starts brokers in named folders (prepared beforehand); stops them all."""
-    out = []
-
-    def make(name, double, prepare=None, **kw):
-        d = tmp_path / name
-        d.mkdir()
-        if prepare:
-            prepare(d)
-        b = Broker(d, double, **kw)
-        out.append(b)
-        return b
-
-    yield make
-    for b in out:
-        b.stop()
+def started(brokers):
+    """Brokers in named folders (conftest's `brokers`)."""
+    return brokers
 
 
 def alive(b):
