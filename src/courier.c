@@ -1,12 +1,14 @@
 /*
  * courier.c — the Courier client: POST /auth/issue-token, asynchronously.
  *
- * Owns the libcurl multi handle and the thread that drives it. A slow Courier
- * costs a socket and a struct per request, never a thread. Easy handles are
- * pooled (curl_easy_reset keeps their TLS session cache). The Authorization
- * header holding the API key is zeroed before it is freed; the key is never
- * logged. This file never calls back into the HTTP front except through the
- * job's done callback.
+ * Owns a libcurl multi handle and the epoll set (its sockets and its timer)
+ * that drives it; the owner's event loop watches that set's descriptor and
+ * calls courier_run when it is ready. Everything runs on the owner's thread:
+ * no locks, no hand-off. A slow Courier costs a socket and a struct per
+ * request, never a thread. Easy handles are pooled (curl_easy_reset keeps
+ * their TLS session cache). The Authorization header holding the API key is
+ * zeroed before it is freed; the key is never logged. This file never calls
+ * back into the HTTP front except through the job's done callback.
  */
 #include "courier.h"
 
@@ -14,12 +16,10 @@
 #include <lauxlib.h>
 #include <lua.h>
 #include <openssl/crypto.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
-#include <sys/eventfd.h>
 #include <sys/timerfd.h>
 #include <time.h>
 #include <unistd.h>
@@ -34,16 +34,13 @@
 
 struct courier_client {
 	CURLM *multi;
-	int epfd, tfd, efd; /* epoll, libcurl's timer, wake-ups from submitters */
+	int epfd, tfd;      /* epoll set of libcurl's sockets and timer; the timer */
 	long long armed_at; /* when the timerfd fires (CLOCK_MONOTONIC ms), 0: not armed */
-	bool due_now;       /* libcurl asked for a timeout of 0: run it in this loop turn */
-	pthread_t thread;
-	pthread_mutex_t lock;
-	struct courier_job *queue, *queue_tail; /* submitted, not yet added */
-	bool stopping, abort_all;
-	struct courier_job *running; /* started jobs, owned by the thread */
+	bool due_now;       /* libcurl asked for a timeout of 0: run it without waiting */
+	int ended;          /* jobs whose done ran in this courier_run */
+	struct courier_job *running;
 	CURL *pool[POOL_MAX];
-	int n_pool; /* owned by the thread */
+	int n_pool;
 };
 
 static size_t on_body(char *data, size_t size, size_t nmemb, void *arg)
@@ -176,13 +173,7 @@ static void finish(struct courier_client *c, struct courier_job *job, CURLcode r
 	} else {
 		curl_easy_cleanup(e);
 	}
-	job->done(job);
-}
-
-static void fail_unstarted(struct courier_job *job, const char *why)
-{
-	job->status = 0;
-	snprintf(job->error, sizeof(job->error), "%s", why);
+	c->ended++;
 	job->done(job);
 }
 
@@ -265,25 +256,18 @@ static void reap(struct courier_client *c)
 	}
 }
 
-static void *run(void *arg)
+int courier_run(struct courier_client *c)
 {
-	struct courier_client *c = arg;
 	struct epoll_event evs[64];
+	int n, still;
 
-	for (;;) {
-		struct courier_job *q;
-		bool stopping, abort_all, woken = false;
-		int n, still;
-
-		n = epoll_wait(c->epfd, evs, 64, c->due_now ? 0 : -1);
+	c->ended = 0;
+	do {
+		n = epoll_wait(c->epfd, evs, 64, 0);
 		for (int i = 0; i < n; i++) {
 			int fd = evs[i].data.fd;
 			uint64_t v;
-			if (fd == c->efd) {
-				ssize_t r = read(c->efd, &v, sizeof(v));
-				(void)r;
-				woken = true;
-			} else if (fd == c->tfd) {
+			if (fd == c->tfd) {
 				c->armed_at = 0;
 				if (read(c->tfd, &v, sizeof(v)) > 0)
 					curl_multi_socket_action(c->multi, CURL_SOCKET_TIMEOUT, 0, &still);
@@ -299,42 +283,18 @@ static void *run(void *arg)
 			curl_multi_socket_action(c->multi, CURL_SOCKET_TIMEOUT, 0, &still);
 		}
 		reap(c);
-		if (!woken)
-			continue;
-
-		pthread_mutex_lock(&c->lock);
-		q = c->queue;
-		c->queue = c->queue_tail = NULL;
-		stopping = c->stopping;
-		abort_all = c->abort_all;
-		c->abort_all = false;
-		pthread_mutex_unlock(&c->lock);
-
-		while (q) {
-			struct courier_job *next = q->next;
-			q->next = NULL;
-			if (abort_all || start_job(c, q) != 0)
-				fail_unstarted(q, abort_all ? "aborted" : "could not start the call");
-			q = next;
-		}
-		if (abort_all || stopping) {
-			/* Stop every running transfer; each job still gets its answer. */
-			while (c->running) {
-				snprintf(c->running->error, sizeof(c->running->error), "aborted");
-				finish(c, c->running, CURLE_ABORTED_BY_CALLBACK);
-			}
-			if (stopping)
-				break;
-		}
-	}
-	return NULL;
+	} while (n == 64);
+	return c->ended;
 }
 
-static void wake(struct courier_client *c)
+int courier_fd(const struct courier_client *c)
 {
-	uint64_t one = 1;
-	ssize_t n = write(c->efd, &one, sizeof(one));
-	(void)n;
+	return c->epfd;
+}
+
+bool courier_due(const struct courier_client *c)
+{
+	return c->due_now;
 }
 
 struct courier_client *courier_client_new(unsigned max_host_connections, char *err, size_t errlen)
@@ -348,28 +308,19 @@ struct courier_client *courier_client_new(unsigned max_host_connections, char *e
 	}
 	c->epfd = epoll_create1(EPOLL_CLOEXEC);
 	c->tfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
-	c->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
 	c->multi = curl_multi_init();
-	if (c->epfd < 0 || c->tfd < 0 || c->efd < 0 || !c->multi) {
+	if (c->epfd < 0 || c->tfd < 0 || !c->multi) {
 		snprintf(err, errlen, "cannot set up the Courier client's event loop");
 		goto fail;
 	}
 	ev.data.fd = c->tfd;
 	epoll_ctl(c->epfd, EPOLL_CTL_ADD, c->tfd, &ev);
-	ev.data.fd = c->efd;
-	epoll_ctl(c->epfd, EPOLL_CTL_ADD, c->efd, &ev);
 	curl_multi_setopt(c->multi, CURLMOPT_SOCKETFUNCTION, on_socket);
 	curl_multi_setopt(c->multi, CURLMOPT_SOCKETDATA, c);
 	curl_multi_setopt(c->multi, CURLMOPT_TIMERFUNCTION, on_timer);
 	curl_multi_setopt(c->multi, CURLMOPT_TIMERDATA, c);
 	curl_multi_setopt(c->multi, CURLMOPT_MAX_HOST_CONNECTIONS, (long)max_host_connections);
 	curl_multi_setopt(c->multi, CURLMOPT_MAXCONNECTS, (long)max_host_connections);
-	pthread_mutex_init(&c->lock, NULL);
-	if (pthread_create(&c->thread, NULL, run, c) != 0) {
-		snprintf(err, errlen, "cannot start the Courier client thread");
-		pthread_mutex_destroy(&c->lock);
-		goto fail;
-	}
 	return c;
 fail:
 	if (c->multi)
@@ -378,59 +329,35 @@ fail:
 		close(c->epfd);
 	if (c->tfd >= 0)
 		close(c->tfd);
-	if (c->efd >= 0)
-		close(c->efd);
 	free(c);
 	return NULL;
 }
 
 int courier_submit(struct courier_client *c, struct courier_job *job)
 {
-	bool was_empty;
-
-	pthread_mutex_lock(&c->lock);
-	if (c->stopping) {
-		pthread_mutex_unlock(&c->lock);
-		return -1;
-	}
-	job->next = NULL;
-	was_empty = c->queue == NULL;
-	if (c->queue_tail)
-		c->queue_tail->next = job;
-	else
-		c->queue = job;
-	c->queue_tail = job;
-	pthread_mutex_unlock(&c->lock);
-	/* A queue that was not empty already has a wake-up pending. */
-	if (was_empty)
-		wake(c);
-	return 0;
+	job->next = job->prev = NULL;
+	return start_job(c, job);
 }
 
 void courier_abort_all(struct courier_client *c)
 {
-	pthread_mutex_lock(&c->lock);
-	c->abort_all = true;
-	pthread_mutex_unlock(&c->lock);
-	wake(c);
+	/* Stop every running transfer; each job still gets its answer. */
+	while (c->running) {
+		snprintf(c->running->error, sizeof(c->running->error), "aborted");
+		finish(c, c->running, CURLE_ABORTED_BY_CALLBACK);
+	}
 }
 
 void courier_client_free(struct courier_client *c)
 {
 	if (!c)
 		return;
-	pthread_mutex_lock(&c->lock);
-	c->stopping = true;
-	pthread_mutex_unlock(&c->lock);
-	wake(c);
-	pthread_join(c->thread, NULL);
+	courier_abort_all(c);
 	for (int i = 0; i < c->n_pool; i++)
 		curl_easy_cleanup(c->pool[i]);
 	curl_multi_cleanup(c->multi);
 	close(c->epfd);
 	close(c->tfd);
-	close(c->efd);
-	pthread_mutex_destroy(&c->lock);
 	free(c);
 }
 

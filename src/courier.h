@@ -1,11 +1,13 @@
 /*
  * courier.h — the Courier client: POST /auth/issue-token, asynchronously.
  *
- * One thread owns a libcurl multi handle; callers submit jobs from any thread
- * and are told on completion through a callback run on that thread (which
- * must not block: it only resumes the waiting connection). Connections and
- * TLS sessions are reused across jobs. The protocol helpers (request body,
- * reading the answer) run on the caller's thread with its Lua state.
+ * A client belongs to one thread's event loop: every call below is made on
+ * that thread. The loop waits for courier_fd to be readable (or calls at once
+ * when courier_due) and then calls courier_run, which moves the transfers on
+ * and runs the done callback of each job that ended (it must not block: it
+ * only resumes the waiting connection). Connections and TLS sessions are
+ * reused across jobs. The protocol helpers (request body, reading the
+ * answer) use the caller's Lua state.
  */
 #ifndef BROKER_COURIER_H
 #define BROKER_COURIER_H
@@ -42,21 +44,32 @@ struct courier_job {
 	void *easy;
 	struct curl_slist *headers;
 	size_t resp_cap;
-	struct courier_job *next, *prev; /* the queue, then the running list */
+	struct courier_job *next, *prev; /* the running list */
 };
 
 struct courier_client;
 
-/* Starts the client thread. max_host_connections bounds connections to Courier. */
+/* A client; max_host_connections bounds its connections to Courier. */
 struct courier_client *courier_client_new(unsigned max_host_connections, char *err, size_t errlen);
 
-/* Queues job. Returns 0, or -1 when the client is stopping (done is not called). */
+/* The descriptor the owner's loop polls for readability (an epoll set). */
+int courier_fd(const struct courier_client *c);
+
+/* Whether courier_run must be called now, without waiting on courier_fd. */
+bool courier_due(const struct courier_client *c);
+
+/* Does the work that is ready without blocking; returns how many jobs ended
+ * (their done has run). */
+int courier_run(struct courier_client *c);
+
+/* Starts job; it runs as courier_run is called. Returns 0, or -1 when it
+ * could not be started (done is not called). */
 int courier_submit(struct courier_client *c, struct courier_job *job);
 
 /* Ends every job still running with error "aborted" (their done runs). */
 void courier_abort_all(struct courier_client *c);
 
-/* Aborts what is left, stops the thread and frees the client. */
+/* Aborts what is left and frees the client. */
 void courier_client_free(struct courier_client *c);
 
 /* Frees what the client put in job. */

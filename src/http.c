@@ -5,14 +5,21 @@
  * chunked bodies alike), the JSON answers and the per-request log line. A
  * token request goes: headers (route, tenant, media type, size, rate) →
  * body → identity → policy → envelope → suspend while the Courier client
- * works → resume → answer. Each MHD worker thread keeps one policy engine
- * (its own lua_State) for the generation it last served. Nothing secret is
- * ever put in an answer or a log line: tokens appear only as a short hash.
+ * works → resume → answer.
+ *
+ * Threads: `threads` event loops, each owning one MHD daemon (external epoll
+ * mode; all share the listening socket), one Courier client (libcurl multi)
+ * and one policy engine (its own lua_State) for the generation it last
+ * served. A request lives on one loop from its first byte to its answer:
+ * the Courier call that suspends it runs on the same loop, whose completion
+ * resumes it there, so no request is handed between threads. Nothing secret
+ * is ever put in an answer or a log line: tokens appear only as a short hash.
  */
 #include "http.h"
 
 #include <arpa/inet.h>
 #include <lauxlib.h>
+#include <limits.h>
 #include <lua.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
@@ -24,6 +31,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -42,35 +51,46 @@
 #define MAX_HEADERS 64
 #define HEADER_BUF  8192
 
-struct http_server {
+/* What the drain asks of a loop (bits of loop.cmd). */
+enum { CMD_QUIESCE = 1, CMD_ABORT = 2, CMD_STOP = 4 };
+
+/*
+ * One event loop: its thread, MHD daemon and Courier client, and the policy
+ * engine built for one generation, named by its id only. The loop holds no
+ * reference, so an idle loop never keeps an old generation (and its keys)
+ * alive: the generation is freed when its last request ends, and the
+ * engine's config pointer may then dangle. It is never dereferenced again:
+ * the engine is used only for a request whose generation has the engine's
+ * id (that request holds the generation), and policy_engine_free does not
+ * read the config. Ids are never reused, unlike addresses.
+ */
+struct loop {
+	struct http_server *srv;
 	struct MHD_Daemon *d;
 	struct courier_client *cc;
-	pthread_key_t worker_key;
+	int epfd, wakefd; /* the loop's epoll set; the drain's wake-ups */
+	atomic_int cmd;   /* CMD_* bits the loop has not acted on yet */
+	bool resumed;     /* a connection was resumed: MHD must run before waiting */
+	pthread_t thread;
+	bool running;
+	struct policy_engine *engine;
+	unsigned long long gen_id; /* 0: none */
+};
+
+struct http_server {
+	struct loop *loops;
+	size_t n_loops;
 	atomic_int active;   /* token requests between arrival and completion */
 	atomic_int upstream; /* of those, waiting on Courier */
 	atomic_bool draining;
 	atomic_bool stopping; /* drain deadline passed: no new Courier call may start */
 };
 
-/*
- * Per MHD thread: the policy engine built for one generation, named by its id
- * only. The worker holds no reference, so an idle thread never keeps an old
- * generation (and its keys) alive: the generation is freed when its last
- * request ends, and the engine's config pointer may then dangle. It is never
- * dereferenced again: the engine is used only for a request whose generation
- * has the engine's id (that request holds the generation), and
- * policy_engine_free does not read the config. Ids are never reused, unlike
- * addresses.
- */
-struct worker {
-	struct policy_engine *engine;
-	unsigned long long gen_id; /* 0: none */
-};
-
 enum req_state { RS_BODY, RS_WAITING, RS_DONE };
 
 struct req {
 	struct http_server *srv;
+	struct loop *loop;
 	struct MHD_Connection *conn;
 	struct gen *gen;
 	const struct tenant *tenant;
@@ -99,32 +119,14 @@ struct req {
 	struct grant grant;
 };
 
-/* ---------------------------------------------------------------- workers */
+/* ---------------------------------------------------------------- engines */
 
-static void worker_free(void *p)
+/* The loop's engine for g, which the caller holds (r->gen): rebuilt when the
+ * loop's engine was built for another generation. */
+static struct policy_engine *worker_engine(struct loop *w, struct gen *g)
 {
-	struct worker *w = p;
-
-	if (!w)
-		return;
-	policy_engine_free(w->engine);
-	free(w);
-}
-
-/* The calling thread's engine for g, which the caller holds (r->gen): rebuilt
- * when the thread's engine was built for another generation. */
-static struct policy_engine *worker_engine(struct http_server *s, struct gen *g)
-{
-	struct worker *w = pthread_getspecific(s->worker_key);
 	char err[512];
 
-	if (!w) {
-		w = calloc(1, sizeof(*w));
-		if (!w || pthread_setspecific(s->worker_key, w) != 0) {
-			free(w);
-			return NULL;
-		}
-	}
 	if (w->engine && w->gen_id == g->id)
 		return w->engine;
 	policy_engine_free(w->engine);
@@ -466,11 +468,13 @@ static void on_courier_done(struct courier_job *job)
 {
 	struct req *r = job->arg;
 
-	/* Runs on the Courier thread: count the call as over (whether or not the
-	 * client is still there to read the answer) and hand the connection back. */
+	/* Runs on the request's loop: count the call as over (whether or not the
+	 * client is still there to read the answer) and hand the connection back;
+	 * the loop runs MHD before it waits again. */
 	atomic_fetch_sub(&r->srv->upstream, 1);
 	metrics_upstream(job->seconds, job->status);
 	MHD_resume_connection(r->conn);
+	r->loop->resumed = true;
 }
 
 /* ident's header lookup: the index-th value of a header, in the order received. */
@@ -505,7 +509,7 @@ static enum MHD_Result process(struct req *r)
 {
 	struct http_server *s = r->srv;
 	const struct tenant *t = r->tenant;
-	struct policy_engine *e = worker_engine(s, r->gen);
+	struct policy_engine *e = worker_engine(r->loop, r->gen);
 	struct ident_request irq;
 	struct identity id;
 	struct policy_request prq;
@@ -643,16 +647,15 @@ static enum MHD_Result process(struct req *r)
 		ret = fail(r, L, 503, "unavailable", "shutting down", NULL, NULL);
 		goto out;
 	}
-	/* Suspend before the job can finish: resuming a running connection is undefined. */
-	r->state = RS_WAITING;
-	MHD_suspend_connection(r->conn);
-	if (courier_submit(s->cc, &r->job) != 0) {
+	/* The job cannot end before this handler returns (it ends only in
+	 * courier_run, on this loop), so the order of the two is free. */
+	if (courier_submit(r->loop->cc, &r->job) != 0) {
 		atomic_fetch_sub(&s->upstream, 1);
-		MHD_resume_connection(r->conn);
-		r->state = RS_BODY;
-		ret = fail(r, L, 503, "unavailable", "shutting down", NULL, NULL);
+		ret = fail(r, L, 503, "unavailable", "out of memory", NULL, NULL);
 		goto out;
 	}
+	r->state = RS_WAITING;
+	MHD_suspend_connection(r->conn);
 	ret = MHD_YES;
 out:
 	free(hs);
@@ -665,7 +668,7 @@ out:
 static enum MHD_Result complete(struct req *r)
 {
 	struct http_server *s = r->srv;
-	struct policy_engine *e = worker_engine(s, r->gen);
+	struct policy_engine *e = worker_engine(r->loop, r->gen);
 	struct courier_job *job = &r->job;
 	lua_State *L = e ? policy_engine_lua(e) : NULL;
 	double up_ms = job->seconds * 1e3;
@@ -840,9 +843,10 @@ static enum MHD_Result preflight(struct req *r, lua_State *L)
 }
 
 /* The first call for a token route: everything that can be decided from the headers. */
-static enum MHD_Result begin_token(struct http_server *s, struct MHD_Connection *conn, const char *name,
+static enum MHD_Result begin_token(struct loop *lp, struct MHD_Connection *conn, const char *name,
                                    const char *method, void **con_cls)
 {
+	struct http_server *s = lp->srv;
 	struct req *r = malloc(sizeof(*r));
 	const char *cl;
 	lua_State *L = NULL;
@@ -856,6 +860,7 @@ static enum MHD_Result begin_token(struct http_server *s, struct MHD_Connection 
 	r->grant.capped = false;
 	r->grant.courier_expires[0] = '\0';
 	r->srv = s;
+	r->loop = lp;
 	r->conn = conn;
 	r->state = RS_BODY;
 	clock_gettime(CLOCK_MONOTONIC, &r->start);
@@ -866,7 +871,7 @@ static enum MHD_Result begin_token(struct http_server *s, struct MHD_Connection 
 
 	r->gen = gen_acquire();
 	if (r->gen) {
-		struct policy_engine *e = worker_engine(s, r->gen);
+		struct policy_engine *e = worker_engine(lp, r->gen);
 		L = e ? policy_engine_lua(e) : NULL;
 	}
 	if (atomic_load(&s->draining) || !r->gen)
@@ -899,7 +904,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
                                   const char *version, const char *upload_data, size_t *upload_data_size,
                                   void **con_cls)
 {
-	struct http_server *s = cls;
+	struct loop *lp = cls;
+	struct http_server *s = lp->srv;
 	struct req *r = *con_cls;
 	char name[80];
 
@@ -909,7 +915,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 			/* Bodies sent to these routes are never read: answer now. */
 			return serve_other(s, conn, url, method);
 		}
-		return begin_token(s, conn, name, method, con_cls);
+		return begin_token(lp, conn, name, method, con_cls);
 	}
 	switch (r->state) {
 	case RS_DONE:
@@ -948,7 +954,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 	}
 	if (r->too_large) {
 		char msg[96];
-		struct policy_engine *e = worker_engine(s, r->gen);
+		struct policy_engine *e = worker_engine(lp, r->gen);
 		snprintf(msg, sizeof(msg), "the body is limited to %zu bytes", r->gen->cfg->max_body_bytes);
 		return fail(r, e ? policy_engine_lua(e) : NULL, 413, "payload_too_large", msg,
 		            MHD_HTTP_HEADER_CONNECTION, "close");
@@ -959,7 +965,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
                          enum MHD_RequestTerminationCode toe)
 {
-	struct http_server *s = cls;
+	struct http_server *s = ((struct loop *)cls)->srv;
 	struct req *r = *con_cls;
 
 	(void)conn;
@@ -992,14 +998,166 @@ static void mhd_log(void *cls, const char *fmt, va_list ap)
 	log_msg("warn", "http: %s", msg);
 }
 
-struct http_server *http_start(const struct config *cfg, struct courier_client *cc, char *err, size_t errlen)
+/* ------------------------------------------------------------- the loops */
+
+/* The loop's thread: waits on MHD's epoll set, the Courier client's and the
+ * drain's wake-ups; runs whichever is ready. */
+static void *loop_run(void *arg)
+{
+	struct loop *lp = arg;
+	struct epoll_event evs[4];
+
+	for (;;) {
+		MHD_UNSIGNED_LONG_LONG mt;
+		bool mhd_ready = false, courier_ready = false;
+		int timeout = -1, n, cmd;
+
+		if (MHD_get_timeout(lp->d, &mt) == MHD_YES)
+			timeout = mt > INT_MAX ? INT_MAX : (int)mt;
+		if (lp->resumed || courier_due(lp->cc))
+			timeout = 0;
+		n = epoll_wait(lp->epfd, evs, 4, timeout);
+		if (n == 0 && timeout >= 0)
+			mhd_ready = true; /* a connection's timeout, or work already pending */
+		for (int i = 0; i < n; i++) {
+			if (evs[i].data.ptr == lp->cc) {
+				courier_ready = true;
+			} else if (evs[i].data.ptr == lp->d) {
+				mhd_ready = true;
+			} else {
+				uint64_t v;
+				ssize_t r = read(lp->wakefd, &v, sizeof(v));
+				(void)r;
+			}
+		}
+		cmd = atomic_exchange(&lp->cmd, 0);
+		if (cmd & CMD_STOP)
+			break;
+		if (cmd & CMD_QUIESCE) {
+			MHD_socket fd = MHD_quiesce_daemon(lp->d);
+			if (fd != MHD_INVALID_SOCKET)
+				close(fd);
+		}
+		if (cmd & CMD_ABORT)
+			courier_abort_all(lp->cc);
+		if (courier_ready || courier_due(lp->cc))
+			courier_run(lp->cc);
+		if (mhd_ready || lp->resumed) {
+			lp->resumed = false;
+			MHD_run(lp->d);
+		}
+		/* Calls MHD just started: send them now, not after another wait. */
+		if (courier_due(lp->cc))
+			courier_run(lp->cc);
+	}
+	return NULL;
+}
+
+static void loop_tell(struct loop *lp, int cmd)
+{
+	uint64_t one = 1;
+	ssize_t n;
+
+	atomic_fetch_or(&lp->cmd, cmd);
+	n = write(lp->wakefd, &one, sizeof(one));
+	(void)n;
+}
+
+/* Stops the loop's thread (if it runs) and frees what it owns. */
+static void loop_free(struct loop *lp)
+{
+	if (lp->running) {
+		loop_tell(lp, CMD_STOP);
+		pthread_join(lp->thread, NULL);
+		lp->running = false;
+	}
+	/* Closes the loop's connections: their on_completed runs here. */
+	if (lp->d)
+		MHD_stop_daemon(lp->d);
+	courier_client_free(lp->cc);
+	policy_engine_free(lp->engine);
+	if (lp->epfd >= 0)
+		close(lp->epfd);
+	if (lp->wakefd >= 0)
+		close(lp->wakefd);
+}
+
+static void http_free(struct http_server *s)
+{
+	for (size_t i = 0; i < s->n_loops; i++)
+		loop_free(&s->loops[i]);
+	free(s->loops);
+	free(s);
+}
+
+static int watch(int epfd, int fd, void *tag)
+{
+	struct epoll_event ev = {.events = EPOLLIN, .data.ptr = tag};
+
+	return epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev);
+}
+
+/* Sets up loop i (its daemon on listen_fd, or on ss when listen_fd < 0) and
+ * starts its thread. */
+static int loop_start(struct http_server *s, size_t i, const struct config *cfg, unsigned flags,
+                      const struct sockaddr_storage *ss, MHD_socket listen_fd, char *err, size_t errlen)
+{
+	struct loop *lp = &s->loops[i];
+	size_t n = s->n_loops;
+	/* Shares of the connection limits, as MHD's own thread pool splits them. */
+	unsigned conns = (unsigned)(cfg->max_connections / n + (i < cfg->max_connections % n));
+	unsigned upstream = (unsigned)(cfg->courier_max_connections / n);
+	const union MHD_DaemonInfo *di;
+	char name[16];
+
+	lp->cc = courier_client_new(upstream ? upstream : 1, err, errlen);
+	if (!lp->cc)
+		return -1;
+	if (listen_fd == MHD_INVALID_SOCKET)
+		lp->d = MHD_start_daemon(
+		    flags, cfg->listen_port, NULL, NULL, on_request, lp, MHD_OPTION_EXTERNAL_LOGGER, mhd_log,
+		    NULL, MHD_OPTION_SOCK_ADDR, (const struct sockaddr *)ss, MHD_OPTION_CONNECTION_TIMEOUT,
+		    (unsigned)cfg->connection_timeout_s, MHD_OPTION_CONNECTION_LIMIT, conns ? conns : 1,
+		    MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)32 * 1024, MHD_OPTION_NOTIFY_COMPLETED,
+		    on_completed, lp, MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1, MHD_OPTION_END);
+	else
+		lp->d = MHD_start_daemon(flags, 0, NULL, NULL, on_request, lp, MHD_OPTION_EXTERNAL_LOGGER,
+		                         mhd_log, NULL, MHD_OPTION_LISTEN_SOCKET, listen_fd,
+		                         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)cfg->connection_timeout_s,
+		                         MHD_OPTION_CONNECTION_LIMIT, conns ? conns : 1,
+		                         MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)32 * 1024,
+		                         MHD_OPTION_NOTIFY_COMPLETED, on_completed, lp, MHD_OPTION_END);
+	if (!lp->d) {
+		if (listen_fd != MHD_INVALID_SOCKET)
+			close(listen_fd);
+		snprintf(err, errlen, "cannot listen on %s:%u", cfg->listen_host, cfg->listen_port);
+		return -1;
+	}
+	di = MHD_get_daemon_info(lp->d, MHD_DAEMON_INFO_EPOLL_FD);
+	lp->epfd = epoll_create1(EPOLL_CLOEXEC);
+	lp->wakefd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+	if (!di || lp->epfd < 0 || lp->wakefd < 0 || watch(lp->epfd, di->epoll_fd, lp->d) != 0 ||
+	    watch(lp->epfd, courier_fd(lp->cc), lp->cc) != 0 ||
+	    watch(lp->epfd, lp->wakefd, &lp->wakefd) != 0) {
+		snprintf(err, errlen, "cannot set up the HTTP event loop");
+		return -1;
+	}
+	if (pthread_create(&lp->thread, NULL, loop_run, lp) != 0) {
+		snprintf(err, errlen, "cannot start the HTTP threads");
+		return -1;
+	}
+	snprintf(name, sizeof(name), "broker-loop-%zu", i);
+	pthread_setname_np(lp->thread, name);
+	lp->running = true;
+	return 0;
+}
+
+struct http_server *http_start(const struct config *cfg, char *err, size_t errlen)
 {
 	struct http_server *s = calloc(1, sizeof(*s));
 	struct sockaddr_storage ss;
 	const char *host;
-	socklen_t sl;
-	unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME |
-	                 MHD_USE_ITC | MHD_USE_ERROR_LOG;
+	unsigned flags = MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
 
 	if (!s) {
 		snprintf(err, errlen, "out of memory");
@@ -1011,59 +1169,70 @@ struct http_server *http_start(const struct config *cfg, struct courier_client *
 		struct sockaddr_in *sin = (struct sockaddr_in *)&ss;
 		sin->sin_family = AF_INET;
 		sin->sin_port = htons(cfg->listen_port);
-		sl = sizeof(*sin);
 	} else if (inet_pton(AF_INET6, host, &((struct sockaddr_in6 *)&ss)->sin6_addr) == 1) {
 		struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)&ss;
 		sin6->sin6_family = AF_INET6;
 		sin6->sin6_port = htons(cfg->listen_port);
-		sl = sizeof(*sin6);
 		flags |= MHD_USE_IPv6;
 	} else {
 		snprintf(err, errlen, "listen: %s is not an IP address (or localhost)", cfg->listen_host);
 		free(s);
 		return NULL;
 	}
-	(void)sl;
-	s->cc = cc;
-	if (pthread_key_create(&s->worker_key, worker_free) != 0) {
-		snprintf(err, errlen, "pthread_key_create failed");
+	s->n_loops = cfg->threads > 0 ? cfg->threads : 1;
+	s->loops = calloc(s->n_loops, sizeof(*s->loops));
+	if (!s->loops) {
+		snprintf(err, errlen, "out of memory");
 		free(s);
 		return NULL;
 	}
-	s->d = MHD_start_daemon(
-	    flags, cfg->listen_port, NULL, NULL, on_request, s, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
-	    MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss, MHD_OPTION_THREAD_POOL_SIZE, (unsigned)cfg->threads,
-	    MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)cfg->connection_timeout_s, MHD_OPTION_CONNECTION_LIMIT,
-	    (unsigned)cfg->max_connections, MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)32 * 1024,
-	    MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1,
-	    MHD_OPTION_END);
-	if (!s->d) {
-		snprintf(err, errlen, "cannot listen on %s:%u", cfg->listen_host, cfg->listen_port);
-		pthread_key_delete(s->worker_key);
-		free(s);
-		return NULL;
+	for (size_t i = 0; i < s->n_loops; i++) {
+		s->loops[i].srv = s;
+		s->loops[i].epfd = s->loops[i].wakefd = -1;
+	}
+	/* The first loop's daemon binds the socket; the others accept on
+	 * copies of it (each daemon closes its own). */
+	for (size_t i = 0; i < s->n_loops; i++) {
+		MHD_socket fd = MHD_INVALID_SOCKET;
+		if (i > 0) {
+			const union MHD_DaemonInfo *di =
+			    MHD_get_daemon_info(s->loops[0].d, MHD_DAEMON_INFO_LISTEN_FD);
+			fd = di ? dup(di->listen_fd) : -1;
+			if (fd < 0) {
+				snprintf(err, errlen, "cannot share the listening socket");
+				http_free(s);
+				return NULL;
+			}
+		}
+		if (loop_start(s, i, cfg, flags, &ss, fd, err, errlen) != 0) {
+			http_free(s);
+			return NULL;
+		}
 	}
 	return s;
 }
 
 unsigned short http_port(struct http_server *s)
 {
-	const union MHD_DaemonInfo *di = MHD_get_daemon_info(s->d, MHD_DAEMON_INFO_BIND_PORT);
+	const union MHD_DaemonInfo *di = MHD_get_daemon_info(s->loops[0].d, MHD_DAEMON_INFO_BIND_PORT);
 
 	return di ? di->port : 0;
+}
+
+static void tell_all(struct http_server *s, int cmd)
+{
+	for (size_t i = 0; i < s->n_loops; i++)
+		loop_tell(&s->loops[i], cmd);
 }
 
 int http_drain_and_stop(struct http_server *s, unsigned deadline_ms)
 {
 	struct timespec t0;
-	MHD_socket fd;
 
 	if (!s)
 		return 0;
 	atomic_store(&s->draining, true);
-	fd = MHD_quiesce_daemon(s->d);
-	if (fd != MHD_INVALID_SOCKET)
-		close(fd);
+	tell_all(s, CMD_QUIESCE);
 	clock_gettime(CLOCK_MONOTONIC, &t0);
 	/* Requests already under way finish normally, wherever they are: reading
 	 * the body, in the policy, or waiting on Courier. Idle keep-alive
@@ -1078,7 +1247,7 @@ int http_drain_and_stop(struct http_server *s, unsigned deadline_ms)
 	 * again now and then catches a job submitted just before stopping was set. */
 	for (int i = 0; i < 200 && atomic_load(&s->upstream) > 0; i++) {
 		if (i % 20 == 0)
-			courier_abort_all(s->cc);
+			tell_all(s, CMD_ABORT);
 		usleep(5000);
 	}
 	/* Let the answers just queued reach their sockets. */
@@ -1091,8 +1260,6 @@ int http_drain_and_stop(struct http_server *s, unsigned deadline_ms)
 		        atomic_load(&s->upstream));
 		return -1;
 	}
-	MHD_stop_daemon(s->d);
-	pthread_key_delete(s->worker_key);
-	free(s);
+	http_free(s);
 	return 0;
 }

@@ -11,12 +11,12 @@
 
 #include <stddef.h>
 
-struct courier_client;
 struct config;
 struct http_server;
 
-/* Starts listening as cfg says (address, threads, limits). */
-struct http_server *http_start(const struct config *cfg, struct courier_client *cc, char *err, size_t errlen);
+/* Starts listening as cfg says (address, threads, limits): one event loop
+ * per thread, each with its own Courier client. */
+struct http_server *http_start(const struct config *cfg, char *err, size_t errlen);
 
 /* The port it listens on (useful with port 0). */
 unsigned short http_port(struct http_server *s);

@@ -167,7 +167,6 @@ static int next_signal(const sigset_t *set, int *hups)
 
 static int cmd_serve(const char *path, const char *pid_file)
 {
-	struct courier_client *cc = NULL;
 	struct http_server *srv = NULL;
 	struct config *cfg;
 	struct gen *g;
@@ -200,13 +199,10 @@ static int cmd_serve(const char *path, const char *pid_file)
 		return 1;
 	}
 	g = gen_acquire();
-	cc = courier_client_new(g->cfg->courier_max_connections, err, sizeof(err));
-	if (cc)
-		srv = http_start(g->cfg, cc, err, sizeof(err));
+	srv = http_start(g->cfg, err, sizeof(err));
 	if (!srv) {
 		log_msg("error", "%s", err);
 		gen_release(g);
-		courier_client_free(cc);
 		gen_shutdown();
 		return 1;
 	}
@@ -233,7 +229,6 @@ static int cmd_serve(const char *path, const char *pid_file)
 		pidfile_remove();
 		_exit(0);
 	}
-	courier_client_free(cc);
 	gen_shutdown();
 	curl_global_cleanup();
 	pidfile_remove();
