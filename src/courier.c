@@ -256,14 +256,15 @@ static void reap(struct courier_client *c)
 	}
 }
 
-int courier_run(struct courier_client *c)
+int courier_run(struct courier_client *c, bool ready)
 {
 	struct epoll_event evs[64];
 	int n, still;
 
 	c->ended = 0;
 	do {
-		n = epoll_wait(c->epfd, evs, 64, 0);
+		/* Only due work: the set was not seen ready, no need to ask it. */
+		n = ready ? epoll_wait(c->epfd, evs, 64, 0) : 0;
 		for (int i = 0; i < n; i++) {
 			int fd = evs[i].data.fd;
 			uint64_t v;

@@ -58,9 +58,10 @@ int courier_fd(const struct courier_client *c);
 /* Whether courier_run must be called now, without waiting on courier_fd. */
 bool courier_due(const struct courier_client *c);
 
-/* Does the work that is ready without blocking; returns how many jobs ended
- * (their done has run). */
-int courier_run(struct courier_client *c);
+/* Does the work that is due, and the socket work too when ready (courier_fd
+ * was seen readable), without blocking; returns how many jobs ended (their
+ * done has run). */
+int courier_run(struct courier_client *c, bool ready);
 
 /* Starts job; it runs as courier_run is called. Returns 0, or -1 when it
  * could not be started (done is not called). */

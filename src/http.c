@@ -1006,17 +1006,24 @@ static void *loop_run(void *arg)
 {
 	struct loop *lp = arg;
 	struct epoll_event evs[4];
+	bool looked = false;
 
+	log_batch(1);
 	for (;;) {
 		MHD_UNSIGNED_LONG_LONG mt;
 		bool mhd_ready = false, courier_ready = false;
-		int timeout = -1, n, cmd;
+		int timeout = -1, n = 0, cmd;
 
 		if (MHD_get_timeout(lp->d, &mt) == MHD_YES)
 			timeout = mt > INT_MAX ? INT_MAX : (int)mt;
 		if (lp->resumed || courier_due(lp->cc))
 			timeout = 0;
-		n = epoll_wait(lp->epfd, evs, 4, timeout);
+		/* Work is pending (MHD's own ready list, a resumed connection, a
+		 * call to start): do it without asking epoll first, but ask every
+		 * other turn, so that the other sources are never starved. */
+		if (timeout != 0 || looked)
+			n = epoll_wait(lp->epfd, evs, 4, timeout);
+		looked = timeout == 0 && !looked;
 		if (n == 0 && timeout >= 0)
 			mhd_ready = true; /* a connection's timeout, or work already pending */
 		for (int i = 0; i < n; i++) {
@@ -1041,15 +1048,17 @@ static void *loop_run(void *arg)
 		if (cmd & CMD_ABORT)
 			courier_abort_all(lp->cc);
 		if (courier_ready || courier_due(lp->cc))
-			courier_run(lp->cc);
+			courier_run(lp->cc, courier_ready);
 		if (mhd_ready || lp->resumed) {
 			lp->resumed = false;
 			MHD_run(lp->d);
 		}
 		/* Calls MHD just started: send them now, not after another wait. */
 		if (courier_due(lp->cc))
-			courier_run(lp->cc);
+			courier_run(lp->cc, false);
+		log_flush(); /* this turn's lines: one write, before waiting */
 	}
+	log_batch(0);
 	return NULL;
 }
 

@@ -3,16 +3,22 @@
  *
  * Owns the format of log lines. System lines are encoded on a private Lua
  * state behind a mutex (they are rare); request lines are encoded by the
- * caller's state. Each line is written with a single write(2) so lines from
- * different threads never interleave. Never logs a secret or a token.
+ * caller's state. Lines are written whole, by one write(2) of at most
+ * PIPE_BUF bytes (or one line, when longer), so lines from different threads
+ * never interleave. An event loop may batch its lines (log_batch): they are
+ * kept in a per-thread buffer until it calls log_flush, once per turn, so a
+ * busy loop writes several lines per system call. Never logs a secret or a
+ * token.
  */
 #include "log.h"
 
 #include <lauxlib.h>
+#include <limits.h>
 #include <lua.h>
 #include <openssl/evp.h>
 #include <pthread.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,22 +31,78 @@
 static pthread_mutex_t sys_lock = PTHREAD_MUTEX_INITIALIZER;
 static lua_State *sys_L;
 
+/* The calling thread's batch (log_batch): whole lines, at most PIPE_BUF bytes. */
+static _Thread_local struct {
+	bool on;
+	size_t len;
+	char buf[PIPE_BUF];
+} batch;
+
+/* The second the thread formatted last, and its "YYYY-MM-DDTHH:MM:SS". */
+static _Thread_local time_t stamp_sec = -1;
+static _Thread_local char stamp[24];
+
 void log_timestamp(char *buf, size_t len)
 {
 	struct timespec ts;
-	struct tm tm;
-	char base[32];
+	long ms;
+	size_t n;
 
 	clock_gettime(CLOCK_REALTIME, &ts);
-	gmtime_r(&ts.tv_sec, &tm);
-	strftime(base, sizeof(base), "%Y-%m-%dT%H:%M:%S", &tm);
-	snprintf(buf, len, "%s.%03ldZ", base, ts.tv_nsec / 1000000);
+	if (ts.tv_sec != stamp_sec) {
+		struct tm tm;
+		gmtime_r(&ts.tv_sec, &tm);
+		if (strftime(stamp, sizeof(stamp), "%Y-%m-%dT%H:%M:%S", &tm) == 0)
+			stamp[0] = '\0';
+		stamp_sec = ts.tv_sec;
+	}
+	n = strlen(stamp);
+	if (len < n + 6) {
+		if (len)
+			buf[0] = '\0';
+		return;
+	}
+	ms = ts.tv_nsec / 1000000;
+	memcpy(buf, stamp, n);
+	buf[n] = '.';
+	buf[n + 1] = (char)('0' + ms / 100);
+	buf[n + 2] = (char)('0' + ms / 10 % 10);
+	buf[n + 3] = (char)('0' + ms % 10);
+	buf[n + 4] = 'Z';
+	buf[n + 5] = '\0';
+}
+
+void log_flush(void)
+{
+	if (batch.len) {
+		ssize_t n = write(STDERR_FILENO, batch.buf, batch.len);
+		(void)n;
+		batch.len = 0;
+	}
+}
+
+void log_batch(int on)
+{
+	if (!on)
+		log_flush();
+	batch.on = on;
 }
 
 static void write_line(const char *s, size_t len)
 {
 	struct iovec iov[2] = {{(void *)s, len}, {"\n", 1}};
-	ssize_t n = writev(STDERR_FILENO, iov, 2);
+	ssize_t n;
+
+	if (batch.on && len < sizeof(batch.buf)) {
+		if (len + 1 > sizeof(batch.buf) - batch.len)
+			log_flush();
+		memcpy(batch.buf + batch.len, s, len);
+		batch.buf[batch.len + len] = '\n';
+		batch.len += len + 1;
+		return;
+	}
+	log_flush(); /* keeps the thread's lines in order */
+	n = writev(STDERR_FILENO, iov, 2);
 	(void)n;
 }
 

@@ -19,6 +19,13 @@ void log_timestamp(char *buf, size_t len);
 /* A system line: {"time":..., "level":..., "msg":...}. */
 void log_msg(const char *level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+/* From now on (on) the calling thread's lines wait in its buffer until
+ * log_flush (or until the buffer is full); off flushes and ends that. */
+void log_batch(int on);
+
+/* Writes the calling thread's waiting lines, if any. */
+void log_flush(void);
+
 /* Encodes the table at idx on L and writes it as one line. */
 void log_table(struct lua_State *L, int idx);
 
