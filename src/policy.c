@@ -10,12 +10,13 @@
  * never applies the envelope (the caller does), and never calls the HTTP
  * front or Courier.
  *
- * How a decision runs: the chunk is compiled once; for every decision its
- * _ENV upvalue is pointed at the tenant's environment (an empty table that
- * can never be written, reading through to the read-only base with the
- * tenant's broker and require), the chunk is run to get a fresh decide (so
- * no upvalue survives a decision), and decide is called with req (a view
- * whose client and headers are built when first read). Library functions
+ * How a decision runs: the chunk is compiled once, its _ENV upvalue the
+ * tenant's environment (an empty table that can never be written, reading
+ * through to the read-only base with the tenant's broker and require); for
+ * every decision the chunk is run to get a fresh decide (so no upvalue
+ * survives a decision), and decide is called with req: a view, made once,
+ * of a table the engine rewrites whole before every decision (fill_req),
+ * whose body, client and headers are built when first read. Library functions
  * that loop in C charge their work to the same budget (pmatch.c for
  * patterns). Both run on one coroutine of the engine, so the count
  * hook can end a runaway policy by yielding: an error raised from a hook
@@ -57,8 +58,49 @@
 #define FORMAT_MAX    (1024 * 1024) /* largest string.format result (estimated before the call) */
 #define BIG_ALLOC     (64 * 1024)   /* allocations this large check the wall clock */
 #define CHECK_EVERY   4096          /* charged units between two looks at the wall clock */
+#define REQ_FIELDS    9             /* fields of req (see fill_req) */
+#define SMALL_MAX     512           /* largest block the engine keeps free lists for */
+#define SMALL_STEP    16            /* the size classes' granularity */
+#define SMALL_CLASSES (SMALL_MAX / SMALL_STEP)
+#define FREE_MAX      (512 * 1024) /* most bytes of freed small blocks kept */
 
 enum stop_reason { STOP_NONE, STOP_INSTRUCTIONS, STOP_TIME, STOP_MEMORY };
+
+/*
+ * Keys written or read on every decision, made once (setup_protected) so
+ * that a decision hashes none of them again: registry[ref_keys][K_...]
+ * (the request's fields, and the decision's: see decision_field).
+ */
+enum req_key {
+	K_TENANT = 1,
+	K_USER_ID,
+	K_SCOPES,
+	K_EXPIRES_IN,
+	K_BODY, /* K_BODY .. K_HEADERS: the fields req_fill builds */
+	K_CLIENT,
+	K_HEADERS,
+	K_NOW,
+	K_AUTHENTICATED,
+	K_METHOD,
+	K_SUBJECT,
+	K_CLAIMS,
+	K_ALLOW,
+	K_TIER,
+	K_REASON,
+	K_END
+};
+
+static const char *const key_names[K_END] = {
+    [K_TENANT] = "tenant",         [K_USER_ID] = "user_id", [K_SCOPES] = "scopes",
+    [K_EXPIRES_IN] = "expires_in", [K_BODY] = "body",       [K_CLIENT] = "client",
+    [K_HEADERS] = "headers",       [K_NOW] = "now",         [K_AUTHENTICATED] = "authenticated",
+    [K_METHOD] = "method",         [K_SUBJECT] = "subject", [K_CLAIMS] = "claims",
+    [K_ALLOW] = "allow",           [K_TIER] = "tier",       [K_REASON] = "reason"};
+
+/* A decision's fields, in the order of its slots (check_decision). */
+static const char *const decision_fields[] = {"allow", "scopes", "tier", "expires_in", "reason", NULL};
+static const enum req_key decision_keys[] = {K_ALLOW, K_SCOPES, K_TIER, K_EXPIRES_IN, K_REASON};
+#define DECISION_FIELDS 5
 
 struct policy_engine {
 	lua_State *L;
@@ -68,9 +110,21 @@ struct policy_engine {
 	size_t n_chunks;
 
 	/* Registry refs of the sandbox's shared pieces. */
-	int ref_co, ref_rmt, ref_envmt, ref_base, ref_broker, ref_loaded, ref_modcache, ref_reqmt;
-	int ref_idmt, ref_lazymt;            /* identity's views' metatable, real req's */
+	int ref_co, ref_rmt, ref_envmt, ref_base, ref_broker, ref_loaded, ref_modcache;
+	int ref_reqview, ref_idview;              /* the views of req and req.identity */
+	int ref_reqreal, ref_idreal;              /* the real tables behind them (see fill_req) */
+	int ref_keys;                             /* the keys of every decision (enum req_key) */
+	const char *field_names[DECISION_FIELDS]; /* the decision's, as strings of ref_keys */
+	/* req.identity.claims: a view kept from one decision to the next
+	 * (registry[ref_claims], at claims_view) while it holds no child
+	 * views (claims_cached 0); the real table behind it when there are no
+	 * claims. */
+	int ref_claims, ref_noclaims;
+	const void *claims_view;
+	int claims_cached;
+	unsigned held; /* the optional fields of req and identity that may hold a value (hold) */
 	const struct policy_request *rq_now; /* while a decision runs: for req's lazy fields */
+	int ref_body;                        /* the body req.body shows (false: none), see fill_req */
 
 	/* Per tenant (index of cfg->tenants): the environments' metatable
 	 * (reading through to the base, plus the tenant's broker and require)
@@ -81,11 +135,17 @@ struct policy_engine {
 	int loaded_valid; /* ref_loaded holds this decision's modules */
 	int log_lines;
 
-	/* Memory: bytes in use, and the cap armed only while a decision runs. */
+	/* Memory: bytes in use (as Lua counts them: the sizes it asked for),
+	 * and the cap armed only while a decision runs. */
 	size_t mem_used;
 	size_t mem_cap;
 	int cap_armed;
 	int mem_hit;
+
+	/* Freed small blocks by size class, kept for the next decision's
+	 * allocations (see engine_alloc), and the bytes they hold. */
+	struct free_block *free_small[SMALL_CLASSES];
+	size_t free_bytes;
 
 	/* Budget of the running decision. */
 	long long steps;
@@ -116,6 +176,144 @@ struct policy_engine {
 
 static int deadline_passed(const struct policy_engine *e);
 
+/*
+ * Small blocks. A decision allocates and frees the same few dozen small
+ * objects every time (the request's tables, the policy's closures and
+ * upvalues, its result): freed small blocks wait on a free list of their
+ * size class (SMALL_STEP bytes apart) for the next allocation of that
+ * class, which then costs no malloc. Invariant: a live block whose size
+ * Lua gives as at most SMALL_MAX holds at least the whole of that size's
+ * class, so any block may go to the list of the class of the size Lua
+ * frees it with. At most FREE_MAX bytes wait; more go back to malloc. The
+ * lists only recycle memory: mem_used counts the sizes Lua asked for, so
+ * the cap means what it meant. Blocks on a list are poisoned under ASan:
+ * a use after free in the engine is still caught.
+ */
+#if defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define ENGINE_ASAN 1
+#endif
+#endif
+#if defined(__SANITIZE_ADDRESS__)
+#define ENGINE_ASAN 1
+#endif
+#ifdef ENGINE_ASAN
+#include <sanitizer/asan_interface.h>
+#define block_poison(p, n)   ASAN_POISON_MEMORY_REGION((p), (n))
+#define block_unpoison(p, n) ASAN_UNPOISON_MEMORY_REGION((p), (n))
+#else
+#define block_poison(p, n)   ((void)(p), (void)(n))
+#define block_unpoison(p, n) ((void)(p), (void)(n))
+#endif
+
+struct free_block {
+	struct free_block *next;
+};
+
+/* The size class of a block of 1..SMALL_MAX bytes, and the bytes of a class. */
+static size_t small_class(size_t n)
+{
+	return (n - 1) / SMALL_STEP;
+}
+
+static size_t class_bytes(size_t c)
+{
+	return (c + 1) * SMALL_STEP;
+}
+
+/* A block of n (1..SMALL_MAX) bytes holding its whole class; NULL if none. */
+static void *small_get(struct policy_engine *e, size_t n)
+{
+	size_t c = small_class(n);
+	struct free_block *b = e->free_small[c];
+
+	if (!b)
+		return malloc(class_bytes(c));
+	block_unpoison(b, class_bytes(c));
+	e->free_small[c] = b->next;
+	e->free_bytes -= class_bytes(c);
+	return b;
+}
+
+/* Takes back a block Lua frees with size n (1..SMALL_MAX). */
+static void small_put(struct policy_engine *e, void *p, size_t n)
+{
+	size_t c = small_class(n);
+	struct free_block *b = p;
+
+	if (e->free_bytes + class_bytes(c) > FREE_MAX) {
+		free(p);
+		return;
+	}
+	b->next = e->free_small[c];
+	e->free_small[c] = b;
+	e->free_bytes += class_bytes(c);
+	block_poison(b, class_bytes(c));
+}
+
+/* Gives every waiting block back to malloc. */
+static void small_release(struct policy_engine *e)
+{
+	for (size_t c = 0; c < SMALL_CLASSES; c++) {
+		while (e->free_small[c]) {
+			struct free_block *b = e->free_small[c];
+			block_unpoison(b, class_bytes(c));
+			e->free_small[c] = b->next;
+			free(b);
+		}
+	}
+	e->free_bytes = 0;
+}
+
+/* Moves the block p of old bytes to a new size: the block itself when it
+ * already holds nsize's class, else a new one with the old contents. */
+static void *block_resize(struct policy_engine *e, void *p, size_t old, size_t nsize)
+{
+	void *np;
+
+	if (nsize <= SMALL_MAX) {
+		if (old > SMALL_MAX) {
+			/* Shrinking a large block: it must still hold its new
+			 * class; if realloc fails, the larger block does. */
+			np = realloc(p, class_bytes(small_class(nsize)));
+			if (!np)
+				np = p;
+			return np;
+		}
+		if (small_class(nsize) <= small_class(old))
+			return p;
+		np = small_get(e, nsize);
+	} else {
+		if (old > SMALL_MAX)
+			return realloc(p, nsize);
+		np = malloc(nsize);
+	}
+	if (!np)
+		return NULL;
+	memcpy(np, p, old < nsize ? old : nsize);
+	small_put(e, p, old);
+	return np;
+}
+
+/* Whether growing a block from old to nsize bytes is refused while a
+ * decision runs: past the memory cap, or (for a large block) past the time
+ * budget. Sets the host flag of what ran out. */
+static int alloc_refused(struct policy_engine *e, size_t old, size_t nsize)
+{
+	if (e->mem_used + (nsize - old) > e->mem_cap) {
+		e->mem_hit = 1;
+		return 1;
+	}
+	/* Large blocks are where one VM instruction or C call does O(n) work
+	 * (concatenation, string results): look at the clock there too. */
+	if (nsize >= BIG_ALLOC && deadline_passed(e)) {
+		if (e->stop == STOP_NONE)
+			e->stop = STOP_TIME;
+		return 1;
+	}
+	return 0;
+}
+
 /* Lua's allocator with a byte count. When ptr is NULL, osize is a type tag,
  * not a size: only a live block has a size to give back. */
 static void *engine_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
@@ -125,22 +323,21 @@ static void *engine_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
 	void *p;
 
 	if (nsize == 0) {
-		free(ptr);
+		if (!ptr) /* Lua frees empty parts too */
+			return NULL;
+		if (old <= SMALL_MAX)
+			small_put(e, ptr, old);
+		else
+			free(ptr);
 		e->mem_used -= old;
 		return NULL;
 	}
-	if (e->cap_armed && nsize > old && e->mem_used + (nsize - old) > e->mem_cap) {
-		e->mem_hit = 1;
+	if (e->cap_armed && nsize > old && alloc_refused(e, old, nsize))
 		return NULL;
-	}
-	/* Large blocks are where one VM instruction or C call does O(n) work
-	 * (concatenation, string results): look at the clock there too. */
-	if (e->cap_armed && nsize >= BIG_ALLOC && nsize > old && deadline_passed(e)) {
-		if (e->stop == STOP_NONE)
-			e->stop = STOP_TIME;
-		return NULL;
-	}
-	p = realloc(ptr, nsize);
+	if (!ptr)
+		p = nsize <= SMALL_MAX ? small_get(e, nsize) : malloc(nsize);
+	else
+		p = block_resize(e, ptr, old, nsize);
 	if (!p)
 		return NULL;
 	e->mem_used = e->mem_used - old + nsize;
@@ -310,12 +507,14 @@ static void budget_arm(struct policy_engine *e)
 	e->cap_armed = 1;
 }
 
-/* Writes the budget error, if any budget was spent; returns 1 then. */
-static int budget_spent(struct policy_engine *e, char *err, size_t errlen)
+/* Writes the budget error, if any budget was spent; returns 1 then. clock:
+ * whether to look at the clock too (else only at what the hook and the
+ * guards noticed). */
+static int budget_spent(struct policy_engine *e, int clock, char *err, size_t errlen)
 {
 	if (e->stop == STOP_NONE && e->mem_hit)
 		e->stop = STOP_MEMORY;
-	if (e->stop == STOP_NONE && deadline_passed(e))
+	if (e->stop == STOP_NONE && clock && deadline_passed(e))
 		e->stop = STOP_TIME;
 	switch (e->stop) {
 	case STOP_INSTRUCTIONS:
@@ -389,6 +588,18 @@ static void proxy_child(lua_State *L, int view)
 	lua_pushvalue(L, -2);
 	lua_rawset(L, view);
 	lua_replace(L, -2);
+	if (lua_topointer(L, view) == engine_of(L)->claims_view)
+		engine_of(L)->claims_cached = 1; /* see fill_req */
+}
+
+/* Makes registry[ref_claims] a new, empty view of claims; rmt: RMT's index. */
+static void claims_view_new(lua_State *L, struct policy_engine *e, int rmt)
+{
+	lua_createtable(L, 0, 1);
+	lua_pushvalue(L, rmt);
+	lua_setmetatable(L, -2);
+	e->claims_view = lua_topointer(L, -1);
+	lua_rawseti(L, LUA_REGISTRYINDEX, e->ref_claims);
 }
 
 static int proxy_index(lua_State *L)
@@ -1169,15 +1380,31 @@ static void push_tier(lua_State *L, const char *name)
 }
 
 static int swap_pairs(lua_State *L);
+static int swap_len(lua_State *L);
 
-/* Pushes a metatable for views whose __index is set per decision; rmt:
- * RMT's absolute index. */
-static void push_swap_mt(lua_State *L, int rmt)
+/*
+ * Replaces the table at the top, the real req or req.identity, with its
+ * view: an empty table whose metatable has the real table as __index, so
+ * the VM reads its fields without a C call (the tables it holds are views
+ * already). A policy cannot write, rawset, rawget, next or getmetatable
+ * the view; only swap_next lists it, and only these views. Both views and
+ * their real tables are made once per engine: the views have no entries
+ * and no policy can give them any, their metatables are out of reach, and
+ * fill_req writes every field of the real tables before each decision, so
+ * nothing passes from one decision to the next through them. rmt: RMT's
+ * absolute index.
+ */
+static void swap_view_new(lua_State *L, int rmt)
 {
+	int real = lua_gettop(L);
+
+	lua_createtable(L, 0, 0);
 	lua_createtable(L, 0, 8);
+	lua_pushvalue(L, real);
+	lua_setfield(L, -2, "__index");
 	lua_pushcfunction(L, proxy_newindex);
 	lua_setfield(L, -2, "__newindex");
-	lua_pushcfunction(L, proxy_len);
+	lua_pushcfunction(L, swap_len);
 	lua_setfield(L, -2, "__len");
 	lua_pushvalue(L, rmt);
 	lua_pushcclosure(L, swap_pairs, 1);
@@ -1190,6 +1417,8 @@ static void push_swap_mt(lua_State *L, int rmt)
 	lua_rawsetp(L, -2, &VIEW_KEY);
 	lua_pushboolean(L, 1);
 	lua_rawsetp(L, -2, &SWAP_KEY);
+	lua_setmetatable(L, -2);
+	lua_replace(L, real);
 }
 
 /*
@@ -1253,19 +1482,26 @@ static int setup_protected(lua_State *L)
 	lua_pushvalue(L, rmt);
 	e->ref_rmt = luaL_ref(L, LUA_REGISTRYINDEX);
 
-	/* The metatables of req's and req.identity's views: __index is the
-	 * running decision's real table (see swap_view), so the VM reads their
-	 * fields without a C call; the tables they hold are views already.
-	 * The real req's own metatable builds client and headers on demand. */
-	push_swap_mt(L, rmt);
-	e->ref_reqmt = luaL_ref(L, LUA_REGISTRYINDEX);
-	push_swap_mt(L, rmt);
-	e->ref_idmt = luaL_ref(L, LUA_REGISTRYINDEX);
+	/* The real tables of req and req.identity (see fill_req) and their
+	 * views (see swap_view_new). The real req's own metatable builds
+	 * body, client and headers on demand. */
+	lua_createtable(L, 0, 4);
+	lua_pushvalue(L, -1);
+	e->ref_idreal = luaL_ref(L, LUA_REGISTRYINDEX);
+	swap_view_new(L, rmt);
+	e->ref_idview = luaL_ref(L, LUA_REGISTRYINDEX);
+	lua_createtable(L, 0, REQ_FIELDS);
+	lua_rawgeti(L, LUA_REGISTRYINDEX, e->ref_idview);
+	lua_setfield(L, -2, "identity");
 	lua_createtable(L, 0, 1);
 	lua_pushvalue(L, rmt);
 	lua_pushcclosure(L, req_lazy, 1);
 	lua_setfield(L, -2, "__index");
-	e->ref_lazymt = luaL_ref(L, LUA_REGISTRYINDEX);
+	lua_setmetatable(L, -2);
+	lua_pushvalue(L, -1);
+	e->ref_reqreal = luaL_ref(L, LUA_REGISTRYINDEX);
+	swap_view_new(L, rmt);
+	e->ref_reqview = luaL_ref(L, LUA_REGISTRYINDEX);
 
 	/* The environments' metatable and the base it reads through to. */
 	lua_createtable(L, 0, 3);
@@ -1286,6 +1522,24 @@ static int setup_protected(lua_State *L)
 	e->ref_loaded = luaL_ref(L, LUA_REGISTRYINDEX);
 	lua_newtable(L);
 	e->ref_modcache = luaL_ref(L, LUA_REGISTRYINDEX);
+	lua_pushboolean(L, 0);
+	e->ref_body = luaL_ref(L, LUA_REGISTRYINDEX);
+	lua_createtable(L, K_END - 1, 0);
+	for (int k = 1; k < K_END; k++) {
+		lua_pushstring(L, key_names[k]);
+		lua_rawseti(L, -2, k);
+	}
+	for (int i = 0; i < DECISION_FIELDS; i++) {
+		lua_rawgeti(L, -1, decision_keys[i]);
+		e->field_names[i] = lua_tostring(L, -1); /* kept alive by ref_keys */
+		lua_pop(L, 1);
+	}
+	e->ref_keys = luaL_ref(L, LUA_REGISTRYINDEX);
+	lua_createtable(L, 0, 0);
+	e->ref_noclaims = luaL_ref(L, LUA_REGISTRYINDEX);
+	lua_pushboolean(L, 0);
+	e->ref_claims = luaL_ref(L, LUA_REGISTRYINDEX);
+	claims_view_new(L, e, rmt);
 
 	lua_pushvalue(L, base);
 	copy_fields(L, g, base_names);
@@ -1456,9 +1710,13 @@ static void append_traceback(struct policy_engine *e, char *err, size_t errlen)
 /*
  * Resumes co with the function and nargs arguments already on it. Returns 0
  * with exactly one result left on co, or -1 with err set. *dirty tells the
- * caller co must be reset before its next use.
+ * caller co must be reset before its next use. last: whether this is the
+ * decision's last run; a run that succeeds and is not the last leaves the
+ * clock to the last one (a clock reading is a good part of a small
+ * decision), which fails the decision all the same.
  */
-static int run(struct policy_engine *e, int nargs, const char *what, char *err, size_t errlen, int *dirty)
+static int run(struct policy_engine *e, int nargs, int last, const char *what, char *err, size_t errlen,
+               int *dirty)
 {
 	lua_State *co = e->co;
 	int nres = 0;
@@ -1466,7 +1724,7 @@ static int run(struct policy_engine *e, int nargs, const char *what, char *err, 
 
 	if (status != LUA_OK)
 		*dirty = 1;
-	if (budget_spent(e, err, errlen)) {
+	if (budget_spent(e, last || status != LUA_OK, err, errlen)) {
 		append_traceback(e, err, errlen);
 		return -1;
 	}
@@ -1487,23 +1745,15 @@ static int run(struct policy_engine *e, int nargs, const char *what, char *err, 
 	return 0;
 }
 
-/* Puts the compiled chunk of tenant i, with the tenant's _ENV, on co. */
+/* Puts the compiled chunk of tenant i on co (its _ENV is the tenant's
+ * environment since compile_protected: nothing else ever holds the chunk). */
 static void push_chunk(struct policy_engine *e, size_t i)
 {
-	lua_State *L = e->L;
-
 	e->cur = i;
-	lua_rawgeti(L, LUA_REGISTRYINDEX, e->chunks[i]);
-	lua_rawgeti(L, LUA_REGISTRYINDEX, e->envmts[i]);
-	lua_rawgetp(L, -1, &ENV_KEY);
-	lua_remove(L, -2);
-	lua_setupvalue(L, -2, 1);
-	lua_xmove(L, e->co, 1);
+	lua_rawgeti(e->co, LUA_REGISTRYINDEX, e->chunks[i]);
 }
 
 /* ------------------------------------------------------------- decisions */
-
-static const char *const decision_fields[] = {"allow", "scopes", "tier", "expires_in", "reason", NULL};
 
 static int bad(char *err, size_t errlen, const char *path, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
@@ -1606,12 +1856,18 @@ static int check_expires(lua_State *L, int v, struct decision *out, const char *
 	           luaL_typename(L, v));
 }
 
-/* The index in decision_fields of the string key at idx, or -1. */
-static int decision_field(lua_State *L, int idx)
+/* The index in decision_fields of the string key at idx, or -1. A policy's
+ * "allow" is, in Lua 5.4, the very string the engine keeps (short strings
+ * are interned): comparing the pointers answers at once. Any other string
+ * gets the bytes compared, so the answer never rests on interning. */
+static int decision_field(lua_State *L, const struct policy_engine *e, int idx)
 {
 	size_t len;
 	const char *k = lua_tolstring(L, idx, &len);
 
+	for (int i = 0; i < DECISION_FIELDS; i++)
+		if (k == e->field_names[i])
+			return i;
 	for (int i = 0; decision_fields[i]; i++)
 		if (strlen(decision_fields[i]) == len && memcmp(decision_fields[i], k, len) == 0)
 			return i;
@@ -1637,7 +1893,7 @@ static int check_decision(lua_State *L, struct policy_engine *e, int idx, const 
 		int f;
 		if (lua_type(L, -2) != LUA_TSTRING)
 			return bad(err, errlen, path, "unknown field of type %s", luaL_typename(L, -2));
-		f = decision_field(L, -2);
+		f = decision_field(L, e, -2);
 		if (f < 0)
 			return bad(err, errlen, path,
 			           "unknown field '%s' (allow, scopes, tier, expires_in, reason)",
@@ -1715,114 +1971,174 @@ static int is_string_list(lua_State *L, int idx)
 	return count == n;
 }
 
-/*
- * Replaces the table at the top, a real table of req built for this
- * decision whose tables are all views, with its view: a table holding it
- * under REAL_KEY, whose metatable (registry[ref_mt], one per engine) gets
- * it as __index until the decision ends (swap_clear). A policy reads its
- * fields without a C call, and cannot write, rawset, rawget, next or
- * getmetatable it; only swap_next lists it, and only for these views.
- */
-static void swap_view(lua_State *L, int ref_mt)
+/* Pushes the real table behind the req or identity view at idx: its
+ * metatable's __index. */
+static void swap_real(lua_State *L, int idx)
 {
-	lua_createtable(L, 0, 1); /* real view */
-	lua_insert(L, -2);        /* view real */
-	lua_rawgeti(L, LUA_REGISTRYINDEX, ref_mt);
-	lua_pushliteral(L, "__index");
-	lua_pushvalue(L, -3);
-	lua_rawset(L, -3);             /* view real mt */
-	lua_insert(L, -2);             /* view mt real */
-	lua_rawsetp(L, -3, &REAL_KEY); /* view mt */
-	lua_setmetatable(L, -2);
-}
-
-/* Ends the decision's hold on the metatable at registry[ref_mt]: a view
- * kept past its decision reads nothing. */
-static void swap_clear(lua_State *L, int ref_mt)
-{
-	lua_rawgeti(L, LUA_REGISTRYINDEX, ref_mt);
-	lua_pushliteral(L, "__index");
-	lua_pushnil(L);
-	lua_rawset(L, -3);
+	if (!lua_getmetatable(L, idx) || lua_rawgetp(L, -1, &SWAP_KEY) == LUA_TNIL)
+		luaL_error(L, "not a read-only view");
 	lua_pop(L, 1);
+	lua_pushliteral(L, "__index");
+	if (lua_rawget(L, -2) != LUA_TTABLE)
+		luaL_error(L, "not a read-only view");
+	lua_remove(L, -2);
 }
 
-/* Pushes the real req table, behind views where it holds tables; body and
- * claims at the given indexes (0: none). */
-static void push_req(lua_State *L, struct policy_engine *e, const struct policy_request *rq, int body,
-                     int claims)
+static int swap_len(lua_State *L)
 {
-	int rmt, real;
+	swap_real(L, 1);
+	lua_pushinteger(L, (lua_Integer)lua_rawlen(L, -1));
+	return 1;
+}
+
+/* t[key k] = v, or nil when v is NULL; keys: the keys' table. */
+static void put_str(lua_State *L, int t, int keys, enum req_key k, const char *v)
+{
+	lua_rawgeti(L, keys, k);
+	if (v)
+		lua_pushstring(L, v);
+	else
+		lua_pushnil(L);
+	lua_rawset(L, t);
+}
+
+/*
+ * The fields of req and req.identity that are often nil: e->held has bit k
+ * set whenever field k may hold a value (set before any write of one: in
+ * fill_req with hold, in req_fill), so clearing a field known to be nil is
+ * no write at all.
+ */
+static void hold(struct policy_engine *e, enum req_key k)
+{
+	e->held |= 1u << k;
+}
+
+/* t[key k] = nil. */
+static void clear_opt(lua_State *L, struct policy_engine *e, int t, int keys, enum req_key k)
+{
+	if (!(e->held & (1u << k)))
+		return;
+	lua_rawgeti(L, keys, k);
+	lua_pushnil(L);
+	lua_rawset(L, t);
+	e->held &= ~(1u << k);
+}
+
+/*
+ * Writes rq into the engine's real req and identity tables (made once, in
+ * setup_protected), behind views where they hold tables; body and claims
+ * at the given indexes (0: none); keys: the keys' table. The two tables
+ * are never handed to a policy (only their views, which read through
+ * them), so only the engine writes them, and it writes every field of both
+ * here, before the policy runs, nil where rq has nothing: no decision sees
+ * anything of an earlier one's request, even of one that failed half way.
+ * req.identity is the identity view, set once. A field added to req must
+ * be added here. Between decisions the tables (and ref_body) still hold
+ * the last request, which nothing reads: no policy code runs then, and
+ * req_fill builds nothing without rq_now.
+ */
+static void fill_req(lua_State *L, struct policy_engine *e, int keys, const struct policy_request *rq,
+                     int body, int claims)
+{
+	int rmt, real, id;
 
 	lua_rawgeti(L, LUA_REGISTRYINDEX, e->ref_rmt);
 	rmt = lua_gettop(L);
-	lua_createtable(L, 0, 10);
+	lua_rawgeti(L, LUA_REGISTRYINDEX, e->ref_reqreal);
 	real = rmt + 1;
-	set_str(L, "tenant", rq->tenant->name);
-	set_str(L, "user_id", rq->user_id);
+	lua_rawgeti(L, LUA_REGISTRYINDEX, e->ref_idreal);
+	id = rmt + 2;
+
+	put_str(L, real, keys, K_TENANT, rq->tenant->name);
+	put_str(L, real, keys, K_USER_ID, rq->user_id);
 	if (body && lua_type(L, body) == LUA_TTABLE) {
 		int t;
-		lua_pushliteral(L, "scopes");
-		t = lua_rawget(L, body);
-		if (t == LUA_TTABLE && is_string_list(L, lua_gettop(L))) {
+		lua_rawgeti(L, keys, K_SCOPES);
+		lua_pushvalue(L, -1);
+		if (lua_rawget(L, body) == LUA_TTABLE && is_string_list(L, lua_gettop(L))) {
 			proxy_new(L, rmt);
-			lua_setfield(L, real, "scopes");
+			hold(e, K_SCOPES);
+			lua_rawset(L, real);
 		} else {
-			lua_pop(L, 1);
+			lua_pop(L, 2);
+			clear_opt(L, e, real, keys, K_SCOPES);
 		}
-		lua_pushliteral(L, "expires_in");
+		lua_rawgeti(L, keys, K_EXPIRES_IN);
+		lua_pushvalue(L, -1);
 		t = lua_rawget(L, body);
-		if (t == LUA_TSTRING || t == LUA_TNUMBER)
-			lua_setfield(L, real, "expires_in");
-		else
-			lua_pop(L, 1);
+		if (t == LUA_TSTRING || t == LUA_TNUMBER) {
+			hold(e, K_EXPIRES_IN);
+			lua_rawset(L, real);
+		} else {
+			lua_pop(L, 2);
+			clear_opt(L, e, real, keys, K_EXPIRES_IN);
+		}
 		lua_pushvalue(L, body);
 	} else {
-		lua_createtable(L, 0, 0);
+		clear_opt(L, e, real, keys, K_SCOPES);
+		clear_opt(L, e, real, keys, K_EXPIRES_IN);
+		lua_pushboolean(L, 0);
 	}
-	proxy_new(L, rmt);
-	lua_setfield(L, real, "body");
+	lua_rawseti(L, LUA_REGISTRYINDEX, e->ref_body);
+	/* body, client and headers are built when first read (req_fill). */
+	clear_opt(L, e, real, keys, K_BODY);
+	clear_opt(L, e, real, keys, K_CLIENT);
+	clear_opt(L, e, real, keys, K_HEADERS);
+	lua_rawgeti(L, keys, K_NOW);
+	lua_pushinteger(L, (lua_Integer)rq->now);
+	lua_rawset(L, real);
 
-	lua_createtable(L, 0, 4);
+	lua_rawgeti(L, keys, K_AUTHENTICATED);
 	lua_pushboolean(L, rq->authenticated);
-	lua_setfield(L, -2, "authenticated");
-	set_str(L, "method", rq->method);
-	if (rq->subject && rq->subject[0])
-		set_str(L, "subject", rq->subject);
+	lua_rawset(L, id);
+	put_str(L, id, keys, K_METHOD, rq->method);
+	if (rq->subject && rq->subject[0]) {
+		hold(e, K_SUBJECT);
+		put_str(L, id, keys, K_SUBJECT, rq->subject);
+	} else {
+		clear_opt(L, e, id, keys, K_SUBJECT);
+	}
+	/* The claims' view holds nothing but its real table until a policy
+	 * reads a table inside: then the views of those tables are kept in it
+	 * (proxy_child), and the next decision gets a new view. */
+	if (e->claims_cached) {
+		claims_view_new(L, e, rmt);
+		e->claims_cached = 0;
+	}
+	lua_rawgeti(L, keys, K_CLAIMS);
+	lua_rawgeti(L, LUA_REGISTRYINDEX, e->ref_claims);
 	if (claims && lua_type(L, claims) == LUA_TTABLE)
 		lua_pushvalue(L, claims);
 	else
-		lua_createtable(L, 0, 0);
-	proxy_new(L, rmt);
-	lua_setfield(L, -2, "claims");
-	swap_view(L, e->ref_idmt);
-	lua_setfield(L, real, "identity");
-
-	/* client and headers are built when first read (req_lazy). */
-	lua_pushinteger(L, (lua_Integer)rq->now);
-	lua_setfield(L, real, "now");
-	lua_rawgeti(L, LUA_REGISTRYINDEX, e->ref_lazymt);
-	lua_setmetatable(L, real);
-	lua_remove(L, rmt);
+		lua_rawgeti(L, LUA_REGISTRYINDEX, e->ref_noclaims);
+	lua_rawsetp(L, -2, &REAL_KEY);
+	lua_rawset(L, id);
+	lua_settop(L, rmt - 1);
 }
 
-/* Pushes the view of req.client or req.headers of the running decision,
- * storing it in the real req at index real; pushes nil for any other name.
- * Upvalue 1: RMT. */
-static void req_fill(lua_State *L, int real, const char *name)
+/* Pushes the view of req.body, req.client or req.headers (k) of the running
+ * decision, storing it in the real req at index real; pushes nil when no
+ * decision runs. Upvalue 1: RMT. */
+static void req_fill(lua_State *L, int real, enum req_key k)
 {
-	const struct policy_request *rq = engine_of(L)->rq_now;
+	struct policy_engine *e = engine_of(L);
+	const struct policy_request *rq = e->rq_now;
 
 	if (!rq) {
 		lua_pushnil(L);
 		return;
 	}
-	if (strcmp(name, "client") == 0) {
+	if (k == K_BODY) {
+		if (lua_rawgeti(L, LUA_REGISTRYINDEX, e->ref_body) != LUA_TTABLE) {
+			lua_pop(L, 1);
+			lua_createtable(L, 0, 0);
+		}
+	} else if (k == K_CLIENT) {
 		lua_createtable(L, 0, 3);
 		set_str(L, "ip", rq->client_ip);
 		set_str(L, "origin", rq->origin);
 		set_str(L, "user_agent", rq->user_agent);
-	} else if (strcmp(name, "headers") == 0) {
+	} else if (k == K_HEADERS) {
 		lua_createtable(L, 0, (int)(rq->n_headers < 64 ? rq->n_headers : 64));
 		for (size_t i = 0; i < rq->n_headers; i++)
 			if (rq->headers[i].name && rq->headers[i].value)
@@ -1832,12 +2148,13 @@ static void req_fill(lua_State *L, int real, const char *name)
 		return;
 	}
 	proxy_new(L, UV_RMT);
+	hold(e, k);
 	lua_pushvalue(L, -1);
-	lua_setfield(L, real, name);
+	lua_setfield(L, real, key_names[k]);
 }
 
 /* __index of the real req (reached through its view when a field is not
- * there yet): builds the lazy fields. Upvalue 1: RMT. */
+ * there yet): builds the lazy fields K_BODY .. K_HEADERS. Upvalue 1: RMT. */
 static int req_lazy(lua_State *L)
 {
 	luaL_checktype(L, 1, LUA_TTABLE);
@@ -1845,7 +2162,13 @@ static int req_lazy(lua_State *L)
 		lua_pushnil(L);
 		return 1;
 	}
-	req_fill(L, 1, lua_tostring(L, 2));
+	for (enum req_key k = K_BODY; k <= K_HEADERS; k++) {
+		if (strcmp(lua_tostring(L, 2), key_names[k]) == 0) {
+			req_fill(L, 1, k);
+			return 1;
+		}
+	}
+	lua_pushnil(L);
 	return 1;
 }
 
@@ -1855,10 +2178,7 @@ static int swap_next(lua_State *L)
 {
 	luaL_checktype(L, 1, LUA_TTABLE);
 	lua_settop(L, 2);
-	if (!lua_getmetatable(L, 1) || lua_rawgetp(L, -1, &SWAP_KEY) == LUA_TNIL)
-		return luaL_error(L, "not a read-only view");
-	lua_settop(L, 2);
-	proxy_real(L, 1);
+	swap_real(L, 1);
 	lua_pushvalue(L, 2);
 	if (!lua_next(L, 3))
 		return 0;
@@ -1869,18 +2189,17 @@ static int swap_next(lua_State *L)
  * field: the lazy ones are built first. */
 static int swap_pairs(lua_State *L)
 {
-	static const char *const lazy[] = {"client", "headers", NULL};
 	int real;
 
-	proxy_real(L, 1);
+	swap_real(L, 1);
 	real = lua_gettop(L);
 	if (lua_getmetatable(L, real)) { /* the real req: lazymt */
 		lua_pop(L, 1);
-		for (const char *const *f = lazy; *f; f++) {
-			lua_pushstring(L, *f);
+		for (enum req_key k = K_BODY; k <= K_HEADERS; k++) {
+			lua_pushstring(L, key_names[k]);
 			if (lua_rawget(L, real) == LUA_TNIL) {
 				lua_pop(L, 1);
-				req_fill(L, real, *f);
+				req_fill(L, real, k);
 			}
 			lua_pop(L, 1);
 		}
@@ -1908,35 +2227,32 @@ static int decide_protected(lua_State *L)
 	struct decide_ctx *c = lua_touserdata(L, 1);
 	struct policy_engine *e = c->e;
 	const char *path = c->rq->tenant->policy_path ? c->rq->tenant->policy_path : c->rq->tenant->name;
-	int req;
+	int keys;
 
-	push_req(L, e, c->rq, lua_type(L, 2) == LUA_TNIL ? 0 : 2, lua_type(L, 3) == LUA_TNIL ? 0 : 3);
-	swap_view(L, e->ref_reqmt);
-	req = lua_gettop(L);
+	lua_rawgeti(L, LUA_REGISTRYINDEX, e->ref_keys);
+	keys = lua_gettop(L);
+	fill_req(L, e, keys, c->rq, lua_type(L, 2) == LUA_TNIL ? 0 : 2, lua_type(L, 3) == LUA_TNIL ? 0 : 3);
 	e->rq_now = c->rq;
 
 	lua_settop(e->co, 0);
 	push_chunk(e, c->tenant);
 	budget_arm(e);
-	if (run(e, 0, path, c->err, c->errlen, &c->dirty) != 0)
+	if (run(e, 0, 0, path, c->err, c->errlen, &c->dirty) != 0)
 		goto out;
 	if (lua_type(e->co, -1) != LUA_TFUNCTION) {
 		snprintf(c->err, c->errlen, "%s: the policy must return a function decide(req), got %s", path,
 		         luaL_typename(e->co, -1));
 		goto out;
 	}
-	lua_pushvalue(L, req);
-	lua_xmove(L, e->co, 1);
-	if (run(e, 1, "decide", c->err, c->errlen, &c->dirty) != 0)
+	lua_rawgeti(e->co, LUA_REGISTRYINDEX, e->ref_reqview);
+	if (run(e, 1, 1, "decide", c->err, c->errlen, &c->dirty) != 0)
 		goto out;
 	lua_xmove(e->co, L, 1);
 	e->cap_armed = 0;
 	c->rc = check_decision(L, e, lua_gettop(L), path, c->out, c->err, c->errlen);
 out:
 	e->cap_armed = 0;
-	e->rq_now = NULL;
-	swap_clear(L, e->ref_reqmt);
-	swap_clear(L, e->ref_idmt);
+	e->rq_now = NULL; /* nothing is built for req once its decision is over */
 	return 0;
 }
 
@@ -2371,13 +2687,17 @@ static int compile_protected(lua_State *L)
 			snprintf(c->err, c->errlen, "tenant %s: %s", t->name, lua_tostring(L, -1));
 			return 0;
 		}
+		lua_rawgeti(L, LUA_REGISTRYINDEX, e->envmts[i]);
+		lua_rawgetp(L, -1, &ENV_KEY);
+		lua_remove(L, -2);
+		lua_setupvalue(L, -2, 1);
 		e->chunks[i] = luaL_ref(L, LUA_REGISTRYINDEX);
 		lua_pop(L, 1);
 
 		lua_settop(e->co, 0);
 		push_chunk(e, i);
 		budget_arm(e);
-		if (run(e, 0, path, c->err, c->errlen, &c->dirty) != 0) {
+		if (run(e, 0, 1, path, c->err, c->errlen, &c->dirty) != 0) {
 			char why[512];
 			e->cap_armed = 0;
 			snprintf(why, sizeof(why), "%s", c->err);
@@ -2414,6 +2734,7 @@ struct policy_engine *policy_engine_new(const struct config *cfg, char *err, siz
 	e->mods = calloc(cfg->n_tenants ? cfg->n_tenants : 1, sizeof(*e->mods));
 	L = e->chunks && e->envmts && e->mods ? lua_newstate(engine_alloc, e) : NULL;
 	if (!L) {
+		small_release(e); /* what a failed lua_newstate freed */
 		free(e->chunks);
 		free(e->envmts);
 		free(e->mods);
@@ -2463,6 +2784,7 @@ void policy_engine_free(struct policy_engine *e)
 		e->cap_armed = 0;
 		lua_close(e->L);
 	}
+	small_release(e);
 	free(e->chunks);
 	free(e->envmts);
 	free(e->mods);

@@ -94,6 +94,39 @@ static int decide_full(int ti, const char *body, const char *claims, bool authen
 	return rc;
 }
 
+/* One decision for tenant ti on a request that carries as little as one
+ * can: no client, no headers, no claims, no subject. */
+static int decide_bare(int ti, const char *user_id, const char *body)
+{
+	lua_State *L = policy_engine_lua(fx.e);
+	int top = lua_gettop(L);
+	struct policy_request rq;
+	int rc;
+
+	memset(&rq, 0, sizeof(rq));
+	assert_int_equal(json_decode(L, body, strlen(body)), 0);
+	rq.body_idx = lua_gettop(L);
+	rq.tenant = &fx.t[ti];
+	rq.user_id = user_id;
+	rq.method = "none";
+	rq.now = 1700000001;
+	memset(&fx.d, 0xa5, sizeof(fx.d));
+	fx.err[0] = '\0';
+	rc = policy_decide(fx.e, &rq, &fx.d, fx.err, sizeof(fx.err));
+	assert_int_equal(lua_gettop(L), top + 1);
+	lua_settop(L, top);
+	return rc;
+}
+
+/* Kilobytes in use in the engine's state after a full collection. */
+static int engine_kb(void)
+{
+	lua_State *L = policy_engine_lua(fx.e);
+
+	lua_gc(L, LUA_GCCOLLECT);
+	return lua_gc(L, LUA_GCCOUNT);
+}
+
 static int decide(int ti)
 {
 	return decide_full(ti, "{\"user_id\":\"alice\"}", NULL, true, "alice");
@@ -973,6 +1006,146 @@ static void test_req_views_sealed(void **state)
 	policy_engine_free(fx.e);
 }
 
+/* req and req.identity are written anew for every decision into tables the
+ * engine keeps: whatever a request does not carry is nil, whatever the
+ * previous one carried (and whatever a policy built from it, such as
+ * client, headers, body and the views of claims), even when that decision
+ * failed, and whichever tenant it was for. */
+static void test_req_nothing_carried_over(void **state)
+{
+	static const char *const fingerprint =
+	    "return function(req)\n"
+	    "  local id = req.identity\n"
+	    "  local roles = id.claims.roles\n"
+	    "  local seen = {req.tenant, req.user_id, tostring(req.scopes and #req.scopes),\n"
+	    "    tostring(req.expires_in), tostring(req.body.x), tostring(req.client.ip),\n"
+	    "    tostring(req.headers['x-trace']), tostring(id.authenticated), tostring(id.method),\n"
+	    "    tostring(id.subject), tostring(id.claims.sub), tostring(roles and roles[1]),\n"
+	    "    tostring(req.now)}\n"
+	    "  local n = 0\n"
+	    "  for _ in pairs(req) do n = n + 1 end\n"
+	    "  seen[#seen + 1] = tostring(n)\n"
+	    "  if req.body.fail then error('failed after reading everything') end\n"
+	    "  return {allow=false, reason=table.concat(seen, ' ')}\n"
+	    "end\n";
+	static const char *const full_body =
+	    "{\"user_id\":\"alice\",\"x\":\"y\",\"scopes\":[\"read:brands\"],\"expires_in\":\"2h\"}";
+	static const char *const full_claims = "{\"sub\":\"alice\",\"roles\":[\"admin\"]}";
+	static const char *const full =
+	    "acme alice 1 2h y 10.0.0.1 t1 true jwt alice alice admin 1700000000 9";
+	static const char *const bare = "acme bob nil nil nil nil nil false none nil nil nil 1700000001 7";
+
+	(void)state;
+	must_engine(fingerprint, fingerprint);
+	for (int round = 0; round < 3; round++) {
+		assert_int_equal(decide_full(0, full_body, full_claims, true, "alice"), 0);
+		assert_string_equal(fx.d.reason, full);
+		assert_int_equal(decide_bare(0, "bob", "{\"user_id\":\"bob\"}"), 0);
+		assert_string_equal(fx.d.reason, bare);
+		/* A failed decision that read everything leaves nothing either. */
+		assert_int_equal(decide_full(0,
+		                             "{\"user_id\":\"alice\",\"x\":\"y\",\"fail\":true,"
+		                             "\"scopes\":[\"read:brands\"],\"expires_in\":\"2h\"}",
+		                             full_claims, true, "alice"),
+		                 -1);
+		assert_err_has("failed after reading everything");
+		assert_int_equal(decide_bare(0, "bob", "{\"user_id\":\"bob\"}"), 0);
+		assert_string_equal(fx.d.reason, bare);
+		/* Nor does one of another tenant. */
+		assert_int_equal(decide_full(1, full_body, full_claims, true, "alice"), 0);
+		assert_string_equal(fx.d.reason,
+		                    "other alice 1 2h y 10.0.0.1 t1 true jwt alice alice admin 1700000000 9");
+		assert_int_equal(decide_bare(1, "bob", "[]"), 0);
+		assert_string_equal(fx.d.reason,
+		                    "other bob nil nil nil nil nil false none nil nil nil 1700000001 7");
+	}
+	policy_engine_free(fx.e);
+}
+
+/* The view of claims is kept from one decision to the next only while no
+ * table inside claims was read: the views of such tables always show the
+ * running decision's claims, and none pile up. */
+static void test_claims_views_renewed(void **state)
+{
+	char claims[128];
+	int kb;
+
+	(void)state;
+	must_engine("return function(req)\n"
+	            "  local c = req.identity.claims\n"
+	            "  local r = c.roles\n"
+	            "  assert(r == c.roles and (r == nil or r.deep == c.roles.deep), 'same views')\n"
+	            "  local n = 0\n"
+	            "  for k, v in pairs(c) do n = n + 1 end\n"
+	            "  return {allow=false, reason=tostring(r and r[1]) .. ' ' ..\n"
+	            "    tostring(r and r.deep and r.deep[1]) .. ' ' .. n}\n"
+	            "end\n",
+	            NULL);
+	assert_int_equal(decide_full(0, "{}", "{\"roles\":{\"1\":\"a\",\"deep\":[\"b\"]}}", true, "x"), 0);
+	assert_string_equal(fx.d.reason, "nil b 1");
+	assert_int_equal(decide_full(0, "{}", "{\"roles\":[\"admin\"]}", true, "x"), 0);
+	assert_string_equal(fx.d.reason, "admin nil 1");
+	assert_int_equal(decide_full(0, "{}", "{\"sub\":\"x\"}", true, "x"), 0);
+	assert_string_equal(fx.d.reason, "nil nil 1");
+	assert_int_equal(decide_full(0, "{}", NULL, true, "x"), 0);
+	assert_string_equal(fx.d.reason, "nil nil 0");
+	for (int i = 0; i < 200; i++)
+		assert_int_equal(decide_full(0, "{}", "{\"roles\":[\"w\"]}", true, "x"), 0);
+	kb = engine_kb();
+	for (int i = 0; i < 5000; i++) {
+		snprintf(claims, sizeof(claims), "{\"roles\":[\"r%d\"],\"n\":{\"deep\":[%d]}}", i, i);
+		assert_int_equal(decide_full(0, "{}", claims, true, "x"), 0);
+	}
+	assert_true(engine_kb() < kb + 64);
+	policy_engine_free(fx.e);
+}
+
+/* The engine's free lists of small blocks: decisions that allocate blocks of
+ * every small size, grow them across sizes and free them keep memory flat,
+ * and the memory cap counts what Lua asked for, no more and no less: a
+ * decision just under it passes every time, one over it never does. */
+static void test_small_blocks_reused(void **state)
+{
+	int kb;
+
+	(void)state;
+	must_engine("return function(req)\n"
+	            "  local t, s = {}, ''\n"
+	            "  for i = 1, 300 do\n"
+	            "    t[i] = {i, tostring(i), ('z'):rep(i % 97)}\n"
+	            "    if i % 30 == 0 then s = s .. ('q'):rep(i) end\n"
+	            "    local f = function() return i end\n"
+	            "  end\n"
+	            "  local u = {}\n"
+	            "  for i = 1, 100 do u['k' .. i] = i end\n"
+	            "  for i = 1, 100, 2 do u['k' .. i] = nil end\n"
+	            "  return {allow=#t == 300 and #s > 0, tier='inbox'}\n"
+	            "end\n",
+	            "return function(req)\n"
+	            "  local s = ('x'):rep(tonumber(req.body.n))\n"
+	            "  return {allow=true, tier='inbox'}\n"
+	            "end\n");
+	for (int i = 0; i < 20; i++)
+		assert_int_equal(decide(0), 0);
+	kb = engine_kb();
+	for (int i = 0; i < 300; i++) {
+		assert_int_equal(decide(0), 0);
+		assert_true(fx.d.allow);
+	}
+	assert_true(engine_kb() < kb + 64);
+	/* The cap is 1 MiB; string.rep of n bytes holds about 2n at its peak
+	 * (its buffer and the string). */
+	for (int i = 0; i < 50; i++) {
+		if (decide_full(1, "{\"n\":\"450000\"}", NULL, true, "alice") != 0)
+			fail_msg("%d: %s", i, fx.err);
+		assert_int_equal(decide(0), 0);
+	}
+	assert_int_equal(decide_full(1, "{\"n\":\"600000\"}", NULL, true, "alice"), -1);
+	assert_err_has("memory cap exceeded");
+	assert_int_equal(decide_full(1, "{\"n\":\"450000\"}", NULL, true, "alice"), 0);
+	policy_engine_free(fx.e);
+}
+
 /* The time budget reuses a recent reading of the CPU clock: quick decisions
  * under a tight budget still pass, and a runaway one still stops in time. */
 static void test_time_budget_after_quick_decisions(void **state)
@@ -1038,6 +1211,9 @@ int main(void)
 	    cmocka_unit_test(test_req_absent_fields),
 	    cmocka_unit_test(test_many_decisions),
 	    cmocka_unit_test(test_req_views_sealed),
+	    cmocka_unit_test(test_req_nothing_carried_over),
+	    cmocka_unit_test(test_claims_views_renewed),
+	    cmocka_unit_test(test_small_blocks_reused),
 	    cmocka_unit_test(test_time_budget_after_quick_decisions),
 	};
 	return cmocka_run_group_tests_name("policy", tests, NULL, NULL);
