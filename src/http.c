@@ -115,7 +115,8 @@ struct req {
 	char *policy_log; /* broker.log lines of the decision ("a\nb\n"), or NULL */
 	struct courier_job job;
 
-	/* Last and not zeroed at allocation (8 KiB): envelope_apply fills it all. */
+	/* Last and not zeroed at allocation (8 KiB): begin_token and
+	 * envelope_apply set each field, the strings up to their NUL. */
 	struct grant grant;
 };
 
