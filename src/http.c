@@ -8,9 +8,11 @@
  * works → resume → answer.
  *
  * Threads: `threads` event loops, each owning one MHD daemon (external epoll
- * mode; all share the listening socket), one Courier client (libcurl multi)
- * and one policy engine (its own lua_State) for the generation it last
- * served. A request lives on one loop from its first byte to its answer:
+ * mode), one Courier client (libcurl multi) and one policy engine (its own
+ * lua_State) for the generation it last served, and one acceptor that hands
+ * each new connection to the loop holding the fewest (keep-alive clients
+ * stay where they land: a loop that drew more of them would be the
+ * bottleneck). A request lives on one loop from its first byte to its answer:
  * the Courier call that suspends it runs on the same loop, whose completion
  * resumes it there, so no request is handed between threads. Nothing secret
  * is ever put in an answer or a log line: tokens appear only as a short hash.
@@ -18,6 +20,7 @@
 #include "http.h"
 
 #include <arpa/inet.h>
+#include <errno.h>
 #include <lauxlib.h>
 #include <limits.h>
 #include <lua.h>
@@ -52,7 +55,15 @@
 #define HEADER_BUF  8192
 
 /* What the drain asks of a loop (bits of loop.cmd). */
-enum { CMD_QUIESCE = 1, CMD_ABORT = 2, CMD_STOP = 4 };
+enum { CMD_ABORT = 1, CMD_STOP = 2 };
+
+/* A connection the acceptor handed to a loop, not yet given to its daemon. */
+struct handed {
+	int fd;
+	socklen_t addrlen;
+	struct sockaddr_storage addr;
+	struct handed *next;
+};
 
 /*
  * One event loop: its thread, MHD daemon and Courier client, and the policy
@@ -75,11 +86,21 @@ struct loop {
 	bool running;
 	struct policy_engine *engine;
 	unsigned long long gen_id; /* 0: none */
+
+	/* Connections: held by the daemon (counted by on_connection), and
+	 * handed over by the acceptor (the list, under lock) but not yet added. */
+	atomic_int live, pending;
+	pthread_mutex_t lock;
+	struct handed *handed;
 };
 
 struct http_server {
 	struct loop *loops;
 	size_t n_loops;
+	int listen_fd;
+	pthread_t acceptor;
+	bool accepting;
+	size_t next_loop;    /* the acceptor's: where its search for the emptiest loop starts */
 	atomic_int active;   /* token requests between arrival and completion */
 	atomic_int upstream; /* of those, waiting on Courier */
 	atomic_bool draining;
@@ -1001,6 +1022,36 @@ static void mhd_log(void *cls, const char *fmt, va_list ap)
 
 /* ------------------------------------------------------------- the loops */
 
+/* MHD's connection notifications: the loop's count of live connections. */
+static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
+                          enum MHD_ConnectionNotificationCode toe)
+{
+	struct loop *lp = cls;
+
+	(void)conn;
+	(void)socket_context;
+	atomic_fetch_add(&lp->live, toe == MHD_CONNECTION_NOTIFY_STARTED ? 1 : -1);
+}
+
+/* Gives the connections the acceptor handed over to the loop's daemon. */
+static void take_handed(struct loop *lp)
+{
+	struct handed *h;
+
+	pthread_mutex_lock(&lp->lock);
+	h = lp->handed;
+	lp->handed = NULL;
+	pthread_mutex_unlock(&lp->lock);
+	while (h) {
+		struct handed *next = h->next;
+		/* On failure MHD closes the socket itself. */
+		MHD_add_connection(lp->d, h->fd, (const struct sockaddr *)&h->addr, h->addrlen);
+		atomic_fetch_sub(&lp->pending, 1);
+		free(h);
+		h = next;
+	}
+}
+
 /* The loop's thread: waits on MHD's epoll set, the Courier client's and the
  * drain's wake-ups; runs whichever is ready. */
 static void *loop_run(void *arg)
@@ -1036,16 +1087,13 @@ static void *loop_run(void *arg)
 				uint64_t v;
 				ssize_t r = read(lp->wakefd, &v, sizeof(v));
 				(void)r;
+				take_handed(lp);
+				mhd_ready = true; /* a new connection may have sent already */
 			}
 		}
 		cmd = atomic_exchange(&lp->cmd, 0);
 		if (cmd & CMD_STOP)
 			break;
-		if (cmd & CMD_QUIESCE) {
-			MHD_socket fd = MHD_quiesce_daemon(lp->d);
-			if (fd != MHD_INVALID_SOCKET)
-				close(fd);
-		}
 		if (cmd & CMD_ABORT)
 			courier_abort_all(lp->cc);
 		if (courier_ready || courier_due(lp->cc))
@@ -1063,14 +1111,101 @@ static void *loop_run(void *arg)
 	return NULL;
 }
 
-static void loop_tell(struct loop *lp, int cmd)
+static void loop_wake(struct loop *lp)
 {
 	uint64_t one = 1;
-	ssize_t n;
+	ssize_t n = write(lp->wakefd, &one, sizeof(one));
 
-	atomic_fetch_or(&lp->cmd, cmd);
-	n = write(lp->wakefd, &one, sizeof(one));
 	(void)n;
+}
+
+static void loop_tell(struct loop *lp, int cmd)
+{
+	atomic_fetch_or(&lp->cmd, cmd);
+	loop_wake(lp);
+}
+
+/* The loop with the fewest connections, held or handed over; ties go round. */
+static struct loop *emptiest(struct http_server *s)
+{
+	struct loop *best = NULL;
+	int least = INT_MAX;
+
+	for (size_t k = 0; k < s->n_loops; k++) {
+		struct loop *lp = &s->loops[(s->next_loop + k) % s->n_loops];
+		int load = atomic_load(&lp->live) + atomic_load(&lp->pending);
+		if (load < least) {
+			least = load;
+			best = lp;
+		}
+	}
+	s->next_loop = (s->next_loop + 1) % s->n_loops;
+	return best;
+}
+
+/* The acceptor's thread: blocks in accept until the drain shuts the
+ * listening socket down, handing each connection to the emptiest loop. */
+static void *accept_run(void *arg)
+{
+	struct http_server *s = arg;
+	bool warned = false;
+
+	for (;;) {
+		struct handed *h = malloc(sizeof(*h));
+		struct loop *lp;
+		bool was_empty;
+		int fd;
+
+		if (!h) {
+			usleep(10000);
+			continue;
+		}
+		h->addrlen = sizeof(h->addr);
+		fd = accept4(s->listen_fd, (struct sockaddr *)&h->addr, &h->addrlen,
+		             SOCK_NONBLOCK | SOCK_CLOEXEC);
+		if (fd < 0) {
+			int e = errno;
+			free(h);
+			if (e == EINTR || e == ECONNABORTED || e == EPROTO)
+				continue;
+			if (e == EMFILE || e == ENFILE || e == ENOBUFS || e == ENOMEM) {
+				/* Out of descriptors or memory: let connections close. */
+				if (!warned)
+					log_msg("warn", "http: cannot accept connections: %s", strerror(e));
+				warned = true;
+				usleep(10000);
+				continue;
+			}
+			break; /* shut down by the drain (EINVAL), or unusable */
+		}
+		warned = false;
+		h->fd = fd;
+		lp = emptiest(s);
+		atomic_fetch_add(&lp->pending, 1);
+		pthread_mutex_lock(&lp->lock);
+		was_empty = lp->handed == NULL;
+		h->next = lp->handed;
+		lp->handed = h;
+		pthread_mutex_unlock(&lp->lock);
+		/* A list that was not empty already has a wake-up pending. */
+		if (was_empty)
+			loop_wake(lp);
+	}
+	return NULL;
+}
+
+/* Stops accepting (connections already handed over are served). */
+static void stop_accepting(struct http_server *s)
+{
+	if (s->accepting) {
+		shutdown(s->listen_fd, SHUT_RDWR); /* wakes accept with EINVAL */
+		pthread_join(s->acceptor, NULL);
+		s->accepting = false;
+	}
+	if (s->listen_fd >= 0) {
+		close(s->listen_fd);
+		s->listen_fd = -1;
+	}
 }
 
 /* Stops the loop's thread (if it runs) and frees what it owns. */
@@ -1081,6 +1216,12 @@ static void loop_free(struct loop *lp)
 		pthread_join(lp->thread, NULL);
 		lp->running = false;
 	}
+	while (lp->handed) {
+		struct handed *h = lp->handed;
+		lp->handed = h->next;
+		close(h->fd);
+		free(h);
+	}
 	/* Closes the loop's connections: their on_completed runs here. */
 	if (lp->d)
 		MHD_stop_daemon(lp->d);
@@ -1090,10 +1231,12 @@ static void loop_free(struct loop *lp)
 		close(lp->epfd);
 	if (lp->wakefd >= 0)
 		close(lp->wakefd);
+	pthread_mutex_destroy(&lp->lock);
 }
 
 static void http_free(struct http_server *s)
 {
+	stop_accepting(s);
 	for (size_t i = 0; i < s->n_loops; i++)
 		loop_free(&s->loops[i]);
 	free(s->loops);
@@ -1107,10 +1250,9 @@ static int watch(int epfd, int fd, void *tag)
 	return epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev);
 }
 
-/* Sets up loop i (its daemon on listen_fd, or on ss when listen_fd < 0) and
- * starts its thread. */
-static int loop_start(struct http_server *s, size_t i, const struct config *cfg, unsigned flags,
-                      const struct sockaddr_storage *ss, MHD_socket listen_fd, char *err, size_t errlen)
+/* Sets up loop i and starts its thread. */
+static int loop_start(struct http_server *s, size_t i, const struct config *cfg, unsigned flags, char *err,
+                      size_t errlen)
 {
 	struct loop *lp = &s->loops[i];
 	size_t n = s->n_loops;
@@ -1123,24 +1265,14 @@ static int loop_start(struct http_server *s, size_t i, const struct config *cfg,
 	lp->cc = courier_client_new(upstream ? upstream : 1, err, errlen);
 	if (!lp->cc)
 		return -1;
-	if (listen_fd == MHD_INVALID_SOCKET)
-		lp->d = MHD_start_daemon(
-		    flags, cfg->listen_port, NULL, NULL, on_request, lp, MHD_OPTION_EXTERNAL_LOGGER, mhd_log,
-		    NULL, MHD_OPTION_SOCK_ADDR, (const struct sockaddr *)ss, MHD_OPTION_CONNECTION_TIMEOUT,
-		    (unsigned)cfg->connection_timeout_s, MHD_OPTION_CONNECTION_LIMIT, conns ? conns : 1,
-		    MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)32 * 1024, MHD_OPTION_NOTIFY_COMPLETED,
-		    on_completed, lp, MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1, MHD_OPTION_END);
-	else
-		lp->d = MHD_start_daemon(flags, 0, NULL, NULL, on_request, lp, MHD_OPTION_EXTERNAL_LOGGER,
-		                         mhd_log, NULL, MHD_OPTION_LISTEN_SOCKET, listen_fd,
-		                         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)cfg->connection_timeout_s,
-		                         MHD_OPTION_CONNECTION_LIMIT, conns ? conns : 1,
-		                         MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)32 * 1024,
-		                         MHD_OPTION_NOTIFY_COMPLETED, on_completed, lp, MHD_OPTION_END);
+	lp->d = MHD_start_daemon(flags, 0, NULL, NULL, on_request, lp, MHD_OPTION_EXTERNAL_LOGGER, mhd_log,
+	                         NULL, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)cfg->connection_timeout_s,
+	                         MHD_OPTION_CONNECTION_LIMIT, conns ? conns : 1,
+	                         MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)32 * 1024,
+	                         MHD_OPTION_NOTIFY_COMPLETED, on_completed, lp, MHD_OPTION_NOTIFY_CONNECTION,
+	                         on_connection, lp, MHD_OPTION_END);
 	if (!lp->d) {
-		if (listen_fd != MHD_INVALID_SOCKET)
-			close(listen_fd);
-		snprintf(err, errlen, "cannot listen on %s:%u", cfg->listen_host, cfg->listen_port);
+		snprintf(err, errlen, "cannot start the HTTP server");
 		return -1;
 	}
 	di = MHD_get_daemon_info(lp->d, MHD_DAEMON_INFO_EPOLL_FD);
@@ -1162,12 +1294,33 @@ static int loop_start(struct http_server *s, size_t i, const struct config *cfg,
 	return 0;
 }
 
+/* The listening socket (blocking: only the acceptor uses it). */
+static int listen_on(const struct config *cfg, const struct sockaddr_storage *ss, socklen_t sl, char *err,
+                     size_t errlen)
+{
+	int one = 1;
+	int fd = socket(ss->ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+	if (fd >= 0 && setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) == 0 &&
+	    (ss->ss_family != AF_INET6 ||
+	     setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one)) == 0) &&
+	    bind(fd, (const struct sockaddr *)ss, sl) == 0 && listen(fd, SOMAXCONN) == 0)
+		return fd;
+	snprintf(err, errlen, "cannot listen on %s:%u: %s", cfg->listen_host, cfg->listen_port,
+	         strerror(errno));
+	if (fd >= 0)
+		close(fd);
+	return -1;
+}
+
 struct http_server *http_start(const struct config *cfg, char *err, size_t errlen)
 {
 	struct http_server *s = calloc(1, sizeof(*s));
 	struct sockaddr_storage ss;
+	socklen_t sl;
 	const char *host;
-	unsigned flags = MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
+	unsigned flags =
+	    MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG | MHD_USE_NO_LISTEN_SOCKET;
 
 	if (!s) {
 		snprintf(err, errlen, "out of memory");
@@ -1179,10 +1332,12 @@ struct http_server *http_start(const struct config *cfg, char *err, size_t errle
 		struct sockaddr_in *sin = (struct sockaddr_in *)&ss;
 		sin->sin_family = AF_INET;
 		sin->sin_port = htons(cfg->listen_port);
+		sl = sizeof(*sin);
 	} else if (inet_pton(AF_INET6, host, &((struct sockaddr_in6 *)&ss)->sin6_addr) == 1) {
 		struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)&ss;
 		sin6->sin6_family = AF_INET6;
 		sin6->sin6_port = htons(cfg->listen_port);
+		sl = sizeof(*sin6);
 		flags |= MHD_USE_IPv6;
 	} else {
 		snprintf(err, errlen, "listen: %s is not an IP address (or localhost)", cfg->listen_host);
@@ -1190,6 +1345,7 @@ struct http_server *http_start(const struct config *cfg, char *err, size_t errle
 		return NULL;
 	}
 	s->n_loops = cfg->threads > 0 ? cfg->threads : 1;
+	s->listen_fd = -1;
 	s->loops = calloc(s->n_loops, sizeof(*s->loops));
 	if (!s->loops) {
 		snprintf(err, errlen, "out of memory");
@@ -1199,34 +1355,39 @@ struct http_server *http_start(const struct config *cfg, char *err, size_t errle
 	for (size_t i = 0; i < s->n_loops; i++) {
 		s->loops[i].srv = s;
 		s->loops[i].epfd = s->loops[i].wakefd = -1;
+		pthread_mutex_init(&s->loops[i].lock, NULL);
 	}
-	/* The first loop's daemon binds the socket; the others accept on
-	 * copies of it (each daemon closes its own). */
+	s->listen_fd = listen_on(cfg, &ss, sl, err, errlen);
+	if (s->listen_fd < 0) {
+		http_free(s);
+		return NULL;
+	}
 	for (size_t i = 0; i < s->n_loops; i++) {
-		MHD_socket fd = MHD_INVALID_SOCKET;
-		if (i > 0) {
-			const union MHD_DaemonInfo *di =
-			    MHD_get_daemon_info(s->loops[0].d, MHD_DAEMON_INFO_LISTEN_FD);
-			fd = di ? dup(di->listen_fd) : -1;
-			if (fd < 0) {
-				snprintf(err, errlen, "cannot share the listening socket");
-				http_free(s);
-				return NULL;
-			}
-		}
-		if (loop_start(s, i, cfg, flags, &ss, fd, err, errlen) != 0) {
+		if (loop_start(s, i, cfg, flags, err, errlen) != 0) {
 			http_free(s);
 			return NULL;
 		}
 	}
+	if (pthread_create(&s->acceptor, NULL, accept_run, s) != 0) {
+		snprintf(err, errlen, "cannot start the HTTP threads");
+		http_free(s);
+		return NULL;
+	}
+	pthread_setname_np(s->acceptor, "broker-accept");
+	s->accepting = true;
 	return s;
 }
 
 unsigned short http_port(struct http_server *s)
 {
-	const union MHD_DaemonInfo *di = MHD_get_daemon_info(s->loops[0].d, MHD_DAEMON_INFO_BIND_PORT);
+	struct sockaddr_storage ss;
+	socklen_t sl = sizeof(ss);
 
-	return di ? di->port : 0;
+	if (s->listen_fd < 0 || getsockname(s->listen_fd, (struct sockaddr *)&ss, &sl) != 0)
+		return 0;
+	if (ss.ss_family == AF_INET6)
+		return ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+	return ntohs(((struct sockaddr_in *)&ss)->sin_port);
 }
 
 static void tell_all(struct http_server *s, int cmd)
@@ -1242,7 +1403,7 @@ int http_drain_and_stop(struct http_server *s, unsigned deadline_ms)
 	if (!s)
 		return 0;
 	atomic_store(&s->draining, true);
-	tell_all(s, CMD_QUIESCE);
+	stop_accepting(s);
 	clock_gettime(CLOCK_MONOTONIC, &t0);
 	/* Requests already under way finish normally, wherever they are: reading
 	 * the body, in the policy, or waiting on Courier. Idle keep-alive
