@@ -15,6 +15,11 @@
 
 #define REG_KEY "broker.cjson"
 
+/* Registry keys of cjson.decode and cjson.encode: addresses, looked up
+ * without hashing a string on every call. */
+static const char DECODE_KEY = 'd';
+static const char ENCODE_KEY = 'e';
+
 static pthread_mutex_t open_lock = PTHREAD_MUTEX_INITIALIZER;
 
 /* Calls cjson.<fn>(arg) on the module table at the top of the stack. */
@@ -50,9 +55,9 @@ int json_open(lua_State *L)
 	}
 	/* Keep decode and encode as registry entries: one lookup per call. */
 	lua_getfield(L, -1, "decode");
-	lua_setfield(L, LUA_REGISTRYINDEX, REG_KEY ".decode");
+	lua_rawsetp(L, LUA_REGISTRYINDEX, &DECODE_KEY);
 	lua_getfield(L, -1, "encode");
-	lua_setfield(L, LUA_REGISTRYINDEX, REG_KEY ".encode");
+	lua_rawsetp(L, LUA_REGISTRYINDEX, &ENCODE_KEY);
 	lua_setfield(L, LUA_REGISTRYINDEX, REG_KEY);
 	return 0;
 }
@@ -105,7 +110,7 @@ static int decode_protected(lua_State *L)
 	const char *buf = lua_touserdata(L, 1);
 
 	len = (size_t)lua_tointeger(L, 2);
-	lua_getfield(L, LUA_REGISTRYINDEX, REG_KEY ".decode");
+	lua_rawgetp(L, LUA_REGISTRYINDEX, &DECODE_KEY);
 	lua_pushlstring(L, buf, len);
 	lua_call(L, 1, 1);
 	if (lua_type(L, -1) == LUA_TNUMBER && !lua_isinteger(L, -1))
@@ -132,7 +137,7 @@ int json_decode(lua_State *L, const char *buf, size_t len)
 const char *json_encode(lua_State *L, int idx, size_t *len)
 {
 	idx = lua_absindex(L, idx);
-	lua_getfield(L, LUA_REGISTRYINDEX, REG_KEY ".encode");
+	lua_rawgetp(L, LUA_REGISTRYINDEX, &ENCODE_KEY);
 	lua_pushvalue(L, idx);
 	if (lua_pcall(L, 1, 1, 0) != LUA_OK || lua_type(L, -1) != LUA_TSTRING) {
 		lua_pop(L, 1);
