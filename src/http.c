@@ -94,6 +94,7 @@ struct loop {
 	/* Connections: held by the daemon (counted by on_connection), and
 	 * handed over by the acceptor (the list, under lock) but not yet added. */
 	atomic_int live, pending;
+	int limit; /* its share of max_connections */
 	pthread_mutex_t lock;
 	struct handed *handed;
 };
@@ -104,6 +105,7 @@ struct http_server {
 	int listen_fd;
 	pthread_t acceptor;
 	bool accepting;
+	atomic_bool stop_accept;
 	size_t next_loop;    /* the acceptor's: where its search for the emptiest loop starts */
 	atomic_int active;   /* token requests between arrival and completion */
 	atomic_int upstream; /* of those, waiting on Courier */
@@ -783,6 +785,32 @@ static const char *token_route(const char *url, char *name, size_t len)
 	return name;
 }
 
+/* Appends each loop's connection count to the metrics text (malloc'ed, of
+ * *len bytes); returns the new text, or NULL (text freed). */
+static char *append_loop_metrics(struct http_server *s, char *text, size_t *len)
+{
+	static const char head[] =
+	    "# HELP broker_loop_connections Client connections each event loop holds.\n"
+	    "# TYPE broker_loop_connections gauge\n";
+	size_t cap = *len + sizeof(head) + s->n_loops * 64;
+	char *p = realloc(text, cap);
+
+	if (!p) {
+		free(text);
+		return NULL;
+	}
+	memcpy(p + *len, head, sizeof(head) - 1);
+	*len += sizeof(head) - 1;
+	for (size_t i = 0; i < s->n_loops; i++) {
+		int n = snprintf(p + *len, cap - *len, "broker_loop_connections{loop=\"%zu\"} %d\n", i,
+		                 atomic_load(&s->loops[i].live));
+		if (n < 0 || (size_t)n >= cap - *len)
+			break; /* cannot happen: 64 bytes a line are plenty */
+		*len += (size_t)n;
+	}
+	return p;
+}
+
 static enum MHD_Result serve_other(struct http_server *s, struct MHD_Connection *conn, const char *url,
                                    const char *method)
 {
@@ -813,6 +841,8 @@ static enum MHD_Result serve_other(struct http_server *s, struct MHD_Connection 
 			size_t len = 0;
 			char *text = metrics_render(&len);
 			enum MHD_Result ret;
+			if (text)
+				text = append_loop_metrics(s, text, &len);
 			if (!text)
 				return plain(conn, s, 503, "text/plain", "out of memory\n", NULL, NULL);
 			ret = queue(conn, s, 200, "text/plain; version=0.0.4", text, len, NULL, NULL, NULL);
@@ -1039,7 +1069,9 @@ static void take_handed(struct loop *lp)
 	pthread_mutex_unlock(&lp->lock);
 	while (h) {
 		struct handed *next = h->next;
-		/* On failure MHD closes the socket itself. */
+		/* On failure MHD closes the socket itself. Uncounted as pending
+		 * only after on_connection counted it as live: the acceptor may see
+		 * a loop fuller than it is, never emptier. */
 		MHD_add_connection(lp->d, h->fd, (const struct sockaddr *)&h->addr, h->addrlen);
 		atomic_fetch_sub(&lp->pending, 1);
 		free(h);
@@ -1120,7 +1152,8 @@ static void loop_tell(struct loop *lp, int cmd)
 	loop_wake(lp);
 }
 
-/* The loop with the fewest connections, held or handed over; ties go round. */
+/* The loop with the fewest connections, held or handed over (ties go
+ * round), or NULL when every loop holds its share of max_connections. */
 static struct loop *emptiest(struct http_server *s)
 {
 	struct loop *best = NULL;
@@ -1129,13 +1162,22 @@ static struct loop *emptiest(struct http_server *s)
 	for (size_t k = 0; k < s->n_loops; k++) {
 		struct loop *lp = &s->loops[(s->next_loop + k) % s->n_loops];
 		int load = atomic_load(&lp->live) + atomic_load(&lp->pending);
-		if (load < least) {
+		if (load < lp->limit && load < least) {
 			least = load;
 			best = lp;
 		}
 	}
 	s->next_loop = (s->next_loop + 1) % s->n_loops;
 	return best;
+}
+
+/* Whether some loop holds less than its share of max_connections. */
+static bool has_room(struct http_server *s)
+{
+	for (size_t k = 0; k < s->n_loops; k++)
+		if (atomic_load(&s->loops[k].live) + atomic_load(&s->loops[k].pending) < s->loops[k].limit)
+			return true;
+	return false;
 }
 
 /* The acceptor's thread: blocks in accept until the drain shuts the
@@ -1145,13 +1187,15 @@ static void *accept_run(void *arg)
 	struct http_server *s = arg;
 	bool warned = false;
 
-	for (;;) {
-		struct handed *h = malloc(sizeof(*h));
+	while (!atomic_load(&s->stop_accept)) {
 		struct loop *lp;
+		struct handed *h;
 		bool was_empty;
 		int fd;
 
-		if (!h) {
+		/* Every loop full: new connections wait in the kernel's backlog
+		 * until one closes, as when MHD accepts by itself. */
+		if (!has_room(s) || !(h = malloc(sizeof(*h)))) {
 			usleep(10000);
 			continue;
 		}
@@ -1175,7 +1219,16 @@ static void *accept_run(void *arg)
 		}
 		warned = false;
 		h->fd = fd;
-		lp = emptiest(s);
+		/* Usually a loop has room (loads only fall while accept waits, but
+		 * for a connection being counted twice for a moment): else the
+		 * connection waits here, as it would in the backlog. */
+		while (!(lp = emptiest(s)) && !atomic_load(&s->stop_accept))
+			usleep(1000);
+		if (!lp) {
+			close(fd);
+			free(h);
+			break;
+		}
 		atomic_fetch_add(&lp->pending, 1);
 		pthread_mutex_lock(&lp->lock);
 		was_empty = lp->handed == NULL;
@@ -1193,6 +1246,7 @@ static void *accept_run(void *arg)
 static void stop_accepting(struct http_server *s)
 {
 	if (s->accepting) {
+		atomic_store(&s->stop_accept, true);
 		shutdown(s->listen_fd, SHUT_RDWR); /* wakes accept with EINVAL */
 		pthread_join(s->acceptor, NULL);
 		s->accepting = false;
@@ -1255,6 +1309,8 @@ static int loop_start(struct http_server *s, size_t i, const struct config *cfg,
 	size_t n = s->n_loops;
 	/* Shares of the connection limits, as MHD's own thread pool splits them. */
 	unsigned conns = (unsigned)(cfg->max_connections / n + (i < cfg->max_connections % n));
+
+	lp->limit = conns ? (int)conns : 1;
 	unsigned upstream = (unsigned)(cfg->courier_max_connections / n);
 	const union MHD_DaemonInfo *di;
 	char name[16];
