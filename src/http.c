@@ -79,7 +79,7 @@ struct loop {
 	struct http_server *srv;
 	struct MHD_Daemon *d;
 	struct courier_client *cc;
-	int epfd, wakefd; /* the loop's epoll set; the drain's wake-ups */
+	int epfd, wakefd; /* the loop's epoll set; wake-ups from the acceptor and the drain */
 	atomic_int cmd;   /* CMD_* bits the loop has not acted on yet */
 	bool resumed;     /* a connection was resumed: MHD must run before waiting */
 	pthread_t thread;
