@@ -121,7 +121,8 @@ struct req {
 	struct MHD_Connection *conn;
 	struct gen *gen;
 	const struct tenant *tenant;
-	const char *cors_origin; /* the tenant's listed origin this request came from, or NULL */
+	const char *origin;      /* the Origin header, or NULL */
+	const char *cors_origin; /* the tenant's listed origin equal to it, or NULL */
 	enum req_state state;
 	struct timespec start;
 
@@ -605,7 +606,7 @@ static enum MHD_Result process(struct req *r)
 	prq.claims_idx = id.claims_idx;
 	ident_client_ip(&t->auth, &irq, client_ip, sizeof(client_ip));
 	prq.client_ip = client_ip;
-	prq.origin = header(r->conn, "Origin");
+	prq.origin = r->origin;
 	prq.user_agent = header(r->conn, MHD_HTTP_HEADER_USER_AGENT);
 	prq.headers = hs->h;
 	prq.n_headers = hs->n;
@@ -926,7 +927,8 @@ static enum MHD_Result begin_token(struct loop *lp, struct MHD_Connection *conn,
 	r->tenant = config_tenant(r->gen->cfg, name);
 	if (!r->tenant)
 		return fail(r, L, 404, "unknown_tenant", "no such tenant", NULL, NULL);
-	r->cors_origin = cors_match(r->tenant, header(conn, "Origin"));
+	r->origin = header(conn, "Origin");
+	r->cors_origin = cors_match(r->tenant, r->origin);
 	if (strcmp(method, MHD_HTTP_METHOD_OPTIONS) == 0)
 		return preflight(r, L);
 	if (strcmp(method, MHD_HTTP_METHOD_POST) != 0)
@@ -1152,6 +1154,12 @@ static void loop_tell(struct loop *lp, int cmd)
 	loop_wake(lp);
 }
 
+/* The connections a loop holds or was handed. */
+static int loop_load(struct loop *lp)
+{
+	return atomic_load(&lp->live) + atomic_load(&lp->pending);
+}
+
 /* The loop with the fewest connections, held or handed over (ties go
  * round), or NULL when every loop holds its share of max_connections. */
 static struct loop *emptiest(struct http_server *s)
@@ -1161,7 +1169,7 @@ static struct loop *emptiest(struct http_server *s)
 
 	for (size_t k = 0; k < s->n_loops; k++) {
 		struct loop *lp = &s->loops[(s->next_loop + k) % s->n_loops];
-		int load = atomic_load(&lp->live) + atomic_load(&lp->pending);
+		int load = loop_load(lp);
 		if (load < lp->limit && load < least) {
 			least = load;
 			best = lp;
@@ -1175,7 +1183,7 @@ static struct loop *emptiest(struct http_server *s)
 static bool has_room(struct http_server *s)
 {
 	for (size_t k = 0; k < s->n_loops; k++)
-		if (atomic_load(&s->loops[k].live) + atomic_load(&s->loops[k].pending) < s->loops[k].limit)
+		if (loop_load(&s->loops[k]) < s->loops[k].limit)
 			return true;
 	return false;
 }
