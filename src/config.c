@@ -381,8 +381,7 @@ static char *dir_of(const char *path)
 	return d;
 }
 
-/* Reads a regular file of at most max bytes into a NUL-terminated buffer. */
-static int read_file(const char *path, size_t max, char **out, size_t *outlen, char *why, size_t whylen)
+int config_read_file(const char *path, size_t max, char **out, size_t *outlen, char *why, size_t whylen)
 {
 	struct stat st;
 	char *buf = NULL;
@@ -903,7 +902,8 @@ static int conv_policy(struct loader *ld, const char *key, struct value *v, void
 		fail(ld, key, "%s: %s", joined, strerror(errno));
 		goto out;
 	}
-	if (read_file(t->policy_path, POLICY_FILE_MAX, &t->policy_text, &t->policy_len, why, sizeof(why))) {
+	if (config_read_file(t->policy_path, POLICY_FILE_MAX, &t->policy_text, &t->policy_len, why,
+	                     sizeof(why))) {
 		fail(ld, key, "%s: %s", t->policy_path, why);
 		goto out;
 	}
@@ -942,7 +942,7 @@ static int conv_data(struct loader *ld, const char *key, struct value *v, void *
 		return -1;
 	}
 	free(joined);
-	if (read_file(t->data_path, DATA_FILE_MAX, &t->data_text, &t->data_len, why, sizeof(why)))
+	if (config_read_file(t->data_path, DATA_FILE_MAX, &t->data_text, &t->data_len, why, sizeof(why)))
 		return fail(ld, key, "%s: %s", t->data_path, why);
 	config_policy_revision(t);
 	return 0;
@@ -1012,7 +1012,7 @@ int config_load_modules(struct tenant *t, char *err, size_t errlen)
 			free(m->path);
 			continue;
 		}
-		if (read_file(m->path, POLICY_FILE_MAX, &m->text, &m->len, why, sizeof(why))) {
+		if (config_read_file(m->path, POLICY_FILE_MAX, &m->text, &m->len, why, sizeof(why))) {
 			snprintf(err, errlen, "module %s: %s", m->path, why);
 			goto out;
 		}
@@ -1232,7 +1232,7 @@ static int conv_public_key(struct loader *ld, const char *key, struct value *v, 
 	if (!(path = path_join(ld->cfg->dir, v->str)))
 		return fail(ld, key, "out of memory");
 	/* A public key is not a secret: any file mode is fine. */
-	if (read_file(path, 1024 * 1024, &pem, &len, why, sizeof(why)) == 0)
+	if (config_read_file(path, 1024 * 1024, &pem, &len, why, sizeof(why)) == 0)
 		t->auth.jwt.public_key = jwt_key_pem(pem, len, why, sizeof(why));
 	free(pem);
 	if (!t->auth.jwt.public_key) {
@@ -1853,7 +1853,7 @@ struct config *config_load(const char *path, char *err, size_t errlen)
 		fail(&ld, NULL, "out of memory");
 		goto bad;
 	}
-	if (read_file(cfg->path, CONFIG_FILE_MAX, &text, &len, why, sizeof(why)) != 0) {
+	if (config_read_file(cfg->path, CONFIG_FILE_MAX, &text, &len, why, sizeof(why)) != 0) {
 		fail(&ld, NULL, "%s", why);
 		goto bad;
 	}

@@ -136,6 +136,11 @@ const struct tenant *config_tenant(const struct config *cfg, const char *name);
  * -1 with the reason in err. */
 int config_load_modules(struct tenant *t, char *err, size_t errlen);
 
+/* Reads the regular file at path, of at most max bytes, into *out (malloc'ed,
+ * NUL-terminated; length in *outlen). Returns 0, or -1 with the reason in why
+ * (the caller names the file). */
+int config_read_file(const char *path, size_t max, char **out, size_t *outlen, char *why, size_t whylen);
+
 /* Sets t->policy_revision from the policy, its modules and its data. */
 void config_policy_revision(struct tenant *t);
 

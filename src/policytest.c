@@ -422,23 +422,14 @@ static void report_case(struct report *rep, const char *file, const char *name, 
 /* Loads a test file (text only, no I/O) on L; pushes its list of cases. */
 static int load_cases(lua_State *L, const char *path, char *err, size_t errlen)
 {
-	FILE *f = fopen(path, "rb");
-	char *buf;
+	char *buf, why[128];
 	size_t len;
 	static const char *const safe[] = {"ipairs",   "pairs", "next",  "select", "tostring",
 	                                   "tonumber", "type",  "error", "assert", "string",
 	                                   "table",    "math",  NULL};
 
-	if (!f) {
-		snprintf(err, errlen, "%s: cannot open", path);
-		return -1;
-	}
-	buf = malloc(MAX_TEST_FILE + 1);
-	len = buf ? fread(buf, 1, MAX_TEST_FILE + 1, f) : 0;
-	fclose(f);
-	if (!buf || len > MAX_TEST_FILE) {
-		free(buf);
-		snprintf(err, errlen, "%s: larger than 1 MiB", path);
+	if (config_read_file(path, MAX_TEST_FILE, &buf, &len, why, sizeof(why)) != 0) {
+		snprintf(err, errlen, "%s: %s", path, why);
 		return -1;
 	}
 	lua_pushfstring(L, "@%s", path);
@@ -533,22 +524,12 @@ static int run_file(struct policy_engine *e, const struct tenant *t, const char 
 
 /* ---------------------------------------------- a tenant for `test` alone */
 
+/* The text of a file of at most MAX_TEST_FILE bytes, or NULL. */
 static char *read_text(const char *path, size_t *len)
 {
-	FILE *f = fopen(path, "rb");
-	char *buf;
+	char *buf, why[128];
 
-	if (!f)
-		return NULL;
-	buf = malloc(MAX_TEST_FILE + 1);
-	*len = buf ? fread(buf, 1, MAX_TEST_FILE + 1, f) : 0;
-	fclose(f);
-	if (!buf || *len > MAX_TEST_FILE) {
-		free(buf);
-		return NULL;
-	}
-	buf[*len] = '\0';
-	return buf;
+	return config_read_file(path, MAX_TEST_FILE, &buf, len, why, sizeof(why)) == 0 ? buf : NULL;
 }
 
 /* Runs path (a *_test.lua file) against the policy beside it under defaults. */
