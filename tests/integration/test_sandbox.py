@@ -71,6 +71,12 @@ ESCAPES = {
     "unpack_bomb": policy("  pcall(table.unpack, {}, 1, 1 << 30)\n" + ALLOW),
     "table_move_bomb": policy("  pcall(table.move, {}, 1, 1 << 40, 1)\n" + ALLOW),
     "utf8_char_bomb": policy("  pcall(utf8.char, string.byte(('x'):rep(200000), 1, -1))\n" + ALLOW),
+    # Library functions that loop in C over their arguments: charged per call.
+    "packsize_loop": policy("  local f = ('i4'):rep(500000)\n  for i = 1, 1e6 do pcall(string.packsize, f) end\n" + ALLOW),
+    "unpack_loop": policy("  local f, d = ('b'):rep(100000), ('x'):rep(100000)\n"
+                          "  for i = 1, 1e6 do pcall(string.unpack, f, d) end\n" + ALLOW),
+    "utf8_len_loop": policy("  local s = ('x'):rep(1000000)\n  for i = 1, 1e6 do pcall(utf8.len, s) end\n" + ALLOW),
+    "load_loop": policy("  local src = ('x = 1 '):rep(10000)\n  for i = 1, 1e6 do pcall(load, src) end\n" + ALLOW),
     "insert_loop": policy(
         "  local t = {} for i = 1, 10 do table.move({string.byte(('x'):rep(90000), 1, -1)}, 1, 90000, #t + 1, t) end\n"
         "  for i = 1, 1000 do table.insert(t, 1, 'x') end\n" + ALLOW),
@@ -122,6 +128,24 @@ def test_escape_is_a_policy_error_and_the_broker_serves_on(sandbox_broker, name)
     ok = b.post(body={"user_id": "alice"}, token=mint())
     assert ok.status == 200, ok.body
     assert ok.json()["scope"] == "user_id:alice " + INBOX
+
+
+@pytest.mark.parametrize("name,charged", [("packsize_loop", "string.pack/unpack"),
+                                          ("unpack_loop", "string.pack/unpack"),
+                                          ("utf8_len_loop", "utf8 walk")])
+def test_work_inside_library_calls_is_charged(sandbox_broker, name, charged):
+    """The budget runs out inside the library call (its work is counted), not
+    at the next clock check between calls."""
+    b = sandbox_broker
+    r = b.post("/v1/tenants/%s/token" % name, body={"user_id": "alice"}, token=mint())
+    assert r.status == 500, r.body
+    deadline = time.monotonic() + 5
+    lines = []
+    while not lines and time.monotonic() < deadline:
+        lines = [l for l in b.p.json_lines() if l.get("tenant") == name and l.get("status") == 500]
+        time.sleep(0.02)
+    # "...budget exceeded (N ...): <what was charged>": the charged call is named.
+    assert lines and "): %s" % charged in lines[-1]["reason"], lines
 
 
 def test_pattern_bomb_is_stopped_well_within_100_ms(sandbox_broker):
