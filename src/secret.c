@@ -111,8 +111,15 @@ static int load_file(const char *path, struct secret *out, char *err, size_t err
 		snprintf(err, errlen, "secret file %s: readable by group or others (chmod 600 it)", path);
 		goto out;
 	}
-	while (len < sizeof(buf) && (n = read(fd, buf + len, sizeof(buf) - len)) > 0)
+	while (len < sizeof(buf) && (n = read(fd, buf + len, sizeof(buf) - len)) != 0) {
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0) { /* a truncated key must never load */
+			snprintf(err, errlen, "secret file %s: %s", path, strerror(errno));
+			goto out;
+		}
 		len += (size_t)n;
+	}
 	if (len > SECRET_MAX) {
 		snprintf(err, errlen, "secret file %s: larger than %d bytes", path, SECRET_MAX);
 		goto out;
