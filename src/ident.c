@@ -13,6 +13,7 @@
 
 #include <arpa/inet.h>
 #include <lua.h>
+#include <openssl/crypto.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -262,17 +263,22 @@ static enum outcome try_client_key(lua_State *L, const struct auth_config *auth,
                                    struct identity *id, char *err, size_t errlen)
 {
 	const struct client_key *found = NULL;
+	unsigned char md[SECRET_DIGEST_LEN];
 
 	(void)L;
 	(void)rq;
 	if (auth->n_client_keys == 0 || !c->bearer)
 		return MODE_SKIP;
-	/* Every key is compared, whatever matched before: the time taken says
+	/* The bearer is hashed once (a bearer longer than any key is not), then
+	 * every key is compared, whatever matched before: the time taken says
 	 * nothing about which key (or how much of one) the bearer resembles. */
-	for (size_t i = 0; i < auth->n_client_keys; i++) {
-		bool eq = secret_equals(&auth->client_keys[i].key, c->token, c->token_len);
-		if (eq && !found)
-			found = &auth->client_keys[i];
+	if (secret_candidate_digest(c->token, c->token_len, md)) {
+		for (size_t i = 0; i < auth->n_client_keys; i++) {
+			bool eq = secret_matches(&auth->client_keys[i].key, md);
+			if (eq && !found)
+				found = &auth->client_keys[i];
+		}
+		OPENSSL_cleanse(md, sizeof(md));
 	}
 	if (!found) {
 		set_err(err, errlen, "client_key: no key matches");

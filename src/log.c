@@ -15,7 +15,6 @@
 #include <lauxlib.h>
 #include <limits.h>
 #include <lua.h>
-#include <openssl/evp.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -27,6 +26,7 @@
 #include <unistd.h>
 
 #include "json.h"
+#include "secret.h"
 
 static pthread_mutex_t sys_lock = PTHREAD_MUTEX_INITIALIZER;
 static lua_State *sys_L;
@@ -151,63 +151,11 @@ void log_msg(const char *level, const char *fmt, ...)
 	pthread_mutex_unlock(&sys_lock);
 }
 
-/* SHA-256 fetched once: EVP_sha256() inside EVP_Digest looks it up on every call. */
-static pthread_once_t sha256_once = PTHREAD_ONCE_INIT;
-static EVP_MD *sha256;
-
-/* Each thread's digest context, reused (EVP_Digest allocates and frees one
- * per call); freed when the thread ends. */
-static pthread_key_t ctx_key;
-static bool ctx_key_ok;
-static _Thread_local EVP_MD_CTX *hash_ctx;
-
-static void free_ctx(void *ctx)
-{
-	EVP_MD_CTX_free(ctx);
-}
-
-static void fetch_sha256(void)
-{
-	sha256 = EVP_MD_fetch(NULL, "SHA256", NULL);
-	ctx_key_ok = pthread_key_create(&ctx_key, free_ctx) == 0;
-}
-
-/* The calling thread's context, or NULL. */
-static EVP_MD_CTX *thread_ctx(void)
-{
-	if (!hash_ctx && ctx_key_ok) {
-		hash_ctx = EVP_MD_CTX_new();
-		if (hash_ctx && pthread_setspecific(ctx_key, hash_ctx) != 0) {
-			EVP_MD_CTX_free(hash_ctx);
-			hash_ctx = NULL;
-		}
-	}
-	return hash_ctx;
-}
-
 void log_token_hash(const char *token, size_t len, char out[13])
 {
-	unsigned char md[EVP_MAX_MD_SIZE];
-	unsigned int mdlen = 0;
-	static const char hex[] = "0123456789abcdef";
-	const EVP_MD *alg;
-	EVP_MD_CTX *ctx;
-	int ok;
+	unsigned char md[SECRET_DIGEST_LEN];
 
 	out[0] = '\0';
-	pthread_once(&sha256_once, fetch_sha256);
-	alg = sha256 ? sha256 : EVP_sha256();
-	ctx = thread_ctx();
-	if (ctx)
-		ok = EVP_DigestInit_ex2(ctx, alg, NULL) && EVP_DigestUpdate(ctx, token, len) &&
-		     EVP_DigestFinal_ex(ctx, md, &mdlen);
-	else
-		ok = EVP_Digest(token, len, md, &mdlen, alg, NULL);
-	if (!ok || mdlen < 6)
-		return;
-	for (int i = 0; i < 6; i++) {
-		out[2 * i] = hex[md[i] >> 4];
-		out[2 * i + 1] = hex[md[i] & 15];
-	}
-	out[12] = '\0';
+	if (secret_sha256(token, len, md))
+		secret_hex(md, 6, out);
 }

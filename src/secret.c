@@ -11,6 +11,7 @@
 #include <fcntl.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,21 +22,58 @@
 
 #define SECRET_MAX 65536
 
-static void fingerprint(struct secret *s)
+/* SHA-256, fetched once (EVP_sha256() inside EVP_Digest looks it up on
+ * every call), and each thread's digest context, reused (EVP_Digest
+ * allocates and frees one per call); freed when the thread ends. */
+static pthread_once_t sha256_once = PTHREAD_ONCE_INIT;
+static EVP_MD *sha256;
+static pthread_key_t ctx_key;
+static bool ctx_key_ok;
+static _Thread_local EVP_MD_CTX *thread_ctx;
+
+static void free_ctx(void *ctx)
 {
-	unsigned char md[EVP_MAX_MD_SIZE];
+	EVP_MD_CTX_free(ctx);
+}
+
+static void fetch_sha256(void)
+{
+	sha256 = EVP_MD_fetch(NULL, "SHA256", NULL);
+	ctx_key_ok = pthread_key_create(&ctx_key, free_ctx) == 0;
+}
+
+bool secret_sha256(const void *data, size_t len, unsigned char md[SECRET_DIGEST_LEN])
+{
+	const EVP_MD *alg;
 	unsigned int mdlen = 0;
+	int ok;
+
+	pthread_once(&sha256_once, fetch_sha256);
+	alg = sha256 ? sha256 : EVP_sha256();
+	if (!thread_ctx && ctx_key_ok) {
+		thread_ctx = EVP_MD_CTX_new();
+		if (thread_ctx && pthread_setspecific(ctx_key, thread_ctx) != 0) {
+			EVP_MD_CTX_free(thread_ctx);
+			thread_ctx = NULL;
+		}
+	}
+	if (thread_ctx)
+		ok = EVP_DigestInit_ex2(thread_ctx, alg, NULL) && EVP_DigestUpdate(thread_ctx, data, len) &&
+		     EVP_DigestFinal_ex(thread_ctx, md, &mdlen);
+	else
+		ok = EVP_Digest(data, len, md, &mdlen, alg, NULL);
+	return ok && mdlen == SECRET_DIGEST_LEN;
+}
+
+void secret_hex(const unsigned char *md, size_t n, char *out)
+{
 	static const char hex[] = "0123456789abcdef";
 
-	s->fingerprint[0] = '\0';
-	if (!EVP_Digest(s->data, s->len, md, &mdlen, EVP_sha256(), NULL) || mdlen < 8)
-		return;
-	for (int i = 0; i < 8; i++) {
-		s->fingerprint[2 * i] = hex[md[i] >> 4];
-		s->fingerprint[2 * i + 1] = hex[md[i] & 15];
+	for (size_t i = 0; i < n; i++) {
+		out[2 * i] = hex[md[i] >> 4];
+		out[2 * i + 1] = hex[md[i] & 15];
 	}
-	s->fingerprint[16] = '\0';
-	OPENSSL_cleanse(md, sizeof(md));
+	out[2 * n] = '\0';
 }
 
 int secret_set(struct secret *s, const void *data, size_t len)
@@ -57,7 +95,12 @@ int secret_set(struct secret *s, const void *data, size_t len)
 	memcpy(s->data, data, len);
 	s->data[len] = '\0';
 	s->len = len;
-	fingerprint(s);
+	/* The digest secret_matches compares with, and its start as the fingerprint. */
+	if (!secret_sha256(s->data, s->len, s->digest)) {
+		secret_clear(s);
+		return -1;
+	}
+	secret_hex(s->digest, 8, s->fingerprint);
 	return 0;
 }
 
@@ -70,23 +113,27 @@ void secret_clear(struct secret *s)
 	s->data = NULL;
 	s->len = 0;
 	s->fingerprint[0] = '\0';
+	OPENSSL_cleanse(s->digest, sizeof(s->digest));
+}
+
+bool secret_candidate_digest(const void *candidate, size_t len, unsigned char md[SECRET_DIGEST_LEN])
+{
+	/* No secret is longer: such a candidate matches none, and is not hashed. */
+	return candidate && len <= SECRET_MAX && secret_sha256(candidate, len, md);
+}
+
+bool secret_matches(const struct secret *s, const unsigned char md[SECRET_DIGEST_LEN])
+{
+	/* Digests are compared, so the time taken does not depend on the lengths either. */
+	return s->data && CRYPTO_memcmp(s->digest, md, SECRET_DIGEST_LEN) == 0;
 }
 
 bool secret_equals(const struct secret *s, const void *candidate, size_t len)
 {
-	unsigned char a[EVP_MAX_MD_SIZE], b[EVP_MAX_MD_SIZE];
-	unsigned int alen = 0, blen = 0;
-	bool eq;
+	unsigned char md[SECRET_DIGEST_LEN];
+	bool eq = secret_candidate_digest(candidate, len, md) && secret_matches(s, md);
 
-	if (!s->data || !candidate)
-		return false;
-	/* Compare digests so the time taken does not depend on the lengths either. */
-	if (!EVP_Digest(s->data, s->len, a, &alen, EVP_sha256(), NULL) ||
-	    !EVP_Digest(candidate, len, b, &blen, EVP_sha256(), NULL) || alen != blen)
-		return false;
-	eq = CRYPTO_memcmp(a, b, alen) == 0;
-	OPENSSL_cleanse(a, sizeof(a));
-	OPENSSL_cleanse(b, sizeof(b));
+	OPENSSL_cleanse(md, sizeof(md));
 	return eq;
 }
 

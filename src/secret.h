@@ -11,10 +11,13 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#define SECRET_DIGEST_LEN 32 /* SHA-256 */
+
 struct secret {
 	unsigned char *data; /* owned; NULL when unset */
 	size_t len;
-	char fingerprint[17]; /* hex of SHA-256(data)[0..8), NUL-terminated */
+	unsigned char digest[SECRET_DIGEST_LEN]; /* SHA-256(data), for secret_matches */
+	char fingerprint[17];                    /* hex of digest[0..8), NUL-terminated */
 };
 
 /* Where a secret comes from, as written in the configuration. */
@@ -38,5 +41,18 @@ void secret_clear(struct secret *s);
 
 /* Constant-time comparison of a candidate against the secret. */
 bool secret_equals(const struct secret *s, const void *candidate, size_t len);
+
+/* For comparing one candidate with many secrets: its digest, taken once
+ * (false when it cannot be, or it is longer than any secret can be), then
+ * secret_matches for each secret, in constant time. */
+bool secret_candidate_digest(const void *candidate, size_t len, unsigned char md[SECRET_DIGEST_LEN]);
+bool secret_matches(const struct secret *s, const unsigned char md[SECRET_DIGEST_LEN]);
+
+/* SHA-256 of len bytes into md (SHA-256 fetched once, a digest context per
+ * thread); false on failure. */
+bool secret_sha256(const void *data, size_t len, unsigned char md[SECRET_DIGEST_LEN]);
+
+/* The first n bytes of md as 2n hex digits and a NUL, into out. */
+void secret_hex(const unsigned char *md, size_t n, char *out);
 
 #endif

@@ -114,6 +114,33 @@ static void t_equals(void **state)
 	assert_int_equal(secret_set(&s, "", 0), -1); /* empty secrets are refused */
 }
 
+/* One candidate digest against many secrets, as the client_keys check does. */
+static void t_digest_once(void **state)
+{
+	struct secret a = {0}, b = {0};
+	unsigned char md[SECRET_DIGEST_LEN];
+	char hex[17];
+	static char big[70000];
+
+	(void)state;
+	assert_int_equal(secret_set(&a, "key-a", 5), 0);
+	assert_int_equal(secret_set(&b, "key-b", 5), 0);
+	assert_true(secret_candidate_digest("key-b", 5, md));
+	assert_false(secret_matches(&a, md));
+	assert_true(secret_matches(&b, md));
+	/* The fingerprint is the digest's start. */
+	secret_hex(b.digest, 8, hex);
+	assert_string_equal(hex, b.fingerprint);
+	/* Longer than any secret: matches nothing, and is not even hashed. */
+	memset(big, 'k', sizeof(big));
+	assert_false(secret_candidate_digest(big, sizeof(big), md));
+	assert_false(secret_equals(&b, big, sizeof(big)));
+	secret_clear(&b);
+	assert_true(secret_candidate_digest("key-b", 5, md));
+	assert_false(secret_matches(&b, md)); /* cleared: digest gone */
+	secret_clear(&a);
+}
+
 static void t_fingerprints_differ(void **state)
 {
 	struct secret a = {0}, b = {0};
@@ -132,6 +159,7 @@ int main(void)
 	    cmocka_unit_test(t_env),
 	    cmocka_unit_test(t_file_modes),
 	    cmocka_unit_test(t_equals),
+	    cmocka_unit_test(t_digest_once),
 	    cmocka_unit_test(t_fingerprints_differ),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
