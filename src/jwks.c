@@ -632,6 +632,19 @@ static int read_jwks_file(const char *path, struct fetch *f, char *err, size_t e
 	return 0;
 }
 
+/* The URL as it may be logged: scheme, host and path, without the user
+ * information or query a URL can carry a credential in. */
+static void url_for_log(const char *url, char *out, size_t outlen)
+{
+	const char *sep = strstr(url, "://");
+	const char *host = sep ? sep + 3 : url;
+	const char *end = host + strcspn(host, "/?#");
+	const char *at = memrchr(host, '@', (size_t)(end - host));
+	const char *rest = at ? at + 1 : host;
+
+	snprintf(out, outlen, "%.*s%.*s", (int)(host - url), url, (int)strcspn(rest, "?#"), rest);
+}
+
 /*
  * One load: fetch or read, parse, and on success swap the snapshot. Returns
  * the seconds until the next scheduled fetch (URL), or -1 on failure (the
@@ -685,8 +698,10 @@ static void *refresher(void *arg)
 		pthread_mutex_unlock(&src->lock);
 		wait = load_once(src, err, sizeof(err));
 		if (wait < 0) {
+			char where[256];
+			url_for_log(src->url, where, sizeof(where));
 			log_msg("warn", "%s: jwks refresh from %s failed, keeping the last good set: %s",
-			        src->name, src->url, err);
+			        src->name, where, err);
 			wait = (double)src->min_refresh_s;
 		}
 		pthread_mutex_lock(&src->lock);
@@ -785,7 +800,10 @@ struct jwks *jwks_open(const struct jwks_options *o, const char *name, char *err
 		goto oom;
 	next = load_once(src, why, sizeof(why));
 	if (next < 0) {
-		snprintf(err, errlen, "%s%s: %s", o->url ? "fetching " : "", o->url ? o->url : o->file, why);
+		char where[256];
+		if (o->url)
+			url_for_log(o->url, where, sizeof(where));
+		snprintf(err, errlen, "%s%s: %s", o->url ? "fetching " : "", o->url ? where : o->file, why);
 		source_release(src);
 		return NULL;
 	}

@@ -437,6 +437,13 @@ static void t_file_source_errors(void **state)
 				fail_msg("%s: %s", refused[i], f->err);
 		}
 	}
+	/* A URL's user information and query may hold a credential: the error
+	 * (it goes to the log) names the URL without them. */
+	o.url = "https://reader:hunter2@127.0.0.1:1/jwks?access_token=s3cr3t#x";
+	assert_null(jwks_open(&o, "t", f->err, sizeof(f->err)));
+	assert_non_null(strstr(f->err, "fetching https://127.0.0.1:1/jwks: "));
+	assert_null(strstr(f->err, "hunter2"));
+	assert_null(strstr(f->err, "s3cr3t"));
 }
 
 /* ---- URL sources ---------------------------------------------------------------- */
