@@ -98,9 +98,8 @@ static const char *const key_names[K_END] = {
     [K_ALLOW] = "allow",           [K_TIER] = "tier",       [K_REASON] = "reason"};
 
 /* A decision's fields, in the order of its slots (check_decision). */
-static const char *const decision_fields[] = {"allow", "scopes", "tier", "expires_in", "reason", NULL};
 static const enum req_key decision_keys[] = {K_ALLOW, K_SCOPES, K_TIER, K_EXPIRES_IN, K_REASON};
-#define DECISION_FIELDS 5
+#define DECISION_FIELDS ((int)(sizeof(decision_keys) / sizeof(decision_keys[0])))
 
 struct policy_engine {
 	lua_State *L;
@@ -110,7 +109,7 @@ struct policy_engine {
 	size_t n_chunks;
 
 	/* Registry refs of the sandbox's shared pieces. */
-	int ref_co, ref_rmt, ref_envmt, ref_base, ref_broker, ref_loaded, ref_modcache;
+	int ref_co, ref_rmt, ref_base, ref_broker, ref_loaded, ref_modcache;
 	int ref_reqview, ref_idview;              /* the views of req and req.identity */
 	int ref_reqreal, ref_idreal;              /* the real tables behind them (see fill_req) */
 	int ref_keys;                             /* the keys of every decision (enum req_key) */
@@ -1451,7 +1450,7 @@ static void swap_view_new(lua_State *L, int rmt)
 
 /*
  * Builds the sandbox on a fresh state: the shared proxy pieces, the base
- * environment (registry ref_envmt's __index), the protected string
+ * environment (registry ref_base), the protected string
  * metatable. Runs protected; upvalue-free, the engine comes from extraspace.
  */
 static int setup_protected(lua_State *L)
@@ -1477,7 +1476,7 @@ static int setup_protected(lua_State *L)
 	    "sqrt", "tan",        "tointeger", "type",       "ult",  "acos",  "asin", "atan",   NULL};
 	static const char *const utf8_names[] = {"charpattern", "codes", NULL};
 	static const char *const os_names[] = {"time", "clock", NULL};
-	int g, rmt, envmt, base, str;
+	int g, rmt, base, str;
 
 	luaL_requiref(L, "_G", luaopen_base, 0);
 	g = lua_gettop(L);
@@ -1532,19 +1531,10 @@ static int setup_protected(lua_State *L)
 	swap_view_new(L, rmt);
 	e->ref_reqview = luaL_ref(L, LUA_REGISTRYINDEX);
 
-	/* The environments' metatable and the base it reads through to. */
-	lua_createtable(L, 0, 3);
-	envmt = lua_gettop(L);
+	/* The base every tenant's environment reads through to (tenant_setup
+	 * builds each tenant's environment metatable on it). */
 	lua_createtable(L, 0, 32);
 	base = lua_gettop(L);
-	lua_pushvalue(L, base);
-	lua_setfield(L, envmt, "__index");
-	lua_pushcfunction(L, env_newindex);
-	lua_setfield(L, envmt, "__newindex");
-	lua_pushboolean(L, 0);
-	lua_setfield(L, envmt, "__metatable");
-	lua_pushvalue(L, envmt);
-	e->ref_envmt = luaL_ref(L, LUA_REGISTRYINDEX);
 	lua_pushvalue(L, base);
 	e->ref_base = luaL_ref(L, LUA_REGISTRYINDEX);
 	lua_pushboolean(L, 0);
@@ -1820,9 +1810,10 @@ static int check_scopes(lua_State *L, struct policy_engine *e, int v, struct dec
 		}
 	}
 	if (count > DECISION_MAX_SCOPES || n > DECISION_MAX_SCOPES)
-		return bad(err, errlen, path, "scopes has more than %s entries", "32");
+		return bad(err, errlen, path, "scopes has more than %d entries", DECISION_MAX_SCOPES);
 	if (n < 1 || count != n)
-		return bad(err, errlen, path, "%s", "scopes must be a list of 1 to 32 strings without holes");
+		return bad(err, errlen, path, "scopes must be a list of 1 to %d strings without holes",
+		           DECISION_MAX_SCOPES);
 	for (lua_Integer i = 1; i <= n; i++) {
 		size_t len;
 		const char *s;
@@ -1885,7 +1876,7 @@ static int check_expires(lua_State *L, int v, struct decision *out, const char *
 	           luaL_typename(L, v));
 }
 
-/* The index in decision_fields of the string key at idx, or -1. A policy's
+/* The index in decision_keys of the string key at idx, or -1. A policy's
  * "allow" is, in Lua 5.4, the very string the engine keeps (short strings
  * are interned): comparing the pointers answers at once. Any other string
  * gets the bytes compared, so the answer never rests on interning. */
@@ -1897,9 +1888,11 @@ static int decision_field(lua_State *L, const struct policy_engine *e, int idx)
 	for (int i = 0; i < DECISION_FIELDS; i++)
 		if (k == e->field_names[i])
 			return i;
-	for (int i = 0; decision_fields[i]; i++)
-		if (strlen(decision_fields[i]) == len && memcmp(decision_fields[i], k, len) == 0)
+	for (int i = 0; i < DECISION_FIELDS; i++) {
+		const char *name = key_names[decision_keys[i]];
+		if (strlen(name) == len && memcmp(name, k, len) == 0)
 			return i;
+	}
 	return -1;
 }
 
@@ -1913,7 +1906,7 @@ static int check_decision(lua_State *L, struct policy_engine *e, int idx, const 
 	if (lua_type(L, idx) != LUA_TTABLE)
 		return bad(err, errlen, path, "decide must return a table, got %s", luaL_typename(L, idx));
 	/* One pass: every key must be a field, whose value goes to its slot
-	 * (slots + index in decision_fields; nil when absent). */
+	 * (slots + index in decision_keys; nil when absent). */
 	luaL_checkstack(L, 8, NULL);
 	slots = lua_gettop(L) + 1;
 	lua_settop(L, slots + 4);
