@@ -139,7 +139,8 @@ static void hmac_fetch(void)
 	hmac_mac = EVP_MAC_fetch(NULL, "HMAC", NULL);
 }
 
-static int key_fail(char *err, size_t errlen, const char *why)
+/* Writes why into err (if any); returns -1. */
+static int fail(char *err, size_t errlen, const char *why)
 {
 	if (err && errlen)
 		snprintf(err, errlen, "%s", why);
@@ -164,12 +165,12 @@ struct jwt_key *jwt_key_hmac(const struct secret *s, char *err, size_t errlen)
 	struct jwt_key *k;
 
 	if (!s || !s->data || s->len == 0) {
-		key_fail(err, errlen, "empty HMAC secret");
+		fail(err, errlen, "empty HMAC secret");
 		return NULL;
 	}
 	pthread_once(&hmac_once, hmac_fetch);
 	if (!hmac_mac || !(k = calloc(1, sizeof(*k)))) {
-		key_fail(err, errlen, "out of memory");
+		fail(err, errlen, "out of memory");
 		return NULL;
 	}
 	k->type = KEY_HMAC;
@@ -182,7 +183,7 @@ struct jwt_key *jwt_key_hmac(const struct secret *s, char *err, size_t errlen)
 		k->mac[i] = EVP_MAC_CTX_new(hmac_mac);
 		if (!k->mac[i] || !EVP_MAC_init(k->mac[i], s->data, s->len, params)) {
 			jwt_key_free(k);
-			key_fail(err, errlen, "HMAC key setup failed");
+			fail(err, errlen, "HMAC key setup failed");
 			return NULL;
 		}
 	}
@@ -206,11 +207,11 @@ struct jwt_key *jwt_key_pkey(EVP_PKEY *pkey, char *err, size_t errlen)
 	char why[128];
 
 	if (!pkey) {
-		key_fail(err, errlen, "no key");
+		fail(err, errlen, "no key");
 		return NULL;
 	}
 	if (!(k = calloc(1, sizeof(*k)))) {
-		key_fail(err, errlen, "out of memory");
+		fail(err, errlen, "out of memory");
 		goto bad;
 	}
 	k->pkey = pkey;
@@ -219,7 +220,7 @@ struct jwt_key *jwt_key_pkey(EVP_PKEY *pkey, char *err, size_t errlen)
 		if (bits < JWT_RSA_MIN_BITS || bits > JWT_RSA_MAX_BITS) {
 			snprintf(why, sizeof(why), "RSA key of %d bits refused (%d..%d)", bits,
 			         JWT_RSA_MIN_BITS, JWT_RSA_MAX_BITS);
-			key_fail(err, errlen, why);
+			fail(err, errlen, why);
 			goto bad;
 		}
 		k->type = KEY_RSA;
@@ -228,8 +229,8 @@ struct jwt_key *jwt_key_pkey(EVP_PKEY *pkey, char *err, size_t errlen)
 		int nid = ec_curve_nid(pkey);
 		EC_GROUP *g;
 		if (nid != NID_X9_62_prime256v1 && nid != NID_secp384r1) {
-			key_fail(err, errlen,
-			         "EC key on a curve other than P-256 or P-384 (or explicit parameters)");
+			fail(err, errlen,
+			     "EC key on a curve other than P-256 or P-384 (or explicit parameters)");
 			goto bad;
 		}
 		k->type = nid == NID_secp384r1 ? KEY_EC_P384 : KEY_EC_P256;
@@ -238,7 +239,7 @@ struct jwt_key *jwt_key_pkey(EVP_PKEY *pkey, char *err, size_t errlen)
 		k->order = g ? BN_dup(EC_GROUP_get0_order(g)) : NULL;
 		EC_GROUP_free(g);
 		if (!k->order) {
-			key_fail(err, errlen, "out of memory");
+			fail(err, errlen, "out of memory");
 			goto bad;
 		}
 	} else if (EVP_PKEY_is_a(pkey, "ED25519")) {
@@ -248,7 +249,7 @@ struct jwt_key *jwt_key_pkey(EVP_PKEY *pkey, char *err, size_t errlen)
 		const char *t = EVP_PKEY_get0_type_name(pkey);
 		snprintf(why, sizeof(why), "key type %s not supported (RSA, EC P-256/P-384, Ed25519)",
 		         t ? t : "?");
-		key_fail(err, errlen, why);
+		fail(err, errlen, why);
 		goto bad;
 	}
 	k->algs = key_algs(k->type);
@@ -267,12 +268,12 @@ struct jwt_key *jwt_key_pem(const char *pem, size_t len, char *err, size_t errle
 	BIO *bio;
 
 	if (!pem || len == 0 || len > 1024 * 1024) {
-		key_fail(err, errlen, "empty or oversized PEM");
+		fail(err, errlen, "empty or oversized PEM");
 		return NULL;
 	}
 	/* A private key where a public one belongs is an operator error worth naming. */
 	if (memmem(pem, len, "PRIVATE KEY-----", 16)) {
-		key_fail(err, errlen, "holds a private key: give the public key (openssl pkey -pubout)");
+		fail(err, errlen, "holds a private key: give the public key (openssl pkey -pubout)");
 		return NULL;
 	}
 	bio = BIO_new_mem_buf(pem, (int)len);
@@ -280,7 +281,7 @@ struct jwt_key *jwt_key_pem(const char *pem, size_t len, char *err, size_t errle
 		pkey = PEM_read_bio_PUBKEY(bio, NULL, NULL, NULL);
 	BIO_free(bio);
 	if (!pkey) {
-		key_fail(err, errlen, "not a PEM public key (-----BEGIN PUBLIC KEY-----)");
+		fail(err, errlen, "not a PEM public key (-----BEGIN PUBLIC KEY-----)");
 		return NULL;
 	}
 	return jwt_key_pkey(pkey, err, errlen);
@@ -407,13 +408,6 @@ int jwt_b64url_decode(const char *in, size_t len, unsigned char *out, size_t out
 
 /* ---- helpers ------------------------------------------------------------- */
 
-static int fail(char *err, size_t errlen, const char *why)
-{
-	if (err && errlen)
-		snprintf(err, errlen, "%s", why);
-	return -1;
-}
-
 /* The three segments of a compact JWS: [0,d1), (d1,d2), (d2,len). */
 struct segments {
 	const char *part[3];
@@ -456,12 +450,7 @@ static int push_object(lua_State *L, const char *seg, size_t seglen, unsigned ch
 
 	if (jwt_b64url_decode(seg, seglen, buf, bufcap, &n) || !is_json_object(buf, n))
 		return -1;
-	/* json_decode's integer pass walks nested tables two stack slots per
-	 * level without lua_checkstack (json.c, integerise): a header nested 32
-	 * deep wrote past the Lua stack before any signature was checked. Reserve
-	 * the room here; harmless once json.c checks for itself. */
-	if (!lua_checkstack(L, 2 * JSON_MAX_DEPTH + 24))
-		return -1;
+	/* json_decode makes room on the stack for deep nesting itself. */
 	if (json_decode(L, (const char *)buf, n))
 		return -1;
 	if (lua_type(L, -1) != LUA_TTABLE) {
@@ -699,7 +688,7 @@ static int verify_signature(const struct jwt_config *cfg, const struct alg *a, c
                             const char **why)
 {
 	struct jwks_set *set;
-	bool tried = false, kid_seen = false, jwks_tried = false;
+	bool tried = false, kid_seen = false;
 	int rc = -1;
 
 	*why = "bad signature";
@@ -724,11 +713,12 @@ static int verify_signature(const struct jwt_config *cfg, const struct alg *a, c
 		}
 		if (!(k->algs & a->bit))
 			continue;
-		tried = jwks_tried = true;
+		tried = true;
 		rc = verify_with(a, k, input, inlen, sig, siglen);
 	}
 	jwks_set_release(set);
-	if (rc != 0 && kid[0] && !kid_seen && !jwks_tried) {
+	/* No JWKS key has this kid (a key with the kid is always tried). */
+	if (rc != 0 && kid[0] && !kid_seen) {
 		*why = "unknown kid";
 		jwks_unknown_kid(cfg->jwks);
 		if (tried)
