@@ -8,21 +8,16 @@ any user_id, so each refusal here is the broker's own: were the check
 missing, the double would issue a token and the test would see a 200.
 """
 import json
-import time
 
 import jwt as pyjwt
 import pytest
 
-from conftest import COURIER_KEY, Broker, Double, mint
+from conftest import COURIER_KEY, Broker, Double, mint, policy, wait_token_lines
 
 DOUBLE_SECRET = "double-signing-secret"
 INBOX = ["inbox:read:messages", "inbox:write:events", "read:brands"]
 PREFERENCES = INBOX + ["read:preferences", "write:preferences"]
 PUSH = PREFERENCES + ["read:user-tokens", "write:user-tokens"]
-
-
-def policy(body):
-    return "return function(req)\n%s\nend\n" % body
 
 
 POLICIES = {
@@ -279,12 +274,7 @@ def test_lifetime_capped_at_tenant_max_in_seconds(env):
     b, d = env
     r = ask(b, "capped1d", {"user_id": "alice"})
     assert_issued(r, d, INBOX, 86400)
-    deadline = time.monotonic() + 5
-    lines = []
-    while not lines and time.monotonic() < deadline:
-        lines = [l for l in b.p.json_lines() if l.get("event") == "token_request" and l.get("tenant") == "capped1d"]
-        time.sleep(0.01)
-    line = lines[-1]
+    line = wait_token_lines(b, 1, "capped1d")[-1]
     assert line["expires_in"] == 86400 and line.get("capped") is True
 
 

@@ -17,15 +17,11 @@ import time
 import jwt as pyjwt
 import pytest
 
-from conftest import APP_SECRET, COURIER_KEY, Broker, Double, mint, request
+from conftest import APP_SECRET, COURIER_KEY, Broker, Double, mint, policy, request, token_lines, wait_token_lines
 
 DOUBLE_SECRET = "double-signing-secret"
 INBOX = "inbox:read:messages inbox:write:events read:brands"
 MAX_BODY = 16 * 1024
-
-
-def policy(body):
-    return "return function(req)\n%s\nend\n" % body
 
 
 def allow_policy(tier="inbox", expires_in='"1h"', reason="test"):
@@ -40,21 +36,6 @@ def expect_error(r, status, code):
     assert isinstance(doc.get("message"), str) and doc["message"], doc
     assert "token" not in doc
     return doc
-
-
-def token_lines(b):
-    return [l for l in b.p.json_lines() if l.get("event") == "token_request"]
-
-
-def wait_log(b, n, timeout=5.0):
-    """Waits until the broker logged at least n token_request lines."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        lines = token_lines(b)
-        if len(lines) >= n:
-            return lines
-        time.sleep(0.02)
-    raise AssertionError("expected %d token_request lines, got:\n%s" % (n, b.p.text()))
 
 
 def b64url(obj):
@@ -101,7 +82,7 @@ def test_200_log_line_has_hash_not_token(broker):
     r = broker.post(body={"user_id": "alice"}, token=mint(sub="frontend-1"))
     assert r.status == 200, r.body
     tok = r.json()["token"]
-    line = wait_log(broker, 1)[-1]
+    line = wait_token_lines(broker, 1)[-1]
     assert line["tenant"] == "default"
     assert line["user"] == "alice"
     assert line["subject"] == "frontend-1"
@@ -270,7 +251,7 @@ def test_403_policy_denies_with_its_reason(broker_factory, double):
     doc = expect_error(r, 403, "forbidden")
     assert doc["message"] == "alice may only see her own inbox"
     assert double.served() == 0
-    line = wait_log(b, 1)[-1]
+    line = wait_token_lines(b, 1)[-1]
     assert line["decision"] == "deny" and line["status"] == 403
 
 
@@ -572,15 +553,10 @@ def test_500_policy_error(bad_policy_broker, name):
 
 def test_500_policy_error_is_logged_with_detail(bad_policy_broker):
     b = bad_policy_broker
-    n = len([l for l in token_lines(b) if l.get("tenant") == "raises"])
+    n = len(token_lines(b, "raises"))
     r = b.post("/v1/tenants/raises/token", body={"user_id": "alice"}, token=mint())
     assert r.status == 500
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        lines = [l for l in token_lines(b) if l.get("tenant") == "raises"]
-        if len(lines) > n:
-            break
-        time.sleep(0.02)
+    lines = wait_token_lines(b, n + 1, "raises")
     assert len(lines) == n + 1, b.p.text()
     assert lines[-1]["status"] == 500 and lines[-1]["decision"] == "error"
     assert lines[-1]["error"] == "policy_error"
@@ -608,7 +584,7 @@ def test_502_upstream_error(broker, double, config):
     doc = expect_error(r, 502, "upstream_error")
     assert double.served() == 1  # called once: never retried
     assert COURIER_KEY not in doc["message"]
-    line = wait_log(broker, 1)[-1]
+    line = wait_token_lines(broker, 1)[-1]
     assert line["status"] == 502 and line["error"] == "upstream_error"
     assert "token_sha256" not in line
 
@@ -677,7 +653,7 @@ def test_504_upstream_timeout(broker_factory, double):
     elapsed = time.monotonic() - t0
     expect_error(r, 504, "upstream_timeout")
     assert elapsed < 1.3, elapsed
-    line = wait_log(b, 1)[-1]
+    line = wait_token_lines(b, 1)[-1]
     assert line["status"] == 504
 
 
@@ -768,6 +744,6 @@ def test_multi_tenant_uses_its_policy_and_key(two_tenants):
     r = b.post("/v1/tenants/default/token", body={"user_id": "alice"}, token=mint())
     assert r.status == 200 and r.json()["scope"] == "user_id:alice " + INBOX
 
-    lines = wait_log(b, 3)
+    lines = wait_token_lines(b, 3)
     assert [l["tenant"] for l in lines[-3:]] == ["acme", "default", "default"]
     assert ACME_KEY not in b.p.text()

@@ -1,89 +1,18 @@
 """Signals to `serve`: SIGHUP reloads, SIGTERM/SIGINT drain and exit 0.
 
 Every wait is bounded: reloads are observed through /metrics
-(broker_generation, broker_reloads_total) within RELOAD_WAIT seconds.
+(broker_generation, broker_reloads_total) within RELOAD_WAIT seconds (conftest).
 """
 import os
-import re
 import signal
-import socket
 import threading
 import time
 
 import pytest
 
-from conftest import ALLOW_POLICY, COURIER_KEY, Double, mint
+from conftest import (ALLOW_POLICY, COURIER_KEY, DENY_POLICY, FILE_KEY, NEW_KEY, Double, connect_refused, generation,
+                      key_file_prep, metrics, mint, post, reload_failed, reload_ok, reloads)
 
-RELOAD_WAIT = 5.0
-NEW_KEY = "ck_test_rotated_8e7d6c5b4a39281706f5"
-
-DENY_POLICY = """
-return function(req)
-  return { allow = false, reason = "switched off" }
-end
-"""
-
-
-def metrics(b):
-    r = b.get("/metrics")
-    assert r.status == 200, r.body
-    out = {}
-    for line in r.body.decode().splitlines():
-        if not line or line.startswith("#"):
-            continue
-        m = re.match(r"^(\S+)\s+(\S+)$", line)
-        if m:
-            out[m.group(1)] = float(m.group(2))
-    return out
-
-
-def generation(b):
-    return metrics(b)["broker_generation"]
-
-
-def reloads(b, result):
-    return metrics(b)['broker_reloads_total{result="%s"}' % result]
-
-
-def wait_metric(b, name, pred, timeout=RELOAD_WAIT):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = metrics(b).get(name)
-        if last is not None and pred(last):
-            return last
-        time.sleep(0.02)
-    raise AssertionError("%s never satisfied the condition (last %r); log:\n%s" % (name, last, b.p.text()[-3000:]))
-
-
-def reload_ok(b):
-    """SIGHUP and wait until the generation increased; returns the new one."""
-    g0, ok0, f0 = generation(b), reloads(b, "ok"), reloads(b, "failed")
-    b.sighup()
-    # The counter moves after the new generation is installed: wait for both.
-    wait_metric(b, 'broker_reloads_total{result="ok"}', lambda v: v > ok0)
-    g = wait_metric(b, "broker_generation", lambda v: v > g0)
-    m = metrics(b)
-    assert m['broker_reloads_total{result="ok"}'] == ok0 + 1, m
-    assert m['broker_reloads_total{result="failed"}'] == f0, m
-    assert m["broker_last_reload_success"] == 1
-    return g
-
-
-def reload_failed(b):
-    """SIGHUP and wait until the failed-reload counter increased; the generation stays."""
-    g0, f0, ok0 = generation(b), reloads(b, "failed"), reloads(b, "ok")
-    b.sighup()
-    wait_metric(b, 'broker_reloads_total{result="failed"}', lambda v: v > f0)
-    m = metrics(b)
-    assert m["broker_generation"] == g0, m
-    assert m['broker_reloads_total{result="ok"}'] == ok0
-    assert m["broker_last_reload_success"] == 0
-    assert b.get("/readyz").status == 200
-
-
-def post(b, user="alice", **kw):
-    return b.post(body={"user_id": user}, token=mint(user), **kw)
 
 
 
@@ -93,15 +22,6 @@ def double2():
     d = Double(keys=(COURIER_KEY, NEW_KEY))
     yield d
     d.stop()
-
-
-def key_file_prep(d):
-    k = d / "courier.key"
-    k.write_text(COURIER_KEY + "\n")
-    os.chmod(k, 0o600)
-
-
-FILE_KEY = {"default": {"api_key": '{ file = "courier.key" }'}}
 
 
 # ------------------------------------------------------------------ SIGHUP
@@ -259,22 +179,6 @@ def test_many_sighups_under_load(broker):
 
 
 # ------------------------------------------------------------ SIGTERM/INT
-
-def connect_refused(port):
-    s = socket.socket()
-    s.settimeout(1)
-    try:
-        s.connect(("127.0.0.1", port))
-    except ConnectionRefusedError:
-        return True
-    except ConnectionResetError:
-        # Caught in the backlog of a socket being closed: not served, but not
-        # yet the refusal we wait for either.
-        return False
-    finally:
-        s.close()
-    return False
-
 
 @pytest.mark.parametrize("pool", ["warm", "cold"])
 def test_sigterm_drains_inflight_requests(broker, double, pool):

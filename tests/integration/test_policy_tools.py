@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from conftest import APP_SECRET, BROKER_BIN, COURIER_KEY, ROOT, Broker, mint, request
+from conftest import APP_SECRET, BROKER_BIN, COURIER_KEY, ROOT, Broker, mint, request, wait_token_lines
 
 TIMEOUT = 30
 
@@ -27,21 +27,6 @@ def run(args, env=None, cwd=None, input=None):
     p.out = p.stdout.decode("utf-8", "replace")
     p.err = p.stderr.decode("utf-8", "replace")
     return p
-
-
-def token_lines(b, tenant=None):
-    return [l for l in b.p.json_lines()
-            if l.get("event") == "token_request" and (tenant is None or l.get("tenant") == tenant)]
-
-
-def wait_lines(b, n, tenant=None, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        lines = token_lines(b, tenant)
-        if len(lines) >= n:
-            return lines
-        time.sleep(0.02)
-    raise AssertionError("expected %d token_request lines:\n%s" % (n, b.p.text()))
 
 
 def metric(b, name):
@@ -78,7 +63,7 @@ end
 """})
     assert b.post(body={"user_id": "alice"}, token=mint()).status == 200
     assert b.post(body={"user_id": "alice", "deny": True}, token=mint()).status == 403
-    lines = wait_lines(b, 2)
+    lines = wait_token_lines(b, 2)
     assert lines[0]["status"] == 200 and lines[0]["policy_log"] == ["checking alice 42", "second line"]
     assert lines[1]["status"] == 403 and lines[1]["policy_log"] == ["checking alice 42", "second line", "denying"]
     # Never in the answer.
@@ -93,9 +78,9 @@ def test_broker_log_is_bounded_and_absent_when_unused(broker_factory):
                   '  return { allow = false, reason = "no" } end\n'})
     assert b.post(body={"user_id": "alice"}, token=mint()).status == 200
     assert b.post("/v1/tenants/chatty/token", body={"user_id": "alice"}, token=mint()).status == 403
-    quiet = wait_lines(b, 1, "default")[0]
+    quiet = wait_token_lines(b, 1, "default")[0]
     assert "policy_log" not in quiet
-    chatty = wait_lines(b, 1, "chatty")[0]
+    chatty = wait_token_lines(b, 1, "chatty")[0]
     assert 1 <= len(chatty["policy_log"]) <= 32
     assert sum(len(l) for l in chatty["policy_log"]) <= 2048
 
@@ -182,7 +167,7 @@ def test_revision_changes_with_data_and_modules(data_broker):
     reload(b)
     r = b.post(body={"user_id": "alice"}, token=mint("alice"))
     assert r.status == 403 and r.json()["message"] == "not an admin (1 admins)"
-    rev1 = r.header("X-Policy-Revision") or wait_lines(b, 2)[-1]["policy_revision"]
+    rev1 = r.header("X-Policy-Revision") or wait_token_lines(b, 2)[-1]["policy_revision"]
     assert rev1 != rev0
     (b.dir / "policies" / "roles.lua").write_text(ROLES_MODULE.replace("return false", "return who == 'alice'"))
     reload(b)
@@ -190,7 +175,7 @@ def test_revision_changes_with_data_and_modules(data_broker):
     assert r.status == 200, r.body
     rev2 = r.header("X-Policy-Revision")
     assert rev2 not in (rev0, rev1)
-    lines = wait_lines(b, 3)
+    lines = wait_token_lines(b, 3)
     assert lines[-1]["policy_revision"] == rev2
 
 

@@ -17,9 +17,8 @@ import time
 
 import pytest
 
-from conftest import BROKER_BIN, COURIER_KEY, Double, mint
-from test_lifecycle import (DENY_POLICY, FILE_KEY, NEW_KEY, connect_refused, generation, key_file_prep, metrics,
-                            post, reload_failed, reload_ok, reloads, wait_metric)
+from conftest import (BROKER_BIN, COURIER_KEY, DENY_POLICY, FILE_KEY, NEW_KEY, Double, connect_refused, generation,
+                      key_file_prep, metrics, mint, post, reload_failed, reload_ok, reloads, wait_metric)
 
 INBOX_POLICY = """
 return function(req)

@@ -10,13 +10,9 @@ import time
 
 import pytest
 
-from conftest import Broker, Double, mint
+from conftest import Broker, Double, mint, policy
 
 INBOX = "inbox:read:messages inbox:write:events read:brands"
-
-
-def policy(body):
-    return "return function(req)\n%s\nend\n" % body
 
 
 ALLOW = '  return { allow = true, tier = "inbox" }'

@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 import jwt as pyjwt
 import pytest
 
-from conftest import COURIER_KEY, mint
+from conftest import COURIER_KEY, mint, wait_token_lines
 
 DOUBLE_SECRET = "double-signing-secret"
 
@@ -30,20 +30,6 @@ def expect_error(r, status, code):
     assert doc["error"] == code, doc
     assert "token" not in doc
     return doc
-
-
-def token_lines(b):
-    return [l for l in b.p.json_lines() if l.get("event") == "token_request"]
-
-
-def wait_log(b, n, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        lines = token_lines(b)
-        if len(lines) >= n:
-            return lines
-        time.sleep(0.02)
-    raise AssertionError("expected %d token_request lines:\n%s" % (n, b.p.text()))
 
 
 def ask(b, user="alice", **kw):
@@ -60,7 +46,7 @@ def test_courier_error_status_is_502(broker, double, status):
     doc = expect_error(r, 502, "upstream_error")
     assert COURIER_KEY not in doc["message"]
     assert double.served() == 1  # no retry
-    line = wait_log(broker, 1)[-1]
+    line = wait_token_lines(broker, 1)[-1]
     assert line["status"] == 502 and "token_sha256" not in line
 
 
@@ -187,7 +173,7 @@ def test_courier_unreachable_is_502(broker_factory):
     r = ask(b)
     expect_error(r, 502, "upstream_error")
     assert time.monotonic() - t0 < 2.0
-    line = wait_log(b, 1)[-1]
+    line = wait_token_lines(b, 1)[-1]
     assert line["status"] == 502
     assert COURIER_KEY not in b.p.text()
 
@@ -336,6 +322,6 @@ def test_token_sha256_logged_matches(broker_factory, fake_courier):
     b = broker_factory(double=f)
     r = ask(b)
     assert r.status == 200 and r.json()["token"] == tok
-    line = wait_log(b, 1)[-1]
+    line = wait_token_lines(b, 1)[-1]
     assert line["token_sha256"] == hashlib.sha256(tok.encode()).hexdigest()[:12]
     assert tok not in b.p.text()
