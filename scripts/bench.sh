@@ -8,26 +8,18 @@
 set -euo pipefail
 broker=$1 double=$2
 root=$(cd "$(dirname "$0")/.." && pwd)
+. "$root/scripts/lib.sh"
 secs=${BENCH_SECONDS:-10}
 rounds=${BENCH_ROUNDS:-3}
 work=$(mktemp -d)
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 ulimit -n 65536 2>/dev/null || true
 
-wait_for() {
-  for _ in $(seq 100); do
-    m=$(grep -oE "$2" "$1" 2>/dev/null | head -1 || true)
-    [ -n "$m" ] && { echo "$m" | grep -oE '[0-9]+$'; return 0; }
-    sleep 0.1
-  done
-  echo "bench: timed out waiting for $2" >&2; cat "$1" >&2; return 1
-}
 
 COURIER_DOUBLE_KEYS=bench-courier-key "$double" --port 0 >"$work/double.out" 2>"$work/double.err" &
 pids+=($!)
-dport=$(wait_for "$work/double.out" '^PORT [0-9]+')
+dport=$(wait_for "$work/double.out" '^PORT [0-9]+' bench)
 
 cat >"$work/bench.conf.lua" <<CONF
 listen = "127.0.0.1:0"
@@ -46,7 +38,7 @@ export COURIER_API_KEY=bench-courier-key APP_JWT_SECRET=bench-app-secret
 "$broker" serve -c "$work/bench.conf.lua" 2>"$work/broker.log" &
 bpid=$!
 pids+=($bpid)
-bport=$(wait_for "$work/broker.log" 'listening on 127\.0\.0\.1:[0-9]+')
+bport=$(wait_for "$work/broker.log" 'listening on 127\.0\.0\.1:[0-9]+' bench)
 
 session=$(/usr/bin/python3 -c 'import jwt, time, sys
 print(jwt.encode({"sub": "alice", "iat": int(time.time()), "exp": int(time.time()) + 3600}, sys.argv[1], algorithm="HS256"))' "$APP_JWT_SECRET")

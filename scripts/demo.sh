@@ -4,29 +4,21 @@
 set -euo pipefail
 broker=$1 double=$2
 root=$(cd "$(dirname "$0")/.." && pwd)
+. "$root/scripts/lib.sh"
 work=$(mktemp -d)
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 
-wait_for() { # file regex -> first capture group, bounded to 10 s
-  for _ in $(seq 100); do
-    m=$(grep -oE "$2" "$1" 2>/dev/null | head -1 || true)
-    [ -n "$m" ] && { echo "$m" | grep -oE '[0-9]+$'; return 0; }
-    sleep 0.1
-  done
-  echo "demo: timed out waiting for $2 in $1" >&2; cat "$1" >&2; return 1
-}
 
 COURIER_DOUBLE_KEYS=demo-courier-key "$double" --port 0 >"$work/double.out" 2>"$work/double.err" &
 pids+=($!)
-dport=$(wait_for "$work/double.out" '^PORT [0-9]+')
+dport=$(wait_for "$work/double.out" '^PORT [0-9]+' demo)
 echo "== Courier test double on 127.0.0.1:$dport"
 
 export COURIER_BASE_URL="http://127.0.0.1:$dport" COURIER_API_KEY=demo-courier-key APP_JWT_SECRET=demo-app-secret
 "$broker" serve -c "$root/examples/demo.conf.lua" 2>"$work/broker.log" &
 pids+=($!)
-bport=$(wait_for "$work/broker.log" 'listening on 127\.0\.0\.1:[0-9]+')
+bport=$(wait_for "$work/broker.log" 'listening on 127\.0\.0\.1:[0-9]+' demo)
 echo "== courier-broker on 127.0.0.1:$bport (examples/demo.conf.lua, policies/default.lua)"
 
 # The app's own session token for alice, as the frontend already has it.

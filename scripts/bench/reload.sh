@@ -7,23 +7,15 @@
 set -euo pipefail
 broker=$1 double=$2 secs=${3:-10}
 root=$(cd "$(dirname "$0")/../.." && pwd)
+. "$root/scripts/lib.sh"
 work=$(mktemp -d)
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 
-wait_for() {
-  for _ in $(seq 100); do
-    m=$(grep -oE "$2" "$1" 2>/dev/null | head -1 || true)
-    [ -n "$m" ] && { echo "$m" | grep -oE '[0-9]+$'; return 0; }
-    sleep 0.1
-  done
-  echo "bench: timed out waiting for $2" >&2; cat "$1" >&2; return 1
-}
 
 COURIER_DOUBLE_KEYS=bench-courier-key "$double" --port 0 >"$work/double.out" 2>"$work/double.err" &
 pids+=($!)
-dport=$(wait_for "$work/double.out" '^PORT [0-9]+')
+dport=$(wait_for "$work/double.out" '^PORT [0-9]+' bench)
 export COURIER_API_KEY=bench-courier-key APP_JWT_SECRET=bench-app-secret
 
 # config FILE NTENANTS: default plus t001.. sharing policies/default.lua
