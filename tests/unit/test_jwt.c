@@ -104,24 +104,6 @@ static int teardown(void **state)
 
 /* ---- minting ------------------------------------------------------------- */
 
-/* base64url without padding of n bytes, appended at dst; returns chars written. */
-static size_t b64url(char *dst, const void *src, size_t n)
-{
-	unsigned char *tmp = malloc(n / 3 * 4 + 8);
-	int w;
-
-	assert_non_null(tmp);
-	w = EVP_EncodeBlock(tmp, src, (int)n);
-	assert_true(w >= 0);
-	while (w > 0 && tmp[w - 1] == '=')
-		w--;
-	for (int i = 0; i < w; i++)
-		dst[i] = tmp[i] == '+' ? '-' : tmp[i] == '/' ? '_' : (char)tmp[i];
-	dst[w] = '\0';
-	free(tmp);
-	return (size_t)w;
-}
-
 /* header.payload.HMAC(digest, key) into out. */
 static const char *mint_with(char *out, const char *header, const char *payload, const char *digest,
                              const char *key)
@@ -137,13 +119,13 @@ static const char *mint_with(char *out, const char *header, const char *payload,
 		         payload + 1);
 		payload = withexp;
 	}
-	n = b64url(out, header, strlen(header));
+	n = tk_b64url(out, header, strlen(header));
 	out[n++] = '.';
-	n += b64url(out + n, payload, strlen(payload));
+	n += tk_b64url(out + n, payload, strlen(payload));
 	assert_non_null(EVP_Q_mac(NULL, "HMAC", NULL, digest, NULL, key, strlen(key), (unsigned char *)out, n,
 	                          mac, sizeof(mac), &maclen));
 	out[n++] = '.';
-	b64url(out + n, mac, maclen);
+	tk_b64url(out + n, mac, maclen);
 	return out;
 }
 
@@ -267,9 +249,9 @@ static void t_alg_none_and_unknown(void **state)
 	size_t n;
 
 	/* alg none, empty signature, and with a signature */
-	n = b64url(tok, "{\"alg\":\"none\"}", 14);
+	n = tk_b64url(tok, "{\"alg\":\"none\"}", 14);
 	tok[n++] = '.';
-	n += b64url(tok + n, GOOD_CLAIMS, strlen(GOOD_CLAIMS));
+	n += tk_b64url(tok + n, GOOD_CLAIMS, strlen(GOOD_CLAIMS));
 	tok[n++] = '.';
 	tok[n] = '\0';
 	expect_refused(f, tok, "none");
@@ -358,11 +340,11 @@ static void t_tampered_payload(void **state)
 	/* PyJWT's header and signature around a payload naming someone else. */
 	n = (size_t)(d1 - PY_HS256) + 1;
 	memcpy(tok, PY_HS256, n);
-	b64url(other,
-	       "{\"sub\":\"admin\",\"iss\":\"https://app.example.com\",\"aud\":\"courier-broker\","
-	       "\"iat\":1700000000,\"exp\":1700003600}",
-	       strlen("{\"sub\":\"admin\",\"iss\":\"https://app.example.com\",\"aud\":\"courier-broker\","
-	              "\"iat\":1700000000,\"exp\":1700003600}"));
+	tk_b64url(other,
+	          "{\"sub\":\"admin\",\"iss\":\"https://app.example.com\",\"aud\":\"courier-broker\","
+	          "\"iat\":1700000000,\"exp\":1700003600}",
+	          strlen("{\"sub\":\"admin\",\"iss\":\"https://app.example.com\",\"aud\":\"courier-broker\","
+	                 "\"iat\":1700000000,\"exp\":1700003600}"));
 	strcpy(tok + n, other);
 	strcat(tok, d2);
 	expect_refused(f, tok, "bad signature");
@@ -512,7 +494,7 @@ static void t_b64url_decode(void **state)
 		size_t elen;
 		for (int i = 0; i < 2000; i++)
 			raw[i] = (unsigned char)(i * 7 + 3);
-		elen = b64url(enc, raw, sizeof(raw));
+		elen = tk_b64url(enc, raw, sizeof(raw));
 		assert_int_equal(jwt_b64url_decode(enc, elen, dec, sizeof(dec), &n), 0);
 		assert_int_equal(n, sizeof(raw));
 		assert_memory_equal(dec, raw, sizeof(raw));
