@@ -8,6 +8,7 @@
  */
 #include "reload.h"
 
+#include <stddef.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -19,13 +20,31 @@
 #include "policy.h"
 #include "policytest.h"
 
+/* The settings a reload cannot apply (besides listen): their names, and
+ * where they are in struct config (all unsigned). */
+static const struct {
+	const char *name;
+	size_t off;
+} restart_only[] = {
+    {"threads", offsetof(struct config, threads)}, /* first: reload_run reads it */
+    {"max_connections", offsetof(struct config, max_connections)},
+    {"connection_timeout_s", offsetof(struct config, connection_timeout_s)},
+    {"courier.max_connections", offsetof(struct config, courier_max_connections)},
+};
+#define N_RESTART_ONLY (sizeof(restart_only) / sizeof(restart_only[0]))
+
 /* The settings serve started with: changing them needs a restart. */
 static struct {
 	char listen_host[256];
 	unsigned short listen_port;
-	unsigned threads, max_connections, connection_timeout_s, courier_max_connections;
+	unsigned values[N_RESTART_ONLY]; /* of restart_only */
 	bool set;
 } started;
+
+static unsigned restart_only_value(const struct config *cfg, size_t i)
+{
+	return *(const unsigned *)(const void *)((const char *)cfg + restart_only[i].off);
+}
 
 struct config *reload_load(const char *path, bool quiet_tests, char *err, size_t errlen)
 {
@@ -45,10 +64,8 @@ void reload_started_with(const struct config *cfg)
 {
 	snprintf(started.listen_host, sizeof(started.listen_host), "%s", cfg->listen_host);
 	started.listen_port = cfg->listen_port;
-	started.threads = cfg->threads;
-	started.max_connections = cfg->max_connections;
-	started.connection_timeout_s = cfg->connection_timeout_s;
-	started.courier_max_connections = cfg->courier_max_connections;
+	for (size_t i = 0; i < N_RESTART_ONLY; i++)
+		started.values[i] = restart_only_value(cfg, i);
 	started.set = true;
 }
 
@@ -60,18 +77,12 @@ static void warn_restart_only(const struct config *cfg)
 	if (strcmp(cfg->listen_host, started.listen_host) != 0 || cfg->listen_port != started.listen_port)
 		log_msg("warn", "reload: listen changed to %s:%u; still listening on %s:%u until a restart",
 		        cfg->listen_host, cfg->listen_port, started.listen_host, started.listen_port);
-	if (cfg->threads != started.threads)
-		log_msg("warn", "reload: threads changed to %u; still %u until a restart", cfg->threads,
-		        started.threads);
-	if (cfg->max_connections != started.max_connections)
-		log_msg("warn", "reload: max_connections changed to %u; still %u until a restart",
-		        cfg->max_connections, started.max_connections);
-	if (cfg->connection_timeout_s != started.connection_timeout_s)
-		log_msg("warn", "reload: connection_timeout_s changed to %u; still %u until a restart",
-		        cfg->connection_timeout_s, started.connection_timeout_s);
-	if (cfg->courier_max_connections != started.courier_max_connections)
-		log_msg("warn", "reload: courier.max_connections changed to %u; still %u until a restart",
-		        cfg->courier_max_connections, started.courier_max_connections);
+	for (size_t i = 0; i < N_RESTART_ONLY; i++) {
+		unsigned now = restart_only_value(cfg, i);
+		if (now != started.values[i])
+			log_msg("warn", "reload: %s changed to %u; still %u until a restart",
+			        restart_only[i].name, now, started.values[i]);
+	}
 }
 
 static double ms_since(const struct timespec *t0)
@@ -99,7 +110,7 @@ int reload_run(const char *path, int signals)
 	if (cfg) {
 		warn_restart_only(cfg);
 		/* One engine per worker thread (as many as serve started with). */
-		if (gen_install(cfg, started.set ? started.threads : cfg->threads) != 0) {
+		if (gen_install(cfg, started.set ? started.values[0] /* threads */ : cfg->threads) != 0) {
 			config_free(cfg);
 			cfg = NULL;
 			snprintf(err, sizeof(err), "out of memory");
