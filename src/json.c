@@ -134,6 +134,18 @@ int json_decode(lua_State *L, const char *buf, size_t len)
 	return 0;
 }
 
+int json_decode_object(lua_State *L, const char *buf, size_t len)
+{
+	size_t i = 0;
+
+	while (i < len && (buf[i] == ' ' || buf[i] == '\t' || buf[i] == '\r' || buf[i] == '\n'))
+		i++;
+	/* A document that starts with '{' and decodes is a table. */
+	if (i == len || buf[i] != '{')
+		return -1;
+	return json_decode(L, buf, len);
+}
+
 const char *json_encode(lua_State *L, int idx, size_t *len)
 {
 	idx = lua_absindex(L, idx);

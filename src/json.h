@@ -25,6 +25,11 @@ int json_open(struct lua_State *L);
  * integers. */
 int json_decode(struct lua_State *L, const char *buf, size_t len);
 
+/* json_decode for a document that must be an object ({...}: cjson makes a
+ * table of an array too, so the text is checked): pushes the table and
+ * returns 0, or pushes nothing and returns -1. */
+int json_decode_object(struct lua_State *L, const char *buf, size_t len);
+
 /* Encodes the value at idx; on success pushes the JSON string and returns a
  * pointer to it (valid while it stays on the stack), with its length in *len;
  * on failure pushes nothing and returns NULL. */

@@ -342,12 +342,9 @@ static int parse_protected(lua_State *L)
 {
 	struct parse_ctx *p = lua_touserdata(L, 1);
 	lua_Integer n;
-	size_t i = 0;
 
 	lua_settop(L, 0);
-	while (i < p->len && strchr(" \t\r\n", p->json[i]))
-		i++;
-	if (i == p->len || p->json[i] != '{' || json_decode(L, p->json, p->len) || !lua_istable(L, -1)) {
+	if (json_decode_object(L, p->json, p->len) != 0) {
 		p->why = "not a JSON object";
 		return 0;
 	}

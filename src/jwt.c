@@ -432,32 +432,14 @@ static int split(const char *token, size_t len, struct segments *seg)
 	return 0;
 }
 
-/* JSON whose first token is '{' decodes to an object (cjson gives a table for
- * arrays too, so the text is checked, not the Lua type). */
-static bool is_json_object(const unsigned char *buf, size_t len)
-{
-	size_t i = 0;
-
-	while (i < len && (buf[i] == ' ' || buf[i] == '\t' || buf[i] == '\r' || buf[i] == '\n'))
-		i++;
-	return i < len && buf[i] == '{';
-}
-
 /* Decodes a base64url segment holding a JSON object and pushes the table. */
 static int push_object(lua_State *L, const char *seg, size_t seglen, unsigned char *buf, size_t bufcap)
 {
 	size_t n;
 
-	if (jwt_b64url_decode(seg, seglen, buf, bufcap, &n) || !is_json_object(buf, n))
+	if (jwt_b64url_decode(seg, seglen, buf, bufcap, &n))
 		return -1;
-	/* json_decode makes room on the stack for deep nesting itself. */
-	if (json_decode(L, (const char *)buf, n))
-		return -1;
-	if (lua_type(L, -1) != LUA_TTABLE) {
-		lua_pop(L, 1);
-		return -1;
-	}
-	return 0;
+	return json_decode_object(L, (const char *)buf, n);
 }
 
 /* Exact byte comparison of a Lua string at idx with a C string. */

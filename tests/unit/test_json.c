@@ -79,6 +79,22 @@ static void t_refused(void **state)
 	assert_int_equal(decodes(L, deep, 40), 0);
 }
 
+static void t_objects_only(void **state)
+{
+	lua_State *L = *state;
+	static const char *const refused[] = {"[]", "[{\"a\":1}]", "1", "\"s\"", "null", "", "  ", " [", "{"};
+	static const char ok[] = " \r\n\t{\"a\":1}";
+	int top = lua_gettop(L);
+
+	assert_int_equal(json_decode_object(L, ok, sizeof(ok) - 1), 0);
+	assert_int_equal(lua_type(L, -1), LUA_TTABLE);
+	lua_settop(L, top);
+	for (size_t i = 0; i < sizeof(refused) / sizeof(refused[0]); i++) {
+		assert_int_equal(json_decode_object(L, refused[i], strlen(refused[i])), -1);
+		assert_int_equal(lua_gettop(L), top); /* nothing pushed */
+	}
+}
+
 static void t_encode(void **state)
 {
 	lua_State *L = *state;
@@ -99,6 +115,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(t_integers_stay_integers),
 	    cmocka_unit_test(t_refused),
+	    cmocka_unit_test(t_objects_only),
 	    cmocka_unit_test(t_encode),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
