@@ -419,11 +419,24 @@ static void report_case(struct report *rep, const char *file, const char *name, 
 		fprintf(rep->out, "FAIL %s: %s: %s\n", file, name, why);
 }
 
+/* A test file only lists its cases: this many instructions is far more
+ * than that takes, and a reload runs the tests too, so a loop must not hang
+ * it. Past the count every instruction raises: nothing can keep it going. */
+#define TEST_FILE_INSTRUCTIONS 10000000
+
+static void test_file_hook(lua_State *L, lua_Debug *ar)
+{
+	(void)ar;
+	lua_sethook(L, test_file_hook, LUA_MASKCOUNT, 1);
+	luaL_error(L, "the test file ran more than %d instructions", TEST_FILE_INSTRUCTIONS);
+}
+
 /* Loads a test file (text only, no I/O) on L; pushes its list of cases. */
 static int load_cases(lua_State *L, const char *path, char *err, size_t errlen)
 {
 	char *buf, why[128];
 	size_t len;
+	int status;
 	static const char *const safe[] = {"ipairs",   "pairs", "next",  "select", "tostring",
 	                                   "tonumber", "type",  "error", "assert", "string",
 	                                   "table",    "math",  NULL};
@@ -456,7 +469,10 @@ static int load_cases(lua_State *L, const char *path, char *err, size_t errlen)
 	}
 	if (!lua_setupvalue(L, -2, 1))
 		lua_pop(L, 1);
-	if (lua_pcall(L, 0, 1, 0) != LUA_OK) {
+	lua_sethook(L, test_file_hook, LUA_MASKCOUNT, TEST_FILE_INSTRUCTIONS);
+	status = lua_pcall(L, 0, 1, 0);
+	lua_sethook(L, NULL, 0, 0);
+	if (status != LUA_OK) {
 		snprintf(err, errlen, "%s", lua_tostring(L, -1));
 		lua_pop(L, 1);
 		return -1;

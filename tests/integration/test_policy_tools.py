@@ -267,6 +267,16 @@ return M
     assert "p.lua: 100%" in p.out
 
 
+def test_test_file_that_never_ends_fails_fast(tmp_path):
+    """A test file is data: a loop in it fails `test` instead of hanging it
+    (or a reload, which runs the tests too)."""
+    (tmp_path / "p.lua").write_text('return function(req) return { allow = false } end\n')
+    (tmp_path / "p_test.lua").write_text("local n = 0\nwhile true do n = n + 1 end\n")
+    p = run(["test", tmp_path])
+    assert p.returncode != 0, p.out + p.err
+    assert "more than 10000000 instructions" in p.out + p.err, p.out + p.err
+
+
 def test_threshold_needs_a_number(tmp_path):
     assert run(["test", "--threshold", "abc", tmp_path]).returncode == 2
 
