@@ -34,6 +34,7 @@
 #include <unistd.h>
 
 #include "duration.h"
+#include "pmatch.h"
 #include "scope.h"
 
 #define CONFIG_FILE_MAX     (1024 * 1024) /* the configuration file itself */
@@ -1677,8 +1678,9 @@ struct sandbox {
 	size_t heap_used;
 	size_t heap_limit;
 	long long hook_calls;
-	bool sealed;      /* every further Lua instruction raises an error */
-	bool walk_failed; /* the walk wrote its own message to ld->err */
+	unsigned long long pattern_steps; /* charged by the string library's matcher */
+	bool sealed;                      /* every further Lua instruction raises an error */
+	bool walk_failed;                 /* the walk wrote its own message to ld->err */
 };
 
 /* lua_Alloc with a cap. When ptr is NULL, osize is a type tag, not a size. */
@@ -1734,6 +1736,27 @@ static void count_hook(lua_State *L, lua_Debug *ar)
 	lua_error(L);
 }
 
+/* Pattern matching in C (where the hook never runs) is charged to the same
+ * instruction cap, through the broker's budgeted matcher (pmatch.c): Lua's
+ * own one can backtrack for minutes on a short pattern. */
+static int pattern_charge(lua_State *L, unsigned long steps)
+{
+	struct sandbox *sb = sandbox_of(L);
+
+	sb->pattern_steps += steps;
+	if (!sb->sealed &&
+	    (unsigned long long)sb->hook_calls * HOOK_EVERY + sb->pattern_steps < CONFIG_INSTRUCTIONS)
+		return 0;
+	/* Spent: as in count_hook, every further instruction raises. */
+	if (!sb->sealed) {
+		sb->sealed = true;
+		lua_sethook(L, count_hook, LUA_MASKCOUNT, 1);
+	}
+	return 1;
+}
+
+static const struct pmatch_budget pattern_budget = {pattern_charge};
+
 /*
  * Runs under lua_pcall, so that any Lua error (memory included) is caught.
  * The walk allocates with malloc and attaches everything to the config at
@@ -1755,6 +1778,8 @@ static int sandbox_main(lua_State *L)
 
 	luaL_requiref(L, LUA_GNAME, luaopen_base, 1);
 	luaL_requiref(L, LUA_STRLIBNAME, luaopen_string, 1);
+	/* Also the strings' methods: their metatable's __index is this table. */
+	pmatch_register(L, lua_gettop(L), &pattern_budget);
 	luaL_requiref(L, LUA_TABLIBNAME, luaopen_table, 1);
 	luaL_requiref(L, LUA_MATHLIBNAME, luaopen_math, 1);
 	lua_pop(L, 4);

@@ -558,6 +558,12 @@ static void test_endless_loop_stopped(void **state)
 	/* pcall cannot swallow the limit. */
 	expect_error(f, "while true do pcall(function() while true do end end) end\n" MINIMAL,
 	             "broker.conf.lua:1:", NULL);
+	/* Pattern matching backtracks in C, where no hook runs: it is charged. */
+	expect_error(f, "x = ('a'):rep(5000):find(('a*'):rep(30) .. 'b')\n" MINIMAL,
+	             "broker.conf.lua:1:", "pattern matching budget exceeded", NULL);
+	expect_error(f,
+	             "while true do pcall(string.find, ('a'):rep(5000), ('a*'):rep(30) .. 'b') end\n" MINIMAL,
+	             "broker.conf.lua:1:", NULL);
 	/* A __gc finalizer would run with hooks off: setmetatable is not there. */
 	expect_error(f, "setmetatable({}, { __gc = function() while true do end end })\n" MINIMAL,
 	             "broker.conf.lua:1:", "'setmetatable'", NULL);
