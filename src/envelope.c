@@ -108,8 +108,7 @@ static int append_bytes(struct grant *g, size_t *used, const char *s, size_t len
 	return 0;
 }
 
-/* Whether scope i repeats one of the decision's earlier scopes. */
-static bool seen_before(const struct decision *d, size_t i)
+bool decision_scope_repeats(const struct decision *d, size_t i)
 {
 	for (size_t j = 0; j < i; j++)
 		if (strcmp(d->scopes[j], d->scopes[i]) == 0)
@@ -154,7 +153,7 @@ static int apply_scopes(const struct tenant *t, const char *user_id, size_t uid_
 			set_err(err, errlen, "scope \"%s\" is not in the tenant's allowed_scopes", q);
 			return -1;
 		}
-		if (seen_before(d, i))
+		if (decision_scope_repeats(d, i))
 			continue;
 		if (append_bytes(g, &used, " ", 1) != 0 || append_bytes(g, &used, s, len) != 0)
 			goto overflow;

@@ -812,10 +812,7 @@ static void push_warnings(lua_State *L, const struct tenant *t, const struct out
 
 	lua_newtable(L);
 	for (size_t i = 0; i < d->n_scopes; i++) {
-		bool dup = false;
-		for (size_t j = 0; j < i && !dup; j++)
-			dup = strcmp(d->scopes[i], d->scopes[j]) == 0;
-		if (dup) {
+		if (decision_scope_repeats(d, i)) {
 			lua_pushfstring(L, "scope %s was given more than once: sent once", d->scopes[i]);
 			lua_rawseti(L, -2, ++n);
 		}
