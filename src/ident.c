@@ -315,11 +315,10 @@ static enum outcome try_proxy(lua_State *L, const struct auth_config *auth, cons
 		set_err(err, errlen, "proxy: the identity header must be 1..256 bytes");
 		return MODE_FAIL;
 	}
-	for (size_t i = 0; i < n; i++)
-		if ((unsigned char)v[i] < 0x20 || v[i] == 0x7f) {
-			set_err(err, errlen, "proxy: the identity header holds control characters");
-			return MODE_FAIL;
-		}
+	if (!jwt_printable(v, n)) {
+		set_err(err, errlen, "proxy: the identity header holds control characters");
+		return MODE_FAIL;
+	}
 	id->authenticated = true;
 	id->method = "proxy";
 	memcpy(id->subject, v, n);

@@ -139,6 +139,14 @@ static void hmac_fetch(void)
 	hmac_mac = EVP_MAC_fetch(NULL, "HMAC", NULL);
 }
 
+bool jwt_printable(const char *s, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		if ((unsigned char)s[i] < 0x20 || s[i] == 0x7f)
+			return false;
+	return true;
+}
+
 /* Writes why into err (if any); returns -1. */
 static int fail(char *err, size_t errlen, const char *why)
 {
@@ -643,10 +651,7 @@ static const struct alg *check_header(lua_State *L, const struct jwt_config *cfg
 	type = lua_getfield(L, -1, "kid");
 	if (type != LUA_TNIL) {
 		const char *k = type == LUA_TSTRING ? lua_tolstring(L, -1, &n) : NULL;
-		bool ok = k && n > 0 && n <= JWT_KID_MAX;
-		for (size_t i = 0; ok && i < n; i++)
-			ok = (unsigned char)k[i] >= 0x20 && k[i] != 0x7f;
-		if (!ok) {
+		if (!k || n == 0 || n > JWT_KID_MAX || !jwt_printable(k, n)) {
 			lua_pop(L, 1);
 			*why = "kid invalid";
 			return NULL;
@@ -775,11 +780,8 @@ static int read_subject(lua_State *L, const char *claim, char *subject, size_t s
 	} else if (type == LUA_TSTRING) {
 		size_t n;
 		const char *s = lua_tolstring(L, -1, &n);
-		if (n >= subjectlen)
+		if (n >= subjectlen || !jwt_printable(s, n))
 			rc = -1;
-		for (size_t i = 0; i < n && rc == 0; i++)
-			if ((unsigned char)s[i] < 0x20 || s[i] == 0x7f)
-				rc = -1;
 		if (rc == 0) {
 			memcpy(subject, s, n);
 			subject[n] = '\0';

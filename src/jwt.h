@@ -10,6 +10,7 @@
 #ifndef BROKER_JWT_H
 #define BROKER_JWT_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <time.h>
 
@@ -88,6 +89,10 @@ void jwt_config_release(struct jwt_config *cfg);
 
 /* Used when cfg->max_token_bytes is 0, and as the bound of jwt_peek_claims. */
 #define JWT_DEFAULT_MAX_TOKEN_BYTES 8192
+
+/* Whether n bytes hold no control character (below 0x20, or 0x7f): the rule
+ * for kids, subjects and identity headers. */
+bool jwt_printable(const char *s, size_t n);
 
 /* "HS256" -> JWT_HS256; 0 for an unknown or unsupported name (and "none"). */
 unsigned jwt_alg_from_name(const char *name);
