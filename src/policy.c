@@ -686,11 +686,10 @@ static int sb_pairs(lua_State *L)
 /* Replaces the table at the top with its view (engine-side). */
 static void engine_wrap(lua_State *L, struct policy_engine *e)
 {
-	lua_createtable(L, 0, 1);
-	lua_insert(L, -2);
-	lua_rawsetp(L, -2, &REAL_KEY);
 	lua_rawgeti(L, LUA_REGISTRYINDEX, e->ref_rmt);
-	lua_setmetatable(L, -2);
+	lua_insert(L, -2);
+	proxy_new(L, lua_absindex(L, -2));
+	lua_remove(L, -2);
 }
 
 /* Marks the metatables of the environments (one per tenant, holding the
