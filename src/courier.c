@@ -387,30 +387,6 @@ const char *courier_request_body(lua_State *L, const struct grant *g, size_t *le
 	return s;
 }
 
-/* A JWT is three non-empty base64url segments. */
-static bool looks_like_jwt(const char *s, size_t len)
-{
-	int dots = 0;
-	size_t seg = 0;
-
-	if (len < 5 || len > 16384)
-		return false;
-	for (size_t i = 0; i < len; i++) {
-		char ch = s[i];
-		if (ch == '.') {
-			if (seg == 0 || ++dots > 2)
-				return false;
-			seg = 0;
-		} else if ((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
-		           ch == '-' || ch == '_') {
-			seg++;
-		} else {
-			return false;
-		}
-	}
-	return dots == 2 && seg > 0;
-}
-
 const char *courier_read_token(lua_State *L, const char *resp, size_t resp_len, size_t *len, long long *exp)
 {
 	int top = lua_gettop(L);
@@ -425,7 +401,7 @@ const char *courier_read_token(lua_State *L, const char *resp, size_t resp_len, 
 	if (lua_type(L, -1) != LUA_TSTRING)
 		goto fail;
 	tok = lua_tolstring(L, -1, len);
-	if (!looks_like_jwt(tok, *len))
+	if (!jwt_is_compact(tok, *len))
 		goto fail;
 	if (jwt_peek_claims(L, tok, *len) == 0) {
 		lua_getfield(L, -1, "exp");

@@ -80,8 +80,9 @@ static const struct alg algs[] = {
     {"EdDSA", JWT_EDDSA, KEY_ED25519, SIG_EDDSA, NULL, 64},
 };
 
-#define N_ALGS  (sizeof(algs) / sizeof(algs[0]))
-#define MAX_SIG (JWT_RSA_MAX_BITS / 8)
+#define N_ALGS           (sizeof(algs) / sizeof(algs[0]))
+#define MAX_SIG          (JWT_RSA_MAX_BITS / 8)
+#define HEADER_CACHE_MAX 512 /* longest header text push_header keeps decoded */
 
 static const struct alg *alg_lookup(const char *name, size_t len)
 {
@@ -348,7 +349,43 @@ void jwt_config_release(struct jwt_config *cfg)
 
 /* ---- base64url ----------------------------------------------------------- */
 
-/* Value of a base64url character, or -1. */
+/* Each base64url character as its standard-alphabet twin ('-' is '+', '_'
+ * is '/'); 0 for a byte outside the alphabet. One table look-up per byte
+ * both checks and translates. */
+static const unsigned char std_alphabet[256] = {
+    ['A'] = 'A', ['B'] = 'B', ['C'] = 'C', ['D'] = 'D', ['E'] = 'E', ['F'] = 'F', ['G'] = 'G', ['H'] = 'H',
+    ['I'] = 'I', ['J'] = 'J', ['K'] = 'K', ['L'] = 'L', ['M'] = 'M', ['N'] = 'N', ['O'] = 'O', ['P'] = 'P',
+    ['Q'] = 'Q', ['R'] = 'R', ['S'] = 'S', ['T'] = 'T', ['U'] = 'U', ['V'] = 'V', ['W'] = 'W', ['X'] = 'X',
+    ['Y'] = 'Y', ['Z'] = 'Z', ['a'] = 'a', ['b'] = 'b', ['c'] = 'c', ['d'] = 'd', ['e'] = 'e', ['f'] = 'f',
+    ['g'] = 'g', ['h'] = 'h', ['i'] = 'i', ['j'] = 'j', ['k'] = 'k', ['l'] = 'l', ['m'] = 'm', ['n'] = 'n',
+    ['o'] = 'o', ['p'] = 'p', ['q'] = 'q', ['r'] = 'r', ['s'] = 's', ['t'] = 't', ['u'] = 'u', ['v'] = 'v',
+    ['w'] = 'w', ['x'] = 'x', ['y'] = 'y', ['z'] = 'z', ['0'] = '0', ['1'] = '1', ['2'] = '2', ['3'] = '3',
+    ['4'] = '4', ['5'] = '5', ['6'] = '6', ['7'] = '7', ['8'] = '8', ['9'] = '9', ['-'] = '+', ['_'] = '/',
+};
+
+bool jwt_is_compact(const char *s, size_t len)
+{
+	int dots = 0;
+	size_t seg = 0;
+
+	if (len < 5 || len > 16384)
+		return false;
+	for (size_t i = 0; i < len; i++) {
+		unsigned char ch = (unsigned char)s[i];
+		if (ch == '.') {
+			if (seg == 0 || ++dots > 2)
+				return false;
+			seg = 0;
+		} else if (std_alphabet[ch]) {
+			seg++;
+		} else {
+			return false;
+		}
+	}
+	return dots == 2 && seg > 0;
+}
+
+/* Value of a base64url character (already checked). */
 static int b64url_value(unsigned char c)
 {
 	if (c >= 'A' && c <= 'Z')
@@ -357,19 +394,20 @@ static int b64url_value(unsigned char c)
 		return c - 'a' + 26;
 	if (c >= '0' && c <= '9')
 		return c - '0' + 52;
-	if (c == '-')
-		return 62;
-	if (c == '_')
-		return 63;
-	return -1;
+	return c == '-' ? 62 : 63;
 }
 
-/* Translates 4*n base64url characters (already validated) to the standard
- * alphabet in dst. */
-static void to_std_alphabet(const char *src, size_t n, unsigned char *dst)
+/* Translates n base64url characters to the standard alphabet in dst;
+ * returns -1 at the first byte outside the alphabet. */
+static int to_std_alphabet(const char *src, size_t n, unsigned char *dst)
 {
-	for (size_t i = 0; i < n; i++)
-		dst[i] = src[i] == '-' ? '+' : src[i] == '_' ? '/' : (unsigned char)src[i];
+	unsigned char bad = 0;
+
+	for (size_t i = 0; i < n; i++) {
+		dst[i] = std_alphabet[(unsigned char)src[i]];
+		bad |= (unsigned char)(dst[i] == 0);
+	}
+	return bad ? -1 : 0;
 }
 
 int jwt_b64url_decode(const char *in, size_t len, unsigned char *out, size_t outcap, size_t *outlen)
@@ -382,28 +420,26 @@ int jwt_b64url_decode(const char *in, size_t len, unsigned char *out, size_t out
 	*outlen = 0;
 	if (rem == 1)
 		return -1;
-	for (size_t i = 0; i < len; i++)
-		if (b64url_value((unsigned char)in[i]) < 0)
-			return -1;
 	need = full / 4 * 3 + (rem ? rem - 1 : 0);
 	if (need > outcap)
 		return -1;
 	/* Canonical: the bits the last character carries beyond the data are 0. */
 	if (rem) {
+		if (to_std_alphabet(in + full, rem, tail))
+			return -1;
 		last = b64url_value((unsigned char)in[len - 1]);
 		if ((rem == 2 && (last & 0x0f)) || (rem == 3 && (last & 0x03)))
 			return -1;
 	}
 	for (size_t off = 0; off < full; off += sizeof(chunk)) {
 		size_t n = full - off < sizeof(chunk) ? full - off : sizeof(chunk);
-		to_std_alphabet(in + off, n, chunk);
-		if (EVP_DecodeBlock(out + done, chunk, (int)n) != (int)(n / 4 * 3))
+		if (to_std_alphabet(in + off, n, chunk) ||
+		    EVP_DecodeBlock(out + done, chunk, (int)n) != (int)(n / 4 * 3))
 			return -1;
 		done += n / 4 * 3;
 	}
 	if (rem) {
 		unsigned char three[3];
-		to_std_alphabet(in + full, rem, tail);
 		memset(tail + rem, '=', 4 - rem);
 		if (EVP_DecodeBlock(three, tail, 4) != 3)
 			return -1;
@@ -448,6 +484,42 @@ static int push_object(lua_State *L, const char *seg, size_t seglen, unsigned ch
 	if (jwt_b64url_decode(seg, seglen, buf, bufcap, &n))
 		return -1;
 	return json_decode_object(L, (const char *)buf, n);
+}
+
+/*
+ * push_object for a header, through a one-entry cache in L's registry: the
+ * base64url text of the last header decoded, and its table. Tokens from one
+ * issuer share their header byte for byte, so it is decoded once per issuer
+ * and thread, not once per token. The table is only ever read (check_header);
+ * what the configuration allows is checked afresh each time.
+ */
+static const char LAST_HEADER_TEXT = 't';
+static const char LAST_HEADER = 'h';
+
+static int push_header(lua_State *L, const char *seg, size_t seglen, unsigned char *buf, size_t bufcap)
+{
+	const char *text;
+	size_t n;
+	bool same;
+
+	lua_rawgetp(L, LUA_REGISTRYINDEX, &LAST_HEADER_TEXT);
+	text = lua_tolstring(L, -1, &n);
+	same = text && n == seglen && memcmp(text, seg, n) == 0;
+	lua_pop(L, 1);
+	if (same) {
+		if (lua_rawgetp(L, LUA_REGISTRYINDEX, &LAST_HEADER) == LUA_TTABLE)
+			return 0;
+		lua_pop(L, 1);
+	}
+	if (push_object(L, seg, seglen, buf, bufcap))
+		return -1;
+	if (seglen <= HEADER_CACHE_MAX) {
+		lua_pushvalue(L, -1);
+		lua_rawsetp(L, LUA_REGISTRYINDEX, &LAST_HEADER);
+		lua_pushlstring(L, seg, seglen);
+		lua_rawsetp(L, LUA_REGISTRYINDEX, &LAST_HEADER_TEXT);
+	}
+	return 0;
 }
 
 /* Exact byte comparison of a Lua string at idx with a C string. */
@@ -886,7 +958,7 @@ static int verify_protected(lua_State *L)
 		v->why = "out of memory";
 		return 0;
 	}
-	if (push_object(L, v->seg.part[0], v->seg.len[0], v->buf, v->bufcap)) {
+	if (push_header(L, v->seg.part[0], v->seg.len[0], v->buf, v->bufcap)) {
 		v->why = "header not a base64url JSON object";
 		return 0;
 	}

@@ -118,6 +118,10 @@ int jwt_verify(struct lua_State *L, const struct jwt_config *cfg, const char *to
  */
 int jwt_b64url_decode(const char *in, size_t len, unsigned char *out, size_t outcap, size_t *outlen);
 
+/* Whether s is three non-empty base64url segments joined by dots, at most
+ * 16 KiB: the shape of a compact JWS (nothing decoded, nothing verified). */
+bool jwt_is_compact(const char *s, size_t len);
+
 /*
  * Decodes the payload of a three-segment JWT WITHOUT verifying anything (for
  * reading exp from tokens the broker itself received from Courier). Never use

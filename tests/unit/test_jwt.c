@@ -316,6 +316,36 @@ static void t_crit_and_typ(void **state)
 	               "typ");
 }
 
+/* A header seen before is not decoded again, but every check of the
+ * configuration still runs on it, and a different header replaces it. */
+static void t_header_cache(void **state)
+{
+	struct fx *f = *state;
+	char other[16384];
+
+	expect_ok(f, PY_HS256);
+	expect_ok(f, PY_HS256); /* the same header: from the cache */
+	f->cfg.algorithms = JWT_HS384;
+	expect_refused(f, PY_HS256, "alg not allowed");
+	f->cfg.algorithms = JWT_HS256;
+	f->cfg.typ = "at+jwt";
+	expect_refused(f, PY_HS256, "typ mismatch");
+	f->cfg.typ = NULL;
+	expect_ok(f, PY_HS256);
+	/* Another header, then the first again: each decoded as it is. */
+	mint_with(other, "{\"alg\":\"HS256\",\"crit\":[\"x\"]}", GOOD_CLAIMS, "SHA256", "secret");
+	expect_refused(f, other, "crit");
+	expect_refused(f, other, "crit");
+	expect_ok(f, PY_HS256);
+	mint_with(other, "{\"alg\":\"HS256\",\"kid\":\"k\\u0001\"}", GOOD_CLAIMS, "SHA256", "secret");
+	expect_refused(f, other, "kid invalid");
+	expect_ok(f, mint_with(other, "{\"alg\":\"HS256\",\"kid\":\"k1\"}", GOOD_CLAIMS, "SHA256", "secret"));
+	/* A tampered copy of a cached header is decoded, and refused. */
+	snprintf(other, sizeof(other), "%s", PY_HS256);
+	other[3] = 'c';
+	expect_refused(f, other, NULL);
+}
+
 /* ---- signatures ---------------------------------------------------------- */
 
 static void t_wrong_secret(void **state)
@@ -1191,6 +1221,7 @@ int main(void)
 	    T(t_alg_from_name),
 	    T(t_no_key),
 	    T(t_crit_and_typ),
+	    T(t_header_cache),
 	    T(t_wrong_secret),
 	    T(t_tampered_payload),
 	    T(t_stripped_and_truncated_signature),
