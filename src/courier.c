@@ -96,8 +96,14 @@ static int start_job(struct courier_client *c, struct courier_job *job)
 	free(auth);
 	if (job->headers) {
 		struct curl_slist *h = curl_slist_append(job->headers, "Content-Type: application/json");
+		/* The User-Agent travels as a plain header: as CURLOPT_USERAGENT,
+		 * libcurl would format it twice per call. No Accept: Courier
+		 * answers JSON whatever it is sent, and each header byte is
+		 * formatted one by one. */
 		if (h)
-			h = curl_slist_append(h, "Accept: application/json");
+			h = curl_slist_append(h, "User-Agent: courier-broker/" BROKER_VERSION);
+		if (h)
+			h = curl_slist_append(h, "Accept:");
 		if (h)
 			h = curl_slist_append(h, "Expect:");
 		if (!h) {
@@ -125,7 +131,6 @@ static int start_job(struct courier_client *c, struct courier_job *job)
 		curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
 	curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
 	curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
-	curl_easy_setopt(e, CURLOPT_USERAGENT, "courier-broker/" BROKER_VERSION);
 	curl_easy_setopt(e, CURLOPT_ERRORBUFFER, job->error);
 	job->error[0] = '\0';
 	job->easy = e;

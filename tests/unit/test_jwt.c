@@ -346,6 +346,29 @@ static void t_header_cache(void **state)
 	expect_refused(f, other, NULL);
 }
 
+/* The shape check of tokens the broker receives from Courier. */
+static void t_is_compact(void **state)
+{
+	static const char *good[] = {"a.b.c", "eyJ.eyJ.sig", "A-_.0-9.xyz_-"};
+	static const char *bad[] = {"",          "a.b",       "a..c",    ".b.c",    "a.b.",
+	                            "a.b.c.d",   "a.b.c=",    "a b.c.d", "a.b+c.d", "a/b.c.d",
+	                            "ab.cd.e\n", "a.b.\"c\"", "..."};
+	char big[16386];
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++)
+		assert_true(jwt_is_compact(good[i], strlen(good[i])));
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+		if (jwt_is_compact(bad[i], strlen(bad[i])))
+			fail_msg("accepted \"%s\"", bad[i]);
+	assert_false(jwt_is_compact("a.b\0c.d", 7)); /* a NUL inside */
+	memset(big, 'a', sizeof(big));
+	big[1] = '.';
+	big[3] = '.';
+	assert_true(jwt_is_compact(big, 16384));
+	assert_false(jwt_is_compact(big, 16385));
+}
+
 /* ---- signatures ---------------------------------------------------------- */
 
 static void t_wrong_secret(void **state)
@@ -1222,6 +1245,7 @@ int main(void)
 	    T(t_no_key),
 	    T(t_crit_and_typ),
 	    T(t_header_cache),
+	    cmocka_unit_test(t_is_compact),
 	    T(t_wrong_secret),
 	    T(t_tampered_payload),
 	    T(t_stripped_and_truncated_signature),
