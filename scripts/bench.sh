@@ -2,7 +2,7 @@
 # make bench: wrk against the broker (test double upstream) and against the
 # double directly, in one run; prints rps, p50, p99 and the ratios.
 #   BENCH_SECONDS (default 10): length of each wrk run
-#   BENCH_ROUNDS (default 3): alternating double/broker runs at 0 ms; the
+#   BENCH_ROUNDS (default 5): alternating double/broker runs at 0 ms; the
 #     ratio is the median of the rounds' ratios (the machine is shared with
 #     wrk and the double, so one run alone swings by 15-30%)
 set -euo pipefail
@@ -10,7 +10,7 @@ broker=$1 double=$2
 root=$(cd "$(dirname "$0")/.." && pwd)
 . "$root/scripts/lib.sh"
 secs=${BENCH_SECONDS:-10}
-rounds=${BENCH_ROUNDS:-3}
+rounds=${BENCH_ROUNDS:-5}
 work=$(mktemp -d)
 pids=()
 trap cleanup EXIT
