@@ -408,89 +408,6 @@ static enum MHD_Result collect_header(void *cls, enum MHD_ValueKind kind, const 
 	return MHD_YES;
 }
 
-/* nil, or JSON null (cjson's null is a NULL light userdata). */
-static bool is_absent(lua_State *L, int idx)
-{
-	return lua_isnil(L, idx) || (lua_islightuserdata(L, idx) && lua_touserdata(L, idx) == NULL);
-}
-
-/* Checks the body's fields the core owns; 0 or -1 with a message. */
-static int check_body(lua_State *L, int body, struct req *r, const char **msg)
-{
-	size_t len;
-	const char *s;
-
-	lua_getfield(L, body, "user_id");
-	if (lua_type(L, -1) != LUA_TSTRING) {
-		*msg = "user_id is required and must be a string";
-		return -1;
-	}
-	s = lua_tolstring(L, -1, &len);
-	if (!scope_user_id_valid(s, len)) {
-		*msg = "user_id must be 1-256 bytes of UTF-8 without whitespace or control characters";
-		return -1;
-	}
-	memcpy(r->user_id, s, len + 1);
-	lua_pop(L, 1);
-
-	lua_getfield(L, body, "scopes");
-	if (!is_absent(L, -1)) {
-		lua_Integer n;
-		if (lua_type(L, -1) != LUA_TTABLE) {
-			*msg = "scopes must be an array of strings";
-			return -1;
-		}
-		n = (lua_Integer)lua_rawlen(L, -1);
-		if (n > DECISION_MAX_SCOPES) {
-			*msg = "too many scopes";
-			return -1;
-		}
-		for (lua_Integer i = 1; i <= n; i++) {
-			lua_rawgeti(L, -1, i);
-			if (lua_type(L, -1) != LUA_TSTRING) {
-				*msg = "scopes must be an array of strings";
-				return -1;
-			}
-			s = lua_tolstring(L, -1, &len);
-			if (!scope_token_valid(s, len)) {
-				*msg = "a scope has invalid characters";
-				return -1;
-			}
-			lua_pop(L, 1);
-		}
-		/* An object, or an array with holes, has keys beyond 1..n. */
-		lua_pushnil(L);
-		while (lua_next(L, -2)) {
-			lua_pop(L, 1);
-			if (!lua_isinteger(L, -1) || lua_tointeger(L, -1) < 1 || lua_tointeger(L, -1) > n) {
-				lua_pop(L, 1);
-				*msg = "scopes must be an array of strings";
-				return -1;
-			}
-		}
-	}
-	lua_pop(L, 1);
-
-	lua_getfield(L, body, "expires_in");
-	if (!is_absent(L, -1)) {
-		long long secs;
-		if (lua_type(L, -1) == LUA_TSTRING) {
-			s = lua_tolstring(L, -1, &len);
-			if (duration_parse(s, len, &secs) != 0) {
-				*msg = "expires_in must be a duration with a unit (\"1h\", \"30m\") or "
-				       "seconds as a number";
-				return -1;
-			}
-		} else if (!lua_isinteger(L, -1) || lua_tointeger(L, -1) <= 0) {
-			*msg = "expires_in must be a duration with a unit (\"1h\", \"30m\") or seconds as a "
-			       "number";
-			return -1;
-		}
-	}
-	lua_pop(L, 1);
-	return 0;
-}
-
 /* ------------------------------------------------------------ token flow */
 
 static void on_courier_done(struct courier_job *job)
@@ -552,8 +469,8 @@ static enum MHD_Result process(struct req *r)
 	enum MHD_Result ret;
 	double retry;
 	int top, body;
-	size_t blen;
-	const char *b;
+	size_t blen, uid_len;
+	const char *b, *uid;
 
 	if (!e)
 		return fail(r, NULL, 503, "unavailable", "the policy engine is not available", NULL, NULL);
@@ -565,11 +482,11 @@ static enum MHD_Result process(struct req *r)
 		goto out;
 	}
 	body = lua_gettop(L);
-	if (check_body(L, body, r, &msg) != 0) {
-		lua_settop(L, body);
+	if (envelope_check_body(L, body, &uid, &uid_len, &msg) != 0) {
 		ret = fail(r, L, 400, "invalid_request", msg, NULL, NULL);
 		goto out;
 	}
+	memcpy(r->user_id, uid, uid_len + 1);
 
 	memset(&irq, 0, sizeof(irq));
 	irq.authorization = header(r->conn, MHD_HTTP_HEADER_AUTHORIZATION);

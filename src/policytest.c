@@ -173,7 +173,10 @@ static const char *opt_string(lua_State *L, int t, const char *field)
 /* Builds cr from the table at idx; pushes helper values. 0 or -1 with a message. */
 static int build_req(lua_State *L, int idx, const struct tenant *t, struct case_req *cr, const char **msg)
 {
+	static _Thread_local char body_err[256];
 	struct policy_request *rq = &cr->rq;
+	const char *uid, *why;
+	size_t uid_len;
 	int ident, client, hdrs;
 
 	memset(cr, 0, sizeof(*cr));
@@ -199,6 +202,16 @@ static int build_req(lua_State *L, int idx, const struct tenant *t, struct case_
 		return -1;
 	}
 	rq->body_idx = lua_gettop(L);
+	/* The server's own check: a body it answers 400 never reaches a policy. */
+	if (envelope_check_body(L, rq->body_idx, &uid, &uid_len, &why) != 0) {
+		snprintf(body_err, sizeof(body_err), "the broker refuses this body (400): %s", why);
+		*msg = body_err;
+		return -1;
+	}
+	if (uid_len != strlen(rq->user_id) || memcmp(uid, rq->user_id, uid_len) != 0) {
+		*msg = "req.user_id and req.body.user_id differ (the server takes the user from the body)";
+		return -1;
+	}
 
 	lua_getfield(L, idx, "identity");
 	ident = lua_gettop(L);

@@ -277,6 +277,32 @@ def test_test_file_that_never_ends_fails_fast(tmp_path):
     assert "more than 10000000 instructions" in p.out + p.err, p.out + p.err
 
 
+def test_test_refuses_bodies_the_server_refuses(tmp_path):
+    """A case whose request the server would answer 400 (before any policy)
+    fails, naming why, instead of testing a decision that never happens."""
+    (tmp_path / "p.lua").write_text('return function(req) return { allow = false, reason = "no" } end\n')
+    cases = [
+        ('{ user_id = "alice", scopes = { "inbox:read:messages", "bad scope" } }', "a scope has invalid characters"),
+        ('{ user_id = "alice", scopes = { a = "inbox:read:messages" } }', "scopes must be an array"),
+        ('{ user_id = "alice", expires_in = "1 fortnight" }', "expires_in must be a duration"),
+        ('{ user_id = "alice", expires_in = 0 }', "expires_in must be a duration"),
+        ('{ user_id = "alice", body = { user_id = "bob" } }', "req.user_id and req.body.user_id differ"),
+        ('{ user_id = "alice", body = { user_id = "alice", scopes = "inbox:read:messages" } }', "scopes must be an array"),
+    ]
+    for req, why in cases:
+        (tmp_path / "p_test.lua").write_text(
+            'return { { name = "c", req = %s, expect = { allow = false } } }\n' % req)
+        p = run(["test", tmp_path])
+        assert p.returncode == 1, req + "\n" + p.out + p.err
+        assert why in p.out + p.err, req + "\n" + p.out + p.err
+    # The same requests, valid: the case runs and passes.
+    (tmp_path / "p_test.lua").write_text(
+        'return { { name = "c", req = { user_id = "alice", scopes = { "inbox:read:messages" }, '
+        'expires_in = "1h" }, expect = { allow = false } } }\n')
+    p = run(["test", tmp_path])
+    assert p.returncode == 0, p.out + p.err
+
+
 def test_threshold_needs_a_number(tmp_path):
     assert run(["test", "--threshold", "abc", tmp_path]).returncode == 2
 
