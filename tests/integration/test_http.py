@@ -232,6 +232,39 @@ def test_401_control_the_good_token_is_accepted(shared_broker):
     assert r.status == 200, r.body
 
 
+def test_log_lines_carry_nothing_from_the_request_before(broker_factory):
+    """A line has exactly the fields of its own request, whatever the request
+    before it on the same loop (threads = 1) had: allowed with a policy log and
+    a capped lifetime, denied, unauthenticated, malformed."""
+    b = broker_factory(extra="threads = 1", policies={"default": policy("""  if req.user_id == "nobody" then return { allow = false, reason = "not you" } end
+  if req.user_id == "logger" then broker.log("hello") end
+  return { allow = true, tier = "inbox", expires_in = "30d", reason = "ok" }""")})
+    expected = [
+        (b.post(body={"user_id": "logger"}, token=mint(sub="s1")), 200),
+        (b.post(body={"user_id": "nobody"}, token=mint(sub="s2")), 403),
+        (b.post(body={"user_id": "alice"}, token=mint(sub="s3")), 200),
+        (b.post(body={"user_id": "bob"}, token="not-a-jwt"), 401),
+        (b.post(body={"user_i": "x"}, token=mint()), 400),
+    ]
+    for r, status in expected:
+        assert r.status == status, r.body
+    lines = wait_token_lines(b, len(expected))
+    ok1, deny, ok2, unauth, bad = lines[-5:]
+    assert ok1["policy_log"] == ["hello"] and ok1["capped"] is True and "token_sha256" in ok1
+    assert deny["decision"] == "deny" and deny["reason"] == "not you" and deny["subject"] == "s2"
+    for k in ("scope", "expires_in", "capped", "token_sha256", "upstream_ms", "policy_log"):
+        assert k not in deny, (k, deny)
+    assert "policy_log" not in ok2 and ok2["subject"] == "s3" and ok2["user"] == "alice"
+    assert "error" not in ok2 and "error" not in ok1
+    for k in ("subject", "decision", "scope", "token_sha256", "upstream_ms", "capped"):
+        assert k not in unauth, (k, unauth)
+    assert unauth["user"] == "bob" and unauth["error"] == "unauthenticated"
+    assert unauth["reason"] != "ok" and "jwt" in unauth["reason"], unauth  # why it was refused
+    for k in ("user", "subject", "decision", "scope", "token_sha256"):
+        assert k not in bad, (k, bad)
+    assert bad["status"] == 400 and bad["level"] == "info" and bad["event"] == "token_request"
+
+
 def test_401_credential_never_logged(shared_broker):
     bad = mint(secret="leaked-looking-secret-value-0123456789")
     r = shared_broker.post(body={"user_id": "alice"}, token=bad)
