@@ -303,6 +303,22 @@ def test_test_refuses_bodies_the_server_refuses(tmp_path):
     assert p.returncode == 0, p.out + p.err
 
 
+@pytest.mark.parametrize("call", ["string.find(s, pat)", "s:find(pat)", "s:match(pat)",
+                                  "string.gsub(s, pat, '')", "(function() for _ in s:gmatch(pat) do end end)()"])
+def test_test_file_pattern_matching_is_counted(tmp_path, call):
+    """A backtracking pattern runs in C, where the instruction hook never
+    fires: its steps count too, so the file fails fast instead of hanging
+    `test` (or a reload)."""
+    (tmp_path / "p.lua").write_text('return function(req) return { allow = false } end\n')
+    (tmp_path / "p_test.lua").write_text(
+        'local s = string.rep("a", 5000)\nlocal pat = string.rep("a*", 30) .. "b"\n%s\nreturn {}\n' % call)
+    t0 = time.monotonic()
+    p = run(["test", tmp_path])
+    assert p.returncode != 0, p.out + p.err
+    assert "budget" in p.out + p.err or "instructions" in p.out + p.err, p.out + p.err
+    assert time.monotonic() - t0 < 20
+
+
 def test_threshold_needs_a_number(tmp_path):
     assert run(["test", "--threshold", "abc", tmp_path]).returncode == 2
 
