@@ -136,7 +136,8 @@ static const struct option options[] = {
 
     {"courier", OPT_TABLE, NULL, 0, 0, NOWHERE, 0, NULL, "How to reach Courier."},
     {"courier.base_url", OPT_STRING, "https://api.courier.com", 0, 0, NOWHERE, 0, conv_base_url,
-     "Courier API base URL (`https://` or `http://`); env `COURIER_BASE_URL` overrides it."},
+     "Courier API base URL (`https://` or `http://`, no user name or password); env `COURIER_BASE_URL` "
+     "overrides it."},
     {"courier.timeout_ms", OPT_INT, "5000", 1, 60000, CFG(courier_timeout_ms), 0, NULL,
      "Whole Courier call, queueing and connecting included."},
     {"courier.connect_timeout_ms", OPT_INT, "2000", 1, 60000, CFG(courier_connect_timeout_ms), 0, NULL,
@@ -190,7 +191,8 @@ static const struct option options[] = {
     {"tenants.*.auth.jwt.jwks.file", OPT_STRING, NULL, 0, 0, NOWHERE, 0, conv_jwks_file,
      "JWKS file, relative to the config file's folder; read at load and at each reload."},
     {"tenants.*.auth.jwt.jwks.url", OPT_STRING, NULL, 0, 0, TEN(auth.jwt.jwks_opts.url), 0, NULL,
-     "JWKS URL (`https://`; `http://` only to 127.0.0.1, [::1] or localhost): fetched before the tenant is "
+     "JWKS URL (`https://`; `http://` only to 127.0.0.1, [::1] or localhost; no user name or password): "
+     "fetched before the tenant is "
      "ready (a failed first fetch fails `check` and start), then refreshed in the background."},
     {"tenants.*.auth.jwt.jwks.min_refresh_s", OPT_INT, "60", 1, 86400, TEN(auth.jwt.jwks_opts.min_refresh_s),
      0, NULL,
@@ -879,6 +881,10 @@ static int conv_base_url(struct loader *ld, const char *key, struct value *v, vo
 	for (size_t i = 0; i < len; i++)
 		if ((unsigned char)s[i] <= 0x20 || (unsigned char)s[i] >= 0x7f)
 			return fail(ld, key, "%smust not contain spaces, control or non-ASCII bytes", from);
+	/* A password in a URL would be a secret outside {env=...}/{file=...}. */
+	if (memchr(s + skip, '@', strcspn(s + skip, "/?#")))
+		return fail(ld, key, "%smust not carry a user name or password (the key goes in api_key)",
+		            from);
 	/* "https://api.courier.com/" and ".../auth" joins must not yield "//auth". */
 	while (len > skip + 1 && s[len - 1] == '/')
 		len--;

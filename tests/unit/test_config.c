@@ -293,6 +293,13 @@ static void test_base_url_env_override(void **state)
 	unsetenv("COURIER_BASE_URL");
 	expect_error(f, "courier = { base_url = 'api.courier.com' }\n" MINIMAL,
 	             ": courier.base_url: must start with https:// or http://", NULL);
+	expect_error(f, "courier = { base_url = 'https://me:hunter2@api.courier.com' }\n" MINIMAL,
+	             ": courier.base_url: must not carry a user name or password", NULL);
+	assert_null(strstr(f->err, "hunter2"));
+	cfg = load(f, "courier = { base_url = 'https://api.courier.com/v1?x=a@b' }\n" MINIMAL);
+	if (!cfg)
+		fail_msg("%s", f->err);
+	config_free(cfg);
 }
 
 static void test_unknown_keys_name_the_path(void **state)

@@ -433,16 +433,24 @@ static void t_file_source_errors(void **state)
 		for (size_t i = 0; i < sizeof(refused) / sizeof(refused[0]); i++) {
 			o.url = (char *)refused[i];
 			assert_null(jwks_open(&o, "t", f->err, sizeof(f->err)));
-			if (!strstr(f->err, "https://"))
+			if (!strstr(f->err, "https://") && !strstr(f->err, "user name"))
 				fail_msg("%s: %s", refused[i], f->err);
 		}
 	}
-	/* A URL's user information and query may hold a credential: the error
-	 * (it goes to the log) names the URL without them. */
-	o.url = "https://reader:hunter2@127.0.0.1:1/jwks?access_token=s3cr3t#x";
+	/* User information is a password in the configuration: refused,
+	 * without quoting it. */
+	o.url = "https://reader:hunter2@idp.example.com/jwks";
+	assert_null(jwks_open(&o, "t", f->err, sizeof(f->err)));
+	assert_non_null(strstr(f->err, "must not carry a user name or password"));
+	assert_null(strstr(f->err, "hunter2"));
+	o.url = "https://127.0.0.1:1/jwks?next=a@b"; /* an @ past the host is not user information */
 	assert_null(jwks_open(&o, "t", f->err, sizeof(f->err)));
 	assert_non_null(strstr(f->err, "fetching https://127.0.0.1:1/jwks: "));
-	assert_null(strstr(f->err, "hunter2"));
+	/* A query may hold a credential: the error (it goes to the log) names the
+	 * URL without it. */
+	o.url = "https://127.0.0.1:1/jwks?access_token=s3cr3t#x";
+	assert_null(jwks_open(&o, "t", f->err, sizeof(f->err)));
+	assert_non_null(strstr(f->err, "fetching https://127.0.0.1:1/jwks: "));
 	assert_null(strstr(f->err, "s3cr3t"));
 }
 
