@@ -142,6 +142,14 @@ class Double:
     def served(self):
         return request(self.port, "GET", "/_double/stats").json()["served"]
 
+    def wait_served(self, n, timeout=3.0):
+        """Waits (at most timeout seconds) until the double has received n
+        calls; returns how many it has."""
+        deadline = time.monotonic() + timeout
+        while self.served() < n and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return self.served()
+
     def stop(self):
         return self.p.stop()
 

@@ -659,9 +659,7 @@ def test_503_over_max_inflight(broker_factory, double):
 
     t = threading.Thread(target=slow, daemon=True)
     t.start()
-    deadline = time.monotonic() + 3
-    while double.served() < 1 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    double.wait_served(1, 3)
     assert double.served() == 1
     r = b.post(body={"user_id": "bob"}, token=mint(sub="bob"))
     expect_error(r, 503, "unavailable")

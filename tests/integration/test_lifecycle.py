@@ -61,9 +61,7 @@ def test_sighup_while_a_request_waits_on_courier(broker, double):
 
     t = threading.Thread(target=one)
     t.start()
-    deadline = time.monotonic() + 2
-    while double.served() < 1 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    double.wait_served(1, 2)
     assert double.served() == 1
     (broker.dir / "policies" / "default.lua").write_text(DENY_POLICY)
     reload_ok(broker)
@@ -202,9 +200,7 @@ def test_sigterm_drains_inflight_requests(broker, double, pool):
     for t in threads:
         t.start()
     # All five are waiting on Courier at once (not queued behind each other).
-    deadline = time.monotonic() + 1.0
-    while double.served() < 5 and time.monotonic() < deadline:
-        time.sleep(0.02)
+    double.wait_served(5, 1.0)
     assert double.served() == 5, "the five Courier calls did not start together"
     t_sig = time.monotonic()
     broker.p.proc.send_signal(signal.SIGTERM)
@@ -290,9 +286,7 @@ def test_drain_deadline_answers_instead_of_hanging(brokers, double):
 
     t = threading.Thread(target=one)
     t.start()
-    deadline = time.monotonic() + 5
-    while double.served() < 1 and time.monotonic() < deadline:
-        time.sleep(0.02)
+    double.wait_served(1, 5)
     t0 = time.monotonic()
     b.p.proc.send_signal(signal.SIGTERM)
     t.join(10)

@@ -106,9 +106,7 @@ def test_old_generation_lives_until_its_last_request_ends(broker, double):
 
     t = threading.Thread(target=one)
     t.start()
-    deadline = time.monotonic() + 3
-    while double.served() < 2 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    double.wait_served(2, 3)
     (broker.dir / "policies" / "default.lua").write_text(DENY_POLICY)
     reload_ok(broker)
     # The request waiting on Courier holds the old generation.
@@ -305,9 +303,7 @@ def test_sigterm_answers_twenty_waiting_on_slow_courier_over_keep_alive(started,
     threads = [threading.Thread(target=one, args=(i,)) for i in range(20)]
     for t in threads:
         t.start()
-    deadline = time.monotonic() + 3
-    while double.served() < 20 and time.monotonic() < deadline:
-        time.sleep(0.02)
+    double.wait_served(20, 3)
     assert double.served() == 20, double.served()
     t0 = time.monotonic()
     b.p.proc.send_signal(signal.SIGTERM)
@@ -346,9 +342,7 @@ def test_sigterm_while_requests_arrive_on_keep_alive(started, double):
 
     t = threading.Thread(target=slow)
     t.start()
-    deadline = time.monotonic() + 3
-    while double.served() < 1 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    double.wait_served(1, 3)
     b.p.proc.send_signal(signal.SIGTERM)
     time.sleep(0.2)
     c.request("POST", "/v1/token", body=json.dumps({"user_id": "alice"}), headers=hdrs)
@@ -376,9 +370,7 @@ def test_clients_leaving_while_courier_works_do_not_count_as_waiting(started, do
             s = socket.create_connection(("127.0.0.1", b.port), timeout=5)
             s.sendall(head + body)
             socks.append(s)
-        deadline = time.monotonic() + 3
-        while double.served() < 4 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        double.wait_served(4, 3)
         for s in socks:
             s.close()
         time.sleep(0.8)  # Courier answers; the broker finds the clients gone
