@@ -113,9 +113,12 @@ static int conv_client_keys(struct loader *ld, const char *key, struct value *v,
 static int conv_proxy_header(struct loader *ld, const char *key, struct value *v, void *base);
 static int conv_proxy_from(struct loader *ld, const char *key, struct value *v, void *base);
 
-#define CFG(m)  offsetof(struct config, m), sizeof(((struct config *)0)->m)
-#define TEN(m)  offsetof(struct tenant, m), sizeof(((struct tenant *)0)->m)
-#define NOWHERE 0, 0
+#define CFG(m) offsetof(struct config, m), sizeof(((struct config *)0)->m)
+#define TEN(m) offsetof(struct tenant, m), sizeof(((struct tenant *)0)->m)
+/* A numeric macro as the option table's default text. */
+#define NUMBER_TEXT(n) #n
+#define NUMBER(n)      NUMBER_TEXT(n)
+#define NOWHERE        0, 0
 
 static const struct option options[] = {
     {"listen", OPT_STRING, "127.0.0.1:8080", 0, 0, NOWHERE, 0, conv_listen,
@@ -146,15 +149,16 @@ static const struct option options[] = {
      "Connections to Courier's host, split evenly among the loops (at least one each)."},
 
     {"policy_limits", OPT_TABLE, NULL, 0, 0, NOWHERE, 0, NULL, "Budget of one policy decision."},
-    {"policy_limits.max_instructions", OPT_INT, "1000000", 1000, 100000000, CFG(policy_max_instructions), 0,
-     NULL,
+    {"policy_limits.max_instructions", OPT_INT, NUMBER(POLICY_DEFAULT_MAX_INSTRUCTIONS), 1000, 100000000,
+     CFG(policy_max_instructions), 0, NULL,
      "Lua instructions per decision; work inside library functions (pattern matching steps, elements "
      "and bytes handled) is charged to it too. Breach: `policy_error`, even under `pcall`."},
-    {"policy_limits.max_memory_bytes", OPT_INT, "8388608", 65536, 268435456, CFG(policy_max_memory_bytes), 0,
-     NULL,
+    {"policy_limits.max_memory_bytes", OPT_INT, NUMBER(POLICY_DEFAULT_MAX_MEMORY_BYTES), 65536, 268435456,
+     CFG(policy_max_memory_bytes), 0, NULL,
      "Lua memory a decision may add to its engine; `string.rep`/`string.format` results are capped at "
      "1 MiB besides."},
-    {"policy_limits.timeout_ms", OPT_INT, "50", 1, 5000, CFG(policy_timeout_ms), 0, NULL,
+    {"policy_limits.timeout_ms", OPT_INT, NUMBER(POLICY_DEFAULT_TIMEOUT_MS), 1, 5000, CFG(policy_timeout_ms),
+     0, NULL,
      "CPU time of one decision (checked every 1000 instructions, every 4096 units of charged library work "
      "and at every allocation of 64 KiB or more)."},
 

@@ -18,6 +18,13 @@
 #include "jwt.h"
 #include "secret.h"
 
+/* A decision's budget when policy_limits says nothing (also what
+ * `courier-broker test` uses without a configuration): plain numbers, so the
+ * option table can show them as its defaults. */
+#define POLICY_DEFAULT_MAX_INSTRUCTIONS 1000000
+#define POLICY_DEFAULT_MAX_MEMORY_BYTES 8388608
+#define POLICY_DEFAULT_TIMEOUT_MS       50
+
 struct jwt_config {
 	bool enabled;
 	unsigned algorithms;           /* bitmask of enum jwt_alg; required, non-empty */

@@ -486,10 +486,11 @@ static void budget_clock(struct policy_engine *e, long ms)
 
 static void budget_arm(struct policy_engine *e)
 {
-	long ms = e->cfg->policy_timeout_ms > 0 ? e->cfg->policy_timeout_ms : 50;
+	long ms = e->cfg->policy_timeout_ms > 0 ? e->cfg->policy_timeout_ms : POLICY_DEFAULT_TIMEOUT_MS;
 
 	e->steps = 0;
-	e->max_steps = e->cfg->policy_max_instructions > 0 ? e->cfg->policy_max_instructions : 1000000;
+	e->max_steps = e->cfg->policy_max_instructions > 0 ? e->cfg->policy_max_instructions
+	                                                   : POLICY_DEFAULT_MAX_INSTRUCTIONS;
 	e->hook_step = e->max_steps < HOOK_STEP ? (int)e->max_steps : HOOK_STEP;
 	e->stop = STOP_NONE;
 	e->where[0] = '\0';
@@ -502,8 +503,9 @@ static void budget_arm(struct policy_engine *e)
 	e->loaded_valid = 0;
 	budget_clock(e, ms);
 	lua_sethook(e->co, budget_hook, LUA_MASKCOUNT | (e->coverage ? LUA_MASKLINE : 0), e->hook_step);
-	e->mem_cap = e->mem_used +
-	             (e->cfg->policy_max_memory_bytes ? e->cfg->policy_max_memory_bytes : (size_t)8 << 20);
+	e->mem_cap =
+	    e->mem_used + (e->cfg->policy_max_memory_bytes ? e->cfg->policy_max_memory_bytes
+	                                                   : (size_t)POLICY_DEFAULT_MAX_MEMORY_BYTES);
 	e->cap_armed = 1;
 }
 

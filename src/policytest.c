@@ -681,9 +681,9 @@ static int test_file_standalone(const char *path, struct report *rep)
 	t.auth.none = true;
 	cfg.tenants = &t;
 	cfg.n_tenants = 1;
-	cfg.policy_max_instructions = 1000000;
-	cfg.policy_max_memory_bytes = 8 * 1024 * 1024;
-	cfg.policy_timeout_ms = 50;
+	cfg.policy_max_instructions = POLICY_DEFAULT_MAX_INSTRUCTIONS;
+	cfg.policy_max_memory_bytes = POLICY_DEFAULT_MAX_MEMORY_BYTES;
+	cfg.policy_timeout_ms = POLICY_DEFAULT_TIMEOUT_MS;
 	e = policy_engine_new(&cfg, err, sizeof(err));
 	if (!e) {
 		report_case(rep, path, "(load)", false, err);
