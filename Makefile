@@ -121,6 +121,7 @@ FUZZ_scope    = scope
 FUZZ_json     = json
 FUZZ_pmatch   = pmatch
 FUZZ_courier  = courier json jwt jwks secret log
+FUZZ_body     = envelope json scope duration secret
 FUZZ_SECONDS ?= 60
 fuzz: deps
 	@$(MAKE) --no-print-directory BUILD=build/fuzz CC=clang WARN_GCC= OPT="-O1 -g" \
