@@ -788,32 +788,47 @@ static int verify_signature(const struct jwt_config *cfg, const struct alg *a, c
 enum time_check { NOT_BEFORE_NOW, NOT_AFTER_NOW };
 
 /*
- * Checks an optional numeric time claim of the table at the top. Compared as
- * doubles: exact for any realistic time, and no overflow on huge values.
+ * Checks a numeric time claim of the table at the top, read once. Absent: an
+ * error when missing says so (a required claim), else fine. Present, its value
+ * goes to *value when given. Compared as doubles: exact for any realistic
+ * time, and no overflow on huge values.
  */
-static int check_time(lua_State *L, const char *claim, enum time_check how, double now, double leeway,
-                      const char **why, const char *bad_type, const char *bad_time)
+struct time_claim {
+	const char *name;
+	enum time_check how;
+	const char *missing;  /* NULL: optional */
+	const char *bad_type; /* not a number */
+	const char *bad_time; /* outside the window */
+};
+
+static int check_time(lua_State *L, const struct time_claim *c, double now, double leeway, double *value,
+                      const char **why)
 {
 	double t;
-	int type = lua_getfield(L, -1, claim);
+	int type = lua_getfield(L, -1, c->name);
 
 	if (type == LUA_TNIL) {
 		lua_pop(L, 1);
-		return 0;
+		if (!c->missing)
+			return 0;
+		*why = c->missing;
+		return -1;
 	}
 	if (type != LUA_TNUMBER) {
 		lua_pop(L, 1);
-		*why = bad_type;
+		*why = c->bad_type;
 		return -1;
 	}
 	t = lua_tonumber(L, -1);
 	lua_pop(L, 1);
 	/* exp: now must be before exp (RFC 7519 §4.1.4); nbf/iat: not after now. */
-	if ((how == NOT_BEFORE_NOW && !(now - leeway < t)) ||
-	    (how == NOT_AFTER_NOW && !(t <= now + leeway))) {
-		*why = bad_time;
+	if ((c->how == NOT_BEFORE_NOW && !(now - leeway < t)) ||
+	    (c->how == NOT_AFTER_NOW && !(t <= now + leeway))) {
+		*why = c->bad_time;
 		return -1;
 	}
+	if (value)
+		*value = t;
 	return 0;
 }
 
@@ -869,35 +884,24 @@ static int read_subject(lua_State *L, const char *claim, char *subject, size_t s
 static int check_claims(lua_State *L, const struct jwt_config *cfg, time_t now, char *subject,
                         size_t subjectlen, const char **why)
 {
-	double leeway = cfg->leeway_s > 0 ? (double)cfg->leeway_s : 0.0;
-	const char *claim = cfg->subject_claim ? cfg->subject_claim : "sub";
-	int has_exp = lua_getfield(L, -1, "exp") != LUA_TNIL;
-
 	/* A credential that never expires is refused (RFC 8725 §3.10's spirit). */
-	lua_pop(L, 1);
-	if (!has_exp) {
-		*why = "token has no exp";
+	static const struct time_claim exp = {"exp", NOT_BEFORE_NOW, "token has no exp", "exp not a number",
+	                                      "token expired"};
+	static const struct time_claim nbf = {"nbf", NOT_AFTER_NOW, NULL, "nbf not a number",
+	                                      "token not yet valid"};
+	struct time_claim iat = {"iat", NOT_AFTER_NOW, NULL, "iat not a number", "iat in the future"};
+	double leeway = cfg->leeway_s > 0 ? (double)cfg->leeway_s : 0.0, issued = 0;
+	const char *claim = cfg->subject_claim ? cfg->subject_claim : "sub";
+
+	if (cfg->max_age_s > 0)
+		iat.missing = "token has no iat (max_age_s is set)";
+	if (check_time(L, &exp, (double)now, leeway, NULL, why) ||
+	    check_time(L, &nbf, (double)now, leeway, NULL, why) ||
+	    check_time(L, &iat, (double)now, leeway, &issued, why))
 		return -1;
-	}
-	if (check_time(L, "exp", NOT_BEFORE_NOW, (double)now, leeway, why, "exp not a number",
-	               "token expired") ||
-	    check_time(L, "nbf", NOT_AFTER_NOW, (double)now, leeway, why, "nbf not a number",
-	               "token not yet valid") ||
-	    check_time(L, "iat", NOT_AFTER_NOW, (double)now, leeway, why, "iat not a number",
-	               "iat in the future"))
+	if (cfg->max_age_s > 0 && !((double)now - issued <= (double)cfg->max_age_s + leeway)) {
+		*why = "token too old (max_age_s)";
 		return -1;
-	if (cfg->max_age_s > 0) {
-		int type = lua_getfield(L, -1, "iat");
-		double iat = type == LUA_TNUMBER ? lua_tonumber(L, -1) : 0;
-		lua_pop(L, 1);
-		if (type != LUA_TNUMBER) {
-			*why = "token has no iat (max_age_s is set)";
-			return -1;
-		}
-		if (!((double)now - iat <= (double)cfg->max_age_s + leeway)) {
-			*why = "token too old (max_age_s)";
-			return -1;
-		}
 	}
 	if (cfg->issuer) {
 		lua_getfield(L, -1, "iss");
