@@ -2818,13 +2818,3 @@ lua_State *policy_engine_lua(struct policy_engine *e)
 {
 	return e->L;
 }
-
-int policy_engine_check(const struct config *cfg, char *err, size_t errlen)
-{
-	struct policy_engine *e = policy_engine_new(cfg, err, errlen);
-
-	if (!e)
-		return -1;
-	policy_engine_free(e);
-	return 0;
-}

@@ -84,9 +84,4 @@ void policy_coverage_each(struct policy_engine *e, void (*fn)(void *ctx, const c
 int policy_code_lines(const char *name, const char *text, size_t len, unsigned char *lines, size_t nlines,
                       char *err, size_t errlen);
 
-/* Builds an engine for cfg (compiling every policy and checking each returns
- * a function) and frees it: `courier-broker check`. Returns 0, or -1 with
- * file:line and the reason in err. */
-int policy_engine_check(const struct config *cfg, char *err, size_t errlen);
-
 #endif

@@ -835,10 +835,9 @@ int policytest_main(int argc, char **argv)
 	return rep.failed ? 1 : 0;
 }
 
-int policytest_config(const struct config *cfg, bool quiet, char *err, size_t errlen)
+int policytest_config(const struct config *cfg, struct policy_engine *e, bool quiet, char *err, size_t errlen)
 {
 	struct report rep = {.out = stderr, .quiet = quiet};
-	struct policy_engine *e = NULL;
 	const char *failing = NULL; /* the tenant of the first failure */
 
 	for (size_t i = 0; i < cfg->n_tenants; i++) {
@@ -852,13 +851,10 @@ int policytest_config(const struct config *cfg, bool quiet, char *err, size_t er
 		snprintf(path, sizeof(path), "%.*s_test.lua", (int)(n - 4), t->policy_path);
 		if (stat(path, &st) != 0)
 			continue;
-		if (!e && !(e = policy_engine_new(cfg, err, errlen)))
-			return -1;
 		run_file(e, t, path, &rep);
 		if (rep.failed && !failing)
 			failing = t->name;
 	}
-	policy_engine_free(e);
 	if (rep.failed) {
 		snprintf(err, errlen, "tenant %s: policy test failed: %s", failing ? failing : "?",
 		         rep.first_failure);

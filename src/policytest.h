@@ -21,9 +21,11 @@ struct policy_engine;
 int policytest_main(int argc, char **argv);
 
 /* Runs, for every tenant of cfg, the tests beside its policy (<policy>_test.lua,
- * when present) under that tenant's ceiling. Returns 0, or -1 with the first
+ * when present) under that tenant's ceiling, on e (an engine built for cfg:
+ * the one that checked the policies compiled). Returns 0, or -1 with the first
  * failure in err. Prints one line per case unless quiet. */
-int policytest_config(const struct config *cfg, bool quiet, char *err, size_t errlen);
+int policytest_config(const struct config *cfg, struct policy_engine *e, bool quiet, char *err,
+                      size_t errlen);
 
 /* `eval`: decodes a request description (JSON: user_id, body, identity, client,
  * headers, now), decides, applies the envelope and prints the result as JSON

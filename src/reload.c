@@ -49,11 +49,16 @@ static unsigned restart_only_value(const struct config *cfg, size_t i)
 struct config *reload_load(const char *path, bool quiet_tests, char *err, size_t errlen)
 {
 	struct config *cfg = config_load(path, err, errlen);
+	struct policy_engine *e;
+	int rc;
 
 	if (!cfg)
 		return NULL;
-	if (policy_engine_check(cfg, err, errlen) != 0 ||
-	    policytest_config(cfg, quiet_tests, err, errlen) != 0) {
+	/* One engine compiles every policy (the check) and then runs their tests. */
+	e = policy_engine_new(cfg, err, errlen);
+	rc = e ? policytest_config(cfg, e, quiet_tests, err, errlen) : -1;
+	policy_engine_free(e);
+	if (rc != 0) {
 		config_free(cfg);
 		return NULL;
 	}

@@ -347,10 +347,14 @@ static void test_engine_new_errors(void **state)
 	fx.cfg.policy_max_instructions = 1000000;
 	fx.cfg.policy_max_memory_bytes = 1 << 20;
 	fx.cfg.policy_timeout_ms = 50;
-	assert_int_equal(policy_engine_check(&fx.cfg, fx.err, sizeof(fx.err)), 0);
+	{
+		struct policy_engine *e = policy_engine_new(&fx.cfg, fx.err, sizeof(fx.err));
+		assert_non_null(e);
+		policy_engine_free(e);
+	}
 	fx.t[0].policy_text = (char *)"return function(";
 	fx.t[0].policy_len = strlen(fx.t[0].policy_text);
-	assert_int_equal(policy_engine_check(&fx.cfg, fx.err, sizeof(fx.err)), -1);
+	assert_null(policy_engine_new(&fx.cfg, fx.err, sizeof(fx.err)));
 	assert_non_null(strstr(fx.err, "p.lua:1:"));
 }
 
