@@ -408,6 +408,19 @@ static enum MHD_Result collect_header(void *cls, enum MHD_ValueKind kind, const 
 	return MHD_YES;
 }
 
+/* policy_request.headers_of: the request's headers, gathered into its loop's
+ * scratch set when (and only when) a policy reads req.headers. */
+static const struct policy_header *request_headers(void *ctx, size_t *n)
+{
+	struct req *r = ctx;
+	struct header_set *hs = r->loop->hs;
+
+	hs->n = hs->used = 0;
+	MHD_get_connection_values(r->conn, MHD_HEADER_KIND, collect_header, hs);
+	*n = hs->n;
+	return hs->h;
+}
+
 /* ------------------------------------------------------------ token flow */
 
 static void on_courier_done(struct courier_job *job)
@@ -460,7 +473,6 @@ static enum MHD_Result process(struct req *r)
 	struct identity id;
 	struct policy_request prq;
 	char client_ip[INET6_ADDRSTRLEN];
-	struct header_set *hs = r->loop->hs;
 	struct decision *dec = r->loop->dec;
 	const char *msg = NULL;
 	char err[512];
@@ -511,8 +523,6 @@ static enum MHD_Result process(struct req *r)
 	}
 
 	/* dec is initialised by policy_decide: no need to zero 13 KiB per request. */
-	hs->n = hs->used = 0;
-	MHD_get_connection_values(r->conn, MHD_HEADER_KIND, collect_header, hs);
 	memset(&prq, 0, sizeof(prq));
 	prq.tenant = t;
 	prq.user_id = r->user_id;
@@ -525,8 +535,8 @@ static enum MHD_Result process(struct req *r)
 	prq.client_ip = client_ip;
 	prq.origin = r->origin;
 	prq.user_agent = header(r->conn, MHD_HTTP_HEADER_USER_AGENT);
-	prq.headers = hs->h;
-	prq.n_headers = hs->n;
+	prq.headers_of = request_headers;
+	prq.headers_ctx = r;
 	prq.now = irq.now;
 
 	decided = policy_decide(e, &prq, dec, err, sizeof(err));

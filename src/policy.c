@@ -2162,10 +2162,13 @@ static void req_fill(lua_State *L, int real, enum req_key k)
 		set_str(L, "origin", rq->origin);
 		set_str(L, "user_agent", rq->user_agent);
 	} else if (k == K_HEADERS) {
-		lua_createtable(L, 0, (int)(rq->n_headers < 64 ? rq->n_headers : 64));
-		for (size_t i = 0; i < rq->n_headers; i++)
-			if (rq->headers[i].name && rq->headers[i].value)
-				set_str(L, rq->headers[i].name, rq->headers[i].value);
+		size_t n = rq->n_headers;
+		const struct policy_header *h =
+		    rq->headers_of ? rq->headers_of(rq->headers_ctx, &n) : rq->headers;
+		lua_createtable(L, 0, (int)(n < 64 ? n : 64));
+		for (size_t i = 0; h && i < n; i++)
+			if (h[i].name && h[i].value)
+				set_str(L, h[i].name, h[i].value);
 	} else {
 		lua_pushnil(L);
 		return;

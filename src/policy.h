@@ -51,8 +51,13 @@ struct policy_request {
 	const char *subject;                         /* NULL or "" when none */
 	int claims_idx;                              /* claims table, or 0 */
 	const char *client_ip, *origin, *user_agent; /* NULL when absent */
-	const struct policy_header *headers;         /* without authorization and cookie */
+	/* The request's headers, without authorization and cookie: either listed
+	 * (headers, n_headers), or, when headers_of is set, gathered by it only if
+	 * the policy reads req.headers (valid until the decision ends). */
+	const struct policy_header *headers;
 	size_t n_headers;
+	const struct policy_header *(*headers_of)(void *ctx, size_t *n);
+	void *headers_ctx;
 	long long now;
 };
 

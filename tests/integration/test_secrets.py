@@ -146,6 +146,7 @@ def test_no_secret_anywhere(secret_broker, double2):
     r = ask("/v1/tenants/echo/token", "alice", mint("alice"), 403, headers=cookie)
     seen = r.json()["message"]
     assert "authorization" not in seen.lower() and "cookie" not in seen.lower(), seen
+    assert "content-type=application/json" in seen, seen  # the other headers do reach it
 
     # 502: Courier refuses the key, then answers garbage.
     served = double2.served()
