@@ -74,7 +74,7 @@ static void free_headers(struct courier_job *job)
 	job->headers = NULL;
 }
 
-static int start_job(struct courier_client *c, struct courier_job *job)
+int courier_submit(struct courier_client *c, struct courier_job *job)
 {
 	CURL *e = c->n_pool ? c->pool[--c->n_pool] : curl_easy_init();
 	char *auth;
@@ -337,12 +337,6 @@ fail:
 		close(c->tfd);
 	free(c);
 	return NULL;
-}
-
-int courier_submit(struct courier_client *c, struct courier_job *job)
-{
-	job->next = job->prev = NULL;
-	return start_job(c, job);
 }
 
 void courier_abort_all(struct courier_client *c)
