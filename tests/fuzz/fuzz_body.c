@@ -15,28 +15,22 @@
 #include <string.h>
 
 #include "envelope.h"
+#include "fuzz_lua.h"
 #include "json.h"
 #include "scope.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-static lua_State *L;
-
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-	char *s = malloc(size ? size : 1);
+	lua_State *L = fuzz_lua();
+	char *s = fuzz_copy(data, size);
 	const char *uid = NULL, *msg = NULL;
 	size_t uid_len = 0;
 	int top, body;
 
 	if (!s)
 		return 0;
-	if (!L) {
-		L = luaL_newstate();
-		if (!L || json_open(L) != 0)
-			abort();
-	}
-	memcpy(s, data, size);
 	top = lua_gettop(L);
 	if (json_decode_object(L, s, size) == 0) {
 		body = lua_gettop(L);

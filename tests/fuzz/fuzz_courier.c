@@ -13,15 +13,15 @@
 #include <string.h>
 
 #include "courier.h"
+#include "fuzz_lua.h"
 #include "json.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-static lua_State *L;
-
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-	char *s = malloc(size ? size : 1);
+	lua_State *L = fuzz_lua();
+	char *s = fuzz_copy(data, size);
 	const char *tok;
 	size_t len = 0;
 	long long exp = -1;
@@ -29,12 +29,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 	if (!s)
 		return 0;
-	if (!L) {
-		L = luaL_newstate();
-		if (!L || json_open(L) != 0)
-			abort();
-	}
-	memcpy(s, data, size);
 	top = lua_gettop(L);
 	tok = courier_read_token(L, s, size, &len, &exp);
 	if (tok) {

@@ -12,25 +12,19 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fuzz_lua.h"
 #include "json.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-static lua_State *L;
-
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-	char *s = malloc(size ? size : 1);
+	lua_State *L = fuzz_lua();
+	char *s = fuzz_copy(data, size);
 	int top;
 
 	if (!s)
 		return 0;
-	if (!L) {
-		L = luaL_newstate();
-		if (!L || json_open(L) != 0)
-			abort();
-	}
-	memcpy(s, data, size);
 	top = lua_gettop(L);
 	if (json_decode(L, s, size) == 0) {
 		size_t len;
