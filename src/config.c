@@ -886,7 +886,7 @@ static int conv_base_url(struct loader *ld, const char *key, struct value *v, vo
 		if ((unsigned char)s[i] <= 0x20 || (unsigned char)s[i] >= 0x7f)
 			return fail(ld, key, "%smust not contain spaces, control or non-ASCII bytes", from);
 	/* A password in a URL would be a secret outside {env=...}/{file=...}. */
-	if (memchr(s + skip, '@', strcspn(s + skip, "/?#")))
+	if (secret_in_url(s))
 		return fail(ld, key, "%smust not carry a user name or password (the key goes in api_key)",
 		            from);
 	/* "https://api.courier.com/" and ".../auth" joins must not yield "//auth". */

@@ -34,6 +34,7 @@
 #include "json.h"
 #include "jwt.h"
 #include "log.h"
+#include "secret.h"
 
 /* ------------------------------------------------------------------------ */
 /* Sets                                                                      */
@@ -713,15 +714,6 @@ static void *refresher(void *arg)
 	return NULL;
 }
 
-/* Whether the URL's authority carries user information ("user:pw@host"). */
-static bool url_has_userinfo(const char *url)
-{
-	const char *sep = strstr(url, "://");
-	const char *h = sep ? sep + 3 : url;
-
-	return memchr(h, '@', strcspn(h, "/?#")) != NULL;
-}
-
 /*
  * https://, or http:// to a loopback address only (a local JWKS server,
  * tests): the host must be exactly localhost, 127.x.y.z or [::1] — not a name
@@ -779,7 +771,7 @@ struct jwks *jwks_open(const struct jwks_options *o, const char *name, char *err
 			snprintf(err, errlen, "url: must not contain spaces, control or non-ASCII bytes");
 			return NULL;
 		}
-	if (o->url && url_has_userinfo(o->url)) {
+	if (o->url && secret_in_url(o->url)) {
 		snprintf(err, errlen, "url: must not carry a user name or password (a JWKS is public)");
 		return NULL;
 	}

@@ -65,6 +65,14 @@ bool secret_sha256(const void *data, size_t len, unsigned char md[SECRET_DIGEST_
 	return ok && mdlen == SECRET_DIGEST_LEN;
 }
 
+bool secret_in_url(const char *url)
+{
+	const char *sep = strstr(url, "://");
+	const char *host = sep ? sep + 3 : url;
+
+	return memchr(host, '@', strcspn(host, "/?#")) != NULL;
+}
+
 void secret_hex(const unsigned char *md, size_t n, char *out)
 {
 	static const char hex[] = "0123456789abcdef";

@@ -52,6 +52,10 @@ bool secret_matches(const struct secret *s, const unsigned char md[SECRET_DIGEST
  * thread); false on failure. */
 bool secret_sha256(const void *data, size_t len, unsigned char md[SECRET_DIGEST_LEN]);
 
+/* Whether a URL carries user information ("user:password@host"): a secret
+ * written into a configuration, which the broker refuses. */
+bool secret_in_url(const char *url);
+
 /* The first n bytes of md as 2n hex digits and a NUL, into out. */
 void secret_hex(const unsigned char *md, size_t n, char *out);
 

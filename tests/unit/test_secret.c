@@ -141,6 +141,19 @@ static void t_digest_once(void **state)
 	secret_clear(&a);
 }
 
+/* User information in a URL's authority, and only there. */
+static void t_secret_in_url(void **state)
+{
+	(void)state;
+	assert_true(secret_in_url("https://me:pw@api.courier.com"));
+	assert_true(secret_in_url("https://me@api.courier.com/v1"));
+	assert_true(secret_in_url("http://127.0.0.1@example.com/"));
+	assert_false(secret_in_url("https://api.courier.com"));
+	assert_false(secret_in_url("https://api.courier.com/a@b"));
+	assert_false(secret_in_url("https://api.courier.com?next=a@b"));
+	assert_false(secret_in_url("https://api.courier.com#a@b"));
+}
+
 static void t_fingerprints_differ(void **state)
 {
 	struct secret a = {0}, b = {0};
@@ -161,6 +174,7 @@ int main(void)
 	    cmocka_unit_test(t_equals),
 	    cmocka_unit_test(t_digest_once),
 	    cmocka_unit_test(t_fingerprints_differ),
+	    cmocka_unit_test(t_secret_in_url),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
 }
