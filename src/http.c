@@ -1087,9 +1087,10 @@ static int loop_load(struct loop *lp)
 	return atomic_load(&lp->live) + atomic_load(&lp->pending);
 }
 
-/* The loop with the fewest connections, held or handed over (ties go
- * round), or NULL when every loop holds its share of max_connections. */
-static struct loop *emptiest(struct http_server *s)
+/* The loop with the fewest connections, held or handed over, or NULL when
+ * every loop holds its share of max_connections. Ties go round: a pick
+ * (take) moves the search's start on; a look does not. */
+static struct loop *emptiest(struct http_server *s, bool take)
 {
 	struct loop *best = NULL;
 	int least = INT_MAX;
@@ -1102,17 +1103,9 @@ static struct loop *emptiest(struct http_server *s)
 			best = lp;
 		}
 	}
-	s->next_loop = (s->next_loop + 1) % s->n_loops;
+	if (take)
+		s->next_loop = (s->next_loop + 1) % s->n_loops;
 	return best;
-}
-
-/* Whether some loop holds less than its share of max_connections. */
-static bool has_room(struct http_server *s)
-{
-	for (size_t k = 0; k < s->n_loops; k++)
-		if (loop_load(&s->loops[k]) < s->loops[k].limit)
-			return true;
-	return false;
 }
 
 /* The acceptor's thread: blocks in accept until the drain shuts the
@@ -1130,7 +1123,7 @@ static void *accept_run(void *arg)
 
 		/* Every loop full: new connections wait in the kernel's backlog
 		 * until one closes, as when MHD accepts by itself. */
-		if (!has_room(s) || !(h = malloc(sizeof(*h)))) {
+		if (!emptiest(s, false) || !(h = malloc(sizeof(*h)))) {
 			usleep(10000);
 			continue;
 		}
@@ -1157,7 +1150,7 @@ static void *accept_run(void *arg)
 		/* Usually a loop has room (loads only fall while accept waits, but
 		 * for a connection being counted twice for a moment): else the
 		 * connection waits here, as it would in the backlog. */
-		while (!(lp = emptiest(s)) && !atomic_load(&s->stop_accept))
+		while (!(lp = emptiest(s, true)) && !atomic_load(&s->stop_accept))
 			usleep(1000);
 		if (!lp) {
 			close(fd);
