@@ -172,9 +172,9 @@ static const char *opt_string(lua_State *L, int t, const char *field)
 }
 
 /* Builds cr from the table at idx; pushes helper values. 0 or -1 with a message. */
-static int build_req(lua_State *L, int idx, const struct tenant *t, struct case_req *cr, const char **msg)
+static int build_req(lua_State *L, int idx, const struct tenant *t, struct case_req *cr, char *err,
+                     size_t errlen)
 {
-	static _Thread_local char body_err[256];
 	struct policy_request *rq = &cr->rq;
 	const char *uid, *why;
 	size_t uid_len;
@@ -185,7 +185,7 @@ static int build_req(lua_State *L, int idx, const struct tenant *t, struct case_
 	rq->tenant = t;
 	rq->user_id = opt_string(L, idx, "user_id");
 	if (!rq->user_id || !scope_user_id_valid(rq->user_id, strlen(rq->user_id))) {
-		*msg = "req.user_id must be a valid user id";
+		snprintf(err, errlen, "req.user_id must be a valid user id");
 		return -1;
 	}
 	lua_getfield(L, idx, "body");
@@ -199,18 +199,18 @@ static int build_req(lua_State *L, int idx, const struct tenant *t, struct case_
 		lua_getfield(L, idx, "expires_in");
 		lua_setfield(L, -2, "expires_in");
 	} else if (!lua_istable(L, -1)) {
-		*msg = "req.body must be a table";
+		snprintf(err, errlen, "req.body must be a table");
 		return -1;
 	}
 	rq->body_idx = lua_gettop(L);
 	/* The server's own check: a body it answers 400 never reaches a policy. */
 	if (envelope_check_body(L, rq->body_idx, &uid, &uid_len, &why) != 0) {
-		snprintf(body_err, sizeof(body_err), "the broker refuses this body (400): %s", why);
-		*msg = body_err;
+		snprintf(err, errlen, "the broker refuses this body (400): %s", why);
 		return -1;
 	}
 	if (uid_len != strlen(rq->user_id) || memcmp(uid, rq->user_id, uid_len) != 0) {
-		*msg = "req.user_id and req.body.user_id differ (the server takes the user from the body)";
+		snprintf(err, errlen,
+		         "req.user_id and req.body.user_id differ (the server takes the user from the body)");
 		return -1;
 	}
 
@@ -273,7 +273,6 @@ static void decide(struct policy_engine *e, lua_State *L, int reqidx, const stru
                    struct outcome *o)
 {
 	struct case_req *cr = calloc(1, sizeof(*cr));
-	const char *msg = NULL;
 	int top = lua_gettop(L);
 
 	memset(o, 0, sizeof(*o));
@@ -282,8 +281,8 @@ static void decide(struct policy_engine *e, lua_State *L, int reqidx, const stru
 		snprintf(o->err, sizeof(o->err), "out of memory");
 		return;
 	}
-	if (build_req(L, reqidx, t, cr, &msg) != 0) {
-		snprintf(o->err, sizeof(o->err), "%s", msg);
+	if (build_req(L, reqidx, t, cr, o->err, sizeof(o->err)) != 0) {
+		/* o->err says why */
 	} else if (policy_decide(e, &cr->rq, &o->dec, o->err, sizeof(o->err)) != 0) {
 		/* o->err says why */
 	} else if (!o->dec.allow) {
