@@ -157,6 +157,7 @@ static void finish(struct courier_client *c, struct courier_job *job, CURLcode r
 	} else {
 		job->status = 0;
 		job->timed_out = rc == CURLE_OPERATION_TIMEDOUT;
+		job->aborted = rc == CURLE_ABORTED_BY_CALLBACK; /* only courier_abort_all ends a job so */
 		if (!job->error[0])
 			snprintf(job->error, sizeof(job->error), "%s", curl_easy_strerror(rc));
 	}

@@ -35,6 +35,7 @@ struct courier_job {
 	/* Set by the client before done runs. */
 	long status;     /* HTTP status; 0 when no answer came */
 	bool timed_out;  /* the total timeout passed */
+	bool aborted;    /* ended by courier_abort_all (the drain) */
 	char error[256]; /* libcurl's message when status is 0 */
 	char *resp;      /* the answer's body (capped), freed by courier_job_cleanup */
 	size_t resp_len;
@@ -67,7 +68,7 @@ int courier_run(struct courier_client *c, bool ready);
  * could not be started (done is not called). */
 int courier_submit(struct courier_client *c, struct courier_job *job);
 
-/* Ends every job still running with error "aborted" (their done runs). */
+/* Ends every job still running, aborted set and error "aborted" (their done runs). */
 void courier_abort_all(struct courier_client *c);
 
 /* Aborts what is left and frees the client. */

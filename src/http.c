@@ -631,12 +631,11 @@ static enum MHD_Result complete(struct req *r)
 	top = lua_gettop(L);
 
 	if (job->status == 0) {
-		bool aborted = strcmp(job->error, "aborted") == 0;
 		log_msg("warn", "tenant %s: Courier call failed: %s", r->tenant->name, job->error);
 		if (job->timed_out)
 			return fail(r, L, 504, "upstream_timeout", "Courier did not answer in time", NULL,
 			            NULL);
-		if (aborted)
+		if (job->aborted)
 			return fail(r, L, 503, "unavailable", "shutting down", NULL, NULL);
 		return fail(r, L, 502, "upstream_error", "Courier could not be reached", NULL, NULL);
 	}

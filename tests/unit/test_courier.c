@@ -118,6 +118,7 @@ struct outcome {
 	int done;
 	long status;
 	bool timed_out;
+	bool aborted;
 	char error[256];
 	char resp[512];
 };
@@ -129,6 +130,7 @@ static void on_done(struct courier_job *job)
 	o->done++;
 	o->status = job->status;
 	o->timed_out = job->timed_out;
+	o->aborted = job->aborted;
 	snprintf(o->error, sizeof(o->error), "%s", job->error);
 	snprintf(o->resp, sizeof(o->resp), "%.*s", (int)job->resp_len, job->resp ? job->resp : "");
 }
@@ -254,6 +256,7 @@ static void test_silent_courier_times_out(void **state)
 	assert_int_equal(o.done, 1);
 	assert_int_equal(o.status, 0);
 	assert_true(o.timed_out);
+	assert_false(o.aborted);
 	assert_true(now_ms() - t0 >= 150);
 	courier_job_cleanup(&job);
 	courier_client_free(c);
@@ -285,6 +288,7 @@ static void test_abort_all_ends_running_jobs(void **state)
 		assert_int_equal(o[i].done, 1);
 		assert_int_equal(o[i].status, 0);
 		assert_string_equal(o[i].error, "aborted");
+		assert_true(o[i].aborted);
 		courier_job_cleanup(&jobs[i]);
 	}
 	courier_client_free(c);
