@@ -1236,11 +1236,11 @@ static int loop_start(struct http_server *s, size_t i, const struct config *cfg,
 	size_t n = s->n_loops;
 	/* Shares of the connection limits, as MHD's own thread pool splits them. */
 	unsigned conns = (unsigned)(cfg->max_connections / n + (i < cfg->max_connections % n));
-
-	lp->limit = conns ? (int)conns : 1;
 	unsigned upstream = (unsigned)(cfg->courier_max_connections / n);
 	const union MHD_DaemonInfo *di;
 	char name[16];
+
+	lp->limit = conns ? (int)conns : 1;
 
 	lp->hs = malloc(sizeof(*lp->hs));
 	lp->dec = malloc(sizeof(*lp->dec));
@@ -1253,7 +1253,7 @@ static int loop_start(struct http_server *s, size_t i, const struct config *cfg,
 		return -1;
 	lp->d = MHD_start_daemon(flags, 0, NULL, NULL, on_request, lp, MHD_OPTION_EXTERNAL_LOGGER, mhd_log,
 	                         NULL, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)cfg->connection_timeout_s,
-	                         MHD_OPTION_CONNECTION_LIMIT, conns ? conns : 1,
+	                         MHD_OPTION_CONNECTION_LIMIT, (unsigned)lp->limit,
 	                         MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)32 * 1024,
 	                         MHD_OPTION_NOTIFY_COMPLETED, on_completed, lp, MHD_OPTION_NOTIFY_CONNECTION,
 	                         on_connection, lp, MHD_OPTION_END);
