@@ -47,6 +47,9 @@ UNIT_pidfile  = pidfile
 UNIT_metrics  = metrics
 UNIT_jwks     = jwks jwt json secret log
 UNIT_courier  = courier jwt jwks json secret log
+UNIT_cidr     = cidr
+UNIT_buf      = buf
+UNIT_fileio   = fileio
 UNIT_policy   = policy pmatch envelope scope duration json config secret jwt jwks ident log
 UNIT_NAMES = $(patsubst tests/unit/test_%.c,%,$(wildcard tests/unit/test_*.c))
 UNIT_BINS  = $(patsubst %,$(BUILD)/tests/test_%,$(UNIT_NAMES))
@@ -121,6 +124,7 @@ FUZZ_scope    = scope
 FUZZ_json     = json
 FUZZ_pmatch   = pmatch
 FUZZ_courier  = courier json jwt jwks secret log
+FUZZ_cidr     = cidr
 FUZZ_body     = envelope json scope duration secret
 FUZZ_SECONDS ?= 60
 fuzz: deps
