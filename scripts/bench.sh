@@ -104,6 +104,11 @@ PY
 # next to throughput without one: scripts/bench/reload.sh, own processes.
 bash "$root/scripts/bench/reload.sh" "$broker" "$double" "$secs"
 
+# ---- policy errors (issue 10) ----------------------------------------------
+# 101 tenants, a policy a client can make raise: the error path's rate next to
+# the deny path's (goal: at least half). scripts/bench/errors.sh, own processes.
+bash "$root/scripts/bench/errors.sh" "$broker" "$double" "$secs"
+
 # ---- JWT verification cost per algorithm (issue 3): its own target ----------
 echo
 make -C "$root" --no-print-directory bench-jwt
