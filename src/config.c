@@ -136,6 +136,9 @@ static const struct option options[] = {
      "Courier calls in flight before new requests get 503."},
     {"drain_timeout_ms", OPT_INT, "10000", 0, 600000, CFG(drain_timeout_ms), 0, NULL,
      "On SIGTERM, how long to wait for in-flight requests."},
+    {"reload_timeout_ms", OPT_INT, "30000", 100, 600000, CFG(reload_timeout_ms), 0, NULL,
+     "On SIGHUP, how long a reload may take (loading, checking, compiling); one that takes longer is "
+     "refused and the running generation keeps serving. The serving generation's value applies."},
 
     {"courier", OPT_TABLE, NULL, 0, 0, NOWHERE, 0, NULL, "How to reach Courier."},
     {"courier.base_url", OPT_STRING, "https://api.courier.com", 0, 0, NOWHERE, 0, conv_base_url,

@@ -112,6 +112,7 @@ struct config {
 	unsigned max_connections;      /* default 4096 */
 	unsigned max_inflight;         /* upstream calls in flight before 503, default 4096 */
 	unsigned drain_timeout_ms;     /* SIGTERM: wait for in-flight, default 10000 */
+	unsigned reload_timeout_ms;    /* SIGHUP: budget of one reload, default 30000 */
 
 	char *courier_base_url;           /* env COURIER_BASE_URL overrides */
 	long courier_timeout_ms;          /* default 5000 */

@@ -48,13 +48,13 @@ static void gen_free(struct gen *g)
 	metrics_generations_alive(-1);
 }
 
-int gen_install(struct config *cfg, unsigned spare_engines)
+struct gen *gen_build(struct config *cfg, unsigned spare_engines)
 {
-	struct gen *g = calloc(1, sizeof(*g)), *old;
+	struct gen *g = calloc(1, sizeof(*g));
 	size_t n;
 
 	if (!g)
-		return -1;
+		return NULL;
 	g->cfg = cfg;
 	g->loaded_at = time(NULL);
 	n = strlen(cfg->courier_base_url);
@@ -63,13 +63,13 @@ int gen_install(struct config *cfg, unsigned spare_engines)
 	if (asprintf(&g->courier_url, "%.*s/auth/issue-token", (int)n, cfg->courier_base_url) < 0) {
 		g->courier_url = NULL;
 		free(g);
-		return -1;
+		return NULL;
 	}
 	g->limits = calloc(cfg->n_tenants ? cfg->n_tenants : 1, sizeof(*g->limits));
 	if (!g->limits) {
 		free(g->courier_url);
 		free(g);
-		return -1;
+		return NULL;
 	}
 	for (size_t i = 0; i < cfg->n_tenants; i++) {
 		pthread_mutex_init(&g->limits[i].lock, NULL);
@@ -87,6 +87,12 @@ int gen_install(struct config *cfg, unsigned spare_engines)
 		g->n_spare++;
 	}
 	metrics_generations_alive(1);
+	return g;
+}
+
+void gen_publish(struct gen *g)
+{
+	struct gen *old;
 
 	pthread_mutex_lock(&cur_lock);
 	g->id = next_id++;
@@ -97,6 +103,15 @@ int gen_install(struct config *cfg, unsigned spare_engines)
 	metrics_generation(g->id, g->loaded_at);
 	if (old)
 		gen_release(old);
+}
+
+int gen_install(struct config *cfg, unsigned spare_engines)
+{
+	struct gen *g = gen_build(cfg, spare_engines);
+
+	if (!g)
+		return -1;
+	gen_publish(g);
 	return 0;
 }
 

@@ -37,8 +37,18 @@ struct gen {
 
 /* Makes cfg (ownership taken) the current generation, with up to
  * spare_engines policy engines built for it first (one per worker thread).
- * Returns 0 or -1. */
+ * Returns 0 or -1 (cfg stays the caller's). gen_build then gen_publish. */
 int gen_install(struct config *cfg, unsigned spare_engines);
+
+/* The slow half of gen_install: a generation for cfg (ownership taken on
+ * success; on NULL, out of memory, cfg stays the caller's) with its spare
+ * engines compiled, not yet serving. The caller holds its one reference:
+ * gen_publish it, or gen_release it to drop it unseen. */
+struct gen *gen_build(struct config *cfg, unsigned spare_engines);
+
+/* The fast half: makes g, from gen_build, the current generation (it takes
+ * the caller's reference) and drops the one it replaces. */
+void gen_publish(struct gen *g);
 
 /* One of g's spare engines, now the caller's (policy_engine_free it), or
  * NULL when none is left. */

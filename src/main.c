@@ -2,8 +2,10 @@
  * main.c — the command line: wires configuration, engines and the front.
  *
  * serve: blocks the signals before any thread starts and reads them here, in
- * one place (SIGHUP reloads, several pending ones once; SIGTERM/SIGINT drain
- * and exit, with a watchdog that bounds the exit). check: loads everything and
+ * one place (SIGHUP hands a reload to the reload thread, several pending ones
+ * once; SIGTERM/SIGINT drain and exit, with a watchdog that bounds the exit
+ * and takes a second SIGTERM/SIGINT as "exit now"). A forced exit returns
+ * EX_SOFTWARE (70), a clean drain 0. check: loads everything and
  * runs the policy tests. reload: check, then SIGHUP the broker of a pid file.
  * eval: one decision, never calling Courier. Keeps no logic of its own beyond
  * the order of things.
@@ -19,6 +21,7 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sysexits.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -120,26 +123,61 @@ static int cmd_reload(const char *path, const char *pid_file)
 /* ------------------------------------------------------------ the drain watchdog */
 
 static unsigned watchdog_ms;
+static sigset_t watchdog_signals;
 
-/* Bounds the exit whatever hangs: the drain, the Courier thread, MHD. */
+/* An exit that skips the drain or the cleanup: a supervisor must be able to
+ * tell it from a clean one. */
+static _Noreturn void exit_forced(void)
+{
+	pidfile_remove();
+	_exit(EX_SOFTWARE);
+}
+
+/* Bounds the exit whatever hangs: the drain, the Courier thread, MHD. The
+ * signal thread is busy draining, so this one reads the signals meanwhile. */
 static void *watchdog(void *arg)
 {
-	struct timespec ts = {watchdog_ms / 1000, (long)(watchdog_ms % 1000) * 1000000L};
+	struct timespec until, now, left;
+	int sig;
 
 	(void)arg;
-	while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
-		;
+	clock_gettime(CLOCK_MONOTONIC, &until);
+	until.tv_sec += watchdog_ms / 1000;
+	until.tv_nsec += (long)(watchdog_ms % 1000) * 1000000L;
+	if (until.tv_nsec >= 1000000000L) {
+		until.tv_sec++;
+		until.tv_nsec -= 1000000000L;
+	}
+	for (;;) {
+		clock_gettime(CLOCK_MONOTONIC, &now);
+		left.tv_sec = until.tv_sec - now.tv_sec;
+		left.tv_nsec = until.tv_nsec - now.tv_nsec;
+		if (left.tv_nsec < 0) {
+			left.tv_sec--;
+			left.tv_nsec += 1000000000L;
+		}
+		if (left.tv_sec < 0)
+			break;
+		sig = sigtimedwait(&watchdog_signals, NULL, &left);
+		if (sig == SIGTERM || sig == SIGINT) {
+			log_msg("error", "%s during the drain: exiting now",
+			        sig == SIGINT ? "SIGINT" : "SIGTERM");
+			exit_forced();
+		}
+		if (sig == SIGHUP)
+			log_msg("info", "SIGHUP ignored: draining");
+	}
 	log_msg("error", "shutdown did not finish within %u ms: exiting now", watchdog_ms);
-	pidfile_remove();
-	_exit(0);
+	exit_forced();
 	return NULL;
 }
 
-static void watchdog_start(unsigned ms)
+static void watchdog_start(unsigned ms, const sigset_t *signals)
 {
 	pthread_t t;
 
 	watchdog_ms = ms;
+	watchdog_signals = *signals;
 	if (pthread_create(&t, NULL, watchdog, NULL) == 0)
 		pthread_detach(t);
 	else
@@ -213,20 +251,31 @@ static int cmd_serve(const char *path, const char *pid_file)
 	        BROKER_VERSION, g->cfg->listen_host, http_port(srv), g->cfg->n_tenants, g->id);
 	gen_release(g);
 
+	if (reload_start(path) != 0)
+		log_msg("warn", "cannot start the reload thread: SIGHUP will not reload");
 	while ((sig = next_signal(&set, &hups)) == SIGHUP)
-		reload_run(path, hups);
+		reload_request(hups);
+	/* First: no reload may install a generation once the drain began. */
+	reload_stop();
 	g = gen_acquire();
 	drain_ms = g ? g->cfg->drain_timeout_ms : 10000;
 	gen_release(g);
 	log_msg("info", "%s: draining (up to %u ms)", sig == SIGINT ? "SIGINT" : "SIGTERM", drain_ms);
 	/* The drain returns at most 1.5 s after its deadline (aborted Courier
 	 * calls, answers flushed); 2 s is a hang. */
-	watchdog_start(drain_ms + 2000);
+	watchdog_start(drain_ms + 2000, &set);
 	rc = http_drain_and_stop(srv, drain_ms);
 	if (rc != 0) {
 		/* Connections are still suspended: freeing what they use would crash. */
 		log_msg("error", "exiting without cleanup");
+		exit_forced();
+	}
+	if (reload_busy()) {
+		/* The drain was clean, but an abandoned reload's thread may be inside
+		 * libcurl or OpenSSL: no global cleanup (nor exit's) may run under it. */
 		pidfile_remove();
+		log_msg("info",
+		        "stopped (an abandoned reload was still running: nothing of it was installed)");
 		_exit(0);
 	}
 	gen_shutdown();

@@ -1,14 +1,19 @@
 /*
  * reload.c — building, checking and installing the next generation.
  *
- * Owns the checks a configuration passes before it may serve, and the record
- * of each attempt (one log line with the reason, the reload metrics). Knows
- * which settings the running server took at start and cannot change. Never
- * touches a generation that is serving: gen_install swaps it atomically.
+ * Owns the checks a configuration passes before it may serve, the threads
+ * that run reloads for `serve`, each reload's budget, and the record of each
+ * attempt (one log line with the reason, the reload metrics). Knows which
+ * settings the running server took at start and cannot change. Never touches
+ * a generation that is serving (gen_publish swaps it atomically), and never
+ * publishes one after its attempt was abandoned or the drain began.
  */
 #include "reload.h"
 
+#include <errno.h>
+#include <pthread.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -90,6 +95,70 @@ static void warn_restart_only(const struct config *cfg)
 	}
 }
 
+/* ------------------------------------------------------------ the reload threads */
+
+/*
+ * Two kinds of thread, so that the thread reading signals never waits on a
+ * reload. The reload thread (one, for the life of `serve`) takes the SIGHUPs
+ * the signal thread hands it, starts one builder thread per attempt and holds
+ * each attempt to its budget. A builder loads and checks the configuration,
+ * builds the generation, and publishes it, under the lock, only if its
+ * attempt still stands.
+ *
+ * A builder cannot be stopped from outside (it may be waiting on a JWKS URL
+ * or running policy tests, each with budgets of their own): one that overruns
+ * is abandoned, which it learns under the lock when it is done, and it then
+ * frees what it built unseen. At most one builder is alive at a time, so
+ * there are never two publishers and what an abandoned attempt holds is
+ * bounded: SIGHUPs that come while an abandoned builder runs wait for it up to
+ * one budget, then are refused.
+ */
+enum builder_state {
+	B_IDLE,      /* no builder */
+	B_RUNNING,   /* its attempt stands */
+	B_ABANDONED, /* over budget or draining: it publishes nothing */
+	B_FINISHING, /* its result is recorded; it frees what was left and exits */
+};
+
+static struct {
+	pthread_mutex_t lock;
+	pthread_cond_t wake; /* CLOCK_MONOTONIC */
+	const char *path;
+	pthread_t thread;
+	bool running;  /* the reload thread */
+	bool stopping; /* draining: no attempt starts or publishes any more */
+
+	int pending;                   /* SIGHUPs no attempt answers yet */
+	struct timespec pending_until; /* refused then, if still behind an abandoned builder */
+
+	enum builder_state state;
+	struct timespec t0;       /* of the builder's attempt */
+	struct timespec deadline; /* t0 + budget_ms */
+	unsigned budget_ms;
+} rl = {.lock = PTHREAD_MUTEX_INITIALIZER};
+
+static struct timespec mono_in(unsigned ms)
+{
+	struct timespec t;
+
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	t.tv_sec += ms / 1000;
+	t.tv_nsec += (long)(ms % 1000) * 1000000L;
+	if (t.tv_nsec >= 1000000000L) {
+		t.tv_sec++;
+		t.tv_nsec -= 1000000000L;
+	}
+	return t;
+}
+
+static bool passed(const struct timespec *t)
+{
+	struct timespec now;
+
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	return now.tv_sec > t->tv_sec || (now.tv_sec == t->tv_sec && now.tv_nsec >= t->tv_nsec);
+}
+
 static double ms_since(const struct timespec *t0)
 {
 	struct timespec now;
@@ -98,37 +167,216 @@ static double ms_since(const struct timespec *t0)
 	return (double)(now.tv_sec - t0->tv_sec) * 1e3 + (double)(now.tv_nsec - t0->tv_nsec) / 1e6;
 }
 
-int reload_run(const char *path, int signals)
+static unsigned long long serving_id(void)
 {
-	char err[1024];
-	struct timespec t0;
-	struct config *cfg;
-	struct gen *g;
-	unsigned long long running;
+	struct gen *g = gen_acquire();
+	unsigned long long id = g ? g->id : 0ULL;
 
-	clock_gettime(CLOCK_MONOTONIC, &t0);
-	if (signals > 1)
-		log_msg("info", "SIGHUP: reloading %s (%d signals coalesced)", path, signals);
-	else
-		log_msg("info", "SIGHUP: reloading %s", path);
-	cfg = reload_load(path, true, err, sizeof(err));
-	if (cfg) {
-		warn_restart_only(cfg);
-		/* One engine per worker thread (as many as serve started with). */
-		if (gen_install(cfg, started.set ? started.values[0] /* threads */ : cfg->threads) != 0) {
-			config_free(cfg);
-			cfg = NULL;
-			snprintf(err, sizeof(err), "out of memory");
-		}
-	}
-	g = gen_acquire();
-	running = g ? g->id : 0ULL;
 	gen_release(g);
-	metrics_reload(cfg != NULL, time(NULL));
-	if (!cfg) {
-		log_msg("error", "reload refused: %s; generation %llu keeps serving", err, running);
+	return id;
+}
+
+/* The budget of an attempt that starts now: the serving generation's. */
+static unsigned serving_budget(void)
+{
+	struct gen *g = gen_acquire();
+	unsigned ms = g ? g->cfg->reload_timeout_ms : 30000;
+
+	gen_release(g);
+	return ms;
+}
+
+/* The verdict of a refused reload: one log line, the failed-reload metric. */
+static void refuse(const char *why)
+{
+	metrics_reload(false, time(NULL));
+	log_msg("error", "reload refused: %s; generation %llu keeps serving", why, serving_id());
+}
+
+/* The builder's result, under the lock, when its attempt still stands:
+ * g (now the serving generation's) or, when NULL, the reason in err. */
+static void settle(struct gen *g, const char *err)
+{
+	if (!g) {
+		refuse(err);
+		return;
+	}
+	warn_restart_only(g->cfg);
+	gen_publish(g);
+	metrics_reload(true, time(NULL));
+	log_msg("info", "reload done: generation %llu serving (%.1f ms)", g->id, ms_since(&rl.t0));
+}
+
+static void *builder(void *arg)
+{
+	unsigned threads = (unsigned)(uintptr_t)arg;
+	char err[1024];
+	struct config *cfg;
+	struct gen *g = NULL;
+
+	cfg = reload_load(rl.path, true, err, sizeof(err));
+	if (cfg && !(g = gen_build(cfg, threads))) {
+		config_free(cfg);
+		snprintf(err, sizeof(err), "out of memory");
+	}
+	pthread_mutex_lock(&rl.lock);
+	if (rl.state == B_RUNNING) {
+		settle(g, err);
+		g = NULL;
+		rl.state = B_FINISHING;
+	} else {
+		if (g)
+			log_msg("info",
+			        "abandoned reload finished after %.0f ms (it had passed its checks): %s",
+			        ms_since(&rl.t0), "its result is discarded");
+		else
+			log_msg("info", "abandoned reload finished after %.0f ms (it had failed: %s)",
+			        ms_since(&rl.t0), err);
+	}
+	pthread_mutex_unlock(&rl.lock);
+
+	/* Outside the lock: freeing policy engines takes a while. Only then is
+	 * the builder gone (reload_busy): nothing of it runs at exit. */
+	gen_release(g);
+
+	pthread_mutex_lock(&rl.lock);
+	rl.state = B_IDLE;
+	pthread_cond_broadcast(&rl.wake);
+	pthread_mutex_unlock(&rl.lock);
+	return NULL;
+}
+
+/* Under the lock: starts a builder for the pending SIGHUPs. */
+static void start_attempt(void)
+{
+	unsigned threads = started.set ? started.values[0] /* threads */ : 1;
+	pthread_attr_t attr;
+	pthread_t t;
+	int signals = rl.pending, rc;
+	char why[128];
+
+	rl.pending = 0;
+	if (signals > 1)
+		log_msg("info", "SIGHUP: reloading %s (%d signals coalesced)", rl.path, signals);
+	else
+		log_msg("info", "SIGHUP: reloading %s", rl.path);
+	rl.budget_ms = serving_budget();
+	clock_gettime(CLOCK_MONOTONIC, &rl.t0);
+	rl.deadline = mono_in(rl.budget_ms);
+	rl.state = B_RUNNING;
+	pthread_attr_init(&attr);
+	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+	rc = pthread_create(&t, &attr, builder, (void *)(uintptr_t)threads);
+	pthread_attr_destroy(&attr);
+	if (rc != 0) {
+		rl.state = B_IDLE;
+		snprintf(why, sizeof(why), "cannot start a thread for it: %s", strerror(rc));
+		refuse(why);
+	}
+}
+
+static void *reload_thread(void *arg)
+{
+	char why[128];
+
+	(void)arg;
+	pthread_mutex_lock(&rl.lock);
+	while (!rl.stopping) {
+		const struct timespec *until = NULL;
+
+		if (rl.state == B_RUNNING && passed(&rl.deadline)) {
+			rl.state = B_ABANDONED;
+			snprintf(why, sizeof(why), "took longer than %u ms", rl.budget_ms);
+			refuse(why);
+			if (rl.pending > 0)
+				rl.pending_until = mono_in(serving_budget());
+			continue;
+		}
+		if (rl.pending > 0 && rl.state == B_IDLE) {
+			start_attempt();
+			continue;
+		}
+		if (rl.pending > 0 && rl.state == B_ABANDONED && passed(&rl.pending_until)) {
+			rl.pending = 0;
+			snprintf(why, sizeof(why), "the reload abandoned after %u ms is still running",
+			         rl.budget_ms);
+			refuse(why);
+			continue;
+		}
+		if (rl.state == B_RUNNING)
+			until = &rl.deadline;
+		else if (rl.pending > 0 && rl.state == B_ABANDONED)
+			until = &rl.pending_until;
+		if (until)
+			pthread_cond_timedwait(&rl.wake, &rl.lock, until);
+		else
+			pthread_cond_wait(&rl.wake, &rl.lock);
+	}
+	pthread_mutex_unlock(&rl.lock);
+	return NULL;
+}
+
+int reload_start(const char *path)
+{
+	pthread_condattr_t ca;
+	int rc;
+
+	rl.path = path;
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&rl.wake, &ca);
+	pthread_condattr_destroy(&ca);
+	rc = pthread_create(&rl.thread, NULL, reload_thread, NULL);
+	if (rc != 0) {
+		pthread_cond_destroy(&rl.wake);
 		return -1;
 	}
-	log_msg("info", "reload done: generation %llu serving (%.1f ms)", running, ms_since(&t0));
+	rl.running = true;
 	return 0;
+}
+
+void reload_request(int signals)
+{
+	pthread_mutex_lock(&rl.lock);
+	if (rl.running && !rl.stopping) {
+		if (rl.pending == 0 && rl.state == B_ABANDONED) {
+			unsigned ms = serving_budget();
+			rl.pending_until = mono_in(ms);
+			log_msg("info", "SIGHUP: waiting up to %u ms for the abandoned reload to finish", ms);
+		} else if (rl.pending == 0 && rl.state != B_IDLE) {
+			log_msg("info", "SIGHUP: a reload is under way; one more follows it");
+		}
+		rl.pending += signals;
+		pthread_cond_broadcast(&rl.wake);
+	}
+	pthread_mutex_unlock(&rl.lock);
+}
+
+void reload_stop(void)
+{
+	pthread_mutex_lock(&rl.lock);
+	if (!rl.running) {
+		pthread_mutex_unlock(&rl.lock);
+		return;
+	}
+	rl.stopping = true;
+	rl.pending = 0;
+	if (rl.state == B_RUNNING) {
+		rl.state = B_ABANDONED;
+		log_msg("info", "shutting down: the reload under way is abandoned and installs nothing");
+	}
+	pthread_cond_broadcast(&rl.wake);
+	pthread_mutex_unlock(&rl.lock);
+	pthread_join(rl.thread, NULL);
+	rl.running = false;
+}
+
+bool reload_busy(void)
+{
+	bool busy;
+
+	pthread_mutex_lock(&rl.lock);
+	busy = rl.state != B_IDLE;
+	pthread_mutex_unlock(&rl.lock);
+	return busy;
 }

@@ -5,7 +5,9 @@
  * keys from env and files, identity keys), every tenant's policy compiles and
  * every tenant's policy tests pass: the same checks as `courier-broker check`.
  * A refused reload changes nothing but its record (log line, /metrics).
- * Runs on the thread that reads signals, never on the request path.
+ * For `serve`, reloads run on threads of their own, never on the thread that
+ * reads signals nor on the request path, each within a budget
+ * (reload_timeout_ms): one that overruns it is abandoned and refused.
  */
 #ifndef BROKER_RELOAD_H
 #define BROKER_RELOAD_H
@@ -23,9 +25,22 @@ struct config *reload_load(const char *path, bool quiet_tests, char *err, size_t
  * connection limits), from the configuration serve started with. */
 void reload_started_with(const struct config *cfg);
 
-/* The SIGHUP work: load and check path, warn about settings that need a
- * restart, install it. signals: how many SIGHUPs this reload answers.
- * Returns 0 when the new generation serves, -1 when it was refused. */
-int reload_run(const char *path, int signals);
+/* Starts the reload thread of `serve` (after the first generation serves);
+ * path is the configuration file, kept for its life. Returns 0 or -1. */
+int reload_start(const char *path);
+
+/* The SIGHUP work, handed over without waiting: load and check the
+ * configuration, warn about settings that need a restart, install it. SIGHUPs
+ * (signals counts them) that come while a reload runs make one more after it.
+ * The verdict is in the log and the reload metrics. */
+void reload_request(int signals);
+
+/* At SIGTERM: from now on no reload starts or installs anything; one under
+ * way is abandoned. Never waits on the reload itself. */
+void reload_stop(void);
+
+/* Whether a reload's thread is still at work (abandoned ones included): it
+ * may be inside libcurl, OpenSSL or Lua, so no global cleanup may run. */
+bool reload_busy(void);
 
 #endif

@@ -397,3 +397,98 @@ def wait_token_lines(b, n, tenant=None, timeout=5.0):
         time.sleep(0.02)
     raise AssertionError("expected %d token_request lines%s, got:\n%s"
                          % (n, "" if tenant is None else " of tenant %r" % tenant, b.p.text()))
+
+
+# ------------------------------------------------ a JWKS URL that never answers
+
+# An Ed25519 public key (RFC 8037, appendix A): a JWKS the broker accepts.
+ED25519_JWKS = json.dumps({"keys": [{"kty": "OKP", "crv": "Ed25519", "kid": "slow",
+                                     "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]})
+
+
+class SilentServer:
+    """Accepts connections on 127.0.0.1 and answers nothing until answer()
+    (then every held and later request gets `body` as a JWKS) or close()."""
+
+    def __init__(self, lifetime=120.0):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.sock.settimeout(0.05)
+        self.port = self.sock.getsockname()[1]
+        self.url = "http://127.0.0.1:%d/jwks.json" % self.port
+        self.accepted = threading.Event()
+        self._held = []
+        self._body = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._deadline = time.monotonic() + lifetime
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _reply(self, conn):
+        body = self._body.encode()
+        try:
+            # Read the request first: closing on unread bytes would reset the answer.
+            conn.settimeout(2)
+            got = b""
+            while b"\r\n\r\n" not in got and len(got) < 65536:
+                chunk = conn.recv(4096)
+                if not chunk:
+                    break
+                got += chunk
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+                         b"Connection: close\r\n\r\n%s" % (len(body), body))
+        except OSError:
+            pass
+        conn.close()
+
+    def _run(self):
+        while not self._stop.is_set() and time.monotonic() < self._deadline:
+            try:
+                conn, _ = self.sock.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            self.accepted.set()
+            with self._lock:
+                if self._body is None:
+                    self._held.append(conn)
+                    continue
+            self._reply(conn)
+
+    def answer(self, body=ED25519_JWKS):
+        with self._lock:
+            self._body = body
+            held, self._held = self._held, []
+        for conn in held:
+            self._reply(conn)
+
+    def close(self):
+        self._stop.set()
+        self._thread.join(2)
+        with self._lock:
+            held, self._held = self._held, []
+        for conn in held:
+            conn.close()
+        self.sock.close()
+
+
+def slow_jwks_tenant(url, name="slow"):
+    """Config text (appended to a broker's config) adding a tenant whose JWKS
+    is fetched from url, waiting up to 60 s for it."""
+    return """
+tenants[%s] = {
+  api_key = { env = "COURIER_API_KEY" },
+  policy = "policies/default.lua",
+  auth = { jwt = { algorithms = { "EdDSA" }, jwks = { url = %s, timeout_ms = 60000 } } },
+}
+""" % (lua_str(name), lua_str(url))
+
+
+@pytest.fixture
+def silent_server():
+    s = SilentServer()
+    yield s
+    s.close()

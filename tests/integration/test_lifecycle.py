@@ -1,20 +1,30 @@
-"""Signals to `serve`: SIGHUP reloads, SIGTERM/SIGINT drain and exit 0.
+"""Signals to `serve`: SIGHUP reloads, SIGTERM/SIGINT drain and exit 0
+(whatever a reload is doing); a forced exit returns 70.
 
 Every wait is bounded: reloads are observed through /metrics
 (broker_generation, broker_reloads_total) within RELOAD_WAIT seconds (conftest).
 """
 import os
 import signal
+import subprocess
 import threading
 import time
 
 import pytest
 
 from conftest import (ALLOW_POLICY, COURIER_KEY, DENY_POLICY, FILE_KEY, NEW_KEY, Double, connect_refused, generation,
-                      key_file_prep, metrics, mint, post, reload_failed, reload_ok, reloads)
+                      key_file_prep, metrics, mint, post, reload_failed, reload_ok, reloads, slow_jwks_tenant)
+
+EX_SOFTWARE = 70
 
 
-
+def wait_exit(b, timeout):
+    """The broker's exit status, or a failure naming what it logged if it is
+    still running after timeout seconds."""
+    try:
+        return b.p.proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        raise AssertionError("still running %.1f s after the signal; log:\n%s" % (timeout, b.p.text()[-3000:]))
 
 
 @pytest.fixture
@@ -296,3 +306,56 @@ def test_drain_deadline_answers_instead_of_hanging(brokers, double):
     assert isinstance(out.get("r"), tuple), out
     assert out["r"][0] == 503, out
     assert out["r"][1]["error"] == "unavailable"
+
+
+# ------------------------------------------------ SIGTERM whatever a reload does
+
+def test_sigterm_during_a_hung_reload_exits_within_the_drain_bound(brokers, double, silent_server):
+    """A reload that cannot finish (its JWKS URL accepts and never answers,
+    with a 60 s fetch timeout) does not hold SIGTERM back: the broker drains
+    and exits 0 within drain_timeout_ms + 1 s (plus slack for a busy machine)."""
+    b = brokers("b", double, extra="drain_timeout_ms = 1000")
+    assert post(b).status == 200
+    b.config.write_text(b.config.read_text() + slow_jwks_tenant(silent_server.url))
+    b.sighup()
+    assert silent_server.accepted.wait(5), "the reload never asked for the JWKS:\n" + b.p.text()[-2000:]
+    # The reload is stuck on the JWKS server; the broker still serves meanwhile.
+    assert post(b).status == 200
+    t0 = time.monotonic()
+    b.p.proc.send_signal(signal.SIGTERM)
+    rc = wait_exit(b, 1.0 + 1.0 + 3.0)
+    elapsed = time.monotonic() - t0
+    assert rc == 0, b.p.text()[-2000:]
+    print("SIGTERM during a hung reload: exited in %.0f ms" % (elapsed * 1000))
+    text = b.p.text()
+    assert "the reload under way is abandoned" in text, text[-2000:]
+    assert "reload done" not in text
+
+
+def test_second_signal_during_the_drain_forces_exit_70(brokers, double):
+    """SIGTERM drains; a second SIGTERM or SIGINT during the drain exits at
+    once, and that forced exit (like the watchdog's) is told apart from a
+    clean drain by its status, 70 (EX_SOFTWARE)."""
+    b = brokers("b", double, extra="drain_timeout_ms = 20000", courier_timeout_ms=20000)
+    double.configure(latency_ms=15000)
+    out = {}
+
+    def one():
+        try:
+            r = b.post(body={"user_id": "alice"}, token=mint("alice"), timeout=30)
+            out["r"] = r.status
+        except Exception as e:  # noqa: BLE001 - the connection drops at the forced exit
+            out["r"] = repr(e)
+
+    t = threading.Thread(target=one)
+    t.start()
+    assert double.wait_served(1, 5) == 1
+    b.p.proc.send_signal(signal.SIGTERM)
+    b.p.wait_for(r"draining", timeout=5)
+    t0 = time.monotonic()
+    b.p.proc.send_signal(signal.SIGINT)
+    rc = wait_exit(b, 5.0)
+    assert rc == EX_SOFTWARE, b.p.text()[-2000:]
+    assert time.monotonic() - t0 < 5.0
+    b.p.wait_for(r"SIGINT during the drain: exiting now", timeout=2)
+    t.join(20)

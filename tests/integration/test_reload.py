@@ -18,7 +18,8 @@ import time
 import pytest
 
 from conftest import (BROKER_BIN, COURIER_KEY, DENY_POLICY, FILE_KEY, NEW_KEY, Double, connect_refused, generation,
-                      key_file_prep, metrics, mint, post, reload_failed, reload_ok, reloads, wait_metric)
+                      key_file_prep, metrics, mint, post, reload_failed, reload_ok, reloads, slow_jwks_tenant,
+                      wait_metric)
 
 INBOX_POLICY = """
 return function(req)
@@ -394,6 +395,83 @@ def test_sigterm_right_after_sighups_exits_zero(broker):
     assert broker.stop(signal.SIGTERM) == 0
     assert time.monotonic() - t0 < 5
     assert connect_refused(broker.port)
+
+
+# ------------------------------------------------------------ the reload budget
+
+def test_reload_over_its_budget_is_refused_and_installs_nothing_later(started, double, silent_server):
+    """reload_timeout_ms: a reload still running at its budget is refused at
+    once and the running generation keeps serving; while it still runs, the
+    next SIGHUP waits for it up to one budget, then is refused; when it ends
+    (here: it passes its checks after all) nothing of it is installed; a later
+    reload works."""
+    b = started("b", double, extra="reload_timeout_ms = 1000")
+    r = post(b)
+    assert r.status == 200, r.body
+    rev0, g0 = r.header("X-Policy-Revision"), generation(b)
+    assert rev0
+    good = b.config.read_text()
+    b.config.write_text(good + slow_jwks_tenant(silent_server.url))
+    (b.dir / "policies" / "default.lua").write_text(DENY_POLICY)
+    mark = len(b.p.lines)
+
+    # Over budget: refused after 1 s, counted as a failed reload.
+    reload_failed(b)
+    b.p.wait_for(r"reload refused: took longer than 1000 ms; generation %d keeps serving" % g0, timeout=2,
+                 start=mark)
+    assert silent_server.accepted.is_set()
+    r = post(b)
+    assert r.status == 200, r.body
+    assert r.header("X-Policy-Revision") == rev0
+    assert b.get("/healthz").status == 200
+
+    # The abandoned reload still waits on the JWKS: the next one waits behind
+    # it for one budget, then is refused, saying why.
+    reload_failed(b)
+    b.p.wait_for(r"reload refused: the reload abandoned after 1000 ms is still running; generation %d keeps "
+                 r"serving" % g0, timeout=2, start=mark)
+    assert post(b).header("X-Policy-Revision") == rev0
+
+    # The JWKS answers: the abandoned reload passes its checks, too late.
+    silent_server.answer()
+    b.p.wait_for(r"abandoned reload finished after \d+ ms \(it had passed its checks\): its result is discarded",
+                 timeout=5, start=mark)
+    time.sleep(0.2)
+    m = metrics(b)
+    assert m["broker_generation"] == g0, m
+    assert m["broker_generations_alive"] == 1, m
+    assert m['broker_reloads_total{result="ok"}'] == 0, m
+    r = post(b)
+    assert r.status == 200, r.body
+    assert r.header("X-Policy-Revision") == rev0
+
+    # A later reload (the JWKS now answers at once) works.
+    assert reload_ok(b) == g0 + 1
+    r = post(b)
+    assert r.status == 403, r.body
+    assert r.header("X-Policy-Revision") != rev0
+
+
+def test_sighup_during_a_slow_reload_makes_one_more_after_it(broker, silent_server):
+    """The signal thread stays free while a reload waits: SIGHUPs sent during
+    it are taken at once and make one more reload after it."""
+    good = broker.config.read_text()
+    broker.config.write_text(good + slow_jwks_tenant(silent_server.url))
+    ok0 = reloads(broker, "ok")
+    broker.sighup()
+    assert silent_server.accepted.wait(5)
+    for _ in range(3):
+        broker.sighup()
+        time.sleep(0.05)
+    # Taken while the first reload still waits on the JWKS URL.
+    broker.p.wait_for(r"SIGHUP: a reload is under way; one more follows it", timeout=2)
+    silent_server.answer()
+    broker.p.wait_for(r"SIGHUP: reloading .*\(3 signals coalesced\)", timeout=5)
+    wait_metric(broker, 'broker_reloads_total{result="ok"}', lambda v: v >= ok0 + 2, timeout=10)
+    time.sleep(0.5)
+    assert reloads(broker, "ok") == ok0 + 2
+    assert reloads(broker, "failed") == 0
+    assert post(broker).status == 200
 
 
 # ------------------------------------------------------- pid file, reload
