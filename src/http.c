@@ -1070,6 +1070,9 @@ static enum MHD_Result on_admin_request(void *cls, struct MHD_Connection *conn, 
 	(void)upload_data;
 	(void)upload_data_size;
 	(void)con_cls;
+	if (strcmp(url, "/healthz") != 0 && strcmp(url, "/readyz") != 0 && strcmp(url, "/metrics") != 0)
+		return plain(conn, cls, 404, "application/json",
+		             "{\"error\":\"not_found\",\"message\":\"no such path\"}", NULL, NULL);
 	return serve_other(cls, conn, url, method);
 }
 
