@@ -106,15 +106,17 @@ struct config {
 
 	char *listen_host; /* "127.0.0.1" */
 	unsigned short listen_port;
-	unsigned threads;                /* MHD pool size, default 2 */
-	unsigned connection_timeout_s;   /* idle client connections, default 30 */
-	size_t max_body_bytes;           /* default 16 KiB */
-	unsigned max_connections;        /* default 4096 */
-	unsigned max_inflight;           /* upstream calls in flight before 503, default 4096 */
-	unsigned drain_timeout_ms;       /* SIGTERM: wait for in-flight, default 10000 */
+	unsigned threads;              /* MHD pool size, default 2 */
+	unsigned connection_timeout_s; /* idle client connections, default 30 */
+	size_t max_body_bytes;         /* default 16 KiB */
+	unsigned max_connections;      /* default 4096 */
+	unsigned max_inflight;         /* upstream calls in flight before 503, default 4096 */
+	unsigned drain_timeout_ms;     /* SIGTERM: wait for in-flight, default 10000 */
+
+	/* Floods and slow clients (operations.md). */
 	unsigned max_connections_per_ip; /* 0: no cap; default max_connections / 4 */
 	unsigned request_timeout_ms;     /* a request's line, headers and body; 0: none; default 10000 */
-	char *admin_host;                /* NULL: no admin listener */
+	char *admin_host;                /* admin_listen; NULL: no admin listener */
 	unsigned short admin_port;
 
 	char *courier_base_url;           /* env COURIER_BASE_URL overrides */
