@@ -45,6 +45,7 @@ UNIT_config   = config pmatch secret jwt jwks ident json duration scope log
 UNIT_pmatch   = pmatch
 UNIT_pidfile  = pidfile
 UNIT_metrics  = metrics
+UNIT_log      = log json secret
 UNIT_jwks     = jwks jwt json secret log
 UNIT_courier  = courier jwt jwks json secret log
 UNIT_cidr     = cidr

@@ -100,6 +100,8 @@ struct option {
 };
 
 static int conv_listen(struct loader *ld, const char *key, struct value *v, void *base);
+static int conv_admin_listen(struct loader *ld, const char *key, struct value *v, void *base);
+static int conv_per_ip(struct loader *ld, const char *key, struct value *v, void *base);
 static int conv_base_url(struct loader *ld, const char *key, struct value *v, void *base);
 static int conv_policy(struct loader *ld, const char *key, struct value *v, void *base);
 static int conv_data(struct loader *ld, const char *key, struct value *v, void *base);
@@ -139,6 +141,18 @@ static const struct option options[] = {
     {"reload_timeout_ms", OPT_INT, "30000", 100, 600000, CFG(reload_timeout_ms), 0, NULL,
      "On SIGHUP, how long a reload may take (loading, checking, compiling); one that takes longer is "
      "refused and the running generation keeps serving. The serving generation's value applies."},
+    {"max_connections_per_ip", OPT_INT, "`max_connections` / 4", 0, 100000, NOWHERE, OPT_PROSE_DEFAULT,
+     conv_per_ip,
+     "Client connections one IPv4 address (or IPv6 /64) may hold at once; more are closed at accept. 0: no "
+     "cap. Behind a proxy, raise it above the proxy's connections or set 0."},
+    {"request_timeout_ms", OPT_INT, "10000", 0, 600000, CFG(request_timeout_ms), 0, NULL,
+     "A request's line, headers and body must arrive within this, counted from the connection's accept "
+     "(first request) or the request line (later ones), however slowly they trickle; else the connection "
+     "is closed. 0: no deadline."},
+    {"admin_listen", OPT_STRING, NULL, 0, 0, NOWHERE, 0, conv_admin_listen,
+     "Second address serving only `/healthz`, `/readyz` and `/metrics`, on its own thread and connection "
+     "budget, so client floods cannot starve probes. Absent: none (the probes stay on `listen` either "
+     "way)."},
 
     {"courier", OPT_TABLE, NULL, 0, 0, NOWHERE, 0, NULL, "How to reach Courier."},
     {"courier.base_url", OPT_STRING, "https://api.courier.com", 0, 0, NOWHERE, 0, conv_base_url,
@@ -813,9 +827,10 @@ static int store_value(struct loader *ld, const struct option *o, const char *ke
 /* Converters: options that need more than a store                           */
 /* ------------------------------------------------------------------------ */
 
-static int conv_listen(struct loader *ld, const char *key, struct value *v, void *base)
+/* host:port or [ipv6]:port into *host_out (malloc'ed) and *port_out. */
+static int parse_host_port(struct loader *ld, const char *key, struct value *v, char **host_out,
+                           unsigned short *port_out)
 {
-	struct config *cfg = base;
 	const char *s = v->str, *host, *port;
 	size_t len = v->len, hostlen, portlen;
 	unsigned long n = 0;
@@ -856,13 +871,45 @@ static int conv_listen(struct loader *ld, const char *key, struct value *v, void
 	if (n > 65535)
 		return fail(ld, key, "\"%s\": the port must be 0..65535 (0: any free port, logged at start)",
 		            s);
-	cfg->listen_host = strndup(host, hostlen);
-	if (!cfg->listen_host)
+	*host_out = strndup(host, hostlen);
+	if (!*host_out)
 		return fail(ld, key, "out of memory");
-	cfg->listen_port = (unsigned short)n;
+	*port_out = (unsigned short)n;
 	return 0;
 bad:
 	return fail(ld, key, "\"%s\" is not host:port (such as \"127.0.0.1:8080\" or \"[::1]:8080\")", s);
+}
+
+static int conv_listen(struct loader *ld, const char *key, struct value *v, void *base)
+{
+	struct config *cfg = base;
+
+	return parse_host_port(ld, key, v, &cfg->listen_host, &cfg->listen_port);
+}
+
+static int conv_admin_listen(struct loader *ld, const char *key, struct value *v, void *base)
+{
+	struct config *cfg = base;
+
+	if (!v->present)
+		return 0;
+	if (parse_host_port(ld, key, v, &cfg->admin_host, &cfg->admin_port) != 0)
+		return -1;
+	if (strcmp(cfg->admin_host, cfg->listen_host) == 0 && cfg->admin_port == cfg->listen_port &&
+	    cfg->admin_port != 0)
+		return fail(ld, key, "\"%s\" is also `listen`: give the probes their own address", v->str);
+	return 0;
+}
+
+static int conv_per_ip(struct loader *ld, const char *key, struct value *v, void *base)
+{
+	struct config *cfg = base;
+
+	(void)ld;
+	(void)key;
+	/* max_connections is an earlier row, so it is already read. */
+	cfg->max_connections_per_ip = v->present ? (unsigned)v->i : (cfg->max_connections + 3) / 4;
+	return 0;
 }
 
 static int conv_base_url(struct loader *ld, const char *key, struct value *v, void *base)
@@ -1939,6 +1986,7 @@ void config_free(struct config *cfg)
 	free(cfg->path);
 	free(cfg->dir);
 	free(cfg->listen_host);
+	free(cfg->admin_host);
 	free(cfg->courier_base_url);
 	free(cfg);
 }

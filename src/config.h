@@ -114,6 +114,12 @@ struct config {
 	unsigned drain_timeout_ms;     /* SIGTERM: wait for in-flight, default 10000 */
 	unsigned reload_timeout_ms;    /* SIGHUP: budget of one reload, default 30000 */
 
+	/* Floods and slow clients (operations.md). */
+	unsigned max_connections_per_ip; /* 0: no cap; default max_connections / 4 */
+	unsigned request_timeout_ms;     /* a request's line, headers and body; 0: none; default 10000 */
+	char *admin_host;                /* admin_listen; NULL: no admin listener */
+	unsigned short admin_port;
+
 	char *courier_base_url;           /* env COURIER_BASE_URL overrides */
 	long courier_timeout_ms;          /* default 5000 */
 	long courier_connect_timeout_ms;  /* default 2000 */

@@ -16,6 +16,14 @@
  * the Courier call that suspends it runs on the same loop, whose completion
  * resumes it there, so no request is handed between threads. Nothing secret
  * is ever put in an answer or a log line: tokens appear only as a short hash.
+ *
+ * Floods: the acceptor caps the connections one address holds
+ * (max_connections_per_ip); each loop closes connections whose request does
+ * not arrive whole within request_timeout_ms, however slowly it trickles
+ * (MHD's own timeout is an idle one, reset by every byte), by a sweep of two
+ * deadline-ordered lists, never by per-byte work; MHD's warnings go through
+ * the log's rate limit. With admin_listen, one more MHD daemon on its own
+ * thread, socket and connection budget serves only the probes and /metrics.
  */
 #include "http.h"
 
@@ -36,6 +44,8 @@
 #include <strings.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/random.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -54,15 +64,58 @@
 #define MAX_HEADERS 64
 #define HEADER_BUF  8192
 
+/* The admin listener's budget: probes and scrapes, a few at a time. */
+#define ADMIN_MAX_CONNECTIONS 32
+#define ADMIN_TIMEOUT_S       10
+
 /* What the drain asks of a loop (bits of loop.cmd). */
 enum { CMD_ABORT = 1, CMD_STOP = 2 };
 
-/* A connection the acceptor handed to a loop, not yet given to its daemon. */
-struct handed {
-	int fd;
+/* How many connections one client address holds (max_connections_per_ip). */
+struct ip_count {
+	unsigned char key[16]; /* IPv4 as ::ffff:a.b.c.d; IPv6 cut to its /64 */
+	unsigned n;
+	struct ip_count *next;
+};
+
+/* Shared by the acceptor (which counts up) and the loops (which count down
+ * when MHD closes a connection): one lock, taken once per accept and close. */
+struct ip_table {
+	pthread_mutex_t lock;
+	struct ip_count **buckets; /* NULL: no cap */
+	size_t mask;
+	unsigned cap;
+	uint64_t seed;
+};
+
+/* Where a connection stands for the request deadline. */
+enum phase {
+	PH_NONE,      /* not watched: answered, suspended, cut, or no deadline set */
+	PH_RECEIVING, /* a request is arriving: the first from accept, a later one from its request line */
+	PH_IDLE,      /* between requests: the next request line is due within the idle timeout */
+};
+
+/*
+ * A client connection's record from accept to close. The acceptor fills it
+ * and hands it to a loop (the `handed` list); the loop gives the socket to
+ * its daemon, and keeps the record as MHD's socket context until MHD closes
+ * the connection. While watched, it sits on its loop's list for its phase.
+ */
+struct client {
+	int fd; /* MHD's once added: never closed here */
 	socklen_t addrlen;
 	struct sockaddr_storage addr;
-	struct handed *next;
+	struct ip_count *ip; /* the count it holds, or NULL */
+	struct MHD_Connection *conn;
+	enum phase phase;
+	long long deadline_ms;
+	struct client *prev, *next; /* the handed list (next only), then its phase's list */
+};
+
+/* Each deadline on a list is "now + the list's fixed delay" when pushed, so
+ * a list is in deadline order and the sweep looks at its head only. */
+struct client_list {
+	struct client *head, *tail;
 };
 
 /*
@@ -96,7 +149,12 @@ struct loop {
 	atomic_int live, pending;
 	int limit; /* its share of max_connections */
 	pthread_mutex_t lock;
-	struct handed *handed;
+	struct client *handed;
+
+	/* The loop thread's alone. */
+	struct client *adding;              /* the record MHD_add_connection is adding */
+	struct client_list receiving, idle; /* PH_RECEIVING, PH_IDLE */
+	long long request_ms, idle_ms;      /* their delays; request_ms 0: no deadline */
 };
 
 struct http_server {
@@ -111,6 +169,13 @@ struct http_server {
 	atomic_int upstream; /* of those, waiting on Courier */
 	atomic_bool draining;
 	atomic_bool stopping; /* drain deadline passed: no new Courier call may start */
+
+	struct ip_table ips;
+	atomic_ullong refused_per_ip; /* closed at accept: max_connections_per_ip */
+	atomic_ullong cut_slow;       /* closed by the request deadline */
+
+	struct MHD_Daemon *admin; /* admin_listen's, or NULL */
+	int admin_fd;
 };
 
 enum req_state { RS_BODY, RS_WAITING, RS_DONE };
@@ -712,14 +777,28 @@ static const char *token_route(const char *url, char *name, size_t len)
 	return name;
 }
 
-/* Appends each loop's connection count to the metrics text (malloc'ed, of
- * *len bytes); returns the new text, or NULL (text freed). */
+/* Appends each loop's connection count and the flood counters to the
+ * metrics text (malloc'ed, of *len bytes); returns the new text, or NULL
+ * (text freed). */
 static char *append_loop_metrics(struct http_server *s, char *text, size_t *len)
 {
 	static const char head[] =
 	    "# HELP broker_loop_connections Client connections each event loop holds.\n"
 	    "# TYPE broker_loop_connections gauge\n";
-	size_t cap = *len + sizeof(head) + s->n_loops * 64;
+	static const char flood[] =
+	    "# HELP broker_connections_refused_total Client connections closed at accept: their address "
+	    "held max_connections_per_ip.\n"
+	    "# TYPE broker_connections_refused_total counter\n"
+	    "broker_connections_refused_total %llu\n"
+	    "# HELP broker_request_timeouts_total Client connections closed because a request did not "
+	    "arrive whole within request_timeout_ms (or no request line within connection_timeout_s "
+	    "after the last).\n"
+	    "# TYPE broker_request_timeouts_total counter\n"
+	    "broker_request_timeouts_total %llu\n"
+	    "# HELP broker_log_suppressed_total Warning lines dropped by the log's rate limit.\n"
+	    "# TYPE broker_log_suppressed_total counter\n"
+	    "broker_log_suppressed_total %llu\n";
+	size_t cap = *len + sizeof(head) + s->n_loops * 64 + sizeof(flood) + 3 * 20;
 	char *p = realloc(text, cap);
 
 	if (!p) {
@@ -734,6 +813,12 @@ static char *append_loop_metrics(struct http_server *s, char *text, size_t *len)
 		if (n < 0 || (size_t)n >= cap - *len)
 			break; /* cannot happen: 64 bytes a line are plenty */
 		*len += (size_t)n;
+	}
+	{
+		int n = snprintf(p + *len, cap - *len, flood, atomic_load(&s->refused_per_ip),
+		                 atomic_load(&s->cut_slow), log_suppressed_total());
+		if (n > 0 && (size_t)n < cap - *len)
+			*len += (size_t)n;
 	}
 	return p;
 }
@@ -963,6 +1048,8 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 	metrics_inflight_add(-1);
 }
 
+/* MHD's warnings ("closed by remote side with incomplete request", ...):
+ * a client causes one per connection it drops, so they are rate-limited. */
 static void mhd_log(void *cls, const char *fmt, va_list ap)
 {
 	char msg[512];
@@ -970,40 +1057,329 @@ static void mhd_log(void *cls, const char *fmt, va_list ap)
 	(void)cls;
 	vsnprintf(msg, sizeof(msg), fmt, ap);
 	msg[strcspn(msg, "\n")] = '\0';
-	log_msg("warn", "http: %s", msg);
+	log_warn_limited("http: %s", msg);
+}
+
+/* The admin listener: the probes and /metrics only (token routes and
+ * anything else are 404 there). */
+static enum MHD_Result on_admin_request(void *cls, struct MHD_Connection *conn, const char *url,
+                                        const char *method, const char *version, const char *upload_data,
+                                        size_t *upload_data_size, void **con_cls)
+{
+	(void)version;
+	(void)upload_data;
+	(void)upload_data_size;
+	(void)con_cls;
+	if (strcmp(url, "/healthz") != 0 && strcmp(url, "/readyz") != 0 && strcmp(url, "/metrics") != 0)
+		return plain(conn, cls, 404, "application/json",
+		             "{\"error\":\"not_found\",\"message\":\"no such path\"}", NULL, NULL);
+	return serve_other(cls, conn, url, method);
+}
+
+/* ------------------------------------------------------- per-IP counts */
+
+static void ip_key(const struct sockaddr_storage *ss, unsigned char key[16])
+{
+	memset(key, 0, 16);
+	if (ss->ss_family == AF_INET) {
+		key[10] = key[11] = 0xff;
+		memcpy(key + 12, &((const struct sockaddr_in *)(const void *)ss)->sin_addr, 4);
+	} else if (ss->ss_family == AF_INET6) {
+		/* A /64 is one subscriber's block: counting its addresses one by
+		 * one would let a single host hold the whole server. */
+		memcpy(key, &((const struct sockaddr_in6 *)(const void *)ss)->sin6_addr, 8);
+	}
+}
+
+/* Keyed with a random seed, so chosen addresses cannot pile into one chain. */
+static size_t ip_hash(const struct ip_table *t, const unsigned char key[16])
+{
+	uint64_t a, b, h;
+
+	memcpy(&a, key, 8);
+	memcpy(&b, key + 8, 8);
+	h = (a ^ t->seed) * 0x9E3779B97F4A7C15ull;
+	h ^= h >> 29;
+	h = (h + b) * 0xBF58476D1CE4E5B9ull;
+	h ^= h >> 32;
+	return (size_t)h & t->mask;
+}
+
+static int ip_table_init(struct ip_table *t, unsigned cap, unsigned max_connections)
+{
+	size_t n = 64;
+
+	pthread_mutex_init(&t->lock, NULL);
+	t->cap = cap;
+	if (!cap)
+		return 0;
+	while (n < max_connections)
+		n *= 2;
+	t->buckets = calloc(n, sizeof(*t->buckets));
+	if (!t->buckets)
+		return -1;
+	t->mask = n - 1;
+	if (getrandom(&t->seed, sizeof(t->seed), GRND_NONBLOCK) != (ssize_t)sizeof(t->seed))
+		t->seed = (uint64_t)time(NULL) ^ (uint64_t)(uintptr_t)t;
+	return 0;
+}
+
+static void ip_table_free(struct ip_table *t)
+{
+	for (size_t i = 0; t->buckets && i <= t->mask; i++) {
+		while (t->buckets[i]) {
+			struct ip_count *c = t->buckets[i];
+			t->buckets[i] = c->next;
+			free(c);
+		}
+	}
+	free(t->buckets);
+	t->buckets = NULL;
+	pthread_mutex_destroy(&t->lock);
+}
+
+/* Counts one more connection from ss: its count, or NULL when the address
+ * already holds cap (or memory ran out: refused too). */
+static struct ip_count *ip_take(struct ip_table *t, const struct sockaddr_storage *ss)
+{
+	unsigned char key[16];
+	struct ip_count *c;
+	size_t b;
+
+	ip_key(ss, key);
+	b = ip_hash(t, key);
+	pthread_mutex_lock(&t->lock);
+	for (c = t->buckets[b]; c && memcmp(c->key, key, 16) != 0; c = c->next)
+		;
+	if (!c && (c = calloc(1, sizeof(*c)))) {
+		memcpy(c->key, key, 16);
+		c->next = t->buckets[b];
+		t->buckets[b] = c;
+	}
+	if (c && c->n >= t->cap)
+		c = NULL;
+	else if (c)
+		c->n++;
+	pthread_mutex_unlock(&t->lock);
+	return c;
+}
+
+static void ip_release(struct ip_table *t, struct ip_count *c)
+{
+	if (!c)
+		return;
+	pthread_mutex_lock(&t->lock);
+	if (--c->n == 0) {
+		struct ip_count **pp = &t->buckets[ip_hash(t, c->key)];
+		while (*pp != c)
+			pp = &(*pp)->next;
+		*pp = c->next;
+		free(c);
+	}
+	pthread_mutex_unlock(&t->lock);
+}
+
+static void addr_text(const struct sockaddr_storage *ss, char *out, size_t len)
+{
+	const void *a = ss->ss_family == AF_INET6
+	                    ? (const void *)&((const struct sockaddr_in6 *)(const void *)ss)->sin6_addr
+	                    : (const void *)&((const struct sockaddr_in *)(const void *)ss)->sin_addr;
+
+	if (!inet_ntop(ss->ss_family, a, out, (socklen_t)len))
+		snprintf(out, len, "?");
+}
+
+/* ---------------------------------------------------- request deadlines */
+
+static long long mono_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static struct client_list *phase_list(struct loop *lp, enum phase ph)
+{
+	return ph == PH_RECEIVING ? &lp->receiving : ph == PH_IDLE ? &lp->idle : NULL;
+}
+
+/* Moves c to the tail of ph's list (none for PH_NONE), due delay_ms from now. */
+static void set_phase(struct loop *lp, struct client *c, enum phase ph, long long delay_ms)
+{
+	struct client_list *l = phase_list(lp, c->phase);
+
+	if (l) {
+		if (c->prev)
+			c->prev->next = c->next;
+		else
+			l->head = c->next;
+		if (c->next)
+			c->next->prev = c->prev;
+		else
+			l->tail = c->prev;
+	}
+	c->prev = c->next = NULL;
+	c->phase = ph;
+	l = phase_list(lp, ph);
+	if (!l)
+		return;
+	c->deadline_ms = mono_ms() + delay_ms;
+	c->prev = l->tail;
+	if (l->tail)
+		l->tail->next = c;
+	else
+		l->head = c;
+	l->tail = c;
+}
+
+static struct client *client_of(struct MHD_Connection *conn)
+{
+	const union MHD_ConnectionInfo *ci =
+	    MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+
+	return ci ? ci->socket_context : NULL;
+}
+
+/* Unwatches c, gives its per-IP count back and frees it (not its socket). */
+static void client_free(struct loop *lp, struct client *c)
+{
+	set_phase(lp, c, PH_NONE, 0);
+	ip_release(&lp->srv->ips, c->ip);
+	free(c);
+}
+
+/* Called when a request line has been read. A later request on a kept-alive
+ * connection starts its own deadline now (the first one's started at
+ * accept, so trickling the first request line gains nothing). */
+static void *on_request_line(void *cls, const char *uri, struct MHD_Connection *conn)
+{
+	struct loop *lp = cls;
+	struct client *c = client_of(conn);
+
+	(void)uri;
+	if (c && c->phase == PH_IDLE)
+		set_phase(lp, c, PH_RECEIVING, lp->request_ms);
+	return NULL; /* con_cls stays NULL: on_request knows its first call by that */
+}
+
+/* A request is over (answered, or the client left): the connection is idle
+ * until the next request line, which must come within the idle timeout. */
+static void on_request_done(void *cls, struct MHD_Connection *conn, void **con_cls,
+                            enum MHD_RequestTerminationCode toe)
+{
+	struct loop *lp = cls;
+	struct client *c = client_of(conn);
+
+	if (c && lp->request_ms)
+		set_phase(lp, c, PH_IDLE, lp->idle_ms);
+	on_completed(cls, conn, con_cls, toe);
+}
+
+/* Done receiving: suspended on Courier (its own deadline) or answered. */
+static bool past_receiving(struct MHD_Connection *conn)
+{
+	const union MHD_ConnectionInfo *ci;
+
+	ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_SUSPENDED);
+	if (ci && ci->suspended == MHD_YES)
+		return true;
+	return MHD_get_connection_info(conn, MHD_CONNECTION_INFO_HTTP_STATUS) != NULL;
+}
+
+/* Closes a connection under MHD's feet the safe way: shutting the socket
+ * down makes MHD read its end and close it on this loop, as if the client
+ * had left. */
+static void cut(struct loop *lp, struct client *c, const char *why)
+{
+	char ip[INET6_ADDRSTRLEN];
+
+	shutdown(c->fd, SHUT_RDWR);
+	atomic_fetch_add(&lp->srv->cut_slow, 1);
+	addr_text(&c->addr, ip, sizeof(ip));
+	log_warn_limited("http: closed a connection from %s: %s", ip, why);
+}
+
+/* Cuts the connections past their deadline; returns the milliseconds until
+ * the next deadline, or -1 when none is watched. Looks at list heads only. */
+static long long sweep(struct loop *lp)
+{
+	struct client *c;
+	long long now, next = -1;
+
+	if (!lp->receiving.head && !lp->idle.head)
+		return -1;
+	now = mono_ms();
+	while ((c = lp->receiving.head) && c->deadline_ms <= now) {
+		set_phase(lp, c, PH_NONE, 0);
+		if (!past_receiving(c->conn))
+			cut(lp, c, "its request did not arrive within request_timeout_ms");
+	}
+	while ((c = lp->idle.head) && c->deadline_ms <= now) {
+		set_phase(lp, c, PH_NONE, 0);
+		cut(lp, c, "no request line within connection_timeout_s of the last request");
+	}
+	if (lp->receiving.head)
+		next = lp->receiving.head->deadline_ms - now;
+	if (lp->idle.head && (next < 0 || lp->idle.head->deadline_ms - now < next))
+		next = lp->idle.head->deadline_ms - now;
+	return next;
 }
 
 /* ------------------------------------------------------------- the loops */
 
-/* MHD's connection notifications: the loop's count of live connections. */
+/* MHD's connection notifications: the loop's count of live connections,
+ * and the connection's record (MHD calls STARTED inside MHD_add_connection,
+ * and CLOSED exactly once after it). */
 static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
                           enum MHD_ConnectionNotificationCode toe)
 {
 	struct loop *lp = cls;
+	struct client *c;
 
-	(void)conn;
-	(void)socket_context;
-	atomic_fetch_add(&lp->live, toe == MHD_CONNECTION_NOTIFY_STARTED ? 1 : -1);
+	if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
+		atomic_fetch_add(&lp->live, 1);
+		c = lp->adding;
+		lp->adding = NULL;
+		*socket_context = c;
+		if (c) {
+			c->conn = conn;
+			if (lp->request_ms)
+				set_phase(lp, c, PH_RECEIVING, lp->request_ms);
+		}
+		return;
+	}
+	atomic_fetch_sub(&lp->live, 1);
+	c = *socket_context;
+	*socket_context = NULL;
+	if (c)
+		client_free(lp, c);
 }
 
 /* Gives the connections the acceptor handed over to the loop's daemon. */
 static void take_handed(struct loop *lp)
 {
-	struct handed *h;
+	struct client *c;
 
 	pthread_mutex_lock(&lp->lock);
-	h = lp->handed;
+	c = lp->handed;
 	lp->handed = NULL;
 	pthread_mutex_unlock(&lp->lock);
-	while (h) {
-		struct handed *next = h->next;
-		/* On failure MHD closes the socket itself. Uncounted as pending
-		 * only after on_connection counted it as live: the acceptor may see
-		 * a loop fuller than it is, never emptier. */
-		MHD_add_connection(lp->d, h->fd, (const struct sockaddr *)&h->addr, h->addrlen);
+	while (c) {
+		struct client *next = c->next;
+		c->next = NULL;
+		/* On failure MHD closes the socket itself; a record on_connection
+		 * did not take is not MHD's. Uncounted as pending only after
+		 * on_connection counted it as live: the acceptor may see a loop
+		 * fuller than it is, never emptier. */
+		lp->adding = c;
+		MHD_add_connection(lp->d, c->fd, (const struct sockaddr *)&c->addr, c->addrlen);
+		if (lp->adding == c) {
+			lp->adding = NULL;
+			client_free(lp, c);
+		}
 		atomic_fetch_sub(&lp->pending, 1);
-		free(h);
-		h = next;
+		c = next;
 	}
 }
 
@@ -1020,9 +1396,15 @@ static void *loop_run(void *arg)
 		MHD_UNSIGNED_LONG_LONG mt;
 		bool mhd_ready = false, courier_ready = false;
 		int timeout = -1, n = 0, cmd;
+		long long due = sweep(lp);
 
 		if (MHD_get_timeout(lp->d, &mt) == MHD_YES)
 			timeout = mt > INT_MAX ? INT_MAX : (int)mt;
+		if (due >= 0 && (timeout < 0 || due < timeout))
+			timeout = (int)due;
+		/* Suppressed warnings are reported within about a second. */
+		if (log_limited_tick() && (timeout < 0 || timeout > 1000))
+			timeout = 1000;
 		if (lp->resumed || courier_due(lp->cc))
 			timeout = 0;
 		/* Work is pending (MHD's own ready list, a resumed connection, a
@@ -1116,7 +1498,7 @@ static void *accept_run(void *arg)
 
 	while (!atomic_load(&s->stop_accept)) {
 		struct loop *lp;
-		struct handed *h;
+		struct client *h;
 		bool was_empty;
 		int fd;
 
@@ -1145,7 +1527,20 @@ static void *accept_run(void *arg)
 			break; /* shut down by the drain (EINVAL), or unusable */
 		}
 		warned = false;
+		memset((char *)h + offsetof(struct client, ip), 0, sizeof(*h) - offsetof(struct client, ip));
 		h->fd = fd;
+		if (s->ips.cap && !(h->ip = ip_take(&s->ips, &h->addr))) {
+			char ip[INET6_ADDRSTRLEN];
+			addr_text(&h->addr, ip, sizeof(ip));
+			close(fd);
+			free(h);
+			atomic_fetch_add(&s->refused_per_ip, 1);
+			log_warn_limited(
+			    "http: refused a connection from %s: it holds max_connections_per_ip "
+			    "(%u)",
+			    ip, s->ips.cap);
+			continue;
+		}
 		/* Usually a loop has room (loads only fall while accept waits, but
 		 * for a connection being counted twice for a moment): else the
 		 * connection waits here, as it would in the backlog. */
@@ -1153,6 +1548,7 @@ static void *accept_run(void *arg)
 			usleep(1000);
 		if (!lp) {
 			close(fd);
+			ip_release(&s->ips, h->ip);
 			free(h);
 			break;
 		}
@@ -1193,10 +1589,10 @@ static void loop_free(struct loop *lp)
 		lp->running = false;
 	}
 	while (lp->handed) {
-		struct handed *h = lp->handed;
-		lp->handed = h->next;
-		close(h->fd);
-		free(h);
+		struct client *c = lp->handed;
+		lp->handed = c->next;
+		close(c->fd);
+		client_free(lp, c);
 	}
 	/* Closes the loop's connections: their on_completed runs here. */
 	if (lp->d)
@@ -1214,9 +1610,14 @@ static void loop_free(struct loop *lp)
 
 static void http_free(struct http_server *s)
 {
+	/* First: its probes read the loops. */
+	if (s->admin)
+		MHD_stop_daemon(s->admin);
 	stop_accepting(s);
 	for (size_t i = 0; i < s->n_loops; i++)
 		loop_free(&s->loops[i]);
+	/* Last: closing the loops' connections gave their counts back. */
+	ip_table_free(&s->ips);
 	free(s->loops);
 	free(s);
 }
@@ -1241,6 +1642,10 @@ static int loop_start(struct http_server *s, size_t i, const struct config *cfg,
 	char name[16];
 
 	lp->limit = conns ? (int)conns : 1;
+	lp->request_ms = cfg->request_timeout_ms;
+	/* A second past MHD's own idle timeout: an idle connection is gone by
+	 * then, so what is left trickles a request line. */
+	lp->idle_ms = (long long)cfg->connection_timeout_s * 1000 + 1000;
 
 	lp->hs = malloc(sizeof(*lp->hs));
 	lp->dec = malloc(sizeof(*lp->dec));
@@ -1251,12 +1656,12 @@ static int loop_start(struct http_server *s, size_t i, const struct config *cfg,
 	lp->cc = courier_client_new(upstream ? upstream : 1, err, errlen);
 	if (!lp->cc)
 		return -1;
-	lp->d = MHD_start_daemon(flags, 0, NULL, NULL, on_request, lp, MHD_OPTION_EXTERNAL_LOGGER, mhd_log,
-	                         NULL, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)cfg->connection_timeout_s,
-	                         MHD_OPTION_CONNECTION_LIMIT, (unsigned)lp->limit,
-	                         MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)32 * 1024,
-	                         MHD_OPTION_NOTIFY_COMPLETED, on_completed, lp, MHD_OPTION_NOTIFY_CONNECTION,
-	                         on_connection, lp, MHD_OPTION_END);
+	lp->d = MHD_start_daemon(
+	    flags, 0, NULL, NULL, on_request, lp, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
+	    MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)cfg->connection_timeout_s, MHD_OPTION_CONNECTION_LIMIT,
+	    (unsigned)lp->limit, MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)32 * 1024,
+	    MHD_OPTION_NOTIFY_COMPLETED, on_request_done, lp, MHD_OPTION_NOTIFY_CONNECTION, on_connection, lp,
+	    MHD_OPTION_URI_LOG_CALLBACK, on_request_line, lp, MHD_OPTION_END);
 	if (!lp->d) {
 		snprintf(err, errlen, "cannot start the HTTP server");
 		return -1;
@@ -1280,9 +1685,43 @@ static int loop_start(struct http_server *s, size_t i, const struct config *cfg,
 	return 0;
 }
 
-/* The listening socket (blocking: only the acceptor uses it). */
-static int listen_on(const struct config *cfg, const struct sockaddr_storage *ss, socklen_t sl, char *err,
-                     size_t errlen)
+/* host (an IP address, or localhost) and port as a socket address;
+ * returns its length, or 0 when host is not an address. */
+static socklen_t socket_address(const char *host, unsigned short port, struct sockaddr_storage *ss)
+{
+	memset(ss, 0, sizeof(*ss));
+	if (strcmp(host, "localhost") == 0)
+		host = "127.0.0.1";
+	if (inet_pton(AF_INET, host, &((struct sockaddr_in *)ss)->sin_addr) == 1) {
+		struct sockaddr_in *sin = (struct sockaddr_in *)ss;
+		sin->sin_family = AF_INET;
+		sin->sin_port = htons(port);
+		return sizeof(*sin);
+	}
+	if (inet_pton(AF_INET6, host, &((struct sockaddr_in6 *)ss)->sin6_addr) == 1) {
+		struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)ss;
+		sin6->sin6_family = AF_INET6;
+		sin6->sin6_port = htons(port);
+		return sizeof(*sin6);
+	}
+	return 0;
+}
+
+static unsigned short socket_port(int fd)
+{
+	struct sockaddr_storage ss;
+	socklen_t sl = sizeof(ss);
+
+	if (fd < 0 || getsockname(fd, (struct sockaddr *)&ss, &sl) != 0)
+		return 0;
+	if (ss.ss_family == AF_INET6)
+		return ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+	return ntohs(((struct sockaddr_in *)&ss)->sin_port);
+}
+
+/* A listening socket (blocking: only the acceptor, or MHD's admin thread, uses it). */
+static int listen_on(const char *host, unsigned short port, const struct sockaddr_storage *ss, socklen_t sl,
+                     char *err, size_t errlen)
 {
 	int one = 1;
 	int fd = socket(ss->ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -1292,11 +1731,45 @@ static int listen_on(const struct config *cfg, const struct sockaddr_storage *ss
 	     setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one)) == 0) &&
 	    bind(fd, (const struct sockaddr *)ss, sl) == 0 && listen(fd, SOMAXCONN) == 0)
 		return fd;
-	snprintf(err, errlen, "cannot listen on %s:%u: %s", cfg->listen_host, cfg->listen_port,
-	         strerror(errno));
+	snprintf(err, errlen, "cannot listen on %s:%u: %s", host, port, strerror(errno));
 	if (fd >= 0)
 		close(fd);
 	return -1;
+}
+
+/* The admin listener: MHD's own thread, socket and small connection budget,
+ * so that no number of client connections can starve the probes. */
+static int admin_start(struct http_server *s, const struct config *cfg, char *err, size_t errlen)
+{
+	struct sockaddr_storage ss;
+	socklen_t sl = socket_address(cfg->admin_host, cfg->admin_port, &ss);
+	unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ERROR_LOG;
+
+	if (!sl) {
+		snprintf(err, errlen, "admin_listen: %s is not an IP address (or localhost)",
+		         cfg->admin_host);
+		return -1;
+	}
+	if (ss.ss_family == AF_INET6)
+		flags |= MHD_USE_IPv6;
+	s->admin_fd = listen_on(cfg->admin_host, cfg->admin_port, &ss, sl, err, errlen);
+	if (s->admin_fd < 0)
+		return -1;
+	/* MHD owns the socket from here (and closes it when stopped). */
+	s->admin = MHD_start_daemon(flags, 0, NULL, NULL, on_admin_request, s, MHD_OPTION_EXTERNAL_LOGGER,
+	                            mhd_log, NULL, MHD_OPTION_LISTEN_SOCKET, s->admin_fd,
+	                            MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)ADMIN_TIMEOUT_S,
+	                            MHD_OPTION_CONNECTION_LIMIT, (unsigned)ADMIN_MAX_CONNECTIONS,
+	                            MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)16 * 1024, MHD_OPTION_END);
+	if (!s->admin) {
+		close(s->admin_fd);
+		s->admin_fd = -1;
+		snprintf(err, errlen, "cannot start the admin listener");
+		return -1;
+	}
+	log_msg("info", "admin listener on %s:%u: /healthz /readyz /metrics", cfg->admin_host,
+	        socket_port(s->admin_fd));
+	return 0;
 }
 
 struct http_server *http_start(const struct config *cfg, char *err, size_t errlen)
@@ -1304,7 +1777,6 @@ struct http_server *http_start(const struct config *cfg, char *err, size_t errle
 	struct http_server *s = calloc(1, sizeof(*s));
 	struct sockaddr_storage ss;
 	socklen_t sl;
-	const char *host;
 	unsigned flags =
 	    MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG | MHD_USE_NO_LISTEN_SOCKET;
 
@@ -1312,29 +1784,23 @@ struct http_server *http_start(const struct config *cfg, char *err, size_t errle
 		snprintf(err, errlen, "out of memory");
 		return NULL;
 	}
-	memset(&ss, 0, sizeof(ss));
-	host = strcmp(cfg->listen_host, "localhost") == 0 ? "127.0.0.1" : cfg->listen_host;
-	if (inet_pton(AF_INET, host, &((struct sockaddr_in *)&ss)->sin_addr) == 1) {
-		struct sockaddr_in *sin = (struct sockaddr_in *)&ss;
-		sin->sin_family = AF_INET;
-		sin->sin_port = htons(cfg->listen_port);
-		sl = sizeof(*sin);
-	} else if (inet_pton(AF_INET6, host, &((struct sockaddr_in6 *)&ss)->sin6_addr) == 1) {
-		struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)&ss;
-		sin6->sin6_family = AF_INET6;
-		sin6->sin6_port = htons(cfg->listen_port);
-		sl = sizeof(*sin6);
-		flags |= MHD_USE_IPv6;
-	} else {
+	sl = socket_address(cfg->listen_host, cfg->listen_port, &ss);
+	if (!sl) {
 		snprintf(err, errlen, "listen: %s is not an IP address (or localhost)", cfg->listen_host);
 		free(s);
 		return NULL;
 	}
+	if (ss.ss_family == AF_INET6)
+		flags |= MHD_USE_IPv6;
 	s->n_loops = cfg->threads > 0 ? cfg->threads : 1;
 	s->listen_fd = -1;
+	s->admin_fd = -1;
 	s->loops = calloc(s->n_loops, sizeof(*s->loops));
-	if (!s->loops) {
+	if (!s->loops || ip_table_init(&s->ips, cfg->max_connections_per_ip, cfg->max_connections) != 0) {
 		snprintf(err, errlen, "out of memory");
+		if (s->loops)
+			ip_table_free(&s->ips);
+		free(s->loops);
 		free(s);
 		return NULL;
 	}
@@ -1343,8 +1809,8 @@ struct http_server *http_start(const struct config *cfg, char *err, size_t errle
 		s->loops[i].epfd = s->loops[i].wakefd = -1;
 		pthread_mutex_init(&s->loops[i].lock, NULL);
 	}
-	s->listen_fd = listen_on(cfg, &ss, sl, err, errlen);
-	if (s->listen_fd < 0) {
+	s->listen_fd = listen_on(cfg->listen_host, cfg->listen_port, &ss, sl, err, errlen);
+	if (s->listen_fd < 0 || (cfg->admin_host && admin_start(s, cfg, err, errlen) != 0)) {
 		http_free(s);
 		return NULL;
 	}
@@ -1366,14 +1832,7 @@ struct http_server *http_start(const struct config *cfg, char *err, size_t errle
 
 unsigned short http_port(struct http_server *s)
 {
-	struct sockaddr_storage ss;
-	socklen_t sl = sizeof(ss);
-
-	if (s->listen_fd < 0 || getsockname(s->listen_fd, (struct sockaddr *)&ss, &sl) != 0)
-		return 0;
-	if (ss.ss_family == AF_INET6)
-		return ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
-	return ntohs(((struct sockaddr_in *)&ss)->sin_port);
+	return socket_port(s->listen_fd);
 }
 
 static void tell_all(struct http_server *s, int cmd)

@@ -7,8 +7,10 @@
  * PIPE_BUF bytes (or one line, when longer), so lines from different threads
  * never interleave. An event loop may batch its lines (log_batch): they are
  * kept in a per-thread buffer until it calls log_flush, once per turn, so a
- * busy loop writes several lines per system call. Never logs a secret or a
- * token.
+ * busy loop writes several lines per system call. Warnings that clients can
+ * cause at will go through one process-wide rate limit (log_warn_limited), so
+ * a flood of dropped connections cannot flood the log. Never logs a secret or
+ * a token.
  */
 #include "log.h"
 
@@ -17,6 +19,7 @@
 #include <lua.h>
 #include <pthread.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -30,6 +33,13 @@
 
 static pthread_mutex_t sys_lock = PTHREAD_MUTEX_INITIALIZER;
 static lua_State *sys_L;
+
+/* log_warn_limited's window: the second it started, the lines it wrote, and
+ * those it dropped (not yet reported; atomic so a tick can look without the lock). */
+static pthread_mutex_t limit_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct timespec limit_start;
+static int limit_used;
+static atomic_ullong limit_dropped, limit_dropped_total;
 
 /* The calling thread's batch (log_batch): whole lines, at most PIPE_BUF bytes. */
 static _Thread_local struct {
@@ -158,4 +168,84 @@ void log_token_hash(const char *token, size_t len, char out[13])
 	out[0] = '\0';
 	if (secret_sha256(token, len, md))
 		secret_hex(md, 6, out);
+}
+
+/* ------------------------------------------------------ rate-limited warnings */
+
+static double seconds_since(const struct timespec *t0, const struct timespec *now)
+{
+	return (double)(now->tv_sec - t0->tv_sec) + (double)(now->tv_nsec - t0->tv_nsec) / 1e9;
+}
+
+/* Under limit_lock: starts a new window when the current one is a second
+ * old; returns how many lines the old window dropped (to be reported) and the
+ * seconds it covered. */
+static unsigned long long limit_roll(const struct timespec *now, double *covered)
+{
+	unsigned long long dropped = 0;
+
+	*covered = seconds_since(&limit_start, now);
+	if (*covered >= 1.0) {
+		dropped = atomic_exchange(&limit_dropped, 0);
+		limit_start = *now;
+		limit_used = 0;
+	}
+	return dropped;
+}
+
+static void limit_report(unsigned long long dropped, double covered)
+{
+	if (dropped)
+		log_msg("warn", "%llu similar warnings suppressed in the last %.0f s (at most %d a second)",
+		        dropped, covered < 1 ? 1 : covered, LOG_LIMITED_PER_S);
+}
+
+void log_warn_limited(const char *fmt, ...)
+{
+	char msg[1024];
+	struct timespec now;
+	unsigned long long report;
+	double covered;
+	bool allowed;
+	va_list ap;
+
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	pthread_mutex_lock(&limit_lock);
+	report = limit_roll(&now, &covered);
+	allowed = limit_used < LOG_LIMITED_PER_S;
+	if (allowed) {
+		limit_used++;
+	} else {
+		atomic_fetch_add(&limit_dropped, 1);
+		atomic_fetch_add(&limit_dropped_total, 1);
+	}
+	pthread_mutex_unlock(&limit_lock);
+	limit_report(report, covered);
+	if (!allowed)
+		return;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	log_msg("warn", "%s", msg);
+}
+
+int log_limited_tick(void)
+{
+	struct timespec now;
+	unsigned long long report;
+	double covered;
+
+	if (atomic_load(&limit_dropped) == 0)
+		return 0;
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	pthread_mutex_lock(&limit_lock);
+	report = limit_roll(&now, &covered);
+	pthread_mutex_unlock(&limit_lock);
+	limit_report(report, covered);
+	return atomic_load(&limit_dropped) != 0;
+}
+
+unsigned long long log_suppressed_total(void)
+{
+	return atomic_load(&limit_dropped_total);
 }

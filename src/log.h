@@ -19,6 +19,23 @@ void log_timestamp(char *buf, size_t len);
 /* A system line: {"time":..., "level":..., "msg":...}. */
 void log_msg(const char *level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+/*
+ * A warning a client can cause at will (one per connection it drops, say):
+ * at most LOG_LIMITED_PER_S such lines a second per process, whatever the
+ * thread; the rest are only counted, and one "N similar warnings
+ * suppressed" line reports them once the second is over.
+ */
+#define LOG_LIMITED_PER_S 5
+void log_warn_limited(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* Writes the "suppressed" line when its second is over. Returns true while
+ * suppressed lines still wait to be reported (call again within a second).
+ * Costs one atomic load when nothing waits: event loops call it every turn. */
+int log_limited_tick(void);
+
+/* Warnings log_warn_limited dropped since start (for /metrics). */
+unsigned long long log_suppressed_total(void);
+
 /* From now on (on) the calling thread's lines wait in its buffer until
  * log_flush (or until the buffer is full); off flushes and ends that. */
 void log_batch(int on);

@@ -35,6 +35,8 @@ static const struct {
     {"max_connections", offsetof(struct config, max_connections)},
     {"connection_timeout_s", offsetof(struct config, connection_timeout_s)},
     {"courier.max_connections", offsetof(struct config, courier_max_connections)},
+    {"max_connections_per_ip", offsetof(struct config, max_connections_per_ip)},
+    {"request_timeout_ms", offsetof(struct config, request_timeout_ms)},
 };
 #define N_RESTART_ONLY (sizeof(restart_only) / sizeof(restart_only[0]))
 
@@ -42,6 +44,7 @@ static const struct {
 static struct {
 	char listen_host[256];
 	unsigned short listen_port;
+	char admin[300];                 /* admin_listen as host:port, "" when none */
 	unsigned values[N_RESTART_ONLY]; /* of restart_only */
 	bool set;
 } started;
@@ -70,10 +73,19 @@ struct config *reload_load(const char *path, bool quiet_tests, char *err, size_t
 	return cfg;
 }
 
+static void admin_text(const struct config *cfg, char *out, size_t len)
+{
+	if (cfg->admin_host)
+		snprintf(out, len, "%s:%u", cfg->admin_host, cfg->admin_port);
+	else
+		snprintf(out, len, "%s", "");
+}
+
 void reload_started_with(const struct config *cfg)
 {
 	snprintf(started.listen_host, sizeof(started.listen_host), "%s", cfg->listen_host);
 	started.listen_port = cfg->listen_port;
+	admin_text(cfg, started.admin, sizeof(started.admin));
 	for (size_t i = 0; i < N_RESTART_ONLY; i++)
 		started.values[i] = restart_only_value(cfg, i);
 	started.set = true;
@@ -82,11 +94,17 @@ void reload_started_with(const struct config *cfg)
 /* One warning per setting the new configuration changes but cannot apply. */
 static void warn_restart_only(const struct config *cfg)
 {
+	char admin[sizeof(started.admin)];
+
 	if (!started.set)
 		return;
 	if (strcmp(cfg->listen_host, started.listen_host) != 0 || cfg->listen_port != started.listen_port)
 		log_msg("warn", "reload: listen changed to %s:%u; still listening on %s:%u until a restart",
 		        cfg->listen_host, cfg->listen_port, started.listen_host, started.listen_port);
+	admin_text(cfg, admin, sizeof(admin));
+	if (strcmp(admin, started.admin) != 0)
+		log_msg("warn", "reload: admin_listen changed to \"%s\"; still \"%s\" until a restart", admin,
+		        started.admin);
 	for (size_t i = 0; i < N_RESTART_ONLY; i++) {
 		unsigned now = restart_only_value(cfg, i);
 		if (now != started.values[i])

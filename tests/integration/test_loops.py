@@ -93,7 +93,8 @@ def test_closed_connections_leave_their_loop(broker_factory):
 
 
 def test_connection_over_max_connections_waits_for_a_free_slot(broker_factory):
-    b = broker_factory(extra="threads = 2\nmax_connections = 2")
+    # No per-IP cap: all three connections come from 127.0.0.1.
+    b = broker_factory(extra="threads = 2\nmax_connections = 2\nmax_connections_per_ip = 0")
     first, second = open_conn(b.port), open_conn(b.port)
     ask(first)
     ask(second)

@@ -468,6 +468,42 @@ static void test_bad_listen(void **state)
 	expect_error(f, "listen = '::1:8080'\n" MINIMAL, "brackets", NULL);
 }
 
+/* The flood options (issue 10, class 6): defaults, the per-IP default derived
+ * from max_connections, admin_listen parsed like listen and kept apart from it. */
+static void test_flood_options(void **state)
+{
+	struct fixture *f = *state;
+	struct config *cfg = load(f, MINIMAL);
+
+	if (!cfg)
+		fail_msg("%s", f->err);
+	assert_int_equal(cfg->max_connections_per_ip, 1024);
+	assert_int_equal(cfg->request_timeout_ms, 10000);
+	assert_null(cfg->admin_host);
+	config_free(cfg);
+
+	cfg = load(f, "max_connections = 10\nadmin_listen = '[::1]:9901'\n" MINIMAL);
+	if (!cfg)
+		fail_msg("%s", f->err);
+	assert_int_equal(cfg->max_connections_per_ip, 3);
+	assert_string_equal(cfg->admin_host, "::1");
+	assert_int_equal(cfg->admin_port, 9901);
+	config_free(cfg);
+
+	cfg = load(f, "max_connections_per_ip = 0\nrequest_timeout_ms = 0\n" MINIMAL);
+	if (!cfg)
+		fail_msg("%s", f->err);
+	assert_int_equal(cfg->max_connections_per_ip, 0);
+	assert_int_equal(cfg->request_timeout_ms, 0);
+	config_free(cfg);
+
+	expect_error(f, "admin_listen = '9901'\n" MINIMAL, ": admin_listen: ", "host:port", NULL);
+	expect_error(f, "listen = '127.0.0.1:8080'\nadmin_listen = '127.0.0.1:8080'\n" MINIMAL,
+	             ": admin_listen: ", "also `listen`", NULL);
+	expect_error(f, "request_timeout_ms = -1\n" MINIMAL, ": request_timeout_ms: -1 is out of bounds",
+	             NULL);
+}
+
 static void test_default_expires_above_max_refused(void **state)
 {
 	struct fixture *f = *state;
@@ -918,6 +954,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_missing_env_var, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_missing_and_required, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_bad_listen, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_flood_options, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_default_expires_above_max_refused, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_allowed_scopes_checked, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_algorithms_checked, setup, teardown),
