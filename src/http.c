@@ -399,6 +399,96 @@ static const struct policy_header *request_headers(void *ctx, size_t *n)
 	return hs->h;
 }
 
+/* ------------------------------------------------- what MHD lets through */
+
+/*
+ * libmicrohttpd 0.9.75 is lax where a proxy in front may read a request
+ * differently (request smuggling): it takes the first of duplicate
+ * Content-Length and Authorization headers, passes a bare CR inside a value
+ * on, and waits for the end of a body in a transfer coding it does not know.
+ * Every request is checked here before routing; a flawed one is answered 400
+ * with Connection: close. A malformed Content-Length ("-1", "1x") never
+ * reaches the broker: MHD answers it itself (see docs/http-api.md).
+ */
+struct header_scan {
+	unsigned content_length, transfer_encoding, authorization;
+	bool bad_value, bad_length, bad_coding, body;
+};
+
+static bool all_digits(const char *v)
+{
+	if (!*v)
+		return false;
+	for (; *v; v++)
+		if (*v < '0' || *v > '9')
+			return false;
+	return true;
+}
+
+static enum MHD_Result scan_header(void *cls, enum MHD_ValueKind kind, const char *key, const char *value)
+{
+	struct header_scan *hs = cls;
+
+	(void)kind;
+	if (!value)
+		value = "";
+	if (strpbrk(key, "\r\n") || strpbrk(value, "\r\n"))
+		hs->bad_value = true;
+	if (strcasecmp(key, MHD_HTTP_HEADER_CONTENT_LENGTH) == 0) {
+		hs->content_length++;
+		if (!all_digits(value))
+			hs->bad_length = true;
+		else if (strspn(value, "0") != strlen(value))
+			hs->body = true;
+	} else if (strcasecmp(key, MHD_HTTP_HEADER_TRANSFER_ENCODING) == 0) {
+		hs->transfer_encoding++;
+		hs->body = true;
+		/* Only the one coding MHD decodes, alone. */
+		if (strcasecmp(value, "chunked") != 0)
+			hs->bad_coding = true;
+	} else if (strcasecmp(key, MHD_HTTP_HEADER_AUTHORIZATION) == 0) {
+		hs->authorization++;
+	}
+	return MHD_YES;
+}
+
+/* Why the request must be refused before routing, or NULL. *body: whether
+ * it announces a body. */
+static const char *request_flaw(struct MHD_Connection *conn, const char *url, bool *body)
+{
+	struct header_scan hs = {0};
+
+	MHD_get_connection_values(conn, MHD_HEADER_KIND, scan_header, &hs);
+	*body = hs.body;
+	/* The path is as sent (keep_escaped): no escape may make a route. */
+	if (strchr(url, '%'))
+		return "percent-encoded bytes are not accepted in the path";
+	if (hs.bad_value)
+		return "a header holds a bare CR or LF";
+	if (hs.content_length > 1)
+		return "more than one Content-Length header";
+	if (hs.bad_length)
+		return "malformed Content-Length header";
+	if (hs.transfer_encoding > 1 || hs.bad_coding)
+		return "unsupported Transfer-Encoding: only chunked is accepted";
+	if (hs.transfer_encoding && hs.content_length)
+		return "both Transfer-Encoding and Content-Length";
+	if (hs.authorization > 1)
+		return "more than one Authorization header";
+	return NULL;
+}
+
+/* MHD's unescaper for the path, replaced by one that keeps it as sent:
+ * routing compares the raw path, so "%2F", "%78" or "%00" can never turn
+ * into a route (request_flaw refuses any escape). Query strings, which no
+ * route reads, are left undecoded too. */
+static size_t keep_escaped(void *cls, struct MHD_Connection *conn, char *s)
+{
+	(void)cls;
+	(void)conn;
+	return strlen(s);
+}
+
 /* ------------------------------------------------------------ token flow */
 
 static void on_courier_done(struct courier_job *job)
@@ -718,9 +808,15 @@ static char *append_loop_metrics(struct http_server *s, char *text, size_t *len)
 }
 
 static enum MHD_Result serve_other(struct http_server *s, struct MHD_Connection *conn, const char *url,
-                                   const char *method)
+                                   const char *method, const char *flaw)
 {
 	bool get = strcmp(method, MHD_HTTP_METHOD_GET) == 0 || strcmp(method, MHD_HTTP_METHOD_HEAD) == 0;
+	char msg[160];
+
+	if (flaw) {
+		snprintf(msg, sizeof(msg), "{\"error\":\"invalid_request\",\"message\":\"%s\"}", flaw);
+		return plain(conn, s, 400, "application/json", msg, MHD_HTTP_HEADER_CONNECTION, "close");
+	}
 
 	if (strcmp(url, "/healthz") == 0 || strcmp(url, "/readyz") == 0 || strcmp(url, "/metrics") == 0) {
 		if (!get)
@@ -797,7 +893,7 @@ static enum MHD_Result preflight(struct req *r)
 
 /* The first call for a token route: everything that can be decided from the headers. */
 static enum MHD_Result begin_token(struct loop *lp, struct MHD_Connection *conn, const char *name,
-                                   const char *method, void **con_cls)
+                                   const char *method, const char *flaw, void **con_cls)
 {
 	struct http_server *s = lp->srv;
 	struct req *r = malloc(sizeof(*r));
@@ -822,6 +918,8 @@ static enum MHD_Result begin_token(struct loop *lp, struct MHD_Connection *conn,
 	metrics_inflight_add(1);
 
 	r->gen = gen_acquire();
+	if (flaw)
+		return fail(r, 400, "invalid_request", flaw, MHD_HTTP_HEADER_CONNECTION, "close");
 	if (atomic_load(&s->draining) || !r->gen)
 		return fail(r, 503, "unavailable", "the broker is not serving", "Retry-After", "1");
 	r->tenant = config_tenant(r->gen->cfg, name);
@@ -854,6 +952,10 @@ static enum MHD_Result begin_token(struct loop *lp, struct MHD_Connection *conn,
 	return MHD_YES;
 }
 
+/* The request context of a route other than the token routes, between
+ * MHD's first call and the one that answers. */
+static const char other_route = 'o';
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url, const char *method,
                                   const char *version, const char *upload_data, size_t *upload_data_size,
                                   void **con_cls)
@@ -865,11 +967,25 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 
 	(void)version;
 	if (!r) {
-		if (!token_route(url, name, sizeof(name))) {
-			/* Bodies sent to these routes are never read: answer now. */
-			return serve_other(s, conn, url, method);
+		bool body;
+		const char *flaw = request_flaw(conn, url, &body);
+		if (token_route(url, name, sizeof(name)))
+			return begin_token(lp, conn, name, method, flaw, con_cls);
+		/* MHD closes the connection after an answer queued before the
+		 * request was read to its end: a request without a body is answered
+		 * on the next call (at once), so the connection stays open for the
+		 * requests pipelined behind it. Bodies sent to these routes are never
+		 * read: answered now, and the connection closes. */
+		if (!flaw && !body) {
+			*con_cls = (void *)&other_route;
+			return MHD_YES;
 		}
-		return begin_token(lp, conn, name, method, con_cls);
+		return serve_other(s, conn, url, method, flaw);
+	}
+	if (*con_cls == (void *)&other_route) {
+		*con_cls = NULL;
+		*upload_data_size = 0;
+		return serve_other(s, conn, url, method, NULL);
 	}
 	switch (r->state) {
 	case RS_DONE:
@@ -922,8 +1038,10 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 
 	(void)conn;
 	(void)toe;
-	if (!r)
+	if (!r || *con_cls == (void *)&other_route) {
+		*con_cls = NULL;
 		return;
+	}
 	*con_cls = NULL;
 	if (r->state != RS_DONE) {
 		/* The client left before an answer (never while suspended: MHD does not
@@ -1236,12 +1354,12 @@ static int loop_start(struct http_server *s, size_t i, const struct config *cfg,
 	lp->cc = courier_client_new(upstream ? upstream : 1, err, errlen);
 	if (!lp->cc)
 		return -1;
-	lp->d = MHD_start_daemon(flags, 0, NULL, NULL, on_request, lp, MHD_OPTION_EXTERNAL_LOGGER, mhd_log,
-	                         NULL, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)cfg->connection_timeout_s,
-	                         MHD_OPTION_CONNECTION_LIMIT, (unsigned)lp->limit,
-	                         MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)32 * 1024,
-	                         MHD_OPTION_NOTIFY_COMPLETED, on_completed, lp, MHD_OPTION_NOTIFY_CONNECTION,
-	                         on_connection, lp, MHD_OPTION_END);
+	lp->d = MHD_start_daemon(
+	    flags, 0, NULL, NULL, on_request, lp, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
+	    MHD_OPTION_UNESCAPE_CALLBACK, keep_escaped, NULL, MHD_OPTION_CONNECTION_TIMEOUT,
+	    (unsigned)cfg->connection_timeout_s, MHD_OPTION_CONNECTION_LIMIT, (unsigned)lp->limit,
+	    MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)32 * 1024, MHD_OPTION_NOTIFY_COMPLETED, on_completed,
+	    lp, MHD_OPTION_NOTIFY_CONNECTION, on_connection, lp, MHD_OPTION_END);
 	if (!lp->d) {
 		snprintf(err, errlen, "cannot start the HTTP server");
 		return -1;
