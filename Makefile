@@ -48,6 +48,7 @@ UNIT_metrics  = metrics
 UNIT_jwks     = jwks jwt json secret log
 UNIT_courier  = courier jwt jwks json secret log
 UNIT_policy   = policy pmatch envelope scope duration json config secret jwt jwks ident log
+UNIT_gen      = gen metrics policy pmatch envelope scope duration json config secret jwt jwks ident log
 UNIT_NAMES = $(patsubst tests/unit/test_%.c,%,$(wildcard tests/unit/test_*.c))
 UNIT_BINS  = $(patsubst %,$(BUILD)/tests/test_%,$(UNIT_NAMES))
 
