@@ -52,6 +52,7 @@ UNIT_cidr     = cidr
 UNIT_buf      = buf
 UNIT_fileio   = fileio
 UNIT_policy   = policy pmatch envelope scope duration json config secret jwt jwks ident log
+UNIT_gen      = gen metrics policy pmatch envelope scope duration json config secret jwt jwks ident log
 UNIT_NAMES = $(patsubst tests/unit/test_%.c,%,$(wildcard tests/unit/test_*.c))
 UNIT_BINS  = $(patsubst %,$(BUILD)/tests/test_%,$(UNIT_NAMES))
 

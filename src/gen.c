@@ -6,7 +6,9 @@
  * generation that is being freed. Never loads or validates anything itself:
  * callers hand it a configuration that has passed every check. It does build
  * the policy engines a new generation's worker threads will take, before the
- * swap, on the caller's (the reload's) thread.
+ * swap, on the caller's (the reload's) thread, and keeps each loop's engines
+ * (gen_engines): an event loop must never compile a policy on a request's
+ * time while a spare is there to take.
  */
 #include "gen.h"
 
@@ -85,6 +87,7 @@ struct gen *gen_build(struct config *cfg, unsigned spare_engines)
 		if (!(g->spare[g->n_spare] = policy_engine_new(cfg, err, sizeof(err))))
 			break;
 		g->n_spare++;
+		metrics_engine_built(false);
 	}
 	metrics_generations_alive(1);
 	return g;
@@ -124,6 +127,71 @@ struct policy_engine *gen_take_engine(struct gen *g)
 		e = g->spare[--g->n_spare];
 	pthread_mutex_unlock(&g->spare_lock);
 	return e;
+}
+
+static void engine_drop(struct gen_engines *c, struct gen_engine *e)
+{
+	for (struct gen_engine **p = &c->newest; *p; p = &(*p)->next) {
+		if (*p == e) {
+			*p = e->next;
+			break;
+		}
+	}
+	/* Its generation may be gone: policy_engine_free never reads the config. */
+	policy_engine_free(e->engine);
+	free(e);
+}
+
+struct gen_engine *gen_engine_pin(struct gen_engines *c, struct gen *g)
+{
+	struct gen_engine *e, *old = c->newest;
+	char err[512];
+
+	for (e = c->newest; e; e = e->next) {
+		if (e->gen_id == g->id) {
+			e->users++;
+			return e;
+		}
+	}
+	if (!(e = calloc(1, sizeof(*e))))
+		return NULL;
+	/* Usually the one the reload built for this loop; compiling here is the
+	 * fallback (counted, so it shows). */
+	e->engine = gen_take_engine(g);
+	if (!e->engine) {
+		e->engine = policy_engine_new(g->cfg, err, sizeof(err));
+		if (!e->engine) {
+			log_msg("error", "cannot build the policy engine: %s", err);
+			free(e);
+			return NULL;
+		}
+		metrics_engine_built(true);
+	}
+	e->gen_id = g->id;
+	e->users = 1;
+	if (!old || g->id > old->gen_id) {
+		/* Generations only move forward: the usual case. */
+		e->next = old;
+		c->newest = e;
+		if (old && old->users == 0)
+			engine_drop(c, old);
+	} else {
+		e->next = old->next;
+		old->next = e;
+	}
+	return e;
+}
+
+void gen_engine_unpin(struct gen_engines *c, struct gen_engine *e)
+{
+	if (e && --e->users == 0 && e != c->newest)
+		engine_drop(c, e);
+}
+
+void gen_engines_free(struct gen_engines *c)
+{
+	while (c->newest)
+		engine_drop(c, c->newest);
 }
 
 struct gen *gen_acquire(void)

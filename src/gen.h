@@ -54,6 +54,36 @@ void gen_publish(struct gen *g);
  * NULL when none is left. */
 struct policy_engine *gen_take_engine(struct gen *g);
 
+/*
+ * An event loop's policy engines: the one of the newest generation it has
+ * served, kept while idle, plus the engine of each older generation that
+ * requests begun on it still need (pinned). A request pins its generation's
+ * engine when it begins and unpins it once decided, so a request is decided
+ * by the generation it began on and a loop never flips between generations:
+ * it takes one spare engine per generation (gen_take_engine) and compiles
+ * one itself only when none is left. Used by one thread (its loop).
+ */
+struct gen_engine {
+	struct policy_engine *engine;
+	unsigned long long gen_id;
+	unsigned users;
+	struct gen_engine *next; /* older */
+};
+
+struct gen_engines {
+	struct gen_engine *newest; /* NULL before the first request */
+};
+
+/* g's engine on this loop, pinned (the caller holds g); NULL when none could
+ * be built (logged). Releases the previous newest engine when unpinned. */
+struct gen_engine *gen_engine_pin(struct gen_engines *c, struct gen *g);
+
+/* Ends a pin; an engine that is no longer the newest goes with its last. */
+void gen_engine_unpin(struct gen_engines *c, struct gen_engine *e);
+
+/* Frees every engine (the loop's end: no pin is left). */
+void gen_engines_free(struct gen_engines *c);
+
 /* The current generation with a reference taken, or NULL before the first. */
 struct gen *gen_acquire(void);
 

@@ -8,8 +8,9 @@
  * works → resume → answer.
  *
  * Threads: `threads` event loops, each owning one MHD daemon (external epoll
- * mode), one Courier client (libcurl multi) and one policy engine (its own
- * lua_State) for the generation it last served, and one acceptor that hands
+ * mode), one Courier client (libcurl multi), a small lua_State with only
+ * cjson for answers and log lines, and the policy engines (gen_engines) of
+ * the generations its requests began on, and one acceptor that hands
  * each new connection to the loop holding the fewest (keep-alive clients
  * stay where they land: a loop that drew more of them would be the
  * bottleneck). A request lives on one loop from its first byte to its answer:
@@ -119,14 +120,19 @@ struct client_list {
 };
 
 /*
- * One event loop: its thread, MHD daemon and Courier client, and the policy
- * engine built for one generation, named by its id only. The loop holds no
- * reference, so an idle loop never keeps an old generation (and its keys)
- * alive: the generation is freed when its last request ends, and the
- * engine's config pointer may then dangle. It is never dereferenced again:
- * the engine is used only for a request whose generation has the engine's
- * id (that request holds the generation), and policy_engine_free does not
- * read the config. Ids are never reused, unlike addresses.
+ * One event loop: its thread, MHD daemon and Courier client, its JSON state
+ * and its policy engines. The engines name their generation by id only: the
+ * loop holds no reference, so an idle loop never keeps an old generation
+ * (and its keys) alive: the generation is freed when its last request ends,
+ * and an idle engine's config pointer may then dangle. It is never
+ * dereferenced again: an engine is used only by a request that pinned it
+ * and holds its generation, and policy_engine_free does not read the
+ * config. Ids are never reused, unlike addresses.
+ *
+ * Only process() runs on an engine (the body and claims the policy reads,
+ * and the decision). Every answer, error body and log line is built on the
+ * loop's own JSON state, which no generation owns: answering never needs,
+ * and never builds, a policy engine.
  */
 struct loop {
 	struct http_server *srv;
@@ -137,8 +143,8 @@ struct loop {
 	bool resumed;     /* a connection was resumed: MHD must run before waiting */
 	pthread_t thread;
 	bool running;
-	struct policy_engine *engine;
-	unsigned long long gen_id; /* 0: none */
+	struct gen_engines engines;
+	lua_State *json; /* cjson only: answers, error bodies, log lines */
 
 	/* process()'s scratch (13 KiB, one request at a time on a loop). */
 	struct header_set *hs;
@@ -185,6 +191,7 @@ struct req {
 	struct loop *loop;
 	struct MHD_Connection *conn;
 	struct gen *gen;
+	struct gen_engine *engine; /* gen's engine on this loop, pinned until decided */
 	const struct tenant *tenant;
 	const char *origin;      /* the Origin header, or NULL */
 	const char *cors_origin; /* the tenant's listed origin equal to it, or NULL */
@@ -212,30 +219,6 @@ struct req {
 	 * envelope_apply set each field, the strings up to their NUL. */
 	struct grant grant;
 };
-
-/* ---------------------------------------------------------------- engines */
-
-/* The loop's engine for g, which the caller holds (r->gen): rebuilt when the
- * loop's engine was built for another generation. */
-static struct policy_engine *worker_engine(struct loop *w, struct gen *g)
-{
-	char err[512];
-
-	if (w->engine && w->gen_id == g->id)
-		return w->engine;
-	policy_engine_free(w->engine);
-	w->gen_id = 0;
-	/* Usually one the reload built; compiling here is the fallback. */
-	w->engine = gen_take_engine(g);
-	if (!w->engine)
-		w->engine = policy_engine_new(g->cfg, err, sizeof(err));
-	if (!w->engine) {
-		log_msg("error", "cannot build the policy engine: %s", err);
-		return NULL;
-	}
-	w->gen_id = g->id;
-	return w->engine;
-}
 
 /* -------------------------------------------------------------- answering */
 
@@ -274,18 +257,15 @@ static enum MHD_Result queue(struct MHD_Connection *conn, struct http_server *s,
 	return ret;
 }
 
-/* Writes the request's log line and counts it. L may be NULL. */
-static void finish_log(struct req *r, lua_State *L, int status, const char *error, const char *token,
-                       size_t token_len, double upstream_ms)
+/* Writes the request's log line (on the loop's JSON state) and counts it. */
+static void finish_log(struct req *r, int status, const char *error, const char *token, size_t token_len,
+                       double upstream_ms)
 {
+	lua_State *L = r->loop->json;
 	char ts[40], hash[13];
 	int top;
 
 	metrics_request(r->tenant ? r->tenant->name : NULL, status);
-	if (!L) {
-		log_msg("info", "token request: status %d %s", status, error ? error : "");
-		return;
-	}
 	top = lua_gettop(L);
 	log_timestamp(ts, sizeof(ts));
 	lua_createtable(L, 0, 20);
@@ -366,24 +346,23 @@ static void finish_log(struct req *r, lua_State *L, int status, const char *erro
 }
 
 /* {"error": code, "message": message}, the log line, and the headers the
- * status calls for. */
-static enum MHD_Result fail(struct req *r, lua_State *L, int status, const char *code, const char *message,
+ * status calls for. Built on the loop's JSON state, whatever the generation. */
+static enum MHD_Result fail(struct req *r, int status, const char *code, const char *message,
                             const char *extra_name, const char *extra_value)
 {
+	lua_State *L = r->loop->json;
 	enum MHD_Result ret = MHD_NO;
-	const char *json = NULL;
+	const char *json;
 	size_t len = 0;
-	int top = L ? lua_gettop(L) : 0;
+	int top = lua_gettop(L);
 	char fallback[160];
 
-	if (L) {
-		lua_createtable(L, 0, 2);
-		lua_pushstring(L, code);
-		lua_setfield(L, -2, "error");
-		lua_pushstring(L, message);
-		lua_setfield(L, -2, "message");
-		json = json_encode(L, -1, &len);
-	}
+	lua_createtable(L, 0, 2);
+	lua_pushstring(L, code);
+	lua_setfield(L, -2, "error");
+	lua_pushstring(L, message);
+	lua_setfield(L, -2, "message");
+	json = json_encode(L, -1, &len);
 	if (!json) {
 		len = (size_t)snprintf(fallback, sizeof(fallback), "{\"error\":\"%s\"}", code);
 		json = fallback;
@@ -394,9 +373,8 @@ static enum MHD_Result fail(struct req *r, lua_State *L, int status, const char 
 	}
 	ret = queue(r->conn, r->srv, status, "application/json", json, len, extra_name, extra_value,
 	            r->cors_origin);
-	if (L)
-		lua_settop(L, top);
-	finish_log(r, L, status, code, NULL, 0, -1);
+	lua_settop(L, top);
+	finish_log(r, status, code, NULL, 0, -1);
 	r->state = RS_DONE;
 	return ret;
 }
@@ -486,6 +464,96 @@ static const struct policy_header *request_headers(void *ctx, size_t *n)
 	return hs->h;
 }
 
+/* ------------------------------------------------- what MHD lets through */
+
+/*
+ * libmicrohttpd 0.9.75 is lax where a proxy in front may read a request
+ * differently (request smuggling): it takes the first of duplicate
+ * Content-Length and Authorization headers, passes a bare CR inside a value
+ * on, and waits for the end of a body in a transfer coding it does not know.
+ * Every request is checked here before routing; a flawed one is answered 400
+ * with Connection: close. A malformed Content-Length ("-1", "1x") never
+ * reaches the broker: MHD answers it itself (see docs/http-api.md).
+ */
+struct header_scan {
+	unsigned content_length, transfer_encoding, authorization;
+	bool bad_value, bad_length, bad_coding, body;
+};
+
+static bool all_digits(const char *v)
+{
+	if (!*v)
+		return false;
+	for (; *v; v++)
+		if (*v < '0' || *v > '9')
+			return false;
+	return true;
+}
+
+static enum MHD_Result scan_header(void *cls, enum MHD_ValueKind kind, const char *key, const char *value)
+{
+	struct header_scan *hs = cls;
+
+	(void)kind;
+	if (!value)
+		value = "";
+	if (strpbrk(key, "\r\n") || strpbrk(value, "\r\n"))
+		hs->bad_value = true;
+	if (strcasecmp(key, MHD_HTTP_HEADER_CONTENT_LENGTH) == 0) {
+		hs->content_length++;
+		if (!all_digits(value))
+			hs->bad_length = true;
+		else if (strspn(value, "0") != strlen(value))
+			hs->body = true;
+	} else if (strcasecmp(key, MHD_HTTP_HEADER_TRANSFER_ENCODING) == 0) {
+		hs->transfer_encoding++;
+		hs->body = true;
+		/* Only the one coding MHD decodes, alone. */
+		if (strcasecmp(value, "chunked") != 0)
+			hs->bad_coding = true;
+	} else if (strcasecmp(key, MHD_HTTP_HEADER_AUTHORIZATION) == 0) {
+		hs->authorization++;
+	}
+	return MHD_YES;
+}
+
+/* Why the request must be refused before routing, or NULL. *body: whether
+ * it announces a body. */
+static const char *request_flaw(struct MHD_Connection *conn, const char *url, bool *body)
+{
+	struct header_scan hs = {0};
+
+	MHD_get_connection_values(conn, MHD_HEADER_KIND, scan_header, &hs);
+	*body = hs.body;
+	/* The path is as sent (keep_escaped): no escape may make a route. */
+	if (strchr(url, '%'))
+		return "percent-encoded bytes are not accepted in the path";
+	if (hs.bad_value)
+		return "a header holds a bare CR or LF";
+	if (hs.content_length > 1)
+		return "more than one Content-Length header";
+	if (hs.bad_length)
+		return "malformed Content-Length header";
+	if (hs.transfer_encoding > 1 || hs.bad_coding)
+		return "unsupported Transfer-Encoding: only chunked is accepted";
+	if (hs.transfer_encoding && hs.content_length)
+		return "both Transfer-Encoding and Content-Length";
+	if (hs.authorization > 1)
+		return "more than one Authorization header";
+	return NULL;
+}
+
+/* MHD's unescaper for the path, replaced by one that keeps it as sent:
+ * routing compares the raw path, so "%2F", "%78" or "%00" can never turn
+ * into a route (request_flaw refuses any escape). Query strings, which no
+ * route reads, are left undecoded too. */
+static size_t keep_escaped(void *cls, struct MHD_Connection *conn, char *s)
+{
+	(void)cls;
+	(void)conn;
+	return strlen(s);
+}
+
 /* ------------------------------------------------------------ token flow */
 
 static void on_courier_done(struct courier_job *job)
@@ -529,11 +597,13 @@ static const char *ident_header(void *ctx, const char *name, unsigned index)
 	return q.found;
 }
 
+/* Decides the request on its generation's engine (pinned by begin_token),
+ * then hands it to Courier or answers; unpins the engine either way. */
 static enum MHD_Result process(struct req *r)
 {
 	struct http_server *s = r->srv;
 	const struct tenant *t = r->tenant;
-	struct policy_engine *e = worker_engine(r->loop, r->gen);
+	struct policy_engine *e = r->engine ? r->engine->engine : NULL;
 	struct ident_request irq;
 	struct identity id;
 	struct policy_request prq;
@@ -550,17 +620,17 @@ static enum MHD_Result process(struct req *r)
 	const char *b, *uid;
 
 	if (!e)
-		return fail(r, NULL, 503, "unavailable", "the policy engine is not available", NULL, NULL);
+		return fail(r, 503, "unavailable", "the policy engine is not available", NULL, NULL);
 	L = policy_engine_lua(e);
 	top = lua_gettop(L);
 
 	if (json_decode(L, r->body ? r->body : "", r->body_len) != 0 || lua_type(L, -1) != LUA_TTABLE) {
-		ret = fail(r, L, 400, "invalid_request", "the body must be a JSON object", NULL, NULL);
+		ret = fail(r, 400, "invalid_request", "the body must be a JSON object", NULL, NULL);
 		goto out;
 	}
 	body = lua_gettop(L);
 	if (envelope_check_body(L, body, &uid, &uid_len, &msg) != 0) {
-		ret = fail(r, L, 400, "invalid_request", msg, NULL, NULL);
+		ret = fail(r, 400, "invalid_request", msg, NULL, NULL);
 		goto out;
 	}
 	memcpy(r->user_id, uid, uid_len + 1);
@@ -573,7 +643,7 @@ static enum MHD_Result process(struct req *r)
 	irq.header_ctx = r->conn;
 	if (ident_authenticate(L, &t->auth, &irq, &id, err, sizeof(err)) != 0) {
 		snprintf(r->reason, sizeof(r->reason), "%.*s", (int)sizeof(r->reason) - 1, err);
-		ret = fail(r, L, 401, "unauthenticated", "missing or invalid credential", NULL, NULL);
+		ret = fail(r, 401, "unauthenticated", "missing or invalid credential", NULL, NULL);
 		goto out;
 	}
 	r->method = id.method;
@@ -582,8 +652,8 @@ static enum MHD_Result process(struct req *r)
 	if (!gen_rate_take(r->gen, t, &retry)) {
 		char after[32];
 		snprintf(after, sizeof(after), "%.0f", retry < 1 ? 1 : retry);
-		ret = fail(r, L, 429, "rate_limited", "too many token requests for this tenant",
-		           "Retry-After", after);
+		ret = fail(r, 429, "rate_limited", "too many token requests for this tenant", "Retry-After",
+		           after);
 		goto out;
 	}
 
@@ -611,14 +681,14 @@ static enum MHD_Result process(struct req *r)
 		r->decision = "error";
 		snprintf(r->reason, sizeof(r->reason), "%.*s", (int)sizeof(r->reason) - 1, err);
 		log_msg("error", "tenant %s: policy error: %s", t->name, err);
-		ret = fail(r, L, 500, "policy_error", "the policy failed; no token was issued", NULL, NULL);
+		ret = fail(r, 500, "policy_error", "the policy failed; no token was issued", NULL, NULL);
 		goto out;
 	}
 	snprintf(r->reason, sizeof(r->reason), "%s", dec->reason);
 	if (!dec->allow) {
 		r->decision = "deny";
-		ret = fail(r, L, 403, "forbidden", dec->reason[0] ? dec->reason : "denied by policy", NULL,
-		           NULL);
+		ret =
+		    fail(r, 403, "forbidden", dec->reason[0] ? dec->reason : "denied by policy", NULL, NULL);
 		goto out;
 	}
 	if (envelope_apply(t, r->user_id, dec, &r->grant, err, sizeof(err)) != 0) {
@@ -626,23 +696,25 @@ static enum MHD_Result process(struct req *r)
 		r->grant.scope[0] = '\0';
 		snprintf(r->reason, sizeof(r->reason), "%.*s", (int)sizeof(r->reason) - 1, err);
 		log_msg("error", "tenant %s: decision outside the envelope: %s", t->name, err);
-		ret = fail(r, L, 500, "policy_error",
-		           "the policy's decision was refused; no token was issued", NULL, NULL);
+		ret = fail(r, 500, "policy_error", "the policy's decision was refused; no token was issued",
+		           NULL, NULL);
 		goto out;
 	}
 	r->decision = "allow";
 
 	if ((unsigned)atomic_load(&s->upstream) >= r->gen->cfg->max_inflight) {
-		ret = fail(r, L, 503, "unavailable", "too many requests waiting on Courier", "Retry-After",
-		           "1");
+		ret = fail(r, 503, "unavailable", "too many requests waiting on Courier", "Retry-After", "1");
 		goto out;
 	}
-	b = courier_request_body(L, &r->grant, &blen);
+	b = courier_request_body(r->loop->json, &r->grant, &blen);
 	if (!b || !(r->courier_body = malloc(blen + 1))) {
-		ret = fail(r, L, 503, "unavailable", "out of memory", NULL, NULL);
+		if (b)
+			lua_pop(r->loop->json, 1);
+		ret = fail(r, 503, "unavailable", "out of memory", NULL, NULL);
 		goto out;
 	}
 	memcpy(r->courier_body, b, blen + 1);
+	lua_pop(r->loop->json, 1);
 
 	r->job.url = r->gen->courier_url;
 	r->job.api_key = &t->api_key;
@@ -658,14 +730,14 @@ static enum MHD_Result process(struct req *r)
 	atomic_fetch_add(&s->upstream, 1);
 	if (atomic_load(&s->stopping)) {
 		atomic_fetch_sub(&s->upstream, 1);
-		ret = fail(r, L, 503, "unavailable", "shutting down", NULL, NULL);
+		ret = fail(r, 503, "unavailable", "shutting down", NULL, NULL);
 		goto out;
 	}
 	/* The job cannot end before this handler returns (it ends only in
 	 * courier_run, on this loop), so the order of the two is free. */
 	if (courier_submit(r->loop->cc, &r->job) != 0) {
 		atomic_fetch_sub(&s->upstream, 1);
-		ret = fail(r, L, 503, "unavailable", "out of memory", NULL, NULL);
+		ret = fail(r, 503, "unavailable", "out of memory", NULL, NULL);
 		goto out;
 	}
 	r->state = RS_WAITING;
@@ -673,6 +745,8 @@ static enum MHD_Result process(struct req *r)
 	ret = MHD_YES;
 out:
 	lua_settop(L, top);
+	gen_engine_unpin(&r->loop->engines, r->engine);
+	r->engine = NULL;
 	return ret;
 }
 
@@ -680,9 +754,8 @@ out:
 static enum MHD_Result complete(struct req *r)
 {
 	struct http_server *s = r->srv;
-	struct policy_engine *e = worker_engine(r->loop, r->gen);
 	struct courier_job *job = &r->job;
-	lua_State *L = e ? policy_engine_lua(e) : NULL;
+	lua_State *L = r->loop->json;
 	double up_ms = job->seconds * 1e3;
 	const char *token, *json;
 	size_t tlen, jlen;
@@ -691,18 +764,15 @@ static enum MHD_Result complete(struct req *r)
 	enum MHD_Result ret;
 	int top;
 
-	if (!L)
-		return fail(r, NULL, 503, "unavailable", "the policy engine is not available", NULL, NULL);
 	top = lua_gettop(L);
 
 	if (job->status == 0) {
 		log_msg("warn", "tenant %s: Courier call failed: %s", r->tenant->name, job->error);
 		if (job->timed_out)
-			return fail(r, L, 504, "upstream_timeout", "Courier did not answer in time", NULL,
-			            NULL);
+			return fail(r, 504, "upstream_timeout", "Courier did not answer in time", NULL, NULL);
 		if (job->aborted)
-			return fail(r, L, 503, "unavailable", "shutting down", NULL, NULL);
-		return fail(r, L, 502, "upstream_error", "Courier could not be reached", NULL, NULL);
+			return fail(r, 503, "unavailable", "shutting down", NULL, NULL);
+		return fail(r, 502, "upstream_error", "Courier could not be reached", NULL, NULL);
 	}
 	if (job->status == 401 || job->status == 403) {
 		log_msg("error",
@@ -710,17 +780,16 @@ static enum MHD_Result complete(struct req *r)
 		        "key and "
 		        "its environment",
 		        r->tenant->name, job->status, r->tenant->api_key.fingerprint);
-		return fail(r, L, 502, "upstream_error", "Courier refused the broker's credentials", NULL,
-		            NULL);
+		return fail(r, 502, "upstream_error", "Courier refused the broker's credentials", NULL, NULL);
 	}
 	if (job->status != 200) {
 		log_msg("warn", "tenant %s: Courier answered HTTP %ld", r->tenant->name, job->status);
-		return fail(r, L, 502, "upstream_error", "Courier refused the call", NULL, NULL);
+		return fail(r, 502, "upstream_error", "Courier refused the call", NULL, NULL);
 	}
 	token = courier_read_token(L, job->resp, job->resp_len, &tlen, &exp);
 	if (!token) {
 		log_msg("warn", "tenant %s: Courier answered 200 without a usable token", r->tenant->name);
-		return fail(r, L, 502, "upstream_error", "Courier answered something unusable", NULL, NULL);
+		return fail(r, 502, "upstream_error", "Courier answered something unusable", NULL, NULL);
 	}
 	if (exp <= 0)
 		exp = (long long)time(NULL) + r->grant.expires_s;
@@ -744,11 +813,11 @@ static enum MHD_Result complete(struct req *r)
 	json = json_encode(L, -1, &jlen);
 	if (!json) {
 		lua_settop(L, top);
-		return fail(r, L, 503, "unavailable", "out of memory", NULL, NULL);
+		return fail(r, 503, "unavailable", "out of memory", NULL, NULL);
 	}
 	ret = queue(r->conn, s, 200, "application/json", json, jlen, "X-Policy-Revision",
 	            r->tenant->policy_revision, r->cors_origin);
-	finish_log(r, L, 200, NULL, token, tlen, up_ms);
+	finish_log(r, 200, NULL, token, tlen, up_ms);
 	r->state = RS_DONE;
 	lua_settop(L, top);
 	return ret;
@@ -824,9 +893,15 @@ static char *append_loop_metrics(struct http_server *s, char *text, size_t *len)
 }
 
 static enum MHD_Result serve_other(struct http_server *s, struct MHD_Connection *conn, const char *url,
-                                   const char *method)
+                                   const char *method, const char *flaw)
 {
 	bool get = strcmp(method, MHD_HTTP_METHOD_GET) == 0 || strcmp(method, MHD_HTTP_METHOD_HEAD) == 0;
+	char msg[160];
+
+	if (flaw) {
+		snprintf(msg, sizeof(msg), "{\"error\":\"invalid_request\",\"message\":\"%s\"}", flaw);
+		return plain(conn, s, 400, "application/json", msg, MHD_HTTP_HEADER_CONNECTION, "close");
+	}
 
 	if (strcmp(url, "/healthz") == 0 || strcmp(url, "/readyz") == 0 || strcmp(url, "/metrics") == 0) {
 		if (!get)
@@ -878,13 +953,13 @@ static const char *cors_match(const struct tenant *t, const char *origin)
 }
 
 /* A browser's CORS preflight for a token route. */
-static enum MHD_Result preflight(struct req *r, lua_State *L)
+static enum MHD_Result preflight(struct req *r)
 {
 	struct MHD_Response *resp;
 	enum MHD_Result ret;
 
 	if (!r->cors_origin)
-		return fail(r, L, 403, "forbidden", "this origin may not ask for tokens", NULL, NULL);
+		return fail(r, 403, "forbidden", "this origin may not ask for tokens", NULL, NULL);
 	resp = MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
 	if (!resp)
 		return MHD_NO;
@@ -903,12 +978,11 @@ static enum MHD_Result preflight(struct req *r, lua_State *L)
 
 /* The first call for a token route: everything that can be decided from the headers. */
 static enum MHD_Result begin_token(struct loop *lp, struct MHD_Connection *conn, const char *name,
-                                   const char *method, void **con_cls)
+                                   const char *method, const char *flaw, void **con_cls)
 {
 	struct http_server *s = lp->srv;
 	struct req *r = malloc(sizeof(*r));
 	const char *cl;
-	lua_State *L = NULL;
 	char msg[160];
 
 	if (!r)
@@ -929,23 +1003,21 @@ static enum MHD_Result begin_token(struct loop *lp, struct MHD_Connection *conn,
 	metrics_inflight_add(1);
 
 	r->gen = gen_acquire();
-	if (r->gen) {
-		struct policy_engine *e = worker_engine(lp, r->gen);
-		L = e ? policy_engine_lua(e) : NULL;
-	}
+	if (flaw)
+		return fail(r, 400, "invalid_request", flaw, MHD_HTTP_HEADER_CONNECTION, "close");
 	if (atomic_load(&s->draining) || !r->gen)
-		return fail(r, L, 503, "unavailable", "the broker is not serving", "Retry-After", "1");
+		return fail(r, 503, "unavailable", "the broker is not serving", "Retry-After", "1");
 	r->tenant = config_tenant(r->gen->cfg, name);
 	if (!r->tenant)
-		return fail(r, L, 404, "unknown_tenant", "no such tenant", NULL, NULL);
+		return fail(r, 404, "unknown_tenant", "no such tenant", NULL, NULL);
 	r->origin = header(conn, "Origin");
 	r->cors_origin = cors_match(r->tenant, r->origin);
 	if (strcmp(method, MHD_HTTP_METHOD_OPTIONS) == 0)
-		return preflight(r, L);
+		return preflight(r);
 	if (strcmp(method, MHD_HTTP_METHOD_POST) != 0)
-		return fail(r, L, 405, "method_not_allowed", "use POST", MHD_HTTP_HEADER_ALLOW, "POST");
+		return fail(r, 405, "method_not_allowed", "use POST", MHD_HTTP_HEADER_ALLOW, "POST");
 	if (!is_json_type(header(conn, MHD_HTTP_HEADER_CONTENT_TYPE)))
-		return fail(r, L, 415, "unsupported_media_type", "the body must be application/json", NULL,
+		return fail(r, 415, "unsupported_media_type", "the body must be application/json", NULL,
 		            NULL);
 	cl = header(conn, MHD_HTTP_HEADER_CONTENT_LENGTH);
 	if (cl) {
@@ -954,11 +1026,20 @@ static enum MHD_Result begin_token(struct loop *lp, struct MHD_Connection *conn,
 		if (end == cl || *end || n > r->gen->cfg->max_body_bytes) {
 			snprintf(msg, sizeof(msg), "the body is limited to %zu bytes",
 			         r->gen->cfg->max_body_bytes);
-			return fail(r, L, 413, "payload_too_large", msg, MHD_HTTP_HEADER_CONNECTION, "close");
+			return fail(r, 413, "payload_too_large", msg, MHD_HTTP_HEADER_CONNECTION, "close");
 		}
 	}
+	/* The request is decided by the generation it began on: its engine is
+	 * pinned now, whatever reloads happen while the body arrives. */
+	r->engine = gen_engine_pin(&lp->engines, r->gen);
+	if (!r->engine)
+		return fail(r, 503, "unavailable", "the policy engine is not available", NULL, NULL);
 	return MHD_YES;
 }
+
+/* The request context of a route other than the token routes, between
+ * MHD's first call and the one that answers. */
+static const char other_route = 'o';
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url, const char *method,
                                   const char *version, const char *upload_data, size_t *upload_data_size,
@@ -971,11 +1052,25 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 
 	(void)version;
 	if (!r) {
-		if (!token_route(url, name, sizeof(name))) {
-			/* Bodies sent to these routes are never read: answer now. */
-			return serve_other(s, conn, url, method);
+		bool body;
+		const char *flaw = request_flaw(conn, url, &body);
+		if (token_route(url, name, sizeof(name)))
+			return begin_token(lp, conn, name, method, flaw, con_cls);
+		/* MHD closes the connection after an answer queued before the
+		 * request was read to its end: a request without a body is answered
+		 * on the next call (at once), so the connection stays open for the
+		 * requests pipelined behind it. Bodies sent to these routes are never
+		 * read: answered now, and the connection closes. */
+		if (!flaw && !body) {
+			*con_cls = (void *)&other_route;
+			return MHD_YES;
 		}
-		return begin_token(lp, conn, name, method, con_cls);
+		return serve_other(s, conn, url, method, flaw);
+	}
+	if (*con_cls == (void *)&other_route) {
+		*con_cls = NULL;
+		*upload_data_size = 0;
+		return serve_other(s, conn, url, method, NULL);
 	}
 	switch (r->state) {
 	case RS_DONE:
@@ -1014,10 +1109,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 	}
 	if (r->too_large) {
 		char msg[96];
-		struct policy_engine *e = worker_engine(lp, r->gen);
 		snprintf(msg, sizeof(msg), "the body is limited to %zu bytes", r->gen->cfg->max_body_bytes);
-		return fail(r, e ? policy_engine_lua(e) : NULL, 413, "payload_too_large", msg,
-		            MHD_HTTP_HEADER_CONNECTION, "close");
+		return fail(r, 413, "payload_too_large", msg, MHD_HTTP_HEADER_CONNECTION, "close");
 	}
 	return process(r);
 }
@@ -1030,14 +1123,17 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 
 	(void)conn;
 	(void)toe;
-	if (!r)
+	if (!r || *con_cls == (void *)&other_route) {
+		*con_cls = NULL;
 		return;
+	}
 	*con_cls = NULL;
 	if (r->state != RS_DONE) {
 		/* The client left before an answer (never while suspended: MHD does not
 		 * notice, and every suspended request ends with Courier's call). */
 		metrics_request(r->tenant ? r->tenant->name : NULL, 499);
 	}
+	gen_engine_unpin(&((struct loop *)cls)->engines, r->engine); /* never decided */
 	courier_job_cleanup(&r->job);
 	free(r->courier_body);
 	free(r->policy_log);
@@ -1598,7 +1694,9 @@ static void loop_free(struct loop *lp)
 	if (lp->d)
 		MHD_stop_daemon(lp->d);
 	courier_client_free(lp->cc);
-	policy_engine_free(lp->engine);
+	gen_engines_free(&lp->engines);
+	if (lp->json)
+		lua_close(lp->json);
 	if (lp->epfd >= 0)
 		close(lp->epfd);
 	if (lp->wakefd >= 0)
@@ -1649,7 +1747,12 @@ static int loop_start(struct http_server *s, size_t i, const struct config *cfg,
 
 	lp->hs = malloc(sizeof(*lp->hs));
 	lp->dec = malloc(sizeof(*lp->dec));
-	if (!lp->hs || !lp->dec) {
+	lp->json = luaL_newstate();
+	if (lp->json && json_open(lp->json) != 0) {
+		lua_close(lp->json);
+		lp->json = NULL;
+	}
+	if (!lp->hs || !lp->dec || !lp->json) {
 		snprintf(err, errlen, "out of memory");
 		return -1;
 	}
@@ -1658,10 +1761,11 @@ static int loop_start(struct http_server *s, size_t i, const struct config *cfg,
 		return -1;
 	lp->d = MHD_start_daemon(
 	    flags, 0, NULL, NULL, on_request, lp, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
-	    MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)cfg->connection_timeout_s, MHD_OPTION_CONNECTION_LIMIT,
-	    (unsigned)lp->limit, MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)32 * 1024,
-	    MHD_OPTION_NOTIFY_COMPLETED, on_request_done, lp, MHD_OPTION_NOTIFY_CONNECTION, on_connection, lp,
-	    MHD_OPTION_URI_LOG_CALLBACK, on_request_line, lp, MHD_OPTION_END);
+	    MHD_OPTION_UNESCAPE_CALLBACK, keep_escaped, NULL, MHD_OPTION_CONNECTION_TIMEOUT,
+	    (unsigned)cfg->connection_timeout_s, MHD_OPTION_CONNECTION_LIMIT, (unsigned)lp->limit,
+	    MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)32 * 1024, MHD_OPTION_NOTIFY_COMPLETED, on_request_done, lp,
+	    MHD_OPTION_NOTIFY_CONNECTION, on_connection, lp, MHD_OPTION_URI_LOG_CALLBACK, on_request_line, lp,
+	    MHD_OPTION_END);
 	if (!lp->d) {
 		snprintf(err, errlen, "cannot start the HTTP server");
 		return -1;

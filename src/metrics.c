@@ -38,6 +38,7 @@ static atomic_ullong up_status_2xx, up_status_4xx, up_status_5xx, up_status_none
 static atomic_int inflight;
 static atomic_ullong gen_id, gen_loaded_at;
 static atomic_int gens_alive;
+static atomic_ullong engines_reload, engines_loop;
 static atomic_ullong reload_ok, reload_failed, reload_last_time, stale_since;
 /* The configuration loaded at start counts as a success: no alert on a fresh start. */
 static atomic_ullong reload_last_ok = 1;
@@ -115,6 +116,11 @@ void metrics_generation(unsigned long long id, time_t loaded_at)
 void metrics_generations_alive(int delta)
 {
 	atomic_fetch_add(&gens_alive, delta);
+}
+
+void metrics_engine_built(bool on_loop)
+{
+	atomic_fetch_add_explicit(on_loop ? &engines_loop : &engines_reload, 1, memory_order_relaxed);
 }
 
 void metrics_reload(bool ok, time_t when)
@@ -233,6 +239,13 @@ char *metrics_render(size_t *len)
 	    "# TYPE broker_last_reload_success gauge\nbroker_last_reload_success %llu\n",
 	    atomic_load(&reload_ok), atomic_load(&reload_failed), atomic_load(&reload_last_time),
 	    atomic_load(&reload_last_ok));
+	add(&b,
+	    "# HELP broker_policy_engines_built_total Policy engines compiled for serving: by a reload "
+	    "before its generation serves, or by an event loop on a request's time.\n"
+	    "# TYPE broker_policy_engines_built_total counter\n"
+	    "broker_policy_engines_built_total{where=\"reload\"} %llu\n"
+	    "broker_policy_engines_built_total{where=\"loop\"} %llu\n",
+	    atomic_load(&engines_reload), atomic_load(&engines_loop));
 	{
 		unsigned long long since = atomic_load(&stale_since);
 		add(&b,

@@ -29,6 +29,11 @@ void metrics_reload(bool ok, time_t when);
  * hold. Back to 1 once the requests that started before a reload are done. */
 void metrics_generations_alive(int delta);
 
+/* One policy engine built for serving: by a reload (or the start) before its
+ * generation serves (on_loop false), or by an event loop on a request's time
+ * (on_loop true: the fallback when no spare engine was left for it). */
+void metrics_engine_built(bool on_loop);
+
 /* Renders everything; returns a malloc'ed string (caller frees) or NULL. */
 char *metrics_render(size_t *len);
 

@@ -778,3 +778,147 @@ def test_multi_tenant_uses_its_policy_and_key(two_tenants):
     lines = wait_token_lines(b, 3)
     assert [l["tenant"] for l in lines[-3:]] == ["acme", "default", "default"]
     assert ACME_KEY not in b.p.text()
+
+
+# ------------------------------------------- request targets and headers (issue 10 L4, L5, I2)
+
+
+def _converse(port, data, timeout=5.0):
+    """Sends raw bytes; reads until the broker closes or `timeout` passes.
+    Returns (answers, closed): answers as (status, headers dict lower-cased,
+    body) parsed by Content-Length, in order."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    raw, closed = b"", False
+    deadline = time.monotonic() + timeout
+    try:
+        s.sendall(data)
+        while time.monotonic() < deadline:
+            s.settimeout(max(0.05, deadline - time.monotonic()))
+            try:
+                chunk = s.recv(65536)
+            except socket.timeout:
+                break
+            except ConnectionResetError:
+                closed = True
+                break
+            if not chunk:
+                closed = True
+                break
+            raw += chunk
+            if _wanted(data) <= len(_parse(raw)):
+                # Every answer is in: only wait (briefly) to see whether it closes.
+                deadline = min(deadline, time.monotonic() + 1.0)
+    finally:
+        s.close()
+    return _parse(raw), closed
+
+
+def _wanted(data):
+    return data.count(b" HTTP/1.1\r\n")
+
+
+def _parse(raw):
+    out = []
+    while raw:
+        head, sep, rest = raw.partition(b"\r\n\r\n")
+        if not sep:
+            break
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        hdrs = {}
+        for l in lines[1:]:
+            k, _, v = l.partition(":")
+            hdrs[k.strip().lower()] = v.strip()
+        n = int(hdrs.get("content-length", "0"))
+        out.append((status, hdrs, rest[:n]))
+        raw = rest[n:]
+    return out
+
+
+def _token_request(path, token, extra=b"", body=None, te=None):
+    body = json.dumps({"user_id": "alice"}).encode() if body is None else body
+    head = (b"POST " + path.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Authorization: Bearer " + token.encode() + b"\r\n" + extra)
+    if te:
+        return head + b"Transfer-Encoding: " + te + b"\r\n\r\n" + b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+    return head + b"Content-Length: %d\r\n\r\n" % len(body) + body
+
+
+@pytest.mark.parametrize("method,path", [
+    ("GET", "/metrics%00/../v1/token"),
+    ("GET", "/healthz%00.json"),
+    ("GET", "/readyz%2F"),
+    ("POST", "/v1/tenants/default%2Ftoken"),
+    ("POST", "/v1/tenants/default%2ftoken"),
+    ("POST", "/v1/tenants/defaul%74/token"),
+    ("POST", "/v1/%74oken"),
+])
+def test_400_percent_escapes_in_the_path_never_make_a_route(shared_broker, method, path):
+    d = shared_broker.double
+    before = d.served()
+    if method == "POST":
+        data = _token_request(path, mint())
+    else:
+        data = ("GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" % path).encode()
+    answers, closed = _converse(shared_broker.port, data)
+    assert len(answers) == 1, answers
+    status, hdrs, body = answers[0]
+    assert status == 400, answers
+    assert json.loads(body)["error"] == "invalid_request"
+    assert b"broker_" not in body and b"token" not in body
+    assert d.served() == before
+
+
+def test_query_strings_are_still_ignored(shared_broker):
+    assert shared_broker.get("/healthz?probe=%00%2F").status == 200
+    r = shared_broker.post("/v1/token?x=%2F", body={"user_id": "alice"}, token=mint())
+    assert r.status == 200, r.body
+
+
+@pytest.mark.parametrize("extra,te", [
+    (b"Content-Length: 5\r\n", None),          # a second, different Content-Length
+    (b"Content-Length: 20\r\n", None),         # the same value twice (the body is 20 bytes)
+    (b"Authorization: Bearer nope\r\n", None),  # a second Authorization, the first one good
+    (b"X-Evil: a\rInjected: 1\r\n", None),      # a bare CR inside a value
+    (b"Content-Length: 26\r\n", b"chunked"),    # both framings
+    (b"", b"gzip, chunked"),
+    (b"", b"chunked, identity"),
+    (b"", b"xchunked"),
+    (b"Transfer-Encoding: chunked\r\n", b"chunked"),
+])
+def test_400_ambiguous_framing_and_headers_are_refused_at_once(shared_broker, extra, te):
+    d = shared_broker.double
+    before = d.served()
+    t0 = time.monotonic()
+    answers, closed = _converse(shared_broker.port, _token_request("/v1/token", mint(), extra, te=te), timeout=5)
+    assert answers, "no answer within %.1f s" % (time.monotonic() - t0)
+    status, hdrs, body = answers[0]
+    assert status == 400, answers
+    assert json.loads(body)["error"] == "invalid_request"
+    assert hdrs.get("connection", "").lower() == "close"
+    assert closed
+    assert d.served() == before
+
+
+def test_duplicate_authorization_is_refused_whichever_comes_first(shared_broker):
+    for extra in (b"Authorization: Bearer nope\r\n", b"Authorization: Bearer " + mint().encode() + b"\r\n"):
+        answers, _ = _converse(shared_broker.port, _token_request("/v1/token", mint(), extra))
+        assert [a[0] for a in answers] == [400], answers
+
+
+def test_probes_keep_the_connection_for_pipelined_requests(shared_broker):
+    data = b"".join(b"GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" % p
+                    for p in (b"/healthz", b"/readyz", b"/metrics", b"/healthz", b"/nope"))
+    data += _token_request("/v1/token", mint())
+    answers, closed = _converse(shared_broker.port, data, timeout=5)
+    assert [a[0] for a in answers] == [200, 200, 200, 200, 404, 200], answers
+    assert all(a[1].get("connection", "").lower() != "close" for a in answers), answers
+    assert json.loads(answers[-1][2])["token"]
+    assert not closed
+
+
+def test_a_probe_with_a_body_is_answered_and_the_connection_closed(shared_broker):
+    data = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2\r\n\r\n{}"
+    answers, closed = _converse(shared_broker.port, data + b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert [a[0] for a in answers] == [200], answers
+    assert closed

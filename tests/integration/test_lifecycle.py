@@ -359,3 +359,44 @@ def test_second_signal_during_the_drain_forces_exit_70(brokers, double):
     assert time.monotonic() - t0 < 5.0
     b.p.wait_for(r"SIGINT during the drain: exiting now", timeout=2)
     t.join(20)
+
+
+def test_probes_close_their_connection_while_draining(broker, double):
+    """Probes keep their connection open (issue 10 I2), except once the drain
+    began: then every answer closes it."""
+    import socket
+    double.configure(latency_ms=1500)
+    out = {}
+
+    def one():
+        try:
+            out["r"] = post(broker, timeout=10).status
+        except Exception as e:  # noqa: BLE001
+            out["r"] = repr(e)
+
+    s = socket.create_connection(("127.0.0.1", broker.port), timeout=5)
+    try:
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        first = s.recv(4096)
+        assert first.startswith(b"HTTP/1.1 200") and b"Connection: close" not in first, first
+        t = threading.Thread(target=one)
+        t.start()
+        double.wait_served(1, 2)
+        broker.p.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 1.0
+        while not connect_refused(broker.port) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        s.sendall(b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
+        second, deadline = b"", time.monotonic() + 3
+        while time.monotonic() < deadline:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            second += chunk
+    finally:
+        s.close()
+    assert second.startswith(b"HTTP/1.1 503"), second
+    assert b"Connection: close" in second, second
+    t.join(10)
+    assert out.get("r") == 200, out
+    assert broker.p.proc.wait(10) == 0

@@ -273,6 +273,97 @@ def test_twenty_reloads_under_continuous_load(broker, double):
     assert broker.stop() == 0
 
 
+def engines_built(b, where):
+    return metrics(b)['broker_policy_engines_built_total{where="%s"}' % where]
+
+
+def test_sighups_while_requests_wait_on_slow_courier_compile_nothing_on_the_loops(started, double):
+    """Issue 10 class 4: requests that began on an older generation are answered
+    (JSON body, log line) without the loop compiling engines for it; each reload
+    builds one engine per loop and the loops build none."""
+    b = started("b", double, extra="threads = 2", courier_timeout_ms=8000)
+    assert engines_built(b, "reload") == 2
+    assert engines_built(b, "loop") == 0
+    double.configure(latency_ms=300)
+    results = []
+    lock = threading.Lock()
+    stop = threading.Event()
+    token = mint("alice", ttl=600)
+
+    def client():
+        deadline = time.monotonic() + 20
+        while not stop.is_set() and time.monotonic() < deadline:
+            try:
+                r = b.post(body={"user_id": "alice"}, token=token, timeout=10)
+                out = (r.status, r.header("X-Policy-Revision"), r.json().get("scope"))
+            except (OSError, http.client.HTTPException, ValueError) as e:
+                out = (repr(e), None, None)
+            with lock:
+                results.append(out)
+
+    threads = [threading.Thread(target=client) for _ in range(8)]
+    for t in threads:
+        t.start()
+    revisions = {}
+    try:
+        double.wait_served(4, 3)
+        for i in range(6):
+            pol = PREFS_POLICY if i % 2 == 0 else INBOX_POLICY
+            (b.dir / "policies" / "default.lua").write_text(pol)
+            reload_ok(b)
+            time.sleep(0.2)  # new requests begin on it while older ones wait on Courier
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(15)
+    assert len(results) >= 16, results
+    bad = [x for x in results if x[0] != 200]
+    assert not bad, "%d of %d requests failed: %r" % (len(bad), len(results), bad[:10])
+    # Every answer was decided by one generation: its revision goes with one scope.
+    for status, rev, scope in results:
+        assert rev, results[:3]
+        revisions.setdefault(rev, set()).add(scope)
+    assert len(revisions) >= 2, revisions
+    assert all(len(v) == 1 for v in revisions.values()), revisions
+    assert engines_built(b, "reload") == 2 * 7
+    assert engines_built(b, "loop") == 0, b.p.text()[-2000:]
+    wait_metric(b, "broker_generations_alive", lambda v: v == 1, timeout=3)
+
+
+def test_a_request_is_decided_by_the_generation_its_headers_began(started, double):
+    """Headers on a deny generation, body after a reload to an allow one: the
+    request is decided by the deny policy (its generation), and the loop
+    compiles nothing for it (the engine was pinned when the request began)."""
+    b = started("b", double, extra="threads = 1",
+                policies={"default": DENY_POLICY})
+    token = mint("alice", ttl=600)
+    body = json.dumps({"user_id": "alice"}).encode()
+    s = socket.create_connection(("127.0.0.1", b.port), timeout=10)
+    try:
+        s.sendall(b"POST /v1/token HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Authorization: Bearer " + token.encode() + b"\r\n"
+                  b"Content-Length: %d\r\n\r\n" % len(body))
+        time.sleep(0.2)
+        (b.dir / "policies" / "default.lua").write_text(INBOX_POLICY)
+        reload_ok(b)
+        assert post(b).status == 200  # the loop now serves the new generation
+        s.sendall(body)
+        data = b""
+        deadline = time.monotonic() + 5
+        while b"\r\n\r\n" not in data and time.monotonic() < deadline:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        s.close()
+    assert data.startswith(b"HTTP/1.1 403"), data
+    assert engines_built(b, "loop") == 0
+    assert engines_built(b, "reload") == 2
+    assert post(b).status == 200
+    wait_metric(b, "broker_generations_alive", lambda v: v == 1, timeout=3)
+
+
 # ------------------------------------------------------------------ drain
 
 def test_sigterm_answers_twenty_waiting_on_slow_courier_over_keep_alive(started, double):
