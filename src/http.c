@@ -1169,7 +1169,7 @@ static enum MHD_Result on_admin_request(void *cls, struct MHD_Connection *conn, 
 	if (strcmp(url, "/healthz") != 0 && strcmp(url, "/readyz") != 0 && strcmp(url, "/metrics") != 0)
 		return plain(conn, cls, 404, "application/json",
 		             "{\"error\":\"not_found\",\"message\":\"no such path\"}", NULL, NULL);
-	return serve_other(cls, conn, url, method);
+	return serve_other(cls, conn, url, method, NULL);
 }
 
 /* ------------------------------------------------------- per-IP counts */
@@ -1763,9 +1763,9 @@ static int loop_start(struct http_server *s, size_t i, const struct config *cfg,
 	    flags, 0, NULL, NULL, on_request, lp, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
 	    MHD_OPTION_UNESCAPE_CALLBACK, keep_escaped, NULL, MHD_OPTION_CONNECTION_TIMEOUT,
 	    (unsigned)cfg->connection_timeout_s, MHD_OPTION_CONNECTION_LIMIT, (unsigned)lp->limit,
-	    MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)32 * 1024, MHD_OPTION_NOTIFY_COMPLETED, on_request_done, lp,
-	    MHD_OPTION_NOTIFY_CONNECTION, on_connection, lp, MHD_OPTION_URI_LOG_CALLBACK, on_request_line, lp,
-	    MHD_OPTION_END);
+	    MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)32 * 1024, MHD_OPTION_NOTIFY_COMPLETED,
+	    on_request_done, lp, MHD_OPTION_NOTIFY_CONNECTION, on_connection, lp, MHD_OPTION_URI_LOG_CALLBACK,
+	    on_request_line, lp, MHD_OPTION_END);
 	if (!lp->d) {
 		snprintf(err, errlen, "cannot start the HTTP server");
 		return -1;
@@ -1860,11 +1860,12 @@ static int admin_start(struct http_server *s, const struct config *cfg, char *er
 	if (s->admin_fd < 0)
 		return -1;
 	/* MHD owns the socket from here (and closes it when stopped). */
-	s->admin = MHD_start_daemon(flags, 0, NULL, NULL, on_admin_request, s, MHD_OPTION_EXTERNAL_LOGGER,
-	                            mhd_log, NULL, MHD_OPTION_LISTEN_SOCKET, s->admin_fd,
-	                            MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)ADMIN_TIMEOUT_S,
-	                            MHD_OPTION_CONNECTION_LIMIT, (unsigned)ADMIN_MAX_CONNECTIONS,
-	                            MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)16 * 1024, MHD_OPTION_END);
+	s->admin =
+	    MHD_start_daemon(flags, 0, NULL, NULL, on_admin_request, s, MHD_OPTION_EXTERNAL_LOGGER, mhd_log,
+	                     NULL, MHD_OPTION_UNESCAPE_CALLBACK, keep_escaped, NULL, MHD_OPTION_LISTEN_SOCKET,
+	                     s->admin_fd, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)ADMIN_TIMEOUT_S,
+	                     MHD_OPTION_CONNECTION_LIMIT, (unsigned)ADMIN_MAX_CONNECTIONS,
+	                     MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)16 * 1024, MHD_OPTION_END);
 	if (!s->admin) {
 		close(s->admin_fd);
 		s->admin_fd = -1;
