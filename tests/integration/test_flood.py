@@ -86,7 +86,7 @@ def metric(port, name, source="127.0.0.2"):
     """A value of /metrics, asked from source (not the flood's address)."""
     c = socket.create_connection(("127.0.0.1", port), timeout=5.0, source_address=(source, 0))
     try:
-        c.sendall(b"GET /metrics HTTP/1.1\r\nHost: broker\r\n\r\n")
+        c.sendall(b"GET /metrics HTTP/1.1\r\nHost: broker\r\nConnection: close\r\n\r\n")
         data = b""
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:
