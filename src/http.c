@@ -506,6 +506,10 @@ static enum MHD_Result process(struct req *r)
 	irq.now = (long long)time(NULL);
 	irq.header = ident_header;
 	irq.header_ctx = r->conn;
+	if (ident_client_ip(&t->auth, &irq, client_ip, sizeof(client_ip)) != 0) {
+		ret = fail(r, L, 400, "invalid_request", "too many X-Forwarded-For header lines", NULL, NULL);
+		goto out;
+	}
 	if (ident_authenticate(L, &t->auth, &irq, &id, err, sizeof(err)) != 0) {
 		snprintf(r->reason, sizeof(r->reason), "%.*s", (int)sizeof(r->reason) - 1, err);
 		ret = fail(r, L, 401, "unauthenticated", "missing or invalid credential", NULL, NULL);
@@ -531,7 +535,6 @@ static enum MHD_Result process(struct req *r)
 	prq.method = id.method;
 	prq.subject = id.subject;
 	prq.claims_idx = id.claims_idx;
-	ident_client_ip(&t->auth, &irq, client_ip, sizeof(client_ip));
 	prq.client_ip = client_ip;
 	prq.origin = r->origin;
 	prq.user_agent = header(r->conn, MHD_HTTP_HEADER_USER_AGENT);

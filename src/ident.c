@@ -24,7 +24,11 @@
 #include "jwks.h"
 #include "jwt.h"
 
-#define XFF_MAX_VALUES 16 /* X-Forwarded-For header lines read */
+/* X-Forwarded-For header lines a trusted proxy's request may carry. The walk
+ * starts from the last line (the proxy's own), so a request with more lines
+ * than this is refused rather than read in part: reading only the first N
+ * would let a client that sends N lines choose the address (issue 10, M2). */
+#define XFF_MAX_VALUES 16
 
 /* The Authorization header, split once for every mode. */
 struct credential {
@@ -172,17 +176,19 @@ static void format_addr(const unsigned char a[16], bool v4, char *out, size_t ou
 	copy_ip(out, outlen, buf);
 }
 
-void ident_client_ip(const struct auth_config *auth, const struct ident_request *rq, char *out, size_t outlen)
+int ident_client_ip(const struct auth_config *auth, const struct ident_request *rq, char *out, size_t outlen)
 {
 	const char *values[XFF_MAX_VALUES];
 	size_t nv = 0;
 
 	copy_ip(out, outlen, rq->peer_ip);
 	if (!peer_trusted(auth, rq) || !rq->header)
-		return;
+		return 0;
 	while (nv < XFF_MAX_VALUES &&
 	       (values[nv] = rq->header(rq->header_ctx, "X-Forwarded-For", (unsigned)nv)))
 		nv++;
+	if (nv == XFF_MAX_VALUES && rq->header(rq->header_ctx, "X-Forwarded-For", XFF_MAX_VALUES))
+		return -1;
 	/*
 	 * Walk from the right: each hop appends the address it received from.
 	 * Every entry a trusted proxy added is skipped; the first one that is not
@@ -207,18 +213,19 @@ void ident_client_ip(const struct auth_config *auth, const struct ident_request 
 					e--;
 				len = (size_t)(e - b);
 				if (len == 0 || len >= sizeof(entry))
-					return;
+					return 0;
 				memcpy(entry, b, len);
 				entry[len] = '\0';
 			}
 			if (parse_addr(entry, a, &v4))
-				return;
+				return 0;
 			format_addr(a, v4, out, outlen);
 			if (!match_addr(auth->proxy.from, auth->proxy.n_from, a))
-				return;
+				return 0;
 			end = start > val ? start - 1 : val;
 		}
 	}
+	return 0;
 }
 
 bool ident_ready(const struct auth_config *auth)

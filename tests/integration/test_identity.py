@@ -1137,6 +1137,23 @@ def test_client_ip_from_x_forwarded_for_when_peer_trusted(modes_broker, xff, ip)
     assert echo(modes_broker, "proxy_lo", headers=h)[3] == ip
 
 
+def test_x_forwarded_for_past_the_lines_read_is_refused(modes_broker):
+    # Issue 10, M2: a proxy that appends its own line (HAProxy "option forwardfor")
+    # after 16 client lines. The old code read lines 1..16 and served the
+    # client's chosen address; now the request is refused, never guessed.
+    d = modes_broker.double
+    before = d.served()
+    lines = [("X-Forwarded-User", "bob")] + [("X-Forwarded-For", "203.0.113.66")] * 16 + \
+        [("X-Forwarded-For", "198.51.100.7")]
+    status, body = post_raw_headers(modes_broker, "proxy_lo", lines)
+    assert status == 400, body
+    assert json.loads(body)["error"] == "invalid_request"
+    assert d.served() == before
+    # 16 lines are read whole: served.
+    status, body = post_raw_headers(modes_broker, "proxy_lo", lines[:16] + lines[-1:])
+    assert status == 200, body
+
+
 def test_client_ip_ignores_x_forwarded_for_from_untrusted_peer(modes_broker):
     h = {"X-Forwarded-User": "bob", "X-Forwarded-For": "203.0.113.7"}
     assert echo(modes_broker, "proxy_far_none", headers=h)[3] == "127.0.0.1"
