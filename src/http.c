@@ -517,13 +517,22 @@ static enum MHD_Result process(struct req *r)
 	}
 	r->method = id.method;
 	snprintf(r->subject, sizeof(r->subject), "%s", id.subject);
-	/* Charged after authentication, so strangers cannot spend a tenant's budget. */
-	if (!gen_rate_take(r->gen, t, &retry)) {
-		char after[32];
-		snprintf(after, sizeof(after), "%.0f", retry < 1 ? 1 : retry);
-		ret = fail(r, L, 429, "rate_limited", "too many token requests for this tenant",
-		           "Retry-After", after);
-		goto out;
+	/* Charged after authentication, so strangers cannot spend a tenant's
+	 * budget. The requester is its subject, or its address when it has none. */
+	{
+		char who[300], after[32];
+		int n = id.subject[0] ? snprintf(who, sizeof(who), "%s:%s", id.method, id.subject)
+		                      : snprintf(who, sizeof(who), "ip:%s", client_ip);
+		enum gen_rate_level lv = gen_rate_take(r->gen, t, who, n > 0 ? (size_t)n : 0, &retry);
+		if (lv != GEN_RATE_OK) {
+			metrics_rate_limited(lv == GEN_RATE_REQUESTER);
+			snprintf(after, sizeof(after), "%.0f", retry < 1 ? 1 : retry);
+			ret = fail(r, L, 429, "rate_limited",
+			           lv == GEN_RATE_REQUESTER ? "too many token requests from this requester"
+			                                    : "too many token requests for this tenant",
+			           "Retry-After", after);
+			goto out;
+		}
 	}
 
 	/* dec is initialised by policy_decide: no need to zero 13 KiB per request. */
