@@ -669,8 +669,17 @@ static enum MHD_Result complete(struct req *r)
 		log_msg("warn", "tenant %s: Courier answered 200 without a usable token", r->tenant->name);
 		return fail(r, L, 502, "upstream_error", "Courier answered something unusable", NULL, NULL);
 	}
-	if (exp <= 0)
-		exp = (long long)time(NULL) + r->grant.expires_s;
+	{
+		char why[160];
+		if (courier_check_expiry(exp, (long long)time(NULL), r->grant.expires_s, why, sizeof(why)) !=
+		    0) {
+			log_msg("warn", "tenant %s: Courier's token does not match the grant: %s",
+			        r->tenant->name, why);
+			lua_settop(L, top);
+			return fail(r, L, 502, "upstream_error", "Courier answered something unusable", NULL,
+			            NULL);
+		}
+	}
 	{
 		time_t te = (time_t)exp;
 		struct tm tm;
