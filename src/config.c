@@ -140,7 +140,8 @@ static const struct option options[] = {
 
     {"courier", OPT_TABLE, NULL, 0, 0, NOWHERE, 0, NULL, "How to reach Courier."},
     {"courier.base_url", OPT_STRING, "https://api.courier.com", 0, 0, NOWHERE, 0, conv_base_url,
-     "Courier API base URL (`https://` or `http://`, no user name or password); env `COURIER_BASE_URL` "
+     "Courier API base URL (`https://`; `http://` only to 127.0.0.1, [::1] or localhost; no user name or "
+     "password); env `COURIER_BASE_URL` "
      "overrides it."},
     {"courier.timeout_ms", OPT_INT, "5000", 1, 60000, CFG(courier_timeout_ms), 0, NULL,
      "Whole Courier call, queueing and connecting included."},
@@ -897,6 +898,12 @@ static int conv_base_url(struct loader *ld, const char *key, struct value *v, vo
 	/* A password in a URL would be a secret outside {env=...}/{file=...}. */
 	if (secret_in_url(s))
 		return fail(ld, key, "%smust not carry a user name or password (the key goes in api_key)",
+		            from);
+	/* The API key goes in the Authorization header: never in clear text
+	 * beyond this machine. */
+	if (!secret_url_transport_ok(s))
+		return fail(ld, key,
+		            "%smust start with https:// (http:// only to 127.0.0.1, [::1] or localhost)",
 		            from);
 	/* "https://api.courier.com/" and ".../auth" joins must not yield "//auth". */
 	while (len > skip + 1 && s[len - 1] == '/')
