@@ -14,6 +14,7 @@
 #include <arpa/inet.h>
 #include <lua.h>
 #include <openssl/crypto.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,6 +24,7 @@
 #include "config.h"
 #include "jwks.h"
 #include "jwt.h"
+#include "utf8.h"
 
 /* X-Forwarded-For header lines a trusted proxy's request may carry. The walk
  * starts from the last line (the proxy's own), so a request with more lines
@@ -359,6 +361,24 @@ static const struct mode {
     {"none", try_none},
 };
 
+/* A subject reaches logs, policies and rate-limit keys as text: valid UTF-8
+ * with no control character (C0, DEL, C1). jwt_printable only refuses C0 and
+ * DEL, and passes raw bytes such as 0xff (issue 10, L2). */
+static bool subject_valid(const char *s)
+{
+	const unsigned char *p = (const unsigned char *)s;
+	size_t len = strlen(s), i = 0;
+
+	while (i < len) {
+		uint32_t cp;
+		size_t n = utf8_decode(p + i, len - i, &cp);
+		if (n == 0 || cp < 0x20 || (cp >= 0x7f && cp <= 0x9f))
+			return false;
+		i += n;
+	}
+	return true;
+}
+
 int ident_authenticate(lua_State *L, const struct auth_config *auth, const struct ident_request *rq,
                        struct identity *id, char *err, size_t errlen)
 {
@@ -372,7 +392,18 @@ int ident_authenticate(lua_State *L, const struct auth_config *auth, const struc
 		case MODE_SKIP:
 			continue;
 		case MODE_OK:
-			return 0;
+			if (subject_valid(id->subject))
+				return 0;
+			if (id->claims_idx)
+				lua_settop(L, id->claims_idx - 1);
+			if (err && errlen)
+				snprintf(
+				    err, errlen,
+				    "%s: the subject is not UTF-8 text (invalid bytes or control characters)",
+				    modes[i].name);
+			memset(id, 0, sizeof(*id));
+			id->method = "none";
+			return -1;
 		case MODE_FAIL:
 			memset(id, 0, sizeof(*id));
 			id->method = "none";
