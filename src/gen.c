@@ -110,7 +110,12 @@ static double seconds_between(const struct timespec *a, const struct timespec *b
 static double refilled(double tokens, const struct timespec *last, const struct timespec *now, double rate,
                        double burst)
 {
-	tokens += seconds_between(last, now) * rate;
+	double dt = seconds_between(last, now);
+
+	/* A thread that read the clock before another took the lock may see a
+	 * later last: no refill, never a negative one. */
+	if (dt > 0)
+		tokens += dt * rate;
 	return tokens > burst ? burst : tokens;
 }
 

@@ -556,6 +556,23 @@ def test_429_per_requester_keeps_the_rest_of_the_tenant_served(broker_factory, d
     assert 'broker_rate_limited_total{level="tenant"} 1' in text, text
 
 
+def test_per_requester_flood_of_new_requesters_does_not_reset_a_drained_bucket(broker_factory, double):
+    # More distinct requesters than the table holds (2,048 per tenant): the
+    # fixed table evicts the fullest buckets, so a drained one is kept and its
+    # owner cannot start over by flooding with new names. The policy denies:
+    # the rate limit comes before it, and nothing calls Courier.
+    b = broker_factory(policies={"default": policy('  return { allow = false, reason = "no" }')},
+                       tenants={"default": {"extra": "rate_limit = { per_requester = { per_second = 0.01, burst = 3 } },"}})
+    codes = [b.post(body={"user_id": "alice"}, token=mint("drained")).status for _ in range(4)]
+    assert codes == [403, 403, 403, 429], codes
+    seen = set()
+    for i in range(2500):
+        r = b.post(body={"user_id": "alice"}, token=mint("flood-%d" % i))
+        seen.add(r.status)
+    assert seen == {403}, seen
+    expect_error(b.post(body={"user_id": "alice"}, token=mint("drained")), 429, "rate_limited")
+
+
 def test_429_per_requester_by_client_ip_when_unauthenticated(broker_factory, double):
     # No subject: the requester is its address (here through a trusted proxy).
     auth = ('auth = { trusted_proxy = { header = "X-Forwarded-User", from = { "127.0.0.1/32" } }, none = true },')
