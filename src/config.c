@@ -109,6 +109,7 @@ static int conv_algorithms(struct loader *ld, const char *key, struct value *v, 
 static int conv_scopes(struct loader *ld, const char *key, struct value *v, void *base);
 static int conv_cors(struct loader *ld, const char *key, struct value *v, void *base);
 static int conv_burst(struct loader *ld, const char *key, struct value *v, void *base);
+static int conv_requester_burst(struct loader *ld, const char *key, struct value *v, void *base);
 static int conv_public_key(struct loader *ld, const char *key, struct value *v, void *base);
 static int conv_jwks_file(struct loader *ld, const char *key, struct value *v, void *base);
 static int conv_client_keys(struct loader *ld, const char *key, struct value *v, void *base);
@@ -156,7 +157,8 @@ static const struct option options[] = {
 
     {"courier", OPT_TABLE, NULL, 0, 0, NOWHERE, 0, NULL, "How to reach Courier."},
     {"courier.base_url", OPT_STRING, "https://api.courier.com", 0, 0, NOWHERE, 0, conv_base_url,
-     "Courier API base URL (`https://` or `http://`, no user name or password); env `COURIER_BASE_URL` "
+     "Courier API base URL (`https://`; `http://` only to 127.0.0.1, [::1] or localhost; no user name or "
+     "password); env `COURIER_BASE_URL` "
      "overrides it."},
     {"courier.timeout_ms", OPT_INT, "5000", 1, 60000, CFG(courier_timeout_ms), 0, NULL,
      "Whole Courier call, queueing and connecting included."},
@@ -273,6 +275,14 @@ static const struct option options[] = {
      "Sustained rate; 0 turns the limit off."},
     {"tenants.*.rate_limit.burst", OPT_NUMBER, "per_second", 0, 1e6, NOWHERE, OPT_PROSE_DEFAULT, conv_burst,
      "Bucket size; at least 1 when `per_second` > 0."},
+    {"tenants.*.rate_limit.per_requester", OPT_TABLE, NULL, 0, 0, NOWHERE, 0, NULL,
+     "Token issuance per requester of the tenant: the authenticated subject (JWT `sub`, proxy user), the "
+     "client key's name, or the client IP when the request is unauthenticated or has no subject. Taken "
+     "before the tenant's bucket, so one requester's refused requests never spend it."},
+    {"tenants.*.rate_limit.per_requester.per_second", OPT_NUMBER, "0", 0, 1e6,
+     TEN(rate_limit.per_requester.per_second), 0, NULL, "Sustained rate per requester; 0 turns it off."},
+    {"tenants.*.rate_limit.per_requester.burst", OPT_NUMBER, "per_second", 0, 1e6, NOWHERE, OPT_PROSE_DEFAULT,
+     conv_requester_burst, "Bucket size per requester; at least 1 when `per_second` > 0."},
 };
 
 #define N_OPTIONS (sizeof(options) / sizeof(options[0]))
@@ -939,6 +949,12 @@ static int conv_base_url(struct loader *ld, const char *key, struct value *v, vo
 	if (secret_in_url(s))
 		return fail(ld, key, "%smust not carry a user name or password (the key goes in api_key)",
 		            from);
+	/* The API key goes in the Authorization header: never in clear text
+	 * beyond this machine. */
+	if (!secret_url_transport_ok(s))
+		return fail(ld, key,
+		            "%smust start with https:// (http:// only to 127.0.0.1, [::1] or localhost)",
+		            from);
 	/* "https://api.courier.com/" and ".../auth" joins must not yield "//auth". */
 	while (len > skip + 1 && s[len - 1] == '/')
 		len--;
@@ -1284,6 +1300,16 @@ static int conv_burst(struct loader *ld, const char *key, struct value *v, void 
 	return 0;
 }
 
+static int conv_requester_burst(struct loader *ld, const char *key, struct value *v, void *base)
+{
+	struct tenant *t = base;
+
+	(void)ld;
+	(void)key;
+	t->rate_limit.per_requester.burst = v->present ? v->num : -1;
+	return 0;
+}
+
 static int conv_public_key(struct loader *ld, const char *key, struct value *v, void *base)
 {
 	struct tenant *t = base;
@@ -1549,6 +1575,12 @@ static int check_tenant(struct loader *ld, const char *path, struct tenant *t)
 		t->rate_limit.burst = t->rate_limit.per_second;
 	if (t->rate_limit.per_second > 0 && t->rate_limit.burst < 1) {
 		key_printf(key, sizeof(key), "%s.rate_limit.burst", path);
+		return fail(ld, key, "must be at least 1 when per_second is set");
+	}
+	if (t->rate_limit.per_requester.burst < 0)
+		t->rate_limit.per_requester.burst = t->rate_limit.per_requester.per_second;
+	if (t->rate_limit.per_requester.per_second > 0 && t->rate_limit.per_requester.burst < 1) {
+		key_printf(key, sizeof(key), "%s.rate_limit.per_requester.burst", path);
 		return fail(ld, key, "must be at least 1 when per_second is set");
 	}
 	return 0;

@@ -66,6 +66,12 @@ struct auth_config {
 struct rate_limit {
 	double per_second; /* 0: no limit */
 	double burst;
+	/* Each requester's own bucket (subject, client key, or client IP), taken
+	 * before the tenant's: 0 per_second turns it off. */
+	struct {
+		double per_second;
+		double burst;
+	} per_requester;
 };
 
 /* A module a policy may require: NAME.lua beside the policy, NAME of

@@ -415,3 +415,24 @@ fail:
 	lua_settop(L, top);
 	return NULL;
 }
+
+int courier_check_expiry(long long exp, long long now, long long granted_s, char *why, size_t whylen)
+{
+	long long lifetime;
+
+	/* Without exp the token never expires, and Courier tokens cannot be
+	 * revoked: never hand one out. */
+	if (exp <= 0) {
+		snprintf(why, whylen, "the token has no usable exp");
+		return -1;
+	}
+	/* exp > 0 and now > 0: the difference cannot overflow. */
+	lifetime = exp - now;
+	if (lifetime < granted_s - COURIER_EXP_SKEW_S || lifetime > granted_s + COURIER_EXP_SKEW_S) {
+		snprintf(why, whylen,
+		         "the token lives %llds from now, %llds were granted (skew allowed: %ds)", lifetime,
+		         granted_s, COURIER_EXP_SKEW_S);
+		return -1;
+	}
+	return 0;
+}

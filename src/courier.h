@@ -89,4 +89,17 @@ const char *courier_request_body(struct lua_State *L, const struct grant *g, siz
 const char *courier_read_token(struct lua_State *L, const char *resp, size_t resp_len, size_t *len,
                                long long *exp);
 
+/* How far the lifetime of Courier's token (its exp minus now) may stray from
+ * the lifetime granted before the answer is refused: clock skew between
+ * Courier and the broker, plus the time the call took. */
+#define COURIER_EXP_SKEW_S 60
+
+/*
+ * Whether a token's exp (from courier_read_token; 0 when absent) agrees with
+ * the granted lifetime of granted_s seconds at now (Unix seconds): present,
+ * and exp - now within COURIER_EXP_SKEW_S of granted_s. Returns 0, or -1 with
+ * the reason for the log in why (numbers only, never the token).
+ */
+int courier_check_expiry(long long exp, long long now, long long granted_s, char *why, size_t whylen);
+
 #endif

@@ -319,7 +319,8 @@ int envelope_check_body(lua_State *L, int body, const char **user_id, size_t *us
 	}
 	*user_id = lua_tolstring(L, -1, user_id_len); /* the body keeps the string */
 	if (!scope_user_id_valid(*user_id, *user_id_len)) {
-		*msg = "user_id must be 1-256 bytes of UTF-8 without whitespace or control characters";
+		*msg = "user_id must be 1-256 bytes of UTF-8 without whitespace, control or invisible "
+		       "characters";
 		goto out;
 	}
 	lua_getfield(L, body, "scopes");

@@ -9,12 +9,28 @@
  * swap, on the caller's (the reload's) thread, and keeps each loop's engines
  * (gen_engines): an event loop must never compile a policy on a request's
  * time while a spare is there to take.
+ *
+ * Also owns the rate-limit buckets: one per tenant, and with
+ * rate_limit.per_requester a fixed table of requester buckets per tenant
+ * (REQ_SETS x REQ_WAYS slots, allocated once: a flood of new requesters
+ * never grows memory). A requester is known by a keyed hash of its name
+ * (SipHash, a random key per process), so nobody can aim their names at the
+ * set that holds someone else's bucket. A new requester takes a free slot of
+ * its set, else the slot whose bucket holds the most tokens (a full bucket is
+ * the same as a new one, so evicting it forgives nothing): to get rid of a
+ * drained bucket, someone must first drain every other bucket of that set.
+ * Buckets of a tenant whose limits did not change carry over a reload.
  */
 #include "gen.h"
 
 #include <math.h>
+#include <openssl/core_names.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/rand.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,11 +40,86 @@
 #include "metrics.h"
 #include "policy.h"
 
+/* Requesters tracked per tenant: REQ_SETS * REQ_WAYS (2,048; 64 KiB). */
+#define REQ_SETS 256
+#define REQ_WAYS 8
+
+struct requester_slot {
+	uint64_t tag; /* keyed hash of the requester; 0: free */
+	double tokens;
+	struct timespec last;
+};
+
+struct requester_table {
+	pthread_mutex_t lock;
+	struct requester_slot slot[REQ_SETS][REQ_WAYS];
+};
+
 struct ratelimit {
 	pthread_mutex_t lock;
 	double tokens;
 	struct timespec last;
+	struct requester_table *req; /* NULL without per_requester */
 };
+
+/* SipHash keyed once per process; each hash is a copy of this template. */
+static pthread_once_t hash_once = PTHREAD_ONCE_INIT;
+static EVP_MAC_CTX *hash_template;
+
+static void hash_setup(void)
+{
+	unsigned char key[16];
+	size_t size = 8;
+	OSSL_PARAM params[] = {OSSL_PARAM_construct_size_t(OSSL_MAC_PARAM_SIZE, &size),
+	                       OSSL_PARAM_construct_end()};
+	EVP_MAC *mac = EVP_MAC_fetch(NULL, "SIPHASH", NULL);
+
+	if (mac && RAND_bytes(key, sizeof(key)) == 1 && (hash_template = EVP_MAC_CTX_new(mac)) &&
+	    EVP_MAC_init(hash_template, key, sizeof(key), params) != 1) {
+		EVP_MAC_CTX_free(hash_template);
+		hash_template = NULL;
+	}
+	OPENSSL_cleanse(key, sizeof(key));
+	EVP_MAC_free(mac);
+}
+
+/* The requester's tag (never 0), or 0 when it cannot be computed. */
+static uint64_t requester_tag(const char *name, size_t len)
+{
+	EVP_MAC_CTX *c;
+	unsigned char md[8];
+	size_t mdlen = 0;
+	uint64_t tag = 0;
+
+	pthread_once(&hash_once, hash_setup);
+	if (!hash_template || !(c = EVP_MAC_CTX_dup(hash_template)))
+		return 0;
+	if (EVP_MAC_update(c, (const unsigned char *)name, len) == 1 &&
+	    EVP_MAC_final(c, md, &mdlen, sizeof(md)) == 1 && mdlen == sizeof(md)) {
+		memcpy(&tag, md, sizeof(tag));
+		tag |= tag == 0;
+	}
+	EVP_MAC_CTX_free(c);
+	return tag;
+}
+
+static double seconds_between(const struct timespec *a, const struct timespec *b)
+{
+	return (double)(b->tv_sec - a->tv_sec) + (double)(b->tv_nsec - a->tv_nsec) / 1e9;
+}
+
+/* The bucket's tokens refilled up to now (never above burst). */
+static double refilled(double tokens, const struct timespec *last, const struct timespec *now, double rate,
+                       double burst)
+{
+	double dt = seconds_between(last, now);
+
+	/* A thread that read the clock before another took the lock may see a
+	 * later last: no refill, never a negative one. */
+	if (dt > 0)
+		tokens += dt * rate;
+	return tokens > burst ? burst : tokens;
+}
 
 static pthread_mutex_t cur_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct gen *current;
@@ -41,13 +132,53 @@ static void gen_free(struct gen *g)
 		policy_engine_free(g->spare[i]);
 	free(g->spare);
 	pthread_mutex_destroy(&g->spare_lock);
-	for (size_t i = 0; g->limits && i < g->cfg->n_tenants; i++)
+	for (size_t i = 0; g->limits && i < g->cfg->n_tenants; i++) {
 		pthread_mutex_destroy(&g->limits[i].lock);
+		if (g->limits[i].req) {
+			pthread_mutex_destroy(&g->limits[i].req->lock);
+			free(g->limits[i].req);
+		}
+	}
 	free(g->limits);
 	free(g->courier_url);
 	config_free(g->cfg); /* zeroes keys */
 	free(g);
 	metrics_generations_alive(-1);
+}
+
+static bool same_limits(const struct rate_limit *a, const struct rate_limit *b)
+{
+	return a->per_second == b->per_second && a->burst == b->burst &&
+	       a->per_requester.per_second == b->per_requester.per_second &&
+	       a->per_requester.burst == b->per_requester.burst;
+}
+
+/* A reload must not hand every requester a full bucket (issue 10, I7): the
+ * buckets of each tenant whose limits are unchanged start where old's are.
+ * Tokens old still hands out to requests in flight are not seen here. */
+static void carry_buckets(struct gen *old, struct gen *g)
+{
+	for (size_t i = 0; i < g->cfg->n_tenants; i++) {
+		const struct tenant *t = &g->cfg->tenants[i];
+		for (size_t j = 0; j < old->cfg->n_tenants; j++) {
+			const struct tenant *o = &old->cfg->tenants[j];
+			struct ratelimit *from = &old->limits[j], *to = &g->limits[i];
+			if (strcmp(o->name, t->name) != 0)
+				continue;
+			if (!same_limits(&o->rate_limit, &t->rate_limit))
+				break;
+			pthread_mutex_lock(&from->lock);
+			to->tokens = from->tokens;
+			to->last = from->last;
+			pthread_mutex_unlock(&from->lock);
+			if (from->req && to->req) {
+				pthread_mutex_lock(&from->req->lock);
+				memcpy(to->req->slot, from->req->slot, sizeof(to->req->slot));
+				pthread_mutex_unlock(&from->req->lock);
+			}
+			break;
+		}
+	}
 }
 
 struct gen *gen_build(struct config *cfg, unsigned spare_engines)
@@ -77,6 +208,29 @@ struct gen *gen_build(struct config *cfg, unsigned spare_engines)
 		pthread_mutex_init(&g->limits[i].lock, NULL);
 		g->limits[i].tokens = cfg->tenants[i].rate_limit.burst;
 		clock_gettime(CLOCK_MONOTONIC, &g->limits[i].last);
+		if (cfg->tenants[i].rate_limit.per_requester.per_second > 0) {
+			/* calloc: every tag 0, every slot free. */
+			g->limits[i].req = calloc(1, sizeof(*g->limits[i].req));
+			pthread_once(&hash_once, hash_setup);
+			if (!g->limits[i].req || !hash_template) {
+				log_msg("error", "tenant %s: per-requester rate limits cannot be set up",
+				        cfg->tenants[i].name);
+				free(g->limits[i].req);
+				for (size_t k = 0; k < i; k++) {
+					pthread_mutex_destroy(&g->limits[k].lock);
+					if (g->limits[k].req) {
+						pthread_mutex_destroy(&g->limits[k].req->lock);
+						free(g->limits[k].req);
+					}
+				}
+				pthread_mutex_destroy(&g->limits[i].lock);
+				free(g->limits);
+				free(g->courier_url);
+				free(g);
+				return NULL;
+			}
+			pthread_mutex_init(&g->limits[i].req->lock, NULL);
+		}
 	}
 	atomic_init(&g->refs, 1);
 	pthread_mutex_init(&g->spare_lock, NULL);
@@ -96,6 +250,12 @@ struct gen *gen_build(struct config *cfg, unsigned spare_engines)
 void gen_publish(struct gen *g)
 {
 	struct gen *old;
+
+	/* Last, just before the swap: the buckets are as recent as can be. */
+	if ((old = gen_acquire())) {
+		carry_buckets(old, g);
+		gen_release(old);
+	}
 
 	pthread_mutex_lock(&cur_lock);
 	g->id = next_id++;
@@ -223,22 +383,75 @@ void gen_shutdown(void)
 	gen_release(g);
 }
 
-bool gen_rate_take(struct gen *g, const struct tenant *t, double *retry_after)
+/* Takes one token from requester's bucket in tbl (refund: gives one back). */
+static bool requester_take(struct requester_table *tbl, uint64_t tag, double rate, double burst, bool refund,
+                           const struct timespec *now, double *retry_after)
+{
+	struct requester_slot *set = tbl->slot[tag % REQ_SETS], *s = NULL;
+	bool ok = true;
+
+	pthread_mutex_lock(&tbl->lock);
+	for (size_t w = 0; w < REQ_WAYS && !s; w++)
+		if (set[w].tag == tag)
+			s = &set[w];
+	if (!s && refund)
+		goto out; /* evicted meanwhile: it starts full anyway */
+	if (!s) {
+		double most = -1;
+		for (size_t w = 0; w < REQ_WAYS; w++) {
+			double have =
+			    set[w].tag ? refilled(set[w].tokens, &set[w].last, now, rate, burst) : burst + 1;
+			if (have > most) {
+				most = have;
+				s = &set[w];
+			}
+		}
+		s->tag = tag;
+		s->tokens = burst;
+		s->last = *now;
+	}
+	s->tokens = refilled(s->tokens, &s->last, now, rate, burst);
+	s->last = *now;
+	if (refund) {
+		s->tokens = s->tokens + 1 > burst ? burst : s->tokens + 1;
+	} else if (s->tokens >= 1.0) {
+		s->tokens -= 1.0;
+	} else {
+		ok = false;
+		*retry_after = ceil((1.0 - s->tokens) / rate);
+	}
+out:
+	pthread_mutex_unlock(&tbl->lock);
+	return ok;
+}
+
+enum gen_rate_level gen_rate_take(struct gen *g, const struct tenant *t, const char *requester, size_t len,
+                                  double *retry_after)
 {
 	const struct rate_limit *rl = &t->rate_limit;
-	struct ratelimit *b;
+	struct ratelimit *b = &g->limits[t - g->cfg->tenants];
 	struct timespec now;
-	bool ok;
+	uint64_t tag = 0;
+	bool ok = true;
 
-	if (rl->per_second <= 0)
-		return true;
-	b = &g->limits[t - g->cfg->tenants];
+	if (rl->per_second <= 0 && !b->req)
+		return GEN_RATE_OK;
 	clock_gettime(CLOCK_MONOTONIC, &now);
+	if (b->req) {
+		tag = requester_tag(requester, len);
+		if (!tag) {
+			/* Fail closed: without a tag the requester's bucket is unknown. */
+			*retry_after = 1;
+			return GEN_RATE_REQUESTER;
+		}
+		if (!requester_take(b->req, tag, rl->per_requester.per_second, rl->per_requester.burst, false,
+		                    &now, retry_after))
+			return GEN_RATE_REQUESTER;
+	}
+	if (rl->per_second <= 0)
+		return GEN_RATE_OK;
 	pthread_mutex_lock(&b->lock);
-	b->tokens += ((double)(now.tv_sec - b->last.tv_sec) + (double)(now.tv_nsec - b->last.tv_nsec) / 1e9) *
-	             rl->per_second;
-	if (b->tokens > rl->burst)
-		b->tokens = rl->burst;
+	b->tokens = refilled(b->tokens, &b->last, &now, rl->per_second, rl->burst);
 	b->last = now;
 	ok = b->tokens >= 1.0;
 	if (ok)
@@ -246,5 +459,12 @@ bool gen_rate_take(struct gen *g, const struct tenant *t, double *retry_after)
 	else
 		*retry_after = ceil((1.0 - b->tokens) / rl->per_second);
 	pthread_mutex_unlock(&b->lock);
-	return ok;
+	if (ok)
+		return GEN_RATE_OK;
+	if (b->req) {
+		double unused;
+		requester_take(b->req, tag, rl->per_requester.per_second, rl->per_requester.burst, true, &now,
+		               &unused);
+	}
+	return GEN_RATE_TENANT;
 }

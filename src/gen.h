@@ -92,8 +92,20 @@ void gen_release(struct gen *g);
 /* Drops the current generation (at exit). */
 void gen_shutdown(void);
 
-/* Takes one token from the tenant's bucket. false: over the limit, with the
- * seconds to wait in *retry_after. */
-bool gen_rate_take(struct gen *g, const struct tenant *t, double *retry_after);
+/* Which bucket refused a request. */
+enum gen_rate_level {
+	GEN_RATE_OK,
+	GEN_RATE_REQUESTER, /* the requester's own bucket (rate_limit.per_requester) */
+	GEN_RATE_TENANT,    /* the tenant's bucket */
+};
+
+/* Takes one token from the requester's bucket (when the tenant has
+ * per_requester; requester is a key of len bytes naming who asks), then one
+ * from the tenant's. A requester refused by its own bucket spends nothing of
+ * the tenant's; one refused by the tenant's gets its own token back. Returns
+ * GEN_RATE_OK, or the level that refused with the seconds to wait in
+ * *retry_after. */
+enum gen_rate_level gen_rate_take(struct gen *g, const struct tenant *t, const char *requester, size_t len,
+                                  double *retry_after);
 
 #endif

@@ -641,6 +641,10 @@ static enum MHD_Result process(struct req *r)
 	irq.now = (long long)time(NULL);
 	irq.header = ident_header;
 	irq.header_ctx = r->conn;
+	if (ident_client_ip(&t->auth, &irq, client_ip, sizeof(client_ip)) != 0) {
+		ret = fail(r, 400, "invalid_request", "too many X-Forwarded-For header lines", NULL, NULL);
+		goto out;
+	}
 	if (ident_authenticate(L, &t->auth, &irq, &id, err, sizeof(err)) != 0) {
 		snprintf(r->reason, sizeof(r->reason), "%.*s", (int)sizeof(r->reason) - 1, err);
 		ret = fail(r, 401, "unauthenticated", "missing or invalid credential", NULL, NULL);
@@ -648,13 +652,22 @@ static enum MHD_Result process(struct req *r)
 	}
 	r->method = id.method;
 	snprintf(r->subject, sizeof(r->subject), "%s", id.subject);
-	/* Charged after authentication, so strangers cannot spend a tenant's budget. */
-	if (!gen_rate_take(r->gen, t, &retry)) {
-		char after[32];
-		snprintf(after, sizeof(after), "%.0f", retry < 1 ? 1 : retry);
-		ret = fail(r, 429, "rate_limited", "too many token requests for this tenant", "Retry-After",
-		           after);
-		goto out;
+	/* Charged after authentication, so strangers cannot spend a tenant's
+	 * budget. The requester is its subject, or its address when it has none. */
+	{
+		char who[300], after[32];
+		int n = id.subject[0] ? snprintf(who, sizeof(who), "%s:%s", id.method, id.subject)
+		                      : snprintf(who, sizeof(who), "ip:%s", client_ip);
+		enum gen_rate_level lv = gen_rate_take(r->gen, t, who, n > 0 ? (size_t)n : 0, &retry);
+		if (lv != GEN_RATE_OK) {
+			metrics_rate_limited(lv == GEN_RATE_REQUESTER);
+			snprintf(after, sizeof(after), "%.0f", retry < 1 ? 1 : retry);
+			ret = fail(r, 429, "rate_limited",
+			           lv == GEN_RATE_REQUESTER ? "too many token requests from this requester"
+			                                    : "too many token requests for this tenant",
+			           "Retry-After", after);
+			goto out;
+		}
 	}
 
 	/* dec is initialised by policy_decide: no need to zero 13 KiB per request. */
@@ -666,7 +679,6 @@ static enum MHD_Result process(struct req *r)
 	prq.method = id.method;
 	prq.subject = id.subject;
 	prq.claims_idx = id.claims_idx;
-	ident_client_ip(&t->auth, &irq, client_ip, sizeof(client_ip));
 	prq.client_ip = client_ip;
 	prq.origin = r->origin;
 	prq.user_agent = header(r->conn, MHD_HTTP_HEADER_USER_AGENT);
@@ -791,8 +803,17 @@ static enum MHD_Result complete(struct req *r)
 		log_msg("warn", "tenant %s: Courier answered 200 without a usable token", r->tenant->name);
 		return fail(r, 502, "upstream_error", "Courier answered something unusable", NULL, NULL);
 	}
-	if (exp <= 0)
-		exp = (long long)time(NULL) + r->grant.expires_s;
+	{
+		char why[160];
+		if (courier_check_expiry(exp, (long long)time(NULL), r->grant.expires_s, why, sizeof(why)) !=
+		    0) {
+			log_msg("warn", "tenant %s: Courier's token does not match the grant: %s",
+			        r->tenant->name, why);
+			lua_settop(L, top);
+			return fail(r, 502, "upstream_error", "Courier answered something unusable", NULL,
+			            NULL);
+		}
+	}
 	{
 		time_t te = (time_t)exp;
 		struct tm tm;

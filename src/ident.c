@@ -14,6 +14,7 @@
 #include <arpa/inet.h>
 #include <lua.h>
 #include <openssl/crypto.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,8 +24,13 @@
 #include "config.h"
 #include "jwks.h"
 #include "jwt.h"
+#include "utf8.h"
 
-#define XFF_MAX_VALUES 16 /* X-Forwarded-For header lines read */
+/* X-Forwarded-For header lines a trusted proxy's request may carry. The walk
+ * starts from the last line (the proxy's own), so a request with more lines
+ * than this is refused rather than read in part: reading only the first N
+ * would let a client that sends N lines choose the address (issue 10, M2). */
+#define XFF_MAX_VALUES 16
 
 /* The Authorization header, split once for every mode. */
 struct credential {
@@ -172,17 +178,19 @@ static void format_addr(const unsigned char a[16], bool v4, char *out, size_t ou
 	copy_ip(out, outlen, buf);
 }
 
-void ident_client_ip(const struct auth_config *auth, const struct ident_request *rq, char *out, size_t outlen)
+int ident_client_ip(const struct auth_config *auth, const struct ident_request *rq, char *out, size_t outlen)
 {
 	const char *values[XFF_MAX_VALUES];
 	size_t nv = 0;
 
 	copy_ip(out, outlen, rq->peer_ip);
 	if (!peer_trusted(auth, rq) || !rq->header)
-		return;
+		return 0;
 	while (nv < XFF_MAX_VALUES &&
 	       (values[nv] = rq->header(rq->header_ctx, "X-Forwarded-For", (unsigned)nv)))
 		nv++;
+	if (nv == XFF_MAX_VALUES && rq->header(rq->header_ctx, "X-Forwarded-For", XFF_MAX_VALUES))
+		return -1;
 	/*
 	 * Walk from the right: each hop appends the address it received from.
 	 * Every entry a trusted proxy added is skipped; the first one that is not
@@ -207,18 +215,19 @@ void ident_client_ip(const struct auth_config *auth, const struct ident_request 
 					e--;
 				len = (size_t)(e - b);
 				if (len == 0 || len >= sizeof(entry))
-					return;
+					return 0;
 				memcpy(entry, b, len);
 				entry[len] = '\0';
 			}
 			if (parse_addr(entry, a, &v4))
-				return;
+				return 0;
 			format_addr(a, v4, out, outlen);
 			if (!match_addr(auth->proxy.from, auth->proxy.n_from, a))
-				return;
+				return 0;
 			end = start > val ? start - 1 : val;
 		}
 	}
+	return 0;
 }
 
 bool ident_ready(const struct auth_config *auth)
@@ -352,6 +361,24 @@ static const struct mode {
     {"none", try_none},
 };
 
+/* A subject reaches logs, policies and rate-limit keys as text: valid UTF-8
+ * with no control character (C0, DEL, C1). jwt_printable only refuses C0 and
+ * DEL, and passes raw bytes such as 0xff (issue 10, L2). */
+static bool subject_valid(const char *s)
+{
+	const unsigned char *p = (const unsigned char *)s;
+	size_t len = strlen(s), i = 0;
+
+	while (i < len) {
+		uint32_t cp;
+		size_t n = utf8_decode(p + i, len - i, &cp);
+		if (n == 0 || cp < 0x20 || (cp >= 0x7f && cp <= 0x9f))
+			return false;
+		i += n;
+	}
+	return true;
+}
+
 int ident_authenticate(lua_State *L, const struct auth_config *auth, const struct ident_request *rq,
                        struct identity *id, char *err, size_t errlen)
 {
@@ -365,7 +392,18 @@ int ident_authenticate(lua_State *L, const struct auth_config *auth, const struc
 		case MODE_SKIP:
 			continue;
 		case MODE_OK:
-			return 0;
+			if (subject_valid(id->subject))
+				return 0;
+			if (id->claims_idx)
+				lua_settop(L, id->claims_idx - 1);
+			if (err && errlen)
+				snprintf(
+				    err, errlen,
+				    "%s: the subject is not UTF-8 text (invalid bytes or control characters)",
+				    modes[i].name);
+			memset(id, 0, sizeof(*id));
+			id->method = "none";
+			return -1;
 		case MODE_FAIL:
 			memset(id, 0, sizeof(*id));
 			id->method = "none";

@@ -54,10 +54,12 @@ int ident_authenticate(struct lua_State *L, const struct auth_config *auth, cons
 /*
  * The client address the policy sees: the peer, or, when the peer is one of
  * auth's trusted proxies, the right-most X-Forwarded-For entry that is not a
- * trusted proxy (the left-most when all are). Writes a numeric address to out.
+ * trusted proxy (the left-most when all are), read from the last header line
+ * back. Writes a numeric address to out and returns 0, or returns -1 (out
+ * holds the peer) when a trusted peer sent more X-Forwarded-For lines than
+ * are read: the request must be refused, not served with a guessed address.
  */
-void ident_client_ip(const struct auth_config *auth, const struct ident_request *rq, char *out,
-                     size_t outlen);
+int ident_client_ip(const struct auth_config *auth, const struct ident_request *rq, char *out, size_t outlen);
 
 /* Whether every key source of auth is loaded (a JWKS URL fetched): /readyz. */
 bool ident_ready(const struct auth_config *auth);

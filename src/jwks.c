@@ -11,7 +11,6 @@
  */
 #include "jwks.h"
 
-#include <arpa/inet.h>
 #include <curl/curl.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -714,45 +713,6 @@ static void *refresher(void *arg)
 	return NULL;
 }
 
-/*
- * https://, or http:// to a loopback address only (a local JWKS server,
- * tests): the host must be exactly localhost, 127.x.y.z or [::1] — not a name
- * that merely starts like one ("127.0.0.1.example.com"), and no userinfo.
- */
-static bool url_allowed(const char *url)
-{
-	char host[64];
-	const char *h, *end;
-	struct in_addr a4;
-	size_t n;
-
-	if (strncmp(url, "https://", 8) == 0)
-		return url[8] != '\0' && url[8] != '/';
-	if (strncmp(url, "http://", 7) != 0)
-		return false;
-	h = url + 7;
-	end = h + strcspn(h, "/?#");
-	if (memchr(h, '@', (size_t)(end - h)))
-		return false;
-	if (*h == '[') {
-		const char *close = memchr(h, ']', (size_t)(end - h));
-		if (!close)
-			return false;
-		n = (size_t)(close - h - 1);
-		if (n != 3 || memcmp(h + 1, "::1", 3) != 0)
-			return false;
-		return close[1] == ':' || close + 1 == end;
-	}
-	n = strcspn(h, ":/?#");
-	if (n == 0 || n >= sizeof(host))
-		return false;
-	memcpy(host, h, n);
-	host[n] = '\0';
-	if (strcmp(host, "localhost") == 0)
-		return true;
-	return inet_pton(AF_INET, host, &a4) == 1 && (ntohl(a4.s_addr) >> 24) == 127;
-}
-
 struct jwks *jwks_open(const struct jwks_options *o, const char *name, char *err, size_t errlen)
 {
 	struct jwks *src = NULL;
@@ -775,7 +735,7 @@ struct jwks *jwks_open(const struct jwks_options *o, const char *name, char *err
 		snprintf(err, errlen, "url: must not carry a user name or password (a JWKS is public)");
 		return NULL;
 	}
-	if (o->url && !url_allowed(o->url)) {
+	if (o->url && !secret_url_transport_ok(o->url)) {
 		snprintf(err, errlen,
 		         "url: must start with https:// (http:// only to 127.0.0.1, [::1] or localhost)");
 		return NULL;

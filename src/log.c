@@ -10,7 +10,8 @@
  * busy loop writes several lines per system call. Warnings that clients can
  * cause at will go through one process-wide rate limit (log_warn_limited), so
  * a flood of dropped connections cannot flood the log. Never logs a secret or
- * a token.
+ * a token. Every line it writes is valid UTF-8: bytes that are not are
+ * replaced by U+FFFD, whoever put them in the line.
  */
 #include "log.h"
 
@@ -21,6 +22,7 @@
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,6 +32,7 @@
 
 #include "json.h"
 #include "secret.h"
+#include "utf8.h"
 
 static pthread_mutex_t sys_lock = PTHREAD_MUTEX_INITIALIZER;
 static lua_State *sys_L;
@@ -98,10 +101,77 @@ void log_batch(int on)
 	batch.on = on;
 }
 
+/* Offset of the first byte of s that does not start a valid UTF-8
+ * sequence, or len. */
+static size_t first_invalid(const char *s, size_t len)
+{
+	const unsigned char *p = (const unsigned char *)s;
+	size_t i = 0;
+
+	while (i < len) {
+		uint32_t cp;
+		size_t n;
+		if (p[i] < 0x80) {
+			i++;
+			continue;
+		}
+		if ((n = utf8_decode(p + i, len - i, &cp)) == 0)
+			return i;
+		i += n;
+	}
+	return len;
+}
+
+/*
+ * A copy of s (malloc'ed, length in *outlen) with every byte that does not
+ * start a valid UTF-8 sequence replaced by U+FFFD, from bad (the first such)
+ * on; NULL when out of memory. JSON's structure is ASCII, so the line stays
+ * the same JSON: only the text inside its strings changes.
+ */
+static char *repair_utf8(const char *s, size_t len, size_t bad, size_t *outlen)
+{
+	static const char fffd[] = "\xef\xbf\xbd";
+	const unsigned char *p = (const unsigned char *)s;
+	char *out = malloc(bad + (len - bad) * 3);
+	size_t o = bad, i = bad;
+
+	if (!out)
+		return NULL;
+	memcpy(out, s, bad);
+	while (i < len) {
+		uint32_t cp;
+		size_t n = p[i] < 0x80 ? 1 : utf8_decode(p + i, len - i, &cp);
+		if (n == 0) {
+			memcpy(out + o, fffd, 3);
+			o += 3;
+			i++;
+			continue;
+		}
+		memcpy(out + o, s + i, n);
+		o += n;
+		i += n;
+	}
+	*outlen = o;
+	return out;
+}
+
 static void write_line(const char *s, size_t len)
 {
-	struct iovec iov[2] = {{(void *)s, len}, {"\n", 1}};
+	size_t bad = first_invalid(s, len);
+	char *fixed = NULL;
+	struct iovec iov[2];
 	ssize_t n;
+
+	/* Every line is valid UTF-8, whatever bytes a policy, a header or a
+	 * claim put in it (issue 10, L2); a line that cannot be repaired is
+	 * dropped rather than written broken. */
+	if (bad < len) {
+		if (!(fixed = repair_utf8(s, len, bad, &len)))
+			return;
+		s = fixed;
+	}
+	iov[0] = (struct iovec){(void *)s, len};
+	iov[1] = (struct iovec){"\n", 1};
 
 	if (batch.on && len < sizeof(batch.buf)) {
 		if (len + 1 > sizeof(batch.buf) - batch.len)
@@ -109,11 +179,13 @@ static void write_line(const char *s, size_t len)
 		memcpy(batch.buf + batch.len, s, len);
 		batch.buf[batch.len + len] = '\n';
 		batch.len += len + 1;
+		free(fixed);
 		return;
 	}
 	log_flush(); /* keeps the thread's lines in order */
 	n = writev(STDERR_FILENO, iov, 2);
 	(void)n;
+	free(fixed);
 }
 
 void log_table(lua_State *L, int idx)

@@ -36,6 +36,7 @@ static atomic_ullong up_buckets[N_BUCKETS + 1];
 static atomic_ullong up_count, up_sum_us;
 static atomic_ullong up_status_2xx, up_status_4xx, up_status_5xx, up_status_none;
 static atomic_int inflight;
+static atomic_ullong limited_requester, limited_tenant;
 static atomic_ullong gen_id, gen_loaded_at;
 static atomic_int gens_alive;
 static atomic_ullong engines_reload, engines_loop;
@@ -80,6 +81,12 @@ void metrics_request(const char *tenant, int status)
 		if (statuses[i] == status)
 			break;
 	atomic_fetch_add_explicit(&s->requests[i], 1, memory_order_relaxed);
+}
+
+void metrics_rate_limited(bool by_requester)
+{
+	atomic_fetch_add_explicit(by_requester ? &limited_requester : &limited_tenant, 1,
+	                          memory_order_relaxed);
 }
 
 void metrics_upstream(double seconds, long http_status)
@@ -195,6 +202,13 @@ char *metrics_render(size_t *len)
 				    tenants[t].name, v);
 		}
 	}
+	add(&b,
+	    "# HELP broker_rate_limited_total Token requests refused with 429, by the bucket that refused "
+	    "them.\n# TYPE broker_rate_limited_total counter\n"
+	    "broker_rate_limited_total{level=\"requester\"} "
+	    "%llu\nbroker_rate_limited_total{level=\"tenant\"} "
+	    "%llu\n",
+	    atomic_load(&limited_requester), atomic_load(&limited_tenant));
 	add(&b, "# HELP broker_upstream_seconds Latency of Courier calls.\n"
 	        "# TYPE broker_upstream_seconds histogram\n");
 	for (size_t i = 0; i < N_BUCKETS; i++) {

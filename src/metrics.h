@@ -15,6 +15,10 @@
 /* One finished request on the token routes. tenant may be NULL ("-"). */
 void metrics_request(const char *tenant, int status);
 
+/* One token request refused with 429, by the requester's own bucket
+ * (rate_limit.per_requester) or by the tenant's. */
+void metrics_rate_limited(bool by_requester);
+
 /* One Courier call, whatever its outcome. */
 void metrics_upstream(double seconds, long http_status);
 

@@ -15,7 +15,9 @@
 #define SCOPE_MAX_LEN     128 /* one scope token */
 
 /* 1..256 bytes of valid UTF-8, no whitespace (ASCII or Unicode), no control
- * characters (C0, DEL, C1), no NUL. */
+ * characters (C0, DEL, C1), no NUL, and nothing invisible: no
+ * Default_Ignorable_Code_Point (zero-width characters, bidi controls, Hangul
+ * fillers, variation selectors, tags). */
 bool scope_user_id_valid(const char *s, size_t len);
 
 /* A scope token's grammar: 1..128 bytes of printable ASCII (0x21..0x7e), so

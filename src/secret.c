@@ -7,6 +7,7 @@
  */
 #include "secret.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <openssl/crypto.h>
@@ -71,6 +72,44 @@ bool secret_in_url(const char *url)
 	const char *host = sep ? sep + 3 : url;
 
 	return memchr(host, '@', strcspn(host, "/?#")) != NULL;
+}
+
+/*
+ * The host must be exactly localhost, 127.x.y.z or [::1] — not a name that
+ * merely starts like one ("127.0.0.1.example.com"), and no userinfo.
+ */
+bool secret_url_transport_ok(const char *url)
+{
+	char host[64];
+	const char *h, *end;
+	struct in_addr a4;
+	size_t n;
+
+	if (strncmp(url, "https://", 8) == 0)
+		return url[8] != '\0' && url[8] != '/';
+	if (strncmp(url, "http://", 7) != 0)
+		return false;
+	h = url + 7;
+	end = h + strcspn(h, "/?#");
+	if (memchr(h, '@', (size_t)(end - h)))
+		return false;
+	if (*h == '[') {
+		const char *close = memchr(h, ']', (size_t)(end - h));
+		if (!close)
+			return false;
+		n = (size_t)(close - h - 1);
+		if (n != 3 || memcmp(h + 1, "::1", 3) != 0)
+			return false;
+		return close[1] == ':' || close + 1 == end;
+	}
+	n = strcspn(h, ":/?#");
+	if (n == 0 || n >= sizeof(host))
+		return false;
+	memcpy(host, h, n);
+	host[n] = '\0';
+	if (strcmp(host, "localhost") == 0)
+		return true;
+	return inet_pton(AF_INET, host, &a4) == 1 && (ntohl(a4.s_addr) >> 24) == 127;
 }
 
 void secret_hex(const unsigned char *md, size_t n, char *out)

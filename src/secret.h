@@ -56,6 +56,11 @@ bool secret_sha256(const void *data, size_t len, unsigned char md[SECRET_DIGEST_
  * written into a configuration, which the broker refuses. */
 bool secret_in_url(const char *url);
 
+/* Whether a credential may travel to url: https:// to any host, plain
+ * http:// only to a loopback host (localhost, 127.0.0.0/8, [::1]). The one
+ * rule for courier.base_url and JWKS URLs. */
+bool secret_url_transport_ok(const char *url);
+
 /* The first n bytes of md as 2n hex digits and a NUL, into out. */
 void secret_hex(const unsigned char *md, size_t n, char *out);
 

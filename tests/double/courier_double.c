@@ -57,6 +57,7 @@ struct settings {
 	long latency_ms;
 	int status; /* 0: answer normally */
 	enum mode mode;
+	long long exp; /* 0: iat + expires_in; -1: no exp claim; else this exp */
 };
 
 /* The last issue-token request, in one allocation: the strings point into data. */
@@ -75,7 +76,7 @@ static struct {
 	struct settings settings;
 	unsigned long served;
 	struct last_req *last; /* owned here; NULL until the first request */
-} shared = {PTHREAD_MUTEX_INITIALIZER, {0, 0, MODE_OK}, 0, NULL};
+} shared = {PTHREAD_MUTEX_INITIALIZER, {0, 0, MODE_OK, 0}, 0, NULL};
 
 /* Immutable after start. */
 static char *api_keys_buf; /* the list, cut in place by load_keys */
@@ -376,7 +377,8 @@ static int ms_parse(const char *s, size_t n, double *ms)
 }
 
 /* Builds the token on L's stack (pushes one string) or returns -1. */
-static int token_push(struct worker *w, const char *scope, size_t scope_len, int has_exp, int64_t exp_delta)
+static int token_push(struct worker *w, const char *scope, size_t scope_len, int has_exp, int64_t exp_delta,
+                      long long exp_forced)
 {
 	lua_State *L = w->L;
 	unsigned char jti_raw[16], sig[EVP_MAX_MD_SIZE];
@@ -403,7 +405,10 @@ static int token_push(struct worker *w, const char *scope, size_t scope_len, int
 	lua_setfield(L, -2, "iat");
 	lua_pushstring(L, jti);
 	lua_setfield(L, -2, "jti");
-	if (has_exp) {
+	if (exp_forced > 0) {
+		lua_pushinteger(L, (lua_Integer)exp_forced);
+		lua_setfield(L, -2, "exp");
+	} else if (has_exp && exp_forced == 0) {
 		lua_pushinteger(L, (lua_Integer)(iat + exp_delta));
 		lua_setfield(L, -2, "exp");
 	}
@@ -491,7 +496,7 @@ static enum MHD_Result issue_token(struct worker *w, struct request *r)
 		has_exp = 1;
 		exp_delta = (int64_t)secs;
 	}
-	if (token_push(w, scope, scope_len, has_exp, exp_delta)) {
+	if (token_push(w, scope, scope_len, has_exp, exp_delta, r->settings.exp)) {
 		ret = respond_error(L, r->conn, 500, "api_error", "cannot sign the token");
 		goto out;
 	}
@@ -720,8 +725,8 @@ static enum MHD_Result handle_config(struct worker *w, struct request *r)
 	static const char *const mode_names[] = {"ok", "garbage", "no_token", "close"};
 	lua_State *L = w->L;
 	int top = lua_gettop(L);
-	struct settings next = {0, 0, MODE_OK};
-	int has_latency = 0, has_status = 0, has_mode = 0;
+	struct settings next = {0, 0, MODE_OK, 0};
+	int has_latency = 0, has_status = 0, has_mode = 0, has_exp = 0;
 	const char *err = NULL;
 	char msg[128];
 	enum MHD_Result ret;
@@ -755,6 +760,12 @@ static enum MHD_Result handle_config(struct worker *w, struct request *r)
 				err = "mode must be one of ok, garbage, no_token, close";
 			next.mode = (enum mode)i;
 			has_mode = 1;
+		} else if (strcmp(key, "exp") == 0) {
+			lua_Integer v = lua_tointeger(L, -1);
+			if (!lua_isinteger(L, -1) || v < -1)
+				err = "exp must be -1, 0 or a positive integer";
+			next.exp = (long long)v;
+			has_exp = 1;
 		} else {
 			snprintf(msg, sizeof msg, "unknown setting: %.64s", key);
 			err = msg;
@@ -770,6 +781,8 @@ static enum MHD_Result handle_config(struct worker *w, struct request *r)
 		shared.settings.status = next.status;
 	if (has_mode)
 		shared.settings.mode = next.mode;
+	if (has_exp)
+		shared.settings.exp = next.exp;
 	pthread_mutex_unlock(&shared.lock);
 out:
 	lua_settop(L, top);
@@ -785,7 +798,7 @@ static enum MHD_Result handle_reset(struct request *r)
 	struct last_req *old;
 
 	pthread_mutex_lock(&shared.lock);
-	shared.settings = (struct settings){0, 0, MODE_OK};
+	shared.settings = (struct settings){0, 0, MODE_OK, 0};
 	shared.served = 0;
 	old = shared.last;
 	shared.last = NULL;

@@ -154,6 +154,31 @@ def test_user_id_injection_refused(env, sep, where):
     assert_refused(r, d, before, 400, "invalid_request")
 
 
+# Issue 10, L7: invisible and bidi code points (Unicode's
+# Default_Ignorable_Code_Point set) make user ids that look like someone else's.
+INVISIBLE = [
+    pytest.param("\u2060", id="word-joiner"),
+    pytest.param("\u3164", id="hangul-filler"),
+    pytest.param("\u115f", id="hangul-choseong-filler"),
+    pytest.param("\uffa0", id="halfwidth-hangul-filler"),
+    pytest.param("\u202e", id="rtl-override"),
+    pytest.param("\u2066", id="ltr-isolate"),
+    pytest.param("\u200e", id="lrm"),
+    pytest.param("\u061c", id="arabic-letter-mark"),
+    pytest.param("\u00ad", id="soft-hyphen"),
+    pytest.param("\ufe0f", id="variation-selector"),
+    pytest.param("\U000e0041", id="tag-a"),
+]
+
+
+@pytest.mark.parametrize("cp", INVISIBLE)
+def test_user_id_invisible_code_points_refused(env, cp):
+    b, d = env
+    before = d.served()
+    r = ask(b, "default", {"user_id": "ali%sce" % cp})
+    assert_refused(r, d, before, 400, "invalid_request")
+
+
 def test_user_id_injection_via_requested_scopes_policy(env):
     # Even a policy that grants whatever is asked cannot receive a split user id.
     b, d = env

@@ -529,6 +529,87 @@ def test_429_is_per_tenant(broker_factory, double):
     assert b.post("/v1/tenants/other/token", body={"user_id": "alice"}, token=mint()).status == 200
 
 
+PER_REQUESTER = ("rate_limit = { per_second = 0.01, burst = 8, "
+                 "per_requester = { per_second = 0.01, burst = 3 } },")
+
+
+def test_429_per_requester_keeps_the_rest_of_the_tenant_served(broker_factory, double):
+    # Issue 10, class 8: requester A floods; its refused requests spend its own
+    # bucket, not the tenant's, so B (same tenant) is still served. Old code:
+    # A's flood emptied the tenant's bucket and B got 429.
+    b = broker_factory(tenants={"default": {"extra": PER_REQUESTER}})
+    codes = [b.post(body={"user_id": "alice"}, token=mint("user-a")) for _ in range(12)]
+    assert [r.status for r in codes] == [200] * 3 + [429] * 9, [r.body for r in codes]
+    r = codes[-1]
+    expect_error(r, 429, "rate_limited")
+    ra = r.header("Retry-After")
+    assert ra is not None and ra.isdigit() and int(ra) >= 1, r.headers
+    for _ in range(3):
+        r = b.post(body={"user_id": "bob"}, token=mint("user-b"))
+        assert r.status == 200, r.body
+    assert double.served() == 6
+    # The tenant's own bucket (8) still holds: C gets the last 2, then the tenant refuses.
+    codes = [b.post(body={"user_id": "carol"}, token=mint("user-c")).status for _ in range(3)]
+    assert codes == [200, 200, 429], codes
+    text = b.get("/metrics").body.decode()
+    assert 'broker_rate_limited_total{level="requester"} 9' in text, text
+    assert 'broker_rate_limited_total{level="tenant"} 1' in text, text
+
+
+def test_per_requester_flood_of_new_requesters_does_not_reset_a_drained_bucket(broker_factory, double):
+    # More distinct requesters than the table holds (2,048 per tenant): the
+    # fixed table evicts the fullest buckets, so a drained one is kept and its
+    # owner cannot start over by flooding with new names. The policy denies:
+    # the rate limit comes before it, and nothing calls Courier.
+    b = broker_factory(policies={"default": policy('  return { allow = false, reason = "no" }')},
+                       tenants={"default": {"extra": "rate_limit = { per_requester = { per_second = 0.01, burst = 3 } },"}})
+    codes = [b.post(body={"user_id": "alice"}, token=mint("drained")).status for _ in range(4)]
+    assert codes == [403, 403, 403, 429], codes
+    seen = set()
+    for i in range(2500):
+        r = b.post(body={"user_id": "alice"}, token=mint("flood-%d" % i))
+        seen.add(r.status)
+    assert seen == {403}, seen
+    expect_error(b.post(body={"user_id": "alice"}, token=mint("drained")), 429, "rate_limited")
+
+
+def test_429_per_requester_by_client_ip_when_unauthenticated(broker_factory, double):
+    # No subject: the requester is its address (here through a trusted proxy).
+    auth = ('auth = { trusted_proxy = { header = "X-Forwarded-User", from = { "127.0.0.1/32" } }, none = true },')
+    b = broker_factory(tenants={"default": {"auth": auth, "extra": PER_REQUESTER}})
+    one = {"X-Forwarded-For": "203.0.113.1"}
+    two = {"X-Forwarded-For": "203.0.113.2"}
+    codes = [b.post(body={"user_id": "alice"}, headers=one).status for _ in range(4)]
+    assert codes == [200, 200, 200, 429], codes
+    assert b.post(body={"user_id": "alice"}, headers=two).status == 200
+    # An authenticated subject behind the same address has its own bucket.
+    assert b.post(body={"user_id": "alice"}, headers=dict(one, **{"X-Forwarded-User": "dave"})).status == 200
+
+
+def test_rate_limit_buckets_survive_a_reload(broker_factory, double):
+    # Issue 10, I7: a SIGHUP used to refill every bucket.
+    from conftest import reload_ok
+    b = broker_factory(tenants={"default": {"extra": PER_REQUESTER}})
+    codes = [b.post(body={"user_id": "alice"}, token=mint("user-a")).status for _ in range(4)]
+    assert codes == [200, 200, 200, 429], codes
+    reload_ok(b)
+    expect_error(b.post(body={"user_id": "alice"}, token=mint("user-a")), 429, "rate_limited")
+    assert b.post(body={"user_id": "alice"}, token=mint("user-b")).status == 200
+
+
+def test_config_refuses_per_requester_burst_below_one(tmp_path):
+    import subprocess
+    from conftest import BROKER_BIN
+    (tmp_path / "p.lua").write_text("return function(req) return { allow = false } end\n")
+    (tmp_path / "c.lua").write_text(
+        'tenants = { default = { api_key = { env = "K" }, policy = "p.lua", auth = { none = true },\n'
+        '  rate_limit = { per_requester = { per_second = 1, burst = 0.5 } } } }\n')
+    r = subprocess.run([BROKER_BIN, "check", "-c", str(tmp_path / "c.lua")], env={"K": "x"},
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1
+    assert "rate_limit.per_requester.burst" in r.stderr, r.stderr
+
+
 # ------------------------------------------------------------------- 500
 
 BAD_POLICIES = {

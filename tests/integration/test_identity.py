@@ -487,6 +487,36 @@ def test_subject_claim_of_wrong_shape_is_401(hs_broker, sub):
     expect_401(hs_broker, "hs", hs(sub=sub))
 
 
+def _raw_payload(sub_bytes):
+    now = int(time.time())
+    return b64u(b'{"sub":"' + sub_bytes + b'","iat":%d,"exp":%d}' % (now, now + 300))
+
+
+@pytest.mark.parametrize("sub", [
+    pytest.param(b"ali\xffce", id="raw-0xff"),
+    pytest.param(b"ali\xc3", id="cut-sequence"),
+    pytest.param(b"ali\xed\xa0\x80ce", id="raw-surrogate"),
+    pytest.param(b"ali\\ud800ce", id="escaped-lone-surrogate"),
+    pytest.param(b"ali\xc2\x85ce", id="c1-nel"),
+    pytest.param(b"ali\\u009bce", id="escaped-c1-csi"),
+])
+def test_subject_that_is_not_utf8_text_is_401(hs_broker, sub):
+    # Issue 10, L2: a signed sub holding raw 0xff was accepted and logged as is.
+    tok = forge({"alg": "HS256", "typ": "JWT"}, _raw_payload(sub), key=APP_SECRET)
+    expect_401(hs_broker, "hs", tok)
+
+
+def test_subject_utf8_text_accepted(hs_broker):
+    # The control: non-ASCII text is a fine subject.
+    tok = forge({"alg": "HS256", "typ": "JWT"}, _raw_payload("z\u00f6\u65e5".encode()), key=APP_SECRET)
+    assert echo(hs_broker, "hs", tok)[:3] == ("jwt", "z\u00f6\u65e5", "true")
+
+
+def test_proxy_identity_that_is_not_utf8_text_is_401(modes_broker):
+    status, body = post_raw_headers(modes_broker, "proxy_lo", [("X-Forwarded-User", b"bo\xffb")])
+    assert status == 401, body
+
+
 def test_subject_of_256_bytes_accepted(hs_broker):
     r = hs_broker.post(path("hs"), body={"user_id": "alice", "sublen": True}, token=hs(sub="s" * 256))
     assert r.status == 403 and r.json()["message"] == "sublen=256|jwt", r.body
@@ -1135,6 +1165,23 @@ def test_client_ip_from_x_forwarded_for_when_peer_trusted(modes_broker, xff, ip)
     if xff:
         h["X-Forwarded-For"] = xff
     assert echo(modes_broker, "proxy_lo", headers=h)[3] == ip
+
+
+def test_x_forwarded_for_past_the_lines_read_is_refused(modes_broker):
+    # Issue 10, M2: a proxy that appends its own line (HAProxy "option forwardfor")
+    # after 16 client lines. The old code read lines 1..16 and served the
+    # client's chosen address; now the request is refused, never guessed.
+    d = modes_broker.double
+    before = d.served()
+    lines = [("X-Forwarded-User", "bob")] + [("X-Forwarded-For", "203.0.113.66")] * 16 + \
+        [("X-Forwarded-For", "198.51.100.7")]
+    status, body = post_raw_headers(modes_broker, "proxy_lo", lines)
+    assert status == 400, body
+    assert json.loads(body)["error"] == "invalid_request"
+    assert d.served() == before
+    # 16 lines are read whole: served.
+    status, body = post_raw_headers(modes_broker, "proxy_lo", lines[:16] + lines[-1:])
+    assert status == 200, body
 
 
 def test_client_ip_ignores_x_forwarded_for_from_untrusted_peer(modes_broker):

@@ -302,6 +302,39 @@ static void test_base_url_env_override(void **state)
 	config_free(cfg);
 }
 
+/* Issue 10, L6: the API key never travels in clear text beyond loopback. */
+static void test_base_url_plain_http_only_to_loopback(void **state)
+{
+	struct fixture *f = *state;
+	static const char *const refused[] = {
+	    "courier = { base_url = 'http://api.courier.com.evil.example' }\n" MINIMAL,
+	    "courier = { base_url = 'http://1.2.3.4:80' }\n" MINIMAL,
+	    "courier = { base_url = 'http://127.0.0.1.example.com' }\n" MINIMAL,
+	    "courier = { base_url = 'http://[::2]:4010' }\n" MINIMAL,
+	    "courier = { base_url = 'http://localhost.example.com' }\n" MINIMAL,
+	};
+	static const char *const allowed[] = {"http://127.0.0.1:4010", "http://127.9.9.9",
+	                                      "http://localhost:4010", "http://[::1]:4010",
+	                                      "https://10.0.0.1:8443"};
+	struct config *cfg;
+	char text[512];
+
+	for (size_t i = 0; i < sizeof(refused) / sizeof(refused[0]); i++)
+		expect_error(f, refused[i],
+		             ": courier.base_url: must start with https:// (http:// only to 127.0.0.1", NULL);
+	for (size_t i = 0; i < sizeof(allowed) / sizeof(allowed[0]); i++) {
+		snprintf(text, sizeof(text), "courier = { base_url = '%s' }\n%s", allowed[i], MINIMAL);
+		cfg = load(f, text);
+		if (!cfg)
+			fail_msg("%s: %s", allowed[i], f->err);
+		assert_string_equal(cfg->courier_base_url, allowed[i]);
+		config_free(cfg);
+	}
+	setenv("COURIER_BASE_URL", "http://10.0.0.1:8080", 1);
+	expect_error(f, MINIMAL, "courier.base_url", "COURIER_BASE_URL", "http:// only to 127.0.0.1", NULL);
+	unsetenv("COURIER_BASE_URL");
+}
+
 static void test_unknown_keys_name_the_path(void **state)
 {
 	struct fixture *f = *state;
@@ -946,6 +979,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_trusted_proxy, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_every_option_set, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_base_url_env_override, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_base_url_plain_http_only_to_loopback, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_unknown_keys_name_the_path, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_wrong_types_name_the_expected_type, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_out_of_bounds_names_the_bounds, setup, teardown),

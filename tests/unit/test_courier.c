@@ -367,6 +367,31 @@ static void test_read_token(void **state)
 	lua_close(L);
 }
 
+/* Issue 10, I4: Courier's exp must agree with the grant. */
+static void test_check_expiry(void **state)
+{
+	const long long now = 1800000000LL;
+	char why[160];
+
+	(void)state;
+	assert_int_equal(courier_check_expiry(now + 3600, now, 3600, why, sizeof(why)), 0);
+	assert_int_equal(courier_check_expiry(now + 3600 + COURIER_EXP_SKEW_S, now, 3600, why, sizeof(why)),
+	                 0);
+	assert_int_equal(courier_check_expiry(now + 3600 - COURIER_EXP_SKEW_S, now, 3600, why, sizeof(why)),
+	                 0);
+	assert_int_equal(courier_check_expiry(now + 3601 + COURIER_EXP_SKEW_S, now, 3600, why, sizeof(why)),
+	                 -1);
+	assert_int_equal(courier_check_expiry(now + 3599 - COURIER_EXP_SKEW_S, now, 3600, why, sizeof(why)),
+	                 -1);
+	assert_int_equal(courier_check_expiry(1, now, 3600, why, sizeof(why)), -1);
+	assert_non_null(strstr(why, "3600s were granted"));
+	assert_int_equal(courier_check_expiry(9007199254740992LL, now, 3600, why, sizeof(why)), -1);
+	assert_int_equal(courier_check_expiry(0x7fffffffffffffffLL, now, 3600, why, sizeof(why)), -1);
+	assert_int_equal(courier_check_expiry(0, now, 3600, why, sizeof(why)), -1);
+	assert_string_equal(why, "the token has no usable exp");
+	assert_int_equal(courier_check_expiry(-5, now, 3600, why, sizeof(why)), -1);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -376,6 +401,7 @@ int main(void)
 	    cmocka_unit_test(test_abort_all_ends_running_jobs),
 	    cmocka_unit_test(test_request_body_is_scope_and_expires_in),
 	    cmocka_unit_test(test_read_token),
+	    cmocka_unit_test(test_check_expiry),
 	};
 	int rc;
 

@@ -301,7 +301,8 @@ static const char *client_ip(struct fx *f, const char *peer, const char *const *
 	struct hdrs h = {lines};
 	struct ident_request rq = {.peer_ip = peer, .now = NOW, .header = hdr_lookup, .header_ctx = &h};
 
-	ident_client_ip(&f->auth, &rq, out, sizeof(out));
+	if (ident_client_ip(&f->auth, &rq, out, sizeof(out)) != 0)
+		return "refused";
 	return out;
 }
 
@@ -541,6 +542,34 @@ static void t_forwarded_for(void **state)
 	f->auth.proxy.from = NULL;
 }
 
+/* Issue 10, M2: a proxy that appends its own line after 16 client lines. The
+ * old walk read lines 1..16 only and took the client's 203.0.113.66. */
+static void t_forwarded_for_many_lines(void **state)
+{
+	struct fx *f = *state;
+	static const char *const nets[] = {"127.0.0.1/32", NULL};
+	const char *lines[20];
+	size_t i;
+
+	set_proxy(f, nets);
+	for (i = 0; i < 16; i++)
+		lines[i] = "X-Forwarded-For: 203.0.113.66";
+	lines[16] = "X-Forwarded-For: 198.51.100.7";
+	lines[17] = NULL;
+	/* 17 lines: more than are read, so refused, never the first 16's answer. */
+	assert_string_equal(client_ip(f, "127.0.0.1", lines), "refused");
+	/* 16 lines, the proxy's last: read whole, the last line decides. */
+	lines[15] = "X-Forwarded-For: 198.51.100.7";
+	lines[16] = NULL;
+	assert_string_equal(client_ip(f, "127.0.0.1", lines), "198.51.100.7");
+	/* From a peer that is not a trusted proxy the header is never read. */
+	lines[16] = "X-Forwarded-For: 198.51.100.7";
+	lines[17] = NULL;
+	assert_string_equal(client_ip(f, "192.0.2.1", lines), "192.0.2.1");
+	free(f->auth.proxy.from);
+	f->auth.proxy.from = NULL;
+}
+
 static void t_ready(void **state)
 {
 	struct fx *f = *state;
@@ -567,6 +596,7 @@ int main(void)
 	    T(t_cidr_parse_and_match),
 	    T(t_trusted_proxy),
 	    T(t_forwarded_for),
+	    T(t_forwarded_for_many_lines),
 	    T(t_ready),
 	};
 

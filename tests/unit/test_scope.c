@@ -65,7 +65,7 @@ static void test_user_id_ordinary(void **state)
 	assert_true(uid("\xc2\xa1"));                 /* U+00A1 right after NBSP */
 	assert_true(uid_with(0x00a1));
 	assert_true(uid_with(0x1fff));
-	assert_true(uid_with(0x200e)); /* not in the refused set */
+	assert_true(uid_with(0x2010)); /* a hyphen, right after the refused U+200F */
 	assert_true(uid_with(0x2030));
 	assert_true(uid_with(0x3001));
 	assert_true(uid_with(0xfefe));
@@ -102,6 +102,29 @@ static void test_user_id_nul_inside(void **state)
 	assert_false(scope_user_id_valid("\0", 1));
 	assert_false(scope_user_id_valid("alice\0", 6));
 	assert_true(scope_user_id_valid("alice\0bob", 5)); /* len is the bound */
+}
+
+/* Issue 10, L7: invisible and bidi code points made look-alike user ids. */
+static void test_user_id_invisible_and_bidi(void **state)
+{
+	static const uint32_t refused[] = {
+	    0x00ad,  0x034f,  0x061c,  0x115f,  0x1160,  0x17b4,  0x17b5,  0x180b,  0x180f,  0x200b,  0x200e,
+	    0x200f,  0x202a,  0x202b,  0x202c,  0x202d,  0x202e,  0x2060,  0x2061,  0x2064,  0x2065,  0x2066,
+	    0x2067,  0x2068,  0x2069,  0x206f,  0x3164,  0xfe00,  0xfe0f,  0xfeff,  0xffa0,  0xfff0,  0xfff8,
+	    0x1bca0, 0x1bca3, 0x1d173, 0x1d17a, 0xe0000, 0xe0001, 0xe0041, 0xe007f, 0xe0100, 0xe01ef, 0xe0fff,
+	};
+	static const uint32_t allowed[] = {0x00ac,  0x00ae,  0x034e,  0x0350,  0x061b,  0x061d, 0x115e,
+	                                   0x1161,  0x17b3,  0x17b6,  0x180a,  0x1810,  0x2070, 0x3163,
+	                                   0x3165,  0xfdff,  0xfe10,  0xff9f,  0xffa1,  0xffef, 0xfff9,
+	                                   0x1bc9f, 0x1bca4, 0x1d172, 0x1d17b, 0xdffff, 0xe1000};
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(refused) / sizeof(refused[0]); i++)
+		if (uid_with(refused[i]))
+			fail_msg("U+%04X accepted", (unsigned)refused[i]);
+	for (size_t i = 0; i < sizeof(allowed) / sizeof(allowed[0]); i++)
+		if (!uid_with(allowed[i]))
+			fail_msg("U+%04X refused", (unsigned)allowed[i]);
 }
 
 static void test_user_id_c1_controls(void **state)
@@ -276,6 +299,7 @@ int main(void)
 	    cmocka_unit_test(test_user_id_ascii_whitespace_and_controls),
 	    cmocka_unit_test(test_user_id_nul_inside),
 	    cmocka_unit_test(test_user_id_c1_controls),
+	    cmocka_unit_test(test_user_id_invisible_and_bidi),
 	    cmocka_unit_test(test_user_id_unicode_whitespace),
 	    cmocka_unit_test(test_user_id_invalid_utf8),
 	    cmocka_unit_test(test_user_id_overlong),
