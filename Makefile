@@ -51,7 +51,7 @@ UNIT_policy   = policy pmatch envelope scope duration json config secret jwt jwk
 UNIT_NAMES = $(patsubst tests/unit/test_%.c,%,$(wildcard tests/unit/test_*.c))
 UNIT_BINS  = $(patsubst %,$(BUILD)/tests/test_%,$(UNIT_NAMES))
 
-.PHONY: all deps test check demo bench bench-jwt bench-decision fuzz fmt lint clean unit integration
+.PHONY: all deps test check demo bench bench-jwt bench-decision bench-errpath fuzz fmt lint clean unit integration
 all: $(BROKER) $(DOUBLE)
 
 deps:
@@ -112,6 +112,13 @@ $(BUILD)/bench_decision: tests/bench/bench_decision.c $(addprefix $(BUILD)/obj/,
 
 bench-decision: $(BUILD)/bench_decision
 	@$(BUILD)/bench_decision policies/default.lua
+
+# Multi-tenant error path vs deny path (issue 10, class 5): decisions per second.
+$(BUILD)/bench_errpath: tests/bench/bench_errpath.c $(addprefix $(BUILD)/obj/,$(addsuffix .o,$(BENCH_DECISION_OBJS)))
+	$(CC) $(CFLAGS_ALL) -o $@ $< $(addprefix $(BUILD)/obj/,$(addsuffix .o,$(BENCH_DECISION_OBJS))) $(LDLIBS_ALL)
+
+bench-errpath: $(BUILD)/bench_errpath
+	@$(BUILD)/bench_errpath
 
 FUZZ_NAMES = $(patsubst tests/fuzz/fuzz_%.c,%,$(wildcard tests/fuzz/fuzz_*.c))
 FUZZ_jwt      = jwt jwks json secret log
