@@ -2283,26 +2283,40 @@ out:
 }
 
 /*
- * Cleans up after a decision. A thread a policy failed on is dropped, not
- * reset: an error raised from the hook where a yield was impossible leaves
- * the thread with hooks switched off (Lua restores them only at a pcall),
- * and resetting would run the policy's pending __close handlers unhooked.
- * A dropped thread's __close handlers never run; the GC frees it.
+ * Cleans up after a decision. A thread a policy failed on (an error, a
+ * yield from the budget hook, any breach) is dropped without being touched:
+ * lua_settop, lua_closethread and lua_resetthread on it would run the
+ * policy's pending __close handlers in C, outside any protected call and
+ * with the spent budget's hook still armed (count 1, yielding): Lua raises
+ * "attempt to yield across a C-call boundary" with no handler and the
+ * process aborts. A dropped thread is never closed: the collector frees it
+ * (luaE_freethread closes upvalues only, never to-be-closed variables).
+ * Only a thread whose last resume returned normally, with nothing pending,
+ * is reset here.
+ *
+ * No full collection here: the engine holds every tenant's compiled
+ * policies, so a full collection per failed decision costs O(tenants) and
+ * lets any client who can make a policy raise slow every tenant down
+ * (issue 10, class 5). A failure leaves at most the decision's own garbage
+ * (bounded by the memory cap) and one dropped thread; the generational
+ * collector's step (a young collection, or a major one when its own pacing
+ * calls for it) reclaims that in time proportional to what the decision
+ * allocated, and only when the decision grew the heap by GC_STEP_AFTER or
+ * hit the cap.
  */
 static void finish(struct policy_engine *e, int dirty, size_t used_before)
 {
 	e->cap_armed = 0;
-	lua_settop(e->co, 0);
-	if (dirty) {
+	if (!dirty) {
+		lua_settop(e->co, 0);
+	} else {
 		lua_pushcfunction(e->L, new_co_protected);
 		if (lua_pcall(e->L, 0, 0, 0) != LUA_OK) {
 			lua_pop(e->L, 1);
 			e->broken = 1;
 		}
 	}
-	if (dirty || e->mem_hit)
-		lua_gc(e->L, LUA_GCCOLLECT, 0);
-	else if (e->mem_used > used_before + GC_STEP_AFTER)
+	if (e->mem_hit || e->mem_used > used_before + GC_STEP_AFTER)
 		lua_gc(e->L, LUA_GCSTEP, 0);
 }
 

@@ -371,3 +371,28 @@ end
     assert any("read:brands" in w and "more than once" in w for w in d["warnings"]), d
     assert any("capped" in w for w in d["warnings"]), d
     assert d["policy_log"] == ["asked 30d"]
+
+
+# ------------------------------------------- issue 10, class 1: <close> + budget
+
+@pytest.mark.parametrize("where", ["decide", "top"])
+def test_close_variable_and_budget_breach_fail_check_and_eval_cleanly(tmp_path, where):
+    """check exits 1 with the reason, eval prints a policy_error (both
+    aborted with SIGABRT)."""
+    guard = 'local g <close> = setmetatable({}, { __close = function() end })\nwhile true do end\n'
+    if where == "top":
+        text = guard + 'return function(req) return { allow = true, tier = "inbox" } end\n'
+    else:
+        text = 'return function(req)\n' + guard + 'end\n'
+    (tmp_path / "p.lua").write_text(text)
+    conf = tmp_path / "c.lua"
+    conf.write_text('tenants = { default = { api_key = { env = "COURIER_API_KEY" }, policy = "p.lua", '
+                    'auth = { none = true } } }\n')
+    if where == "top":
+        p = run(["check", "-c", conf])
+        assert p.returncode == 1, (p.returncode, p.out + p.err)
+        assert "budget exceeded" in p.err, p.err
+        return
+    p = run(["eval", "-c", conf, "--tenant", "default"], input=b'{"user_id":"alice"}')
+    assert p.returncode == 0, (p.returncode, p.out + p.err)
+    assert '"decision":"policy_error"' in p.out, p.out + p.err

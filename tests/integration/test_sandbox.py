@@ -212,3 +212,40 @@ def test_budgets_apply_to_required_modules(broker_factory, tmp_path):
     r = b.post("/v1/tenants/spin/token", body={"user_id": "alice"}, token=mint())
     assert r.status == 500 and r.json()["error"] == "policy_error"
     assert b.post(body={"user_id": "alice"}, token=mint()).status == 200
+
+
+# ------------------------------------------- issue 10, class 1: <close> + budget
+
+AUDIT = """return function(req)
+  local outcome = "error"
+  local audit <close> = setmetatable({}, { __close = function() broker.log("decision for", req.user_id, outcome) end })
+  for _, g in ipairs(type(req.body.groups) == "table" and req.body.groups or {}) do
+    if type(g) == "string" and g:find("admin", 1, true) then outcome = "deny"; return { allow = false } end
+    for _ = 1, 2000 do end
+  end
+  outcome = "allow"; return { allow = true, tier = "inbox" }
+end
+"""
+
+CLOSE_AT_TOP = """local guard <close> = setmetatable({}, { __close = function() end })
+for i = 1, 1e9 do end
+return function(req) return { allow = true, tier = "inbox" } end
+"""
+
+
+def test_close_variable_and_budget_breach_neither_kill_nor_stop_the_broker(broker_factory):
+    """A pending <close> variable plus a spent budget aborted the whole
+    process (one request killed every tenant; a SIGHUP killed production)."""
+    b = broker_factory(policies={"default": CONTROL, "audit": AUDIT}, extra="threads = 1")
+    for _ in range(3):
+        r = b.post("/v1/tenants/audit/token", body={"user_id": "alice", "groups": ["g"] * 1500}, token=mint())
+        assert r.status == 500 and r.json()["error"] == "policy_error", r.body
+        assert b.post(body={"user_id": "alice"}, token=mint()).status == 200
+    assert b.post("/v1/tenants/audit/token", body={"user_id": "alice", "groups": ["g"]}, token=mint()).status == 200
+    # A reload with such a policy at its top level is refused; the broker serves on.
+    (b.dir / "policies" / "audit.lua").write_text(CLOSE_AT_TOP)
+    b.sighup()
+    b.p.wait_for(r"reload refused: tenant audit: .*audit\.lua.*generation \d+ keeps serving", timeout=10)
+    assert b.p.proc.poll() is None
+    assert b.post(body={"user_id": "alice"}, token=mint()).status == 200
+    assert b.post("/v1/tenants/audit/token", body={"user_id": "alice", "groups": ["g"]}, token=mint()).status == 200

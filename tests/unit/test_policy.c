@@ -502,6 +502,87 @@ static void test_memory_bombs(void **state)
 	}
 }
 
+/*
+ * A pending to-be-closed variable and a spent budget (issue 10, class 1):
+ * the failed thread must be dropped, never closed in C outside a protected
+ * call (that aborted the process). Each is a policy error, the same engine
+ * serves the next decision of the same and another tenant, and a top-level
+ * breach fails the engine's build instead of aborting.
+ */
+static void test_close_variable_and_budget_breach(void **state)
+{
+	static const char *const bodies[] = {
+	    /* instructions */
+	    "  local g <close> = setmetatable({}, {__close = function() end})\n"
+	    "  while true do end\n",
+	    /* memory */
+	    "  local g <close> = setmetatable({}, {__close = function() end})\n"
+	    "  local t = {} for i = 1, 1e8 do t[i] = i end\n",
+	    /* string.rep bomb under pcall, then a loop */
+	    "  local g <close> = setmetatable({}, {__close = function() end})\n"
+	    "  pcall(string.rep, 'x', 1e9)\n"
+	    "  while true do end\n",
+	    /* the handler itself loops */
+	    "  local g <close> = setmetatable({}, {__close = function() while true do end end})\n"
+	    "  while true do end\n",
+	    /* the handler loops, reached by a plain error */
+	    "  local g <close> = setmetatable({}, {__close = function() while true do end end})\n"
+	    "  error('plain')\n",
+	    /* the handler errors */
+	    "  local g <close> = setmetatable({}, {__close = function() error('in close') end})\n"
+	    "  while true do end\n",
+	    /* the handler errors on a normal return */
+	    "  local g <close> = setmetatable({}, {__close = function() error('in close') end})\n"
+	    "  do return {allow=true, tier='inbox'} end\n",
+	    /* nested in pcall, with an audit-like handler reading req */
+	    "  local outcome = 'error'\n"
+	    "  local audit <close> = setmetatable({}, {__close = function() broker.log('d', req.user_id, "
+	    "outcome) end})\n"
+	    "  pcall(function() local g <close> = setmetatable({}, {__close = function() end}) while true do "
+	    "end end)\n"
+	    "  while true do end\n",
+	};
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(bodies) / sizeof(bodies[0]); i++) {
+		char policy[1024];
+		snprintf(policy, sizeof(policy),
+		         "return function(req)\n%s  return {allow=true, tier='inbox'}\nend\n", bodies[i]);
+		must_engine(policy, NULL);
+		for (int round = 0; round < 3; round++) {
+			if (decide(0) != -1)
+				fail_msg("survived: %s", bodies[i]);
+			assert_false(fx.d.allow);
+			assert_int_equal(decide(1), 0);
+			assert_true(fx.d.allow);
+		}
+		policy_engine_free(fx.e);
+	}
+	/* The time budget (instructions plenty). */
+	must_engine("return function(req)\n"
+	            "  local g <close> = setmetatable({}, {__close = function() end})\n"
+	            "  while true do end\n"
+	            "end\n",
+	            NULL);
+	fx.cfg.policy_max_instructions = 100000000;
+	assert_int_equal(decide(0), -1);
+	assert_err_has("time budget exceeded");
+	assert_int_equal(decide(1), 0);
+	policy_engine_free(fx.e);
+	/* At the policy's top level: the engine is refused, the process lives. */
+	for (int kind = 0; kind < 3; kind++) {
+		static const char *const tops[] = {
+		    "while true do end\n", "local t = {} for i = 1, 1e8 do t[i] = i end\n", "error('top')\n"};
+		char policy[512];
+		snprintf(policy, sizeof(policy),
+		         "local g <close> = setmetatable({}, {__close = function() end})\n%s"
+		         "return function(req) return {allow=true, tier='inbox'} end\n",
+		         tops[kind]);
+		assert_null(engine_for(policy, NULL));
+		assert_true(fx.err[0] != '\0');
+	}
+}
+
 /* table.move loops in C, where the count hook cannot reach: a huge range is
  * fatal even when caught. */
 static void test_table_move_bounded(void **state)
@@ -1199,6 +1280,7 @@ int main(void)
 	    cmocka_unit_test(test_time_budget),
 	    cmocka_unit_test(test_loop_in_pcall),
 	    cmocka_unit_test(test_memory_bombs),
+	    cmocka_unit_test(test_close_variable_and_budget_breach),
 	    cmocka_unit_test(test_table_move_bounded),
 	    cmocka_unit_test(test_c_work_bounded),
 	    cmocka_unit_test(test_guarded_functions_work),
