@@ -62,7 +62,10 @@
 #define SMALL_MAX     512           /* largest block the engine keeps free lists for */
 #define SMALL_STEP    16            /* the size classes' granularity */
 #define SMALL_CLASSES (SMALL_MAX / SMALL_STEP)
-#define FREE_MAX      (512 * 1024) /* most bytes of freed small blocks kept */
+#define FREE_MAX      (512 * 1024)     /* most bytes of freed small blocks kept */
+#define STRING_MAX    (REP_MAX + 4096) /* longest string a decision may create */
+#define BIG_STRING    (64 * 1024)      /* a string this long switches to FINE_STEP */
+#define FINE_STEP     16               /* instructions between budget checks once one exists */
 
 enum stop_reason { STOP_NONE, STOP_INSTRUCTIONS, STOP_TIME, STOP_MEMORY };
 
@@ -313,6 +316,34 @@ static int alloc_refused(struct policy_engine *e, size_t old, size_t nsize)
 	return 0;
 }
 
+static void budget_hook(lua_State *L, lua_Debug *ar);
+
+/*
+ * A long string made during a decision. One VM instruction on it does O(n)
+ * work no hook sees: comparing (<, <=: strcoll), converting to a number
+ * (arithmetic, a library's number argument), hashing. Two bounds keep that
+ * inside the time budget: no string a decision makes is longer than
+ * STRING_MAX (refused like a memory bomb), and once one is BIG_STRING or
+ * longer the count hook looks at the budget every FINE_STEP instructions
+ * instead of every HOOK_STEP, for the rest of the decision: at most
+ * FINE_STEP such instructions (about 1 ms each at 1 MiB) between two looks.
+ * Returns 1 when the string is refused.
+ */
+static int big_string(struct policy_engine *e, size_t nsize)
+{
+	if (nsize > STRING_MAX) {
+		e->mem_hit = 1;
+		if (!e->detail[0])
+			snprintf(e->detail, sizeof(e->detail), "a string longer than %d bytes", STRING_MAX);
+		return 1;
+	}
+	if (e->hook_step > FINE_STEP && e->stop == STOP_NONE && e->co) {
+		e->hook_step = FINE_STEP;
+		lua_sethook(e->co, budget_hook, LUA_MASKCOUNT | (e->coverage ? LUA_MASKLINE : 0), FINE_STEP);
+	}
+	return 0;
+}
+
 /* Lua's allocator with a byte count. When ptr is NULL, osize is a type tag,
  * not a size: only a live block has a size to give back. */
 static void *engine_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
@@ -332,6 +363,8 @@ static void *engine_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
 		return NULL;
 	}
 	if (e->cap_armed && nsize > old && alloc_refused(e, old, nsize))
+		return NULL;
+	if (e->cap_armed && !ptr && osize == LUA_TSTRING && nsize >= BIG_STRING && big_string(e, nsize))
 		return NULL;
 	if (!ptr)
 		p = nsize <= SMALL_MAX ? small_get(e, nsize) : malloc(nsize);
@@ -944,6 +977,12 @@ static int sb_rep(lua_State *L)
 	luaL_checklstring(L, 1, &l);
 	n = luaL_checkinteger(L, 2);
 	luaL_optlstring(L, 3, "", &lsep);
+	if (l + lsep == 0 || n <= 0) {
+		/* Nothing to write: the real function would still loop n times
+		 * (string.rep("", 2^40) ran for hours), so answer here. */
+		lua_pushliteral(L, "");
+		return 1;
+	}
 	if (n > 0 && (l + lsep) > 0 && (uint64_t)n > (uint64_t)(REP_MAX + lsep) / (l + lsep)) {
 		struct policy_engine *e = engine_of(L);
 		e->mem_hit = 1; /* a bomb: fatal even if the policy catches it */
@@ -973,6 +1012,30 @@ static int sb_move(lua_State *L)
 	return pass_on(L);
 }
 
+static int swap_len(lua_State *L);
+
+/*
+ * The length of the list at 1, read once. The real table functions read it
+ * again (luaL_len), so a __len answering 0 to the wrapper and 2^40 to the
+ * real function got a loop of 2^40 steps in C for free. Where the real
+ * function takes explicit bounds (concat, unpack) the wrapper passes the
+ * length it charged; where it cannot (insert, remove, sort) a table with a
+ * __len of its own is refused, so both reads see the raw length (the
+ * sandbox's read-only views have a __len of the engine's: the raw length of
+ * their table, the same on every read).
+ */
+static lua_Integer list_len(lua_State *L, int fixed, const char *what)
+{
+	if (!fixed && luaL_getmetafield(L, 1, "__len") != LUA_TNIL) {
+		lua_CFunction f = lua_tocfunction(L, -1);
+		lua_pop(L, 1);
+		if (f != proxy_len && f != swap_len)
+			luaL_error(L, "%s: tables with a __len metamethod are not supported in policies",
+			           what);
+	}
+	return luaL_len(L, 1);
+}
+
 /* table.concat(list [, sep [, i [, j]]]) */
 static int sb_concat(lua_State *L)
 {
@@ -982,9 +1045,12 @@ static int sb_concat(lua_State *L)
 	luaL_checkany(L, 1);
 	luaL_optlstring(L, 2, "", &lsep);
 	i = luaL_optinteger(L, 3, 1);
-	j = lua_isnoneornil(L, 4) ? luaL_len(L, 1) : luaL_checkinteger(L, 4);
+	j = lua_isnoneornil(L, 4) ? list_len(L, 1, "table.concat") : luaL_checkinteger(L, 4);
 	charge_items(L, span(i, j), "table.concat");
 	charge(L, span(i, j) * (long long)(lsep / 16), "table.concat");
+	lua_settop(L, 4);
+	lua_pushinteger(L, j);
+	lua_replace(L, 4);
 	return pass_on(L);
 }
 
@@ -992,21 +1058,43 @@ static int sb_concat(lua_State *L)
 static int sb_unpack(lua_State *L)
 {
 	lua_Integer i = luaL_optinteger(L, 2, 1);
-	lua_Integer j = lua_isnoneornil(L, 3) ? luaL_len(L, 1) : luaL_checkinteger(L, 3);
+	lua_Integer j = lua_isnoneornil(L, 3) ? list_len(L, 1, "table.unpack") : luaL_checkinteger(L, 3);
 
 	charge_items(L, span(i, j), "table.unpack");
+	lua_settop(L, 3);
+	lua_pushinteger(L, j);
+	lua_replace(L, 3);
 	return pass_on(L);
 }
 
-/* table.sort(list [, comp]): n log n comparisons in C. */
+/* table.sort(list [, comp]): n log n comparisons in C. Without comp, each
+ * compares two values in C: strings byte by byte (strcoll), out of the
+ * hook's reach, so each comparison is charged by the longest string. */
 static int sb_sort(lua_State *L)
 {
-	lua_Integer n = luaL_len(L, 1);
-	long long cost = n;
+	lua_Integer n = list_len(L, 0, "table.sort");
+	long long cost = n, per = 1;
 
 	charge_items(L, n, "table.sort");
+	if (lua_isnoneornil(L, 2)) {
+		size_t longest = 0;
+		for (lua_Integer k = 1; k <= n; k++) {
+			if (lua_rawgeti(L, 1, k) == LUA_TSTRING) {
+				size_t l;
+				lua_tolstring(L, -1, &l);
+				if (l > longest)
+					longest = l;
+			}
+			lua_pop(L, 1);
+		}
+		per += (long long)(longest / 16);
+	}
 	for (lua_Integer k = n; k > 1; k >>= 1)
 		cost += n;
+	if (per > 1 && cost > (LLONG_MAX / 4) / per)
+		cost = LLONG_MAX / 4;
+	else
+		cost *= per;
 	charge(L, cost, "table.sort");
 	return pass_on(L);
 }
@@ -1014,9 +1102,26 @@ static int sb_sort(lua_State *L)
 /* table.insert and table.remove shift up to #list elements in C. */
 static int sb_shift(lua_State *L)
 {
-	lua_Integer n = luaL_len(L, 1);
+	lua_Integer n = list_len(L, 0, "table.insert/remove");
 
 	charge_items(L, n < 0 ? 0 : n, "table.insert/remove");
+	return pass_on(L);
+}
+
+/* tonumber(v [, base]) and the strings' arithmetic metamethods (which
+ * convert their string operands): converting a string walks all of it. */
+static int sb_tonumber(lua_State *L)
+{
+	long long units = 1;
+
+	for (int i = 1; i <= 2; i++) {
+		if (lua_type(L, i) == LUA_TSTRING) {
+			size_t l;
+			lua_tolstring(L, i, &l);
+			units += (long long)(l / 16);
+		}
+	}
+	charge(L, units, "string to number");
 	return pass_on(L);
 }
 
@@ -1457,9 +1562,11 @@ static void swap_view_new(lua_State *L, int rmt)
 static int setup_protected(lua_State *L)
 {
 	struct policy_engine *e = engine_of(L);
-	static const char *const base_names[] = {
-	    "assert",   "error",    "ipairs", "pcall",    "rawequal",     "rawlen", "select",
-	    "tonumber", "tostring", "type",   "_VERSION", "getmetatable", NULL};
+	static const char *const base_names[] = {"assert",   "error",    "ipairs",       "pcall",
+	                                         "rawequal", "rawlen",   "select",       "tostring",
+	                                         "type",     "_VERSION", "getmetatable", NULL};
+	static const char *const string_arith[] = {"__add", "__sub",  "__mul", "__mod", "__pow",
+	                                           "__div", "__idiv", "__unm", NULL};
 	static const char *const string_names[] = {"len", NULL};
 	static const struct wrap string_wraps[] = {
 	    {"rep", sb_rep},      {"byte", sb_bytes},    {"char", sb_chars},  {"format", sb_format},
@@ -1563,6 +1670,9 @@ static int setup_protected(lua_State *L)
 
 	lua_pushvalue(L, base);
 	copy_fields(L, g, base_names);
+	lua_getfield(L, g, "tonumber");
+	lua_pushcclosure(L, sb_tonumber, 1);
+	lua_setfield(L, base, "tonumber");
 	lua_pushvalue(L, rmt);
 	lua_pushcclosure(L, sb_rawset, 1);
 	lua_setfield(L, base, "rawset");
@@ -1596,6 +1706,14 @@ static int setup_protected(lua_State *L)
 	lua_setfield(L, -2, "__index");
 	lua_pushboolean(L, 0);
 	lua_setfield(L, -2, "__metatable");
+	for (const char *const *mm = string_arith; *mm; mm++) {
+		if (lua_getfield(L, -1, *mm) == LUA_TNIL) {
+			lua_pop(L, 1);
+			continue;
+		}
+		lua_pushcclosure(L, sb_tonumber, 1);
+		lua_setfield(L, -2, *mm);
+	}
 	lua_pop(L, 2);
 	lua_pushvalue(L, str);
 	engine_wrap(L, e);

@@ -76,6 +76,20 @@ ESCAPES = {
     "insert_loop": policy(
         "  local t = {} for i = 1, 10 do table.move({string.byte(('x'):rep(90000), 1, -1)}, 1, 90000, #t + 1, t) end\n"
         "  for i = 1, 1000 do table.insert(t, 1, 'x') end\n" + ALLOW),
+    # Issue 10, class 2: C loops whose length was read twice or not charged.
+    "rep_empty": policy("  for i = 1, 1e9 do local s = string.rep('', 1 << 40) end\n" + ALLOW),
+    "rep_empty_sep_loop": policy("  for i = 1, 1e9 do pcall(string.rep, '', 1 << 40, '') end\n" + ALLOW),
+    "len_toctou": policy(
+        "  local n = 0\n"
+        "  local t = setmetatable({}, { __len = function() n = n + 1 return n % 2 == 1 and 0 or 1 << 40 end })\n"
+        "  table.insert(t, 1, 'x')\n" + ALLOW),
+    "len_toctou_remove": policy(
+        "  local n = 0\n"
+        "  local t = setmetatable({}, { __len = function() n = n + 1 return n % 2 == 1 and 0 or 1 << 40 end })\n"
+        "  for i = 1, 1e9 do pcall(table.remove, t, 1) end\n" + ALLOW),
+    "tonumber_loop": policy("  local s = ('1'):rep(1000000)\n  for i = 1, 1e9 do tonumber(s, 10) end\n" + ALLOW),
+    "compare_loop": policy("  local a, b = ('x'):rep(1000000), ('x'):rep(999999) .. 'x'\n"
+                           "  for i = 1, 1e9 do local c = a < b end\n" + ALLOW),
     # Globals cannot be created; the standard tables are read-only.
     "global_assignment": policy("  pwned = true\n" + ALLOW),
     "global_function": policy("  function pwned() end\n" + ALLOW),

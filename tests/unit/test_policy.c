@@ -583,6 +583,106 @@ static void test_close_variable_and_budget_breach(void **state)
 	}
 }
 
+static double cpu_ms_since(const struct timespec *t0)
+{
+	struct timespec t1;
+	clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t1);
+	return (double)(t1.tv_sec - t0->tv_sec) * 1e3 + (double)(t1.tv_nsec - t0->tv_nsec) / 1e6;
+}
+
+/*
+ * Library work a policy can reach that loops in C, where no hook runs, each
+ * under pcall and in a loop (issue 10, class 2 and L1): every one ends within
+ * twice the 50 ms time budget of CPU time (they ran for hours, or 20x the
+ * budget), as a policy error or, where the call is cheap once its length is
+ * read once, a normal decision; the next decision on the engine is served.
+ */
+static void test_c_escapes_bounded(void **state)
+{
+	static const char *const escapes[] = {
+	    "pcall(string.rep, '', 1 << 40)",
+	    "pcall(string.rep, '', 1 << 40, '')",
+	    "for i = 1, 1e9 do local s = (''):rep(1 << 40) end",
+	    /* __len answering 0, then 2^40 */
+	    "local n = 0\n"
+	    "  local t = setmetatable({}, {__len = function() n = n + 1 return n % 2 == 1 and 0 or 1 << 40 "
+	    "end})\n"
+	    "  pcall(table.insert, t, 1, 'x') pcall(table.insert, t, 'x') pcall(table.remove, t, 1)\n"
+	    "  pcall(table.remove, t) pcall(table.concat, t) pcall(table.unpack, t) pcall(table.sort, t)\n"
+	    "  for i = 1, 1e9 do pcall(table.insert, t, 1, 'x') end",
+	    /* numbers from long strings */
+	    "local s = ('1'):rep(1000000) for i = 1, 1e9 do tonumber(s, 10) end",
+	    "local s = ('1'):rep(1000000) for i = 1, 1e9 do tonumber(s) end",
+	    "local s = ('1'):rep(1000000) for i = 1, 1e9 do local x = s + 0 end",
+	    "local s = ('1'):rep(1000000) for i = 1, 1e9 do pcall(math.floor, s) end",
+	    /* comparing long strings */
+	    "local a, b = ('x'):rep(1000000), ('x'):rep(999999) .. 'x' for i = 1, 1e9 do local c = a < b end",
+	    "local a, b = ('x'):rep(1000000), ('x'):rep(999999) .. 'x' for i = 1, 1e9 do local c = a == b "
+	    "end",
+	    "local a = ('x'):rep(1000000) local t = {} for i = 1, 1000 do t[i] = a end\n"
+	    "  for i = 1, 1e9 do table.sort(t) end",
+	    /* strings longer than any library call makes */
+	    "local s = ('x'):rep(1000000) local t = s .. s",
+	    "local s = ('x'):rep(1000000) for i = 1, 1e9 do local t = s:upper() end",
+	    "local s = ('x'):rep(1000000) for i = 1, 1e9 do utf8.len(s) end",
+	};
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(escapes) / sizeof(escapes[0]); i++) {
+		char policy[1024];
+		struct timespec t0;
+		double ms;
+		int rc;
+		snprintf(policy, sizeof(policy),
+		         "return function(req)\n"
+		         "  %s\n"
+		         "  return {allow=true, tier='inbox'}\n"
+		         "end\n",
+		         escapes[i]);
+		must_engine(policy, NULL);
+		fx.cfg.policy_max_instructions = 100000000; /* the clock must end them */
+		fx.cfg.policy_max_memory_bytes = 32 << 20;
+		clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t0);
+		rc = decide(0);
+		ms = cpu_ms_since(&t0);
+		print_message("%-60.60s %6.1f ms CPU, rc %d\n", escapes[i], ms, rc);
+		if (ms > 100)
+			fail_msg("%s: %.1f ms of CPU (rc %d, %s)", escapes[i], ms, rc, fx.err);
+		if (i >= 4 && rc != -1)
+			fail_msg("survived: %s", escapes[i]);
+		assert_int_equal(decide(1), 0);
+		assert_true(fx.d.allow);
+		policy_engine_free(fx.e);
+	}
+}
+
+/* The charged wrappers keep the functions' ordinary results. */
+static void test_charged_functions_keep_their_results(void **state)
+{
+	(void)state;
+	must_engine(
+	    "return function(req)\n"
+	    "  assert(string.rep('', 5) == '' and ('ab'):rep(2, '-') == 'ab-ab' and ('x'):rep(0) == '')\n"
+	    "  assert(tonumber('ff', 16) == 255 and tonumber('12') == 12 and tonumber('x') == nil)\n"
+	    "  assert(tonumber(7) == 7 and ('10' + 1) == 11 and -'2' == -2 and '7' // 2 == 3)\n"
+	    "  local t = {3, 1, 2} table.sort(t) assert(table.concat(t, ',') == '1,2,3')\n"
+	    "  table.insert(t, 4) table.insert(t, 1, 0) assert(table.remove(t) == 4 and #t == 4)\n"
+	    "  assert(select('#', table.unpack(t)) == 4 and table.concat(t, '', 2, 3) == '12')\n"
+	    "  local v = setmetatable({}, {__len = function() return 2 end, __index = function(_, k) return "
+	    "k end})\n"
+	    "  assert(table.concat(v, ',') == '1,2' and select('#', table.unpack(v)) == 2)\n"
+	    "  assert(not pcall(table.insert, v, 'x'))\n"
+	    "  assert(#req.body.user_id == 5 and table.concat(req.scopes or {'a'}) == 'a')\n"
+	    "  local s = ('y'):rep(100000) assert(#(s .. 'z') == 100001 and s < s .. 'z')\n"
+	    "  return {allow=true, tier='inbox'}\n"
+	    "end\n",
+	    NULL);
+	if (decide(0) != 0)
+		fail_msg("%s", fx.err);
+	assert_true(fx.d.allow);
+	policy_engine_free(fx.e);
+}
+
 /* table.move loops in C, where the count hook cannot reach: a huge range is
  * fatal even when caught. */
 static void test_table_move_bounded(void **state)
@@ -1281,6 +1381,8 @@ int main(void)
 	    cmocka_unit_test(test_loop_in_pcall),
 	    cmocka_unit_test(test_memory_bombs),
 	    cmocka_unit_test(test_close_variable_and_budget_breach),
+	    cmocka_unit_test(test_c_escapes_bounded),
+	    cmocka_unit_test(test_charged_functions_keep_their_results),
 	    cmocka_unit_test(test_table_move_bounded),
 	    cmocka_unit_test(test_c_work_bounded),
 	    cmocka_unit_test(test_guarded_functions_work),
