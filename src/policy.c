@@ -167,6 +167,11 @@ struct policy_engine {
 
 	int broken; /* a failed decision could not be cleaned up: refuse all */
 
+	/* The budgets of a decision (or of a file's run: policy_sandbox_run),
+	 * resolved from cfg at every arming when there is one. */
+	struct policy_limits lim;
+	int ref_filebase; /* what a file that is not a policy sees (policy_sandbox_run) */
+
 	int coverage; /* `test --coverage`: lines run are recorded in ref_cov */
 	int ref_cov;
 
@@ -517,13 +522,25 @@ static void budget_clock(struct policy_engine *e, long ms)
 	ts_add_ms(&e->wall_deadline, ms);
 }
 
+/* A configuration's policy limits, defaults for those it does not set. */
+static void limits_of(const struct config *cfg, struct policy_limits *lim)
+{
+	lim->max_instructions =
+	    cfg->policy_max_instructions > 0 ? cfg->policy_max_instructions : POLICY_DEFAULT_MAX_INSTRUCTIONS;
+	lim->timeout_ms = cfg->policy_timeout_ms > 0 ? cfg->policy_timeout_ms : POLICY_DEFAULT_TIMEOUT_MS;
+	lim->max_memory_bytes = cfg->policy_max_memory_bytes ? cfg->policy_max_memory_bytes
+	                                                     : (size_t)POLICY_DEFAULT_MAX_MEMORY_BYTES;
+}
+
 static void budget_arm(struct policy_engine *e)
 {
-	long ms = e->cfg->policy_timeout_ms > 0 ? e->cfg->policy_timeout_ms : POLICY_DEFAULT_TIMEOUT_MS;
+	long ms;
 
+	if (e->cfg)
+		limits_of(e->cfg, &e->lim);
+	ms = e->lim.timeout_ms;
 	e->steps = 0;
-	e->max_steps = e->cfg->policy_max_instructions > 0 ? e->cfg->policy_max_instructions
-	                                                   : POLICY_DEFAULT_MAX_INSTRUCTIONS;
+	e->max_steps = e->lim.max_instructions;
 	e->hook_step = e->max_steps < HOOK_STEP ? (int)e->max_steps : HOOK_STEP;
 	e->stop = STOP_NONE;
 	e->where[0] = '\0';
@@ -536,9 +553,7 @@ static void budget_arm(struct policy_engine *e)
 	e->loaded_valid = 0;
 	budget_clock(e, ms);
 	lua_sethook(e->co, budget_hook, LUA_MASKCOUNT | (e->coverage ? LUA_MASKLINE : 0), e->hook_step);
-	e->mem_cap =
-	    e->mem_used + (e->cfg->policy_max_memory_bytes ? e->cfg->policy_max_memory_bytes
-	                                                   : (size_t)POLICY_DEFAULT_MAX_MEMORY_BYTES);
+	e->mem_cap = e->mem_used + e->lim.max_memory_bytes;
 	e->cap_armed = 1;
 }
 
@@ -557,12 +572,12 @@ static int budget_spent(struct policy_engine *e, int clock, char *err, size_t er
 		         e->max_steps, e->detail[0] ? ": " : "", e->detail);
 		return 1;
 	case STOP_TIME:
-		snprintf(err, errlen, "%stime budget exceeded (%ld ms)%s%s", e->where,
-		         e->cfg->policy_timeout_ms, e->detail[0] ? ": " : "", e->detail);
+		snprintf(err, errlen, "%stime budget exceeded (%ld ms)%s%s", e->where, e->lim.timeout_ms,
+		         e->detail[0] ? ": " : "", e->detail);
 		return 1;
 	case STOP_MEMORY:
 		snprintf(err, errlen, "%smemory cap exceeded (%zu bytes)%s%s", e->where,
-		         e->cfg->policy_max_memory_bytes, e->detail[0] ? ": " : "", e->detail);
+		         e->lim.max_memory_bytes, e->detail[0] ? ": " : "", e->detail);
 		return 1;
 	case STOP_NONE:
 		break;
@@ -1228,9 +1243,80 @@ static int broker_duration(lua_State *L)
 	return 1;
 }
 
+/* The length (1 to 4) of the well-formed UTF-8 character at s (len > 0
+ * bytes), or 0 when it is not one (a stray or missing continuation byte, an
+ * overlong form, a surrogate, beyond U+10FFFF): RFC 3629's table. */
+static size_t utf8_char_len(const unsigned char *s, size_t len)
+{
+	unsigned c = s[0];
+	size_t n;
+	unsigned lo = 0x80, hi = 0xbf;
+
+	if (c < 0x80)
+		return 1;
+	if (c >= 0xc2 && c <= 0xdf)
+		n = 2;
+	else if (c >= 0xe0 && c <= 0xef)
+		n = 3;
+	else if (c >= 0xf0 && c <= 0xf4)
+		n = 4;
+	else
+		return 0;
+	if (len < n)
+		return 0;
+	if (c == 0xe0)
+		lo = 0xa0;
+	else if (c == 0xed)
+		hi = 0x9f;
+	else if (c == 0xf0)
+		lo = 0x90;
+	else if (c == 0xf4)
+		hi = 0x8f;
+	if (s[1] < lo || s[1] > hi)
+		return 0;
+	for (size_t i = 2; i < n; i++)
+		if (s[i] < 0x80 || s[i] > 0xbf)
+			return 0;
+	return n;
+}
+
+/*
+ * Appends s (len bytes) to dst (used bytes of cap, a NUL kept room for) as
+ * valid UTF-8: each byte that does not start a well-formed character
+ * becomes U+FFFD, a character that does not fit whole is left out (never
+ * cut), and when flat, line breaks and NULs become spaces. Returns the new
+ * used count. What a policy returns or logs reaches JSON log lines and
+ * response bodies, which must be UTF-8.
+ */
+static size_t utf8_append(char *dst, size_t used, size_t cap, const char *s, size_t len, int flat)
+{
+	const unsigned char *p = (const unsigned char *)s;
+
+	for (size_t i = 0; i < len;) {
+		size_t n = utf8_char_len(p + i, len - i);
+		size_t w = n ? n : 3;
+		if (used + w >= cap)
+			break;
+		if (!n) {
+			memcpy(dst + used, "\xef\xbf\xbd", 3);
+			i++;
+		} else if (flat && n == 1 && (p[i] == '\n' || p[i] == '\r' || p[i] == '\0')) {
+			dst[used] = ' ';
+			i++;
+		} else {
+			memcpy(dst + used, p + i, n);
+			i += n;
+		}
+		used += w;
+	}
+	dst[used] = '\0';
+	return used;
+}
+
 /* broker.log(...) and print(...): one line per call, its arguments joined
- * by spaces with line breaks turned into spaces, kept for the last decision
- * (policy_decision_log): at most LOG_LINES lines and LOG_MAX bytes. */
+ * by spaces with line breaks turned into spaces, invalid UTF-8 replaced
+ * (utf8_append), kept for the last decision (policy_decision_log): at most
+ * LOG_LINES lines and LOG_MAX bytes. */
 static int broker_log(lua_State *L)
 {
 	struct policy_engine *e = engine_of(L);
@@ -1243,13 +1329,9 @@ static int broker_log(lua_State *L)
 		const char *s = luaL_tolstring(L, i, &len);
 		size_t room = sizeof(e->log) - e->log_len;
 		if (room > 3) {
-			size_t k = len < room - 3 ? len : room - 3;
 			if (i > 1)
 				e->log[e->log_len++] = ' ';
-			for (size_t j = 0; j < k; j++) {
-				char c = s[j];
-				e->log[e->log_len++] = c == '\n' || c == '\r' || c == '\0' ? ' ' : c;
-			}
+			e->log_len = utf8_append(e->log, e->log_len, sizeof(e->log) - 2, s, len, 1);
 		}
 		lua_pop(L, 1);
 	}
@@ -1583,6 +1665,10 @@ static int setup_protected(lua_State *L)
 	    "max",  "maxinteger", "min",       "mininteger", "modf", "pi",    "rad",  "random", "sin",
 	    "sqrt", "tan",        "tointeger", "type",       "ult",  "acos",  "asin", "atan",   NULL};
 	static const char *const utf8_names[] = {"charpattern", "codes", NULL};
+	static const char *const file_names[] = {
+	    "assert",   "error",  "ipairs", "next",     "pairs",    "pcall", "rawequal", "rawget",
+	    "rawlen",   "rawset", "select", "tonumber", "tostring", "type",  "xpcall",   "getmetatable",
+	    "_VERSION", "string", "table",  "math",     "utf8",     NULL};
 	static const char *const os_names[] = {"time", "clock", NULL};
 	int g, rmt, base, str;
 
@@ -1772,6 +1858,16 @@ static int setup_protected(lua_State *L)
 	lua_pushnil(L);
 	lua_setfield(L, g, "os");
 
+	/* What a file that is not a policy sees (policy_sandbox_run): the same
+	 * functions and charged libraries, without load, require, print,
+	 * setmetatable and broker. */
+	lua_createtable(L, 0, 24);
+	for (const char *const *n = file_names; *n; n++) {
+		lua_getfield(L, base, *n);
+		lua_setfield(L, -2, *n);
+	}
+	e->ref_filebase = luaL_ref(L, LUA_REGISTRYINDEX);
+
 	/* The thread policies run on. */
 	e->co = lua_newthread(L);
 	e->ref_co = luaL_ref(L, LUA_REGISTRYINDEX);
@@ -1799,8 +1895,7 @@ static void resume_error(struct policy_engine *e, int status, char *err, size_t 
 	lua_State *co = e->co;
 
 	if (status == LUA_ERRMEM) {
-		snprintf(err, errlen, "%smemory cap exceeded (%zu bytes)", e->where,
-		         e->cfg->policy_max_memory_bytes);
+		snprintf(err, errlen, "%smemory cap exceeded (%zu bytes)", e->where, e->lim.max_memory_bytes);
 	} else if (lua_type(co, -1) == LUA_TSTRING) {
 		snprintf(err, errlen, "%s", lua_tostring(co, -1));
 	} else {
@@ -1851,8 +1946,11 @@ static void append_traceback(struct policy_engine *e, char *err, size_t errlen)
  * caller co must be reset before its next use. last: whether this is the
  * decision's last run; a run that succeeds and is not the last leaves the
  * clock to the last one (a clock reading is a good part of a small
- * decision), which fails the decision all the same.
+ * decision), which fails the decision all the same. RUN_OPTIONAL in last:
+ * returning nothing is a nil result (a configuration file), not an error.
  */
+#define RUN_LAST     1
+#define RUN_OPTIONAL 2
 static int run(struct policy_engine *e, int nargs, int last, const char *what, char *err, size_t errlen,
                int *dirty)
 {
@@ -1860,9 +1958,15 @@ static int run(struct policy_engine *e, int nargs, int last, const char *what, c
 	int nres = 0;
 	int status = lua_resume(co, e->L, nargs, &nres);
 
-	if (status != LUA_OK)
+	if (status != LUA_OK) {
+		lua_Debug ar;
 		*dirty = 1;
-	if (budget_spent(e, last || status != LUA_OK, err, errlen)) {
+		/* Where it stopped, when neither the hook nor a guard said. */
+		for (int level = 0; !e->where[0] && level < 8 && lua_getstack(co, level, &ar); level++)
+			if (lua_getinfo(co, "Sl", &ar) && ar.currentline > 0)
+				snprintf(e->where, sizeof(e->where), "%s:%d: ", ar.short_src, ar.currentline);
+	}
+	if (budget_spent(e, (last & RUN_LAST) || status != LUA_OK, err, errlen)) {
 		append_traceback(e, err, errlen);
 		return -1;
 	}
@@ -1874,6 +1978,10 @@ static int run(struct policy_engine *e, int nargs, int last, const char *what, c
 		resume_error(e, status, err, errlen);
 		append_traceback(e, err, errlen);
 		return -1;
+	}
+	if (nres < 1 && (last & RUN_OPTIONAL) && lua_checkstack(co, 1)) {
+		lua_pushnil(co);
+		nres = 1;
 	}
 	if (nres < 1) {
 		snprintf(err, errlen, "%s returned nothing", what);
@@ -2057,10 +2165,8 @@ static int check_decision(lua_State *L, struct policy_engine *e, int idx, const 
 			return bad(err, errlen, path, "reason must be a string, got %s",
 			           luaL_typename(L, f_reason));
 		s = lua_tolstring(L, f_reason, &len);
-		if (len > sizeof(out->reason) - 1)
-			len = sizeof(out->reason) - 1;
-		memcpy(out->reason, s, len);
-		out->reason[len] = '\0';
+		/* At most 255 bytes, cut between characters, valid UTF-8. */
+		utf8_append(out->reason, 0, sizeof(out->reason), s, len, 0);
 	}
 	if (allow && !f_scopes == !f_tier)
 		return bad(err, errlen, path, "%s",
@@ -2389,7 +2495,7 @@ static int decide_protected(lua_State *L)
 		goto out;
 	}
 	lua_rawgeti(e->co, LUA_REGISTRYINDEX, e->ref_reqview);
-	if (run(e, 1, 1, "decide", c->err, c->errlen, &c->dirty) != 0)
+	if (run(e, 1, RUN_LAST, "decide", c->err, c->errlen, &c->dirty) != 0)
 		goto out;
 	lua_xmove(e->co, L, 1);
 	e->cap_armed = 0;
@@ -2453,7 +2559,7 @@ int policy_decide(struct policy_engine *e, const struct policy_request *rq, stru
 	out->expires_s = 0;
 	out->reason[0] = '\0';
 	out->strbuf_used = 0;
-	if (!rq->tenant || rq->tenant < e->cfg->tenants ||
+	if (!e->cfg || !rq->tenant || rq->tenant < e->cfg->tenants ||
 	    rq->tenant >= e->cfg->tenants + e->cfg->n_tenants) {
 		snprintf(err, errlen, "tenant is not part of this engine's configuration");
 		return -1;
@@ -2711,6 +2817,7 @@ int policy_code_lines(const char *name, const char *text, size_t len, unsigned c
 	lua_pushfstring(L, "@%s", name);
 	if (luaL_loadbufferx(L, text, len, lua_tostring(L, -1), "t") != LUA_OK) {
 		snprintf(err, errlen, "%s", lua_tostring(L, -1));
+		policy_scrub_syntax_error(err);
 		goto out;
 	}
 	if (lua_dump(L, dump_write, &b, 0) != 0 || b.len < 32) {
@@ -2811,6 +2918,7 @@ static int tenant_setup(struct policy_engine *e, size_t i, char *err, size_t err
 			lua_pushfstring(L, "@%s", m->path);
 			if (luaL_loadbufferx(L, m->text, m->len, lua_tostring(L, -1), "t") != LUA_OK) {
 				snprintf(err, errlen, "%s", lua_tostring(L, -1));
+				policy_scrub_syntax_error(err);
 				return -1;
 			}
 			lua_remove(L, -2);
@@ -2843,6 +2951,7 @@ static int compile_protected(lua_State *L)
 		lua_pushfstring(L, "@%s", path);
 		if (luaL_loadbufferx(L, t->policy_text, t->policy_len, lua_tostring(L, -1), "t") != LUA_OK) {
 			snprintf(c->err, c->errlen, "tenant %s: %s", t->name, lua_tostring(L, -1));
+			policy_scrub_syntax_error(c->err);
 			return 0;
 		}
 		lua_rawgeti(L, LUA_REGISTRYINDEX, e->envmts[i]);
@@ -2855,7 +2964,7 @@ static int compile_protected(lua_State *L)
 		lua_settop(e->co, 0);
 		push_chunk(e, i);
 		budget_arm(e);
-		if (run(e, 0, 1, path, c->err, c->errlen, &c->dirty) != 0) {
+		if (run(e, 0, RUN_LAST, path, c->err, c->errlen, &c->dirty) != 0) {
 			char why[512];
 			e->cap_armed = 0;
 			snprintf(why, sizeof(why), "%s", c->err);
@@ -2875,10 +2984,12 @@ static int compile_protected(lua_State *L)
 	return 0;
 }
 
-struct policy_engine *policy_engine_new(const struct config *cfg, char *err, size_t errlen)
+/* A state with the sandbox and no policy compiled yet, for n tenants of cfg
+ * (or none) under lim. */
+static struct policy_engine *engine_make(const struct config *cfg, size_t n, const struct policy_limits *lim,
+                                         char *err, size_t errlen)
 {
 	struct policy_engine *e = calloc(1, sizeof(*e));
-	struct compile_ctx c;
 	lua_State *L;
 
 	if (!e) {
@@ -2886,10 +2997,11 @@ struct policy_engine *policy_engine_new(const struct config *cfg, char *err, siz
 		return NULL;
 	}
 	e->cfg = cfg;
-	e->n_chunks = cfg->n_tenants;
-	e->chunks = calloc(cfg->n_tenants ? cfg->n_tenants : 1, sizeof(*e->chunks));
-	e->envmts = calloc(cfg->n_tenants ? cfg->n_tenants : 1, sizeof(*e->envmts));
-	e->mods = calloc(cfg->n_tenants ? cfg->n_tenants : 1, sizeof(*e->mods));
+	e->lim = *lim;
+	e->n_chunks = n;
+	e->chunks = calloc(n ? n : 1, sizeof(*e->chunks));
+	e->envmts = calloc(n ? n : 1, sizeof(*e->envmts));
+	e->mods = calloc(n ? n : 1, sizeof(*e->mods));
 	L = e->chunks && e->envmts && e->mods ? lua_newstate(engine_alloc, e) : NULL;
 	if (!L) {
 		small_release(e); /* what a failed lua_newstate freed */
@@ -2914,7 +3026,21 @@ struct policy_engine *policy_engine_new(const struct config *cfg, char *err, siz
 		policy_engine_free(e);
 		return NULL;
 	}
+	return e;
+}
 
+struct policy_engine *policy_engine_new(const struct config *cfg, char *err, size_t errlen)
+{
+	struct policy_limits lim;
+	struct policy_engine *e;
+	struct compile_ctx c;
+	lua_State *L;
+
+	limits_of(cfg, &lim);
+	e = engine_make(cfg, cfg->n_tenants, &lim, err, errlen);
+	if (!e)
+		return NULL;
+	L = e->L;
 	c = (struct compile_ctx){.e = e, .err = err, .errlen = errlen, .rc = -1};
 	err[0] = '\0';
 	lua_pushcfunction(L, compile_protected);
@@ -2932,6 +3058,99 @@ struct policy_engine *policy_engine_new(const struct config *cfg, char *err, siz
 		return NULL;
 	}
 	return e;
+}
+
+/* ------------------------------------------------------------ files */
+
+struct policy_engine *policy_sandbox_new(const struct policy_limits *lim, char *err, size_t errlen)
+{
+	return engine_make(NULL, 0, lim, err, errlen);
+}
+
+void policy_scrub_syntax_error(char *msg)
+{
+	char *near = strstr(msg, " near '");
+
+	if (near)
+		*near = '\0';
+}
+
+struct file_ctx {
+	struct policy_engine *e;
+	const char *name, *text;
+	size_t len;
+	char *err;
+	size_t errlen;
+	int rc;
+	int dirty;
+};
+
+/* Runs protected on e->L: argument ctx; returns the environment and the
+ * file's result. The environment is the file's own, writable (its
+ * globals), reading through to the file base; its metatable is sealed. */
+static int file_protected(lua_State *L)
+{
+	struct file_ctx *c = lua_touserdata(L, 1);
+	struct policy_engine *e = c->e;
+
+	lua_createtable(L, 0, 0);
+	lua_createtable(L, 0, 2);
+	lua_rawgeti(L, LUA_REGISTRYINDEX, e->ref_filebase);
+	lua_setfield(L, -2, "__index");
+	lua_pushboolean(L, 0);
+	lua_setfield(L, -2, "__metatable");
+	lua_setmetatable(L, 2);
+	lua_pushfstring(L, "@%s", c->name);
+	if (luaL_loadbufferx(L, c->text, c->len, lua_tostring(L, -1), "t") != LUA_OK) {
+		snprintf(c->err, c->errlen, "%s", lua_tostring(L, -1));
+		policy_scrub_syntax_error(c->err);
+		return 0;
+	}
+	lua_pushvalue(L, 2);
+	if (!lua_setupvalue(L, -2, 1))
+		lua_pop(L, 1);
+	lua_settop(e->co, 0);
+	lua_xmove(L, e->co, 1);
+	budget_arm(e);
+	if (run(e, 0, RUN_LAST | RUN_OPTIONAL, c->name, c->err, c->errlen, &c->dirty) != 0)
+		return 0;
+	e->cap_armed = 0;
+	lua_pushvalue(L, 2);
+	lua_xmove(e->co, L, 1);
+	c->rc = 0;
+	return 2;
+}
+
+int policy_sandbox_run(struct policy_engine *e, const char *name, const char *text, size_t len, char *err,
+                       size_t errlen)
+{
+	lua_State *L = e->L;
+	int top = lua_gettop(L);
+	size_t used_before = e->mem_used;
+	struct file_ctx c = {
+	    .e = e, .name = name, .text = text, .len = len, .err = err, .errlen = errlen, .rc = -1};
+
+	err[0] = '\0';
+	if (e->broken) {
+		snprintf(err, errlen, "%s: the Lua sandbox is out of memory", name);
+		return -1;
+	}
+	lua_pushcfunction(L, file_protected);
+	lua_pushlightuserdata(L, &c);
+	if (lua_pcall(L, 1, 2, 0) != LUA_OK) {
+		snprintf(err, errlen, "%s: %s", name,
+		         lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "out of memory");
+		c.rc = -1;
+		c.dirty = 1;
+	}
+	finish(e, c.dirty, used_before);
+	if (c.rc != 0) {
+		lua_settop(L, top);
+		if (!err[0])
+			snprintf(err, errlen, "%s: failed", name);
+		return -1;
+	}
+	return 0;
 }
 
 void policy_engine_free(struct policy_engine *e)

@@ -233,6 +233,50 @@ static void test_reason_truncated(void **state)
 	policy_engine_free(fx.e);
 }
 
+/* Whether s is well-formed UTF-8 (RFC 3629), for the tests. */
+static bool valid_utf8(const char *s)
+{
+	const unsigned char *p = (const unsigned char *)s;
+
+	while (*p) {
+		int n = *p < 0x80                  ? 1
+		        : *p >= 0xc2 && *p <= 0xdf ? 2
+		        : *p >= 0xe0 && *p <= 0xef ? 3
+		        : *p >= 0xf0 && *p <= 0xf4 ? 4
+		                                   : 0;
+		if (!n)
+			return false;
+		for (int i = 1; i < n; i++)
+			if ((p[i] & 0xc0) != 0x80)
+				return false;
+		p += n;
+	}
+	return true;
+}
+
+/* reason and broker.log reach JSON log lines and 403 bodies: valid UTF-8,
+ * never cut inside a character, invalid bytes as U+FFFD (issue 10, L2). */
+static void test_reason_and_log_are_utf8(void **state)
+{
+	(void)state;
+	must_engine("return function(req)\n"
+	            "  broker.log('\\255\\254', 'ok\\195', ('\\195\\169'):rep(2000))\n"
+	            "  return {allow=false, reason=('\\195\\169'):rep(200)}\n"
+	            "end\n",
+	            "return function(req) return {allow=false, reason='a\\255b\\237\\160\\128c'} end\n");
+	assert_int_equal(decide(0), 0);
+	assert_int_equal(strlen(fx.d.reason), 254); /* 127 whole characters of 2 bytes */
+	assert_true(valid_utf8(fx.d.reason));
+	assert_true(valid_utf8(policy_decision_log(fx.e)));
+	assert_non_null(
+	    strstr(policy_decision_log(fx.e), "\xef\xbf\xbd\xef\xbf\xbd ok\xef\xbf\xbd \xc3\xa9"));
+	assert_int_equal(decide(1), 0);
+	assert_string_equal(fx.d.reason, "a\xef\xbf\xbd"
+	                                 "b\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd"
+	                                 "c");
+	policy_engine_free(fx.e);
+}
+
 static void test_malformed_decisions(void **state)
 {
 	static const struct {
@@ -1372,6 +1416,7 @@ int main(void)
 	    cmocka_unit_test(test_allow_readonly_lists),
 	    cmocka_unit_test(test_deny_reason),
 	    cmocka_unit_test(test_reason_truncated),
+	    cmocka_unit_test(test_reason_and_log_are_utf8),
 	    cmocka_unit_test(test_malformed_decisions),
 	    cmocka_unit_test(test_deny_ignores_grant_fields),
 	    cmocka_unit_test(test_error_names_line),
