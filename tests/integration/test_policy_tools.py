@@ -445,3 +445,35 @@ def test_close_variable_and_budget_breach_fail_check_and_eval_cleanly(tmp_path, 
     p = run(["eval", "-c", conf, "--tenant", "default"], input=b'{"user_id":"alice"}')
     assert p.returncode == 0, (p.returncode, p.out + p.err)
     assert '"decision":"policy_error"' in p.out, p.out + p.err
+
+
+# ------------------------------------------- issue 10, L3: no source text in errors
+
+KEY = "9f3b2c7d41e0a8b6c5d4e3f2a1b0c9d8"
+
+
+@pytest.mark.parametrize("where", ["policy", "module", "test_file"])
+def test_syntax_errors_never_quote_a_file(tmp_path, where):
+    """A secret file named as a policy, a module or a test file is not Lua:
+    the lexer's "near '...'" quoted it into the log."""
+    pol = tmp_path / "policies"
+    pol.mkdir()
+    (tmp_path / "hex.key").write_text(KEY + "\n")
+    os.chmod(tmp_path / "hex.key", 0o600)
+    ok = 'return function(req) return { allow = false } end\n'
+    (pol / "p.lua").write_text(KEY + "\n" if where == "policy" else ok)
+    if where == "module":
+        (pol / "helpers.lua").write_text(KEY + "\n")
+    if where == "test_file":
+        (pol / "p_test.lua").write_text(KEY + "\n")
+    conf = tmp_path / "c.lua"
+    conf.write_text('tenants = { default = { api_key = { file = "hex.key" }, policy = "policies/p.lua", '
+                    'auth = { none = true } } }\n')
+    p = run(["check", "-c", conf])
+    assert p.returncode == 1, p.out + p.err
+    assert "malformed number" in p.out + p.err, p.out + p.err
+    assert KEY[:8] not in p.out + p.err, p.out + p.err
+    if where == "test_file":
+        p = run(["test", pol])
+        assert p.returncode == 1 and "malformed number" in p.out + p.err, p.out + p.err
+        assert KEY[:8] not in p.out + p.err, p.out + p.err

@@ -263,3 +263,28 @@ def test_close_variable_and_budget_breach_neither_kill_nor_stop_the_broker(broke
     assert b.p.proc.poll() is None
     assert b.post(body={"user_id": "alice"}, token=mint()).status == 200
     assert b.post("/v1/tenants/audit/token", body={"user_id": "alice", "groups": ["g"]}, token=mint()).status == 200
+
+
+# ------------------------------------------- issue 10, class 3: reloads
+
+@pytest.mark.parametrize("file,text", [
+    ("spin.lua", "for i = 1, 1e9 do local pad = string.rep('', 1 << 40) end\n"
+                 "return function(req) return { allow = true, tier = 'inbox' } end\n"),
+    ("spin.lua", "local t = {} for i = 1, 3 do t[i] = string.rep('x', 1 << 30) .. i end\n"
+                 "return function(req) return { allow = true, tier = 'inbox' } end\n"),
+    ("spin_test.lua", "for i = 1, 1e9 do local pad = string.rep('', 1 << 40) end\nreturn {}\n"),
+    ("spin_test.lua", "local t = {} for i = 1, 3 do t[i] = string.rep('x', 1 << 30) .. i end\nreturn {}\n"),
+])
+def test_reload_with_a_c_loop_or_bomb_is_refused_and_sigterm_honoured(broker_factory, file, text):
+    """A C loop or a memory bomb in a policy's top level or a test file hung
+    the reload on the signal thread (SIGTERM ignored) or grew the broker by
+    gigabytes; it is refused quickly and the running generation serves on."""
+    b = broker_factory(policies={"default": CONTROL, "spin": CONTROL})
+    (b.dir / "policies" / file).write_text(text)
+    b.sighup()
+    b.p.wait_for(r"reload refused: tenant spin: .*%s.*generation \d+ keeps serving" % file.replace(".", r"\."),
+                 timeout=10)
+    assert b.post("/v1/tenants/spin/token", body={"user_id": "alice"}, token=mint()).status == 200
+    t0 = time.monotonic()
+    assert b.stop() == 0
+    assert time.monotonic() - t0 < 10
