@@ -3,7 +3,8 @@
  * deny path and on the error path (a policy that raises).
  *
  * 101 tenants (issue 10, class 5): 100 run policies/default.lua, one runs a
- * policy that denies or raises as the request's body says. An error must
+ * policy that denies, raises or runs out of its memory cap as the request's
+ * body says. An error must
  * not cost a collection of every tenant's compiled policies: the error
  * path's rate should stay within half of the deny path's. Prints both.
  *
@@ -26,6 +27,9 @@
 
 static const char probe[] = "return function(req)\n"
                             "  if req.body.attack == 'error' then error('boom') end\n"
+                            "  if req.body.attack == 'memory' then\n"
+                            "    local t = {} for i = 1, 1e9 do t[i] = i end\n"
+                            "  end\n"
                             "  return { allow = false, reason = 'no' }\n"
                             "end\n";
 
@@ -55,7 +59,8 @@ int main(int argc, char **argv)
 {
 	long n = argc > 1 ? strtol(argv[1], NULL, 10) : 20000;
 	static const char *const bodies[] = {"{\"user_id\":\"alice\",\"attack\":\"deny\"}",
-	                                     "{\"user_id\":\"alice\",\"attack\":\"error\"}"};
+	                                     "{\"user_id\":\"alice\",\"attack\":\"error\"}",
+	                                     "{\"user_id\":\"alice\",\"attack\":\"memory\"}"};
 	static struct tenant t[TENANTS];
 	static char names[TENANTS][16];
 	const char *const *push = scope_tier("push");
@@ -65,7 +70,7 @@ int main(int argc, char **argv)
 	size_t dlen;
 	char *deflt = read_all("policies/default.lua", &dlen);
 	char err[512];
-	double rate[2];
+	double rate[3];
 	lua_State *L;
 
 	if (!deflt || !d || n < 100) {
@@ -96,7 +101,8 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	L = policy_engine_lua(e);
-	for (int path = 0; path < 2; path++) {
+	for (int path = 0; path < 3; path++) {
+		long runs = path == 2 ? n / 100 : n;
 		struct policy_request rq;
 		double t0 = now_s();
 
@@ -108,7 +114,7 @@ int main(int argc, char **argv)
 		rq.body_idx = lua_gettop(L);
 		rq.method = "none";
 		rq.now = 1700000000;
-		for (long i = -n / 10; i < n; i++) {
+		for (long i = -runs / 10; i < runs; i++) {
 			int rc;
 			if (i == 0)
 				t0 = now_s();
@@ -118,11 +124,12 @@ int main(int argc, char **argv)
 				return 1;
 			}
 		}
-		rate[path] = (double)n / (now_s() - t0);
+		rate[path] = (double)runs / (now_s() - t0);
 		lua_pop(L, 1);
 	}
-	printf("101 tenants: deny path %.0f decisions/s, error path %.0f decisions/s (ratio %.2f)\n", rate[0],
-	       rate[1], rate[1] / rate[0]);
+	printf("101 tenants: deny path %.0f decisions/s, error path %.0f decisions/s (ratio %.2f), "
+	       "memory-cap path (%zu MiB cap) %.0f decisions/s\n",
+	       rate[0], rate[1], rate[1] / rate[0], cfg.policy_max_memory_bytes >> 20, rate[2]);
 	policy_engine_free(e);
 	free(deflt);
 	free(d);
