@@ -893,6 +893,57 @@ static int sb_load(lua_State *L)
 }
 
 /*
+ * How every function a policy (or a test file, or the configuration file:
+ * policy_sandbox_run) can reach is bounded. "O(1)": constant work, or work
+ * bounded by a small constant (a number's digits). "hooked": runs Lua code,
+ * which the count hook sees. Lengths are read once; work is charged before
+ * it is done; breaches of a hard cap are fatal even when caught.
+ *
+ * base  assert error getmetatable rawequal select type _VERSION: O(1).
+ *       rawlen: O(log n). rawget rawset next: O(1) amortised (hash lookup).
+ *       ipairs pairs: O(1) per step; __pairs/__index are hooked.
+ *       tostring: O(1), or hooked __tostring. pcall xpcall: hooked (xpcall's
+ *       handler runs as plain hooked Lua, see XPCALL_LUA).
+ *       tonumber: sb_tonumber, 1 unit per 16 bytes of a string argument.
+ *       setmetatable: O(1), no __gc. load: LOAD_MAX bytes, 1 unit per 4.
+ *       require: runs a compiled module, hooked. print = broker.log.
+ * string  len: O(1). rep: empty result answered at once (no C loop), else
+ *       REP_MAX result, charged per 16 bytes and per repetition. byte,
+ *       char, utf8.codepoint, utf8.char: ITEMS_MAX values, 1 unit each.
+ *       format: estimated result FORMAT_MAX, charged per 16 bytes and per
+ *       argument. sub lower upper reverse: 1 unit per 16 bytes. pack
+ *       packsize unpack: 1 unit per 4 format bytes + per 16 data bytes
+ *       (padding grows a buffer: the memory cap). find match gmatch gsub:
+ *       pmatch.c, every matcher step and every byte scanned charged.
+ * table  concat unpack: the length read once (one __len call, hooked) and
+ *       passed as explicit bounds; ITEMS_MAX elements, charged per element
+ *       (and per 16 separator bytes). insert remove sort: a table with a
+ *       __len of its own is refused (the real functions read it again), so
+ *       the charged raw length is the one used; ITEMS_MAX; sort charges
+ *       n log n comparisons, each by the longest string when it compares in
+ *       C. move: MOVE_MAX elements, charged per element. pack: O(arguments).
+ * math   every function: O(1) (max/min: O(arguments)).
+ * utf8   len offset: 1 unit per 16 bytes. codes: O(1) amortised per step.
+ *       charpattern: a constant.
+ * os     time clock: O(1).
+ * broker duration: DURATION_MAX_INPUT bytes. log: LOG_MAX bytes, LOG_LINES
+ *       lines per decision. cidr_match: list length read once, ITEMS_MAX,
+ *       charged per entry. tiers data: read-only views, O(1) per read.
+ * the VM itself  Concatenation and every string result: allocations of
+ *       BIG_ALLOC or more look at the clock, none exceeds STRING_MAX or the
+ *       memory cap. String comparison (<, <=: strcoll), equality of long
+ *       strings, converting a string operand to a number, hashing a long
+ *       string key: O(length) inside one instruction, unseen by any hook;
+ *       bounded by STRING_MAX and by the finer hook (FINE_STEP) that any
+ *       string of BIG_STRING or more switches on (big_string). Measured: a
+ *       50 ms budget ends within 52 ms on every one of these loops
+ *       (test_c_escapes_bounded). Arithmetic metamethods of strings are
+ *       wrapped by sb_tonumber as well.
+ * Not reachable: io, os.execute/getenv/..., debug, coroutine, package,
+ *       string.dump, collectgarbage, dofile, loadfile, binary chunks, __gc.
+ */
+
+/*
  * Work inside C functions. No hook runs while a library function loops in
  * C, so each one that can do work out of proportion to the instructions
  * that called it is wrapped: the wrapper charges its work (elements touched,
