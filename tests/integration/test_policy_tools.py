@@ -477,3 +477,26 @@ def test_syntax_errors_never_quote_a_file(tmp_path, where):
         p = run(["test", pol])
         assert p.returncode == 1 and "malformed number" in p.out + p.err, p.out + p.err
         assert KEY[:8] not in p.out + p.err, p.out + p.err
+
+
+CONFIG_BOMBS = {
+    "loop": ("while true do end\n", "instruction budget exceeded"),
+    "rep_empty": ("for i = 1, 1e9 do local pad = string.rep('', 1 << 40) end\n", "budget exceeded"),
+    "three_gb": ("local t = {} for i = 1, 3 do t[i] = string.rep('x', 1 << 30) .. i end\n", "memory cap exceeded"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CONFIG_BOMBS))
+def test_config_file_runs_under_the_policy_sandbox(tmp_path, name):
+    """The configuration file runs in the same sandbox (issue 10, class 3):
+    `check` exits 1 quickly, naming the file and line (it hung, or grew)."""
+    text, why = CONFIG_BOMBS[name]
+    (tmp_path / "p.lua").write_text('return function(req) return { allow = false } end\n')
+    conf = tmp_path / "c.lua"
+    conf.write_text(text + 'tenants = { default = { api_key = { env = "COURIER_API_KEY" }, policy = "p.lua", '
+                    'auth = { none = true } } }\n')
+    t0 = time.monotonic()
+    p = run(["check", "-c", conf])
+    assert p.returncode == 1, p.out + p.err
+    assert "c.lua:1: " in p.err and why in p.err, p.err
+    assert time.monotonic() - t0 < 10  # a hang check
