@@ -2012,8 +2012,11 @@ static int run(struct policy_engine *e, int nargs, int last, const char *what, c
 	if (status != LUA_OK) {
 		lua_Debug ar;
 		*dirty = 1;
-		/* Where it stopped, when neither the hook nor a guard said. */
-		for (int level = 0; !e->where[0] && level < 8 && lua_getstack(co, level, &ar); level++)
+		/* Where a budget ran out, when neither the hook nor a guard said
+		 * (a plain error names its own line). */
+		for (int level = 0; (e->mem_hit || status == LUA_ERRMEM) && !e->where[0] && level < 8 &&
+		                    lua_getstack(co, level, &ar);
+		     level++)
 			if (lua_getinfo(co, "Sl", &ar) && ar.currentline > 0)
 				snprintf(e->where, sizeof(e->where), "%s:%d: ", ar.short_src, ar.currentline);
 	}
@@ -2567,7 +2570,9 @@ out:
  * process aborts. A dropped thread is never closed: the collector frees it
  * (luaE_freethread closes upvalues only, never to-be-closed variables).
  * Only a thread whose last resume returned normally, with nothing pending,
- * is reset here.
+ * is reset here. (Reusing a thread a plain error ended would save one
+ * lua_newthread per error, but measured no difference, and an error raised
+ * from a hook leaves the thread's hooks off: not worth a second rule.)
  *
  * No full collection here: the engine holds every tenant's compiled
  * policies, so a full collection per failed decision costs O(tenants) and

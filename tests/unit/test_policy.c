@@ -727,6 +727,39 @@ static void test_charged_functions_keep_their_results(void **state)
 	policy_engine_free(fx.e);
 }
 
+/* A thread a plain error ended is reused (finish): its hooks must still
+ * hold the next decision's budget, whatever failed before on it. */
+static void test_budget_holds_after_errors(void **state)
+{
+	static const char *const bodies[] = {
+	    "{\"user_id\":\"alice\",\"n\":1}", /* a plain error */
+	    "{\"user_id\":\"alice\",\"n\":3}", /* a budget breach inside sort's comparator */
+	    "{\"user_id\":\"alice\",\"n\":4}", /* a plain error after setmetatable */
+	    "{\"user_id\":\"alice\",\"n\":5}", /* a memory breach */
+	};
+
+	(void)state;
+	must_engine("return function(req)\n"
+	            "  local n = req.body.n\n"
+	            "  if n == 1 then error('plain') end\n"
+	            "  if n == 3 then table.sort({3, 2, 1}, function(a, b) while true do end end) end\n"
+	            "  if n == 4 then setmetatable({}, {}) error('plain') end\n"
+	            "  if n == 5 then local t = {} for i = 1, 1e8 do t[i] = i end end\n"
+	            "  while true do end\n"
+	            "end\n",
+	            NULL);
+	for (int round = 0; round < 3; round++) {
+		for (size_t i = 0; i < sizeof(bodies) / sizeof(bodies[0]); i++) {
+			assert_int_equal(decide_full(0, bodies[i], NULL, false, NULL), -1);
+			assert_int_equal(decide_full(0, "{\"user_id\":\"alice\",\"n\":2}", NULL, false, NULL),
+			                 -1);
+			assert_err_has("budget exceeded");
+			assert_int_equal(decide(1), 0);
+		}
+	}
+	policy_engine_free(fx.e);
+}
+
 /* table.move loops in C, where the count hook cannot reach: a huge range is
  * fatal even when caught. */
 static void test_table_move_bounded(void **state)
@@ -1428,6 +1461,7 @@ int main(void)
 	    cmocka_unit_test(test_close_variable_and_budget_breach),
 	    cmocka_unit_test(test_c_escapes_bounded),
 	    cmocka_unit_test(test_charged_functions_keep_their_results),
+	    cmocka_unit_test(test_budget_holds_after_errors),
 	    cmocka_unit_test(test_table_move_bounded),
 	    cmocka_unit_test(test_c_work_bounded),
 	    cmocka_unit_test(test_guarded_functions_work),
