@@ -2,7 +2,9 @@
  * policy.c — the per-tenant Lua policy engine.
  *
  * Owns one lua_State per engine (one engine per worker thread): the sandbox
- * every policy runs in, each tenant's compiled chunk, the read-only request
+ * every policy runs in (the broker's only Lua sandbox: test files and the
+ * configuration file run in it too, through policy_sandbox_run), each
+ * tenant's compiled chunk, the read-only request
  * a policy sees, the budgets of one decision (instructions, wall clock,
  * memory) and the type check of what a policy returns. It must never hand a
  * policy anything that outlives the decision or reaches the host: no I/O, no
@@ -22,7 +24,9 @@
  * hook can end a runaway policy by yielding: an error raised from a hook
  * could be caught by pcall inside the policy, a yield cannot. Host flags
  * (budget spent, memory cap hit) make the decision a policy error whatever
- * the policy returns.
+ * the policy returns. A thread a policy failed on is dropped, never closed
+ * (finish): closing would run its pending __close handlers outside every
+ * budget.
  */
 #include "policy.h"
 

@@ -3,8 +3,10 @@
  *
  * Owns the test-file format and the report. A case's request goes through
  * the same engine (policy.c) and the same ceiling (envelope.c) as a live
- * request, so a passing test means what production will do. Test files are
- * loaded as text into an environment without I/O. Never calls Courier.
+ * request, so a passing test means what production will do. Test files run
+ * in the policies' sandbox under the policies' budgets (policy_sandbox_run),
+ * as text, without I/O. It must never run a test file outside that sandbox,
+ * and never calls Courier.
  */
 #include "policytest.h"
 
