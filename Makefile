@@ -41,7 +41,7 @@ UNIT_envelope = envelope scope duration secret
 UNIT_json     = json
 UNIT_jwt      = jwt jwks json secret log
 UNIT_ident    = ident jwt jwks json secret log
-UNIT_config   = config pmatch secret jwt jwks ident json duration scope log
+UNIT_config   = config policy envelope pmatch secret jwt jwks ident json duration scope log
 UNIT_pmatch   = pmatch
 UNIT_pidfile  = pidfile
 UNIT_metrics  = metrics
@@ -56,7 +56,7 @@ UNIT_gen      = gen metrics policy pmatch envelope scope duration json config se
 UNIT_NAMES = $(patsubst tests/unit/test_%.c,%,$(wildcard tests/unit/test_*.c))
 UNIT_BINS  = $(patsubst %,$(BUILD)/tests/test_%,$(UNIT_NAMES))
 
-.PHONY: all deps test check demo bench bench-jwt bench-decision fuzz fmt lint clean unit integration
+.PHONY: all deps test check demo bench bench-jwt bench-decision bench-errpath fuzz fmt lint clean unit integration
 all: $(BROKER) $(DOUBLE)
 
 deps:
@@ -117,6 +117,13 @@ $(BUILD)/bench_decision: tests/bench/bench_decision.c $(addprefix $(BUILD)/obj/,
 
 bench-decision: $(BUILD)/bench_decision
 	@$(BUILD)/bench_decision policies/default.lua
+
+# Multi-tenant error path vs deny path (issue 10, class 5): decisions per second.
+$(BUILD)/bench_errpath: tests/bench/bench_errpath.c $(addprefix $(BUILD)/obj/,$(addsuffix .o,$(BENCH_DECISION_OBJS)))
+	$(CC) $(CFLAGS_ALL) -o $@ $< $(addprefix $(BUILD)/obj/,$(addsuffix .o,$(BENCH_DECISION_OBJS))) $(LDLIBS_ALL)
+
+bench-errpath: $(BUILD)/bench_errpath
+	@$(BUILD)/bench_errpath
 
 FUZZ_NAMES = $(patsubst tests/fuzz/fuzz_%.c,%,$(wildcard tests/fuzz/fuzz_*.c))
 FUZZ_jwt      = jwt jwks json secret log

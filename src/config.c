@@ -34,7 +34,7 @@
 #include <unistd.h>
 
 #include "duration.h"
-#include "pmatch.h"
+#include "policy.h"
 #include "scope.h"
 
 #define CONFIG_FILE_MAX     (1024 * 1024) /* the configuration file itself */
@@ -43,7 +43,7 @@
 #define MODULES_MAX         64            /* modules beside one policy */
 #define CONFIG_MEMORY_MAX   (64u << 20)   /* Lua heap while the file runs */
 #define CONFIG_INSTRUCTIONS 10000000LL    /* Lua VM instructions while the file runs */
-#define HOOK_EVERY          1000          /* instructions between two hook calls */
+#define CONFIG_TIMEOUT_MS   1000          /* CPU time while the file runs */
 #define TENANT_NAME_MAX     64
 
 /* ------------------------------------------------------------------------ */
@@ -1763,177 +1763,67 @@ static int walk_table(struct loader *ld, const char *pattern, const char *path, 
 /* The sandbox the file runs in                                              */
 /* ------------------------------------------------------------------------ */
 
-struct sandbox {
+/*
+ * The file runs in the broker's one Lua sandbox (policy_sandbox_run in
+ * policy.c), the policies' own: the charged string, table, math and utf8
+ * libraries (a C loop is charged before it runs), the sealed string
+ * metatable, no I/O, load, require, print or setmetatable (so no __gc or
+ * __close of the file's can run after it returns, nor any of its code while
+ * the walk reads its globals), under an instruction budget, a CPU time
+ * budget and a memory cap. A syntax error never quotes the file's text.
+ */
+struct walk_ctx {
 	struct loader *ld;
-	const char *text;
-	size_t len;
-	size_t heap_used;
-	size_t heap_limit;
-	long long hook_calls;
-	unsigned long long pattern_steps; /* charged by the string library's matcher */
-	bool sealed;                      /* every further Lua instruction raises an error */
-	bool walk_failed;                 /* the walk wrote its own message to ld->err */
+	int rc;
 };
 
-/* lua_Alloc with a cap. When ptr is NULL, osize is a type tag, not a size. */
-static void *capped_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
+/* Runs protected on the sandbox's state: arguments ctx, the file's globals. */
+static int walk_protected(lua_State *L)
 {
-	struct sandbox *sb = ud;
-	size_t old = ptr ? osize : 0;
-	void *p;
+	struct walk_ctx *w = lua_touserdata(L, 1);
 
-	if (nsize == 0) {
-		free(ptr);
-		sb->heap_used -= old;
-		return NULL;
-	}
-	if (nsize > old && nsize - old > sb->heap_limit - sb->heap_used)
-		return NULL;
-	p = realloc(ptr, nsize);
-	if (!p)
-		return NULL;
-	sb->heap_used = sb->heap_used - old + nsize;
-	return p;
-}
-
-static struct sandbox *sandbox_of(lua_State *L)
-{
-	struct sandbox *sb;
-	memcpy(&sb, lua_getextraspace(L), sizeof(sb));
-	return sb;
-}
-
-/*
- * Counts instructions. Past the budget it raises an error on every following
- * instruction: a pcall in the file may catch one error, but the very next
- * instruction after it raises again, so the error reaches the host.
- */
-static void count_hook(lua_State *L, lua_Debug *ar)
-{
-	struct sandbox *sb = sandbox_of(L);
-
-	if (!sb->sealed && ++sb->hook_calls * HOOK_EVERY < CONFIG_INSTRUCTIONS)
-		return;
-	if (!sb->sealed) {
-		sb->sealed = true;
-		lua_sethook(L, count_hook, LUA_MASKCOUNT, 1);
-	}
-	/* luaL_error would name the caller's line: the hook runs on the looping function's. */
-	if (lua_getinfo(L, "Sl", ar) && ar->currentline > 0)
-		lua_pushfstring(L, "%s:%d: ", ar->short_src, ar->currentline);
-	else
-		lua_pushliteral(L, "");
-	lua_pushfstring(L, "%sthe configuration ran more than %I instructions (an endless loop?)",
-	                lua_tostring(L, -1), (lua_Integer)CONFIG_INSTRUCTIONS);
-	lua_error(L);
-}
-
-/* Pattern matching in C (where the hook never runs) is charged to the same
- * instruction cap, through the broker's budgeted matcher (pmatch.c): Lua's
- * own one can backtrack for minutes on a short pattern. */
-static int pattern_charge(lua_State *L, unsigned long steps)
-{
-	struct sandbox *sb = sandbox_of(L);
-
-	sb->pattern_steps += steps;
-	if (!sb->sealed &&
-	    (unsigned long long)sb->hook_calls * HOOK_EVERY + sb->pattern_steps < CONFIG_INSTRUCTIONS)
-		return 0;
-	/* Spent: as in count_hook, every further instruction raises. */
-	if (!sb->sealed) {
-		sb->sealed = true;
-		lua_sethook(L, count_hook, LUA_MASKCOUNT, 1);
-	}
-	return 1;
-}
-
-static const struct pmatch_budget pattern_budget = {pattern_charge};
-
-/*
- * Runs under lua_pcall, so that any Lua error (memory included) is caught.
- * The walk allocates with malloc and attaches everything to the config at
- * once, so config_free releases it whatever happens; only a Lua memory error
- * in the middle of reading one value could leak that value's strings.
- */
-static int sandbox_main(lua_State *L)
-{
-	/*
-	 * setmetatable goes too: Lua turns hooks off while a __gc finalizer runs,
-	 * so a looping finalizer would escape the instruction cap (and __close
-	 * needs a metatable as well).
-	 */
-	static const char *const removed[] = {"dofile",         "loadfile", "load", "require",
-	                                      "collectgarbage", "print",    "_G",   "setmetatable"};
-	struct sandbox *sb = sandbox_of(L);
-	struct loader *ld = sb->ld;
-	int env;
-
-	luaL_requiref(L, LUA_GNAME, luaopen_base, 1);
-	luaL_requiref(L, LUA_STRLIBNAME, luaopen_string, 1);
-	/* Also the strings' methods: their metatable's __index is this table. */
-	pmatch_register(L, lua_gettop(L), &pattern_budget);
-	luaL_requiref(L, LUA_TABLIBNAME, luaopen_table, 1);
-	luaL_requiref(L, LUA_MATHLIBNAME, luaopen_math, 1);
-	lua_pop(L, 4);
-	for (size_t i = 0; i < sizeof(removed) / sizeof(removed[0]); i++) {
-		lua_pushnil(L);
-		lua_setglobal(L, removed[i]);
-	}
-
-	/* The file's globals land in env; reads fall through to the libraries. */
-	lua_newtable(L);
-	env = lua_gettop(L);
-	lua_newtable(L);
-	lua_pushglobaltable(L);
-	lua_setfield(L, -2, "__index");
-	lua_setmetatable(L, env);
-
-	lua_pushfstring(L, "@%s", ld->shown);
-	if (luaL_loadbufferx(L, sb->text, sb->len, lua_tostring(L, -1), "t") != LUA_OK)
-		return lua_error(L);
-	lua_pushvalue(L, env);
-	if (!lua_setupvalue(L, -2, 1))
-		lua_pop(L, 1);
-	lua_sethook(L, count_hook, LUA_MASKCOUNT, HOOK_EVERY);
-	lua_call(L, 0, 0);
-
-	/* From here on no code of the file may run, finalizers included. */
-	sb->sealed = true;
-	lua_sethook(L, count_hook, LUA_MASKCOUNT, 1);
-	if (walk_table(ld, "", "", env, ld->cfg) != 0)
-		sb->walk_failed = true;
+	w->rc = walk_table(w->ld, "", "", 2, w->ld->cfg);
 	return 0;
 }
 
 static int run_file(struct loader *ld, const char *text, size_t len)
 {
-	struct sandbox sb = {.ld = ld, .text = text, .len = len, .heap_limit = CONFIG_MEMORY_MAX};
-	struct sandbox *sbp = &sb;
+	static const struct policy_limits lim = {
+	    .max_instructions = CONFIG_INSTRUCTIONS,
+	    .timeout_ms = CONFIG_TIMEOUT_MS,
+	    .max_memory_bytes = CONFIG_MEMORY_MAX,
+	};
+	struct walk_ctx w = {.ld = ld, .rc = -1};
+	struct policy_engine *box;
+	char why[512];
 	lua_State *L;
-	int status, rc = -1;
+	int rc = -1;
 
-	L = lua_newstate(capped_alloc, &sb);
-	if (!L)
-		return fail(ld, NULL, "out of memory");
-	memcpy(lua_getextraspace(L), &sbp, sizeof(sbp));
+	box = policy_sandbox_new(&lim, why, sizeof(why));
+	if (!box)
+		return fail(ld, NULL, "%s", why);
+	L = policy_engine_lua(box);
 	ld->L = L;
-	lua_pushcfunction(L, sandbox_main);
-	status = lua_pcall(L, 0, 0, 0);
-	if (status == LUA_ERRMEM)
-		fail(ld, NULL, "out of memory (a configuration may use at most %u MiB)",
-		     CONFIG_MEMORY_MAX >> 20);
-	else if (status != LUA_OK) {
-		const char *msg =
-		    lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "error object is not a string";
-		/* Lua's messages mostly start with "<file>:<line>:" already; Lua shortens long names. */
-		if (strncmp(msg, ld->shown, strlen(ld->shown)) == 0)
-			snprintf(ld->err, ld->errlen, "%s", msg);
+	if (policy_sandbox_run(box, ld->shown, text, len, why, sizeof(why)) != 0) {
+		/* Lua's messages start with "<file>:<line>:" already (Lua
+		 * shortens long names). */
+		if (strncmp(why, ld->shown, strlen(ld->shown)) == 0)
+			snprintf(ld->err, ld->errlen, "%s", why);
 		else
-			fail(ld, NULL, "%s", msg);
-	} else if (!sb.walk_failed)
+			fail(ld, NULL, "%s", why);
+		goto out;
+	}
+	lua_pop(L, 1); /* the file's result: its globals are the configuration */
+	lua_pushcfunction(L, walk_protected);
+	lua_pushlightuserdata(L, &w);
+	lua_pushvalue(L, -3);
+	if (lua_pcall(L, 2, 0, 0) != LUA_OK)
+		fail(ld, NULL, "out of memory");
+	else if (w.rc == 0)
 		rc = 0;
-	lua_close(L);
+out:
 	ld->L = NULL;
+	policy_engine_free(box);
 	return rc;
 }
 

@@ -2,7 +2,9 @@
  * policy.c — the per-tenant Lua policy engine.
  *
  * Owns one lua_State per engine (one engine per worker thread): the sandbox
- * every policy runs in, each tenant's compiled chunk, the read-only request
+ * every policy runs in (the broker's only Lua sandbox: test files and the
+ * configuration file run in it too, through policy_sandbox_run), each
+ * tenant's compiled chunk, the read-only request
  * a policy sees, the budgets of one decision (instructions, wall clock,
  * memory) and the type check of what a policy returns. It must never hand a
  * policy anything that outlives the decision or reaches the host: no I/O, no
@@ -22,7 +24,9 @@
  * hook can end a runaway policy by yielding: an error raised from a hook
  * could be caught by pcall inside the policy, a yield cannot. Host flags
  * (budget spent, memory cap hit) make the decision a policy error whatever
- * the policy returns.
+ * the policy returns. A thread a policy failed on is dropped, never closed
+ * (finish): closing would run its pending __close handlers outside every
+ * budget.
  */
 #include "policy.h"
 
@@ -62,7 +66,10 @@
 #define SMALL_MAX     512           /* largest block the engine keeps free lists for */
 #define SMALL_STEP    16            /* the size classes' granularity */
 #define SMALL_CLASSES (SMALL_MAX / SMALL_STEP)
-#define FREE_MAX      (512 * 1024) /* most bytes of freed small blocks kept */
+#define FREE_MAX      (512 * 1024)     /* most bytes of freed small blocks kept */
+#define STRING_MAX    (REP_MAX + 4096) /* longest string a decision may create */
+#define BIG_STRING    (64 * 1024)      /* a string this long switches to FINE_STEP */
+#define FINE_STEP     16               /* instructions between budget checks once one exists */
 
 enum stop_reason { STOP_NONE, STOP_INSTRUCTIONS, STOP_TIME, STOP_MEMORY };
 
@@ -163,6 +170,11 @@ struct policy_engine {
 	long long unchecked; /* units charged since the last look at the clock */
 
 	int broken; /* a failed decision could not be cleaned up: refuse all */
+
+	/* The budgets of a decision (or of a file's run: policy_sandbox_run),
+	 * resolved from cfg at every arming when there is one. */
+	struct policy_limits lim;
+	int ref_filebase; /* what a file that is not a policy sees (policy_sandbox_run) */
 
 	int coverage; /* `test --coverage`: lines run are recorded in ref_cov */
 	int ref_cov;
@@ -313,6 +325,34 @@ static int alloc_refused(struct policy_engine *e, size_t old, size_t nsize)
 	return 0;
 }
 
+static void budget_hook(lua_State *L, lua_Debug *ar);
+
+/*
+ * A long string made during a decision. One VM instruction on it does O(n)
+ * work no hook sees: comparing (<, <=: strcoll), converting to a number
+ * (arithmetic, a library's number argument), hashing. Two bounds keep that
+ * inside the time budget: no string a decision makes is longer than
+ * STRING_MAX (refused like a memory bomb), and once one is BIG_STRING or
+ * longer the count hook looks at the budget every FINE_STEP instructions
+ * instead of every HOOK_STEP, for the rest of the decision: at most
+ * FINE_STEP such instructions (about 1 ms each at 1 MiB) between two looks.
+ * Returns 1 when the string is refused.
+ */
+static int big_string(struct policy_engine *e, size_t nsize)
+{
+	if (nsize > STRING_MAX) {
+		e->mem_hit = 1;
+		if (!e->detail[0])
+			snprintf(e->detail, sizeof(e->detail), "a string longer than %d bytes", STRING_MAX);
+		return 1;
+	}
+	if (e->hook_step > FINE_STEP && e->stop == STOP_NONE && e->co) {
+		e->hook_step = FINE_STEP;
+		lua_sethook(e->co, budget_hook, LUA_MASKCOUNT | (e->coverage ? LUA_MASKLINE : 0), FINE_STEP);
+	}
+	return 0;
+}
+
 /* Lua's allocator with a byte count. When ptr is NULL, osize is a type tag,
  * not a size: only a live block has a size to give back. */
 static void *engine_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
@@ -332,6 +372,8 @@ static void *engine_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
 		return NULL;
 	}
 	if (e->cap_armed && nsize > old && alloc_refused(e, old, nsize))
+		return NULL;
+	if (e->cap_armed && !ptr && osize == LUA_TSTRING && nsize >= BIG_STRING && big_string(e, nsize))
 		return NULL;
 	if (!ptr)
 		p = nsize <= SMALL_MAX ? small_get(e, nsize) : malloc(nsize);
@@ -484,13 +526,25 @@ static void budget_clock(struct policy_engine *e, long ms)
 	ts_add_ms(&e->wall_deadline, ms);
 }
 
+/* A configuration's policy limits, defaults for those it does not set. */
+static void limits_of(const struct config *cfg, struct policy_limits *lim)
+{
+	lim->max_instructions =
+	    cfg->policy_max_instructions > 0 ? cfg->policy_max_instructions : POLICY_DEFAULT_MAX_INSTRUCTIONS;
+	lim->timeout_ms = cfg->policy_timeout_ms > 0 ? cfg->policy_timeout_ms : POLICY_DEFAULT_TIMEOUT_MS;
+	lim->max_memory_bytes = cfg->policy_max_memory_bytes ? cfg->policy_max_memory_bytes
+	                                                     : (size_t)POLICY_DEFAULT_MAX_MEMORY_BYTES;
+}
+
 static void budget_arm(struct policy_engine *e)
 {
-	long ms = e->cfg->policy_timeout_ms > 0 ? e->cfg->policy_timeout_ms : POLICY_DEFAULT_TIMEOUT_MS;
+	long ms;
 
+	if (e->cfg)
+		limits_of(e->cfg, &e->lim);
+	ms = e->lim.timeout_ms;
 	e->steps = 0;
-	e->max_steps = e->cfg->policy_max_instructions > 0 ? e->cfg->policy_max_instructions
-	                                                   : POLICY_DEFAULT_MAX_INSTRUCTIONS;
+	e->max_steps = e->lim.max_instructions;
 	e->hook_step = e->max_steps < HOOK_STEP ? (int)e->max_steps : HOOK_STEP;
 	e->stop = STOP_NONE;
 	e->where[0] = '\0';
@@ -503,9 +557,7 @@ static void budget_arm(struct policy_engine *e)
 	e->loaded_valid = 0;
 	budget_clock(e, ms);
 	lua_sethook(e->co, budget_hook, LUA_MASKCOUNT | (e->coverage ? LUA_MASKLINE : 0), e->hook_step);
-	e->mem_cap =
-	    e->mem_used + (e->cfg->policy_max_memory_bytes ? e->cfg->policy_max_memory_bytes
-	                                                   : (size_t)POLICY_DEFAULT_MAX_MEMORY_BYTES);
+	e->mem_cap = e->mem_used + e->lim.max_memory_bytes;
 	e->cap_armed = 1;
 }
 
@@ -524,12 +576,12 @@ static int budget_spent(struct policy_engine *e, int clock, char *err, size_t er
 		         e->max_steps, e->detail[0] ? ": " : "", e->detail);
 		return 1;
 	case STOP_TIME:
-		snprintf(err, errlen, "%stime budget exceeded (%ld ms)%s%s", e->where,
-		         e->cfg->policy_timeout_ms, e->detail[0] ? ": " : "", e->detail);
+		snprintf(err, errlen, "%stime budget exceeded (%ld ms)%s%s", e->where, e->lim.timeout_ms,
+		         e->detail[0] ? ": " : "", e->detail);
 		return 1;
 	case STOP_MEMORY:
 		snprintf(err, errlen, "%smemory cap exceeded (%zu bytes)%s%s", e->where,
-		         e->cfg->policy_max_memory_bytes, e->detail[0] ? ": " : "", e->detail);
+		         e->lim.max_memory_bytes, e->detail[0] ? ": " : "", e->detail);
 		return 1;
 	case STOP_NONE:
 		break;
@@ -845,6 +897,57 @@ static int sb_load(lua_State *L)
 }
 
 /*
+ * How every function a policy (or a test file, or the configuration file:
+ * policy_sandbox_run) can reach is bounded. "O(1)": constant work, or work
+ * bounded by a small constant (a number's digits). "hooked": runs Lua code,
+ * which the count hook sees. Lengths are read once; work is charged before
+ * it is done; breaches of a hard cap are fatal even when caught.
+ *
+ * base  assert error getmetatable rawequal select type _VERSION: O(1).
+ *       rawlen: O(log n). rawget rawset next: O(1) amortised (hash lookup).
+ *       ipairs pairs: O(1) per step; __pairs/__index are hooked.
+ *       tostring: O(1), or hooked __tostring. pcall xpcall: hooked (xpcall's
+ *       handler runs as plain hooked Lua, see XPCALL_LUA).
+ *       tonumber: sb_tonumber, 1 unit per 16 bytes of a string argument.
+ *       setmetatable: O(1), no __gc. load: LOAD_MAX bytes, 1 unit per 4.
+ *       require: runs a compiled module, hooked. print = broker.log.
+ * string  len: O(1). rep: empty result answered at once (no C loop), else
+ *       REP_MAX result, charged per 16 bytes and per repetition. byte,
+ *       char, utf8.codepoint, utf8.char: ITEMS_MAX values, 1 unit each.
+ *       format: estimated result FORMAT_MAX, charged per 16 bytes and per
+ *       argument. sub lower upper reverse: 1 unit per 16 bytes. pack
+ *       packsize unpack: 1 unit per 4 format bytes + per 16 data bytes
+ *       (padding grows a buffer: the memory cap). find match gmatch gsub:
+ *       pmatch.c, every matcher step and every byte scanned charged.
+ * table  concat unpack: the length read once (one __len call, hooked) and
+ *       passed as explicit bounds; ITEMS_MAX elements, charged per element
+ *       (and per 16 separator bytes). insert remove sort: a table with a
+ *       __len of its own is refused (the real functions read it again), so
+ *       the charged raw length is the one used; ITEMS_MAX; sort charges
+ *       n log n comparisons, each by the longest string when it compares in
+ *       C. move: MOVE_MAX elements, charged per element. pack: O(arguments).
+ * math   every function: O(1) (max/min: O(arguments)).
+ * utf8   len offset: 1 unit per 16 bytes. codes: O(1) amortised per step.
+ *       charpattern: a constant.
+ * os     time clock: O(1).
+ * broker duration: DURATION_MAX_INPUT bytes. log: LOG_MAX bytes, LOG_LINES
+ *       lines per decision. cidr_match: list length read once, ITEMS_MAX,
+ *       charged per entry. tiers data: read-only views, O(1) per read.
+ * the VM itself  Concatenation and every string result: allocations of
+ *       BIG_ALLOC or more look at the clock, none exceeds STRING_MAX or the
+ *       memory cap. String comparison (<, <=: strcoll), equality of long
+ *       strings, converting a string operand to a number, hashing a long
+ *       string key: O(length) inside one instruction, unseen by any hook;
+ *       bounded by STRING_MAX and by the finer hook (FINE_STEP) that any
+ *       string of BIG_STRING or more switches on (big_string). Measured: a
+ *       50 ms budget ends within 52 ms on every one of these loops
+ *       (test_c_escapes_bounded). Arithmetic metamethods of strings are
+ *       wrapped by sb_tonumber as well.
+ * Not reachable: io, os.execute/getenv/..., debug, coroutine, package,
+ *       string.dump, collectgarbage, dofile, loadfile, binary chunks, __gc.
+ */
+
+/*
  * Work inside C functions. No hook runs while a library function loops in
  * C, so each one that can do work out of proportion to the instructions
  * that called it is wrapped: the wrapper charges its work (elements touched,
@@ -944,6 +1047,12 @@ static int sb_rep(lua_State *L)
 	luaL_checklstring(L, 1, &l);
 	n = luaL_checkinteger(L, 2);
 	luaL_optlstring(L, 3, "", &lsep);
+	if (l + lsep == 0 || n <= 0) {
+		/* Nothing to write: the real function would still loop n times
+		 * (string.rep("", 2^40) ran for hours), so answer here. */
+		lua_pushliteral(L, "");
+		return 1;
+	}
 	if (n > 0 && (l + lsep) > 0 && (uint64_t)n > (uint64_t)(REP_MAX + lsep) / (l + lsep)) {
 		struct policy_engine *e = engine_of(L);
 		e->mem_hit = 1; /* a bomb: fatal even if the policy catches it */
@@ -973,6 +1082,30 @@ static int sb_move(lua_State *L)
 	return pass_on(L);
 }
 
+static int swap_len(lua_State *L);
+
+/*
+ * The length of the list at 1, read once. The real table functions read it
+ * again (luaL_len), so a __len answering 0 to the wrapper and 2^40 to the
+ * real function got a loop of 2^40 steps in C for free. Where the real
+ * function takes explicit bounds (concat, unpack) the wrapper passes the
+ * length it charged; where it cannot (insert, remove, sort) a table with a
+ * __len of its own is refused, so both reads see the raw length (the
+ * sandbox's read-only views have a __len of the engine's: the raw length of
+ * their table, the same on every read).
+ */
+static lua_Integer list_len(lua_State *L, int fixed, const char *what)
+{
+	if (!fixed && luaL_getmetafield(L, 1, "__len") != LUA_TNIL) {
+		lua_CFunction f = lua_tocfunction(L, -1);
+		lua_pop(L, 1);
+		if (f != proxy_len && f != swap_len)
+			luaL_error(L, "%s: tables with a __len metamethod are not supported in policies",
+			           what);
+	}
+	return luaL_len(L, 1);
+}
+
 /* table.concat(list [, sep [, i [, j]]]) */
 static int sb_concat(lua_State *L)
 {
@@ -982,9 +1115,12 @@ static int sb_concat(lua_State *L)
 	luaL_checkany(L, 1);
 	luaL_optlstring(L, 2, "", &lsep);
 	i = luaL_optinteger(L, 3, 1);
-	j = lua_isnoneornil(L, 4) ? luaL_len(L, 1) : luaL_checkinteger(L, 4);
+	j = lua_isnoneornil(L, 4) ? list_len(L, 1, "table.concat") : luaL_checkinteger(L, 4);
 	charge_items(L, span(i, j), "table.concat");
 	charge(L, span(i, j) * (long long)(lsep / 16), "table.concat");
+	lua_settop(L, 4);
+	lua_pushinteger(L, j);
+	lua_replace(L, 4);
 	return pass_on(L);
 }
 
@@ -992,21 +1128,43 @@ static int sb_concat(lua_State *L)
 static int sb_unpack(lua_State *L)
 {
 	lua_Integer i = luaL_optinteger(L, 2, 1);
-	lua_Integer j = lua_isnoneornil(L, 3) ? luaL_len(L, 1) : luaL_checkinteger(L, 3);
+	lua_Integer j = lua_isnoneornil(L, 3) ? list_len(L, 1, "table.unpack") : luaL_checkinteger(L, 3);
 
 	charge_items(L, span(i, j), "table.unpack");
+	lua_settop(L, 3);
+	lua_pushinteger(L, j);
+	lua_replace(L, 3);
 	return pass_on(L);
 }
 
-/* table.sort(list [, comp]): n log n comparisons in C. */
+/* table.sort(list [, comp]): n log n comparisons in C. Without comp, each
+ * compares two values in C: strings byte by byte (strcoll), out of the
+ * hook's reach, so each comparison is charged by the longest string. */
 static int sb_sort(lua_State *L)
 {
-	lua_Integer n = luaL_len(L, 1);
-	long long cost = n;
+	lua_Integer n = list_len(L, 0, "table.sort");
+	long long cost = n, per = 1;
 
 	charge_items(L, n, "table.sort");
+	if (lua_isnoneornil(L, 2)) {
+		size_t longest = 0;
+		for (lua_Integer k = 1; k <= n; k++) {
+			if (lua_rawgeti(L, 1, k) == LUA_TSTRING) {
+				size_t l;
+				lua_tolstring(L, -1, &l);
+				if (l > longest)
+					longest = l;
+			}
+			lua_pop(L, 1);
+		}
+		per += (long long)(longest / 16);
+	}
 	for (lua_Integer k = n; k > 1; k >>= 1)
 		cost += n;
+	if (per > 1 && cost > (LLONG_MAX / 4) / per)
+		cost = LLONG_MAX / 4;
+	else
+		cost *= per;
 	charge(L, cost, "table.sort");
 	return pass_on(L);
 }
@@ -1014,9 +1172,26 @@ static int sb_sort(lua_State *L)
 /* table.insert and table.remove shift up to #list elements in C. */
 static int sb_shift(lua_State *L)
 {
-	lua_Integer n = luaL_len(L, 1);
+	lua_Integer n = list_len(L, 0, "table.insert/remove");
 
 	charge_items(L, n < 0 ? 0 : n, "table.insert/remove");
+	return pass_on(L);
+}
+
+/* tonumber(v [, base]) and the strings' arithmetic metamethods (which
+ * convert their string operands): converting a string walks all of it. */
+static int sb_tonumber(lua_State *L)
+{
+	long long units = 1;
+
+	for (int i = 1; i <= 2; i++) {
+		if (lua_type(L, i) == LUA_TSTRING) {
+			size_t l;
+			lua_tolstring(L, i, &l);
+			units += (long long)(l / 16);
+		}
+	}
+	charge(L, units, "string to number");
 	return pass_on(L);
 }
 
@@ -1123,9 +1298,80 @@ static int broker_duration(lua_State *L)
 	return 1;
 }
 
+/* The length (1 to 4) of the well-formed UTF-8 character at s (len > 0
+ * bytes), or 0 when it is not one (a stray or missing continuation byte, an
+ * overlong form, a surrogate, beyond U+10FFFF): RFC 3629's table. */
+static size_t utf8_char_len(const unsigned char *s, size_t len)
+{
+	unsigned c = s[0];
+	size_t n;
+	unsigned lo = 0x80, hi = 0xbf;
+
+	if (c < 0x80)
+		return 1;
+	if (c >= 0xc2 && c <= 0xdf)
+		n = 2;
+	else if (c >= 0xe0 && c <= 0xef)
+		n = 3;
+	else if (c >= 0xf0 && c <= 0xf4)
+		n = 4;
+	else
+		return 0;
+	if (len < n)
+		return 0;
+	if (c == 0xe0)
+		lo = 0xa0;
+	else if (c == 0xed)
+		hi = 0x9f;
+	else if (c == 0xf0)
+		lo = 0x90;
+	else if (c == 0xf4)
+		hi = 0x8f;
+	if (s[1] < lo || s[1] > hi)
+		return 0;
+	for (size_t i = 2; i < n; i++)
+		if (s[i] < 0x80 || s[i] > 0xbf)
+			return 0;
+	return n;
+}
+
+/*
+ * Appends s (len bytes) to dst (used bytes of cap, a NUL kept room for) as
+ * valid UTF-8: each byte that does not start a well-formed character
+ * becomes U+FFFD, a character that does not fit whole is left out (never
+ * cut), and when flat, line breaks and NULs become spaces. Returns the new
+ * used count. What a policy returns or logs reaches JSON log lines and
+ * response bodies, which must be UTF-8.
+ */
+static size_t utf8_append(char *dst, size_t used, size_t cap, const char *s, size_t len, int flat)
+{
+	const unsigned char *p = (const unsigned char *)s;
+
+	for (size_t i = 0; i < len;) {
+		size_t n = utf8_char_len(p + i, len - i);
+		size_t w = n ? n : 3;
+		if (used + w >= cap)
+			break;
+		if (!n) {
+			memcpy(dst + used, "\xef\xbf\xbd", 3);
+			i++;
+		} else if (flat && n == 1 && (p[i] == '\n' || p[i] == '\r' || p[i] == '\0')) {
+			dst[used] = ' ';
+			i++;
+		} else {
+			memcpy(dst + used, p + i, n);
+			i += n;
+		}
+		used += w;
+	}
+	dst[used] = '\0';
+	return used;
+}
+
 /* broker.log(...) and print(...): one line per call, its arguments joined
- * by spaces with line breaks turned into spaces, kept for the last decision
- * (policy_decision_log): at most LOG_LINES lines and LOG_MAX bytes. */
+ * by spaces with line breaks turned into spaces, invalid UTF-8 replaced
+ * (utf8_append), kept for the last decision (policy_decision_log): at most
+ * LOG_LINES lines and LOG_MAX bytes. */
 static int broker_log(lua_State *L)
 {
 	struct policy_engine *e = engine_of(L);
@@ -1138,13 +1384,9 @@ static int broker_log(lua_State *L)
 		const char *s = luaL_tolstring(L, i, &len);
 		size_t room = sizeof(e->log) - e->log_len;
 		if (room > 3) {
-			size_t k = len < room - 3 ? len : room - 3;
 			if (i > 1)
 				e->log[e->log_len++] = ' ';
-			for (size_t j = 0; j < k; j++) {
-				char c = s[j];
-				e->log[e->log_len++] = c == '\n' || c == '\r' || c == '\0' ? ' ' : c;
-			}
+			e->log_len = utf8_append(e->log, e->log_len, sizeof(e->log) - 2, s, len, 1);
 		}
 		lua_pop(L, 1);
 	}
@@ -1457,9 +1699,11 @@ static void swap_view_new(lua_State *L, int rmt)
 static int setup_protected(lua_State *L)
 {
 	struct policy_engine *e = engine_of(L);
-	static const char *const base_names[] = {
-	    "assert",   "error",    "ipairs", "pcall",    "rawequal",     "rawlen", "select",
-	    "tonumber", "tostring", "type",   "_VERSION", "getmetatable", NULL};
+	static const char *const base_names[] = {"assert",   "error",    "ipairs",       "pcall",
+	                                         "rawequal", "rawlen",   "select",       "tostring",
+	                                         "type",     "_VERSION", "getmetatable", NULL};
+	static const char *const string_arith[] = {"__add", "__sub",  "__mul", "__mod", "__pow",
+	                                           "__div", "__idiv", "__unm", NULL};
 	static const char *const string_names[] = {"len", NULL};
 	static const struct wrap string_wraps[] = {
 	    {"rep", sb_rep},      {"byte", sb_bytes},    {"char", sb_chars},  {"format", sb_format},
@@ -1476,6 +1720,10 @@ static int setup_protected(lua_State *L)
 	    "max",  "maxinteger", "min",       "mininteger", "modf", "pi",    "rad",  "random", "sin",
 	    "sqrt", "tan",        "tointeger", "type",       "ult",  "acos",  "asin", "atan",   NULL};
 	static const char *const utf8_names[] = {"charpattern", "codes", NULL};
+	static const char *const file_names[] = {
+	    "assert",   "error",  "ipairs", "next",     "pairs",    "pcall", "rawequal", "rawget",
+	    "rawlen",   "rawset", "select", "tonumber", "tostring", "type",  "xpcall",   "getmetatable",
+	    "_VERSION", "string", "table",  "math",     "utf8",     NULL};
 	static const char *const os_names[] = {"time", "clock", NULL};
 	int g, rmt, base, str;
 
@@ -1563,6 +1811,9 @@ static int setup_protected(lua_State *L)
 
 	lua_pushvalue(L, base);
 	copy_fields(L, g, base_names);
+	lua_getfield(L, g, "tonumber");
+	lua_pushcclosure(L, sb_tonumber, 1);
+	lua_setfield(L, base, "tonumber");
 	lua_pushvalue(L, rmt);
 	lua_pushcclosure(L, sb_rawset, 1);
 	lua_setfield(L, base, "rawset");
@@ -1596,6 +1847,14 @@ static int setup_protected(lua_State *L)
 	lua_setfield(L, -2, "__index");
 	lua_pushboolean(L, 0);
 	lua_setfield(L, -2, "__metatable");
+	for (const char *const *mm = string_arith; *mm; mm++) {
+		if (lua_getfield(L, -1, *mm) == LUA_TNIL) {
+			lua_pop(L, 1);
+			continue;
+		}
+		lua_pushcclosure(L, sb_tonumber, 1);
+		lua_setfield(L, -2, *mm);
+	}
 	lua_pop(L, 2);
 	lua_pushvalue(L, str);
 	engine_wrap(L, e);
@@ -1654,6 +1913,16 @@ static int setup_protected(lua_State *L)
 	lua_pushnil(L);
 	lua_setfield(L, g, "os");
 
+	/* What a file that is not a policy sees (policy_sandbox_run): the same
+	 * functions and charged libraries, without load, require, print,
+	 * setmetatable and broker. */
+	lua_createtable(L, 0, 24);
+	for (const char *const *n = file_names; *n; n++) {
+		lua_getfield(L, base, *n);
+		lua_setfield(L, -2, *n);
+	}
+	e->ref_filebase = luaL_ref(L, LUA_REGISTRYINDEX);
+
 	/* The thread policies run on. */
 	e->co = lua_newthread(L);
 	e->ref_co = luaL_ref(L, LUA_REGISTRYINDEX);
@@ -1681,8 +1950,7 @@ static void resume_error(struct policy_engine *e, int status, char *err, size_t 
 	lua_State *co = e->co;
 
 	if (status == LUA_ERRMEM) {
-		snprintf(err, errlen, "%smemory cap exceeded (%zu bytes)", e->where,
-		         e->cfg->policy_max_memory_bytes);
+		snprintf(err, errlen, "%smemory cap exceeded (%zu bytes)", e->where, e->lim.max_memory_bytes);
 	} else if (lua_type(co, -1) == LUA_TSTRING) {
 		snprintf(err, errlen, "%s", lua_tostring(co, -1));
 	} else {
@@ -1733,8 +2001,11 @@ static void append_traceback(struct policy_engine *e, char *err, size_t errlen)
  * caller co must be reset before its next use. last: whether this is the
  * decision's last run; a run that succeeds and is not the last leaves the
  * clock to the last one (a clock reading is a good part of a small
- * decision), which fails the decision all the same.
+ * decision), which fails the decision all the same. RUN_OPTIONAL in last:
+ * returning nothing is a nil result (a configuration file), not an error.
  */
+#define RUN_LAST     1
+#define RUN_OPTIONAL 2
 static int run(struct policy_engine *e, int nargs, int last, const char *what, char *err, size_t errlen,
                int *dirty)
 {
@@ -1742,9 +2013,18 @@ static int run(struct policy_engine *e, int nargs, int last, const char *what, c
 	int nres = 0;
 	int status = lua_resume(co, e->L, nargs, &nres);
 
-	if (status != LUA_OK)
+	if (status != LUA_OK) {
+		lua_Debug ar;
 		*dirty = 1;
-	if (budget_spent(e, last || status != LUA_OK, err, errlen)) {
+		/* Where a budget ran out, when neither the hook nor a guard said
+		 * (a plain error names its own line). */
+		for (int level = 0; (e->mem_hit || status == LUA_ERRMEM) && !e->where[0] && level < 8 &&
+		                    lua_getstack(co, level, &ar);
+		     level++)
+			if (lua_getinfo(co, "Sl", &ar) && ar.currentline > 0)
+				snprintf(e->where, sizeof(e->where), "%s:%d: ", ar.short_src, ar.currentline);
+	}
+	if (budget_spent(e, (last & RUN_LAST) || status != LUA_OK, err, errlen)) {
 		append_traceback(e, err, errlen);
 		return -1;
 	}
@@ -1756,6 +2036,10 @@ static int run(struct policy_engine *e, int nargs, int last, const char *what, c
 		resume_error(e, status, err, errlen);
 		append_traceback(e, err, errlen);
 		return -1;
+	}
+	if (nres < 1 && (last & RUN_OPTIONAL) && lua_checkstack(co, 1)) {
+		lua_pushnil(co);
+		nres = 1;
 	}
 	if (nres < 1) {
 		snprintf(err, errlen, "%s returned nothing", what);
@@ -1939,10 +2223,8 @@ static int check_decision(lua_State *L, struct policy_engine *e, int idx, const 
 			return bad(err, errlen, path, "reason must be a string, got %s",
 			           luaL_typename(L, f_reason));
 		s = lua_tolstring(L, f_reason, &len);
-		if (len > sizeof(out->reason) - 1)
-			len = sizeof(out->reason) - 1;
-		memcpy(out->reason, s, len);
-		out->reason[len] = '\0';
+		/* At most 255 bytes, cut between characters, valid UTF-8. */
+		utf8_append(out->reason, 0, sizeof(out->reason), s, len, 0);
 	}
 	if (allow && !f_scopes == !f_tier)
 		return bad(err, errlen, path, "%s",
@@ -2271,7 +2553,7 @@ static int decide_protected(lua_State *L)
 		goto out;
 	}
 	lua_rawgeti(e->co, LUA_REGISTRYINDEX, e->ref_reqview);
-	if (run(e, 1, 1, "decide", c->err, c->errlen, &c->dirty) != 0)
+	if (run(e, 1, RUN_LAST, "decide", c->err, c->errlen, &c->dirty) != 0)
 		goto out;
 	lua_xmove(e->co, L, 1);
 	e->cap_armed = 0;
@@ -2283,26 +2565,42 @@ out:
 }
 
 /*
- * Cleans up after a decision. A thread a policy failed on is dropped, not
- * reset: an error raised from the hook where a yield was impossible leaves
- * the thread with hooks switched off (Lua restores them only at a pcall),
- * and resetting would run the policy's pending __close handlers unhooked.
- * A dropped thread's __close handlers never run; the GC frees it.
+ * Cleans up after a decision. A thread a policy failed on (an error, a
+ * yield from the budget hook, any breach) is dropped without being touched:
+ * lua_settop, lua_closethread and lua_resetthread on it would run the
+ * policy's pending __close handlers in C, outside any protected call and
+ * with the spent budget's hook still armed (count 1, yielding): Lua raises
+ * "attempt to yield across a C-call boundary" with no handler and the
+ * process aborts. A dropped thread is never closed: the collector frees it
+ * (luaE_freethread closes upvalues only, never to-be-closed variables).
+ * Only a thread whose last resume returned normally, with nothing pending,
+ * is reset here. (Reusing a thread a plain error ended would save one
+ * lua_newthread per error, but measured no difference, and an error raised
+ * from a hook leaves the thread's hooks off: not worth a second rule.)
+ *
+ * No full collection here: the engine holds every tenant's compiled
+ * policies, so a full collection per failed decision costs O(tenants) and
+ * lets any client who can make a policy raise slow every tenant down
+ * (issue 10, class 5). A failure leaves at most the decision's own garbage
+ * (bounded by the memory cap) and one dropped thread; the generational
+ * collector's step (a young collection, or a major one when its own pacing
+ * calls for it) reclaims that in time proportional to what the decision
+ * allocated, and only when the decision grew the heap by GC_STEP_AFTER or
+ * hit the cap.
  */
 static void finish(struct policy_engine *e, int dirty, size_t used_before)
 {
 	e->cap_armed = 0;
-	lua_settop(e->co, 0);
-	if (dirty) {
+	if (!dirty) {
+		lua_settop(e->co, 0);
+	} else {
 		lua_pushcfunction(e->L, new_co_protected);
 		if (lua_pcall(e->L, 0, 0, 0) != LUA_OK) {
 			lua_pop(e->L, 1);
 			e->broken = 1;
 		}
 	}
-	if (dirty || e->mem_hit)
-		lua_gc(e->L, LUA_GCCOLLECT, 0);
-	else if (e->mem_used > used_before + GC_STEP_AFTER)
+	if (e->mem_hit || e->mem_used > used_before + GC_STEP_AFTER)
 		lua_gc(e->L, LUA_GCSTEP, 0);
 }
 
@@ -2321,7 +2619,7 @@ int policy_decide(struct policy_engine *e, const struct policy_request *rq, stru
 	out->expires_s = 0;
 	out->reason[0] = '\0';
 	out->strbuf_used = 0;
-	if (!rq->tenant || rq->tenant < e->cfg->tenants ||
+	if (!e->cfg || !rq->tenant || rq->tenant < e->cfg->tenants ||
 	    rq->tenant >= e->cfg->tenants + e->cfg->n_tenants) {
 		snprintf(err, errlen, "tenant is not part of this engine's configuration");
 		return -1;
@@ -2579,6 +2877,7 @@ int policy_code_lines(const char *name, const char *text, size_t len, unsigned c
 	lua_pushfstring(L, "@%s", name);
 	if (luaL_loadbufferx(L, text, len, lua_tostring(L, -1), "t") != LUA_OK) {
 		snprintf(err, errlen, "%s", lua_tostring(L, -1));
+		policy_scrub_syntax_error(err);
 		goto out;
 	}
 	if (lua_dump(L, dump_write, &b, 0) != 0 || b.len < 32) {
@@ -2679,6 +2978,7 @@ static int tenant_setup(struct policy_engine *e, size_t i, char *err, size_t err
 			lua_pushfstring(L, "@%s", m->path);
 			if (luaL_loadbufferx(L, m->text, m->len, lua_tostring(L, -1), "t") != LUA_OK) {
 				snprintf(err, errlen, "%s", lua_tostring(L, -1));
+				policy_scrub_syntax_error(err);
 				return -1;
 			}
 			lua_remove(L, -2);
@@ -2711,6 +3011,7 @@ static int compile_protected(lua_State *L)
 		lua_pushfstring(L, "@%s", path);
 		if (luaL_loadbufferx(L, t->policy_text, t->policy_len, lua_tostring(L, -1), "t") != LUA_OK) {
 			snprintf(c->err, c->errlen, "tenant %s: %s", t->name, lua_tostring(L, -1));
+			policy_scrub_syntax_error(c->err);
 			return 0;
 		}
 		lua_rawgeti(L, LUA_REGISTRYINDEX, e->envmts[i]);
@@ -2723,7 +3024,7 @@ static int compile_protected(lua_State *L)
 		lua_settop(e->co, 0);
 		push_chunk(e, i);
 		budget_arm(e);
-		if (run(e, 0, 1, path, c->err, c->errlen, &c->dirty) != 0) {
+		if (run(e, 0, RUN_LAST, path, c->err, c->errlen, &c->dirty) != 0) {
 			char why[512];
 			e->cap_armed = 0;
 			snprintf(why, sizeof(why), "%s", c->err);
@@ -2743,10 +3044,12 @@ static int compile_protected(lua_State *L)
 	return 0;
 }
 
-struct policy_engine *policy_engine_new(const struct config *cfg, char *err, size_t errlen)
+/* A state with the sandbox and no policy compiled yet, for n tenants of cfg
+ * (or none) under lim. */
+static struct policy_engine *engine_make(const struct config *cfg, size_t n, const struct policy_limits *lim,
+                                         char *err, size_t errlen)
 {
 	struct policy_engine *e = calloc(1, sizeof(*e));
-	struct compile_ctx c;
 	lua_State *L;
 
 	if (!e) {
@@ -2754,10 +3057,11 @@ struct policy_engine *policy_engine_new(const struct config *cfg, char *err, siz
 		return NULL;
 	}
 	e->cfg = cfg;
-	e->n_chunks = cfg->n_tenants;
-	e->chunks = calloc(cfg->n_tenants ? cfg->n_tenants : 1, sizeof(*e->chunks));
-	e->envmts = calloc(cfg->n_tenants ? cfg->n_tenants : 1, sizeof(*e->envmts));
-	e->mods = calloc(cfg->n_tenants ? cfg->n_tenants : 1, sizeof(*e->mods));
+	e->lim = *lim;
+	e->n_chunks = n;
+	e->chunks = calloc(n ? n : 1, sizeof(*e->chunks));
+	e->envmts = calloc(n ? n : 1, sizeof(*e->envmts));
+	e->mods = calloc(n ? n : 1, sizeof(*e->mods));
 	L = e->chunks && e->envmts && e->mods ? lua_newstate(engine_alloc, e) : NULL;
 	if (!L) {
 		small_release(e); /* what a failed lua_newstate freed */
@@ -2782,7 +3086,21 @@ struct policy_engine *policy_engine_new(const struct config *cfg, char *err, siz
 		policy_engine_free(e);
 		return NULL;
 	}
+	return e;
+}
 
+struct policy_engine *policy_engine_new(const struct config *cfg, char *err, size_t errlen)
+{
+	struct policy_limits lim;
+	struct policy_engine *e;
+	struct compile_ctx c;
+	lua_State *L;
+
+	limits_of(cfg, &lim);
+	e = engine_make(cfg, cfg->n_tenants, &lim, err, errlen);
+	if (!e)
+		return NULL;
+	L = e->L;
 	c = (struct compile_ctx){.e = e, .err = err, .errlen = errlen, .rc = -1};
 	err[0] = '\0';
 	lua_pushcfunction(L, compile_protected);
@@ -2800,6 +3118,99 @@ struct policy_engine *policy_engine_new(const struct config *cfg, char *err, siz
 		return NULL;
 	}
 	return e;
+}
+
+/* ------------------------------------------------------------ files */
+
+struct policy_engine *policy_sandbox_new(const struct policy_limits *lim, char *err, size_t errlen)
+{
+	return engine_make(NULL, 0, lim, err, errlen);
+}
+
+void policy_scrub_syntax_error(char *msg)
+{
+	char *near = strstr(msg, " near '");
+
+	if (near)
+		*near = '\0';
+}
+
+struct file_ctx {
+	struct policy_engine *e;
+	const char *name, *text;
+	size_t len;
+	char *err;
+	size_t errlen;
+	int rc;
+	int dirty;
+};
+
+/* Runs protected on e->L: argument ctx; returns the environment and the
+ * file's result. The environment is the file's own, writable (its
+ * globals), reading through to the file base; its metatable is sealed. */
+static int file_protected(lua_State *L)
+{
+	struct file_ctx *c = lua_touserdata(L, 1);
+	struct policy_engine *e = c->e;
+
+	lua_createtable(L, 0, 0);
+	lua_createtable(L, 0, 2);
+	lua_rawgeti(L, LUA_REGISTRYINDEX, e->ref_filebase);
+	lua_setfield(L, -2, "__index");
+	lua_pushboolean(L, 0);
+	lua_setfield(L, -2, "__metatable");
+	lua_setmetatable(L, 2);
+	lua_pushfstring(L, "@%s", c->name);
+	if (luaL_loadbufferx(L, c->text, c->len, lua_tostring(L, -1), "t") != LUA_OK) {
+		snprintf(c->err, c->errlen, "%s", lua_tostring(L, -1));
+		policy_scrub_syntax_error(c->err);
+		return 0;
+	}
+	lua_pushvalue(L, 2);
+	if (!lua_setupvalue(L, -2, 1))
+		lua_pop(L, 1);
+	lua_settop(e->co, 0);
+	lua_xmove(L, e->co, 1);
+	budget_arm(e);
+	if (run(e, 0, RUN_LAST | RUN_OPTIONAL, c->name, c->err, c->errlen, &c->dirty) != 0)
+		return 0;
+	e->cap_armed = 0;
+	lua_pushvalue(L, 2);
+	lua_xmove(e->co, L, 1);
+	c->rc = 0;
+	return 2;
+}
+
+int policy_sandbox_run(struct policy_engine *e, const char *name, const char *text, size_t len, char *err,
+                       size_t errlen)
+{
+	lua_State *L = e->L;
+	int top = lua_gettop(L);
+	size_t used_before = e->mem_used;
+	struct file_ctx c = {
+	    .e = e, .name = name, .text = text, .len = len, .err = err, .errlen = errlen, .rc = -1};
+
+	err[0] = '\0';
+	if (e->broken) {
+		snprintf(err, errlen, "%s: the Lua sandbox is out of memory", name);
+		return -1;
+	}
+	lua_pushcfunction(L, file_protected);
+	lua_pushlightuserdata(L, &c);
+	if (lua_pcall(L, 1, 2, 0) != LUA_OK) {
+		snprintf(err, errlen, "%s: %s", name,
+		         lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "out of memory");
+		c.rc = -1;
+		c.dirty = 1;
+	}
+	finish(e, c.dirty, used_before);
+	if (c.rc != 0) {
+		lua_settop(L, top);
+		if (!err[0])
+			snprintf(err, errlen, "%s: failed", name);
+		return -1;
+	}
+	return 0;
 }
 
 void policy_engine_free(struct policy_engine *e)

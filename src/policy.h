@@ -89,4 +89,39 @@ void policy_coverage_each(struct policy_engine *e, void (*fn)(void *ctx, const c
 int policy_code_lines(const char *name, const char *text, size_t len, unsigned char *lines, size_t nlines,
                       char *err, size_t errlen);
 
+/*
+ * The sandbox alone: the one Lua sandbox of the broker, for the Lua files
+ * that are not policies (a policy's NAME_test.lua, the configuration file)
+ * as for policies. A file runs with the policies' charged libraries
+ * (string, table, math, utf8, each C loop charged before it runs), the
+ * sealed string metatable, text chunks only, no I/O, no require, no load,
+ * no setmetatable (no __gc, __close or metamethod code of the file's can
+ * run after it returns), under an instruction budget, a CPU time budget and
+ * a memory cap. Its globals land in its own environment.
+ */
+struct policy_limits {
+	long long max_instructions;
+	long timeout_ms;
+	size_t max_memory_bytes;
+};
+
+/* A sandbox without tenants under lim. Returns NULL with the reason in err.
+ * Free it with policy_engine_free; policy_decide refuses it. */
+struct policy_engine *policy_sandbox_new(const struct policy_limits *lim, char *err, size_t errlen);
+
+/*
+ * Runs the Lua source text (chunk name "@name") once on e, in a fresh
+ * environment, under e's limits (the policies' on an engine built from a
+ * configuration). Returns 0 with the environment and then the chunk's first
+ * result (nil when none) pushed on policy_engine_lua(e), or -1 with the
+ * reason (file:line, never a quote of the file's text) in err, pushing
+ * nothing. The engine stays usable either way.
+ */
+int policy_sandbox_run(struct policy_engine *e, const char *name, const char *text, size_t len, char *err,
+                       size_t errlen);
+
+/* Removes the quote of source text from a Lua syntax error (" near '...'"):
+ * a file that is not Lua (a key named as a policy) must not be echoed. */
+void policy_scrub_syntax_error(char *msg);
+
 #endif

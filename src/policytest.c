@@ -3,8 +3,10 @@
  *
  * Owns the test-file format and the report. A case's request goes through
  * the same engine (policy.c) and the same ceiling (envelope.c) as a live
- * request, so a passing test means what production will do. Test files are
- * loaded as text into an environment without I/O. Never calls Courier.
+ * request, so a passing test means what production will do. Test files run
+ * in the policies' sandbox under the policies' budgets (policy_sandbox_run),
+ * as text, without I/O. It must never run a test file outside that sandbox,
+ * and never calls Courier.
  */
 #include "policytest.h"
 
@@ -23,7 +25,6 @@
 #include "duration.h"
 #include "envelope.h"
 #include "json.h"
-#include "pmatch.h"
 #include "policy.h"
 #include "scope.h"
 
@@ -432,130 +433,30 @@ static void report_case(struct report *rep, const char *file, const char *name, 
 		fprintf(rep->out, "FAIL %s: %s: %s\n", file, name, why);
 }
 
-/* A test file only lists its cases: this many instructions is far more
- * than that takes, and a reload runs the tests too, so a loop must not hang
- * it. Past the count every instruction raises: nothing can keep it going. */
-#define TEST_FILE_INSTRUCTIONS 10000000
-
-static void test_file_hook(lua_State *L, lua_Debug *ar)
+/*
+ * Loads a test file on e and pushes its list of cases. It runs in the one
+ * sandbox of the broker (policy_sandbox_run): the policies' charged
+ * libraries, memory cap, instruction and time budgets, its globals in its
+ * own environment, so nothing it does outlives it, and a loop, a C loop or
+ * a memory bomb in it fails the file (and a reload) quickly instead of
+ * hanging or growing the process.
+ */
+static int load_cases(struct policy_engine *e, const char *path, char *err, size_t errlen)
 {
-	(void)ar;
-	lua_sethook(L, test_file_hook, LUA_MASKCOUNT, 1);
-	luaL_error(L, "the test file ran more than %d instructions", TEST_FILE_INSTRUCTIONS);
-}
-
-/* Pattern matching runs in C, where the hook never fires: its steps count
- * against the same number (pmatch.c), and past it every instruction raises. */
-static _Thread_local unsigned long test_file_steps;
-
-static int test_file_pattern_charge(lua_State *L, unsigned long steps)
-{
-	test_file_steps += steps;
-	if (test_file_steps < TEST_FILE_INSTRUCTIONS)
-		return 0;
-	lua_sethook(L, test_file_hook, LUA_MASKCOUNT, 1);
-	return 1;
-}
-
-static const struct pmatch_budget test_file_budget = {test_file_pattern_charge};
-
-/* Pushes a copy of the table at idx (its fields, not its metatable). */
-static void push_copy(lua_State *L, int idx)
-{
-	idx = lua_absindex(L, idx);
-	lua_newtable(L);
-	lua_pushnil(L);
-	while (lua_next(L, idx)) {
-		lua_pushvalue(L, -2);
-		lua_insert(L, -2);
-		lua_rawset(L, -4);
-	}
-}
-
-/* Runs the loaded test file at the top (under the hook) with the strings'
- * methods taken from strlib, the file's own string table; restores them. */
-static int run_test_chunk(lua_State *L, int strlib)
-{
-	int status, meta;
-
-	lua_pushliteral(L, "");
-	if (!lua_getmetatable(L, -1))
-		lua_newtable(L); /* no string metatable: nothing to swap, harmlessly */
-	lua_remove(L, -2);
-	meta = lua_gettop(L);
-	lua_getfield(L, meta, "__index"); /* the engine's, put back below */
-	lua_pushvalue(L, strlib);
-	lua_setfield(L, meta, "__index");
-	lua_pushvalue(L, meta - 1); /* the chunk */
-	test_file_steps = 0;
-	lua_sethook(L, test_file_hook, LUA_MASKCOUNT, TEST_FILE_INSTRUCTIONS);
-	status = lua_pcall(L, 0, 1, 0);
-	lua_sethook(L, NULL, 0, 0);
-	lua_pushvalue(L, meta + 1);
-	lua_setfield(L, meta, "__index");
-	/* chunk, meta, old __index, result -> result */
-	lua_replace(L, meta - 1);
-	lua_settop(L, meta - 1);
-	return status;
-}
-
-/* Loads a test file (text only, no I/O) on L; pushes its list of cases. */
-static int load_cases(lua_State *L, const char *path, char *err, size_t errlen)
-{
+	lua_State *L = policy_engine_lua(e);
 	char *buf, why[128];
 	size_t len;
-	int status, env, strlib;
-	static const char *const safe[] = {"ipairs",   "pairs", "next",  "select", "tostring",
-	                                   "tonumber", "type",  "error", "assert", NULL};
-	static const char *const libs[] = {"string", "table", "math", NULL};
+	int rc;
 
 	if (config_read_file(path, MAX_TEST_FILE, &buf, &len, why, sizeof(why)) != 0) {
 		snprintf(err, errlen, "%s: %s", path, why);
 		return -1;
 	}
-	lua_pushfstring(L, "@%s", path);
-	if (luaL_loadbufferx(L, buf, len, lua_tostring(L, -1), "t") != LUA_OK) {
-		snprintf(err, errlen, "%s", lua_tostring(L, -1));
-		lua_pop(L, 2);
-		free(buf);
-		return -1;
-	}
+	rc = policy_sandbox_run(e, path, buf, len, err, errlen);
 	free(buf);
-	lua_remove(L, -2);
-	/* The test file's own environment: a few pure functions and its own
-	 * copies of the libraries, so nothing it changes outlives it, and
-	 * pattern matching is counted. */
-	lua_newtable(L);
-	env = lua_gettop(L);
-	for (int i = 0; safe[i]; i++) {
-		lua_getglobal(L, safe[i]);
-		lua_setfield(L, env, safe[i]);
-	}
-	for (int i = 0; libs[i]; i++) {
-		/* The libraries are not globals of the engine's state: take them
-		 * from its loaded modules (the engine's own copies are separate). */
-		lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
-		lua_getfield(L, -1, libs[i]);
-		push_copy(L, -1);
-		lua_replace(L, -3);
-		lua_pop(L, 1);
-		lua_setfield(L, env, libs[i]);
-	}
-	lua_getfield(L, env, "string");
-	strlib = lua_gettop(L);
-	pmatch_register(L, strlib, &test_file_budget);
-	lua_pushvalue(L, env);
-	if (!lua_setupvalue(L, env - 1, 1))
-		lua_pop(L, 1);
-	lua_remove(L, env); /* chunk, strlib */
-	lua_insert(L, -2);  /* strlib, chunk */
-	status = run_test_chunk(L, lua_gettop(L) - 1);
-	lua_remove(L, -2); /* strlib */
-	if (status != LUA_OK) {
-		snprintf(err, errlen, "%s", lua_tostring(L, -1));
-		lua_pop(L, 1);
+	if (rc != 0)
 		return -1;
-	}
+	lua_remove(L, -2); /* the file's globals */
 	if (!lua_istable(L, -1)) {
 		snprintf(err, errlen, "%s: must return a list of cases", path);
 		lua_pop(L, 1);
@@ -571,7 +472,7 @@ static int run_file(struct policy_engine *e, const struct tenant *t, const char 
 	char err[512];
 	lua_Integer n;
 
-	if (load_cases(L, path, err, sizeof(err)) != 0) {
+	if (load_cases(e, path, err, sizeof(err)) != 0) {
 		report_case(rep, path, "(load)", false, err);
 		return -1;
 	}

@@ -76,6 +76,20 @@ ESCAPES = {
     "insert_loop": policy(
         "  local t = {} for i = 1, 10 do table.move({string.byte(('x'):rep(90000), 1, -1)}, 1, 90000, #t + 1, t) end\n"
         "  for i = 1, 1000 do table.insert(t, 1, 'x') end\n" + ALLOW),
+    # Issue 10, class 2: C loops whose length was read twice or not charged.
+    "rep_empty": policy("  for i = 1, 1e9 do local s = string.rep('', 1 << 40) end\n" + ALLOW),
+    "rep_empty_sep_loop": policy("  for i = 1, 1e9 do pcall(string.rep, '', 1 << 40, '') end\n" + ALLOW),
+    "len_toctou": policy(
+        "  local n = 0\n"
+        "  local t = setmetatable({}, { __len = function() n = n + 1 return n % 2 == 1 and 0 or 1 << 40 end })\n"
+        "  table.insert(t, 1, 'x')\n" + ALLOW),
+    "len_toctou_remove": policy(
+        "  local n = 0\n"
+        "  local t = setmetatable({}, { __len = function() n = n + 1 return n % 2 == 1 and 0 or 1 << 40 end })\n"
+        "  for i = 1, 1e9 do pcall(table.remove, t, 1) end\n" + ALLOW),
+    "tonumber_loop": policy("  local s = ('1'):rep(1000000)\n  for i = 1, 1e9 do tonumber(s, 10) end\n" + ALLOW),
+    "compare_loop": policy("  local a, b = ('x'):rep(1000000), ('x'):rep(999999) .. 'x'\n"
+                           "  for i = 1, 1e9 do local c = a < b end\n" + ALLOW),
     # Globals cannot be created; the standard tables are read-only.
     "global_assignment": policy("  pwned = true\n" + ALLOW),
     "global_function": policy("  function pwned() end\n" + ALLOW),
@@ -212,3 +226,65 @@ def test_budgets_apply_to_required_modules(broker_factory, tmp_path):
     r = b.post("/v1/tenants/spin/token", body={"user_id": "alice"}, token=mint())
     assert r.status == 500 and r.json()["error"] == "policy_error"
     assert b.post(body={"user_id": "alice"}, token=mint()).status == 200
+
+
+# ------------------------------------------- issue 10, class 1: <close> + budget
+
+AUDIT = """return function(req)
+  local outcome = "error"
+  local audit <close> = setmetatable({}, { __close = function() broker.log("decision for", req.user_id, outcome) end })
+  for _, g in ipairs(type(req.body.groups) == "table" and req.body.groups or {}) do
+    if type(g) == "string" and g:find("admin", 1, true) then outcome = "deny"; return { allow = false } end
+    for _ = 1, 2000 do end
+  end
+  outcome = "allow"; return { allow = true, tier = "inbox" }
+end
+"""
+
+CLOSE_AT_TOP = """local guard <close> = setmetatable({}, { __close = function() end })
+for i = 1, 1e9 do end
+return function(req) return { allow = true, tier = "inbox" } end
+"""
+
+
+def test_close_variable_and_budget_breach_neither_kill_nor_stop_the_broker(broker_factory):
+    """A pending <close> variable plus a spent budget aborted the whole
+    process (one request killed every tenant; a SIGHUP killed production)."""
+    b = broker_factory(policies={"default": CONTROL, "audit": AUDIT}, extra="threads = 1")
+    for _ in range(3):
+        r = b.post("/v1/tenants/audit/token", body={"user_id": "alice", "groups": ["g"] * 1500}, token=mint())
+        assert r.status == 500 and r.json()["error"] == "policy_error", r.body
+        assert b.post(body={"user_id": "alice"}, token=mint()).status == 200
+    assert b.post("/v1/tenants/audit/token", body={"user_id": "alice", "groups": ["g"]}, token=mint()).status == 200
+    # A reload with such a policy at its top level is refused; the broker serves on.
+    (b.dir / "policies" / "audit.lua").write_text(CLOSE_AT_TOP)
+    b.sighup()
+    b.p.wait_for(r"reload refused: tenant audit: .*audit\.lua.*generation \d+ keeps serving", timeout=10)
+    assert b.p.proc.poll() is None
+    assert b.post(body={"user_id": "alice"}, token=mint()).status == 200
+    assert b.post("/v1/tenants/audit/token", body={"user_id": "alice", "groups": ["g"]}, token=mint()).status == 200
+
+
+# ------------------------------------------- issue 10, class 3: reloads
+
+@pytest.mark.parametrize("file,text", [
+    ("spin.lua", "for i = 1, 1e9 do local pad = string.rep('', 1 << 40) end\n"
+                 "return function(req) return { allow = true, tier = 'inbox' } end\n"),
+    ("spin.lua", "local t = {} for i = 1, 3 do t[i] = string.rep('x', 1 << 30) .. i end\n"
+                 "return function(req) return { allow = true, tier = 'inbox' } end\n"),
+    ("spin_test.lua", "for i = 1, 1e9 do local pad = string.rep('', 1 << 40) end\nreturn {}\n"),
+    ("spin_test.lua", "local t = {} for i = 1, 3 do t[i] = string.rep('x', 1 << 30) .. i end\nreturn {}\n"),
+])
+def test_reload_with_a_c_loop_or_bomb_is_refused_and_sigterm_honoured(broker_factory, file, text):
+    """A C loop or a memory bomb in a policy's top level or a test file hung
+    the reload on the signal thread (SIGTERM ignored) or grew the broker by
+    gigabytes; it is refused quickly and the running generation serves on."""
+    b = broker_factory(policies={"default": CONTROL, "spin": CONTROL})
+    (b.dir / "policies" / file).write_text(text)
+    b.sighup()
+    b.p.wait_for(r"reload refused: tenant spin: .*%s.*generation \d+ keeps serving" % file.replace(".", r"\."),
+                 timeout=10)
+    assert b.post("/v1/tenants/spin/token", body={"user_id": "alice"}, token=mint()).status == 200
+    t0 = time.monotonic()
+    assert b.stop() == 0
+    assert time.monotonic() - t0 < 10
