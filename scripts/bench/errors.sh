@@ -16,7 +16,7 @@ trap cleanup EXIT
 COURIER_DOUBLE_KEYS=bench-courier-key "$double" --port 0 >"$work/double.out" 2>"$work/double.err" &
 pids+=($!)
 dport=$(wait_for "$work/double.out" '^PORT [0-9]+' bench)
-export COURIER_API_KEY=bench-courier-key
+export COURIER_API_KEY=bench-courier-key BENCH_CLIENT_KEY=bench-client-key-0123456789
 
 # A policy a client can steer: "deny" denies, "error" indexes a nil claim.
 # It sits beside a copy of the shipped policies, which every tenant compiles
@@ -30,7 +30,7 @@ json.dump({"orgs": {"user%04d" % i: "org%d" % (i % 50) for i in range(2000)}}, s
 cat >"$work/policies/steer.lua" <<'LUA'
 return function(req)
   if req.body.path == "error" then
-    return { allow = req.identity.claims.missing.field }
+    error("boom")
   end
   return { allow = false, reason = "denied" }
 end
@@ -43,7 +43,7 @@ LUA
   echo 'tenants = {'
   for i in $(seq 0 100); do
     if [ "$i" -eq 0 ]; then name=default; else name=$(printf 't%03d' "$i"); fi
-    echo "  $name = { api_key = { env = \"COURIER_API_KEY\" }, policy = \"$work/policies/steer.lua\", data = \"$work/policies/orgs.json\", auth = { none = true } },"
+    echo "  $name = { api_key = { env = \"COURIER_API_KEY\" }, policy = \"$work/policies/steer.lua\", data = \"$work/policies/orgs.json\", auth = { client_keys = { { name = \"bench\", key = { env = \"BENCH_CLIENT_KEY\" } } } } },"
   done
   echo '}'
 } >"$work/errors.conf.lua"
@@ -52,9 +52,16 @@ LUA
 pids+=($!)
 bport=$(wait_for "$work/broker.log" 'listening on 127\.0\.0\.1:[0-9]+' bench)
 
-# run PATH -> "rps status-count" of a wrk run that posts {"path": PATH}
+# run PATH -> the rps of a wrk run that posts {"path": PATH}; first checks
+# that one such request gets the status the path is for.
 run() {
-  BENCH_BEARER=unused BENCH_BODY="{\"user_id\":\"alice\",\"path\":\"$1\"}" wrk -t2 -c8 -d"${secs}s" \
+  local want code
+  case $1 in deny) want=403 ;; *) want=500 ;; esac
+  code=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $BENCH_CLIENT_KEY" \
+    -H 'Content-Type: application/json' -d "{\"user_id\":\"alice\",\"path\":\"$1\"}" \
+    "http://127.0.0.1:$bport/v1/token")
+  [ "$code" = "$want" ] || { echo "bench: the $1 path answered $code, not $want" >&2; exit 1; }
+  BENCH_BEARER=$BENCH_CLIENT_KEY BENCH_BODY="{\"user_id\":\"alice\",\"path\":\"$1\"}" wrk -t2 -c8 -d"${secs}s" \
     -s "$root/scripts/bench/post.lua" "http://127.0.0.1:$bport/v1/token" >"$work/$1.txt" 2>&1 || true
   awk '/^Requests\/sec/ {print $2}' "$work/$1.txt"
 }
@@ -66,7 +73,7 @@ err=$(run error)
 /usr/bin/python3 - "$deny" "$err" <<'PY'
 import sys
 deny, err = float(sys.argv[1] or 0), float(sys.argv[2] or 0)
-print("deny path (403):              %8.0f rps" % deny)
+print("deny path (403):               %8.0f rps" % deny)
 print("error path (500 policy_error): %8.0f rps" % err)
 print("error/deny:                    %7.1f%%  (goal >= 50%%)" % (100 * err / deny if deny else 0))
 PY
