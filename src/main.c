@@ -279,6 +279,9 @@ static int cmd_serve(const char *path, const char *pid_file)
 		_exit(0);
 	}
 	gen_shutdown();
+	/* The generation's JWKS refreshers end before libcurl and OpenSSL are torn down. */
+	if (jwks_shutdown(1000) != 0)
+		log_msg("warn", "a JWKS refresher was still running at exit");
 	curl_global_cleanup();
 	pidfile_remove();
 	log_msg("info", "stopped");

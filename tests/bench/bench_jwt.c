@@ -20,11 +20,14 @@
 #include "json.h"
 #include "jwt.h"
 #include "secret.h"
+
 #include "../unit/testkeys.h"
 
-#define NOW     1700000100LL
-#define CLAIMS  "{\"sub\":\"alice\",\"iss\":\"https://app.example.com\",\"aud\":\"courier-broker\",\"iat\":1700000000,\"exp\":1700003600}"
-#define ROUNDS  5
+#define NOW 1700000100LL
+#define CLAIMS                                                                                               \
+	"{\"sub\":\"alice\",\"iss\":\"https://app.example.com\",\"aud\":\"courier-broker\","                 \
+	"\"iat\":1700000000,\"exp\":1700003600}"
+#define ROUNDS 5
 
 static double now_s(void)
 {
@@ -47,7 +50,8 @@ static double time_verify(lua_State *L, struct jwt_config *cfg, const char *tok,
 		long i = 0;
 		do {
 			for (int k = 0; k < 16; k++, i++) {
-				if (jwt_verify(L, cfg, tok, len, (time_t)NOW, subject, sizeof(subject), err, sizeof(err))) {
+				if (jwt_verify(L, cfg, tok, len, (time_t)NOW, subject, sizeof(subject), err,
+				               sizeof(err))) {
 					fprintf(stderr, "bench_jwt: refused: %s\n", err);
 					exit(1);
 				}
@@ -67,7 +71,7 @@ int main(int argc, char **argv)
 		enum tk_kind kind;
 		unsigned bit;
 	} rows[] = {
-	    {"RS256", TK_RSA, JWT_RS256},   {"PS256", TK_RSA, JWT_PS256},     {"ES256", TK_P256, JWT_ES256},
+	    {"RS256", TK_RSA, JWT_RS256},  {"PS256", TK_RSA, JWT_PS256},     {"ES256", TK_P256, JWT_ES256},
 	    {"ES384", TK_P384, JWT_ES384}, {"EdDSA", TK_ED25519, JWT_EDDSA},
 	};
 	double secs = argc > 1 ? atof(argv[1]) : 0.2;
@@ -90,7 +94,8 @@ int main(int argc, char **argv)
 	printf("JWT verification, whole path (best of %d rounds of %.1fs):\n", ROUNDS, secs);
 
 	cfg.algorithms = JWT_HS256;
-	if (secret_set(&cfg.hmac_secret, "bench-app-secret-0123456789", 27) || jwt_config_prepare(&cfg, err, sizeof(err)))
+	if (secret_set(&cfg.hmac_secret, "bench-app-secret-0123456789", 27) ||
+	    jwt_config_prepare(&cfg, err, sizeof(err)))
 		return 1;
 	len = tk_b64url(tok, "{\"alg\":\"HS256\",\"typ\":\"JWT\"}", 27);
 	tok[len++] = '.';
@@ -106,14 +111,16 @@ int main(int argc, char **argv)
 	{
 		EVP_MAC *m = EVP_MAC_fetch(NULL, "HMAC", NULL);
 		EVP_MAC_CTX *tmpl = EVP_MAC_CTX_new(m);
-		OSSL_PARAM p[2] = {OSSL_PARAM_construct_utf8_string("digest", "SHA256", 0), OSSL_PARAM_construct_end()};
+		OSSL_PARAM p[2] = {OSSL_PARAM_construct_utf8_string("digest", "SHA256", 0),
+		                   OSSL_PARAM_construct_end()};
 		if (!tmpl || !EVP_MAC_init(tmpl, cfg.hmac_secret.data, cfg.hmac_secret.len, p))
 			return 1;
 		for (int r = 0; r < ROUNDS; r++) {
 			double t0 = now_s(), t1, t2;
 			for (long i = 0; i < n; i++)
-				EVP_Q_mac(NULL, "HMAC", NULL, "SHA256", NULL, cfg.hmac_secret.data, cfg.hmac_secret.len,
-				          (unsigned char *)tok, len, mac, sizeof(mac), &maclen);
+				EVP_Q_mac(NULL, "HMAC", NULL, "SHA256", NULL, cfg.hmac_secret.data,
+				          cfg.hmac_secret.len, (unsigned char *)tok, len, mac, sizeof(mac),
+				          &maclen);
 			t1 = now_s();
 			for (long i = 0; i < n; i++) {
 				EVP_MAC_CTX *c = EVP_MAC_CTX_dup(tmpl);

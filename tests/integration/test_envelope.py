@@ -274,12 +274,10 @@ def test_policy_cannot_tamper_with_broker_tiers(broker_factory, double):
     b = broker_factory(policies={"tamper": TAMPER_POLICY, "default": POLICIES["tier_inbox"]},
                        extra="threads = 1")
     r = b.post("/v1/tenants/tamper/token", body={"user_id": "alice"}, token=mint())
-    # Either the tiers are read-only (a clean inbox token) or the decision is refused.
-    if r.status == 200:
-        assert_issued(r, double, INBOX, 3600)
-    else:
-        assert r.status == 500 and r.json()["error"] == "policy_error", r.body
-    # Whatever the first policy did, the next decision sees the contract's tier.
+    # broker.tiers is read-only: every write raises, the policy's pcalls catch it,
+    # and its tier = "inbox" is the contract's inbox tier (a clean inbox token).
+    assert_issued(r, double, INBOX, 3600)
+    # The next decision, in the same engine, sees the contract's tier too.
     r = b.post(body={"user_id": "alice"}, token=mint())
     assert_issued(r, double, INBOX, 3600)
 

@@ -5,6 +5,7 @@ Every wait is bounded: reloads are observed through /metrics
 (broker_generation, broker_reloads_total) within RELOAD_WAIT seconds (conftest).
 """
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -13,7 +14,8 @@ import time
 import pytest
 
 from conftest import (ALLOW_POLICY, COURIER_KEY, DENY_POLICY, FILE_KEY, NEW_KEY, Double, connect_refused, generation,
-                      key_file_prep, metrics, mint, post, reload_failed, reload_ok, reloads, slow_jwks_tenant)
+                      key_file_prep, metrics, mint, post, reload_failed, reload_ok, reloads, slow_jwks_tenant,
+                      wait_token_lines)
 
 EX_SOFTWARE = 70
 
@@ -40,21 +42,28 @@ def test_sighup_switches_policy(broker):
     r = post(broker)
     assert r.status == 200, r.body
     rev0 = r.header("X-Policy-Revision")
+    assert re.fullmatch(r"[0-9a-f]{16}", rev0 or ""), r.headers
     (broker.dir / "policies" / "default.lua").write_text(DENY_POLICY)
     # Nothing changes before the signal.
-    assert post(broker).status == 200
+    r = post(broker)
+    assert r.status == 200 and r.header("X-Policy-Revision") == rev0, (r.status, r.headers)
     reload_ok(broker)
     r = post(broker)
     assert r.status == 403, r.body
     assert r.json()["error"] == "forbidden"
-    rev1 = r.header("X-Policy-Revision")
-    if rev0 and rev1:
-        assert rev0 != rev1
+    # The 403 was decided by the new policy: its log line names the new revision.
+    last = wait_token_lines(broker, 3)[-1]
+    assert last["status"] == 403, last
+    rev1 = last["policy_revision"]
+    assert re.fullmatch(r"[0-9a-f]{16}", rev1) and rev1 != rev0, (rev0, rev1)
     broker.p.wait_for(r"reload", timeout=1)
-    # And back.
-    (broker.dir / "policies" / "default.lua").write_text(ALLOW_POLICY)
+    # And back, to an allow policy of new content: a 200 names a third revision.
+    (broker.dir / "policies" / "default.lua").write_text(ALLOW_POLICY + "-- v2\n")
     reload_ok(broker)
-    assert post(broker).status == 200
+    r = post(broker)
+    assert r.status == 200, r.body
+    rev2 = r.header("X-Policy-Revision")
+    assert re.fullmatch(r"[0-9a-f]{16}", rev2 or "") and rev2 not in (rev0, rev1), (rev0, rev1, rev2)
 
 
 def test_sighup_while_a_request_waits_on_courier(broker, double):

@@ -60,10 +60,10 @@ static inline EVP_PKEY *tk_other_key(enum tk_kind k)
 	static EVP_PKEY *cache[TK_N];
 
 	if (!cache[k]) {
-		cache[k] = k == TK_RSA      ? EVP_PKEY_Q_keygen(NULL, NULL, "RSA", (size_t)2048)
-		           : k == TK_P256   ? EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256")
-		           : k == TK_P384   ? EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-384")
-		                            : EVP_PKEY_Q_keygen(NULL, NULL, "ED25519");
+		cache[k] = k == TK_RSA    ? EVP_PKEY_Q_keygen(NULL, NULL, "RSA", (size_t)2048)
+		           : k == TK_P256 ? EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256")
+		           : k == TK_P384 ? EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-384")
+		                          : EVP_PKEY_Q_keygen(NULL, NULL, "ED25519");
 		if (!cache[k])
 			abort();
 	}
@@ -140,7 +140,10 @@ static inline const char *tk_jwk(EVP_PKEY *pkey, const char *extra, char *out, s
 		tk_b64url_bn(a, x, size);
 		tk_b64url_bn(b, y, size);
 		snprintf(out, cap, "{%s\"kty\":\"EC\",\"crv\":\"%s\",\"x\":\"%s\",\"y\":\"%s\"}", extra,
-		         bits == 256 ? "P-256" : bits == 384 ? "P-384" : "P-521", a, b);
+		         bits == 256   ? "P-256"
+		         : bits == 384 ? "P-384"
+		                       : "P-521",
+		         a, b);
 		BN_free(x);
 		BN_free(y);
 	} else {
@@ -157,15 +160,18 @@ static inline const char *tk_jwk(EVP_PKEY *pkey, const char *extra, char *out, s
 /* The digest and padding of a JWS algorithm name. */
 static inline const char *tk_digest(const char *alg)
 {
-	return strstr(alg, "256") ? "SHA256" : strstr(alg, "384") ? "SHA384" : strstr(alg, "512") ? "SHA512" : NULL;
+	return strstr(alg, "256")   ? "SHA256"
+	       : strstr(alg, "384") ? "SHA384"
+	       : strstr(alg, "512") ? "SHA512"
+	                            : NULL;
 }
 
 /*
  * Signs input with pkey the JWS way for alg (RS*, PS*, ES*, EdDSA). Writes
  * the raw signature (r||s for ECDSA) to sig and returns its length.
  */
-static inline size_t tk_sign(const char *alg, EVP_PKEY *pkey, const void *input, size_t inlen, unsigned char *sig,
-                             size_t cap)
+static inline size_t tk_sign(const char *alg, EVP_PKEY *pkey, const void *input, size_t inlen,
+                             unsigned char *sig, size_t cap)
 {
 	EVP_MD_CTX *md = EVP_MD_CTX_new();
 	EVP_PKEY_CTX *pctx = NULL;
@@ -215,8 +221,8 @@ static inline const char *tk_mint(char *out, const char *header, const char *pay
 }
 
 /* Same, with a raw signature given (for forged r||s and wrong lengths). */
-static inline const char *tk_mint_sig(char *out, const char *header, const char *payload, const unsigned char *sig,
-                                      size_t siglen)
+static inline const char *tk_mint_sig(char *out, const char *header, const char *payload,
+                                      const unsigned char *sig, size_t siglen)
 {
 	size_t n;
 
