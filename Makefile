@@ -123,7 +123,7 @@ FUZZ_pmatch   = pmatch
 FUZZ_courier  = courier json jwt jwks secret log
 FUZZ_body     = envelope json scope duration secret
 FUZZ_policy   = policy pmatch envelope scope duration json config secret jwt jwks ident log
-FUZZ_config   = config pmatch secret jwt jwks ident json duration scope log
+FUZZ_config   = config policy pmatch envelope scope duration json secret jwt jwks ident log
 FUZZ_SECONDS ?= 60
 fuzz: deps
 	@$(MAKE) --no-print-directory BUILD=build/fuzz CC=clang WARN_GCC= OPT="-O1 -g" \
