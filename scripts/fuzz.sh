@@ -7,14 +7,17 @@
 #   FUZZ_RUNS=N      a fixed number of executions per driver instead of SECONDS
 #   FUZZ_TIMEOUT=S   one input running longer than S seconds is a finding (10)
 #   FUZZ_FORK=N      N worker processes (-fork=N): crashes and timeouts are
-#                    counted and the run goes on; findings are kept in
-#                    FUZZ_KEEP (default: a folder printed at the end)
+#                    counted and the run goes on
+#   FUZZ_KEEP=DIR    where findings are written (build/fuzz/findings), as
+#                    NAME-crash-<sha1>, NAME-timeout-<sha1>, ...
 #   FUZZ_ARGS="..."  more libFuzzer flags
 set -u
 secs=${1:-60}; shift
 root=$(cd "$(dirname "$0")/.." && pwd)
 runs=${FUZZ_RUNS:-}
 fork=${FUZZ_FORK:-}
+keep=${FUZZ_KEEP:-$root/build/fuzz/findings}
+mkdir -p "$keep" && keep=$(cd "$keep" && pwd)
 status=0
 summary=()
 # UBSan reports are findings too, not just lines in the log.
@@ -24,12 +27,11 @@ for bin in "$@"; do
   name=${bin##*/fuzz_}
   work=$(mktemp -d)
   [ -d "$root/tests/fuzz/corpus/$name" ] && cp -r "$root/tests/fuzz/corpus/$name/." "$work/"
-  args=(-timeout="${FUZZ_TIMEOUT:-10}" -print_final_stats=1)
+  args=(-timeout="${FUZZ_TIMEOUT:-10}" -print_final_stats=1 -artifact_prefix="$keep/$name-")
   [ -f "$root/tests/fuzz/$name.dict" ] && args+=(-dict="$root/tests/fuzz/$name.dict")
   if [ -n "$runs" ]; then args+=(-runs="$runs"); what="$runs runs"; else args+=(-max_total_time="$secs"); what="${secs}s"; fi
   if [ -n "$fork" ]; then
-    keep=${FUZZ_KEEP:-$(mktemp -d)}
-    args+=(-fork="$fork" -ignore_crashes=1 -ignore_timeouts=1 -ignore_ooms=1 -artifact_prefix="$keep/$name-")
+    args+=(-fork="$fork" -ignore_crashes=1 -ignore_timeouts=1 -ignore_ooms=1)
   fi
   # shellcheck disable=SC2206
   args+=(${FUZZ_ARGS:-})
@@ -50,7 +52,7 @@ for bin in "$@"; do
     status=1
     echo "fuzz_$name: FINDING after ${execs:-?} executions (exit $rc${found:+, oom/timeout/crash $found})"
     grep -E 'fuzz_[a-z]+: |ERROR|SUMMARY|Test unit written|ALARM' "$log" | sort | uniq -c | sort -rn | head -8
-    [ -n "$fork" ] && echo "  findings kept in $keep"
+    echo "  findings kept in $keep"
   else
     echo "fuzz_$name: ${execs:-?} executions in $what, no findings"
   fi
