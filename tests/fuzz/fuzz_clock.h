@@ -59,12 +59,14 @@ static inline void fuzz_clock_check(const struct fuzz_clock *c, double limit_ms,
 	user = fuzz_tv_ms(&c->ru.ru_utime, &ru.ru_utime);
 	sys = fuzz_tv_ms(&c->ru.ru_stime, &ru.ru_stime);
 	wall = (double)(now.tv_sec - c->wall.tv_sec) * 1e3 + (double)(now.tv_nsec - c->wall.tv_nsec) / 1e6;
+	/* "ERROR:" lines are what libFuzzer's -fork mode shows of a finding. */
 	if (fuzz_verbose() || user > limit_ms)
 		fprintf(stderr,
-		        "%s: %s ran %.1f ms of user CPU (%.1f ms system, %.1f ms wall, %ld page "
+		        "%s%s: %s ran %.1f ms of user CPU (%.1f ms system, %.1f ms wall, %ld page "
 		        "faults)%s%.1f ms\n",
-		        driver, what, user, sys, wall, ru.ru_minflt - c->ru.ru_minflt,
-		        user > limit_ms ? ", more than " : ", limit ", limit_ms);
+		        user > limit_ms ? "ERROR: " : "", driver, what, user, sys, wall,
+		        ru.ru_minflt - c->ru.ru_minflt, user > limit_ms ? ", more than " : ", limit ",
+		        limit_ms);
 	if (user > limit_ms)
 		abort();
 }

@@ -112,7 +112,8 @@ CURLcode curl_easy_perform(CURL *curl)
 
 static void fail(const char *what, const char *detail)
 {
-	fprintf(stderr, "fuzz_config: %s%s%s\n", what, detail && detail[0] ? ": " : "", detail ? detail : "");
+	fprintf(stderr, "ERROR: fuzz_config: %s%s%s\n", what, detail && detail[0] ? ": " : "",
+	        detail ? detail : "");
 	abort();
 }
 

@@ -86,7 +86,8 @@ static const struct policy_header HEADERS[] = {{"content-type", "application/jso
 
 static void fail(const char *what, const char *detail)
 {
-	fprintf(stderr, "fuzz_policy: %s%s%s\n", what, detail && detail[0] ? ": " : "", detail ? detail : "");
+	fprintf(stderr, "ERROR: fuzz_policy: %s%s%s\n", what, detail && detail[0] ? ": " : "",
+	        detail ? detail : "");
 	abort();
 }
 
