@@ -51,7 +51,7 @@ for bin in "$@"; do
   if [ $rc -ne 0 ] || { [ -n "$found" ] && [ "$found" != "0/0/0" ]; }; then
     status=1
     echo "fuzz_$name: FINDING after ${execs:-?} executions (exit $rc${found:+, oom/timeout/crash $found})"
-    grep -E 'ERROR|unprotected|SUMMARY|Test unit written|ALARM' "$log" | sort | uniq -c | sort -rn | head -8
+    grep -aE 'ERROR|unprotected|SUMMARY|Test unit written|ALARM' "$log" | sort | uniq -c | sort -rn | head -8
     echo "  findings kept in $keep"
   else
     echo "fuzz_$name: ${execs:-?} executions in $what, no findings"
