@@ -88,8 +88,8 @@ static const struct {
     {"policies/support.lua", "return function(req) return {allow = broker.data ~= nil, tier = 'inbox'} end\n",
      0644},
     {"policies/support_data.json", "{\"support_orgs\":{\"acme\":true},\"nets\":[\"10.0.0.0/8\"]}", 0644},
-    {"policies/bad.lua", "return function(req\n", 0644},
-    {"policies/spin.lua", "while true do end\n", 0644},
+    {"bad/bad.lua", "return function(req\n", 0644},
+    {"spin/spin.lua", "while true do end\n", 0644},
     {"other/p.lua", "return function(req) return {allow = false} end\n", 0644},
     {"empty.lua", "", 0644},
     {"jwt.key", FILE_SECRET "\n", 0600},
@@ -99,6 +99,9 @@ static const struct {
     {"jwks.json", JWKS, 0644},
     {"bad.json", "{\"keys\":", 0644},
 };
+
+/* The folders of FILES: each policy folder's other *.lua are its modules. */
+static const char *const DIRS[] = {"policies", "other", "bad", "spin"};
 
 static char dir[64];
 static char conf_path[128];
@@ -148,7 +151,6 @@ static void warm_up(void)
 /* Removes a scratch folder of this driver (the files it writes there). */
 static void remove_scratch(const char *d)
 {
-	static const char *const dirs[] = {"policies", "other"};
 	char path[512];
 
 	for (size_t i = 0; i < sizeof(FILES) / sizeof(FILES[0]); i++) {
@@ -157,8 +159,8 @@ static void remove_scratch(const char *d)
 	}
 	snprintf(path, sizeof(path), "%s/broker.conf.lua", d);
 	unlink(path);
-	for (size_t i = 0; i < sizeof(dirs) / sizeof(dirs[0]); i++) {
-		snprintf(path, sizeof(path), "%s/%s", d, dirs[i]);
+	for (size_t i = 0; i < sizeof(DIRS) / sizeof(DIRS[0]); i++) {
+		snprintf(path, sizeof(path), "%s/%s", d, DIRS[i]);
 		rmdir(path);
 	}
 	rmdir(d);
@@ -204,10 +206,10 @@ static void setup(void)
 	snprintf(dir, sizeof(dir), "%s/fuzz_config.%ld", base, (long)getpid());
 	if (mkdir(dir, 0700) != 0)
 		fail("cannot make the scratch folder", strerror(errno));
-	snprintf(sub, sizeof(sub), "%s/policies", dir);
-	mkdir(sub, 0755);
-	snprintf(sub, sizeof(sub), "%s/other", dir);
-	mkdir(sub, 0755);
+	for (size_t i = 0; i < sizeof(DIRS) / sizeof(DIRS[0]); i++) {
+		snprintf(sub, sizeof(sub), "%s/%s", dir, DIRS[i]);
+		mkdir(sub, 0755);
+	}
 	for (size_t i = 0; i < sizeof(FILES) / sizeof(FILES[0]); i++)
 		write_file(FILES[i].name, FILES[i].text, strlen(FILES[i].text), FILES[i].mode);
 	for (size_t i = 0; i < sizeof(SECRETS) / sizeof(SECRETS[0]); i++)
@@ -258,6 +260,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	fuzz_clock_start(&c);
 	cfg = config_load(conf_path, err, sizeof(err));
 	check_time(&c, 2.0 * CONFIG_BUDGET_MS + CONFIG_WALK_MS, "loading the configuration");
+	if (fuzz_verbose())
+		fprintf(stderr, "fuzz_config: %s\n", cfg ? "loaded" : err);
 	if (!cfg) {
 		if (!err[0])
 			fail("a configuration refused without a reason", NULL);
@@ -274,6 +278,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	fuzz_clock_start(&c);
 	e = policy_engine_new(cfg, err, sizeof(err));
 	check_time(&c, 2.0 * POLICY_TIMEOUT_MS * (double)cfg->n_tenants + 20, "compiling the policies");
+	if (fuzz_verbose())
+		fprintf(stderr, "fuzz_config: engine: %s\n", e ? "built" : err);
 	if (e)
 		policy_engine_free(e);
 	else if (!err[0])
