@@ -16,7 +16,7 @@
 
 #include "json.h"
 
-static lua_State *fuzz_lua(void)
+static inline lua_State *fuzz_lua(void)
 {
 	static lua_State *L;
 
@@ -29,7 +29,7 @@ static lua_State *fuzz_lua(void)
 }
 
 /* The input as a malloc'ed buffer of exactly size bytes (one for size 0); NULL when out of memory. */
-static char *fuzz_copy(const uint8_t *data, size_t size)
+static inline char *fuzz_copy(const uint8_t *data, size_t size)
 {
 	char *s = malloc(size ? size : 1);
 

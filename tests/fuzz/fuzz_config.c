@@ -1,0 +1,309 @@
+/*
+ * fuzz_config.c — libFuzzer driver for config_load (src/config.c): the
+ * input is the text of the configuration file.
+ *
+ * The first input makes a scratch folder (/dev/shm/fuzz_config.PID)
+ * holding what a configuration may name: policies and a module, a data file,
+ * secret files (one readable by others, to be refused), PEM public keys and
+ * a JWKS file; and sets the environment variables a secret may name. Each
+ * input is written there as broker.conf.lua and loaded, as `check` does; a
+ * configuration that loads is freed, after its policies were compiled into
+ * an engine (with the policy budgets made small, whatever the file asked).
+ * No network: libcurl's curl_easy_perform is replaced here by one that
+ * fails at once, so a JWKS URL's first fetch fails without leaving the host.
+ *
+ * Owns the properties (issue 10): whatever the text, loading never crashes
+ * and never leaks (LeakSanitizer); a load never runs longer than twice the
+ * configuration sandbox's time budget, nor an engine build longer than twice
+ * its policies' budget; a refusal says why; and no error message holds the
+ * value of a secret the file did not itself contain. A breach aborts with a
+ * message naming it, so libFuzzer records the input. Nothing is filtered.
+ *
+ * The configuration sandbox (config.c) has an instruction cap but no time
+ * budget yet: CONFIG_BUDGET_MS stands for the one issue 10 asks for (the
+ * policies' default, 50 ms). A load may take twice that, plus CONFIG_WALK_MS
+ * for its C side (files, keys, the walk) under ASan, in user CPU time
+ * (fuzz_clock.h); a hang is libFuzzer's -timeout.
+ */
+#include <curl/curl.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "fuzz_clock.h"
+#include "policy.h"
+
+#ifndef CONFIG_BUDGET_MS
+#define CONFIG_BUDGET_MS POLICY_DEFAULT_TIMEOUT_MS
+#endif
+/* What the C side of a load (files, keys, the walk) may add under ASan. */
+#ifndef CONFIG_WALK_MS
+#define CONFIG_WALK_MS 200
+#endif
+#define POLICY_INSTRUCTIONS 200000
+#define POLICY_MEMORY_BYTES (4 << 20)
+#define POLICY_TIMEOUT_MS   20
+
+/* Secrets, and where the configuration may find them. Hex, like a real key:
+ * a lexer that quotes a file it cannot parse quotes them whole. */
+static const char *const SECRETS[][2] = {
+    {"COURIER_API_KEY", "5ec7e7c0ffee0123456789abcdef4a4e"},
+    {"APP_JWT_SECRET", "5ec7e7ba5eba11deadbeef0123456789"},
+    {"CLIENT_KEY", "5ec7e7c1ae47001122334455667788aa"},
+    {"OTHER_KEY", "5ec7e7077e4aabbccddeeff001122334"},
+};
+#define FILE_SECRET "9f3b2c7d41e0a8b6c5d4e3f2a1b0c9d8"
+
+static const char ED25519_PEM[] = "-----BEGIN PUBLIC KEY-----\n"
+                                  "MCowBQYDK2VwAyEAxfT5stxpeONZrREWeWmMZYRCy45xf/ogbe0pFSj7EbI=\n"
+                                  "-----END PUBLIC KEY-----\n";
+static const char P256_PEM[] = "-----BEGIN PUBLIC KEY-----\n"
+                               "MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEjE4xoI5HA6w1+xcIFniqZ9iwu68F\n"
+                               "7LvZa0kXgPmxTW8JR9KhEC6jONHmY+QNtIplRS2zO4MxpIVrqhzKX20b6w==\n"
+                               "-----END PUBLIC KEY-----\n";
+static const char JWKS[] = "{\"keys\":[{\"kid\":\"e1\",\"kty\":\"EC\",\"crv\":\"P-256\","
+                           "\"x\":\"rXGfHg96XWONQ7rTP9sdHySSRb8h8DjHFQsg-vD0P_w\","
+                           "\"y\":\"l-Xup74xVVGWQBVdLpbdOh5OWAedVncMxSUFO8MgNJQ\"},"
+                           "{\"kid\":\"k1\",\"kty\":\"oct\",\"k\":\"c2VjcmV0\"}]}";
+
+static const struct {
+	const char *name, *text;
+	mode_t mode;
+} FILES[] = {
+    {"policies/default.lua",
+     "local clock = require('clock')\n"
+     "return function(req) return {allow = clock.weekday(req.now) < 7, tier = 'inbox'} end\n",
+     0644},
+    {"policies/clock.lua", "local M = {}\nfunction M.weekday(t) return (t // 86400 + 4) % 7 end\nreturn M\n",
+     0644},
+    {"policies/default_test.lua", "return {}\n", 0644},
+    {"policies/support.lua", "return function(req) return {allow = broker.data ~= nil, tier = 'inbox'} end\n",
+     0644},
+    {"policies/support_data.json", "{\"support_orgs\":{\"acme\":true},\"nets\":[\"10.0.0.0/8\"]}", 0644},
+    {"bad/bad.lua", "return function(req\n", 0644},
+    {"spin/spin.lua", "while true do end\n", 0644},
+    {"other/p.lua", "return function(req) return {allow = false} end\n", 0644},
+    {"empty.lua", "", 0644},
+    {"jwt.key", FILE_SECRET "\n", 0600},
+    {"world.key", FILE_SECRET "\n", 0644},
+    {"ed25519.pem", ED25519_PEM, 0644},
+    {"p256.pem", P256_PEM, 0644},
+    {"jwks.json", JWKS, 0644},
+    {"bad.json", "{\"keys\":", 0644},
+};
+
+/* The folders of FILES: each policy folder's other *.lua are its modules. */
+static const char *const DIRS[] = {"policies", "other", "bad", "spin"};
+
+static char dir[64];
+static char conf_path[128];
+
+/* No network in a fuzzer: every transfer fails as if nothing listened. */
+CURLcode curl_easy_perform(CURL *curl)
+{
+	(void)curl;
+	return CURLE_COULDNT_CONNECT;
+}
+
+static void fail(const char *what, const char *detail)
+{
+	fprintf(stderr, "ERROR: fuzz_config: %s%s%s\n", what, detail && detail[0] ? ": " : "",
+	        detail ? detail : "");
+	abort();
+}
+
+static void write_file(const char *name, const char *text, size_t len, mode_t mode)
+{
+	char path[256];
+	int fd;
+
+	snprintf(path, sizeof(path), "%s/%s", dir, name);
+	fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
+	if (fd < 0 || (len && write(fd, text, len) != (ssize_t)len) || fchmod(fd, mode) != 0 ||
+	    close(fd) != 0)
+		fail("cannot write the scratch folder", strerror(errno));
+}
+
+/* One load first: its one-time costs (OpenSSL's tables) are no load's own. */
+static void warm_up(void)
+{
+	static const char warm[] =
+	    "tenants = { w = { api_key = { env = 'CLIENT_KEY' }, policy = 'other/p.lua', "
+	    "auth = { jwt = { algorithms = { 'HS256', 'EdDSA' }, hmac_secret = { file = "
+	    "'jwt.key' }, public_key = { file = 'ed25519.pem' } } } } }";
+	struct config *cfg;
+	char err[512];
+
+	write_file("broker.conf.lua", warm, sizeof(warm) - 1, 0644);
+	if (!(cfg = config_load(conf_path, err, sizeof(err))))
+		fail("the warm-up configuration does not load", err);
+	config_free(cfg);
+}
+
+/* Removes a scratch folder of this driver (the files it writes there). */
+static void remove_scratch(const char *d)
+{
+	char path[512];
+
+	for (size_t i = 0; i < sizeof(FILES) / sizeof(FILES[0]); i++) {
+		snprintf(path, sizeof(path), "%s/%s", d, FILES[i].name);
+		unlink(path);
+	}
+	snprintf(path, sizeof(path), "%s/broker.conf.lua", d);
+	unlink(path);
+	for (size_t i = 0; i < sizeof(DIRS) / sizeof(DIRS[0]); i++) {
+		snprintf(path, sizeof(path), "%s/%s", d, DIRS[i]);
+		rmdir(path);
+	}
+	rmdir(d);
+}
+
+static void cleanup(void)
+{
+	remove_scratch(dir);
+}
+
+/* A finding ends the process at once (its scratch folder stays, as
+ * evidence): the folders of drivers that are gone are removed here, so
+ * that a long -fork run does not fill /dev/shm. */
+static void remove_stale(const char *base)
+{
+	DIR *d = opendir(base);
+	struct dirent *de;
+	char path[512];
+
+	if (!d)
+		return;
+	while ((de = readdir(d))) {
+		char *end;
+		long pid;
+		if (strncmp(de->d_name, "fuzz_config.", 12) != 0)
+			continue;
+		pid = strtol(de->d_name + 12, &end, 10);
+		if (*end || pid <= 0 || (kill((pid_t)pid, 0) != 0 && errno == ESRCH) ||
+		    pid == (long)getpid()) {
+			snprintf(path, sizeof(path), "%s/%s", base, de->d_name);
+			remove_scratch(path);
+		}
+	}
+	closedir(d);
+}
+
+static void setup(void)
+{
+	const char *base = access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp";
+	char sub[128];
+
+	remove_stale(base);
+	snprintf(dir, sizeof(dir), "%s/fuzz_config.%ld", base, (long)getpid());
+	if (mkdir(dir, 0700) != 0)
+		fail("cannot make the scratch folder", strerror(errno));
+	for (size_t i = 0; i < sizeof(DIRS) / sizeof(DIRS[0]); i++) {
+		snprintf(sub, sizeof(sub), "%s/%s", dir, DIRS[i]);
+		mkdir(sub, 0755);
+	}
+	for (size_t i = 0; i < sizeof(FILES) / sizeof(FILES[0]); i++)
+		write_file(FILES[i].name, FILES[i].text, strlen(FILES[i].text), FILES[i].mode);
+	for (size_t i = 0; i < sizeof(SECRETS) / sizeof(SECRETS[0]); i++)
+		setenv(SECRETS[i][0], SECRETS[i][1], 1);
+	setenv("EMPTY_KEY", "", 1);
+	unsetenv("COURIER_BASE_URL");
+	snprintf(conf_path, sizeof(conf_path), "%s/broker.conf.lua", dir);
+	warm_up();
+}
+
+/* An input that overran runs once more (confirming): fuzz_clock.h says why. */
+static int confirming, overran;
+
+static void check_time(const struct fuzz_clock *c, double limit_ms, const char *what)
+{
+	if (fuzz_clock_over(c, limit_ms, "fuzz_config", what, confirming)) {
+		if (confirming)
+			abort();
+		overran = 1;
+	}
+}
+
+/* An error message must hold no secret's value, unless the input itself
+ * did (anywhere: Lua reads past a NUL, so the whole input counts). */
+static void check_secrets(const char *err, const uint8_t *data, size_t size)
+{
+	for (size_t i = 0; i < sizeof(SECRETS) / sizeof(SECRETS[0]) + 1; i++) {
+		const char *v = i < sizeof(SECRETS) / sizeof(SECRETS[0]) ? SECRETS[i][1] : FILE_SECRET;
+		/* Any 12 bytes of the value give it away. */
+		for (size_t k = 0; k + 12 <= strlen(v); k += 4) {
+			char part[13];
+			memcpy(part, v + k, 12);
+			part[12] = '\0';
+			if (strstr(err, part) && !memmem(data, size, part, 12))
+				fail("an error message holds a secret", err);
+		}
+	}
+}
+
+static void run_input(const uint8_t *data, size_t size)
+{
+	struct config *cfg;
+	struct policy_engine *e;
+	struct fuzz_clock c;
+	char err[1024];
+
+	if (!dir[0]) {
+		setup();
+		atexit(cleanup);
+	}
+	write_file("broker.conf.lua", (const char *)data, size, 0644);
+
+	fuzz_clock_start(&c);
+	cfg = config_load(conf_path, err, sizeof(err));
+	check_time(&c, 2.0 * CONFIG_BUDGET_MS + CONFIG_WALK_MS, "loading the configuration");
+	if (fuzz_verbose())
+		fprintf(stderr, "fuzz_config: %s\n", cfg ? "loaded" : err);
+	if (!cfg) {
+		if (!err[0])
+			fail("a configuration refused without a reason", NULL);
+		check_secrets(err, data, size);
+		return;
+	}
+	if (cfg->n_tenants == 0)
+		fail("a configuration without tenants loaded", NULL);
+
+	/* What `check` does next: compile every tenant's policy. */
+	cfg->policy_max_instructions = POLICY_INSTRUCTIONS;
+	cfg->policy_max_memory_bytes = POLICY_MEMORY_BYTES;
+	cfg->policy_timeout_ms = POLICY_TIMEOUT_MS;
+	fuzz_clock_start(&c);
+	e = policy_engine_new(cfg, err, sizeof(err));
+	check_time(&c, 2.0 * POLICY_TIMEOUT_MS * (double)cfg->n_tenants + 20, "compiling the policies");
+	if (fuzz_verbose())
+		fprintf(stderr, "fuzz_config: engine: %s\n", e ? "built" : err);
+	if (e)
+		policy_engine_free(e);
+	else if (!err[0])
+		fail("an engine refused without a reason", NULL);
+	else
+		check_secrets(err, data, size);
+	config_free(cfg);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+	overran = 0;
+	run_input(data, size);
+	if (overran) {
+		confirming = 1;
+		run_input(data, size);
+		confirming = 0;
+	}
+	return 0;
+}
