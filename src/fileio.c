@@ -73,7 +73,8 @@ int fileio_read(const char *path, size_t max, int allow_stdin, char **out, size_
 
 	if (allow_stdin && strcmp(path, "-") == 0)
 		return read_all(STDIN_FILENO, max, out, outlen, why, whylen);
-	fd = open(path, O_RDONLY | O_CLOEXEC);
+	/* O_NONBLOCK: a FIFO must not hold the open (it is refused just below). */
+	fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
 	if (fd < 0) {
 		snprintf(why, whylen, "%s", strerror(errno));
 		return -1;

@@ -192,7 +192,8 @@ static int load_file(const char *path, struct secret *out, char *err, size_t err
 	size_t len = 0;
 	int fd, rc = -1;
 
-	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	/* O_NONBLOCK: a FIFO must not hold the open (it is refused just below). */
+	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
 	if (fd < 0) {
 		snprintf(err, errlen, "secret file %s: %s", path, strerror(errno));
 		return -1;

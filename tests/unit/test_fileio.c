@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "fileio.h"
@@ -82,6 +83,14 @@ static void test_refuses_non_regular(void **state)
 	assert_int_equal(fileio_read(dir, 100, 0, &data, &len, why, sizeof(why)), -1);
 	assert_string_equal(why, "not a regular file");
 	assert_int_equal(fileio_read("/nonexistent/x", 100, 0, &data, &len, why, sizeof(why)), -1);
+	/* A FIFO is refused without waiting for a writer. */
+	{
+		char *fifo = fileio_join(dir, "fifo");
+		assert_int_equal(mkfifo(fifo, 0600), 0);
+		assert_int_equal(fileio_read(fifo, 100, 0, &data, &len, why, sizeof(why)), -1);
+		assert_string_equal(why, "not a regular file");
+		free(fifo);
+	}
 	/* "-" is a file name unless standard input is allowed. */
 	assert_int_equal(fileio_read("-", 100, 0, &data, &len, why, sizeof(why)), -1);
 }

@@ -23,7 +23,7 @@ static int setup(void **state)
 
 static int teardown(void **state)
 {
-	static const char *const names[] = {"open.key", "group.key", "ok.key", "empty.key"};
+	static const char *const names[] = {"open.key", "group.key", "ok.key", "empty.key", "fifo.key"};
 	char path[256];
 
 	(void)state;
@@ -95,6 +95,14 @@ static void t_file_modes(void **state)
 	assert_int_equal(secret_load(&ref, &s, err, sizeof(err)), -1);
 	ref.file = (char *)dir; /* a folder is not a secret */
 	assert_int_equal(secret_load(&ref, &s, err, sizeof(err)), -1);
+	/* A FIFO is refused at once: opening it never waits for a writer. */
+	{
+		char fifo[256];
+		snprintf(fifo, sizeof(fifo), "%s/fifo.key", dir);
+		assert_int_equal(mkfifo(fifo, 0600), 0);
+		ref.file = fifo;
+		assert_int_equal(secret_load(&ref, &s, err, sizeof(err)), -1);
+	}
 }
 
 static void t_equals(void **state)
