@@ -35,6 +35,7 @@
 #include "metrics.h"
 #include "pidfile.h"
 #include "policy.h"
+#include "policyeval.h"
 #include "policytest.h"
 #include "reload.h"
 #include "scope.h"
@@ -333,7 +334,7 @@ static int cmd_eval(const char *path, const char *tenant, const char *request)
 		fprintf(stderr, "courier-broker: %s\n", err);
 		goto out;
 	}
-	rc = policytest_eval(e, config_tenant(cfg, tenant), buf ? buf : "", len, stdout);
+	rc = policyeval_run(e, config_tenant(cfg, tenant), buf ? buf : "", len, stdout);
 out:
 	if (f && f != stdin)
 		fclose(f);

@@ -1,5 +1,5 @@
 /*
- * policytest.h — policy tests, dry runs: `courier-broker test`, `check`, `eval`.
+ * policytest.h — policy tests: `courier-broker test`, and the tests `check` runs.
  *
  * A test file NAME_test.lua returns a list of cases
  *   { name = ..., req = { ... }, expect = { allow = ..., scopes = ..., expires_in = ... } }
@@ -26,10 +26,5 @@ int policytest_main(int argc, char **argv);
  * failure in err. Prints one line per case unless quiet. */
 int policytest_config(const struct config *cfg, struct policy_engine *e, bool quiet, char *err,
                       size_t errlen);
-
-/* `eval`: decodes a request description (JSON: user_id, body, identity, client,
- * headers, now), decides, applies the envelope and prints the result as JSON
- * to out. Returns the exit status (0 when a decision was printed). */
-int policytest_eval(struct policy_engine *e, const struct tenant *t, const char *json, size_t len, FILE *out);
 
 #endif
