@@ -23,6 +23,7 @@
 
 #include "config.h"
 #include "duration.h"
+#include "fileio.h"
 #include "json.h"
 #include "policy.h"
 #include "policyeval.h"
@@ -306,7 +307,7 @@ static int load_cases(struct policy_engine *e, const char *path, char *err, size
 	size_t len;
 	int rc;
 
-	if (config_read_file(path, MAX_TEST_FILE, &buf, &len, why, sizeof(why)) != 0) {
+	if (fileio_read(path, MAX_TEST_FILE, 0, &buf, &len, why, sizeof(why)) != 0) {
 		snprintf(err, errlen, "%s: %s", path, why);
 		return -1;
 	}
@@ -383,7 +384,7 @@ static char *read_text(const char *path, size_t *len)
 {
 	char *buf, why[128];
 
-	return config_read_file(path, MAX_TEST_FILE, &buf, len, why, sizeof(why)) == 0 ? buf : NULL;
+	return fileio_read(path, MAX_TEST_FILE, 0, &buf, len, why, sizeof(why)) == 0 ? buf : NULL;
 }
 
 /* Runs path (a *_test.lua file) against the policy beside it under defaults. */
@@ -417,9 +418,7 @@ static int test_file_standalone(const char *path, struct report *rep)
 		report_case(rep, path, "(load)", false, err);
 		goto out;
 	}
-	t.policy_dir = strdup(t.policy_path);
-	if (t.policy_dir && strrchr(t.policy_dir, '/'))
-		*strrchr(t.policy_dir, '/') = '\0';
+	t.policy_dir = fileio_dir(t.policy_path);
 	if (t.policy_dir && config_load_modules(&t, err, sizeof(err)) != 0) {
 		report_case(rep, path, "(load)", false, err);
 		goto out;
