@@ -66,7 +66,7 @@ static void quote(const char *s, size_t len, char *out, size_t outlen)
 	out[o] = '\0';
 }
 
-int decision_add_scope(struct decision *d, const char *scope, size_t len)
+int envelope_add_scope(struct decision *d, const char *scope, size_t len)
 {
 	if (d == NULL || scope == NULL)
 		return -1;
@@ -109,7 +109,7 @@ static int append_bytes(struct grant *g, size_t *used, const char *s, size_t len
 	return 0;
 }
 
-bool decision_scope_repeats(const struct decision *d, size_t i)
+bool envelope_scope_repeats(const struct decision *d, size_t i)
 {
 	for (size_t j = 0; j < i; j++)
 		if (strcmp(d->scopes[j], d->scopes[i]) == 0)
@@ -154,7 +154,7 @@ static int apply_scopes(const struct tenant *t, const char *user_id, size_t uid_
 			set_err(err, errlen, "scope \"%s\" is not in the tenant's allowed_scopes", q);
 			return -1;
 		}
-		if (decision_scope_repeats(d, i))
+		if (envelope_scope_repeats(d, i))
 			continue;
 		if (append_bytes(g, &used, " ", 1) != 0 || append_bytes(g, &used, s, len) != 0)
 			goto overflow;

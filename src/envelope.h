@@ -30,10 +30,10 @@ struct decision {
 };
 
 /* Copies scope into d->strbuf and appends it. Returns 0, or -1 when full. */
-int decision_add_scope(struct decision *d, const char *scope, size_t len);
+int envelope_add_scope(struct decision *d, const char *scope, size_t len);
 
 /* Whether scope i repeats one of the decision's earlier scopes (sent once). */
-bool decision_scope_repeats(const struct decision *d, size_t i);
+bool envelope_scope_repeats(const struct decision *d, size_t i);
 
 /* What the core lets through to Courier. */
 struct grant {

@@ -182,7 +182,7 @@ static void push_warnings(lua_State *L, const struct tenant *t, const struct pol
 
 	lua_newtable(L);
 	for (size_t i = 0; i < d->n_scopes; i++) {
-		if (decision_scope_repeats(d, i)) {
+		if (envelope_scope_repeats(d, i)) {
 			lua_pushfstring(L, "scope %s was given more than once: sent once", d->scopes[i]);
 			lua_rawseti(L, -2, ++n);
 		}

@@ -46,7 +46,7 @@ static void make_decision(struct decision *d, const char *const *scopes, long lo
 	d->allow = true;
 	d->expires_s = expires_s;
 	for (size_t i = 0; scopes != NULL && scopes[i] != NULL; i++)
-		assert_int_equal(decision_add_scope(d, scopes[i], strlen(scopes[i])), 0);
+		assert_int_equal(envelope_add_scope(d, scopes[i], strlen(scopes[i])), 0);
 }
 
 /* The grant must be empty after a refusal, and the error must say why. */
@@ -70,16 +70,16 @@ static void test_add_scope(void **state)
 	struct decision d;
 	(void)state;
 	memset(&d, 0, sizeof d);
-	assert_int_equal(decision_add_scope(&d, "read:brandsXXX", 11), 0);
+	assert_int_equal(envelope_add_scope(&d, "read:brandsXXX", 11), 0);
 	assert_int_equal(d.n_scopes, 1);
 	assert_string_equal(d.scopes[0], "read:brands");
-	assert_int_equal(decision_add_scope(&d, "inbox:write:events", 18), 0);
+	assert_int_equal(envelope_add_scope(&d, "inbox:write:events", 18), 0);
 	assert_string_equal(d.scopes[0], "read:brands");
 	assert_string_equal(d.scopes[1], "inbox:write:events");
 	assert_int_equal(d.strbuf_used, 12 + 19);
-	assert_int_equal(decision_add_scope(&d, "a\0b", 3), -1); /* would be cut at NUL */
-	assert_int_equal(decision_add_scope(NULL, "x", 1), -1);
-	assert_int_equal(decision_add_scope(&d, NULL, 1), -1);
+	assert_int_equal(envelope_add_scope(&d, "a\0b", 3), -1); /* would be cut at NUL */
+	assert_int_equal(envelope_add_scope(NULL, "x", 1), -1);
+	assert_int_equal(envelope_add_scope(&d, NULL, 1), -1);
 	assert_int_equal(d.n_scopes, 2);
 }
 
@@ -91,25 +91,25 @@ static void test_add_scope_limits(void **state)
 
 	memset(&d, 0, sizeof d);
 	for (int i = 0; i < DECISION_MAX_SCOPES; i++)
-		assert_int_equal(decision_add_scope(&d, "x", 1), 0);
-	assert_int_equal(decision_add_scope(&d, "x", 1), -1);
+		assert_int_equal(envelope_add_scope(&d, "x", 1), 0);
+	assert_int_equal(envelope_add_scope(&d, "x", 1), -1);
 	assert_int_equal(d.n_scopes, DECISION_MAX_SCOPES);
 
 	/* strbuf fills before the count: 31 * 129 = 3999 of 4096. */
 	memset(&d, 0, sizeof d);
 	memset(big, 'a', sizeof big);
 	for (int i = 0; i < 31; i++)
-		assert_int_equal(decision_add_scope(&d, big, 128), 0);
-	assert_int_equal(decision_add_scope(&d, big, 128), -1);
+		assert_int_equal(envelope_add_scope(&d, big, 128), 0);
+	assert_int_equal(envelope_add_scope(&d, big, 128), -1);
 	assert_int_equal(d.n_scopes, 31);
-	assert_int_equal(decision_add_scope(&d, big, 96), 0); /* 3999 + 97 = 4096 exactly */
+	assert_int_equal(envelope_add_scope(&d, big, 96), 0); /* 3999 + 97 = 4096 exactly */
 	assert_int_equal(d.strbuf_used, sizeof d.strbuf);
 	assert_int_equal(d.scopes[31][96], '\0');
 
 	memset(&d, 0, sizeof d);
-	assert_int_equal(decision_add_scope(&d, big, sizeof d.strbuf), -1);
-	assert_int_equal(decision_add_scope(&d, big, sizeof d.strbuf - 1), 0);
-	assert_int_equal(decision_add_scope(&d, "", 0), -1);
+	assert_int_equal(envelope_add_scope(&d, big, sizeof d.strbuf), -1);
+	assert_int_equal(envelope_add_scope(&d, big, sizeof d.strbuf - 1), 0);
+	assert_int_equal(envelope_add_scope(&d, "", 0), -1);
 }
 
 static void test_scope_allowed(void **state)
@@ -396,7 +396,7 @@ static void test_bad_arguments(void **state)
 	assert_int_equal(envelope_apply(&t, "alice", &d, &g, NULL, 0), 0);
 	/* A count past the array is refused before any scope is read. */
 	for (int i = 0; i < DECISION_MAX_SCOPES; i++)
-		assert_int_equal(decision_add_scope(&d, "read:brands", 11), 0);
+		assert_int_equal(envelope_add_scope(&d, "read:brands", 11), 0);
 	assert_int_equal(envelope_apply(&t, "alice", &d, &g, NULL, 0), 0);
 	assert_string_equal(g.scope, "user_id:alice read:brands");
 	d.n_scopes = DECISION_MAX_SCOPES + 1;
@@ -424,11 +424,11 @@ static void test_32_scopes(void **state)
 	for (int i = 0; i < DECISION_MAX_SCOPES; i++) {
 		snprintf(names[i], sizeof names[i], "read:brands:b%02d", i);
 		allowed[i] = names[i];
-		assert_int_equal(decision_add_scope(&d, names[i], strlen(names[i])), 0);
+		assert_int_equal(envelope_add_scope(&d, names[i], strlen(names[i])), 0);
 		w += (size_t)snprintf(want + w, sizeof want - w, " %s", names[i]);
 	}
 	allowed[DECISION_MAX_SCOPES] = NULL;
-	assert_int_equal(decision_add_scope(&d, "read:brands", 11), -1);
+	assert_int_equal(envelope_add_scope(&d, "read:brands", 11), -1);
 	t.allowed_scopes = allowed;
 	t.n_allowed_scopes = DECISION_MAX_SCOPES;
 	assert_int_equal(envelope_apply(&t, "alice", &d, &g, err, sizeof err), 0);
@@ -458,7 +458,7 @@ static void test_longest_grant_fits(void **state)
 		names[i][1] = (char)('0' + i / 26);
 		names[i][128] = '\0';
 		allowed[i] = names[i];
-		assert_int_equal(decision_add_scope(&d, names[i], 128), 0);
+		assert_int_equal(envelope_add_scope(&d, names[i], 128), 0);
 	}
 	allowed[31] = NULL;
 	t.allowed_scopes = allowed;
