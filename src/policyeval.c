@@ -19,6 +19,7 @@
 #include "envelope.h"
 #include "json.h"
 #include "policy.h"
+#include "reqbody.h"
 #include "scope.h"
 
 #define MAX_HDRS 64
@@ -76,7 +77,7 @@ static int build_req(lua_State *L, int idx, const struct tenant *t, struct case_
 	}
 	rq->body_idx = lua_gettop(L);
 	/* The server's own check: a body it answers 400 never reaches a policy. */
-	if (envelope_check_body(L, rq->body_idx, &uid, &uid_len, &why) != 0) {
+	if (reqbody_check(L, rq->body_idx, &uid, &uid_len, &why) != 0) {
 		snprintf(err, errlen, "the broker refuses this body (400): %s", why);
 		return -1;
 	}
