@@ -45,17 +45,23 @@
 /* The largest request `eval` reads. */
 #define EVAL_REQUEST_MAX (1024 * 1024)
 
+/* The one source of the command line's usage: README.md quotes this text
+ * (`courier-broker --help`) and tests/integration/test_cli.py checks it does. */
 static const char usage[] =
     "usage: courier-broker serve -c CONFIG [--pid-file PATH]\n"
     "                                              run the server (foreground, logs to stderr)\n"
-    "       courier-broker check -c CONFIG         load config, keys and policies, run policy tests\n"
+    "       courier-broker check -c CONFIG         load config, keys and every policy, run the\n"
+    "                                              policy tests\n"
     "       courier-broker reload -c CONFIG [--pid-file PATH]\n"
-    "                                              check CONFIG, then SIGHUP the broker named by the\n"
-    "                                              pid file (default " PIDFILE_DEFAULT ")\n"
-    "       courier-broker test [--run PATTERN] [--format text|json] PATH...\n"
+    "                                              check CONFIG like `check`; only if it passes,\n"
+    "                                              SIGHUP the broker named by the pid file\n"
+    "                                              (default " PIDFILE_DEFAULT ")\n"
+    "       " POLICYTEST_USAGE "\n"
     "                                              run policy test files (*_test.lua) or folders\n"
+    "                                              of them\n"
     "       courier-broker eval -c CONFIG --tenant NAME [--request FILE|-]\n"
-    "                                              print the decision for one request as JSON\n"
+    "                                              print the decision for one request as JSON;\n"
+    "                                              never calls Courier\n"
     "       courier-broker --version | --help\n";
 
 /* Keys live in this process's memory: keep them out of core dumps. */

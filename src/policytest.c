@@ -553,9 +553,7 @@ int policytest_main(int argc, char **argv)
 		}
 	}
 	if (!npaths) {
-		fprintf(stderr,
-		        "usage: courier-broker test [--run PATTERN] [--format text|json] [--coverage] "
-		        "[--threshold N] PATH...\n");
+		fprintf(stderr, "usage: " POLICYTEST_USAGE "\n");
 		return 2;
 	}
 	if (rep.json && (!(rep.L = luaL_newstate()) || json_open(rep.L) != 0)) {

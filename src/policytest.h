@@ -17,7 +17,11 @@ struct config;
 struct tenant;
 struct policy_engine;
 
-/* `courier-broker test [--run PATTERN] [--format text|json] PATH...`: exit status. */
+/* The command line of `test` (main.c's --help and the usage error quote it). */
+#define POLICYTEST_USAGE                                                                                     \
+	"courier-broker test [--run PATTERN] [--format text|json] [--coverage] [--threshold N] PATH..."
+
+/* `courier-broker test` with the arguments after "test" (POLICYTEST_USAGE): exit status. */
 int policytest_main(int argc, char **argv);
 
 /* Runs, for every tenant of cfg, the tests beside its policy (<policy>_test.lua,
