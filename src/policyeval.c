@@ -44,23 +44,13 @@ static const char *opt_string(lua_State *L, int t, const char *field)
 	return s;
 }
 
-/* Builds cr from the table at idx; pushes helper values. 0 or -1 with a message. */
-static int build_req(lua_State *L, int idx, const struct tenant *t, struct case_req *cr, char *err,
-                     size_t errlen)
+/* req.body (or one made of req's user_id, scopes and expires_in), pushed and
+ * checked as the server checks it. 0 or -1 with a message. */
+static int build_body(lua_State *L, int idx, struct policy_request *rq, char *err, size_t errlen)
 {
-	struct policy_request *rq = &cr->rq;
 	const char *uid, *why;
 	size_t uid_len;
-	int ident, client, hdrs;
 
-	memset(cr, 0, sizeof(*cr));
-	idx = lua_absindex(L, idx);
-	rq->tenant = t;
-	rq->user_id = opt_string(L, idx, "user_id");
-	if (!rq->user_id || !scope_user_id_valid(rq->user_id, strlen(rq->user_id))) {
-		snprintf(err, errlen, "req.user_id must be a valid user id");
-		return -1;
-	}
 	lua_getfield(L, idx, "body");
 	if (lua_isnil(L, -1)) {
 		lua_pop(L, 1);
@@ -86,6 +76,13 @@ static int build_req(lua_State *L, int idx, const struct tenant *t, struct case_
 		         "req.user_id and req.body.user_id differ (the server takes the user from the body)");
 		return -1;
 	}
+	return 0;
+}
+
+/* req.identity; pushes it and the values rq points into. */
+static void build_identity(lua_State *L, int idx, struct policy_request *rq)
+{
+	int ident;
 
 	lua_getfield(L, idx, "identity");
 	ident = lua_gettop(L);
@@ -102,6 +99,13 @@ static int build_req(lua_State *L, int idx, const struct tenant *t, struct case_
 	} else {
 		rq->method = "none";
 	}
+}
+
+/* req.client and req.headers; pushes them and the values rq points into. */
+static void build_client(lua_State *L, int idx, struct case_req *cr)
+{
+	struct policy_request *rq = &cr->rq;
+	int client, hdrs;
 
 	lua_getfield(L, idx, "client");
 	client = lua_gettop(L);
@@ -127,7 +131,26 @@ static int build_req(lua_State *L, int idx, const struct tenant *t, struct case_
 		}
 	}
 	rq->headers = cr->hdrs;
+}
 
+/* Builds cr from the table at idx; pushes helper values. 0 or -1 with a message. */
+static int build_req(lua_State *L, int idx, const struct tenant *t, struct case_req *cr, char *err,
+                     size_t errlen)
+{
+	struct policy_request *rq = &cr->rq;
+
+	memset(cr, 0, sizeof(*cr));
+	idx = lua_absindex(L, idx);
+	rq->tenant = t;
+	rq->user_id = opt_string(L, idx, "user_id");
+	if (!rq->user_id || !scope_user_id_valid(rq->user_id, strlen(rq->user_id))) {
+		snprintf(err, errlen, "req.user_id must be a valid user id");
+		return -1;
+	}
+	if (build_body(L, idx, rq, err, errlen) != 0)
+		return -1;
+	build_identity(L, idx, rq);
+	build_client(L, idx, cr);
 	lua_getfield(L, idx, "now");
 	rq->now = lua_isinteger(L, -1) ? (long long)lua_tointeger(L, -1) : (long long)time(NULL);
 	return 0;
