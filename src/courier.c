@@ -24,10 +24,13 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "buf.h"
+#include "clock.h"
 #include "envelope.h"
 #include "json.h"
 #include "jwt.h"
 #include "secret.h"
+#include "version.h"
 
 #define RESP_MAX (64 * 1024)
 #define POOL_MAX 256
@@ -48,22 +51,8 @@ static size_t on_body(char *data, size_t size, size_t nmemb, void *arg)
 	struct courier_job *job = arg;
 	size_t n = size * nmemb;
 
-	if (job->resp_len + n > RESP_MAX)
-		return 0; /* too big to be a token answer: fails the transfer */
-	if (job->resp_len + n + 1 > job->resp_cap) {
-		size_t cap = job->resp_cap ? job->resp_cap * 2 : 1024;
-		while (cap < job->resp_len + n + 1)
-			cap *= 2;
-		char *p = realloc(job->resp, cap);
-		if (!p)
-			return 0;
-		job->resp = p;
-		job->resp_cap = cap;
-	}
-	memcpy(job->resp + job->resp_len, data, n);
-	job->resp_len += n;
-	job->resp[job->resp_len] = '\0';
-	return n;
+	/* Past RESP_MAX it is too big to be a token answer: fails the transfer. */
+	return buf_add(&job->resp_buf, data, n) == 0 ? n : 0;
 }
 
 static void free_headers(struct courier_job *job)
@@ -82,6 +71,7 @@ int courier_submit(struct courier_client *c, struct courier_job *job)
 
 	if (!e)
 		return -1;
+	buf_init(&job->resp_buf, RESP_MAX);
 	alen = sizeof("Authorization: Bearer ") + job->api_key->len;
 	auth = malloc(alen);
 	if (!auth) {
@@ -101,7 +91,7 @@ int courier_submit(struct courier_client *c, struct courier_job *job)
 		 * answers JSON whatever it is sent, and each header byte is
 		 * formatted one by one. */
 		if (h)
-			h = curl_slist_append(h, "User-Agent: courier-broker/" BROKER_VERSION);
+			h = curl_slist_append(h, "User-Agent: " BROKER_USER_AGENT);
 		if (h)
 			h = curl_slist_append(h, "Accept:");
 		if (h)
@@ -179,6 +169,8 @@ static void finish(struct courier_client *c, struct courier_job *job, CURLcode r
 	} else {
 		curl_easy_cleanup(e);
 	}
+	job->resp = job->resp_buf.data;
+	job->resp_len = job->resp_buf.len;
 	c->ended++;
 	job->done(job);
 }
@@ -209,14 +201,6 @@ static int on_socket(CURL *e, curl_socket_t fd, int what, void *arg, void *sockp
 	return 0;
 }
 
-static long long now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /*
  * Never calls libcurl. libcurl moves its timer several times per transfer, so
  * the timerfd is only re-armed when the deadline comes earlier than the one
@@ -237,7 +221,7 @@ static int on_timer(CURLM *multi, long timeout_ms, void *arg)
 		c->due_now = true;
 		return 0;
 	}
-	due = now_ms() + timeout_ms;
+	due = (long long)clock_ms() + timeout_ms;
 	if (c->armed_at && c->armed_at <= due)
 		return 0;
 	its.it_value.tv_sec = due / 1000;
@@ -364,9 +348,9 @@ void courier_client_free(struct courier_client *c)
 
 void courier_job_cleanup(struct courier_job *job)
 {
-	free(job->resp);
+	buf_free(&job->resp_buf);
 	job->resp = NULL;
-	job->resp_len = job->resp_cap = 0;
+	job->resp_len = 0;
 }
 
 const char *courier_request_body(lua_State *L, const struct grant *g, size_t *len)

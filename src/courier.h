@@ -15,6 +15,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include "buf.h"
+
 struct lua_State;
 struct secret;
 struct grant;
@@ -44,7 +46,7 @@ struct courier_job {
 	/* The client's own. */
 	void *easy;
 	struct curl_slist *headers;
-	size_t resp_cap;
+	struct buf resp_buf;             /* the answer as it arrives, capped; resp points into it */
 	struct courier_job *next, *prev; /* the running list */
 };
 

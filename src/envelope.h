@@ -13,7 +13,6 @@
 #include <stdbool.h>
 #include <stddef.h>
 
-struct lua_State;
 struct tenant;
 
 #define DECISION_MAX_SCOPES 32
@@ -30,10 +29,10 @@ struct decision {
 };
 
 /* Copies scope into d->strbuf and appends it. Returns 0, or -1 when full. */
-int decision_add_scope(struct decision *d, const char *scope, size_t len);
+int envelope_add_scope(struct decision *d, const char *scope, size_t len);
 
 /* Whether scope i repeats one of the decision's earlier scopes (sent once). */
-bool decision_scope_repeats(const struct decision *d, size_t i);
+bool envelope_scope_repeats(const struct decision *d, size_t i);
 
 /* What the core lets through to Courier. */
 struct grant {
@@ -53,19 +52,5 @@ int envelope_apply(const struct tenant *t, const char *user_id, const struct dec
 
 /* Whether scope (len bytes) is in the tenant's allowed_scopes. */
 bool envelope_scope_allowed(const struct tenant *t, const char *scope, size_t len);
-
-/*
- * Checks the fields of a token request's body (the table at index body) that
- * the core owns, before any policy sees them: user_id present and a valid user
- * id; scopes absent (nil or null) or an array of at most DECISION_MAX_SCOPES
- * valid scope tokens; expires_in absent, a duration with a unit or a positive
- * integer of seconds. Returns 0 with *user_id pointing into the body's string
- * (valid while the body is) and its length in *user_id_len, or -1 with *msg
- * set to a static text fit for the client. Leaves the stack as it was. The
- * server and `courier-broker test` both call it, so a test case cannot pass
- * with a body the server refuses.
- */
-int envelope_check_body(struct lua_State *L, int body, const char **user_id, size_t *user_id_len,
-                        const char **msg);
 
 #endif

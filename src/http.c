@@ -60,6 +60,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "policy.h"
+#include "reqbody.h"
 #include "scope.h"
 
 #define MAX_HEADERS 64
@@ -629,7 +630,7 @@ static enum MHD_Result process(struct req *r)
 		goto out;
 	}
 	body = lua_gettop(L);
-	if (envelope_check_body(L, body, &uid, &uid_len, &msg) != 0) {
+	if (reqbody_check(L, body, &uid, &uid_len, &msg) != 0) {
 		ret = fail(r, 400, "invalid_request", msg, NULL, NULL);
 		goto out;
 	}

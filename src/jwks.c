@@ -34,6 +34,7 @@
 #include "jwt.h"
 #include "log.h"
 #include "secret.h"
+#include "version.h"
 
 /* ------------------------------------------------------------------------ */
 /* Sets                                                                      */
@@ -571,7 +572,7 @@ static int http_get(struct jwks *src, struct fetch *f, char *err, size_t errlen)
 	curl_easy_setopt(c, CURLOPT_FOLLOWLOCATION, 0L);
 	curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, src->timeout_ms);
 	curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, src->timeout_ms);
-	curl_easy_setopt(c, CURLOPT_USERAGENT, "courier-broker/" BROKER_VERSION);
+	curl_easy_setopt(c, CURLOPT_USERAGENT, BROKER_USER_AGENT);
 	curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
 	curl_easy_setopt(c, CURLOPT_WRITEDATA, f);
 	curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_header);

@@ -25,9 +25,11 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "config.h"
 #include "courier.h"
 #include "envelope.h"
+#include "fileio.h"
 #include "gen.h"
 #include "http.h"
 #include "json.h"
@@ -35,21 +37,31 @@
 #include "metrics.h"
 #include "pidfile.h"
 #include "policy.h"
+#include "policyeval.h"
 #include "policytest.h"
 #include "reload.h"
 #include "scope.h"
 
+/* The largest request `eval` reads. */
+#define EVAL_REQUEST_MAX (1024 * 1024)
+
+/* The one source of the command line's usage: README.md quotes this text
+ * (`courier-broker --help`) and tests/integration/test_cli.py checks it does. */
 static const char usage[] =
     "usage: courier-broker serve -c CONFIG [--pid-file PATH]\n"
     "                                              run the server (foreground, logs to stderr)\n"
-    "       courier-broker check -c CONFIG         load config, keys and policies, run policy tests\n"
+    "       courier-broker check -c CONFIG         load config, keys and every policy, run the\n"
+    "                                              policy tests\n"
     "       courier-broker reload -c CONFIG [--pid-file PATH]\n"
-    "                                              check CONFIG, then SIGHUP the broker named by the\n"
-    "                                              pid file (default " PIDFILE_DEFAULT ")\n"
-    "       courier-broker test [--run PATTERN] [--format text|json] PATH...\n"
+    "                                              check CONFIG like `check`; only if it passes,\n"
+    "                                              SIGHUP the broker named by the pid file\n"
+    "                                              (default " PIDFILE_DEFAULT ")\n"
+    "       " POLICYTEST_USAGE "\n"
     "                                              run policy test files (*_test.lua) or folders\n"
+    "                                              of them\n"
     "       courier-broker eval -c CONFIG --tenant NAME [--request FILE|-]\n"
-    "                                              print the decision for one request as JSON\n"
+    "                                              print the decision for one request as JSON;\n"
+    "                                              never calls Courier\n"
     "       courier-broker --version | --help\n";
 
 /* Keys live in this process's memory: keep them out of core dumps. */
@@ -137,19 +149,12 @@ static _Noreturn void exit_forced(void)
  * signal thread is busy draining, so this one reads the signals meanwhile. */
 static void *watchdog(void *arg)
 {
-	struct timespec until, now, left;
+	struct timespec until = clock_add_ms(clock_now(), (long)watchdog_ms), now, left;
 	int sig;
 
 	(void)arg;
-	clock_gettime(CLOCK_MONOTONIC, &until);
-	until.tv_sec += watchdog_ms / 1000;
-	until.tv_nsec += (long)(watchdog_ms % 1000) * 1000000L;
-	if (until.tv_nsec >= 1000000000L) {
-		until.tv_sec++;
-		until.tv_nsec -= 1000000000L;
-	}
 	for (;;) {
-		clock_gettime(CLOCK_MONOTONIC, &now);
+		now = clock_now();
 		left.tv_sec = until.tv_sec - now.tv_sec;
 		left.tv_nsec = until.tv_nsec - now.tv_nsec;
 		if (left.tv_nsec < 0) {
@@ -293,9 +298,8 @@ static int cmd_eval(const char *path, const char *tenant, const char *request)
 	char err[1024];
 	struct config *cfg;
 	struct policy_engine *e = NULL;
-	FILE *f = NULL;
-	char *buf = NULL;
-	size_t len = 0, cap = 0, n;
+	char *buf = NULL, why[256];
+	size_t len = 0;
 	int rc = 1;
 
 	cfg = config_load(path, err, sizeof(err));
@@ -307,36 +311,17 @@ static int cmd_eval(const char *path, const char *tenant, const char *request)
 		fprintf(stderr, "courier-broker: no tenant %s in %s\n", tenant, path);
 		goto out;
 	}
-	f = (!request || strcmp(request, "-") == 0) ? stdin : fopen(request, "r");
-	if (!f) {
-		fprintf(stderr, "courier-broker: %s: %s\n", request, strerror(errno));
+	if (fileio_read(request ? request : "-", EVAL_REQUEST_MAX, 1, &buf, &len, why, sizeof(why)) != 0) {
+		fprintf(stderr, "courier-broker: %s: %s\n", request ? request : "-", why);
 		goto out;
-	}
-	for (;;) {
-		if (len + 4096 > cap) {
-			char *p = realloc(buf, cap = cap * 2 + 4096);
-			if (!p)
-				goto out;
-			buf = p;
-		}
-		n = fread(buf + len, 1, cap - len, f);
-		if (n == 0)
-			break;
-		len += n;
-		if (len > 1024 * 1024) {
-			fprintf(stderr, "courier-broker: request larger than 1 MiB\n");
-			goto out;
-		}
 	}
 	e = policy_engine_new(cfg, err, sizeof(err));
 	if (!e) {
 		fprintf(stderr, "courier-broker: %s\n", err);
 		goto out;
 	}
-	rc = policytest_eval(e, config_tenant(cfg, tenant), buf ? buf : "", len, stdout);
+	rc = policyeval_run(e, config_tenant(cfg, tenant), buf, len, stdout);
 out:
-	if (f && f != stdin)
-		fclose(f);
 	free(buf);
 	policy_engine_free(e);
 	config_free(cfg);

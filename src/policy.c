@@ -2106,7 +2106,7 @@ static int check_scopes(lua_State *L, struct policy_engine *e, int v, struct dec
 			return bad(err, errlen, path, "scopes entries must be strings, got %s",
 			           luaL_typename(L, -1));
 		s = lua_tolstring(L, -1, &len);
-		if (len == 0 || decision_add_scope(out, s, len) != 0)
+		if (len == 0 || envelope_add_scope(out, s, len) != 0)
 			return bad(err, errlen, path, "scope \"%s\" is empty, too long or holds a NUL byte",
 			           s);
 		lua_pop(L, 1);
@@ -2127,7 +2127,7 @@ static int check_tier(lua_State *L, int v, struct decision *out, const char *pat
 	if (!list)
 		return bad(err, errlen, path, "unknown tier \"%s\" (inbox, preferences or push)", s);
 	for (; *list; list++)
-		if (decision_add_scope(out, *list, strlen(*list)) != 0)
+		if (envelope_add_scope(out, *list, strlen(*list)) != 0)
 			return bad(err, errlen, path, "%s", "tier scopes do not fit");
 	return 0;
 }

@@ -1,9 +1,10 @@
 /*
- * policytest.c — policy tests and dry runs: `test`, `check`, `eval`.
+ * policytest.c — the policy test runner: `test`, and the tests of `check`.
  *
- * Owns the test-file format and the report. A case's request goes through
- * the same engine (policy.c) and the same ceiling (envelope.c) as a live
- * request, so a passing test means what production will do. Test files run
+ * Owns the test-file format, finding test files, coverage and the report. A
+ * case's request goes through policyeval.c: the same engine (policy.c) and
+ * the same ceiling (envelope.c) as a live request, so a passing test means
+ * what production will do. Test files run
  * in the policies' sandbox under the policies' budgets (policy_sandbox_run),
  * as text, without I/O. It must never run a test file outside that sandbox,
  * and never calls Courier.
@@ -18,18 +19,17 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "config.h"
 #include "duration.h"
-#include "envelope.h"
+#include "fileio.h"
 #include "json.h"
 #include "policy.h"
+#include "policyeval.h"
 #include "scope.h"
 
 #define MAX_TEST_FILE (1024 * 1024)
-#define MAX_HDRS      64
 
 struct report {
 	bool json;
@@ -152,148 +152,7 @@ static int cov_report(struct report *rep)
 	return lowest;
 }
 
-/* ------------------------------------------------------- building a req */
-
-/* The request a case (or eval) describes, as the table at idx on L. Strings
- * point into Lua values kept on the stack, so the caller restores the stack
- * only after deciding. */
-struct case_req {
-	struct policy_request rq;
-	struct policy_header hdrs[MAX_HDRS];
-};
-
-static const char *opt_string(lua_State *L, int t, const char *field)
-{
-	const char *s;
-
-	lua_getfield(L, t, field);
-	s = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
-	/* Left on the stack on purpose: s must stay valid. */
-	return s;
-}
-
-/* Builds cr from the table at idx; pushes helper values. 0 or -1 with a message. */
-static int build_req(lua_State *L, int idx, const struct tenant *t, struct case_req *cr, char *err,
-                     size_t errlen)
-{
-	struct policy_request *rq = &cr->rq;
-	const char *uid, *why;
-	size_t uid_len;
-	int ident, client, hdrs;
-
-	memset(cr, 0, sizeof(*cr));
-	idx = lua_absindex(L, idx);
-	rq->tenant = t;
-	rq->user_id = opt_string(L, idx, "user_id");
-	if (!rq->user_id || !scope_user_id_valid(rq->user_id, strlen(rq->user_id))) {
-		snprintf(err, errlen, "req.user_id must be a valid user id");
-		return -1;
-	}
-	lua_getfield(L, idx, "body");
-	if (lua_isnil(L, -1)) {
-		lua_pop(L, 1);
-		lua_createtable(L, 0, 3);
-		lua_pushstring(L, rq->user_id);
-		lua_setfield(L, -2, "user_id");
-		lua_getfield(L, idx, "scopes");
-		lua_setfield(L, -2, "scopes");
-		lua_getfield(L, idx, "expires_in");
-		lua_setfield(L, -2, "expires_in");
-	} else if (!lua_istable(L, -1)) {
-		snprintf(err, errlen, "req.body must be a table");
-		return -1;
-	}
-	rq->body_idx = lua_gettop(L);
-	/* The server's own check: a body it answers 400 never reaches a policy. */
-	if (envelope_check_body(L, rq->body_idx, &uid, &uid_len, &why) != 0) {
-		snprintf(err, errlen, "the broker refuses this body (400): %s", why);
-		return -1;
-	}
-	if (uid_len != strlen(rq->user_id) || memcmp(uid, rq->user_id, uid_len) != 0) {
-		snprintf(err, errlen,
-		         "req.user_id and req.body.user_id differ (the server takes the user from the body)");
-		return -1;
-	}
-
-	lua_getfield(L, idx, "identity");
-	ident = lua_gettop(L);
-	if (lua_istable(L, ident)) {
-		lua_getfield(L, ident, "authenticated");
-		rq->authenticated = lua_toboolean(L, -1);
-		rq->method = opt_string(L, ident, "method");
-		rq->subject = opt_string(L, ident, "subject");
-		lua_getfield(L, ident, "claims");
-		if (lua_istable(L, -1))
-			rq->claims_idx = lua_gettop(L);
-		if (!rq->method)
-			rq->method = rq->authenticated ? "jwt" : "none";
-	} else {
-		rq->method = "none";
-	}
-
-	lua_getfield(L, idx, "client");
-	client = lua_gettop(L);
-	if (lua_istable(L, client)) {
-		rq->client_ip = opt_string(L, client, "ip");
-		rq->origin = opt_string(L, client, "origin");
-		rq->user_agent = opt_string(L, client, "user_agent");
-	}
-
-	lua_getfield(L, idx, "headers");
-	hdrs = lua_gettop(L);
-	if (lua_istable(L, hdrs)) {
-		lua_pushnil(L);
-		/* Keys and values stay alive in the table, which stays on the stack. */
-		while (lua_next(L, hdrs)) {
-			if (lua_type(L, -2) == LUA_TSTRING && lua_type(L, -1) == LUA_TSTRING &&
-			    rq->n_headers < MAX_HDRS) {
-				cr->hdrs[rq->n_headers].name = lua_tostring(L, -2);
-				cr->hdrs[rq->n_headers].value = lua_tostring(L, -1);
-				rq->n_headers++;
-			}
-			lua_pop(L, 1);
-		}
-	}
-	rq->headers = cr->hdrs;
-
-	lua_getfield(L, idx, "now");
-	rq->now = lua_isinteger(L, -1) ? (long long)lua_tointeger(L, -1) : (long long)time(NULL);
-	return 0;
-}
-
 /* -------------------------------------------------------- running a case */
-
-struct outcome {
-	enum { OUT_ALLOW, OUT_DENY, OUT_ERROR } kind;
-	struct decision dec;
-	struct grant grant;
-	char err[512];
-};
-
-static void decide(struct policy_engine *e, lua_State *L, int reqidx, const struct tenant *t,
-                   struct outcome *o)
-{
-	struct case_req *cr = calloc(1, sizeof(*cr));
-	int top = lua_gettop(L);
-
-	memset(o, 0, sizeof(*o));
-	o->kind = OUT_ERROR;
-	if (!cr) {
-		snprintf(o->err, sizeof(o->err), "out of memory");
-		return;
-	}
-	if (build_req(L, reqidx, t, cr, o->err, sizeof(o->err)) != 0) {
-		/* o->err says why */
-	} else if (policy_decide(e, &cr->rq, &o->dec, o->err, sizeof(o->err)) != 0) {
-		/* o->err says why */
-	} else if (!o->dec.allow) {
-		o->kind = OUT_DENY;
-	} else if (envelope_apply(t, cr->rq.user_id, &o->dec, &o->grant, o->err, sizeof(o->err)) == 0) {
-		o->kind = OUT_ALLOW;
-	}
-	lua_settop(L, top);
-	free(cr);
-}
 
 /* Whether the grant's scopes, without the user_id one, are exactly the list at idx (any order). */
 static bool same_scopes(lua_State *L, int idx, const struct grant *g, char *why, size_t whylen)
@@ -326,7 +185,7 @@ static bool same_scopes(lua_State *L, int idx, const struct grant *g, char *why,
 }
 
 /* Compares the outcome with the case's expect table at idx. */
-static bool check_expect(lua_State *L, int idx, const struct outcome *o, char *why, size_t whylen)
+static bool check_expect(lua_State *L, int idx, const struct policyeval_outcome *o, char *why, size_t whylen)
 {
 	bool ok = true;
 	int top = lua_gettop(L);
@@ -334,13 +193,13 @@ static bool check_expect(lua_State *L, int idx, const struct outcome *o, char *w
 	idx = lua_absindex(L, idx);
 	lua_getfield(L, idx, "error");
 	if (lua_toboolean(L, -1)) {
-		ok = o->kind == OUT_ERROR;
+		ok = o->kind == POLICYEVAL_ERROR;
 		if (!ok)
 			snprintf(why, whylen, "expected a policy error, got %s",
-			         o->kind == OUT_ALLOW ? "allow" : "deny");
+			         o->kind == POLICYEVAL_ALLOW ? "allow" : "deny");
 		goto out;
 	}
-	if (o->kind == OUT_ERROR) {
+	if (o->kind == POLICYEVAL_ERROR) {
 		snprintf(why, whylen, "policy error: %s", o->err);
 		ok = false;
 		goto out;
@@ -351,14 +210,14 @@ static bool check_expect(lua_State *L, int idx, const struct outcome *o, char *w
 		ok = false;
 		goto out;
 	}
-	if (lua_toboolean(L, -1) != (o->kind == OUT_ALLOW)) {
+	if (lua_toboolean(L, -1) != (o->kind == POLICYEVAL_ALLOW)) {
 		snprintf(why, whylen, "expected %s, got %s%s%s", lua_toboolean(L, -1) ? "allow" : "deny",
-		         o->kind == OUT_ALLOW ? "allow" : "deny", o->dec.reason[0] ? ": " : "",
+		         o->kind == POLICYEVAL_ALLOW ? "allow" : "deny", o->dec.reason[0] ? ": " : "",
 		         o->dec.reason);
 		ok = false;
 		goto out;
 	}
-	if (o->kind == OUT_ALLOW) {
+	if (o->kind == POLICYEVAL_ALLOW) {
 		lua_getfield(L, idx, "scopes");
 		if (lua_istable(L, -1) && !same_scopes(L, lua_gettop(L), &o->grant, why, whylen)) {
 			ok = false;
@@ -448,7 +307,7 @@ static int load_cases(struct policy_engine *e, const char *path, char *err, size
 	size_t len;
 	int rc;
 
-	if (config_read_file(path, MAX_TEST_FILE, &buf, &len, why, sizeof(why)) != 0) {
+	if (fileio_read(path, MAX_TEST_FILE, 0, &buf, &len, why, sizeof(why)) != 0) {
 		snprintf(err, errlen, "%s: %s", path, why);
 		return -1;
 	}
@@ -479,7 +338,7 @@ static int run_file(struct policy_engine *e, const struct tenant *t, const char 
 	cases = lua_gettop(L);
 	n = (lua_Integer)lua_rawlen(L, cases);
 	for (lua_Integer i = 1; i <= n; i++) {
-		struct outcome *o;
+		struct policyeval_outcome *o;
 		const char *name;
 		char why[512] = "";
 		bool ok;
@@ -508,7 +367,7 @@ static int run_file(struct policy_engine *e, const struct tenant *t, const char 
 			lua_settop(L, top);
 			return -1;
 		}
-		decide(e, L, -2, t, o);
+		policyeval_decide(e, L, -2, t, o);
 		ok = check_expect(L, -1, o, why, sizeof(why));
 		report_case(rep, path, name, ok, why);
 		free(o);
@@ -525,7 +384,7 @@ static char *read_text(const char *path, size_t *len)
 {
 	char *buf, why[128];
 
-	return config_read_file(path, MAX_TEST_FILE, &buf, len, why, sizeof(why)) == 0 ? buf : NULL;
+	return fileio_read(path, MAX_TEST_FILE, 0, &buf, len, why, sizeof(why)) == 0 ? buf : NULL;
 }
 
 /* Runs path (a *_test.lua file) against the policy beside it under defaults. */
@@ -559,9 +418,7 @@ static int test_file_standalone(const char *path, struct report *rep)
 		report_case(rep, path, "(load)", false, err);
 		goto out;
 	}
-	t.policy_dir = strdup(t.policy_path);
-	if (t.policy_dir && strrchr(t.policy_dir, '/'))
-		*strrchr(t.policy_dir, '/') = '\0';
+	t.policy_dir = fileio_dir(t.policy_path);
 	if (t.policy_dir && config_load_modules(&t, err, sizeof(err)) != 0) {
 		report_case(rep, path, "(load)", false, err);
 		goto out;
@@ -696,9 +553,7 @@ int policytest_main(int argc, char **argv)
 		}
 	}
 	if (!npaths) {
-		fprintf(stderr,
-		        "usage: courier-broker test [--run PATTERN] [--format text|json] [--coverage] "
-		        "[--threshold N] PATH...\n");
+		fprintf(stderr, "usage: " POLICYTEST_USAGE "\n");
 		return 2;
 	}
 	if (rep.json && (!(rep.L = luaL_newstate()) || json_open(rep.L) != 0)) {
@@ -761,112 +616,4 @@ int policytest_config(const struct config *cfg, struct policy_engine *e, bool qu
 		return -1;
 	}
 	return 0;
-}
-
-/* The grant's scope string as a list. */
-static void push_scope_list(lua_State *L, const char *scope)
-{
-	int n = 0;
-
-	lua_newtable(L);
-	for (const char *p = scope; *p;) {
-		const char *sp = strchr(p, ' ');
-		size_t len = sp ? (size_t)(sp - p) : strlen(p);
-		if (len) {
-			lua_pushlstring(L, p, len);
-			lua_rawseti(L, -2, ++n);
-		}
-		p += len + (sp ? 1 : 0);
-	}
-}
-
-/* What the envelope changed in an allowing decision, for `eval`. */
-static void push_warnings(lua_State *L, const struct tenant *t, const struct outcome *o)
-{
-	const struct decision *d = &o->dec;
-	int n = 0;
-
-	lua_newtable(L);
-	for (size_t i = 0; i < d->n_scopes; i++) {
-		if (decision_scope_repeats(d, i)) {
-			lua_pushfstring(L, "scope %s was given more than once: sent once", d->scopes[i]);
-			lua_rawseti(L, -2, ++n);
-		}
-	}
-	if (o->grant.capped) {
-		lua_pushfstring(L, "lifetime capped: the policy asked for %I s, max_expires_in is %I s",
-		                (lua_Integer)d->expires_s, (lua_Integer)t->max_expires_s);
-		lua_rawseti(L, -2, ++n);
-	}
-	if (d->expires_s == 0) {
-		lua_pushfstring(L, "the policy gave no expires_in: default_expires_in (%I s) applies",
-		                (lua_Integer)t->default_expires_s);
-		lua_rawseti(L, -2, ++n);
-	}
-}
-
-int policytest_eval(struct policy_engine *e, const struct tenant *t, const char *json, size_t len, FILE *out)
-{
-	lua_State *L = policy_engine_lua(e);
-	int top = lua_gettop(L);
-	struct outcome *o;
-	const char *s;
-	size_t slen;
-
-	if (json_decode(L, json, len) != 0 || !lua_istable(L, -1)) {
-		fprintf(stderr, "courier-broker eval: the request must be a JSON object\n");
-		lua_settop(L, top);
-		return 1;
-	}
-	o = calloc(1, sizeof(*o));
-	if (!o)
-		return 1;
-	decide(e, L, -1, t, o);
-	lua_createtable(L, 0, 8);
-	lua_pushstring(L, t->name);
-	lua_setfield(L, -2, "tenant");
-	lua_pushstring(L, t->policy_revision);
-	lua_setfield(L, -2, "policy_revision");
-	lua_pushstring(L, o->kind == OUT_ALLOW ? "allow" : o->kind == OUT_DENY ? "deny" : "policy_error");
-	lua_setfield(L, -2, "decision");
-	lua_pushboolean(L, o->kind == OUT_ALLOW);
-	lua_setfield(L, -2, "allow");
-	if (o->dec.reason[0]) {
-		lua_pushstring(L, o->dec.reason);
-		lua_setfield(L, -2, "reason");
-	}
-	if (o->kind == OUT_ERROR) {
-		lua_pushstring(L, o->err);
-		lua_setfield(L, -2, "error");
-	}
-	if (policy_decision_log(e)[0]) {
-		int n = 0;
-		lua_newtable(L);
-		for (const char *p = policy_decision_log(e), *nl; (nl = strchr(p, '\n')); p = nl + 1) {
-			lua_pushlstring(L, p, (size_t)(nl - p));
-			lua_rawseti(L, -2, ++n);
-		}
-		lua_setfield(L, -2, "policy_log");
-	}
-	if (o->kind == OUT_ALLOW) {
-		lua_pushstring(L, o->grant.scope);
-		lua_setfield(L, -2, "scope");
-		lua_pushinteger(L, o->grant.expires_s);
-		lua_setfield(L, -2, "expires_in");
-		lua_pushstring(L, o->grant.courier_expires);
-		lua_setfield(L, -2, "courier_expires_in");
-		push_scope_list(L, o->grant.scope);
-		lua_setfield(L, -2, "scopes");
-		push_warnings(L, t, o);
-		if (lua_rawlen(L, -1) > 0)
-			lua_setfield(L, -2, "warnings");
-		else
-			lua_pop(L, 1);
-	}
-	s = json_encode(L, -1, &slen);
-	if (s)
-		fprintf(out, "%s\n", s);
-	lua_settop(L, top);
-	free(o);
-	return s ? 0 : 1;
 }

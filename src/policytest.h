@@ -1,5 +1,5 @@
 /*
- * policytest.h — policy tests, dry runs: `courier-broker test`, `check`, `eval`.
+ * policytest.h — policy tests: `courier-broker test`, and the tests `check` runs.
  *
  * A test file NAME_test.lua returns a list of cases
  *   { name = ..., req = { ... }, expect = { allow = ..., scopes = ..., expires_in = ... } }
@@ -17,7 +17,11 @@ struct config;
 struct tenant;
 struct policy_engine;
 
-/* `courier-broker test [--run PATTERN] [--format text|json] PATH...`: exit status. */
+/* The command line of `test` (main.c's --help and the usage error quote it). */
+#define POLICYTEST_USAGE                                                                                     \
+	"courier-broker test [--run PATTERN] [--format text|json] [--coverage] [--threshold N] PATH..."
+
+/* `courier-broker test` with the arguments after "test" (POLICYTEST_USAGE): exit status. */
 int policytest_main(int argc, char **argv);
 
 /* Runs, for every tenant of cfg, the tests beside its policy (<policy>_test.lua,
@@ -26,10 +30,5 @@ int policytest_main(int argc, char **argv);
  * failure in err. Prints one line per case unless quiet. */
 int policytest_config(const struct config *cfg, struct policy_engine *e, bool quiet, char *err,
                       size_t errlen);
-
-/* `eval`: decodes a request description (JSON: user_id, body, identity, client,
- * headers, now), decides, applies the envelope and prints the result as JSON
- * to out. Returns the exit status (0 when a decision was printed). */
-int policytest_eval(struct policy_engine *e, const struct tenant *t, const char *json, size_t len, FILE *out);
 
 #endif

@@ -18,6 +18,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "clock.h"
 #include "config.h"
 #include "gen.h"
 #include "log.h"
@@ -155,34 +156,12 @@ static struct {
 	unsigned budget_ms;
 } rl = {.lock = PTHREAD_MUTEX_INITIALIZER};
 
-static struct timespec mono_in(unsigned ms)
-{
-	struct timespec t;
-
-	clock_gettime(CLOCK_MONOTONIC, &t);
-	t.tv_sec += ms / 1000;
-	t.tv_nsec += (long)(ms % 1000) * 1000000L;
-	if (t.tv_nsec >= 1000000000L) {
-		t.tv_sec++;
-		t.tv_nsec -= 1000000000L;
-	}
-	return t;
-}
-
+/* Whether the monotonic clock reached t. */
 static bool passed(const struct timespec *t)
 {
-	struct timespec now;
+	struct timespec now = clock_now();
 
-	clock_gettime(CLOCK_MONOTONIC, &now);
-	return now.tv_sec > t->tv_sec || (now.tv_sec == t->tv_sec && now.tv_nsec >= t->tv_nsec);
-}
-
-static double ms_since(const struct timespec *t0)
-{
-	struct timespec now;
-
-	clock_gettime(CLOCK_MONOTONIC, &now);
-	return (double)(now.tv_sec - t0->tv_sec) * 1e3 + (double)(now.tv_nsec - t0->tv_nsec) / 1e6;
+	return !clock_before(&now, t);
 }
 
 static unsigned long long serving_id(void)
@@ -222,7 +201,7 @@ static void settle(struct gen *g, const char *err)
 	warn_restart_only(g->cfg);
 	gen_publish(g);
 	metrics_reload(true, time(NULL));
-	log_msg("info", "reload done: generation %llu serving (%.1f ms)", g->id, ms_since(&rl.t0));
+	log_msg("info", "reload done: generation %llu serving (%.1f ms)", g->id, clock_since_ms(&rl.t0));
 }
 
 static void *builder(void *arg)
@@ -246,10 +225,10 @@ static void *builder(void *arg)
 		if (g)
 			log_msg("info",
 			        "abandoned reload finished after %.0f ms (it had passed its checks): %s",
-			        ms_since(&rl.t0), "its result is discarded");
+			        clock_since_ms(&rl.t0), "its result is discarded");
 		else
 			log_msg("info", "abandoned reload finished after %.0f ms (it had failed: %s)",
-			        ms_since(&rl.t0), err);
+			        clock_since_ms(&rl.t0), err);
 	}
 	pthread_mutex_unlock(&rl.lock);
 
@@ -279,8 +258,8 @@ static void start_attempt(void)
 	else
 		log_msg("info", "SIGHUP: reloading %s", rl.path);
 	rl.budget_ms = serving_budget();
-	clock_gettime(CLOCK_MONOTONIC, &rl.t0);
-	rl.deadline = mono_in(rl.budget_ms);
+	rl.t0 = clock_now();
+	rl.deadline = clock_add_ms(rl.t0, (long)rl.budget_ms);
 	rl.state = B_RUNNING;
 	pthread_attr_init(&attr);
 	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
@@ -307,7 +286,7 @@ static void *reload_thread(void *arg)
 			snprintf(why, sizeof(why), "took longer than %u ms", rl.budget_ms);
 			refuse(why);
 			if (rl.pending > 0)
-				rl.pending_until = mono_in(serving_budget());
+				rl.pending_until = clock_add_ms(clock_now(), (long)serving_budget());
 			continue;
 		}
 		if (rl.pending > 0 && rl.state == B_IDLE) {
@@ -359,7 +338,7 @@ void reload_request(int signals)
 	if (rl.running && !rl.stopping) {
 		if (rl.pending == 0 && rl.state == B_ABANDONED) {
 			unsigned ms = serving_budget();
-			rl.pending_until = mono_in(ms);
+			rl.pending_until = clock_add_ms(clock_now(), (long)ms);
 			log_msg("info", "SIGHUP: waiting up to %u ms for the abandoned reload to finish", ms);
 		} else if (rl.pending == 0 && rl.state != B_IDLE) {
 			log_msg("info", "SIGHUP: a reload is under way; one more follows it");

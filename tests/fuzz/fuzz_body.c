@@ -1,5 +1,5 @@
 /*
- * fuzz_body.c — libFuzzer driver for envelope_check_body (src/envelope.c):
+ * fuzz_body.c — libFuzzer driver for reqbody_check (src/reqbody.c):
  * the check of a token request's JSON body before any policy sees it.
  *
  * Owns the properties: whatever the bytes, the check never crashes and leaves
@@ -14,9 +14,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "envelope.h"
 #include "fuzz_lua.h"
 #include "json.h"
+#include "reqbody.h"
 #include "scope.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -34,7 +34,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	top = lua_gettop(L);
 	if (json_decode_object(L, s, size) == 0) {
 		body = lua_gettop(L);
-		if (envelope_check_body(L, body, &uid, &uid_len, &msg) == 0) {
+		if (reqbody_check(L, body, &uid, &uid_len, &msg) == 0) {
 			if (!uid || !scope_user_id_valid(uid, uid_len) || strlen(uid) != uid_len)
 				abort();
 			if (lua_getfield(L, body, "scopes") == LUA_TTABLE) {

@@ -133,6 +133,17 @@ def test_help_lists_every_command():
         assert cmd in p.out, p.out
 
 
+def test_readme_quotes_help():
+    """README's Commands block is `--help` verbatim: the usage has one source."""
+    p = run(["--help"])
+    assert p.returncode == 0, p.all
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        readme = f.read()
+    m = re.search(r"^## Commands\n\n```\n(.*?)^```", readme, re.M | re.S)
+    assert m, "README.md has no Commands block"
+    assert m.group(1) == p.out, "README.md's Commands block differs from --help:\n" + p.out
+
+
 def test_unknown_command_is_refused(tmp_path):
     cfg = write_config(tmp_path)
     p = run(["frobnicate", "-c", cfg])
