@@ -24,6 +24,7 @@
 #include "config.h"
 #include "duration.h"
 #include "envelope.h"
+#include "fileio.h"
 #include "json.h"
 #include "policy.h"
 #include "scope.h"
@@ -448,7 +449,7 @@ static int load_cases(struct policy_engine *e, const char *path, char *err, size
 	size_t len;
 	int rc;
 
-	if (config_read_file(path, MAX_TEST_FILE, &buf, &len, why, sizeof(why)) != 0) {
+	if (fileio_read(path, MAX_TEST_FILE, 0, &buf, &len, why, sizeof(why)) != 0) {
 		snprintf(err, errlen, "%s: %s", path, why);
 		return -1;
 	}
@@ -525,7 +526,7 @@ static char *read_text(const char *path, size_t *len)
 {
 	char *buf, why[128];
 
-	return config_read_file(path, MAX_TEST_FILE, &buf, len, why, sizeof(why)) == 0 ? buf : NULL;
+	return fileio_read(path, MAX_TEST_FILE, 0, &buf, len, why, sizeof(why)) == 0 ? buf : NULL;
 }
 
 /* Runs path (a *_test.lua file) against the policy beside it under defaults. */
@@ -562,7 +563,7 @@ static int test_file_standalone(const char *path, struct report *rep)
 	t.policy_dir = strdup(t.policy_path);
 	if (t.policy_dir && strrchr(t.policy_dir, '/'))
 		*strrchr(t.policy_dir, '/') = '\0';
-	if (t.policy_dir && config_load_modules(&t, err, sizeof(err)) != 0) {
+	if (t.policy_dir && policyfiles_load_modules(&t, err, sizeof(err)) != 0) {
 		report_case(rep, path, "(load)", false, err);
 		goto out;
 	}
@@ -599,7 +600,7 @@ static int test_file_standalone(const char *path, struct report *rep)
 		policy_coverage_each(e, cov_hit, rep);
 	policy_engine_free(e);
 out:
-	config_free_policy_files(&t);
+	policyfiles_free(&t);
 	free(t.policy_text);
 	free(t.policy_dir);
 	free(t.policy_path);
