@@ -1,17 +1,21 @@
 /*
  * config.c — loading the broker's configuration from one Lua file.
  *
- * The file runs once in a throw-away Lua state with no I/O (base, string,
- * table, math; no load/require/dofile/setmetatable), a memory cap and an
- * instruction cap; the globals it assigns land in a private environment
- * table. That table is
- * then checked against `options`, the single declarative table of every
- * option: its dotted name, type, default, bounds, where it is stored and what
- * it means. Nothing else in the broker parses configuration, and the docs are
- * printed from the same table (config_print_options). Every error names the
- * file and the full key path; no error ever echoes a secret's value. The walk
- * reads the Lua values with raw accesses only, so no code from the file runs
- * after the chunk itself has returned.
+ * Loading has two phases. Parse: the file runs once in the broker's Lua
+ * sandbox (policy_sandbox_run: no I/O, no load/require/setmetatable, a
+ * memory cap, an instruction and a CPU time budget); the globals it assigns
+ * land in a private environment table, which is then walked against
+ * `config_options` (options.c), the single declarative table of every
+ * option. The walk only parses and validates: it reads no secret, opens no
+ * file and no JWKS source, starts no thread. Resolve (resolve.c), once the
+ * sandbox is closed: secrets, policies and their modules and data, public
+ * keys, JWKS sources. Nothing else in the broker parses configuration.
+ *
+ * Owns config_load/free/tenant, the walk of the tables and the checks that
+ * involve more than one option. It must never let an error echo a secret's
+ * value, and never run code from the file after its chunk has returned: the
+ * walk reads the Lua values with raw accesses only. Every error names the
+ * file and the full key path.
  */
 #include "config.h"
 
@@ -26,7 +30,6 @@
 #include "fileio.h"
 #include "loader.h"
 #include "policy.h"
-#include "policyfiles.h"
 
 #define CONFIG_FILE_MAX     (1024 * 1024) /* the configuration file itself */
 #define CONFIG_MEMORY_MAX   (64u << 20)   /* Lua heap while the file runs */
@@ -53,33 +56,23 @@ static bool tenant_name_valid(const char *s, size_t len)
 	return true;
 }
 
-/* Binds the tenant's algorithms to its keys, opens its JWKS, builds the HMAC key. */
-static int check_jwt_keys(struct loader *ld, const char *path, struct tenant *t)
+/* The tenant's JWT options against each other (its keys are read, and
+ * checked against the algorithms, by config_resolve). */
+static int check_jwt(struct loader *ld, const char *path, struct tenant *t)
 {
 	struct jwt_config *j = &t->auth.jwt;
 	unsigned asym = j->algorithms & ~(unsigned)JWT_HMAC_ALGS;
-	char key[256], why[512];
+	char key[256];
 
-	if (j->hmac_secret.data && !(j->algorithms & JWT_HMAC_ALGS)) {
+	if (config_secret_given(ld, &j->hmac_secret) && !(j->algorithms & JWT_HMAC_ALGS)) {
 		config_key_printf(key, sizeof(key), "%s.auth.jwt.hmac_secret", path);
 		return config_fail(ld, key, "is given but no HS* algorithm is listed");
 	}
-	if (asym && !j->public_key && !j->jwks_opts.enabled) {
+	if (asym && !j->public_key_given && !j->jwks_opts.enabled) {
 		config_key_printf(key, sizeof(key), "%s.auth.jwt", path);
 		return config_fail(ld, key,
 		                   "%s is listed: give public_key = { file = ... } or jwks = { ... }",
 		                   jwt_alg_name(asym & -asym));
-	}
-	if (j->public_key && !(jwt_key_algs(j->public_key) & j->algorithms)) {
-		config_key_printf(key, sizeof(key), "%s.auth.jwt.public_key", path);
-		return config_fail(ld, key, "is an %s key, but no algorithm it verifies is listed",
-		                   jwt_key_describe(j->public_key));
-	}
-	if (j->public_key && !j->jwks_opts.enabled && (asym & ~jwt_key_algs(j->public_key))) {
-		unsigned bad = asym & ~jwt_key_algs(j->public_key);
-		config_key_printf(key, sizeof(key), "%s.auth.jwt.algorithms", path);
-		return config_fail(ld, key, "%s is listed, but the public key is %s (and there is no jwks)",
-		                   jwt_alg_name(bad & -bad), jwt_key_describe(j->public_key));
 	}
 	if (j->jwks_opts.enabled) {
 		config_key_printf(key, sizeof(key), "%s.auth.jwt.jwks", path);
@@ -92,12 +85,6 @@ static int check_jwt_keys(struct loader *ld, const char *path, struct tenant *t)
 			return config_fail(
 			    ld, key,
 			    "is given but only HS* algorithms are listed (a JWKS holds public keys)");
-		if (!(j->jwks = jwks_open(&j->jwks_opts, t->name, why, sizeof(why))))
-			return config_fail(ld, key, "%s", why);
-	}
-	if (jwt_config_prepare(j, why, sizeof(why))) {
-		config_key_printf(key, sizeof(key), "%s.auth.jwt.hmac_secret", path);
-		return config_fail(ld, key, "%s", why);
 	}
 	return 0;
 }
@@ -115,11 +102,11 @@ static int check_tenant(struct loader *ld, const char *path, struct tenant *t)
 		    "development)");
 	}
 	if (t->auth.jwt.enabled && (t->auth.jwt.algorithms & (JWT_HS256 | JWT_HS384 | JWT_HS512)) &&
-	    !t->auth.jwt.hmac_secret.data) {
+	    !config_secret_given(ld, &t->auth.jwt.hmac_secret)) {
 		config_key_printf(key, sizeof(key), "%s.auth.jwt.hmac_secret", path);
 		return config_fail(ld, key, "is required when an HS* algorithm is listed");
 	}
-	if (t->auth.jwt.enabled && check_jwt_keys(ld, path, t))
+	if (t->auth.jwt.enabled && check_jwt(ld, path, t))
 		return -1;
 	if (t->default_expires_s > t->max_expires_s) {
 		config_key_printf(key, sizeof(key), "%s.default_expires_in", path);
@@ -220,7 +207,7 @@ static int walk_tenants(struct loader *ld, const struct option *o, int idx)
 		lua_rawget(L, idx);
 		rc = walk_table(ld, "tenants.*", path, lua_absindex(L, -1), t);
 		lua_pop(L, 1);
-		if (rc || check_tenant(ld, path, t))
+		if (rc || check_tenant(ld, path, t) || config_defer_tenant(ld, path, t))
 			return -1;
 	}
 	return 0;
@@ -389,47 +376,52 @@ out:
 /* Public functions                                                          */
 /* ------------------------------------------------------------------------ */
 
+/* Phase one: the file, parsed and validated in the sandbox into ld->cfg;
+ * what needs the environment, other files or the network is only noted. */
+static int parse(struct loader *ld, const char *path)
+{
+	struct config *cfg = ld->cfg;
+	char why[512], *text = NULL;
+	size_t len = 0;
+	int rc;
+
+	cfg->path = realpath(path, NULL);
+	if (!cfg->path)
+		return config_fail(ld, NULL, "%s", strerror(errno));
+	cfg->dir = fileio_dir(cfg->path);
+	if (!cfg->dir)
+		return config_fail(ld, NULL, "out of memory");
+	if (fileio_read(cfg->path, CONFIG_FILE_MAX, 0, &text, &len, why, sizeof(why)) != 0)
+		return config_fail(ld, NULL, "%s", why);
+	rc = run_file(ld, text, len);
+	free(text);
+	return rc;
+}
+
 struct config *config_load(const char *path, char *err, size_t errlen)
 {
 	char fallback[8];
 	struct loader ld = {.shown = path, .err = err, .errlen = errlen};
-	struct config *cfg;
-	char why[512], *text = NULL;
-	size_t len = 0;
+	int rc;
 
 	if (!err || errlen == 0) {
 		ld.err = fallback;
 		ld.errlen = sizeof(fallback);
 	}
 	ld.err[0] = '\0';
-	cfg = calloc(1, sizeof(*cfg));
-	if (!cfg) {
+	ld.cfg = calloc(1, sizeof(*ld.cfg));
+	if (!ld.cfg) {
 		config_fail(&ld, NULL, "out of memory");
 		return NULL;
 	}
-	ld.cfg = cfg;
-	cfg->path = realpath(path, NULL);
-	if (!cfg->path) {
-		config_fail(&ld, NULL, "%s", strerror(errno));
-		goto bad;
+	/* Phase two, outside the sandbox: secrets, policy files, keys, JWKS. */
+	rc = parse(&ld, path) == 0 && config_resolve(&ld) == 0 ? 0 : -1;
+	config_pending_free(&ld);
+	if (rc != 0) {
+		config_free(ld.cfg);
+		return NULL;
 	}
-	cfg->dir = fileio_dir(cfg->path);
-	if (!cfg->dir) {
-		config_fail(&ld, NULL, "out of memory");
-		goto bad;
-	}
-	if (fileio_read(cfg->path, CONFIG_FILE_MAX, 0, &text, &len, why, sizeof(why)) != 0) {
-		config_fail(&ld, NULL, "%s", why);
-		goto bad;
-	}
-	if (run_file(&ld, text, len) != 0)
-		goto bad;
-	free(text);
-	return cfg;
-bad:
-	free(text);
-	config_free(cfg);
-	return NULL;
+	return ld.cfg;
 }
 
 void config_free(struct config *cfg)

@@ -7,9 +7,7 @@
  * cannot check, never echo a secret, and never reach beyond the option it
  * was handed but for earlier rows of the same table it documents.
  */
-#include <errno.h>
 #include <lauxlib.h>
-#include <limits.h>
 #include <lua.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,7 +17,6 @@
 #include "config.h"
 #include "fileio.h"
 #include "loader.h"
-#include "policyfiles.h"
 #include "scope.h"
 
 /* host:port or [ipv6]:port into *host_out (malloc'ed) and *port_out. */
@@ -154,45 +151,17 @@ int config_conv_base_url(struct loader *ld, const char *key, struct value *v, vo
 
 int config_conv_policy(struct loader *ld, const char *key, struct value *v, void *base)
 {
-	struct tenant *t = base;
-	char why[512];
-	char *joined;
-	int rc = -1;
+	char *joined = fileio_join(ld->cfg->dir, v->str);
 
-	joined = fileio_join(ld->cfg->dir, v->str);
 	if (!joined)
 		return config_fail(ld, key, "out of memory");
-	t->policy_path = realpath(joined, NULL);
-	if (!t->policy_path) {
-		config_fail(ld, key, "%s: %s", joined, strerror(errno));
-		goto out;
-	}
-	if (fileio_read(t->policy_path, POLICY_FILE_MAX, 0, &t->policy_text, &t->policy_len, why,
-	                sizeof(why))) {
-		config_fail(ld, key, "%s: %s", t->policy_path, why);
-		goto out;
-	}
-	t->policy_dir = fileio_dir(t->policy_path);
-	if (!t->policy_dir) {
-		config_fail(ld, key, "out of memory");
-		goto out;
-	}
-	if (policyfiles_load_modules(t, why, sizeof(why)) != 0) {
-		config_fail(ld, key, "%s", why);
-		goto out;
-	}
-	policyfiles_revision(t);
-	rc = 0;
-out:
-	free(joined);
-	return rc;
+	/* Read, with its modules, by config_resolve. */
+	return config_defer_file(ld, PENDING_POLICY, key, base, joined);
 }
 
 /* Runs after config_conv_policy (the row follows it), present or not. */
 int config_conv_data(struct loader *ld, const char *key, struct value *v, void *base)
 {
-	struct tenant *t = base;
-	char why[512];
 	char *joined;
 
 	if (!v->present)
@@ -200,17 +169,7 @@ int config_conv_data(struct loader *ld, const char *key, struct value *v, void *
 	joined = fileio_join(ld->cfg->dir, v->str);
 	if (!joined)
 		return config_fail(ld, key, "out of memory");
-	t->data_path = realpath(joined, NULL);
-	if (!t->data_path) {
-		config_fail(ld, key, "%s: %s", joined, strerror(errno));
-		free(joined);
-		return -1;
-	}
-	free(joined);
-	if (fileio_read(t->data_path, DATA_FILE_MAX, 0, &t->data_text, &t->data_len, why, sizeof(why)))
-		return config_fail(ld, key, "%s: %s", t->data_path, why);
-	policyfiles_revision(t);
-	return 0;
+	return config_defer_file(ld, PENDING_DATA, key, base, joined);
 }
 
 int config_conv_algorithms(struct loader *ld, const char *key, struct value *v, void *base)
@@ -365,23 +324,11 @@ int config_conv_requester_burst(struct loader *ld, const char *key, struct value
 
 int config_conv_public_key(struct loader *ld, const char *key, struct value *v, void *base)
 {
-	struct tenant *t = base;
-	char why[256], *path, *pem = NULL;
-	size_t len = 0;
+	char *path = fileio_join(ld->cfg->dir, v->str);
 
-	if (!(path = fileio_join(ld->cfg->dir, v->str)))
+	if (!path)
 		return config_fail(ld, key, "out of memory");
-	/* A public key is not a secret: any file mode is fine. */
-	if (fileio_read(path, 1024 * 1024, 0, &pem, &len, why, sizeof(why)) == 0)
-		t->auth.jwt.public_key = jwt_key_pem(pem, len, why, sizeof(why));
-	free(pem);
-	if (!t->auth.jwt.public_key) {
-		config_fail(ld, key, "%s: %s", path, why);
-		free(path);
-		return -1;
-	}
-	free(path);
-	return 0;
+	return config_defer_file(ld, PENDING_PUBLIC_KEY, key, base, path);
 }
 
 int config_conv_jwks_file(struct loader *ld, const char *key, struct value *v, void *base)
@@ -398,19 +345,14 @@ int config_conv_jwks_file(struct loader *ld, const char *key, struct value *v, v
 #define CLIENT_KEYS_MAX     64
 #define CLIENT_KEY_NAME_MAX 128
 
-/* client_keys = { { name = "billing-backend", key = { env = "BILLING_KEY" } }, ... } */
-int config_conv_client_keys(struct loader *ld, const char *key, struct value *v, void *base)
+/* The list's shape: 1..CLIENT_KEYS_MAX entries at 1..n, no holes. */
+static int client_keys_shape(struct loader *ld, const char *key, int idx, size_t *n_out)
 {
-	struct tenant *t = base;
 	lua_State *L = ld->L;
-	char sub[256], why[512];
-	size_t n, count = 0;
+	size_t n = (size_t)lua_rawlen(L, idx), count = 0;
 
-	if (!v->present)
-		return 0;
-	n = (size_t)lua_rawlen(L, v->idx);
 	lua_pushnil(L);
-	while (lua_next(L, v->idx)) {
+	while (lua_next(L, idx)) {
 		lua_pop(L, 1);
 		count++;
 		if (!lua_isinteger(L, -1) || lua_tointeger(L, -1) < 1 || (size_t)lua_tointeger(L, -1) > n) {
@@ -424,77 +366,99 @@ int config_conv_client_keys(struct loader *ld, const char *key, struct value *v,
 		                   n ? "expected a list without holes" : "must list at least one key");
 	if (n > CLIENT_KEYS_MAX)
 		return config_fail(ld, key, "at most %d keys", CLIENT_KEYS_MAX);
+	*n_out = n;
+	return 0;
+}
+
+/* The entry's name into *out: 0, -1 when it is not 1..CLIENT_KEY_NAME_MAX
+ * printable ASCII characters without spaces, -2 when out of memory. */
+static int client_key_name(lua_State *L, int entry, char **out)
+{
+	const char *name;
+	size_t len = 0;
+	int rc;
+
+	lua_getfield(L, entry, "name");
+	name = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &len) : NULL;
+	rc = name && len > 0 && len <= CLIENT_KEY_NAME_MAX && strlen(name) == len ? 0 : -1;
+	for (size_t c = 0; rc == 0 && c < len; c++)
+		if ((unsigned char)name[c] <= 0x20 || (unsigned char)name[c] >= 0x7f)
+			rc = -1;
+	if (rc == 0 && !(*out = strdup(name)))
+		rc = -2;
+	lua_pop(L, 1);
+	return rc;
+}
+
+/* One entry { name = ..., key = { env = ... } }, at the top of the stack:
+ * its name stored and checked against the earlier ones, its key read as a
+ * reference (loaded, and checked against the earlier keys, by
+ * config_resolve). */
+static int read_client_key(struct loader *ld, const char *key, struct tenant *t, size_t i)
+{
+	lua_State *L = ld->L;
+	struct client_key *ck = &t->auth.client_keys[i];
+	int entry = lua_gettop(L), rc;
+	struct value kv;
+	char sub[256];
+
+	config_key_printf(sub, sizeof(sub), "%s[%zu]", key, i + 1);
+	if (lua_type(L, entry) != LUA_TTABLE)
+		return config_fail(ld, sub, "expected { name = ..., key = { env = ... } }, got %s",
+		                   config_value_kind(L, entry));
+	lua_pushnil(L);
+	while (lua_next(L, entry)) {
+		const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : NULL;
+		lua_pop(L, 1);
+		if (!k || (strcmp(k, "name") != 0 && strcmp(k, "key") != 0)) {
+			lua_pop(L, 1);
+			return config_fail(ld, sub, "unknown key%s%s%s (expected name and key)",
+			                   k ? " \"" : "", k ? k : "", k ? "\"" : "");
+		}
+	}
+	rc = client_key_name(L, entry, &ck->name);
+	t->auth.n_client_keys = i + 1;
+	config_key_printf(sub, sizeof(sub), "%s[%zu].name", key, i + 1);
+	if (rc)
+		return config_fail(ld, sub,
+		                   rc == -2 ? "out of memory"
+		                            : "must be 1..%d printable ASCII characters without spaces",
+		                   CLIENT_KEY_NAME_MAX);
+	for (size_t j = 0; j < i; j++)
+		if (strcmp(t->auth.client_keys[j].name, ck->name) == 0)
+			return config_fail(ld, sub, "\"%s\" is listed twice", ck->name);
+	config_key_printf(sub, sizeof(sub), "%s[%zu].key", key, i + 1);
+	memset(&kv, 0, sizeof(kv));
+	lua_getfield(L, entry, "key");
+	if (lua_isnil(L, -1))
+		rc = config_fail(ld, sub, "is required");
+	else if ((rc = config_read_secret(ld, sub, -1, &kv)) == 0)
+		rc = config_defer_client_key(ld, key, t, i, &kv.ref);
+	config_value_release(&kv);
+	lua_pop(L, 1);
+	return rc;
+}
+
+/* client_keys = { { name = "billing-backend", key = { env = "BILLING_KEY" } }, ... } */
+int config_conv_client_keys(struct loader *ld, const char *key, struct value *v, void *base)
+{
+	struct tenant *t = base;
+	lua_State *L = ld->L;
+	size_t n = 0;
+
+	if (!v->present)
+		return 0;
+	if (client_keys_shape(ld, key, v->idx, &n) != 0)
+		return -1;
 	if (!(t->auth.client_keys = calloc(n, sizeof(*t->auth.client_keys))))
 		return config_fail(ld, key, "out of memory");
 	for (size_t i = 0; i < n; i++) {
-		struct client_key *ck = &t->auth.client_keys[i];
-		struct value kv;
-		const char *name;
-		size_t len;
-		int rc, entry;
-
-		config_key_printf(sub, sizeof(sub), "%s[%zu]", key, i + 1);
+		int rc;
 		lua_rawgeti(L, v->idx, (lua_Integer)i + 1);
-		entry = lua_gettop(L);
-		if (lua_type(L, entry) != LUA_TTABLE) {
-			config_fail(ld, sub, "expected { name = ..., key = { env = ... } }, got %s",
-			            config_value_kind(L, entry));
-			lua_pop(L, 1);
-			return -1;
-		}
-		lua_pushnil(L);
-		while (lua_next(L, entry)) {
-			const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : NULL;
-			lua_pop(L, 1);
-			if (!k || (strcmp(k, "name") != 0 && strcmp(k, "key") != 0)) {
-				lua_pop(L, 2);
-				return config_fail(ld, sub, "unknown key%s%s%s (expected name and key)",
-				                   k ? " \"" : "", k ? k : "", k ? "\"" : "");
-			}
-		}
-		lua_getfield(L, entry, "name");
-		name = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &len) : NULL;
-		rc = name && len > 0 && len <= CLIENT_KEY_NAME_MAX && strlen(name) == len ? 0 : -1;
-		for (size_t c = 0; rc == 0 && c < len; c++)
-			if ((unsigned char)name[c] <= 0x20 || (unsigned char)name[c] >= 0x7f)
-				rc = -1;
-		if (rc == 0 && !(ck->name = strdup(name)))
-			rc = -2;
+		rc = read_client_key(ld, key, t, i);
 		lua_pop(L, 1);
-		t->auth.n_client_keys = i + 1;
-		if (rc) {
-			lua_pop(L, 1);
-			config_key_printf(sub, sizeof(sub), "%s[%zu].name", key, i + 1);
-			return config_fail(ld, sub,
-			                   rc == -2
-			                       ? "out of memory"
-			                       : "must be 1..%d printable ASCII characters without spaces",
-			                   CLIENT_KEY_NAME_MAX);
-		}
-		for (size_t j = 0; j < i; j++)
-			if (strcmp(t->auth.client_keys[j].name, ck->name) == 0) {
-				lua_pop(L, 1);
-				config_key_printf(sub, sizeof(sub), "%s[%zu].name", key, i + 1);
-				return config_fail(ld, sub, "\"%s\" is listed twice", ck->name);
-			}
-		config_key_printf(sub, sizeof(sub), "%s[%zu].key", key, i + 1);
-		memset(&kv, 0, sizeof(kv));
-		lua_getfield(L, entry, "key");
-		if (lua_isnil(L, -1))
-			rc = config_fail(ld, sub, "is required");
-		else if ((rc = config_read_secret(ld, sub, -1, &kv)) == 0 &&
-		         secret_load(&kv.ref, &ck->key, why, sizeof(why)))
-			rc = config_fail(ld, sub, "%s", why);
-		config_value_release(&kv);
-		lua_pop(L, 2);
 		if (rc)
 			return -1;
-		/* Two names for one key would make the identity depend on list order. */
-		for (size_t j = 0; j < i; j++)
-			if (secret_equals(&t->auth.client_keys[j].key, ck->key.data, ck->key.len))
-				return config_fail(ld, sub,
-				                   "the same key as %s[%zu] (each caller needs its own key)",
-				                   key, j + 1);
 	}
 	return 0;
 }

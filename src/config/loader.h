@@ -16,6 +16,8 @@
 #include "secret.h"
 
 struct config;
+struct pending;
+struct tenant;
 
 enum opt_type {
 	OPT_TABLE, /* a section: its children are the rows named "<name>.<key>" */
@@ -72,6 +74,8 @@ struct loader {
 	const char *shown; /* the path as the caller wrote it: every message starts with it */
 	char *err;
 	size_t errlen;
+	struct pending *pending; /* what config_resolve reads, in walk order (resolve.c) */
+	size_t n_pending, cap_pending;
 };
 
 #define CFG(m) offsetof(struct config, m), sizeof(((struct config *)0)->m)
@@ -128,5 +132,29 @@ int config_conv_jwks_file(struct loader *ld, const char *key, struct value *v, v
 int config_conv_client_keys(struct loader *ld, const char *key, struct value *v, void *base);
 int config_conv_proxy_header(struct loader *ld, const char *key, struct value *v, void *base);
 int config_conv_proxy_from(struct loader *ld, const char *key, struct value *v, void *base);
+
+/* resolve.c: the second phase. The walk defers what needs a file, the
+ * environment or the network; config_resolve does it outside the sandbox,
+ * in the order the walk met it. Each config_defer_* takes what it is given
+ * (ref, path), also when it fails. */
+enum pending_kind {
+	PENDING_SECRET,     /* ref -> *dst */
+	PENDING_POLICY,     /* path -> t's policy, modules and revision */
+	PENDING_DATA,       /* path -> t's data and revision */
+	PENDING_PUBLIC_KEY, /* path -> t's JWT public key */
+	PENDING_CLIENT_KEY, /* ref -> t's client key [index], unique in its list */
+	PENDING_TENANT,     /* t's JWT keys, JWKS source and HMAC key */
+};
+
+int config_defer_secret(struct loader *ld, const char *key, struct secret_ref *ref, struct secret *dst);
+int config_defer_file(struct loader *ld, enum pending_kind kind, const char *key, struct tenant *t,
+                      char *path);
+int config_defer_client_key(struct loader *ld, const char *list_key, struct tenant *t, size_t index,
+                            struct secret_ref *ref);
+int config_defer_tenant(struct loader *ld, const char *path, struct tenant *t);
+/* Whether the walk met a secret for dst (it is loaded later). */
+bool config_secret_given(const struct loader *ld, const struct secret *dst);
+int config_resolve(struct loader *ld);
+void config_pending_free(struct loader *ld);
 
 #endif

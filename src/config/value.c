@@ -335,7 +335,6 @@ int config_store_value(struct loader *ld, const struct option *o, const char *ke
                        void *base)
 {
 	char *p = (char *)base + o->offset;
-	char why[512];
 
 	if (o->convert)
 		return o->convert(ld, key, v, base);
@@ -370,9 +369,8 @@ int config_store_value(struct loader *ld, const struct option *o, const char *ke
 		return 0;
 	}
 	case OPT_SECRET:
-		if (secret_load(&v->ref, (struct secret *)(void *)p, why, sizeof(why)) != 0)
-			return config_fail(ld, key, "%s", why);
-		return 0;
+		/* Read by config_resolve, outside the sandbox. */
+		return config_defer_secret(ld, key, &v->ref, (struct secret *)(void *)p);
 	case OPT_LIST:
 	case OPT_TABLE_LIST:
 	case OPT_TABLE:
