@@ -348,20 +348,12 @@ int config_conv_jwks_file(struct loader *ld, const char *key, struct value *v, v
 /* The list's shape: 1..CLIENT_KEYS_MAX entries at 1..n, no holes. */
 static int client_keys_shape(struct loader *ld, const char *key, int idx, size_t *n_out)
 {
-	lua_State *L = ld->L;
-	size_t n = (size_t)lua_rawlen(L, idx), count = 0;
+	size_t n = 0;
+	int shape = config_list_length(ld->L, idx, &n);
 
-	lua_pushnil(L);
-	while (lua_next(L, idx)) {
-		lua_pop(L, 1);
-		count++;
-		if (!lua_isinteger(L, -1) || lua_tointeger(L, -1) < 1 || (size_t)lua_tointeger(L, -1) > n) {
-			lua_pop(L, 1);
-			return config_fail(ld, key,
-			                   "expected a list { { name = ..., key = { env = ... } }, ... }");
-		}
-	}
-	if (count != n || n == 0)
+	if (shape == -1)
+		return config_fail(ld, key, "expected a list { { name = ..., key = { env = ... } }, ... }");
+	if (shape == -2 || n == 0)
 		return config_fail(ld, key,
 		                   n ? "expected a list without holes" : "must list at least one key");
 	if (n > CLIENT_KEYS_MAX)

@@ -106,6 +106,9 @@ __attribute__((format(printf, 3, 4))) void config_key_printf(char *out, size_t o
 /* What the file gave instead, for "expected X, got Y". */
 const char *config_value_kind(lua_State *L, int idx);
 void config_free_list(char **list);
+/* The length n of the table at idx (an absolute index) when its keys are
+ * exactly 1..n: 0; -1 when it has other keys, -2 when it has holes. */
+int config_list_length(lua_State *L, int idx, size_t *n_out);
 void config_value_release(struct value *v);
 /* { env = "NAME" } or { file = "PATH" } at idx into v->ref. */
 int config_read_secret(struct loader *ld, const char *key, int idx, struct value *v);

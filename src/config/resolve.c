@@ -119,17 +119,26 @@ static int resolve_secret(struct loader *ld, struct pending *p)
 	return 0;
 }
 
+/* The file p names: its real path into *real, its text into *text. */
+static int read_named(struct loader *ld, struct pending *p, size_t max, char **real, char **text, size_t *len)
+{
+	char why[512];
+
+	*real = realpath(p->path, NULL);
+	if (!*real)
+		return config_fail(ld, p->key, "%s: %s", p->path, strerror(errno));
+	if (fileio_read(*real, max, 0, text, len, why, sizeof(why)))
+		return config_fail(ld, p->key, "%s: %s", *real, why);
+	return 0;
+}
+
 static int resolve_policy(struct loader *ld, struct pending *p)
 {
 	struct tenant *t = p->t;
 	char why[512];
 
-	t->policy_path = realpath(p->path, NULL);
-	if (!t->policy_path)
-		return config_fail(ld, p->key, "%s: %s", p->path, strerror(errno));
-	if (fileio_read(t->policy_path, POLICY_FILE_MAX, 0, &t->policy_text, &t->policy_len, why,
-	                sizeof(why)))
-		return config_fail(ld, p->key, "%s: %s", t->policy_path, why);
+	if (read_named(ld, p, POLICY_FILE_MAX, &t->policy_path, &t->policy_text, &t->policy_len))
+		return -1;
 	t->policy_dir = fileio_dir(t->policy_path);
 	if (!t->policy_dir)
 		return config_fail(ld, p->key, "out of memory");
@@ -143,13 +152,9 @@ static int resolve_policy(struct loader *ld, struct pending *p)
 static int resolve_data(struct loader *ld, struct pending *p)
 {
 	struct tenant *t = p->t;
-	char why[512];
 
-	t->data_path = realpath(p->path, NULL);
-	if (!t->data_path)
-		return config_fail(ld, p->key, "%s: %s", p->path, strerror(errno));
-	if (fileio_read(t->data_path, DATA_FILE_MAX, 0, &t->data_text, &t->data_len, why, sizeof(why)))
-		return config_fail(ld, p->key, "%s: %s", t->data_path, why);
+	if (read_named(ld, p, DATA_FILE_MAX, &t->data_path, &t->data_text, &t->data_len))
+		return -1;
 	policyfiles_revision(t);
 	return 0;
 }

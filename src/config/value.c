@@ -127,28 +127,38 @@ static int read_string(struct loader *ld, const char *key, int idx, struct value
 	return 0;
 }
 
-static int read_list(struct loader *ld, const char *key, int idx, struct value *v)
+int config_list_length(lua_State *L, int idx, size_t *n_out)
 {
-	lua_State *L = ld->L;
-	char sub[256];
-	size_t n, count = 0;
+	size_t n = (size_t)lua_rawlen(L, idx), count = 0;
 
-	idx = lua_absindex(L, idx);
-	if (lua_type(L, idx) != LUA_TTABLE)
-		return config_fail(ld, key, "expected a list of strings, got %s", config_value_kind(L, idx));
-	n = (size_t)lua_rawlen(L, idx);
 	lua_pushnil(L);
 	while (lua_next(L, idx)) {
 		lua_pop(L, 1);
 		count++;
 		if (!lua_isinteger(L, -1) || lua_tointeger(L, -1) < 1 || (size_t)lua_tointeger(L, -1) > n) {
 			lua_pop(L, 1);
-			return config_fail(ld, key,
-			                   "expected a list of strings, got a table with other keys");
+			return -1;
 		}
 	}
-	if (count != n)
+	*n_out = n;
+	return count == n ? 0 : -2;
+}
+
+static int read_list(struct loader *ld, const char *key, int idx, struct value *v)
+{
+	lua_State *L = ld->L;
+	char sub[256];
+	size_t n = 0;
+
+	idx = lua_absindex(L, idx);
+	if (lua_type(L, idx) != LUA_TTABLE)
+		return config_fail(ld, key, "expected a list of strings, got %s", config_value_kind(L, idx));
+	switch (config_list_length(L, idx, &n)) {
+	case -1:
+		return config_fail(ld, key, "expected a list of strings, got a table with other keys");
+	case -2:
 		return config_fail(ld, key, "expected a list of strings, got a list with holes");
+	}
 	v->list = calloc(n + 1, sizeof(char *));
 	if (!v->list)
 		return config_fail(ld, key, "out of memory");
