@@ -2,8 +2,10 @@
  * config.h — the broker's configuration, as loaded from one Lua file.
  *
  * The file is evaluated in a Lua sandbox without I/O; its result is checked
- * against one declarative table of options (config.c) with types, defaults and
- * bounds; unknown keys and wrong types are errors naming the key and the file.
+ * against one declarative table of options (src/config/options.c) with types,
+ * defaults and bounds; unknown keys and wrong types are errors naming the key
+ * and the file. Secrets, policy files, keys and JWKS sources are read after
+ * the sandbox is closed (src/config/resolve.c).
  * Secrets are never literals: only { env = "NAME" } or { file = "PATH" }.
  * A struct config is immutable once loaded and owns everything it points to.
  */
@@ -132,8 +134,10 @@ struct config {
 };
 
 /*
- * Loads and validates the file at path. Secrets are resolved (env or file).
- * Returns a new config, or NULL with a message naming the file and key in err.
+ * Loads and validates the file at path in two phases: the sandboxed file is
+ * parsed and checked, then secrets (env or file), policy files, keys and JWKS
+ * sources are resolved. Returns a new config, or NULL with a message naming
+ * the file and key in err.
  */
 struct config *config_load(const char *path, char *err, size_t errlen);
 

@@ -316,6 +316,8 @@ static int walk_table(struct loader *ld, const char *pattern, const char *path, 
  * __close of the file's can run after it returns, nor any of its code while
  * the walk reads its globals), under an instruction budget, a CPU time
  * budget and a memory cap. A syntax error never quotes the file's text.
+ * The walk it runs reads and checks values only; config_resolve does the
+ * rest after policy_engine_free has closed the state.
  */
 struct walk_ctx {
 	struct loader *ld;
