@@ -4,7 +4,8 @@
  *
  * config.c walks the file's tables (config_load), options.c holds the table
  * of options, value.c reads and stores one value, conv.c holds the
- * converters. Nothing outside src/config/ includes this header.
+ * converters, resolve.c the second phase (what the walk defers: secrets,
+ * files, keys, JWKS). Nothing outside src/config/ includes this header.
  */
 #ifndef BROKER_CONFIG_LOADER_H
 #define BROKER_CONFIG_LOADER_H
