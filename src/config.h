@@ -2,8 +2,10 @@
  * config.h — the broker's configuration, as loaded from one Lua file.
  *
  * The file is evaluated in a Lua sandbox without I/O; its result is checked
- * against one declarative table of options (config.c) with types, defaults and
- * bounds; unknown keys and wrong types are errors naming the key and the file.
+ * against one declarative table of options (src/config/options.c) with types,
+ * defaults and bounds; unknown keys and wrong types are errors naming the key
+ * and the file. Secrets, policy files, keys and JWKS sources are read after
+ * the sandbox is closed (src/config/resolve.c).
  * Secrets are never literals: only { env = "NAME" } or { file = "PATH" }.
  * A struct config is immutable once loaded and owns everything it points to.
  */
@@ -16,6 +18,7 @@
 #include "ident.h"
 #include "jwks.h"
 #include "jwt.h"
+#include "policyfiles.h"
 #include "secret.h"
 
 /* A decision's budget when policy_limits says nothing (also what
@@ -72,15 +75,6 @@ struct rate_limit {
 		double per_second;
 		double burst;
 	} per_requester;
-};
-
-/* A module a policy may require: NAME.lua beside the policy, NAME of
- * [A-Za-z0-9_], not a test file, read once at load. */
-struct policy_module {
-	char *name;
-	char *path; /* absolute */
-	char *text;
-	size_t len;
 };
 
 struct tenant {
@@ -140,8 +134,10 @@ struct config {
 };
 
 /*
- * Loads and validates the file at path. Secrets are resolved (env or file).
- * Returns a new config, or NULL with a message naming the file and key in err.
+ * Loads and validates the file at path in two phases: the sandboxed file is
+ * parsed and checked, then secrets (env or file), policy files, keys and JWKS
+ * sources are resolved. Returns a new config, or NULL with a message naming
+ * the file and key in err.
  */
 struct config *config_load(const char *path, char *err, size_t errlen);
 
@@ -150,22 +146,6 @@ void config_free(struct config *cfg);
 
 /* The tenant with that name, or NULL. */
 const struct tenant *config_tenant(const struct config *cfg, const char *name);
-
-/* Reads the modules beside t->policy_path (t->policy_dir must be set) into
- * t->modules, sorted by name; at most 64, each at most 1 MiB. Returns 0, or
- * -1 with the reason in err. */
-int config_load_modules(struct tenant *t, char *err, size_t errlen);
-
-/* Reads the regular file at path, of at most max bytes, into *out (malloc'ed,
- * NUL-terminated; length in *outlen). Returns 0, or -1 with the reason in why
- * (the caller names the file). */
-int config_read_file(const char *path, size_t max, char **out, size_t *outlen, char *why, size_t whylen);
-
-/* Sets t->policy_revision from the policy, its modules and its data. */
-void config_policy_revision(struct tenant *t);
-
-/* Frees t's modules and data (config_free calls it). */
-void config_free_policy_files(struct tenant *t);
 
 /* Writes every option with its default as Markdown rows (for docs). */
 void config_print_options(void);

@@ -419,7 +419,7 @@ static int test_file_standalone(const char *path, struct report *rep)
 		goto out;
 	}
 	t.policy_dir = fileio_dir(t.policy_path);
-	if (t.policy_dir && config_load_modules(&t, err, sizeof(err)) != 0) {
+	if (t.policy_dir && policyfiles_load_modules(&t, err, sizeof(err)) != 0) {
 		report_case(rep, path, "(load)", false, err);
 		goto out;
 	}
@@ -456,7 +456,7 @@ static int test_file_standalone(const char *path, struct report *rep)
 		policy_coverage_each(e, cov_hit, rep);
 	policy_engine_free(e);
 out:
-	config_free_policy_files(&t);
+	policyfiles_free(&t);
 	free(t.policy_text);
 	free(t.policy_dir);
 	free(t.policy_path);

@@ -1,5 +1,6 @@
 /*
- * test_config.c — unit tests for src/config.c.
+ * test_config.c — unit tests for src/config/ (the loader: config.c, options.c,
+ * value.c, conv.c, resolve.c) and src/policyfiles.c, through config_load.
  *
  * Each test writes a config file (and its policy and secret files) into a
  * fresh temporary folder, loads it, and checks what an operator would see:
@@ -765,6 +766,41 @@ static void test_policy_data_and_modules(void **state)
 	             "tenants.default.data", "missing.json", NULL);
 }
 
+/* Two phases: the walk in the sandbox only parses and validates, and what
+ * the file names (secrets, policies, JWKS sources) is read after it. So a
+ * later tenant's typo is the error, not what an earlier tenant names: its
+ * unset variable, its missing policy, its unreachable JWKS. */
+static void test_parse_before_resolve(void **state)
+{
+	struct fixture *f = *state;
+
+	unsetenv("COURIER_BROKER_TEST_UNSET");
+	expect_error(
+	    f,
+	    "tenants = {\n"
+	    "  a = { api_key = { env = 'COURIER_BROKER_TEST_UNSET' }, policy = 'policies/missing.lua',\n"
+	    "        auth = { jwt = { algorithms = { 'RS256' },\n"
+	    "                         jwks = { url = 'http://127.0.0.1:1/jwks.json' } } } },\n"
+	    "  b = { api_key = { env = 'COURIER_API_KEY' }, policy = 'policies/default.lua',\n"
+	    "        auth = { none = true }, polcy = 'x' },\n"
+	    "}\n",
+	    "unknown key \"tenants.b.polcy\"", "did you mean \"policy\"", NULL);
+	/* Without the typo, the first thing read is the first error. */
+	expect_error(
+	    f,
+	    "tenants = {\n"
+	    "  a = { api_key = { env = 'COURIER_BROKER_TEST_UNSET' }, policy = 'policies/missing.lua',\n"
+	    "        auth = { none = true } },\n"
+	    "}\n",
+	    "tenants.a.api_key", "COURIER_BROKER_TEST_UNSET", NULL);
+	expect_error(f,
+	             "tenants = {\n"
+	             "  a = { api_key = { env = 'COURIER_API_KEY' }, policy = 'policies/missing.lua',\n"
+	             "        auth = { none = true } },\n"
+	             "}\n",
+	             "tenants.a.policy", "missing.lua", NULL);
+}
+
 static void test_print_options(void **state)
 {
 	char path[128], buf[16384];
@@ -1050,6 +1086,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_memory_is_capped, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_file_size_capped, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_policy_data_and_modules, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_parse_before_resolve, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_print_options, setup, teardown),
 	    cmocka_unit_test(test_free_null),
 	};

@@ -1,0 +1,242 @@
+/*
+ * resolve.c — the second phase of loading: what the file names, read from
+ * outside the sandbox.
+ *
+ * While the file's Lua runs, the walk only parses and validates: each
+ * secret, policy, data file and public key it meets is written down here
+ * (config_defer_*), with the key path its messages name. Once the sandbox is
+ * closed, config_resolve reads them in the order the walk met them: secrets
+ * (env or file), policies with their modules and data, PEM keys; then, per
+ * tenant, binds the JWT algorithms to the keys, opens the JWKS source and
+ * builds the HMAC key. Owns that list. It must never run inside the
+ * configuration's Lua state, never echo a secret, and never leave a
+ * resource it acquired unowned: everything lands in struct config, which
+ * config_free releases.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "config.h"
+#include "fileio.h"
+#include "loader.h"
+#include "policyfiles.h"
+
+#define PUBLIC_KEY_FILE_MAX (1024 * 1024)
+
+struct pending {
+	enum pending_kind kind;
+	char key[256]; /* the key path messages name */
+	struct tenant *t;
+	struct secret_ref ref; /* owned */
+	struct secret *dst;
+	char *path; /* owned */
+	size_t index;
+};
+
+/* Appends p, taking its ref and path (freed here when the list cannot grow). */
+static int defer(struct loader *ld, struct pending *p)
+{
+	if (ld->n_pending == ld->cap_pending) {
+		size_t cap = ld->cap_pending ? 2 * ld->cap_pending : 16;
+		struct pending *grown = realloc(ld->pending, cap * sizeof(*grown));
+		if (!grown) {
+			free(p->ref.env);
+			free(p->ref.file);
+			free(p->path);
+			return config_fail(ld, p->key, "out of memory");
+		}
+		ld->pending = grown;
+		ld->cap_pending = cap;
+	}
+	ld->pending[ld->n_pending++] = *p;
+	return 0;
+}
+
+int config_defer_secret(struct loader *ld, const char *key, struct secret_ref *ref, struct secret *dst)
+{
+	struct pending p = {.kind = PENDING_SECRET, .ref = *ref, .dst = dst};
+
+	memset(ref, 0, sizeof(*ref));
+	snprintf(p.key, sizeof(p.key), "%s", key);
+	return defer(ld, &p);
+}
+
+int config_defer_file(struct loader *ld, enum pending_kind kind, const char *key, struct tenant *t,
+                      char *path)
+{
+	struct pending p = {.kind = kind, .t = t, .path = path};
+
+	snprintf(p.key, sizeof(p.key), "%s", key);
+	return defer(ld, &p);
+}
+
+int config_defer_client_key(struct loader *ld, const char *list_key, struct tenant *t, size_t index,
+                            struct secret_ref *ref)
+{
+	struct pending p = {.kind = PENDING_CLIENT_KEY, .t = t, .ref = *ref, .index = index};
+
+	memset(ref, 0, sizeof(*ref));
+	snprintf(p.key, sizeof(p.key), "%s", list_key);
+	return defer(ld, &p);
+}
+
+int config_defer_tenant(struct loader *ld, const char *path, struct tenant *t)
+{
+	struct pending p = {.kind = PENDING_TENANT, .t = t};
+
+	snprintf(p.key, sizeof(p.key), "%s", path);
+	return defer(ld, &p);
+}
+
+bool config_secret_given(const struct loader *ld, const struct secret *dst)
+{
+	for (size_t i = 0; i < ld->n_pending; i++)
+		if (ld->pending[i].kind == PENDING_SECRET && ld->pending[i].dst == dst)
+			return true;
+	return false;
+}
+
+void config_pending_free(struct loader *ld)
+{
+	for (size_t i = 0; i < ld->n_pending; i++) {
+		free(ld->pending[i].ref.env);
+		free(ld->pending[i].ref.file);
+		free(ld->pending[i].path);
+	}
+	free(ld->pending);
+	ld->pending = NULL;
+	ld->n_pending = ld->cap_pending = 0;
+}
+
+static int resolve_secret(struct loader *ld, struct pending *p)
+{
+	char why[512];
+
+	if (secret_load(&p->ref, p->dst, why, sizeof(why)) != 0)
+		return config_fail(ld, p->key, "%s", why);
+	return 0;
+}
+
+/* The file p names: its real path into *real, its text into *text. */
+static int read_named(struct loader *ld, struct pending *p, size_t max, char **real, char **text, size_t *len)
+{
+	char why[512];
+
+	*real = realpath(p->path, NULL);
+	if (!*real)
+		return config_fail(ld, p->key, "%s: %s", p->path, strerror(errno));
+	if (fileio_read(*real, max, 0, text, len, why, sizeof(why)))
+		return config_fail(ld, p->key, "%s: %s", *real, why);
+	return 0;
+}
+
+static int resolve_policy(struct loader *ld, struct pending *p)
+{
+	struct tenant *t = p->t;
+	char why[512];
+
+	if (read_named(ld, p, POLICY_FILE_MAX, &t->policy_path, &t->policy_text, &t->policy_len))
+		return -1;
+	t->policy_dir = fileio_dir(t->policy_path);
+	if (!t->policy_dir)
+		return config_fail(ld, p->key, "out of memory");
+	if (policyfiles_load_modules(t, why, sizeof(why)) != 0)
+		return config_fail(ld, p->key, "%s", why);
+	policyfiles_revision(t);
+	return 0;
+}
+
+/* After the tenant's policy (its row comes first). */
+static int resolve_data(struct loader *ld, struct pending *p)
+{
+	struct tenant *t = p->t;
+
+	if (read_named(ld, p, DATA_FILE_MAX, &t->data_path, &t->data_text, &t->data_len))
+		return -1;
+	policyfiles_revision(t);
+	return 0;
+}
+
+static int resolve_public_key(struct loader *ld, struct pending *p)
+{
+	struct tenant *t = p->t;
+	char why[256], *pem = NULL;
+	size_t len = 0;
+
+	/* A public key is not a secret: any file mode is fine. */
+	if (fileio_read(p->path, PUBLIC_KEY_FILE_MAX, 0, &pem, &len, why, sizeof(why)) == 0)
+		t->auth.jwt.public_key = jwt_key_pem(pem, len, why, sizeof(why));
+	free(pem);
+	if (!t->auth.jwt.public_key)
+		return config_fail(ld, p->key, "%s: %s", p->path, why);
+	return 0;
+}
+
+/* Loads one client key; two names for one key would make the identity
+ * depend on list order, so it must differ from every earlier one. */
+static int resolve_client_key(struct loader *ld, struct pending *p)
+{
+	struct client_key *keys = p->t->auth.client_keys, *ck = &keys[p->index];
+	char sub[256], why[512];
+
+	config_key_printf(sub, sizeof(sub), "%s[%zu].key", p->key, p->index + 1);
+	if (secret_load(&p->ref, &ck->key, why, sizeof(why)))
+		return config_fail(ld, sub, "%s", why);
+	for (size_t j = 0; j < p->index; j++)
+		if (secret_equals(&keys[j].key, ck->key.data, ck->key.len))
+			return config_fail(ld, sub, "the same key as %s[%zu] (each caller needs its own key)",
+			                   p->key, j + 1);
+	return 0;
+}
+
+/* Binds the tenant's algorithms to its public key, opens its JWKS, builds
+ * the HMAC key (what the walk's checks could not do without the files). */
+static int resolve_tenant(struct loader *ld, struct pending *p)
+{
+	struct tenant *t = p->t;
+	struct jwt_config *j = &t->auth.jwt;
+	unsigned asym = j->algorithms & ~(unsigned)JWT_HMAC_ALGS;
+	char key[256], why[512];
+
+	if (!j->enabled)
+		return 0;
+	if (j->public_key && !(jwt_key_algs(j->public_key) & j->algorithms)) {
+		config_key_printf(key, sizeof(key), "%s.auth.jwt.public_key", p->key);
+		return config_fail(ld, key, "is an %s key, but no algorithm it verifies is listed",
+		                   jwt_key_describe(j->public_key));
+	}
+	if (j->public_key && !j->jwks_opts.enabled && (asym & ~jwt_key_algs(j->public_key))) {
+		unsigned bad = asym & ~jwt_key_algs(j->public_key);
+		config_key_printf(key, sizeof(key), "%s.auth.jwt.algorithms", p->key);
+		return config_fail(ld, key, "%s is listed, but the public key is %s (and there is no jwks)",
+		                   jwt_alg_name(bad & -bad), jwt_key_describe(j->public_key));
+	}
+	if (j->jwks_opts.enabled && !(j->jwks = jwks_open(&j->jwks_opts, t->name, why, sizeof(why)))) {
+		config_key_printf(key, sizeof(key), "%s.auth.jwt.jwks", p->key);
+		return config_fail(ld, key, "%s", why);
+	}
+	if (jwt_config_prepare(j, why, sizeof(why))) {
+		config_key_printf(key, sizeof(key), "%s.auth.jwt.hmac_secret", p->key);
+		return config_fail(ld, key, "%s", why);
+	}
+	return 0;
+}
+
+int config_resolve(struct loader *ld)
+{
+	static int (*const resolve[])(struct loader *, struct pending *) = {
+	    [PENDING_SECRET] = resolve_secret,
+	    [PENDING_POLICY] = resolve_policy,
+	    [PENDING_DATA] = resolve_data,
+	    [PENDING_PUBLIC_KEY] = resolve_public_key,
+	    [PENDING_CLIENT_KEY] = resolve_client_key,
+	    [PENDING_TENANT] = resolve_tenant,
+	};
+
+	for (size_t i = 0; i < ld->n_pending; i++)
+		if (resolve[ld->pending[i].kind](ld, &ld->pending[i]) != 0)
+			return -1;
+	return 0;
+}

@@ -1,0 +1,152 @@
+/*
+ * test_policyfiles.c — unit tests for src/policyfiles.c: the modules beside
+ * a policy and the policy revision, without a configuration.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include <fcntl.h>
+#include <ftw.h>
+#include <openssl/evp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "policyfiles.h"
+
+struct fixture {
+	char dir[64];
+	char policy[128];
+	struct tenant t;
+};
+
+static void write_file(const char *dir, const char *name, const char *text)
+{
+	char path[512];
+	FILE *fp;
+
+	snprintf(path, sizeof(path), "%s/%s", dir, name);
+	fp = fopen(path, "w");
+	assert_non_null(fp);
+	assert_int_equal(fputs(text, fp) >= 0, 1);
+	assert_int_equal(fclose(fp), 0);
+}
+
+static int setup(void **state)
+{
+	struct fixture *f = calloc(1, sizeof(*f));
+
+	assert_non_null(f);
+	snprintf(f->dir, sizeof(f->dir), "/tmp/test_policyfiles.XXXXXX");
+	assert_non_null(mkdtemp(f->dir));
+	snprintf(f->policy, sizeof(f->policy), "%s/default.lua", f->dir);
+	write_file(f->dir, "default.lua", "return function(req) return { allow = true } end\n");
+	f->t.policy_path = f->policy;
+	f->t.policy_dir = f->dir;
+	f->t.policy_text = (char *)"return function(req) return { allow = true } end\n";
+	f->t.policy_len = strlen(f->t.policy_text);
+	*state = f;
+	return 0;
+}
+
+static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+	(void)st;
+	(void)flag;
+	(void)ftw;
+	return remove(path);
+}
+
+static int teardown(void **state)
+{
+	struct fixture *f = *state;
+
+	policyfiles_free(&f->t);
+	nftw(f->dir, rm_entry, 8, FTW_DEPTH | FTW_PHYS);
+	free(f);
+	return 0;
+}
+
+/* NAME.lua beside the policy, sorted; not the policy, not NAME_test.lua,
+ * not a name outside [A-Za-z0-9_]. */
+static void test_modules_found_and_sorted(void **state)
+{
+	struct fixture *f = *state;
+	char err[256];
+
+	write_file(f->dir, "zeta.lua", "return 'z'\n");
+	write_file(f->dir, "alpha_2.lua", "return 'a'\n");
+	write_file(f->dir, "default_test.lua", "return {}\n");
+	write_file(f->dir, "not-a-module.lua", "return {}\n");
+	write_file(f->dir, "notes.txt", "hello\n");
+	assert_int_equal(policyfiles_load_modules(&f->t, err, sizeof(err)), 0);
+	assert_int_equal(f->t.n_modules, 2);
+	assert_string_equal(f->t.modules[0].name, "alpha_2");
+	assert_string_equal(f->t.modules[0].text, "return 'a'\n");
+	assert_string_equal(f->t.modules[1].name, "zeta");
+	assert_non_null(strstr(f->t.modules[1].path, "/zeta.lua"));
+}
+
+static void test_too_many_modules_refused(void **state)
+{
+	struct fixture *f = *state;
+	char err[256], name[32];
+
+	for (int i = 0; i < 65; i++) {
+		snprintf(name, sizeof(name), "m%02d.lua", i);
+		write_file(f->dir, name, "return {}\n");
+	}
+	assert_int_equal(policyfiles_load_modules(&f->t, err, sizeof(err)), -1);
+	assert_non_null(strstr(err, "more than 64 modules"));
+}
+
+/* A lone policy's revision is the start of its SHA-256; modules and data
+ * change it, and so does moving bytes from one part to another. */
+static void test_revision(void **state)
+{
+	struct fixture *f = *state;
+	unsigned char md[EVP_MAX_MD_SIZE];
+	unsigned int mdlen = 0;
+	char hex[17], lone[17], with_module[17], moved[17], err[256];
+
+	assert_int_equal(EVP_Digest(f->t.policy_text, f->t.policy_len, md, &mdlen, EVP_sha256(), NULL), 1);
+	for (int i = 0; i < 8; i++)
+		snprintf(hex + 2 * i, 3, "%02x", md[i]);
+	policyfiles_revision(&f->t);
+	assert_string_equal(f->t.policy_revision, hex);
+	snprintf(lone, sizeof(lone), "%s", f->t.policy_revision);
+
+	write_file(f->dir, "helpers.lua", "return 1\n");
+	assert_int_equal(policyfiles_load_modules(&f->t, err, sizeof(err)), 0);
+	policyfiles_revision(&f->t);
+	snprintf(with_module, sizeof(with_module), "%s", f->t.policy_revision);
+	assert_string_not_equal(lone, with_module);
+
+	/* One byte moved from the module's end to the data's start. */
+	f->t.modules[0].len--;
+	f->t.data_text = strdup("\n");
+	assert_non_null(f->t.data_text);
+	f->t.data_len = 1;
+	policyfiles_revision(&f->t);
+	snprintf(moved, sizeof(moved), "%s", f->t.policy_revision);
+	assert_string_not_equal(with_module, moved);
+	assert_int_equal(strlen(moved), 16);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test_setup_teardown(test_modules_found_and_sorted, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_too_many_modules_refused, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_revision, setup, teardown),
+	};
+
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
