@@ -33,6 +33,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "cidr.h"
 #include "duration.h"
 #include "policy.h"
 #include "scope.h"
@@ -231,19 +232,19 @@ static const struct option options[] = {
      "since the last fetch; concurrent misses share it."},
     {"tenants.*.auth.jwt.jwks.timeout_ms", OPT_INT, "5000", 100, 60000, TEN(auth.jwt.jwks_opts.timeout_ms), 0,
      NULL, "One JWKS fetch, connecting included."},
-    {"tenants.*.auth.jwt.issuer", OPT_STRING, NULL, 0, 0, TEN(auth.jwt.issuer), 0, NULL,
+    {"tenants.*.auth.jwt.issuer", OPT_STRING, NULL, 0, 0, TEN(auth.jwt.rules.issuer), 0, NULL,
      "Expected `iss` claim, compared exactly; not checked when absent."},
-    {"tenants.*.auth.jwt.audience", OPT_STRING, NULL, 0, 0, TEN(auth.jwt.audience), 0, NULL,
+    {"tenants.*.auth.jwt.audience", OPT_STRING, NULL, 0, 0, TEN(auth.jwt.rules.audience), 0, NULL,
      "Expected `aud` (the claim may be a list), compared exactly; not checked when absent."},
-    {"tenants.*.auth.jwt.leeway_s", OPT_INT, "30", 0, 600, TEN(auth.jwt.leeway_s), 0, NULL,
+    {"tenants.*.auth.jwt.leeway_s", OPT_INT, "30", 0, 600, TEN(auth.jwt.rules.leeway_s), 0, NULL,
      "Clock skew allowed on `exp` and `nbf`, in seconds."},
-    {"tenants.*.auth.jwt.max_token_bytes", OPT_INT, "8192", 256, 65536, TEN(auth.jwt.max_token_bytes), 0,
-     NULL, "Longer tokens are refused unread."},
-    {"tenants.*.auth.jwt.subject_claim", OPT_STRING, "sub", 0, 0, TEN(auth.jwt.subject_claim), 0, NULL,
+    {"tenants.*.auth.jwt.max_token_bytes", OPT_INT, "8192", 256, 65536, TEN(auth.jwt.rules.max_token_bytes),
+     0, NULL, "Longer tokens are refused unread."},
+    {"tenants.*.auth.jwt.subject_claim", OPT_STRING, "sub", 0, 0, TEN(auth.jwt.rules.subject_claim), 0, NULL,
      "Claim that names the requester (`req.identity.subject`)."},
-    {"tenants.*.auth.jwt.max_age_s", OPT_INT, NULL, 1, 31536000, TEN(auth.jwt.max_age_s), 0, NULL,
+    {"tenants.*.auth.jwt.max_age_s", OPT_INT, NULL, 1, 31536000, TEN(auth.jwt.rules.max_age_s), 0, NULL,
      "When set, `iat` is required and may be at most this many seconds old (plus `leeway_s`)."},
-    {"tenants.*.auth.jwt.typ", OPT_STRING, NULL, 0, 0, TEN(auth.jwt.typ), 0, NULL,
+    {"tenants.*.auth.jwt.typ", OPT_STRING, NULL, 0, 0, TEN(auth.jwt.rules.typ), 0, NULL,
      "When set, the header's `typ` must equal it (case-insensitive, `application/` optional), e.g. "
      "`\"JWT\"`."},
     {"tenants.*.auth.client_keys", OPT_TABLE_LIST, NULL, 0, 0, NOWHERE, 0, conv_client_keys,
@@ -1176,7 +1177,7 @@ static int conv_algorithms(struct loader *ld, const char *key, struct value *v, 
 	for (size_t i = 0; i < v->n; i++) {
 		unsigned a = jwt_alg_from_name(v->list[i]);
 		if (a) {
-			t->auth.jwt.algorithms |= a;
+			t->auth.jwt.rules.algorithms |= a;
 			continue;
 		}
 		for (size_t k = 0; k < sizeof(known) / sizeof(known[0]); k++) {
@@ -1471,7 +1472,7 @@ static int conv_proxy_from(struct loader *ld, const char *key, struct value *v, 
 		return fail(ld, key, "out of memory");
 	for (size_t i = 0; i < v->n; i++) {
 		key_printf(sub, sizeof(sub), "%s[%zu]", key, i + 1);
-		if (ident_cidr_parse(v->list[i], &t->auth.proxy.from[i]))
+		if (cidr_parse(v->list[i], strlen(v->list[i]), &t->auth.proxy.from[i]))
 			return fail(
 			    ld, sub,
 			    "\"%s\" is not a CIDR such as \"10.0.0.0/8\" or \"::1/128\" (no host bits set)",
@@ -1504,10 +1505,10 @@ static bool tenant_name_valid(const char *s, size_t len)
 static int check_jwt_keys(struct loader *ld, const char *path, struct tenant *t)
 {
 	struct jwt_config *j = &t->auth.jwt;
-	unsigned asym = j->algorithms & ~(unsigned)JWT_HMAC_ALGS;
+	unsigned asym = j->rules.algorithms & ~(unsigned)JWT_HMAC_ALGS;
 	char key[256], why[512];
 
-	if (j->hmac_secret.data && !(j->algorithms & JWT_HMAC_ALGS)) {
+	if (j->hmac_secret.data && !(j->rules.algorithms & JWT_HMAC_ALGS)) {
 		key_printf(key, sizeof(key), "%s.auth.jwt.hmac_secret", path);
 		return fail(ld, key, "is given but no HS* algorithm is listed");
 	}
@@ -1516,7 +1517,7 @@ static int check_jwt_keys(struct loader *ld, const char *path, struct tenant *t)
 		return fail(ld, key, "%s is listed: give public_key = { file = ... } or jwks = { ... }",
 		            jwt_alg_name(asym & -asym));
 	}
-	if (j->public_key && !(jwt_key_algs(j->public_key) & j->algorithms)) {
+	if (j->public_key && !(jwt_key_algs(j->public_key) & j->rules.algorithms)) {
 		key_printf(key, sizeof(key), "%s.auth.jwt.public_key", path);
 		return fail(ld, key, "is an %s key, but no algorithm it verifies is listed",
 		            jwt_key_describe(j->public_key));
@@ -1540,7 +1541,7 @@ static int check_jwt_keys(struct loader *ld, const char *path, struct tenant *t)
 		if (!(j->jwks = jwks_open(&j->jwks_opts, t->name, why, sizeof(why))))
 			return fail(ld, key, "%s", why);
 	}
-	if (jwt_config_prepare(j, why, sizeof(why))) {
+	if (ident_jwt_prepare(j, why, sizeof(why))) {
 		key_printf(key, sizeof(key), "%s.auth.jwt.hmac_secret", path);
 		return fail(ld, key, "%s", why);
 	}
@@ -1559,7 +1560,7 @@ static int check_tenant(struct loader *ld, const char *path, struct tenant *t)
 		    "no authentication mode: give jwt, client_keys or trusted_proxy (or none = true for "
 		    "development)");
 	}
-	if (t->auth.jwt.enabled && (t->auth.jwt.algorithms & (JWT_HS256 | JWT_HS384 | JWT_HS512)) &&
+	if (t->auth.jwt.enabled && (t->auth.jwt.rules.algorithms & (JWT_HS256 | JWT_HS384 | JWT_HS512)) &&
 	    !t->auth.jwt.hmac_secret.data) {
 		key_printf(key, sizeof(key), "%s.auth.jwt.hmac_secret", path);
 		return fail(ld, key, "is required when an HS* algorithm is listed");
@@ -1887,10 +1888,10 @@ void config_free(struct config *cfg)
 		free(t->policy_text);
 		config_free_policy_files(t);
 		secret_clear(&t->auth.jwt.hmac_secret);
-		jwt_config_release(&t->auth.jwt);
+		ident_jwt_release(&t->auth.jwt);
 		free(t->auth.jwt.jwks_opts.file);
 		free(t->auth.jwt.jwks_opts.url);
-		free(t->auth.jwt.typ);
+		free(t->auth.jwt.rules.typ);
 		for (size_t k = 0; k < t->auth.n_client_keys; k++) {
 			free(t->auth.client_keys[k].name);
 			secret_clear(&t->auth.client_keys[k].key);
@@ -1898,9 +1899,9 @@ void config_free(struct config *cfg)
 		free(t->auth.client_keys);
 		free(t->auth.proxy.header);
 		free(t->auth.proxy.from);
-		free(t->auth.jwt.issuer);
-		free(t->auth.jwt.audience);
-		free(t->auth.jwt.subject_claim);
+		free(t->auth.jwt.rules.issuer);
+		free(t->auth.jwt.rules.audience);
+		free(t->auth.jwt.rules.subject_claim);
 		free_list(t->allowed_scopes);
 		free_list(t->cors_origins);
 	}

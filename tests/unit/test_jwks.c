@@ -3,7 +3,7 @@
  *
  * JWK documents are built here from keys OpenSSL generates (testkeys.h);
  * tokens are signed with EVP_DigestSign. Covers parsing (bad keys skipped
- * with a reason), selection by kid and alg through jwt_verify, file sources,
+ * with a reason), selection by kid and alg through ident_jwt_verify, file sources,
  * and URL sources against a small HTTP server on loopback: the first fetch,
  * Cache-Control, unknown-kid refetch with its cool-down, shared fetches for
  * concurrent misses, and keeping the last good set when a fetch fails.
@@ -27,8 +27,9 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "config.h"
+#include "ident.h"
 #include "json.h"
+#include "jwk.h"
 #include "jwks.h"
 #include "jwt.h"
 #include "testkeys.h"
@@ -145,10 +146,10 @@ static int setup(void **state)
 	if (!f->L || json_open(f->L))
 		return -1;
 	f->cfg.enabled = true;
-	f->cfg.algorithms = JWT_RS256 | JWT_PS256 | JWT_ES256 | JWT_ES384 | JWT_EDDSA;
-	f->cfg.leeway_s = 30;
-	f->cfg.max_token_bytes = 8192;
-	f->cfg.subject_claim = "sub";
+	f->cfg.rules.algorithms = JWT_RS256 | JWT_PS256 | JWT_ES256 | JWT_ES384 | JWT_EDDSA;
+	f->cfg.rules.leeway_s = 30;
+	f->cfg.rules.max_token_bytes = 8192;
+	f->cfg.rules.subject_claim = "sub";
 	snprintf(f->path, sizeof(f->path), "/tmp/test_jwks_%d.json", (int)getpid());
 	*state = f;
 	return 0;
@@ -158,7 +159,7 @@ static int teardown(void **state)
 {
 	struct fx *f = *state;
 
-	jwt_config_release(&f->cfg);
+	ident_jwt_release(&f->cfg);
 	unlink(f->path);
 	lua_close(f->L);
 	free(f);
@@ -208,8 +209,8 @@ static void open_file_source(struct fx *f)
 static int verify(struct fx *f, const char *tok)
 {
 	int top = lua_gettop(f->L);
-	int rc = jwt_verify(f->L, &f->cfg, tok, strlen(tok), (time_t)NOW, f->subject, sizeof(f->subject),
-	                    f->err, sizeof(f->err));
+	int rc = ident_jwt_verify(f->L, &f->cfg, tok, strlen(tok), (time_t)NOW, f->subject,
+	                          sizeof(f->subject), f->err, sizeof(f->err));
 
 	assert_int_equal(lua_gettop(f->L), top + (rc == 0));
 	lua_settop(f->L, top);
@@ -348,7 +349,7 @@ static void t_parse_documents(void **state)
 	assert_null(jwks_parse("{\"keys\":[]}", JWKS_MAX_BYTES + 1, NULL, NULL, f->err, sizeof(f->err)));
 }
 
-/* ---- selection through jwt_verify ---------------------------------------------- */
+/* ---- selection through ident_jwt_verify------------------------------------------- */
 
 static void t_kid_and_alg_selection(void **state)
 {
