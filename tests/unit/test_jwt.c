@@ -296,25 +296,6 @@ static void t_alg_none_and_unknown(void **state)
 	               "no alg");
 }
 
-static void t_alg_from_name(void **state)
-{
-	(void)state;
-	assert_int_equal(jwt_alg_from_name("HS256"), JWT_HS256);
-	assert_int_equal(jwt_alg_from_name("HS384"), JWT_HS384);
-	assert_int_equal(jwt_alg_from_name("HS512"), JWT_HS512);
-	assert_int_equal(jwt_alg_from_name("none"), 0);
-	assert_int_equal(jwt_alg_from_name("hs256"), 0);
-	assert_int_equal(jwt_alg_from_name("HS2560"), 0);
-	assert_int_equal(jwt_alg_from_name("RS256"), JWT_RS256);
-	assert_int_equal(jwt_alg_from_name("PS512"), JWT_PS512);
-	assert_int_equal(jwt_alg_from_name("ES384"), JWT_ES384);
-	assert_int_equal(jwt_alg_from_name("EdDSA"), JWT_EDDSA);
-	assert_int_equal(jwt_alg_from_name("ES512"), 0);
-	assert_int_equal(jwt_alg_from_name("eddsa"), 0);
-	assert_int_equal(jwt_alg_from_name(""), 0);
-	assert_int_equal(jwt_alg_from_name(NULL), 0);
-}
-
 static void t_no_key(void **state)
 {
 	struct fx *f = *state;
@@ -1117,52 +1098,6 @@ static void t_pss_salt_length(void **state)
 	expect_refused(f, f->tok, "bad signature");
 }
 
-static void t_key_loading(void **state)
-{
-	struct fx *f = *state;
-	char pem[4096], err[160];
-	struct jwt_key *k;
-	BIO *b;
-	char *p;
-	long n;
-
-	(void)f;
-	/* RSA under 2048 bits is refused at load. */
-	tk_pub_pem(tk_key(TK_RSA1024), pem, sizeof(pem));
-	assert_null(jwt_key_pem(pem, strlen(pem), err, sizeof(err)));
-	assert_non_null(strstr(err, "1024 bits"));
-	/* P-521 is not supported (no ES512). */
-	tk_pub_pem(tk_key(TK_P521), pem, sizeof(pem));
-	assert_null(jwt_key_pem(pem, strlen(pem), err, sizeof(err)));
-	assert_non_null(strstr(err, "curve"));
-	/* A private key is named as such. */
-	b = BIO_new(BIO_s_mem());
-	assert_true(PEM_write_bio_PrivateKey(b, tk_key(TK_P256), NULL, NULL, 0, NULL, NULL));
-	n = BIO_get_mem_data(b, &p);
-	assert_null(jwt_key_pem(p, (size_t)n, err, sizeof(err)));
-	assert_non_null(strstr(err, "private key"));
-	BIO_free(b);
-	assert_null(jwt_key_pem("hello", 5, err, sizeof(err)));
-	assert_non_null(strstr(err, "PEM"));
-	/* Bound algorithms per type. */
-	tk_pub_pem(tk_key(TK_RSA), pem, sizeof(pem));
-	assert_non_null(k = jwt_key_pem(pem, strlen(pem), err, sizeof(err)));
-	assert_int_equal(jwt_key_algs(k), JWT_RSA_ALGS);
-	assert_int_equal(jwt_key_restrict(k, "k1", JWT_ES256), -1);
-	assert_int_equal(jwt_key_restrict(k, "k1", JWT_PS256), 0);
-	assert_int_equal(jwt_key_algs(k), JWT_PS256);
-	assert_string_equal(jwt_key_kid(k), "k1");
-	jwt_key_free(k);
-	tk_pub_pem(tk_key(TK_P384), pem, sizeof(pem));
-	assert_non_null(k = jwt_key_pem(pem, strlen(pem), err, sizeof(err)));
-	assert_int_equal(jwt_key_algs(k), JWT_ES384);
-	jwt_key_free(k);
-	tk_pub_pem(tk_key(TK_ED25519), pem, sizeof(pem));
-	assert_non_null(k = jwt_key_pem(pem, strlen(pem), err, sizeof(err)));
-	assert_int_equal(jwt_key_algs(k), JWT_EDDSA);
-	jwt_key_free(k);
-}
-
 static void t_max_age(void **state)
 {
 	struct fx *f = *state;
@@ -1269,7 +1204,6 @@ int main(void)
 	    T(t_integers_stay_integers),
 	    T(t_alg_allow_list),
 	    T(t_alg_none_and_unknown),
-	    T(t_alg_from_name),
 	    T(t_no_key),
 	    T(t_crit_and_typ),
 	    T(t_header_cache),
@@ -1298,7 +1232,6 @@ int main(void)
 	    T(t_ecdsa_forged),
 	    T(t_rsa_eddsa_lengths),
 	    T(t_pss_salt_length),
-	    T(t_key_loading),
 	    T(t_max_age),
 	    T(t_typ_required),
 	    T(t_kid_bounds),
