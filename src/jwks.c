@@ -313,35 +313,38 @@ static void *refresher(void *arg)
 	return NULL;
 }
 
-struct jwks *jwks_open(const struct jwks_options *o, const char *name, char *err, size_t errlen)
+/* Refuses options no source can be opened under (the URL's form and transport). */
+static int check_options(const struct jwks_options *o, char *err, size_t errlen)
 {
-	struct jwks *src = NULL;
-	pthread_condattr_t ca;
-	pthread_attr_t ta;
-	pthread_t tid;
-	char why[256];
-	double next;
-
 	if (!o || (!o->file == !o->url)) {
 		snprintf(err, errlen, "give exactly one of file and url");
-		return NULL;
+		return -1;
 	}
 	for (const char *p = o->url; p && *p; p++)
 		if ((unsigned char)*p <= 0x20 || (unsigned char)*p >= 0x7f) {
 			snprintf(err, errlen, "url: must not contain spaces, control or non-ASCII bytes");
-			return NULL;
+			return -1;
 		}
 	if (o->url && secret_in_url(o->url)) {
 		snprintf(err, errlen, "url: must not carry a user name or password (a JWKS is public)");
-		return NULL;
+		return -1;
 	}
 	if (o->url && !secret_url_transport_ok(o->url)) {
 		snprintf(err, errlen,
 		         "url: must start with https:// (http:// only to 127.0.0.1, [::1] or localhost)");
-		return NULL;
+		return -1;
 	}
-	if (!(src = calloc(1, sizeof(*src))))
-		goto oom;
+	return 0;
+}
+
+/* A source under o with nothing loaded (defaults filled in), or NULL. */
+static struct jwks *source_new(const struct jwks_options *o, const char *name)
+{
+	struct jwks *src = calloc(1, sizeof(*src));
+	pthread_condattr_t ca;
+
+	if (!src)
+		return NULL;
 	atomic_init(&src->refs, 1);
 	pthread_mutex_init(&src->lock, NULL);
 	pthread_condattr_init(&ca);
@@ -354,10 +357,51 @@ struct jwks *jwks_open(const struct jwks_options *o, const char *name, char *err
 	src->timeout_ms = o->timeout_ms > 0 ? o->timeout_ms : 5000;
 	if (asprintf(&src->name, "tenant %s", name ? name : "?") < 0) {
 		src->name = NULL;
-		goto oom;
+		source_release(src);
+		return NULL;
 	}
-	if ((o->file && !(src->file = strdup(o->file))) || (o->url && !(src->url = strdup(o->url))))
-		goto oom;
+	if ((o->file && !(src->file = strdup(o->file))) || (o->url && !(src->url = strdup(o->url)))) {
+		source_release(src);
+		return NULL;
+	}
+	return src;
+}
+
+/* Starts src's refresher thread, which holds a reference. 0 or -1. */
+static int start_refresher(struct jwks *src)
+{
+	pthread_attr_t ta;
+	pthread_t tid;
+	int rc;
+
+	atomic_fetch_add(&src->refs, 1); /* the thread's */
+	pthread_attr_init(&ta);
+	pthread_attr_setdetachstate(&ta, PTHREAD_CREATE_DETACHED);
+	pthread_mutex_lock(&threads_lock);
+	rc = pthread_create(&tid, &ta, refresher, src);
+	if (rc == 0)
+		threads_live++;
+	pthread_mutex_unlock(&threads_lock);
+	pthread_attr_destroy(&ta);
+	if (rc != 0) {
+		atomic_fetch_sub(&src->refs, 1);
+		return -1;
+	}
+	return 0;
+}
+
+struct jwks *jwks_open(const struct jwks_options *o, const char *name, char *err, size_t errlen)
+{
+	struct jwks *src;
+	char why[256];
+	double next;
+
+	if (check_options(o, err, errlen))
+		return NULL;
+	if (!(src = source_new(o, name))) {
+		snprintf(err, errlen, "out of memory");
+		return NULL;
+	}
 	next = load_once(src, why, sizeof(why));
 	if (next < 0) {
 		char where[256];
@@ -370,26 +414,12 @@ struct jwks *jwks_open(const struct jwks_options *o, const char *name, char *err
 	if (!src->url)
 		return src;
 	src->next_fetch = ts_in(next);
-	atomic_fetch_add(&src->refs, 1); /* the thread's */
-	pthread_attr_init(&ta);
-	pthread_attr_setdetachstate(&ta, PTHREAD_CREATE_DETACHED);
-	pthread_mutex_lock(&threads_lock);
-	if (pthread_create(&tid, &ta, refresher, src) != 0) {
-		pthread_mutex_unlock(&threads_lock);
-		pthread_attr_destroy(&ta);
-		atomic_fetch_sub(&src->refs, 1);
+	if (start_refresher(src)) {
 		source_release(src);
 		snprintf(err, errlen, "cannot start the refresh thread");
 		return NULL;
 	}
-	threads_live++;
-	pthread_mutex_unlock(&threads_lock);
-	pthread_attr_destroy(&ta);
 	return src;
-oom:
-	source_release(src);
-	snprintf(err, errlen, "out of memory");
-	return NULL;
 }
 
 void jwks_close(struct jwks *src)
