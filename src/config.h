@@ -28,44 +28,6 @@
 #define POLICY_DEFAULT_MAX_MEMORY_BYTES 8388608
 #define POLICY_DEFAULT_TIMEOUT_MS       50
 
-struct jwt_config {
-	bool enabled;
-	unsigned algorithms;           /* bitmask of enum jwt_alg; required, non-empty */
-	struct secret hmac_secret;     /* for HS* */
-	struct jwt_key *hmac_key;      /* built from hmac_secret by jwt_config_prepare */
-	bool public_key_given;         /* public_key = { ... } was given */
-	struct jwt_key *public_key;    /* public_key = { file = PEM } */
-	struct jwks_options jwks_opts; /* jwks = { file | url, ... } as configured */
-	struct jwks *jwks;             /* the source opened from jwks_opts */
-	char *issuer;                  /* NULL: not checked */
-	char *audience;                /* NULL: not checked */
-	long leeway_s;                 /* default 30 */
-	size_t max_token_bytes;        /* default 8192 */
-	char *subject_claim;           /* default "sub" */
-	long max_age_s;                /* 0: not checked; else iat required and not older */
-	char *typ;                     /* NULL: not checked; else the header's typ must match */
-};
-
-struct client_key {
-	char *name; /* req.identity.subject */
-	struct secret key;
-};
-
-struct trusted_proxy_config {
-	bool enabled;
-	char *header;            /* e.g. "X-Forwarded-User" */
-	struct ident_cidr *from; /* peers whose header is honoured; never empty */
-	size_t n_from;
-};
-
-struct auth_config {
-	struct jwt_config jwt;
-	struct client_key *client_keys; /* server-to-server bearer keys */
-	size_t n_client_keys;
-	struct trusted_proxy_config proxy;
-	bool none; /* development: unauthenticated requester reaches the policy */
-};
-
 struct rate_limit {
 	double per_second; /* 0: no limit */
 	double burst;

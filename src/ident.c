@@ -2,8 +2,11 @@
  * ident.c — who is asking: the requester's identity, per tenant auth modes.
  *
  * Owns the parsing of the Authorization header, the order in which a
- * tenant's modes are tried (jwt, client_keys, trusted_proxy, none), the
- * trusted proxies' networks and the client address behind them. It must
+ * tenant's modes are tried (jwt, client_keys, trusted_proxy, none), the keys
+ * a tenant's JWTs are checked with (its HMAC key, public key and the JWKS
+ * source's current set, held for one verification; an unknown kid asks the
+ * source for a refresh), the trusted proxies' networks and the client
+ * address behind them. It must
  * never let a credential that is present but invalid (or of a kind no
  * enabled mode verifies) fall through to a weaker mode, never honour a proxy
  * header from a peer outside the configured networks, and never copy a
@@ -21,7 +24,8 @@
 #include <strings.h>
 #include <time.h>
 
-#include "config.h"
+#include "cidr.h"
+#include "jwk.h"
 #include "jwks.h"
 #include "jwt.h"
 #include "utf8.h"
@@ -83,84 +87,19 @@ static void parse_authorization(const char *h, struct credential *c)
 
 /* ---- networks ------------------------------------------------------------ */
 
-/* A numeric IPv4 or IPv6 address as 16 bytes (IPv4 mapped into ::ffff:0:0/96). */
-static int parse_addr(const char *s, unsigned char out[16], bool *v4)
-{
-	struct in_addr a4;
-
-	if (inet_pton(AF_INET, s, &a4) == 1) {
-		memset(out, 0, 10);
-		out[10] = out[11] = 0xff;
-		memcpy(out + 12, &a4, 4);
-		*v4 = true;
-		return 0;
-	}
-	*v4 = false;
-	return inet_pton(AF_INET6, s, out) == 1 ? 0 : -1;
-}
-
-int ident_cidr_parse(const char *s, struct ident_cidr *out)
-{
-	char addr[INET6_ADDRSTRLEN + 1];
-	const char *slash = strchr(s, '/');
-	size_t alen = slash ? (size_t)(slash - s) : strlen(s);
-	unsigned long prefix;
-	bool v4;
-	char *end;
-
-	if (alen == 0 || alen >= sizeof(addr))
-		return -1;
-	memcpy(addr, s, alen);
-	addr[alen] = '\0';
-	if (parse_addr(addr, out->addr, &v4))
-		return -1;
-	if (slash) {
-		if (slash[1] < '0' || slash[1] > '9' || (slash[1] == '0' && slash[2] != '\0'))
-			return -1;
-		prefix = strtoul(slash + 1, &end, 10);
-		if (*end || prefix > (v4 ? 32u : 128u))
-			return -1;
-	} else {
-		prefix = v4 ? 32 : 128;
-	}
-	out->prefix = (unsigned)prefix + (v4 ? 96 : 0);
-	/* Host bits set ("10.1.2.3/8") most likely mean a typo: refuse. */
-	for (unsigned bit = out->prefix; bit < 128; bit++)
-		if (out->addr[bit / 8] & (0x80 >> (bit % 8)))
-			return -1;
-	return 0;
-}
-
-static bool in_net(const struct ident_cidr *n, const unsigned char a[16])
-{
-	unsigned full = n->prefix / 8, rest = n->prefix % 8;
-
-	if (memcmp(n->addr, a, full) != 0)
-		return false;
-	return rest == 0 || ((n->addr[full] ^ a[full]) & (unsigned char)(0xff << (8 - rest))) == 0;
-}
-
-static bool match_addr(const struct ident_cidr *nets, size_t n, const unsigned char a[16])
-{
-	for (size_t i = 0; i < n; i++)
-		if (in_net(&nets[i], a))
-			return true;
-	return false;
-}
-
-bool ident_cidr_match(const struct ident_cidr *nets, size_t n, const char *ip)
-{
-	unsigned char a[16];
-	bool v4;
-
-	return ip && parse_addr(ip, a, &v4) == 0 && match_addr(nets, n, a);
-}
-
 /* Whether the connection comes from one of the tenant's trusted proxies. */
 static bool peer_trusted(const struct auth_config *auth, const struct ident_request *rq)
 {
 	return auth->proxy.enabled && auth->proxy.n_from > 0 &&
-	       ident_cidr_match(auth->proxy.from, auth->proxy.n_from, rq->peer_ip);
+	       cidr_match(auth->proxy.from, auth->proxy.n_from, rq->peer_ip);
+}
+
+static bool in_any(const struct cidr *nets, size_t n, const unsigned char a[16])
+{
+	for (size_t i = 0; i < n; i++)
+		if (cidr_contains(&nets[i], a))
+			return true;
+	return false;
 }
 
 static void copy_ip(char *out, size_t outlen, const char *ip)
@@ -219,10 +158,12 @@ int ident_client_ip(const struct auth_config *auth, const struct ident_request *
 				memcpy(entry, b, len);
 				entry[len] = '\0';
 			}
-			if (parse_addr(entry, a, &v4))
+			if (cidr_addr_parse(entry, len, a))
 				return 0;
+			/* Written without ':', it was IPv4 (held mapped). */
+			v4 = memchr(entry, ':', len) == NULL;
 			format_addr(a, v4, out, outlen);
-			if (!match_addr(auth->proxy.from, auth->proxy.n_from, a))
+			if (!in_any(auth->proxy.from, auth->proxy.n_from, a))
 				return 0;
 			end = start > val ? start - 1 : val;
 		}
@@ -233,6 +174,64 @@ int ident_client_ip(const struct auth_config *auth, const struct ident_request *
 bool ident_ready(const struct auth_config *auth)
 {
 	return !auth->jwt.enabled || !auth->jwt.jwks || jwks_ready(auth->jwt.jwks);
+}
+
+/* ---- JWT keys -------------------------------------------------------------- */
+
+int ident_jwt_prepare(struct jwt_config *cfg, char *err, size_t errlen)
+{
+	if (cfg->hmac_secret.data && !cfg->hmac_key) {
+		cfg->hmac_key = jwt_key_hmac(&cfg->hmac_secret, err, errlen);
+		if (!cfg->hmac_key)
+			return -1;
+	}
+	return 0;
+}
+
+void ident_jwt_release(struct jwt_config *cfg)
+{
+	jwt_key_free(cfg->hmac_key);
+	cfg->hmac_key = NULL;
+	jwt_key_free(cfg->public_key);
+	cfg->public_key = NULL;
+	jwks_close(cfg->jwks);
+	cfg->jwks = NULL;
+}
+
+/* A JWKS source's keys for jwt_verify: the current set, taken on first use. */
+struct jwks_lookup {
+	struct jwks *src;
+	struct jwks_set *set;
+	bool acquired;
+};
+
+static const struct jwt_key *jwks_key(void *ctx, size_t i)
+{
+	struct jwks_lookup *l = ctx;
+
+	if (!l->acquired) {
+		l->set = jwks_acquire(l->src);
+		l->acquired = true;
+	}
+	return jwks_set_key(l->set, i);
+}
+
+int ident_jwt_verify(lua_State *L, const struct jwt_config *cfg, const char *token, size_t len, time_t now,
+                     char *subject, size_t subjectlen, char *err, size_t errlen)
+{
+	struct jwks_lookup lookup = {.src = cfg->jwks};
+	struct jwt_keys keys = {.hmac = cfg->hmac_key, .fixed = cfg->public_key};
+	enum jwt_status st;
+
+	if (cfg->jwks) {
+		keys.key = jwks_key;
+		keys.ctx = &lookup;
+	}
+	st = jwt_verify(L, &cfg->rules, &keys, token, len, now, subject, subjectlen, err, errlen);
+	jwks_set_release(lookup.set);
+	if (st == JWT_UNKNOWN_KID)
+		jwks_unknown_kid(cfg->jwks);
+	return st == JWT_OK ? 0 : -1;
 }
 
 /* ---- modes, in the order they are tried ---------------------------------- */
@@ -255,8 +254,8 @@ static enum outcome try_jwt(lua_State *L, const struct auth_config *auth, const 
 	/* With client keys beside it, this mode claims only bearers shaped like a JWS. */
 	if (!auth->jwt.enabled || !c->bearer || (auth->n_client_keys > 0 && !jwt_shaped(c)))
 		return MODE_SKIP;
-	if (jwt_verify(L, &auth->jwt, c->token, c->token_len, (time_t)rq->now, id->subject,
-	               sizeof(id->subject), why, sizeof(why))) {
+	if (ident_jwt_verify(L, &auth->jwt, c->token, c->token_len, (time_t)rq->now, id->subject,
+	                     sizeof(id->subject), why, sizeof(why))) {
 		if (err && errlen)
 			snprintf(err, errlen, "jwt: %s", why);
 		return MODE_FAIL;

@@ -12,16 +12,45 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <time.h>
+
+#include "jwks.h"
+#include "jwt.h"
+#include "secret.h"
 
 struct lua_State;
-struct auth_config;
+struct cidr;
 
-/* An IPv4 or IPv6 network ("10.0.0.0/8", "::1/128"). IPv4 is stored as its
- * IPv4-mapped IPv6 address with the prefix plus 96, so one comparison serves
- * both families (and a peer seen as ::ffff:10.1.2.3 matches 10.0.0.0/8). */
-struct ident_cidr {
-	unsigned char addr[16];
-	unsigned prefix; /* 0..128 */
+/* A tenant's `auth.jwt`: the claim rules and the key material. */
+struct jwt_config {
+	bool enabled;
+	struct jwt_rules rules;        /* what jwt_verify checks besides the signature */
+	struct secret hmac_secret;     /* for HS* */
+	struct jwt_key *hmac_key;      /* built from hmac_secret by ident_jwt_prepare */
+	bool public_key_given;         /* public_key = { ... } was given */
+	struct jwt_key *public_key;    /* public_key = { file = PEM } */
+	struct jwks_options jwks_opts; /* jwks = { file | url, ... } as configured */
+	struct jwks *jwks;             /* the source opened from jwks_opts */
+};
+
+struct client_key {
+	char *name; /* req.identity.subject */
+	struct secret key;
+};
+
+struct trusted_proxy_config {
+	bool enabled;
+	char *header;      /* e.g. "X-Forwarded-User" */
+	struct cidr *from; /* peers whose header is honoured; never empty */
+	size_t n_from;
+};
+
+struct auth_config {
+	struct jwt_config jwt;
+	struct client_key *client_keys; /* server-to-server bearer keys */
+	size_t n_client_keys;
+	struct trusted_proxy_config proxy;
+	bool none; /* development: unauthenticated requester reaches the policy */
 };
 
 struct ident_request {
@@ -64,10 +93,23 @@ int ident_client_ip(const struct auth_config *auth, const struct ident_request *
 /* Whether every key source of auth is loaded (a JWKS URL fetched): /readyz. */
 bool ident_ready(const struct auth_config *auth);
 
-/* Parses "10.0.0.0/8", "::1/128", or a bare address (/32 or /128). Returns 0 or -1. */
-int ident_cidr_parse(const char *s, struct ident_cidr *out);
+/*
+ * Builds cfg's HMAC key from cfg->hmac_secret (when set); the loader calls it
+ * once at load, tests after filling a struct by hand. Returns 0 or -1.
+ */
+int ident_jwt_prepare(struct jwt_config *cfg, char *err, size_t errlen);
 
-/* Whether the numeric address ip is inside one of the n networks. */
-bool ident_cidr_match(const struct ident_cidr *nets, size_t n, const char *ip);
+/* Frees the keys ident_jwt_prepare and the loader attached (hmac_key,
+ * public_key, jwks); leaves the rest of cfg alone. */
+void ident_jwt_release(struct jwt_config *cfg);
+
+/*
+ * jwt_verify under cfg's rules with cfg's keys: the HMAC key, the public key
+ * and the JWKS source's current set (a reference held for the call). A kid
+ * the set lacks asks the source for a refresh. Returns 0, with the claims
+ * pushed and the subject written, or -1 with the reason in err.
+ */
+int ident_jwt_verify(struct lua_State *L, const struct jwt_config *cfg, const char *token, size_t len,
+                     time_t now, char *subject, size_t subjectlen, char *err, size_t errlen);
 
 #endif

@@ -1,21 +1,17 @@
 /*
- * jwks.h — JSON Web Key Sets: parsing, and sources kept fresh.
+ * jwks.h — JSON Web Key Sets: sources kept fresh.
  *
- * A set is an immutable snapshot of verification keys (struct jwt_key), each
- * with its kid and the algorithms it may verify; it is shared by reference
- * count. A source is where a tenant's set comes from: a file, read once at
- * load, or an https URL, fetched once at load (blocking) and then refreshed
- * by a background thread, within bounds, from the response's Cache-Control.
- * The request path only takes a reference to the current snapshot and, on an
- * unknown kid, asks for a refresh: it never blocks on the network.
+ * A set (jwk.h) is an immutable snapshot of verification keys. A source is where a tenant's set comes from: a
+ * file, read once at load, or an https URL, fetched once at load (blocking) and then refreshed by a
+ * background thread, within bounds, from the response's Cache-Control. The request path only takes a
+ * reference to the current snapshot and, on an unknown kid, asks for a refresh: it never blocks on the
+ * network.
  */
 #ifndef BROKER_JWKS_H
 #define BROKER_JWKS_H
 
 #include <stdbool.h>
 #include <stddef.h>
-
-struct jwt_key;
 
 /* How a tenant's `jwks = { ... }` was configured. */
 struct jwks_options {
@@ -28,27 +24,8 @@ struct jwks_options {
 	long timeout_ms;    /* one fetch, default 5000 */
 };
 
-#define JWKS_MAX_BYTES (512 * 1024) /* a JWKS document */
-#define JWKS_MAX_KEYS  64           /* keys read from one document */
-
 struct jwks_set;
 struct jwks;
-
-/* Called for each key of a document that is skipped, with why (never key material). */
-typedef void (*jwks_skip_fn)(void *ctx, size_t index, const char *kid, const char *why);
-
-/*
- * Parses a JWKS document ({"keys": [...]}). Keys that cannot be used are
- * skipped, each reported to skip (may be NULL). Returns a set with a
- * reference for the caller, or NULL with a reason in err (not JSON, no keys
- * array, no usable key).
- */
-struct jwks_set *jwks_parse(const char *json, size_t len, jwks_skip_fn skip, void *ctx, char *err,
-                            size_t errlen);
-
-void jwks_set_release(struct jwks_set *set);
-size_t jwks_set_size(const struct jwks_set *set);
-const struct jwt_key *jwks_set_key(const struct jwks_set *set, size_t i);
 
 /*
  * Opens a source under o, for the tenant called name (for log lines): reads

@@ -61,10 +61,10 @@ static bool tenant_name_valid(const char *s, size_t len)
 static int check_jwt(struct loader *ld, const char *path, struct tenant *t)
 {
 	struct jwt_config *j = &t->auth.jwt;
-	unsigned asym = j->algorithms & ~(unsigned)JWT_HMAC_ALGS;
+	unsigned asym = j->rules.algorithms & ~(unsigned)JWT_HMAC_ALGS;
 	char key[256];
 
-	if (config_secret_given(ld, &j->hmac_secret) && !(j->algorithms & JWT_HMAC_ALGS)) {
+	if (config_secret_given(ld, &j->hmac_secret) && !(j->rules.algorithms & JWT_HMAC_ALGS)) {
 		config_key_printf(key, sizeof(key), "%s.auth.jwt.hmac_secret", path);
 		return config_fail(ld, key, "is given but no HS* algorithm is listed");
 	}
@@ -101,7 +101,7 @@ static int check_tenant(struct loader *ld, const char *path, struct tenant *t)
 		    "no authentication mode: give jwt, client_keys or trusted_proxy (or none = true for "
 		    "development)");
 	}
-	if (t->auth.jwt.enabled && (t->auth.jwt.algorithms & (JWT_HS256 | JWT_HS384 | JWT_HS512)) &&
+	if (t->auth.jwt.enabled && (t->auth.jwt.rules.algorithms & (JWT_HS256 | JWT_HS384 | JWT_HS512)) &&
 	    !config_secret_given(ld, &t->auth.jwt.hmac_secret)) {
 		config_key_printf(key, sizeof(key), "%s.auth.jwt.hmac_secret", path);
 		return config_fail(ld, key, "is required when an HS* algorithm is listed");
@@ -439,10 +439,10 @@ void config_free(struct config *cfg)
 		free(t->policy_text);
 		policyfiles_free(t);
 		secret_clear(&t->auth.jwt.hmac_secret);
-		jwt_config_release(&t->auth.jwt);
+		ident_jwt_release(&t->auth.jwt);
 		free(t->auth.jwt.jwks_opts.file);
 		free(t->auth.jwt.jwks_opts.url);
-		free(t->auth.jwt.typ);
+		free(t->auth.jwt.rules.typ);
 		for (size_t k = 0; k < t->auth.n_client_keys; k++) {
 			free(t->auth.client_keys[k].name);
 			secret_clear(&t->auth.client_keys[k].key);
@@ -450,9 +450,9 @@ void config_free(struct config *cfg)
 		free(t->auth.client_keys);
 		free(t->auth.proxy.header);
 		free(t->auth.proxy.from);
-		free(t->auth.jwt.issuer);
-		free(t->auth.jwt.audience);
-		free(t->auth.jwt.subject_claim);
+		free(t->auth.jwt.rules.issuer);
+		free(t->auth.jwt.rules.audience);
+		free(t->auth.jwt.rules.subject_claim);
 		config_free_list(t->allowed_scopes);
 		config_free_list(t->cors_origins);
 	}

@@ -14,6 +14,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "cidr.h"
 #include "config.h"
 #include "fileio.h"
 #include "loader.h"
@@ -185,7 +186,7 @@ int config_conv_algorithms(struct loader *ld, const char *key, struct value *v, 
 	for (size_t i = 0; i < v->n; i++) {
 		unsigned a = jwt_alg_from_name(v->list[i]);
 		if (a) {
-			t->auth.jwt.algorithms |= a;
+			t->auth.jwt.rules.algorithms |= a;
 			continue;
 		}
 		for (size_t k = 0; k < sizeof(known) / sizeof(known[0]); k++) {
@@ -483,7 +484,7 @@ int config_conv_proxy_from(struct loader *ld, const char *key, struct value *v, 
 		return config_fail(ld, key, "out of memory");
 	for (size_t i = 0; i < v->n; i++) {
 		config_key_printf(sub, sizeof(sub), "%s[%zu]", key, i + 1);
-		if (ident_cidr_parse(v->list[i], &t->auth.proxy.from[i]))
+		if (cidr_parse(v->list[i], strlen(v->list[i]), &t->auth.proxy.from[i]))
 			return config_fail(
 			    ld, sub,
 			    "\"%s\" is not a CIDR such as \"10.0.0.0/8\" or \"::1/128\" (no host bits set)",

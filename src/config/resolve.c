@@ -197,12 +197,12 @@ static int resolve_tenant(struct loader *ld, struct pending *p)
 {
 	struct tenant *t = p->t;
 	struct jwt_config *j = &t->auth.jwt;
-	unsigned asym = j->algorithms & ~(unsigned)JWT_HMAC_ALGS;
+	unsigned asym = j->rules.algorithms & ~(unsigned)JWT_HMAC_ALGS;
 	char key[256], why[512];
 
 	if (!j->enabled)
 		return 0;
-	if (j->public_key && !(jwt_key_algs(j->public_key) & j->algorithms)) {
+	if (j->public_key && !(jwt_key_algs(j->public_key) & j->rules.algorithms)) {
 		config_key_printf(key, sizeof(key), "%s.auth.jwt.public_key", p->key);
 		return config_fail(ld, key, "is an %s key, but no algorithm it verifies is listed",
 		                   jwt_key_describe(j->public_key));
@@ -217,7 +217,7 @@ static int resolve_tenant(struct loader *ld, struct pending *p)
 		config_key_printf(key, sizeof(key), "%s.auth.jwt.jwks", p->key);
 		return config_fail(ld, key, "%s", why);
 	}
-	if (jwt_config_prepare(j, why, sizeof(why))) {
+	if (ident_jwt_prepare(j, why, sizeof(why))) {
 		config_key_printf(key, sizeof(key), "%s.auth.jwt.hmac_secret", p->key);
 		return config_fail(ld, key, "%s", why);
 	}

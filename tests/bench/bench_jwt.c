@@ -2,7 +2,7 @@
  * bench_jwt.c — microseconds per JWT verification, per algorithm.
  *
  * Mints one token per algorithm with keys OpenSSL generates, then times
- * jwt_verify (the whole path: split, base64url, header and claims JSON,
+ * ident_jwt_verify (the whole path: split, base64url, header and claims JSON,
  * signature, claims checks) over many runs; prints the best of five rounds,
  * so a busy machine shows less noise. Also times the HMAC step alone, the
  * one-shot EVP_Q_mac the verifier used to call against the keyed template
@@ -16,7 +16,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "config.h"
+#include "ident.h"
 #include "json.h"
 #include "jwt.h"
 #include "secret.h"
@@ -37,7 +37,7 @@ static double now_s(void)
 	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-/* Best-of-ROUNDS microseconds per jwt_verify of tok under cfg; each round
+/* Best-of-ROUNDS microseconds per ident_jwt_verify of tok under cfg; each round
  * runs for at least min_s seconds (so slow algorithms do not take minutes). */
 static double time_verify(lua_State *L, struct jwt_config *cfg, const char *tok, double min_s)
 {
@@ -50,8 +50,8 @@ static double time_verify(lua_State *L, struct jwt_config *cfg, const char *tok,
 		long i = 0;
 		do {
 			for (int k = 0; k < 16; k++, i++) {
-				if (jwt_verify(L, cfg, tok, len, (time_t)NOW, subject, sizeof(subject), err,
-				               sizeof(err))) {
+				if (ident_jwt_verify(L, cfg, tok, len, (time_t)NOW, subject, sizeof(subject),
+				                     err, sizeof(err))) {
 					fprintf(stderr, "bench_jwt: refused: %s\n", err);
 					exit(1);
 				}
@@ -87,15 +87,15 @@ int main(int argc, char **argv)
 		return 1;
 	memset(&cfg, 0, sizeof(cfg));
 	cfg.enabled = true;
-	cfg.issuer = "https://app.example.com";
-	cfg.audience = "courier-broker";
-	cfg.leeway_s = 30;
-	cfg.subject_claim = "sub";
+	cfg.rules.issuer = "https://app.example.com";
+	cfg.rules.audience = "courier-broker";
+	cfg.rules.leeway_s = 30;
+	cfg.rules.subject_claim = "sub";
 	printf("JWT verification, whole path (best of %d rounds of %.1fs):\n", ROUNDS, secs);
 
-	cfg.algorithms = JWT_HS256;
+	cfg.rules.algorithms = JWT_HS256;
 	if (secret_set(&cfg.hmac_secret, "bench-app-secret-0123456789", 27) ||
-	    jwt_config_prepare(&cfg, err, sizeof(err)))
+	    ident_jwt_prepare(&cfg, err, sizeof(err)))
 		return 1;
 	len = tk_b64url(tok, "{\"alg\":\"HS256\",\"typ\":\"JWT\"}", 27);
 	tok[len++] = '.';
@@ -137,12 +137,12 @@ int main(int argc, char **argv)
 		EVP_MAC_CTX_free(tmpl);
 		EVP_MAC_free(m);
 	}
-	jwt_config_release(&cfg);
+	ident_jwt_release(&cfg);
 	secret_clear(&cfg.hmac_secret);
 
 	for (size_t i = 0; i < sizeof(rows) / sizeof(rows[0]); i++) {
 		EVP_PKEY *k = tk_key(rows[i].kind);
-		cfg.algorithms = rows[i].bit;
+		cfg.rules.algorithms = rows[i].bit;
 		tk_pub_pem(k, pem, sizeof(pem));
 		if (!(cfg.public_key = jwt_key_pem(pem, strlen(pem), err, sizeof(err))))
 			return 1;
@@ -150,7 +150,7 @@ int main(int argc, char **argv)
 		tk_mint(tok, hdr, CLAIMS, rows[i].alg, k);
 		printf("  %-6s %8.2f us%s\n", rows[i].alg, time_verify(L, &cfg, tok, secs),
 		       rows[i].kind == TK_RSA ? "  (RSA 2048)" : "");
-		jwt_config_release(&cfg);
+		ident_jwt_release(&cfg);
 	}
 	printf("HMAC-SHA256 step alone: EVP_Q_mac %.2f us, keyed template dup %.2f us\n", best_q, best_t);
 	lua_close(L);

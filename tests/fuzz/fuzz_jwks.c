@@ -1,5 +1,5 @@
 /*
- * fuzz_jwks.c — libFuzzer driver for src/jwks.c's document parser.
+ * fuzz_jwks.c — libFuzzer driver for src/jwk.c (JWKS documents).
  *
  * Feeds arbitrary bytes to jwks_parse. Findings: crashes, sanitizer reports,
  * a set with no key or more than JWKS_MAX_KEYS, a key with no algorithm or
@@ -10,7 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "jwks.h"
+#include "jwk.h"
 #include "jwt.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);

@@ -2,8 +2,9 @@
  * fuzz_jwt.c — libFuzzer driver for src/jwt.c.
  *
  * Feeds arbitrary bytes as a token to jwt_verify (every algorithm allowed:
- * a fixed HMAC secret, an EC P-256 public key, and a JWKS file holding RSA,
- * P-256, P-384 and Ed25519 keys with kids; issuer and audience checked), to
+ * a fixed HMAC secret, an EC P-256 public key, and a JWKS document holding
+ * RSA, P-256, P-384 and Ed25519 keys with kids, offered through a key lookup
+ * as a JWKS source would; issuer and audience checked), to
  * jwt_peek_claims and to the base64url decoder. Bytes of the form
  * "header JSON\npayload JSON" are also signed here (HS256 and ES256) so the
  * checks behind the signature are reached. The same bytes, read as "header JSON\npayload JSON", are
@@ -20,15 +21,24 @@
 #include <string.h>
 
 #include "../unit/testkeys.h"
-#include "config.h"
 #include "json.h"
+#include "jwk.h"
 #include "jwt.h"
 #include "secret.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 static lua_State *L;
-static struct jwt_config cfg;
+static struct jwt_rules cfg;
+static struct secret hmac_secret;
+static struct jwks_set *set;
+static struct jwt_keys keys;
+
+/* The JWKS keys, as ident.c offers a source's current set. */
+static const struct jwt_key *set_key(void *ctx, size_t i)
+{
+	return jwks_set_key(ctx, i);
+}
 
 static void init(void)
 {
@@ -36,33 +46,28 @@ static void init(void)
 	if (!L || json_open(L))
 		abort();
 	char pem[4096], doc[8192], a[2048], b[600], c[600], d[600], err[256];
-	struct jwks_options o = {.enabled = true, .file = "/tmp/fuzz_jwt_jwks.json"};
-	FILE *fp;
 
-	cfg.enabled = true;
 	cfg.algorithms = JWT_HS256 | JWT_HS384 | JWT_HS512 | JWT_RSA_ALGS | JWT_ES256 | JWT_ES384 | JWT_EDDSA;
 	tk_pub_pem(tk_key(TK_P256), pem, sizeof(pem));
-	if (!(cfg.public_key = jwt_key_pem(pem, strlen(pem), err, sizeof(err))))
+	if (!(keys.fixed = jwt_key_pem(pem, strlen(pem), err, sizeof(err))))
 		abort();
 	snprintf(doc, sizeof(doc), "{\"keys\":[%s,%s,%s,%s]}",
 	         tk_jwk(tk_key(TK_RSA), "\"kid\":\"r1\",", a, sizeof(a)),
 	         tk_jwk(tk_other_key(TK_P256), "\"kid\":\"e1\",", b, sizeof(b)),
 	         tk_jwk(tk_key(TK_P384), "\"kid\":\"e2\",", c, sizeof(c)),
 	         tk_jwk(tk_key(TK_ED25519), "", d, sizeof(d)));
-	if (!(fp = fopen(o.file, "w")))
+	if (!(set = jwks_parse(doc, strlen(doc), NULL, NULL, err, sizeof(err))))
 		abort();
-	fputs(doc, fp);
-	fclose(fp);
-	if (!(cfg.jwks = jwks_open(&o, "fuzz", err, sizeof(err))))
-		abort();
-	if (secret_set(&cfg.hmac_secret, "secret", 6))
+	keys.key = set_key;
+	keys.ctx = set;
+	if (secret_set(&hmac_secret, "secret", 6))
 		abort();
 	cfg.issuer = "https://app.example.com";
 	cfg.audience = "courier-broker";
 	cfg.leeway_s = 30;
 	cfg.max_token_bytes = 8192;
 	cfg.subject_claim = "sub";
-	if (jwt_config_prepare(&cfg, NULL, 0))
+	if (!(keys.hmac = jwt_key_hmac(&hmac_secret, NULL, 0)))
 		abort();
 }
 
@@ -90,8 +95,8 @@ static void verify_one(const char *tok, size_t len)
 	char subject[257], err[160];
 	int top = lua_gettop(L);
 
-	if (jwt_verify(L, &cfg, tok, len, (time_t)1700000100, subject, sizeof(subject), err, sizeof(err)) ==
-	    0) {
+	if (jwt_verify(L, &cfg, &keys, tok, len, (time_t)1700000100, subject, sizeof(subject), err,
+	               sizeof(err)) == 0) {
 		if (lua_gettop(L) != top + 1 || lua_type(L, -1) != LUA_TTABLE)
 			abort();
 		lua_pop(L, 1);
@@ -139,8 +144,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (!L)
 		init();
 	top = lua_gettop(L);
-	if (jwt_verify(L, &cfg, (const char *)data, size, (time_t)1700000100, subject, sizeof(subject), err,
-	               sizeof(err)) == 0) {
+	if (jwt_verify(L, &cfg, &keys, (const char *)data, size, (time_t)1700000100, subject, sizeof(subject),
+	               err, sizeof(err)) == 0) {
 		if (lua_gettop(L) != top + 1 || lua_type(L, -1) != LUA_TTABLE)
 			abort();
 		lua_pop(L, 1);

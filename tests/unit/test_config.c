@@ -23,6 +23,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "cidr.h"
 #include "config.h"
 #include "ident.h"
 #include "jwt.h"
@@ -175,14 +176,14 @@ static void test_minimal_config_gets_every_default(void **state)
 	assert_string_equal(t->policy_revision, hex);
 
 	assert_true(t->auth.jwt.enabled);
-	assert_int_equal(t->auth.jwt.algorithms, JWT_HS256);
+	assert_int_equal(t->auth.jwt.rules.algorithms, JWT_HS256);
 	assert_memory_equal(t->auth.jwt.hmac_secret.data, "app-jwt-secret-0123456789",
 	                    strlen("app-jwt-secret-0123456789"));
-	assert_null(t->auth.jwt.issuer);
-	assert_null(t->auth.jwt.audience);
-	assert_int_equal(t->auth.jwt.leeway_s, 30);
-	assert_int_equal(t->auth.jwt.max_token_bytes, 8192);
-	assert_string_equal(t->auth.jwt.subject_claim, "sub");
+	assert_null(t->auth.jwt.rules.issuer);
+	assert_null(t->auth.jwt.rules.audience);
+	assert_int_equal(t->auth.jwt.rules.leeway_s, 30);
+	assert_int_equal(t->auth.jwt.rules.max_token_bytes, 8192);
+	assert_string_equal(t->auth.jwt.rules.subject_claim, "sub");
 	assert_false(t->auth.none);
 	assert_int_equal(t->max_expires_s, 7 * 86400);
 	assert_int_equal(t->default_expires_s, 3600);
@@ -253,14 +254,14 @@ static void test_every_option_set(void **state)
 
 	assert_true(a->auth.none);
 	assert_true(a->auth.jwt.enabled);
-	assert_int_equal(a->auth.jwt.algorithms, JWT_HS256 | JWT_HS512);
+	assert_int_equal(a->auth.jwt.rules.algorithms, JWT_HS256 | JWT_HS512);
 	assert_int_equal(a->auth.jwt.hmac_secret.len, strlen("file-secret"));
 	assert_memory_equal(a->auth.jwt.hmac_secret.data, "file-secret", strlen("file-secret"));
-	assert_string_equal(a->auth.jwt.issuer, "https://app.example.com");
-	assert_string_equal(a->auth.jwt.audience, "courier-broker");
-	assert_int_equal(a->auth.jwt.leeway_s, 0);
-	assert_int_equal(a->auth.jwt.max_token_bytes, 256);
-	assert_string_equal(a->auth.jwt.subject_claim, "uid");
+	assert_string_equal(a->auth.jwt.rules.issuer, "https://app.example.com");
+	assert_string_equal(a->auth.jwt.rules.audience, "courier-broker");
+	assert_int_equal(a->auth.jwt.rules.leeway_s, 0);
+	assert_int_equal(a->auth.jwt.rules.max_token_bytes, 256);
+	assert_string_equal(a->auth.jwt.rules.subject_claim, "uid");
 	assert_int_equal(a->max_expires_s, 2 * 86400);
 	assert_int_equal(a->default_expires_s, 1800);
 	assert_int_equal(a->n_allowed_scopes, 2); /* the duplicate is dropped */
@@ -863,8 +864,8 @@ static void test_public_key_and_jwks(void **state)
 		fail_msg("%s", f->err);
 	t = config_tenant(cfg, "default");
 	assert_int_equal(jwt_key_algs(t->auth.jwt.public_key), JWT_RSA_ALGS);
-	assert_int_equal(t->auth.jwt.max_age_s, 300);
-	assert_string_equal(t->auth.jwt.typ, "JWT");
+	assert_int_equal(t->auth.jwt.rules.max_age_s, 300);
+	assert_string_equal(t->auth.jwt.rules.typ, "JWT");
 	assert_null(t->auth.jwt.jwks);
 	config_free(cfg);
 
@@ -1028,9 +1029,9 @@ static void test_trusted_proxy(void **state)
 	assert_true(t->auth.proxy.enabled);
 	assert_string_equal(t->auth.proxy.header, "X-Forwarded-User");
 	assert_int_equal(t->auth.proxy.n_from, 3);
-	assert_true(ident_cidr_match(t->auth.proxy.from, t->auth.proxy.n_from, "10.20.30.40"));
-	assert_true(ident_cidr_match(t->auth.proxy.from, t->auth.proxy.n_from, "::1"));
-	assert_false(ident_cidr_match(t->auth.proxy.from, t->auth.proxy.n_from, "192.168.0.1"));
+	assert_true(cidr_match(t->auth.proxy.from, t->auth.proxy.n_from, "10.20.30.40"));
+	assert_true(cidr_match(t->auth.proxy.from, t->auth.proxy.n_from, "::1"));
+	assert_false(cidr_match(t->auth.proxy.from, t->auth.proxy.n_from, "192.168.0.1"));
 	config_free(cfg);
 
 	expect_error(f, TENANT_HEAD "  auth = { trusted_proxy = { header = 'X-User', from = { } } } } }\n",

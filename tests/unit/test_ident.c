@@ -20,7 +20,7 @@
 #include <string.h>
 #include <strings.h>
 
-#include "config.h"
+#include "cidr.h"
 #include "ident.h"
 #include "json.h"
 #include "jwt.h"
@@ -53,15 +53,15 @@ static int setup(void **state)
 	if (!f->L || json_open(f->L))
 		return -1;
 	f->auth.jwt.enabled = true;
-	f->auth.jwt.algorithms = JWT_HS256;
+	f->auth.jwt.rules.algorithms = JWT_HS256;
 	if (secret_set(&f->auth.jwt.hmac_secret, "secret", 6))
 		return -1;
-	f->auth.jwt.issuer = "https://app.example.com";
-	f->auth.jwt.audience = "courier-broker";
-	f->auth.jwt.leeway_s = 30;
-	f->auth.jwt.max_token_bytes = 8192;
-	f->auth.jwt.subject_claim = "sub";
-	if (jwt_config_prepare(&f->auth.jwt, NULL, 0))
+	f->auth.jwt.rules.issuer = "https://app.example.com";
+	f->auth.jwt.rules.audience = "courier-broker";
+	f->auth.jwt.rules.leeway_s = 30;
+	f->auth.jwt.rules.max_token_bytes = 8192;
+	f->auth.jwt.rules.subject_claim = "sub";
+	if (ident_jwt_prepare(&f->auth.jwt, NULL, 0))
 		return -1;
 	*state = f;
 	return 0;
@@ -72,7 +72,7 @@ static int teardown(void **state)
 	struct fx *f = *state;
 
 	secret_clear(&f->auth.jwt.hmac_secret);
-	jwt_config_release(&f->auth.jwt);
+	ident_jwt_release(&f->auth.jwt);
 	lua_close(f->L);
 	free(f);
 	return 0;
@@ -186,7 +186,7 @@ static void t_bad_jwt(void **state)
 	f->hdr[strlen(f->hdr) - 2] ^= 1;
 	expect_refused(f, f->hdr, "jwt: bad signature");
 	expect_refused(f, "Bearer not-a-jwt", "jwt:");
-	f->auth.jwt.audience = "someone-else";
+	f->auth.jwt.rules.audience = "someone-else";
 	snprintf(f->hdr, sizeof(f->hdr), "Bearer %s", PY_HS256);
 	expect_refused(f, f->hdr, "jwt: audience");
 }
@@ -326,6 +326,12 @@ static void drop_client_keys(struct fx *f)
 	f->auth.n_client_keys = 0;
 }
 
+/* One trusted_proxy.from entry, read as the configuration reads it. */
+static int parse_net(const char *s, struct cidr *out)
+{
+	return cidr_parse(s, strlen(s), out);
+}
+
 static void set_proxy(struct fx *f, const char *const *cidrs)
 {
 	size_t n = 0;
@@ -335,7 +341,7 @@ static void set_proxy(struct fx *f, const char *const *cidrs)
 	free(f->auth.proxy.from);
 	f->auth.proxy.from = calloc(n, sizeof(*f->auth.proxy.from));
 	for (size_t i = 0; i < n; i++)
-		assert_int_equal(ident_cidr_parse(cidrs[i], &f->auth.proxy.from[i]), 0);
+		assert_int_equal(parse_net(cidrs[i], &f->auth.proxy.from[i]), 0);
 	f->auth.proxy.n_from = n;
 	f->auth.proxy.enabled = true;
 	f->auth.proxy.header = "X-Forwarded-User";
@@ -399,7 +405,7 @@ static void t_bearer_neither(void **state)
 
 static void t_cidr_parse_and_match(void **state)
 {
-	struct ident_cidr c[4];
+	struct cidr c[4];
 	static const char *const bad[] = {"",
 	                                  "10.0.0.0/33",
 	                                  "10.0.0.0/-1",
@@ -419,39 +425,39 @@ static void t_cidr_parse_and_match(void **state)
 
 	(void)state;
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
-		if (ident_cidr_parse(bad[i], &c[0]) == 0)
+		if (parse_net(bad[i], &c[0]) == 0)
 			fail_msg("accepted \"%s\"", bad[i]);
-	assert_int_equal(ident_cidr_parse("10.0.0.0/8", &c[0]), 0);
-	assert_true(ident_cidr_match(c, 1, "10.0.0.0"));
-	assert_true(ident_cidr_match(c, 1, "10.255.255.255"));
-	assert_true(ident_cidr_match(c, 1, "::ffff:10.1.2.3")); /* a mapped peer on a v6 socket */
-	assert_false(ident_cidr_match(c, 1, "11.0.0.0"));
-	assert_false(ident_cidr_match(c, 1, "9.255.255.255"));
-	assert_false(ident_cidr_match(c, 1, "::a00:1"));
-	assert_false(ident_cidr_match(c, 1, "garbage"));
-	assert_false(ident_cidr_match(c, 1, NULL));
-	assert_int_equal(ident_cidr_parse("127.0.0.1/32", &c[0]), 0);
-	assert_true(ident_cidr_match(c, 1, "127.0.0.1"));
-	assert_false(ident_cidr_match(c, 1, "127.0.0.2"));
-	assert_int_equal(ident_cidr_parse("127.0.0.1", &c[0]), 0); /* a bare address is /32 */
-	assert_false(ident_cidr_match(c, 1, "127.0.0.2"));
-	assert_int_equal(ident_cidr_parse("0.0.0.0/0", &c[0]), 0);
-	assert_true(ident_cidr_match(c, 1, "203.0.113.9"));
-	assert_false(ident_cidr_match(c, 1, "2001:db8::1")); /* v4 /0 is all of IPv4, not IPv6 */
-	assert_int_equal(ident_cidr_parse("::/0", &c[0]), 0);
-	assert_true(ident_cidr_match(c, 1, "2001:db8::1"));
-	assert_true(ident_cidr_match(c, 1, "203.0.113.9"));
-	assert_int_equal(ident_cidr_parse("::1/128", &c[0]), 0);
-	assert_true(ident_cidr_match(c, 1, "::1"));
-	assert_false(ident_cidr_match(c, 1, "::2"));
-	assert_int_equal(ident_cidr_parse("2001:db8:abcc::/47", &c[0]), 0);
-	assert_int_equal(ident_cidr_parse("2001:db8:abcd::/47", &c[0]), -1); /* host bit */
-	assert_int_equal(ident_cidr_parse("2001:db8:abcc::/47", &c[0]), 0);
-	assert_true(ident_cidr_match(c, 1, "2001:db8:abcd:1::5"));
-	assert_false(ident_cidr_match(c, 1, "2001:db8:abce::1"));
-	assert_int_equal(ident_cidr_parse("192.168.4.0/22", &c[1]), 0);
-	assert_true(ident_cidr_match(c, 2, "192.168.7.255"));
-	assert_false(ident_cidr_match(c, 2, "192.168.8.0"));
+	assert_int_equal(parse_net("10.0.0.0/8", &c[0]), 0);
+	assert_true(cidr_match(c, 1, "10.0.0.0"));
+	assert_true(cidr_match(c, 1, "10.255.255.255"));
+	assert_true(cidr_match(c, 1, "::ffff:10.1.2.3")); /* a mapped peer on a v6 socket */
+	assert_false(cidr_match(c, 1, "11.0.0.0"));
+	assert_false(cidr_match(c, 1, "9.255.255.255"));
+	assert_false(cidr_match(c, 1, "::a00:1"));
+	assert_false(cidr_match(c, 1, "garbage"));
+	assert_false(cidr_match(c, 1, NULL));
+	assert_int_equal(parse_net("127.0.0.1/32", &c[0]), 0);
+	assert_true(cidr_match(c, 1, "127.0.0.1"));
+	assert_false(cidr_match(c, 1, "127.0.0.2"));
+	assert_int_equal(parse_net("127.0.0.1", &c[0]), 0); /* a bare address is /32 */
+	assert_false(cidr_match(c, 1, "127.0.0.2"));
+	assert_int_equal(parse_net("0.0.0.0/0", &c[0]), 0);
+	assert_true(cidr_match(c, 1, "203.0.113.9"));
+	assert_false(cidr_match(c, 1, "2001:db8::1")); /* v4 /0 is all of IPv4, not IPv6 */
+	assert_int_equal(parse_net("::/0", &c[0]), 0);
+	assert_true(cidr_match(c, 1, "2001:db8::1"));
+	assert_true(cidr_match(c, 1, "203.0.113.9"));
+	assert_int_equal(parse_net("::1/128", &c[0]), 0);
+	assert_true(cidr_match(c, 1, "::1"));
+	assert_false(cidr_match(c, 1, "::2"));
+	assert_int_equal(parse_net("2001:db8:abcc::/47", &c[0]), 0);
+	assert_int_equal(parse_net("2001:db8:abcd::/47", &c[0]), -1); /* host bit */
+	assert_int_equal(parse_net("2001:db8:abcc::/47", &c[0]), 0);
+	assert_true(cidr_match(c, 1, "2001:db8:abcd:1::5"));
+	assert_false(cidr_match(c, 1, "2001:db8:abce::1"));
+	assert_int_equal(parse_net("192.168.4.0/22", &c[1]), 0);
+	assert_true(cidr_match(c, 2, "192.168.7.255"));
+	assert_false(cidr_match(c, 2, "192.168.8.0"));
 }
 
 static void t_trusted_proxy(void **state)

@@ -21,7 +21,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "config.h"
 #include "json.h"
 #include "jwt.h"
 #include "secret.h"
@@ -61,11 +60,39 @@ static const char PY_INT_SUB[] =
 
 struct fx {
 	lua_State *L;
-	struct jwt_config cfg;
+	struct jwt_rules rules;
+	struct secret hmac_secret;
+	struct jwt_key *hmac_key;   /* built from hmac_secret by prepare() */
+	struct jwt_key *public_key; /* the lone public key (no kid) */
+	struct jwt_keys keys;
 	char subject[256];
 	char err[128];
 	char tok[16384];
 };
+
+/* The HMAC key from hmac_secret, when set and not built yet. 0 or -1. */
+static int prepare(struct fx *f)
+{
+	if (f->hmac_secret.data && !f->hmac_key && !(f->hmac_key = jwt_key_hmac(&f->hmac_secret, NULL, 0)))
+		return -1;
+	return 0;
+}
+
+static void release(struct fx *f)
+{
+	jwt_key_free(f->hmac_key);
+	f->hmac_key = NULL;
+	jwt_key_free(f->public_key);
+	f->public_key = NULL;
+}
+
+/* The keys jwt_verify is given: the HMAC key and the public key, no lookup. */
+static const struct jwt_keys *keys_of(struct fx *f)
+{
+	f->keys.hmac = f->hmac_key;
+	f->keys.fixed = f->public_key;
+	return &f->keys;
+}
 
 static int setup(void **state)
 {
@@ -76,16 +103,15 @@ static int setup(void **state)
 	f->L = luaL_newstate();
 	if (!f->L || json_open(f->L))
 		return -1;
-	f->cfg.enabled = true;
-	f->cfg.algorithms = JWT_HS256 | JWT_HS384 | JWT_HS512;
-	if (secret_set(&f->cfg.hmac_secret, "secret", 6))
+	f->rules.algorithms = JWT_HS256 | JWT_HS384 | JWT_HS512;
+	if (secret_set(&f->hmac_secret, "secret", 6))
 		return -1;
-	f->cfg.issuer = "https://app.example.com";
-	f->cfg.audience = "courier-broker";
-	f->cfg.leeway_s = 30;
-	f->cfg.max_token_bytes = 8192;
-	f->cfg.subject_claim = "sub";
-	if (jwt_config_prepare(&f->cfg, NULL, 0))
+	f->rules.issuer = "https://app.example.com";
+	f->rules.audience = "courier-broker";
+	f->rules.leeway_s = 30;
+	f->rules.max_token_bytes = 8192;
+	f->rules.subject_claim = "sub";
+	if (prepare(f))
 		return -1;
 	*state = f;
 	return 0;
@@ -95,8 +121,8 @@ static int teardown(void **state)
 {
 	struct fx *f = *state;
 
-	secret_clear(&f->cfg.hmac_secret);
-	jwt_config_release(&f->cfg);
+	secret_clear(&f->hmac_secret);
+	release(f);
 	lua_close(f->L);
 	free(f);
 	return 0;
@@ -142,8 +168,8 @@ static int verify_len(struct fx *f, const char *token, size_t len)
 	int rc;
 
 	f->err[0] = '\0';
-	rc = jwt_verify(f->L, &f->cfg, token, len, (time_t)NOW, f->subject, sizeof(f->subject), f->err,
-	                sizeof(f->err));
+	rc = jwt_verify(f->L, &f->rules, keys_of(f), token, len, (time_t)NOW, f->subject, sizeof(f->subject),
+	                f->err, sizeof(f->err));
 	if (rc == 0) {
 		assert_int_equal(lua_gettop(f->L), top + 1);
 		assert_int_equal(lua_type(f->L, -1), LUA_TTABLE);
@@ -209,8 +235,8 @@ static void t_minted_hs256_384_512(void **state)
 	expect_ok(f, mint_with(f->tok, "{\"alg\":\"HS256\",\"typ\":\"at+jwt\",\"kid\":\"../../x\"}",
 	                       GOOD_CLAIMS, "SHA256", "secret"));
 	/* Minimal: no time claims at all (exp is optional). */
-	f->cfg.issuer = NULL;
-	f->cfg.audience = NULL;
+	f->rules.issuer = NULL;
+	f->rules.audience = NULL;
 	expect_ok(f, mint(f, "{}"));
 }
 
@@ -233,7 +259,7 @@ static void t_alg_allow_list(void **state)
 {
 	struct fx *f = *state;
 
-	f->cfg.algorithms = JWT_HS512;
+	f->rules.algorithms = JWT_HS512;
 	expect_refused(f, PY_HS256, "alg not allowed");
 	expect_refused(f, PY_HS384, "alg not allowed");
 	expect_ok(f, PY_HS512);
@@ -270,31 +296,12 @@ static void t_alg_none_and_unknown(void **state)
 	               "no alg");
 }
 
-static void t_alg_from_name(void **state)
-{
-	(void)state;
-	assert_int_equal(jwt_alg_from_name("HS256"), JWT_HS256);
-	assert_int_equal(jwt_alg_from_name("HS384"), JWT_HS384);
-	assert_int_equal(jwt_alg_from_name("HS512"), JWT_HS512);
-	assert_int_equal(jwt_alg_from_name("none"), 0);
-	assert_int_equal(jwt_alg_from_name("hs256"), 0);
-	assert_int_equal(jwt_alg_from_name("HS2560"), 0);
-	assert_int_equal(jwt_alg_from_name("RS256"), JWT_RS256);
-	assert_int_equal(jwt_alg_from_name("PS512"), JWT_PS512);
-	assert_int_equal(jwt_alg_from_name("ES384"), JWT_ES384);
-	assert_int_equal(jwt_alg_from_name("EdDSA"), JWT_EDDSA);
-	assert_int_equal(jwt_alg_from_name("ES512"), 0);
-	assert_int_equal(jwt_alg_from_name("eddsa"), 0);
-	assert_int_equal(jwt_alg_from_name(""), 0);
-	assert_int_equal(jwt_alg_from_name(NULL), 0);
-}
-
 static void t_no_key(void **state)
 {
 	struct fx *f = *state;
 
-	secret_clear(&f->cfg.hmac_secret);
-	jwt_config_release(&f->cfg);
+	secret_clear(&f->hmac_secret);
+	release(f);
 	expect_refused(f, PY_HS256, "no key");
 }
 
@@ -325,12 +332,12 @@ static void t_header_cache(void **state)
 
 	expect_ok(f, PY_HS256);
 	expect_ok(f, PY_HS256); /* the same header: from the cache */
-	f->cfg.algorithms = JWT_HS384;
+	f->rules.algorithms = JWT_HS384;
 	expect_refused(f, PY_HS256, "alg not allowed");
-	f->cfg.algorithms = JWT_HS256;
-	f->cfg.typ = "at+jwt";
+	f->rules.algorithms = JWT_HS256;
+	f->rules.typ = "at+jwt";
 	expect_refused(f, PY_HS256, "typ mismatch");
-	f->cfg.typ = NULL;
+	f->rules.typ = NULL;
 	expect_ok(f, PY_HS256);
 	/* Another header, then the first again: each decoded as it is. */
 	mint_with(other, "{\"alg\":\"HS256\",\"crit\":[\"x\"]}", GOOD_CLAIMS, "SHA256", "secret");
@@ -377,9 +384,9 @@ static void t_wrong_secret(void **state)
 
 	expect_refused(f, mint_with(f->tok, "{\"alg\":\"HS256\"}", GOOD_CLAIMS, "SHA256", "secreT"),
 	               "bad signature");
-	secret_set(&f->cfg.hmac_secret, "secret2", 7);
-	jwt_config_release(&f->cfg);
-	assert_int_equal(jwt_config_prepare(&f->cfg, NULL, 0), 0);
+	secret_set(&f->hmac_secret, "secret2", 7);
+	release(f);
+	assert_int_equal(prepare(f), 0);
 	expect_refused(f, PY_HS256, "bad signature");
 }
 
@@ -560,9 +567,9 @@ static void t_oversized(void **state)
 	char big[9000];
 	char *payload = malloc(7000);
 
-	f->cfg.max_token_bytes = 100;
+	f->rules.max_token_bytes = 100;
 	expect_refused(f, PY_HS256, "too large");
-	f->cfg.max_token_bytes = 8192;
+	f->rules.max_token_bytes = 8192;
 	expect_ok(f, PY_HS256);
 	/* A properly signed token just over the default limit. */
 	assert_non_null(payload);
@@ -594,8 +601,8 @@ static void t_payload_not_object(void **state)
 {
 	struct fx *f = *state;
 
-	f->cfg.issuer = NULL;
-	f->cfg.audience = NULL;
+	f->rules.issuer = NULL;
+	f->rules.audience = NULL;
 	expect_refused(f, mint(f, "[1,2]"), "payload");
 	expect_refused(f, mint(f, "[]"), "payload");
 	expect_refused(f, mint(f, "\"x\""), "payload");
@@ -616,8 +623,8 @@ static void t_deep_nesting(void **state)
 	char p[256];
 	int n = 0;
 
-	f->cfg.issuer = NULL;
-	f->cfg.audience = NULL;
+	f->rules.issuer = NULL;
+	f->rules.audience = NULL;
 	/* 30 arrays inside the claims object: 31 levels, within the limit of 32. */
 	n += snprintf(p + n, sizeof(p) - (size_t)n, "{\"x\":");
 	for (int i = 0; i < 30; i++)
@@ -654,8 +661,8 @@ static void t_exp(void **state)
 	struct fx *f = *state;
 	char p[256];
 
-	f->cfg.issuer = NULL;
-	f->cfg.audience = NULL;
+	f->rules.issuer = NULL;
+	f->rules.audience = NULL;
 	snprintf(p, sizeof(p), "{\"exp\":%lld}", NOW - 31);
 	expect_refused(f, mint(f, p), "expired");
 	snprintf(p, sizeof(p), "{\"exp\":%lld}", NOW - 30);
@@ -664,7 +671,7 @@ static void t_exp(void **state)
 	expect_ok(f, mint(f, p));
 	snprintf(p, sizeof(p), "{\"exp\":%lld.5}", NOW);
 	expect_ok(f, mint(f, p));
-	f->cfg.leeway_s = 0;
+	f->rules.leeway_s = 0;
 	snprintf(p, sizeof(p), "{\"exp\":%lld}", NOW);
 	expect_refused(f, mint(f, p), "expired");
 	snprintf(p, sizeof(p), "{\"exp\":%lld}", NOW + 1);
@@ -675,15 +682,17 @@ static void t_exp(void **state)
 	expect_ok(f, mint(f, "{\"exp\":1e300}"));
 	expect_refused(f, mint(f, "{\"exp\":-1e300}"), "expired");
 	/* PyJWT's tokens expire at 1700003600. */
-	f->cfg.leeway_s = 30;
-	f->cfg.issuer = "https://app.example.com";
-	f->cfg.audience = "courier-broker";
-	assert_int_equal(jwt_verify(f->L, &f->cfg, PY_HS256, strlen(PY_HS256), (time_t)1700003629, f->subject,
-	                            sizeof(f->subject), f->err, sizeof(f->err)),
+	f->rules.leeway_s = 30;
+	f->rules.issuer = "https://app.example.com";
+	f->rules.audience = "courier-broker";
+	assert_int_equal(jwt_verify(f->L, &f->rules, keys_of(f), PY_HS256, strlen(PY_HS256),
+	                            (time_t)1700003629, f->subject, sizeof(f->subject), f->err,
+	                            sizeof(f->err)),
 	                 0);
 	lua_pop(f->L, 1);
-	assert_int_equal(jwt_verify(f->L, &f->cfg, PY_HS256, strlen(PY_HS256), (time_t)1700003630, f->subject,
-	                            sizeof(f->subject), f->err, sizeof(f->err)),
+	assert_int_equal(jwt_verify(f->L, &f->rules, keys_of(f), PY_HS256, strlen(PY_HS256),
+	                            (time_t)1700003630, f->subject, sizeof(f->subject), f->err,
+	                            sizeof(f->err)),
 	                 -1);
 	assert_int_equal(lua_gettop(f->L), 0);
 }
@@ -693,8 +702,8 @@ static void t_nbf_iat(void **state)
 	struct fx *f = *state;
 	char p[256];
 
-	f->cfg.issuer = NULL;
-	f->cfg.audience = NULL;
+	f->rules.issuer = NULL;
+	f->rules.audience = NULL;
 	snprintf(p, sizeof(p), "{\"nbf\":%lld}", NOW + 31);
 	expect_refused(f, mint(f, p), "not yet valid");
 	snprintf(p, sizeof(p), "{\"nbf\":%lld}", NOW + 30);
@@ -717,7 +726,7 @@ static void t_issuer(void **state)
 {
 	struct fx *f = *state;
 
-	f->cfg.audience = NULL;
+	f->rules.audience = NULL;
 	expect_ok(f, mint(f, "{\"iss\":\"https://app.example.com\"}"));
 	expect_refused(f, mint(f, "{\"iss\":\"https://app.example.com.evil\"}"), "issuer");
 	expect_refused(f, mint(f, "{\"iss\":\"https://app.example.co\"}"), "issuer");
@@ -727,7 +736,7 @@ static void t_issuer(void **state)
 	expect_refused(f, mint(f, "{\"iss\":[\"https://app.example.com\"]}"), "issuer");
 	expect_refused(f, mint(f, "{\"sub\":\"a\"}"), "issuer");
 	/* Not configured: not checked. */
-	f->cfg.issuer = NULL;
+	f->rules.issuer = NULL;
 	expect_ok(f, mint(f, "{\"iss\":\"anyone\"}"));
 }
 
@@ -735,7 +744,7 @@ static void t_audience(void **state)
 {
 	struct fx *f = *state;
 
-	f->cfg.issuer = NULL;
+	f->rules.issuer = NULL;
 	expect_ok(f, mint(f, "{\"aud\":\"courier-broker\"}"));
 	expect_ok(f, mint(f, "{\"aud\":[\"a\",\"courier-broker\"]}"));
 	expect_ok(f, PY_AUD_ARRAY);
@@ -750,7 +759,7 @@ static void t_audience(void **state)
 	expect_refused(f, mint(f, "{\"aud\":{\"1\":\"courier-broker\"}}"), "audience");
 	expect_refused(f, mint(f, "{\"aud\":1}"), "audience");
 	expect_refused(f, mint(f, "{\"sub\":\"a\"}"), "audience");
-	f->cfg.audience = NULL;
+	f->rules.audience = NULL;
 	expect_ok(f, mint(f, "{\"aud\":\"someone-else\"}"));
 }
 
@@ -761,8 +770,8 @@ static void t_subject(void **state)
 	struct fx *f = *state;
 	char p[512];
 
-	f->cfg.issuer = NULL;
-	f->cfg.audience = NULL;
+	f->rules.issuer = NULL;
+	f->rules.audience = NULL;
 	assert_int_equal(verify(f, mint(f, "{\"sub\":\"u-1\"}")), 0);
 	assert_string_equal(f->subject, "u-1");
 	lua_pop(f->L, 1);
@@ -770,12 +779,12 @@ static void t_subject(void **state)
 	assert_string_equal(f->subject, "");
 	lua_pop(f->L, 1);
 
-	f->cfg.subject_claim = "email";
+	f->rules.subject_claim = "email";
 	assert_int_equal(verify(f, mint(f, "{\"sub\":\"u-1\",\"email\":\"a@example.com\"}")), 0);
 	assert_string_equal(f->subject, "a@example.com");
 	lua_pop(f->L, 1);
 
-	f->cfg.subject_claim = "uid";
+	f->rules.subject_claim = "uid";
 	assert_int_equal(verify(f, PY_INT_SUB), 0);
 	assert_string_equal(f->subject, "12345");
 	lua_pop(f->L, 1);
@@ -807,8 +816,8 @@ static void t_subject(void **state)
 	strcat(p, "\"}");
 	expect_refused(f, mint(f, p), "subject");
 	/* A small buffer and a long integer. */
-	assert_int_equal(jwt_verify(f->L, &f->cfg, mint(f, "{\"uid\":123456}"), strlen(f->tok), (time_t)NOW,
-	                            f->subject, 4, f->err, sizeof(f->err)),
+	assert_int_equal(jwt_verify(f->L, &f->rules, keys_of(f), mint(f, "{\"uid\":123456}"), strlen(f->tok),
+	                            (time_t)NOW, f->subject, 4, f->err, sizeof(f->err)),
 	                 -1);
 	assert_int_equal(lua_gettop(f->L), 0);
 }
@@ -883,10 +892,10 @@ static void use_public_key(struct fx *f, EVP_PKEY *pkey)
 {
 	char pem[4096], err[160];
 
-	jwt_key_free(f->cfg.public_key);
+	jwt_key_free(f->public_key);
 	tk_pub_pem(pkey, pem, sizeof(pem));
-	f->cfg.public_key = jwt_key_pem(pem, strlen(pem), err, sizeof(err));
-	if (!f->cfg.public_key)
+	f->public_key = jwt_key_pem(pem, strlen(pem), err, sizeof(err));
+	if (!f->public_key)
 		fail_msg("public key refused: %s", err);
 }
 
@@ -904,7 +913,7 @@ static void t_asym_each_alg_and_key(void **state)
 	struct fx *f = *state;
 	const enum tk_kind kinds[] = {TK_RSA, TK_P256, TK_P384, TK_ED25519};
 
-	f->cfg.algorithms = ALL_ASYM | JWT_HMAC_ALGS;
+	f->rules.algorithms = ALL_ASYM | JWT_HMAC_ALGS;
 	for (size_t k = 0; k < 4; k++) {
 		use_public_key(f, tk_key(kinds[k]));
 		for (size_t i = 0; i < N_ASYM; i++) {
@@ -932,7 +941,7 @@ static void t_asym_wrong_key_tampered(void **state)
 	struct fx *f = *state;
 	char tok[4096];
 
-	f->cfg.algorithms = ALL_ASYM;
+	f->rules.algorithms = ALL_ASYM;
 	for (size_t i = 0; i < N_ASYM; i++) {
 		enum tk_kind k = kind_for(ASYM[i]);
 		char *dot;
@@ -962,17 +971,17 @@ static void t_alg_confusion(void **state)
 	tk_pub_pem(tk_key(TK_RSA), pem, sizeof(pem));
 	use_public_key(f, tk_key(TK_RSA));
 	mint_with(f->tok, "{\"alg\":\"HS256\"}", GOOD_CLAIMS, "SHA256", pem);
-	f->cfg.algorithms = JWT_RS256;
+	f->rules.algorithms = JWT_RS256;
 	expect_refused(f, f->tok, "alg not allowed");
 	/* Even with HS256 allowed, only the HMAC secret checks HS256. */
-	f->cfg.algorithms = JWT_RS256 | JWT_HS256;
+	f->rules.algorithms = JWT_RS256 | JWT_HS256;
 	expect_refused(f, f->tok, "bad signature");
 	/* With no HMAC secret at all there is no key for HS256. */
-	jwt_key_free(f->cfg.hmac_key);
-	f->cfg.hmac_key = NULL;
+	jwt_key_free(f->hmac_key);
+	f->hmac_key = NULL;
 	expect_refused(f, f->tok, "no key for alg");
 	/* And the RSA key does not check an ES256 token. */
-	f->cfg.algorithms = JWT_RS256 | JWT_ES256;
+	f->rules.algorithms = JWT_RS256 | JWT_ES256;
 	expect_refused(f, mint_pk(f, "ES256", GOOD_CLAIMS, tk_key(TK_P256)), "no key for alg");
 }
 
@@ -988,7 +997,7 @@ static void t_ecdsa_forged(void **state)
 	const char *order[2] = {n256, n384};
 	size_t size[2] = {32, 48};
 
-	f->cfg.algorithms = JWT_ES256 | JWT_ES384;
+	f->rules.algorithms = JWT_ES256 | JWT_ES384;
 	for (int c = 0; c < 2; c++) {
 		unsigned char sig[200], good[200];
 		BIGNUM *n = NULL;
@@ -1038,7 +1047,7 @@ static void t_rsa_eddsa_lengths(void **state)
 	size_t n;
 	char *p;
 
-	f->cfg.algorithms = JWT_RS256 | JWT_PS256;
+	f->rules.algorithms = JWT_RS256 | JWT_PS256;
 	use_public_key(f, tk_key(TK_RSA));
 	mint_pk(f, "RS256", GOOD_CLAIMS, tk_key(TK_RSA));
 	p = strrchr(f->tok, '.') + 1;
@@ -1053,7 +1062,7 @@ static void t_rsa_eddsa_lengths(void **state)
 	expect_refused(f, tk_mint_sig(f->tok, "{\"alg\":\"PS256\"}", GOOD_CLAIMS, sig + 1, 256),
 	               "bad signature");
 
-	f->cfg.algorithms = JWT_EDDSA;
+	f->rules.algorithms = JWT_EDDSA;
 	use_public_key(f, tk_key(TK_ED25519));
 	mint_pk(f, "EdDSA", GOOD_CLAIMS, tk_key(TK_ED25519));
 	p = strrchr(f->tok, '.') + 1;
@@ -1074,7 +1083,7 @@ static void t_pss_salt_length(void **state)
 	unsigned char sig[512];
 	size_t n = sizeof(sig), len;
 
-	f->cfg.algorithms = JWT_PS256;
+	f->rules.algorithms = JWT_PS256;
 	use_public_key(f, tk_key(TK_RSA));
 	len = tk_b64url(f->tok, "{\"alg\":\"PS256\"}", 15);
 	f->tok[len++] = '.';
@@ -1089,67 +1098,21 @@ static void t_pss_salt_length(void **state)
 	expect_refused(f, f->tok, "bad signature");
 }
 
-static void t_key_loading(void **state)
-{
-	struct fx *f = *state;
-	char pem[4096], err[160];
-	struct jwt_key *k;
-	BIO *b;
-	char *p;
-	long n;
-
-	(void)f;
-	/* RSA under 2048 bits is refused at load. */
-	tk_pub_pem(tk_key(TK_RSA1024), pem, sizeof(pem));
-	assert_null(jwt_key_pem(pem, strlen(pem), err, sizeof(err)));
-	assert_non_null(strstr(err, "1024 bits"));
-	/* P-521 is not supported (no ES512). */
-	tk_pub_pem(tk_key(TK_P521), pem, sizeof(pem));
-	assert_null(jwt_key_pem(pem, strlen(pem), err, sizeof(err)));
-	assert_non_null(strstr(err, "curve"));
-	/* A private key is named as such. */
-	b = BIO_new(BIO_s_mem());
-	assert_true(PEM_write_bio_PrivateKey(b, tk_key(TK_P256), NULL, NULL, 0, NULL, NULL));
-	n = BIO_get_mem_data(b, &p);
-	assert_null(jwt_key_pem(p, (size_t)n, err, sizeof(err)));
-	assert_non_null(strstr(err, "private key"));
-	BIO_free(b);
-	assert_null(jwt_key_pem("hello", 5, err, sizeof(err)));
-	assert_non_null(strstr(err, "PEM"));
-	/* Bound algorithms per type. */
-	tk_pub_pem(tk_key(TK_RSA), pem, sizeof(pem));
-	assert_non_null(k = jwt_key_pem(pem, strlen(pem), err, sizeof(err)));
-	assert_int_equal(jwt_key_algs(k), JWT_RSA_ALGS);
-	assert_int_equal(jwt_key_restrict(k, "k1", JWT_ES256), -1);
-	assert_int_equal(jwt_key_restrict(k, "k1", JWT_PS256), 0);
-	assert_int_equal(jwt_key_algs(k), JWT_PS256);
-	assert_string_equal(jwt_key_kid(k), "k1");
-	jwt_key_free(k);
-	tk_pub_pem(tk_key(TK_P384), pem, sizeof(pem));
-	assert_non_null(k = jwt_key_pem(pem, strlen(pem), err, sizeof(err)));
-	assert_int_equal(jwt_key_algs(k), JWT_ES384);
-	jwt_key_free(k);
-	tk_pub_pem(tk_key(TK_ED25519), pem, sizeof(pem));
-	assert_non_null(k = jwt_key_pem(pem, strlen(pem), err, sizeof(err)));
-	assert_int_equal(jwt_key_algs(k), JWT_EDDSA);
-	jwt_key_free(k);
-}
-
 static void t_max_age(void **state)
 {
 	struct fx *f = *state;
 	char payload[256];
 
-	f->cfg.max_age_s = 60;
-	f->cfg.leeway_s = 30;
-	f->cfg.issuer = NULL;
-	f->cfg.audience = NULL;
+	f->rules.max_age_s = 60;
+	f->rules.leeway_s = 30;
+	f->rules.issuer = NULL;
+	f->rules.audience = NULL;
 	expect_refused(f, mint(f, "{\"sub\":\"a\",\"exp\":1700003600}"), "no iat");
 	snprintf(payload, sizeof(payload), "{\"sub\":\"a\",\"iat\":%lld}", NOW - 91);
 	expect_refused(f, mint(f, payload), "too old");
 	snprintf(payload, sizeof(payload), "{\"sub\":\"a\",\"iat\":%lld}", NOW - 90);
 	expect_ok(f, mint(f, payload));
-	f->cfg.leeway_s = 0;
+	f->rules.leeway_s = 0;
 	expect_refused(f, mint(f, payload), "too old");
 	snprintf(payload, sizeof(payload), "{\"sub\":\"a\",\"iat\":%lld}", NOW - 60);
 	expect_ok(f, mint(f, payload));
@@ -1160,7 +1123,7 @@ static void t_typ_required(void **state)
 {
 	struct fx *f = *state;
 
-	f->cfg.typ = "JWT";
+	f->rules.typ = "JWT";
 	expect_ok(f,
 	          mint_with(f->tok, "{\"alg\":\"HS256\",\"typ\":\"JWT\"}", GOOD_CLAIMS, "SHA256", "secret"));
 	expect_ok(f,
@@ -1175,7 +1138,7 @@ static void t_typ_required(void **state)
 	expect_refused(
 	    f, mint_with(f->tok, "{\"alg\":\"HS256\",\"typ\":\"JWTX\"}", GOOD_CLAIMS, "SHA256", "secret"),
 	    "typ mismatch");
-	f->cfg.typ = "at+jwt";
+	f->rules.typ = "at+jwt";
 	expect_ok(f, mint_with(f->tok, "{\"alg\":\"HS256\",\"typ\":\"application/at+JWT\"}", GOOD_CLAIMS,
 	                       "SHA256", "secret"));
 }
@@ -1241,7 +1204,6 @@ int main(void)
 	    T(t_integers_stay_integers),
 	    T(t_alg_allow_list),
 	    T(t_alg_none_and_unknown),
-	    T(t_alg_from_name),
 	    T(t_no_key),
 	    T(t_crit_and_typ),
 	    T(t_header_cache),
@@ -1270,7 +1232,6 @@ int main(void)
 	    T(t_ecdsa_forged),
 	    T(t_rsa_eddsa_lengths),
 	    T(t_pss_salt_length),
-	    T(t_key_loading),
 	    T(t_max_age),
 	    T(t_typ_required),
 	    T(t_kid_bounds),
