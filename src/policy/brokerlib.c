@@ -1,0 +1,286 @@
+/*
+ * policy/brokerlib.c — the broker library a policy calls.
+ *
+ * Owns broker.duration, broker.log (print too), broker.cidr_match and
+ * broker.tiers. It must never let a policy write outside the decision's log,
+ * nor read an address with another rule than trusted_proxy.from (cidr.h).
+ */
+#include "state.h"
+
+#include <arpa/inet.h>
+#include <lauxlib.h>
+#include <limits.h>
+#include <lua.h>
+#include <lualib.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "cidr.h"
+#include "clock.h"
+#include "config.h"
+#include "duration.h"
+#include "envelope.h"
+#include "json.h"
+#include "pmatch.h"
+#include "scope.h"
+#include "utf8.h"
+
+static int broker_duration(lua_State *L)
+{
+	size_t len;
+	const char *s;
+	long long secs;
+
+	if (lua_type(L, 1) != LUA_TSTRING)
+		return luaL_error(L, "broker.duration: expected a string like \"1h\", got %s",
+		                  luaL_typename(L, 1));
+	s = lua_tolstring(L, 1, &len);
+	if (duration_parse(s, len, &secs) != 0)
+		return luaL_error(L, "broker.duration: invalid duration \"%s\"", s);
+	lua_pushinteger(L, (lua_Integer)secs);
+	return 1;
+}
+
+/* The length (1 to 4) of the well-formed UTF-8 character at s (len > 0
+ * bytes), or 0 when it is not one (a stray or missing continuation byte, an
+ * overlong form, a surrogate, beyond U+10FFFF): RFC 3629's table. */
+static size_t utf8_char_len(const unsigned char *s, size_t len)
+{
+	unsigned c = s[0];
+	size_t n;
+	unsigned lo = 0x80, hi = 0xbf;
+
+	if (c < 0x80)
+		return 1;
+	if (c >= 0xc2 && c <= 0xdf)
+		n = 2;
+	else if (c >= 0xe0 && c <= 0xef)
+		n = 3;
+	else if (c >= 0xf0 && c <= 0xf4)
+		n = 4;
+	else
+		return 0;
+	if (len < n)
+		return 0;
+	if (c == 0xe0)
+		lo = 0xa0;
+	else if (c == 0xed)
+		hi = 0x9f;
+	else if (c == 0xf0)
+		lo = 0x90;
+	else if (c == 0xf4)
+		hi = 0x8f;
+	if (s[1] < lo || s[1] > hi)
+		return 0;
+	for (size_t i = 2; i < n; i++)
+		if (s[i] < 0x80 || s[i] > 0xbf)
+			return 0;
+	return n;
+}
+
+/*
+ * Appends s (len bytes) to dst (used bytes of cap, a NUL kept room for) as
+ * valid UTF-8: each byte that does not start a well-formed character
+ * becomes U+FFFD, a character that does not fit whole is left out (never
+ * cut), and when flat, line breaks and NULs become spaces. Returns the new
+ * used count. What a policy returns or logs reaches JSON log lines and
+ * response bodies, which must be UTF-8.
+ */
+size_t brokerlib_utf8_append(char *dst, size_t used, size_t cap, const char *s, size_t len, int flat)
+{
+	const unsigned char *p = (const unsigned char *)s;
+
+	for (size_t i = 0; i < len;) {
+		size_t n = utf8_char_len(p + i, len - i);
+		size_t w = n ? n : 3;
+		if (used + w >= cap)
+			break;
+		if (!n) {
+			memcpy(dst + used, "\xef\xbf\xbd", 3);
+			i++;
+		} else if (flat && n == 1 && (p[i] == '\n' || p[i] == '\r' || p[i] == '\0')) {
+			dst[used] = ' ';
+			i++;
+		} else {
+			memcpy(dst + used, p + i, n);
+			i += n;
+		}
+		used += w;
+	}
+	dst[used] = '\0';
+	return used;
+}
+
+/* broker.log(...) and print(...): one line per call, its arguments joined
+ * by spaces with line breaks turned into spaces, invalid UTF-8 replaced
+ * (brokerlib_utf8_append), kept for the last decision (policy_decision_log): at most
+ * LOG_LINES lines and LOG_MAX bytes. */
+int brokerlib_log(lua_State *L)
+{
+	struct policy_engine *e = engine_of(L);
+	int n = lua_gettop(L);
+
+	if (e->log_lines >= LOG_LINES)
+		return 0;
+	for (int i = 1; i <= n; i++) {
+		size_t len;
+		const char *s = luaL_tolstring(L, i, &len);
+		size_t room = sizeof(e->log) - e->log_len;
+		if (room > 3) {
+			if (i > 1)
+				e->log[e->log_len++] = ' ';
+			e->log_len = brokerlib_utf8_append(e->log, e->log_len, sizeof(e->log) - 2, s, len, 1);
+		}
+		lua_pop(L, 1);
+	}
+	if (e->log_len < sizeof(e->log) - 1) {
+		e->log[e->log_len++] = '\n';
+		e->log_lines++;
+	}
+	e->log[e->log_len < sizeof(e->log) ? e->log_len : sizeof(e->log) - 1] = '\0';
+	return 0;
+}
+
+/* An address as 16 bytes, IPv4 as IPv4-mapped IPv6; 0 or -1. */
+static int parse_ip(const char *s, size_t len, unsigned char out[16], int *v4)
+{
+	struct in_addr a4;
+	struct in6_addr a6;
+
+	if (len == 0 || len > INET6_ADDRSTRLEN || strlen(s) != len)
+		return -1;
+	if (inet_pton(AF_INET, s, &a4) == 1) {
+		memset(out, 0, 10);
+		out[10] = out[11] = 0xff;
+		memcpy(out + 12, &a4, 4);
+		*v4 = 1;
+		return 0;
+	}
+	if (inet_pton(AF_INET6, s, &a6) == 1) {
+		memcpy(out, &a6, 16);
+		*v4 = 0;
+		return 0;
+	}
+	return -1;
+}
+
+/* Whether ip (16 bytes) is in the CIDR at index idx; raises on a malformed
+ * CIDR: that is a mistake in the policy, not in the request. */
+static int in_cidr(lua_State *L, const unsigned char ip[16], int idx)
+{
+	size_t len;
+	const char *c = lua_tolstring(L, idx, &len);
+	const char *slash = c ? memchr(c, '/', len) : NULL;
+	char addr[INET6_ADDRSTRLEN + 1];
+	unsigned char net[16];
+	size_t alen = slash ? (size_t)(slash - c) : len;
+	long bits = -1;
+	int v4;
+
+	if (!c || alen > INET6_ADDRSTRLEN)
+		goto bad;
+	memcpy(addr, c, alen);
+	addr[alen] = '\0';
+	if (parse_ip(addr, alen, net, &v4) != 0)
+		goto bad;
+	if (slash) {
+		char *end;
+		if (slash[1] < '0' || slash[1] > '9' || len - alen > 4)
+			goto bad;
+		bits = strtol(slash + 1, &end, 10);
+		if (*end || bits > (v4 ? 32 : 128))
+			goto bad;
+	} else {
+		bits = v4 ? 32 : 128;
+	}
+	if (v4)
+		bits += 96;
+	for (long i = 0; i < bits / 8; i++)
+		if (ip[i] != net[i])
+			return 0;
+	if (bits % 8) {
+		unsigned char mask = (unsigned char)(0xff << (8 - bits % 8));
+		if ((ip[bits / 8] & mask) != (net[bits / 8] & mask))
+			return 0;
+	}
+	return 1;
+bad:
+	return luaL_error(
+	    L, "broker.cidr_match: \"%s\" is not a CIDR such as \"10.0.0.0/8\" or \"2001:db8::/32\"",
+	    c ? c : luaL_typename(L, idx));
+}
+
+/* broker.cidr_match(ip, cidr or list of cidrs): false for an ip that is not
+ * an address (request data); an error for a malformed CIDR (policy data). */
+static int broker_cidr_match(lua_State *L)
+{
+	unsigned char ip[16];
+	size_t len;
+	const char *s;
+	int v4, found = 0;
+
+	if (lua_type(L, 2) != LUA_TSTRING && lua_type(L, 2) != LUA_TTABLE)
+		return luaL_error(L, "broker.cidr_match: expected a CIDR string or a list of them, got %s",
+		                  luaL_typename(L, 2));
+	s = lua_type(L, 1) == LUA_TSTRING ? lua_tolstring(L, 1, &len) : NULL;
+	if (!s || parse_ip(s, len, ip, &v4) != 0) {
+		lua_pushboolean(L, 0);
+		return 1;
+	}
+	if (lua_type(L, 2) == LUA_TSTRING) {
+		found = in_cidr(L, ip, 2);
+	} else {
+		lua_Integer n = luaL_len(L, 2);
+		budget_charge_items(L, n, "broker.cidr_match");
+		for (lua_Integer i = 1; i <= n && !found; i++) {
+			lua_geti(L, 2, i);
+			if (lua_type(L, -1) != LUA_TSTRING)
+				return luaL_error(
+				    L, "broker.cidr_match: entry %d of the list is not a string", (int)i);
+			found = in_cidr(L, ip, lua_gettop(L));
+			lua_pop(L, 1);
+		}
+	}
+	lua_pushboolean(L, found);
+	return 1;
+}
+
+static void push_tier(lua_State *L, const char *name)
+{
+	const char *const *list = scope_tier(name);
+	int i = 0;
+
+	lua_createtable(L, 8, 0);
+	for (; list && list[i]; i++) {
+		lua_pushstring(L, list[i]);
+		lua_rawseti(L, -2, i + 1);
+	}
+}
+
+/* Pushes the broker table (registry ref_broker; the caller wraps it in a
+ * view): tiers, duration, log, cidr_match. */
+void brokerlib_open(lua_State *L, struct policy_engine *e)
+{
+	lua_createtable(L, 0, 3);
+	lua_createtable(L, 0, 3);
+	push_tier(L, "inbox");
+	lua_setfield(L, -2, "inbox");
+	push_tier(L, "preferences");
+	lua_setfield(L, -2, "preferences");
+	push_tier(L, "push");
+	lua_setfield(L, -2, "push");
+	lua_setfield(L, -2, "tiers");
+	lua_pushcfunction(L, broker_duration);
+	lua_setfield(L, -2, "duration");
+	lua_pushcfunction(L, brokerlib_log);
+	lua_setfield(L, -2, "log");
+	lua_pushcfunction(L, broker_cidr_match);
+	lua_setfield(L, -2, "cidr_match");
+	lua_pushvalue(L, -1);
+	e->ref_broker = luaL_ref(L, LUA_REGISTRYINDEX);
+}
