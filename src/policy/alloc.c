@@ -182,7 +182,7 @@ static int alloc_refused(struct policy_engine *e, size_t old, size_t nsize)
  * FINE_STEP such instructions (about 1 ms each at 1 MiB) between two looks.
  * Returns 1 when the string is refused.
  */
-int alloc_big_string(struct policy_engine *e, size_t nsize)
+static int alloc_big_string(struct policy_engine *e, size_t nsize)
 {
 	if (nsize > STRING_MAX) {
 		e->mem_hit = 1;

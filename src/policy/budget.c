@@ -399,7 +399,7 @@ static lua_Integer list_len(lua_State *L, int fixed, const char *what)
 	if (!fixed && luaL_getmetafield(L, 1, "__len") != LUA_TNIL) {
 		lua_CFunction f = lua_tocfunction(L, -1);
 		lua_pop(L, 1);
-		if (f != view_len && f != reqview_len)
+		if (f != view_len && f != view_reqview_len)
 			luaL_error(L, "%s: tables with a __len metamethod are not supported in policies",
 			           what);
 	}

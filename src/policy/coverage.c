@@ -51,6 +51,15 @@ void coverage_record_line(struct policy_engine *e, lua_State *L, lua_Debug *ar)
 	e->cap_armed = armed;
 }
 
+/* A syntax error without its quote of the source (policy.h). */
+void policy_scrub_syntax_error(char *msg)
+{
+	char *near = strstr(msg, " near '");
+
+	if (near)
+		*near = '\0';
+}
+
 /* ------------------------------------------------------------ coverage */
 
 static int cov_on_protected(lua_State *L)

@@ -138,7 +138,7 @@ static int check_expires(lua_State *L, int v, struct decision *out, const char *
  * "allow" is, in Lua 5.4, the very string the engine keeps (short strings
  * are interned): comparing the pointers answers at once. Any other string
  * gets the bytes compared, so the answer never rests on interning. */
-int decision_field(lua_State *L, const struct policy_engine *e, int idx)
+static int decision_field(lua_State *L, const struct policy_engine *e, int idx)
 {
 	size_t len;
 	const char *k = lua_tolstring(L, idx, &len);

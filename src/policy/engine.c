@@ -135,8 +135,13 @@ static void append_traceback(struct policy_engine *e, char *err, size_t errlen)
  * decision), which fails the decision all the same. RUN_OPTIONAL in last:
  * returning nothing is a nil result (a configuration file), not an error.
  */
-int engine_run(struct policy_engine *e, int nargs, int last, const char *what, char *err, size_t errlen,
-               int *dirty)
+/* engine_run's last: the decision's last run, and a run that may return
+ * nothing (a nil result: the configuration file). */
+#define RUN_LAST     1
+#define RUN_OPTIONAL 2
+
+static int engine_run(struct policy_engine *e, int nargs, int last, const char *what, char *err,
+                      size_t errlen, int *dirty)
 {
 	lua_State *co = e->co;
 	int nres = 0;
@@ -257,7 +262,7 @@ out:
  * allocated, and only when the decision grew the heap by GC_STEP_AFTER or
  * hit the cap.
  */
-void engine_finish(struct policy_engine *e, int dirty, size_t used_before)
+static void engine_finish(struct policy_engine *e, int dirty, size_t used_before)
 {
 	e->cap_armed = 0;
 	if (!dirty) {
@@ -345,7 +350,7 @@ struct compile_ctx {
 
 /* Builds tenant i's environments' metatable (the shared base plus its own
  * broker, with broker.data, and require) and compiles its modules. */
-int engine_tenant_setup(struct policy_engine *e, size_t i, char *err, size_t errlen)
+static int engine_tenant_setup(struct policy_engine *e, size_t i, char *err, size_t errlen)
 {
 	lua_State *L = e->L;
 	const struct tenant *t = &e->cfg->tenants[i];
@@ -482,8 +487,8 @@ static int compile_protected(lua_State *L)
 
 /* A state with the sandbox and no policy compiled yet, for n tenants of cfg
  * (or none) under lim. */
-struct policy_engine *engine_make(const struct config *cfg, size_t n, const struct policy_limits *lim,
-                                  char *err, size_t errlen)
+static struct policy_engine *engine_make(const struct config *cfg, size_t n, const struct policy_limits *lim,
+                                         char *err, size_t errlen)
 {
 	struct policy_engine *e = calloc(1, sizeof(*e));
 	lua_State *L;
@@ -554,6 +559,91 @@ struct policy_engine *policy_engine_new(const struct config *cfg, char *err, siz
 		return NULL;
 	}
 	return e;
+}
+
+/* ------------------------------------------------------------ files */
+
+struct policy_engine *policy_sandbox_new(const struct policy_limits *lim, char *err, size_t errlen)
+{
+	return engine_make(NULL, 0, lim, err, errlen);
+}
+
+struct file_ctx {
+	struct policy_engine *e;
+	const char *name, *text;
+	size_t len;
+	char *err;
+	size_t errlen;
+	int rc;
+	int dirty;
+};
+
+/* Runs protected on e->L: argument ctx; returns the environment and the
+ * file's result. The environment is the file's own, writable (its
+ * globals), reading through to the file base; its metatable is sealed. */
+static int file_protected(lua_State *L)
+{
+	struct file_ctx *c = lua_touserdata(L, 1);
+	struct policy_engine *e = c->e;
+
+	lua_createtable(L, 0, 0);
+	lua_createtable(L, 0, 2);
+	lua_rawgeti(L, LUA_REGISTRYINDEX, e->ref_filebase);
+	lua_setfield(L, -2, "__index");
+	lua_pushboolean(L, 0);
+	lua_setfield(L, -2, "__metatable");
+	lua_setmetatable(L, 2);
+	lua_pushfstring(L, "@%s", c->name);
+	if (luaL_loadbufferx(L, c->text, c->len, lua_tostring(L, -1), "t") != LUA_OK) {
+		snprintf(c->err, c->errlen, "%s", lua_tostring(L, -1));
+		policy_scrub_syntax_error(c->err);
+		return 0;
+	}
+	lua_pushvalue(L, 2);
+	if (!lua_setupvalue(L, -2, 1))
+		lua_pop(L, 1);
+	lua_settop(e->co, 0);
+	lua_xmove(L, e->co, 1);
+	budget_arm(e);
+	if (engine_run(e, 0, RUN_LAST | RUN_OPTIONAL, c->name, c->err, c->errlen, &c->dirty) != 0)
+		return 0;
+	e->cap_armed = 0;
+	lua_pushvalue(L, 2);
+	lua_xmove(e->co, L, 1);
+	c->rc = 0;
+	return 2;
+}
+
+int policy_sandbox_run(struct policy_engine *e, const char *name, const char *text, size_t len, char *err,
+                       size_t errlen)
+{
+	lua_State *L = e->L;
+	int top = lua_gettop(L);
+	size_t used_before = e->mem_used;
+	struct file_ctx c = {
+	    .e = e, .name = name, .text = text, .len = len, .err = err, .errlen = errlen, .rc = -1};
+
+	err[0] = '\0';
+	if (e->broken) {
+		snprintf(err, errlen, "%s: the Lua sandbox is out of memory", name);
+		return -1;
+	}
+	lua_pushcfunction(L, file_protected);
+	lua_pushlightuserdata(L, &c);
+	if (lua_pcall(L, 1, 2, 0) != LUA_OK) {
+		snprintf(err, errlen, "%s: %s", name,
+		         lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "out of memory");
+		c.rc = -1;
+		c.dirty = 1;
+	}
+	engine_finish(e, c.dirty, used_before);
+	if (c.rc != 0) {
+		lua_settop(L, top);
+		if (!err[0])
+			snprintf(err, errlen, "%s: failed", name);
+		return -1;
+	}
+	return 0;
 }
 
 void policy_engine_free(struct policy_engine *e)

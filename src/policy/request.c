@@ -65,7 +65,7 @@ void reqview_new(lua_State *L, int rmt)
 	lua_setfield(L, -2, "__index");
 	lua_pushcfunction(L, view_newindex);
 	lua_setfield(L, -2, "__newindex");
-	lua_pushcfunction(L, reqview_len);
+	lua_pushcfunction(L, view_reqview_len);
 	lua_setfield(L, -2, "__len");
 	lua_pushvalue(L, rmt);
 	lua_pushcclosure(L, reqview_pairs, 1);
@@ -109,26 +109,6 @@ static int is_string_list(lua_State *L, int idx)
 		count++;
 	}
 	return count == n;
-}
-
-/* Pushes the real table behind the req or identity view at idx: its
- * metatable's __index. */
-static void reqview_real(lua_State *L, int idx)
-{
-	if (!lua_getmetatable(L, idx) || lua_rawgetp(L, -1, &view_reqview_key) == LUA_TNIL)
-		luaL_error(L, "not a read-only view");
-	lua_pop(L, 1);
-	lua_pushliteral(L, "__index");
-	if (lua_rawget(L, -2) != LUA_TTABLE)
-		luaL_error(L, "not a read-only view");
-	lua_remove(L, -2);
-}
-
-int reqview_len(lua_State *L)
-{
-	reqview_real(L, 1);
-	lua_pushinteger(L, (lua_Integer)lua_rawlen(L, -1));
-	return 1;
 }
 
 /* t[key k] = v, or nil when v is NULL; keys: the keys' table. */
@@ -321,7 +301,7 @@ static int reqview_next(lua_State *L)
 {
 	luaL_checktype(L, 1, LUA_TTABLE);
 	lua_settop(L, 2);
-	reqview_real(L, 1);
+	view_reqview_real(L, 1);
 	lua_pushvalue(L, 2);
 	if (!lua_next(L, 3))
 		return 0;
@@ -334,7 +314,7 @@ static int reqview_pairs(lua_State *L)
 {
 	int real;
 
-	reqview_real(L, 1);
+	view_reqview_real(L, 1);
 	real = lua_gettop(L);
 	if (lua_getmetatable(L, real)) { /* the real req: lazymt */
 		lua_pop(L, 1);

@@ -22,6 +22,7 @@
 #include "policy.h"
 
 struct config;
+struct decision;
 struct free_block;
 struct pmatch_budget;
 
@@ -175,7 +176,6 @@ struct budget_wrap {
 /* alloc.c */
 void *alloc_lua(void *ud, void *ptr, size_t osize, size_t nsize);
 void alloc_release_small(struct policy_engine *e);
-int alloc_big_string(struct policy_engine *e, size_t nsize);
 
 /* brokerlib.c */
 int brokerlib_log(lua_State *L);
@@ -200,18 +200,6 @@ void coverage_record_line(struct policy_engine *e, lua_State *L, lua_Debug *ar);
 /* decision.c */
 int decision_check(lua_State *L, struct policy_engine *e, int idx, const char *path, struct decision *out,
                    char *err, size_t errlen);
-int decision_field(lua_State *L, const struct policy_engine *e, int idx);
-
-/* engine.c; engine_run's last: the decision's last run, and a run that may
- * return nothing (a nil result: the configuration file) */
-#define RUN_LAST     1
-#define RUN_OPTIONAL 2
-void engine_finish(struct policy_engine *e, int dirty, size_t used_before);
-int engine_run(struct policy_engine *e, int nargs, int last, const char *what, char *err, size_t errlen,
-               int *dirty);
-int engine_tenant_setup(struct policy_engine *e, size_t i, char *err, size_t errlen);
-struct policy_engine *engine_make(const struct config *cfg, size_t n, const struct policy_limits *lim,
-                                  char *err, size_t errlen);
 
 /* request.c */
 void request_claims_view_new(lua_State *L, struct policy_engine *e, int rmt);
@@ -219,13 +207,13 @@ void request_fill(lua_State *L, struct policy_engine *e, int keys, const struct 
                   int claims);
 int request_lazy(lua_State *L);
 void reqview_new(lua_State *L, int rmt);
-int reqview_len(lua_State *L);
 
 /* sandbox.c */
 int sandbox_env_newindex(lua_State *L);
 int sandbox_require(lua_State *L);
 int sandbox_setup_protected(lua_State *L);
 
+/* view.c */
 /* view.c: the light-userdata keys no policy can name (their addresses are
  * the keys): a view's real table, the views' metatables, req's and
  * identity's views' metatables, the sandbox's own metatables. */
@@ -235,12 +223,13 @@ void view_wrap(lua_State *L, struct policy_engine *e);
 void view_unwrap(lua_State *L, struct policy_engine *e, int idx);
 int view_is_ours(lua_State *L, int idx, int rmt);
 void view_new(lua_State *L, int rmt);
-void view_child(lua_State *L, int view);
 int view_index(lua_State *L);
 int view_len(lua_State *L);
 int view_newindex(lua_State *L);
 int view_pairs(lua_State *L);
 int view_sb_next(lua_State *L);
 int view_sb_pairs(lua_State *L);
+void view_reqview_real(lua_State *L, int idx);
+int view_reqview_len(lua_State *L);
 
 #endif

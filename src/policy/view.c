@@ -69,7 +69,7 @@ static void view_real(lua_State *L, int idx)
  * at index view, with its view: made once per view and table, and kept in
  * the view under the real table as key (a key no policy can name, since no
  * policy ever holds a real table). */
-void view_child(lua_State *L, int view)
+static void view_child(lua_State *L, int view)
 {
 	lua_pushvalue(L, -1);
 	if (lua_rawget(L, view) == LUA_TTABLE) {
@@ -211,4 +211,24 @@ void view_unwrap(lua_State *L, struct policy_engine *e, int idx)
 		return;
 	}
 	lua_pop(L, 2);
+}
+
+/* Pushes the real table behind the req or identity view at idx: its
+ * metatable's __index. */
+void view_reqview_real(lua_State *L, int idx)
+{
+	if (!lua_getmetatable(L, idx) || lua_rawgetp(L, -1, &view_reqview_key) == LUA_TNIL)
+		luaL_error(L, "not a read-only view");
+	lua_pop(L, 1);
+	lua_pushliteral(L, "__index");
+	if (lua_rawget(L, -2) != LUA_TTABLE)
+		luaL_error(L, "not a read-only view");
+	lua_remove(L, -2);
+}
+
+int view_reqview_len(lua_State *L)
+{
+	view_reqview_real(L, 1);
+	lua_pushinteger(L, (lua_Integer)lua_rawlen(L, -1));
+	return 1;
 }
