@@ -7,7 +7,6 @@
  */
 #include "state.h"
 
-#include <arpa/inet.h>
 #include <lauxlib.h>
 #include <limits.h>
 #include <lua.h>
@@ -146,73 +145,21 @@ int brokerlib_log(lua_State *L)
 	return 0;
 }
 
-/* An address as 16 bytes, IPv4 as IPv4-mapped IPv6; 0 or -1. */
-static int parse_ip(const char *s, size_t len, unsigned char out[16], int *v4)
-{
-	struct in_addr a4;
-	struct in6_addr a6;
-
-	if (len == 0 || len > INET6_ADDRSTRLEN || strlen(s) != len)
-		return -1;
-	if (inet_pton(AF_INET, s, &a4) == 1) {
-		memset(out, 0, 10);
-		out[10] = out[11] = 0xff;
-		memcpy(out + 12, &a4, 4);
-		*v4 = 1;
-		return 0;
-	}
-	if (inet_pton(AF_INET6, s, &a6) == 1) {
-		memcpy(out, &a6, 16);
-		*v4 = 0;
-		return 0;
-	}
-	return -1;
-}
-
-/* Whether ip (16 bytes) is in the CIDR at index idx; raises on a malformed
- * CIDR: that is a mistake in the policy, not in the request. */
+/* Whether ip (16 bytes, cidr.h's mapped form) is in the CIDR at index idx;
+ * raises on a CIDR that breaks cidr.h's rule (trusted_proxy.from's): that
+ * is a mistake in the policy, not in the request. */
 static int in_cidr(lua_State *L, const unsigned char ip[16], int idx)
 {
 	size_t len;
 	const char *c = lua_tolstring(L, idx, &len);
-	const char *slash = c ? memchr(c, '/', len) : NULL;
-	char addr[INET6_ADDRSTRLEN + 1];
-	unsigned char net[16];
-	size_t alen = slash ? (size_t)(slash - c) : len;
-	long bits = -1;
-	int v4;
+	struct cidr net;
 
-	if (!c || alen > INET6_ADDRSTRLEN)
-		goto bad;
-	memcpy(addr, c, alen);
-	addr[alen] = '\0';
-	if (parse_ip(addr, alen, net, &v4) != 0)
-		goto bad;
-	if (slash) {
-		char *end;
-		if (slash[1] < '0' || slash[1] > '9' || len - alen > 4)
-			goto bad;
-		bits = strtol(slash + 1, &end, 10);
-		if (*end || bits > (v4 ? 32 : 128))
-			goto bad;
-	} else {
-		bits = v4 ? 32 : 128;
-	}
-	if (v4)
-		bits += 96;
-	for (long i = 0; i < bits / 8; i++)
-		if (ip[i] != net[i])
-			return 0;
-	if (bits % 8) {
-		unsigned char mask = (unsigned char)(0xff << (8 - bits % 8));
-		if ((ip[bits / 8] & mask) != (net[bits / 8] & mask))
-			return 0;
-	}
-	return 1;
-bad:
-	return luaL_error(
-	    L, "broker.cidr_match: \"%s\" is not a CIDR such as \"10.0.0.0/8\" or \"2001:db8::/32\"",
-	    c ? c : luaL_typename(L, idx));
+	if (!c || cidr_parse(c, len, &net) != 0)
+		return luaL_error(L,
+		                  "broker.cidr_match: \"%s\" is not a CIDR such as \"10.0.0.0/8\" or "
+		                  "\"2001:db8::/32\" (no host bits set, no leading zeros)",
+		                  c ? c : luaL_typename(L, idx));
+	return cidr_contains(&net, ip);
 }
 
 /* broker.cidr_match(ip, cidr or list of cidrs): false for an ip that is not
@@ -222,13 +169,13 @@ static int broker_cidr_match(lua_State *L)
 	unsigned char ip[16];
 	size_t len;
 	const char *s;
-	int v4, found = 0;
+	int found = 0;
 
 	if (lua_type(L, 2) != LUA_TSTRING && lua_type(L, 2) != LUA_TTABLE)
 		return luaL_error(L, "broker.cidr_match: expected a CIDR string or a list of them, got %s",
 		                  luaL_typename(L, 2));
 	s = lua_type(L, 1) == LUA_TSTRING ? lua_tolstring(L, 1, &len) : NULL;
-	if (!s || parse_ip(s, len, ip, &v4) != 0) {
+	if (!s || cidr_addr_parse(s, len, ip) != 0) {
 		lua_pushboolean(L, 0);
 		return 1;
 	}

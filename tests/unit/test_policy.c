@@ -890,6 +890,33 @@ static void test_cidr_match(void **state)
 	policy_engine_free(fx.e);
 }
 
+/* broker.cidr_match reads a CIDR by trusted_proxy.from's one rule (cidr.h):
+ * a prefix with a leading zero or a network with host bits set is a
+ * mistake in the policy, raised to it: uncaught, a policy error. */
+static void test_cidr_match_one_rule(void **state)
+{
+	(void)state;
+	must_engine("local m = broker.cidr_match\n"
+	            "return function(req)\n"
+	            "  for _, bad in ipairs({'10.1.2.3/08', '10.1.2.3/8', '10.0.0.0/08', '2001:db8::1/32', "
+	            "'10.0.0.0/8\\0'}) do\n"
+	            "    assert(not pcall(m, '10.0.0.1', bad), bad)\n"
+	            "    assert(not pcall(m, '10.0.0.1', {'192.168.0.0/16', bad}), bad)\n"
+	            "  end\n"
+	            "  assert(m('10.1.2.3', '10.0.0.0/8') and m('10.1.2.3', '10.1.2.3/32'))\n"
+	            "  return {allow=true, tier='inbox'}\n"
+	            "end\n",
+	            NULL);
+	if (decide(0) != 0)
+		fail_msg("%s", fx.err);
+	policy_engine_free(fx.e);
+	assert_policy_error("return function(req)\n"
+	                    "  broker.cidr_match('10.1.2.3', '10.1.2.3/08')\n"
+	                    "  return {allow=true, tier='inbox'}\n"
+	                    "end\n",
+	                    "is not a CIDR");
+}
+
 /* broker.data is the tenant's own, read-only; require finds modules beside
  * the policy, runs them fresh in every decision, and nothing else. */
 static void test_data_and_require(void **state)
@@ -1466,6 +1493,7 @@ int main(void)
 	    cmocka_unit_test(test_c_work_bounded),
 	    cmocka_unit_test(test_guarded_functions_work),
 	    cmocka_unit_test(test_cidr_match),
+	    cmocka_unit_test(test_cidr_match_one_rule),
 	    cmocka_unit_test(test_data_and_require),
 	    cmocka_unit_test(test_log_lines),
 	    cmocka_unit_test(test_memory_reclaimed),
