@@ -8,24 +8,12 @@
 #include "state.h"
 
 #include <lauxlib.h>
-#include <limits.h>
 #include <lua.h>
-#include <lualib.h>
-#include <stdarg.h>
-#include <stdatomic.h>
 #include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "cidr.h"
-#include "clock.h"
-#include "config.h"
 #include "duration.h"
-#include "envelope.h"
-#include "json.h"
-#include "pmatch.h"
 #include "scope.h"
 #include "utf8.h"
 
@@ -45,43 +33,6 @@ static int broker_duration(lua_State *L)
 	return 1;
 }
 
-/* The length (1 to 4) of the well-formed UTF-8 character at s (len > 0
- * bytes), or 0 when it is not one (a stray or missing continuation byte, an
- * overlong form, a surrogate, beyond U+10FFFF): RFC 3629's table. */
-static size_t utf8_char_len(const unsigned char *s, size_t len)
-{
-	unsigned c = s[0];
-	size_t n;
-	unsigned lo = 0x80, hi = 0xbf;
-
-	if (c < 0x80)
-		return 1;
-	if (c >= 0xc2 && c <= 0xdf)
-		n = 2;
-	else if (c >= 0xe0 && c <= 0xef)
-		n = 3;
-	else if (c >= 0xf0 && c <= 0xf4)
-		n = 4;
-	else
-		return 0;
-	if (len < n)
-		return 0;
-	if (c == 0xe0)
-		lo = 0xa0;
-	else if (c == 0xed)
-		hi = 0x9f;
-	else if (c == 0xf0)
-		lo = 0x90;
-	else if (c == 0xf4)
-		hi = 0x8f;
-	if (s[1] < lo || s[1] > hi)
-		return 0;
-	for (size_t i = 2; i < n; i++)
-		if (s[i] < 0x80 || s[i] > 0xbf)
-			return 0;
-	return n;
-}
-
 /*
  * Appends s (len bytes) to dst (used bytes of cap, a NUL kept room for) as
  * valid UTF-8: each byte that does not start a well-formed character
@@ -95,7 +46,8 @@ size_t brokerlib_utf8_append(char *dst, size_t used, size_t cap, const char *s, 
 	const unsigned char *p = (const unsigned char *)s;
 
 	for (size_t i = 0; i < len;) {
-		size_t n = utf8_char_len(p + i, len - i);
+		uint32_t cp;
+		size_t n = utf8_decode(p + i, len - i, &cp);
 		size_t w = n ? n : 3;
 		if (used + w >= cap)
 			break;

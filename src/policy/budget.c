@@ -8,28 +8,17 @@
  */
 #include "state.h"
 
-#include <arpa/inet.h>
 #include <lauxlib.h>
 #include <limits.h>
 #include <lua.h>
-#include <lualib.h>
-#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
 #include <time.h>
 
-#include "cidr.h"
 #include "clock.h"
 #include "config.h"
-#include "duration.h"
-#include "envelope.h"
-#include "json.h"
 #include "pmatch.h"
-#include "scope.h"
-#include "utf8.h"
 
 /* ---------------------------------------------------------------- budget */
 
@@ -41,30 +30,14 @@
  * time than the time that passed, so before wall_deadline the budget cannot
  * be spent and the CPU clock is read only once a decision has run for as
  * long as its budget. */
-static int ts_before(const struct timespec *a, const struct timespec *b)
-{
-	return a->tv_sec < b->tv_sec || (a->tv_sec == b->tv_sec && a->tv_nsec < b->tv_nsec);
-}
-
 int budget_deadline_passed(const struct policy_engine *e)
 {
 	struct timespec now;
 	clock_gettime(CLOCK_MONOTONIC_RAW, &now);
-	if (ts_before(&now, &e->wall_deadline))
+	if (clock_before(&now, &e->wall_deadline))
 		return 0;
 	clock_gettime(CLOCK_THREAD_CPUTIME_ID, &now);
-	return !ts_before(&now, &e->deadline);
-}
-
-/* start + ms, normalised. */
-static void ts_add_ms(struct timespec *t, long ms)
-{
-	t->tv_sec += ms / 1000;
-	t->tv_nsec += (ms % 1000) * 1000000L;
-	if (t->tv_nsec >= 1000000000L) {
-		t->tv_sec++;
-		t->tv_nsec -= 1000000000L;
-	}
+	return !clock_before(&now, &e->deadline);
 }
 
 /*
@@ -129,10 +102,8 @@ static void budget_clock(struct policy_engine *e, long ms)
 		clock_gettime(CLOCK_THREAD_CPUTIME_ID, &e->cpu_ref);
 		e->ref_thread = thread_number;
 	}
-	e->deadline = e->cpu_ref;
-	e->wall_deadline = e->wall_ref;
-	ts_add_ms(&e->deadline, ms);
-	ts_add_ms(&e->wall_deadline, ms);
+	e->deadline = clock_add_ms(e->cpu_ref, ms);
+	e->wall_deadline = clock_add_ms(e->wall_ref, ms);
 }
 
 /* A configuration's policy limits, defaults for those it does not set. */

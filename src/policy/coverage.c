@@ -7,28 +7,12 @@
  */
 #include "state.h"
 
-#include <arpa/inet.h>
 #include <lauxlib.h>
-#include <limits.h>
 #include <lua.h>
-#include <lualib.h>
-#include <stdarg.h>
-#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
-
-#include "cidr.h"
-#include "clock.h"
-#include "config.h"
-#include "duration.h"
-#include "envelope.h"
-#include "json.h"
-#include "pmatch.h"
-#include "scope.h"
-#include "utf8.h"
 
 /* Coverage: cov[source][line] = true, outside the decision's memory cap. */
 void coverage_record_line(struct policy_engine *e, lua_State *L, lua_Debug *ar)

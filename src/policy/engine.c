@@ -30,28 +30,15 @@
  */
 #include "state.h"
 
-#include <arpa/inet.h>
 #include <lauxlib.h>
-#include <limits.h>
 #include <lua.h>
-#include <lualib.h>
-#include <stdarg.h>
-#include <stdatomic.h>
-#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
-#include "cidr.h"
-#include "clock.h"
 #include "config.h"
-#include "duration.h"
 #include "envelope.h"
 #include "json.h"
-#include "pmatch.h"
-#include "scope.h"
-#include "utf8.h"
 
 static int engine_panic(lua_State *L)
 {
