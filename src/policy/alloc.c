@@ -137,20 +137,20 @@ static void *block_resize(struct policy_engine *e, void *p, size_t old, size_t n
 /* Whether growing a block from old to nsize bytes is refused while a
  * decision runs: past the memory cap, or (for a large block) past the time
  * budget. Sets the host flag of what ran out. */
-static int alloc_refused(struct policy_engine *e, size_t old, size_t nsize)
+static bool alloc_refused(struct policy_engine *e, size_t old, size_t nsize)
 {
 	if (e->mem_used + (nsize - old) > e->mem_cap) {
-		e->mem_hit = 1;
-		return 1;
+		e->mem_hit = true;
+		return true;
 	}
 	/* Large blocks are where one VM instruction or C call does O(n) work
 	 * (concatenation, string results): look at the clock there too. */
 	if (nsize >= BIG_ALLOC && budget_deadline_passed(e)) {
 		if (e->stop == STOP_NONE)
 			e->stop = STOP_TIME;
-		return 1;
+		return true;
 	}
-	return 0;
+	return false;
 }
 
 /*
@@ -162,21 +162,21 @@ static int alloc_refused(struct policy_engine *e, size_t old, size_t nsize)
  * longer the count hook looks at the budget every FINE_STEP instructions
  * instead of every HOOK_STEP, for the rest of the decision: at most
  * FINE_STEP such instructions (about 1 ms each at 1 MiB) between two looks.
- * Returns 1 when the string is refused.
+ * Returns true when the string is refused.
  */
-static int alloc_big_string(struct policy_engine *e, size_t nsize)
+static bool alloc_big_string(struct policy_engine *e, size_t nsize)
 {
 	if (nsize > STRING_MAX) {
-		e->mem_hit = 1;
+		e->mem_hit = true;
 		if (!e->detail[0])
 			snprintf(e->detail, sizeof(e->detail), "a string longer than %d bytes", STRING_MAX);
-		return 1;
+		return true;
 	}
 	if (e->hook_step > FINE_STEP && e->stop == STOP_NONE && e->co) {
 		e->hook_step = FINE_STEP;
 		lua_sethook(e->co, budget_hook, LUA_MASKCOUNT | (e->coverage ? LUA_MASKLINE : 0), FINE_STEP);
 	}
-	return 0;
+	return false;
 }
 
 /* Lua's allocator with a byte count. When ptr is NULL, osize is a type tag,

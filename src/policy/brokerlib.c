@@ -41,7 +41,7 @@ static int broker_duration(lua_State *L)
  * used count. What a policy returns or logs reaches JSON log lines and
  * response bodies, which must be UTF-8.
  */
-size_t brokerlib_utf8_append(char *dst, size_t used, size_t cap, const char *s, size_t len, int flat)
+size_t brokerlib_utf8_append(char *dst, size_t used, size_t cap, const char *s, size_t len, bool flat)
 {
 	const unsigned char *p = (const unsigned char *)s;
 
@@ -85,7 +85,8 @@ int brokerlib_log(lua_State *L)
 		if (room > 3) {
 			if (i > 1)
 				e->log[e->log_len++] = ' ';
-			e->log_len = brokerlib_utf8_append(e->log, e->log_len, sizeof(e->log) - 2, s, len, 1);
+			e->log_len =
+			    brokerlib_utf8_append(e->log, e->log_len, sizeof(e->log) - 2, s, len, true);
 		}
 		lua_pop(L, 1);
 	}

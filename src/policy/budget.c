@@ -30,12 +30,12 @@
  * time than the time that passed, so before wall_deadline the budget cannot
  * be spent and the CPU clock is read only once a decision has run for as
  * long as its budget. */
-int budget_deadline_passed(const struct policy_engine *e)
+bool budget_deadline_passed(const struct policy_engine *e)
 {
 	struct timespec now;
 	clock_gettime(CLOCK_MONOTONIC_RAW, &now);
 	if (clock_before(&now, &e->wall_deadline))
-		return 0;
+		return false;
 	clock_gettime(CLOCK_THREAD_CPUTIME_ID, &now);
 	return !clock_before(&now, &e->deadline);
 }
@@ -130,21 +130,21 @@ void budget_arm(struct policy_engine *e)
 	e->where[0] = '\0';
 	e->detail[0] = '\0';
 	e->unchecked = 0;
-	e->mem_hit = 0;
+	e->mem_hit = false;
 	e->log_len = 0;
 	e->log[0] = '\0';
 	e->log_lines = 0;
-	e->loaded_valid = 0;
+	e->loaded_valid = false;
 	budget_clock(e, ms);
 	lua_sethook(e->co, budget_hook, LUA_MASKCOUNT | (e->coverage ? LUA_MASKLINE : 0), e->hook_step);
 	e->mem_cap = e->mem_used + e->lim.max_memory_bytes;
-	e->cap_armed = 1;
+	e->cap_armed = true;
 }
 
-/* Writes the budget error, if any budget was spent; returns 1 then. clock:
+/* Writes the budget error, if any budget was spent; returns true then. clock:
  * whether to look at the clock too (else only at what the hook and the
  * guards noticed). */
-int budget_spent(struct policy_engine *e, int clock, char *err, size_t errlen)
+bool budget_spent(struct policy_engine *e, bool clock, char *err, size_t errlen)
 {
 	if (e->stop == STOP_NONE && e->mem_hit)
 		e->stop = STOP_MEMORY;
@@ -154,19 +154,19 @@ int budget_spent(struct policy_engine *e, int clock, char *err, size_t errlen)
 	case STOP_INSTRUCTIONS:
 		snprintf(err, errlen, "%sinstruction budget exceeded (%lld instructions)%s%s", e->where,
 		         e->max_steps, e->detail[0] ? ": " : "", e->detail);
-		return 1;
+		return true;
 	case STOP_TIME:
 		snprintf(err, errlen, "%stime budget exceeded (%ld ms)%s%s", e->where, e->lim.timeout_ms,
 		         e->detail[0] ? ": " : "", e->detail);
-		return 1;
+		return true;
 	case STOP_MEMORY:
 		snprintf(err, errlen, "%smemory cap exceeded (%zu bytes)%s%s", e->where,
 		         e->lim.max_memory_bytes, e->detail[0] ? ": " : "", e->detail);
-		return 1;
+		return true;
 	case STOP_NONE:
 		break;
 	}
-	return 0;
+	return false;
 }
 
 /*
@@ -328,7 +328,7 @@ static int sb_rep(lua_State *L)
 	}
 	if (n > 0 && (l + lsep) > 0 && (uint64_t)n > (uint64_t)(REP_MAX + lsep) / (l + lsep)) {
 		struct policy_engine *e = engine_of(L);
-		e->mem_hit = 1; /* a bomb: fatal even if the policy catches it */
+		e->mem_hit = true; /* a bomb: fatal even if the policy catches it */
 		note_breach(e, L, "string.rep");
 		return luaL_error(L, "string.rep: result larger than %d bytes", REP_MAX);
 	}
@@ -544,7 +544,7 @@ static int sb_format(lua_State *L)
 	}
 	if (est > FORMAT_MAX) {
 		struct policy_engine *e = engine_of(L);
-		e->mem_hit = 1;
+		e->mem_hit = true;
 		note_breach(e, L, "string.format");
 		return luaL_error(L, "string.format: result may be larger than %d bytes", FORMAT_MAX);
 	}

@@ -17,11 +17,11 @@
 /* Coverage: cov[source][line] = true, outside the decision's memory cap. */
 void coverage_record_line(struct policy_engine *e, lua_State *L, lua_Debug *ar)
 {
-	int armed = e->cap_armed;
+	bool armed = e->cap_armed;
 
 	if (!lua_getinfo(L, "S", ar) || ar->source[0] != '@' || !lua_checkstack(L, 4))
 		return;
-	e->cap_armed = 0;
+	e->cap_armed = false;
 	lua_rawgeti(L, LUA_REGISTRYINDEX, e->ref_cov);
 	if (lua_getfield(L, -1, ar->source + 1) != LUA_TTABLE) {
 		lua_pop(L, 1);
@@ -62,7 +62,7 @@ int policy_engine_coverage(struct policy_engine *e)
 		lua_pop(e->L, 1);
 		return -1;
 	}
-	e->coverage = 1;
+	e->coverage = true;
 	return 0;
 }
 
@@ -100,7 +100,7 @@ void policy_coverage_each(struct policy_engine *e, void (*fn)(void *ctx, const c
  */
 struct dump_reader {
 	const unsigned char *p, *end;
-	int bad;
+	bool bad;
 	unsigned char *lines;
 	size_t nlines;
 };
@@ -108,7 +108,7 @@ struct dump_reader {
 static unsigned rd_byte(struct dump_reader *r)
 {
 	if (r->p >= r->end) {
-		r->bad = 1;
+		r->bad = true;
 		return 0;
 	}
 	return *r->p++;
@@ -122,7 +122,7 @@ static size_t rd_size(struct dump_reader *r)
 	do {
 		b = rd_byte(r);
 		if (x > (SIZE_MAX >> 7)) {
-			r->bad = 1;
+			r->bad = true;
 			return 0;
 		}
 		x = (x << 7) | (b & 0x7f);
@@ -133,7 +133,7 @@ static size_t rd_size(struct dump_reader *r)
 static void rd_skip(struct dump_reader *r, size_t n)
 {
 	if ((size_t)(r->end - r->p) < n) {
-		r->bad = 1;
+		r->bad = true;
 		r->p = r->end;
 	} else {
 		r->p += n;
@@ -153,17 +153,17 @@ static void rd_function(struct dump_reader *r, int depth)
 	const signed char *li;
 	const unsigned char *abs_at;
 	long line;
-	int vararg;
+	bool vararg;
 
 	if (depth > 200) {
-		r->bad = 1;
+		r->bad = true;
 		return;
 	}
 	rd_string(r);            /* source */
 	line = (long)rd_size(r); /* linedefined */
 	rd_size(r);              /* lastlinedefined */
 	rd_byte(r);              /* numparams */
-	vararg = (int)rd_byte(r);
+	vararg = rd_byte(r) != 0;
 	rd_byte(r); /* maxstacksize */
 	ncode = rd_size(r);
 	rd_skip(r, ncode * 4);

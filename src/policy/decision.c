@@ -184,7 +184,7 @@ int decision_check(lua_State *L, struct policy_engine *e, int idx, const char *p
 			           luaL_typename(L, f_reason));
 		s = lua_tolstring(L, f_reason, &len);
 		/* At most 255 bytes, cut between characters, valid UTF-8. */
-		brokerlib_utf8_append(out->reason, 0, sizeof(out->reason), s, len, 0);
+		brokerlib_utf8_append(out->reason, 0, sizeof(out->reason), s, len, false);
 	}
 	if (allow && !f_scopes == !f_tier)
 		return bad(err, errlen, path, "%s",

@@ -128,7 +128,7 @@ static void append_traceback(struct policy_engine *e, char *err, size_t errlen)
 #define RUN_OPTIONAL 2
 
 static int engine_run(struct policy_engine *e, int nargs, int last, const char *what, char *err,
-                      size_t errlen, int *dirty)
+                      size_t errlen, bool *dirty)
 {
 	lua_State *co = e->co;
 	int nres = 0;
@@ -136,7 +136,7 @@ static int engine_run(struct policy_engine *e, int nargs, int last, const char *
 
 	if (status != LUA_OK) {
 		lua_Debug ar;
-		*dirty = 1;
+		*dirty = true;
 		/* Where a budget ran out, when neither the hook nor a guard said
 		 * (a plain error names its own line). */
 		for (int level = 0; (e->mem_hit || status == LUA_ERRMEM) && !e->where[0] && level < 8 &&
@@ -186,7 +186,7 @@ struct decide_ctx {
 	char *err;
 	size_t errlen;
 	int rc;
-	int dirty;
+	bool dirty;
 };
 
 /* Runs protected on e->L: arguments ctx, body, claims. */
@@ -217,10 +217,10 @@ static int decide_protected(lua_State *L)
 	if (engine_run(e, 1, RUN_LAST, "decide", c->err, c->errlen, &c->dirty) != 0)
 		goto out;
 	lua_xmove(e->co, L, 1);
-	e->cap_armed = 0;
+	e->cap_armed = false;
 	c->rc = decision_check(L, e, lua_gettop(L), path, c->out, c->err, c->errlen);
 out:
-	e->cap_armed = 0;
+	e->cap_armed = false;
 	e->rq_now = NULL; /* nothing is built for req once its decision is over */
 	return 0;
 }
@@ -249,16 +249,16 @@ out:
  * allocated, and only when the decision grew the heap by GC_STEP_AFTER or
  * hit the cap.
  */
-static void engine_finish(struct policy_engine *e, int dirty, size_t used_before)
+static void engine_finish(struct policy_engine *e, bool dirty, size_t used_before)
 {
-	e->cap_armed = 0;
+	e->cap_armed = false;
 	if (!dirty) {
 		lua_settop(e->co, 0);
 	} else {
 		lua_pushcfunction(e->L, new_co_protected);
 		if (lua_pcall(e->L, 0, 0, 0) != LUA_OK) {
 			lua_pop(e->L, 1);
-			e->broken = 1;
+			e->broken = true;
 		}
 	}
 	if (e->mem_hit || e->mem_used > used_before + GC_STEP_AFTER)
@@ -306,7 +306,7 @@ int policy_decide(struct policy_engine *e, const struct policy_request *rq, stru
 		snprintf(err, errlen, "policy engine: %s",
 		         lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "out of memory");
 		c.rc = -1;
-		c.dirty = 1;
+		c.dirty = true;
 	}
 	engine_finish(e, c.dirty, used_before);
 	lua_settop(L, top);
@@ -332,7 +332,7 @@ struct compile_ctx {
 	char *err;
 	size_t errlen;
 	int rc;
-	int dirty;
+	bool dirty;
 };
 
 /* Builds tenant i's environments' metatable (the shared base plus its own
@@ -454,12 +454,12 @@ static int compile_protected(lua_State *L)
 		budget_arm(e);
 		if (engine_run(e, 0, RUN_LAST, path, c->err, c->errlen, &c->dirty) != 0) {
 			char why[512];
-			e->cap_armed = 0;
+			e->cap_armed = false;
 			snprintf(why, sizeof(why), "%s", c->err);
 			snprintf(c->err, c->errlen, "tenant %s: %s", t->name, why);
 			return 0;
 		}
-		e->cap_armed = 0;
+		e->cap_armed = false;
 		if (lua_type(e->co, -1) != LUA_TFUNCTION) {
 			snprintf(c->err, c->errlen,
 			         "tenant %s: %s: the policy must return a function decide(req), got %s",
@@ -537,7 +537,7 @@ struct policy_engine *policy_engine_new(const struct config *cfg, char *err, siz
 		snprintf(err, errlen, "policy engine: %s",
 		         lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "out of memory");
 		c.rc = -1;
-		c.dirty = 1;
+		c.dirty = true;
 	}
 	engine_finish(e, c.dirty, e->mem_used);
 	lua_settop(L, 0);
@@ -562,7 +562,7 @@ struct file_ctx {
 	char *err;
 	size_t errlen;
 	int rc;
-	int dirty;
+	bool dirty;
 };
 
 /* Runs protected on e->L: argument ctx; returns the environment and the
@@ -594,7 +594,7 @@ static int file_protected(lua_State *L)
 	budget_arm(e);
 	if (engine_run(e, 0, RUN_LAST | RUN_OPTIONAL, c->name, c->err, c->errlen, &c->dirty) != 0)
 		return 0;
-	e->cap_armed = 0;
+	e->cap_armed = false;
 	lua_pushvalue(L, 2);
 	lua_xmove(e->co, L, 1);
 	c->rc = 0;
@@ -621,7 +621,7 @@ int policy_sandbox_run(struct policy_engine *e, const char *name, const char *te
 		snprintf(err, errlen, "%s: %s", name,
 		         lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "out of memory");
 		c.rc = -1;
-		c.dirty = 1;
+		c.dirty = true;
 	}
 	engine_finish(e, c.dirty, used_before);
 	if (c.rc != 0) {
@@ -638,7 +638,7 @@ void policy_engine_free(struct policy_engine *e)
 	if (!e)
 		return;
 	if (e->L) {
-		e->cap_armed = 0;
+		e->cap_armed = false;
 		lua_close(e->L);
 	}
 	alloc_release_small(e);

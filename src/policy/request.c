@@ -76,18 +76,18 @@ static void set_str(lua_State *L, const char *k, const char *v)
 }
 
 /* Whether the table at idx is a list of 1.. strings and nothing else. */
-static int is_string_list(lua_State *L, int idx)
+static bool is_string_list(lua_State *L, int idx)
 {
 	lua_Integer n = (lua_Integer)lua_rawlen(L, idx), count = 0;
 
 	lua_pushnil(L);
 	while (lua_next(L, idx)) {
-		int ok = lua_type(L, -1) == LUA_TSTRING && lua_isinteger(L, -2) &&
-		         lua_tointeger(L, -2) >= 1 && lua_tointeger(L, -2) <= n;
+		bool ok = lua_type(L, -1) == LUA_TSTRING && lua_isinteger(L, -2) &&
+		          lua_tointeger(L, -2) >= 1 && lua_tointeger(L, -2) <= n;
 		lua_pop(L, 1);
 		if (!ok) {
 			lua_pop(L, 1);
-			return 0;
+			return false;
 		}
 		count++;
 	}
@@ -206,7 +206,7 @@ void request_fill(lua_State *L, struct policy_engine *e, int keys, const struct 
 	 * (view_child), and the next decision gets a new view. */
 	if (e->claims_cached) {
 		request_claims_view_new(L, e, rmt);
-		e->claims_cached = 0;
+		e->claims_cached = false;
 	}
 	lua_rawgeti(L, keys, K_CLAIMS);
 	lua_rawgeti(L, LUA_REGISTRYINDEX, e->ref_claims);

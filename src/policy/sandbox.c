@@ -186,7 +186,7 @@ int sandbox_require(lua_State *L)
 	if (!e->loaded_valid) {
 		lua_createtable(L, 0, 4);
 		lua_rawseti(L, LUA_REGISTRYINDEX, e->ref_loaded);
-		e->loaded_valid = 1;
+		e->loaded_valid = true;
 	}
 	lua_rawgeti(L, LUA_REGISTRYINDEX, e->ref_loaded);
 	if (lua_getfield(L, 2, name) != LUA_TNIL) {

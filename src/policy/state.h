@@ -103,7 +103,7 @@ struct policy_engine {
 	 * claims. */
 	int ref_claims, ref_noclaims;
 	const void *claims_view;
-	int claims_cached;
+	bool claims_cached;
 	unsigned held; /* the optional fields of req and identity that may hold a value (hold) */
 	const struct policy_request *rq_now; /* while a decision runs: for req's lazy fields */
 	int ref_body;                        /* the body req.body shows (false: none), see request_fill */
@@ -113,16 +113,16 @@ struct policy_engine {
 	 * and the table of its compiled modules. */
 	int *envmts;
 	int *mods;
-	size_t cur;       /* the tenant whose policy runs */
-	int loaded_valid; /* ref_loaded holds this decision's modules */
+	size_t cur;        /* the tenant whose policy runs */
+	bool loaded_valid; /* ref_loaded holds this decision's modules */
 	int log_lines;
 
 	/* Memory: bytes in use (as Lua counts them: the sizes it asked for),
 	 * and the cap armed only while a decision runs. */
 	size_t mem_used;
 	size_t mem_cap;
-	int cap_armed;
-	int mem_hit;
+	bool cap_armed;
+	bool mem_hit;
 
 	/* Freed small blocks by size class, kept for the next decision's
 	 * allocations (see alloc_lua), and the bytes they hold. */
@@ -145,14 +145,14 @@ struct policy_engine {
 	char detail[128];    /* what ran out, when a guarded C function noticed */
 	long long unchecked; /* units charged since the last look at the clock */
 
-	int broken; /* a failed decision could not be cleaned up: refuse all */
+	bool broken; /* a failed decision could not be cleaned up: refuse all */
 
 	/* The budgets of a decision (or of a file's run: policy_sandbox_run),
 	 * resolved from cfg at every arming when there is one. */
 	struct policy_limits lim;
 	int ref_filebase; /* what a file that is not a policy sees (policy_sandbox_run) */
 
-	int coverage; /* `test --coverage`: lines run are recorded in ref_cov */
+	bool coverage; /* `test --coverage`: lines run are recorded in ref_cov */
 	int ref_cov;
 
 	char log[LOG_MAX]; /* broker.log lines of the last decision */
@@ -180,15 +180,15 @@ void alloc_release_small(struct policy_engine *e);
 /* brokerlib.c */
 int brokerlib_log(lua_State *L);
 void brokerlib_open(lua_State *L, struct policy_engine *e);
-size_t brokerlib_utf8_append(char *dst, size_t used, size_t cap, const char *s, size_t len, int flat);
+size_t brokerlib_utf8_append(char *dst, size_t used, size_t cap, const char *s, size_t len, bool flat);
 
 /* budget.c */
 void budget_arm(struct policy_engine *e);
 void budget_hook(lua_State *L, lua_Debug *ar);
-int budget_spent(struct policy_engine *e, int clock, char *err, size_t errlen);
+bool budget_spent(struct policy_engine *e, bool clock, char *err, size_t errlen);
 void budget_charge(lua_State *L, long long units, const char *what);
 void budget_charge_items(lua_State *L, long long n, const char *what);
-int budget_deadline_passed(const struct policy_engine *e);
+bool budget_deadline_passed(const struct policy_engine *e);
 void budget_limits_of(const struct config *cfg, struct policy_limits *lim);
 int budget_tonumber(lua_State *L);
 extern const struct pmatch_budget budget_pattern;
@@ -221,7 +221,7 @@ extern const char view_real_key, view_view_key, view_reqview_key, view_env_key;
 #define UV_RMT lua_upvalueindex(1) /* RMT, the views' metatable, as upvalue 1 */
 void view_wrap(lua_State *L, struct policy_engine *e);
 void view_unwrap(lua_State *L, struct policy_engine *e, int idx);
-int view_is_ours(lua_State *L, int idx, int rmt);
+bool view_is_ours(lua_State *L, int idx, int rmt);
 void view_new(lua_State *L, int rmt);
 int view_index(lua_State *L);
 int view_len(lua_State *L);

@@ -64,7 +64,7 @@ static void view_child(lua_State *L, int view)
 	lua_rawset(L, view);
 	lua_replace(L, -2);
 	if (lua_topointer(L, view) == engine_of(L)->claims_view)
-		engine_of(L)->claims_cached = 1; /* see request_fill */
+		engine_of(L)->claims_cached = true; /* see request_fill */
 }
 
 int view_index(lua_State *L)
@@ -162,15 +162,15 @@ void view_wrap(lua_State *L, struct policy_engine *e)
 const char view_env_key = 'e';
 
 /* Whether the value at idx is a view or an environment. */
-int view_is_ours(lua_State *L, int idx, int rmt)
+bool view_is_ours(lua_State *L, int idx, int rmt)
 {
-	int ours;
+	bool ours;
 
 	if (!lua_getmetatable(L, idx))
-		return 0;
+		return false;
 	if (lua_rawequal(L, -1, rmt)) {
 		lua_pop(L, 1);
-		return 1;
+		return true;
 	}
 	ours = lua_rawgetp(L, -1, &view_env_key) != LUA_TNIL;
 	lua_pop(L, 2);
