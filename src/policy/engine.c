@@ -113,6 +113,9 @@ static void append_traceback(struct policy_engine *e, char *err, size_t errlen)
 	}
 }
 
+#define RUN_LAST     1
+#define RUN_OPTIONAL 2
+
 /*
  * Resumes co with the function and nargs arguments already on it. Returns 0
  * with exactly one result left on co, or -1 with err set. *dirty tells the
@@ -122,11 +125,6 @@ static void append_traceback(struct policy_engine *e, char *err, size_t errlen)
  * decision), which fails the decision all the same. RUN_OPTIONAL in last:
  * returning nothing is a nil result (a configuration file), not an error.
  */
-/* engine_run's last: the decision's last run, and a run that may return
- * nothing (a nil result: the configuration file). */
-#define RUN_LAST     1
-#define RUN_OPTIONAL 2
-
 static int engine_run(struct policy_engine *e, int nargs, int last, const char *what, char *err,
                       size_t errlen, bool *dirty)
 {
@@ -335,35 +333,30 @@ struct compile_ctx {
 	bool dirty;
 };
 
-/* Builds tenant i's environments' metatable (the shared base plus its own
- * broker, with broker.data, and require) and compiles its modules. */
-static int engine_tenant_setup(struct policy_engine *e, size_t i, char *err, size_t errlen)
+/* Copies every field of the table at registry[ref] into the table at into. */
+static void copy_ref_table(lua_State *L, int ref, int into)
 {
-	lua_State *L = e->L;
-	const struct tenant *t = &e->cfg->tenants[i];
-	int tbase, broker;
-
-	lua_createtable(L, 0, 40);
-	tbase = lua_gettop(L);
-	lua_rawgeti(L, LUA_REGISTRYINDEX, e->ref_base);
+	lua_rawgeti(L, LUA_REGISTRYINDEX, ref);
 	lua_pushnil(L);
 	while (lua_next(L, -2)) {
 		lua_pushvalue(L, -2);
 		lua_insert(L, -2);
-		lua_rawset(L, tbase);
+		lua_rawset(L, into);
 	}
 	lua_pop(L, 1);
+}
+
+/* Sets the tenant's broker (the shared one plus its broker.data) and its
+ * require into its base at tbase. */
+static int set_tenant_broker(lua_State *L, struct policy_engine *e, size_t i, int tbase, char *err,
+                             size_t errlen)
+{
+	const struct tenant *t = &e->cfg->tenants[i];
+	int broker;
 
 	lua_createtable(L, 0, 8);
 	broker = lua_gettop(L);
-	lua_rawgeti(L, LUA_REGISTRYINDEX, e->ref_broker);
-	lua_pushnil(L);
-	while (lua_next(L, -2)) {
-		lua_pushvalue(L, -2);
-		lua_insert(L, -2);
-		lua_rawset(L, broker);
-	}
-	lua_pop(L, 1);
+	copy_ref_table(L, e->ref_broker, broker);
 	if (t->data_text) {
 		if (json_decode(L, t->data_text, t->data_len) != 0) {
 			snprintf(err, errlen, "%s: not valid JSON (broker.data of tenant %s)",
@@ -377,7 +370,13 @@ static int engine_tenant_setup(struct policy_engine *e, size_t i, char *err, siz
 	lua_pushinteger(L, (lua_Integer)i);
 	lua_pushcclosure(L, sandbox_require, 1);
 	lua_setfield(L, tbase, "require");
+	return 0;
+}
 
+/* Makes tenant i's environments' metatable (registry envmts[i]) over its
+ * base at tbase. */
+static void make_env_mt(lua_State *L, struct policy_engine *e, size_t i, int tbase)
+{
 	lua_createtable(L, 0, 4);
 	lua_pushvalue(L, tbase);
 	lua_setfield(L, -2, "__index");
@@ -393,10 +392,15 @@ static int engine_tenant_setup(struct policy_engine *e, size_t i, char *err, siz
 	lua_setmetatable(L, -2);
 	lua_rawsetp(L, -2, &view_env_key);
 	e->envmts[i] = luaL_ref(L, LUA_REGISTRYINDEX);
-	lua_pop(L, 1);
+}
 
-	/* Tenants sharing a folder share the compiled modules (by path): the
-	 * require of each decision sets the _ENV it runs with. */
+/* Compiles tenant i's modules into its table of modules (registry
+ * mods[i]). Tenants sharing a folder share the compiled modules (by path):
+ * the require of each decision sets the _ENV it runs with. */
+static int compile_modules(lua_State *L, struct policy_engine *e, size_t i, char *err, size_t errlen)
+{
+	const struct tenant *t = &e->cfg->tenants[i];
+
 	lua_createtable(L, 0, (int)t->n_modules);
 	lua_rawgeti(L, LUA_REGISTRYINDEX, e->ref_modcache);
 	for (size_t k = 0; k < t->n_modules; k++) {
@@ -418,6 +422,23 @@ static int engine_tenant_setup(struct policy_engine *e, size_t i, char *err, siz
 	lua_pop(L, 1);
 	e->mods[i] = luaL_ref(L, LUA_REGISTRYINDEX);
 	return 0;
+}
+
+/* Builds tenant i's environments' metatable (the shared base plus its own
+ * broker, with broker.data, and require) and compiles its modules. */
+static int engine_tenant_setup(struct policy_engine *e, size_t i, char *err, size_t errlen)
+{
+	lua_State *L = e->L;
+	int tbase;
+
+	lua_createtable(L, 0, 40);
+	tbase = lua_gettop(L);
+	copy_ref_table(L, e->ref_base, tbase);
+	if (set_tenant_broker(L, e, i, tbase, err, errlen) != 0)
+		return -1;
+	make_env_mt(L, e, i, tbase);
+	lua_pop(L, 1);
+	return compile_modules(L, e, i, err, errlen);
 }
 
 /* Compiles every tenant's chunk and runs each once, to check it returns a

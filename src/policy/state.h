@@ -6,10 +6,16 @@
  * prototypes the files of src/policy/ share. It must never be included
  * outside src/policy/: other modules see only policy.h.
  *
- * The files, top down (every arrow points down): engine.c (new, compile,
- * decide, run, finish) -> sandbox.c (guards, load, require, the library
- * copies) -> brokerlib.c, request.c, decision.c, coverage.c -> budget.c,
- * view.c, alloc.c -> this header.
+ * The files, top down (every arrow points down, none back):
+ *   engine.c    new, compile, decide, run, finish; policy_sandbox_new/run
+ *   sandbox.c   building the sandbox: guards, load, require, the libraries
+ *   decision.c  the type check of a result  (-> brokerlib.c: UTF-8 repair)
+ *   brokerlib.c broker.*, print             (-> budget.c)
+ *   request.c   req, filled per decision    (-> view.c)
+ *   alloc.c     the allocator               (-> budget.c)
+ *   budget.c    hook, clock, charges        (-> coverage.c, view.c)
+ *   coverage.c  lines run, code lines       view.c  read-only views
+ * and this header under them all.
  */
 #ifndef POLICY_STATE_H
 #define POLICY_STATE_H
