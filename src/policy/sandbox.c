@@ -2,11 +2,10 @@
  * policy/sandbox.c — the sandbox every policy runs in.
  *
  * Owns the building of an engine's sandbox (the charged library copies,
- * the base environment, the string metatable), the guards of rawset, rawget,
- * setmetatable and load, require, and the running of a file that is not a
- * policy (policy_sandbox_new/run: test files and the configuration file).
- * It must never expose io, os beyond time and clock, debug, coroutines,
- * bytecode or __gc.
+ * the base environment, the string metatable, what a file that is not a
+ * policy sees), the guards of rawset, rawget, setmetatable and load, and
+ * require. It must never expose io, os beyond time and clock, debug,
+ * coroutines, bytecode or __gc.
  */
 #include "state.h"
 
