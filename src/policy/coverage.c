@@ -1,0 +1,278 @@
+/*
+ * policy/coverage.c — line coverage of policies (test --coverage).
+ *
+ * Owns the lines a coverage run records and the reader of a chunk's dumped
+ * bytecode that lists a policy's code lines (policy_code_lines). It must
+ * never charge coverage to a decision's budget.
+ */
+#include "state.h"
+
+#include <lauxlib.h>
+#include <lua.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Coverage: cov[source][line] = true, outside the decision's memory cap. */
+void coverage_record_line(struct policy_engine *e, lua_State *L, lua_Debug *ar)
+{
+	bool armed = e->cap_armed;
+
+	if (!lua_getinfo(L, "S", ar) || ar->source[0] != '@' || !lua_checkstack(L, 4))
+		return;
+	e->cap_armed = false;
+	lua_rawgeti(L, LUA_REGISTRYINDEX, e->ref_cov);
+	if (lua_getfield(L, -1, ar->source + 1) != LUA_TTABLE) {
+		lua_pop(L, 1);
+		lua_newtable(L);
+		lua_pushvalue(L, -1);
+		lua_setfield(L, -3, ar->source + 1);
+	}
+	lua_pushboolean(L, 1);
+	lua_rawseti(L, -2, ar->currentline);
+	lua_pop(L, 2);
+	e->cap_armed = armed;
+}
+
+/* A syntax error without its quote of the source (policy.h). */
+void policy_scrub_syntax_error(char *msg)
+{
+	char *near = strstr(msg, " near '");
+
+	if (near)
+		*near = '\0';
+}
+
+/* ------------------------------------------------------------ coverage */
+
+static int cov_on_protected(lua_State *L)
+{
+	struct policy_engine *e = engine_of(L);
+
+	lua_newtable(L);
+	e->ref_cov = luaL_ref(L, LUA_REGISTRYINDEX);
+	return 0;
+}
+
+int policy_engine_coverage(struct policy_engine *e)
+{
+	lua_pushcfunction(e->L, cov_on_protected);
+	if (lua_pcall(e->L, 0, 0, 0) != LUA_OK) {
+		lua_pop(e->L, 1);
+		return -1;
+	}
+	e->coverage = true;
+	return 0;
+}
+
+void policy_coverage_each(struct policy_engine *e, void (*fn)(void *ctx, const char *path, int line),
+                          void *ctx)
+{
+	lua_State *L = e->L;
+	int top = lua_gettop(L);
+
+	if (!e->coverage)
+		return;
+	lua_rawgeti(L, LUA_REGISTRYINDEX, e->ref_cov);
+	lua_pushnil(L);
+	while (lua_next(L, -2)) {
+		const char *path = lua_tostring(L, -2);
+		lua_pushnil(L);
+		while (lua_next(L, -2)) {
+			if (lua_isinteger(L, -2))
+				fn(ctx, path, (int)lua_tointeger(L, -2));
+			lua_pop(L, 1);
+		}
+		lua_pop(L, 1);
+	}
+	lua_settop(L, top);
+}
+
+/*
+ * Which lines hold code: the lines of every instruction of the chunk and of
+ * every function nested in it, read from the chunk's own dump (the debug
+ * API reaches nested prototypes only once their closures exist). As Lua's
+ * activelines does, a vararg function's first instruction (VARARGPREP) is
+ * not a line; unlike it, neither is each function's implicit final return,
+ * which never runs in a function that returns explicitly. The dump format
+ * is Lua 5.4's (ldump.c); it is only ever produced here, from text.
+ */
+struct dump_reader {
+	const unsigned char *p, *end;
+	bool bad;
+	unsigned char *lines;
+	size_t nlines;
+};
+
+static unsigned rd_byte(struct dump_reader *r)
+{
+	if (r->p >= r->end) {
+		r->bad = true;
+		return 0;
+	}
+	return *r->p++;
+}
+
+static size_t rd_size(struct dump_reader *r)
+{
+	size_t x = 0;
+	unsigned b;
+
+	do {
+		b = rd_byte(r);
+		if (x > (SIZE_MAX >> 7)) {
+			r->bad = true;
+			return 0;
+		}
+		x = (x << 7) | (b & 0x7f);
+	} while (!(b & 0x80) && !r->bad);
+	return x;
+}
+
+static void rd_skip(struct dump_reader *r, size_t n)
+{
+	if ((size_t)(r->end - r->p) < n) {
+		r->bad = true;
+		r->p = r->end;
+	} else {
+		r->p += n;
+	}
+}
+
+static void rd_string(struct dump_reader *r)
+{
+	size_t n = rd_size(r);
+	if (n)
+		rd_skip(r, n - 1);
+}
+
+static void rd_function(struct dump_reader *r, int depth)
+{
+	size_t ncode, n, nli, nabs;
+	const signed char *li;
+	const unsigned char *abs_at;
+	long line;
+	bool vararg;
+
+	if (depth > 200) {
+		r->bad = true;
+		return;
+	}
+	rd_string(r);            /* source */
+	line = (long)rd_size(r); /* linedefined */
+	rd_size(r);              /* lastlinedefined */
+	rd_byte(r);              /* numparams */
+	vararg = rd_byte(r) != 0;
+	rd_byte(r); /* maxstacksize */
+	ncode = rd_size(r);
+	rd_skip(r, ncode * 4);
+	n = rd_size(r); /* constants */
+	for (size_t i = 0; i < n && !r->bad; i++) {
+		unsigned tag = rd_byte(r);
+		if (tag == 0x03 || tag == 0x13) /* integer, float */
+			rd_skip(r, 8);
+		else if (tag == 0x04 || tag == 0x14) /* short, long string */
+			rd_string(r);
+	}
+	n = rd_size(r); /* upvalues: instack, idx, kind */
+	rd_skip(r, n * 3);
+	n = rd_size(r); /* nested functions */
+	for (size_t i = 0; i < n && !r->bad; i++)
+		rd_function(r, depth + 1);
+	nli = rd_size(r);
+	li = (const signed char *)r->p;
+	rd_skip(r, nli);
+	nabs = rd_size(r);
+	abs_at = r->p;
+	for (size_t i = 0; i < nabs && !r->bad; i++) {
+		rd_size(r);
+		rd_size(r);
+	}
+	if (r->bad)
+		return;
+	/* Lines: deltas, or an absolute line (-128) taken from the next pair. */
+	{
+		struct dump_reader ab = {.p = abs_at, .end = r->p};
+		for (size_t pc = 0; pc < nli; pc++) {
+			if (li[pc] == -128) {
+				rd_size(&ab);
+				line = (long)rd_size(&ab);
+			} else {
+				line += li[pc];
+			}
+			if ((vararg && pc == 0) || pc + 1 == nli || ab.bad)
+				continue;
+			if (line > 0 && (size_t)line < r->nlines)
+				r->lines[line] = 1;
+		}
+	}
+	n = rd_size(r); /* local variables */
+	for (size_t i = 0; i < n && !r->bad; i++) {
+		rd_string(r);
+		rd_size(r);
+		rd_size(r);
+	}
+	n = rd_size(r); /* upvalue names */
+	for (size_t i = 0; i < n && !r->bad; i++)
+		rd_string(r);
+}
+
+struct dump_buf {
+	unsigned char *p;
+	size_t len, cap;
+};
+
+static int dump_write(lua_State *L, const void *p, size_t sz, void *ud)
+{
+	struct dump_buf *b = ud;
+
+	(void)L;
+	if (b->len + sz > b->cap) {
+		size_t cap = (b->len + sz) * 2;
+		unsigned char *np = realloc(b->p, cap);
+		if (!np)
+			return 1;
+		b->p = np;
+		b->cap = cap;
+	}
+	memcpy(b->p + b->len, p, sz);
+	b->len += sz;
+	return 0;
+}
+
+int policy_code_lines(const char *name, const char *text, size_t len, unsigned char *lines, size_t nlines,
+                      char *err, size_t errlen)
+{
+	lua_State *L = luaL_newstate();
+	struct dump_buf b = {0};
+	struct dump_reader r;
+	int rc = -1;
+
+	memset(lines, 0, nlines);
+	if (!L) {
+		snprintf(err, errlen, "out of memory");
+		return -1;
+	}
+	lua_pushfstring(L, "@%s", name);
+	if (luaL_loadbufferx(L, text, len, lua_tostring(L, -1), "t") != LUA_OK) {
+		snprintf(err, errlen, "%s", lua_tostring(L, -1));
+		policy_scrub_syntax_error(err);
+		goto out;
+	}
+	if (lua_dump(L, dump_write, &b, 0) != 0 || b.len < 32) {
+		snprintf(err, errlen, "%s: cannot read its line information", name);
+		goto out;
+	}
+	r = (struct dump_reader){.p = b.p + 32, .end = b.p + b.len, .lines = lines, .nlines = nlines};
+	rd_function(&r, 0); /* after the 31-byte header and the upvalue count */
+	if (r.bad) {
+		snprintf(err, errlen, "%s: cannot read its line information", name);
+		goto out;
+	}
+	rc = 0;
+out:
+	free(b.p);
+	lua_close(L);
+	return rc;
+}
