@@ -16,7 +16,6 @@
 #include "http.h"
 
 #include <microhttpd.h>
-#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>

@@ -1,5 +1,5 @@
 /*
- * loop.c — the event loops, the acceptor, the listeners and the drain.
+ * loop.c — the event loops, the acceptor, the listeners' setup and the drain.
  *
  * Owns the threads of the front: `threads` event loops, each owning one MHD
  * daemon (external epoll mode), one Courier client (libcurl multi), a small
@@ -18,6 +18,9 @@
  * of two deadline-ordered lists, never by per-byte work; MHD's warnings go
  * through the log's rate limit. With admin_listen, one more MHD daemon on its
  * own thread, socket and connection budget serves only the probes and /metrics.
+ *
+ * Beside it: client.c (a connection's record and the deadline lists),
+ * ipcap.c (the per-address counts), listen.c (sockets, the admin listener).
  *
  * It must never know a route (the front's handlers come in struct
  * loop_routes), never hand a request to another thread, and never stop a
@@ -91,9 +94,9 @@ enum { CMD_ABORT = 1, CMD_STOP = 2 };
  * config. Ids are never reused, unlike addresses.
  *
  * Only the token pipeline's decision runs on an engine (the body and claims
- * the policy reads, and the decision). Every answer, error body and log line is built on the
- * loop's own JSON state, which no generation owns: answering never needs,
- * and never builds, a policy engine.
+ * the policy reads, and the decision). Every answer, error body and log line
+ * is built on the loop's own JSON state, which no generation owns: answering
+ * never needs, and never builds, a policy engine.
  */
 struct loop {
 	struct http_server *srv;

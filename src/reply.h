@@ -58,7 +58,7 @@ struct req {
 	char *policy_log; /* broker.log lines of the decision ("a\nb\n"), or NULL */
 	struct courier_job job;
 
-	/* Last and not zeroed at allocation (8 KiB): begin_token and
+	/* Last and not zeroed at allocation (8 KiB): token_begin and
 	 * envelope_apply set each field, the strings up to their NUL. */
 	struct grant grant;
 };

@@ -142,6 +142,105 @@ static const struct policy_header *request_headers(void *ctx, size_t *n)
 	return hs->h;
 }
 
+/* ------------------------------------------------------------ the headers */
+
+/* The tenant's configured origin equal to the request's Origin, or NULL. */
+static const char *cors_match(const struct tenant *t, const char *origin)
+{
+	if (!origin)
+		return NULL;
+	for (size_t i = 0; i < t->n_cors_origins; i++)
+		if (strcmp(t->cors_origins[i], origin) == 0)
+			return t->cors_origins[i];
+	return NULL;
+}
+
+/* A browser's CORS preflight for a token route. */
+static enum MHD_Result preflight(struct req *r)
+{
+	struct MHD_Response *resp;
+	enum MHD_Result ret;
+
+	if (!r->cors_origin)
+		return reply_fail(r, REPLY_FORBIDDEN, "this origin may not ask for tokens", NULL, NULL);
+	resp = MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
+	if (!resp)
+		return MHD_NO;
+	MHD_add_response_header(resp, "Access-Control-Allow-Origin", r->cors_origin);
+	MHD_add_response_header(resp, "Access-Control-Allow-Methods", "POST");
+	MHD_add_response_header(resp, "Access-Control-Allow-Headers", "Authorization, Content-Type");
+	MHD_add_response_header(resp, "Access-Control-Max-Age", CORS_MAX_AGE_S);
+	MHD_add_response_header(resp, "Vary", "Origin");
+	MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
+	ret = MHD_queue_response(r->conn, MHD_HTTP_NO_CONTENT, resp);
+	MHD_destroy_response(resp);
+	metrics_request(r->tenant->name, 204);
+	r->state = RS_DONE;
+	return ret;
+}
+
+enum MHD_Result token_begin(struct loop *lp, struct MHD_Connection *conn, const char *name,
+                            const char *method, const char *flaw, void **con_cls)
+{
+	struct http_server *s = loop_server(lp);
+	struct req *r = malloc(sizeof(*r));
+	const char *cl;
+	char msg[160];
+
+	if (!r)
+		return MHD_NO;
+	memset(r, 0, offsetof(struct req, grant));
+	r->grant.scope[0] = '\0';
+	r->grant.expires_s = 0;
+	r->grant.capped = false;
+	r->grant.courier_expires[0] = '\0';
+	r->srv = s;
+	r->loop = lp;
+	r->conn = conn;
+	r->state = RS_BODY;
+	r->start = clock_now();
+	peer_ip(conn, r->client_ip, sizeof(r->client_ip));
+	*con_cls = r;
+	loop_request_begin(s);
+	metrics_inflight_add(1);
+
+	r->gen = gen_acquire();
+	if (flaw)
+		return reply_fail(r, REPLY_INVALID_REQUEST, flaw, MHD_HTTP_HEADER_CONNECTION, "close");
+	if (loop_draining(s) || !r->gen)
+		return reply_fail(r, REPLY_UNAVAILABLE, "the broker is not serving", "Retry-After", "1");
+	buf_init(&r->body, r->gen->cfg->max_body_bytes);
+	r->tenant = config_tenant(r->gen->cfg, name);
+	if (!r->tenant)
+		return reply_fail(r, REPLY_UNKNOWN_TENANT, "no such tenant", NULL, NULL);
+	r->origin = header(conn, "Origin");
+	r->cors_origin = cors_match(r->tenant, r->origin);
+	if (strcmp(method, MHD_HTTP_METHOD_OPTIONS) == 0)
+		return preflight(r);
+	if (strcmp(method, MHD_HTTP_METHOD_POST) != 0)
+		return reply_fail(r, REPLY_METHOD_NOT_ALLOWED, "use POST", MHD_HTTP_HEADER_ALLOW, "POST");
+	if (!is_json_type(header(conn, MHD_HTTP_HEADER_CONTENT_TYPE)))
+		return reply_fail(r, REPLY_UNSUPPORTED_MEDIA_TYPE, "the body must be application/json", NULL,
+		                  NULL);
+	cl = header(conn, MHD_HTTP_HEADER_CONTENT_LENGTH);
+	if (cl) {
+		char *end;
+		unsigned long long n = strtoull(cl, &end, 10);
+		if (end == cl || *end || n > r->gen->cfg->max_body_bytes) {
+			snprintf(msg, sizeof(msg), "the body is limited to %zu bytes",
+			         r->gen->cfg->max_body_bytes);
+			return reply_fail(r, REPLY_PAYLOAD_TOO_LARGE, msg, MHD_HTTP_HEADER_CONNECTION,
+			                  "close");
+		}
+	}
+	/* The request is decided by the generation it began on: its engine is
+	 * pinned now, whatever reloads happen while the body arrives. */
+	r->engine = gen_engine_pin(loop_engines(lp), r->gen);
+	if (!r->engine)
+		return reply_fail(r, REPLY_UNAVAILABLE, "the policy engine is not available", NULL, NULL);
+	return MHD_YES;
+}
+
 /* ---------------------------------------------------------- Courier call */
 
 static void on_courier_done(struct courier_job *job)
@@ -401,65 +500,87 @@ static enum MHD_Result process(struct req *r)
 	return ret;
 }
 
-static enum MHD_Result complete(struct req *r)
-{
-	struct http_server *s = r->srv;
-	struct courier_job *job = &r->job;
-	lua_State *L = loop_json(r->loop);
-	double up_ms = job->seconds * 1e3;
-	const char *token, *json;
-	size_t tlen, jlen;
-	long long exp;
-	char when[40];
-	enum MHD_Result ret;
-	int top;
+/* ------------------------------------------------------------ the answer */
 
-	top = lua_gettop(L);
+/* What Courier's call came to: REPLY_GO for an HTTP 200, else the answer
+ * (and *msg), logged. */
+static enum reply_answer courier_outcome(struct req *r, const char **msg)
+{
+	const struct courier_job *job = &r->job;
 
 	if (job->status == 0) {
 		log_msg("warn", "tenant %s: Courier call failed: %s", r->tenant->name, job->error);
-		if (job->timed_out)
-			return reply_fail(r, REPLY_UPSTREAM_TIMEOUT, "Courier did not answer in time", NULL,
-			                  NULL);
-		if (job->aborted)
-			return reply_fail(r, REPLY_UNAVAILABLE, "shutting down", NULL, NULL);
-		return reply_fail(r, REPLY_UPSTREAM_ERROR, "Courier could not be reached", NULL, NULL);
+		if (job->timed_out) {
+			*msg = "Courier did not answer in time";
+			return REPLY_UPSTREAM_TIMEOUT;
+		}
+		if (job->aborted) {
+			*msg = "shutting down";
+			return REPLY_UNAVAILABLE;
+		}
+		*msg = "Courier could not be reached";
+		return REPLY_UPSTREAM_ERROR;
 	}
 	if (job->status == 401 || job->status == 403) {
 		log_msg("error",
 		        "tenant %s: Courier refused the API key (HTTP %ld) with fingerprint %s: check the "
-		        "key and "
-		        "its environment",
+		        "key and its environment",
 		        r->tenant->name, job->status, r->tenant->api_key.fingerprint);
-		return reply_fail(r, REPLY_UPSTREAM_ERROR, "Courier refused the broker's credentials", NULL,
-		                  NULL);
+		*msg = "Courier refused the broker's credentials";
+		return REPLY_UPSTREAM_ERROR;
 	}
 	if (job->status != 200) {
 		log_msg("warn", "tenant %s: Courier answered HTTP %ld", r->tenant->name, job->status);
-		return reply_fail(r, REPLY_UPSTREAM_ERROR, "Courier refused the call", NULL, NULL);
+		*msg = "Courier refused the call";
+		return REPLY_UPSTREAM_ERROR;
 	}
-	token = courier_read_token(L, job->resp, job->resp_len, &tlen, &exp);
+	return REPLY_GO;
+}
+
+/* Courier's token (pushed on L, *len bytes) expiring at *exp, which must
+ * match the grant; NULL (logged, L back at top) when unusable. */
+static const char *courier_token(struct req *r, lua_State *L, int top, size_t *len, long long *exp)
+{
+	const struct courier_job *job = &r->job;
+	const char *token = courier_read_token(L, job->resp, job->resp_len, len, exp);
+	char why[160];
+
 	if (!token) {
 		log_msg("warn", "tenant %s: Courier answered 200 without a usable token", r->tenant->name);
+		return NULL;
+	}
+	if (courier_check_expiry(*exp, (long long)time(NULL), r->grant.expires_s, why, sizeof(why)) != 0) {
+		log_msg("warn", "tenant %s: Courier's token does not match the grant: %s", r->tenant->name,
+		        why);
+		lua_settop(L, top);
+		return NULL;
+	}
+	return token;
+}
+
+/* Answers after Courier (or the timeout) is done. */
+static enum MHD_Result complete(struct req *r)
+{
+	lua_State *L = loop_json(r->loop);
+	double up_ms = r->job.seconds * 1e3;
+	const char *msg, *token, *json;
+	enum reply_answer a;
+	size_t tlen, jlen;
+	long long exp;
+	char when[40];
+	enum MHD_Result ret;
+	int top = lua_gettop(L);
+	time_t te;
+	struct tm tm;
+
+	if ((a = courier_outcome(r, &msg)) != REPLY_GO)
+		return reply_fail(r, a, msg, NULL, NULL);
+	token = courier_token(r, L, top, &tlen, &exp);
+	if (!token)
 		return reply_fail(r, REPLY_UPSTREAM_ERROR, "Courier answered something unusable", NULL, NULL);
-	}
-	{
-		char why[160];
-		if (courier_check_expiry(exp, (long long)time(NULL), r->grant.expires_s, why, sizeof(why)) !=
-		    0) {
-			log_msg("warn", "tenant %s: Courier's token does not match the grant: %s",
-			        r->tenant->name, why);
-			lua_settop(L, top);
-			return reply_fail(r, REPLY_UPSTREAM_ERROR, "Courier answered something unusable",
-			                  NULL, NULL);
-		}
-	}
-	{
-		time_t te = (time_t)exp;
-		struct tm tm;
-		gmtime_r(&te, &tm);
-		strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", &tm);
-	}
+	te = (time_t)exp;
+	gmtime_r(&te, &tm);
+	strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", &tm);
 	lua_createtable(L, 0, 5);
 	lua_pushvalue(L, -2);
 	lua_setfield(L, -2, "token");
@@ -476,111 +597,12 @@ static enum MHD_Result complete(struct req *r)
 		lua_settop(L, top);
 		return reply_fail(r, REPLY_UNAVAILABLE, "out of memory", NULL, NULL);
 	}
-	ret = reply_queue(r->conn, s, 200, "application/json", json, jlen, "X-Policy-Revision",
+	ret = reply_queue(r->conn, r->srv, 200, "application/json", json, jlen, "X-Policy-Revision",
 	                  r->tenant->policy_revision, r->cors_origin);
 	reply_log(r, 200, NULL, token, tlen, up_ms);
 	r->state = RS_DONE;
 	lua_settop(L, top);
 	return ret;
-}
-
-/* ------------------------------------------------------------ the headers */
-
-/* The tenant's configured origin equal to the request's Origin, or NULL. */
-static const char *cors_match(const struct tenant *t, const char *origin)
-{
-	if (!origin)
-		return NULL;
-	for (size_t i = 0; i < t->n_cors_origins; i++)
-		if (strcmp(t->cors_origins[i], origin) == 0)
-			return t->cors_origins[i];
-	return NULL;
-}
-
-/* A browser's CORS preflight for a token route. */
-static enum MHD_Result preflight(struct req *r)
-{
-	struct MHD_Response *resp;
-	enum MHD_Result ret;
-
-	if (!r->cors_origin)
-		return reply_fail(r, REPLY_FORBIDDEN, "this origin may not ask for tokens", NULL, NULL);
-	resp = MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
-	if (!resp)
-		return MHD_NO;
-	MHD_add_response_header(resp, "Access-Control-Allow-Origin", r->cors_origin);
-	MHD_add_response_header(resp, "Access-Control-Allow-Methods", "POST");
-	MHD_add_response_header(resp, "Access-Control-Allow-Headers", "Authorization, Content-Type");
-	MHD_add_response_header(resp, "Access-Control-Max-Age", CORS_MAX_AGE_S);
-	MHD_add_response_header(resp, "Vary", "Origin");
-	MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
-	ret = MHD_queue_response(r->conn, MHD_HTTP_NO_CONTENT, resp);
-	MHD_destroy_response(resp);
-	metrics_request(r->tenant->name, 204);
-	r->state = RS_DONE;
-	return ret;
-}
-
-enum MHD_Result token_begin(struct loop *lp, struct MHD_Connection *conn, const char *name,
-                            const char *method, const char *flaw, void **con_cls)
-{
-	struct http_server *s = loop_server(lp);
-	struct req *r = malloc(sizeof(*r));
-	const char *cl;
-	char msg[160];
-
-	if (!r)
-		return MHD_NO;
-	memset(r, 0, offsetof(struct req, grant));
-	r->grant.scope[0] = '\0';
-	r->grant.expires_s = 0;
-	r->grant.capped = false;
-	r->grant.courier_expires[0] = '\0';
-	r->srv = s;
-	r->loop = lp;
-	r->conn = conn;
-	r->state = RS_BODY;
-	r->start = clock_now();
-	peer_ip(conn, r->client_ip, sizeof(r->client_ip));
-	*con_cls = r;
-	loop_request_begin(s);
-	metrics_inflight_add(1);
-
-	r->gen = gen_acquire();
-	if (flaw)
-		return reply_fail(r, REPLY_INVALID_REQUEST, flaw, MHD_HTTP_HEADER_CONNECTION, "close");
-	if (loop_draining(s) || !r->gen)
-		return reply_fail(r, REPLY_UNAVAILABLE, "the broker is not serving", "Retry-After", "1");
-	buf_init(&r->body, r->gen->cfg->max_body_bytes);
-	r->tenant = config_tenant(r->gen->cfg, name);
-	if (!r->tenant)
-		return reply_fail(r, REPLY_UNKNOWN_TENANT, "no such tenant", NULL, NULL);
-	r->origin = header(conn, "Origin");
-	r->cors_origin = cors_match(r->tenant, r->origin);
-	if (strcmp(method, MHD_HTTP_METHOD_OPTIONS) == 0)
-		return preflight(r);
-	if (strcmp(method, MHD_HTTP_METHOD_POST) != 0)
-		return reply_fail(r, REPLY_METHOD_NOT_ALLOWED, "use POST", MHD_HTTP_HEADER_ALLOW, "POST");
-	if (!is_json_type(header(conn, MHD_HTTP_HEADER_CONTENT_TYPE)))
-		return reply_fail(r, REPLY_UNSUPPORTED_MEDIA_TYPE, "the body must be application/json", NULL,
-		                  NULL);
-	cl = header(conn, MHD_HTTP_HEADER_CONTENT_LENGTH);
-	if (cl) {
-		char *end;
-		unsigned long long n = strtoull(cl, &end, 10);
-		if (end == cl || *end || n > r->gen->cfg->max_body_bytes) {
-			snprintf(msg, sizeof(msg), "the body is limited to %zu bytes",
-			         r->gen->cfg->max_body_bytes);
-			return reply_fail(r, REPLY_PAYLOAD_TOO_LARGE, msg, MHD_HTTP_HEADER_CONNECTION,
-			                  "close");
-		}
-	}
-	/* The request is decided by the generation it began on: its engine is
-	 * pinned now, whatever reloads happen while the body arrives. */
-	r->engine = gen_engine_pin(loop_engines(lp), r->gen);
-	if (!r->engine)
-		return reply_fail(r, REPLY_UNAVAILABLE, "the policy engine is not available", NULL, NULL);
-	return MHD_YES;
 }
 
 /* ------------------------------------------------- the body, and the end */
