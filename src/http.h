@@ -4,7 +4,9 @@
  * The front parses and bounds what arrives, asks the engines (identity,
  * policy, envelope, Courier client) and answers. Engines never call back into
  * it, except the Courier client's completion callback, which only resumes a
- * suspended connection.
+ * suspended connection. Its files: http.c (routes and probes), token.c (the
+ * token pipeline), reply.c (answers and the log line), loop.c (event loops,
+ * acceptor, drain) with client.c, ipcap.c and listen.c.
  */
 #ifndef BROKER_HTTP_H
 #define BROKER_HTTP_H

@@ -7,8 +7,10 @@
  */
 #include "metrics.h"
 
+#include "buf.h"
+#include "log.h"
+
 #include <pthread.h>
-#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -16,6 +18,9 @@
 #include <string.h>
 
 #define MAX_TENANTS 256
+
+/* The rendered text's cap: far above what 256 tenants and the loops make. */
+#define METRICS_TEXT_MAX (16u * 1024 * 1024)
 
 static const int statuses[] = {200, 204, 400, 401, 403, 404, 405, 413, 415, 429, 500, 502, 503, 504, 0};
 #define N_STATUS (sizeof(statuses) / sizeof(statuses[0])) /* last slot: any other */
@@ -141,51 +146,15 @@ void metrics_reload(bool ok, time_t when)
 		atomic_store(&stale_since, (unsigned long long)when);
 }
 
-struct buf {
-	char *p;
-	size_t len, cap;
-	int failed;
-};
-
-__attribute__((format(printf, 2, 3))) static void add(struct buf *b, const char *fmt, ...)
+/* The counters this file keeps. */
+static void render_counters(struct buf *b)
 {
-	va_list ap;
-	int n;
-
-	if (b->failed)
-		return;
-	for (;;) {
-		va_start(ap, fmt);
-		n = vsnprintf(b->p + b->len, b->cap - b->len, fmt, ap);
-		va_end(ap);
-		if (n < 0) {
-			b->failed = 1;
-			return;
-		}
-		if ((size_t)n < b->cap - b->len)
-			break;
-		char *np = realloc(b->p, b->cap * 2 + (size_t)n);
-		if (!np) {
-			b->failed = 1;
-			return;
-		}
-		b->p = np;
-		b->cap = b->cap * 2 + (size_t)n;
-	}
-	b->len += (size_t)n;
-}
-
-char *metrics_render(size_t *len)
-{
-	struct buf b = {malloc(8192), 0, 8192, 0};
 	unsigned n = atomic_load_explicit(&n_tenants, memory_order_acquire);
 	unsigned long long cum = 0;
 	time_t now = time(NULL);
 
-	if (!b.p)
-		return NULL;
-	add(&b, "# HELP broker_requests_total Token requests answered, by tenant and status.\n"
-	        "# TYPE broker_requests_total counter\n");
+	buf_addf(b, "# HELP broker_requests_total Token requests answered, by tenant and status.\n"
+	            "# TYPE broker_requests_total counter\n");
 	for (unsigned t = 0; t <= MAX_TENANTS; t++) {
 		if (t >= n && t != MAX_TENANTS)
 			continue;
@@ -195,44 +164,46 @@ char *metrics_render(size_t *len)
 			if (!v)
 				continue;
 			if (statuses[i])
-				add(&b, "broker_requests_total{tenant=\"%s\",status=\"%d\"} %llu\n",
-				    tenants[t].name, statuses[i], v);
+				buf_addf(b, "broker_requests_total{tenant=\"%s\",status=\"%d\"} %llu\n",
+				         tenants[t].name, statuses[i], v);
 			else
-				add(&b, "broker_requests_total{tenant=\"%s\",status=\"other\"} %llu\n",
-				    tenants[t].name, v);
+				buf_addf(b, "broker_requests_total{tenant=\"%s\",status=\"other\"} %llu\n",
+				         tenants[t].name, v);
 		}
 	}
-	add(&b,
+	buf_addf(
+	    b,
 	    "# HELP broker_rate_limited_total Token requests refused with 429, by the bucket that refused "
 	    "them.\n# TYPE broker_rate_limited_total counter\n"
 	    "broker_rate_limited_total{level=\"requester\"} "
 	    "%llu\nbroker_rate_limited_total{level=\"tenant\"} "
 	    "%llu\n",
 	    atomic_load(&limited_requester), atomic_load(&limited_tenant));
-	add(&b, "# HELP broker_upstream_seconds Latency of Courier calls.\n"
-	        "# TYPE broker_upstream_seconds histogram\n");
+	buf_addf(b, "# HELP broker_upstream_seconds Latency of Courier calls.\n"
+	            "# TYPE broker_upstream_seconds histogram\n");
 	for (size_t i = 0; i < N_BUCKETS; i++) {
 		cum += atomic_load_explicit(&up_buckets[i], memory_order_relaxed);
-		add(&b, "broker_upstream_seconds_bucket{le=\"%g\"} %llu\n", buckets[i], cum);
+		buf_addf(b, "broker_upstream_seconds_bucket{le=\"%g\"} %llu\n", buckets[i], cum);
 	}
 	cum += atomic_load_explicit(&up_buckets[N_BUCKETS], memory_order_relaxed);
-	add(&b, "broker_upstream_seconds_bucket{le=\"+Inf\"} %llu\n", cum);
-	add(&b, "broker_upstream_seconds_sum %.6f\n", (double)atomic_load(&up_sum_us) / 1e6);
-	add(&b, "broker_upstream_seconds_count %llu\n", atomic_load(&up_count));
-	add(&b,
-	    "# HELP broker_upstream_responses_total Courier answers by class.\n"
-	    "# TYPE broker_upstream_responses_total counter\n"
-	    "broker_upstream_responses_total{class=\"2xx\"} %llu\n"
-	    "broker_upstream_responses_total{class=\"4xx\"} %llu\n"
-	    "broker_upstream_responses_total{class=\"5xx\"} %llu\n"
-	    "broker_upstream_responses_total{class=\"none\"} %llu\n",
-	    atomic_load(&up_status_2xx), atomic_load(&up_status_4xx), atomic_load(&up_status_5xx),
-	    atomic_load(&up_status_none));
-	add(&b,
-	    "# HELP broker_inflight_requests Token requests being handled.\n"
-	    "# TYPE broker_inflight_requests gauge\nbroker_inflight_requests %d\n",
-	    atomic_load(&inflight));
-	add(&b,
+	buf_addf(b, "broker_upstream_seconds_bucket{le=\"+Inf\"} %llu\n", cum);
+	buf_addf(b, "broker_upstream_seconds_sum %.6f\n", (double)atomic_load(&up_sum_us) / 1e6);
+	buf_addf(b, "broker_upstream_seconds_count %llu\n", atomic_load(&up_count));
+	buf_addf(b,
+	         "# HELP broker_upstream_responses_total Courier answers by class.\n"
+	         "# TYPE broker_upstream_responses_total counter\n"
+	         "broker_upstream_responses_total{class=\"2xx\"} %llu\n"
+	         "broker_upstream_responses_total{class=\"4xx\"} %llu\n"
+	         "broker_upstream_responses_total{class=\"5xx\"} %llu\n"
+	         "broker_upstream_responses_total{class=\"none\"} %llu\n",
+	         atomic_load(&up_status_2xx), atomic_load(&up_status_4xx), atomic_load(&up_status_5xx),
+	         atomic_load(&up_status_none));
+	buf_addf(b,
+	         "# HELP broker_inflight_requests Token requests being handled.\n"
+	         "# TYPE broker_inflight_requests gauge\nbroker_inflight_requests %d\n",
+	         atomic_load(&inflight));
+	buf_addf(
+	    b,
 	    "# HELP broker_generation Id of the running configuration generation.\n"
 	    "# TYPE broker_generation gauge\nbroker_generation %llu\n"
 	    "# HELP broker_generation_loaded_timestamp_seconds When it was loaded.\n"
@@ -242,36 +213,70 @@ char *metrics_render(size_t *len)
 	    "requests).\n"
 	    "# TYPE broker_generations_alive gauge\nbroker_generations_alive %d\n",
 	    atomic_load(&gen_id), atomic_load(&gen_loaded_at), atomic_load(&gens_alive));
-	add(&b,
-	    "# HELP broker_reloads_total Reload attempts by result.\n"
-	    "# TYPE broker_reloads_total counter\n"
-	    "broker_reloads_total{result=\"ok\"} %llu\nbroker_reloads_total{result=\"failed\"} %llu\n"
-	    "# HELP broker_last_reload_timestamp_seconds Time of the last reload attempt.\n"
-	    "# TYPE broker_last_reload_timestamp_seconds gauge\n"
-	    "broker_last_reload_timestamp_seconds %llu\n"
-	    "# HELP broker_last_reload_success Whether the last reload attempt succeeded.\n"
-	    "# TYPE broker_last_reload_success gauge\nbroker_last_reload_success %llu\n",
-	    atomic_load(&reload_ok), atomic_load(&reload_failed), atomic_load(&reload_last_time),
-	    atomic_load(&reload_last_ok));
-	add(&b,
-	    "# HELP broker_policy_engines_built_total Policy engines compiled for serving: by a reload "
-	    "before its generation serves, or by an event loop on a request's time.\n"
-	    "# TYPE broker_policy_engines_built_total counter\n"
-	    "broker_policy_engines_built_total{where=\"reload\"} %llu\n"
-	    "broker_policy_engines_built_total{where=\"loop\"} %llu\n",
-	    atomic_load(&engines_reload), atomic_load(&engines_loop));
+	buf_addf(b,
+	         "# HELP broker_reloads_total Reload attempts by result.\n"
+	         "# TYPE broker_reloads_total counter\n"
+	         "broker_reloads_total{result=\"ok\"} %llu\nbroker_reloads_total{result=\"failed\"} %llu\n"
+	         "# HELP broker_last_reload_timestamp_seconds Time of the last reload attempt.\n"
+	         "# TYPE broker_last_reload_timestamp_seconds gauge\n"
+	         "broker_last_reload_timestamp_seconds %llu\n"
+	         "# HELP broker_last_reload_success Whether the last reload attempt succeeded.\n"
+	         "# TYPE broker_last_reload_success gauge\nbroker_last_reload_success %llu\n",
+	         atomic_load(&reload_ok), atomic_load(&reload_failed), atomic_load(&reload_last_time),
+	         atomic_load(&reload_last_ok));
+	buf_addf(b,
+	         "# HELP broker_policy_engines_built_total Policy engines compiled for serving: by a reload "
+	         "before its generation serves, or by an event loop on a request's time.\n"
+	         "# TYPE broker_policy_engines_built_total counter\n"
+	         "broker_policy_engines_built_total{where=\"reload\"} %llu\n"
+	         "broker_policy_engines_built_total{where=\"loop\"} %llu\n",
+	         atomic_load(&engines_reload), atomic_load(&engines_loop));
 	{
 		unsigned long long since = atomic_load(&stale_since);
-		add(&b,
+		buf_addf(
+		    b,
 		    "# HELP broker_policy_stale_seconds How long the running generation has been behind a "
 		    "failed reload.\n# TYPE broker_policy_stale_seconds gauge\nbroker_policy_stale_seconds "
 		    "%llu\n",
 		    since ? (unsigned long long)now - since : 0ULL);
 	}
-	if (b.failed) {
-		free(b.p);
-		return NULL;
-	}
-	*len = b.len;
-	return b.p;
+}
+
+/* The front's: each loop's connections and the flood counters. */
+static void render_front(struct buf *b, const struct metrics_front *f)
+{
+	buf_addf(b, "# HELP broker_loop_connections Client connections each event loop holds.\n"
+	            "# TYPE broker_loop_connections gauge\n");
+	for (size_t i = 0; i < f->n_loops; i++)
+		buf_addf(b, "broker_loop_connections{loop=\"%zu\"} %d\n", i, f->loop_connections(f->ctx, i));
+	buf_addf(b,
+	         "# HELP broker_connections_refused_total Client connections closed at accept: their "
+	         "address held max_connections_per_ip.\n"
+	         "# TYPE broker_connections_refused_total counter\n"
+	         "broker_connections_refused_total %llu\n"
+	         "# HELP broker_request_timeouts_total Client connections closed because a request did "
+	         "not arrive whole within request_timeout_ms (or no request line within "
+	         "connection_timeout_s after the last).\n"
+	         "# TYPE broker_request_timeouts_total counter\n"
+	         "broker_request_timeouts_total %llu\n"
+	         "# HELP broker_log_suppressed_total Warning lines dropped by the log's rate limit.\n"
+	         "# TYPE broker_log_suppressed_total counter\n"
+	         "broker_log_suppressed_total %llu\n",
+	         f->refused_per_ip, f->request_timeouts, log_suppressed_total());
+}
+
+char *metrics_render_front(const struct metrics_front *front, size_t *len)
+{
+	struct buf b;
+
+	buf_init(&b, METRICS_TEXT_MAX);
+	render_counters(&b);
+	if (front)
+		render_front(&b, front);
+	return buf_take(&b, len);
+}
+
+char *metrics_render(size_t *len)
+{
+	return metrics_render_front(NULL, len);
 }

@@ -38,7 +38,19 @@ void metrics_generations_alive(int delta);
  * (on_loop true: the fallback when no spare engine was left for it). */
 void metrics_engine_built(bool on_loop);
 
+/* The front's figures, read when /metrics is rendered. */
+struct metrics_front {
+	size_t n_loops;
+	int (*loop_connections)(void *ctx, size_t i); /* connections loop i holds */
+	void *ctx;
+	unsigned long long refused_per_ip;   /* closed at accept: max_connections_per_ip */
+	unsigned long long request_timeouts; /* closed by the request deadline */
+};
+
 /* Renders everything; returns a malloc'ed string (caller frees) or NULL. */
 char *metrics_render(size_t *len);
+
+/* The same, followed by the front's figures (what GET /metrics answers). */
+char *metrics_render_front(const struct metrics_front *front, size_t *len);
 
 #endif

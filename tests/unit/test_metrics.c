@@ -101,6 +101,48 @@ static void t_tenant_names_are_bounded(void **state)
 	free(s);
 }
 
+static int loop_live(void *ctx, size_t i)
+{
+	const int *live = ctx;
+
+	return live[i];
+}
+
+/* GET /metrics: the counters, then each loop's connections and the flood
+ * counters the front passes in; without a front, none of the latter. */
+static void t_front_figures_follow_the_counters(void **state)
+{
+	int live[3] = {4, 0, 17};
+	struct metrics_front front = {
+	    .n_loops = 3,
+	    .loop_connections = loop_live,
+	    .ctx = live,
+	    .refused_per_ip = 5,
+	    .request_timeouts = 6,
+	};
+	size_t len = 0;
+	char *s = metrics_render_front(&front, &len), *loops;
+
+	(void)state;
+	assert_non_null(s);
+	assert_int_equal(strlen(s), len);
+	loops = strstr(s, "# TYPE broker_loop_connections gauge\n"
+	                  "broker_loop_connections{loop=\"0\"} 4\n"
+	                  "broker_loop_connections{loop=\"1\"} 0\n"
+	                  "broker_loop_connections{loop=\"2\"} 17\n");
+	assert_non_null(loops);
+	assert_true(loops > strstr(s, "broker_policy_stale_seconds "));
+	assert_non_null(strstr(s, "\nbroker_connections_refused_total 5\n"));
+	assert_non_null(strstr(s, "\nbroker_request_timeouts_total 6\n"));
+	assert_non_null(strstr(s, "\nbroker_log_suppressed_total "));
+	free(s);
+
+	s = render();
+	assert_null(strstr(s, "broker_loop_connections"));
+	assert_null(strstr(s, "broker_connections_refused_total"));
+	free(s);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -108,6 +150,7 @@ int main(void)
 	    cmocka_unit_test(t_upstream_histogram_is_cumulative),
 	    cmocka_unit_test(t_reloads),
 	    cmocka_unit_test(t_tenant_names_are_bounded),
+	    cmocka_unit_test(t_front_figures_follow_the_counters),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

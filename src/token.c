@@ -1,0 +1,669 @@
+/*
+ * token.c — the token pipeline: one request from its headers to its answer.
+ *
+ * Owns the stages of a token request, in the order the README draws them:
+ * headers (tenant, CORS, method, media type, size; token_begin) → body →
+ * identity → rate → policy → envelope → upstream (suspended while the
+ * Courier client works) → answer (complete). Each stage returns an answer
+ * code; the first that is not REPLY_GO is the answer. It must never let a
+ * policy see a credential header, never charge a rate budget before the
+ * requester is authenticated, and never issue a token the envelope refused.
+ * Only the decision runs on the generation's policy engine; everything else
+ * uses the loop's JSON state.
+ */
+#include "token.h"
+
+#include <arpa/inet.h>
+#include <lauxlib.h>
+#include <lua.h>
+#include <microhttpd.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <time.h>
+
+#include "clock.h"
+#include "config.h"
+#include "courier.h"
+#include "envelope.h"
+#include "gen.h"
+#include "ident.h"
+#include "json.h"
+#include "log.h"
+#include "loop.h"
+#include "metrics.h"
+#include "policy.h"
+#include "reply.h"
+#include "reqbody.h"
+
+/* The headers a policy may read (req.headers): how many, and their names' bytes. */
+#define MAX_HEADERS 64
+#define HEADER_BUF  8192
+
+/* How long a browser may cache a preflight's answer (Access-Control-Max-Age). */
+#define CORS_MAX_AGE_S "600"
+
+/* A body past max_body_bytes is counted and dropped, and the connection is
+ * closed once the client sent this many times the limit, and some more. */
+#define DISCARD_FACTOR 4
+#define DISCARD_SLACK  65536
+
+struct header_set {
+	struct policy_header h[MAX_HEADERS];
+	size_t n;
+	char buf[HEADER_BUF];
+	size_t used;
+};
+
+/* A loop's scratch for the decision (13 KiB, one request at a time on a loop). */
+struct token_scratch {
+	struct header_set hs;
+	struct decision dec;
+};
+
+static struct token_scratch *scratch_of(struct loop *lp)
+{
+	return loop_scratch(lp);
+}
+
+size_t token_scratch_size(void)
+{
+	return sizeof(struct token_scratch);
+}
+
+/* ------------------------------------------------------ reading a request */
+
+static const char *header(struct MHD_Connection *conn, const char *name)
+{
+	return MHD_lookup_connection_value(conn, MHD_HEADER_KIND, name);
+}
+
+static bool is_json_type(const char *ct)
+{
+	static const char want[] = "application/json";
+
+	if (!ct || strncasecmp(ct, want, sizeof(want) - 1) != 0)
+		return false;
+	ct += sizeof(want) - 1;
+	return *ct == '\0' || *ct == ';' || *ct == ' ' || *ct == '\t';
+}
+
+static void peer_ip(struct MHD_Connection *conn, char *out, size_t len)
+{
+	const union MHD_ConnectionInfo *ci =
+	    MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+	const struct sockaddr *sa = ci ? ci->client_addr : NULL;
+
+	out[0] = '\0';
+	if (!sa)
+		return;
+	if (sa->sa_family == AF_INET)
+		inet_ntop(AF_INET, &((const struct sockaddr_in *)(const void *)sa)->sin_addr, out,
+		          (socklen_t)len);
+	else if (sa->sa_family == AF_INET6)
+		inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr, out,
+		          (socklen_t)len);
+}
+
+static enum MHD_Result collect_header(void *cls, enum MHD_ValueKind kind, const char *key, const char *value)
+{
+	struct header_set *hs = cls;
+	size_t klen = strlen(key);
+
+	(void)kind;
+	if (!value || strcasecmp(key, "authorization") == 0 || strcasecmp(key, "cookie") == 0 ||
+	    strcasecmp(key, "proxy-authorization") == 0)
+		return MHD_YES;
+	if (hs->n >= MAX_HEADERS || hs->used + klen + 1 > sizeof(hs->buf))
+		return MHD_NO;
+	for (size_t i = 0; i < klen; i++) {
+		char c = key[i];
+		hs->buf[hs->used + i] = (c >= 'A' && c <= 'Z') ? (char)(c - 'A' + 'a') : c;
+	}
+	hs->buf[hs->used + klen] = '\0';
+	hs->h[hs->n].name = hs->buf + hs->used;
+	hs->h[hs->n].value = value;
+	hs->n++;
+	hs->used += klen + 1;
+	return MHD_YES;
+}
+
+/* policy_request.headers_of: the request's headers, gathered into its loop's
+ * scratch set when (and only when) a policy reads req.headers. */
+static const struct policy_header *request_headers(void *ctx, size_t *n)
+{
+	struct req *r = ctx;
+	struct header_set *hs = &scratch_of(r->loop)->hs;
+
+	hs->n = hs->used = 0;
+	MHD_get_connection_values(r->conn, MHD_HEADER_KIND, collect_header, hs);
+	*n = hs->n;
+	return hs->h;
+}
+
+/* ------------------------------------------------------------ the headers */
+
+/* The tenant's configured origin equal to the request's Origin, or NULL. */
+static const char *cors_match(const struct tenant *t, const char *origin)
+{
+	if (!origin)
+		return NULL;
+	for (size_t i = 0; i < t->n_cors_origins; i++)
+		if (strcmp(t->cors_origins[i], origin) == 0)
+			return t->cors_origins[i];
+	return NULL;
+}
+
+/* A browser's CORS preflight for a token route. */
+static enum MHD_Result preflight(struct req *r)
+{
+	struct MHD_Response *resp;
+	enum MHD_Result ret;
+
+	if (!r->cors_origin)
+		return reply_fail(r, REPLY_FORBIDDEN, "this origin may not ask for tokens", NULL, NULL);
+	resp = MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
+	if (!resp)
+		return MHD_NO;
+	MHD_add_response_header(resp, "Access-Control-Allow-Origin", r->cors_origin);
+	MHD_add_response_header(resp, "Access-Control-Allow-Methods", "POST");
+	MHD_add_response_header(resp, "Access-Control-Allow-Headers", "Authorization, Content-Type");
+	MHD_add_response_header(resp, "Access-Control-Max-Age", CORS_MAX_AGE_S);
+	MHD_add_response_header(resp, "Vary", "Origin");
+	MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
+	ret = MHD_queue_response(r->conn, MHD_HTTP_NO_CONTENT, resp);
+	MHD_destroy_response(resp);
+	metrics_request(r->tenant->name, 204);
+	r->state = RS_DONE;
+	return ret;
+}
+
+enum MHD_Result token_begin(struct loop *lp, struct MHD_Connection *conn, const char *name,
+                            const char *method, const char *flaw, void **con_cls)
+{
+	struct http_server *s = loop_server(lp);
+	struct req *r = malloc(sizeof(*r));
+	const char *cl;
+	char msg[160];
+
+	if (!r)
+		return MHD_NO;
+	memset(r, 0, offsetof(struct req, grant));
+	r->grant.scope[0] = '\0';
+	r->grant.expires_s = 0;
+	r->grant.capped = false;
+	r->grant.courier_expires[0] = '\0';
+	r->srv = s;
+	r->loop = lp;
+	r->conn = conn;
+	r->state = RS_BODY;
+	r->start = clock_now();
+	peer_ip(conn, r->client_ip, sizeof(r->client_ip));
+	*con_cls = r;
+	loop_request_begin(s);
+	metrics_inflight_add(1);
+
+	r->gen = gen_acquire();
+	if (flaw)
+		return reply_fail(r, REPLY_INVALID_REQUEST, flaw, MHD_HTTP_HEADER_CONNECTION, "close");
+	if (loop_draining(s) || !r->gen)
+		return reply_fail(r, REPLY_UNAVAILABLE, "the broker is not serving", "Retry-After", "1");
+	buf_init(&r->body, r->gen->cfg->max_body_bytes);
+	r->tenant = config_tenant(r->gen->cfg, name);
+	if (!r->tenant)
+		return reply_fail(r, REPLY_UNKNOWN_TENANT, "no such tenant", NULL, NULL);
+	r->origin = header(conn, "Origin");
+	r->cors_origin = cors_match(r->tenant, r->origin);
+	if (strcmp(method, MHD_HTTP_METHOD_OPTIONS) == 0)
+		return preflight(r);
+	if (strcmp(method, MHD_HTTP_METHOD_POST) != 0)
+		return reply_fail(r, REPLY_METHOD_NOT_ALLOWED, "use POST", MHD_HTTP_HEADER_ALLOW, "POST");
+	if (!is_json_type(header(conn, MHD_HTTP_HEADER_CONTENT_TYPE)))
+		return reply_fail(r, REPLY_UNSUPPORTED_MEDIA_TYPE, "the body must be application/json", NULL,
+		                  NULL);
+	cl = header(conn, MHD_HTTP_HEADER_CONTENT_LENGTH);
+	if (cl) {
+		char *end;
+		unsigned long long n = strtoull(cl, &end, 10);
+		if (end == cl || *end || n > r->gen->cfg->max_body_bytes) {
+			snprintf(msg, sizeof(msg), "the body is limited to %zu bytes",
+			         r->gen->cfg->max_body_bytes);
+			return reply_fail(r, REPLY_PAYLOAD_TOO_LARGE, msg, MHD_HTTP_HEADER_CONNECTION,
+			                  "close");
+		}
+	}
+	/* The request is decided by the generation it began on: its engine is
+	 * pinned now, whatever reloads happen while the body arrives. */
+	r->engine = gen_engine_pin(loop_engines(lp), r->gen);
+	if (!r->engine)
+		return reply_fail(r, REPLY_UNAVAILABLE, "the policy engine is not available", NULL, NULL);
+	return MHD_YES;
+}
+
+/* ---------------------------------------------------------- Courier call */
+
+static void on_courier_done(struct courier_job *job)
+{
+	struct req *r = job->arg;
+
+	/* Runs on the request's loop: count the call as over (whether or not the
+	 * client is still there to read the answer) and hand the connection back;
+	 * the loop runs MHD before it waits again. */
+	loop_upstream_end(r->srv);
+	metrics_upstream(job->seconds, job->status);
+	MHD_resume_connection(r->conn);
+	loop_resumed(r->loop);
+}
+
+/* ident's header lookup: the index-th value of a header, in the order received. */
+struct nth_header {
+	const char *name;
+	unsigned want, seen;
+	const char *found;
+};
+
+static enum MHD_Result nth_header_cb(void *cls, enum MHD_ValueKind kind, const char *key, const char *value)
+{
+	struct nth_header *q = cls;
+
+	(void)kind;
+	if (strcasecmp(key, q->name) != 0)
+		return MHD_YES;
+	if (q->seen++ < q->want)
+		return MHD_YES;
+	q->found = value;
+	return MHD_NO;
+}
+
+static const char *ident_header(void *ctx, const char *name, unsigned index)
+{
+	struct nth_header q = {.name = name, .want = index};
+
+	MHD_get_connection_values(ctx, MHD_HEADER_KIND, nth_header_cb, &q);
+	return q.found;
+}
+
+/* ------------------------------------------------------------ the stages */
+
+/* What the stages of one decision share. */
+struct pipeline {
+	lua_State *L; /* the engine's: the body and the claims the policy reads */
+	struct policy_engine *e;
+	int body; /* the body's index on L */
+	struct ident_request irq;
+	struct identity id;
+	char client_ip[INET6_ADDRSTRLEN];
+	struct decision *dec;
+	/* The answer of the stage that stopped the request. */
+	const char *msg;
+	const char *extra_name, *extra_value;
+	char err[512];
+	char retry_after[32];
+};
+
+/* The body: a JSON object with a valid user_id. */
+static enum reply_answer stage_body(struct req *r, struct pipeline *p)
+{
+	size_t uid_len;
+	const char *uid;
+
+	if (json_decode(p->L, r->body.data ? r->body.data : "", r->body.len) != 0 ||
+	    lua_type(p->L, -1) != LUA_TTABLE) {
+		p->msg = "the body must be a JSON object";
+		return REPLY_INVALID_REQUEST;
+	}
+	p->body = lua_gettop(p->L);
+	if (reqbody_check(p->L, p->body, &uid, &uid_len, &p->msg) != 0)
+		return REPLY_INVALID_REQUEST;
+	memcpy(r->user_id, uid, uid_len + 1);
+	return REPLY_GO;
+}
+
+/* Who asks: the client's address (through trusted proxies) and its credential. */
+static enum reply_answer stage_identity(struct req *r, struct pipeline *p)
+{
+	const struct tenant *t = r->tenant;
+
+	memset(&p->irq, 0, sizeof(p->irq));
+	p->irq.authorization = header(r->conn, MHD_HTTP_HEADER_AUTHORIZATION);
+	p->irq.peer_ip = r->client_ip;
+	p->irq.now = (long long)time(NULL);
+	p->irq.header = ident_header;
+	p->irq.header_ctx = r->conn;
+	if (ident_client_ip(&t->auth, &p->irq, p->client_ip, sizeof(p->client_ip)) != 0) {
+		p->msg = "too many X-Forwarded-For header lines";
+		return REPLY_INVALID_REQUEST;
+	}
+	if (ident_authenticate(p->L, &t->auth, &p->irq, &p->id, p->err, sizeof(p->err)) != 0) {
+		snprintf(r->reason, sizeof(r->reason), "%.*s", (int)sizeof(r->reason) - 1, p->err);
+		p->msg = "missing or invalid credential";
+		return REPLY_UNAUTHENTICATED;
+	}
+	r->method = p->id.method;
+	snprintf(r->subject, sizeof(r->subject), "%s", p->id.subject);
+	return REPLY_GO;
+}
+
+/* Charged after authentication, so strangers cannot spend a tenant's
+ * budget. The requester is its subject, or its address when it has none. */
+static enum reply_answer stage_rate(struct req *r, struct pipeline *p)
+{
+	char who[300];
+	double retry;
+	int n = p->id.subject[0] ? snprintf(who, sizeof(who), "%s:%s", p->id.method, p->id.subject)
+	                         : snprintf(who, sizeof(who), "ip:%s", p->client_ip);
+	enum gen_rate_level lv = gen_rate_take(r->gen, r->tenant, who, n > 0 ? (size_t)n : 0, &retry);
+
+	if (lv == GEN_RATE_OK)
+		return REPLY_GO;
+	metrics_rate_limited(lv == GEN_RATE_REQUESTER);
+	snprintf(p->retry_after, sizeof(p->retry_after), "%.0f", retry < 1 ? 1 : retry);
+	p->msg = lv == GEN_RATE_REQUESTER ? "too many token requests from this requester"
+	                                  : "too many token requests for this tenant";
+	p->extra_name = "Retry-After";
+	p->extra_value = p->retry_after;
+	return REPLY_RATE_LIMITED;
+}
+
+/* The tenant's policy decides, on the engine pinned by token_begin. */
+static enum reply_answer stage_decide(struct req *r, struct pipeline *p)
+{
+	const struct tenant *t = r->tenant;
+	struct policy_request prq;
+	int decided;
+
+	/* dec is initialised by policy_decide: no need to zero 13 KiB per request. */
+	memset(&prq, 0, sizeof(prq));
+	prq.tenant = t;
+	prq.user_id = r->user_id;
+	prq.body_idx = p->body;
+	prq.authenticated = p->id.authenticated;
+	prq.method = p->id.method;
+	prq.subject = p->id.subject;
+	prq.claims_idx = p->id.claims_idx;
+	prq.client_ip = p->client_ip;
+	prq.origin = r->origin;
+	prq.user_agent = header(r->conn, MHD_HTTP_HEADER_USER_AGENT);
+	prq.headers_of = request_headers;
+	prq.headers_ctx = r;
+	prq.now = p->irq.now;
+
+	decided = policy_decide(p->e, &prq, p->dec, p->err, sizeof(p->err));
+	if (policy_decision_log(p->e)[0])
+		r->policy_log = strdup(policy_decision_log(p->e)); /* the engine's copy lasts one decision */
+	if (decided != 0) {
+		r->decision = "error";
+		snprintf(r->reason, sizeof(r->reason), "%.*s", (int)sizeof(r->reason) - 1, p->err);
+		log_msg("error", "tenant %s: policy error: %s", t->name, p->err);
+		p->msg = "the policy failed; no token was issued";
+		return REPLY_POLICY_ERROR;
+	}
+	snprintf(r->reason, sizeof(r->reason), "%s", p->dec->reason);
+	if (!p->dec->allow) {
+		r->decision = "deny";
+		p->msg = p->dec->reason[0] ? p->dec->reason : "denied by policy";
+		return REPLY_FORBIDDEN;
+	}
+	return REPLY_GO;
+}
+
+/* The tenant's ceiling on what the policy granted. */
+static enum reply_answer stage_envelope(struct req *r, struct pipeline *p)
+{
+	if (envelope_apply(r->tenant, r->user_id, p->dec, &r->grant, p->err, sizeof(p->err)) != 0) {
+		r->decision = "error";
+		r->grant.scope[0] = '\0';
+		snprintf(r->reason, sizeof(r->reason), "%.*s", (int)sizeof(r->reason) - 1, p->err);
+		log_msg("error", "tenant %s: decision outside the envelope: %s", r->tenant->name, p->err);
+		p->msg = "the policy's decision was refused; no token was issued";
+		return REPLY_POLICY_ERROR;
+	}
+	r->decision = "allow";
+	return REPLY_GO;
+}
+
+/* Hands the grant to the loop's Courier client and suspends the connection
+ * until the call ends (on_courier_done). */
+static enum reply_answer stage_upstream(struct req *r, struct pipeline *p)
+{
+	lua_State *J = loop_json(r->loop);
+	const char *b;
+	size_t blen;
+
+	p->msg = "out of memory";
+	if (loop_upstream_count(r->srv) >= r->gen->cfg->max_inflight) {
+		p->msg = "too many requests waiting on Courier";
+		p->extra_name = "Retry-After";
+		p->extra_value = "1";
+		return REPLY_UNAVAILABLE;
+	}
+	b = courier_request_body(J, &r->grant, &blen);
+	if (!b || !(r->courier_body = malloc(blen + 1))) {
+		if (b)
+			lua_pop(J, 1);
+		return REPLY_UNAVAILABLE;
+	}
+	memcpy(r->courier_body, b, blen + 1);
+	lua_pop(J, 1);
+
+	r->job.url = r->gen->courier_url;
+	r->job.api_key = &r->tenant->api_key;
+	r->job.body = r->courier_body;
+	r->job.body_len = blen;
+	r->job.timeout_ms = r->gen->cfg->courier_timeout_ms;
+	r->job.connect_timeout_ms = r->gen->cfg->courier_connect_timeout_ms;
+	r->job.done = on_courier_done;
+	r->job.arg = r;
+
+	if (loop_upstream_begin(r->srv) != 0) {
+		p->msg = "shutting down";
+		return REPLY_UNAVAILABLE;
+	}
+	/* The job cannot end before this handler returns (it ends only in
+	 * courier_run, on this loop), so the order of the two is free. */
+	if (courier_submit(loop_courier(r->loop), &r->job) != 0) {
+		loop_upstream_end(r->srv);
+		return REPLY_UNAVAILABLE;
+	}
+	r->state = RS_WAITING;
+	MHD_suspend_connection(r->conn);
+	return REPLY_GO;
+}
+
+/* The body has arrived: the stages in order, on the generation's engine
+ * (pinned by token_begin, unpinned here either way). */
+static enum MHD_Result process(struct req *r)
+{
+	static enum reply_answer (*const stages[])(struct req *, struct pipeline *) = {
+	    stage_body, stage_identity, stage_rate, stage_decide, stage_envelope, stage_upstream,
+	};
+	struct policy_engine *e = r->engine ? r->engine->engine : NULL;
+	enum reply_answer a = REPLY_GO;
+	struct pipeline p;
+	enum MHD_Result ret;
+	int top;
+
+	if (!e)
+		return reply_fail(r, REPLY_UNAVAILABLE, "the policy engine is not available", NULL, NULL);
+	p.e = e;
+	p.L = policy_engine_lua(e);
+	p.dec = &scratch_of(r->loop)->dec;
+	p.msg = p.extra_name = p.extra_value = NULL;
+	top = lua_gettop(p.L);
+	for (size_t i = 0; a == REPLY_GO && i < sizeof(stages) / sizeof(stages[0]); i++)
+		a = stages[i](r, &p);
+	ret = a == REPLY_GO ? MHD_YES : reply_fail(r, a, p.msg, p.extra_name, p.extra_value);
+	lua_settop(p.L, top);
+	gen_engine_unpin(loop_engines(r->loop), r->engine);
+	r->engine = NULL;
+	return ret;
+}
+
+/* ------------------------------------------------------------ the answer */
+
+/* What Courier's call came to: REPLY_GO for an HTTP 200, else the answer
+ * (and *msg), logged. */
+static enum reply_answer courier_outcome(struct req *r, const char **msg)
+{
+	const struct courier_job *job = &r->job;
+
+	if (job->status == 0) {
+		log_msg("warn", "tenant %s: Courier call failed: %s", r->tenant->name, job->error);
+		if (job->timed_out) {
+			*msg = "Courier did not answer in time";
+			return REPLY_UPSTREAM_TIMEOUT;
+		}
+		if (job->aborted) {
+			*msg = "shutting down";
+			return REPLY_UNAVAILABLE;
+		}
+		*msg = "Courier could not be reached";
+		return REPLY_UPSTREAM_ERROR;
+	}
+	if (job->status == 401 || job->status == 403) {
+		log_msg("error",
+		        "tenant %s: Courier refused the API key (HTTP %ld) with fingerprint %s: check the "
+		        "key and its environment",
+		        r->tenant->name, job->status, r->tenant->api_key.fingerprint);
+		*msg = "Courier refused the broker's credentials";
+		return REPLY_UPSTREAM_ERROR;
+	}
+	if (job->status != 200) {
+		log_msg("warn", "tenant %s: Courier answered HTTP %ld", r->tenant->name, job->status);
+		*msg = "Courier refused the call";
+		return REPLY_UPSTREAM_ERROR;
+	}
+	return REPLY_GO;
+}
+
+/* Courier's token (pushed on L, *len bytes) expiring at *exp, which must
+ * match the grant; NULL (logged, L back at top) when unusable. */
+static const char *courier_token(struct req *r, lua_State *L, int top, size_t *len, long long *exp)
+{
+	const struct courier_job *job = &r->job;
+	const char *token = courier_read_token(L, job->resp, job->resp_len, len, exp);
+	char why[160];
+
+	if (!token) {
+		log_msg("warn", "tenant %s: Courier answered 200 without a usable token", r->tenant->name);
+		return NULL;
+	}
+	if (courier_check_expiry(*exp, (long long)time(NULL), r->grant.expires_s, why, sizeof(why)) != 0) {
+		log_msg("warn", "tenant %s: Courier's token does not match the grant: %s", r->tenant->name,
+		        why);
+		lua_settop(L, top);
+		return NULL;
+	}
+	return token;
+}
+
+/* Answers after Courier (or the timeout) is done. */
+static enum MHD_Result complete(struct req *r)
+{
+	lua_State *L = loop_json(r->loop);
+	double up_ms = r->job.seconds * 1e3;
+	const char *msg, *token, *json;
+	enum reply_answer a;
+	size_t tlen, jlen;
+	long long exp;
+	char when[40];
+	enum MHD_Result ret;
+	int top = lua_gettop(L);
+	time_t te;
+	struct tm tm;
+
+	if ((a = courier_outcome(r, &msg)) != REPLY_GO)
+		return reply_fail(r, a, msg, NULL, NULL);
+	token = courier_token(r, L, top, &tlen, &exp);
+	if (!token)
+		return reply_fail(r, REPLY_UPSTREAM_ERROR, "Courier answered something unusable", NULL, NULL);
+	te = (time_t)exp;
+	gmtime_r(&te, &tm);
+	strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", &tm);
+	lua_createtable(L, 0, 5);
+	lua_pushvalue(L, -2);
+	lua_setfield(L, -2, "token");
+	lua_pushstring(L, r->user_id);
+	lua_setfield(L, -2, "user_id");
+	lua_pushstring(L, r->grant.scope);
+	lua_setfield(L, -2, "scope");
+	lua_pushinteger(L, r->grant.expires_s);
+	lua_setfield(L, -2, "expires_in");
+	lua_pushstring(L, when);
+	lua_setfield(L, -2, "expires_at");
+	json = json_encode(L, -1, &jlen);
+	if (!json) {
+		lua_settop(L, top);
+		return reply_fail(r, REPLY_UNAVAILABLE, "out of memory", NULL, NULL);
+	}
+	ret = reply_queue(r->conn, r->srv, 200, "application/json", json, jlen, "X-Policy-Revision",
+	                  r->tenant->policy_revision, r->cors_origin);
+	reply_log(r, 200, NULL, token, tlen, up_ms);
+	r->state = RS_DONE;
+	lua_settop(L, top);
+	return ret;
+}
+
+/* ------------------------------------------------- the body, and the end */
+
+/* A piece of the body: kept up to max_body_bytes, counted and dropped past it. */
+static enum MHD_Result take_body(struct req *r, const char *data, size_t n)
+{
+	size_t max = r->gen->cfg->max_body_bytes;
+
+	if (r->too_large || r->body.len + n > max) {
+		/* MHD cannot answer mid-upload: count what arrives, answer 413 at
+		 * its end, and close the connection once a client sends far more. */
+		r->too_large = true;
+		r->discarded += n;
+		return r->discarded > DISCARD_FACTOR * max + DISCARD_SLACK ? MHD_NO : MHD_YES;
+	}
+	return buf_add(&r->body, data, n) == 0 ? MHD_YES : MHD_NO;
+}
+
+enum MHD_Result token_continue(struct req *r, const char *upload_data, size_t *upload_data_size)
+{
+	switch (r->state) {
+	case RS_DONE:
+		/* Answered early; discard whatever body still arrives. */
+		*upload_data_size = 0;
+		return MHD_YES;
+	case RS_WAITING:
+		return complete(r);
+	case RS_BODY:
+		break;
+	}
+	if (*upload_data_size) {
+		size_t n = *upload_data_size;
+		*upload_data_size = 0;
+		return take_body(r, upload_data, n);
+	}
+	if (r->too_large) {
+		char msg[96];
+		snprintf(msg, sizeof(msg), "the body is limited to %zu bytes", r->gen->cfg->max_body_bytes);
+		return reply_fail(r, REPLY_PAYLOAD_TOO_LARGE, msg, MHD_HTTP_HEADER_CONNECTION, "close");
+	}
+	return process(r);
+}
+
+void token_end(struct req *r)
+{
+	struct http_server *s = r->srv;
+
+	if (r->state != RS_DONE) {
+		/* The client left before an answer (never while suspended: MHD does not
+		 * notice, and every suspended request ends with Courier's call). */
+		metrics_request(r->tenant ? r->tenant->name : NULL, 499);
+	}
+	gen_engine_unpin(loop_engines(r->loop), r->engine); /* never decided */
+	courier_job_cleanup(&r->job);
+	free(r->courier_body);
+	free(r->policy_log);
+	buf_free(&r->body);
+	gen_release(r->gen);
+	free(r);
+	loop_request_end(s);
+	metrics_inflight_add(-1);
+}
