@@ -15,10 +15,10 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include "config/policyfiles.h"
 #include "ident.h"
 #include "jwks.h"
 #include "jwt.h"
-#include "policyfiles.h"
 #include "secret.h"
 
 /* A decision's budget when policy_limits says nothing (also what

@@ -4,8 +4,11 @@
  *
  * config.c walks the file's tables (config_load), options.c holds the table
  * of options, value.c reads and stores one value, conv.c holds the
- * converters, resolve.c the second phase (what the walk defers: secrets,
- * files, keys, JWKS). Nothing outside src/config/ includes this header.
+ * converters, pending.c the list of what the walk defers (secrets, files,
+ * keys, JWKS), resolve.c the second phase that reads it, report.c the text
+ * of every message. Includes run one way: config -> conv -> value ->
+ * pending -> report; resolve -> pending, report. Nothing outside src/config/
+ * includes this header.
  */
 #ifndef BROKER_CONFIG_LOADER_H
 #define BROKER_CONFIG_LOADER_H
@@ -17,7 +20,6 @@
 #include "secret.h"
 
 struct config;
-struct pending;
 struct tenant;
 
 enum opt_type {
@@ -75,7 +77,7 @@ struct loader {
 	const char *shown; /* the path as the caller wrote it: every message starts with it */
 	char *err;
 	size_t errlen;
-	struct pending *pending; /* what config_resolve reads, in walk order (resolve.c) */
+	struct pending *pending; /* what config_resolve reads, in walk order (pending.c) */
 	size_t n_pending, cap_pending;
 };
 
@@ -148,6 +150,18 @@ enum pending_kind {
 	PENDING_PUBLIC_KEY, /* path -> t's JWT public key */
 	PENDING_CLIENT_KEY, /* ref -> t's client key [index], unique in its list */
 	PENDING_TENANT,     /* t's JWT keys, JWKS source and HMAC key */
+};
+
+/* One thing the walk met that needs reading (pending.c writes the list,
+ * resolve.c reads it). */
+struct pending {
+	enum pending_kind kind;
+	char key[256]; /* the key path messages name */
+	struct tenant *t;
+	struct secret_ref ref; /* owned */
+	struct secret *dst;
+	char *path; /* owned */
+	size_t index;
 };
 
 int config_defer_secret(struct loader *ld, const char *key, struct secret_ref *ref, struct secret *dst);

@@ -3,10 +3,9 @@
  *
  * Owns the reading of Lua values by raw access (strings, numbers, booleans,
  * durations, lists, secret references), the generic store into struct config
- * or struct tenant, and the error text every loader message is made of
- * (config_fail). It must never run code from the file (no metamethod, no
- * call), never echo a value that may be a secret, and never write past a
- * buffer: key paths too long are cut.
+ * or struct tenant (config_fail, the error text, is report.c's). It must never run code from the file (no
+ * metamethod, no call), never echo a value that may be a secret, and never write past a buffer: key paths too
+ * long are cut.
  */
 #include <lauxlib.h>
 #include <lua.h>
@@ -23,39 +22,8 @@
 #include "loader.h"
 
 /* ------------------------------------------------------------------------ */
-/* Errors and small helpers                                                 */
+/* Small helpers                                                            */
 /* ------------------------------------------------------------------------ */
-
-/* "<file>: <key>: <reason>". Returns -1 so callers can `return config_fail(...)`. */
-__attribute__((format(printf, 3, 4))) int config_fail(struct loader *ld, const char *key, const char *fmt,
-                                                      ...)
-{
-	size_t used;
-	va_list ap;
-	int n;
-
-	if (!ld->err || ld->errlen == 0)
-		return -1;
-	n = key ? snprintf(ld->err, ld->errlen, "%s: %s: ", ld->shown, key)
-	        : snprintf(ld->err, ld->errlen, "%s: ", ld->shown);
-	used = n < 0 ? 0 : (size_t)n;
-	if (used >= ld->errlen)
-		return -1;
-	va_start(ap, fmt);
-	vsnprintf(ld->err + used, ld->errlen - used, fmt, ap);
-	va_end(ap);
-	return -1;
-}
-
-/* snprintf for key paths: a path too long for the buffer is cut, never overrun. */
-__attribute__((format(printf, 3, 4))) void config_key_printf(char *out, size_t outlen, const char *fmt, ...)
-{
-	va_list ap;
-
-	va_start(ap, fmt);
-	vsnprintf(out, outlen, fmt, ap);
-	va_end(ap);
-}
 
 const char *config_value_kind(lua_State *L, int idx)
 {

@@ -19,7 +19,7 @@
 #include <unistd.h>
 
 #include "config.h"
-#include "policyfiles.h"
+#include "config/policyfiles.h"
 
 struct fixture {
 	char dir[64];
