@@ -17,9 +17,9 @@ static void test_infinite_loop(void **state)
 	            "  return {allow=true, tier='inbox'}\n"
 	            "end\n",
 	            NULL);
-	clock_gettime(CLOCK_MONOTONIC, &t0);
+	clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t0);
 	assert_int_equal(decide_full(0, "{\"spin\":true}", NULL, true, "alice"), -1);
-	assert_true(ms_since(&t0) < 100);
+	assert_true(cpu_ms_since(&t0) < 100);
 	assert_err_has("acme.lua:4: instruction budget exceeded");
 	assert_int_equal(decide(0), 0);
 	assert_true(fx.d.allow);
@@ -37,9 +37,9 @@ static void test_time_budget(void **state)
 	fx.cfg.policy_timeout_ms = 20;
 	fx.e = policy_engine_new(&fx.cfg, fx.err, sizeof(fx.err));
 	assert_non_null(fx.e);
-	clock_gettime(CLOCK_MONOTONIC, &t0);
+	clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t0);
 	assert_int_equal(decide(0), -1);
-	assert_true(ms_since(&t0) < 100);
+	assert_true(cpu_ms_since(&t0) < 100);
 	assert_err_has("time budget exceeded (20 ms)");
 	assert_int_equal(decide(1), 0);
 	policy_engine_free(fx.e);
@@ -90,11 +90,11 @@ static void test_loop_in_pcall(void **state)
 	(void)state;
 	for (size_t i = 0; i < sizeof(policies) / sizeof(policies[0]); i++) {
 		must_engine(policies[i], NULL);
-		clock_gettime(CLOCK_MONOTONIC, &t0);
+		clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t0);
 		if (decide(0) != -1)
 			fail_msg("survived: %s", policies[i]);
-		if (ms_since(&t0) > 100)
-			fail_msg("took %.1f ms: %s", ms_since(&t0), policies[i]);
+		if (cpu_ms_since(&t0) > 100)
+			fail_msg("took %.1f ms: %s", cpu_ms_since(&t0), policies[i]);
 		if (!strstr(fx.err, "budget exceeded") && !strstr(fx.err, "boom"))
 			fail_msg("err \"%s\": %s", fx.err, policies[i]);
 		assert_int_equal(decide(1), 0);
@@ -225,13 +225,6 @@ static void test_close_variable_and_budget_breach(void **state)
 		assert_null(engine_for(policy, NULL));
 		assert_true(fx.err[0] != '\0');
 	}
-}
-
-static double cpu_ms_since(const struct timespec *t0)
-{
-	struct timespec t1;
-	clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t1);
-	return (double)(t1.tv_sec - t0->tv_sec) * 1e3 + (double)(t1.tv_nsec - t0->tv_nsec) / 1e6;
 }
 
 /*
@@ -418,11 +411,11 @@ static void test_c_work_bounded(void **state)
 		         "end\n",
 		         bombs[i]);
 		must_engine(policy, NULL);
-		clock_gettime(CLOCK_MONOTONIC, &t0);
+		clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t0);
 		if (decide(0) != -1)
 			fail_msg("survived: %s", bombs[i]);
-		if (ms_since(&t0) > 100)
-			fail_msg("%s: took %.1f ms", bombs[i], ms_since(&t0));
+		if (cpu_ms_since(&t0) > 100)
+			fail_msg("%s: took %.1f ms", bombs[i], cpu_ms_since(&t0));
 		if (!strstr(fx.err, "budget exceeded") && !strstr(fx.err, "memory cap exceeded"))
 			fail_msg("%s: err \"%s\"", bombs[i], fx.err);
 		assert_int_equal(decide(1), 0);
@@ -485,9 +478,9 @@ static void test_time_budget_after_quick_decisions(void **state)
 	assert_non_null(fx.e);
 	for (int i = 0; i < 2000; i++)
 		assert_int_equal(decide(0), 0);
-	clock_gettime(CLOCK_MONOTONIC, &t0);
+	clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t0);
 	assert_int_equal(decide_full(0, "{\"spin\":true}", NULL, true, "alice"), -1);
-	assert_true(ms_since(&t0) < 100);
+	assert_true(cpu_ms_since(&t0) < 100);
 	assert_err_has("time budget exceeded (20 ms)");
 	assert_int_equal(decide(0), 0);
 	policy_engine_free(fx.e);
