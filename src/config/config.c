@@ -36,6 +36,10 @@
 #define CONFIG_INSTRUCTIONS 10000000LL    /* Lua VM instructions while the file runs */
 #define CONFIG_TIMEOUT_MS   1000          /* CPU time while the file runs */
 #define TENANT_NAME_MAX     64
+/* Every loop's engine compiles every tenant's policy and modules, and a
+ * reload builds them again: past this many, a reload would take seconds.
+ * One broker process per group of tenants scales further. */
+#define TENANTS_MAX 1000
 
 /* ------------------------------------------------------------------------ */
 /* Walking the tables                                                        */
@@ -168,7 +172,11 @@ static int walk_tenants(struct loader *ld, const struct option *o, int idx)
 			return -1;
 		}
 		lua_pop(L, 1);
-		n++;
+		if (++n > TENANTS_MAX) {
+			lua_pop(L, 1);
+			return config_fail(ld, o->name, "more than %d tenants (run several brokers)",
+			                   TENANTS_MAX);
+		}
 	}
 	if (n == 0)
 		return config_fail(ld, o->name, "at least one tenant is required");

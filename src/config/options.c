@@ -74,7 +74,8 @@ const struct option config_options[] = {
      "and at every allocation of 64 KiB or more)."},
 
     {"tenants", OPT_MAP, NULL, 0, 0, NOWHERE, OPT_REQUIRED, NULL,
-     "At least one tenant; names match `[A-Za-z0-9_-]{1,64}`; `default` serves `POST /v1/token`."},
+     "At least one tenant and at most 1000; names match `[A-Za-z0-9_-]{1,64}`; `default` serves `POST "
+     "/v1/token`."},
     {"tenants.*", OPT_TABLE, NULL, 0, 0, NOWHERE, 0, NULL, "One tenant, keyed by its name."},
     {"tenants.*.api_key", OPT_SECRET, NULL, 0, 0, TEN(api_key), OPT_REQUIRED, NULL,
      "Courier API key of this tenant's workspace and environment."},

@@ -338,6 +338,28 @@ static void test_base_url_plain_http_only_to_loopback(void **state)
 	unsetenv("COURIER_BASE_URL");
 }
 
+/* A loop in the file can make any number of tenants: past the cap, a refusal
+ * at once, before any policy is read or compiled (the fuzzer's finding:
+ * 20,000 tenants made `check` run for 15 s). */
+static void test_tenant_count_capped(void **state)
+{
+	struct fixture *f = *state;
+	const char *many = "tenants = {}\n"
+	                   "for i = 1, %d do tenants['t' .. i] = { api_key = { env = 'COURIER_API_KEY' },\n"
+	                   "  policy = 'policies/default.lua', auth = { none = true } } end\n";
+	char text[512];
+	struct config *cfg;
+
+	snprintf(text, sizeof(text), many, 1001);
+	expect_error(f, text, "tenants: more than 1000 tenants", NULL);
+	snprintf(text, sizeof(text), many, 3);
+	cfg = load(f, text);
+	if (!cfg)
+		fail_msg("%s", f->err);
+	assert_int_equal(cfg->n_tenants, 3);
+	config_free(cfg);
+}
+
 static void test_unknown_keys_name_the_path(void **state)
 {
 	struct fixture *f = *state;
@@ -1067,6 +1089,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_every_option_set, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_base_url_env_override, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_base_url_plain_http_only_to_loopback, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_tenant_count_capped, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_unknown_keys_name_the_path, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_wrong_types_name_the_expected_type, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_out_of_bounds_names_the_bounds, setup, teardown),
