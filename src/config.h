@@ -82,6 +82,15 @@ struct config {
 	char *admin_host;                /* admin_listen; NULL: no admin listener */
 	unsigned short admin_port;
 
+	/* tls: HTTPS on listen; the pair is read and checked at every load (tls.h). */
+	struct {
+		bool enabled;
+		char *cert_path; /* absolute */
+		char *cert_pem;  /* the certificate file's text (leaf, then chain) */
+		size_t cert_len;
+		struct secret key; /* the PEM private key */
+	} tls;
+
 	char *courier_base_url;           /* env COURIER_BASE_URL overrides */
 	long courier_timeout_ms;          /* default 5000 */
 	long courier_connect_timeout_ms;  /* default 2000 */

@@ -57,6 +57,7 @@
 #include "listen.h"
 #include "log.h"
 #include "metrics.h"
+#include "tls.h"
 
 /* MHD's memory a client connection (its request's headers, and buffers). */
 #define LOOP_MEMORY (32 * 1024)
@@ -490,6 +491,8 @@ static void server_free(struct http_server *s)
 	ipcap_free(&s->ips);
 	free(s->loops);
 	free(s);
+	/* No listener runs: no handshake can use a pair any more. */
+	tls_shutdown();
 }
 
 static int watch(int epfd, int fd, void *tag)
@@ -500,8 +503,8 @@ static int watch(int epfd, int fd, void *tag)
 }
 
 /* Sets up loop i and starts its thread. */
-static int loop_start(struct http_server *s, size_t i, const struct config *cfg, unsigned flags, char *err,
-                      size_t errlen)
+static int loop_start(struct http_server *s, size_t i, const struct config *cfg, unsigned flags,
+                      struct MHD_OptionItem *tls_opts, char *err, size_t errlen)
 {
 	struct loop *lp = &s->loops[i];
 	size_t n = s->n_loops;
@@ -536,7 +539,7 @@ static int loop_start(struct http_server *s, size_t i, const struct config *cfg,
 	    (unsigned)cfg->connection_timeout_s, MHD_OPTION_CONNECTION_LIMIT, (unsigned)lp->limit,
 	    MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)LOOP_MEMORY, MHD_OPTION_NOTIFY_COMPLETED,
 	    on_request_done, lp, MHD_OPTION_NOTIFY_CONNECTION, on_connection, lp, MHD_OPTION_URI_LOG_CALLBACK,
-	    on_request_line, lp, MHD_OPTION_END);
+	    on_request_line, lp, MHD_OPTION_ARRAY, tls_opts, MHD_OPTION_END);
 	if (!lp->d) {
 		snprintf(err, errlen, "cannot start the HTTP server");
 		return -1;
@@ -568,6 +571,8 @@ struct http_server *loop_server_start(const struct config *cfg, const struct loo
 	socklen_t sl;
 	unsigned flags =
 	    MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG | MHD_USE_NO_LISTEN_SOCKET;
+	struct MHD_OptionItem tls_opts[3] = {
+	    {MHD_OPTION_END, 0, NULL}, {MHD_OPTION_END, 0, NULL}, {MHD_OPTION_END, 0, NULL}};
 
 	if (!s) {
 		snprintf(err, errlen, "out of memory");
@@ -606,8 +611,21 @@ struct http_server *loop_server_start(const struct config *cfg, const struct loo
 		server_free(s);
 		return NULL;
 	}
+	/* HTTPS: each handshake asks tls.c for the pair installed last, so a
+	 * reload rotates it without touching the daemons. */
+	if (cfg->tls.enabled) {
+		struct tls_creds *c = tls_prepare(cfg, err, errlen);
+		if (!c) {
+			server_free(s);
+			return NULL;
+		}
+		tls_install(c);
+		flags |= MHD_USE_TLS;
+		tls_opts[0] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_CERT_CALLBACK, 0, tls_cert_callback()};
+		tls_opts[1] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_PRIORITIES, 0, (void *)TLS_PRIORITIES};
+	}
 	for (size_t i = 0; i < s->n_loops; i++) {
-		if (loop_start(s, i, cfg, flags, err, errlen) != 0) {
+		if (loop_start(s, i, cfg, flags, tls_opts, err, errlen) != 0) {
 			server_free(s);
 			return NULL;
 		}

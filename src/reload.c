@@ -25,6 +25,7 @@
 #include "metrics.h"
 #include "policy.h"
 #include "policytest.h"
+#include "tls.h"
 
 /* The settings a reload cannot apply (besides listen): their names, and
  * where they are in struct config (all unsigned). */
@@ -47,6 +48,7 @@ static struct {
 	unsigned short listen_port;
 	char admin[300];                 /* admin_listen as host:port, "" when none */
 	unsigned values[N_RESTART_ONLY]; /* of restart_only */
+	bool tls;                        /* the listener speaks TLS */
 	bool set;
 } started;
 
@@ -89,6 +91,7 @@ void reload_started_with(const struct config *cfg)
 	admin_text(cfg, started.admin, sizeof(started.admin));
 	for (size_t i = 0; i < N_RESTART_ONLY; i++)
 		started.values[i] = restart_only_value(cfg, i);
+	started.tls = cfg->tls.enabled;
 	started.set = true;
 }
 
@@ -102,6 +105,10 @@ static void warn_restart_only(const struct config *cfg)
 	if (strcmp(cfg->listen_host, started.listen_host) != 0 || cfg->listen_port != started.listen_port)
 		log_msg("warn", "reload: listen changed to %s:%u; still listening on %s:%u until a restart",
 		        cfg->listen_host, cfg->listen_port, started.listen_host, started.listen_port);
+	if (cfg->tls.enabled != started.tls)
+		log_msg("warn", "reload: tls %s; the listener stays %s until a restart",
+		        cfg->tls.enabled ? "added" : "removed",
+		        started.tls ? "HTTPS with the certificate it has" : "plain HTTP");
 	admin_text(cfg, admin, sizeof(admin));
 	if (strcmp(admin, started.admin) != 0)
 		log_msg("warn", "reload: admin_listen changed to \"%s\"; still \"%s\" until a restart", admin,
@@ -191,14 +198,17 @@ static void refuse(const char *why)
 }
 
 /* The builder's result, under the lock, when its attempt still stands:
- * g (now the serving generation's) or, when NULL, the reason in err. */
-static void settle(struct gen *g, const char *err)
+ * g (now the serving generation's) or, when NULL, the reason in err; its
+ * listener certificate (NULL when TLS is off or the pair is the one
+ * served), installed with it. */
+static void settle(struct gen *g, struct tls_creds *creds, const char *err)
 {
 	if (!g) {
 		refuse(err);
 		return;
 	}
 	warn_restart_only(g->cfg);
+	tls_install(creds);
 	gen_publish(g);
 	metrics_reload(true, time(NULL));
 	log_msg("info", "reload done: generation %llu serving (%.1f ms)", g->id, clock_since_ms(&rl.t0));
@@ -210,15 +220,31 @@ static void *builder(void *arg)
 	char err[1024];
 	struct config *cfg;
 	struct gen *g = NULL;
+	struct tls_creds *creds = NULL;
 
 	cfg = reload_load(rl.path, true, err, sizeof(err));
+	/* The listener's pair, re-read with the file: a pair GnuTLS cannot
+	 * use refuses the reload like any other error. */
+	if (cfg && cfg->tls.enabled && tls_active()) {
+		char why[512];
+		if (!(creds = tls_prepare(cfg, why, sizeof(why)))) {
+			snprintf(err, sizeof(err), "tls: %s", why);
+			config_free(cfg);
+			cfg = NULL;
+		} else if (tls_same(creds)) {
+			tls_creds_free(creds);
+			creds = NULL;
+		}
+	}
 	if (cfg && !(g = gen_build(cfg, threads))) {
 		config_free(cfg);
 		snprintf(err, sizeof(err), "out of memory");
 	}
 	pthread_mutex_lock(&rl.lock);
 	if (rl.state == B_RUNNING) {
-		settle(g, err);
+		settle(g, g ? creds : NULL, err);
+		if (g)
+			creds = NULL;
 		g = NULL;
 		rl.state = B_FINISHING;
 	} else {
@@ -235,6 +261,7 @@ static void *builder(void *arg)
 	/* Outside the lock: freeing policy engines takes a while. Only then is
 	 * the builder gone (reload_busy): nothing of it runs at exit. */
 	gen_release(g);
+	tls_creds_free(creds);
 
 	pthread_mutex_lock(&rl.lock);
 	rl.state = B_IDLE;

@@ -469,6 +469,9 @@ void config_free(struct config *cfg)
 	free(cfg->dir);
 	free(cfg->listen_host);
 	free(cfg->admin_host);
+	free(cfg->tls.cert_path);
+	free(cfg->tls.cert_pem);
+	secret_clear(&cfg->tls.key);
 	free(cfg->courier_base_url);
 	free(cfg);
 }

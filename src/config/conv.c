@@ -493,3 +493,28 @@ int config_conv_proxy_from(struct loader *ld, const char *key, struct value *v, 
 	}
 	return 0;
 }
+
+int config_conv_tls_cert(struct loader *ld, const char *key, struct value *v, void *base)
+{
+	struct config *cfg = base;
+
+	if (!(cfg->tls.cert_path = fileio_join(cfg->dir, v->str)))
+		return config_fail(ld, key, "out of memory");
+	return 0;
+}
+
+/* The key row comes after the cert row: the pair is read and checked
+ * together, once the key is loaded (resolve.c). */
+int config_conv_tls_key(struct loader *ld, const char *key, struct value *v, void *base)
+{
+	struct config *cfg = base;
+	char *path;
+
+	if (config_defer_secret(ld, key, &v->ref, &cfg->tls.key) != 0)
+		return -1;
+	if (!cfg->tls.cert_path)
+		return config_fail(ld, "tls.cert", "required with tls.key");
+	if (!(path = strdup(cfg->tls.cert_path)))
+		return config_fail(ld, key, "out of memory");
+	return config_defer_file(ld, PENDING_TLS, "tls", NULL, path);
+}

@@ -46,6 +46,16 @@ const struct option config_options[] = {
      "Second address serving only `/healthz`, `/readyz` and `/metrics`, on its own thread and connection "
      "budget, so client floods cannot starve probes. Absent: none (the probes stay on `listen` either "
      "way)."},
+    {"tls", OPT_TABLE, NULL, 0, 0, CFG(tls.enabled), OPT_PRESENCE, NULL,
+     "HTTPS on `listen` (TLS 1.2 and 1.3, ECDHE, AEAD ciphers only): "
+     "`{ cert = \"PATH\", key = { file = \"PATH\" } }`. Both are read and checked (the key must be the "
+     "certificate's, the certificate unexpired) at every load; a reload with a new pair serves it to new "
+     "connections, a bad pair refuses the reload. Absent: plain HTTP. `admin_listen` stays plain HTTP."},
+    {"tls.cert", OPT_STRING, NULL, 0, 0, NOWHERE, OPT_REQUIRED, config_conv_tls_cert,
+     "PEM certificate, then its intermediates, relative to the config file's folder; not a secret."},
+    {"tls.key", OPT_SECRET, NULL, 0, 0, NOWHERE, OPT_REQUIRED, config_conv_tls_key,
+     "The certificate's private key, unencrypted PEM: `{ file = \"PATH\" }` (owner-only mode) or "
+     "`{ env = \"NAME\" }`."},
 
     {"courier", OPT_TABLE, NULL, 0, 0, NOWHERE, 0, NULL, "How to reach Courier."},
     {"courier.base_url", OPT_STRING, "https://api.courier.com", 0, 0, NOWHERE, 0, config_conv_base_url,

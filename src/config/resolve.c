@@ -22,8 +22,10 @@
 #include "fileio.h"
 #include "loader.h"
 #include "policyfiles.h"
+#include "tls.h"
 
 #define PUBLIC_KEY_FILE_MAX (1024 * 1024)
+#define TLS_CERT_FILE_MAX   (1024 * 1024)
 
 static int resolve_secret(struct loader *ld, struct pending *p)
 {
@@ -139,6 +141,23 @@ static int resolve_tenant(struct loader *ld, struct pending *p)
 	return 0;
 }
 
+/* After tls.key (its secret comes first): the certificate file, and the
+ * pair checked as the listener would use it. */
+static int resolve_tls(struct loader *ld, struct pending *p)
+{
+	struct config *cfg = ld->cfg;
+	char why[512], desc[384];
+
+	/* A certificate is not a secret: any file mode is fine. */
+	if (fileio_read(p->path, TLS_CERT_FILE_MAX, 0, &cfg->tls.cert_pem, &cfg->tls.cert_len, why,
+	                sizeof(why)) != 0)
+		return config_fail(ld, "tls.cert", "%s: %s", p->path, why);
+	if (tls_check_pair(cfg->tls.cert_pem, cfg->tls.cert_len, &cfg->tls.key, desc, sizeof(desc), why,
+	                   sizeof(why)) != 0)
+		return config_fail(ld, p->key, "%s", why);
+	return 0;
+}
+
 int config_resolve(struct loader *ld)
 {
 	static int (*const resolve[])(struct loader *, struct pending *) = {
@@ -148,6 +167,7 @@ int config_resolve(struct loader *ld)
 	    [PENDING_PUBLIC_KEY] = resolve_public_key,
 	    [PENDING_CLIENT_KEY] = resolve_client_key,
 	    [PENDING_TENANT] = resolve_tenant,
+	    [PENDING_TLS] = resolve_tls,
 	};
 
 	for (size_t i = 0; i < ld->n_pending; i++)
