@@ -413,8 +413,13 @@ static int sb_unpack(lua_State *L)
  * hook's reach, so each comparison is charged by the longest string. */
 static int sb_sort(lua_State *L)
 {
-	lua_Integer n = list_len(L, 0, "table.sort");
-	long long cost = n, per = 1;
+	lua_Integer n;
+	long long cost, per = 1;
+
+	/* Before any raw read: lua_rawgeti on a string crashes the process. */
+	luaL_checktype(L, 1, LUA_TTABLE);
+	n = list_len(L, 0, "table.sort");
+	cost = n;
 
 	budget_charge_items(L, n, "table.sort");
 	if (lua_isnoneornil(L, 2)) {
@@ -443,7 +448,10 @@ static int sb_sort(lua_State *L)
 /* table.insert and table.remove shift up to #list elements in C. */
 static int sb_shift(lua_State *L)
 {
-	lua_Integer n = list_len(L, 0, "table.insert/remove");
+	lua_Integer n;
+
+	luaL_checktype(L, 1, LUA_TTABLE); /* what the real functions require */
+	n = list_len(L, 0, "table.insert/remove");
 
 	budget_charge_items(L, n < 0 ? 0 : n, "table.insert/remove");
 	return pass_on(L);

@@ -309,6 +309,11 @@ static void test_charged_functions_keep_their_results(void **state)
 	    "k end})\n"
 	    "  assert(table.concat(v, ',') == '1,2' and select('#', table.unpack(v)) == 2)\n"
 	    "  assert(not pcall(table.insert, v, 'x'))\n"
+	    /* Not a table: refused before any raw read (fuzz_policy found
+	     * table.sort('b') crashing the process in the wrapper). */
+	    "  assert(not pcall(table.sort, 'b') and not pcall(table.sort, ('a'):rep(50)))\n"
+	    "  assert(not pcall(table.insert, 'b', 1) and not pcall(table.remove, 'b'))\n"
+	    "  assert(not pcall(table.sort, 42) and not pcall(table.sort))\n"
 	    "  assert(#req.body.user_id == 5 and table.concat(req.scopes or {'a'}) == 'a')\n"
 	    "  local s = ('y'):rep(100000) assert(#(s .. 'z') == 100001 and s < s .. 'z')\n"
 	    "  return {allow=true, tier='inbox'}\n"
