@@ -32,4 +32,30 @@ void pidfile_remove(void);
 /* The pid of the running broker named by path, or -1 with the reason in err. */
 pid_t pidfile_broker(const char *path, char *err, size_t errlen);
 
+/*
+ * The verdict file, PATH.reload beside the pid file: the running broker's
+ * answer to its latest reload, which `reload` waits for. One line, replaced
+ * atomically: "AT PID ok|refused GENERATION REASON", where AT is when the
+ * attempt took its SIGHUPs (CLOCK_MONOTONIC, ns): a verdict with AT after the
+ * caller's kill() began answers a configuration read after that moment.
+ */
+#define PIDFILE_VERDICT_SUFFIX ".reload"
+#define PIDFILE_REASON_MAX     1024
+
+struct pidfile_verdict {
+	unsigned long long at_ns;
+	long pid;
+	int ok;
+	unsigned long long generation; /* serving after the attempt */
+	char reason[PIDFILE_REASON_MAX];
+};
+
+/* serve: records a verdict beside the pid file this process wrote (nothing
+ * when it wrote none). Best effort: a failure is logged by the caller's log. */
+int pidfile_verdict_write(const struct pidfile_verdict *v);
+
+/* reload: the verdict beside the pid file at path: 1 read, 0 none (yet), -1
+ * unreadable with the reason in err. */
+int pidfile_verdict_read(const char *path, struct pidfile_verdict *v, char *err, size_t errlen);
+
 #endif

@@ -522,3 +522,45 @@ def test_eval_ignores_real_base_url_env(eval_cfg, double):
     assert p.returncode == 0, p.all
     assert one_json(p)["decision"] == "allow"
     assert double.served() == 0
+
+
+# ------------------------------------------------ reload: the broker's verdict
+
+def _reload(b, pid_file, env):
+    return run(["reload", "-c", b.config, "--pid-file", pid_file], env=env)
+
+
+def test_reload_refused_by_the_broker_exits_1_with_its_reason(brokers, double, tmp_path):
+    """The caller's check passes (its environment has the variable), the
+    broker's does not: the broker refuses, and so does the command."""
+    from conftest import generation
+    pid_file = tmp_path / "broker.pid"
+    b = brokers("b", double, args=("--pid-file", str(pid_file)))
+    g0 = generation(b)
+    b.config.write_text(b.config_text.replace('{ env = "COURIER_API_KEY" }', '{ env = "ONLY_THE_CALLER_HAS_IT" }'))
+    r = _reload(b, pid_file, env_for({"ONLY_THE_CALLER_HAS_IT": COURIER_KEY}))
+    assert r.returncode == 1, r.all
+    assert "REFUSED" in r.err and "ONLY_THE_CALLER_HAS_IT" in r.err, r.err
+    assert "generation %d keeps serving" % g0 in r.err, r.err
+    assert generation(b) == g0
+    assert (tmp_path / "broker.pid.reload").exists()
+
+
+def test_reload_ok_exits_0_once_the_new_generation_serves(brokers, double, tmp_path):
+    from conftest import DENY_POLICY, generation, mint
+    pid_file = tmp_path / "broker.pid"
+    b = brokers("b", double, args=("--pid-file", str(pid_file)))
+    g0 = generation(b)
+    (b.dir / "policies" / "default.lua").write_text(DENY_POLICY)
+    r = _reload(b, pid_file, b.env)
+    assert r.returncode == 0, r.all
+    assert "generation %d serving" % (g0 + 1) in r.err, r.err
+    # No waiting: the exit code already means the new generation serves.
+    assert b.post(body={"user_id": "alice"}, token=mint("alice")).status == 403
+    assert generation(b) == g0 + 1
+    # A second reload waits for its own verdict, not the first one's.
+    r = _reload(b, pid_file, b.env)
+    assert r.returncode == 0, r.all
+    assert "generation %d serving" % (g0 + 2) in r.err, r.err
+    assert b.stop() == 0
+    assert not pid_file.exists() and not (tmp_path / "broker.pid.reload").exists()
