@@ -564,3 +564,49 @@ def test_reload_ok_exits_0_once_the_new_generation_serves(brokers, double, tmp_p
     assert "generation %d serving" % (g0 + 2) in r.err, r.err
     assert b.stop() == 0
     assert not pid_file.exists() and not (tmp_path / "broker.pid.reload").exists()
+
+
+# ------------------------------------------------ listen: --listen, and check == serve
+
+@pytest.mark.parametrize("key", ["listen", "admin_listen"])
+def test_check_refuses_a_listen_host_name_serve_would_refuse(tmp_path, key):
+    top = '%s = "broker.internal:8080"' % key
+    cfg = write_config(tmp_path, top=top)
+    text = cfg.read_text()
+    if key == "listen":
+        text = text.replace('listen = "127.0.0.1:0"\n', "")
+    cfg.write_text(text)
+    p = check(cfg)
+    assert p.returncode == 1, p.all
+    assert key in p.all and "broker.internal" in p.all and "IP address" in p.all, p.all
+    s = run(["serve", "-c", cfg])
+    assert s.returncode == 1 and "IP address" in s.all, s.all
+
+
+def test_check_accepts_ip_and_localhost_listen(tmp_path):
+    for addr in ("0.0.0.0:8080", "[::]:8080", "[::1]:0", "localhost:8080"):
+        cfg = write_config(tmp_path / addr.replace(":", "_").replace("[", "").replace("]", ""))
+        cfg.write_text(cfg.read_text().replace('listen = "127.0.0.1:0"', 'listen = "%s"' % addr))
+        p = check(cfg)
+        assert p.returncode == 0, (addr, p.all)
+
+
+def test_serve_listen_overrides_the_file(brokers, double):
+    import socket
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    b = brokers("b", double, args=("--listen", "127.0.0.1:%d" % port))
+    assert b.port == port
+    assert b.get("/healthz").status == 200
+
+
+def test_serve_listen_is_checked_like_listen(tmp_path):
+    cfg = write_config(tmp_path)
+    p = run(["serve", "-c", cfg, "--listen", "broker.internal:80"])
+    assert p.returncode == 1, p.all
+    assert "--listen" in p.all and "IP address" in p.all, p.all
+    # Only serve takes it.
+    p = run(["check", "-c", cfg, "--listen", "127.0.0.1:0"])
+    assert p.returncode == 2
