@@ -205,7 +205,7 @@ int config_conv_algorithms(struct loader *ld, const char *key, struct value *v, 
 {
 	/* Names worth probing for the "supported:" hint; jwt.c decides which are. */
 	static const char *const known[] = {"HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256",
-	                                    "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"};
+	                                    "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA", "Ed25519"};
 	struct tenant *t = base;
 	char sub[256], supported[128] = "";
 

@@ -91,7 +91,8 @@ const struct option config_options[] = {
     {"tenants.*.auth.jwt.algorithms", OPT_LIST, NULL, 0, 0, NOWHERE, OPT_REQUIRED, config_conv_algorithms,
      "Allowed algorithms: `HS256`, `HS384`, `HS512` (with `hmac_secret`), `RS256`, `RS384`, `RS512`, "
      "`PS256`, "
-     "`PS384`, `PS512` (RSA key), `ES256` (EC P-256 key), `ES384` (EC P-384 key), `EdDSA` (Ed25519 key)."},
+     "`PS384`, `PS512` (RSA key), `ES256` (EC P-256 key), `ES384` (EC P-384 key), `EdDSA` or its RFC 9864 "
+     "name `Ed25519` (Ed25519 key; either name admits tokens and JWKs that use the other)."},
     {"tenants.*.auth.jwt.hmac_secret", OPT_SECRET, NULL, 0, 0, TEN(auth.jwt.hmac_secret), 0, NULL,
      "Key for HS* algorithms (required with them; refused without them)."},
     {"tenants.*.auth.jwt.public_key", OPT_TABLE, NULL, 0, 0, TEN(auth.jwt.public_key_given), OPT_PRESENCE,
