@@ -610,3 +610,10 @@ def test_serve_listen_is_checked_like_listen(tmp_path):
     # Only serve takes it.
     p = run(["check", "-c", cfg, "--listen", "127.0.0.1:0"])
     assert p.returncode == 2
+
+
+def test_check_refuses_options_that_do_nothing_in_their_place(tmp_path):
+    cfg = write_config(tmp_path, tenant_extra="rate_limit = { burst = 20 },")
+    p = check(cfg)
+    assert p.returncode == 1, p.all
+    assert "tenants.default.rate_limit.burst" in p.all and "does nothing" in p.all, p.all
