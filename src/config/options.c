@@ -168,7 +168,8 @@ const struct option config_options[] = {
     {"tenants.*.rate_limit.per_second", OPT_NUMBER, "0", 0, 1e6, TEN(rate_limit.per_second), 0, NULL,
      "Sustained rate; 0 turns the limit off."},
     {"tenants.*.rate_limit.burst", OPT_NUMBER, "per_second", 0, 1e6, NOWHERE, OPT_PROSE_DEFAULT,
-     config_conv_burst, "Bucket size; at least 1 when `per_second` > 0."},
+     config_conv_burst,
+     "Bucket size; at least 1 when `per_second` > 0; refused without `per_second` (it would do nothing)."},
     {"tenants.*.rate_limit.per_requester", OPT_TABLE, NULL, 0, 0, NOWHERE, 0, NULL,
      "Token issuance per requester of the tenant: the authenticated subject (JWT `sub`, proxy user), the "
      "client key's name, or the client IP when the request is unauthenticated or has no subject. Taken "
@@ -176,7 +177,8 @@ const struct option config_options[] = {
     {"tenants.*.rate_limit.per_requester.per_second", OPT_NUMBER, "0", 0, 1e6,
      TEN(rate_limit.per_requester.per_second), 0, NULL, "Sustained rate per requester; 0 turns it off."},
     {"tenants.*.rate_limit.per_requester.burst", OPT_NUMBER, "per_second", 0, 1e6, NOWHERE, OPT_PROSE_DEFAULT,
-     config_conv_requester_burst, "Bucket size per requester; at least 1 when `per_second` > 0."},
+     config_conv_requester_burst,
+     "Bucket size per requester; at least 1 when `per_second` > 0; refused without `per_second`."},
 };
 
 const size_t config_n_options = sizeof(config_options) / sizeof(config_options[0]);
