@@ -6,7 +6,8 @@
  * once; SIGTERM/SIGINT drain and exit, with a watchdog that bounds the exit
  * and takes a second SIGTERM/SIGINT as "exit now"). A forced exit returns
  * EX_SOFTWARE (70), a clean drain 0. check: loads everything and
- * runs the policy tests. reload: check, then SIGHUP the broker of a pid file.
+ * runs the policy tests. reload: check, then SIGHUP the broker of a pid file
+ * and wait for its own verdict (pidfile.h). serve --listen overrides listen.
  * eval: one decision, never calling Courier. Keeps no logic of its own beyond
  * the order of things.
  */

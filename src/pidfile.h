@@ -4,7 +4,8 @@
  * serve checks the file before it starts (a file naming a running broker
  * refuses the start; a stale one is replaced), writes it once listening and
  * removes it at exit, only while it still names this process. `reload` reads
- * it to find the broker to signal. A pid names a broker only when that
+ * it to find the broker to signal, then waits for the broker's verdict in the
+ * file beside it (PATH.reload). A pid names a broker only when that
  * process is alive and its name is courier-broker, so a stale file whose pid
  * was reused never gets an unrelated process a SIGHUP.
  */
