@@ -115,6 +115,11 @@ struct config *config_load(const char *path, char *err, size_t errlen);
 /* Frees everything, zeroing every secret. NULL is fine. */
 void config_free(struct config *cfg);
 
+/* `serve --listen ADDR`: every later config_load takes addr (checked like
+ * `listen`) instead of the file's `listen`. Call before any thread loads a
+ * configuration; addr must outlive them. */
+void config_override_listen(const char *addr);
+
 /* The tenant with that name, or NULL. */
 const struct tenant *config_tenant(const struct config *cfg, const char *name);
 

@@ -73,6 +73,9 @@ static const struct alg algs[] = {
     {"ES256", JWT_ES256, KEY_EC_P256, SIG_ECDSA, "SHA256", 64},
     {"ES384", JWT_ES384, KEY_EC_P384, SIG_ECDSA, "SHA384", 96},
     {"EdDSA", JWT_EDDSA, KEY_ED25519, SIG_EDDSA, NULL, 64},
+    /* RFC 9864's fully-specified name: the same signature, as only Ed25519
+     * keys verify EdDSA here. Second, so jwt_alg_name keeps "EdDSA". */
+    {"Ed25519", JWT_EDDSA, KEY_ED25519, SIG_EDDSA, NULL, 64},
 };
 
 #define N_ALGS (sizeof(algs) / sizeof(algs[0]))

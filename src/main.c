@@ -6,7 +6,8 @@
  * once; SIGTERM/SIGINT drain and exit, with a watchdog that bounds the exit
  * and takes a second SIGTERM/SIGINT as "exit now"). A forced exit returns
  * EX_SOFTWARE (70), a clean drain 0. check: loads everything and
- * runs the policy tests. reload: check, then SIGHUP the broker of a pid file.
+ * runs the policy tests. reload: check, then SIGHUP the broker of a pid file
+ * and wait for its own verdict (pidfile.h). serve --listen overrides listen.
  * eval: one decision, never calling Courier. Keeps no logic of its own beyond
  * the order of things.
  */
@@ -45,16 +46,21 @@
 /* The largest request `eval` reads. */
 #define EVAL_REQUEST_MAX (1024 * 1024)
 
+/* How often `reload` looks for the broker's verdict. */
+#define RELOAD_POLL_MS 50
+
 /* The one source of the command line's usage: README.md quotes this text
  * (`courier-broker --help`) and tests/integration/test_cli.py checks it does. */
 static const char usage[] =
-    "usage: courier-broker serve -c CONFIG [--pid-file PATH]\n"
+    "usage: courier-broker serve -c CONFIG [--pid-file PATH] [--listen ADDR]\n"
     "                                              run the server (foreground, logs to stderr)\n"
     "       courier-broker check -c CONFIG         load config, keys and every policy, run the\n"
     "                                              policy tests\n"
     "       courier-broker reload -c CONFIG [--pid-file PATH]\n"
     "                                              check CONFIG like `check`; only if it passes,\n"
-    "                                              SIGHUP the broker named by the pid file\n"
+    "                                              SIGHUP the broker named by the pid file and\n"
+    "                                              wait for its verdict: exit 0 once it serves\n"
+    "                                              the new generation, 1 when it refused\n"
     "                                              (default " PIDFILE_DEFAULT ")\n"
     "       " POLICYTEST_USAGE "\n"
     "                                              run policy test files (*_test.lua) or folders\n"
@@ -102,10 +108,17 @@ static int cmd_check(const char *path)
 }
 
 /* `reload`: the same checks as `check`; only a configuration that passes
- * them gets the running broker a SIGHUP. */
+ * them gets the running broker a SIGHUP. Then the broker's own verdict
+ * decides the exit code: its environment, files and keys are the ones that
+ * count. It may first finish a reload under way, so the wait is two budgets
+ * and some slack. */
 static int cmd_reload(const char *path, const char *pid_file)
 {
 	struct config *cfg = load_checked(path, true);
+	struct pidfile_verdict v;
+	struct timespec t0;
+	unsigned long long t0_ns;
+	unsigned wait_ms;
 	char err[512];
 	pid_t pid;
 
@@ -115,21 +128,50 @@ static int cmd_reload(const char *path, const char *pid_file)
 		        path);
 		return 1;
 	}
+	wait_ms = 2 * cfg->reload_timeout_ms + 5000;
 	config_free(cfg);
 	pid = pidfile_broker(pid_file, err, sizeof(err));
 	if (pid < 0) {
 		fprintf(stderr, "courier-broker: %s\n", err);
 		return 1;
 	}
+	t0 = clock_now();
+	t0_ns = (unsigned long long)t0.tv_sec * 1000000000ULL + (unsigned long long)t0.tv_nsec;
 	if (kill(pid, SIGHUP) != 0) {
 		fprintf(stderr, "courier-broker: cannot signal pid %ld: %s\n", (long)pid, strerror(errno));
 		return 1;
 	}
-	fprintf(stderr,
-	        "courier-broker: configuration %s: ok; sent SIGHUP to pid %ld (the result is in its log "
-	        "and /metrics)\n",
-	        path, (long)pid);
-	return 0;
+	for (unsigned waited = 0; waited <= wait_ms; waited += RELOAD_POLL_MS) {
+		const struct timespec pause = {0, RELOAD_POLL_MS * 1000000L};
+		int rc = pidfile_verdict_read(pid_file, &v, err, sizeof(err));
+
+		if (rc < 0) {
+			fprintf(stderr, "courier-broker: %s\n", err);
+			return 1;
+		}
+		if (rc == 1 && v.pid == (long)pid && v.at_ns >= t0_ns) {
+			if (v.ok) {
+				fprintf(stderr,
+				        "courier-broker: reload of pid %ld: ok, generation %llu serving\n",
+				        (long)pid, v.generation);
+				return 0;
+			}
+			fprintf(
+			    stderr,
+			    "courier-broker: reload of pid %ld: REFUSED: %s; generation %llu keeps serving\n",
+			    (long)pid, v.reason, v.generation);
+			return 1;
+		}
+		if (kill(pid, 0) != 0 && errno == ESRCH) {
+			fprintf(stderr, "courier-broker: pid %ld exited before answering the reload\n",
+			        (long)pid);
+			return 1;
+		}
+		nanosleep(&pause, NULL);
+	}
+	fprintf(stderr, "courier-broker: pid %ld gave no verdict on the reload within %u ms (see its log)\n",
+	        (long)pid, wait_ms);
+	return 1;
 }
 
 /* ------------------------------------------------------------ the drain watchdog */
@@ -354,6 +396,8 @@ int main(int argc, char **argv)
 		else if (strcmp(argv[i], "--pid-file") == 0 && i + 1 < argc &&
 		         (strcmp(cmd, "serve") == 0 || strcmp(cmd, "reload") == 0))
 			pid_file = argv[++i];
+		else if (strcmp(argv[i], "--listen") == 0 && i + 1 < argc && strcmp(cmd, "serve") == 0)
+			config_override_listen(argv[++i]);
 		else {
 			fprintf(stderr, "courier-broker: unexpected argument %s\n%s", argv[i], usage);
 			return 2;

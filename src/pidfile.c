@@ -19,7 +19,8 @@
 
 #define PROC_NAME "courier-broker"
 
-static char written[PATH_MAX]; /* "" until pidfile_write succeeds */
+static char written[PATH_MAX];                                       /* "" until pidfile_write succeeds */
+static char verdict_path[PATH_MAX + sizeof(PIDFILE_VERDICT_SUFFIX)]; /* beside it */
 
 /* Reads a positive pid from path: 1 found, 0 absent or not a pid, -1 error. */
 static int read_pid(const char *path, pid_t *pid, char *err, size_t errlen)
@@ -114,6 +115,7 @@ int pidfile_write(const char *path, char *err, size_t errlen)
 		return -1;
 	}
 	memcpy(written, path, strlen(path) + 1);
+	snprintf(verdict_path, sizeof(verdict_path), "%s%s", path, PIDFILE_VERDICT_SUFFIX);
 	return 0;
 }
 
@@ -126,8 +128,10 @@ void pidfile_remove(void)
 	if (!written[0])
 		return;
 	rc = read_pid(written, &pid, buf, sizeof(buf));
-	if (rc == 1 && pid == getpid())
+	if (rc == 1 && pid == getpid()) {
 		unlink(written);
+		unlink(verdict_path);
+	}
 	written[0] = '\0';
 }
 
@@ -150,4 +154,72 @@ pid_t pidfile_broker(const char *path, char *err, size_t errlen)
 		return -1;
 	}
 	return pid;
+}
+
+/* ------------------------------------------------------------ reload verdicts */
+
+int pidfile_verdict_write(const struct pidfile_verdict *v)
+{
+	char tmp[sizeof(verdict_path) + 8], line[PIDFILE_REASON_MAX + 128];
+	int fd, len, rc = -1;
+
+	if (!written[0])
+		return 0;
+	snprintf(tmp, sizeof(tmp), "%s.tmp", verdict_path);
+	len = snprintf(line, sizeof(line), "%llu %ld %s %llu %s", v->at_ns, (long)getpid(),
+	               v->ok ? "ok" : "refused", v->generation, v->reason);
+	if (len < 0)
+		return -1;
+	if ((size_t)len >= sizeof(line) - 1)
+		len = (int)sizeof(line) - 2;
+	/* One line: a reason that spans several is folded. */
+	for (int i = 0; i < len; i++)
+		if (line[i] == '\n' || line[i] == '\r')
+			line[i] = ' ';
+	line[len++] = '\n';
+	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0644);
+	if (fd < 0)
+		return -1;
+	if (write(fd, line, (size_t)len) == len && close(fd) == 0) {
+		fd = -1;
+		rc = rename(tmp, verdict_path);
+	}
+	if (fd >= 0)
+		close(fd);
+	if (rc != 0)
+		unlink(tmp);
+	return rc;
+}
+
+int pidfile_verdict_read(const char *path, struct pidfile_verdict *v, char *err, size_t errlen)
+{
+	char file[PATH_MAX + sizeof(PIDFILE_VERDICT_SUFFIX)], buf[PIDFILE_REASON_MAX + 128], word[16];
+	ssize_t n;
+	int fd, used = 0;
+
+	if (snprintf(file, sizeof(file), "%s%s", path, PIDFILE_VERDICT_SUFFIX) >= (int)sizeof(file)) {
+		snprintf(err, errlen, "pid file %s: path too long", path);
+		return -1;
+	}
+	fd = open(file, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	if (fd < 0) {
+		if (errno == ENOENT)
+			return 0;
+		snprintf(err, errlen, "%s: %s", file, strerror(errno));
+		return -1;
+	}
+	n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	if (n <= 0)
+		return 0;
+	buf[n] = '\0';
+	buf[strcspn(buf, "\n")] = '\0';
+	if (sscanf(buf, "%llu %ld %15s %llu %n", &v->at_ns, &v->pid, word, &v->generation, &used) < 4 ||
+	    used == 0 || (strcmp(word, "ok") != 0 && strcmp(word, "refused") != 0)) {
+		snprintf(err, errlen, "%s: not a reload verdict", file);
+		return -1;
+	}
+	v->ok = strcmp(word, "ok") == 0;
+	snprintf(v->reason, sizeof(v->reason), "%s", buf + used);
+	return 1;
 }

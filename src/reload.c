@@ -23,6 +23,7 @@
 #include "gen.h"
 #include "log.h"
 #include "metrics.h"
+#include "pidfile.h"
 #include "policy.h"
 #include "policytest.h"
 #include "tls.h"
@@ -190,11 +191,30 @@ static unsigned serving_budget(void)
 	return ms;
 }
 
-/* The verdict of a refused reload: one log line, the failed-reload metric. */
-static void refuse(const char *why)
+/* The verdict for `courier-broker reload`, beside the pid file: at is when
+ * the attempt took its SIGHUPs. */
+static void record_verdict(const struct timespec *at, bool ok, unsigned long long id, const char *why)
 {
+	struct pidfile_verdict v = {
+	    .at_ns = (unsigned long long)at->tv_sec * 1000000000ULL + (unsigned long long)at->tv_nsec,
+	    .ok = ok,
+	    .generation = id,
+	};
+
+	snprintf(v.reason, sizeof(v.reason), "%s", why);
+	if (pidfile_verdict_write(&v) != 0)
+		log_msg("warn", "cannot write the reload verdict beside the pid file: %s", strerror(errno));
+}
+
+/* The verdict of a refused reload: one log line, the failed-reload metric,
+ * the verdict file. at: when the refused attempt took its SIGHUPs. */
+static void refuse(const char *why, const struct timespec *at)
+{
+	unsigned long long id = serving_id();
+
 	metrics_reload(false, time(NULL));
-	log_msg("error", "reload refused: %s; generation %llu keeps serving", why, serving_id());
+	log_msg("error", "reload refused: %s; generation %llu keeps serving", why, id);
+	record_verdict(at, false, id, why);
 }
 
 /* The builder's result, under the lock, when its attempt still stands:
@@ -204,7 +224,7 @@ static void refuse(const char *why)
 static void settle(struct gen *g, struct tls_creds *creds, const char *err)
 {
 	if (!g) {
-		refuse(err);
+		refuse(err, &rl.t0);
 		return;
 	}
 	warn_restart_only(g->cfg);
@@ -212,6 +232,8 @@ static void settle(struct gen *g, struct tls_creds *creds, const char *err)
 	gen_publish(g);
 	metrics_reload(true, time(NULL));
 	log_msg("info", "reload done: generation %llu serving (%.1f ms)", g->id, clock_since_ms(&rl.t0));
+	/* After the publish: whoever reads "ok" finds the new generation serving. */
+	record_verdict(&rl.t0, true, g->id, "");
 }
 
 static void *builder(void *arg)
@@ -295,7 +317,7 @@ static void start_attempt(void)
 	if (rc != 0) {
 		rl.state = B_IDLE;
 		snprintf(why, sizeof(why), "cannot start a thread for it: %s", strerror(rc));
-		refuse(why);
+		refuse(why, &rl.t0);
 	}
 }
 
@@ -311,7 +333,7 @@ static void *reload_thread(void *arg)
 		if (rl.state == B_RUNNING && passed(&rl.deadline)) {
 			rl.state = B_ABANDONED;
 			snprintf(why, sizeof(why), "took longer than %u ms", rl.budget_ms);
-			refuse(why);
+			refuse(why, &rl.t0);
 			if (rl.pending > 0)
 				rl.pending_until = clock_add_ms(clock_now(), (long)serving_budget());
 			continue;
@@ -321,10 +343,12 @@ static void *reload_thread(void *arg)
 			continue;
 		}
 		if (rl.pending > 0 && rl.state == B_ABANDONED && passed(&rl.pending_until)) {
+			struct timespec now = clock_now();
+
 			rl.pending = 0;
 			snprintf(why, sizeof(why), "the reload abandoned after %u ms is still running",
 			         rl.budget_ms);
-			refuse(why);
+			refuse(why, &now);
 			continue;
 		}
 		if (rl.state == B_RUNNING)

@@ -32,7 +32,8 @@ int reload_start(const char *path);
 /* The SIGHUP work, handed over without waiting: load and check the
  * configuration, warn about settings that need a restart, install it. SIGHUPs
  * (signals counts them) that come while a reload runs make one more after it.
- * The verdict is in the log and the reload metrics. */
+ * The verdict is in the log, the reload metrics and, when serve wrote a pid
+ * file, the verdict file beside it that `courier-broker reload` waits for. */
 void reload_request(int signals);
 
 /* At SIGTERM: from now on no reload starts or installs anything; one under

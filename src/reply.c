@@ -62,6 +62,10 @@ enum MHD_Result reply_queue(struct MHD_Connection *conn, struct http_server *s, 
 	if (cors_origin) {
 		/* Errors carry it too, so the frontend can read why. */
 		MHD_add_response_header(resp, "Access-Control-Allow-Origin", cors_origin);
+		/* What page code needs: when to retry a 429/503, which request it
+		 * was, which policy decided (CONTRACT.md). */
+		MHD_add_response_header(resp, "Access-Control-Expose-Headers",
+		                        "Retry-After, X-Request-Id, X-Policy-Revision");
 		MHD_add_response_header(resp, "Vary", "Origin");
 	}
 	if (s && loop_draining(s))

@@ -10,6 +10,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <pthread.h>
@@ -184,28 +185,65 @@ bool secret_equals(const struct secret *s, const void *candidate, size_t len)
 	return eq;
 }
 
+/* The file a secret path names, as platforms mount them: Kubernetes
+ * projects each key as a symlink to ..data/KEY, ..data being a symlink to a
+ * timestamped folder swapped on update; systemd credentials are plain files.
+ * So symlinks are followed (realpath) and the rules hold for the final file:
+ * a regular file, nothing for group or others, owned by this process's user
+ * or root (anyone else could rewrite the key). Returns an open fd, or -1. */
+static int open_secret(const char *path, char *err, size_t errlen)
+{
+	char real[PATH_MAX], shown[PATH_MAX + 8];
+	struct stat st;
+	int fd;
+
+	if (!realpath(path, real)) {
+		snprintf(err, errlen, "secret file %s: %s", path, strerror(errno));
+		return -1;
+	}
+	if (strcmp(real, path) != 0)
+		snprintf(shown, sizeof(shown), " (-> %s)", real);
+	else
+		shown[0] = '\0';
+	/* O_NOFOLLOW: resolved once, so a link swapped in since is refused.
+	 * O_NONBLOCK: a FIFO must not hold the open (it is refused just below). */
+	fd = open(real, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+	if (fd < 0) {
+		snprintf(err, errlen, "secret file %s%s: %s", path, shown, strerror(errno));
+		return -1;
+	}
+	if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+		snprintf(err, errlen, "secret file %s%s: not a regular file", path, shown);
+		goto fail;
+	}
+	if (st.st_mode & (S_IRWXG | S_IRWXO)) {
+		snprintf(err, errlen,
+		         "secret file %s%s: mode %03o is readable by group or others (chmod 600 it, or 400)",
+		         path, shown, (unsigned)(st.st_mode & 0777));
+		goto fail;
+	}
+	if (st.st_uid != geteuid() && st.st_uid != 0) {
+		snprintf(err, errlen,
+		         "secret file %s%s: owned by uid %lu, not by this user (uid %lu) or root", path,
+		         shown, (unsigned long)st.st_uid, (unsigned long)geteuid());
+		goto fail;
+	}
+	return fd;
+fail:
+	close(fd);
+	return -1;
+}
+
 static int load_file(const char *path, struct secret *out, char *err, size_t errlen)
 {
 	unsigned char buf[SECRET_MAX + 1];
-	struct stat st;
 	ssize_t n;
 	size_t len = 0;
 	int fd, rc = -1;
 
-	/* O_NONBLOCK: a FIFO must not hold the open (it is refused just below). */
-	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
-	if (fd < 0) {
-		snprintf(err, errlen, "secret file %s: %s", path, strerror(errno));
+	fd = open_secret(path, err, errlen);
+	if (fd < 0)
 		return -1;
-	}
-	if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-		snprintf(err, errlen, "secret file %s: not a regular file", path);
-		goto out;
-	}
-	if (st.st_mode & (S_IRWXG | S_IRWXO)) {
-		snprintf(err, errlen, "secret file %s: readable by group or others (chmod 600 it)", path);
-		goto out;
-	}
 	while (len < sizeof(buf) && (n = read(fd, buf + len, sizeof(buf) - len)) != 0) {
 		if (n < 0 && errno == EINTR)
 			continue;

@@ -169,7 +169,11 @@ static enum MHD_Result preflight(struct req *r)
 		return MHD_NO;
 	MHD_add_response_header(resp, "Access-Control-Allow-Origin", r->cors_origin);
 	MHD_add_response_header(resp, "Access-Control-Allow-Methods", "POST");
-	MHD_add_response_header(resp, "Access-Control-Allow-Headers", "Authorization, Content-Type");
+	/* Tracing headers too (OpenTelemetry, W3C baggage, Sentry): SDKs add
+	 * them to every fetch, and a preflight that refuses them fails the call. */
+	MHD_add_response_header(resp, "Access-Control-Allow-Headers",
+	                        "Authorization, Content-Type, traceparent, tracestate, baggage, "
+	                        "sentry-trace, X-Request-Id");
 	MHD_add_response_header(resp, "Access-Control-Max-Age", CORS_MAX_AGE_S);
 	MHD_add_response_header(resp, "Vary", "Origin");
 	MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");

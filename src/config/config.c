@@ -117,6 +117,17 @@ static int check_tenant(struct loader *ld, const char *path, struct tenant *t)
 		return config_fail(ld, key, "%llds is longer than max_expires_in (%llds)",
 		                   t->default_expires_s, t->max_expires_s);
 	}
+	/* Options that would do nothing where they are: refused like a misspelt
+	 * name, since their author believes they act. */
+	if (t->rate_limit.burst >= 0 && t->rate_limit.per_second == 0) {
+		config_key_printf(key, sizeof(key), "%s.rate_limit.burst", path);
+		return config_fail(ld, key, "does nothing without rate_limit.per_second (0: no limit)");
+	}
+	if (t->rate_limit.per_requester.burst >= 0 && t->rate_limit.per_requester.per_second == 0) {
+		config_key_printf(key, sizeof(key), "%s.rate_limit.per_requester.burst", path);
+		return config_fail(ld, key,
+		                   "does nothing without rate_limit.per_requester.per_second (0: no limit)");
+	}
 	if (t->rate_limit.burst < 0)
 		t->rate_limit.burst = t->rate_limit.per_second;
 	if (t->rate_limit.per_second > 0 && t->rate_limit.burst < 1) {

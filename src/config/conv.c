@@ -7,6 +7,7 @@
  * cannot check, never echo a secret, and never reach beyond the option it
  * was handed but for earlier rows of the same table it documents.
  */
+#include <arpa/inet.h>
 #include <lauxlib.h>
 #include <lua.h>
 #include <stdio.h>
@@ -67,6 +68,20 @@ static int parse_host_port(struct loader *ld, const char *key, struct value *v, 
 	*host_out = strndup(host, hostlen);
 	if (!*host_out)
 		return config_fail(ld, key, "out of memory");
+	/* What serve can bind (listen_address): an IP address or localhost; a
+	 * host name would pass here and fail at start, after `check` said ok. */
+	{
+		unsigned char addr[sizeof(struct in6_addr)];
+		if (strcmp(*host_out, "localhost") != 0 && inet_pton(AF_INET, *host_out, addr) != 1 &&
+		    inet_pton(AF_INET6, *host_out, addr) != 1) {
+			free(*host_out);
+			*host_out = NULL;
+			return config_fail(ld, key,
+			                   "\"%s\": the host must be an IP address or localhost, not a name "
+			                   "(such as \"0.0.0.0:8080\" or \"[::]:8080\")",
+			                   s);
+		}
+	}
 	*port_out = (unsigned short)n;
 	return 0;
 bad:
@@ -74,10 +89,23 @@ bad:
 	                   s);
 }
 
+static const char *listen_override; /* serve --listen; set before any load */
+
+void config_override_listen(const char *addr)
+{
+	listen_override = addr;
+}
+
 int config_conv_listen(struct loader *ld, const char *key, struct value *v, void *base)
 {
 	struct config *cfg = base;
+	struct value o = {.present = true};
 
+	if (listen_override) {
+		o.str = listen_override;
+		o.len = strlen(listen_override);
+		return parse_host_port(ld, "--listen", &o, &cfg->listen_host, &cfg->listen_port);
+	}
 	return parse_host_port(ld, key, v, &cfg->listen_host, &cfg->listen_port);
 }
 
@@ -177,7 +205,7 @@ int config_conv_algorithms(struct loader *ld, const char *key, struct value *v, 
 {
 	/* Names worth probing for the "supported:" hint; jwt.c decides which are. */
 	static const char *const known[] = {"HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256",
-	                                    "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"};
+	                                    "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA", "Ed25519"};
 	struct tenant *t = base;
 	char sub[256], supported[128] = "";
 

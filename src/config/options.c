@@ -102,7 +102,8 @@ const struct option config_options[] = {
     {"tenants.*.auth.jwt.algorithms", OPT_LIST, NULL, 0, 0, NOWHERE, OPT_REQUIRED, config_conv_algorithms,
      "Allowed algorithms: `HS256`, `HS384`, `HS512` (with `hmac_secret`), `RS256`, `RS384`, `RS512`, "
      "`PS256`, "
-     "`PS384`, `PS512` (RSA key), `ES256` (EC P-256 key), `ES384` (EC P-384 key), `EdDSA` (Ed25519 key)."},
+     "`PS384`, `PS512` (RSA key), `ES256` (EC P-256 key), `ES384` (EC P-384 key), `EdDSA` or its RFC 9864 "
+     "name `Ed25519` (Ed25519 key; either name admits tokens and JWKs that use the other)."},
     {"tenants.*.auth.jwt.hmac_secret", OPT_SECRET, NULL, 0, 0, TEN(auth.jwt.hmac_secret), 0, NULL,
      "Key for HS* algorithms (required with them; refused without them)."},
     {"tenants.*.auth.jwt.public_key", OPT_TABLE, NULL, 0, 0, TEN(auth.jwt.public_key_given), OPT_PRESENCE,
@@ -178,7 +179,8 @@ const struct option config_options[] = {
     {"tenants.*.rate_limit.per_second", OPT_NUMBER, "0", 0, 1e6, TEN(rate_limit.per_second), 0, NULL,
      "Sustained rate; 0 turns the limit off."},
     {"tenants.*.rate_limit.burst", OPT_NUMBER, "per_second", 0, 1e6, NOWHERE, OPT_PROSE_DEFAULT,
-     config_conv_burst, "Bucket size; at least 1 when `per_second` > 0."},
+     config_conv_burst,
+     "Bucket size; at least 1 when `per_second` > 0; refused without `per_second` (it would do nothing)."},
     {"tenants.*.rate_limit.per_requester", OPT_TABLE, NULL, 0, 0, NOWHERE, 0, NULL,
      "Token issuance per requester of the tenant: the authenticated subject (JWT `sub`, proxy user), the "
      "client key's name, or the client IP when the request is unauthenticated or has no subject. Taken "
@@ -186,7 +188,8 @@ const struct option config_options[] = {
     {"tenants.*.rate_limit.per_requester.per_second", OPT_NUMBER, "0", 0, 1e6,
      TEN(rate_limit.per_requester.per_second), 0, NULL, "Sustained rate per requester; 0 turns it off."},
     {"tenants.*.rate_limit.per_requester.burst", OPT_NUMBER, "per_second", 0, 1e6, NOWHERE, OPT_PROSE_DEFAULT,
-     config_conv_requester_burst, "Bucket size per requester; at least 1 when `per_second` > 0."},
+     config_conv_requester_burst,
+     "Bucket size per requester; at least 1 when `per_second` > 0; refused without `per_second`."},
 };
 
 const size_t config_n_options = sizeof(config_options) / sizeof(config_options[0]);

@@ -157,7 +157,8 @@ static int read_list(struct loader *ld, const char *key, int idx, struct value *
 
 static const char secret_shape[] = "must be { env = ... } or { file = ... }";
 
-/* One string field of a secret table: { env = "NAME" } or { file = "PATH" }. */
+/* One string field of a secret table: { env = "NAME" }, { file = "PATH" } or
+ * { credential = "NAME" } (systemd: $CREDENTIALS_DIRECTORY/NAME). */
 static int secret_field(struct loader *ld, const char *key, int idx, const char *field, char **out)
 {
 	lua_State *L = ld->L;
@@ -179,7 +180,24 @@ static int secret_field(struct loader *ld, const char *key, int idx, const char 
 		return config_fail(ld, sub,
 		                   field[0] == 'e' ? "not an environment variable name" : "not a path");
 	}
-	*out = field[0] == 'e' ? strdup(s) : fileio_join(ld->cfg->dir, s);
+	if (field[0] == 'c') {
+		/* systemd's LoadCredential=/SetCredential=: a file of the service's
+		 * own credentials folder, named without any path. */
+		const char *cdir = getenv("CREDENTIALS_DIRECTORY");
+		if (strchr(s, '/') || strcmp(s, ".") == 0 || strcmp(s, "..") == 0) {
+			lua_pop(L, 1);
+			return config_fail(ld, sub, "not a credential name (no \"/\")");
+		}
+		if (!cdir || cdir[0] != '/') {
+			lua_pop(L, 1);
+			return config_fail(ld, sub,
+			                   "$CREDENTIALS_DIRECTORY is not set (systemd sets it for a unit "
+			                   "with LoadCredential=)");
+		}
+		*out = fileio_join(cdir, s);
+	} else {
+		*out = field[0] == 'e' ? strdup(s) : fileio_join(ld->cfg->dir, s);
+	}
 	lua_pop(L, 1);
 	if (!*out)
 		return config_fail(ld, key, "out of memory");
@@ -189,7 +207,7 @@ static int secret_field(struct loader *ld, const char *key, int idx, const char 
 int config_read_secret(struct loader *ld, const char *key, int idx, struct value *v)
 {
 	lua_State *L = ld->L;
-	bool env = false, file = false, other = false;
+	bool env = false, file = false, credential = false, other = false;
 
 	idx = lua_absindex(L, idx);
 	/* Never print the value: a literal here is most likely the secret itself. */
@@ -204,14 +222,17 @@ int config_read_secret(struct loader *ld, const char *key, int idx, struct value
 			env = true;
 		else if (lua_type(L, -1) == LUA_TSTRING && strcmp(lua_tostring(L, -1), "file") == 0)
 			file = true;
+		else if (lua_type(L, -1) == LUA_TSTRING && strcmp(lua_tostring(L, -1), "credential") == 0)
+			credential = true;
 		else
 			other = true;
 	}
-	if (other || env == file)
+	if (other || (int)env + (int)file + (int)credential != 1)
 		return config_fail(ld, key, "%s, with exactly one of the two keys", secret_shape);
 	if (env)
 		return secret_field(ld, key, idx, "env", &v->ref.env);
-	return secret_field(ld, key, idx, "file", &v->ref.file);
+	/* A credential is a file the platform put in place: the same rules. */
+	return secret_field(ld, key, idx, credential ? "credential" : "file", &v->ref.file);
 }
 
 /* Fills v from the default text of a row, the way the file would have. */

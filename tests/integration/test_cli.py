@@ -522,3 +522,98 @@ def test_eval_ignores_real_base_url_env(eval_cfg, double):
     assert p.returncode == 0, p.all
     assert one_json(p)["decision"] == "allow"
     assert double.served() == 0
+
+
+# ------------------------------------------------ reload: the broker's verdict
+
+def _reload(b, pid_file, env):
+    return run(["reload", "-c", b.config, "--pid-file", pid_file], env=env)
+
+
+def test_reload_refused_by_the_broker_exits_1_with_its_reason(brokers, double, tmp_path):
+    """The caller's check passes (its environment has the variable), the
+    broker's does not: the broker refuses, and so does the command."""
+    from conftest import generation
+    pid_file = tmp_path / "broker.pid"
+    b = brokers("b", double, args=("--pid-file", str(pid_file)))
+    g0 = generation(b)
+    b.config.write_text(b.config_text.replace('{ env = "COURIER_API_KEY" }', '{ env = "ONLY_THE_CALLER_HAS_IT" }'))
+    r = _reload(b, pid_file, env_for({"ONLY_THE_CALLER_HAS_IT": COURIER_KEY}))
+    assert r.returncode == 1, r.all
+    assert "REFUSED" in r.err and "ONLY_THE_CALLER_HAS_IT" in r.err, r.err
+    assert "generation %d keeps serving" % g0 in r.err, r.err
+    assert generation(b) == g0
+    assert (tmp_path / "broker.pid.reload").exists()
+
+
+def test_reload_ok_exits_0_once_the_new_generation_serves(brokers, double, tmp_path):
+    from conftest import DENY_POLICY, generation, mint
+    pid_file = tmp_path / "broker.pid"
+    b = brokers("b", double, args=("--pid-file", str(pid_file)))
+    g0 = generation(b)
+    (b.dir / "policies" / "default.lua").write_text(DENY_POLICY)
+    r = _reload(b, pid_file, b.env)
+    assert r.returncode == 0, r.all
+    assert "generation %d serving" % (g0 + 1) in r.err, r.err
+    # No waiting: the exit code already means the new generation serves.
+    assert b.post(body={"user_id": "alice"}, token=mint("alice")).status == 403
+    assert generation(b) == g0 + 1
+    # A second reload waits for its own verdict, not the first one's.
+    r = _reload(b, pid_file, b.env)
+    assert r.returncode == 0, r.all
+    assert "generation %d serving" % (g0 + 2) in r.err, r.err
+    assert b.stop() == 0
+    assert not pid_file.exists() and not (tmp_path / "broker.pid.reload").exists()
+
+
+# ------------------------------------------------ listen: --listen, and check == serve
+
+@pytest.mark.parametrize("key", ["listen", "admin_listen"])
+def test_check_refuses_a_listen_host_name_serve_would_refuse(tmp_path, key):
+    top = '%s = "broker.internal:8080"' % key
+    cfg = write_config(tmp_path, top=top)
+    text = cfg.read_text()
+    if key == "listen":
+        text = text.replace('listen = "127.0.0.1:0"\n', "")
+    cfg.write_text(text)
+    p = check(cfg)
+    assert p.returncode == 1, p.all
+    assert key in p.all and "broker.internal" in p.all and "IP address" in p.all, p.all
+    s = run(["serve", "-c", cfg])
+    assert s.returncode == 1 and "IP address" in s.all, s.all
+
+
+def test_check_accepts_ip_and_localhost_listen(tmp_path):
+    for addr in ("0.0.0.0:8080", "[::]:8080", "[::1]:0", "localhost:8080"):
+        cfg = write_config(tmp_path / addr.replace(":", "_").replace("[", "").replace("]", ""))
+        cfg.write_text(cfg.read_text().replace('listen = "127.0.0.1:0"', 'listen = "%s"' % addr))
+        p = check(cfg)
+        assert p.returncode == 0, (addr, p.all)
+
+
+def test_serve_listen_overrides_the_file(brokers, double):
+    import socket
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    b = brokers("b", double, args=("--listen", "127.0.0.1:%d" % port))
+    assert b.port == port
+    assert b.get("/healthz").status == 200
+
+
+def test_serve_listen_is_checked_like_listen(tmp_path):
+    cfg = write_config(tmp_path)
+    p = run(["serve", "-c", cfg, "--listen", "broker.internal:80"])
+    assert p.returncode == 1, p.all
+    assert "--listen" in p.all and "IP address" in p.all, p.all
+    # Only serve takes it.
+    p = run(["check", "-c", cfg, "--listen", "127.0.0.1:0"])
+    assert p.returncode == 2
+
+
+def test_check_refuses_options_that_do_nothing_in_their_place(tmp_path):
+    cfg = write_config(tmp_path, tenant_extra="rate_limit = { burst = 20 },")
+    p = check(cfg)
+    assert p.returncode == 1, p.all
+    assert "tenants.default.rate_limit.burst" in p.all and "does nothing" in p.all, p.all

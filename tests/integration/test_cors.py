@@ -62,3 +62,33 @@ def test_wildcard_origin_is_refused_by_check(tmp_path, double):
                        capture_output=True, text=True, timeout=30)
     assert p.returncode == 1
     assert "cors_origins" in p.stderr and "refused" in p.stderr
+
+
+def _names(value):
+    return {v.strip().lower() for v in (value or "").split(",") if v.strip()}
+
+
+def test_preflight_allows_tracing_headers(broker_factory):
+    """OpenTelemetry, W3C baggage and Sentry add these to every fetch: a
+    preflight that refuses them fails the token request in the browser."""
+    b = broker_factory(tenants={"default": {"extra": CORS}})
+    asked = "authorization, content-type, traceparent, tracestate, baggage, sentry-trace, x-request-id"
+    r = request(b.port, "OPTIONS", "/v1/token", headers={
+        "Origin": APP, "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": asked})
+    assert r.status == 204
+    assert _names(asked) <= _names(r.header("Access-Control-Allow-Headers")), r.header("Access-Control-Allow-Headers")
+
+
+def test_page_code_can_read_retry_after_request_id_and_revision(broker_factory):
+    b = broker_factory(tenants={"default": {"extra": CORS + " rate_limit = { per_second = 0.01, burst = 1 },"}})
+    ok = b.post(body={"user_id": "alice"}, token=mint(), headers={"Origin": APP})
+    assert ok.status == 200
+    want = {"retry-after", "x-request-id", "x-policy-revision"}
+    assert want <= _names(ok.header("Access-Control-Expose-Headers"))
+    limited = b.post(body={"user_id": "alice"}, token=mint(), headers={"Origin": APP})
+    assert limited.status == 429 and limited.header("Retry-After")
+    assert limited.header("Access-Control-Allow-Origin") == APP
+    assert want <= _names(limited.header("Access-Control-Expose-Headers"))
+    # Not for origins that are not listed.
+    other = b.post(body={"user_id": "bob"}, token=mint("bob"), headers={"Origin": "https://evil.example.com"})
+    assert other.header("Access-Control-Expose-Headers") is None

@@ -144,7 +144,7 @@ def sign(alg, key, data):
         r, s = decode_dss_signature(key.sign(data, ec.ECDSA(HASH[alg[2:]]())))
         n = (key.curve.key_size + 7) // 8
         return r.to_bytes(n, "big") + s.to_bytes(n, "big")
-    if alg == "EdDSA":
+    if alg in ("EdDSA", "Ed25519"):
         return key.sign(data)
     raise ValueError(alg)
 
@@ -1477,3 +1477,51 @@ def test_jwks_url_unreachable_at_start_fails_the_load(tmp_path, jwks_server):
     r = subprocess.run([BROKER_BIN, "check", "-c", cfg], env=env, capture_output=True, timeout=30)
     assert r.returncode == 0, (r.returncode, r.stderr)
     assert srv.count() >= 1
+
+
+# ================================================================== RFC 9864: "Ed25519"
+
+
+def ed(alg, sub="alice", key=ED_A, kid=None):
+    """An Ed25519 token under either name (PyJWT knows only "EdDSA")."""
+    hdr = {"alg": alg, "typ": "JWT"}
+    if kid:
+        hdr["kid"] = kid
+    return forge(hdr, claims(sub), key=key)
+
+
+@pytest.fixture(scope="module")
+def ed25519_broker(tmp_path_factory, keydir):
+    """Keys and allow-lists named the RFC 9864 way, as jose 6 writes them."""
+    d = tmp_path_factory.mktemp("ed25519")
+    doc = {"keys": [jwk(ED_A, "ed-rfc9864", alg="Ed25519"), jwk(ED_B, "ed-b-eddsa", alg="EdDSA")]}
+    f = write_private(d / "jwks9864.json", json.dumps(doc))
+    t = {
+        "jwks9864": {"auth": jwt_auth(["Ed25519"], 'jwks = { file = %s },' % json.dumps(f))},
+        "pk9864": {"auth": jwt_auth(["Ed25519"], 'public_key = { file = %s },' % json.dumps(keydir["ed"]))},
+    }
+    s = Shared(d, t)
+    yield s.broker
+    s.stop()
+
+
+@pytest.mark.parametrize("alg", ["Ed25519", "EdDSA"])
+def test_ed25519_jwk_and_token_alg_accepted(ed25519_broker, alg):
+    sub = "ed9864-jwks-" + alg.lower()
+    tok = ed(alg, sub=sub, key=ED_A, kid="ed-rfc9864")
+    assert echo(ed25519_broker, "jwks9864", tok) == ("jwt", sub, "true", "127.0.0.1")
+    expect_200(ed25519_broker, "jwks9864", tok)
+    # A JWK that says "EdDSA" serves an "Ed25519" allow-list too: one algorithm.
+    sub = "ed9864-b-" + alg.lower()
+    assert echo(ed25519_broker, "jwks9864", ed(alg, sub=sub, key=ED_B, kid="ed-b-eddsa"))[:2] == ("jwt", sub)
+
+
+def test_ed25519_token_alg_with_a_public_key_file(ed25519_broker, pk_broker):
+    assert echo(ed25519_broker, "pk9864", ed("Ed25519", sub="ed9864-pk", key=ED_A))[:2] == ("jwt", "ed9864-pk")
+    # The EdDSA tenant takes the RFC 9864 name as well.
+    assert echo(pk_broker, "eddsa", ed("Ed25519", sub="ed9864-old", key=ED_A))[:2] == ("jwt", "ed9864-old")
+
+
+def test_ed25519_wrong_key_still_refused(ed25519_broker):
+    expect_401(ed25519_broker, "jwks9864", ed("Ed25519", key=ED_B, kid="ed-rfc9864"))
+    expect_401(ed25519_broker, "pk9864", ed("Ed25519", key=ED_B))

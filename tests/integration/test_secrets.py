@@ -275,3 +275,81 @@ tenants = {
     assert "default.lua" in out.replace("\\/", "/")
     for s in (APP_SECRET, COURIER_KEY):
         assert s not in out
+
+
+# ------------------------------------------------ secrets as platforms mount them
+
+def _k8s_mount(d, files, stamp):
+    """A Kubernetes secret volume: KEY -> ..data/KEY, ..data -> ..STAMP/ (re-pointed on update)."""
+    d.mkdir(exist_ok=True)
+    ts = d / stamp
+    ts.mkdir()
+    for name, value in files.items():
+        (ts / name).write_text(value + "\n")
+        os.chmod(ts / name, 0o400)
+        if not (d / name).is_symlink():
+            os.symlink("..data/" + name, d / name)
+    tmp = d / "..data_tmp"
+    os.symlink(stamp, tmp)
+    os.replace(tmp, d / "..data")
+
+
+def test_kubernetes_symlinked_secret_files(tmp_path, double):
+    from conftest import generation, wait_metric
+    (tmp_path / "b").mkdir()
+    mount = tmp_path / "b" / "secrets"
+    _k8s_mount(mount, {"courier-api-key": COURIER_KEY, "app-jwt-secret": APP_SECRET}, "..2026_12_05_10_00_00.1")
+    b = Broker(tmp_path / "b", double, tenants={"default": {
+        "api_key": '{ file = "secrets/courier-api-key" }',
+        "auth": 'auth = { jwt = { algorithms = { "HS256" }, hmac_secret = { file = "secrets/app-jwt-secret" } } },'}},
+        env={"COURIER_API_KEY": "", "APP_JWT_SECRET": ""})
+    try:
+        r = b.post(body={"user_id": "alice"}, token=mint("alice"))
+        assert r.status == 200, r.body
+        # The platform rotates the app secret by re-pointing ..data; a reload takes it.
+        _k8s_mount(mount, {"courier-api-key": COURIER_KEY, "app-jwt-secret": "rotated-" + APP_SECRET},
+                   "..2026_12_05_11_00_00.2")
+        g0 = generation(b)
+        b.sighup()
+        wait_metric(b, "broker_generation", lambda v: v > g0)
+        assert b.post(body={"user_id": "alice"}, token=mint("alice")).status == 401
+        assert b.post(body={"user_id": "alice"}, token=mint("alice", secret="rotated-" + APP_SECRET)).status == 200
+    finally:
+        b.stop()
+
+
+def test_symlinked_secret_with_an_open_mode_is_refused_naming_the_final_file(tmp_path):
+    d = tmp_path / "c"
+    (d / "policies").mkdir(parents=True)
+    (d / "policies" / "p.lua").write_text(ALLOW)
+    _k8s_mount(d / "secrets", {"k": COURIER_KEY}, "..2026_12_05")
+    os.chmod(d / "secrets" / "..2026_12_05" / "k", 0o644)
+    (d / "c.lua").write_text('tenants = { default = { api_key = { file = "secrets/k" }, policy = "policies/p.lua", '
+                             'auth = { none = true } } }\n')
+    p = subprocess.run([BROKER_BIN, "check", "-c", str(d / "c.lua")], capture_output=True, timeout=15)
+    err = p.stderr.decode().replace("\\/", "/")
+    assert p.returncode == 1, err
+    assert "..2026_12_05/k" in err and "group or others" in err, err
+    assert COURIER_KEY not in err
+
+
+def test_systemd_credentials(tmp_path):
+    d = tmp_path / "s"
+    cred = tmp_path / "credentials"
+    (d / "policies").mkdir(parents=True)
+    cred.mkdir()
+    (d / "policies" / "p.lua").write_text(ALLOW)
+    (cred / "courier-api-key").write_text(COURIER_KEY)
+    os.chmod(cred / "courier-api-key", 0o400)
+    (d / "c.lua").write_text('tenants = { default = { api_key = { credential = "courier-api-key" }, '
+                             'policy = "policies/p.lua", auth = { none = true } } }\n')
+    env = dict(os.environ, CREDENTIALS_DIRECTORY=str(cred))
+    p = subprocess.run([BROKER_BIN, "check", "-c", str(d / "c.lua")], capture_output=True, timeout=15, env=env)
+    assert p.returncode == 0, p.stderr.decode()
+    env.pop("CREDENTIALS_DIRECTORY")
+    p = subprocess.run([BROKER_BIN, "check", "-c", str(d / "c.lua")], capture_output=True, timeout=15, env=env)
+    assert p.returncode == 1 and b"CREDENTIALS_DIRECTORY" in p.stderr, p.stderr
+    (d / "c.lua").write_text((d / "c.lua").read_text().replace('"courier-api-key"', '"../courier-api-key"'))
+    env["CREDENTIALS_DIRECTORY"] = str(cred)
+    p = subprocess.run([BROKER_BIN, "check", "-c", str(d / "c.lua")], capture_output=True, timeout=15, env=env)
+    assert p.returncode == 1 and b"not a credential name" in p.stderr, p.stderr

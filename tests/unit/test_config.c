@@ -1075,6 +1075,13 @@ static void test_trusted_proxy(void **state)
 	    "is not a header name", NULL);
 	expect_error(f, TENANT_HEAD "  auth = { trusted_proxy = { from = { '::1/128' } } } } }\n",
 	             ": tenants.default.auth.trusted_proxy.header: is required", NULL);
+	/* Options that do nothing in their place. */
+	expect_error(f, TENANT_HEAD "  auth = { none = true }, rate_limit = { burst = 5 } } }\n",
+	             ": tenants.default.rate_limit.burst: does nothing without rate_limit.per_second", NULL);
+	expect_error(f,
+	             TENANT_HEAD "  auth = { none = true },\n  rate_limit = { per_second = 1, per_requester "
+	                         "= { burst = 5 } } } }\n",
+	             ": tenants.default.rate_limit.per_requester.burst: does nothing", NULL);
 	expect_error(f, TENANT_HEAD "  auth = { } } }\n", ": tenants.default.auth: no authentication mode",
 	             NULL);
 }

@@ -30,6 +30,9 @@ static void t_alg_from_name(void **state)
 	assert_int_equal(jwt_alg_from_name("HS512"), JWT_HS512);
 	assert_int_equal(jwt_alg_from_name("none"), 0);
 	assert_int_equal(jwt_alg_from_name("hs256"), 0);
+	/* RFC 9864's fully-specified name is the same algorithm as EdDSA here. */
+	assert_int_equal(jwt_alg_from_name("Ed25519"), JWT_EDDSA);
+	assert_string_equal(jwt_alg_name(JWT_EDDSA), "EdDSA");
 	assert_int_equal(jwt_alg_from_name("HS2560"), 0);
 	assert_int_equal(jwt_alg_from_name("RS256"), JWT_RS256);
 	assert_int_equal(jwt_alg_from_name("PS512"), JWT_PS512);

@@ -184,6 +184,50 @@ static void test_remove_leaves_another_process_file(void **state)
 	unlink(path);
 }
 
+/* The reload verdict beside the pid file: written only by the process that
+ * wrote the pid file, read back field by field, one line whatever the reason
+ * holds, removed with the pid file. */
+static void test_reload_verdict(void **state)
+{
+	struct pidfile_verdict v = {.at_ns = 123456789012ULL, .ok = 0, .generation = 7}, got;
+	char vpath[300];
+
+	(void)state;
+	snprintf(vpath, sizeof(vpath), "%s%s", path, PIDFILE_VERDICT_SUFFIX);
+	assert_int_equal(pidfile_verdict_read(path, &got, err, sizeof(err)), 0); /* none yet */
+	assert_int_equal(pidfile_write(path, err, sizeof(err)), 0);
+	snprintf(v.reason, sizeof(v.reason), "tenant a: policy x.lua:3: bad\nsecond line");
+	assert_int_equal(pidfile_verdict_write(&v), 0);
+	assert_int_equal(pidfile_verdict_read(path, &got, err, sizeof(err)), 1);
+	assert_true(got.at_ns == v.at_ns);
+	assert_int_equal(got.pid, (long)getpid());
+	assert_int_equal(got.ok, 0);
+	assert_true(got.generation == 7);
+	assert_string_equal(got.reason, "tenant a: policy x.lua:3: bad second line");
+	v.ok = 1;
+	v.generation = 8;
+	v.reason[0] = '\0';
+	assert_int_equal(pidfile_verdict_write(&v), 0);
+	assert_int_equal(pidfile_verdict_read(path, &got, err, sizeof(err)), 1);
+	assert_int_equal(got.ok, 1);
+	assert_true(got.generation == 8);
+	assert_string_equal(got.reason, "");
+	pidfile_remove();
+	assert_int_equal(access(vpath, F_OK), -1);
+	/* Garbage is an error, not a verdict. */
+	{
+		FILE *f = fopen(vpath, "w");
+		assert_non_null(f);
+		fputs("12 34 maybe 5 why\n", f);
+		fclose(f);
+	}
+	assert_int_equal(pidfile_verdict_read(path, &got, err, sizeof(err)), -1);
+	unlink(vpath);
+	/* A process that wrote no pid file writes no verdict. */
+	assert_int_equal(pidfile_verdict_write(&v), 0);
+	assert_int_equal(access(vpath, F_OK), -1);
+}
+
 static void test_write_fails_cleanly(void **state)
 {
 	(void)state;
@@ -201,6 +245,7 @@ int main(void)
 	    cmocka_unit_test(test_running_broker),
 	    cmocka_unit_test(test_write_and_remove),
 	    cmocka_unit_test(test_remove_leaves_another_process_file),
+	    cmocka_unit_test(test_reload_verdict),
 	    cmocka_unit_test(test_write_fails_cleanly),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);

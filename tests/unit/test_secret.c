@@ -105,6 +105,81 @@ static void t_file_modes(void **state)
 	}
 }
 
+/* A Kubernetes secret volume: KEY -> ..data/KEY, ..data -> ..TIMESTAMP/,
+ * updated by re-pointing ..data. The rules hold for the file at the end. */
+static void t_kubernetes_symlinks(void **state)
+{
+	struct secret s = {0};
+	struct secret_ref ref = {0};
+	char err[512], p[8][256];
+
+	(void)state;
+	snprintf(p[0], sizeof(p[0]), "%s/..2026_12_05", dir);
+	snprintf(p[1], sizeof(p[1]), "%s/..2026_12_05/api-key", dir);
+	snprintf(p[2], sizeof(p[2]), "%s/..data", dir);
+	snprintf(p[3], sizeof(p[3]), "%s/api-key", dir);
+	snprintf(p[4], sizeof(p[4]), "%s/..2026_12_06", dir);
+	snprintf(p[5], sizeof(p[5]), "%s/..2026_12_06/api-key", dir);
+	snprintf(p[6], sizeof(p[6]), "%s/..data_tmp", dir);
+	snprintf(p[7], sizeof(p[7]), "%s/loose.key", dir);
+	assert_int_equal(mkdir(p[0], 0755), 0);
+	assert_int_equal(mkdir(p[4], 0755), 0);
+	write_file("..2026_12_05/api-key", "first\n", 0400);
+	write_file("..2026_12_06/api-key", "second\n", 0644);
+	assert_int_equal(symlink("..2026_12_05", p[2]), 0);
+	assert_int_equal(symlink("..data/api-key", p[3]), 0);
+	ref.file = p[3];
+	assert_int_equal(secret_load(&ref, &s, err, sizeof(err)), 0);
+	assert_memory_equal(s.data, "first", 5);
+	secret_clear(&s);
+	/* The update re-points ..data: the next load reads the new file, and
+	 * refuses it while its mode lets others read it, naming where it led. */
+	assert_int_equal(symlink("..2026_12_06", p[6]), 0);
+	assert_int_equal(rename(p[6], p[2]), 0);
+	assert_int_equal(secret_load(&ref, &s, err, sizeof(err)), -1);
+	assert_non_null(strstr(err, "group or others"));
+	assert_non_null(strstr(err, "..2026_12_06/api-key"));
+	assert_null(strstr(err, "second"));
+	assert_int_equal(chmod(p[5], 0600), 0);
+	assert_int_equal(secret_load(&ref, &s, err, sizeof(err)), 0);
+	assert_memory_equal(s.data, "second", 6);
+	secret_clear(&s);
+	/* A link to a folder or a missing file is still refused. */
+	assert_int_equal(symlink("..2026_12_06", p[7]), 0);
+	ref.file = p[7];
+	assert_int_equal(secret_load(&ref, &s, err, sizeof(err)), -1);
+	unlink(p[7]);
+	assert_int_equal(symlink("nowhere", p[7]), 0);
+	assert_int_equal(secret_load(&ref, &s, err, sizeof(err)), -1);
+	unlink(p[7]);
+	unlink(p[3]);
+	unlink(p[2]);
+	unlink(p[1]);
+	unlink(p[5]);
+	rmdir(p[0]);
+	rmdir(p[4]);
+}
+
+/* A file someone else owns could be rewritten by them: refused, whatever its
+ * mode (only root can make one here; elsewhere the case cannot arise). */
+static void t_owner(void **state)
+{
+	struct secret s = {0};
+	struct secret_ref ref = {0};
+	char err[512];
+
+	(void)state;
+	if (geteuid() != 0)
+		skip();
+	ref.file = (char *)write_file("ok.key", "topsecret\n", 0600);
+	assert_int_equal(chown(ref.file, 4321, 4321), 0);
+	assert_int_equal(secret_load(&ref, &s, err, sizeof(err)), -1);
+	assert_non_null(strstr(err, "owned by uid 4321"));
+	assert_int_equal(chown(ref.file, 0, 0), 0);
+	assert_int_equal(secret_load(&ref, &s, err, sizeof(err)), 0);
+	secret_clear(&s);
+}
+
 static void t_equals(void **state)
 {
 	struct secret s = {0};
@@ -179,6 +254,8 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(t_env),
 	    cmocka_unit_test(t_file_modes),
+	    cmocka_unit_test(t_kubernetes_symlinks),
+	    cmocka_unit_test(t_owner),
 	    cmocka_unit_test(t_equals),
 	    cmocka_unit_test(t_digest_once),
 	    cmocka_unit_test(t_fingerprints_differ),
