@@ -25,6 +25,7 @@
 #include "metrics.h"
 #include "policy.h"
 #include "policytest.h"
+#include "sdnotify.h"
 
 /* The settings a reload cannot apply (besides listen): their names, and
  * where they are in struct config (all unsigned). */
@@ -186,8 +187,11 @@ static unsigned serving_budget(void)
 /* The verdict of a refused reload: one log line, the failed-reload metric. */
 static void refuse(const char *why)
 {
+	unsigned long long id = serving_id();
+
 	metrics_reload(false, time(NULL));
-	log_msg("error", "reload refused: %s; generation %llu keeps serving", why, serving_id());
+	log_msg("error", "reload refused: %s; generation %llu keeps serving", why, id);
+	sdnotify_ready(id);
 }
 
 /* The builder's result, under the lock, when its attempt still stands:
@@ -202,6 +206,7 @@ static void settle(struct gen *g, const char *err)
 	gen_publish(g);
 	metrics_reload(true, time(NULL));
 	log_msg("info", "reload done: generation %llu serving (%.1f ms)", g->id, clock_since_ms(&rl.t0));
+	sdnotify_ready(g->id);
 }
 
 static void *builder(void *arg)
@@ -257,6 +262,7 @@ static void start_attempt(void)
 		log_msg("info", "SIGHUP: reloading %s (%d signals coalesced)", rl.path, signals);
 	else
 		log_msg("info", "SIGHUP: reloading %s", rl.path);
+	sdnotify_reloading();
 	rl.budget_ms = serving_budget();
 	rl.t0 = clock_now();
 	rl.deadline = clock_add_ms(rl.t0, (long)rl.budget_ms);
