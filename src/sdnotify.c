@@ -37,7 +37,8 @@ int sdnotify_init(void)
 	n = strlen(e);
 	/* sun_path holds the name; an abstract one ("@name") is not NUL-terminated. */
 	if ((e[0] != '/' && e[0] != '@') || n >= sizeof(ns.addr.sun_path)) {
-		log_msg("warn", "NOTIFY_SOCKET is not an absolute path or @abstract name: not notifying");
+		log_msg("warn", "NOTIFY_SOCKET is neither an absolute path nor an @abstract name of at most "
+		                "107 bytes: not notifying");
 		return -1;
 	}
 	memset(&ns.addr, 0, sizeof(ns.addr));
