@@ -220,6 +220,20 @@ def test_install_follows_prefix_and_confdir(tmp_path):
     assert "/usr/local/bin" not in unit and "/etc/courier-broker" not in unit
 
 
+def test_installed_unit_verifies(tmp_path):
+    """The unit as installed (real paths, no DESTDIR) passes systemd-analyze verify."""
+    if not shutil.which("systemd-analyze"):
+        pytest.skip("systemd-analyze is not installed: the unit is not verified")
+    pfx = tmp_path / "pfx"
+    make_install("", "PREFIX=%s/usr" % pfx, "CONFDIR=%s/etc/courier-broker" % pfx)
+    unit = pfx / "usr/lib/systemd/system/courier-broker.service"
+    assert "ExecStart=%s/usr/bin/courier-broker serve" % pfx in unit.read_text()
+    # MANPATH: its Documentation=man:courier-broker(8) is the installed page.
+    r = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, MANPATH="%s/usr/share/man" % pfx))
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+
+
 # ------------------------------------------------------------ man pages
 
 def option_names():
