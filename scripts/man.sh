@@ -41,4 +41,5 @@ awk -v usage="$tmp.usage" -v options="$tmp.options" -v version="$version" '
   /^@USAGE@$/ { dump(usage); next }
   /^@OPTIONS@$/ { dump(options); next }
   { gsub(/@VERSION@/, version); print }' "$template" >"$tmp"
+chmod 0644 "$tmp"
 mv "$tmp" "$out"
