@@ -9,6 +9,8 @@
 #   make bench      wrk figures: broker vs. the double, and ratios
 #   make fuzz       libFuzzer drivers (clang), a short run of each
 #   make fmt / lint clang-format, and cppcheck + format check (src/ and tests/)
+#   make man        build/man/: courier-broker(8), courier-broker.conf(5)
+#   make install    binary, man pages, config, policies, unit (PREFIX, DESTDIR, CONFDIR)
 #
 # Tests, benchmarks, fuzzers and tools link $(BUILD)/libbroker.a (every object
 # of src/ and its subfolders but main.o): the linker takes what each needs.
@@ -57,8 +59,8 @@ TEST_OBJS = $(patsubst tests/%.c,$(BUILD)/tobj/%.o,$(TEST_SRCS))
 FMT_FILES = $(SRCS) $(sort $(shell find src -name '*.h')) \
             $(wildcard tests/unit/*.[ch] tests/bench/*.[ch] tests/fuzz/*.[ch] tests/double/*.[ch] tests/tools/*.[ch])
 
-.PHONY: all deps test check tsan demo bench bench-jwt bench-decision bench-errpath fuzz fmt lint docs-check clean unit integration
-all: $(BROKER) $(DOUBLE)
+.PHONY: all man install deps test check tsan demo bench bench-jwt bench-decision bench-errpath fuzz fmt lint docs-check clean unit integration
+all: $(BROKER) $(DOUBLE) man
 
 deps:
 	@bash scripts/install-deps.sh
@@ -116,6 +118,48 @@ tsan: deps
 # docs/configuration.md's option table is the code's (config_print_options).
 $(PRINT_OPTIONS): $(BUILD)/tobj/tools/print_options.o $(LIB)
 	$(CC) $(SAN) $(LDFLAGS) -o $@ $^ $(LDLIBS_ALL)
+
+# The man pages, generated from docs/man/*.in with the code's option table
+# and usage text (scripts/man.sh), so they never disagree with the code.
+MANPAGES = $(BUILD)/man/courier-broker.8 $(BUILD)/man/courier-broker.conf.5
+man: $(MANPAGES)
+
+$(BUILD)/man/%: docs/man/%.in scripts/man.sh $(BROKER) $(PRINT_OPTIONS)
+	@mkdir -p $(@D)
+	bash scripts/man.sh $< $@ $(VERSION) $(BROKER) $(PRINT_OPTIONS)
+
+# make install [PREFIX=/usr/local] [DESTDIR=] [CONFDIR=/etc/courier-broker].
+# CONFDIR gets a configuration whose policy paths point at CONFDIR/policies
+# (both only when absent: an operator's edits are never overwritten);
+# DATADIR keeps pristine copies of examples/ and policies/ side by side, so
+# the examples' ../policies paths work there as they do in the source tree.
+PREFIX  ?= /usr/local
+BINDIR  ?= $(PREFIX)/bin
+MANDIR  ?= $(PREFIX)/share/man
+DATADIR ?= $(PREFIX)/share/courier-broker
+DOCDIR  ?= $(PREFIX)/share/doc/courier-broker
+UNITDIR ?= $(PREFIX)/lib/systemd/system
+CONFDIR ?= /etc/courier-broker
+INSTALL ?= install
+
+install: $(BROKER) $(MANPAGES)
+	$(INSTALL) -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(MANDIR)/man5 \
+	  $(DESTDIR)$(DATADIR)/examples $(DESTDIR)$(DATADIR)/policies $(DESTDIR)$(DOCDIR) \
+	  $(DESTDIR)$(UNITDIR) $(DESTDIR)$(CONFDIR)/policies
+	$(INSTALL) -m 0755 $(BROKER) $(DESTDIR)$(BINDIR)/courier-broker
+	$(INSTALL) -m 0644 $(BUILD)/man/courier-broker.8 $(DESTDIR)$(MANDIR)/man8/
+	$(INSTALL) -m 0644 $(BUILD)/man/courier-broker.conf.5 $(DESTDIR)$(MANDIR)/man5/
+	$(INSTALL) -m 0644 examples/*.conf.lua $(DESTDIR)$(DATADIR)/examples/
+	$(INSTALL) -m 0644 policies/* $(DESTDIR)$(DATADIR)/policies/
+	$(INSTALL) -m 0644 README.md docs/*.md $(DESTDIR)$(DOCDIR)/
+	sed -e 's|/usr/local/bin/|$(BINDIR)/|g' -e 's|/etc/courier-broker|$(CONFDIR)|g' \
+	  -e 's|/usr/local/share/doc/courier-broker|$(DOCDIR)|g' packaging/courier-broker.service \
+	  >$(DESTDIR)$(UNITDIR)/courier-broker.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/courier-broker.service
+	@for f in policies/*; do t=$(DESTDIR)$(CONFDIR)/$$f; \
+	  [ -e $$t ] || $(INSTALL) -m 0644 $$f $$t; done
+	@t=$(DESTDIR)$(CONFDIR)/broker.conf.lua; if [ -e $$t ]; then echo "install: $$t exists: kept"; \
+	  else sed 's|"\.\./policies/|"policies/|' examples/broker.conf.lua >$$t && chmod 0644 $$t; fi
 
 docs-check: $(PRINT_OPTIONS)
 	@bash scripts/docs-check.sh $(PRINT_OPTIONS) docs/configuration.md

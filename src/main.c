@@ -42,6 +42,7 @@
 #include "policytest.h"
 #include "reload.h"
 #include "scope.h"
+#include "sdnotify.h"
 
 /* The largest request `eval` reads. */
 #define EVAL_REQUEST_MAX (1024 * 1024)
@@ -269,6 +270,7 @@ static int cmd_serve(const char *path, const char *pid_file)
 	pthread_sigmask(SIG_BLOCK, &set, NULL);
 	signal(SIGPIPE, SIG_IGN);
 	curl_global_init(CURL_GLOBAL_DEFAULT);
+	(void)sdnotify_init();
 
 	if (pid_file && pidfile_check(pid_file, err, sizeof(err)) != 0) {
 		log_msg("error", "%s", err);
@@ -296,6 +298,7 @@ static int cmd_serve(const char *path, const char *pid_file)
 		log_msg("warn", "%s: `courier-broker reload` will not find this broker", err);
 	log_msg("info", "courier-broker %s listening on %s:%u with %zu tenant(s), generation %llu",
 	        BROKER_VERSION, g->cfg->listen_host, http_port(srv), g->cfg->n_tenants, g->id);
+	sdnotify_ready(g->id);
 	gen_release(g);
 
 	if (reload_start(path) != 0)
@@ -304,6 +307,7 @@ static int cmd_serve(const char *path, const char *pid_file)
 		reload_request(hups);
 	/* First: no reload may install a generation once the drain began. */
 	reload_stop();
+	sdnotify_stopping();
 	g = gen_acquire();
 	drain_ms = g ? g->cfg->drain_timeout_ms : 10000;
 	gen_release(g);

@@ -27,6 +27,7 @@
 #include "policy.h"
 #include "policytest.h"
 #include "tls.h"
+#include "sdnotify.h"
 
 /* The settings a reload cannot apply (besides listen): their names, and
  * where they are in struct config (all unsigned). */
@@ -215,6 +216,7 @@ static void refuse(const char *why, const struct timespec *at)
 	metrics_reload(false, time(NULL));
 	log_msg("error", "reload refused: %s; generation %llu keeps serving", why, id);
 	record_verdict(at, false, id, why);
+	sdnotify_ready(id);
 }
 
 /* The builder's result, under the lock, when its attempt still stands:
@@ -234,6 +236,7 @@ static void settle(struct gen *g, struct tls_creds *creds, const char *err)
 	log_msg("info", "reload done: generation %llu serving (%.1f ms)", g->id, clock_since_ms(&rl.t0));
 	/* After the publish: whoever reads "ok" finds the new generation serving. */
 	record_verdict(&rl.t0, true, g->id, "");
+	sdnotify_ready(g->id);
 }
 
 static void *builder(void *arg)
@@ -306,6 +309,7 @@ static void start_attempt(void)
 		log_msg("info", "SIGHUP: reloading %s (%d signals coalesced)", rl.path, signals);
 	else
 		log_msg("info", "SIGHUP: reloading %s", rl.path);
+	sdnotify_reloading();
 	rl.budget_ms = serving_budget();
 	rl.t0 = clock_now();
 	rl.deadline = clock_add_ms(rl.t0, (long)rl.budget_ms);
