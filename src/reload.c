@@ -26,8 +26,8 @@
 #include "pidfile.h"
 #include "policy.h"
 #include "policytest.h"
-#include "tls.h"
 #include "sdnotify.h"
+#include "tls.h"
 
 /* The settings a reload cannot apply (besides listen): their names, and
  * where they are in struct config (all unsigned). */
