@@ -83,9 +83,9 @@ struct config {
 	char *admin_host;                /* admin_listen; NULL: no admin listener */
 	unsigned short admin_port;
 
-	char *courier_base_url;           /* from region (default "us") or base_url; env COURIER_BASE_URL overrides */
-	char *courier_ca_file;            /* absolute; NULL: the system's CA bundle */
-	long courier_timeout_ms;          /* default 5000 */
+	char *courier_base_url;  /* from region (default "us") or base_url; env COURIER_BASE_URL overrides */
+	char *courier_ca_file;   /* absolute; NULL: the system's CA bundle */
+	long courier_timeout_ms; /* default 5000 */
 	long courier_connect_timeout_ms;  /* default 2000 */
 	unsigned courier_max_connections; /* per host, default 1024 */
 

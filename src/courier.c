@@ -40,7 +40,7 @@
 
 struct courier_client {
 	CURLM *multi;
-	CURLSH *share; /* TLS sessions and DNS of every easy handle; one thread: no locks */
+	CURLSH *share;      /* TLS sessions and DNS of every easy handle; one thread: no locks */
 	int epfd, tfd;      /* epoll set of libcurl's sockets and timer; the timer */
 	long long armed_at; /* when the timerfd fires (CLOCK_MONOTONIC ms), 0: not armed */
 	bool due_now;       /* libcurl asked for a timeout of 0: run it without waiting */
