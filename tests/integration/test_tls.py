@@ -190,6 +190,7 @@ def test_refused_without_ca_file(tmp_path, tls):
         assert r.status == 502, r.body
         assert "token" not in r.json()
         assert double.served() == 0
+        b.p.wait_for(r"certificate", timeout=5)
     finally:
         b.stop()
 
