@@ -69,7 +69,7 @@ def free_port():
 class Nginx:
     """nginx terminating TLS on 127.0.0.1 and proxying to upstream_url."""
 
-    def __init__(self, d, upstream_url, cert, key, protocols="TLSv1.2 TLSv1.3"):
+    def __init__(self, d, upstream_url, cert, key, protocols="TLSv1.2 TLSv1.3", http2=False):
         self.dir = d
         self.log = d / "access.log"
         for sub in ("tmp", "logs"):
@@ -87,11 +87,11 @@ error_log %s/error.log warn;
 events { worker_connections 256; }
 http {
   access_log off;
-  log_format tls '$ssl_protocol $ssl_session_reused $status';
+  log_format tls '$ssl_protocol $ssl_session_reused $status $server_protocol';
   client_body_temp_path %s/tmp; proxy_temp_path %s/tmp; fastcgi_temp_path %s/tmp;
   uwsgi_temp_path %s/tmp; scgi_temp_path %s/tmp;
   server {
-    listen 127.0.0.1:%d ssl;
+    listen 127.0.0.1:%d ssl%s;
     ssl_certificate %s;
     ssl_certificate_key %s;
     ssl_protocols %s;
@@ -102,7 +102,8 @@ http {
     location / { proxy_pass %s; }
   }
 }
-""" % (user, d, d / "logs", *([d / "tmp"] * 5), self.port, cert, key, protocols, self.log, upstream_url))
+""" % (user, d, d / "logs", *([d / "tmp"] * 5), self.port, " http2" if http2 else "", cert, key, protocols, self.log,
+                 upstream_url))
             self.proc = subprocess.Popen([NGINX, "-p", str(d), "-c", str(conf)], stdout=subprocess.DEVNULL,
                                          stderr=subprocess.PIPE)
             deadline = time.monotonic() + 5
@@ -115,6 +116,10 @@ http {
                     time.sleep(0.05)
             self.stop()
         raise RuntimeError("nginx did not start: %s" % (d / "logs" / "error.log").read_text())
+
+    def protocols(self):
+        """The HTTP version of each call nginx served."""
+        return [line.split()[3] for line in self.log.read_text().splitlines() if line.strip()]
 
     def lines(self):
         """One (protocol, reused) pair per connection nginx served (one call each)."""
@@ -145,10 +150,10 @@ def tls(tmp_path):
     ca, cert, key = make_pki(tmp_path)
     started = []
 
-    def make(protocols="TLSv1.2 TLSv1.3"):
+    def make(protocols="TLSv1.2 TLSv1.3", http2=False):
         sub = tmp_path / ("nginx%d" % len(started))
         sub.mkdir()
-        n = Nginx(sub, d.url, cert, key, protocols)
+        n = Nginx(sub, d.url, cert, key, protocols, http2)
         started.append(n)
         return n
 
@@ -176,6 +181,18 @@ def test_token_over_https_with_ca_file(tmp_path, tls):
         assert r.status == 200, r.body
         assert r.json()["token"]
         assert double.served() == 1
+    finally:
+        b.stop()
+
+
+def test_http2_where_offered(tmp_path, tls):
+    """nginx offers h2 in ALPN: the broker's calls use it."""
+    double, ca, make = tls
+    ng = make(http2=True)
+    b = start_broker(tmp_path, "b", ng.url, ca)
+    try:
+        assert calls(b, 4, 4) == [200] * 4
+        assert ng.protocols() == ["HTTP/2.0"] * 4
     finally:
         b.stop()
 
