@@ -32,7 +32,7 @@ openssl x509 -req -in "$work/srv.csr" -CA "$work/ca.pem" -CAkey "$work/ca.key" -
   -extfile "$work/ext" -out "$work/srv.pem" 2>/dev/null
 
 free_port() { /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-h1=$(free_port) h2=$(free_port)
+h1=$(free_port) h2=$(free_port) h1c=$(free_port)
 mkdir -p "$work/ngx/tmp"
 user=""; [ "$(id -u)" -eq 0 ] && user="user root;"
 cat >"$work/ngx/nginx.conf" <<CONF
@@ -45,7 +45,7 @@ error_log $work/ngx/error.log warn;
 events { worker_connections 8192; }
 http {
   access_log off;
-  log_format tls '\$ssl_protocol \$ssl_session_reused \$server_protocol \$connection_requests';
+  log_format tls '\$ssl_protocol \$ssl_session_reused \$server_protocol \$connection';
   client_body_temp_path $work/ngx/tmp; proxy_temp_path $work/ngx/tmp; fastcgi_temp_path $work/ngx/tmp;
   uwsgi_temp_path $work/ngx/tmp; scgi_temp_path $work/ngx/tmp;
   upstream double { server 127.0.0.1:$dport; keepalive 512; }
@@ -57,6 +57,12 @@ http {
   server {
     listen 127.0.0.1:$h1 ssl;
     access_log $work/ngx/h1.log tls;
+    location / { proxy_pass http://double; proxy_http_version 1.1; proxy_set_header Connection ""; }
+  }
+  server {
+    listen 127.0.0.1:$h1c ssl;
+    keepalive_requests 1;
+    access_log $work/ngx/h1c.log tls;
     location / { proxy_pass http://double; proxy_http_version 1.1; proxy_set_header Connection ""; }
   }
   server {
@@ -111,8 +117,13 @@ echo "default config, 100 ms upstream, 500 client connections, ${secs}s each:"
 bench "plain HTTP" "http://127.0.0.1:$dport"
 bench "HTTPS HTTP/1.1 (nginx)" "https://127.0.0.1:$h1" "$work/ca.pem"
 bench "HTTPS HTTP/2 (nginx)" "https://127.0.0.1:$h2" "$work/ca.pem"
-for v in h1 h2; do
+# Every call a new TLS connection (nginx closes after one request), the CA
+# file the whole system bundle plus the test CA: the CA store and the TLS
+# sessions must be reused, not rebuilt per connection.
+cat /etc/ssl/certs/ca-certificates.crt "$work/ca.pem" >"$work/bundle.pem"
+bench "HTTPS HTTP/1.1, new connection per call" "https://127.0.0.1:$h1c" "$work/bundle.pem"
+for v in h1 h2 h1c; do
   [ -f "$work/ngx/$v.log" ] || continue
-  awk -v v="$v" '{c++; if ($4 == 1) { n++; if ($2 == "r") r++ } } END {
+  awk -v v="$v" '{c++; if (!($4 in seen)) { seen[$4] = 1; n++; if ($2 == "r") r++ } } END {
     printf "  nginx %s: %d requests on %d TLS connections, %d of them resumed\n", v, c, n, r }' "$work/ngx/$v.log"
 done
