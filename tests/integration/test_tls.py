@@ -69,7 +69,7 @@ def free_port():
 class Nginx:
     """nginx terminating TLS on 127.0.0.1 and proxying to upstream_url."""
 
-    def __init__(self, d, upstream_url, cert, key, protocols="TLSv1.2 TLSv1.3", http2=False):
+    def __init__(self, d, upstream_url, cert, key, protocols="TLSv1.2 TLSv1.3", http2=False, keepalive_requests=1):
         self.dir = d
         self.log = d / "access.log"
         for sub in ("tmp", "logs"):
@@ -87,7 +87,7 @@ error_log %s/error.log warn;
 events { worker_connections 256; }
 http {
   access_log off;
-  log_format tls '$ssl_protocol $ssl_session_reused $status $server_protocol';
+  log_format tls '$ssl_protocol $ssl_session_reused $status $server_protocol $connection';
   client_body_temp_path %s/tmp; proxy_temp_path %s/tmp; fastcgi_temp_path %s/tmp;
   uwsgi_temp_path %s/tmp; scgi_temp_path %s/tmp;
   server {
@@ -97,13 +97,13 @@ http {
     ssl_protocols %s;
     ssl_session_cache shared:TLS:1m;
     ssl_session_tickets on;
-    keepalive_requests 1;
+    keepalive_requests %d;
     access_log %s tls;
     location / { proxy_pass %s; }
   }
 }
-""" % (user, d, d / "logs", *([d / "tmp"] * 5), self.port, " http2" if http2 else "", cert, key, protocols, self.log,
-                 upstream_url))
+""" % (user, d, d / "logs", *([d / "tmp"] * 5), self.port, " http2" if http2 else "", cert, key, protocols, keepalive_requests,
+                 self.log, upstream_url))
             self.proc = subprocess.Popen([NGINX, "-p", str(d), "-c", str(conf)], stdout=subprocess.DEVNULL,
                                          stderr=subprocess.PIPE)
             deadline = time.monotonic() + 5
@@ -150,10 +150,10 @@ def tls(tmp_path):
     ca, cert, key = make_pki(tmp_path)
     started = []
 
-    def make(protocols="TLSv1.2 TLSv1.3", http2=False):
+    def make(protocols="TLSv1.2 TLSv1.3", http2=False, keepalive_requests=1):
         sub = tmp_path / ("nginx%d" % len(started))
         sub.mkdir()
-        n = Nginx(sub, d.url, cert, key, protocols, http2)
+        n = Nginx(sub, d.url, cert, key, protocols, http2, keepalive_requests)
         started.append(n)
         return n
 
@@ -186,9 +186,10 @@ def test_token_over_https_with_ca_file(tmp_path, tls):
 
 
 def test_http2_where_offered(tmp_path, tls):
-    """nginx offers h2 in ALPN: the broker's calls use it."""
+    """nginx offers h2 in ALPN: the broker's calls use it. (keepalive_requests
+    1 would make nginx send GOAWAY after each stream.)"""
     double, ca, make = tls
-    ng = make(http2=True)
+    ng = make(http2=True, keepalive_requests=1000)
     b = start_broker(tmp_path, "b", ng.url, ca)
     try:
         assert calls(b, 4, 4) == [200] * 4
