@@ -6,6 +6,9 @@
 # with HTTP/1.1 and with HTTP/2. Prints rps against the 5000 rps ideal (goal
 # >= 95%), errors, and the broker's CPU per request.
 #   usage: upstream.sh BROKER DOUBLE [SECONDS]
+#   UPSTREAM_BENCH_COURIER (optional): more of the courier table, e.g.
+#     "max_connections = 64" to compare with an older default; UPSTREAM_BENCH_ONLY=plain: only
+#     the plain HTTP run
 set -euo pipefail
 broker=$1 double=$2 secs=${3:-10}
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -87,8 +90,8 @@ bench() {
   local conf="$work/$slug.conf.lua"
   {
     echo 'listen = "127.0.0.1:0"'
-    if [ -n "$ca" ]; then echo "courier = { base_url = \"$url\", ca_file = \"$ca\" }"
-    else echo "courier = { base_url = \"$url\" }"; fi
+    if [ -n "$ca" ]; then echo "courier = { base_url = \"$url\", ca_file = \"$ca\", ${UPSTREAM_BENCH_COURIER:-} }"
+    else echo "courier = { base_url = \"$url\", ${UPSTREAM_BENCH_COURIER:-} }"; fi
     echo "tenants = { default = { api_key = { env = \"COURIER_API_KEY\" }, policy = \"$root/policies/default.lua\","
     echo '  auth = { jwt = { algorithms = { "HS256" }, hmac_secret = { env = "APP_JWT_SECRET" } } } } }'
   } >"$conf"
@@ -115,6 +118,7 @@ bench() {
 echo
 echo "default config, 100 ms upstream, 500 client connections, ${secs}s each:"
 bench "plain HTTP" "http://127.0.0.1:$dport"
+[ "${UPSTREAM_BENCH_ONLY:-}" = plain ] && exit 0
 bench "HTTPS HTTP/1.1 (nginx)" "https://127.0.0.1:$h1" "$work/ca.pem"
 bench "HTTPS HTTP/2 (nginx)" "https://127.0.0.1:$h2" "$work/ca.pem"
 # Every call a new TLS connection (nginx closes after one request), the CA
