@@ -109,6 +109,10 @@ bash "$root/scripts/bench/reload.sh" "$broker" "$double" "$secs"
 # the deny path's (goal: at least half). scripts/bench/errors.sh, own processes.
 bash "$root/scripts/bench/errors.sh" "$broker" "$double" "$secs"
 
+# ---- upstream (issue 12): default config at 100 ms / 500 conns, plain HTTP and
+# HTTPS (nginx, HTTP/1.1 and HTTP/2), with TLS connections opened and resumed.
+bash "$root/scripts/bench/upstream.sh" "$broker" "$double" "$secs"
+
 # ---- JWT verification cost per algorithm (issue 3): its own target ----------
 echo
 make -C "$root" --no-print-directory bench-jwt

@@ -60,6 +60,7 @@ struct tenant {
 	char **cors_origins; /* NULL-terminated, or NULL: no CORS */
 	size_t n_cors_origins;
 	struct rate_limit rate_limit;
+	char *courier_base_url; /* tenants.*.courier = { region | base_url }; NULL: the global one */
 };
 
 struct config {
@@ -91,10 +92,11 @@ struct config {
 		struct secret key; /* the PEM private key */
 	} tls;
 
-	char *courier_base_url;           /* env COURIER_BASE_URL overrides */
-	long courier_timeout_ms;          /* default 5000 */
+	char *courier_base_url;  /* from region (default "us") or base_url; env COURIER_BASE_URL overrides */
+	char *courier_ca_file;   /* absolute; NULL: the system's CA bundle */
+	long courier_timeout_ms; /* default 5000 */
 	long courier_connect_timeout_ms;  /* default 2000 */
-	unsigned courier_max_connections; /* per host, default 64 */
+	unsigned courier_max_connections; /* per host, default 1024 */
 
 	long long policy_max_instructions; /* per decision, default 1,000,000 */
 	size_t policy_max_memory_bytes;    /* per decision, default 8 MiB */

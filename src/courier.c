@@ -5,8 +5,11 @@
  * that drives it; the owner's event loop watches that set's descriptor and
  * calls courier_run when it is ready. Everything runs on the owner's thread:
  * no locks, no hand-off. A slow Courier costs a socket and a struct per
- * request, never a thread. Easy handles are pooled (curl_easy_reset keeps
- * their TLS session cache). The Authorization header holding the API key is
+ * request, never a thread. Easy handles are pooled. TLS costs once per loop,
+ * not per connection: the CA store is libcurl's cached one (CURLOPT_CAPATH
+ * cleared: with a CA path set, as Debian builds it, every connection would
+ * parse the whole bundle again) and TLS sessions live in the client's share
+ * handle, so a reconnect resumes them. The Authorization header holding the API key is
  * zeroed before it is freed; the key is never logged. This file never calls
  * back into the HTTP front except through the job's done callback.
  */
@@ -37,6 +40,7 @@
 
 struct courier_client {
 	CURLM *multi;
+	CURLSH *share;      /* TLS sessions and DNS of every easy handle; one thread: no locks */
 	int epfd, tfd;      /* epoll set of libcurl's sockets and timer; the timer */
 	long long armed_at; /* when the timerfd fires (CLOCK_MONOTONIC ms), 0: not armed */
 	bool due_now;       /* libcurl asked for a timeout of 0: run it without waiting */
@@ -115,6 +119,19 @@ int courier_submit(struct courier_client *c, struct courier_job *job)
 	curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
 	curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, job->timeout_ms);
 	curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, job->connect_timeout_ms);
+	curl_easy_setopt(e, CURLOPT_SHARE, c->share);
+	/* The cached X509 store is used only without a CA path; the CA file
+	 * (the system's, or ca_file) is parsed once per loop and day. */
+	curl_easy_setopt(e, CURLOPT_CAPATH, NULL);
+	curl_easy_setopt(e, CURLOPT_PROXY_CAPATH, NULL);
+	curl_easy_setopt(e, CURLOPT_CA_CACHE_TIMEOUT, 86400L);
+	if (job->ca_file) {
+		curl_easy_setopt(e, CURLOPT_CAINFO, job->ca_file);
+		curl_easy_setopt(e, CURLOPT_PROXY_CAINFO, job->ca_file);
+	}
+	/* HTTP/2 where the server offers it in ALPN, HTTP/1.1 otherwise. The
+	 * proxy comes from HTTPS_PROXY / NO_PROXY, as libcurl reads them. */
+	curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
 	/* Waiting to multiplex only makes sense where HTTP/2 can be negotiated
 	 * (TLS); on plain http:// it would queue every call behind the first. */
 	if (strncmp(job->url, "https://", 8) == 0)
@@ -300,7 +317,10 @@ struct courier_client *courier_client_new(unsigned max_host_connections, char *e
 	c->epfd = epoll_create1(EPOLL_CLOEXEC);
 	c->tfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
 	c->multi = curl_multi_init();
-	if (c->epfd < 0 || c->tfd < 0 || !c->multi) {
+	c->share = curl_share_init();
+	if (c->epfd < 0 || c->tfd < 0 || !c->multi || !c->share ||
+	    curl_share_setopt(c->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_SSL_SESSION) != CURLSHE_OK ||
+	    curl_share_setopt(c->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_DNS) != CURLSHE_OK) {
 		snprintf(err, errlen, "cannot set up the Courier client's event loop");
 		goto fail;
 	}
@@ -316,6 +336,8 @@ struct courier_client *courier_client_new(unsigned max_host_connections, char *e
 fail:
 	if (c->multi)
 		curl_multi_cleanup(c->multi);
+	if (c->share)
+		curl_share_cleanup(c->share);
 	if (c->epfd >= 0)
 		close(c->epfd);
 	if (c->tfd >= 0)
@@ -341,9 +363,21 @@ void courier_client_free(struct courier_client *c)
 	for (int i = 0; i < c->n_pool; i++)
 		curl_easy_cleanup(c->pool[i]);
 	curl_multi_cleanup(c->multi);
+	curl_share_cleanup(c->share); /* after every easy handle that used it */
 	close(c->epfd);
 	close(c->tfd);
 	free(c);
+}
+
+const char *courier_region_url(const char *region)
+{
+	if (!region)
+		return NULL;
+	if (strcmp(region, "us") == 0)
+		return "https://api.courier.com";
+	if (strcmp(region, "eu") == 0)
+		return "https://api.eu.courier.com";
+	return NULL;
 }
 
 void courier_job_cleanup(struct courier_job *job)

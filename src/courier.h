@@ -27,6 +27,7 @@ typedef void (*courier_done_fn)(struct courier_job *job);
 struct courier_job {
 	/* Set by the caller; everything pointed to must live until done runs. */
 	const char *url;
+	const char *ca_file; /* PEM trust anchors instead of the system's; NULL: the system's */
 	const struct secret *api_key;
 	const char *body;
 	size_t body_len;
@@ -78,6 +79,9 @@ void courier_client_free(struct courier_client *c);
 
 /* Frees what the client put in job. */
 void courier_job_cleanup(struct courier_job *job);
+
+/* The base URL of Courier's region name ("us", "eu"), or NULL when unknown. */
+const char *courier_region_url(const char *region);
 
 /* Pushes the JSON body {"scope": ..., "expires_in": ...} for g; returns it
  * (with its length) or NULL. */

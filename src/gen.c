@@ -125,6 +125,14 @@ static pthread_mutex_t cur_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct gen *current;
 static unsigned long long next_id = 1;
 
+static void free_tenant_urls(struct gen *g)
+{
+	for (size_t i = 0; g->tenant_urls && i < g->cfg->n_tenants; i++)
+		free(g->tenant_urls[i]);
+	free(g->tenant_urls);
+	g->tenant_urls = NULL;
+}
+
 static void gen_free(struct gen *g)
 {
 	/* Engines point at the config: before it goes. */
@@ -141,6 +149,7 @@ static void gen_free(struct gen *g)
 	}
 	free(g->limits);
 	free(g->courier_url);
+	free_tenant_urls(g);
 	config_free(g->cfg); /* zeroes keys */
 	free(g);
 	metrics_generations_alive(-1);
@@ -181,26 +190,60 @@ static void carry_buckets(struct gen *old, struct gen *g)
 	}
 }
 
+/* base + "/auth/issue-token", trailing slashes of base dropped; NULL: out of memory. */
+static char *issue_url(const char *base)
+{
+	size_t n = strlen(base);
+	char *url;
+
+	while (n > 0 && base[n - 1] == '/')
+		n--;
+	if (asprintf(&url, "%.*s/auth/issue-token", (int)n, base) < 0)
+		return NULL;
+	return url;
+}
+
+/* Each tenant with its own upstream gets its URL; 0 or -1 (out of memory). */
+static int build_tenant_urls(struct gen *g)
+{
+	const struct config *cfg = g->cfg;
+
+	g->tenant_urls = calloc(cfg->n_tenants ? cfg->n_tenants : 1, sizeof(*g->tenant_urls));
+	if (!g->tenant_urls)
+		return -1;
+	for (size_t i = 0; i < cfg->n_tenants; i++)
+		if (cfg->tenants[i].courier_base_url &&
+		    !(g->tenant_urls[i] = issue_url(cfg->tenants[i].courier_base_url)))
+			return -1;
+	return 0;
+}
+
+const char *gen_courier_url(const struct gen *g, const struct tenant *t)
+{
+	size_t i = (size_t)(t - g->cfg->tenants);
+
+	return i < g->cfg->n_tenants && g->tenant_urls[i] ? g->tenant_urls[i] : g->courier_url;
+}
+
 struct gen *gen_build(struct config *cfg, unsigned spare_engines)
 {
 	struct gen *g = calloc(1, sizeof(*g));
-	size_t n;
 
 	if (!g)
 		return NULL;
 	g->cfg = cfg;
 	g->loaded_at = time(NULL);
-	n = strlen(cfg->courier_base_url);
-	while (n > 0 && cfg->courier_base_url[n - 1] == '/')
-		n--;
-	if (asprintf(&g->courier_url, "%.*s/auth/issue-token", (int)n, cfg->courier_base_url) < 0) {
-		g->courier_url = NULL;
+	g->courier_url = issue_url(cfg->courier_base_url);
+	if (!g->courier_url || build_tenant_urls(g) != 0) {
+		free(g->courier_url);
+		free_tenant_urls(g);
 		free(g);
 		return NULL;
 	}
 	g->limits = calloc(cfg->n_tenants ? cfg->n_tenants : 1, sizeof(*g->limits));
 	if (!g->limits) {
 		free(g->courier_url);
+		free_tenant_urls(g);
 		free(g);
 		return NULL;
 	}
@@ -226,6 +269,7 @@ struct gen *gen_build(struct config *cfg, unsigned spare_engines)
 				pthread_mutex_destroy(&g->limits[i].lock);
 				free(g->limits);
 				free(g->courier_url);
+				free_tenant_urls(g);
 				free(g);
 				return NULL;
 			}

@@ -24,6 +24,7 @@ struct gen {
 	unsigned long long id;
 	time_t loaded_at;
 	char *courier_url;        /* base_url + "/auth/issue-token" */
+	char **tenant_urls;       /* per tenant, same order: its own base_url's, or NULL */
 	struct ratelimit *limits; /* one per tenant, same order */
 	_Atomic int refs;
 
@@ -49,6 +50,10 @@ struct gen *gen_build(struct config *cfg, unsigned spare_engines);
 /* The fast half: makes g, from gen_build, the current generation (it takes
  * the caller's reference) and drops the one it replaces. */
 void gen_publish(struct gen *g);
+
+/* Where t (a tenant of g's config) gets its tokens: its own upstream
+ * (tenants.*.courier) or the global one. */
+const char *gen_courier_url(const struct gen *g, const struct tenant *t);
 
 /* One of g's spare engines, now the caller's (policy_engine_free it), or
  * NULL when none is left. */

@@ -38,6 +38,7 @@ struct jwks {
 	char *name;       /* "tenant NAME", for log lines */
 	char *file;
 	char *url;
+	char *ca_file; /* NULL: the system's CA bundle */
 	long min_refresh_s, max_cache_s, cooldown_s, timeout_ms;
 
 	pthread_mutex_t lock; /* everything below */
@@ -66,6 +67,7 @@ static void source_release(struct jwks *src)
 	free(src->name);
 	free(src->file);
 	free(src->url);
+	free(src->ca_file);
 	free(src);
 }
 
@@ -181,6 +183,14 @@ static int http_get(struct jwks *src, struct fetch *f, char *err, size_t errlen)
 	curl_easy_setopt(c, CURLOPT_FOLLOWLOCATION, 0L);
 	curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, src->timeout_ms);
 	curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, src->timeout_ms);
+	/* Only the CA file is trusted (the system's, or ca_file): a CA path
+	 * beside it would widen ca_file's trust. HTTPS_PROXY applies. */
+	curl_easy_setopt(c, CURLOPT_CAPATH, NULL);
+	curl_easy_setopt(c, CURLOPT_PROXY_CAPATH, NULL);
+	if (src->ca_file) {
+		curl_easy_setopt(c, CURLOPT_CAINFO, src->ca_file);
+		curl_easy_setopt(c, CURLOPT_PROXY_CAINFO, src->ca_file);
+	}
 	curl_easy_setopt(c, CURLOPT_USERAGENT, BROKER_USER_AGENT);
 	curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
 	curl_easy_setopt(c, CURLOPT_WRITEDATA, f);
@@ -361,7 +371,8 @@ static struct jwks *source_new(const struct jwks_options *o, const char *name)
 		source_release(src);
 		return NULL;
 	}
-	if ((o->file && !(src->file = strdup(o->file))) || (o->url && !(src->url = strdup(o->url)))) {
+	if ((o->file && !(src->file = strdup(o->file))) || (o->url && !(src->url = strdup(o->url))) ||
+	    (o->ca_file && !(src->ca_file = strdup(o->ca_file)))) {
 		source_release(src);
 		return NULL;
 	}

@@ -18,6 +18,7 @@ struct jwks_options {
 	bool enabled;       /* jwks = { ... } was given */
 	char *file;         /* absolute path, or NULL */
 	char *url;          /* https:// (http:// to loopback only), or NULL */
+	char *ca_file;      /* absolute; NULL: the system's CA bundle */
 	long min_refresh_s; /* shortest time between two scheduled fetches, default 60 */
 	long max_cache_s;   /* longest a fetched set is used before a refetch, default 3600 */
 	long cooldown_s;    /* at most one unknown-kid refetch per cooldown, default 30 */

@@ -452,7 +452,8 @@ static enum reply_answer stage_upstream(struct req *r, struct pipeline *p)
 	memcpy(r->courier_body, b, blen + 1);
 	lua_pop(J, 1);
 
-	r->job.url = r->gen->courier_url;
+	r->job.url = gen_courier_url(r->gen, r->tenant);
+	r->job.ca_file = r->gen->cfg->courier_ca_file;
 	r->job.api_key = &r->tenant->api_key;
 	r->job.body = r->courier_body;
 	r->job.body_len = blen;

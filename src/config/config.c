@@ -461,6 +461,8 @@ void config_free(struct config *cfg)
 		ident_jwt_release(&t->auth.jwt);
 		free(t->auth.jwt.jwks_opts.file);
 		free(t->auth.jwt.jwks_opts.url);
+		free(t->auth.jwt.jwks_opts.ca_file);
+		free(t->courier_base_url);
 		free(t->auth.jwt.rules.typ);
 		for (size_t k = 0; k < t->auth.n_client_keys; k++) {
 			free(t->auth.client_keys[k].name);
@@ -484,6 +486,7 @@ void config_free(struct config *cfg)
 	free(cfg->tls.cert_pem);
 	secret_clear(&cfg->tls.key);
 	free(cfg->courier_base_url);
+	free(cfg->courier_ca_file);
 	free(cfg);
 }
 

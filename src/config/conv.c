@@ -10,6 +10,8 @@
 #include <arpa/inet.h>
 #include <lauxlib.h>
 #include <lua.h>
+#include <openssl/err.h>
+#include <openssl/pem.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,6 +19,7 @@
 
 #include "cidr.h"
 #include "config.h"
+#include "courier.h"
 #include "fileio.h"
 #include "loader.h"
 #include "scope.h"
@@ -135,18 +138,13 @@ int config_conv_per_ip(struct loader *ld, const char *key, struct value *v, void
 	return 0;
 }
 
-int config_conv_base_url(struct loader *ld, const char *key, struct value *v, void *base)
+/* Checks the URL s (len bytes; from: "" or where it came from, for the
+ * message) and stores a copy without trailing slashes in *out. */
+static int take_base_url(struct loader *ld, const char *key, const char *s, size_t len, const char *from,
+                         char **out)
 {
-	struct config *cfg = base;
-	const char *s = v->str, *env = getenv("COURIER_BASE_URL"), *from = "";
-	size_t len = v->len, skip;
+	size_t skip;
 
-	/* The official SDKs read COURIER_BASE_URL; the broker honours it the same way. */
-	if (env && *env) {
-		s = env;
-		len = strlen(env);
-		from = "from the environment (COURIER_BASE_URL): ";
-	}
 	if (strncmp(s, "https://", 8) == 0)
 		skip = 8;
 	else if (strncmp(s, "http://", 7) == 0)
@@ -172,10 +170,120 @@ int config_conv_base_url(struct loader *ld, const char *key, struct value *v, vo
 	/* "https://api.courier.com/" and ".../auth" joins must not yield "//auth". */
 	while (len > skip + 1 && s[len - 1] == '/')
 		len--;
-	cfg->courier_base_url = strndup(s, len);
-	if (!cfg->courier_base_url)
+	free(*out);
+	*out = strndup(s, len);
+	if (!*out)
 		return config_fail(ld, key, "out of memory");
 	return 0;
+}
+
+/* A region's name to its base URL into *out (the row before base_url). */
+static int take_region(struct loader *ld, const char *key, struct value *v, char **out)
+{
+	const char *url = courier_region_url(v->str);
+
+	if (!url)
+		return config_fail(ld, key, "unknown region \"%s\" (known: \"us\", \"eu\")", v->str);
+	free(*out);
+	*out = strdup(url);
+	return *out ? 0 : config_fail(ld, key, "out of memory");
+}
+
+int config_conv_region(struct loader *ld, const char *key, struct value *v, void *base)
+{
+	struct config *cfg = base;
+
+	/* Absent: base_url's converter falls back to "us". */
+	return v->present ? take_region(ld, key, v, &cfg->courier_base_url) : 0;
+}
+
+int config_conv_base_url(struct loader *ld, const char *key, struct value *v, void *base)
+{
+	struct config *cfg = base;
+	const char *env = getenv("COURIER_BASE_URL");
+
+	/* region is the row before: a URL already there came from it. */
+	if (v->present && cfg->courier_base_url)
+		return config_fail(ld, key, "give region or base_url, not both");
+	/* The official SDKs read COURIER_BASE_URL; the broker honours it the same way. */
+	if (env && *env)
+		return take_base_url(ld, key, env, strlen(env),
+		                     "from the environment (COURIER_BASE_URL): ", &cfg->courier_base_url);
+	if (v->present)
+		return take_base_url(ld, key, v->str, v->len, "", &cfg->courier_base_url);
+	if (cfg->courier_base_url)
+		return 0;
+	cfg->courier_base_url = strdup(courier_region_url("us"));
+	return cfg->courier_base_url ? 0 : config_fail(ld, key, "out of memory");
+}
+
+int config_conv_tenant_region(struct loader *ld, const char *key, struct value *v, void *base)
+{
+	struct tenant *t = base;
+
+	return v->present ? take_region(ld, key, v, &t->courier_base_url) : 0;
+}
+
+/* The tenant's own upstream; COURIER_BASE_URL overrides only the global one. */
+int config_conv_tenant_base_url(struct loader *ld, const char *key, struct value *v, void *base)
+{
+	struct tenant *t = base;
+
+	if (!v->present)
+		return 0;
+	if (t->courier_base_url)
+		return config_fail(ld, key, "give region or base_url, not both");
+	return take_base_url(ld, key, v->str, v->len, "", &t->courier_base_url);
+}
+
+/* A PEM file of trust anchors, relative to the config's folder: read now so
+ * a missing or empty file fails the load, not the first call. */
+static int take_ca_file(struct loader *ld, const char *key, struct value *v, char **out)
+{
+	char *path = fileio_join(ld->cfg->dir, v->str);
+	BIO *bio;
+	X509 *x;
+	int n = 0;
+
+	if (!path)
+		return config_fail(ld, key, "out of memory");
+	bio = BIO_new_file(path, "r");
+	if (!bio) {
+		free(path);
+		return config_fail(ld, key, "cannot read %s", v->str);
+	}
+	while (n < 100000 && (x = PEM_read_bio_X509(bio, NULL, NULL, NULL))) {
+		X509_free(x);
+		n++;
+	}
+	BIO_free(bio);
+	ERR_clear_error();
+	if (n == 0) {
+		free(path);
+		return config_fail(ld, key, "%s holds no PEM certificate", v->str);
+	}
+	free(*out);
+	*out = path;
+	return 0;
+}
+
+int config_conv_ca_file(struct loader *ld, const char *key, struct value *v, void *base)
+{
+	struct config *cfg = base;
+
+	return v->present ? take_ca_file(ld, key, v, &cfg->courier_ca_file) : 0;
+}
+
+/* The row after url: only a fetched set has a TLS peer to trust. */
+int config_conv_jwks_ca_file(struct loader *ld, const char *key, struct value *v, void *base)
+{
+	struct tenant *t = base;
+
+	if (!v->present)
+		return 0;
+	if (!t->auth.jwt.jwks_opts.url)
+		return config_fail(ld, key, "only with url");
+	return take_ca_file(ld, key, v, &t->auth.jwt.jwks_opts.ca_file);
 }
 
 int config_conv_policy(struct loader *ld, const char *key, struct value *v, void *base)

@@ -125,7 +125,12 @@ int config_store_value(struct loader *ld, const struct option *o, const char *ke
 int config_conv_listen(struct loader *ld, const char *key, struct value *v, void *base);
 int config_conv_admin_listen(struct loader *ld, const char *key, struct value *v, void *base);
 int config_conv_per_ip(struct loader *ld, const char *key, struct value *v, void *base);
+int config_conv_region(struct loader *ld, const char *key, struct value *v, void *base);
 int config_conv_base_url(struct loader *ld, const char *key, struct value *v, void *base);
+int config_conv_ca_file(struct loader *ld, const char *key, struct value *v, void *base);
+int config_conv_tenant_region(struct loader *ld, const char *key, struct value *v, void *base);
+int config_conv_tenant_base_url(struct loader *ld, const char *key, struct value *v, void *base);
+int config_conv_jwks_ca_file(struct loader *ld, const char *key, struct value *v, void *base);
 int config_conv_policy(struct loader *ld, const char *key, struct value *v, void *base);
 int config_conv_data(struct loader *ld, const char *key, struct value *v, void *base);
 int config_conv_algorithms(struct loader *ld, const char *key, struct value *v, void *base);

@@ -58,15 +58,21 @@ const struct option config_options[] = {
      "`{ env = \"NAME\" }`."},
 
     {"courier", OPT_TABLE, NULL, 0, 0, NOWHERE, 0, NULL, "How to reach Courier."},
-    {"courier.base_url", OPT_STRING, "https://api.courier.com", 0, 0, NOWHERE, 0, config_conv_base_url,
+    {"courier.region", OPT_STRING, "`\"us\"`", 0, 0, NOWHERE, OPT_PROSE_DEFAULT, config_conv_region,
+     "Courier's region: `\"us\"` (https://api.courier.com) or `\"eu\"` (https://api.eu.courier.com); "
+     "give this or `base_url`, not both."},
+    {"courier.base_url", OPT_STRING, "per `region`", 0, 0, NOWHERE, OPT_PROSE_DEFAULT, config_conv_base_url,
      "Courier API base URL (`https://`; `http://` only to 127.0.0.1, [::1] or localhost; no user name or "
      "password); env `COURIER_BASE_URL` "
-     "overrides it."},
+     "overrides it (and `region`)."},
+    {"courier.ca_file", OPT_STRING, NULL, 0, 0, NOWHERE, 0, config_conv_ca_file,
+     "PEM file of the CAs trusted for Courier (and an HTTPS proxy) instead of the system's bundle: a private "
+     "CA, a TLS-inspecting proxy; relative to the config file's folder, read at load and at each reload."},
     {"courier.timeout_ms", OPT_INT, "5000", 1, 60000, CFG(courier_timeout_ms), 0, NULL,
      "Whole Courier call, queueing and connecting included."},
     {"courier.connect_timeout_ms", OPT_INT, "2000", 1, 60000, CFG(courier_connect_timeout_ms), 0, NULL,
      "Connecting to Courier."},
-    {"courier.max_connections", OPT_INT, "64", 1, 1024, CFG(courier_max_connections), 0, NULL,
+    {"courier.max_connections", OPT_INT, "1024", 1, 1024, CFG(courier_max_connections), 0, NULL,
      "Connections to Courier's host, split evenly among the loops (at least one each)."},
 
     {"policy_limits", OPT_TABLE, NULL, 0, 0, NOWHERE, 0, NULL, "Budget of one policy decision."},
@@ -121,6 +127,9 @@ const struct option config_options[] = {
      "JWKS URL (`https://`; `http://` only to 127.0.0.1, [::1] or localhost; no user name or password): "
      "fetched before the tenant is "
      "ready (a failed first fetch fails `check` and start), then refreshed in the background."},
+    {"tenants.*.auth.jwt.jwks.ca_file", OPT_STRING, NULL, 0, 0, NOWHERE, 0, config_conv_jwks_ca_file,
+     "With `url`: PEM file of the CAs trusted for it instead of the system's bundle, relative to the config "
+     "file's folder."},
     {"tenants.*.auth.jwt.jwks.min_refresh_s", OPT_INT, "60", 1, 86400, TEN(auth.jwt.jwks_opts.min_refresh_s),
      0, NULL,
      "Shortest time between scheduled fetches (lower bound on `Cache-Control: max-age`; retry delay "
@@ -166,6 +175,13 @@ const struct option config_options[] = {
      "anyone else."},
     {"tenants.*.auth.none", OPT_BOOL, "false", 0, 0, TEN(auth.none), 0, NULL,
      "Development only: unauthenticated requesters reach the policy."},
+    {"tenants.*.courier", OPT_TABLE, NULL, 0, 0, NOWHERE, 0, NULL,
+     "This tenant's Courier upstream, `{ region = \"eu\" }` or `{ base_url = \"https://...\" }`; absent: the "
+     "global one. `COURIER_BASE_URL` does not override it."},
+    {"tenants.*.courier.region", OPT_STRING, NULL, 0, 0, NOWHERE, 0, config_conv_tenant_region,
+     "`\"us\"` or `\"eu\"`, as `courier.region`."},
+    {"tenants.*.courier.base_url", OPT_STRING, NULL, 0, 0, NOWHERE, 0, config_conv_tenant_base_url,
+     "As `courier.base_url` (same rules); give this or `region`, not both."},
     {"tenants.*.max_expires_in", OPT_DURATION, "7d", 0, 0, TEN(max_expires_s), 0, NULL,
      "Ceiling on any token's lifetime."},
     {"tenants.*.default_expires_in", OPT_DURATION, "1h", 0, 0, TEN(default_expires_s), 0, NULL,

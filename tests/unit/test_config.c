@@ -152,7 +152,7 @@ static void test_minimal_config_gets_every_default(void **state)
 	assert_string_equal(cfg->courier_base_url, "https://api.courier.com");
 	assert_int_equal(cfg->courier_timeout_ms, 5000);
 	assert_int_equal(cfg->courier_connect_timeout_ms, 2000);
-	assert_int_equal(cfg->courier_max_connections, 64);
+	assert_int_equal(cfg->courier_max_connections, 1024);
 	assert_int_equal(cfg->policy_max_instructions, 1000000);
 	assert_int_equal(cfg->policy_max_memory_bytes, 8388608);
 	assert_int_equal(cfg->policy_timeout_ms, 50);
