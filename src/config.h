@@ -82,10 +82,12 @@ struct config {
 	char *admin_host;                /* admin_listen; NULL: no admin listener */
 	unsigned short admin_port;
 
-	char *courier_base_url;            /* env COURIER_BASE_URL overrides */
-	long courier_timeout_ms;           /* default 5000 */
-	long courier_connect_timeout_ms;   /* default 2000 */
-	unsigned courier_max_connections;  /* per host, default 64 */
+	char *courier_base_url;           /* env COURIER_BASE_URL overrides */
+	long courier_timeout_ms;          /* default 5000 */
+	long courier_connect_timeout_ms;  /* default 2000 */
+	unsigned courier_max_connections; /* per host, default 64 */
+
+	/* Retries and the circuit breaker (courier.c). */
 	unsigned courier_retries;          /* default 2 */
 	unsigned courier_breaker_failures; /* consecutive failures that open it; 0: off; default 5 */
 	long courier_breaker_cooldown_ms;  /* its first pause, default 5000 */
