@@ -164,9 +164,9 @@ static long breaker_admit(struct courier_job *job, long long now)
 	return wait;
 }
 
-/* One attempt's outcome for job's breaker: failed (connection error, timeout,
- * 5xx, 429), or not (Courier answered). aborted: the call ended without an
- * outcome (the drain); a probe then gives its turn to the next call. */
+/* A call's outcome (its last attempt's) for job's breaker: failed
+ * (connection error, timeout, 5xx, 429, 408, 409), or not (Courier answered). aborted: the call ended without
+ * an outcome (the drain); a probe then gives its turn to the next call. */
 static void breaker_record(struct courier_job *job, bool failed, bool aborted, long long now)
 {
 	struct courier_breaker *b = job->breaker;
@@ -479,7 +479,6 @@ static void finish(struct courier_client *c, struct courier_job *job, CURLcode r
 	} else {
 		curl_easy_cleanup(e);
 	}
-	breaker_record(job, failed, job->aborted, now);
 	if (retryable && !job->aborted && job->attempts <= job->retries && !breaker_is_open(job)) {
 		if (wait < 0)
 			wait = backoff_ms(c, job->attempts);
@@ -502,6 +501,7 @@ static void finish(struct courier_client *c, struct courier_job *job, CURLcode r
 		    job->attempts, wait, remaining);
 	}
 	metrics_courier_attempt(failed ? METRICS_ATTEMPT_FAILED : METRICS_ATTEMPT_ANSWERED);
+	breaker_record(job, failed, job->aborted, now);
 	complete_job(c, job);
 }
 
@@ -522,6 +522,7 @@ static void start_due_retries(struct courier_client *c)
 		if (breaker_is_open(job) ||
 		    start_attempt(c, job, job->timeout_ms - (long)(now - job->started_ms)) != 0) {
 			metrics_courier_attempt(METRICS_ATTEMPT_FAILED);
+			breaker_record(job, true, false, now);
 			complete_job(c, job); /* the last attempt's outcome stands */
 		}
 	}
@@ -692,6 +693,7 @@ void courier_abort_all(struct courier_client *c)
 		job->status = 0;
 		job->aborted = true;
 		snprintf(job->error, sizeof(job->error), "aborted");
+		breaker_record(job, false, true, (long long)clock_ms());
 		complete_job(c, job);
 	}
 }

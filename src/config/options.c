@@ -63,8 +63,9 @@ const struct option config_options[] = {
      "exponential backoff and jitter or the answer's `Retry-After` / `retry-after-ms`, all within "
      "`courier.timeout_ms`."},
     {"courier.breaker_failures", OPT_INT, "5", 0, 1000, CFG(courier_breaker_failures), 0, NULL,
-     "Consecutive failed attempts (connection errors, timeouts, 429, 5xx) to one Courier endpoint with "
-     "one key that open its circuit breaker: requests then get 503 `upstream_unavailable` at once. 0: no "
+     "Consecutive failed Courier calls (retries included: connection errors, timeouts, 408, 409, 429, "
+     "5xx) to one endpoint with one key that open its circuit breaker: requests then get 503 "
+     "`upstream_unavailable` at once. 0: no "
      "breaker."},
     {"courier.breaker_cooldown_ms", OPT_INT, "5000", 100, 600000, CFG(courier_breaker_cooldown_ms), 0, NULL,
      "How long an open breaker pauses calls before one probe call is let through; doubles after each "
