@@ -124,13 +124,14 @@ static void breaker_set(struct courier_breaker *b, enum breaker_state to, const 
 
 	if (b->state == to)
 		return;
-	log_msg(to == BREAKER_OPEN ? "warn" : "info",
-	        "Courier circuit breaker for %s (key fingerprint %s): %s -> %s (%s)%s", b->url,
-	        b->fingerprint, breaker_state_names[b->state], breaker_state_names[to], why,
-	        to == BREAKER_OPEN ? "; calls paused" : "");
 	if (to == BREAKER_OPEN)
-		log_msg("warn", "Courier circuit breaker for %s: next probe in %ld ms", b->url,
-		        b->cooldown_ms);
+		log_msg("warn",
+		        "Courier circuit breaker for %s (key fingerprint %s): %s -> open (%s); calls paused "
+		        "for %ld ms",
+		        b->url, b->fingerprint, breaker_state_names[b->state], why, b->cooldown_ms);
+	else
+		log_msg("info", "Courier circuit breaker for %s (key fingerprint %s): %s -> %s (%s)", b->url,
+		        b->fingerprint, breaker_state_names[b->state], breaker_state_names[to], why);
 	b->state = to;
 	if (was_open != is_open)
 		metrics_courier_breaker_open(is_open ? 1 : -1);
