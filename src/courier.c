@@ -75,7 +75,8 @@ static const char *const breaker_state_names[] = {"closed", "open", "half-open (
 
 /* One Courier endpoint (the call's URL) and API key (its fingerprint). Slots
  * are never freed: a closed breaker with no failure holds no information and
- * is reused when the table is full. */
+ * is reused when the table is full (keys rotate). Jobs never hold a pointer
+ * to a slot: they find theirs again by URL and fingerprint. */
 struct courier_breaker {
 	char *url;
 	char fingerprint[17];
@@ -144,13 +145,13 @@ static long breaker_admit(struct courier_job *job, long long now)
 	struct courier_breaker *b;
 	long wait = 0;
 
-	job->breaker = NULL;
+	job->guarded = false;
 	job->probe = false;
 	if (!job->breaker_failures)
 		return 0;
 	pthread_mutex_lock(&breakers_lock);
 	b = breaker_find(job->url, job->api_key->fingerprint);
-	job->breaker = b;
+	job->guarded = b != NULL;
 	if (b && b->state == BREAKER_OPEN) {
 		if (now >= b->open_until) {
 			breaker_set(b, BREAKER_PROBING, "pause over, one call let through");
@@ -170,11 +171,17 @@ static long breaker_admit(struct courier_job *job, long long now)
  * an outcome (the drain); a probe then gives its turn to the next call. */
 static void breaker_record(struct courier_job *job, bool failed, bool aborted, long long now)
 {
-	struct courier_breaker *b = job->breaker;
+	struct courier_breaker *b;
 
-	if (!b)
+	if (!job->guarded)
 		return;
 	pthread_mutex_lock(&breakers_lock);
+	b = breaker_find(job->url, job->api_key->fingerprint);
+	if (!b) {
+		job->probe = false;
+		pthread_mutex_unlock(&breakers_lock);
+		return;
+	}
 	if (aborted) {
 		if (job->probe && b->state == BREAKER_PROBING) {
 			b->state = BREAKER_OPEN;
@@ -202,12 +209,14 @@ static void breaker_record(struct courier_job *job, bool failed, bool aborted, l
 
 static bool breaker_is_open(const struct courier_job *job)
 {
+	struct courier_breaker *b;
 	bool open;
 
-	if (!job->breaker)
+	if (!job->guarded)
 		return false;
 	pthread_mutex_lock(&breakers_lock);
-	open = job->breaker->state == BREAKER_OPEN;
+	b = breaker_find(job->url, job->api_key->fingerprint);
+	open = b && b->state == BREAKER_OPEN;
 	pthread_mutex_unlock(&breakers_lock);
 	return open;
 }
@@ -513,6 +522,7 @@ static void start_due_retries(struct courier_client *c)
 	struct courier_job *job = c->waiting, *n;
 
 	for (; job; job = n) {
+		long remaining = job->timeout_ms - (long)(now - job->started_ms);
 		n = job->next;
 		if (job->wait_until_ms > now) {
 			if (!next || job->wait_until_ms < next)
@@ -520,8 +530,8 @@ static void start_due_retries(struct courier_client *c)
 			continue;
 		}
 		list_del(&c->waiting, job);
-		if (breaker_is_open(job) ||
-		    start_attempt(c, job, job->timeout_ms - (long)(now - job->started_ms)) != 0) {
+		/* remaining > 0: libcurl reads a timeout of 0 as none at all. */
+		if (remaining <= 0 || breaker_is_open(job) || start_attempt(c, job, remaining) != 0) {
 			metrics_courier_attempt(METRICS_ATTEMPT_FAILED);
 			breaker_record(job, true, false, now);
 			complete_job(c, job); /* the last attempt's outcome stands */

@@ -50,8 +50,8 @@ struct courier_job {
 
 	/* The client's own. */
 	long long started_ms, wait_until_ms; /* CLOCK_MONOTONIC ms */
-	struct courier_breaker *breaker;
-	bool probe; /* this call is the breaker's probe */
+	bool guarded;                        /* a breaker watches this call (found again by url and key) */
+	bool probe;                          /* this call is the breaker's probe */
 	void *easy;
 	struct curl_slist *headers;
 	struct buf resp_buf;             /* the answer as it arrives, capped; resp points into it */
