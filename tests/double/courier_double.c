@@ -79,8 +79,9 @@ static struct {
 	unsigned long served;
 	struct last_req *last;     /* owned here; NULL until the first request */
 	long next;                 /* the settings hold for this many more requests; -1: for all */
+	int fail_percent;          /* share of requests given the settings (the rest: the defaults) */
 	unsigned long connections; /* TCP connections accepted since start or reset */
-} shared = {PTHREAD_MUTEX_INITIALIZER, {0, 0, MODE_OK, 0, "", ""}, 0, NULL, -1, 0};
+} shared = {PTHREAD_MUTEX_INITIALIZER, {0, 0, MODE_OK, 0, "", ""}, 0, NULL, -1, 100, 0};
 
 /* Immutable after start. */
 static char *api_keys_buf; /* the list, cut in place by load_keys */
@@ -650,7 +651,9 @@ static void record(struct request *r, const char *method)
 	pthread_mutex_lock(&shared.lock);
 	shared.served++;
 	r->settings = shared.settings;
-	if (shared.next > 0 && --shared.next == 0) {
+	if (shared.fail_percent < 100 && random() % 100 >= shared.fail_percent)
+		r->settings = (struct settings){0, 0, MODE_OK, 0, "", ""};
+	else if (shared.next > 0 && --shared.next == 0) {
 		shared.settings = (struct settings){0, 0, MODE_OK, 0, "", ""};
 		shared.next = -1;
 	}
@@ -750,7 +753,7 @@ static enum MHD_Result handle_config(struct worker *w, struct request *r)
 	int top = lua_gettop(L);
 	struct settings next = {0, 0, MODE_OK, 0, "", ""};
 	int has_latency = 0, has_status = 0, has_mode = 0, has_exp = 0, has_ra = 0, has_ra_ms = 0;
-	long next_n = -1;
+	long next_n = -1, percent = 100;
 	const char *err = NULL;
 	char msg[128];
 	enum MHD_Result ret;
@@ -800,6 +803,11 @@ static enum MHD_Result handle_config(struct worker *w, struct request *r)
 			else
 				memcpy(dst, v, n + 1);
 			*(ms ? &has_ra_ms : &has_ra) = 1;
+		} else if (strcmp(key, "fail_percent") == 0) {
+			lua_Integer v = lua_tointeger(L, -1);
+			if (!lua_isinteger(L, -1) || v < 0 || v > 100)
+				err = "fail_percent must be an integer in 0..100";
+			percent = (long)v;
 		} else if (strcmp(key, "next") == 0) {
 			lua_Integer v = lua_tointeger(L, -1);
 			if (!lua_isinteger(L, -1) || v < -1 || v == 0 || v > 1000000)
@@ -827,6 +835,7 @@ static enum MHD_Result handle_config(struct worker *w, struct request *r)
 	if (has_ra_ms)
 		memcpy(shared.settings.retry_after_ms, next.retry_after_ms, sizeof next.retry_after_ms);
 	shared.next = next_n;
+	shared.fail_percent = (int)percent;
 	pthread_mutex_unlock(&shared.lock);
 out:
 	lua_settop(L, top);
@@ -846,6 +855,7 @@ static enum MHD_Result handle_reset(struct request *r)
 	shared.served = 0;
 	shared.connections = 0;
 	shared.next = -1;
+	shared.fail_percent = 100;
 	old = shared.last;
 	shared.last = NULL;
 	pthread_mutex_unlock(&shared.lock);

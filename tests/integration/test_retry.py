@@ -271,3 +271,17 @@ def test_double_next_and_connections(double):
     assert r.status == 401  # back to normal: the key is wrong
     stats = request(double.port, "GET", "/_double/stats").json()
     assert stats["served"] == 2 and stats["connections"] >= 2
+
+
+def test_double_fail_percent(double):
+    def call():
+        return request(double.port, "POST", "/auth/issue-token", {"scope": "user_id:a"},
+                       headers={"Authorization": "Bearer x"}).status
+
+    double.configure(status=503, fail_percent=0)
+    assert [call() for _ in range(5)] == [401] * 5  # never forced
+    double.configure(status=503, fail_percent=100)
+    assert [call() for _ in range(5)] == [503] * 5
+    double.configure(status=503, fail_percent=50)
+    seen = {call() for _ in range(60)}
+    assert seen == {401, 503}  # both, with overwhelming probability (1 - 2^-59)
