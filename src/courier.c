@@ -494,19 +494,18 @@ static void finish(struct courier_client *c, struct courier_job *job, CURLcode r
 			wait = backoff_ms(c, job->attempts);
 		if (wait + ATTEMPT_MIN_MS <= remaining) {
 			if (job->status)
-				log_msg("info", "Courier attempt %u answered HTTP %ld: retrying in %ld ms",
-				        job->attempts, job->status, wait);
+				log_warn_limited("Courier attempt %u answered HTTP %ld: retrying in %ld ms",
+				                 job->attempts, job->status, wait);
 			else
-				log_msg("info", "Courier attempt %u failed (%s): retrying in %ld ms",
-				        job->attempts, job->error, wait);
+				log_warn_limited("Courier attempt %u failed (%s): retrying in %ld ms",
+				                 job->attempts, job->error, wait);
 			metrics_courier_attempt(METRICS_ATTEMPT_RETRIED);
 			job->wait_until_ms = now + wait;
 			list_add(&c->waiting, job);
 			arm(c, job->wait_until_ms);
 			return;
 		}
-		log_msg(
-		    "info",
+		log_warn_limited(
 		    "Courier attempt %u failed; no retry: a wait of %ld ms does not fit in the %ld ms left",
 		    job->attempts, wait, remaining);
 	}
