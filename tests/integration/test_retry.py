@@ -147,6 +147,17 @@ def test_hang_then_retry_gets_no_more_than_the_budget(broker_factory, double):
     assert ask(b).status == 200
 
 
+def test_a_retry_gets_only_what_is_left_of_timeout_ms(broker_factory, double):
+    # 1000 ms in all: the first call is dropped after 700 ms, the retry gets
+    # the ~200 ms left and times out: 504 at about 1 s, never 1 s per attempt.
+    b = broker_factory(courier_timeout_ms=1000)
+    double.configure(latency_ms=700, mode="close")
+    t0 = time.monotonic()
+    expect_error(ask(b), 504, "upstream_timeout")
+    assert time.monotonic() - t0 < 1.6
+    assert double.wait_served(2) == 2
+
+
 def test_retry_wait_does_not_block_the_loop(broker_factory, double):
     # One request waits 1.5 s for its retry; another, on the same single loop,
     # is served meanwhile.
