@@ -701,6 +701,7 @@ void courier_abort_all(struct courier_client *c)
 		struct courier_job *job = c->waiting;
 		list_del(&c->waiting, job);
 		job->status = 0;
+		job->timed_out = false;
 		job->aborted = true;
 		snprintf(job->error, sizeof(job->error), "aborted");
 		breaker_record(job, false, true, (long long)clock_ms());
