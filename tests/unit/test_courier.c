@@ -421,6 +421,71 @@ static void test_retry_after_values(void **state)
 	assert_int_equal(courier_retry_after_ms("", now), -1);
 }
 
+/* A Courier answering 503 with Retry-After: 10 (cls counts the calls). */
+static enum MHD_Result on_busy(void *cls, struct MHD_Connection *conn, const char *url, const char *method,
+                               const char *version, const char *upload, size_t *upload_size, void **con_cls)
+{
+	static const char answer[] = "{\"type\":\"api_error\"}";
+	struct MHD_Response *r;
+	enum MHD_Result ret;
+
+	(void)url;
+	(void)method;
+	(void)version;
+	(void)upload;
+	if (!*con_cls) {
+		*con_cls = conn;
+		return MHD_YES;
+	}
+	if (*upload_size) {
+		*upload_size = 0;
+		return MHD_YES;
+	}
+	__atomic_add_fetch((int *)cls, 1, __ATOMIC_SEQ_CST);
+	r = MHD_create_response_from_buffer(sizeof(answer) - 1, (void *)answer, MHD_RESPMEM_PERSISTENT);
+	MHD_add_response_header(r, "Retry-After", "10");
+	ret = MHD_queue_response(conn, 503, r);
+	MHD_destroy_response(r);
+	return ret;
+}
+
+/* A job waiting for its retry (Retry-After: 10 s, within its 60 s) holds
+ * nothing running; courier_abort_all ends it as aborted, not timed out. */
+static void test_abort_all_ends_jobs_waiting_to_retry(void **state)
+{
+	int calls = 0;
+	struct MHD_Daemon *d;
+	struct courier_client *c;
+	struct courier_job job;
+	struct outcome o;
+	char err[128], url[96];
+
+	(void)state;
+	d = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG, 0, NULL, NULL, on_busy,
+	                     &calls, MHD_OPTION_END);
+	assert_non_null(d);
+	snprintf(url, sizeof(url), "http://127.0.0.1:%u/retry-wait-unit-test",
+	         MHD_get_daemon_info(d, MHD_DAEMON_INFO_BIND_PORT)->port);
+	c = courier_client_new(4, err, sizeof(err));
+	assert_non_null(c);
+	prepare(&job, &o, url, 60000);
+	job.retries = 2;
+	assert_int_equal(courier_submit(c, &job), 0);
+	for (int i = 0; i < 100 && __atomic_load_n(&calls, __ATOMIC_SEQ_CST) < 1; i++)
+		drive(c, &o, 20);
+	drive(c, &o, 300); /* the answer is read; the retry waits 10 s */
+	assert_int_equal(calls, 1);
+	assert_int_equal(o.done, 0);
+	courier_abort_all(c);
+	assert_int_equal(o.done, 1);
+	assert_true(o.aborted);
+	assert_false(o.timed_out);
+	assert_int_equal(job.attempts, 1);
+	courier_job_cleanup(&job);
+	courier_client_free(c);
+	MHD_stop_daemon(d);
+}
+
 /* Retries on a refused connection, then the breaker of that URL and key
  * opens: the next submit makes no call. */
 static void test_refused_connection_retried_then_breaker_opens(void **state)
@@ -469,6 +534,7 @@ int main(void)
 	    cmocka_unit_test(test_retryable_statuses),
 	    cmocka_unit_test(test_retry_after_values),
 	    cmocka_unit_test(test_refused_connection_retried_then_breaker_opens),
+	    cmocka_unit_test(test_abort_all_ends_jobs_waiting_to_retry),
 	};
 	int rc;
 
