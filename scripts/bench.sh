@@ -122,3 +122,9 @@ make -C "$root" --no-print-directory bench-jwt
 # validated; median and p99 µs per decision (goal: median < 2 µs).
 echo
 make -C "$root" --no-print-directory bench-decision
+
+# ---- fault soak (issue 12): Courier fails 20% of calls at random -----------
+# Success rate (goal >= 99.9%) and p99 with courier.retries 2, 3 and 0:
+# scripts/bench/fault-soak.sh, own processes. SOAK_SECONDS (default 60).
+echo
+bash "$root/scripts/bench/fault-soak.sh" "$broker" "$double" "${SOAK_SECONDS:-60}" 20

@@ -12,13 +12,20 @@
  * handle, so a reconnect resumes them. The Authorization header holding the API key is
  * zeroed before it is freed; the key is never logged. This file never calls
  * back into the HTTP front except through the job's done callback.
+ *
+ * Also owns the retries (a failed attempt waits on the same timerfd, never
+ * blocking the loop, then starts again within the job's timeout_ms) and the
+ * circuit breakers: one per Courier endpoint and API key, in a small
+ * process-wide table under one lock, since every loop calls the same Courier.
  */
 #include "courier.h"
 
+#include <ctype.h>
 #include <curl/curl.h>
 #include <lauxlib.h>
 #include <lua.h>
 #include <openssl/crypto.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,11 +39,23 @@
 #include "envelope.h"
 #include "json.h"
 #include "jwt.h"
+#include "log.h"
+#include "metrics.h"
 #include "secret.h"
 #include "version.h"
 
 #define RESP_MAX (64 * 1024)
 #define POOL_MAX 256
+
+/* Backoff before retry n (1, 2, ...): BACKOFF_BASE_MS << (n - 1), capped,
+ * then between half and all of it (jitter spreads the loops' retries). */
+#define BACKOFF_BASE_MS 100
+#define BACKOFF_MAX_MS  2000
+/* A retry is only worth starting with at least this much of timeout_ms left. */
+#define ATTEMPT_MIN_MS 50
+/* An open breaker's pause grows (doubles per failed probe) up to this. */
+#define BREAKER_COOLDOWN_MAX_MS 60000
+#define BREAKERS_MAX            256
 
 struct courier_client {
 	CURLM *multi;
@@ -46,9 +65,244 @@ struct courier_client {
 	bool due_now;       /* libcurl asked for a timeout of 0: run it without waiting */
 	int ended;          /* jobs whose done ran in this courier_run */
 	struct courier_job *running;
+	struct courier_job *waiting; /* failed attempts waiting for their retry */
 	CURL *pool[POOL_MAX];
 	int n_pool;
+	uint64_t rng; /* xorshift64 state, for the jitter */
 };
+
+/* ------------------------------------------------------ circuit breakers */
+
+enum breaker_state { BREAKER_CLOSED, BREAKER_OPEN, BREAKER_PROBING };
+
+static const char *const breaker_state_names[] = {"closed", "open", "half-open (probing)"};
+
+/* One Courier endpoint (the call's URL) and API key (its fingerprint). Slots
+ * are never freed: a closed breaker with no failure holds no information and
+ * is reused when the table is full (keys rotate). Jobs never hold a pointer
+ * to a slot: they find theirs again by URL and fingerprint. */
+struct courier_breaker {
+	char *url;
+	char fingerprint[17];
+	enum breaker_state state;
+	unsigned failures;    /* consecutive, while closed */
+	long cooldown_ms;     /* the current pause */
+	long long open_until; /* CLOCK_MONOTONIC ms */
+};
+
+static struct courier_breaker breakers[BREAKERS_MAX];
+static size_t n_breakers;
+static pthread_mutex_t breakers_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/* Under breakers_lock. NULL when the table is full of breakers in use (then
+ * calls go unguarded: a breaker is a protection, never a reason to refuse). */
+static struct courier_breaker *breaker_find(const char *url, const char *fingerprint)
+{
+	struct courier_breaker *spare = NULL;
+	char *copy;
+
+	for (size_t i = 0; i < n_breakers; i++) {
+		struct courier_breaker *b = &breakers[i];
+		if (strcmp(b->fingerprint, fingerprint) == 0 && strcmp(b->url, url) == 0)
+			return b;
+		if (!spare && b->state == BREAKER_CLOSED && b->failures == 0)
+			spare = b;
+	}
+	if (!(copy = strdup(url)))
+		return NULL;
+	if (n_breakers < BREAKERS_MAX)
+		spare = &breakers[n_breakers++];
+	if (!spare) {
+		free(copy);
+		return NULL;
+	}
+	free(spare->url);
+	*spare = (struct courier_breaker){.url = copy, .state = BREAKER_CLOSED};
+	snprintf(spare->fingerprint, sizeof(spare->fingerprint), "%s", fingerprint);
+	return spare;
+}
+
+/* Under breakers_lock: moves b to state, logs and counts it. */
+static void breaker_set(struct courier_breaker *b, enum breaker_state to, const char *why)
+{
+	bool was_open = b->state != BREAKER_CLOSED, is_open = to != BREAKER_CLOSED;
+
+	if (b->state == to)
+		return;
+	if (to == BREAKER_OPEN)
+		log_msg("warn",
+		        "Courier circuit breaker for %s (key fingerprint %s): %s -> open (%s); calls paused "
+		        "for %ld ms",
+		        b->url, b->fingerprint, breaker_state_names[b->state], why, b->cooldown_ms);
+	else
+		log_msg("info", "Courier circuit breaker for %s (key fingerprint %s): %s -> %s (%s)", b->url,
+		        b->fingerprint, breaker_state_names[b->state], breaker_state_names[to], why);
+	b->state = to;
+	if (was_open != is_open)
+		metrics_courier_breaker_open(is_open ? 1 : -1);
+}
+
+/* Whether job may call now: 0 (job->probe set when it is the probe), or the
+ * seconds to wait (the breaker is open). */
+static long breaker_admit(struct courier_job *job, long long now)
+{
+	struct courier_breaker *b;
+	long wait = 0;
+
+	job->guarded = false;
+	job->probe = false;
+	if (!job->breaker_failures)
+		return 0;
+	pthread_mutex_lock(&breakers_lock);
+	b = breaker_find(job->url, job->api_key->fingerprint);
+	job->guarded = b != NULL;
+	if (b && b->state == BREAKER_OPEN) {
+		if (now >= b->open_until) {
+			breaker_set(b, BREAKER_PROBING, "pause over, one call let through");
+			job->probe = true;
+		} else {
+			wait = (long)((b->open_until - now + 999) / 1000);
+		}
+	} else if (b && b->state == BREAKER_PROBING) {
+		wait = 1; /* the probe is on its way */
+	}
+	pthread_mutex_unlock(&breakers_lock);
+	return wait;
+}
+
+/* A call's outcome (its last attempt's) for job's breaker: failed
+ * (connection error, timeout, 5xx, 429, 408, 409), or not (Courier answered). aborted: the call ended without
+ * an outcome (the drain); a probe then gives its turn to the next call. */
+static void breaker_record(struct courier_job *job, bool failed, bool aborted, long long now)
+{
+	struct courier_breaker *b;
+
+	if (!job->guarded)
+		return;
+	pthread_mutex_lock(&breakers_lock);
+	b = breaker_find(job->url, job->api_key->fingerprint);
+	if (!b) {
+		job->probe = false;
+		pthread_mutex_unlock(&breakers_lock);
+		return;
+	}
+	if (aborted) {
+		if (job->probe && b->state == BREAKER_PROBING) {
+			b->state = BREAKER_OPEN;
+			b->open_until = now;
+		}
+	} else if (!failed) {
+		b->failures = 0;
+		if (b->state != BREAKER_CLOSED) {
+			breaker_set(b, BREAKER_CLOSED, "Courier answered");
+			b->cooldown_ms = 0;
+		}
+	} else if (job->probe && b->state == BREAKER_PROBING) {
+		b->cooldown_ms = b->cooldown_ms * 2 > BREAKER_COOLDOWN_MAX_MS ? BREAKER_COOLDOWN_MAX_MS
+		                                                              : b->cooldown_ms * 2;
+		b->open_until = now + b->cooldown_ms;
+		breaker_set(b, BREAKER_OPEN, "the probe failed");
+	} else if (b->state == BREAKER_CLOSED && ++b->failures >= job->breaker_failures) {
+		b->cooldown_ms = job->breaker_cooldown_ms;
+		b->open_until = now + b->cooldown_ms;
+		breaker_set(b, BREAKER_OPEN, "consecutive failures");
+	}
+	job->probe = false;
+	pthread_mutex_unlock(&breakers_lock);
+}
+
+static bool breaker_is_open(const struct courier_job *job)
+{
+	struct courier_breaker *b;
+	bool open;
+
+	if (!job->guarded)
+		return false;
+	pthread_mutex_lock(&breakers_lock);
+	b = breaker_find(job->url, job->api_key->fingerprint);
+	open = b && b->state == BREAKER_OPEN;
+	pthread_mutex_unlock(&breakers_lock);
+	return open;
+}
+
+/* ------------------------------------------------------------- retries */
+
+bool courier_status_retryable(long status)
+{
+	return status == 408 || status == 409 || status == 429 || (status >= 500 && status <= 599);
+}
+
+/* The failures of a connection (never reaching an answer) worth a retry. */
+static bool rc_retryable(CURLcode rc)
+{
+	switch (rc) {
+	case CURLE_COULDNT_RESOLVE_HOST:
+	case CURLE_COULDNT_RESOLVE_PROXY:
+	case CURLE_COULDNT_CONNECT:
+	case CURLE_OPERATION_TIMEDOUT: /* connecting; the whole budget is checked apart */
+	case CURLE_SSL_CONNECT_ERROR:
+	case CURLE_SEND_ERROR:
+	case CURLE_RECV_ERROR:
+	case CURLE_GOT_NOTHING:
+	case CURLE_PARTIAL_FILE:
+	case CURLE_HTTP2:
+	case CURLE_HTTP2_STREAM:
+		return true;
+	default:
+		return false;
+	}
+}
+
+long courier_retry_after_ms(const char *value, long long now)
+{
+	const char *p = value;
+	long long secs = 0;
+	time_t t;
+
+	while (*p == ' ' || *p == '\t')
+		p++;
+	if (isdigit((unsigned char)*p)) {
+		for (; isdigit((unsigned char)*p); p++)
+			if ((secs = secs * 10 + (*p - '0')) > 86400)
+				secs = 86400;
+		while (*p == ' ' || *p == '\t')
+			p++;
+		return *p ? -1 : (long)secs * 1000;
+	}
+	t = curl_getdate(p, NULL);
+	if (t == (time_t)-1)
+		return -1;
+	return (long long)t <= now ? 0
+	                           : (long)((long long)t - now > 86400 ? 86400 : (long long)t - now) * 1000;
+}
+
+/* The wait the answer asks for (retry-after-ms, else Retry-After), or -1. */
+static long hinted_wait_ms(CURL *e)
+{
+	struct curl_header *h;
+
+	if (curl_easy_header(e, "retry-after-ms", 0, CURLH_HEADER, -1, &h) == CURLHE_OK) {
+		char *end;
+		double ms = strtod(h->value, &end);
+		if (end != h->value && ms >= 0 && ms <= 86400e3)
+			return (long)ms;
+	}
+	if (curl_easy_header(e, "Retry-After", 0, CURLH_HEADER, -1, &h) == CURLHE_OK)
+		return courier_retry_after_ms(h->value, (long long)time(NULL));
+	return -1;
+}
+
+static long backoff_ms(struct courier_client *c, unsigned retry)
+{
+	long d = retry > 5 ? BACKOFF_MAX_MS : BACKOFF_BASE_MS << (retry - 1);
+
+	if (d > BACKOFF_MAX_MS)
+		d = BACKOFF_MAX_MS;
+	c->rng ^= c->rng << 13;
+	c->rng ^= c->rng >> 7;
+	c->rng ^= c->rng << 17;
+	return d / 2 + (long)(c->rng % (uint64_t)(d / 2 + 1));
+}
 
 static size_t on_body(char *data, size_t size, size_t nmemb, void *arg)
 {
@@ -67,21 +321,95 @@ static void free_headers(struct courier_job *job)
 	job->headers = NULL;
 }
 
-int courier_submit(struct courier_client *c, struct courier_job *job)
+static void list_add(struct courier_job **head, struct courier_job *job)
+{
+	job->prev = NULL;
+	job->next = *head;
+	if (*head)
+		(*head)->prev = job;
+	*head = job;
+}
+
+static void list_del(struct courier_job **head, struct courier_job *job)
+{
+	if (job->prev)
+		job->prev->next = job->next;
+	else
+		*head = job->next;
+	if (job->next)
+		job->next->prev = job->prev;
+	job->next = job->prev = NULL;
+}
+
+/* Starts one attempt of job with what is left of its timeout_ms (remaining). */
+static int start_attempt(struct courier_client *c, struct courier_job *job, long remaining)
 {
 	CURL *e = c->n_pool ? c->pool[--c->n_pool] : curl_easy_init();
-	char *auth;
-	size_t alen;
 
 	if (!e)
 		return -1;
-	buf_init(&job->resp_buf, RESP_MAX);
-	alen = sizeof("Authorization: Bearer ") + job->api_key->len;
-	auth = malloc(alen);
-	if (!auth) {
+	curl_easy_setopt(e, CURLOPT_URL, job->url);
+	curl_easy_setopt(e, CURLOPT_HTTPHEADER, job->headers);
+	curl_easy_setopt(e, CURLOPT_POST, 1L);
+	curl_easy_setopt(e, CURLOPT_POSTFIELDS, job->body);
+	curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE, (long)job->body_len);
+	curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
+	curl_easy_setopt(e, CURLOPT_WRITEDATA, job);
+	curl_easy_setopt(e, CURLOPT_PRIVATE, job);
+	curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+	curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, remaining);
+	curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS,
+	                 job->connect_timeout_ms < remaining ? job->connect_timeout_ms : remaining);
+	curl_easy_setopt(e, CURLOPT_SHARE, c->share);
+	/* The cached X509 store is used only without a CA path; the CA file
+	 * (the system's, or ca_file) is parsed once per loop and day. */
+	curl_easy_setopt(e, CURLOPT_CAPATH, NULL);
+	curl_easy_setopt(e, CURLOPT_PROXY_CAPATH, NULL);
+	curl_easy_setopt(e, CURLOPT_CA_CACHE_TIMEOUT, 86400L);
+	if (job->ca_file) {
+		curl_easy_setopt(e, CURLOPT_CAINFO, job->ca_file);
+		curl_easy_setopt(e, CURLOPT_PROXY_CAINFO, job->ca_file);
+	}
+	/* HTTP/2 where the server offers it in ALPN, HTTP/1.1 otherwise. The
+	 * proxy comes from HTTPS_PROXY / NO_PROXY, as libcurl reads them. */
+	curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
+	/* Waiting to multiplex only makes sense where HTTP/2 can be negotiated
+	 * (TLS); on plain http:// it would queue every call behind the first. */
+	if (strncmp(job->url, "https://", 8) == 0)
+		curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
+	curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+	curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
+	curl_easy_setopt(e, CURLOPT_ERRORBUFFER, job->error);
+	job->error[0] = '\0';
+	buf_reset(&job->resp_buf);
+	job->easy = e;
+	if (curl_multi_add_handle(c->multi, e) != CURLM_OK) {
+		job->easy = NULL;
 		curl_easy_cleanup(e);
 		return -1;
 	}
+	job->attempts++;
+	list_add(&c->running, job);
+	return 0;
+}
+
+int courier_submit(struct courier_client *c, struct courier_job *job)
+{
+	char *auth;
+	size_t alen;
+	long long now = (long long)clock_ms();
+
+	job->attempts = 0;
+	buf_init(&job->resp_buf, RESP_MAX);
+	job->retry_after_s = breaker_admit(job, now);
+	if (job->retry_after_s > 0) {
+		metrics_courier_paused();
+		return COURIER_PAUSED;
+	}
+	alen = sizeof("Authorization: Bearer ") + job->api_key->len;
+	auth = malloc(alen);
+	if (!auth)
+		goto fail;
 	memcpy(auth, "Authorization: Bearer ", sizeof("Authorization: Bearer ") - 1);
 	memcpy(auth + sizeof("Authorization: Bearer ") - 1, job->api_key->data, job->api_key->len);
 	auth[alen - 1] = '\0';
@@ -104,81 +432,73 @@ int courier_submit(struct courier_client *c, struct courier_job *job)
 			free_headers(job);
 		}
 	}
-	if (!job->headers) {
-		curl_easy_cleanup(e);
-		return -1;
-	}
-	curl_easy_setopt(e, CURLOPT_URL, job->url);
-	curl_easy_setopt(e, CURLOPT_HTTPHEADER, job->headers);
-	curl_easy_setopt(e, CURLOPT_POST, 1L);
-	curl_easy_setopt(e, CURLOPT_POSTFIELDS, job->body);
-	curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE, (long)job->body_len);
-	curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
-	curl_easy_setopt(e, CURLOPT_WRITEDATA, job);
-	curl_easy_setopt(e, CURLOPT_PRIVATE, job);
-	curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-	curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, job->timeout_ms);
-	curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, job->connect_timeout_ms);
-	curl_easy_setopt(e, CURLOPT_SHARE, c->share);
-	/* The cached X509 store is used only without a CA path; the CA file
-	 * (the system's, or ca_file) is parsed once per loop and day. */
-	curl_easy_setopt(e, CURLOPT_CAPATH, NULL);
-	curl_easy_setopt(e, CURLOPT_PROXY_CAPATH, NULL);
-	curl_easy_setopt(e, CURLOPT_CA_CACHE_TIMEOUT, 86400L);
-	if (job->ca_file) {
-		curl_easy_setopt(e, CURLOPT_CAINFO, job->ca_file);
-		curl_easy_setopt(e, CURLOPT_PROXY_CAINFO, job->ca_file);
-	}
-	/* HTTP/2 where the server offers it in ALPN, HTTP/1.1 otherwise. The
-	 * proxy comes from HTTPS_PROXY / NO_PROXY, as libcurl reads them. */
-	curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
-	/* Waiting to multiplex only makes sense where HTTP/2 can be negotiated
-	 * (TLS); on plain http:// it would queue every call behind the first. */
-	if (strncmp(job->url, "https://", 8) == 0)
-		curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
-	curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
-	curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
-	curl_easy_setopt(e, CURLOPT_ERRORBUFFER, job->error);
-	job->error[0] = '\0';
-	job->easy = e;
-	if (curl_multi_add_handle(c->multi, e) != CURLM_OK) {
+	if (!job->headers)
+		goto fail;
+	job->started_ms = now;
+	if (start_attempt(c, job, job->timeout_ms) != 0) {
 		free_headers(job);
-		curl_easy_cleanup(e);
-		return -1;
+		goto fail;
 	}
-	job->prev = NULL;
-	job->next = c->running;
-	if (c->running)
-		c->running->prev = job;
-	c->running = job;
 	return 0;
+fail:
+	breaker_record(job, false, true, now);
+	return -1;
 }
 
+/* The call is over: its outcome is the last attempt's; done runs. */
+static void complete_job(struct courier_client *c, struct courier_job *job)
+{
+	free_headers(job);
+	job->seconds = (double)((long long)clock_ms() - job->started_ms) / 1e3;
+	job->resp = job->resp_buf.data;
+	job->resp_len = job->resp_buf.len;
+	c->ended++;
+	job->done(job);
+}
+
+/* Arms the timerfd for due (CLOCK_MONOTONIC ms) unless it fires earlier. */
+static void arm(struct courier_client *c, long long due)
+{
+	struct itimerspec its = {0};
+
+	if (c->armed_at && c->armed_at <= due)
+		return;
+	its.it_value.tv_sec = due / 1000;
+	its.it_value.tv_nsec = (due % 1000) * 1000000L;
+	timerfd_settime(c->tfd, TFD_TIMER_ABSTIME, &its, NULL);
+	c->armed_at = due;
+}
+
+/*
+ * One attempt ended with rc. Retried (job parked on the waiting list until
+ * its wait is over) when the failure is one worth retrying, retries are left,
+ * the breaker did not open, and the wait plus ATTEMPT_MIN_MS fits in what is
+ * left of timeout_ms; otherwise the call completes.
+ */
 static void finish(struct courier_client *c, struct courier_job *job, CURLcode rc)
 {
 	CURL *e = job->easy;
-	double t = 0;
+	long long now = (long long)clock_ms();
+	long remaining = job->timeout_ms - (long)(now - job->started_ms), wait = -1;
+	bool retryable, failed;
 
+	job->timed_out = job->aborted = false;
 	if (rc == CURLE_OK) {
 		curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &job->status);
+		retryable = failed = courier_status_retryable(job->status);
+		if (retryable)
+			wait = hinted_wait_ms(e);
 	} else {
 		job->status = 0;
 		job->timed_out = rc == CURLE_OPERATION_TIMEDOUT;
 		job->aborted = rc == CURLE_ABORTED_BY_CALLBACK; /* only courier_abort_all ends a job so */
 		if (!job->error[0])
 			snprintf(job->error, sizeof(job->error), "%s", curl_easy_strerror(rc));
+		retryable = rc_retryable(rc);
+		failed = !job->aborted && rc != CURLE_WRITE_ERROR; /* too big an answer: Courier is up */
 	}
-	curl_easy_getinfo(e, CURLINFO_TOTAL_TIME, &t);
-	job->seconds = t;
 	curl_multi_remove_handle(c->multi, e);
-	if (job->prev)
-		job->prev->next = job->next;
-	else
-		c->running = job->next;
-	if (job->next)
-		job->next->prev = job->prev;
-	job->next = job->prev = NULL;
-	free_headers(job);
+	list_del(&c->running, job);
 	job->easy = NULL;
 	if (c->n_pool < POOL_MAX) {
 		curl_easy_reset(e);
@@ -186,10 +506,55 @@ static void finish(struct courier_client *c, struct courier_job *job, CURLcode r
 	} else {
 		curl_easy_cleanup(e);
 	}
-	job->resp = job->resp_buf.data;
-	job->resp_len = job->resp_buf.len;
-	c->ended++;
-	job->done(job);
+	if (retryable && !job->aborted && job->attempts <= job->retries && !breaker_is_open(job)) {
+		if (wait < 0)
+			wait = backoff_ms(c, job->attempts);
+		if (wait + ATTEMPT_MIN_MS <= remaining) {
+			if (job->status)
+				log_warn_limited("Courier attempt %u answered HTTP %ld: retrying in %ld ms",
+				                 job->attempts, job->status, wait);
+			else
+				log_warn_limited("Courier attempt %u failed (%s): retrying in %ld ms",
+				                 job->attempts, job->error, wait);
+			metrics_courier_attempt(METRICS_ATTEMPT_RETRIED);
+			job->wait_until_ms = now + wait;
+			list_add(&c->waiting, job);
+			arm(c, job->wait_until_ms);
+			return;
+		}
+		log_warn_limited(
+		    "Courier attempt %u failed; no retry: a wait of %ld ms does not fit in the %ld ms left",
+		    job->attempts, wait, remaining);
+	}
+	metrics_courier_attempt(failed ? METRICS_ATTEMPT_FAILED : METRICS_ATTEMPT_ANSWERED);
+	breaker_record(job, failed, job->aborted, now);
+	complete_job(c, job);
+}
+
+/* Starts the retries whose wait is over; re-arms the timer for the next one. */
+static void start_due_retries(struct courier_client *c)
+{
+	long long now = (long long)clock_ms(), next = 0;
+	struct courier_job *job = c->waiting, *n;
+
+	for (; job; job = n) {
+		long remaining = job->timeout_ms - (long)(now - job->started_ms);
+		n = job->next;
+		if (job->wait_until_ms > now) {
+			if (!next || job->wait_until_ms < next)
+				next = job->wait_until_ms;
+			continue;
+		}
+		list_del(&c->waiting, job);
+		/* remaining > 0: libcurl reads a timeout of 0 as none at all. */
+		if (remaining <= 0 || breaker_is_open(job) || start_attempt(c, job, remaining) != 0) {
+			metrics_courier_attempt(METRICS_ATTEMPT_FAILED);
+			breaker_record(job, true, false, now);
+			complete_job(c, job); /* the last attempt's outcome stands */
+		}
+	}
+	if (next)
+		arm(c, next);
 }
 
 /* ------------------------------------------------ the event loop (epoll) */
@@ -228,8 +593,6 @@ static int on_socket(CURL *e, curl_socket_t fd, int what, void *arg, void *sockp
 static int on_timer(CURLM *multi, long timeout_ms, void *arg)
 {
 	struct courier_client *c = arg;
-	struct itimerspec its = {0};
-	long long due;
 
 	(void)multi;
 	if (timeout_ms < 0)
@@ -238,13 +601,7 @@ static int on_timer(CURLM *multi, long timeout_ms, void *arg)
 		c->due_now = true;
 		return 0;
 	}
-	due = (long long)clock_ms() + timeout_ms;
-	if (c->armed_at && c->armed_at <= due)
-		return 0;
-	its.it_value.tv_sec = due / 1000;
-	its.it_value.tv_nsec = (due % 1000) * 1000000L;
-	timerfd_settime(c->tfd, TFD_TIMER_ABSTIME, &its, NULL);
-	c->armed_at = due;
+	arm(c, (long long)clock_ms() + timeout_ms);
 	return 0;
 }
 
@@ -276,9 +633,15 @@ int courier_run(struct courier_client *c, bool ready)
 			int fd = evs[i].data.fd;
 			uint64_t v;
 			if (fd == c->tfd) {
+				long t;
 				c->armed_at = 0;
 				if (read(c->tfd, &v, sizeof(v)) > 0)
 					curl_multi_socket_action(c->multi, CURL_SOCKET_TIMEOUT, 0, &still);
+				/* The timer may have fired for a retry, before libcurl's
+				 * deadline: libcurl does not repeat a deadline it gave. */
+				if (curl_multi_timeout(c->multi, &t) == CURLM_OK)
+					on_timer(c->multi, t, c);
+				start_due_retries(c);
 			} else {
 				int flags = (evs[i].events & EPOLLIN ? CURL_CSELECT_IN : 0) |
 				            (evs[i].events & EPOLLOUT ? CURL_CSELECT_OUT : 0) |
@@ -317,6 +680,9 @@ struct courier_client *courier_client_new(unsigned max_host_connections, char *e
 	c->epfd = epoll_create1(EPOLL_CLOEXEC);
 	c->tfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
 	c->multi = curl_multi_init();
+	c->rng = (uint64_t)clock_ms() * 0x9E3779B97F4A7C15ull ^ (uint64_t)(uintptr_t)c;
+	if (!c->rng)
+		c->rng = 1;
 	c->share = curl_share_init();
 	if (c->epfd < 0 || c->tfd < 0 || !c->multi || !c->share ||
 	    curl_share_setopt(c->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_SSL_SESSION) != CURLSHE_OK ||
@@ -352,6 +718,16 @@ void courier_abort_all(struct courier_client *c)
 	while (c->running) {
 		snprintf(c->running->error, sizeof(c->running->error), "aborted");
 		finish(c, c->running, CURLE_ABORTED_BY_CALLBACK);
+	}
+	while (c->waiting) {
+		struct courier_job *job = c->waiting;
+		list_del(&c->waiting, job);
+		job->status = 0;
+		job->timed_out = false;
+		job->aborted = true;
+		snprintf(job->error, sizeof(job->error), "aborted");
+		breaker_record(job, false, true, (long long)clock_ms());
+		complete_job(c, job);
 	}
 }
 

@@ -31,7 +31,10 @@ struct courier_job {
 	const struct secret *api_key;
 	const char *body;
 	size_t body_len;
-	long timeout_ms, connect_timeout_ms;
+	long timeout_ms, connect_timeout_ms; /* timeout_ms: the whole call, retries and waits included */
+	unsigned retries;                    /* attempts after the first (courier.retries) */
+	unsigned breaker_failures;           /* consecutive failures that open the breaker; 0: none */
+	long breaker_cooldown_ms;            /* its first pause (doubles on each failed probe) */
 	courier_done_fn done;
 	void *arg;
 
@@ -42,9 +45,14 @@ struct courier_job {
 	char error[256]; /* libcurl's message when status is 0 */
 	char *resp;      /* the answer's body (capped), freed by courier_job_cleanup */
 	size_t resp_len;
-	double seconds;
+	double seconds;     /* the whole call, every attempt and wait */
+	unsigned attempts;  /* calls made (1 + retries done) */
+	long retry_after_s; /* courier_submit returned COURIER_PAUSED: when to come back */
 
 	/* The client's own. */
+	long long started_ms, wait_until_ms; /* CLOCK_MONOTONIC ms */
+	bool guarded;                        /* a breaker watches this call (found again by url and key) */
+	bool probe;                          /* this call is the breaker's probe */
 	void *easy;
 	struct curl_slist *headers;
 	struct buf resp_buf;             /* the answer as it arrives, capped; resp points into it */
@@ -67,9 +75,25 @@ bool courier_due(const struct courier_client *c);
  * done has run). */
 int courier_run(struct courier_client *c, bool ready);
 
-/* Starts job; it runs as courier_run is called. Returns 0, or -1 when it
- * could not be started (done is not called). */
+/* courier_submit's answer when the breaker of the job's endpoint and key is
+ * open: no call was made, job->retry_after_s says when to come back. */
+#define COURIER_PAUSED (-2)
+
+/*
+ * Starts job; it runs as courier_run is called, retried on connection
+ * failures, 408, 409, 429 and 5xx (up to job->retries times, with backoff and
+ * jitter or the answer's Retry-After / retry-after-ms, within timeout_ms),
+ * and done runs once with the last attempt's outcome. Returns 0, -1 when it
+ * could not be started, or COURIER_PAUSED (in both, done is not called).
+ */
 int courier_submit(struct courier_client *c, struct courier_job *job);
+
+/* Whether an answer of this HTTP status is retried (408, 409, 429, 5xx). */
+bool courier_status_retryable(long status);
+
+/* The wait (ms) a Retry-After value asks for at now (Unix seconds): seconds
+ * or an HTTP date; -1 when unreadable. */
+long courier_retry_after_ms(const char *value, long long now);
 
 /* Ends every job still running, aborted set and error "aborted" (their done runs). */
 void courier_abort_all(struct courier_client *c);

@@ -41,6 +41,9 @@ static atomic_ullong up_buckets[N_BUCKETS + 1];
 static atomic_ullong up_count, up_sum_us;
 static atomic_ullong up_status_2xx, up_status_4xx, up_status_5xx, up_status_none;
 static atomic_int inflight;
+static atomic_ullong attempts[3]; /* by enum metrics_attempt */
+static atomic_int breakers_open;
+static atomic_ullong courier_paused;
 static atomic_ullong limited_requester, limited_tenant;
 static atomic_ullong gen_id, gen_loaded_at;
 static atomic_int gens_alive;
@@ -92,6 +95,21 @@ void metrics_rate_limited(bool by_requester)
 {
 	atomic_fetch_add_explicit(by_requester ? &limited_requester : &limited_tenant, 1,
 	                          memory_order_relaxed);
+}
+
+void metrics_courier_attempt(enum metrics_attempt outcome)
+{
+	atomic_fetch_add_explicit(&attempts[outcome], 1, memory_order_relaxed);
+}
+
+void metrics_courier_breaker_open(int delta)
+{
+	atomic_fetch_add_explicit(&breakers_open, delta, memory_order_relaxed);
+}
+
+void metrics_courier_paused(void)
+{
+	atomic_fetch_add_explicit(&courier_paused, 1, memory_order_relaxed);
 }
 
 void metrics_upstream(double seconds, long http_status)
@@ -198,6 +216,23 @@ static void render_counters(struct buf *b)
 	         "broker_upstream_responses_total{class=\"none\"} %llu\n",
 	         atomic_load(&up_status_2xx), atomic_load(&up_status_4xx), atomic_load(&up_status_5xx),
 	         atomic_load(&up_status_none));
+	buf_addf(b,
+	         "# HELP broker_courier_attempts_total Courier call attempts by outcome (retried: failed "
+	         "and tried again).\n"
+	         "# TYPE broker_courier_attempts_total counter\n"
+	         "broker_courier_attempts_total{outcome=\"answered\"} %llu\n"
+	         "broker_courier_attempts_total{outcome=\"retried\"} %llu\n"
+	         "broker_courier_attempts_total{outcome=\"failed\"} %llu\n"
+	         "# HELP broker_courier_breakers_open Circuit breakers (Courier endpoint and key) open or "
+	         "probing: calls paused.\n"
+	         "# TYPE broker_courier_breakers_open gauge\nbroker_courier_breakers_open %d\n"
+	         "# HELP broker_courier_paused_total Token requests answered 503 upstream_unavailable by an "
+	         "open breaker.\n"
+	         "# TYPE broker_courier_paused_total counter\nbroker_courier_paused_total %llu\n",
+	         atomic_load(&attempts[METRICS_ATTEMPT_ANSWERED]),
+	         atomic_load(&attempts[METRICS_ATTEMPT_RETRIED]),
+	         atomic_load(&attempts[METRICS_ATTEMPT_FAILED]), atomic_load(&breakers_open),
+	         atomic_load(&courier_paused));
 	buf_addf(b,
 	         "# HELP broker_inflight_requests Token requests being handled.\n"
 	         "# TYPE broker_inflight_requests gauge\nbroker_inflight_requests %d\n",

@@ -22,6 +22,16 @@ void metrics_rate_limited(bool by_requester);
 /* One Courier call, whatever its outcome. */
 void metrics_upstream(double seconds, long http_status);
 
+/* One attempt of a Courier call: answered (the call is over), failed and
+ * retried, or failed for good (no retry left, or no time for one). */
+enum metrics_attempt { METRICS_ATTEMPT_ANSWERED, METRICS_ATTEMPT_RETRIED, METRICS_ATTEMPT_FAILED };
+void metrics_courier_attempt(enum metrics_attempt outcome);
+
+/* A circuit breaker (one per Courier endpoint and key) opened (+1) or
+ * closed (-1); and one request answered 503 at once because it was open. */
+void metrics_courier_breaker_open(int delta);
+void metrics_courier_paused(void);
+
 /* Requests currently between arrival and answer on the token routes. */
 void metrics_inflight_add(int delta);
 

@@ -39,6 +39,7 @@ static const struct {
     [REPLY_UPSTREAM_ERROR] = {502, "upstream_error"},
     [REPLY_UNAVAILABLE] = {503, "unavailable"},
     [REPLY_UPSTREAM_TIMEOUT] = {504, "upstream_timeout"},
+    [REPLY_UPSTREAM_UNAVAILABLE] = {503, "upstream_unavailable"},
 };
 
 /* The fallback error body when even the JSON encoder fails. */

@@ -78,6 +78,7 @@ enum reply_answer {
 	REPLY_UPSTREAM_ERROR,
 	REPLY_UNAVAILABLE,
 	REPLY_UPSTREAM_TIMEOUT,
+	REPLY_UPSTREAM_UNAVAILABLE, /* the Courier circuit breaker is open */
 };
 
 /* Queues an answer: body (len bytes, copied) of type ctype, no-store, one

@@ -435,6 +435,7 @@ static enum reply_answer stage_upstream(struct req *r, struct pipeline *p)
 	lua_State *J = loop_json(r->loop);
 	const char *b;
 	size_t blen;
+	int rc;
 
 	p->msg = "out of memory";
 	if (loop_upstream_count(r->srv) >= r->gen->cfg->max_inflight) {
@@ -459,6 +460,9 @@ static enum reply_answer stage_upstream(struct req *r, struct pipeline *p)
 	r->job.body_len = blen;
 	r->job.timeout_ms = r->gen->cfg->courier_timeout_ms;
 	r->job.connect_timeout_ms = r->gen->cfg->courier_connect_timeout_ms;
+	r->job.retries = r->gen->cfg->courier_retries;
+	r->job.breaker_failures = r->gen->cfg->courier_breaker_failures;
+	r->job.breaker_cooldown_ms = r->gen->cfg->courier_breaker_cooldown_ms;
 	r->job.done = on_courier_done;
 	r->job.arg = r;
 
@@ -468,7 +472,16 @@ static enum reply_answer stage_upstream(struct req *r, struct pipeline *p)
 	}
 	/* The job cannot end before this handler returns (it ends only in
 	 * courier_run, on this loop), so the order of the two is free. */
-	if (courier_submit(loop_courier(r->loop), &r->job) != 0) {
+	rc = courier_submit(loop_courier(r->loop), &r->job);
+	if (rc == COURIER_PAUSED) {
+		loop_upstream_end(r->srv);
+		snprintf(p->retry_after, sizeof(p->retry_after), "%ld", r->job.retry_after_s);
+		p->msg = "Courier has failed repeatedly: calls are paused";
+		p->extra_name = "Retry-After";
+		p->extra_value = p->retry_after;
+		return REPLY_UPSTREAM_UNAVAILABLE;
+	}
+	if (rc != 0) {
 		loop_upstream_end(r->srv);
 		return REPLY_UNAVAILABLE;
 	}
@@ -515,7 +528,8 @@ static enum reply_answer courier_outcome(struct req *r, const char **msg)
 	const struct courier_job *job = &r->job;
 
 	if (job->status == 0) {
-		log_msg("warn", "tenant %s: Courier call failed: %s", r->tenant->name, job->error);
+		log_msg("warn", "tenant %s: Courier call failed after %u attempt(s): %s", r->tenant->name,
+		        job->attempts, job->error);
 		if (job->timed_out) {
 			*msg = "Courier did not answer in time";
 			return REPLY_UPSTREAM_TIMEOUT;
@@ -536,7 +550,8 @@ static enum reply_answer courier_outcome(struct req *r, const char **msg)
 		return REPLY_UPSTREAM_ERROR;
 	}
 	if (job->status != 200) {
-		log_msg("warn", "tenant %s: Courier answered HTTP %ld", r->tenant->name, job->status);
+		log_msg("warn", "tenant %s: Courier answered HTTP %ld (attempt %u)", r->tenant->name,
+		        job->status, job->attempts);
 		*msg = "Courier refused the call";
 		return REPLY_UPSTREAM_ERROR;
 	}

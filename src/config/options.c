@@ -74,6 +74,18 @@ const struct option config_options[] = {
      "Connecting to Courier."},
     {"courier.max_connections", OPT_INT, "1024", 1, 1024, CFG(courier_max_connections), 0, NULL,
      "Connections to Courier's host, split evenly among the loops (at least one each)."},
+    {"courier.retries", OPT_INT, "2", 0, 10, CFG(courier_retries), 0, NULL,
+     "Retries of a failed Courier call (connection errors, 408, 409, 429, 5xx; never other 4xx), with "
+     "exponential backoff and jitter or the answer's `Retry-After` / `retry-after-ms`, all within "
+     "`courier.timeout_ms`."},
+    {"courier.breaker_failures", OPT_INT, "5", 0, 1000, CFG(courier_breaker_failures), 0, NULL,
+     "Consecutive failed Courier calls (retries included: connection errors, timeouts, 408, 409, 429, "
+     "5xx) to one endpoint with one key that open its circuit breaker: requests then get 503 "
+     "`upstream_unavailable` at once. 0: no "
+     "breaker."},
+    {"courier.breaker_cooldown_ms", OPT_INT, "5000", 100, 600000, CFG(courier_breaker_cooldown_ms), 0, NULL,
+     "How long an open breaker pauses calls before one probe call is let through; doubles after each "
+     "failed probe, up to 60 s."},
 
     {"policy_limits", OPT_TABLE, NULL, 0, 0, NOWHERE, 0, NULL, "Budget of one policy decision."},
     {"policy_limits.max_instructions", OPT_INT, NUMBER(POLICY_DEFAULT_MAX_INSTRUCTIONS), 1000, 100000000,

@@ -57,7 +57,9 @@ struct settings {
 	long latency_ms;
 	int status; /* 0: answer normally */
 	enum mode mode;
-	long long exp; /* 0: iat + expires_in; -1: no exp claim; else this exp */
+	long long exp;           /* 0: iat + expires_in; -1: no exp claim; else this exp */
+	char retry_after[64];    /* Retry-After of a forced answer; "": none (429: "1") */
+	char retry_after_ms[32]; /* retry-after-ms of a forced answer; "": none */
 };
 
 /* The last issue-token request, in one allocation: the strings point into data. */
@@ -75,8 +77,11 @@ static struct {
 	pthread_mutex_t lock;
 	struct settings settings;
 	unsigned long served;
-	struct last_req *last; /* owned here; NULL until the first request */
-} shared = {PTHREAD_MUTEX_INITIALIZER, {0, 0, MODE_OK, 0}, 0, NULL};
+	struct last_req *last;     /* owned here; NULL until the first request */
+	long next;                 /* the settings hold for this many more requests; -1: for all */
+	int fail_percent;          /* share of requests given the settings (the rest: the defaults) */
+	unsigned long connections; /* TCP connections accepted since start or reset */
+} shared = {PTHREAD_MUTEX_INITIALIZER, {0, 0, MODE_OK, 0, "", ""}, 0, NULL, -1, 100, 0};
 
 /* Immutable after start. */
 static char *api_keys_buf; /* the list, cut in place by load_keys */
@@ -198,17 +203,24 @@ static void worker_free(void *p)
 
 /* ---------------------------------------------------------------- answers */
 
+/* hint: the Retry-After / retry-after-ms to send (NULL: none); a 429
+ * without its own Retry-After gets "1". */
 static enum MHD_Result respond(struct MHD_Connection *conn, unsigned status, const char *body, size_t len,
-                               const char *content_type, int retry_after)
+                               const char *content_type, const struct settings *hint)
 {
 	struct MHD_Response *resp;
 	enum MHD_Result ret;
+	const char *ra = hint && hint->retry_after[0]           ? hint->retry_after
+	                 : status == MHD_HTTP_TOO_MANY_REQUESTS ? "1"
+	                                                        : NULL;
+	const char *ra_ms = hint && hint->retry_after_ms[0] ? hint->retry_after_ms : NULL;
 
 	resp = MHD_create_response_from_buffer(len, (void *)body, MHD_RESPMEM_MUST_COPY);
 	if (!resp)
 		return MHD_NO;
 	if (MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, content_type) == MHD_NO ||
-	    (retry_after && MHD_add_response_header(resp, MHD_HTTP_HEADER_RETRY_AFTER, "1") == MHD_NO)) {
+	    (ra && MHD_add_response_header(resp, MHD_HTTP_HEADER_RETRY_AFTER, ra) == MHD_NO) ||
+	    (ra_ms && MHD_add_response_header(resp, "retry-after-ms", ra_ms) == MHD_NO)) {
 		MHD_destroy_response(resp);
 		return MHD_NO;
 	}
@@ -219,13 +231,13 @@ static enum MHD_Result respond(struct MHD_Connection *conn, unsigned status, con
 
 static enum MHD_Result respond_literal(struct MHD_Connection *conn, unsigned status, const char *json)
 {
-	return respond(conn, status, json, strlen(json), CT_JSON, 0);
+	return respond(conn, status, json, strlen(json), CT_JSON, NULL);
 }
 
 /* Courier's error shape, {"type": ..., "message": ...}, encoded by cjson since
  * the message may quote the request. */
-static enum MHD_Result respond_error(lua_State *L, struct MHD_Connection *conn, unsigned status,
-                                     const char *type, const char *message)
+static enum MHD_Result respond_error_hint(lua_State *L, struct MHD_Connection *conn, unsigned status,
+                                          const char *type, const char *message, const struct settings *hint)
 {
 	int top = lua_gettop(L);
 	const char *json;
@@ -239,22 +251,28 @@ static enum MHD_Result respond_error(lua_State *L, struct MHD_Connection *conn, 
 	lua_setfield(L, -2, "message");
 	json = json_encode(L, -1, &len);
 	if (json)
-		ret = respond(conn, status, json, len, CT_JSON, status == MHD_HTTP_TOO_MANY_REQUESTS);
+		ret = respond(conn, status, json, len, CT_JSON, hint);
 	lua_settop(L, top);
 	return ret;
 }
 
-static enum MHD_Result respond_forced(lua_State *L, struct MHD_Connection *conn, int status)
+static enum MHD_Result respond_error(lua_State *L, struct MHD_Connection *conn, unsigned status,
+                                     const char *type, const char *message)
 {
-	switch (status) {
+	return respond_error_hint(L, conn, status, type, message, NULL);
+}
+
+static enum MHD_Result respond_forced(lua_State *L, struct MHD_Connection *conn, const struct settings *s)
+{
+	switch (s->status) {
 	case 400:
-		return respond_error(L, conn, 400, "invalid_request_error", "forced");
+		return respond_error_hint(L, conn, 400, "invalid_request_error", "forced", s);
 	case 401:
-		return respond_error(L, conn, 401, "authentication_error", "Unauthorized");
+		return respond_error_hint(L, conn, 401, "authentication_error", "Unauthorized", s);
 	case 429:
-		return respond_error(L, conn, 429, "rate_limit_error", "forced");
+		return respond_error_hint(L, conn, 429, "rate_limit_error", "forced", s);
 	default:
-		return respond_error(L, conn, (unsigned)status, "api_error", "forced");
+		return respond_error_hint(L, conn, (unsigned)s->status, "api_error", "forced", s);
 	}
 }
 
@@ -504,7 +522,7 @@ static enum MHD_Result issue_token(struct worker *w, struct request *r)
 	lua_insert(L, -2);
 	lua_setfield(L, -2, "token");
 	json = json_encode(L, -1, &len);
-	ret = json ? respond(r->conn, 200, json, len, CT_JSON, 0) : MHD_NO;
+	ret = json ? respond(r->conn, 200, json, len, CT_JSON, NULL) : MHD_NO;
 out:
 	lua_settop(L, top);
 	return ret;
@@ -633,6 +651,12 @@ static void record(struct request *r, const char *method)
 	pthread_mutex_lock(&shared.lock);
 	shared.served++;
 	r->settings = shared.settings;
+	if (shared.fail_percent < 100 && random() % 100 >= shared.fail_percent)
+		r->settings = (struct settings){0, 0, MODE_OK, 0, "", ""};
+	else if (shared.next > 0 && --shared.next == 0) {
+		shared.settings = (struct settings){0, 0, MODE_OK, 0, "", ""};
+		shared.next = -1;
+	}
 	old = l ? shared.last : NULL;
 	if (l)
 		shared.last = l;
@@ -657,12 +681,12 @@ static enum MHD_Result handle_issue(struct worker *w, struct request *r, const c
 	if (s->mode == MODE_GARBAGE) {
 		static const char garbage[] = "<html>not json";
 		return respond(r->conn, s->status ? (unsigned)s->status : 200, garbage, sizeof garbage - 1,
-		               "text/html", 0);
+		               "text/html", s);
 	}
 	if (s->mode == MODE_NO_TOKEN)
 		return respond_literal(r->conn, s->status ? (unsigned)s->status : 200, "{}");
 	if (s->status != 0 && s->status != 200)
-		return respond_forced(w->L, r->conn, s->status);
+		return respond_forced(w->L, r->conn, s);
 	if (strcmp(method, MHD_HTTP_METHOD_POST) != 0)
 		return respond_error(w->L, r->conn, 404, "invalid_request_error", "Not found");
 	return issue_token(w, r);
@@ -695,7 +719,7 @@ static enum MHD_Result handle_last(struct worker *w, struct request *r)
 	}
 	pthread_mutex_unlock(&shared.lock);
 	json = json_encode(L, -1, &len);
-	ret = json ? respond(r->conn, 200, json, len, CT_JSON, 0) : MHD_NO;
+	ret = json ? respond(r->conn, 200, json, len, CT_JSON, NULL) : MHD_NO;
 	lua_settop(L, top);
 	return ret;
 }
@@ -708,13 +732,15 @@ static enum MHD_Result handle_stats(struct worker *w, struct request *r)
 	size_t len;
 	enum MHD_Result ret;
 
-	lua_createtable(L, 0, 1);
+	lua_createtable(L, 0, 2);
 	pthread_mutex_lock(&shared.lock);
 	lua_pushinteger(L, (lua_Integer)shared.served);
-	pthread_mutex_unlock(&shared.lock);
 	lua_setfield(L, -2, "served");
+	lua_pushinteger(L, (lua_Integer)shared.connections);
+	lua_setfield(L, -2, "connections");
+	pthread_mutex_unlock(&shared.lock);
 	json = json_encode(L, -1, &len);
-	ret = json ? respond(r->conn, 200, json, len, CT_JSON, 0) : MHD_NO;
+	ret = json ? respond(r->conn, 200, json, len, CT_JSON, NULL) : MHD_NO;
 	lua_settop(L, top);
 	return ret;
 }
@@ -725,8 +751,9 @@ static enum MHD_Result handle_config(struct worker *w, struct request *r)
 	static const char *const mode_names[] = {"ok", "garbage", "no_token", "close"};
 	lua_State *L = w->L;
 	int top = lua_gettop(L);
-	struct settings next = {0, 0, MODE_OK, 0};
-	int has_latency = 0, has_status = 0, has_mode = 0, has_exp = 0;
+	struct settings next = {0, 0, MODE_OK, 0, "", ""};
+	int has_latency = 0, has_status = 0, has_mode = 0, has_exp = 0, has_ra = 0, has_ra_ms = 0;
+	long next_n = -1, percent = 100;
 	const char *err = NULL;
 	char msg[128];
 	enum MHD_Result ret;
@@ -766,6 +793,26 @@ static enum MHD_Result handle_config(struct worker *w, struct request *r)
 				err = "exp must be -1, 0 or a positive integer";
 			next.exp = (long long)v;
 			has_exp = 1;
+		} else if (strcmp(key, "retry_after") == 0 || strcmp(key, "retry_after_ms") == 0) {
+			int ms = key[11] != '\0';
+			char *dst = ms ? next.retry_after_ms : next.retry_after;
+			size_t cap = ms ? sizeof next.retry_after_ms : sizeof next.retry_after, n = 0;
+			const char *v = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &n) : NULL;
+			if (!v || n >= cap || strpbrk(v, "\r\n") || strlen(v) != n)
+				err = "retry_after and retry_after_ms must be short strings (\"\": none)";
+			else
+				memcpy(dst, v, n + 1);
+			*(ms ? &has_ra_ms : &has_ra) = 1;
+		} else if (strcmp(key, "fail_percent") == 0) {
+			lua_Integer v = lua_tointeger(L, -1);
+			if (!lua_isinteger(L, -1) || v < 0 || v > 100)
+				err = "fail_percent must be an integer in 0..100";
+			percent = (long)v;
+		} else if (strcmp(key, "next") == 0) {
+			lua_Integer v = lua_tointeger(L, -1);
+			if (!lua_isinteger(L, -1) || v < -1 || v == 0 || v > 1000000)
+				err = "next must be -1 or an integer in 1..1000000";
+			next_n = (long)v;
 		} else {
 			snprintf(msg, sizeof msg, "unknown setting: %.64s", key);
 			err = msg;
@@ -783,6 +830,12 @@ static enum MHD_Result handle_config(struct worker *w, struct request *r)
 		shared.settings.mode = next.mode;
 	if (has_exp)
 		shared.settings.exp = next.exp;
+	if (has_ra)
+		memcpy(shared.settings.retry_after, next.retry_after, sizeof next.retry_after);
+	if (has_ra_ms)
+		memcpy(shared.settings.retry_after_ms, next.retry_after_ms, sizeof next.retry_after_ms);
+	shared.next = next_n;
+	shared.fail_percent = (int)percent;
 	pthread_mutex_unlock(&shared.lock);
 out:
 	lua_settop(L, top);
@@ -798,8 +851,11 @@ static enum MHD_Result handle_reset(struct request *r)
 	struct last_req *old;
 
 	pthread_mutex_lock(&shared.lock);
-	shared.settings = (struct settings){0, 0, MODE_OK, 0};
+	shared.settings = (struct settings){0, 0, MODE_OK, 0, "", ""};
 	shared.served = 0;
+	shared.connections = 0;
+	shared.next = -1;
+	shared.fail_percent = 100;
 	old = shared.last;
 	shared.last = NULL;
 	pthread_mutex_unlock(&shared.lock);
@@ -924,6 +980,20 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 	return MHD_NO;
 }
 
+/* Counts the connections accepted, for tests of connection reuse. */
+static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
+                          enum MHD_ConnectionNotificationCode toe)
+{
+	(void)cls;
+	(void)conn;
+	(void)socket_context;
+	if (toe != MHD_CONNECTION_NOTIFY_STARTED)
+		return;
+	pthread_mutex_lock(&shared.lock);
+	shared.connections++;
+	pthread_mutex_unlock(&shared.lock);
+}
+
 static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
                          enum MHD_RequestTerminationCode toe)
 {
@@ -984,7 +1054,7 @@ int main(int argc, char **argv)
 	struct sockaddr_in sa;
 	struct sockaddr_in bound;
 	socklen_t bound_len = sizeof bound;
-	struct MHD_OptionItem opts[6];
+	struct MHD_OptionItem opts[8];
 	size_t nopts = 0;
 	const union MHD_DaemonInfo *info;
 	struct MHD_Daemon *d;
@@ -1055,6 +1125,7 @@ int main(int argc, char **argv)
 	opts[nopts++] = (struct MHD_OptionItem){MHD_OPTION_CONNECTION_TIMEOUT, 30, NULL};
 	opts[nopts++] = (struct MHD_OptionItem){MHD_OPTION_CONNECTION_LIMIT, 10000, NULL};
 	opts[nopts++] = (struct MHD_OptionItem){MHD_OPTION_NOTIFY_COMPLETED, (intptr_t)on_completed, NULL};
+	opts[nopts++] = (struct MHD_OptionItem){MHD_OPTION_NOTIFY_CONNECTION, (intptr_t)on_connection, NULL};
 	if (threads > 1)
 		opts[nopts++] = (struct MHD_OptionItem){MHD_OPTION_THREAD_POOL_SIZE, threads, NULL};
 	opts[nopts++] = (struct MHD_OptionItem){MHD_OPTION_END, 0, NULL};

@@ -392,6 +392,135 @@ static void test_check_expiry(void **state)
 	assert_int_equal(courier_check_expiry(-5, now, 3600, why, sizeof(why)), -1);
 }
 
+static void test_retryable_statuses(void **state)
+{
+	static const long yes[] = {408, 409, 429, 500, 502, 503, 504, 599};
+	static const long no[] = {0, 200, 201, 301, 400, 401, 403, 404, 410, 422, 600};
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(yes) / sizeof(yes[0]); i++)
+		assert_true(courier_status_retryable(yes[i]));
+	for (size_t i = 0; i < sizeof(no) / sizeof(no[0]); i++)
+		assert_false(courier_status_retryable(no[i]));
+}
+
+static void test_retry_after_values(void **state)
+{
+	long long now = 1445412480; /* Wed, 21 Oct 2015 07:28:00 GMT */
+
+	(void)state;
+	assert_int_equal(courier_retry_after_ms("0", now), 0);
+	assert_int_equal(courier_retry_after_ms("3", now), 3000);
+	assert_int_equal(courier_retry_after_ms(" 120 ", now), 120000);
+	assert_int_equal(courier_retry_after_ms("99999999999999999999", now), 86400000L); /* capped */
+	assert_int_equal(courier_retry_after_ms("Wed, 21 Oct 2015 07:28:02 GMT", now), 2000);
+	assert_int_equal(courier_retry_after_ms("Wed, 21 Oct 2015 07:27:00 GMT", now), 0); /* past */
+	assert_int_equal(courier_retry_after_ms("3x", now), -1);
+	assert_int_equal(courier_retry_after_ms("-1", now), -1);
+	assert_int_equal(courier_retry_after_ms("soon", now), -1);
+	assert_int_equal(courier_retry_after_ms("", now), -1);
+}
+
+/* A Courier answering 503 with Retry-After: 10 (cls counts the calls). */
+static enum MHD_Result on_busy(void *cls, struct MHD_Connection *conn, const char *url, const char *method,
+                               const char *version, const char *upload, size_t *upload_size, void **con_cls)
+{
+	static const char answer[] = "{\"type\":\"api_error\"}";
+	struct MHD_Response *r;
+	enum MHD_Result ret;
+
+	(void)url;
+	(void)method;
+	(void)version;
+	(void)upload;
+	if (!*con_cls) {
+		*con_cls = conn;
+		return MHD_YES;
+	}
+	if (*upload_size) {
+		*upload_size = 0;
+		return MHD_YES;
+	}
+	__atomic_add_fetch((int *)cls, 1, __ATOMIC_SEQ_CST);
+	r = MHD_create_response_from_buffer(sizeof(answer) - 1, (void *)answer, MHD_RESPMEM_PERSISTENT);
+	MHD_add_response_header(r, "Retry-After", "10");
+	ret = MHD_queue_response(conn, 503, r);
+	MHD_destroy_response(r);
+	return ret;
+}
+
+/* A job waiting for its retry (Retry-After: 10 s, within its 60 s) holds
+ * nothing running; courier_abort_all ends it as aborted, not timed out. */
+static void test_abort_all_ends_jobs_waiting_to_retry(void **state)
+{
+	int calls = 0;
+	struct MHD_Daemon *d;
+	struct courier_client *c;
+	struct courier_job job;
+	struct outcome o;
+	char err[128], url[96];
+
+	(void)state;
+	d = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG, 0, NULL, NULL, on_busy,
+	                     &calls, MHD_OPTION_END);
+	assert_non_null(d);
+	snprintf(url, sizeof(url), "http://127.0.0.1:%u/retry-wait-unit-test",
+	         MHD_get_daemon_info(d, MHD_DAEMON_INFO_BIND_PORT)->port);
+	c = courier_client_new(4, err, sizeof(err));
+	assert_non_null(c);
+	prepare(&job, &o, url, 60000);
+	job.retries = 2;
+	assert_int_equal(courier_submit(c, &job), 0);
+	for (int i = 0; i < 100 && __atomic_load_n(&calls, __ATOMIC_SEQ_CST) < 1; i++)
+		drive(c, &o, 20);
+	drive(c, &o, 300); /* the answer is read; the retry waits 10 s */
+	assert_int_equal(calls, 1);
+	assert_int_equal(o.done, 0);
+	courier_abort_all(c);
+	assert_int_equal(o.done, 1);
+	assert_true(o.aborted);
+	assert_false(o.timed_out);
+	assert_int_equal(job.attempts, 1);
+	courier_job_cleanup(&job);
+	courier_client_free(c);
+	MHD_stop_daemon(d);
+}
+
+/* Retries on a refused connection, then the breaker of that URL and key
+ * opens: the next submit makes no call. */
+static void test_refused_connection_retried_then_breaker_opens(void **state)
+{
+	struct courier_client *c;
+	struct courier_job job;
+	struct outcome o;
+	char err[128], url[96];
+
+	(void)state;
+	snprintf(url, sizeof(url), "http://127.0.0.1:%u/breaker-unit-test", closed_port());
+	c = courier_client_new(4, err, sizeof(err));
+	assert_non_null(c);
+	for (int i = 0; i < 2; i++) {
+		prepare(&job, &o, url, 5000);
+		job.retries = 2;
+		job.breaker_failures = 2;
+		job.breaker_cooldown_ms = 30000;
+		assert_int_equal(courier_submit(c, &job), 0);
+		drive(c, &o, 5000);
+		assert_int_equal(o.done, 1);
+		assert_int_equal(o.status, 0);
+		assert_int_equal(job.attempts, 3);
+		courier_job_cleanup(&job);
+	}
+	prepare(&job, &o, url, 5000);
+	job.breaker_failures = 2;
+	job.breaker_cooldown_ms = 30000;
+	assert_int_equal(courier_submit(c, &job), COURIER_PAUSED);
+	assert_true(job.retry_after_s >= 29 && job.retry_after_s <= 30);
+	assert_int_equal(o.done, 0);
+	courier_job_cleanup(&job);
+	courier_client_free(c);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -402,6 +531,10 @@ int main(void)
 	    cmocka_unit_test(test_request_body_is_scope_and_expires_in),
 	    cmocka_unit_test(test_read_token),
 	    cmocka_unit_test(test_check_expiry),
+	    cmocka_unit_test(test_retryable_statuses),
+	    cmocka_unit_test(test_retry_after_values),
+	    cmocka_unit_test(test_refused_connection_retried_then_breaker_opens),
+	    cmocka_unit_test(test_abort_all_ends_jobs_waiting_to_retry),
 	};
 	int rc;
 
