@@ -60,6 +60,7 @@ struct tenant {
 	char **cors_origins; /* NULL-terminated, or NULL: no CORS */
 	size_t n_cors_origins;
 	struct rate_limit rate_limit;
+	bool token_cache; /* reuse a token for an identical grant (grantcache.h) */
 };
 
 struct config {
