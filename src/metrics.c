@@ -8,6 +8,7 @@
 #include "metrics.h"
 
 #include "buf.h"
+#include "grantcache.h"
 #include "log.h"
 
 #include <pthread.h>
@@ -193,10 +194,13 @@ static void render_counters(struct buf *b)
 	         "# HELP broker_upstream_shared_total Token requests that waited on an identical grant's "
 	         "Courier call instead of making their own.\n"
 	         "# TYPE broker_upstream_shared_total counter\n"
-	         "broker_upstream_shared_total %llu\n",
+	         "broker_upstream_shared_total %llu\n"
+	         "# HELP broker_token_cache_entries Tokens held by the token cache.\n"
+	         "# TYPE broker_token_cache_entries gauge\n"
+	         "broker_token_cache_entries %zu\n",
 	         atomic_load(&grant_counts[METRICS_CACHE_HIT]),
 	         atomic_load(&grant_counts[METRICS_CACHE_MISS]),
-	         atomic_load(&grant_counts[METRICS_FLIGHT_SHARED]));
+	         atomic_load(&grant_counts[METRICS_FLIGHT_SHARED]), grantcache_size());
 	buf_addf(b, "# HELP broker_upstream_seconds Latency of Courier calls.\n"
 	            "# TYPE broker_upstream_seconds histogram\n");
 	for (size_t i = 0; i < N_BUCKETS; i++) {

@@ -149,8 +149,11 @@ def test_cache_serves_while_courier_is_down(broker_factory, double):
 def test_reload_with_a_changed_policy_drops_the_tenants_tokens(broker_factory, double):
     b = broker_factory(tenants={"default": {"extra": CACHE}})
     a = ok(ask(b))
+    assert metrics(b)["broker_token_cache_entries"] == 1
     (b.dir / "policies" / "default.lua").write_text(ALLOW_POLICY + "-- revised\n")
     reload_ok(b)
+    # Dropped (zeroed) by the reload itself, before any request asks.
+    assert metrics(b)["broker_token_cache_entries"] == 0
     c = ok(ask(b))
     assert double.served() == 2 and c["token"] != a["token"]
     assert ok(ask(b))["token"] == c["token"] and double.served() == 2
@@ -160,6 +163,7 @@ def test_reload_without_change_keeps_the_tokens(broker_factory, double):
     b = broker_factory(tenants={"default": {"extra": CACHE}})
     a = ok(ask(b))
     reload_ok(b)
+    assert metrics(b)["broker_token_cache_entries"] == 1
     assert ok(ask(b))["token"] == a["token"]
     assert double.served() == 1
 
@@ -169,5 +173,6 @@ def test_reload_turning_the_cache_off_drops_it(broker_factory, double):
     ok(ask(b))
     b.config.write_text(b.config_text.replace(CACHE, ""))
     reload_ok(b)
+    assert metrics(b)["broker_token_cache_entries"] == 0
     ok(ask(b))
     assert double.served() == 2
