@@ -3,11 +3,13 @@
  *
  * Owns the stages of a token request, in the order the README draws them:
  * headers (tenant, CORS, method, media type, size; token_begin) → body →
- * identity → rate → policy → envelope → upstream (suspended while the
- * Courier client works) → answer (complete). Each stage returns an answer
- * code; the first that is not REPLY_GO is the answer. It must never let a
- * policy see a credential header, never charge a rate budget before the
- * requester is authenticated, and never issue a token the envelope refused.
+ * identity → rate → policy → envelope → upstream (the token cache, or a
+ * call shared with identical grants on this loop, or its own call: suspended
+ * while the Courier client works) → answer (complete). Each stage returns an
+ * answer code; the first that is not REPLY_GO is the answer. It must never
+ * let a policy see a credential header, never charge a rate budget before the
+ * requester is authenticated, never issue a token the envelope refused, and
+ * never answer from the cache before the policy and the envelope allowed.
  * Only the decision runs on the generation's policy engine; everything else
  * uses the loop's JSON state.
  */
