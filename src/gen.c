@@ -403,6 +403,7 @@ void gen_shutdown(void)
 	current = NULL;
 	pthread_mutex_unlock(&cur_lock);
 	gen_release(g);
+	grantcache_clear(); /* the cached tokens go with the last generation, zeroed */
 }
 
 /* Takes one token from requester's bucket in tbl (refund: gives one back). */
