@@ -176,3 +176,22 @@ def test_reload_turning_the_cache_off_drops_it(broker_factory, double):
     assert metrics(b)["broker_token_cache_entries"] == 0
     ok(ask(b))
     assert double.served() == 2
+
+
+def test_reload_keeps_only_unchanged_tenants_tokens(broker_factory, double):
+    other = "token_cache = true, max_expires_in = \"2h\","
+    tenants = {"default": {"extra": CACHE}, "other": {"extra": other}}
+    b = broker_factory(tenants=tenants, policies={"default": ALLOW_POLICY, "other": ALLOW_POLICY})
+
+    def ask_other():
+        return ok(b.post("/v1/tenants/other/token", body={"user_id": "alice"}, token=mint(sub="alice")))
+
+    a, o = ok(ask(b)), ask_other()
+    assert metrics(b)["broker_token_cache_entries"] == 2
+    # Only "other" changes (its cache is turned off): "default" keeps its token.
+    b.config.write_text(b.config_text.replace(other, ""))
+    reload_ok(b)
+    assert metrics(b)["broker_token_cache_entries"] == 1
+    assert ok(ask(b))["token"] == a["token"]
+    assert ask_other()["token"] != o["token"]
+    assert double.served() == 3
