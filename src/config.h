@@ -61,6 +61,7 @@ struct tenant {
 	size_t n_cors_origins;
 	struct rate_limit rate_limit;
 	char *courier_base_url; /* tenants.*.courier = { region | base_url }; NULL: the global one */
+	bool token_cache;       /* reuse a token for an identical grant (grantcache.h) */
 };
 
 struct config {

@@ -36,6 +36,7 @@
 #include <string.h>
 
 #include "config.h"
+#include "grantcache.h"
 #include "log.h"
 #include "metrics.h"
 #include "policy.h"
@@ -291,6 +292,26 @@ struct gen *gen_build(struct config *cfg, unsigned spare_engines)
 	return g;
 }
 
+/* The token cache across a reload: a tenant keeps its cached tokens only
+ * when it is still there with token_cache on, the same policy revision, the
+ * same API key and the same Courier URL; every other tenant's are dropped
+ * (zeroed) before the new generation serves. Their keys name the revision,
+ * key and URL too, so an entry that slipped through could never match. */
+static void carry_token_cache(const struct gen *old, const struct gen *g)
+{
+	bool same_url = strcmp(old->courier_url, g->courier_url) == 0;
+
+	for (size_t i = 0; i < old->cfg->n_tenants; i++) {
+		const struct tenant *o = &old->cfg->tenants[i];
+		const struct tenant *n = config_tenant(g->cfg, o->name);
+
+		if (!same_url || !n || !n->token_cache ||
+		    strcmp(o->policy_revision, n->policy_revision) != 0 ||
+		    memcmp(o->api_key.digest, n->api_key.digest, sizeof(o->api_key.digest)) != 0)
+			grantcache_drop_tenant(o->name);
+	}
+}
+
 void gen_publish(struct gen *g)
 {
 	struct gen *old;
@@ -298,6 +319,7 @@ void gen_publish(struct gen *g)
 	/* Last, just before the swap: the buckets are as recent as can be. */
 	if ((old = gen_acquire())) {
 		carry_buckets(old, g);
+		carry_token_cache(old, g);
 		gen_release(old);
 	}
 
@@ -425,6 +447,7 @@ void gen_shutdown(void)
 	current = NULL;
 	pthread_mutex_unlock(&cur_lock);
 	gen_release(g);
+	grantcache_clear(); /* the cached tokens go with the last generation, zeroed */
 }
 
 /* Takes one token from requester's bucket in tbl (refund: gives one back). */

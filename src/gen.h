@@ -94,7 +94,7 @@ struct gen *gen_acquire(void);
 
 void gen_release(struct gen *g);
 
-/* Drops the current generation (at exit). */
+/* Drops the current generation and zeroes the token cache (at exit). */
 void gen_shutdown(void);
 
 /* Which bucket refused a request. */

@@ -520,7 +520,7 @@ static int loop_start(struct http_server *s, size_t i, const struct config *cfg,
 	 * then, so what is left trickles a request line. */
 	lp->deadlines.idle_ms = (long long)cfg->connection_timeout_s * 1000 + IDLE_GRACE_MS;
 
-	lp->scratch = malloc(s->routes.scratch_size ? s->routes.scratch_size : 1);
+	lp->scratch = calloc(1, s->routes.scratch_size ? s->routes.scratch_size : 1);
 	lp->json = luaL_newstate();
 	if (lp->json && json_open(lp->json) != 0) {
 		lua_close(lp->json);

@@ -8,6 +8,7 @@
 #include "metrics.h"
 
 #include "buf.h"
+#include "grantcache.h"
 #include "log.h"
 
 #include <pthread.h>
@@ -45,6 +46,7 @@ static atomic_ullong attempts[3]; /* by enum metrics_attempt */
 static atomic_int breakers_open;
 static atomic_ullong courier_paused;
 static atomic_ullong limited_requester, limited_tenant;
+static atomic_ullong grant_counts[3]; /* enum metrics_grant */
 static atomic_ullong gen_id, gen_loaded_at;
 static atomic_int gens_alive;
 static atomic_ullong engines_reload, engines_loop;
@@ -110,6 +112,11 @@ void metrics_courier_breaker_open(int delta)
 void metrics_courier_paused(void)
 {
 	atomic_fetch_add_explicit(&courier_paused, 1, memory_order_relaxed);
+}
+
+void metrics_grant(enum metrics_grant what)
+{
+	atomic_fetch_add_explicit(&grant_counts[what], 1, memory_order_relaxed);
 }
 
 void metrics_upstream(double seconds, long http_status)
@@ -197,6 +204,21 @@ static void render_counters(struct buf *b)
 	    "%llu\nbroker_rate_limited_total{level=\"tenant\"} "
 	    "%llu\n",
 	    atomic_load(&limited_requester), atomic_load(&limited_tenant));
+	buf_addf(b,
+	         "# HELP broker_token_cache_total Token cache lookups (tenants with token_cache).\n"
+	         "# TYPE broker_token_cache_total counter\n"
+	         "broker_token_cache_total{result=\"hit\"} %llu\n"
+	         "broker_token_cache_total{result=\"miss\"} %llu\n"
+	         "# HELP broker_upstream_shared_total Token requests that waited on an identical grant's "
+	         "Courier call instead of making their own.\n"
+	         "# TYPE broker_upstream_shared_total counter\n"
+	         "broker_upstream_shared_total %llu\n"
+	         "# HELP broker_token_cache_entries Tokens held by the token cache.\n"
+	         "# TYPE broker_token_cache_entries gauge\n"
+	         "broker_token_cache_entries %zu\n",
+	         atomic_load(&grant_counts[METRICS_CACHE_HIT]),
+	         atomic_load(&grant_counts[METRICS_CACHE_MISS]),
+	         atomic_load(&grant_counts[METRICS_FLIGHT_SHARED]), grantcache_size());
 	buf_addf(b, "# HELP broker_upstream_seconds Latency of Courier calls.\n"
 	            "# TYPE broker_upstream_seconds histogram\n");
 	for (size_t i = 0; i < N_BUCKETS; i++) {

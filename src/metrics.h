@@ -19,6 +19,11 @@ void metrics_request(const char *tenant, int status);
  * (rate_limit.per_requester) or by the tenant's. */
 void metrics_rate_limited(bool by_requester);
 
+/* Identical grants (grantcache.h): a token served from the cache, a cache
+ * lookup that missed, a request that shared another's Courier call. */
+enum metrics_grant { METRICS_CACHE_HIT, METRICS_CACHE_MISS, METRICS_FLIGHT_SHARED };
+void metrics_grant(enum metrics_grant what);
+
 /* One Courier call, whatever its outcome. */
 void metrics_upstream(double seconds, long http_status);
 

@@ -18,6 +18,7 @@
 #include "buf.h"
 #include "courier.h"
 #include "envelope.h"
+#include "grantcache.h"
 #include "ident.h"
 #include "scope.h"
 
@@ -57,6 +58,14 @@ struct req {
 	char *courier_body;
 	char *policy_log; /* broker.log lines of the decision ("a\nb\n"), or NULL */
 	struct courier_job job;
+
+	/* Identical grants (token.c): the grant's key, the flight this request
+	 * leads (NULL when none), the next follower of a flight, and whether it
+	 * waits on another request's Courier call. */
+	struct grantcache_key gkey;
+	struct flight *flight;
+	struct req *flight_next;
+	bool shared;
 
 	/* Last and not zeroed at allocation (8 KiB): token_begin and
 	 * envelope_apply set each field, the strings up to their NUL. */

@@ -3,11 +3,13 @@
  *
  * Owns the stages of a token request, in the order the README draws them:
  * headers (tenant, CORS, method, media type, size; token_begin) → body →
- * identity → rate → policy → envelope → upstream (suspended while the
- * Courier client works) → answer (complete). Each stage returns an answer
- * code; the first that is not REPLY_GO is the answer. It must never let a
- * policy see a credential header, never charge a rate budget before the
- * requester is authenticated, and never issue a token the envelope refused.
+ * identity → rate → policy → envelope → upstream (the token cache, or a
+ * call shared with identical grants on this loop, or its own call: suspended
+ * while the Courier client works) → answer (complete). Each stage returns an
+ * answer code; the first that is not REPLY_GO is the answer. It must never
+ * let a policy see a credential header, never charge a rate budget before the
+ * requester is authenticated, never issue a token the envelope refused, and
+ * never answer from the cache before the policy and the envelope allowed.
  * Only the decision runs on the generation's policy engine; everything else
  * uses the loop's JSON state.
  */
@@ -17,6 +19,7 @@
 #include <lauxlib.h>
 #include <lua.h>
 #include <microhttpd.h>
+#include <openssl/crypto.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,6 +32,7 @@
 #include "courier.h"
 #include "envelope.h"
 #include "gen.h"
+#include "grantcache.h"
 #include "ident.h"
 #include "json.h"
 #include "log.h"
@@ -57,10 +61,15 @@ struct header_set {
 	size_t used;
 };
 
-/* A loop's scratch for the decision (13 KiB, one request at a time on a loop). */
+/* The loop's table of Courier calls that identical grants share. */
+#define FLIGHT_BUCKETS 256
+
+/* A loop's scratch for the decision (13 KiB, one request at a time on a
+ * loop), and its flights (zeroed with the scratch). */
 struct token_scratch {
 	struct header_set hs;
 	struct decision dec;
+	struct flight *flights[FLIGHT_BUCKETS];
 };
 
 static struct token_scratch *scratch_of(struct loop *lp)
@@ -246,11 +255,96 @@ enum MHD_Result token_begin(struct loop *lp, struct MHD_Connection *conn, const 
 	return MHD_YES;
 }
 
+/* ------------------------------------------------------ identical grants */
+
+/*
+ * Single-flight: one Courier call for concurrent identical grants (same key,
+ * grantcache.h). The table is per loop: a request never changes loops and its
+ * answer must be made on its own loop, so the leader's done callback resumes
+ * its followers directly, with no lock and no cross-thread wake-up. Identical
+ * grants arriving on two loops make two calls (docs/operations.md). The
+ * followers are suspended (no thread waits) and end with the leader's call,
+ * which has its own timeout, so they need no deadline of their own.
+ */
+struct flight {
+	struct grantcache_key key;
+	struct req *followers; /* linked by flight_next */
+	struct flight *next;   /* same bucket */
+};
+
+static struct flight **flight_slot(struct loop *lp, const struct grantcache_key *k)
+{
+	return &scratch_of(lp)->flights[k->h[0] % FLIGHT_BUCKETS];
+}
+
+static struct flight *flight_find(struct loop *lp, const struct grantcache_key *k)
+{
+	struct flight *f = *flight_slot(lp, k);
+
+	while (f && memcmp(f->key.h, k->h, sizeof(k->h)) != 0)
+		f = f->next;
+	return f;
+}
+
+/* r's call has started: identical grants that arrive before it ends follow it.
+ * Without memory r simply leads no flight. */
+static void flight_lead(struct req *r)
+{
+	struct flight **slot = flight_slot(r->loop, &r->gkey);
+	struct flight *f = calloc(1, sizeof(*f));
+
+	if (!f)
+		return;
+	f->key = r->gkey;
+	f->next = *slot;
+	*slot = f;
+	r->flight = f;
+}
+
+/* The leader's outcome, copied into a follower's job (its answer body too:
+ * the leader may be freed before the follower answers). */
+static void flight_share(const struct courier_job *from, struct courier_job *to)
+{
+	to->status = from->status;
+	to->timed_out = from->timed_out;
+	to->aborted = from->aborted;
+	to->seconds = from->seconds;
+	memcpy(to->error, from->error, sizeof(to->error));
+	buf_init(&to->resp_buf, from->resp_len + 1);
+	if (from->resp_len && buf_add(&to->resp_buf, from->resp, from->resp_len) != 0) {
+		to->status = 0;
+		snprintf(to->error, sizeof(to->error), "out of memory sharing Courier's answer");
+	}
+	to->resp = to->resp_buf.data;
+	to->resp_len = to->resp_buf.len;
+}
+
+/* The leader's call is over: its followers get its outcome and are resumed. */
+static void flight_land(struct req *leader)
+{
+	struct flight *f = leader->flight, **p = flight_slot(leader->loop, &f->key);
+
+	while (*p != f)
+		p = &(*p)->next;
+	*p = f->next;
+	for (struct req *r = f->followers, *next; r; r = next) {
+		next = r->flight_next;
+		r->flight_next = NULL;
+		flight_share(&leader->job, &r->job);
+		MHD_resume_connection(r->conn);
+	}
+	free(f);
+	leader->flight = NULL;
+}
+
 /* ---------------------------------------------------------- Courier call */
 
 static void on_courier_done(struct courier_job *job)
 {
 	struct req *r = job->arg;
+
+	if (r->flight)
+		flight_land(r);
 
 	/* Runs on the request's loop: count the call as over (whether or not the
 	 * client is still there to read the answer) and hand the connection back;
@@ -305,6 +399,9 @@ struct pipeline {
 	const char *extra_name, *extra_value;
 	char err[512];
 	char retry_after[32];
+	/* A stage that answered itself (a cached token): what MHD gets. */
+	bool answered;
+	enum MHD_Result answer;
 };
 
 /* The body: a JSON object with a valid user_id. */
@@ -428,14 +525,96 @@ static enum reply_answer stage_envelope(struct req *r, struct pipeline *p)
 	return REPLY_GO;
 }
 
+/* The 200 answer for the token on top of L (tlen bytes, expiring at exp,
+ * expires_in seconds from now); L back at top either way. */
+static enum MHD_Result answer_token(struct req *r, lua_State *L, int top, size_t tlen, long long exp,
+                                    long long expires_in, double up_ms)
+{
+	const char *json, *token = lua_tostring(L, -1);
+	enum MHD_Result ret;
+	char when[40];
+	size_t jlen;
+	time_t te = (time_t)exp;
+	struct tm tm;
+
+	gmtime_r(&te, &tm);
+	strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", &tm);
+	lua_createtable(L, 0, 5);
+	lua_pushvalue(L, -2);
+	lua_setfield(L, -2, "token");
+	lua_pushstring(L, r->user_id);
+	lua_setfield(L, -2, "user_id");
+	lua_pushstring(L, r->grant.scope);
+	lua_setfield(L, -2, "scope");
+	lua_pushinteger(L, expires_in);
+	lua_setfield(L, -2, "expires_in");
+	lua_pushstring(L, when);
+	lua_setfield(L, -2, "expires_at");
+	json = json_encode(L, -1, &jlen);
+	if (!json) {
+		lua_settop(L, top);
+		return reply_fail(r, REPLY_UNAVAILABLE, "out of memory", NULL, NULL);
+	}
+	ret = reply_queue(r->conn, r->srv, 200, "application/json", json, jlen, "X-Policy-Revision",
+	                  r->tenant->policy_revision, r->cors_origin);
+	reply_log(r, 200, NULL, token, tlen, up_ms);
+	r->state = RS_DONE;
+	lua_settop(L, top);
+	return ret;
+}
+
+/* With token_cache: answers with the tenant's cached token for this grant
+ * when at least half its lifetime remains. Its expires_in is what really
+ * remains. Returns whether it answered. */
+static bool answer_cached(struct req *r, struct pipeline *p)
+{
+	lua_State *L = loop_json(r->loop);
+	char token[GRANTCACHE_TOKEN_MAX + 1];
+	struct timespec ts;
+	long long exp;
+	size_t len;
+	double now;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	now = (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+	if (grantcache_get(&r->gkey, now, token, sizeof(token), &len, &exp) != 0) {
+		metrics_grant(METRICS_CACHE_MISS);
+		return false;
+	}
+	metrics_grant(METRICS_CACHE_HIT);
+	lua_pushlstring(L, token, len);
+	OPENSSL_cleanse(token, len);
+	p->answer = answer_token(r, L, lua_gettop(L) - 1, len, exp, exp - (long long)ts.tv_sec, 0);
+	p->answered = true;
+	return true;
+}
+
 /* Hands the grant to the loop's Courier client and suspends the connection
- * until the call ends (on_courier_done). */
+ * until the call ends (on_courier_done), unless the token cache answers or an
+ * identical grant's call is already under way on this loop (then it waits for
+ * that one). */
 static enum reply_answer stage_upstream(struct req *r, struct pipeline *p)
 {
 	lua_State *J = loop_json(r->loop);
+	const struct tenant *t = r->tenant;
+	struct flight *f;
 	const char *b;
 	size_t blen;
 	int rc;
+
+	grantcache_key(&r->gkey, t->name, r->gen->courier_url, &t->api_key, t->policy_revision,
+	               r->grant.scope, r->grant.expires_s);
+	if (t->token_cache && answer_cached(r, p))
+		return REPLY_GO;
+	if ((f = flight_find(r->loop, &r->gkey))) {
+		r->flight_next = f->followers;
+		f->followers = r;
+		r->shared = true;
+		r->state = RS_WAITING;
+		metrics_grant(METRICS_FLIGHT_SHARED);
+		MHD_suspend_connection(r->conn);
+		return REPLY_GO;
+	}
 
 	p->msg = "out of memory";
 	if (loop_upstream_count(r->srv) >= r->gen->cfg->max_inflight) {
@@ -485,6 +664,7 @@ static enum reply_answer stage_upstream(struct req *r, struct pipeline *p)
 		loop_upstream_end(r->srv);
 		return REPLY_UNAVAILABLE;
 	}
+	flight_lead(r);
 	r->state = RS_WAITING;
 	MHD_suspend_connection(r->conn);
 	return REPLY_GO;
@@ -509,10 +689,13 @@ static enum MHD_Result process(struct req *r)
 	p.L = policy_engine_lua(e);
 	p.dec = &scratch_of(r->loop)->dec;
 	p.msg = p.extra_name = p.extra_value = NULL;
+	p.answered = false;
 	top = lua_gettop(p.L);
 	for (size_t i = 0; a == REPLY_GO && i < sizeof(stages) / sizeof(stages[0]); i++)
 		a = stages[i](r, &p);
-	ret = a == REPLY_GO ? MHD_YES : reply_fail(r, a, p.msg, p.extra_name, p.extra_value);
+	ret = a != REPLY_GO ? reply_fail(r, a, p.msg, p.extra_name, p.extra_value)
+	      : p.answered  ? p.answer
+	                    : MHD_YES;
 	lua_settop(p.L, top);
 	gen_engine_unpin(loop_engines(r->loop), r->engine);
 	r->engine = NULL;
@@ -579,51 +762,25 @@ static const char *courier_token(struct req *r, lua_State *L, int top, size_t *l
 	return token;
 }
 
-/* Answers after Courier (or the timeout) is done. */
+/* Answers after Courier (or the timeout) is done; with token_cache the
+ * leader keeps the token for identical grants. */
 static enum MHD_Result complete(struct req *r)
 {
 	lua_State *L = loop_json(r->loop);
-	double up_ms = r->job.seconds * 1e3;
-	const char *msg, *token, *json;
+	const char *msg, *token;
 	enum reply_answer a;
-	size_t tlen, jlen;
+	size_t tlen;
 	long long exp;
-	char when[40];
-	enum MHD_Result ret;
 	int top = lua_gettop(L);
-	time_t te;
-	struct tm tm;
 
 	if ((a = courier_outcome(r, &msg)) != REPLY_GO)
 		return reply_fail(r, a, msg, NULL, NULL);
 	token = courier_token(r, L, top, &tlen, &exp);
 	if (!token)
 		return reply_fail(r, REPLY_UPSTREAM_ERROR, "Courier answered something unusable", NULL, NULL);
-	te = (time_t)exp;
-	gmtime_r(&te, &tm);
-	strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", &tm);
-	lua_createtable(L, 0, 5);
-	lua_pushvalue(L, -2);
-	lua_setfield(L, -2, "token");
-	lua_pushstring(L, r->user_id);
-	lua_setfield(L, -2, "user_id");
-	lua_pushstring(L, r->grant.scope);
-	lua_setfield(L, -2, "scope");
-	lua_pushinteger(L, r->grant.expires_s);
-	lua_setfield(L, -2, "expires_in");
-	lua_pushstring(L, when);
-	lua_setfield(L, -2, "expires_at");
-	json = json_encode(L, -1, &jlen);
-	if (!json) {
-		lua_settop(L, top);
-		return reply_fail(r, REPLY_UNAVAILABLE, "out of memory", NULL, NULL);
-	}
-	ret = reply_queue(r->conn, r->srv, 200, "application/json", json, jlen, "X-Policy-Revision",
-	                  r->tenant->policy_revision, r->cors_origin);
-	reply_log(r, 200, NULL, token, tlen, up_ms);
-	r->state = RS_DONE;
-	lua_settop(L, top);
-	return ret;
+	if (r->tenant->token_cache && !r->shared)
+		grantcache_put(&r->gkey, r->tenant->name, token, tlen, exp, r->grant.expires_s);
+	return answer_token(r, L, top, tlen, exp, r->grant.expires_s, r->job.seconds * 1e3);
 }
 
 /* ------------------------------------------------- the body, and the end */
@@ -678,6 +835,8 @@ void token_end(struct req *r)
 		metrics_request(r->tenant ? r->tenant->name : NULL, 499);
 	}
 	gen_engine_unpin(loop_engines(r->loop), r->engine); /* never decided */
+	if (r->flight)
+		flight_land(r); /* not reached: a leader ends after its call; never strand followers */
 	courier_job_cleanup(&r->job);
 	free(r->courier_body);
 	free(r->policy_log);

@@ -203,6 +203,9 @@ const struct option config_options[] = {
     {"tenants.*.cors_origins", OPT_LIST, NULL, 0, 0, NOWHERE, 0, config_conv_cors,
      "Browser origins allowed to call this tenant's token route (`https://app.example.com`, exact match; "
      "no `*`): they get CORS headers and preflight answers."},
+    {"tenants.*.token_cache", OPT_BOOL, "false", 0, 0, TEN(token_cache), 0, NULL,
+     "Reuse a token for an identical grant (user, scopes, lifetime) while at least half its lifetime "
+     "remains; the policy still decides every request."},
     {"tenants.*.rate_limit", OPT_TABLE, NULL, 0, 0, NOWHERE, 0, NULL, "Token issuance per tenant."},
     {"tenants.*.rate_limit.per_second", OPT_NUMBER, "0", 0, 1e6, TEN(rate_limit.per_second), 0, NULL,
      "Sustained rate; 0 turns the limit off."},

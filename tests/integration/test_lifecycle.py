@@ -206,11 +206,11 @@ def test_sigterm_drains_inflight_requests(broker, double, pool):
         double.reset()
     double.configure(latency_ms=1500)
     results = [None] * 5
-    token = mint("alice")
 
     def one(i):
+        # Five users: identical grants would share one Courier call.
         try:
-            r = broker.post(body={"user_id": "alice"}, token=token, timeout=15)
+            r = broker.post(body={"user_id": "u%d" % i}, token=mint("u%d" % i), timeout=15)
             results[i] = (r.status, r.json())
         except Exception as e:  # noqa: BLE001 - recorded and asserted below
             results[i] = repr(e)
@@ -248,17 +248,17 @@ def test_fresh_broker_calls_courier_concurrently(broker, double):
     """The very first Courier calls of a broker are not queued behind each other."""
     double.configure(latency_ms=1000)
     results = []
-    token = mint("alice")
 
-    def one():
+    def one(i):
         t0 = time.monotonic()
         try:
-            r = broker.post(body={"user_id": "alice"}, token=token, timeout=10)
+            # Four users: identical grants would share one Courier call.
+            r = broker.post(body={"user_id": "u%d" % i}, token=mint("u%d" % i), timeout=10)
             results.append((r.status, time.monotonic() - t0))
         except Exception as e:  # noqa: BLE001
             results.append((repr(e), time.monotonic() - t0))
 
-    threads = [threading.Thread(target=one) for _ in range(4)]
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(4)]
     for t in threads:
         t.start()
     for t in threads:
