@@ -173,6 +173,7 @@ static enum MHD_Result preflight(struct req *r)
 	MHD_add_response_header(resp, "Access-Control-Max-Age", CORS_MAX_AGE_S);
 	MHD_add_response_header(resp, "Vary", "Origin");
 	MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
+	MHD_add_response_header(resp, "X-Request-Id", r->request_id);
 	ret = MHD_queue_response(r->conn, MHD_HTTP_NO_CONTENT, resp);
 	MHD_destroy_response(resp);
 	metrics_request(r->tenant->name, 204);
@@ -201,6 +202,8 @@ enum MHD_Result token_begin(struct loop *lp, struct MHD_Connection *conn, const 
 	r->state = RS_BODY;
 	r->start = clock_now();
 	peer_ip(conn, r->client_ip, sizeof(r->client_ip));
+	reply_request_id(conn, r->request_id);
+	reply_trace_id(conn, r->trace_id);
 	*con_cls = r;
 	loop_request_begin(s);
 	metrics_inflight_add(1);
@@ -598,8 +601,8 @@ static enum MHD_Result complete(struct req *r)
 		lua_settop(L, top);
 		return reply_fail(r, REPLY_UNAVAILABLE, "out of memory", NULL, NULL);
 	}
-	ret = reply_queue(r->conn, r->srv, 200, "application/json", json, jlen, "X-Policy-Revision",
-	                  r->tenant->policy_revision, r->cors_origin);
+	ret = reply_queue_req(r, 200, "application/json", json, jlen, "X-Policy-Revision",
+	                      r->tenant->policy_revision);
 	reply_log(r, 200, NULL, token, tlen, up_ms);
 	r->state = RS_DONE;
 	lua_settop(L, top);
