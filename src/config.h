@@ -82,6 +82,10 @@ struct config {
 	char *admin_host;                /* admin_listen; NULL: no admin listener */
 	unsigned short admin_port;
 
+	int log_level;     /* enum log_level, default LOG_INFO */
+	char *audit_file;  /* audit_log.file, absolute; NULL: no audit log */
+	bool audit_inputs; /* audit_log.inputs */
+
 	char *courier_base_url;           /* env COURIER_BASE_URL overrides */
 	long courier_timeout_ms;          /* default 5000 */
 	long courier_connect_timeout_ms;  /* default 2000 */

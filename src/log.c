@@ -270,10 +270,16 @@ static void put_name(struct log_line *l, const char *name)
 
 bool log_line_begin(struct log_line *l, enum log_level lv, const char *event)
 {
-	char ts[40];
-
 	if (!log_enabled(lv))
 		return false;
+	log_line_begin_always(l, lv, event);
+	return true;
+}
+
+void log_line_begin_always(struct log_line *l, enum log_level lv, const char *event)
+{
+	char ts[40];
+
 	buf_init(&l->b, LOG_LINE_MAX);
 	l->comma = false;
 	buf_add(&l->b, "{", 1);
@@ -281,7 +287,6 @@ bool log_line_begin(struct log_line *l, enum log_level lv, const char *event)
 	log_line_str(l, "time", ts);
 	log_line_str(l, "level", log_level_name(lv));
 	log_line_str(l, "event", event);
-	return true;
 }
 
 void log_line_str(struct log_line *l, const char *name, const char *value)
@@ -338,6 +343,38 @@ void log_line_lines(struct log_line *l, const char *name, const char *text)
 		free(copy);
 	}
 	log_line_close(l, ']');
+}
+
+void log_line_raw(struct log_line *l, const char *name, const char *json, size_t len)
+{
+	put_name(l, name);
+	buf_add(&l->b, json, len);
+}
+
+void log_line_init(struct log_line *l)
+{
+	buf_init(&l->b, LOG_LINE_MAX);
+	l->comma = false;
+	buf_add(&l->b, "{", 1);
+}
+
+char *log_line_finish(struct log_line *l, size_t *len)
+{
+	char *s, *fixed;
+	size_t n, bad;
+
+	buf_add(&l->b, "}\n", 2);
+	if (!(s = buf_take(&l->b, &n)))
+		return NULL;
+	bad = first_invalid(s, n);
+	if (bad < n) {
+		fixed = repair_utf8(s, n, bad, &n);
+		free(s);
+		s = fixed;
+	}
+	if (s)
+		*len = n;
+	return s;
 }
 
 void log_line_end(struct log_line *l)

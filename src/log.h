@@ -34,6 +34,9 @@ struct log_line {
 /* Starts {"time":..., "level":..., "event":...} (no event when NULL).
  * Returns false, with nothing to end, when lv is below the log level. */
 bool log_line_begin(struct log_line *l, enum log_level lv, const char *event);
+/* The same whatever the log level (the start line: supervisors and scripts
+ * wait for it). */
+void log_line_begin_always(struct log_line *l, enum log_level lv, const char *event);
 /* Fields: name NULL inside an array. A NULL string is skipped. */
 void log_line_str(struct log_line *l, const char *name, const char *value);
 void log_line_int(struct log_line *l, const char *name, long long v);
@@ -44,6 +47,14 @@ void log_line_lines(struct log_line *l, const char *name, const char *text);
 /* Nesting: kind '[' or '{'; close with the matching ']' or '}'. */
 void log_line_open(struct log_line *l, const char *name, char kind);
 void log_line_close(struct log_line *l, char kind);
+/* A value already encoded as JSON (json: a whole JSON text). */
+void log_line_raw(struct log_line *l, const char *name, const char *json, size_t len);
+/* Starts an empty line with no time, level or event (for another file:
+ * the audit log). Ends with log_line_finish. */
+void log_line_init(struct log_line *l);
+/* Closes the line and hands it over with its "\n" (valid UTF-8, malloc'ed,
+ * the caller frees it); NULL when it could not be built. */
+char *log_line_finish(struct log_line *l, size_t *len);
 /* Writes the line (dropped if it could not be built) and frees it. */
 void log_line_end(struct log_line *l);
 

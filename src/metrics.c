@@ -7,6 +7,7 @@
  */
 #include "metrics.h"
 
+#include "audit.h"
 #include "buf.h"
 #include "log.h"
 #include "version.h"
@@ -340,8 +341,11 @@ static void render_front(struct buf *b, const struct metrics_front *f)
 	         "broker_request_timeouts_total %llu\n"
 	         "# HELP broker_log_suppressed_total Warning lines dropped by the log's rate limit.\n"
 	         "# TYPE broker_log_suppressed_total counter\n"
-	         "broker_log_suppressed_total %llu\n",
-	         f->refused_per_ip, f->request_timeouts, log_suppressed_total());
+	         "broker_log_suppressed_total %llu\n"
+	         "# HELP broker_audit_write_failures_total Audit log lines that could not be written.\n"
+	         "# TYPE broker_audit_write_failures_total counter\n"
+	         "broker_audit_write_failures_total %llu\n",
+	         f->refused_per_ip, f->request_timeouts, log_suppressed_total(), audit_failures());
 }
 
 char *metrics_render_front(const struct metrics_front *front, size_t *len)

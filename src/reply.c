@@ -14,8 +14,11 @@
 #include <lua.h>
 #include <openssl/rand.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
+#include "audit.h"
 #include "clock.h"
 #include "config.h"
 #include "json.h"
@@ -158,6 +161,102 @@ enum MHD_Result reply_plain(struct MHD_Connection *conn, struct http_server *s, 
 
 /* ---------------------------------------------------------------- the log */
 
+static bool credential_header(const char *name)
+{
+	return strcasecmp(name, "authorization") == 0 || strcasecmp(name, "cookie") == 0 ||
+	       strcasecmp(name, "proxy-authorization") == 0;
+}
+
+/* One req.headers entry: lower-case name, as the policy reads it. */
+static enum MHD_Result audit_header(void *cls, enum MHD_ValueKind kind, const char *key, const char *value)
+{
+	struct log_line *l = cls;
+	char name[128];
+	size_t n = strlen(key);
+
+	(void)kind;
+	if (!value || credential_header(key) || n >= sizeof(name))
+		return MHD_YES;
+	for (size_t i = 0; i <= n; i++)
+		name[i] = (key[i] >= 'A' && key[i] <= 'Z') ? (char)(key[i] - 'A' + 'a') : key[i];
+	log_line_str(l, name, value);
+	return MHD_YES;
+}
+
+/* req as the policy saw it (docs/policies.md), credentials removed. */
+static void audit_request(struct req *r, struct log_line *l)
+{
+	const char *origin = r->origin;
+	const char *ua = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_USER_AGENT);
+
+	log_line_open(l, "request", '{');
+	log_line_str(l, "tenant", r->tenant->name);
+	log_line_str(l, "user_id", r->user_id);
+	if (r->audit_body)
+		log_line_raw(l, "body", r->audit_body, strlen(r->audit_body));
+	log_line_open(l, "identity", '{');
+	log_line_bool(l, "authenticated", r->authenticated);
+	log_line_str(l, "method", r->method);
+	if (r->subject[0])
+		log_line_str(l, "subject", r->subject);
+	if (r->audit_claims)
+		log_line_raw(l, "claims", r->audit_claims, strlen(r->audit_claims));
+	log_line_close(l, '}');
+	log_line_open(l, "client", '{');
+	log_line_str(l, "ip", r->policy_ip);
+	log_line_str(l, "origin", origin);
+	log_line_str(l, "user_agent", ua);
+	log_line_close(l, '}');
+	/* Duplicate names keep the first, as req.headers does. */
+	log_line_open(l, "headers", '{');
+	MHD_get_connection_values(r->conn, MHD_HEADER_KIND, audit_header, l);
+	log_line_close(l, '}');
+	log_line_int(l, "now", r->now);
+	log_line_close(l, '}');
+}
+
+/* The audit line of a decided request: who asked, for whom, what was
+ * granted or why not, under which policy revision. */
+static void audit_log(struct req *r, int status, const char *error)
+{
+	struct log_line l;
+	char ts[40], *line;
+	size_t len;
+
+	if (!r->decision || !r->tenant || !audit_enabled())
+		return;
+	log_line_init(&l);
+	log_timestamp(ts, sizeof(ts));
+	log_line_str(&l, "time", ts);
+	log_line_str(&l, "event", "decision");
+	log_line_str(&l, "request_id", r->request_id);
+	if (r->trace_id[0])
+		log_line_str(&l, "trace_id", r->trace_id);
+	log_line_str(&l, "tenant", r->tenant->name);
+	log_line_str(&l, "policy_revision", r->tenant->policy_revision);
+	log_line_str(&l, "user", r->user_id);
+	log_line_str(&l, "auth", r->method);
+	if (r->subject[0])
+		log_line_str(&l, "subject", r->subject);
+	log_line_str(&l, "client_ip", r->policy_ip);
+	log_line_str(&l, "decision", r->decision);
+	log_line_str(&l, "reason", r->reason);
+	if (r->grant.scope[0]) {
+		log_line_str(&l, "scope", r->grant.scope);
+		log_line_int(&l, "expires_in", r->grant.expires_s);
+	}
+	log_line_int(&l, "status", status);
+	log_line_str(&l, "error", error);
+	if (audit_inputs())
+		audit_request(r, &l);
+	line = log_line_finish(&l, &len);
+	if (line)
+		audit_write(line, len);
+	else
+		audit_write_failed("the line could not be built");
+	free(line);
+}
+
 void reply_log(struct req *r, int status, const char *error, const char *token, size_t token_len,
                double upstream_ms)
 {
@@ -170,6 +269,7 @@ void reply_log(struct req *r, int status, const char *error, const char *token, 
 	metrics_request_seconds(status, ms / 1e3);
 	if (r->decision)
 		metrics_decision(tenant, r->decision);
+	audit_log(r, status, error);
 	/* 5xx: the broker or Courier failed, which is someone's to fix. */
 	if (!log_line_begin(&l, status >= 500 ? LOG_ERROR : LOG_INFO, "token_request"))
 		return;

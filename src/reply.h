@@ -59,6 +59,12 @@ struct req {
 	char reason[256];
 	char client_ip[INET6_ADDRSTRLEN];
 
+	/* The request as the policy saw it, for the audit log (inputs = true). */
+	bool authenticated;
+	long long now;
+	char policy_ip[INET6_ADDRSTRLEN];
+	char *audit_body, *audit_claims; /* JSON, or NULL */
+
 	char *courier_body;
 	char *policy_log; /* broker.log lines of the decision ("a\nb\n"), or NULL */
 	struct courier_job job;

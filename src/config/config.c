@@ -461,6 +461,7 @@ void config_free(struct config *cfg)
 	free(cfg->dir);
 	free(cfg->listen_host);
 	free(cfg->admin_host);
+	free(cfg->audit_file);
 	free(cfg->courier_base_url);
 	free(cfg);
 }
