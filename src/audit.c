@@ -71,6 +71,18 @@ int audit_configure(const char *p, bool with_inputs, char *err, size_t errlen)
 	return 0;
 }
 
+int audit_check(const char *p, char *err, size_t errlen)
+{
+	int f;
+
+	if (!p)
+		return 0;
+	if ((f = open_log(p, err, errlen)) < 0)
+		return -1;
+	close(f);
+	return 0;
+}
+
 bool audit_enabled(void)
 {
 	return atomic_load_explicit(&enabled, memory_order_relaxed);

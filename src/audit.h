@@ -19,6 +19,10 @@
  * (the log in force is kept). */
 int audit_configure(const char *path, bool inputs, char *err, size_t errlen);
 
+/* Whether path (NULL: no audit log) can be opened for appending, as a reload
+ * checks before its generation serves. Returns 0, or -1 with the reason. */
+int audit_check(const char *path, char *err, size_t errlen);
+
 /* Whether a line should be written, and whether with its inputs. */
 bool audit_enabled(void);
 bool audit_inputs(void);

@@ -237,8 +237,8 @@ static void settle(struct gen *g, const char *err)
 	warn_restart_only(g->cfg);
 	gen_publish(g);
 	metrics_reload(true, time(NULL));
-	/* The old audit file stays open when the new one cannot be opened: the
-	 * generation already serves, so the line says so and the log continues. */
+	/* Checked by the builder; should the file vanish since, the old one
+	 * stays open: the generation already serves, so the line says so. */
 	if (reload_apply_process(g->cfg, aerr, sizeof(aerr)) != 0)
 		log_msg("error", "reload: %s; audit lines still go to the previous file", aerr);
 	snprintf(msg, sizeof(msg), "reload done: generation %llu serving (%.1f ms)", g->id,
@@ -254,6 +254,10 @@ static void *builder(void *arg)
 	struct gen *g = NULL;
 
 	cfg = reload_load(rl.path, true, err, sizeof(err));
+	if (cfg && audit_check(cfg->audit_file, err, sizeof(err)) != 0) {
+		config_free(cfg);
+		cfg = NULL;
+	}
 	if (cfg && !(g = gen_build(cfg, threads))) {
 		config_free(cfg);
 		snprintf(err, sizeof(err), "out of memory");

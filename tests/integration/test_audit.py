@@ -124,3 +124,16 @@ def test_unopenable_audit_log_refuses_start(tmp_path, double):
     r = subprocess.run([conftest.BROKER_BIN, "serve", "-c", str(cfg)], env={"K": "x"},
                        capture_output=True, timeout=30)
     assert r.returncode == 1 and b"audit_log.file" in r.stderr, r.stderr
+
+
+def test_reload_to_unopenable_audit_log_refused(tmp_path, double):
+    from conftest import reload_failed
+    b = audit_broker(tmp_path, double, inputs=False)
+    try:
+        b.config.write_text(b.config_text.replace('file = "audit.jsonl"', 'file = "no/such/dir/a.jsonl"'))
+        reload_failed(b)
+        b.p.wait_for("reload refused: audit_log.file")
+        assert b.post(body={"user_id": "alice"}, token=mint(), headers={"X-Request-Id": "still"}).status == 200
+        assert read_lines(tmp_path / "audit.jsonl", 1)[0]["request_id"] == "still"
+    finally:
+        b.stop()
