@@ -95,24 +95,34 @@ bool audit_inputs(void)
 
 void audit_reopen(void)
 {
-	char err[512];
+	char err[512], *p = NULL;
 	int f, old;
 
-	pthread_rwlock_wrlock(&lock);
-	if (!path) {
-		pthread_rwlock_unlock(&lock);
+	/* Opened outside the lock: a slow disk must not hold the writers. Only
+	 * the signal thread reopens, and audit_configure runs on the reload
+	 * thread at most once per reload: a race costs one reopen, not a line. */
+	pthread_rwlock_rdlock(&lock);
+	if (path)
+		p = strdup(path);
+	pthread_rwlock_unlock(&lock);
+	if (!p)
 		return;
-	}
-	f = open_log(path, err, sizeof(err));
+	f = open_log(p, err, sizeof(err));
 	if (f < 0) {
 		/* Keep writing to the old file (renamed, maybe): better than nothing. */
-		pthread_rwlock_unlock(&lock);
 		log_msg("error", "SIGUSR1: cannot reopen the audit log: %s", err);
+		free(p);
 		return;
 	}
-	old = fd;
-	fd = f;
+	pthread_rwlock_wrlock(&lock);
+	if (path && strcmp(path, p) == 0) {
+		old = fd;
+		fd = f;
+	} else {
+		old = f; /* reconfigured meanwhile: keep the new configuration's file */
+	}
 	pthread_rwlock_unlock(&lock);
+	free(p);
 	if (old >= 0)
 		close(old);
 	log_msg("info", "SIGUSR1: audit log reopened");
