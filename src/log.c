@@ -368,9 +368,14 @@ char *log_line_finish(struct log_line *l, size_t *len)
 		return NULL;
 	bad = first_invalid(s, n);
 	if (bad < n) {
+		/* repair_utf8's copy has no NUL: add one, as buf_take's had. */
 		fixed = repair_utf8(s, n, bad, &n);
 		free(s);
-		s = fixed;
+		s = fixed ? realloc(fixed, n + 1) : NULL;
+		if (!s)
+			free(fixed);
+		else
+			s[n] = '\0';
 	}
 	if (s)
 		*len = n;
