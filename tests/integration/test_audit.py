@@ -137,3 +137,15 @@ def test_reload_to_unopenable_audit_log_refused(tmp_path, double):
         assert read_lines(tmp_path / "audit.jsonl", 1)[0]["request_id"] == "still"
     finally:
         b.stop()
+
+
+def test_audit_lines_are_valid_utf8(tmp_path, double):
+    b = audit_broker(tmp_path, double, inputs=True)
+    try:
+        assert b.post(body={"user_id": "alice"}, token=mint(), headers={"X-Raw": "h\xffh"}).status == 200
+        read_lines(tmp_path / "audit.jsonl", 1)
+    finally:
+        b.stop()
+    raw = (tmp_path / "audit.jsonl").read_bytes()
+    line = json.loads(raw.decode("utf-8"))  # strict
+    assert line["request"]["headers"]["x-raw"] == "h\ufffdh"
