@@ -184,39 +184,6 @@ static unsigned serving_budget(void)
 	return ms;
 }
 
-void reload_log_generation(const struct gen *g, const char *event, const char *msg)
-{
-	struct log_line l;
-
-	if (strcmp(event, "start") == 0)
-		log_line_begin_always(&l, LOG_INFO, event);
-	else if (!log_line_begin(&l, LOG_INFO, event))
-		return;
-	log_line_str(&l, "msg", msg);
-	log_line_int(&l, "generation", (long long)g->id);
-	log_line_str(&l, "log_level", log_level_name((enum log_level)g->cfg->log_level));
-	if (g->cfg->audit_file)
-		log_line_str(&l, "audit_log", g->cfg->audit_file);
-	log_line_str(&l, "courier_url", g->courier_url);
-	log_line_open(&l, "tenants", '[');
-	for (size_t i = 0; i < g->cfg->n_tenants; i++) {
-		const struct tenant *t = &g->cfg->tenants[i];
-		log_line_open(&l, NULL, '{');
-		log_line_str(&l, "name", t->name);
-		log_line_str(&l, "policy_revision", t->policy_revision);
-		log_line_str(&l, "courier_url", g->courier_url);
-		log_line_close(&l, '}');
-	}
-	log_line_close(&l, ']');
-	log_line_end(&l);
-}
-
-int reload_apply_process(const struct config *cfg, char *err, size_t errlen)
-{
-	log_set_level((enum log_level)cfg->log_level);
-	return audit_configure(cfg->audit_file, cfg->audit_inputs, err, errlen);
-}
-
 /* The verdict of a refused reload: one log line, the failed-reload metric. */
 static void refuse(const char *why)
 {
@@ -422,4 +389,39 @@ bool reload_busy(void)
 	busy = rl.state != B_IDLE;
 	pthread_mutex_unlock(&rl.lock);
 	return busy;
+}
+
+/* ------------------------------------- what a generation sets process-wide */
+
+void reload_log_generation(const struct gen *g, const char *event, const char *msg)
+{
+	struct log_line l;
+
+	if (strcmp(event, "start") == 0)
+		log_line_begin_always(&l, LOG_INFO, event);
+	else if (!log_line_begin(&l, LOG_INFO, event))
+		return;
+	log_line_str(&l, "msg", msg);
+	log_line_int(&l, "generation", (long long)g->id);
+	log_line_str(&l, "log_level", log_level_name((enum log_level)g->cfg->log_level));
+	if (g->cfg->audit_file)
+		log_line_str(&l, "audit_log", g->cfg->audit_file);
+	log_line_str(&l, "courier_url", g->courier_url);
+	log_line_open(&l, "tenants", '[');
+	for (size_t i = 0; i < g->cfg->n_tenants; i++) {
+		const struct tenant *t = &g->cfg->tenants[i];
+		log_line_open(&l, NULL, '{');
+		log_line_str(&l, "name", t->name);
+		log_line_str(&l, "policy_revision", t->policy_revision);
+		log_line_str(&l, "courier_url", g->courier_url);
+		log_line_close(&l, '}');
+	}
+	log_line_close(&l, ']');
+	log_line_end(&l);
+}
+
+int reload_apply_process(const struct config *cfg, char *err, size_t errlen)
+{
+	log_set_level((enum log_level)cfg->log_level);
+	return audit_configure(cfg->audit_file, cfg->audit_inputs, err, errlen);
 }
