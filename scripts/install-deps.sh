@@ -6,7 +6,8 @@ set -euo pipefail
 pkgs=(build-essential pkg-config git
       liblua5.4-dev lua-cjson-dev libmicrohttpd-dev libgnutls28-dev libcurl4-openssl-dev libssl-dev
       libcmocka-dev python3 python3-pytest python3-jwt python3-cryptography
-      wrk curl clang libclang-rt-14-dev clang-format cppcheck man-db nginx)
+      wrk curl clang libclang-rt-14-dev clang-format cppcheck man-db nginx
+      prometheus)  # promtool: tests check the /metrics exposition
 
 missing=()
 for p in "${pkgs[@]}"; do

@@ -84,6 +84,10 @@ struct config {
 	char *admin_host;                /* admin_listen; NULL: no admin listener */
 	unsigned short admin_port;
 
+	int log_level;     /* enum log_level, default LOG_INFO */
+	char *audit_file;  /* audit_log.file, absolute; NULL: no audit log */
+	bool audit_inputs; /* audit_log.inputs */
+
 	/* tls: HTTPS on listen; the pair is read and checked at every load (tls.h). */
 	struct {
 		bool enabled;

@@ -1,9 +1,10 @@
 /*
  * log.c — one JSON line per event on stderr.
  *
- * Owns the format of log lines. System lines are encoded on a private Lua
- * state behind a mutex (they are rare); request lines are encoded by the
- * caller's state. Lines are written whole, by one write(2) of at most
+ * Owns the format of log lines and the log level. Every line is built by
+ * one ordered writer (struct log_line): time, level and event or msg first,
+ * then the caller's fields in the caller's order, so lines diff and grep
+ * alike; `/` is not escaped. Lines are written whole, by one write(2) of at most
  * PIPE_BUF bytes (or one line, when longer), so lines from different threads
  * never interleave. An event loop may batch its lines (log_batch): they are
  * kept in a per-thread buffer until it calls log_flush, once per turn, so a
@@ -15,9 +16,7 @@
  */
 #include "log.h"
 
-#include <lauxlib.h>
 #include <limits.h>
-#include <lua.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -30,12 +29,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "json.h"
 #include "secret.h"
 #include "utf8.h"
-
-static pthread_mutex_t sys_lock = PTHREAD_MUTEX_INITIALIZER;
-static lua_State *sys_L;
 
 /* log_warn_limited's window: the second it started, the lines it wrote, and
  * those it dropped (not yet reported; atomic so a tick can look without the lock). */
@@ -188,49 +183,227 @@ static void write_line(const char *s, size_t len)
 	free(fixed);
 }
 
-void log_table(lua_State *L, int idx)
-{
-	size_t len;
-	const char *s = json_encode(L, idx, &len);
+/* ------------------------------------------------------- the line writer */
 
-	if (s) {
-		write_line(s, len);
-		lua_pop(L, 1);
+/* Lines longer than this are dropped (a policy's log is capped far below). */
+#define LOG_LINE_MAX (256u * 1024)
+
+static atomic_int min_level = LOG_INFO;
+static const char *const level_names[] = {"debug", "info", "warn", "error"};
+
+void log_set_level(enum log_level lv)
+{
+	atomic_store(&min_level, (int)lv);
+}
+
+bool log_enabled(enum log_level lv)
+{
+	return (int)lv >= atomic_load_explicit(&min_level, memory_order_relaxed);
+}
+
+int log_level_parse(const char *name)
+{
+	for (int i = 0; i < (int)(sizeof(level_names) / sizeof(level_names[0])); i++)
+		if (name && strcmp(name, level_names[i]) == 0)
+			return i;
+	return -1;
+}
+
+const char *log_level_name(enum log_level lv)
+{
+	return (unsigned)lv < sizeof(level_names) / sizeof(level_names[0]) ? level_names[lv] : "info";
+}
+
+/* A JSON string: quotes, backslashes and control characters escaped; `/`
+ * and every other byte as they are (UTF-8 is checked when the line is
+ * written). */
+static void put_string(struct buf *b, const char *s)
+{
+	const char *run = s;
+
+	buf_add(b, "\"", 1);
+	for (; *s; s++) {
+		unsigned char c = (unsigned char)*s;
+		const char *esc = NULL;
+		char hex[8];
+		if (c >= 0x20 && c != '"' && c != '\\' && c != 0x7f)
+			continue;
+		buf_add(b, run, (size_t)(s - run));
+		switch (c) {
+		case '"':
+			esc = "\\\"";
+			break;
+		case '\\':
+			esc = "\\\\";
+			break;
+		case '\n':
+			esc = "\\n";
+			break;
+		case '\r':
+			esc = "\\r";
+			break;
+		case '\t':
+			esc = "\\t";
+			break;
+		default:
+			snprintf(hex, sizeof(hex), "\\u%04x", c);
+			esc = hex;
+		}
+		buf_add(b, esc, strlen(esc));
+		run = s + 1;
 	}
+	buf_add(b, run, (size_t)(s - run));
+	buf_add(b, "\"", 1);
+}
+
+/* The separator and the name of the next field (no name inside an array). */
+static void put_name(struct log_line *l, const char *name)
+{
+	if (l->comma)
+		buf_add(&l->b, ",", 1);
+	if (name) {
+		put_string(&l->b, name);
+		buf_add(&l->b, ":", 1);
+	}
+	l->comma = true;
+}
+
+bool log_line_begin(struct log_line *l, enum log_level lv, const char *event)
+{
+	if (!log_enabled(lv))
+		return false;
+	log_line_begin_always(l, lv, event);
+	return true;
+}
+
+void log_line_begin_always(struct log_line *l, enum log_level lv, const char *event)
+{
+	char ts[40];
+
+	buf_init(&l->b, LOG_LINE_MAX);
+	l->comma = false;
+	buf_add(&l->b, "{", 1);
+	log_timestamp(ts, sizeof(ts));
+	log_line_str(l, "time", ts);
+	log_line_str(l, "level", log_level_name(lv));
+	log_line_str(l, "event", event);
+}
+
+void log_line_str(struct log_line *l, const char *name, const char *value)
+{
+	if (!value)
+		return;
+	put_name(l, name);
+	put_string(&l->b, value);
+}
+
+void log_line_int(struct log_line *l, const char *name, long long v)
+{
+	put_name(l, name);
+	buf_addf(&l->b, "%lld", v);
+}
+
+void log_line_ms(struct log_line *l, const char *name, double ms)
+{
+	put_name(l, name);
+	buf_addf(&l->b, "%.3f", ms);
+}
+
+void log_line_bool(struct log_line *l, const char *name, bool v)
+{
+	put_name(l, name);
+	buf_add(&l->b, v ? "true" : "false", v ? 4 : 5);
+}
+
+void log_line_open(struct log_line *l, const char *name, char kind)
+{
+	put_name(l, name);
+	buf_add(&l->b, &kind, 1);
+	l->comma = false;
+}
+
+void log_line_close(struct log_line *l, char kind)
+{
+	buf_add(&l->b, &kind, 1);
+	l->comma = true;
+}
+
+void log_line_lines(struct log_line *l, const char *name, const char *text)
+{
+	char *copy;
+
+	if (!text)
+		return;
+	log_line_open(l, name, '[');
+	if ((copy = strdup(text))) {
+		for (char *p = copy, *nl; (nl = strchr(p, '\n')); p = nl + 1) {
+			*nl = '\0';
+			log_line_str(l, NULL, p);
+		}
+		free(copy);
+	}
+	log_line_close(l, ']');
+}
+
+void log_line_raw(struct log_line *l, const char *name, const char *json, size_t len)
+{
+	put_name(l, name);
+	buf_add(&l->b, json, len);
+}
+
+void log_line_init(struct log_line *l)
+{
+	buf_init(&l->b, LOG_LINE_MAX);
+	l->comma = false;
+	buf_add(&l->b, "{", 1);
+}
+
+char *log_line_finish(struct log_line *l, size_t *len)
+{
+	char *s, *fixed;
+	size_t n, bad;
+
+	buf_add(&l->b, "}\n", 2);
+	if (!(s = buf_take(&l->b, &n)))
+		return NULL;
+	bad = first_invalid(s, n);
+	if (bad < n) {
+		/* repair_utf8's copy has no NUL: add one, as buf_take's had. */
+		fixed = repair_utf8(s, n, bad, &n);
+		free(s);
+		s = fixed ? realloc(fixed, n + 1) : NULL;
+		if (!s)
+			free(fixed);
+		else
+			s[n] = '\0';
+	}
+	if (s)
+		*len = n;
+	return s;
+}
+
+void log_line_end(struct log_line *l)
+{
+	buf_add(&l->b, "}", 1);
+	if (!l->b.failed && l->b.data)
+		write_line(l->b.data, l->b.len);
+	buf_free(&l->b);
 }
 
 void log_msg(const char *level, const char *fmt, ...)
 {
-	char msg[2048], ts[40];
+	int lv = log_level_parse(level);
+	struct log_line l;
+	char msg[2048];
 	va_list ap;
 
+	if (!log_line_begin(&l, lv < 0 ? LOG_INFO : (enum log_level)lv, NULL))
+		return;
 	va_start(ap, fmt);
 	vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
-	log_timestamp(ts, sizeof(ts));
-
-	pthread_mutex_lock(&sys_lock);
-	if (!sys_L) {
-		sys_L = luaL_newstate();
-		if (sys_L && json_open(sys_L) != 0) {
-			lua_close(sys_L);
-			sys_L = NULL;
-		}
-	}
-	if (sys_L) {
-		lua_createtable(sys_L, 0, 3);
-		lua_pushstring(sys_L, ts);
-		lua_setfield(sys_L, -2, "time");
-		lua_pushstring(sys_L, level);
-		lua_setfield(sys_L, -2, "level");
-		lua_pushstring(sys_L, msg);
-		lua_setfield(sys_L, -2, "msg");
-		log_table(sys_L, -1);
-		lua_settop(sys_L, 0);
-	} else {
-		write_line(msg, strlen(msg));
-	}
-	pthread_mutex_unlock(&sys_lock);
+	log_line_str(&l, "msg", msg);
+	log_line_end(&l);
 }
 
 void log_token_hash(const char *token, size_t len, char out[13])

@@ -26,6 +26,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "audit.h"
 #include "clock.h"
 #include "config.h"
 #include "courier.h"
@@ -267,6 +268,7 @@ static int cmd_serve(const char *path, const char *pid_file)
 	sigaddset(&set, SIGHUP);
 	sigaddset(&set, SIGTERM);
 	sigaddset(&set, SIGINT);
+	sigaddset(&set, SIGUSR1);
 	pthread_sigmask(SIG_BLOCK, &set, NULL);
 	signal(SIGPIPE, SIG_IGN);
 	curl_global_init(CURL_GLOBAL_DEFAULT);
@@ -279,6 +281,11 @@ static int cmd_serve(const char *path, const char *pid_file)
 	cfg = load_checked(path, true);
 	if (!cfg)
 		return 1;
+	if (reload_apply_process(cfg, err, sizeof(err)) != 0) {
+		log_msg("error", "%s", err);
+		config_free(cfg);
+		return 1;
+	}
 	reload_started_with(cfg);
 	if (gen_install(cfg, cfg->threads) != 0) {
 		config_free(cfg);
@@ -296,15 +303,24 @@ static int cmd_serve(const char *path, const char *pid_file)
 	/* Before the "listening" line, so whoever waits for that line finds it. */
 	if (pid_file && pidfile_write(pid_file, err, sizeof(err)) != 0)
 		log_msg("warn", "%s: `courier-broker reload` will not find this broker", err);
-	log_msg("info", "courier-broker %s listening on %s:%u with %zu tenant(s), generation %llu",
-	        BROKER_VERSION, g->cfg->listen_host, http_port(srv), g->cfg->n_tenants, g->id);
+	{
+		char msg[512];
+		snprintf(msg, sizeof(msg),
+		         "courier-broker %s listening on %s:%u with %zu tenant(s), generation %llu",
+		         BROKER_VERSION, g->cfg->listen_host, http_port(srv), g->cfg->n_tenants, g->id);
+		reload_log_generation(g, "start", msg);
+	}
 	sdnotify_ready(g->id);
 	gen_release(g);
 
 	if (reload_start(path) != 0)
 		log_msg("warn", "cannot start the reload thread: SIGHUP will not reload");
-	while ((sig = next_signal(&set, &hups)) == SIGHUP)
-		reload_request(hups);
+	while ((sig = next_signal(&set, &hups)) == SIGHUP || sig == SIGUSR1) {
+		if (sig == SIGUSR1)
+			audit_reopen(); /* logrotate renamed the audit log */
+		if (hups)
+			reload_request(hups);
+	}
 	/* First: no reload may install a generation once the drain began. */
 	reload_stop();
 	sdnotify_stopping();
@@ -335,6 +351,7 @@ static int cmd_serve(const char *path, const char *pid_file)
 		log_msg("warn", "a JWKS refresher was still running at exit");
 	curl_global_cleanup();
 	pidfile_remove();
+	audit_close();
 	log_msg("info", "stopped");
 	return 0;
 }

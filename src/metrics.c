@@ -7,9 +7,11 @@
  */
 #include "metrics.h"
 
+#include "audit.h"
 #include "buf.h"
 #include "grantcache.h"
 #include "log.h"
+#include "version.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
@@ -29,15 +31,25 @@ static const int statuses[] = {200, 204, 400, 401, 403, 404, 405, 413, 415, 429,
 static const double buckets[] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10};
 #define N_BUCKETS (sizeof(buckets) / sizeof(buckets[0]))
 
+static const char *const outcomes[] = {"allow", "deny", "error"};
+#define N_OUTCOMES (sizeof(outcomes) / sizeof(outcomes[0]))
+
+/* The request latency histogram's status classes: 1xx-2xx, 3xx-4xx, 5xx. */
+static const char *const classes[] = {"2xx", "4xx", "5xx"};
+#define N_CLASSES (sizeof(classes) / sizeof(classes[0]))
+
 struct tenant_slot {
 	char name[72];
 	atomic_ullong requests[N_STATUS];
+	atomic_ullong decisions[N_OUTCOMES];
 };
 
 static struct tenant_slot tenants[MAX_TENANTS + 1]; /* last: "_other" */
 static atomic_uint n_tenants;
 static pthread_mutex_t intern_lock = PTHREAD_MUTEX_INITIALIZER;
 
+static atomic_ullong req_buckets[N_CLASSES][N_BUCKETS + 1];
+static atomic_ullong req_count[N_CLASSES], req_sum_us[N_CLASSES];
 static atomic_ullong up_buckets[N_BUCKETS + 1];
 static atomic_ullong up_count, up_sum_us;
 static atomic_ullong up_status_2xx, up_status_4xx, up_status_5xx, up_status_none;
@@ -93,6 +105,37 @@ void metrics_request(const char *tenant, int status)
 	atomic_fetch_add_explicit(&s->requests[i], 1, memory_order_relaxed);
 }
 
+static size_t bucket_of(double seconds)
+{
+	size_t i;
+
+	for (i = 0; i < N_BUCKETS; i++)
+		if (seconds <= buckets[i])
+			break;
+	return i;
+}
+
+void metrics_request_seconds(int status, double seconds)
+{
+	size_t c = status >= 500 ? 2 : status >= 300 ? 1 : 0;
+
+	if (seconds < 0)
+		seconds = 0;
+	atomic_fetch_add_explicit(&req_buckets[c][bucket_of(seconds)], 1, memory_order_relaxed);
+	atomic_fetch_add_explicit(&req_count[c], 1, memory_order_relaxed);
+	atomic_fetch_add_explicit(&req_sum_us[c], (unsigned long long)(seconds * 1e6), memory_order_relaxed);
+}
+
+void metrics_decision(const char *tenant, const char *outcome)
+{
+	for (size_t i = 0; i < N_OUTCOMES; i++) {
+		if (strcmp(outcomes[i], outcome) == 0) {
+			atomic_fetch_add_explicit(&slot_for(tenant)->decisions[i], 1, memory_order_relaxed);
+			return;
+		}
+	}
+}
+
 void metrics_rate_limited(bool by_requester)
 {
 	atomic_fetch_add_explicit(by_requester ? &limited_requester : &limited_tenant, 1,
@@ -121,12 +164,7 @@ void metrics_grant(enum metrics_grant what)
 
 void metrics_upstream(double seconds, long http_status)
 {
-	size_t i;
-
-	for (i = 0; i < N_BUCKETS; i++)
-		if (seconds <= buckets[i])
-			break;
-	atomic_fetch_add_explicit(&up_buckets[i], 1, memory_order_relaxed);
+	atomic_fetch_add_explicit(&up_buckets[bucket_of(seconds)], 1, memory_order_relaxed);
 	atomic_fetch_add_explicit(&up_count, 1, memory_order_relaxed);
 	atomic_fetch_add_explicit(&up_sum_us, (unsigned long long)(seconds * 1e6), memory_order_relaxed);
 	if (http_status >= 200 && http_status < 300)
@@ -178,6 +216,10 @@ static void render_counters(struct buf *b)
 	unsigned long long cum = 0;
 	time_t now = time(NULL);
 
+	buf_addf(b,
+	         "# HELP broker_build_info The running build (value 1).\n"
+	         "# TYPE broker_build_info gauge\nbroker_build_info{version=\"%s\"} 1\n",
+	         BROKER_VERSION);
 	buf_addf(b, "# HELP broker_requests_total Token requests answered, by tenant and status.\n"
 	            "# TYPE broker_requests_total counter\n");
 	for (unsigned t = 0; t <= MAX_TENANTS; t++) {
@@ -195,6 +237,44 @@ static void render_counters(struct buf *b)
 				buf_addf(b, "broker_requests_total{tenant=\"%s\",status=\"other\"} %llu\n",
 				         tenants[t].name, v);
 		}
+	}
+	buf_addf(b, "# HELP broker_decisions_total Policy decisions, by tenant and outcome (allow, deny, "
+	            "error).\n# TYPE broker_decisions_total counter\n");
+	for (unsigned t = 0; t <= MAX_TENANTS; t++) {
+		if (t >= n && t != MAX_TENANTS)
+			continue;
+		for (size_t i = 0; i < N_OUTCOMES; i++) {
+			unsigned long long v =
+			    atomic_load_explicit(&tenants[t].decisions[i], memory_order_relaxed);
+			if (v)
+				buf_addf(b, "broker_decisions_total{tenant=\"%s\",outcome=\"%s\"} %llu\n",
+				         tenants[t].name, outcomes[i], v);
+		}
+	}
+	buf_addf(b, "# HELP broker_request_duration_seconds Token request latency, arrival to answer, by "
+	            "route and status class.\n# TYPE broker_request_duration_seconds histogram\n");
+	for (size_t c = 0; c < N_CLASSES; c++) {
+		unsigned long long acc = 0;
+		for (size_t i = 0; i <= N_BUCKETS; i++) {
+			acc += atomic_load_explicit(&req_buckets[c][i], memory_order_relaxed);
+			if (i < N_BUCKETS)
+				buf_addf(
+				    b,
+				    "broker_request_duration_seconds_bucket{route=\"token\",class=\"%s\","
+				    "le=\"%g\"} %llu\n",
+				    classes[c], buckets[i], acc);
+			else
+				buf_addf(
+				    b,
+				    "broker_request_duration_seconds_bucket{route=\"token\",class=\"%s\","
+				    "le=\"+Inf\"} %llu\n",
+				    classes[c], acc);
+		}
+		buf_addf(b,
+		         "broker_request_duration_seconds_sum{route=\"token\",class=\"%s\"} %.6f\n"
+		         "broker_request_duration_seconds_count{route=\"token\",class=\"%s\"} %llu\n",
+		         classes[c], (double)atomic_load(&req_sum_us[c]) / 1e6, classes[c],
+		         atomic_load(&req_count[c]));
 	}
 	buf_addf(
 	    b,
@@ -318,8 +398,11 @@ static void render_front(struct buf *b, const struct metrics_front *f)
 	         "broker_request_timeouts_total %llu\n"
 	         "# HELP broker_log_suppressed_total Warning lines dropped by the log's rate limit.\n"
 	         "# TYPE broker_log_suppressed_total counter\n"
-	         "broker_log_suppressed_total %llu\n",
-	         f->refused_per_ip, f->request_timeouts, log_suppressed_total());
+	         "broker_log_suppressed_total %llu\n"
+	         "# HELP broker_audit_write_failures_total Audit log lines that could not be written.\n"
+	         "# TYPE broker_audit_write_failures_total counter\n"
+	         "broker_audit_write_failures_total %llu\n",
+	         f->refused_per_ip, f->request_timeouts, log_suppressed_total(), audit_failures());
 }
 
 char *metrics_render_front(const struct metrics_front *front, size_t *len)

@@ -15,6 +15,12 @@
 /* One finished request on the token routes. tenant may be NULL ("-"). */
 void metrics_request(const char *tenant, int status);
 
+/* One answered token request's latency, by status class (route "token"). */
+void metrics_request_seconds(int status, double seconds);
+
+/* One policy decision: outcome "allow", "deny" or "error". tenant may be NULL. */
+void metrics_decision(const char *tenant, const char *outcome);
+
 /* One token request refused with 429, by the requester's own bucket
  * (rate_limit.per_requester) or by the tenant's. */
 void metrics_rate_limited(bool by_requester);

@@ -44,4 +44,14 @@ void reload_stop(void);
  * may be inside libcurl, OpenSSL or Lua, so no global cleanup may run. */
 bool reload_busy(void);
 
+/* The start ("start") and reload ("reload") lines: msg, then the generation,
+ * the log level, the audit log, and each tenant with its policy revision and
+ * the Courier URL in force. */
+struct gen;
+void reload_log_generation(const struct gen *g, const char *event, const char *msg);
+
+/* What a generation's configuration sets outside it: the log level and the
+ * audit log. Returns 0, or -1 with the reason in err. */
+int reload_apply_process(const struct config *cfg, char *err, size_t errlen);
+
 #endif

@@ -12,15 +12,20 @@
 
 #include <lauxlib.h>
 #include <lua.h>
+#include <openssl/rand.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
+#include "audit.h"
 #include "clock.h"
 #include "config.h"
 #include "json.h"
 #include "log.h"
 #include "loop.h"
 #include "metrics.h"
+#include "secret.h"
 
 static const struct {
 	int status;
@@ -45,9 +50,68 @@ static const struct {
 /* The fallback error body when even the JSON encoder fails. */
 #define FALLBACK_BODY_MAX 160
 
-enum MHD_Result reply_queue(struct MHD_Connection *conn, struct http_server *s, int status, const char *ctype,
-                            const char *body, size_t len, const char *extra_name, const char *extra_value,
-                            const char *cors_origin)
+/* ------------------------------------------------------------- request ids */
+
+static bool id_char(char c)
+{
+	return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' ||
+	       c == '_' || c == '-';
+}
+
+void reply_request_id(struct MHD_Connection *conn, char *out)
+{
+	const char *v = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-Request-Id");
+	unsigned char rnd[16];
+	size_t n = 0;
+
+	if (v) {
+		while (n <= REPLY_REQUEST_ID_MAX && id_char(v[n]))
+			n++;
+		if (n >= 1 && n <= REPLY_REQUEST_ID_MAX && v[n] == '\0') {
+			memcpy(out, v, n + 1);
+			return;
+		}
+	}
+	/* A client's id that is not sane is replaced, never echoed: it would
+	 * reach the log and every system that reads it. */
+	if (RAND_bytes(rnd, sizeof(rnd)) != 1)
+		memset(rnd, 0, sizeof(rnd));
+	secret_hex(rnd, sizeof(rnd), out);
+}
+
+static bool lower_hex(const char *s, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f')))
+			return false;
+	return true;
+}
+
+void reply_trace_id(struct MHD_Connection *conn, char out[33])
+{
+	/* version "-" trace-id "-" parent-id "-" flags (W3C Trace Context §3.2):
+	 * 2, 32, 16 and 2 lowercase hex digits; version ff and all-zero ids are
+	 * invalid; a later version may append "-..." fields. */
+	const char *v = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "traceparent");
+	size_t len = v ? strlen(v) : 0;
+
+	out[0] = '\0';
+	if (len < 55 || (len > 55 && (v[55] != '-' || strncmp(v, "00", 2) == 0)))
+		return;
+	if (!lower_hex(v, 2) || strncmp(v, "ff", 2) == 0 || v[2] != '-' || !lower_hex(v + 3, 32) ||
+	    v[35] != '-' || !lower_hex(v + 36, 16) || v[52] != '-' || !lower_hex(v + 53, 2))
+		return;
+	if (strspn(v + 3, "0") >= 32 || strspn(v + 36, "0") >= 16)
+		return;
+	memcpy(out, v + 3, 32);
+	out[32] = '\0';
+}
+
+/* ----------------------------------------------------------------- answers */
+
+static enum MHD_Result queue(struct MHD_Connection *conn, struct http_server *s, int status,
+                             const char *ctype, const char *body, size_t len, const char *extra_name,
+                             const char *extra_value, const char *cors_origin, const char *request_id)
 {
 	struct MHD_Response *resp;
 	enum MHD_Result ret;
@@ -58,6 +122,7 @@ enum MHD_Result reply_queue(struct MHD_Connection *conn, struct http_server *s, 
 	MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, ctype);
 	/* Tokens, and errors about them, must never sit in a cache. */
 	MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
+	MHD_add_response_header(resp, "X-Request-Id", request_id);
 	if (extra_name)
 		MHD_add_response_header(resp, extra_name, extra_value);
 	if (cors_origin) {
@@ -76,92 +141,178 @@ enum MHD_Result reply_queue(struct MHD_Connection *conn, struct http_server *s, 
 	return ret;
 }
 
+enum MHD_Result reply_queue(struct MHD_Connection *conn, struct http_server *s, int status, const char *ctype,
+                            const char *body, size_t len, const char *extra_name, const char *extra_value,
+                            const char *cors_origin)
+{
+	char id[REPLY_REQUEST_ID_MAX + 1];
+
+	reply_request_id(conn, id);
+	return queue(conn, s, status, ctype, body, len, extra_name, extra_value, cors_origin, id);
+}
+
+enum MHD_Result reply_queue_req(struct req *r, int status, const char *ctype, const char *body, size_t len,
+                                const char *extra_name, const char *extra_value)
+{
+	return queue(r->conn, r->srv, status, ctype, body, len, extra_name, extra_value, r->cors_origin,
+	             r->request_id);
+}
+
 enum MHD_Result reply_plain(struct MHD_Connection *conn, struct http_server *s, int status, const char *ctype,
                             const char *body, const char *extra_name, const char *extra_value)
 {
 	return reply_queue(conn, s, status, ctype, body, strlen(body), extra_name, extra_value, NULL);
 }
 
-/* Sets t[name] = value (t on top of L), unless value is NULL or empty. */
-static void put_str(lua_State *L, const char *name, const char *value)
+/* ---------------------------------------------------------------- the log */
+
+static bool credential_header(const char *name)
 {
-	if (!value || !value[0])
-		return;
-	lua_pushstring(L, value);
-	lua_setfield(L, -2, name);
+	return strcasecmp(name, "authorization") == 0 || strcasecmp(name, "cookie") == 0 ||
+	       strcasecmp(name, "proxy-authorization") == 0;
 }
 
-/* Sets t[name] = ms, to the microsecond. */
-static void put_ms(lua_State *L, const char *name, double ms)
+/* One req.headers entry: lower-case name, as the policy reads it. */
+static enum MHD_Result audit_header(void *cls, enum MHD_ValueKind kind, const char *key, const char *value)
 {
-	lua_pushnumber(L, (double)(long long)(ms * 1000) / 1000);
-	lua_setfield(L, -2, name);
+	struct log_line *l = cls;
+	char name[128];
+	size_t n = strlen(key);
+
+	(void)kind;
+	if (!value || credential_header(key) || n >= sizeof(name))
+		return MHD_YES;
+	for (size_t i = 0; i <= n; i++)
+		name[i] = (key[i] >= 'A' && key[i] <= 'Z') ? (char)(key[i] - 'A' + 'a') : key[i];
+	log_line_str(l, name, value);
+	return MHD_YES;
 }
 
-/* t.policy_log = the decision's broker.log lines, as an array. */
-static void put_lines(lua_State *L, const char *name, const char *text)
+/* req as the policy saw it (docs/policies.md), credentials removed. */
+static void audit_request(struct req *r, struct log_line *l)
 {
-	int n = 0;
+	const char *origin = r->origin;
+	const char *ua = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_USER_AGENT);
 
-	if (!text)
+	log_line_open(l, "request", '{');
+	log_line_str(l, "tenant", r->tenant->name);
+	log_line_str(l, "user_id", r->user_id);
+	if (r->audit_body)
+		log_line_raw(l, "body", r->audit_body, strlen(r->audit_body));
+	log_line_open(l, "identity", '{');
+	log_line_bool(l, "authenticated", r->authenticated);
+	log_line_str(l, "method", r->method);
+	if (r->subject[0])
+		log_line_str(l, "subject", r->subject);
+	if (r->audit_claims)
+		log_line_raw(l, "claims", r->audit_claims, strlen(r->audit_claims));
+	log_line_close(l, '}');
+	log_line_open(l, "client", '{');
+	log_line_str(l, "ip", r->policy_ip);
+	log_line_str(l, "origin", origin);
+	log_line_str(l, "user_agent", ua);
+	log_line_close(l, '}');
+	/* Duplicate names keep the first, as req.headers does. */
+	log_line_open(l, "headers", '{');
+	MHD_get_connection_values(r->conn, MHD_HEADER_KIND, audit_header, l);
+	log_line_close(l, '}');
+	log_line_int(l, "now", r->now);
+	log_line_close(l, '}');
+}
+
+/* The audit line of a decided request: who asked, for whom, what was
+ * granted or why not, under which policy revision. */
+static void audit_log(struct req *r, int status, const char *error)
+{
+	struct log_line l;
+	char ts[40], *line;
+	size_t len;
+
+	if (!r->decision || !r->tenant || !audit_enabled())
 		return;
-	lua_createtable(L, 8, 0);
-	for (const char *p = text, *nl; (nl = strchr(p, '\n')); p = nl + 1) {
-		lua_pushlstring(L, p, (size_t)(nl - p));
-		lua_rawseti(L, -2, ++n);
+	log_line_init(&l);
+	log_timestamp(ts, sizeof(ts));
+	log_line_str(&l, "time", ts);
+	log_line_str(&l, "event", "decision");
+	log_line_str(&l, "request_id", r->request_id);
+	if (r->trace_id[0])
+		log_line_str(&l, "trace_id", r->trace_id);
+	log_line_str(&l, "tenant", r->tenant->name);
+	log_line_str(&l, "policy_revision", r->tenant->policy_revision);
+	log_line_str(&l, "user", r->user_id);
+	log_line_str(&l, "auth", r->method);
+	if (r->subject[0])
+		log_line_str(&l, "subject", r->subject);
+	log_line_str(&l, "client_ip", r->policy_ip);
+	log_line_str(&l, "decision", r->decision);
+	log_line_str(&l, "reason", r->reason);
+	if (r->grant.scope[0]) {
+		log_line_str(&l, "scope", r->grant.scope);
+		log_line_int(&l, "expires_in", r->grant.expires_s);
 	}
-	lua_setfield(L, -2, name);
+	log_line_int(&l, "status", status);
+	log_line_str(&l, "error", error);
+	if (audit_inputs())
+		audit_request(r, &l);
+	line = log_line_finish(&l, &len);
+	if (line)
+		audit_write(line, len);
+	else
+		audit_write_failed("the line could not be built");
+	free(line);
 }
 
 void reply_log(struct req *r, int status, const char *error, const char *token, size_t token_len,
                double upstream_ms)
 {
-	lua_State *L = loop_json(r->loop);
-	char ts[40], hash[13];
-	int top;
+	double ms = clock_since_ms(&r->start);
+	const char *tenant = r->tenant ? r->tenant->name : NULL;
+	struct log_line l;
+	char hash[13];
 
-	metrics_request(r->tenant ? r->tenant->name : NULL, status);
-	top = lua_gettop(L);
-	log_timestamp(ts, sizeof(ts));
-	lua_createtable(L, 0, 20);
-	put_str(L, "time", ts);
-	put_str(L, "level", "info");
-	put_str(L, "event", "token_request");
+	metrics_request(tenant, status);
+	metrics_request_seconds(status, ms / 1e3);
+	if (r->decision)
+		metrics_decision(tenant, r->decision);
+	audit_log(r, status, error);
+	/* 5xx: the broker or Courier failed, which is someone's to fix. */
+	if (!log_line_begin(&l, status >= 500 ? LOG_ERROR : LOG_INFO, "token_request"))
+		return;
+	log_line_str(&l, "request_id", r->request_id);
+	if (r->trace_id[0])
+		log_line_str(&l, "trace_id", r->trace_id);
 	if (r->tenant) {
 		/* Both always present for a tenant, even when empty. */
-		lua_pushstring(L, r->tenant->name);
-		lua_setfield(L, -2, "tenant");
-		lua_pushstring(L, r->tenant->policy_revision);
-		lua_setfield(L, -2, "policy_revision");
+		log_line_str(&l, "tenant", r->tenant->name);
+		log_line_str(&l, "policy_revision", r->tenant->policy_revision);
 	}
-	put_str(L, "user", r->user_id);
-	put_str(L, "auth", r->method);
-	put_str(L, "subject", r->subject);
-	put_str(L, "decision", r->decision);
-	put_str(L, "reason", r->reason);
+	if (r->user_id[0])
+		log_line_str(&l, "user", r->user_id);
+	log_line_str(&l, "auth", r->method);
+	if (r->subject[0])
+		log_line_str(&l, "subject", r->subject);
+	log_line_str(&l, "decision", r->decision);
+	if (r->reason[0])
+		log_line_str(&l, "reason", r->reason);
 	if (r->grant.scope[0]) {
-		put_str(L, "scope", r->grant.scope);
-		lua_pushinteger(L, r->grant.expires_s);
-		lua_setfield(L, -2, "expires_in");
-		if (r->grant.capped) {
-			lua_pushboolean(L, 1);
-			lua_setfield(L, -2, "capped");
-		}
+		log_line_str(&l, "scope", r->grant.scope);
+		log_line_int(&l, "expires_in", r->grant.expires_s);
+		if (r->grant.capped)
+			log_line_bool(&l, "capped", true);
 	}
-	lua_pushinteger(L, status);
-	lua_setfield(L, -2, "status");
-	put_str(L, "error", error);
+	log_line_int(&l, "status", status);
+	log_line_str(&l, "error", error);
 	if (token) {
 		log_token_hash(token, token_len, hash);
-		put_str(L, "token_sha256", hash);
+		log_line_str(&l, "token_sha256", hash);
 	}
-	put_ms(L, "latency_ms", clock_since_ms(&r->start));
+	log_line_ms(&l, "latency_ms", ms);
 	if (upstream_ms >= 0)
-		put_ms(L, "upstream_ms", upstream_ms);
-	put_str(L, "client_ip", r->client_ip);
-	put_lines(L, "policy_log", r->policy_log);
-	log_table(L, -1);
-	lua_settop(L, top);
+		log_line_ms(&l, "upstream_ms", upstream_ms);
+	if (r->client_ip[0])
+		log_line_str(&l, "client_ip", r->client_ip);
+	log_line_lines(&l, "policy_log", r->policy_log);
+	log_line_end(&l);
 }
 
 enum MHD_Result reply_fail(struct req *r, enum reply_answer a, const char *message, const char *extra_name,
@@ -190,8 +341,7 @@ enum MHD_Result reply_fail(struct req *r, enum reply_answer a, const char *messa
 		extra_name = MHD_HTTP_HEADER_WWW_AUTHENTICATE;
 		extra_value = "Bearer";
 	}
-	ret = reply_queue(r->conn, r->srv, status, "application/json", json, len, extra_name, extra_value,
-	                  r->cors_origin);
+	ret = reply_queue_req(r, status, "application/json", json, len, extra_name, extra_value);
 	lua_settop(L, top);
 	reply_log(r, status, code, NULL, 0, -1);
 	r->state = RS_DONE;

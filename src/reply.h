@@ -30,6 +30,9 @@ struct tenant;
 
 enum req_state { RS_BODY, RS_WAITING, RS_DONE };
 
+/* The longest X-Request-Id taken from a client (CONTRACT.md). */
+#define REPLY_REQUEST_ID_MAX 128
+
 /* One token request, from its first MHD call to on_completed. */
 struct req {
 	struct http_server *srv;
@@ -42,6 +45,8 @@ struct req {
 	const char *cors_origin; /* the tenant's listed origin equal to it, or NULL */
 	enum req_state state;
 	struct timespec start;
+	char request_id[REPLY_REQUEST_ID_MAX + 1]; /* X-Request-Id: the client's if sane, else new */
+	char trace_id[33];                         /* traceparent's trace id, or "" */
 
 	struct buf body; /* capped at max_body_bytes once the request is routed */
 	bool too_large;
@@ -54,6 +59,12 @@ struct req {
 	const char *decision; /* "allow", "deny", "error" or NULL */
 	char reason[256];
 	char client_ip[INET6_ADDRSTRLEN];
+
+	/* The request as the policy saw it, for the audit log (inputs = true). */
+	bool authenticated;
+	long long now;
+	char policy_ip[INET6_ADDRSTRLEN];
+	char *audit_body, *audit_claims; /* JSON, or NULL */
 
 	char *courier_body;
 	char *policy_log; /* broker.log lines of the decision ("a\nb\n"), or NULL */
@@ -90,9 +101,22 @@ enum reply_answer {
 	REPLY_UPSTREAM_UNAVAILABLE, /* the Courier circuit breaker is open */
 };
 
-/* Queues an answer: body (len bytes, copied) of type ctype, no-store, one
- * extra header if extra_name, CORS headers if cors_origin, and
- * Connection: close while the server drains. */
+/* The request's id: the client's X-Request-Id when it is 1-128 characters
+ * of [A-Za-z0-9._-], else 32 new random hex digits. out: at least
+ * REPLY_REQUEST_ID_MAX + 1 bytes. */
+void reply_request_id(struct MHD_Connection *conn, char *out);
+
+/* The trace id of a valid W3C traceparent header (32 lowercase hex digits,
+ * not all zero) into out[33], or "" when none. */
+void reply_trace_id(struct MHD_Connection *conn, char out[33]);
+
+/* reply_queue for a token request: its X-Request-Id and CORS origin. */
+enum MHD_Result reply_queue_req(struct req *r, int status, const char *ctype, const char *body, size_t len,
+                                const char *extra_name, const char *extra_value);
+
+/* Queues an answer (with an X-Request-Id of its own, reply_request_id): body (len bytes, copied) of type
+ * ctype, no-store, one extra header if extra_name, CORS headers if cors_origin, and Connection: close while
+ * the server drains. */
 enum MHD_Result reply_queue(struct MHD_Connection *conn, struct http_server *s, int status, const char *ctype,
                             const char *body, size_t len, const char *extra_name, const char *extra_value,
                             const char *cors_origin);

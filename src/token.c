@@ -27,6 +27,7 @@
 #include <sys/socket.h>
 #include <time.h>
 
+#include "audit.h"
 #include "clock.h"
 #include "config.h"
 #include "courier.h"
@@ -186,6 +187,7 @@ static enum MHD_Result preflight(struct req *r)
 	MHD_add_response_header(resp, "Access-Control-Max-Age", CORS_MAX_AGE_S);
 	MHD_add_response_header(resp, "Vary", "Origin");
 	MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
+	MHD_add_response_header(resp, "X-Request-Id", r->request_id);
 	ret = MHD_queue_response(r->conn, MHD_HTTP_NO_CONTENT, resp);
 	MHD_destroy_response(resp);
 	metrics_request(r->tenant->name, 204);
@@ -214,6 +216,8 @@ enum MHD_Result token_begin(struct loop *lp, struct MHD_Connection *conn, const 
 	r->state = RS_BODY;
 	r->start = clock_now();
 	peer_ip(conn, r->client_ip, sizeof(r->client_ip));
+	reply_request_id(conn, r->request_id);
+	reply_trace_id(conn, r->trace_id);
 	*con_cls = r;
 	loop_request_begin(s);
 	metrics_inflight_add(1);
@@ -468,6 +472,44 @@ static enum reply_answer stage_rate(struct req *r, struct pipeline *p)
 	return REPLY_RATE_LIMITED;
 }
 
+/* The JSON of the value at idx on L, malloc'ed, without cjson's `\/`
+ * escapes (a `\` always starts a two-character escape, so dropping the one
+ * before `/` keeps the same JSON text); NULL when it cannot be encoded. */
+static char *audit_json(lua_State *L, int idx)
+{
+	size_t len, o = 0;
+	const char *j = json_encode(L, idx, &len);
+	char *out = j ? malloc(len + 1) : NULL;
+
+	for (size_t i = 0; out && i < len; i++) {
+		if (j[i] == '\\' && i + 1 < len) {
+			if (j[i + 1] != '/')
+				out[o++] = j[i];
+			out[o++] = j[++i];
+			continue;
+		}
+		out[o++] = j[i];
+	}
+	if (out)
+		out[o] = '\0';
+	if (j)
+		lua_pop(L, 1);
+	return out;
+}
+
+/* What the audit log records of the request the policy sees. */
+static void audit_inputs_of(struct req *r, struct pipeline *p)
+{
+	r->authenticated = p->id.authenticated;
+	r->now = p->irq.now;
+	snprintf(r->policy_ip, sizeof(r->policy_ip), "%s", p->client_ip);
+	if (!audit_enabled() || !audit_inputs())
+		return;
+	r->audit_body = audit_json(p->L, p->body);
+	if (p->id.claims_idx)
+		r->audit_claims = audit_json(p->L, p->id.claims_idx);
+}
+
 /* The tenant's policy decides, on the engine pinned by token_begin. */
 static enum reply_answer stage_decide(struct req *r, struct pipeline *p)
 {
@@ -490,6 +532,7 @@ static enum reply_answer stage_decide(struct req *r, struct pipeline *p)
 	prq.headers_of = request_headers;
 	prq.headers_ctx = r;
 	prq.now = p->irq.now;
+	audit_inputs_of(r, p);
 
 	decided = policy_decide(p->e, &prq, p->dec, p->err, sizeof(p->err));
 	if (policy_decision_log(p->e)[0])
@@ -555,8 +598,8 @@ static enum MHD_Result answer_token(struct req *r, lua_State *L, int top, size_t
 		lua_settop(L, top);
 		return reply_fail(r, REPLY_UNAVAILABLE, "out of memory", NULL, NULL);
 	}
-	ret = reply_queue(r->conn, r->srv, 200, "application/json", json, jlen, "X-Policy-Revision",
-	                  r->tenant->policy_revision, r->cors_origin);
+	ret = reply_queue_req(r, 200, "application/json", json, jlen, "X-Policy-Revision",
+	                      r->tenant->policy_revision);
 	reply_log(r, 200, NULL, token, tlen, up_ms);
 	r->state = RS_DONE;
 	lua_settop(L, top);
@@ -840,6 +883,8 @@ void token_end(struct req *r)
 	courier_job_cleanup(&r->job);
 	free(r->courier_body);
 	free(r->policy_log);
+	free(r->audit_body);
+	free(r->audit_claims);
 	buf_free(&r->body);
 	gen_release(r->gen);
 	free(r);

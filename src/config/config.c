@@ -485,6 +485,7 @@ void config_free(struct config *cfg)
 	free(cfg->tls.cert_path);
 	free(cfg->tls.cert_pem);
 	secret_clear(&cfg->tls.key);
+	free(cfg->audit_file);
 	free(cfg->courier_base_url);
 	free(cfg->courier_ca_file);
 	free(cfg);

@@ -22,6 +22,7 @@
 #include "courier.h"
 #include "fileio.h"
 #include "loader.h"
+#include "log.h"
 #include "scope.h"
 
 /* host:port or [ipv6]:port into *host_out (malloc'ed) and *port_out. */
@@ -124,6 +125,30 @@ int config_conv_admin_listen(struct loader *ld, const char *key, struct value *v
 	    cfg->admin_port != 0)
 		return config_fail(ld, key, "\"%s\" is also `listen`: give the probes their own address",
 		                   v->str);
+	return 0;
+}
+
+int config_conv_log_level(struct loader *ld, const char *key, struct value *v, void *base)
+{
+	struct config *cfg = base;
+	int lv = v->present ? log_level_parse(v->str) : LOG_INFO;
+
+	if (lv < 0)
+		return config_fail(ld, key, "\"%s\" is not a level: use debug, info, warn or error", v->str);
+	cfg->log_level = lv;
+	return 0;
+}
+
+int config_conv_audit_file(struct loader *ld, const char *key, struct value *v, void *base)
+{
+	struct config *cfg = base;
+
+	if (!v->present)
+		return 0;
+	if (!v->str[0])
+		return config_fail(ld, key, "must name a file");
+	if (!(cfg->audit_file = fileio_join(ld->cfg->dir, v->str)))
+		return config_fail(ld, key, "out of memory");
 	return 0;
 }
 

@@ -124,6 +124,8 @@ int config_store_value(struct loader *ld, const struct option *o, const char *ke
 /* conv.c: the converters the table names. */
 int config_conv_listen(struct loader *ld, const char *key, struct value *v, void *base);
 int config_conv_admin_listen(struct loader *ld, const char *key, struct value *v, void *base);
+int config_conv_log_level(struct loader *ld, const char *key, struct value *v, void *base);
+int config_conv_audit_file(struct loader *ld, const char *key, struct value *v, void *base);
 int config_conv_per_ip(struct loader *ld, const char *key, struct value *v, void *base);
 int config_conv_region(struct loader *ld, const char *key, struct value *v, void *base);
 int config_conv_base_url(struct loader *ld, const char *key, struct value *v, void *base);

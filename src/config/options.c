@@ -57,6 +57,18 @@ const struct option config_options[] = {
      "The certificate's private key, unencrypted PEM: `{ file = \"PATH\" }` (owner-only mode) or "
      "`{ env = \"NAME\" }`."},
 
+    {"log_level", OPT_STRING, "info", 0, 0, NOWHERE, 0, config_conv_log_level,
+     "Lowest level logged: `debug`, `info`, `warn` or `error` (answers with a 5xx status log at `error`, "
+     "other token requests at `info`). Applied again on reload."},
+    {"audit_log", OPT_TABLE, NULL, 0, 0, NOWHERE, 0, NULL,
+     "One JSON line per policy decision, apart from the main log (docs/operations.md)."},
+    {"audit_log.file", OPT_STRING, NULL, 0, 0, NOWHERE, 0, config_conv_audit_file,
+     "File the audit lines are appended to, relative to the config file's folder; reopened on SIGUSR1 (for "
+     "logrotate). Absent: no audit log."},
+    {"audit_log.inputs", OPT_BOOL, "false", 0, 0, CFG(audit_inputs), 0, NULL,
+     "Also write the request as the policy saw it (body, identity, client, headers; never a credential): "
+     "what `replay` needs."},
+
     {"courier", OPT_TABLE, NULL, 0, 0, NOWHERE, 0, NULL, "How to reach Courier."},
     {"courier.region", OPT_STRING, "`\"us\"`", 0, 0, NOWHERE, OPT_PROSE_DEFAULT, config_conv_region,
      "Courier's region: `\"us\"` (https://api.courier.com) or `\"eu\"` (https://api.eu.courier.com); "

@@ -81,9 +81,92 @@ static void t_warnings_are_limited_and_the_rest_reported(void **state)
 	assert_int_equal(log_suppressed_total(), 2 * (100 - LOG_LIMITED_PER_S));
 }
 
+static void ordered_line(void)
+{
+	struct log_line l;
+
+	assert_true(log_line_begin(&l, LOG_ERROR, "token_request"));
+	log_line_str(&l, "zeta", "https://a/b");
+	log_line_str(&l, "alpha", "q\"b\\s\n\x01\x7f");
+	log_line_str(&l, "skipped", NULL);
+	log_line_int(&l, "status", 502);
+	log_line_ms(&l, "latency_ms", 1.23456);
+	log_line_bool(&l, "capped", true);
+	log_line_lines(&l, "policy_log", "one\ntwo/2\n");
+	log_line_open(&l, "tenants", '[');
+	log_line_open(&l, NULL, '{');
+	log_line_str(&l, "name", "a");
+	log_line_close(&l, '}');
+	log_line_open(&l, NULL, '{');
+	log_line_close(&l, '}');
+	log_line_close(&l, ']');
+	log_line_end(&l);
+}
+
+static void t_fields_in_the_order_written(void **state)
+{
+	char *out = capture(ordered_line);
+	const char *want = "\"level\":\"error\",\"event\":\"token_request\",\"zeta\":\"https://a/b\","
+	                   "\"alpha\":\"q\\\"b\\\\s\\n\\u0001\\u007f\",\"status\":502,"
+	                   "\"latency_ms\":1.235,\"capped\":true,\"policy_log\":[\"one\",\"two/2\"],"
+	                   "\"tenants\":[{\"name\":\"a\"},{}]}\n";
+
+	(void)state;
+	assert_true(strncmp(out, "{\"time\":\"", 9) == 0);
+	assert_non_null(strstr(out, want));
+	assert_null(strstr(out, "\\/"));
+	free(out);
+}
+
+static void levels(void)
+{
+	log_set_level(LOG_WARN);
+	log_msg("info", "hidden info");
+	log_msg("debug", "hidden debug");
+	log_msg("warn", "shown warn");
+	log_msg("error", "shown error");
+	log_set_level(LOG_INFO);
+	log_msg("info", "shown info");
+	log_msg("debug", "hidden debug");
+}
+
+static void t_levels_filter(void **state)
+{
+	char *out = capture(levels);
+
+	(void)state;
+	assert_null(strstr(out, "hidden"));
+	assert_int_equal(count(out, "shown"), 3);
+	assert_non_null(strstr(out, "\"level\":\"warn\",\"msg\":\"shown warn\""));
+	assert_int_equal(log_level_parse("error"), LOG_ERROR);
+	assert_int_equal(log_level_parse("debug"), LOG_DEBUG);
+	assert_int_equal(log_level_parse("loud"), -1);
+	assert_int_equal(log_level_parse(NULL), -1);
+	free(out);
+}
+
+static void t_finish_repairs_utf8(void **state)
+{
+	struct log_line l;
+	size_t len = 0;
+	char *s;
+
+	(void)state;
+	log_line_init(&l);
+	log_line_str(&l, "a", "x\xffy/z");
+	s = log_line_finish(&l, &len);
+	assert_non_null(s);
+	assert_string_equal(s, "{\"a\":\"x\xef\xbf\xbdy/z\"}\n");
+	assert_int_equal(len, strlen(s));
+	free(s);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(t_fields_in_the_order_written),
+	    cmocka_unit_test(t_levels_filter),
+	    cmocka_unit_test(t_finish_repairs_utf8),
 	    cmocka_unit_test(t_warnings_are_limited_and_the_rest_reported),
 	};
 

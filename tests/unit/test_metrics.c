@@ -39,6 +39,40 @@ static void t_requests_by_tenant_and_status(void **state)
 	free(s);
 }
 
+static void t_decisions_latency_and_build_info(void **state)
+{
+	char *s;
+
+	(void)state;
+	metrics_decision("acme", "allow");
+	metrics_decision("acme", "allow");
+	metrics_decision("acme", "deny");
+	metrics_decision(NULL, "error");
+	metrics_decision("acme", "maybe"); /* not an outcome: not counted */
+	metrics_request_seconds(200, 0.003);
+	metrics_request_seconds(200, 0.2);
+	metrics_request_seconds(403, 0.001);
+	metrics_request_seconds(504, 20);
+	s = render();
+	assert_non_null(strstr(s, "broker_decisions_total{tenant=\"acme\",outcome=\"allow\"} 2\n"));
+	assert_non_null(strstr(s, "broker_decisions_total{tenant=\"acme\",outcome=\"deny\"} 1\n"));
+	assert_non_null(strstr(s, "broker_decisions_total{tenant=\"-\",outcome=\"error\"} 1\n"));
+	assert_null(strstr(s, "maybe"));
+	assert_non_null(strstr(s, "# TYPE broker_request_duration_seconds histogram\n"));
+	assert_non_null(strstr(
+	    s, "broker_request_duration_seconds_bucket{route=\"token\",class=\"2xx\",le=\"0.005\"} 1\n"));
+	assert_non_null(strstr(
+	    s, "broker_request_duration_seconds_bucket{route=\"token\",class=\"2xx\",le=\"0.25\"} 2\n"));
+	assert_non_null(
+	    strstr(s, "broker_request_duration_seconds_count{route=\"token\",class=\"4xx\"} 1\n"));
+	assert_non_null(
+	    strstr(s, "broker_request_duration_seconds_bucket{route=\"token\",class=\"5xx\",le=\"10\"} 0\n"));
+	assert_non_null(strstr(
+	    s, "broker_request_duration_seconds_bucket{route=\"token\",class=\"5xx\",le=\"+Inf\"} 1\n"));
+	assert_non_null(strstr(s, "broker_build_info{version=\""));
+	free(s);
+}
+
 static void t_upstream_histogram_is_cumulative(void **state)
 {
 	char *s;
@@ -147,6 +181,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(t_requests_by_tenant_and_status),
+	    cmocka_unit_test(t_decisions_latency_and_build_info),
 	    cmocka_unit_test(t_upstream_histogram_is_cumulative),
 	    cmocka_unit_test(t_reloads),
 	    cmocka_unit_test(t_tenant_names_are_bounded),
