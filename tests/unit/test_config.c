@@ -344,16 +344,14 @@ static void test_base_url_plain_http_only_to_loopback(void **state)
 static void test_tenant_count_capped(void **state)
 {
 	struct fixture *f = *state;
-	const char *many = "tenants = {}\n"
-	                   "for i = 1, %d do tenants['t' .. i] = { api_key = { env = 'COURIER_API_KEY' },\n"
-	                   "  policy = 'policies/default.lua', auth = { none = true } } end\n";
-	char text[512];
+#define MANY_TENANTS(n)                                                                                      \
+	"tenants = {}\n"                                                                                     \
+	"for i = 1, " #n " do tenants['t' .. i] = { api_key = { env = 'COURIER_API_KEY' },\n"                \
+	"  policy = 'policies/default.lua', auth = { none = true } } end\n"
 	struct config *cfg;
 
-	snprintf(text, sizeof(text), many, 1001);
-	expect_error(f, text, "tenants: more than 1000 tenants", NULL);
-	snprintf(text, sizeof(text), many, 3);
-	cfg = load(f, text);
+	expect_error(f, MANY_TENANTS(1001), "tenants: more than 1000 tenants", NULL);
+	cfg = load(f, MANY_TENANTS(3));
 	if (!cfg)
 		fail_msg("%s", f->err);
 	assert_int_equal(cfg->n_tenants, 3);
