@@ -468,7 +468,7 @@ void reload_log_generation(const struct gen *g, const char *event, const char *m
 		log_line_open(&l, NULL, '{');
 		log_line_str(&l, "name", t->name);
 		log_line_str(&l, "policy_revision", t->policy_revision);
-		log_line_str(&l, "courier_url", g->courier_url);
+		log_line_str(&l, "courier_url", gen_courier_url(g, t)); /* its own region or base_url */
 		log_line_close(&l, '}');
 	}
 	log_line_close(&l, ']');
