@@ -14,9 +14,9 @@
  * back into the HTTP front except through the job's done callback.
  *
  * Also owns the retries (a failed attempt waits on the same timerfd, never
- * blocking the loop, then starts again within the job's timeout_ms) and the
- * circuit breakers: one per Courier endpoint and API key, in a small
- * process-wide table under one lock, since every loop calls the same Courier.
+ * blocking the loop, then starts again within the job's timeout_ms); asks
+ * the circuit breakers (breaker.c, one per Courier endpoint and API key)
+ * before each call and tells them its outcome.
  */
 #include "courier.h"
 
@@ -25,7 +25,6 @@
 #include <lauxlib.h>
 #include <lua.h>
 #include <openssl/crypto.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,6 +33,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "breaker.h"
 #include "buf.h"
 #include "clock.h"
 #include "envelope.h"
@@ -53,9 +53,6 @@
 #define BACKOFF_MAX_MS  2000
 /* A retry is only worth starting with at least this much of timeout_ms left. */
 #define ATTEMPT_MIN_MS 50
-/* An open breaker's pause grows (doubles per failed probe) up to this. */
-#define BREAKER_COOLDOWN_MAX_MS 60000
-#define BREAKERS_MAX            256
 
 struct courier_client {
 	CURLM *multi;
@@ -73,156 +70,40 @@ struct courier_client {
 
 /* ------------------------------------------------------ circuit breakers */
 
-enum breaker_state { BREAKER_CLOSED, BREAKER_OPEN, BREAKER_PROBING };
-
-static const char *const breaker_state_names[] = {"closed", "open", "half-open (probing)"};
-
-/* One Courier endpoint (the call's URL) and API key (its fingerprint). Slots
- * are never freed: a closed breaker with no failure holds no information and
- * is reused when the table is full (keys rotate). Jobs never hold a pointer
- * to a slot: they find theirs again by URL and fingerprint. */
-struct courier_breaker {
-	char *url;
-	char fingerprint[17];
-	enum breaker_state state;
-	unsigned failures;    /* consecutive, while closed */
-	long cooldown_ms;     /* the current pause */
-	long long open_until; /* CLOCK_MONOTONIC ms */
-};
-
-static struct courier_breaker breakers[BREAKERS_MAX];
-static size_t n_breakers;
-static pthread_mutex_t breakers_lock = PTHREAD_MUTEX_INITIALIZER;
-
-/* Under breakers_lock. NULL when the table is full of breakers in use (then
- * calls go unguarded: a breaker is a protection, never a reason to refuse). */
-static struct courier_breaker *breaker_find(const char *url, const char *fingerprint)
+/* The job's call as its breaker sees it (breaker.h). */
+static struct breaker_call call_of(const struct courier_job *job)
 {
-	struct courier_breaker *spare = NULL;
-	char *copy;
-
-	for (size_t i = 0; i < n_breakers; i++) {
-		struct courier_breaker *b = &breakers[i];
-		if (strcmp(b->fingerprint, fingerprint) == 0 && strcmp(b->url, url) == 0)
-			return b;
-		if (!spare && b->state == BREAKER_CLOSED && b->failures == 0)
-			spare = b;
-	}
-	if (!(copy = strdup(url)))
-		return NULL;
-	if (n_breakers < BREAKERS_MAX)
-		spare = &breakers[n_breakers++];
-	if (!spare) {
-		free(copy);
-		return NULL;
-	}
-	free(spare->url);
-	*spare = (struct courier_breaker){.url = copy, .state = BREAKER_CLOSED};
-	snprintf(spare->fingerprint, sizeof(spare->fingerprint), "%s", fingerprint);
-	return spare;
+	return (struct breaker_call){.url = job->url,
+	                             .fingerprint = job->api_key->fingerprint,
+	                             .failures_max = job->breaker_failures,
+	                             .cooldown_ms = job->breaker_cooldown_ms,
+	                             .guarded = job->guarded,
+	                             .probe = job->probe};
 }
 
-/* Under breakers_lock: moves b to state, logs and counts it. */
-static void breaker_set(struct courier_breaker *b, enum breaker_state to, const char *why)
+static long job_admit(struct courier_job *job, long long now)
 {
-	bool was_open = b->state != BREAKER_CLOSED, is_open = to != BREAKER_CLOSED;
+	struct breaker_call bc = call_of(job);
+	long wait = breaker_admit(&bc, now);
 
-	if (b->state == to)
-		return;
-	if (to == BREAKER_OPEN)
-		log_msg("warn",
-		        "Courier circuit breaker for %s (key fingerprint %s): %s -> open (%s); calls paused "
-		        "for %ld ms",
-		        b->url, b->fingerprint, breaker_state_names[b->state], why, b->cooldown_ms);
-	else
-		log_msg("info", "Courier circuit breaker for %s (key fingerprint %s): %s -> %s (%s)", b->url,
-		        b->fingerprint, breaker_state_names[b->state], breaker_state_names[to], why);
-	b->state = to;
-	if (was_open != is_open)
-		metrics_courier_breaker_open(is_open ? 1 : -1);
-}
-
-/* Whether job may call now: 0 (job->probe set when it is the probe), or the
- * seconds to wait (the breaker is open). */
-static long breaker_admit(struct courier_job *job, long long now)
-{
-	struct courier_breaker *b;
-	long wait = 0;
-
-	job->guarded = false;
-	job->probe = false;
-	if (!job->breaker_failures)
-		return 0;
-	pthread_mutex_lock(&breakers_lock);
-	b = breaker_find(job->url, job->api_key->fingerprint);
-	job->guarded = b != NULL;
-	if (b && b->state == BREAKER_OPEN) {
-		if (now >= b->open_until) {
-			breaker_set(b, BREAKER_PROBING, "pause over, one call let through");
-			job->probe = true;
-		} else {
-			wait = (long)((b->open_until - now + 999) / 1000);
-		}
-	} else if (b && b->state == BREAKER_PROBING) {
-		wait = 1; /* the probe is on its way */
-	}
-	pthread_mutex_unlock(&breakers_lock);
+	job->guarded = bc.guarded;
+	job->probe = bc.probe;
 	return wait;
 }
 
-/* A call's outcome (its last attempt's) for job's breaker: failed
- * (connection error, timeout, 5xx, 429, 408, 409), or not (Courier answered). aborted: the call ended without
- * an outcome (the drain); a probe then gives its turn to the next call. */
-static void breaker_record(struct courier_job *job, bool failed, bool aborted, long long now)
+static void job_record(struct courier_job *job, bool failed, bool aborted, long long now)
 {
-	struct courier_breaker *b;
+	struct breaker_call bc = call_of(job);
 
-	if (!job->guarded)
-		return;
-	pthread_mutex_lock(&breakers_lock);
-	b = breaker_find(job->url, job->api_key->fingerprint);
-	if (!b) {
-		job->probe = false;
-		pthread_mutex_unlock(&breakers_lock);
-		return;
-	}
-	if (aborted) {
-		if (job->probe && b->state == BREAKER_PROBING) {
-			b->state = BREAKER_OPEN;
-			b->open_until = now;
-		}
-	} else if (!failed) {
-		b->failures = 0;
-		if (b->state != BREAKER_CLOSED) {
-			breaker_set(b, BREAKER_CLOSED, "Courier answered");
-			b->cooldown_ms = 0;
-		}
-	} else if (job->probe && b->state == BREAKER_PROBING) {
-		b->cooldown_ms = b->cooldown_ms * 2 > BREAKER_COOLDOWN_MAX_MS ? BREAKER_COOLDOWN_MAX_MS
-		                                                              : b->cooldown_ms * 2;
-		b->open_until = now + b->cooldown_ms;
-		breaker_set(b, BREAKER_OPEN, "the probe failed");
-	} else if (b->state == BREAKER_CLOSED && ++b->failures >= job->breaker_failures) {
-		b->cooldown_ms = job->breaker_cooldown_ms;
-		b->open_until = now + b->cooldown_ms;
-		breaker_set(b, BREAKER_OPEN, "consecutive failures");
-	}
-	job->probe = false;
-	pthread_mutex_unlock(&breakers_lock);
+	breaker_record(&bc, failed, aborted, now);
+	job->probe = bc.probe;
 }
 
-static bool breaker_is_open(const struct courier_job *job)
+static bool job_breaker_open(const struct courier_job *job)
 {
-	struct courier_breaker *b;
-	bool open;
+	struct breaker_call bc = call_of(job);
 
-	if (!job->guarded)
-		return false;
-	pthread_mutex_lock(&breakers_lock);
-	b = breaker_find(job->url, job->api_key->fingerprint);
-	open = b && b->state == BREAKER_OPEN;
-	pthread_mutex_unlock(&breakers_lock);
-	return open;
+	return breaker_is_open(&bc);
 }
 
 /* ------------------------------------------------------------- retries */
@@ -401,7 +282,7 @@ int courier_submit(struct courier_client *c, struct courier_job *job)
 
 	job->attempts = 0;
 	buf_init(&job->resp_buf, RESP_MAX);
-	job->retry_after_s = breaker_admit(job, now);
+	job->retry_after_s = job_admit(job, now);
 	if (job->retry_after_s > 0) {
 		metrics_courier_paused();
 		return COURIER_PAUSED;
@@ -441,7 +322,7 @@ int courier_submit(struct courier_client *c, struct courier_job *job)
 	}
 	return 0;
 fail:
-	breaker_record(job, false, true, now);
+	job_record(job, false, true, now);
 	return -1;
 }
 
@@ -506,7 +387,7 @@ static void finish(struct courier_client *c, struct courier_job *job, CURLcode r
 	} else {
 		curl_easy_cleanup(e);
 	}
-	if (retryable && !job->aborted && job->attempts <= job->retries && !breaker_is_open(job)) {
+	if (retryable && !job->aborted && job->attempts <= job->retries && !job_breaker_open(job)) {
 		if (wait < 0)
 			wait = backoff_ms(c, job->attempts);
 		if (wait + ATTEMPT_MIN_MS <= remaining) {
@@ -527,7 +408,7 @@ static void finish(struct courier_client *c, struct courier_job *job, CURLcode r
 		    job->attempts, wait, remaining);
 	}
 	metrics_courier_attempt(failed ? METRICS_ATTEMPT_FAILED : METRICS_ATTEMPT_ANSWERED);
-	breaker_record(job, failed, job->aborted, now);
+	job_record(job, failed, job->aborted, now);
 	complete_job(c, job);
 }
 
@@ -547,9 +428,9 @@ static void start_due_retries(struct courier_client *c)
 		}
 		list_del(&c->waiting, job);
 		/* remaining > 0: libcurl reads a timeout of 0 as none at all. */
-		if (remaining <= 0 || breaker_is_open(job) || start_attempt(c, job, remaining) != 0) {
+		if (remaining <= 0 || job_breaker_open(job) || start_attempt(c, job, remaining) != 0) {
 			metrics_courier_attempt(METRICS_ATTEMPT_FAILED);
-			breaker_record(job, true, false, now);
+			job_record(job, true, false, now);
 			complete_job(c, job); /* the last attempt's outcome stands */
 		}
 	}
@@ -726,7 +607,7 @@ void courier_abort_all(struct courier_client *c)
 		job->timed_out = false;
 		job->aborted = true;
 		snprintf(job->error, sizeof(job->error), "aborted");
-		breaker_record(job, false, true, (long long)clock_ms());
+		job_record(job, false, true, (long long)clock_ms());
 		complete_job(c, job);
 	}
 }
