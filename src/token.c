@@ -32,6 +32,7 @@
 #include "config.h"
 #include "courier.h"
 #include "envelope.h"
+#include "flight.h"
 #include "gen.h"
 #include "grantcache.h"
 #include "ident.h"
@@ -63,14 +64,13 @@ struct header_set {
 };
 
 /* The loop's table of Courier calls that identical grants share. */
-#define FLIGHT_BUCKETS 256
 
 /* A loop's scratch for the decision (13 KiB, one request at a time on a
  * loop), and its flights (zeroed with the scratch). */
 struct token_scratch {
 	struct header_set hs;
 	struct decision dec;
-	struct flight *flights[FLIGHT_BUCKETS];
+	struct flight *flights[FLIGHT_BUCKETS]; /* identical grants in flight (flight.c) */
 };
 
 static struct token_scratch *scratch_of(struct loop *lp)
@@ -259,88 +259,6 @@ enum MHD_Result token_begin(struct loop *lp, struct MHD_Connection *conn, const 
 	return MHD_YES;
 }
 
-/* ------------------------------------------------------ identical grants */
-
-/*
- * Single-flight: one Courier call for concurrent identical grants (same key,
- * grantcache.h). The table is per loop: a request never changes loops and its
- * answer must be made on its own loop, so the leader's done callback resumes
- * its followers directly, with no lock and no cross-thread wake-up. Identical
- * grants arriving on two loops make two calls (docs/operations.md). The
- * followers are suspended (no thread waits) and end with the leader's call,
- * which has its own timeout, so they need no deadline of their own.
- */
-struct flight {
-	struct grantcache_key key;
-	struct req *followers; /* linked by flight_next */
-	struct flight *next;   /* same bucket */
-};
-
-static struct flight **flight_slot(struct loop *lp, const struct grantcache_key *k)
-{
-	return &scratch_of(lp)->flights[k->h[0] % FLIGHT_BUCKETS];
-}
-
-static struct flight *flight_find(struct loop *lp, const struct grantcache_key *k)
-{
-	struct flight *f = *flight_slot(lp, k);
-
-	while (f && memcmp(f->key.h, k->h, sizeof(k->h)) != 0)
-		f = f->next;
-	return f;
-}
-
-/* r's call has started: identical grants that arrive before it ends follow it.
- * Without memory r simply leads no flight. */
-static void flight_lead(struct req *r)
-{
-	struct flight **slot = flight_slot(r->loop, &r->gkey);
-	struct flight *f = calloc(1, sizeof(*f));
-
-	if (!f)
-		return;
-	f->key = r->gkey;
-	f->next = *slot;
-	*slot = f;
-	r->flight = f;
-}
-
-/* The leader's outcome, copied into a follower's job (its answer body too:
- * the leader may be freed before the follower answers). */
-static void flight_share(const struct courier_job *from, struct courier_job *to)
-{
-	to->status = from->status;
-	to->timed_out = from->timed_out;
-	to->aborted = from->aborted;
-	to->seconds = from->seconds;
-	memcpy(to->error, from->error, sizeof(to->error));
-	buf_init(&to->resp_buf, from->resp_len + 1);
-	if (from->resp_len && buf_add(&to->resp_buf, from->resp, from->resp_len) != 0) {
-		to->status = 0;
-		snprintf(to->error, sizeof(to->error), "out of memory sharing Courier's answer");
-	}
-	to->resp = to->resp_buf.data;
-	to->resp_len = to->resp_buf.len;
-}
-
-/* The leader's call is over: its followers get its outcome and are resumed. */
-static void flight_land(struct req *leader)
-{
-	struct flight *f = leader->flight, **p = flight_slot(leader->loop, &f->key);
-
-	while (*p != f)
-		p = &(*p)->next;
-	*p = f->next;
-	for (struct req *r = f->followers, *next; r; r = next) {
-		next = r->flight_next;
-		r->flight_next = NULL;
-		flight_share(&leader->job, &r->job);
-		MHD_resume_connection(r->conn);
-	}
-	free(f);
-	leader->flight = NULL;
-}
-
 /* ---------------------------------------------------------- Courier call */
 
 static void on_courier_done(struct courier_job *job)
@@ -348,7 +266,7 @@ static void on_courier_done(struct courier_job *job)
 	struct req *r = job->arg;
 
 	if (r->flight)
-		flight_land(r);
+		flight_land(scratch_of(r->loop)->flights, r);
 
 	/* Runs on the request's loop: count the call as over (whether or not the
 	 * client is still there to read the answer) and hand the connection back;
@@ -649,10 +567,8 @@ static enum reply_answer stage_upstream(struct req *r, struct pipeline *p)
 	               r->grant.scope, r->grant.expires_s);
 	if (t->token_cache && answer_cached(r, p))
 		return REPLY_GO;
-	if ((f = flight_find(r->loop, &r->gkey))) {
-		r->flight_next = f->followers;
-		f->followers = r;
-		r->shared = true;
+	if ((f = flight_find(scratch_of(r->loop)->flights, &r->gkey))) {
+		flight_follow(f, r);
 		r->state = RS_WAITING;
 		metrics_grant(METRICS_FLIGHT_SHARED);
 		MHD_suspend_connection(r->conn);
@@ -707,7 +623,7 @@ static enum reply_answer stage_upstream(struct req *r, struct pipeline *p)
 		loop_upstream_end(r->srv);
 		return REPLY_UNAVAILABLE;
 	}
-	flight_lead(r);
+	flight_lead(scratch_of(r->loop)->flights, r);
 	r->state = RS_WAITING;
 	MHD_suspend_connection(r->conn);
 	return REPLY_GO;
@@ -879,7 +795,8 @@ void token_end(struct req *r)
 	}
 	gen_engine_unpin(loop_engines(r->loop), r->engine); /* never decided */
 	if (r->flight)
-		flight_land(r); /* not reached: a leader ends after its call; never strand followers */
+		flight_land(scratch_of(r->loop)->flights,
+		            r); /* not reached: a leader ends after its call; never strand followers */
 	courier_job_cleanup(&r->job);
 	free(r->courier_body);
 	free(r->policy_log);
