@@ -210,11 +210,11 @@ void metrics_reload(bool ok, time_t when)
 }
 
 /* The counters this file keeps. */
-static void render_counters(struct buf *b)
+/* Build info, and what the token requests got: answers, decisions, latency, rate
+ * limits, the token cache and shared calls. */
+static void render_requests(struct buf *b)
 {
 	unsigned n = atomic_load_explicit(&n_tenants, memory_order_acquire);
-	unsigned long long cum = 0;
-	time_t now = time(NULL);
 
 	buf_addf(b,
 	         "# HELP broker_build_info The running build (value 1).\n"
@@ -299,6 +299,14 @@ static void render_counters(struct buf *b)
 	         atomic_load(&grant_counts[METRICS_CACHE_HIT]),
 	         atomic_load(&grant_counts[METRICS_CACHE_MISS]),
 	         atomic_load(&grant_counts[METRICS_FLIGHT_SHARED]), grantcache_size());
+}
+
+/* Courier calls (latency, attempts, breakers), reloads, generations and the rest. */
+static void render_upstream(struct buf *b)
+{
+	unsigned long long cum = 0;
+	time_t now = time(NULL);
+
 	buf_addf(b, "# HELP broker_upstream_seconds Latency of Courier calls.\n"
 	            "# TYPE broker_upstream_seconds histogram\n");
 	for (size_t i = 0; i < N_BUCKETS; i++) {
@@ -377,6 +385,12 @@ static void render_counters(struct buf *b)
 		    "%llu\n",
 		    since ? (unsigned long long)now - since : 0ULL);
 	}
+}
+
+static void render_counters(struct buf *b)
+{
+	render_requests(b);
+	render_upstream(b);
 }
 
 /* The front's: each loop's connections and the flood counters. */
