@@ -138,4 +138,7 @@ const struct tenant *config_tenant(const struct config *cfg, const char *name);
 /* Writes every option with its default as Markdown rows (for docs). */
 void config_print_options(void);
 
+/* The base URL of a Courier region ("us", "eu"), or NULL for another name. */
+const char *config_region_url(const char *region);
+
 #endif

@@ -626,17 +626,6 @@ void courier_client_free(struct courier_client *c)
 	free(c);
 }
 
-const char *courier_region_url(const char *region)
-{
-	if (!region)
-		return NULL;
-	if (strcmp(region, "us") == 0)
-		return "https://api.courier.com";
-	if (strcmp(region, "eu") == 0)
-		return "https://api.eu.courier.com";
-	return NULL;
-}
-
 void courier_job_cleanup(struct courier_job *job)
 {
 	buf_free(&job->resp_buf);

@@ -104,9 +104,6 @@ void courier_client_free(struct courier_client *c);
 /* Frees what the client put in job. */
 void courier_job_cleanup(struct courier_job *job);
 
-/* The base URL of Courier's region name ("us", "eu"), or NULL when unknown. */
-const char *courier_region_url(const char *region);
-
 /* Pushes the JSON body {"scope": ..., "expires_in": ...} for g; returns it
  * (with its length) or NULL. */
 const char *courier_request_body(struct lua_State *L, const struct grant *g, size_t *len);

@@ -614,7 +614,8 @@ struct http_server *loop_server_start(const struct config *cfg, const struct loo
 	/* HTTPS: each handshake asks tls.c for the pair installed last, so a
 	 * reload rotates it without touching the daemons. */
 	if (cfg->tls.enabled) {
-		struct tls_creds *c = tls_prepare(cfg, err, errlen);
+		struct tls_creds *c =
+		    tls_prepare(cfg->tls.cert_pem, cfg->tls.cert_len, &cfg->tls.key, err, errlen);
 		if (!c) {
 			server_free(s);
 			return NULL;

@@ -265,7 +265,8 @@ static void *builder(void *arg)
 	 * use refuses the reload like any other error. */
 	if (cfg && cfg->tls.enabled && tls_active()) {
 		char why[512];
-		if (!(creds = tls_prepare(cfg, why, sizeof(why)))) {
+		if (!(creds = tls_prepare(cfg->tls.cert_pem, cfg->tls.cert_len, &cfg->tls.key, why,
+		                          sizeof(why)))) {
 			snprintf(err, sizeof(err), "tls: %s", why);
 			config_free(cfg);
 			cfg = NULL;

@@ -29,7 +29,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "config.h"
 #include "log.h"
 #include "secret.h"
 
@@ -154,11 +153,12 @@ void tls_creds_free(struct tls_creds *c)
 	free(c);
 }
 
-struct tls_creds *tls_prepare(const struct config *cfg, char *err, size_t errlen)
+struct tls_creds *tls_prepare(const char *cert_pem, size_t cert_len, const struct secret *key_pem, char *err,
+                              size_t errlen)
 {
 	struct tls_creds *c = calloc(1, sizeof(*c));
-	gnutls_datum_t cert = {(unsigned char *)cfg->tls.cert_pem, (unsigned)cfg->tls.cert_len};
-	gnutls_datum_t key = {cfg->tls.key.data, (unsigned)cfg->tls.key.len};
+	gnutls_datum_t cert = {(unsigned char *)cert_pem, (unsigned)cert_len};
+	gnutls_datum_t key = {key_pem->data, (unsigned)key_pem->len};
 	unsigned n = TLS_CHAIN_MAX;
 	int rc;
 
@@ -166,8 +166,7 @@ struct tls_creds *tls_prepare(const struct config *cfg, char *err, size_t errlen
 		snprintf(err, errlen, "out of memory");
 		return NULL;
 	}
-	if (tls_check_pair(cfg->tls.cert_pem, cfg->tls.cert_len, &cfg->tls.key, c->desc, sizeof(c->desc), err,
-	                   errlen) != 0)
+	if (tls_check_pair(cert_pem, cert_len, key_pem, c->desc, sizeof(c->desc), err, errlen) != 0)
 		goto fail;
 	rc = gnutls_pcert_list_import_x509_raw(c->pcerts, &n, &cert, GNUTLS_X509_FMT_PEM, 0);
 	if (rc < 0) {
@@ -180,11 +179,11 @@ struct tls_creds *tls_prepare(const struct config *cfg, char *err, size_t errlen
 		snprintf(err, errlen, "key: GnuTLS cannot use it: %s", gnutls_strerror(rc));
 		goto fail;
 	}
-	if (!secret_sha256(cfg->tls.cert_pem, cfg->tls.cert_len, c->cert_md)) {
+	if (!secret_sha256(cert_pem, cert_len, c->cert_md)) {
 		snprintf(err, errlen, "cannot hash the certificate");
 		goto fail;
 	}
-	memcpy(c->key_md, cfg->tls.key.digest, sizeof(c->key_md));
+	memcpy(c->key_md, key_pem->digest, sizeof(c->key_md));
 	return c;
 fail:
 	tls_creds_free(c);

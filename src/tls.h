@@ -12,7 +12,6 @@
 #include <stdbool.h>
 #include <stddef.h>
 
-struct config;
 struct secret;
 struct tls_creds;
 
@@ -31,9 +30,10 @@ struct tls_creds;
 int tls_check_pair(const char *cert_pem, size_t cert_len, const struct secret *key, char *desc,
                    size_t desclen, char *err, size_t errlen);
 
-/* cfg's pair as credentials for the listener (cfg->tls.enabled), or NULL
- * and err. */
-struct tls_creds *tls_prepare(const struct config *cfg, char *err, size_t errlen);
+/* A certificate (PEM, leaf then chain) and its key as credentials for the
+ * listener, or NULL and err. */
+struct tls_creds *tls_prepare(const char *cert_pem, size_t cert_len, const struct secret *key_pem, char *err,
+                              size_t errlen);
 
 /* Whether c holds the same pair as the credentials installed now. */
 bool tls_same(const struct tls_creds *c);

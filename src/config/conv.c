@@ -19,7 +19,6 @@
 
 #include "cidr.h"
 #include "config.h"
-#include "courier.h"
 #include "fileio.h"
 #include "loader.h"
 #include "log.h"
@@ -205,7 +204,7 @@ static int take_base_url(struct loader *ld, const char *key, const char *s, size
 /* A region's name to its base URL into *out (the row before base_url). */
 static int take_region(struct loader *ld, const char *key, struct value *v, char **out)
 {
-	const char *url = courier_region_url(v->str);
+	const char *url = config_region_url(v->str);
 
 	if (!url)
 		return config_fail(ld, key, "unknown region \"%s\" (known: \"us\", \"eu\")", v->str);
@@ -238,7 +237,7 @@ int config_conv_base_url(struct loader *ld, const char *key, struct value *v, vo
 		return take_base_url(ld, key, v->str, v->len, "", &cfg->courier_base_url);
 	if (cfg->courier_base_url)
 		return 0;
-	cfg->courier_base_url = strdup(courier_region_url("us"));
+	cfg->courier_base_url = strdup(config_region_url("us"));
 	return cfg->courier_base_url ? 0 : config_fail(ld, key, "out of memory");
 }
 
@@ -678,4 +677,15 @@ int config_conv_tls_key(struct loader *ld, const char *key, struct value *v, voi
 	if (!(path = strdup(cfg->tls.cert_path)))
 		return config_fail(ld, key, "out of memory");
 	return config_defer_file(ld, PENDING_TLS, "tls", NULL, path);
+}
+
+const char *config_region_url(const char *region)
+{
+	if (!region)
+		return NULL;
+	if (strcmp(region, "us") == 0)
+		return "https://api.courier.com";
+	if (strcmp(region, "eu") == 0)
+		return "https://api.eu.courier.com";
+	return NULL;
 }

@@ -1,6 +1,6 @@
 /*
  * test_upstream_config.c — unit tests for where the broker sends its Courier
- * calls: region names (courier_region_url), courier.region / base_url /
+ * calls: region names (config_region_url), courier.region / base_url /
  * ca_file, COURIER_BASE_URL, and the per-tenant upstream (tenants.*.courier)
  * down to the URL a request of each tenant uses (gen_courier_url).
  */
@@ -101,12 +101,12 @@ static void expect_error(struct fixture *f, const char *text, const char *frag)
 static void test_region_names(void **state)
 {
 	(void)state;
-	assert_string_equal(courier_region_url("us"), "https://api.courier.com");
-	assert_string_equal(courier_region_url("eu"), "https://api.eu.courier.com");
-	assert_null(courier_region_url("EU"));
-	assert_null(courier_region_url("ap"));
-	assert_null(courier_region_url(""));
-	assert_null(courier_region_url(NULL));
+	assert_string_equal(config_region_url("us"), "https://api.courier.com");
+	assert_string_equal(config_region_url("eu"), "https://api.eu.courier.com");
+	assert_null(config_region_url("EU"));
+	assert_null(config_region_url("ap"));
+	assert_null(config_region_url(""));
+	assert_null(config_region_url(NULL));
 }
 
 static void test_default_is_us(void **state)
