@@ -188,15 +188,15 @@ static void t_install(void **state)
 	key_secret(k2, NULL, &cfg2.tls.key);
 
 	assert_false(tls_active());
-	a = tls_prepare(&cfg, err, sizeof(err));
+	a = tls_prepare(cfg.tls.cert_pem, cfg.tls.cert_len, &cfg.tls.key, err, sizeof(err));
 	assert_non_null(a);
 	assert_false(tls_same(a));
 	tls_install(a);
 	assert_true(tls_active());
-	b = tls_prepare(&cfg, err, sizeof(err));
+	b = tls_prepare(cfg.tls.cert_pem, cfg.tls.cert_len, &cfg.tls.key, err, sizeof(err));
 	assert_true(tls_same(b)); /* the same files again: nothing to rotate */
 	tls_creds_free(b);
-	b = tls_prepare(&cfg2, err, sizeof(err));
+	b = tls_prepare(cfg2.tls.cert_pem, cfg2.tls.cert_len, &cfg2.tls.key, err, sizeof(err));
 	assert_non_null(b);
 	assert_false(tls_same(b));
 	tls_install(b);
