@@ -28,6 +28,8 @@
 #define POLICY_DEFAULT_MAX_MEMORY_BYTES 8388608
 #define POLICY_DEFAULT_TIMEOUT_MS       50
 
+struct killswitch_set;
+
 struct rate_limit {
 	double per_second; /* 0: no limit */
 	double burst;
@@ -62,6 +64,12 @@ struct tenant {
 	struct rate_limit rate_limit;
 	char *courier_base_url; /* tenants.*.courier = { region | base_url }; NULL: the global one */
 	bool token_cache;       /* reuse a token for an identical grant (grantcache.h) */
+	/* The kill switch (killswitch.h): enabled = false refuses every request;
+	 * deny_users = { file } lists users refused whatever the policy says. */
+	bool enabled;
+	bool deny_given;                   /* deny_users = { ... } is present */
+	char *deny_path;                   /* absolute, NULL when none */
+	struct killswitch_set *deny_users; /* read at load; the watcher keeps newer ones */
 };
 
 struct config {

@@ -37,6 +37,7 @@
 
 #include "config.h"
 #include "grantcache.h"
+#include "killswitch.h"
 #include "log.h"
 #include "metrics.h"
 #include "policy.h"
@@ -323,6 +324,7 @@ void gen_publish(struct gen *g)
 		gen_release(old);
 	}
 
+	killswitch_configure(g->cfg); /* its deny lists watched before it serves */
 	pthread_mutex_lock(&cur_lock);
 	g->id = next_id++;
 	old = current;
@@ -448,6 +450,7 @@ void gen_shutdown(void)
 	pthread_mutex_unlock(&cur_lock);
 	gen_release(g);
 	grantcache_clear(); /* the cached tokens go with the last generation, zeroed */
+	killswitch_stop();
 }
 
 /* Takes one token from requester's bucket in tbl (refund: gives one back). */

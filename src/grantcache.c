@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "scope.h"
 #include "secret.h"
 
 #define N_BUCKETS  16384 /* a power of two */
@@ -47,6 +48,27 @@ static void feed(EVP_MD_CTX *c, const void *p, size_t n)
 	EVP_DigestUpdate(c, p, n);
 }
 
+/* k->user from the scope's one "user_id:" token (the envelope puts exactly
+ * one there); all zero when it has none. */
+static void key_user_hash(struct grantcache_key *k, const char *tenant, const char *scope)
+{
+	static const char tag[] = "user_id:";
+	char id[SCOPE_USER_ID_MAX + 1];
+
+	for (const char *s = scope; *s;) {
+		size_t n = strcspn(s, " ");
+		if (n > sizeof(tag) - 1 && strncmp(s, tag, sizeof(tag) - 1) == 0 &&
+		    n - (sizeof(tag) - 1) < sizeof(id)) {
+			memcpy(id, s + sizeof(tag) - 1, n - (sizeof(tag) - 1));
+			id[n - (sizeof(tag) - 1)] = '\0';
+			grantcache_user_hash(tenant, id, k->user);
+			return;
+		}
+		s += n;
+		s += strspn(s, " ");
+	}
+}
+
 void grantcache_key(struct grantcache_key *k, const char *tenant, const char *courier_url,
                     const struct secret *api_key, const char *policy_revision, const char *scope,
                     long long expires_s)
@@ -67,6 +89,23 @@ void grantcache_key(struct grantcache_key *k, const char *tenant, const char *co
 	}
 	/* On failure the key stays all zero: it then matches nothing cached
 	 * (put refuses it) and shares no flight worth having. */
+	EVP_MD_CTX_free(c);
+	key_user_hash(k, tenant, scope);
+}
+
+void grantcache_user_hash(const char *tenant, const char *user_id, unsigned char out[GRANTCACHE_KEY_LEN])
+{
+	EVP_MD_CTX *c = EVP_MD_CTX_new();
+	unsigned n = 0;
+
+	memset(out, 0, GRANTCACHE_KEY_LEN);
+	if (c && EVP_DigestInit_ex(c, EVP_sha256(), NULL)) {
+		feed(c, "user", 4);
+		feed(c, tenant, strlen(tenant));
+		feed(c, user_id, strlen(user_id));
+		if (EVP_DigestFinal_ex(c, out, &n) != 1 || n != GRANTCACHE_KEY_LEN)
+			memset(out, 0, GRANTCACHE_KEY_LEN);
+	}
 	EVP_MD_CTX_free(c);
 }
 
@@ -181,6 +220,25 @@ void grantcache_drop_tenant(const char *tenant)
 	for (struct entry *e = oldest, *next; e; e = next) {
 		next = e->newer;
 		if (!tenant || strcmp(e->tenant, tenant) == 0)
+			drop(find(&e->key));
+	}
+	pthread_mutex_unlock(&lock);
+}
+
+static int user_cmp(const void *a, const void *b)
+{
+	return memcmp(a, b, GRANTCACHE_KEY_LEN);
+}
+
+void grantcache_drop_users(const char *tenant, const unsigned char (*users)[GRANTCACHE_KEY_LEN], size_t n)
+{
+	if (n == 0)
+		return;
+	pthread_mutex_lock(&lock);
+	for (struct entry *e = oldest, *next; e; e = next) {
+		next = e->newer;
+		if (strcmp(e->tenant, tenant) == 0 &&
+		    bsearch(e->key.user, users, n, GRANTCACHE_KEY_LEN, user_cmp))
 			drop(find(&e->key));
 	}
 	pthread_mutex_unlock(&lock);

@@ -26,6 +26,7 @@ struct secret;
 
 struct grantcache_key {
 	unsigned char h[GRANTCACHE_KEY_LEN];
+	unsigned char user[GRANTCACHE_KEY_LEN]; /* grantcache_user_hash of the scope's user_id */
 };
 
 /* The key of a grant. */
@@ -46,6 +47,13 @@ int grantcache_get(const struct grantcache_key *k, double now, char *token, size
  * for tenant; replaces an entry of the same key, evicts the oldest when full. */
 void grantcache_put(const struct grantcache_key *k, const char *tenant, const char *token, size_t len,
                     long long exp, long long lifetime_s);
+
+/* The hash that names tenant's user_id in keys (SHA-256, never the id). */
+void grantcache_user_hash(const char *tenant, const char *user_id, unsigned char out[GRANTCACHE_KEY_LEN]);
+
+/* Drops (zeroes) every entry of tenant whose user is one of users: n
+ * grantcache_user_hash values sorted with memcmp (the kill switch). */
+void grantcache_drop_users(const char *tenant, const unsigned char (*users)[GRANTCACHE_KEY_LEN], size_t n);
 
 /* Drops (zeroes) every entry of tenant / every entry. */
 void grantcache_drop_tenant(const char *tenant);

@@ -10,6 +10,7 @@
 #include "audit.h"
 #include "buf.h"
 #include "grantcache.h"
+#include "killswitch.h"
 #include "log.h"
 #include "version.h"
 
@@ -42,6 +43,7 @@ struct tenant_slot {
 	char name[72];
 	atomic_ullong requests[N_STATUS];
 	atomic_ullong decisions[N_OUTCOMES];
+	atomic_ullong killswitch[2]; /* by killswitch_reasons */
 };
 
 static struct tenant_slot tenants[MAX_TENANTS + 1]; /* last: "_other" */
@@ -134,6 +136,48 @@ void metrics_decision(const char *tenant, const char *outcome)
 			return;
 		}
 	}
+}
+
+static const char *const killswitch_reasons[] = {"user_denied", "tenant_disabled"};
+
+void metrics_killswitch(const char *tenant, const char *reason)
+{
+	for (size_t i = 0; i < 2; i++)
+		if (strcmp(killswitch_reasons[i], reason) == 0)
+			atomic_fetch_add_explicit(&slot_for(tenant)->killswitch[i], 1, memory_order_relaxed);
+}
+
+/* The kill switch: requests refused by tenant and reason, and the deny
+ * files' reads by the watcher. */
+static void render_killswitch(struct buf *b)
+{
+	unsigned n = atomic_load_explicit(&n_tenants, memory_order_acquire);
+	unsigned long long ok, failed;
+
+	buf_addf(b,
+	         "# HELP broker_killswitch_denied_total Token requests refused by the kill switch before the "
+	         "policy ran, by tenant and reason (user_denied, tenant_disabled).\n"
+	         "# TYPE broker_killswitch_denied_total counter\n");
+	for (unsigned t = 0; t <= MAX_TENANTS; t++) {
+		if (t >= n && t != MAX_TENANTS)
+			continue;
+		for (size_t i = 0; i < 2; i++) {
+			unsigned long long v =
+			    atomic_load_explicit(&tenants[t].killswitch[i], memory_order_relaxed);
+			if (v)
+				buf_addf(b,
+				         "broker_killswitch_denied_total{tenant=\"%s\",reason=\"%s\"} %llu\n",
+				         tenants[t].name, killswitch_reasons[i], v);
+		}
+	}
+	killswitch_counts(&ok, &failed);
+	buf_addf(b,
+	         "# HELP broker_deny_list_reads_total Reads of deny_users files after a change or a reload, "
+	         "by result (failed: the last list stays in force).\n"
+	         "# TYPE broker_deny_list_reads_total counter\n"
+	         "broker_deny_list_reads_total{result=\"ok\"} %llu\n"
+	         "broker_deny_list_reads_total{result=\"failed\"} %llu\n",
+	         ok, failed);
 }
 
 void metrics_rate_limited(bool by_requester)
@@ -390,6 +434,7 @@ static void render_upstream(struct buf *b)
 static void render_counters(struct buf *b)
 {
 	render_requests(b);
+	render_killswitch(b);
 	render_upstream(b);
 }
 

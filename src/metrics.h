@@ -21,6 +21,9 @@ void metrics_request_seconds(int status, double seconds);
 /* One policy decision: outcome "allow", "deny" or "error". tenant may be NULL. */
 void metrics_decision(const char *tenant, const char *outcome);
 
+/* One token request refused by the kill switch before its policy ran:
+ * reason "user_denied" or "tenant_disabled". */
+void metrics_killswitch(const char *tenant, const char *reason);
 /* One token request refused with 429, by the requester's own bucket
  * (rate_limit.per_requester) or by the tenant's. */
 void metrics_rate_limited(bool by_requester);

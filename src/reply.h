@@ -99,6 +99,8 @@ enum reply_answer {
 	REPLY_UNAVAILABLE,
 	REPLY_UPSTREAM_TIMEOUT,
 	REPLY_UPSTREAM_UNAVAILABLE, /* the Courier circuit breaker is open */
+	REPLY_USER_DENIED,          /* the kill switch: the user is on the tenant's deny list */
+	REPLY_TENANT_DISABLED,      /* the kill switch: the tenant has enabled = false */
 };
 
 /* The request's id: the client's X-Request-Id when it is 1-128 characters

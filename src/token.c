@@ -37,6 +37,7 @@
 #include "grantcache.h"
 #include "ident.h"
 #include "json.h"
+#include "killswitch.h"
 #include "log.h"
 #include "loop.h"
 #include "metrics.h"
@@ -369,6 +370,25 @@ static enum reply_answer stage_identity(struct req *r, struct pipeline *p)
 	return REPLY_GO;
 }
 
+/* The kill switch, before the policy: a disabled tenant, a denied user.
+ * After authentication, so a stranger cannot learn who is denied. */
+static enum reply_answer stage_killswitch(struct req *r, struct pipeline *p)
+{
+	enum killswitch_verdict v = killswitch_check(r->tenant, r->user_id);
+
+	if (v == KILLSWITCH_PASS)
+		return REPLY_GO;
+	r->decision = "deny";
+	snprintf(r->reason, sizeof(r->reason), "kill switch: %s", killswitch_code(v));
+	metrics_killswitch(r->tenant->name, killswitch_code(v));
+	if (v == KILLSWITCH_TENANT_DISABLED) {
+		p->msg = "this tenant is disabled; no token was issued";
+		return REPLY_TENANT_DISABLED;
+	}
+	p->msg = "this user may not get tokens; no token was issued";
+	return REPLY_USER_DENIED;
+}
+
 /* Charged after authentication, so strangers cannot spend a tenant's
  * budget. The requester is its subject, or its address when it has none. */
 static enum reply_answer stage_rate(struct req *r, struct pipeline *p)
@@ -634,7 +654,8 @@ static enum reply_answer stage_upstream(struct req *r, struct pipeline *p)
 static enum MHD_Result process(struct req *r)
 {
 	static enum reply_answer (*const stages[])(struct req *, struct pipeline *) = {
-	    stage_body, stage_identity, stage_rate, stage_decide, stage_envelope, stage_upstream,
+	    stage_body,   stage_identity, stage_killswitch, stage_rate,
+	    stage_decide, stage_envelope, stage_upstream,
 	};
 	struct policy_engine *e = r->engine ? r->engine->engine : NULL;
 	enum reply_answer a = REPLY_GO;

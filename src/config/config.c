@@ -28,6 +28,7 @@
 #include <string.h>
 
 #include "fileio.h"
+#include "killswitch.h"
 #include "loader.h"
 #include "policy.h"
 
@@ -476,6 +477,8 @@ void config_free(struct config *cfg)
 		free(t->auth.jwt.rules.subject_claim);
 		config_free_list(t->allowed_scopes);
 		config_free_list(t->cors_origins);
+		free(t->deny_path);
+		killswitch_set_unref(t->deny_users);
 	}
 	free(cfg->tenants);
 	free(cfg->path);

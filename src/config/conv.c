@@ -333,6 +333,16 @@ int config_conv_data(struct loader *ld, const char *key, struct value *v, void *
 	return config_defer_file(ld, PENDING_DATA, key, base, joined);
 }
 
+/* tenants.*.deny_users.file: read (and parsed) by config_resolve. */
+int config_conv_deny_file(struct loader *ld, const char *key, struct value *v, void *base)
+{
+	char *joined = fileio_join(ld->cfg->dir, v->str);
+
+	if (!joined)
+		return config_fail(ld, key, "out of memory");
+	return config_defer_file(ld, PENDING_DENY, key, base, joined);
+}
+
 int config_conv_algorithms(struct loader *ld, const char *key, struct value *v, void *base)
 {
 	/* Names worth probing for the "supported:" hint; jwt.c decides which are. */

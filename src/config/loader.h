@@ -147,6 +147,7 @@ int config_conv_proxy_header(struct loader *ld, const char *key, struct value *v
 int config_conv_proxy_from(struct loader *ld, const char *key, struct value *v, void *base);
 int config_conv_tls_cert(struct loader *ld, const char *key, struct value *v, void *base);
 int config_conv_tls_key(struct loader *ld, const char *key, struct value *v, void *base);
+int config_conv_deny_file(struct loader *ld, const char *key, struct value *v, void *base);
 
 /* resolve.c: the second phase. The walk defers what needs a file, the
  * environment or the network; config_resolve does it outside the sandbox,
@@ -160,6 +161,7 @@ enum pending_kind {
 	PENDING_CLIENT_KEY, /* ref -> t's client key [index], unique in its list */
 	PENDING_TENANT,     /* t's JWT keys, JWKS source and HMAC key */
 	PENDING_TLS,        /* path (tls.cert) -> cfg->tls, checked with the key */
+	PENDING_DENY,       /* path -> t's deny_users (killswitch.h) */
 };
 
 /* One thing the walk met that needs reading (pending.c writes the list,

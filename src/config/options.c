@@ -218,6 +218,18 @@ const struct option config_options[] = {
     {"tenants.*.token_cache", OPT_BOOL, "false", 0, 0, TEN(token_cache), 0, NULL,
      "Reuse a token for an identical grant (user, scopes, lifetime) while at least half its lifetime "
      "remains; the policy still decides every request."},
+    {"tenants.*.enabled", OPT_BOOL, "true", 0, 0, TEN(enabled), 0, NULL,
+     "`false`: every token request of this tenant gets 403 `tenant_disabled` (after its credential is "
+     "checked) without running the policy, and its cached tokens are dropped; the kill switch for a "
+     "whole tenant. Applied on reload."},
+    {"tenants.*.deny_users", OPT_TABLE, NULL, 0, 0, TEN(deny_given), OPT_PRESENCE, NULL,
+     "Users who get no token whatever the policy says (403 `user_denied`, checked before the policy "
+     "runs): `{ file = \"PATH\" }`."},
+    {"tenants.*.deny_users.file", OPT_STRING, NULL, 0, 0, NOWHERE, OPT_REQUIRED, config_conv_deny_file,
+     "One user id a line (valid as a request's `user_id`; blank lines and `# ...` comments ignored), "
+     "relative to the config file's folder. Read at every load (missing, unreadable or invalid: the "
+     "load fails) and again within a second of changing (its folder is watched); a later read that "
+     "fails keeps the last list and logs why. Newly listed users' cached tokens are dropped."},
     {"tenants.*.rate_limit", OPT_TABLE, NULL, 0, 0, NOWHERE, 0, NULL, "Token issuance per tenant."},
     {"tenants.*.rate_limit.per_second", OPT_NUMBER, "0", 0, 1e6, TEN(rate_limit.per_second), 0, NULL,
      "Sustained rate; 0 turns the limit off."},

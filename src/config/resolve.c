@@ -20,6 +20,7 @@
 
 #include "config.h"
 #include "fileio.h"
+#include "killswitch.h"
 #include "loader.h"
 #include "policyfiles.h"
 #include "tls.h"
@@ -158,6 +159,20 @@ static int resolve_tls(struct loader *ld, struct pending *p)
 	return 0;
 }
 
+/* A deny file that cannot be read at load fails the load (fail closed). */
+static int resolve_deny(struct loader *ld, struct pending *p)
+{
+	struct tenant *t = p->t;
+	char why[512];
+
+	t->deny_users = killswitch_set_load(p->path, why, sizeof(why));
+	if (!t->deny_users)
+		return config_fail(ld, p->key, "%s", why);
+	t->deny_path = p->path;
+	p->path = NULL;
+	return 0;
+}
+
 int config_resolve(struct loader *ld)
 {
 	static int (*const resolve[])(struct loader *, struct pending *) = {
@@ -168,6 +183,7 @@ int config_resolve(struct loader *ld)
 	    [PENDING_CLIENT_KEY] = resolve_client_key,
 	    [PENDING_TENANT] = resolve_tenant,
 	    [PENDING_TLS] = resolve_tls,
+	    [PENDING_DENY] = resolve_deny,
 	};
 
 	for (size_t i = 0; i < ld->n_pending; i++)
