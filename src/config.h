@@ -70,6 +70,9 @@ struct tenant {
 	bool deny_given;                   /* deny_users = { ... } is present */
 	char *deny_path;                   /* absolute, NULL when none */
 	struct killswitch_set *deny_users; /* read at load; the watcher keeps newer ones */
+	/* shadow_policy: decided beside the live policy, never enforced (shadow.h). */
+	char *shadow_path; /* as configured (absolute), NULL when none */
+	long shadow_index; /* its tenant in cfg->shadow, or -1 */
 };
 
 struct config {
@@ -122,6 +125,11 @@ struct config {
 
 	struct tenant *tenants;
 	size_t n_tenants;
+
+	/* The shadow policies: a configuration whose tenants are copies of the
+	 * live ones that name a shadow_policy, with its source (config/shadow.c);
+	 * NULL when none. Compiled and tested like the live one at every load. */
+	struct config *shadow;
 };
 
 /*

@@ -41,6 +41,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "policy.h"
+#include "shadow.h"
 
 /* Requesters tracked per tenant: REQ_SETS * REQ_WAYS (2,048; 64 KiB). */
 #define REQ_SETS 256
@@ -440,6 +441,11 @@ void gen_release(struct gen *g)
 		gen_free(g);
 }
 
+void gen_hold(struct gen *g)
+{
+	atomic_fetch_add_explicit(&g->refs, 1, memory_order_relaxed);
+}
+
 void gen_shutdown(void)
 {
 	struct gen *g;
@@ -451,6 +457,7 @@ void gen_shutdown(void)
 	gen_release(g);
 	grantcache_clear(); /* the cached tokens go with the last generation, zeroed */
 	killswitch_stop();
+	shadow_stop();
 }
 
 /* Takes one token from requester's bucket in tbl (refund: gives one back). */

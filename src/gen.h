@@ -94,6 +94,9 @@ struct gen *gen_acquire(void);
 
 void gen_release(struct gen *g);
 
+/* One more reference to g, which the caller already holds one of. */
+void gen_hold(struct gen *g);
+
 /* Drops the current generation and zeroes the token cache (at exit). */
 void gen_shutdown(void);
 

@@ -44,6 +44,7 @@ struct tenant_slot {
 	atomic_ullong requests[N_STATUS];
 	atomic_ullong decisions[N_OUTCOMES];
 	atomic_ullong killswitch[2]; /* by killswitch_reasons */
+	atomic_ullong shadow[4];     /* by shadow_results */
 };
 
 static struct tenant_slot tenants[MAX_TENANTS + 1]; /* last: "_other" */
@@ -145,6 +146,37 @@ void metrics_killswitch(const char *tenant, const char *reason)
 	for (size_t i = 0; i < 2; i++)
 		if (strcmp(killswitch_reasons[i], reason) == 0)
 			atomic_fetch_add_explicit(&slot_for(tenant)->killswitch[i], 1, memory_order_relaxed);
+}
+
+static const char *const shadow_results[] = {"same", "differs", "error", "dropped"};
+
+void metrics_shadow(const char *tenant, const char *result)
+{
+	for (size_t i = 0; i < 4; i++)
+		if (strcmp(shadow_results[i], result) == 0)
+			atomic_fetch_add_explicit(&slot_for(tenant)->shadow[i], 1, memory_order_relaxed);
+}
+
+static void render_shadow(struct buf *b)
+{
+	unsigned n = atomic_load_explicit(&n_tenants, memory_order_acquire);
+
+	buf_addf(
+	    b, "# HELP broker_shadow_decisions_total Shadow policy decisions compared with the live ones, by "
+	       "tenant and result (same, differs, error; dropped: the shadow queue was full).\n"
+	       "# TYPE broker_shadow_decisions_total counter\n");
+	for (unsigned t = 0; t <= MAX_TENANTS; t++) {
+		if (t >= n && t != MAX_TENANTS)
+			continue;
+		for (size_t i = 0; i < 4; i++) {
+			unsigned long long v =
+			    atomic_load_explicit(&tenants[t].shadow[i], memory_order_relaxed);
+			if (v)
+				buf_addf(b,
+				         "broker_shadow_decisions_total{tenant=\"%s\",result=\"%s\"} %llu\n",
+				         tenants[t].name, shadow_results[i], v);
+		}
+	}
 }
 
 /* The kill switch: requests refused by tenant and reason, and the deny
@@ -435,6 +467,7 @@ static void render_counters(struct buf *b)
 {
 	render_requests(b);
 	render_killswitch(b);
+	render_shadow(b);
 	render_upstream(b);
 }
 

@@ -24,6 +24,9 @@ void metrics_decision(const char *tenant, const char *outcome);
 /* One token request refused by the kill switch before its policy ran:
  * reason "user_denied" or "tenant_disabled". */
 void metrics_killswitch(const char *tenant, const char *reason);
+/* One shadow decision (shadow.h): result "same", "differs", "error" or
+ * "dropped" (the shadow queue was full). */
+void metrics_shadow(const char *tenant, const char *result);
 /* One token request refused with 429, by the requester's own bucket
  * (rate_limit.per_requester) or by the tenant's. */
 void metrics_rate_limited(bool by_requester);

@@ -60,6 +60,15 @@ static unsigned restart_only_value(const struct config *cfg, size_t i)
 	return *(const unsigned *)(const void *)((const char *)cfg + restart_only[i].off);
 }
 
+/* Says which kind of policy failed (the message names its file). */
+static void shadow_failed(char *err, size_t errlen)
+{
+	char was[1024];
+
+	snprintf(was, sizeof(was), "%s", err);
+	snprintf(err, errlen, "shadow_policy: %s", was);
+}
+
 struct config *reload_load(const char *path, bool quiet_tests, char *err, size_t errlen)
 {
 	struct config *cfg = config_load(path, err, errlen);
@@ -72,6 +81,14 @@ struct config *reload_load(const char *path, bool quiet_tests, char *err, size_t
 	e = policy_engine_new(cfg, err, errlen);
 	rc = e ? policytest_config(cfg, e, quiet_tests, err, errlen) : -1;
 	policy_engine_free(e);
+	/* The shadow policies too: a candidate that fails fails the load. */
+	if (rc == 0 && cfg->shadow) {
+		e = policy_engine_new(cfg->shadow, err, errlen);
+		rc = e ? policytest_config(cfg->shadow, e, quiet_tests, err, errlen) : -1;
+		policy_engine_free(e);
+		if (rc != 0)
+			shadow_failed(err, errlen);
+	}
 	if (rc != 0) {
 		config_free(cfg);
 		return NULL;

@@ -44,6 +44,7 @@
 #include "policy.h"
 #include "reply.h"
 #include "reqbody.h"
+#include "shadow.h"
 
 /* The headers a policy may read (req.headers): how many, and their names' bytes. */
 #define MAX_HEADERS 64
@@ -325,6 +326,7 @@ struct pipeline {
 	/* A stage that answered itself (a cached token): what MHD gets. */
 	bool answered;
 	enum MHD_Result answer;
+	struct shadow_job *shadow; /* the shadow policy's job, queued once decided */
 };
 
 /* The body: a JSON object with a valid user_id. */
@@ -448,6 +450,33 @@ static void audit_inputs_of(struct req *r, struct pipeline *p)
 		r->audit_claims = audit_json(p->L, p->id.claims_idx);
 }
 
+/* With a shadow_policy: a copy of what the live policy sees, for the
+ * shadow thread (shadow.h); queued by process once the live answer is. */
+static void shadow_of(struct req *r, struct pipeline *p, const struct policy_request *prq)
+{
+	const struct tenant *t = r->tenant;
+	struct shadow_input in;
+
+	if (!t->shadow_path || !r->gen->cfg->shadow || t->shadow_index < 0)
+		return;
+	memset(&in, 0, sizeof(in));
+	in.request_id = r->request_id;
+	in.user_id = r->user_id;
+	in.body_json = r->audit_body ? strdup(r->audit_body) : audit_json(p->L, p->body);
+	in.claims_json = !p->id.claims_idx ? NULL
+	                 : r->audit_claims ? strdup(r->audit_claims)
+	                                   : audit_json(p->L, p->id.claims_idx);
+	in.authenticated = prq->authenticated;
+	in.method = prq->method;
+	in.subject = prq->subject;
+	in.client_ip = prq->client_ip;
+	in.origin = prq->origin;
+	in.user_agent = prq->user_agent;
+	in.headers = request_headers(r, &in.n_headers);
+	in.now = prq->now;
+	p->shadow = shadow_capture(r->gen, (size_t)(t - r->gen->cfg->tenants), &in);
+}
+
 /* The tenant's policy decides, on the engine pinned by token_begin. */
 static enum reply_answer stage_decide(struct req *r, struct pipeline *p)
 {
@@ -472,6 +501,7 @@ static enum reply_answer stage_decide(struct req *r, struct pipeline *p)
 	prq.now = p->irq.now;
 	audit_inputs_of(r, p);
 
+	shadow_of(r, p, &prq);
 	decided = policy_decide(p->e, &prq, p->dec, p->err, sizeof(p->err));
 	if (policy_decision_log(p->e)[0])
 		r->policy_log = strdup(policy_decision_log(p->e)); /* the engine's copy lasts one decision */
@@ -670,12 +700,15 @@ static enum MHD_Result process(struct req *r)
 	p.dec = &scratch_of(r->loop)->dec;
 	p.msg = p.extra_name = p.extra_value = NULL;
 	p.answered = false;
+	p.shadow = NULL;
 	top = lua_gettop(p.L);
 	for (size_t i = 0; a == REPLY_GO && i < sizeof(stages) / sizeof(stages[0]); i++)
 		a = stages[i](r, &p);
 	ret = a != REPLY_GO ? reply_fail(r, a, p.msg, p.extra_name, p.extra_value)
 	      : p.answered  ? p.answer
 	                    : MHD_YES;
+	if (p.shadow) /* after the live answer: the shadow never delays it */
+		shadow_submit(p.shadow, r->decision, r->grant.scope, r->grant.expires_s);
 	lua_settop(p.L, top);
 	gen_engine_unpin(loop_engines(r->loop), r->engine);
 	r->engine = NULL;

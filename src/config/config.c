@@ -437,7 +437,7 @@ struct config *config_load(const char *path, char *err, size_t errlen)
 		return NULL;
 	}
 	/* Phase two, outside the sandbox: secrets, policy files, keys, JWKS. */
-	rc = parse(&ld, path) == 0 && config_resolve(&ld) == 0 ? 0 : -1;
+	rc = parse(&ld, path) == 0 && config_resolve(&ld) == 0 && config_shadow_build(&ld) == 0 ? 0 : -1;
 	config_pending_free(&ld);
 	if (rc != 0) {
 		config_free(ld.cfg);
@@ -479,7 +479,9 @@ void config_free(struct config *cfg)
 		config_free_list(t->cors_origins);
 		free(t->deny_path);
 		killswitch_set_unref(t->deny_users);
+		free(t->shadow_path);
 	}
+	config_shadow_free(cfg->shadow);
 	free(cfg->tenants);
 	free(cfg->path);
 	free(cfg->dir);

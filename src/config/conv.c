@@ -343,6 +343,18 @@ int config_conv_deny_file(struct loader *ld, const char *key, struct value *v, v
 	return config_defer_file(ld, PENDING_DENY, key, base, joined);
 }
 
+/* tenants.*.shadow_policy: read by config_shadow_build once the live policy is. */
+int config_conv_shadow_policy(struct loader *ld, const char *key, struct value *v, void *base)
+{
+	struct tenant *t = base;
+
+	if (!v->present)
+		return 0;
+	if (!(t->shadow_path = fileio_join(ld->cfg->dir, v->str)))
+		return config_fail(ld, key, "out of memory");
+	return 0;
+}
+
 int config_conv_algorithms(struct loader *ld, const char *key, struct value *v, void *base)
 {
 	/* Names worth probing for the "supported:" hint; jwt.c decides which are. */

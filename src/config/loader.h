@@ -148,6 +148,11 @@ int config_conv_proxy_from(struct loader *ld, const char *key, struct value *v, 
 int config_conv_tls_cert(struct loader *ld, const char *key, struct value *v, void *base);
 int config_conv_tls_key(struct loader *ld, const char *key, struct value *v, void *base);
 int config_conv_deny_file(struct loader *ld, const char *key, struct value *v, void *base);
+int config_conv_shadow_policy(struct loader *ld, const char *key, struct value *v, void *base);
+
+/* shadow.c: cfg->shadow from the tenants' shadow_path, after config_resolve. */
+int config_shadow_build(struct loader *ld);
+void config_shadow_free(struct config *shadow);
 
 /* resolve.c: the second phase. The walk defers what needs a file, the
  * environment or the network; config_resolve does it outside the sandbox,

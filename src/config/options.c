@@ -230,6 +230,11 @@ const struct option config_options[] = {
      "relative to the config file's folder. Read at every load (missing, unreadable or invalid: the "
      "load fails) and again within a second of changing (its folder is watched); a later read that "
      "fails keeps the last list and logs why. Newly listed users' cached tokens are dropped."},
+    {"tenants.*.shadow_policy", OPT_STRING, NULL, 0, 0, NOWHERE, 0, config_conv_shadow_policy,
+     "A candidate policy file decided beside `policy` on every request, never enforced: on its own thread "
+     "and budget after the live decision, so it can neither slow nor fail a request; differences are "
+     "logged (`shadow_diff`) and counted. Compiled, and tested when a `_test.lua` is beside it, at every "
+     "load like `policy`: a shadow that fails fails the load. Relative to the config file's folder."},
     {"tenants.*.rate_limit", OPT_TABLE, NULL, 0, 0, NOWHERE, 0, NULL, "Token issuance per tenant."},
     {"tenants.*.rate_limit.per_second", OPT_NUMBER, "0", 0, 1e6, TEN(rate_limit.per_second), 0, NULL,
      "Sustained rate; 0 turns the limit off."},
