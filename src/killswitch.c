@@ -401,6 +401,7 @@ static int watch_start(void)
 		ino_fd = wake_fd = -1;
 		return -1;
 	}
+	pthread_setname_np(watcher, "broker-denywatch");
 	watching = true;
 	return 0;
 }

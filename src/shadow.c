@@ -316,7 +316,8 @@ void shadow_submit(struct shadow_job *j, const char *live_decision, const char *
 	j->live_expires_s = live_expires_s;
 	pthread_mutex_lock(&lock);
 	if (!started && !stopping)
-		started = pthread_create(&thread, NULL, shadow_main, NULL) == 0;
+		if ((started = pthread_create(&thread, NULL, shadow_main, NULL) == 0))
+			pthread_setname_np(thread, "broker-shadow");
 	if (started && !stopping && q_len < SHADOW_QUEUE_MAX) {
 		queue[(q_head + q_len) % SHADOW_QUEUE_MAX] = j;
 		q_len++;

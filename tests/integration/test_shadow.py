@@ -148,6 +148,7 @@ def test_check_refuses_a_missing_shadow(tmp_path):
     os.remove(tmp_path / "policies" / "acme_next.lua")
     rc, text = check(conf)
     assert rc != 0 and "tenants.acme.shadow_policy" in text
+    assert "acme_next.lua: No such file or directory" in text
 
 
 def test_a_shadow_that_does_not_compile_fails_the_reload(broker_factory):
