@@ -36,6 +36,9 @@ VERSION  = 0.1.0
 CFLAGS_ALL = -std=c17 -D_GNU_SOURCE -DBROKER_VERSION=\"$(VERSION)\" $(OPT) $(SAN) $(WARN) -fstack-protector-strong \
              -Isrc $(PKG_CFLAGS) $(CFLAGS)
 LDLIBS_ALL = $(PKG_LIBS) -lpthread -lm $(LDLIBS)
+# libFuzzer builds (SAN=-fsanitize=fuzzer...) define the macro OSS-Fuzz defines:
+# src/config/config.c then gives the configuration sandbox smaller budgets.
+CFLAGS_ALL += $(if $(findstring fuzzer,$(SAN)),-DFUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION)
 
 # Every .c under src/, subfolders included; objects mirror the paths.
 SRCS    = $(sort $(shell find src -name '*.c'))

@@ -8,18 +8,12 @@
 set -euo pipefail
 broker=$1 double=$2
 root=$(cd "$(dirname "$0")/.." && pwd)
-. "$root/scripts/lib.sh"
+. "$root/scripts/bench/lib.sh"
 secs=${BENCH_SECONDS:-10}
 rounds=${BENCH_ROUNDS:-5}
-work=$(mktemp -d)
-pids=()
-trap cleanup EXIT
-ulimit -n 65536 2>/dev/null || true
+bench_setup
 
-
-COURIER_DOUBLE_KEYS=bench-courier-key "$double" --port 0 >"$work/double.out" 2>"$work/double.err" &
-pids+=($!)
-dport=$(wait_for "$work/double.out" '^PORT [0-9]+' bench)
+start_double bench-courier-key bench
 
 cat >"$work/bench.conf.lua" <<CONF
 listen = "127.0.0.1:0"
@@ -27,18 +21,11 @@ threads = 2
 max_connections = 8192
 courier = { base_url = "http://127.0.0.1:$dport", timeout_ms = 5000, max_connections = 1024 }
 tenants = {
-  default = {
-    api_key = { env = "COURIER_API_KEY" },
-    policy = "$root/policies/default.lua",
-    auth = { jwt = { algorithms = { "HS256" }, hmac_secret = { env = "APP_JWT_SECRET" } } },
-  },
+$(jwt_tenant default)
 }
 CONF
 export COURIER_API_KEY=bench-courier-key APP_JWT_SECRET=bench-app-secret
-"$broker" serve -c "$work/bench.conf.lua" 2>"$work/broker.log" &
-bpid=$!
-pids+=($bpid)
-bport=$(wait_for "$work/broker.log" 'listening on 127\.0\.0\.1:[0-9]+' bench)
+start_broker "$work/bench.conf.lua" "$work/broker.log" bench
 
 session=$(/usr/bin/python3 -c 'import jwt, time, sys
 print(jwt.encode({"sub": "alice", "iat": int(time.time()), "exp": int(time.time()) + 3600}, sys.argv[1], algorithm="HS256"))' "$APP_JWT_SECRET")

@@ -1,4 +1,4 @@
-# Shared by scripts/demo.sh, scripts/bench.sh and scripts/bench/reload.sh
+# Shared by scripts/demo.sh and the benchmarks (through scripts/bench/lib.sh)
 # (sourced). They set `work` (a temporary folder) and `pids` (the processes
 # they start) and `trap cleanup EXIT`.
 

@@ -65,16 +65,23 @@ fail:
 	return -1;
 }
 
-int fileio_read(const char *path, size_t max, int allow_stdin, char **out, size_t *outlen, char *why,
-                size_t whylen)
+int fileio_read(const char *path, size_t max, int flags, char **out, size_t *outlen, char *why, size_t whylen)
 {
 	struct stat st;
 	int fd, rc = -1;
 
-	if (allow_stdin && strcmp(path, "-") == 0)
+	if ((flags & FILEIO_STDIN) && strcmp(path, "-") == 0)
 		return read_all(STDIN_FILENO, max, out, outlen, why, whylen);
 	/* O_NONBLOCK: a FIFO must not hold the open (it is refused just below). */
-	fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+	fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | ((flags & FILEIO_NOFOLLOW) ? O_NOFOLLOW : 0));
+	if (fd < 0 && errno == ENOENT && (flags & FILEIO_ABSENT_EMPTY)) {
+		if (!(*out = calloc(1, 1))) {
+			snprintf(why, whylen, "out of memory");
+			return -1;
+		}
+		*outlen = 0;
+		return 0;
+	}
 	if (fd < 0) {
 		snprintf(why, whylen, "%s", strerror(errno));
 		return -1;

@@ -10,10 +10,15 @@
 
 #include <stddef.h>
 
-/* Reads the regular file at path (or standard input for "-" when
- * allow_stdin) into a NUL-terminated malloc'd buffer of at most max bytes.
+/* fileio_read's flags (0: none). */
+#define FILEIO_STDIN        1 /* "-" is standard input */
+#define FILEIO_NOFOLLOW     2 /* a symbolic link as the last part of path is refused */
+#define FILEIO_ABSENT_EMPTY 4 /* a file that does not exist reads as empty */
+
+/* Reads the regular file at path (or standard input for "-" with
+ * FILEIO_STDIN) into a NUL-terminated malloc'd buffer of at most max bytes.
  * 0, or -1 with why set (never quoting the file's content). */
-int fileio_read(const char *path, size_t max, int allow_stdin, char **out, size_t *outlen, char *why,
+int fileio_read(const char *path, size_t max, int flags, char **out, size_t *outlen, char *why,
                 size_t whylen);
 
 /* dir "/" name, or name when it is absolute or dir is NULL; malloc'd. */

@@ -17,7 +17,12 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "fileio.h"
+
 #define PROC_NAME "courier-broker"
+/* What the readers take of a pid file and of its verdict beside it. */
+#define PID_FILE_MAX     4096
+#define VERDICT_FILE_MAX 65536
 
 static char written[PATH_MAX];                                       /* "" until pidfile_write succeeds */
 static char verdict_path[PATH_MAX + sizeof(PIDFILE_VERDICT_SUFFIX)]; /* beside it */
@@ -25,29 +30,24 @@ static char verdict_path[PATH_MAX + sizeof(PIDFILE_VERDICT_SUFFIX)]; /* beside i
 /* Reads a positive pid from path: 1 found, 0 absent or not a pid, -1 error. */
 static int read_pid(const char *path, pid_t *pid, char *err, size_t errlen)
 {
-	char buf[32];
-	ssize_t n;
+	char *buf, *end, why[256];
+	size_t n;
 	long v;
-	char *end;
-	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	int rc = 0;
 
-	if (fd < 0) {
-		if (errno == ENOENT)
-			return 0;
-		snprintf(err, errlen, "pid file %s: %s", path, strerror(errno));
+	if (fileio_read(path, PID_FILE_MAX, FILEIO_NOFOLLOW | FILEIO_ABSENT_EMPTY, &buf, &n, why,
+	                sizeof(why))) {
+		snprintf(err, errlen, "pid file %s: %s", path, why);
 		return -1;
 	}
-	n = read(fd, buf, sizeof(buf) - 1);
-	close(fd);
-	if (n <= 0)
-		return 0;
-	buf[n] = '\0';
 	errno = 0;
 	v = strtol(buf, &end, 10);
-	if (errno || end == buf || (*end && *end != '\n') || v <= 0 || v > INT_MAX)
-		return 0;
-	*pid = (pid_t)v;
-	return 1;
+	if (n > 0 && !errno && end != buf && (!*end || *end == '\n') && v > 0 && v <= INT_MAX) {
+		*pid = (pid_t)v;
+		rc = 1;
+	}
+	free(buf);
+	return rc;
 }
 
 /* Alive, and (when /proc tells) called courier-broker. */
@@ -193,33 +193,33 @@ int pidfile_verdict_write(const struct pidfile_verdict *v)
 
 int pidfile_verdict_read(const char *path, struct pidfile_verdict *v, char *err, size_t errlen)
 {
-	char file[PATH_MAX + sizeof(PIDFILE_VERDICT_SUFFIX)], buf[PIDFILE_REASON_MAX + 128], word[16];
-	ssize_t n;
-	int fd, used = 0;
+	char file[PATH_MAX + sizeof(PIDFILE_VERDICT_SUFFIX)], *buf, word[16], why[256];
+	size_t n;
+	int used = 0, rc = -1;
 
 	if (snprintf(file, sizeof(file), "%s%s", path, PIDFILE_VERDICT_SUFFIX) >= (int)sizeof(file)) {
 		snprintf(err, errlen, "pid file %s: path too long", path);
 		return -1;
 	}
-	fd = open(file, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-	if (fd < 0) {
-		if (errno == ENOENT)
-			return 0;
-		snprintf(err, errlen, "%s: %s", file, strerror(errno));
+	if (fileio_read(file, VERDICT_FILE_MAX, FILEIO_NOFOLLOW | FILEIO_ABSENT_EMPTY, &buf, &n, why,
+	                sizeof(why))) {
+		snprintf(err, errlen, "%s: %s", file, why);
 		return -1;
 	}
-	n = read(fd, buf, sizeof(buf) - 1);
-	close(fd);
-	if (n <= 0)
-		return 0;
-	buf[n] = '\0';
+	if (n == 0) {
+		rc = 0;
+		goto out;
+	}
 	buf[strcspn(buf, "\n")] = '\0';
 	if (sscanf(buf, "%llu %ld %15s %llu %n", &v->at_ns, &v->pid, word, &v->generation, &used) < 4 ||
 	    used == 0 || (strcmp(word, "ok") != 0 && strcmp(word, "refused") != 0)) {
 		snprintf(err, errlen, "%s: not a reload verdict", file);
-		return -1;
+		goto out;
 	}
 	v->ok = strcmp(word, "ok") == 0;
 	snprintf(v->reason, sizeof(v->reason), "%s", buf + used);
-	return 1;
+	rc = 1;
+out:
+	free(buf);
+	return rc;
 }

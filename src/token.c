@@ -15,7 +15,6 @@
  */
 #include "token.h"
 
-#include <arpa/inet.h>
 #include <lauxlib.h>
 #include <lua.h>
 #include <microhttpd.h>
@@ -23,8 +22,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
-#include <sys/socket.h>
 #include <time.h>
 
 #include "audit.h"
@@ -45,6 +42,7 @@
 #include "reply.h"
 #include "reqbody.h"
 #include "shadow.h"
+#include "reqinfo.h"
 
 /* The headers a policy may read (req.headers): how many, and their names' bytes. */
 #define MAX_HEADERS 64
@@ -62,7 +60,6 @@ struct header_set {
 	struct policy_header h[MAX_HEADERS];
 	size_t n;
 	char buf[HEADER_BUF];
-	size_t used;
 };
 
 /* The loop's table of Courier calls that identical grants share. */
@@ -87,61 +84,6 @@ size_t token_scratch_size(void)
 
 /* ------------------------------------------------------ reading a request */
 
-static const char *header(struct MHD_Connection *conn, const char *name)
-{
-	return MHD_lookup_connection_value(conn, MHD_HEADER_KIND, name);
-}
-
-static bool is_json_type(const char *ct)
-{
-	static const char want[] = "application/json";
-
-	if (!ct || strncasecmp(ct, want, sizeof(want) - 1) != 0)
-		return false;
-	ct += sizeof(want) - 1;
-	return *ct == '\0' || *ct == ';' || *ct == ' ' || *ct == '\t';
-}
-
-static void peer_ip(struct MHD_Connection *conn, char *out, size_t len)
-{
-	const union MHD_ConnectionInfo *ci =
-	    MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
-	const struct sockaddr *sa = ci ? ci->client_addr : NULL;
-
-	out[0] = '\0';
-	if (!sa)
-		return;
-	if (sa->sa_family == AF_INET)
-		inet_ntop(AF_INET, &((const struct sockaddr_in *)(const void *)sa)->sin_addr, out,
-		          (socklen_t)len);
-	else if (sa->sa_family == AF_INET6)
-		inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr, out,
-		          (socklen_t)len);
-}
-
-static enum MHD_Result collect_header(void *cls, enum MHD_ValueKind kind, const char *key, const char *value)
-{
-	struct header_set *hs = cls;
-	size_t klen = strlen(key);
-
-	(void)kind;
-	if (!value || strcasecmp(key, "authorization") == 0 || strcasecmp(key, "cookie") == 0 ||
-	    strcasecmp(key, "proxy-authorization") == 0)
-		return MHD_YES;
-	if (hs->n >= MAX_HEADERS || hs->used + klen + 1 > sizeof(hs->buf))
-		return MHD_NO;
-	for (size_t i = 0; i < klen; i++) {
-		char c = key[i];
-		hs->buf[hs->used + i] = (c >= 'A' && c <= 'Z') ? (char)(c - 'A' + 'a') : c;
-	}
-	hs->buf[hs->used + klen] = '\0';
-	hs->h[hs->n].name = hs->buf + hs->used;
-	hs->h[hs->n].value = value;
-	hs->n++;
-	hs->used += klen + 1;
-	return MHD_YES;
-}
-
 /* policy_request.headers_of: the request's headers, gathered into its loop's
  * scratch set when (and only when) a policy reads req.headers. */
 static const struct policy_header *request_headers(void *ctx, size_t *n)
@@ -149,8 +91,7 @@ static const struct policy_header *request_headers(void *ctx, size_t *n)
 	struct req *r = ctx;
 	struct header_set *hs = &scratch_of(r->loop)->hs;
 
-	hs->n = hs->used = 0;
-	MHD_get_connection_values(r->conn, MHD_HEADER_KIND, collect_header, hs);
+	hs->n = reqinfo_headers(r->conn, hs->h, MAX_HEADERS, hs->buf, sizeof(hs->buf));
 	*n = hs->n;
 	return hs->h;
 }
@@ -217,7 +158,7 @@ enum MHD_Result token_begin(struct loop *lp, struct MHD_Connection *conn, const 
 	r->conn = conn;
 	r->state = RS_BODY;
 	r->start = clock_now();
-	peer_ip(conn, r->client_ip, sizeof(r->client_ip));
+	reqinfo_peer_ip(conn, r->client_ip, sizeof(r->client_ip));
 	reply_request_id(conn, r->request_id);
 	reply_trace_id(conn, r->trace_id);
 	*con_cls = r;
@@ -233,16 +174,16 @@ enum MHD_Result token_begin(struct loop *lp, struct MHD_Connection *conn, const 
 	r->tenant = config_tenant(r->gen->cfg, name);
 	if (!r->tenant)
 		return reply_fail(r, REPLY_UNKNOWN_TENANT, "no such tenant", NULL, NULL);
-	r->origin = header(conn, "Origin");
+	r->origin = reqinfo_header(conn, "Origin");
 	r->cors_origin = cors_match(r->tenant, r->origin);
 	if (strcmp(method, MHD_HTTP_METHOD_OPTIONS) == 0)
 		return preflight(r);
 	if (strcmp(method, MHD_HTTP_METHOD_POST) != 0)
 		return reply_fail(r, REPLY_METHOD_NOT_ALLOWED, "use POST", MHD_HTTP_HEADER_ALLOW, "POST");
-	if (!is_json_type(header(conn, MHD_HTTP_HEADER_CONTENT_TYPE)))
+	if (!reqinfo_is_json(reqinfo_header(conn, MHD_HTTP_HEADER_CONTENT_TYPE)))
 		return reply_fail(r, REPLY_UNSUPPORTED_MEDIA_TYPE, "the body must be application/json", NULL,
 		                  NULL);
-	cl = header(conn, MHD_HTTP_HEADER_CONTENT_LENGTH);
+	cl = reqinfo_header(conn, MHD_HTTP_HEADER_CONTENT_LENGTH);
 	if (cl) {
 		char *end;
 		unsigned long long n = strtoull(cl, &end, 10);
@@ -277,34 +218,6 @@ static void on_courier_done(struct courier_job *job)
 	metrics_upstream(job->seconds, job->status);
 	MHD_resume_connection(r->conn);
 	loop_resumed(r->loop);
-}
-
-/* ident's header lookup: the index-th value of a header, in the order received. */
-struct nth_header {
-	const char *name;
-	unsigned want, seen;
-	const char *found;
-};
-
-static enum MHD_Result nth_header_cb(void *cls, enum MHD_ValueKind kind, const char *key, const char *value)
-{
-	struct nth_header *q = cls;
-
-	(void)kind;
-	if (strcasecmp(key, q->name) != 0)
-		return MHD_YES;
-	if (q->seen++ < q->want)
-		return MHD_YES;
-	q->found = value;
-	return MHD_NO;
-}
-
-static const char *ident_header(void *ctx, const char *name, unsigned index)
-{
-	struct nth_header q = {.name = name, .want = index};
-
-	MHD_get_connection_values(ctx, MHD_HEADER_KIND, nth_header_cb, &q);
-	return q.found;
 }
 
 /* ------------------------------------------------------------ the stages */
@@ -353,10 +266,10 @@ static enum reply_answer stage_identity(struct req *r, struct pipeline *p)
 	const struct tenant *t = r->tenant;
 
 	memset(&p->irq, 0, sizeof(p->irq));
-	p->irq.authorization = header(r->conn, MHD_HTTP_HEADER_AUTHORIZATION);
+	p->irq.authorization = reqinfo_header(r->conn, MHD_HTTP_HEADER_AUTHORIZATION);
 	p->irq.peer_ip = r->client_ip;
 	p->irq.now = (long long)time(NULL);
-	p->irq.header = ident_header;
+	p->irq.header = reqinfo_nth_header;
 	p->irq.header_ctx = r->conn;
 	if (ident_client_ip(&t->auth, &p->irq, p->client_ip, sizeof(p->client_ip)) != 0) {
 		p->msg = "too many X-Forwarded-For header lines";
@@ -495,7 +408,7 @@ static enum reply_answer stage_decide(struct req *r, struct pipeline *p)
 	prq.claims_idx = p->id.claims_idx;
 	prq.client_ip = p->client_ip;
 	prq.origin = r->origin;
-	prq.user_agent = header(r->conn, MHD_HTTP_HEADER_USER_AGENT);
+	prq.user_agent = reqinfo_header(r->conn, MHD_HTTP_HEADER_USER_AGENT);
 	prq.headers_of = request_headers;
 	prq.headers_ctx = r;
 	prq.now = p->irq.now;

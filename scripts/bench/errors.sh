@@ -8,14 +8,10 @@
 set -euo pipefail
 broker=$1 double=$2 secs=${3:-10}
 root=$(cd "$(dirname "$0")/../.." && pwd)
-. "$root/scripts/lib.sh"
-work=$(mktemp -d)
-pids=()
-trap cleanup EXIT
+. "$root/scripts/bench/lib.sh"
+bench_setup
 
-COURIER_DOUBLE_KEYS=bench-courier-key "$double" --port 0 >"$work/double.out" 2>"$work/double.err" &
-pids+=($!)
-dport=$(wait_for "$work/double.out" '^PORT [0-9]+' bench)
+start_double bench-courier-key bench
 export COURIER_API_KEY=bench-courier-key BENCH_CLIENT_KEY=bench-client-key-0123456789
 
 # A policy a client can steer: "deny" denies, "error" indexes a nil claim.
@@ -48,9 +44,7 @@ LUA
   echo '}'
 } >"$work/errors.conf.lua"
 
-"$broker" serve -c "$work/errors.conf.lua" 2>"$work/broker.log" &
-pids+=($!)
-bport=$(wait_for "$work/broker.log" 'listening on 127\.0\.0\.1:[0-9]+' bench)
+start_broker "$work/errors.conf.lua" "$work/broker.log" bench
 
 # run PATH -> the rps of a wrk run that posts {"path": PATH}; first checks
 # that one such request gets the status the path is for.

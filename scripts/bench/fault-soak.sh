@@ -8,15 +8,10 @@ set -euo pipefail
 broker=$1 double=$2
 secs=${3:-60} pct=${4:-20} conns=${5:-50} lat=${6:-20}
 root=$(cd "$(dirname "$0")/../.." && pwd)
-. "$root/scripts/lib.sh"
-work=$(mktemp -d)
-pids=()
-trap cleanup EXIT
-ulimit -n 65536 2>/dev/null || true
+. "$root/scripts/bench/lib.sh"
+bench_setup
 
-COURIER_DOUBLE_KEYS=soak-courier-key "$double" --port 0 >"$work/double.out" 2>"$work/double.err" &
-pids+=($!)
-dport=$(wait_for "$work/double.out" '^PORT [0-9]+' soak)
+start_double soak-courier-key soak
 export COURIER_API_KEY=soak-courier-key APP_JWT_SECRET=soak-app-secret
 session=$(/usr/bin/python3 -c 'import jwt, time, sys
 print(jwt.encode({"sub": "alice", "iat": int(time.time()), "exp": int(time.time()) + 3600}, sys.argv[1], algorithm="HS256"))' "$APP_JWT_SECRET")
@@ -28,17 +23,10 @@ soak() {
 listen = "127.0.0.1:0"
 courier = { base_url = "http://127.0.0.1:$dport", retries = $retries }
 tenants = {
-  default = {
-    api_key = { env = "COURIER_API_KEY" },
-    policy = "$root/policies/default.lua",
-    auth = { jwt = { algorithms = { "HS256" }, hmac_secret = { env = "APP_JWT_SECRET" } } },
-  },
+$(jwt_tenant default)
 }
 CONF
-  "$broker" serve -c "$work/$name.conf.lua" 2>"$work/$name.log" &
-  bpid=$!
-  pids+=($bpid)
-  bport=$(wait_for "$work/$name.log" 'listening on 127\.0\.0\.1:[0-9]+' soak)
+  start_broker "$work/$name.conf.lua" "$work/$name.log" soak
   curl -sS -X POST "http://127.0.0.1:$dport/_double/config" \
     -d "{\"latency_ms\": $lat, \"status\": 503, \"fail_percent\": $pct}" >/dev/null
   BENCH_BEARER=$session BENCH_BODY='{"user_id":"alice"}' wrk -t2 -c"$conns" -d"${secs}s" --timeout 10s --latency \

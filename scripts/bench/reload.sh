@@ -7,15 +7,10 @@
 set -euo pipefail
 broker=$1 double=$2 secs=${3:-10}
 root=$(cd "$(dirname "$0")/../.." && pwd)
-. "$root/scripts/lib.sh"
-work=$(mktemp -d)
-pids=()
-trap cleanup EXIT
+. "$root/scripts/bench/lib.sh"
+bench_setup
 
-
-COURIER_DOUBLE_KEYS=bench-courier-key "$double" --port 0 >"$work/double.out" 2>"$work/double.err" &
-pids+=($!)
-dport=$(wait_for "$work/double.out" '^PORT [0-9]+' bench)
+start_double bench-courier-key bench
 export COURIER_API_KEY=bench-courier-key APP_JWT_SECRET=bench-app-secret
 
 # config FILE NTENANTS: default plus t001.. sharing policies/default.lua
@@ -28,13 +23,7 @@ config() {
     echo 'tenants = {'
     for i in $(seq 0 $(($2 - 1))); do
       if [ "$i" -eq 0 ]; then name=default; else name=$(printf 't%03d' "$i"); fi
-      cat <<T
-  $name = {
-    api_key = { env = "COURIER_API_KEY" },
-    policy = "$root/policies/default.lua",
-    auth = { jwt = { algorithms = { "HS256" }, hmac_secret = { env = "APP_JWT_SECRET" } } },
-  },
-T
+      jwt_tenant "$name"
     done
     echo '}'
   } >"$1"
@@ -42,11 +31,10 @@ T
 
 # start NAME CONFIG -> pid and port in $work/NAME.pid, $work/NAME.port
 start() {
-  "$broker" serve -c "$2" 2>"$work/$1.log" &
-  local pid=$!
-  pids+=($pid)
-  echo "$pid" >"$work/$1.pid"
-  wait_for "$work/$1.log" 'listening on 127\.0\.0\.1:[0-9]+' >"$work/$1.port"
+  local bpid bport
+  start_broker "$2" "$work/$1.log" bench
+  echo "$bpid" >"$work/$1.pid"
+  echo "$bport" >"$work/$1.port"
 }
 
 config "$work/t100.conf.lua" 100

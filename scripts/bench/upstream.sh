@@ -12,17 +12,12 @@
 set -euo pipefail
 broker=$1 double=$2 secs=${3:-10}
 root=$(cd "$(dirname "$0")/../.." && pwd)
-. "$root/scripts/lib.sh"
-work=$(mktemp -d)
-pids=()
-trap cleanup EXIT
-ulimit -n 65536 2>/dev/null || true
+. "$root/scripts/bench/lib.sh"
+bench_setup
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || { echo "upstream bench: no nginx (scripts/install-deps.sh)"; exit 0; }
 nginx=$(command -v nginx || echo /usr/sbin/nginx)
 
-COURIER_DOUBLE_KEYS=bench-courier-key "$double" --port 0 >"$work/double.out" 2>"$work/double.err" &
-pids+=($!)
-dport=$(wait_for "$work/double.out" '^PORT [0-9]+' upstream-bench)
+start_double bench-courier-key upstream-bench
 curl -sS -X POST "http://127.0.0.1:$dport/_double/config" -d '{"latency_ms": 100}' >/dev/null
 
 # A test CA and a certificate for 127.0.0.1.
@@ -95,10 +90,7 @@ bench() {
     echo "tenants = { default = { api_key = { env = \"COURIER_API_KEY\" }, policy = \"$root/policies/default.lua\","
     echo '  auth = { jwt = { algorithms = { "HS256" }, hmac_secret = { env = "APP_JWT_SECRET" } } } } }'
   } >"$conf"
-  "$broker" serve -c "$conf" 2>"$work/$slug.log" &
-  bpid=$!
-  pids+=($bpid)
-  bport=$(wait_for "$work/$slug.log" 'listening on 127\.0\.0\.1:[0-9]+' upstream-bench)
+  start_broker "$conf" "$work/$slug.log" upstream-bench
   b0=$(cpu_ticks "$bpid")
   BENCH_BEARER=$session BENCH_BODY='{"user_id":"alice"}' wrk -t2 -c500 -d"${secs}s" --timeout 10s --latency \
     -s "$root/scripts/bench/post.lua" "http://127.0.0.1:$bport/v1/token" >"$work/$slug.txt" 2>&1 || true

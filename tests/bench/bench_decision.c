@@ -24,20 +24,7 @@
 #include "policy.h"
 #include "scope.h"
 
-static char *read_all(const char *path, size_t *len)
-{
-	FILE *f = fopen(path, "rb");
-	char *buf;
-
-	if (!f)
-		return NULL;
-	buf = malloc(1 << 20);
-	*len = buf ? fread(buf, 1, (1 << 20) - 1, f) : 0;
-	fclose(f);
-	if (buf)
-		buf[*len] = '\0';
-	return buf;
-}
+#include "bench_setup.h"
 
 static int cmp_double(const void *a, const void *b)
 {
@@ -70,33 +57,21 @@ int main(int argc, char **argv)
 	struct decision *d = calloc(1, sizeof(*d));
 	struct grant *g = calloc(1, sizeof(*g));
 	double *lat = calloc((size_t)(n > 0 ? n : 1), sizeof(double));
-	const char *const *push = scope_tier("push");
-	char err[512];
+	char err[512], *text;
+	size_t len;
 	lua_State *L;
 
 	if (n < 100 || !d || !g || !lat) {
 		fprintf(stderr, "usage: bench_decision [POLICY [N >= 100]]\n");
 		return 2;
 	}
-	memset(&cfg, 0, sizeof(cfg));
-	memset(&t, 0, sizeof(t));
-	t.name = "default";
-	t.policy_path = (char *)path;
-	t.policy_text = read_all(path, &t.policy_len);
-	if (!t.policy_text) {
+	text = bench_read_policy(path, &len);
+	if (!text) {
 		fprintf(stderr, "bench_decision: cannot read %s\n", path);
 		return 1;
 	}
-	t.max_expires_s = 7 * 86400;
-	t.default_expires_s = 3600;
-	t.allowed_scopes = (char **)(void *)push;
-	while (push[t.n_allowed_scopes])
-		t.n_allowed_scopes++;
-	cfg.tenants = &t;
-	cfg.n_tenants = 1;
-	cfg.policy_max_instructions = 1000000;
-	cfg.policy_max_memory_bytes = 8 << 20;
-	cfg.policy_timeout_ms = 1000; /* a loaded machine must not fail the run */
+	bench_tenant(&t, "default", path, text, len);
+	bench_config(&cfg, &t, 1);
 	e = policy_engine_new(&cfg, err, sizeof(err));
 	if (!e) {
 		fprintf(stderr, "bench_decision: %s\n", err);

@@ -23,6 +23,8 @@
 #include "policy.h"
 #include "scope.h"
 
+#include "bench_setup.h"
+
 #define TENANTS 101
 
 static const char probe[] = "return function(req)\n"
@@ -32,21 +34,6 @@ static const char probe[] = "return function(req)\n"
                             "  end\n"
                             "  return { allow = false, reason = 'no' }\n"
                             "end\n";
-
-static char *read_all(const char *path, size_t *len)
-{
-	FILE *f = fopen(path, "rb");
-	char *buf;
-
-	if (!f)
-		return NULL;
-	buf = malloc(1 << 20);
-	*len = buf ? fread(buf, 1, (1 << 20) - 1, f) : 0;
-	fclose(f);
-	if (buf)
-		buf[*len] = '\0';
-	return buf;
-}
 
 static double now_s(void)
 {
@@ -63,12 +50,11 @@ int main(int argc, char **argv)
 	                                     "{\"user_id\":\"alice\",\"attack\":\"memory\"}"};
 	static struct tenant t[TENANTS];
 	static char names[TENANTS][16];
-	const char *const *push = scope_tier("push");
 	struct config cfg;
 	struct policy_engine *e;
 	struct decision *d = calloc(1, sizeof(*d));
 	size_t dlen;
-	char *deflt = read_all("policies/default.lua", &dlen);
+	char *deflt = bench_read_policy("policies/default.lua", &dlen);
 	char err[512];
 	double rate[3];
 	lua_State *L;
@@ -77,24 +63,14 @@ int main(int argc, char **argv)
 		fprintf(stderr, "bench_errpath: run from the repository root; N >= 100\n");
 		return 2;
 	}
-	memset(&cfg, 0, sizeof(cfg));
 	for (int i = 0; i < TENANTS; i++) {
 		snprintf(names[i], sizeof(names[i]), "t%d", i);
-		t[i].name = names[i];
-		t[i].policy_path = i < TENANTS - 1 ? "policies/default.lua" : "probe.lua";
-		t[i].policy_text = i < TENANTS - 1 ? deflt : (char *)probe;
-		t[i].policy_len = i < TENANTS - 1 ? dlen : sizeof(probe) - 1;
-		t[i].max_expires_s = 7 * 86400;
-		t[i].default_expires_s = 3600;
-		t[i].allowed_scopes = (char **)(void *)push;
-		while (push[t[i].n_allowed_scopes])
-			t[i].n_allowed_scopes++;
+		if (i < TENANTS - 1)
+			bench_tenant(&t[i], names[i], "policies/default.lua", deflt, dlen);
+		else
+			bench_tenant(&t[i], names[i], "probe.lua", (char *)probe, sizeof(probe) - 1);
 	}
-	cfg.tenants = t;
-	cfg.n_tenants = TENANTS;
-	cfg.policy_max_instructions = 1000000;
-	cfg.policy_max_memory_bytes = 8 << 20;
-	cfg.policy_timeout_ms = 1000;
+	bench_config(&cfg, t, TENANTS);
 	e = policy_engine_new(&cfg, err, sizeof(err));
 	if (!e) {
 		fprintf(stderr, "bench_errpath: %s\n", err);

@@ -15,6 +15,7 @@
 #ifndef FUZZ_CLOCK_H
 #define FUZZ_CLOCK_H
 
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/resource.h>
@@ -72,6 +73,47 @@ static inline int fuzz_clock_over(const struct fuzz_clock *c, double limit_ms, c
 		        ru.ru_minflt - c->ru.ru_minflt, user > limit_ms ? ", more than " : ", limit ",
 		        limit_ms, user > limit_ms && !final ? " (the input runs again)" : "");
 	return user > limit_ms;
+}
+
+/* An input that overran runs once more, confirming (why: above); only a
+ * second overrun is a finding. One state a driver (a driver is one file). */
+struct fuzz_retry {
+	int confirming, overran;
+};
+
+static inline struct fuzz_retry *fuzz_retry(void)
+{
+	static struct fuzz_retry r;
+	return &r;
+}
+
+/* fuzz_clock_over for a driver run by fuzz_run_input: a first overrun is
+ * noted, a confirmed one aborts. */
+static inline void fuzz_check_time(const struct fuzz_clock *c, double limit_ms, const char *driver,
+                                   const char *what)
+{
+	struct fuzz_retry *r = fuzz_retry();
+
+	if (fuzz_clock_over(c, limit_ms, driver, what, r->confirming)) {
+		if (r->confirming)
+			abort();
+		r->overran = 1;
+	}
+}
+
+/* What LLVMFuzzerTestOneInput does: run the input, and once more if it
+ * overran. */
+static inline void fuzz_run_input(void (*run)(const uint8_t *, size_t), const uint8_t *data, size_t size)
+{
+	struct fuzz_retry *r = fuzz_retry();
+
+	r->overran = 0;
+	run(data, size);
+	if (r->overran) {
+		r->confirming = 1;
+		run(data, size);
+		r->confirming = 0;
+	}
 }
 
 #endif

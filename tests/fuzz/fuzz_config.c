@@ -20,10 +20,12 @@
  * message naming it, so libFuzzer records the input. Nothing is filtered.
  *
  * The configuration file runs in the policies' sandbox with its own budget
- * (config.c's CONFIG_TIMEOUT_MS, 1 s of CPU): CONFIG_BUDGET_MS is that
- * figure. A load may take twice that, plus CONFIG_WALK_MS for its C side
- * (files, keys, the walk) under ASan, in user CPU time (fuzz_clock.h); a hang
- * is libFuzzer's -timeout.
+ * (config.c's CONFIG_TIMEOUT_MS: 1 s of CPU, a tenth of it in fuzz builds,
+ * which the Makefile marks with FUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION, as
+ * are its instruction and memory budgets): CONFIG_BUDGET_MS is that figure.
+ * A load may take twice that, plus CONFIG_WALK_MS for its C side (files,
+ * keys, the walk) under ASan, in user CPU time (fuzz_clock.h); a hang is
+ * libFuzzer's -timeout.
  */
 #include <curl/curl.h>
 #include <dirent.h>
@@ -42,7 +44,11 @@
 #include "policy.h"
 
 #ifndef CONFIG_BUDGET_MS
+#ifdef FUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION
+#define CONFIG_BUDGET_MS 100 /* config.c's budgets are a tenth in fuzz builds */
+#else
 #define CONFIG_BUDGET_MS 1000
+#endif
 #endif
 /* What the C side of a load (files, keys, the walk) may add under ASan. */
 #ifndef CONFIG_WALK_MS
@@ -220,16 +226,10 @@ static void setup(void)
 	warm_up();
 }
 
-/* An input that overran runs once more (confirming): fuzz_clock.h says why. */
-static int confirming, overran;
-
+/* An input that overran runs once more (fuzz_clock.h says why). */
 static void check_time(const struct fuzz_clock *c, double limit_ms, const char *what)
 {
-	if (fuzz_clock_over(c, limit_ms, "fuzz_config", what, confirming)) {
-		if (confirming)
-			abort();
-		overran = 1;
-	}
+	fuzz_check_time(c, limit_ms, "fuzz_config", what);
 }
 
 /* An error message must hold no secret's value, unless the input itself
@@ -298,12 +298,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-	overran = 0;
-	run_input(data, size);
-	if (overran) {
-		confirming = 1;
-		run_input(data, size);
-		confirming = 0;
-	}
+	fuzz_run_input(run_input, data, size);
 	return 0;
 }

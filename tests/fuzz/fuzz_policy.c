@@ -91,16 +91,10 @@ static void fail(const char *what, const char *detail)
 	abort();
 }
 
-/* An input that overran runs once more (confirming): fuzz_clock.h says why. */
-static int confirming, overran;
-
+/* An input that overran runs once more (fuzz_clock.h says why). */
 static void check_time(const struct fuzz_clock *c, double limit_ms, const char *what)
 {
-	if (fuzz_clock_over(c, limit_ms, "fuzz_policy", what, confirming)) {
-		if (confirming)
-			abort();
-		overran = 1;
-	}
+	fuzz_check_time(c, limit_ms, "fuzz_policy", what);
 }
 
 /* The configuration: tenant 0 runs the input, tenant 1 the good policy. */
@@ -279,12 +273,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-	overran = 0;
-	run_input(data, size);
-	if (overran) {
-		confirming = 1;
-		run_input(data, size);
-		confirming = 0;
-	}
+	fuzz_run_input(run_input, data, size);
 	return 0;
 }

@@ -95,6 +95,34 @@ static void test_refuses_non_regular(void **state)
 	assert_int_equal(fileio_read("-", 100, 0, &data, &len, why, sizeof(why)), -1);
 }
 
+/* The pid file's readers: no symbolic link, and a missing file is empty. */
+static void test_flags(void **state)
+{
+	char *path = write_file("small", 5), *link = fileio_join(dir, "link"),
+	     *gone = fileio_join(dir, "gone");
+	char *data = NULL, why[128];
+	size_t len = 99;
+
+	(void)state;
+	assert_int_equal(symlink(path, link), 0);
+	assert_int_equal(fileio_read(link, 100, 0, &data, &len, why, sizeof(why)), 0);
+	assert_int_equal(len, 5);
+	free(data);
+	data = NULL;
+	assert_int_equal(fileio_read(link, 100, FILEIO_NOFOLLOW, &data, &len, why, sizeof(why)), -1);
+	assert_null(data);
+	assert_int_equal(fileio_read(gone, 100, FILEIO_NOFOLLOW, &data, &len, why, sizeof(why)), -1);
+	assert_int_equal(fileio_read(gone, 100, FILEIO_ABSENT_EMPTY, &data, &len, why, sizeof(why)), 0);
+	assert_non_null(data);
+	assert_int_equal(len, 0);
+	assert_string_equal(data, "");
+	free(data);
+	unlink(link);
+	free(link);
+	free(gone);
+	free(path);
+}
+
 static void test_paths(void **state)
 {
 	char *p;
@@ -123,6 +151,7 @@ int main(void)
 	    cmocka_unit_test(test_reads_within_cap),
 	    cmocka_unit_test(test_refuses_past_cap),
 	    cmocka_unit_test(test_refuses_non_regular),
+	    cmocka_unit_test(test_flags),
 	    cmocka_unit_test(test_paths),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
