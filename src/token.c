@@ -41,8 +41,8 @@
 #include "policy.h"
 #include "reply.h"
 #include "reqbody.h"
-#include "shadow.h"
 #include "reqinfo.h"
+#include "shadow.h"
 
 /* The headers a policy may read (req.headers): how many, and their names' bytes. */
 #define MAX_HEADERS 64
