@@ -97,11 +97,12 @@ struct config {
 		struct secret key; /* the PEM private key */
 	} tls;
 
-	char *courier_base_url;  /* from region (default "us") or base_url; env COURIER_BASE_URL overrides */
-	char *courier_ca_file;   /* absolute; NULL: the system's CA bundle */
-	long courier_timeout_ms; /* default 5000 */
-	long courier_connect_timeout_ms;  /* default 2000 */
-	unsigned courier_max_connections; /* per host, default 1024 */
+	char *courier_base_url; /* from region (default "us") or base_url; env COURIER_BASE_URL overrides */
+	char *courier_ca_file;  /* absolute; NULL: the system's CA bundle */
+	struct x509_store_st *courier_trust; /* the system's anchors and ca_file's (trust.h); NULL without */
+	long courier_timeout_ms;             /* default 5000 */
+	long courier_connect_timeout_ms;     /* default 2000 */
+	unsigned courier_max_connections;    /* per host, default 1024 */
 
 	/* Retries and the circuit breaker (courier.c). */
 	unsigned courier_retries;          /* default 2 */

@@ -42,6 +42,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "secret.h"
+#include "trust.h"
 #include "version.h"
 
 #define RESP_MAX (64 * 1024)
@@ -243,14 +244,10 @@ static int start_attempt(struct courier_client *c, struct courier_job *job, long
 	                 job->connect_timeout_ms < remaining ? job->connect_timeout_ms : remaining);
 	curl_easy_setopt(e, CURLOPT_SHARE, c->share);
 	/* The cached X509 store is used only without a CA path; the CA file
-	 * (the system's, or ca_file) is parsed once per loop and day. */
-	curl_easy_setopt(e, CURLOPT_CAPATH, NULL);
-	curl_easy_setopt(e, CURLOPT_PROXY_CAPATH, NULL);
+	 * is parsed once per loop and day; ca_file's anchors are added to the
+	 * system's through the store built at load (trust.c). */
+	trust_apply(e, job->ca_file, job->trust);
 	curl_easy_setopt(e, CURLOPT_CA_CACHE_TIMEOUT, 86400L);
-	if (job->ca_file) {
-		curl_easy_setopt(e, CURLOPT_CAINFO, job->ca_file);
-		curl_easy_setopt(e, CURLOPT_PROXY_CAINFO, job->ca_file);
-	}
 	/* HTTP/2 where the server offers it in ALPN, HTTP/1.1 otherwise. The
 	 * proxy comes from HTTPS_PROXY / NO_PROXY, as libcurl reads them. */
 	curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);

@@ -27,7 +27,8 @@ typedef void (*courier_done_fn)(struct courier_job *job);
 struct courier_job {
 	/* Set by the caller; everything pointed to must live until done runs. */
 	const char *url;
-	const char *ca_file; /* PEM trust anchors instead of the system's; NULL: the system's */
+	const char *ca_file;         /* PEM trust anchors added to the system's; NULL: the system's alone */
+	struct x509_store_st *trust; /* both, with ca_file (trust.h) */
 	const struct secret *api_key;
 	const char *body;
 	size_t body_len;

@@ -593,6 +593,7 @@ static enum reply_answer stage_upstream(struct req *r, struct pipeline *p)
 
 	r->job.url = gen_courier_url(r->gen, r->tenant);
 	r->job.ca_file = r->gen->cfg->courier_ca_file;
+	r->job.trust = r->gen->cfg->courier_trust;
 	r->job.api_key = &r->tenant->api_key;
 	r->job.body = r->courier_body;
 	r->job.body_len = blen;

@@ -78,8 +78,10 @@ const struct option config_options[] = {
      "password); env `COURIER_BASE_URL` "
      "overrides it (and `region`)."},
     {"courier.ca_file", OPT_STRING, NULL, 0, 0, NOWHERE, 0, config_conv_ca_file,
-     "PEM file of the CAs trusted for Courier (and an HTTPS proxy) instead of the system's bundle: a private "
-     "CA, a TLS-inspecting proxy; relative to the config file's folder, read at load and at each reload."},
+     "PEM file of CAs trusted for Courier (and an HTTPS proxy) in addition to the system's bundle: a private "
+     "CA, a TLS-inspecting proxy; relative to the config file's folder, read at load and at each reload "
+     "(missing "
+     "or without a certificate: a config error)."},
     {"courier.timeout_ms", OPT_INT, "5000", 1, 60000, CFG(courier_timeout_ms), 0, NULL,
      "Whole Courier call, queueing and connecting included."},
     {"courier.connect_timeout_ms", OPT_INT, "2000", 1, 60000, CFG(courier_connect_timeout_ms), 0, NULL,
@@ -152,7 +154,7 @@ const struct option config_options[] = {
      "fetched before the tenant is "
      "ready (a failed first fetch fails `check` and start), then refreshed in the background."},
     {"tenants.*.auth.jwt.jwks.ca_file", OPT_STRING, NULL, 0, 0, NOWHERE, 0, config_conv_jwks_ca_file,
-     "With `url`: PEM file of the CAs trusted for it instead of the system's bundle, relative to the config "
+     "With `url`: PEM file of CAs trusted for it in addition to the system's bundle, relative to the config "
      "file's folder."},
     {"tenants.*.auth.jwt.jwks.min_refresh_s", OPT_INT, "60", 1, 86400, TEN(auth.jwt.jwks_opts.min_refresh_s),
      0, NULL,
