@@ -105,9 +105,11 @@ struct config {
 	unsigned courier_max_connections;    /* per host, default 1024 */
 
 	/* Retries and the circuit breaker (courier.c). */
-	unsigned courier_retries;          /* default 2 */
-	unsigned courier_breaker_failures; /* consecutive failures that open it; 0: off; default 5 */
-	long courier_breaker_cooldown_ms;  /* its first pause, default 5000 */
+	unsigned courier_retries;              /* default 2 */
+	unsigned courier_retry_budget_percent; /* extra retries beyond them, earned per answered call; default
+	                                          10 */
+	unsigned courier_breaker_failures;     /* consecutive failures that open it; 0: off; default 5 */
+	long courier_breaker_cooldown_ms;      /* its first pause, default 5000 */
 
 	long long policy_max_instructions; /* per decision, default 1,000,000 */
 	size_t policy_max_memory_bytes;    /* per decision, default 8 MiB */

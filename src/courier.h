@@ -34,6 +34,7 @@ struct courier_job {
 	size_t body_len;
 	long timeout_ms, connect_timeout_ms; /* timeout_ms: the whole call, retries and waits included */
 	unsigned retries;                    /* attempts after the first (courier.retries) */
+	unsigned retry_budget_percent;       /* of a retry each answered call earns for others (courier.c) */
 	unsigned breaker_failures;           /* consecutive failures that open the breaker; 0: none */
 	long breaker_cooldown_ms;            /* its first pause (doubles on each failed probe) */
 	courier_done_fn done;

@@ -92,6 +92,11 @@ const struct option config_options[] = {
      "Retries of a failed Courier call (connection errors, 408, 409, 429, 5xx; never other 4xx), with "
      "exponential backoff and jitter or the answer's `Retry-After` / `retry-after-ms`, all within "
      "`courier.timeout_ms`."},
+    {"courier.retry_budget_percent", OPT_INT, "10", 0, 100, CFG(courier_retry_budget_percent), 0, NULL,
+     "Beyond `courier.retries` (when not 0), a call may retry up to 3 more times within `courier.timeout_ms` "
+     "on a retry budget each loop keeps: every call Courier answered adds this percentage of a retry (up "
+     "to 20 saved), every extra retry spends one. Sporadic failures get their extra tries; an outage earns "
+     "none. 0: never more than `courier.retries`."},
     {"courier.breaker_failures", OPT_INT, "5", 0, 1000, CFG(courier_breaker_failures), 0, NULL,
      "Consecutive failed Courier calls (retries included: connection errors, timeouts, 408, 409, 429, "
      "5xx) to one endpoint with one key that open its circuit breaker: requests then get 503 "
