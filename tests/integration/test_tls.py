@@ -386,6 +386,28 @@ def test_tls13_sessions_resumed_across_reconnects(tmp_path, tls):
         b.stop()
 
 
+def test_double_https_mode(tmp_path):
+    """The double's own TLS mode (--tls-cert/--tls-key, no nginx): the broker
+    calls it over HTTPS with ca_file; its stats count the connections."""
+    ca, cert, key = make_pki(tmp_path)
+    d = Double(tls=(cert, key, ca))
+    b = None
+    try:
+        assert d.url.startswith("https://")
+        b = start_broker(tmp_path, "b", d.url, ca, extra="threads = 1")
+        assert calls(b, 3, 1) == [200] * 3
+        st = d.stats()
+        assert st["served"] == 3
+        assert st["connections"] >= 1
+        d.configure(status=503, next=1, retry_after_ms="0")  # faults work over TLS too
+        assert b.post(body={"user_id": "zed"}, token=mint(sub="zed")).status == 200
+        assert d.served() == 5
+    finally:
+        if b:
+            b.stop()
+        d.stop()
+
+
 def test_region_routing_per_tenant(tmp_path):
     """An eu tenant's calls go to its own upstream, the others' to the global one."""
     us, eu = Double(), Double()
