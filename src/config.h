@@ -97,19 +97,22 @@ struct config {
 		struct secret key; /* the PEM private key */
 	} tls;
 
-	char *courier_base_url; /* from region (default "us") or base_url; env COURIER_BASE_URL overrides */
-	char *courier_ca_file;  /* absolute; NULL: the system's CA bundle */
-	struct x509_store_st *courier_trust; /* the system's anchors and ca_file's (trust.h); NULL without */
-	long courier_timeout_ms;             /* default 5000 */
-	long courier_connect_timeout_ms;     /* default 2000 */
-	unsigned courier_max_connections;    /* per host, default 1024 */
+	char *courier_base_url;  /* from region (default "us") or base_url; env COURIER_BASE_URL overrides */
+	char *courier_ca_file;   /* absolute; NULL: the system's CA bundle */
+	long courier_timeout_ms; /* default 5000 */
+	long courier_connect_timeout_ms;  /* default 2000 */
+	unsigned courier_max_connections; /* per host, default 1024 */
+
+	/* The system's anchors and ca_file's (trust.h); NULL without ca_file. */
+	struct x509_store_st *courier_trust;
 
 	/* Retries and the circuit breaker (courier.c). */
-	unsigned courier_retries;              /* default 2 */
-	unsigned courier_retry_budget_percent; /* extra retries beyond them, earned per answered call; default
-	                                          10 */
-	unsigned courier_breaker_failures;     /* consecutive failures that open it; 0: off; default 5 */
-	long courier_breaker_cooldown_ms;      /* its first pause, default 5000 */
+	unsigned courier_retries;          /* default 2 */
+	unsigned courier_breaker_failures; /* consecutive failures that open it; 0: off; default 5 */
+	long courier_breaker_cooldown_ms;  /* its first pause, default 5000 */
+
+	/* Extra retries beyond courier_retries, earned per answered call (default 10). */
+	unsigned courier_retry_budget_percent;
 
 	long long policy_max_instructions; /* per decision, default 1,000,000 */
 	size_t policy_max_memory_bytes;    /* per decision, default 8 MiB */
