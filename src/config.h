@@ -114,10 +114,16 @@ struct config {
 	long courier_connect_timeout_ms;  /* default 2000 */
 	unsigned courier_max_connections; /* per host, default 1024 */
 
+	/* The system's anchors and ca_file's (trust.h); NULL without ca_file. */
+	struct x509_store_st *courier_trust;
+
 	/* Retries and the circuit breaker (courier.c). */
 	unsigned courier_retries;          /* default 2 */
 	unsigned courier_breaker_failures; /* consecutive failures that open it; 0: off; default 5 */
 	long courier_breaker_cooldown_ms;  /* its first pause, default 5000 */
+
+	/* Extra retries beyond courier_retries, earned per answered call (default 10). */
+	unsigned courier_retry_budget_percent;
 
 	long long policy_max_instructions; /* per decision, default 1,000,000 */
 	size_t policy_max_memory_bytes;    /* per decision, default 8 MiB */

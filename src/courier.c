@@ -42,6 +42,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "secret.h"
+#include "trust.h"
 #include "version.h"
 
 #define RESP_MAX (64 * 1024)
@@ -53,6 +54,14 @@
 #define BACKOFF_MAX_MS  2000
 /* A retry is only worth starting with at least this much of timeout_ms left. */
 #define ATTEMPT_MIN_MS 50
+/* The retry budget (per loop, in hundredths of a retry): beyond job->retries,
+ * a call may retry up to RETRY_EXTRA_MAX more times, each spending one retry
+ * that calls Courier answered earned (retry_budget_percent each), saved up
+ * to RETRY_BUDGET_CAP. Sporadic failures (a fifth of calls failing at random:
+ * one call in 125 exhausts 2 retries) get their extra tries; an outage earns
+ * nothing, so it never multiplies the load beyond job->retries. */
+#define RETRY_EXTRA_MAX  3
+#define RETRY_BUDGET_CAP 2000
 
 struct courier_client {
 	CURLM *multi;
@@ -65,7 +74,8 @@ struct courier_client {
 	struct courier_job *waiting; /* failed attempts waiting for their retry */
 	CURL *pool[POOL_MAX];
 	int n_pool;
-	uint64_t rng; /* xorshift64 state, for the jitter */
+	uint64_t rng;      /* xorshift64 state, for the jitter */
+	long retry_budget; /* hundredths of a retry beyond job->retries (RETRY_BUDGET_CAP) */
 };
 
 /* ------------------------------------------------------ circuit breakers */
@@ -173,6 +183,15 @@ static long hinted_wait_ms(CURL *e)
 	return -1;
 }
 
+/* Whether a failed attempt may be followed by another: within job->retries,
+ * or beyond them (retries on) on the loop's budget. */
+static bool retry_left(const struct courier_client *c, const struct courier_job *job)
+{
+	if (job->attempts <= job->retries)
+		return true;
+	return job->retries > 0 && job->attempts <= job->retries + RETRY_EXTRA_MAX && c->retry_budget >= 100;
+}
+
 static long backoff_ms(struct courier_client *c, unsigned retry)
 {
 	long d = retry > 5 ? BACKOFF_MAX_MS : BACKOFF_BASE_MS << (retry - 1);
@@ -243,14 +262,10 @@ static int start_attempt(struct courier_client *c, struct courier_job *job, long
 	                 job->connect_timeout_ms < remaining ? job->connect_timeout_ms : remaining);
 	curl_easy_setopt(e, CURLOPT_SHARE, c->share);
 	/* The cached X509 store is used only without a CA path; the CA file
-	 * (the system's, or ca_file) is parsed once per loop and day. */
-	curl_easy_setopt(e, CURLOPT_CAPATH, NULL);
-	curl_easy_setopt(e, CURLOPT_PROXY_CAPATH, NULL);
+	 * is parsed once per loop and day; ca_file's anchors are added to the
+	 * system's through the store built at load (trust.c). */
+	trust_apply(e, job->ca_file, job->trust);
 	curl_easy_setopt(e, CURLOPT_CA_CACHE_TIMEOUT, 86400L);
-	if (job->ca_file) {
-		curl_easy_setopt(e, CURLOPT_CAINFO, job->ca_file);
-		curl_easy_setopt(e, CURLOPT_PROXY_CAINFO, job->ca_file);
-	}
 	/* HTTP/2 where the server offers it in ALPN, HTTP/1.1 otherwise. The
 	 * proxy comes from HTTPS_PROXY / NO_PROXY, as libcurl reads them. */
 	curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
@@ -352,7 +367,8 @@ static void arm(struct courier_client *c, long long due)
 
 /*
  * One attempt ended with rc. Retried (job parked on the waiting list until
- * its wait is over) when the failure is one worth retrying, retries are left,
+ * its wait is over) when the failure is one worth retrying, retries are left
+ * (job->retries, then the loop's retry budget),
  * the breaker did not open, and the wait plus ATTEMPT_MIN_MS fits in what is
  * left of timeout_ms; otherwise the call completes.
  */
@@ -387,9 +403,11 @@ static void finish(struct courier_client *c, struct courier_job *job, CURLcode r
 	} else {
 		curl_easy_cleanup(e);
 	}
-	if (retryable && !job->aborted && job->attempts <= job->retries && !job_breaker_open(job)) {
+	if (retryable && !job->aborted && retry_left(c, job) && !job_breaker_open(job)) {
+		/* An extra retry is only granted while Courier mostly answers (the
+		 * budget): the failure is sporadic, the first backoff is enough. */
 		if (wait < 0)
-			wait = backoff_ms(c, job->attempts);
+			wait = backoff_ms(c, job->attempts > job->retries ? 1 : job->attempts);
 		if (wait + ATTEMPT_MIN_MS <= remaining) {
 			if (job->status)
 				log_warn_limited("Courier attempt %u answered HTTP %ld: retrying in %ld ms",
@@ -398,6 +416,8 @@ static void finish(struct courier_client *c, struct courier_job *job, CURLcode r
 				log_warn_limited("Courier attempt %u failed (%s): retrying in %ld ms",
 				                 job->attempts, job->error, wait);
 			metrics_courier_attempt(METRICS_ATTEMPT_RETRIED);
+			if (job->attempts > job->retries)
+				c->retry_budget -= 100;
 			job->wait_until_ms = now + wait;
 			list_add(&c->waiting, job);
 			arm(c, job->wait_until_ms);
@@ -408,6 +428,11 @@ static void finish(struct courier_client *c, struct courier_job *job, CURLcode r
 		    job->attempts, wait, remaining);
 	}
 	metrics_courier_attempt(failed ? METRICS_ATTEMPT_FAILED : METRICS_ATTEMPT_ANSWERED);
+	if (!failed && !job->aborted) {
+		c->retry_budget += job->retry_budget_percent;
+		if (c->retry_budget > RETRY_BUDGET_CAP)
+			c->retry_budget = RETRY_BUDGET_CAP;
+	}
 	job_record(job, failed, job->aborted, now);
 	complete_job(c, job);
 }

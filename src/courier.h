@@ -27,12 +27,14 @@ typedef void (*courier_done_fn)(struct courier_job *job);
 struct courier_job {
 	/* Set by the caller; everything pointed to must live until done runs. */
 	const char *url;
-	const char *ca_file; /* PEM trust anchors instead of the system's; NULL: the system's */
+	const char *ca_file;         /* PEM trust anchors added to the system's; NULL: the system's alone */
+	struct x509_store_st *trust; /* both, with ca_file (trust.h) */
 	const struct secret *api_key;
 	const char *body;
 	size_t body_len;
 	long timeout_ms, connect_timeout_ms; /* timeout_ms: the whole call, retries and waits included */
 	unsigned retries;                    /* attempts after the first (courier.retries) */
+	unsigned retry_budget_percent;       /* of a retry each answered call earns for others (courier.c) */
 	unsigned breaker_failures;           /* consecutive failures that open the breaker; 0: none */
 	long breaker_cooldown_ms;            /* its first pause (doubles on each failed probe) */
 	courier_done_fn done;

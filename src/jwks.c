@@ -27,6 +27,7 @@
 #include "jwk.h"
 #include "log.h"
 #include "secret.h"
+#include "trust.h"
 #include "version.h"
 
 /* ------------------------------------------------------------------------ */
@@ -38,7 +39,8 @@ struct jwks {
 	char *name;       /* "tenant NAME", for log lines */
 	char *file;
 	char *url;
-	char *ca_file; /* NULL: the system's CA bundle */
+	char *ca_file;               /* NULL: the system's CA bundle */
+	struct x509_store_st *trust; /* the system's anchors and ca_file's; NULL without ca_file */
 	long min_refresh_s, max_cache_s, cooldown_s, timeout_ms;
 
 	pthread_mutex_t lock; /* everything below */
@@ -68,6 +70,7 @@ static void source_release(struct jwks *src)
 	free(src->file);
 	free(src->url);
 	free(src->ca_file);
+	trust_free(src->trust);
 	free(src);
 }
 
@@ -183,14 +186,9 @@ static int http_get(struct jwks *src, struct fetch *f, char *err, size_t errlen)
 	curl_easy_setopt(c, CURLOPT_FOLLOWLOCATION, 0L);
 	curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, src->timeout_ms);
 	curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, src->timeout_ms);
-	/* Only the CA file is trusted (the system's, or ca_file): a CA path
-	 * beside it would widen ca_file's trust. HTTPS_PROXY applies. */
-	curl_easy_setopt(c, CURLOPT_CAPATH, NULL);
-	curl_easy_setopt(c, CURLOPT_PROXY_CAPATH, NULL);
-	if (src->ca_file) {
-		curl_easy_setopt(c, CURLOPT_CAINFO, src->ca_file);
-		curl_easy_setopt(c, CURLOPT_PROXY_CAINFO, src->ca_file);
-	}
+	/* The system's anchors, and ca_file's added to them (trust.c); never a
+	 * CA path. HTTPS_PROXY applies. */
+	trust_apply(c, src->ca_file, src->trust);
 	curl_easy_setopt(c, CURLOPT_USERAGENT, BROKER_USER_AGENT);
 	curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
 	curl_easy_setopt(c, CURLOPT_WRITEDATA, f);
@@ -412,6 +410,12 @@ struct jwks *jwks_open(const struct jwks_options *o, const char *name, char *err
 		return NULL;
 	if (!(src = source_new(o, name))) {
 		snprintf(err, errlen, "out of memory");
+		return NULL;
+	}
+	/* ca_file adds to the system's anchors (trust.c): built once per source. */
+	if (src->ca_file && src->url && !(src->trust = trust_load(src->ca_file, why, sizeof(why)))) {
+		snprintf(err, errlen, "ca_file: %s", why);
+		source_release(src);
 		return NULL;
 	}
 	next = load_once(src, why, sizeof(why));

@@ -556,12 +556,14 @@ static enum reply_answer stage_upstream(struct req *r, struct pipeline *p)
 
 	r->job.url = gen_courier_url(r->gen, r->tenant);
 	r->job.ca_file = r->gen->cfg->courier_ca_file;
+	r->job.trust = r->gen->cfg->courier_trust;
 	r->job.api_key = &r->tenant->api_key;
 	r->job.body = r->courier_body;
 	r->job.body_len = blen;
 	r->job.timeout_ms = r->gen->cfg->courier_timeout_ms;
 	r->job.connect_timeout_ms = r->gen->cfg->courier_connect_timeout_ms;
 	r->job.retries = r->gen->cfg->courier_retries;
+	r->job.retry_budget_percent = r->gen->cfg->courier_retry_budget_percent;
 	r->job.breaker_failures = r->gen->cfg->courier_breaker_failures;
 	r->job.breaker_cooldown_ms = r->gen->cfg->courier_breaker_cooldown_ms;
 	r->job.done = on_courier_done;

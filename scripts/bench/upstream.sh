@@ -9,6 +9,9 @@
 #   UPSTREAM_BENCH_COURIER (optional): more of the courier table, e.g.
 #     "max_connections = 64" to compare with an older default; UPSTREAM_BENCH_ONLY=plain: only
 #     the plain HTTP run
+#   UPSTREAM_BENCH_DISTINCT=1: every request for another user (a trusted_proxy
+#     tenant), so each costs one Courier call; by default every request is
+#     alice's and concurrent ones share a call (single-flight)
 set -euo pipefail
 broker=$1 double=$2 secs=${3:-10}
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -88,11 +91,15 @@ bench() {
     if [ -n "$ca" ]; then echo "courier = { base_url = \"$url\", ca_file = \"$ca\", ${UPSTREAM_BENCH_COURIER:-} }"
     else echo "courier = { base_url = \"$url\", ${UPSTREAM_BENCH_COURIER:-} }"; fi
     echo "tenants = { default = { api_key = { env = \"COURIER_API_KEY\" }, policy = \"$root/policies/default.lua\","
-    echo '  auth = { jwt = { algorithms = { "HS256" }, hmac_secret = { env = "APP_JWT_SECRET" } } } } }'
+    if [ -n "${UPSTREAM_BENCH_DISTINCT:-}" ]; then
+      echo '  auth = { trusted_proxy = { header = "X-Forwarded-User", from = { "127.0.0.1/32" } } } } }'
+    else
+      echo '  auth = { jwt = { algorithms = { "HS256" }, hmac_secret = { env = "APP_JWT_SECRET" } } } } }'
+    fi
   } >"$conf"
   start_broker "$conf" "$work/$slug.log" upstream-bench
   b0=$(cpu_ticks "$bpid")
-  BENCH_BEARER=$session BENCH_BODY='{"user_id":"alice"}' wrk -t2 -c500 -d"${secs}s" --timeout 10s --latency \
+  BENCH_DISTINCT_USERS=${UPSTREAM_BENCH_DISTINCT:-} BENCH_BEARER=$session BENCH_BODY='{"user_id":"alice"}' wrk -t2 -c500 -d"${secs}s" --timeout 10s --latency \
     -s "$root/scripts/bench/post.lua" "http://127.0.0.1:$bport/v1/token" >"$work/$slug.txt" 2>&1 || true
   b1=$(cpu_ticks "$bpid")
   kill "$bpid" 2>/dev/null || true
@@ -113,11 +120,10 @@ bench "plain HTTP" "http://127.0.0.1:$dport"
 [ "${UPSTREAM_BENCH_ONLY:-}" = plain ] && exit 0
 bench "HTTPS HTTP/1.1 (nginx)" "https://127.0.0.1:$h1" "$work/ca.pem"
 bench "HTTPS HTTP/2 (nginx)" "https://127.0.0.1:$h2" "$work/ca.pem"
-# Every call a new TLS connection (nginx closes after one request), the CA
-# file the whole system bundle plus the test CA: the CA store and the TLS
-# sessions must be reused, not rebuilt per connection.
-cat /etc/ssl/certs/ca-certificates.crt "$work/ca.pem" >"$work/bundle.pem"
-bench "HTTPS HTTP/1.1, new connection per call" "https://127.0.0.1:$h1c" "$work/bundle.pem"
+# Every call a new TLS connection (nginx closes after one request); ca_file
+# adds the test CA to the whole system bundle (one store of both): the store
+# and the TLS sessions must be reused, not rebuilt per connection.
+bench "HTTPS HTTP/1.1, new connection per call" "https://127.0.0.1:$h1c" "$work/ca.pem"
 # HTTP/2 streams get nginx's recycled fake connections: $connection does not
 # count TLS connections there, so only HTTP/1.1 listeners are counted.
 for v in h1 h1c; do

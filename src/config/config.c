@@ -31,6 +31,7 @@
 #include "killswitch.h"
 #include "loader.h"
 #include "policy.h"
+#include "trust.h"
 
 #define CONFIG_FILE_MAX     (1024 * 1024) /* the configuration file itself */
 #define CONFIG_MEMORY_MAX   (64u << 20)   /* Lua heap while the file runs */
@@ -506,6 +507,7 @@ void config_free(struct config *cfg)
 	free(cfg->audit_file);
 	free(cfg->courier_base_url);
 	free(cfg->courier_ca_file);
+	trust_free(cfg->courier_trust);
 	free(cfg);
 }
 

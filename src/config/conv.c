@@ -23,6 +23,7 @@
 #include "loader.h"
 #include "log.h"
 #include "scope.h"
+#include "trust.h"
 
 /* host:port or [ipv6]:port into *host_out (malloc'ed) and *port_out. */
 static int parse_host_port(struct loader *ld, const char *key, struct value *v, char **host_out,
@@ -295,7 +296,17 @@ int config_conv_ca_file(struct loader *ld, const char *key, struct value *v, voi
 {
 	struct config *cfg = base;
 
-	return v->present ? take_ca_file(ld, key, v, &cfg->courier_ca_file) : 0;
+	char err[512];
+
+	if (!v->present)
+		return 0;
+	if (take_ca_file(ld, key, v, &cfg->courier_ca_file))
+		return -1;
+	/* Added to the system's anchors, not in their place (trust.c). */
+	trust_free(cfg->courier_trust);
+	if (!(cfg->courier_trust = trust_load(cfg->courier_ca_file, err, sizeof(err))))
+		return config_fail(ld, key, "%s", err);
+	return 0;
 }
 
 /* The row after url: only a fetched set has a TLS peer to trust. */

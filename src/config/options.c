@@ -78,8 +78,10 @@ const struct option config_options[] = {
      "password); env `COURIER_BASE_URL` "
      "overrides it (and `region`)."},
     {"courier.ca_file", OPT_STRING, NULL, 0, 0, NOWHERE, 0, config_conv_ca_file,
-     "PEM file of the CAs trusted for Courier (and an HTTPS proxy) instead of the system's bundle: a private "
-     "CA, a TLS-inspecting proxy; relative to the config file's folder, read at load and at each reload."},
+     "PEM file of CAs trusted for Courier (and an HTTPS proxy) in addition to the system's bundle: a private "
+     "CA, a TLS-inspecting proxy; relative to the config file's folder, read at load and at each reload "
+     "(missing "
+     "or without a certificate: a config error)."},
     {"courier.timeout_ms", OPT_INT, "5000", 1, 60000, CFG(courier_timeout_ms), 0, NULL,
      "Whole Courier call, queueing and connecting included."},
     {"courier.connect_timeout_ms", OPT_INT, "2000", 1, 60000, CFG(courier_connect_timeout_ms), 0, NULL,
@@ -90,6 +92,11 @@ const struct option config_options[] = {
      "Retries of a failed Courier call (connection errors, 408, 409, 429, 5xx; never other 4xx), with "
      "exponential backoff and jitter or the answer's `Retry-After` / `retry-after-ms`, all within "
      "`courier.timeout_ms`."},
+    {"courier.retry_budget_percent", OPT_INT, "10", 0, 100, CFG(courier_retry_budget_percent), 0, NULL,
+     "Beyond `courier.retries` (when not 0), a call may retry up to 3 more times within `courier.timeout_ms` "
+     "on a retry budget each loop keeps: every call Courier answered adds this percentage of a retry (up "
+     "to 20 saved), every extra retry spends one. Sporadic failures get their extra tries; an outage earns "
+     "none. 0: never more than `courier.retries`."},
     {"courier.breaker_failures", OPT_INT, "5", 0, 1000, CFG(courier_breaker_failures), 0, NULL,
      "Consecutive failed Courier calls (retries included: connection errors, timeouts, 408, 409, 429, "
      "5xx) to one endpoint with one key that open its circuit breaker: requests then get 503 "
@@ -152,7 +159,7 @@ const struct option config_options[] = {
      "fetched before the tenant is "
      "ready (a failed first fetch fails `check` and start), then refreshed in the background."},
     {"tenants.*.auth.jwt.jwks.ca_file", OPT_STRING, NULL, 0, 0, NOWHERE, 0, config_conv_jwks_ca_file,
-     "With `url`: PEM file of the CAs trusted for it instead of the system's bundle, relative to the config "
+     "With `url`: PEM file of CAs trusted for it in addition to the system's bundle, relative to the config "
      "file's folder."},
     {"tenants.*.auth.jwt.jwks.min_refresh_s", OPT_INT, "60", 1, 86400, TEN(auth.jwt.jwks_opts.min_refresh_s),
      0, NULL,

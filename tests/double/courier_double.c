@@ -12,6 +12,7 @@
  * It must never listen on anything but loopback, and never be mistaken for a
  * security boundary: its keys and secret are test fixtures.
  */
+#include "fileio.h"
 #include "json.h"
 
 #include <arpa/inet.h>
@@ -1045,16 +1046,19 @@ static int parse_uint(const char *s, long max, long *out)
 
 static void usage(void)
 {
-	fprintf(stderr, "usage: courier-double [--port N] [--threads N]\n");
+	fprintf(stderr, "usage: courier-double [--port N] [--threads N] [--tls-cert PEM --tls-key PEM]\n");
 }
 
 int main(int argc, char **argv)
 {
 	long port = 0, threads = 1;
+	const char *cert_path = NULL, *key_path = NULL;
+	char *cert = NULL, *key = NULL, why[256];
+	size_t cert_len, key_len;
 	struct sockaddr_in sa;
 	struct sockaddr_in bound;
 	socklen_t bound_len = sizeof bound;
-	struct MHD_OptionItem opts[8];
+	struct MHD_OptionItem opts[10];
 	size_t nopts = 0;
 	const union MHD_DaemonInfo *info;
 	struct MHD_Daemon *d;
@@ -1071,6 +1075,10 @@ int main(int argc, char **argv)
 				usage();
 				return 2;
 			}
+		} else if (strcmp(argv[i], "--tls-cert") == 0 && i + 1 < argc) {
+			cert_path = argv[++i];
+		} else if (strcmp(argv[i], "--tls-key") == 0 && i + 1 < argc) {
+			key_path = argv[++i];
 		} else if (strcmp(argv[i], "--threads") == 0 && i + 1 < argc) {
 			if (parse_uint(argv[++i], THREADS_MAX, &threads) || threads < 1) {
 				usage();
@@ -1080,6 +1088,16 @@ int main(int argc, char **argv)
 			usage();
 			return 2;
 		}
+	}
+	if (!cert_path != !key_path) {
+		usage();
+		return 2;
+	}
+	/* HTTPS mode: MHD (GnuTLS) serves the certificate chain and its key. */
+	if (cert_path && (fileio_read(cert_path, 1 << 20, 0, &cert, &cert_len, why, sizeof(why)) ||
+	                  fileio_read(key_path, 1 << 20, 0, &key, &key_len, why, sizeof(why)))) {
+		fprintf(stderr, "courier-double: %s\n", why);
+		return 1;
 	}
 	signing_secret = getenv("COURIER_DOUBLE_SIGNING_SECRET");
 	if (!signing_secret)
@@ -1128,10 +1146,14 @@ int main(int argc, char **argv)
 	opts[nopts++] = (struct MHD_OptionItem){MHD_OPTION_NOTIFY_CONNECTION, (intptr_t)on_connection, NULL};
 	if (threads > 1)
 		opts[nopts++] = (struct MHD_OptionItem){MHD_OPTION_THREAD_POOL_SIZE, threads, NULL};
+	if (cert) {
+		opts[nopts++] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_CERT, 0, cert};
+		opts[nopts++] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_KEY, 0, key};
+	}
 	opts[nopts++] = (struct MHD_OptionItem){MHD_OPTION_END, 0, NULL};
 
 	d = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME |
-	                         MHD_USE_ERROR_LOG,
+	                         MHD_USE_ERROR_LOG | (cert ? MHD_USE_TLS : 0),
 	                     0, NULL, NULL, on_request, NULL, MHD_OPTION_ARRAY, opts, MHD_OPTION_END);
 	if (!d) {
 		fprintf(stderr, "courier-double: cannot listen on 127.0.0.1:%ld\n", port);
@@ -1164,5 +1186,7 @@ int main(int argc, char **argv)
 	free(api_keys);
 	free(api_keys_buf);
 	EVP_MAC_free(hmac_alg);
+	free(cert);
+	free(key);
 	return 0;
 }

@@ -42,9 +42,13 @@ class Response:
         return None
 
 
-def request(port, method, path, body=None, headers=None, timeout=10.0):
-    """One HTTP request on a fresh connection; body may be bytes, str or a JSON value."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+def request(port, method, path, body=None, headers=None, timeout=10.0, ssl_context=None):
+    """One HTTP request on a fresh connection; body may be bytes, str or a JSON value
+    (HTTPS with ssl_context)."""
+    if ssl_context:
+        conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=timeout, context=ssl_context)
+    else:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     hdrs = dict(headers or {})
     if body is not None and not isinstance(body, (bytes, str)):
         body = json.dumps(body)
@@ -123,24 +127,38 @@ class Process:
 
 
 class Double:
-    def __init__(self, keys=(COURIER_KEY,)):
+    """tls=(cert.pem, key.pem, ca.pem): the double's HTTPS mode (its control API too)."""
+
+    def __init__(self, keys=(COURIER_KEY,), tls=None):
         env = dict(os.environ, COURIER_DOUBLE_KEYS=",".join(keys))
-        self.p = Process([DOUBLE_BIN, "--port", "0"], env)
+        argv = [DOUBLE_BIN, "--port", "0"]
+        self.ctx = None
+        if tls:
+            import ssl
+            argv += ["--tls-cert", str(tls[0]), "--tls-key", str(tls[1])]
+            self.ctx = ssl.create_default_context(cafile=str(tls[2]))
+        self.p = Process(argv, env)
         self.port = int(self.p.wait_for(r"^PORT (\d+)$").group(1))
-        self.url = "http://127.0.0.1:%d" % self.port
+        self.url = "%s://127.0.0.1:%d" % ("https" if tls else "http", self.port)
+
+    def _request(self, method, path, body=None):
+        return request(self.port, method, path, body, ssl_context=self.ctx)
 
     def configure(self, **kw):
-        r = request(self.port, "POST", "/_double/config", kw)
+        r = self._request("POST", "/_double/config", kw)
         assert r.status == 200, r.body
 
     def reset(self):
-        assert request(self.port, "POST", "/_double/reset", b"").status == 200
+        assert self._request("POST", "/_double/reset", b"").status == 200
 
     def last(self):
-        return request(self.port, "GET", "/_double/last").json()
+        return self._request("GET", "/_double/last").json()
+
+    def stats(self):
+        return self._request("GET", "/_double/stats").json()
 
     def served(self):
-        return request(self.port, "GET", "/_double/stats").json()["served"]
+        return self.stats()["served"]
 
     def wait_served(self, n, timeout=3.0):
         """Waits (at most timeout seconds) until the double has received n

@@ -63,6 +63,37 @@ def test_retries_exhausted_is_502_after_three_calls(broker, double):
     assert m['broker_courier_attempts_total{outcome="failed"}'] == 1
 
 
+def test_retry_budget_earned_by_answered_calls(broker_factory, double):
+    """Beyond courier.retries, a call may retry on the loop's budget, which
+    answered calls earn (10% of a retry each): a fresh broker's failing call
+    stops at 3 attempts (an outage earns nothing); after 10 answered calls
+    the same failure gets one more attempt, and succeeds."""
+    b = broker_factory(extra="threads = 1")
+    double.configure(status=503, retry_after_ms="0", next=3)
+    expect_error(ask(b), 502, "upstream_error")
+    assert double.served() == 3
+    for i in range(10):
+        assert ask(b, "u%d" % i).status == 200
+    assert double.served() == 13
+    double.configure(status=503, retry_after_ms="0", next=3)
+    r = ask(b, "bob")
+    assert r.status == 200, r.body
+    assert double.served() == 17
+    # The budget is spent: the next such failure stops at 3 attempts again.
+    double.configure(status=503, retry_after_ms="0", next=3)
+    expect_error(ask(b, "carol"), 502, "upstream_error")
+    assert double.served() == 20
+
+
+def test_retry_budget_off_with_zero(broker_factory, double):
+    b = broker_factory(extra="threads = 1\ncourier.retry_budget_percent = 0")
+    for i in range(30):
+        assert ask(b, "u%d" % i).status == 200
+    double.configure(status=503, retry_after_ms="0", next=3)
+    expect_error(ask(b, "bob"), 502, "upstream_error")
+    assert double.served() == 33
+
+
 def test_retries_zero_calls_once(broker_factory, double):
     b = broker_factory(extra="courier.retries = 0")
     double.configure(status=503, retry_after_ms="0")

@@ -8,11 +8,14 @@ reconnect. Every wait is bounded.
 """
 import concurrent.futures
 import datetime
+import http.server
 import ipaddress
 import os
 import shutil
 import socket
+import ssl
 import subprocess
+import threading
 import time
 
 import pytest
@@ -21,7 +24,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from conftest import Broker, Double, mint
+from conftest import ED25519_JWKS, Broker, Double, mint
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 
@@ -32,12 +35,12 @@ def _name(cn):
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
 
 
-def make_pki(d):
+def make_pki(d, ca_name="broker test CA"):
     """A CA, and a server certificate it signs for 127.0.0.1 and localhost;
     returns (ca.pem, cert.pem, key.pem) paths."""
     now = datetime.datetime.now(datetime.timezone.utc)
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = (x509.CertificateBuilder().subject_name(_name("broker test CA")).issuer_name(_name("broker test CA"))
+    ca = (x509.CertificateBuilder().subject_name(_name(ca_name)).issuer_name(_name(ca_name))
           .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
           .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
           .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
@@ -213,8 +216,8 @@ def test_refused_without_ca_file(tmp_path, tls):
         b.stop()
 
 
-def test_ca_file_replaces_the_system_bundle(tmp_path, tls):
-    """A CA file that does not hold the server's CA is refused too (fail closed)."""
+def test_ca_file_without_the_servers_ca_is_refused(tmp_path, tls):
+    """A CA file that does not hold the server's CA (nor does the system) is refused (fail closed)."""
     double, ca, make = tls
     ng = make()
     (tmp_path / "other").mkdir()
@@ -225,6 +228,116 @@ def test_ca_file_replaces_the_system_bundle(tmp_path, tls):
         assert double.served() == 0
     finally:
         b.stop()
+
+
+def system_bundle(ca):
+    """The test-only override of the system's CA bundle (src/trust.h): ca
+    stands in for /etc/ssl/certs, as a public CA would."""
+    return {"BROKER_TEST_SYSTEM_CA_BUNDLE": str(ca)}
+
+
+def other_pki(tmp_path):
+    """Another CA (named apart, as real ones are) and a server certificate it signs."""
+    (tmp_path / "other").mkdir()
+    return make_pki(tmp_path / "other", "another test CA")
+
+
+def test_system_bundle_override_trusts(tmp_path, tls):
+    """Without ca_file, the (overridden) system bundle decides: the server is trusted."""
+    double, ca, make = tls
+    ng = make()
+    b = start_broker(tmp_path, "b", ng.url, env=system_bundle(ca))
+    try:
+        assert b.post(body={"user_id": "alice"}, token=mint()).status == 200
+    finally:
+        b.stop()
+
+
+def test_ca_file_adds_to_the_system_bundle(tmp_path, tls):
+    """ca_file holds another CA (a TLS-inspecting proxy's, say): a server only
+    the system's bundle trusts is still trusted; a server only ca_file trusts
+    too (two upstreams, one broker)."""
+    double, ca, make = tls
+    ng = make()
+    other, other_cert, other_key = other_pki(tmp_path)
+    (tmp_path / "n2").mkdir()
+    ng2 = Nginx(tmp_path / "n2", double.url, other_cert, other_key)
+    tenants = {"default": {}, "private": {"policy": "default", "extra": "courier = { base_url = %r }," % ng2.url}}
+    b = start_broker(tmp_path, "b", ng.url, other, env=system_bundle(ca), tenants=tenants)
+    try:
+        assert b.post(body={"user_id": "alice"}, token=mint()).status == 200
+        assert b.post("/v1/tenants/private/token", body={"user_id": "alice"}, token=mint()).status == 200
+        assert double.served() == 2
+    finally:
+        b.stop()
+        ng2.stop()
+
+
+def test_unreadable_system_bundle_with_ca_file_fails_closed(tmp_path, tls):
+    """ca_file adds to the system's bundle: if that cannot be read, the load fails."""
+    double, ca, make = tls
+    ng = make()
+    with pytest.raises(Exception):
+        start_broker(tmp_path, "b", ng.url, ca, env=system_bundle(tmp_path / "missing.pem"))
+
+
+class TlsJwks:
+    """A JWKS over HTTPS on 127.0.0.1 (Python's ssl), counting its fetches."""
+
+    def __init__(self, cert, key):
+        outer = self
+        self.fetches = 0
+
+        class H(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                outer.fetches += 1
+                body = ED25519_JWKS.encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *a):
+                pass
+
+        self.srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(str(cert), str(key))
+        self.srv.socket = ctx.wrap_socket(self.srv.socket, server_side=True)
+        self.url = "https://127.0.0.1:%d/jwks.json" % self.srv.server_address[1]
+        self.thread = threading.Thread(target=self.srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self.thread.start()
+
+    def stop(self):
+        self.srv.shutdown()
+        self.srv.server_close()
+        self.thread.join(5)
+
+
+def jwks_tenant(url, ca_file):
+    return {"default": {}, "jw": {"policy": "default", "auth": (
+        'auth = { jwt = { algorithms = { "EdDSA" }, jwks = { url = %r, ca_file = %r } } },' % (url, str(ca_file)))}}
+
+
+def test_jwks_ca_file_adds_to_the_system_bundle(tmp_path, tls):
+    """jwks.ca_file holds another CA: a JWKS the system's bundle trusts is still
+    fetched (the broker starts only once the first fetch succeeded); with its
+    private CA in ca_file, too."""
+    double, ca, make = tls
+    _, cert, key = ca, tmp_path / "server.pem", tmp_path / "server.key"
+    other, _, _ = other_pki(tmp_path)
+    j = TlsJwks(cert, key)
+    try:
+        b = start_broker(tmp_path, "b", double.url, env=system_bundle(ca), tenants=jwks_tenant(j.url, other))
+        b.stop()
+        assert j.fetches >= 1
+        # The private CA alone (the real system bundle): fetched too.
+        b = start_broker(tmp_path, "b2", double.url, tenants=jwks_tenant(j.url, ca))
+        b.stop()
+        assert j.fetches >= 2
+    finally:
+        j.stop()
 
 
 def calls(b, n, parallel):
@@ -271,6 +384,28 @@ def test_tls13_sessions_resumed_across_reconnects(tmp_path, tls):
         assert [r for _, r in lines] == ["."] + ["r"] * 5, lines
     finally:
         b.stop()
+
+
+def test_double_https_mode(tmp_path):
+    """The double's own TLS mode (--tls-cert/--tls-key, no nginx): the broker
+    calls it over HTTPS with ca_file; its stats count the connections."""
+    ca, cert, key = make_pki(tmp_path)
+    d = Double(tls=(cert, key, ca))
+    b = None
+    try:
+        assert d.url.startswith("https://")
+        b = start_broker(tmp_path, "b", d.url, ca, extra="threads = 1")
+        assert calls(b, 3, 1) == [200] * 3
+        st = d.stats()
+        assert st["served"] == 3
+        assert st["connections"] >= 1
+        d.configure(status=503, next=1, retry_after_ms="0")  # faults work over TLS too
+        assert b.post(body={"user_id": "zed"}, token=mint(sub="zed")).status == 200
+        assert d.served() == 5
+    finally:
+        if b:
+            b.stop()
+        d.stop()
 
 
 def test_region_routing_per_tenant(tmp_path):
