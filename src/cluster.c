@@ -101,7 +101,8 @@ static bool tenant_name_ok(const char *s, size_t len)
 	if (len == 0 || len > TENANT_MAX)
 		return false;
 	for (size_t i = 0; i < len; i++)
-		if (!strchr("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_-", s[i]))
+		if (s[i] == '\0' ||
+		    !strchr("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_-", s[i]))
 			return false;
 	return true;
 }

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from conftest import APP_SECRET, BROKER_BIN, COURIER_KEY, metrics, mint, wait_metric
+from conftest import APP_SECRET, BROKER_BIN, COURIER_KEY, metrics, mint, reload_ok, wait_metric
 from redis_server import RedisServer, free_port
 
 pytestmark = pytest.mark.skipif(not RedisServer.available(),
@@ -143,6 +143,17 @@ def test_without_a_cluster_nothing_changes(broker_factory):
     assert b.get("/readyz").json() == {"status": "ready"}
     assert not [k for k in metrics(b) if k.startswith("broker_cluster")]
     assert "cluster" not in b.p.text()
+
+
+def test_a_reload_keeps_the_cluster_it_started_with(broker_factory, redis):
+    b = start_brokers(broker_factory, redis.port, n=1)[0]
+    b.config.write_text(b.config_text.replace('name = "ci"', 'name = "other"'))
+    reload_ok(b)
+    b.p.wait_for(r"reload: cluster changed; the broker keeps the cluster it started with until a restart")
+    # Still following cluster ci: a deny there reaches it.
+    b.config.write_text(b.config_text)
+    assert cli(b, "deny", "--tenant", "default", "alice").returncode == 0
+    wait_status([b], "alice", 403, PROPAGATION)
 
 
 # ------------------------------------------------------------ Redis away
