@@ -126,7 +126,8 @@ static struct deny_tenant *tenant_from(const char *name, const redisReply *r)
 			goto fail;
 		t->n++;
 	}
-	qsort(t->users, t->n, sizeof(char *), cmp_str);
+	if (t->n)
+		qsort(t->users, t->n, sizeof(char *), cmp_str);
 	return t;
 fail:
 	if (t) {
@@ -161,7 +162,8 @@ static struct deny_list *list_with(const struct deny_list *old, struct deny_tena
 	} else {
 		tenant_unref(t);
 	}
-	qsort(l->t, l->n, sizeof(*l->t), cmp_tenant);
+	if (l->n)
+		qsort(l->t, l->n, sizeof(*l->t), cmp_tenant);
 	return l;
 }
 
@@ -186,7 +188,9 @@ bool cluster_denied(const char *tenant, const char *user_id)
 	if (!atomic_load_explicit(&active, memory_order_acquire))
 		return false;
 	pthread_mutex_lock(&list_lock);
-	if (list && (tp = bsearch(&kp, list->t, list->n, sizeof(*list->t), cmp_tenant)))
+	/* bsearch must not see a NULL array, even an empty one. */
+	if (list && list->n && (tp = bsearch(&kp, list->t, list->n, sizeof(*list->t), cmp_tenant)) &&
+	    (*tp)->n)
 		hit = bsearch(&user_id, (*tp)->users, (*tp)->n, sizeof(char *), cmp_str) != NULL;
 	pthread_mutex_unlock(&list_lock);
 	return hit;
