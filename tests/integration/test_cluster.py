@@ -5,7 +5,7 @@ each test on 127.0.0.1 and a free port, with a password and an append-only
 file. Every wait is bounded; the one bound that is a product promise (a
 `deny` reaches every broker within a second) is the brief's own.
 """
-import os
+import shutil
 import subprocess
 import threading
 import time
@@ -136,6 +136,17 @@ def test_deny_and_allow_refuse_what_they_cannot_do(broker_factory, redis, tmp_pa
     alone = broker_factory()
     bad = cli(alone, "deny", "--tenant", "default", "alice")
     assert bad.returncode == 1 and "no cluster block" in bad.stderr, bad.stderr
+
+
+@pytest.mark.skipif(not shutil.which("promtool"), reason="promtool (Debian package prometheus) not installed")
+def test_promtool_accepts_the_cluster_metrics(broker_factory, redis):
+    b = start_brokers(broker_factory, redis.port, n=1)[0]
+    assert cli(b, "deny", "--tenant", "default", "alice").returncode == 0
+    wait_status([b], "alice", 403, PROPAGATION)
+    text = b.get("/metrics").body
+    assert b"broker_cluster_up 1" in text and b"broker_cluster_denied_total 1" in text, text
+    r = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, timeout=60)
+    assert r.returncode == 0, (r.returncode, r.stdout, r.stderr)
 
 
 def test_without_a_cluster_nothing_changes(broker_factory):
