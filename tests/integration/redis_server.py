@@ -27,6 +27,10 @@ class RespError(Exception):
     pass
 
 
+class PortTaken(Exception):
+    pass
+
+
 class Client:
     """One connection; call("SET", "k", "v") returns the decoded reply."""
 
@@ -117,6 +121,8 @@ class RedisServer:
         os.makedirs(self.dir, exist_ok=True)
         self.password = password
         self.port = port or free_port()
+        self.auto_port = port is None  # another may take a free port first: then try another
+        self.started = False
         self.proc = None
         self.log = os.path.join(self.dir, "redis.log")
 
@@ -125,6 +131,14 @@ class RedisServer:
         return os.access(REDIS_BIN, os.X_OK)
 
     def start(self):
+        for _ in range(3 if self.auto_port and not self.started else 1):
+            try:
+                return self._start()
+            except PortTaken:
+                self.port = free_port()
+        raise AssertionError("no free port for redis-server")
+
+    def _start(self):
         argv = [REDIS_BIN, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir,
                 "--save", "", "--appendonly", "yes", "--appendfsync", "always",
                 "--logfile", self.log, "--daemonize", "no"]
@@ -135,11 +149,14 @@ class RedisServer:
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                if "Address already in use" in self.log_text() and self.auto_port and not self.started:
+                    raise PortTaken()
                 raise AssertionError("redis-server exited: %s" % self.log_text()[-2000:])
             try:
                 c = self.client()
                 c.call("PING")
                 c.close()
+                self.started = True
                 return self
             except (OSError, RespError):
                 time.sleep(0.05)
