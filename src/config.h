@@ -75,6 +75,20 @@ struct tenant {
 	long shadow_index; /* its tenant in cfg->shadow, or -1 */
 };
 
+/* cluster: brokers that share one Redis (redis.h). Absent: enabled false,
+ * and nothing touches Redis. Keys start "courier-broker:<name>:". */
+struct cluster_conf {
+	bool enabled;
+	char *host;              /* from cluster.redis.url: a name, IPv4 or IPv6 (no brackets) */
+	unsigned short port;     /* default 6379 */
+	unsigned db;             /* SELECTed after AUTH; default 0 */
+	char *user;              /* ACL user ("redis://user@host"), or NULL: AUTH with the password only */
+	struct secret password;  /* cluster.redis.password; unset (data NULL): no AUTH */
+	unsigned timeout_ms;     /* connecting, and each synchronous command; default 1000 */
+	char *name;              /* the cluster's name, in every key: [A-Za-z0-9_.-]{1,64} */
+	struct secret cache_key; /* cluster.cache_key: exactly 32 bytes, or unset */
+};
+
 struct config {
 	char *path; /* absolute path of the file */
 	char *dir;  /* its folder: relative paths are relative to it */
@@ -136,6 +150,7 @@ struct config {
 	 * live ones that name a shadow_policy, with its source (config/shadow.c);
 	 * NULL when none. Compiled and tested like the live one at every load. */
 	struct config *shadow;
+	struct cluster_conf cluster;
 };
 
 /*

@@ -49,6 +49,13 @@ void metrics_courier_attempt(enum metrics_attempt outcome);
 void metrics_courier_breaker_open(int delta);
 void metrics_courier_paused(void);
 
+/* The cluster (cluster.h): whether its Redis is reachable (set once a
+ * cluster starts: no cluster, no lines), the users on its deny list, and a
+ * token request refused because its user is on it. */
+void metrics_cluster_up(bool up);
+void metrics_cluster_deny_entries(size_t n);
+void metrics_cluster_denied(void);
+
 /* Requests currently between arrival and answer on the token routes. */
 void metrics_inflight_add(int delta);
 

@@ -99,7 +99,7 @@ enum reply_answer {
 	REPLY_UNAVAILABLE,
 	REPLY_UPSTREAM_TIMEOUT,
 	REPLY_UPSTREAM_UNAVAILABLE, /* the Courier circuit breaker is open */
-	REPLY_USER_DENIED,          /* the kill switch: the user is on the tenant's deny list */
+	REPLY_USER_DENIED,          /* the kill switch or the cluster deny list: the user may not get tokens */
 	REPLY_TENANT_DISABLED,      /* the kill switch: the tenant has enabled = false */
 };
 

@@ -26,6 +26,7 @@
 
 #include "audit.h"
 #include "clock.h"
+#include "cluster.h"
 #include "config.h"
 #include "courier.h"
 #include "envelope.h"
@@ -388,6 +389,16 @@ static void shadow_of(struct req *r, struct pipeline *p, const struct policy_req
 	in.headers = request_headers(r, &in.n_headers);
 	in.now = prq->now;
 	p->shadow = shadow_capture(r->gen, (size_t)(t - r->gen->cfg->tenants), &in);
+/* The cluster's shared deny list (`courier-broker deny`): a snapshot in
+ * memory, never a call to Redis; the policy does not run for such a user. */
+static enum reply_answer stage_cluster_deny(struct req *r, struct pipeline *p)
+{
+	if (!cluster_denied(r->tenant->name, r->user_id))
+		return REPLY_GO;
+	metrics_cluster_denied();
+	snprintf(r->reason, sizeof(r->reason), "%s", "on the cluster's deny list");
+	p->msg = "this user may not get tokens (cluster deny list)";
+	return REPLY_USER_DENIED;
 }
 
 /* The tenant's policy decides, on the engine pinned by token_begin. */
@@ -599,7 +610,8 @@ static enum reply_answer stage_upstream(struct req *r, struct pipeline *p)
 static enum MHD_Result process(struct req *r)
 {
 	static enum reply_answer (*const stages[])(struct req *, struct pipeline *) = {
-	    stage_body,   stage_identity, stage_killswitch, stage_rate,
+	    stage_body,         stage_identity, stage_killswitch, stage_cluster_deny,
+	    stage_rate,
 	    stage_decide, stage_envelope, stage_upstream,
 	};
 	struct policy_engine *e = r->engine ? r->engine->engine : NULL;

@@ -153,6 +153,10 @@ int config_conv_shadow_policy(struct loader *ld, const char *key, struct value *
 /* shadow.c: cfg->shadow from the tenants' shadow_path, after config_resolve. */
 int config_shadow_build(struct loader *ld);
 void config_shadow_free(struct config *shadow);
+int config_conv_cluster_url(struct loader *ld, const char *key, struct value *v, void *base);
+int config_conv_cluster_password(struct loader *ld, const char *key, struct value *v, void *base);
+int config_conv_cluster_name(struct loader *ld, const char *key, struct value *v, void *base);
+int config_conv_cluster_cache_key(struct loader *ld, const char *key, struct value *v, void *base);
 
 /* resolve.c: the second phase. The walk defers what needs a file, the
  * environment or the network; config_resolve does it outside the sandbox,
@@ -167,6 +171,7 @@ enum pending_kind {
 	PENDING_TENANT,     /* t's JWT keys, JWKS source and HMAC key */
 	PENDING_TLS,        /* path (tls.cert) -> cfg->tls, checked with the key */
 	PENDING_DENY,       /* path -> t's deny_users (killswitch.h) */
+	PENDING_CACHE_KEY,  /* cfg->cluster.cache_key, loaded: 64 hex digits -> 32 bytes */
 };
 
 /* One thing the walk met that needs reading (pending.c writes the list,
