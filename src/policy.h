@@ -75,6 +75,13 @@ int policy_decide(struct policy_engine *e, const struct policy_request *rq, stru
  * decision; for `eval` and the log. */
 const char *policy_decision_log(const struct policy_engine *e);
 
+/* Tests only (fixtures): tenant t's broker.data becomes the JSON document
+ * json (len bytes; len 0: no data, broker.data is nil) for the decisions
+ * that follow, or, with json NULL, its own again. Never on an engine that
+ * serves. Returns 0, or -1 with the reason in err. */
+int policy_engine_set_data(struct policy_engine *e, const struct tenant *t, const char *json, size_t len,
+                           char *err, size_t errlen);
+
 /* `test --coverage`: from now on, every line of a policy or module that
  * runs on e is recorded (with a line hook: slower). Returns 0 or -1. */
 int policy_engine_coverage(struct policy_engine *e);

@@ -11,6 +11,7 @@
  */
 #include "policytest.h"
 
+#include <ctype.h>
 #include <dirent.h>
 #include <lauxlib.h>
 #include <lua.h>
@@ -184,8 +185,81 @@ static bool same_scopes(lua_State *L, int idx, const struct grant *g, char *why,
 	return true;
 }
 
-/* Compares the outcome with the case's expect table at idx. */
-static bool check_expect(lua_State *L, int idx, const struct policyeval_outcome *o, char *why, size_t whylen)
+/* Appends the list of strings at idx as ["a", "b"] to buf. */
+static void quote_list(lua_State *L, int idx, luaL_Buffer *b)
+{
+	lua_Integer n = (lua_Integer)lua_rawlen(L, idx);
+
+	luaL_addchar(b, '[');
+	for (lua_Integer i = 1; i <= n; i++) {
+		if (i > 1)
+			luaL_addstring(b, ", ");
+		lua_rawgeti(L, idx, i);
+		lua_pushfstring(L, "\"%s\"", lua_tostring(L, -1) ? lua_tostring(L, -1) : "?");
+		lua_remove(L, -2);
+		luaL_addvalue(b);
+	}
+	luaL_addchar(b, ']');
+}
+
+/* Whether the decision's broker.log lines are exactly the list at idx. */
+static bool same_logs(lua_State *L, int idx, const char *log, char *why, size_t whylen)
+{
+	lua_Integer want = (lua_Integer)lua_rawlen(L, idx), n = 0;
+	bool ok = true;
+	int top = lua_gettop(L), got;
+
+	lua_newtable(L);
+	got = lua_gettop(L);
+	for (const char *p = log, *nl; (nl = strchr(p, '\n')); p = nl + 1) {
+		lua_pushlstring(L, p, (size_t)(nl - p));
+		lua_rawseti(L, got, ++n);
+	}
+	for (lua_Integer i = 1; ok && i <= (n > want ? n : want); i++) {
+		lua_rawgeti(L, idx, i);
+		lua_rawgeti(L, got, i);
+		ok = lua_type(L, -1) == LUA_TSTRING && lua_type(L, -2) == LUA_TSTRING &&
+		     strcmp(lua_tostring(L, -1), lua_tostring(L, -2)) == 0;
+		lua_pop(L, 2);
+	}
+	if (!ok) {
+		luaL_Buffer b;
+		luaL_buffinit(L, &b);
+		luaL_addstring(&b, "expected logs ");
+		quote_list(L, idx, &b);
+		luaL_addstring(&b, ", got ");
+		quote_list(L, got, &b);
+		luaL_pushresult(&b);
+		snprintf(why, whylen, "%s", lua_tostring(L, -1));
+	}
+	lua_settop(L, top);
+	return ok;
+}
+
+static bool check_outcome(lua_State *L, int idx, const struct policyeval_outcome *o, char *why,
+                          size_t whylen);
+
+/* Compares the outcome (and the decision's broker.log lines, log) with the
+ * case's expect table at idx. */
+static bool check_expect(lua_State *L, int idx, const struct policyeval_outcome *o, const char *log,
+                         char *why, size_t whylen)
+{
+	idx = lua_absindex(L, idx);
+	if (o->invalid) {
+		snprintf(why, whylen, "%s", o->err);
+		return false;
+	}
+	if (!check_outcome(L, idx, o, why, whylen))
+		return false;
+	if (lua_getfield(L, idx, "logs") == LUA_TTABLE && !same_logs(L, lua_gettop(L), log, why, whylen)) {
+		lua_pop(L, 1);
+		return false;
+	}
+	lua_pop(L, 1);
+	return true;
+}
+
+static bool check_outcome(lua_State *L, int idx, const struct policyeval_outcome *o, char *why, size_t whylen)
 {
 	bool ok = true;
 	int top = lua_gettop(L);
@@ -293,26 +367,27 @@ static void report_case(struct report *rep, const char *file, const char *name, 
 }
 
 /*
- * Loads a test file on e and pushes its list of cases. It runs in the one
+ * Loads a test file on e and pushes its list of cases; its text goes to
+ * *text (the caller frees it), to find the lines of cases. It runs in the one
  * sandbox of the broker (policy_sandbox_run): the policies' charged
  * libraries, memory cap, instruction and time budgets, its globals in its
  * own environment, so nothing it does outlives it, and a loop, a C loop or
  * a memory bomb in it fails the file (and a reload) quickly instead of
  * hanging or growing the process.
  */
-static int load_cases(struct policy_engine *e, const char *path, char *err, size_t errlen)
+static int load_cases(struct policy_engine *e, const char *path, char **text, size_t *len, char *err,
+                      size_t errlen)
 {
 	lua_State *L = policy_engine_lua(e);
-	char *buf, why[128];
-	size_t len;
+	char why[128];
 	int rc;
 
-	if (fileio_read(path, MAX_TEST_FILE, 0, &buf, &len, why, sizeof(why)) != 0) {
+	*text = NULL;
+	if (fileio_read(path, MAX_TEST_FILE, 0, text, len, why, sizeof(why)) != 0) {
 		snprintf(err, errlen, "%s: %s", path, why);
 		return -1;
 	}
-	rc = policy_sandbox_run(e, path, buf, len, err, errlen);
-	free(buf);
+	rc = policy_sandbox_run(e, path, *text, *len, err, errlen);
 	if (rc != 0)
 		return -1;
 	lua_remove(L, -2); /* the file's globals */
@@ -324,56 +399,387 @@ static int load_cases(struct policy_engine *e, const char *path, char *err, size
 	return 0;
 }
 
+/* ------------------------------------------------------ strict test files */
+
+static const char *const case_keys[] = {"name", "req", "expect", "data", NULL};
+static const char *const expect_keys[] = {"allow", "scopes", "expires_in", "reason", "error", "logs", NULL};
+static const char *const file_keys[] = {"data", "now", "identity", NULL};
+
+/* Whether text[0 .. at) ends with "name =" (blanks allowed): a case's name. */
+static bool after_name_key(const char *text, size_t at)
+{
+	size_t i = at;
+
+	while (i > 0 &&
+	       (text[i - 1] == ' ' || text[i - 1] == '\t' || text[i - 1] == '\n' || text[i - 1] == '\r'))
+		i--;
+	if (i == 0 || text[--i] != '=')
+		return false;
+	while (i > 0 &&
+	       (text[i - 1] == ' ' || text[i - 1] == '\t' || text[i - 1] == '\n' || text[i - 1] == '\r'))
+		i--;
+	if (i < 4 || memcmp(text + i - 4, "name", 4) != 0)
+		return false;
+	i -= 4;
+	return i == 0 || !(isalnum((unsigned char)text[i - 1]) || text[i - 1] == '_' || text[i - 1] == '.');
+}
+
+/* The line of the nth (1-based) occurrence of name as a quoted string in
+ * the test file's text: the line of that case's name = "...". 0 when not
+ * found (a name built by code). */
+static int case_line(const char *text, size_t len, const char *name, int nth)
+{
+	size_t n = strlen(name);
+	int line = 1;
+
+	if (!text || !n)
+		return 0;
+	for (size_t i = 0; i + n + 1 < len; i++) {
+		if (text[i] == '\n')
+			line++;
+		if ((text[i] == '"' || text[i] == '\'') && memcmp(text + i + 1, name, n) == 0 &&
+		    text[i + n + 1] == text[i] && after_name_key(text, i) && --nth == 0)
+			return line;
+	}
+	return 0;
+}
+
+/* Whether the field of the table at t is nil or a list of strings. */
+static bool string_list(lua_State *L, int t, const char *field)
+{
+	bool ok = true;
+
+	if (lua_getfield(L, t, field) == LUA_TNIL) {
+		lua_pop(L, 1);
+		return true;
+	}
+	if (!lua_istable(L, -1)) {
+		lua_pop(L, 1);
+		return false;
+	}
+	lua_pushnil(L);
+	while (ok && lua_next(L, -2)) {
+		ok = lua_isinteger(L, -2) && lua_tointeger(L, -2) >= 1 &&
+		     lua_tointeger(L, -2) <= (lua_Integer)lua_rawlen(L, -3) && lua_type(L, -1) == LUA_TSTRING;
+		lua_pop(L, ok ? 1 : 2);
+	}
+	lua_pop(L, 1);
+	return ok;
+}
+
+/* The case's expect table at idx says something, with known keys of the
+ * right types. 0 or -1 with the reason. */
+static int check_expect_shape(lua_State *L, int idx, char *err, size_t errlen)
+{
+	int allow, error;
+
+	if (policyeval_known_keys(L, idx, "expect", expect_keys, err, errlen) != 0)
+		return -1;
+	allow = lua_getfield(L, idx, "allow");
+	error = lua_getfield(L, idx, "error");
+	lua_pop(L, 2);
+	if (error != LUA_TNIL && error != LUA_TBOOLEAN) {
+		snprintf(err, errlen, "expect.error must be true or false");
+		return -1;
+	}
+	lua_getfield(L, idx, "error");
+	error = lua_toboolean(L, -1) ? 1 : 0;
+	lua_pop(L, 1);
+	if (error) {
+		for (const char *const *k = expect_keys; *k; k++) {
+			if (strcmp(*k, "error") == 0 || strcmp(*k, "logs") == 0)
+				continue;
+			if (lua_getfield(L, idx, *k) != LUA_TNIL) {
+				snprintf(err, errlen,
+				         "expect.error = true expects a policy error: expect.%s can never be "
+				         "checked",
+				         *k);
+				lua_pop(L, 1);
+				return -1;
+			}
+			lua_pop(L, 1);
+		}
+	} else if (allow != LUA_TBOOLEAN) {
+		snprintf(err, errlen, "%s",
+		         allow == LUA_TNIL ? "expect.allow is missing: say whether the request is allowed "
+		                             "(or expect.error = true)"
+		                           : "expect.allow must be true or false");
+		return -1;
+	}
+	if (!string_list(L, idx, "scopes")) {
+		snprintf(err, errlen, "expect.scopes must be a list of strings");
+		return -1;
+	}
+	if (!string_list(L, idx, "logs")) {
+		snprintf(err, errlen,
+		         "expect.logs must be a list of strings (the broker.log lines, in order)");
+		return -1;
+	}
+	if (lua_getfield(L, idx, "reason") > LUA_TNIL && !lua_isstring(L, -1)) {
+		lua_pop(L, 1);
+		snprintf(err, errlen, "expect.reason must be a string");
+		return -1;
+	}
+	lua_pop(L, 1);
+	if (lua_getfield(L, idx, "expires_in") > LUA_TNIL && !lua_isinteger(L, -1) &&
+	    lua_type(L, -1) != LUA_TSTRING) {
+		lua_pop(L, 1);
+		snprintf(err, errlen, "expect.expires_in must be whole seconds or a duration (\"15m\")");
+		return -1;
+	}
+	lua_pop(L, 1);
+	lua_getfield(L, idx, "allow");
+	allow = lua_toboolean(L, -1);
+	lua_pop(L, 1);
+	for (int i = 0; !error && !allow && i < 2; i++) {
+		const char *f = i ? "expires_in" : "scopes";
+		if (lua_getfield(L, idx, f) != LUA_TNIL) {
+			snprintf(err, errlen, "expect.%s is never checked on a deny (allow = false)", f);
+			lua_pop(L, 1);
+			return -1;
+		}
+		lua_pop(L, 1);
+	}
+	return 0;
+}
+
+/* The file's own keys (fixtures) and its list: 0 or -1 with the reason. */
+static int check_file_shape(lua_State *L, int cases, char *err, size_t errlen)
+{
+	lua_Integer n = (lua_Integer)lua_rawlen(L, cases);
+
+	lua_pushnil(L);
+	while (lua_next(L, cases)) {
+		lua_pop(L, 1);
+		if (lua_isinteger(L, -1) && lua_tointeger(L, -1) >= 1 && lua_tointeger(L, -1) <= n)
+			continue;
+		if (lua_type(L, -1) == LUA_TSTRING) {
+			bool known = false;
+			for (const char *const *k = file_keys; *k && !known; k++)
+				known = strcmp(*k, lua_tostring(L, -1)) == 0;
+			if (known)
+				continue;
+			snprintf(err, errlen,
+			         "unknown key '%s' in the file's table (data, now, identity, and the cases)",
+			         lua_tostring(L, -1));
+		} else {
+			snprintf(err, errlen, "the list of cases has a hole or a key that is not a case (%s)",
+			         luaL_typename(L, -1));
+		}
+		lua_pop(L, 1);
+		return -1;
+	}
+	if (lua_getfield(L, cases, "now") != LUA_TNIL && !lua_isinteger(L, -1)) {
+		lua_pop(L, 1);
+		snprintf(err, errlen, "now must be an integer (Unix time in seconds)");
+		return -1;
+	}
+	lua_pop(L, 1);
+	if (lua_getfield(L, cases, "identity") != LUA_TNIL && !lua_istable(L, -1)) {
+		lua_pop(L, 1);
+		snprintf(err, errlen, "identity must be a table (the cases' default req.identity)");
+		return -1;
+	}
+	lua_pop(L, 1);
+	return 0;
+}
+
+/* A case's own shape at idx (not its request: policyeval.c checks that). */
+static int check_case_shape(lua_State *L, int idx, char *err, size_t errlen)
+{
+	int data;
+
+	if (policyeval_known_keys(L, idx, "case", case_keys, err, errlen) != 0)
+		return -1;
+	if (lua_getfield(L, idx, "req") != LUA_TTABLE) {
+		lua_pop(L, 1);
+		snprintf(err, errlen, "a case needs a req table");
+		return -1;
+	}
+	lua_pop(L, 1);
+	if (lua_getfield(L, idx, "expect") != LUA_TTABLE) {
+		lua_pop(L, 1);
+		snprintf(err, errlen, "a case needs an expect table: what must come out");
+		return -1;
+	}
+	if (check_expect_shape(L, lua_gettop(L), err, errlen) != 0) {
+		lua_pop(L, 1);
+		return -1;
+	}
+	lua_pop(L, 1);
+	data = lua_getfield(L, idx, "data");
+	lua_pop(L, 1);
+	if (data != LUA_TNIL && data != LUA_TTABLE && data != LUA_TBOOLEAN) {
+		snprintf(err, errlen, "data must be a table (broker.data for this case) or false (none)");
+		return -1;
+	}
+	return 0;
+}
+
+/* ------------------------------------------------------------ fixtures */
+
+/* The JSON of a data fixture at idx (a table; false: "" = none), pushed,
+ * or NULL with the reason. */
+static const char *fixture_json(lua_State *L, int idx, size_t *len, char *err, size_t errlen)
+{
+	const char *s;
+
+	if (lua_type(L, idx) == LUA_TBOOLEAN) {
+		if (lua_toboolean(L, idx)) {
+			snprintf(err, errlen, "data must be a table or false");
+			return NULL;
+		}
+		lua_pushliteral(L, "");
+		*len = 0;
+		return lua_tostring(L, -1);
+	}
+	s = json_encode(L, idx, len);
+	if (!s)
+		snprintf(err, errlen,
+		         "data cannot be written as JSON (a data file could not hold it: "
+		         "functions, mixed or sparse lists)");
+	return s;
+}
+
+/* Pushes the request the case describes (req at ridx), with the file's
+ * defaults (now, identity) for what it leaves out. */
+static void push_req_with_defaults(lua_State *L, int ridx, int cases)
+{
+	static const char *const defaults[] = {"now", "identity"};
+
+	lua_newtable(L);
+	lua_pushnil(L);
+	while (lua_next(L, ridx)) {
+		lua_pushvalue(L, -2);
+		lua_insert(L, -2);
+		lua_rawset(L, -4);
+	}
+	for (size_t i = 0; i < 2; i++) {
+		if (lua_getfield(L, -1, defaults[i]) == LUA_TNIL) {
+			lua_getfield(L, cases, defaults[i]);
+			lua_setfield(L, -3, defaults[i]);
+		}
+		lua_pop(L, 1);
+	}
+}
+
+static void report_case_at(struct report *rep, const char *file, const char *name, int line, const char *why)
+{
+	char msg[768];
+
+	if (line > 0)
+		snprintf(msg, sizeof(msg), "%s:%d: %s", file, line, why);
+	else
+		snprintf(msg, sizeof(msg), "%s: %s", file, why);
+	report_case(rep, file, name, false, msg);
+}
+
 static int run_file(struct policy_engine *e, const struct tenant *t, const char *path, struct report *rep)
 {
 	lua_State *L = policy_engine_lua(e);
-	int top = lua_gettop(L), cases;
-	char err[512];
+	int top = lua_gettop(L), cases, seen;
+	char err[512], label[64];
+	char *text = NULL;
+	size_t text_len = 0;
 	lua_Integer n;
 
-	if (load_cases(e, path, err, sizeof(err)) != 0) {
+	if (load_cases(e, path, &text, &text_len, err, sizeof(err)) != 0) {
 		report_case(rep, path, "(load)", false, err);
+		free(text);
 		return -1;
 	}
 	cases = lua_gettop(L);
+	if (check_file_shape(L, cases, err, sizeof(err)) != 0) {
+		report_case_at(rep, path, "(file)", 0, err);
+		lua_settop(L, top);
+		free(text);
+		return -1;
+	}
+	lua_newtable(L); /* name -> how many cases so far had it */
+	seen = lua_gettop(L);
 	n = (lua_Integer)lua_rawlen(L, cases);
 	for (lua_Integer i = 1; i <= n; i++) {
 		struct policyeval_outcome *o;
-		const char *name;
+		const char *name = label, *json = NULL;
 		char why[512] = "";
+		int line = 0, nth = 1, data;
+		size_t jlen = 0;
 		bool ok;
 
+		snprintf(label, sizeof(label), "(case %lld)", (long long)i);
 		lua_rawgeti(L, cases, i);
 		if (!lua_istable(L, -1)) {
-			report_case(rep, path, "(case)", false, "each case must be a table");
-			lua_settop(L, cases);
+			report_case_at(rep, path, label, 0, "each case must be a table");
+			lua_settop(L, seen);
 			continue;
 		}
-		lua_getfield(L, -1, "name");
-		name = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "(unnamed)";
+		if (lua_getfield(L, -1, "name") == LUA_TSTRING && lua_rawlen(L, -1) > 0) {
+			name = lua_tostring(L, -1);
+			lua_pushvalue(L, -1);
+			if (lua_rawget(L, seen) == LUA_TNUMBER)
+				nth = (int)lua_tointeger(L, -1) + 1;
+			lua_pop(L, 1);
+			lua_pushvalue(L, -1);
+			lua_pushinteger(L, nth);
+			lua_rawset(L, seen);
+			line = case_line(text, text_len, name, nth);
+		}
 		if (rep->pattern && !strstr(name, rep->pattern)) {
-			lua_settop(L, cases);
+			lua_settop(L, seen);
 			continue;
 		}
-		lua_getfield(L, -2, "req");
-		lua_getfield(L, -3, "expect");
-		if (!lua_istable(L, -2) || !lua_istable(L, -1)) {
-			report_case(rep, path, name, false, "a case needs req and expect tables");
-			lua_settop(L, cases);
+		if (name == label) {
+			report_case_at(rep, path, label, 0, "a case needs a name (a non-empty string)");
+			lua_settop(L, seen);
 			continue;
 		}
+		if (nth > 1) {
+			snprintf(why, sizeof(why), "duplicate case name (case %d of that name)", nth);
+			report_case_at(rep, path, name, line, why);
+			lua_settop(L, seen);
+			continue;
+		}
+		if (check_case_shape(L, seen + 1, why, sizeof(why)) != 0) {
+			report_case_at(rep, path, name, line, why);
+			lua_settop(L, seen);
+			continue;
+		}
+		/* The data fixture: the case's, else the file's, else the tenant's own. */
+		data = lua_getfield(L, seen + 1, "data");
+		if (data == LUA_TNIL) {
+			lua_pop(L, 1);
+			data = lua_getfield(L, cases, "data");
+		}
+		if (data != LUA_TNIL && (!(json = fixture_json(L, lua_gettop(L), &jlen, why, sizeof(why))) ||
+		                         policy_engine_set_data(e, t, json, jlen, why, sizeof(why)) != 0)) {
+			report_case_at(rep, path, name, line, why);
+			if (json)
+				policy_engine_set_data(e, t, NULL, 0, err, sizeof(err));
+			lua_settop(L, seen);
+			continue;
+		}
+		lua_getfield(L, seen + 1, "req");
+		push_req_with_defaults(L, lua_gettop(L), cases);
+		lua_getfield(L, seen + 1, "expect");
 		o = calloc(1, sizeof(*o));
 		if (!o) {
 			lua_settop(L, top);
+			free(text);
 			return -1;
 		}
 		policyeval_decide(e, L, -2, t, o);
-		ok = check_expect(L, -1, o, why, sizeof(why));
-		report_case(rep, path, name, ok, why);
+		ok = check_expect(L, -1, o, policy_decision_log(e), why, sizeof(why));
+		if (json)
+			policy_engine_set_data(e, t, NULL, 0, err, sizeof(err));
+		if (ok || !o->invalid)
+			report_case(rep, path, name, ok, why);
+		else
+			report_case_at(rep, path, name, line, why);
 		free(o);
-		lua_settop(L, cases);
+		lua_settop(L, seen);
 	}
 	lua_settop(L, top);
+	free(text);
 	return 0;
 }
 
