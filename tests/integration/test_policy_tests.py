@@ -12,7 +12,7 @@ import subprocess
 
 import pytest
 
-from conftest import APP_SECRET, BROKER_BIN, COURIER_KEY
+from conftest import APP_SECRET, BROKER_BIN, COURIER_KEY, mint, reload_ok
 
 TIMEOUT = 30
 
@@ -211,3 +211,63 @@ def test_expect_logs(tmp_path):
     p = run(["test", pol])
     assert p.returncode == 1, p.all
     assert 'expected logs ["asked for bob"], got ["asked for bob", "matched vip"]' in p.out, p.out
+
+
+# ------------------------------------------------------------ the traps
+
+def test_stray_module_is_never_compiled(tmp_path):
+    """A stray NAME.lua beside the policies (a half-written draft, a file
+    that is not Lua) is no module of any tenant: check passes, serve starts,
+    a reload keeps working, the revision ignores it. A module a policy
+    requires is compiled (its syntax error fails check)."""
+    pol = tmp_path / "policies"
+    pol.mkdir()
+    (pol / "p.lua").write_text('local util = require("util")\n'
+                               'return function(req) return { allow = util.ok(req), tier = "inbox" } end\n')
+    (pol / "util.lua").write_text("return { ok = function(req) return req.user_id == 'alice' end }\n")
+    (pol / "draft.lua").write_text("return {\n")
+    (pol / "notes.lua").write_text("this is not Lua at all\n")
+    conf = config(tmp_path)
+    p = run(["check", "-c", conf])
+    assert p.returncode == 0, p.all
+    (pol / "p_test.lua").write_text('return { { name = "alice", req = { user_id = "alice" }, '
+                                    'expect = { allow = true } } }\n')
+    p = run(["test", pol])
+    assert p.returncode == 0, p.all
+    rev = json.loads(run(["eval", "-c", conf, "--tenant", "default"], input=b'{"user_id": "alice"}').out)
+    assert rev["decision"] == "allow", rev
+    (pol / "draft.lua").write_text("return {}\n")
+    rev2 = json.loads(run(["eval", "-c", conf, "--tenant", "default"], input=b'{"user_id": "alice"}').out)
+    assert rev2["policy_revision"] == rev["policy_revision"]
+    # A module the policy requires is compiled and checked.
+    (pol / "util.lua").write_text("return {\n")
+    p = run(["check", "-c", conf])
+    assert p.returncode == 1 and "util.lua:2" in p.all, p.all
+
+
+def test_stray_module_does_not_break_a_serving_tenant(broker_factory):
+    b = broker_factory(policies={"default": 'return function(req) return { allow = true, tier = "inbox" } end\n'})
+    (b.dir / "policies" / "stray.lua").write_text("return {\n")
+    reload_ok(b)
+    assert b.post(body={"user_id": "alice"}, token=mint()).status == 200
+
+
+def test_duration_takes_whole_seconds(tmp_path):
+    pol = tmp_path / "policies"
+    pol.mkdir()
+    (pol / "p.lua").write_text("""return function(req)
+  local ok, secs = pcall(broker.duration, req.expires_in or "1h")
+  if not ok then
+    return { allow = false, reason = "bad expires_in" }
+  end
+  return { allow = true, tier = "inbox", expires_in = math.min(secs, 3600) }
+end
+""")
+    (pol / "p_test.lua").write_text("""return {
+  { name = "seconds", req = { user_id = "a", expires_in = 600 }, expect = { allow = true, expires_in = 600 } },
+  { name = "a duration", req = { user_id = "a", expires_in = "10m" }, expect = { allow = true, expires_in = 600 } },
+  { name = "capped", req = { user_id = "a", expires_in = 86400 }, expect = { allow = true, expires_in = 3600 } },
+}
+""")
+    p = run(["test", pol])
+    assert p.returncode == 0, p.all
