@@ -90,6 +90,22 @@ int policy_engine_coverage(struct policy_engine *e);
 void policy_coverage_each(struct policy_engine *e, void (*fn)(void *ctx, const char *path, int line),
                           void *ctx);
 
+/*
+ * Branch coverage (`test --coverage`): the source text with each `if` and
+ * `elseif` condition passed through a recorder, on the same lines (nothing
+ * else changes: the condition's value is returned as it is). Site k (1 ..
+ * *nsites) is the condition on line (*lines)[k - 1]. *out and *lines are the
+ * caller's to free. Returns 0, or -1 (text Lua would refuse, out of memory):
+ * then use the text as it is, without branches.
+ */
+int policy_branch_instrument(const char *text, size_t len, char **out, size_t *outlen, int **lines,
+                             size_t *nsites);
+
+/* Calls fn for every outcome recorded since policy_engine_coverage: the
+ * condition id of the file path was seen value (true or false). */
+void policy_branch_each(struct policy_engine *e, void (*fn)(void *ctx, const char *path, int id, bool value),
+                        void *ctx);
+
 /* The lines of a Lua source that hold code: lines[k] = 1 for each such k
  * below nlines (others 0). name is for messages. Returns 0, or -1 with the
  * reason (a syntax error) in err. */

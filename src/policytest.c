@@ -55,6 +55,12 @@ struct cov_file {
 	size_t nlines; /* entries of code and hit: lines 0 .. nlines - 1 */
 	unsigned char *code, *hit;
 	bool policy; /* a policy under test (reported even when nothing ran) */
+	/* Branches: the if/elseif conditions (site k on line site_line[k - 1]),
+	 * and whether each was seen false (seen[2k - 2]) and true (seen[2k - 1]). */
+	bool branches;
+	size_t nsites;
+	int *site_line;
+	unsigned char *seen;
 };
 
 static struct cov_file *cov_find(struct report *rep, const char *path, bool add)
@@ -103,16 +109,81 @@ static void cov_hit(void *ctx, const char *path, int line)
 		f->hit[line] = 1;
 }
 
+static void cov_branch_hit(void *ctx, const char *path, int id, bool value)
+{
+	struct cov_file *f = cov_find(ctx, path, false);
+
+	if (f && f->branches && id >= 1 && (size_t)id <= f->nsites)
+		f->seen[2 * (size_t)(id - 1) + value] = 1;
+}
+
+/* For --coverage: *text (a policy's or a module's source at path) becomes
+ * the same source with its conditions recorded (policy_branch_instrument);
+ * left as it is when that fails (the file then has no branch figures). */
+static void cov_instrument(struct report *rep, const char *path, char **text, size_t *len)
+{
+	struct cov_file *f = cov_find(rep, path, true);
+	char *out;
+	size_t outlen, n;
+	int *lines;
+
+	if (!f || policy_branch_instrument(*text, *len, &out, &outlen, &lines, &n) != 0)
+		return;
+	if (!f->branches) {
+		f->seen = calloc(2 * n + 2, 1);
+		if (!f->seen) {
+			free(out);
+			free(lines);
+			return;
+		}
+		f->branches = true;
+		f->nsites = n;
+		f->site_line = lines;
+	} else {
+		free(lines);
+	}
+	free(*text);
+	*text = out;
+	*len = outlen;
+}
+
+/* Prints "file: N% (taken/total branches), not taken: LINE (true) ..."
+ * for a file with conditions; returns its percentage (100 without). */
+static int cov_report_branches(struct report *rep, struct cov_file *f)
+{
+	size_t total = 2 * f->nsites, taken = 0;
+	const char *sep = ", not taken: ";
+	int pct;
+
+	for (size_t k = 0; k < total; k++)
+		taken += f->seen[k];
+	pct = total ? (int)(taken * 100 / total) : 100;
+	if (!total || rep->json)
+		return pct;
+	fprintf(rep->out, "%s: %d%% (%zu/%zu branches)", f->path, pct, taken, total);
+	for (size_t k = 0; k < total; k++) {
+		if (f->seen[k])
+			continue;
+		fprintf(rep->out, "%s%d (%s)", sep, f->site_line[k / 2], k % 2 ? "true" : "false");
+		sep = " ";
+	}
+	fputc('\n', rep->out);
+	return pct;
+}
+
 static int cmp_cov(const void *a, const void *b)
 {
 	return strcmp(((const struct cov_file *)a)->path, ((const struct cov_file *)b)->path);
 }
 
-/* Prints "file: N% (covered/total lines)" per file; returns the lowest
- * percentage (rounded down), 100 when there is no file. */
-static int cov_report(struct report *rep)
+/* Prints "file: N% (covered/total lines)" per file, and its branches; returns
+ * the lowest percentage of lines (rounded down), 100 when there is no file,
+ * and the lowest of branches in *lowest_branch. */
+static int cov_report(struct report *rep, int *lowest_branch)
 {
 	int lowest = 100;
+
+	*lowest_branch = 100;
 
 	if (rep->n_cov)
 		qsort(rep->cov, rep->n_cov, sizeof(*rep->cov), cmp_cov);
@@ -127,12 +198,21 @@ static int cov_report(struct report *rep)
 		pct = total ? (int)(covered * 100 / total) : 100;
 		if (pct < lowest)
 			lowest = pct;
-		if (rep->json)
-			fprintf(
-			    rep->out,
-			    "{\"coverage\":{\"file\":\"%s\",\"percent\":%d,\"covered\":%zu,\"total\":%zu}}\n",
-			    f->path, pct, covered, total);
-		else {
+		if (rep->json) {
+			size_t taken = 0;
+			for (size_t k = 0; f->branches && k < 2 * f->nsites; k++)
+				taken += f->seen[k];
+			fprintf(rep->out,
+			        "{\"coverage\":{\"file\":\"%s\",\"percent\":%d,\"covered\":%zu,\"total\":%zu",
+			        f->path, pct, covered, total);
+			if (f->branches)
+				fprintf(
+				    rep->out,
+				    ",\"branch_percent\":%d,\"branches_taken\":%zu,\"branches_total\":%zu",
+				    f->nsites ? (int)(taken * 100 / (2 * f->nsites)) : 100, taken,
+				    2 * f->nsites);
+			fprintf(rep->out, "}}\n");
+		} else {
 			const char *sep = ", not covered: ";
 			fprintf(rep->out, "%s: %d%% (%zu/%zu lines)", f->path, pct, covered, total);
 			for (size_t l = 0; l < f->nlines; l++) {
@@ -143,9 +223,16 @@ static int cov_report(struct report *rep)
 			}
 			fputc('\n', rep->out);
 		}
+		if (f->branches) {
+			int bpct = cov_report_branches(rep, f);
+			if (bpct < *lowest_branch)
+				*lowest_branch = bpct;
+		}
 		free(f->path);
 		free(f->code);
 		free(f->hit);
+		free(f->site_line);
+		free(f->seen);
 	}
 	free(rep->cov);
 	rep->cov = NULL;
@@ -836,6 +923,11 @@ static int test_file_standalone(const char *path, struct report *rep)
 		report_case(rep, path, "(load)", false, err);
 		goto out;
 	}
+	if (rep->coverage) { /* branch coverage: conditions that report their value */
+		cov_instrument(rep, t.policy_path, &t.policy_text, &t.policy_len);
+		for (size_t i = 0; i < t.n_modules; i++)
+			cov_instrument(rep, t.modules[i].path, &t.modules[i].text, &t.modules[i].len);
+	}
 	snprintf(t.policy_revision, sizeof(t.policy_revision), "test");
 	t.max_expires_s = 7 * 86400;
 	t.default_expires_s = 3600;
@@ -858,8 +950,10 @@ static int test_file_standalone(const char *path, struct report *rep)
 		goto out;
 	}
 	rc = run_file(e, &t, path, rep);
-	if (rep->coverage)
+	if (rep->coverage) {
 		policy_coverage_each(e, cov_hit, rep);
+		policy_branch_each(e, cov_branch_hit, rep);
+	}
 	policy_engine_free(e);
 out:
 	policyfiles_free(&t);
@@ -926,7 +1020,7 @@ static void run_path(const char *path, struct report *rep)
 int policytest_main(int argc, char **argv)
 {
 	struct report rep = {.out = stdout};
-	int npaths = 0, threshold = -1, lowest = 100;
+	int npaths = 0, threshold = -1, branch_threshold = -1, lowest = 100, lowest_branch = 100;
 
 	for (int i = 0; i < argc; i++) {
 		if (strcmp(argv[i], "--run") == 0 && i + 1 < argc)
@@ -941,15 +1035,21 @@ int policytest_main(int argc, char **argv)
 			}
 		} else if (strcmp(argv[i], "--coverage") == 0) {
 			rep.coverage = true;
-		} else if (strcmp(argv[i], "--threshold") == 0 && i + 1 < argc) {
+		} else if ((strcmp(argv[i], "--threshold") == 0 ||
+		            strcmp(argv[i], "--branch-threshold") == 0) &&
+		           i + 1 < argc) {
 			char *end;
-			long n = strtol(argv[++i], &end, 10);
-			if (*end || end == argv[i] || n < 0 || n > 100) {
-				fprintf(stderr,
-				        "courier-broker test: --threshold is a percentage, 0 to 100\n");
+			long n = strtol(argv[i + 1], &end, 10);
+			if (*end || end == argv[i + 1] || n < 0 || n > 100) {
+				fprintf(stderr, "courier-broker test: %s is a percentage, 0 to 100\n",
+				        argv[i]);
 				return 2;
 			}
-			threshold = (int)n;
+			if (strcmp(argv[i], "--threshold") == 0)
+				threshold = (int)n;
+			else
+				branch_threshold = (int)n;
+			i++;
 			rep.coverage = true;
 		} else if (argv[i][0] == '-' && argv[i][1]) {
 			fprintf(stderr, "courier-broker test: unknown option %s\n", argv[i]);
@@ -968,7 +1068,7 @@ int policytest_main(int argc, char **argv)
 	}
 	for (int i = 0; i < argc; i++) {
 		if (strcmp(argv[i], "--run") == 0 || strcmp(argv[i], "--format") == 0 ||
-		    strcmp(argv[i], "--threshold") == 0) {
+		    strcmp(argv[i], "--threshold") == 0 || strcmp(argv[i], "--branch-threshold") == 0) {
 			i++;
 			continue;
 		}
@@ -977,7 +1077,7 @@ int policytest_main(int argc, char **argv)
 		run_path(argv[i], &rep);
 	}
 	if (rep.coverage)
-		lowest = cov_report(&rep);
+		lowest = cov_report(&rep, &lowest_branch);
 	if (rep.json)
 		fprintf(stdout, "{\"passed\":%d,\"failed\":%d}\n", rep.passed, rep.failed);
 	if (rep.L)
@@ -991,6 +1091,11 @@ int policytest_main(int argc, char **argv)
 	if (threshold >= 0 && lowest < threshold) {
 		fprintf(stderr, "courier-broker test: coverage %d%% is below the threshold of %d%%\n", lowest,
 		        threshold);
+		return 1;
+	}
+	if (branch_threshold >= 0 && lowest_branch < branch_threshold) {
+		fprintf(stderr, "courier-broker test: branch coverage %d%% is below the threshold of %d%%\n",
+		        lowest_branch, branch_threshold);
 		return 1;
 	}
 	return rep.failed ? 1 : 0;

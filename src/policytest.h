@@ -19,7 +19,8 @@ struct policy_engine;
 
 /* The command line of `test` (main.c's --help and the usage error quote it). */
 #define POLICYTEST_USAGE                                                                                     \
-	"courier-broker test [--run PATTERN] [--format text|json] [--coverage] [--threshold N] PATH..."
+	"courier-broker test [--run PATTERN] [--format text|json] [--coverage] [--threshold N] "             \
+	"[--branch-threshold N] PATH..."
 
 /* `courier-broker test` with the arguments after "test" (POLICYTEST_USAGE): exit status. */
 int policytest_main(int argc, char **argv);

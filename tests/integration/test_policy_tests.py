@@ -271,3 +271,65 @@ end
 """)
     p = run(["test", pol])
     assert p.returncode == 0, p.all
+
+
+# ------------------------------------------------------------ branch coverage
+
+BRANCHY = """return function(req)
+  if req.user_id == "alice" and req.now > 0 then
+    return { allow = true, tier = "inbox" }
+  elseif req.user_id == "bob" then return { allow = false, reason = "bob" }
+  end
+  return { allow = false, reason = "only alice" }
+end
+"""
+
+
+def test_branch_coverage(tmp_path):
+    """Line 4 holds both the condition and its return: 100% of lines, yet
+    its true branch never ran. Branch coverage says so."""
+    pol = tmp_path / "pol"
+    pol.mkdir()
+    (pol / "p.lua").write_text(BRANCHY)
+    (pol / "p_test.lua").write_text("""return {
+  { name = "alice", req = { user_id = "alice" }, expect = { allow = true } },
+  { name = "carol", req = { user_id = "carol" }, expect = { allow = false } },
+}
+""")
+    p = run(["test", "--coverage", pol])
+    assert p.returncode == 0, p.all
+    assert "p.lua: 100% (5/5 lines)" in p.out, p.out
+    assert "p.lua: 75% (3/4 branches), not taken: 4 (true)" in p.out, p.out
+    assert run(["test", "--threshold", "100", pol]).returncode == 0
+    p = run(["test", "--branch-threshold", "76", pol])
+    assert p.returncode == 1 and "branch coverage 75% is below the threshold of 76%" in p.err, p.all
+    assert run(["test", "--branch-threshold", "75", pol]).returncode == 0
+    p = run(["test", "--coverage", "--format", "json", pol])
+    cov = [json.loads(l)["coverage"] for l in p.out.splitlines() if '"coverage"' in l]
+    mine = [c for c in cov if c["file"].endswith("/p.lua")][0]
+    assert (mine["branch_percent"], mine["branches_taken"], mine["branches_total"]) == (75, 3, 4), mine
+    # The missing case: every branch taken; the decisions are unchanged by counting.
+    (pol / "p_test.lua").write_text("""return {
+  { name = "alice", req = { user_id = "alice" }, expect = { allow = true } },
+  { name = "bob", req = { user_id = "bob" }, expect = { allow = false, reason = "bob" } },
+  { name = "carol", req = { user_id = "carol" }, expect = { allow = false, reason = "only alice" } },
+}
+""")
+    p = run(["test", "--branch-threshold", "100", pol])
+    assert p.returncode == 0, p.all
+    assert "p.lua: 100% (4/4 branches)" in p.out, p.out
+
+
+def test_branch_coverage_in_modules_and_example_policies(tmp_path):
+    pol = tmp_path / "pol"
+    pol.mkdir()
+    (pol / "p.lua").write_text('local h = require("h")\nreturn function(req) return h.decide(req) end\n')
+    (pol / "h.lua").write_text("local M = {}\nfunction M.decide(req)\n  if req.now > 0 then\n"
+                               "    return { allow = true, tier = \"inbox\" }\n  end\n  return { allow = false }\nend\nreturn M\n")
+    (pol / "p_test.lua").write_text('return { { name = "a", req = { user_id = "a" }, expect = { allow = true } } }\n')
+    p = run(["test", "--coverage", pol])
+    assert p.returncode == 0, p.all
+    assert "h.lua: 50% (1/2 branches), not taken: 3 (false)" in p.out, p.out
+    from conftest import ROOT
+    p = run(["test", "--threshold", "100", "--branch-threshold", "100", os.path.join(ROOT, "policies")])
+    assert p.returncode == 0, p.all
