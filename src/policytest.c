@@ -11,7 +11,6 @@
  */
 #include "policytest.h"
 
-#include <ctype.h>
 #include <dirent.h>
 #include <lauxlib.h>
 #include <lua.h>
@@ -26,6 +25,7 @@
 #include "duration.h"
 #include "fileio.h"
 #include "json.h"
+#include "lualex.h"
 #include "policy.h"
 #include "policyeval.h"
 #include "scope.h"
@@ -492,43 +492,52 @@ static const char *const case_keys[] = {"name", "req", "expect", "data", NULL};
 static const char *const expect_keys[] = {"allow", "scopes", "expires_in", "reason", "error", "logs", NULL};
 static const char *const file_keys[] = {"data", "now", "identity", NULL};
 
-/* Whether text[0 .. at) ends with "name =" (blanks allowed): a case's name. */
-static bool after_name_key(const char *text, size_t at)
+/* Pushes, for the test file's text, { [NAME] = { line, line, ... } }: the
+ * lines of each `name = "NAME"` in it, in order (read once per file with
+ * the Lua tokenizer, so a name in a comment or in another string is none). */
+static void push_case_lines(lua_State *L, const char *text, size_t len)
 {
-	size_t i = at;
+	struct lualex x;
+	struct lualex_token t, eq, str;
 
-	while (i > 0 &&
-	       (text[i - 1] == ' ' || text[i - 1] == '\t' || text[i - 1] == '\n' || text[i - 1] == '\r'))
-		i--;
-	if (i == 0 || text[--i] != '=')
-		return false;
-	while (i > 0 &&
-	       (text[i - 1] == ' ' || text[i - 1] == '\t' || text[i - 1] == '\n' || text[i - 1] == '\r'))
-		i--;
-	if (i < 4 || memcmp(text + i - 4, "name", 4) != 0)
-		return false;
-	i -= 4;
-	return i == 0 || !(isalnum((unsigned char)text[i - 1]) || text[i - 1] == '_' || text[i - 1] == '.');
+	lua_newtable(L);
+	if (!text)
+		return;
+	lualex_init(&x, text, len);
+	while (lualex_next(&x, &t) != LUALEX_END && t.kind != LUALEX_BAD) {
+		struct lualex save = x;
+		if (!lualex_is(&x, &t, "name"))
+			continue;
+		if (lualex_next(&x, &eq) != LUALEX_OTHER || text[eq.start] != '=' ||
+		    (x.pos < len && text[x.pos] == '=') || lualex_next(&x, &str) != LUALEX_STRING ||
+		    str.escapes) {
+			x = save;
+			continue;
+		}
+		lua_pushlstring(L, text + str.body, str.body_len);
+		if (lua_rawget(L, -2) != LUA_TTABLE) {
+			lua_pop(L, 1);
+			lua_newtable(L);
+			lua_pushlstring(L, text + str.body, str.body_len);
+			lua_pushvalue(L, -2);
+			lua_rawset(L, -4);
+		}
+		lua_pushinteger(L, t.line);
+		lua_rawseti(L, -2, (lua_Integer)lua_rawlen(L, -2) + 1);
+		lua_pop(L, 1);
+	}
 }
 
-/* The line of the nth (1-based) occurrence of name as a quoted string in
- * the test file's text: the line of that case's name = "...". 0 when not
- * found (a name built by code). */
-static int case_line(const char *text, size_t len, const char *name, int nth)
+/* The line of the nth (1-based) case named name, from the table at lines
+ * (push_case_lines); 0 when unknown (a name built by code). */
+static int case_line(lua_State *L, int lines, const char *name, int nth)
 {
-	size_t n = strlen(name);
-	int line = 1;
+	int top = lua_gettop(L), line = 0;
 
-	if (!text || !n)
-		return 0;
-	for (size_t i = 0; i + n + 1 < len; i++) {
-		if (text[i] == '\n')
-			line++;
-		if ((text[i] == '"' || text[i] == '\'') && memcmp(text + i + 1, name, n) == 0 &&
-		    text[i + n + 1] == text[i] && after_name_key(text, i) && --nth == 0)
-			return line;
-	}
-	return 0;
+	if (lua_getfield(L, lines, name) == LUA_TTABLE && lua_rawgeti(L, -1, nth) == LUA_TNUMBER)
+		line = (int)lua_tointeger(L, -1);
+	lua_settop(L, top);
+	return line;
 }
 
 /* Whether the field of the table at t is nil or a list of strings. */
@@ -764,7 +773,7 @@ static void report_case_at(struct report *rep, const char *file, const char *nam
 static int run_file(struct policy_engine *e, const struct tenant *t, const char *path, struct report *rep)
 {
 	lua_State *L = policy_engine_lua(e);
-	int top = lua_gettop(L), cases, seen;
+	int top = lua_gettop(L), cases, lines, seen;
 	char err[512], label[64];
 	char *text = NULL;
 	size_t text_len = 0;
@@ -782,6 +791,8 @@ static int run_file(struct policy_engine *e, const struct tenant *t, const char 
 		free(text);
 		return -1;
 	}
+	push_case_lines(L, text, text_len);
+	lines = lua_gettop(L);
 	lua_newtable(L); /* name -> how many cases so far had it */
 	seen = lua_gettop(L);
 	n = (lua_Integer)lua_rawlen(L, cases);
@@ -809,7 +820,7 @@ static int run_file(struct policy_engine *e, const struct tenant *t, const char 
 			lua_pushvalue(L, -1);
 			lua_pushinteger(L, nth);
 			lua_rawset(L, seen);
-			line = case_line(text, text_len, name, nth);
+			line = case_line(L, lines, name, nth);
 		}
 		if (rep->pattern && !strstr(name, rep->pattern)) {
 			lua_settop(L, seen);
