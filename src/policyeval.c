@@ -96,7 +96,7 @@ static int field_type(lua_State *L, int t, const char *what, const char *field, 
 	if (type == LUA_TNIL || type == want)
 		return 0;
 	snprintf(err, errlen, "%s.%s must be a %s, got %s", what, field, lua_typename(L, want),
-	         lua_typename(L, type));
+	         type == LUA_TLIGHTUSERDATA ? "null" : lua_typename(L, type));
 	return -1;
 }
 
