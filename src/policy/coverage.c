@@ -170,6 +170,19 @@ static int cmp_insert(const void *a, const void *b)
 	return x->at < y->at ? -1 : x->at > y->at;
 }
 
+/* Whether text is a Lua chunk (compiled in a state of its own, not run). */
+static bool compiles(const char *text, size_t len)
+{
+	lua_State *L = luaL_newstate();
+	bool ok;
+
+	if (!L)
+		return false;
+	ok = luaL_loadbufferx(L, text, len, "=branches", "t") == LUA_OK;
+	lua_close(L);
+	return ok;
+}
+
 int policy_branch_instrument(const char *text, size_t len, char **out, size_t *outlen, int **lines,
                              size_t *nsites)
 {
@@ -183,6 +196,11 @@ int policy_branch_instrument(const char *text, size_t len, char **out, size_t *o
 	*out = NULL;
 	*lines = NULL;
 	*nsites = 0;
+	/* Only text Lua compiles: its conditions are short (nesting is bounded
+	 * by Lua's own limits), so finding each `then` stays linear; text that
+	 * is not Lua could make it quadratic. */
+	if (!compiles(text, len))
+		return -1;
 	lualex_init(&x, text, len);
 	while (lualex_next(&x, &t) != LUALEX_END) {
 		int depth = 0;
