@@ -1,4 +1,6 @@
--- support_test.lua — cases for support.lua (broker.data from support_data.json).
+-- support_test.lua — cases for support.lua. broker.data is this file's own
+-- fixture (data below), never the tenant's live support_data.json: moving an
+-- organisation in or out of support access in production cannot fail a reload.
 
 local INBOX = { "inbox:read:messages", "inbox:write:events", "read:brands" }
 local READ_ONLY = { "inbox:read:messages", "read:brands" }
@@ -11,6 +13,12 @@ local function agent(claims)
 end
 
 return {
+  data = {
+    support_orgs = { acme = true, globex = true },
+    support_networks = { "10.20.0.0/16", "2001:db8:5::/48" },
+  },
+  now = 1795422600,
+
   {
     name = "a user gets their own inbox",
     req = { user_id = "acme:alice", identity = { authenticated = true, subject = "acme:alice", claims = {} } },
@@ -19,7 +27,8 @@ return {
   {
     name = "support reads a user of their organisation for 15 minutes",
     req = { user_id = "acme:alice", identity = agent(), client = VPN },
-    expect = { allow = true, scopes = READ_ONLY, expires_in = 900, reason = "support read-only access" },
+    expect = { allow = true, scopes = READ_ONLY, expires_in = 900, reason = "support read-only access",
+               logs = { "support access by sam to acme:alice for 900 s" } },
   },
   {
     name = "support may ask for less than 15 minutes",
@@ -52,6 +61,12 @@ return {
     name = "a user id without an organisation is denied",
     req = { user_id = "alice", identity = agent(), client = VPN },
     expect = { allow = false },
+  },
+  {
+    name = "an organisation that opted out since is denied",
+    data = { support_orgs = { globex = true }, support_networks = { "10.20.0.0/16" } },
+    req = { user_id = "acme:alice", identity = agent(), client = VPN },
+    expect = { allow = false, reason = "organisation acme has not opted in to support access", logs = {} },
   },
   {
     name = "an organisation that did not opt in is denied",

@@ -14,8 +14,6 @@
 #include <string.h>
 
 #define DURATION_MAX_INPUT 32
-/* 10 years of 365.25 days: 10 * 365.25 * 86400. */
-#define DURATION_MAX_S 315576000LL
 /* Any integer part above this is over DURATION_MAX_S even in milliseconds. */
 #define DURATION_MAX_INT 1000000000000ULL
 

@@ -11,6 +11,9 @@
 
 #include <stddef.h>
 
+/* The longest lifetime anywhere: 10 years of 365.25 days (10 * 365.25 * 86400 s). */
+#define DURATION_MAX_S 315576000LL
+
 /*
  * Parses "<number>[ ]<unit>" with units ms, s, m, h, d, w, y and their long
  * forms (sec, secs, second(s), min(s), minute(s), hr(s), hour(s), day(s),

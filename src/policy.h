@@ -75,6 +75,13 @@ int policy_decide(struct policy_engine *e, const struct policy_request *rq, stru
  * decision; for `eval` and the log. */
 const char *policy_decision_log(const struct policy_engine *e);
 
+/* Tests only (fixtures): tenant t's broker.data becomes the JSON document
+ * json (len bytes; len 0: no data, broker.data is nil) for the decisions
+ * that follow, or, with json NULL, its own again. Never on an engine that
+ * serves. Returns 0, or -1 with the reason in err. */
+int policy_engine_set_data(struct policy_engine *e, const struct tenant *t, const char *json, size_t len,
+                           char *err, size_t errlen);
+
 /* `test --coverage`: from now on, every line of a policy or module that
  * runs on e is recorded (with a line hook: slower). Returns 0 or -1. */
 int policy_engine_coverage(struct policy_engine *e);
@@ -82,6 +89,22 @@ int policy_engine_coverage(struct policy_engine *e);
 /* Calls fn for every recorded line, with the file's absolute path. */
 void policy_coverage_each(struct policy_engine *e, void (*fn)(void *ctx, const char *path, int line),
                           void *ctx);
+
+/*
+ * Branch coverage (`test --coverage`): the source text with each `if` and
+ * `elseif` condition passed through a recorder, on the same lines (nothing
+ * else changes: the condition's value is returned as it is). Site k (1 ..
+ * *nsites) is the condition on line (*lines)[k - 1]. *out and *lines are the
+ * caller's to free. Returns 0, or -1 (text Lua would refuse, out of memory):
+ * then use the text as it is, without branches.
+ */
+int policy_branch_instrument(const char *text, size_t len, char **out, size_t *outlen, int **lines,
+                             size_t *nsites);
+
+/* Calls fn for every outcome recorded since policy_engine_coverage: the
+ * condition id of the file path was seen value (true or false). */
+void policy_branch_each(struct policy_engine *e, void (*fn)(void *ctx, const char *path, int id, bool value),
+                        void *ctx);
 
 /* The lines of a Lua source that hold code: lines[k] = 1 for each such k
  * below nlines (others 0). name is for messages. Returns 0, or -1 with the

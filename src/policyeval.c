@@ -11,6 +11,7 @@
 
 #include <lauxlib.h>
 #include <lua.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -42,6 +43,142 @@ static const char *opt_string(lua_State *L, int t, const char *field)
 	s = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
 	/* Left on the stack on purpose: s must stay valid. */
 	return s;
+}
+
+/* ------------------------------------------------------- strict shapes */
+
+int policyeval_known_keys(lua_State *L, int idx, const char *what, const char *const *known, char *err,
+                          size_t errlen)
+{
+	idx = lua_absindex(L, idx);
+	lua_pushnil(L);
+	while (lua_next(L, idx)) {
+		bool ok = false;
+		lua_pop(L, 1);
+		if (lua_type(L, -1) == LUA_TSTRING)
+			for (const char *const *k = known; *k && !ok; k++)
+				ok = strcmp(lua_tostring(L, -1), *k) == 0;
+		if (!ok) {
+			size_t used;
+			if (lua_type(L, -1) == LUA_TSTRING)
+				used = (size_t)snprintf(err, errlen, "unknown key '%s.%s' (", what,
+				                        lua_tostring(L, -1));
+			else if (lua_isinteger(L, -1))
+				used = (size_t)snprintf(err, errlen, "unknown key %s[%lld] (", what,
+				                        (long long)lua_tointeger(L, -1));
+			else
+				used = (size_t)snprintf(err, errlen, "unknown key in %s, a %s (", what,
+				                        luaL_typename(L, -1));
+			for (const char *const *k = known; *k && used < errlen; k++)
+				used += (size_t)snprintf(err + used, errlen - used, "%s%s",
+				                         k == known ? "" : ", ", *k);
+			if (used < errlen)
+				snprintf(err + used, errlen - used, ")");
+			lua_pop(L, 1);
+			return -1;
+		}
+	}
+	return 0;
+}
+
+static const char *const req_keys[] = {"user_id", "scopes",  "expires_in", "body", "identity",
+                                       "client",  "headers", "now",        NULL};
+static const char *const identity_keys[] = {"authenticated", "method", "subject", "claims", NULL};
+static const char *const client_keys[] = {"ip", "origin", "user_agent", NULL};
+
+/* Whether field of the table at t is nil or of type want; else err. */
+static int field_type(lua_State *L, int t, const char *what, const char *field, int want, char *err,
+                      size_t errlen)
+{
+	int type = lua_getfield(L, t, field);
+
+	lua_pop(L, 1);
+	if (type == LUA_TNIL || type == want)
+		return 0;
+	snprintf(err, errlen, "%s.%s must be a %s, got %s", what, field, lua_typename(L, want),
+	         type == LUA_TLIGHTUSERDATA ? "null" : lua_typename(L, type));
+	return -1;
+}
+
+/*
+ * The description at idx has only known keys (a typo such as req.identiy
+ * would otherwise describe another request than the author thinks), and
+ * each of its parts the type it must have. 0, or -1 with the reason.
+ */
+static int check_shape(lua_State *L, int idx, char *err, size_t errlen)
+{
+	int rc = -1;
+
+	if (policyeval_known_keys(L, idx, "req", req_keys, err, errlen) != 0 ||
+	    field_type(L, idx, "req", "identity", LUA_TTABLE, err, errlen) != 0 ||
+	    field_type(L, idx, "req", "client", LUA_TTABLE, err, errlen) != 0 ||
+	    field_type(L, idx, "req", "headers", LUA_TTABLE, err, errlen) != 0)
+		return -1;
+	if (lua_getfield(L, idx, "now") != LUA_TNIL && !lua_isinteger(L, -1)) {
+		snprintf(err, errlen, "req.now must be an integer (Unix time in seconds)");
+		goto out;
+	}
+	lua_pop(L, 1);
+	if (lua_getfield(L, idx, "body") != LUA_TNIL) {
+		for (int i = 0; i < 2; i++) {
+			const char *f = i ? "expires_in" : "scopes";
+			if (lua_getfield(L, idx, f) != LUA_TNIL) {
+				snprintf(err, errlen,
+				         "req.%s is ignored when req.body is given: put it in req.body", f);
+				goto out;
+			}
+			lua_pop(L, 1);
+		}
+	}
+	lua_pop(L, 1);
+	if (lua_getfield(L, idx, "identity") == LUA_TTABLE) {
+		int id = lua_gettop(L);
+		if (policyeval_known_keys(L, id, "req.identity", identity_keys, err, errlen) != 0 ||
+		    field_type(L, id, "req.identity", "authenticated", LUA_TBOOLEAN, err, errlen) != 0 ||
+		    field_type(L, id, "req.identity", "method", LUA_TSTRING, err, errlen) != 0 ||
+		    field_type(L, id, "req.identity", "subject", LUA_TSTRING, err, errlen) != 0 ||
+		    field_type(L, id, "req.identity", "claims", LUA_TTABLE, err, errlen) != 0)
+			goto out;
+		if (lua_getfield(L, id, "method") == LUA_TSTRING) {
+			const char *m = lua_tostring(L, -1);
+			if (strcmp(m, "jwt") != 0 && strcmp(m, "client_key") != 0 &&
+			    strcmp(m, "proxy") != 0 && strcmp(m, "none") != 0) {
+				snprintf(
+				    err, errlen,
+				    "req.identity.method \"%s\" is not one of jwt, client_key, proxy, none",
+				    m);
+				goto out;
+			}
+		}
+		lua_pop(L, 1);
+	}
+	lua_pop(L, 1);
+	if (lua_getfield(L, idx, "client") == LUA_TTABLE) {
+		int c = lua_gettop(L);
+		if (policyeval_known_keys(L, c, "req.client", client_keys, err, errlen) != 0)
+			goto out;
+		for (const char *const *k = client_keys; *k; k++)
+			if (field_type(L, c, "req.client", *k, LUA_TSTRING, err, errlen) != 0)
+				goto out;
+	}
+	lua_pop(L, 1);
+	if (lua_getfield(L, idx, "headers") == LUA_TTABLE) {
+		lua_pushnil(L);
+		while (lua_next(L, -2)) {
+			if (lua_type(L, -2) != LUA_TSTRING || lua_type(L, -1) != LUA_TSTRING) {
+				snprintf(err, errlen, "req.headers maps names to strings (a %s to a %s)",
+				         luaL_typename(L, -2), luaL_typename(L, -1));
+				lua_pop(L, 2);
+				goto out;
+			}
+			lua_pop(L, 1);
+		}
+	}
+	lua_pop(L, 1);
+	return 0;
+out:
+	lua_pop(L, 1);
+	return rc;
 }
 
 /* req.body (or one made of req's user_id, scopes and expires_in), pushed and
@@ -142,6 +279,8 @@ static int build_req(lua_State *L, int idx, const struct tenant *t, struct case_
 	memset(cr, 0, sizeof(*cr));
 	idx = lua_absindex(L, idx);
 	rq->tenant = t;
+	if (check_shape(L, idx, err, errlen) != 0)
+		return -1;
 	rq->user_id = opt_string(L, idx, "user_id");
 	if (!rq->user_id || !scope_user_id_valid(rq->user_id, strlen(rq->user_id))) {
 		snprintf(err, errlen, "req.user_id must be a valid user id");
@@ -169,7 +308,7 @@ void policyeval_decide(struct policy_engine *e, lua_State *L, int reqidx, const 
 		return;
 	}
 	if (build_req(L, reqidx, t, cr, o->err, sizeof(o->err)) != 0) {
-		/* o->err says why */
+		o->invalid = true; /* o->err says why */
 	} else if (policy_decide(e, &cr->rq, &o->dec, o->err, sizeof(o->err)) != 0) {
 		/* o->err says why */
 	} else if (!o->dec.allow) {
@@ -240,6 +379,12 @@ int policyeval_run(struct policy_engine *e, const struct tenant *t, const char *
 	if (!o)
 		return 1;
 	policyeval_decide(e, L, -1, t, o);
+	if (o->invalid) { /* a request that cannot be (a typo, a body the server refuses) */
+		fprintf(stderr, "courier-broker eval: the request: %s\n", o->err);
+		lua_settop(L, top);
+		free(o);
+		return 1;
+	}
 	lua_createtable(L, 0, 8);
 	lua_pushstring(L, t->name);
 	lua_setfield(L, -2, "tenant");

@@ -10,6 +10,7 @@
 #ifndef BROKER_POLICYEVAL_H
 #define BROKER_POLICYEVAL_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdio.h>
 
@@ -25,12 +26,18 @@ struct policyeval_outcome {
 	struct decision dec; /* what the policy returned */
 	struct grant grant;  /* after the ceiling, when allowed */
 	char err[512];       /* why, when POLICYEVAL_ERROR */
+	bool invalid;        /* POLICYEVAL_ERROR: the description itself was refused, no policy ran */
 };
 
 /* Decides the request described by the table at reqidx on L (the engine's
  * state) for tenant t; fills o. Leaves the stack as it was. */
 void policyeval_decide(struct policy_engine *e, struct lua_State *L, int reqidx, const struct tenant *t,
                        struct policyeval_outcome *o);
+
+/* Whether every key of the table at idx is one of known (NULL-terminated).
+ * Returns 0, or -1 with "unknown key 'WHAT.KEY' (known, ...)" in err. */
+int policyeval_known_keys(struct lua_State *L, int idx, const char *what, const char *const *known, char *err,
+                          size_t errlen);
 
 /* `eval`: decodes a request description (JSON: user_id, body, identity, client,
  * headers, now), decides, applies the envelope and prints the result as JSON

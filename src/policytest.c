@@ -25,6 +25,7 @@
 #include "duration.h"
 #include "fileio.h"
 #include "json.h"
+#include "lualex.h"
 #include "policy.h"
 #include "policyeval.h"
 #include "scope.h"
@@ -54,6 +55,12 @@ struct cov_file {
 	size_t nlines; /* entries of code and hit: lines 0 .. nlines - 1 */
 	unsigned char *code, *hit;
 	bool policy; /* a policy under test (reported even when nothing ran) */
+	/* Branches: the if/elseif conditions (site k on line site_line[k - 1]),
+	 * and whether each was seen false (seen[2k - 2]) and true (seen[2k - 1]). */
+	bool branches;
+	size_t nsites;
+	int *site_line;
+	unsigned char *seen;
 };
 
 static struct cov_file *cov_find(struct report *rep, const char *path, bool add)
@@ -102,16 +109,81 @@ static void cov_hit(void *ctx, const char *path, int line)
 		f->hit[line] = 1;
 }
 
+static void cov_branch_hit(void *ctx, const char *path, int id, bool value)
+{
+	struct cov_file *f = cov_find(ctx, path, false);
+
+	if (f && f->branches && id >= 1 && (size_t)id <= f->nsites)
+		f->seen[2 * (size_t)(id - 1) + value] = 1;
+}
+
+/* For --coverage: *text (a policy's or a module's source at path) becomes
+ * the same source with its conditions recorded (policy_branch_instrument);
+ * left as it is when that fails (the file then has no branch figures). */
+static void cov_instrument(struct report *rep, const char *path, char **text, size_t *len)
+{
+	struct cov_file *f = cov_find(rep, path, true);
+	char *out;
+	size_t outlen, n;
+	int *lines;
+
+	if (!f || policy_branch_instrument(*text, *len, &out, &outlen, &lines, &n) != 0)
+		return;
+	if (!f->branches) {
+		f->seen = calloc(2 * n + 2, 1);
+		if (!f->seen) {
+			free(out);
+			free(lines);
+			return;
+		}
+		f->branches = true;
+		f->nsites = n;
+		f->site_line = lines;
+	} else {
+		free(lines);
+	}
+	free(*text);
+	*text = out;
+	*len = outlen;
+}
+
+/* Prints "file: N% (taken/total branches), not taken: LINE (true) ..."
+ * for a file with conditions; returns its percentage (100 without). */
+static int cov_report_branches(struct report *rep, struct cov_file *f)
+{
+	size_t total = 2 * f->nsites, taken = 0;
+	const char *sep = ", not taken: ";
+	int pct;
+
+	for (size_t k = 0; k < total; k++)
+		taken += f->seen[k];
+	pct = total ? (int)(taken * 100 / total) : 100;
+	if (!total || rep->json)
+		return pct;
+	fprintf(rep->out, "%s: %d%% (%zu/%zu branches)", f->path, pct, taken, total);
+	for (size_t k = 0; k < total; k++) {
+		if (f->seen[k])
+			continue;
+		fprintf(rep->out, "%s%d (%s)", sep, f->site_line[k / 2], k % 2 ? "true" : "false");
+		sep = " ";
+	}
+	fputc('\n', rep->out);
+	return pct;
+}
+
 static int cmp_cov(const void *a, const void *b)
 {
 	return strcmp(((const struct cov_file *)a)->path, ((const struct cov_file *)b)->path);
 }
 
-/* Prints "file: N% (covered/total lines)" per file; returns the lowest
- * percentage (rounded down), 100 when there is no file. */
-static int cov_report(struct report *rep)
+/* Prints "file: N% (covered/total lines)" per file, and its branches; returns
+ * the lowest percentage of lines (rounded down), 100 when there is no file,
+ * and the lowest of branches in *lowest_branch. */
+static int cov_report(struct report *rep, int *lowest_branch)
 {
 	int lowest = 100;
+
+	*lowest_branch = 100;
 
 	if (rep->n_cov)
 		qsort(rep->cov, rep->n_cov, sizeof(*rep->cov), cmp_cov);
@@ -126,12 +198,21 @@ static int cov_report(struct report *rep)
 		pct = total ? (int)(covered * 100 / total) : 100;
 		if (pct < lowest)
 			lowest = pct;
-		if (rep->json)
-			fprintf(
-			    rep->out,
-			    "{\"coverage\":{\"file\":\"%s\",\"percent\":%d,\"covered\":%zu,\"total\":%zu}}\n",
-			    f->path, pct, covered, total);
-		else {
+		if (rep->json) {
+			size_t taken = 0;
+			for (size_t k = 0; f->branches && k < 2 * f->nsites; k++)
+				taken += f->seen[k];
+			fprintf(rep->out,
+			        "{\"coverage\":{\"file\":\"%s\",\"percent\":%d,\"covered\":%zu,\"total\":%zu",
+			        f->path, pct, covered, total);
+			if (f->branches)
+				fprintf(
+				    rep->out,
+				    ",\"branch_percent\":%d,\"branches_taken\":%zu,\"branches_total\":%zu",
+				    f->nsites ? (int)(taken * 100 / (2 * f->nsites)) : 100, taken,
+				    2 * f->nsites);
+			fprintf(rep->out, "}}\n");
+		} else {
 			const char *sep = ", not covered: ";
 			fprintf(rep->out, "%s: %d%% (%zu/%zu lines)", f->path, pct, covered, total);
 			for (size_t l = 0; l < f->nlines; l++) {
@@ -142,9 +223,16 @@ static int cov_report(struct report *rep)
 			}
 			fputc('\n', rep->out);
 		}
+		if (f->branches) {
+			int bpct = cov_report_branches(rep, f);
+			if (bpct < *lowest_branch)
+				*lowest_branch = bpct;
+		}
 		free(f->path);
 		free(f->code);
 		free(f->hit);
+		free(f->site_line);
+		free(f->seen);
 	}
 	free(rep->cov);
 	rep->cov = NULL;
@@ -184,8 +272,81 @@ static bool same_scopes(lua_State *L, int idx, const struct grant *g, char *why,
 	return true;
 }
 
-/* Compares the outcome with the case's expect table at idx. */
-static bool check_expect(lua_State *L, int idx, const struct policyeval_outcome *o, char *why, size_t whylen)
+/* Appends the list of strings at idx as ["a", "b"] to buf. */
+static void quote_list(lua_State *L, int idx, luaL_Buffer *b)
+{
+	lua_Integer n = (lua_Integer)lua_rawlen(L, idx);
+
+	luaL_addchar(b, '[');
+	for (lua_Integer i = 1; i <= n; i++) {
+		if (i > 1)
+			luaL_addstring(b, ", ");
+		lua_rawgeti(L, idx, i);
+		lua_pushfstring(L, "\"%s\"", lua_tostring(L, -1) ? lua_tostring(L, -1) : "?");
+		lua_remove(L, -2);
+		luaL_addvalue(b);
+	}
+	luaL_addchar(b, ']');
+}
+
+/* Whether the decision's broker.log lines are exactly the list at idx. */
+static bool same_logs(lua_State *L, int idx, const char *log, char *why, size_t whylen)
+{
+	lua_Integer want = (lua_Integer)lua_rawlen(L, idx), n = 0;
+	bool ok = true;
+	int top = lua_gettop(L), got;
+
+	lua_newtable(L);
+	got = lua_gettop(L);
+	for (const char *p = log, *nl; (nl = strchr(p, '\n')); p = nl + 1) {
+		lua_pushlstring(L, p, (size_t)(nl - p));
+		lua_rawseti(L, got, ++n);
+	}
+	for (lua_Integer i = 1; ok && i <= (n > want ? n : want); i++) {
+		lua_rawgeti(L, idx, i);
+		lua_rawgeti(L, got, i);
+		ok = lua_type(L, -1) == LUA_TSTRING && lua_type(L, -2) == LUA_TSTRING &&
+		     strcmp(lua_tostring(L, -1), lua_tostring(L, -2)) == 0;
+		lua_pop(L, 2);
+	}
+	if (!ok) {
+		luaL_Buffer b;
+		luaL_buffinit(L, &b);
+		luaL_addstring(&b, "expected logs ");
+		quote_list(L, idx, &b);
+		luaL_addstring(&b, ", got ");
+		quote_list(L, got, &b);
+		luaL_pushresult(&b);
+		snprintf(why, whylen, "%s", lua_tostring(L, -1));
+	}
+	lua_settop(L, top);
+	return ok;
+}
+
+static bool check_outcome(lua_State *L, int idx, const struct policyeval_outcome *o, char *why,
+                          size_t whylen);
+
+/* Compares the outcome (and the decision's broker.log lines, log) with the
+ * case's expect table at idx. */
+static bool check_expect(lua_State *L, int idx, const struct policyeval_outcome *o, const char *log,
+                         char *why, size_t whylen)
+{
+	idx = lua_absindex(L, idx);
+	if (o->invalid) {
+		snprintf(why, whylen, "%s", o->err);
+		return false;
+	}
+	if (!check_outcome(L, idx, o, why, whylen))
+		return false;
+	if (lua_getfield(L, idx, "logs") == LUA_TTABLE && !same_logs(L, lua_gettop(L), log, why, whylen)) {
+		lua_pop(L, 1);
+		return false;
+	}
+	lua_pop(L, 1);
+	return true;
+}
+
+static bool check_outcome(lua_State *L, int idx, const struct policyeval_outcome *o, char *why, size_t whylen)
 {
 	bool ok = true;
 	int top = lua_gettop(L);
@@ -293,26 +454,27 @@ static void report_case(struct report *rep, const char *file, const char *name, 
 }
 
 /*
- * Loads a test file on e and pushes its list of cases. It runs in the one
+ * Loads a test file on e and pushes its list of cases; its text goes to
+ * *text (the caller frees it), to find the lines of cases. It runs in the one
  * sandbox of the broker (policy_sandbox_run): the policies' charged
  * libraries, memory cap, instruction and time budgets, its globals in its
  * own environment, so nothing it does outlives it, and a loop, a C loop or
  * a memory bomb in it fails the file (and a reload) quickly instead of
  * hanging or growing the process.
  */
-static int load_cases(struct policy_engine *e, const char *path, char *err, size_t errlen)
+static int load_cases(struct policy_engine *e, const char *path, char **text, size_t *len, char *err,
+                      size_t errlen)
 {
 	lua_State *L = policy_engine_lua(e);
-	char *buf, why[128];
-	size_t len;
+	char why[128];
 	int rc;
 
-	if (fileio_read(path, MAX_TEST_FILE, 0, &buf, &len, why, sizeof(why)) != 0) {
+	*text = NULL;
+	if (fileio_read(path, MAX_TEST_FILE, 0, text, len, why, sizeof(why)) != 0) {
 		snprintf(err, errlen, "%s: %s", path, why);
 		return -1;
 	}
-	rc = policy_sandbox_run(e, path, buf, len, err, errlen);
-	free(buf);
+	rc = policy_sandbox_run(e, path, *text, *len, err, errlen);
 	if (rc != 0)
 		return -1;
 	lua_remove(L, -2); /* the file's globals */
@@ -324,56 +486,398 @@ static int load_cases(struct policy_engine *e, const char *path, char *err, size
 	return 0;
 }
 
+/* ------------------------------------------------------ strict test files */
+
+static const char *const case_keys[] = {"name", "req", "expect", "data", NULL};
+static const char *const expect_keys[] = {"allow", "scopes", "expires_in", "reason", "error", "logs", NULL};
+static const char *const file_keys[] = {"data", "now", "identity", NULL};
+
+/* Pushes, for the test file's text, { [NAME] = { line, line, ... } }: the
+ * lines of each `name = "NAME"` in it, in order (read once per file with
+ * the Lua tokenizer, so a name in a comment or in another string is none). */
+static void push_case_lines(lua_State *L, const char *text, size_t len)
+{
+	struct lualex x;
+	struct lualex_token t, eq, str;
+
+	lua_newtable(L);
+	if (!text)
+		return;
+	lualex_init(&x, text, len);
+	while (lualex_next(&x, &t) != LUALEX_END && t.kind != LUALEX_BAD) {
+		struct lualex save = x;
+		if (!lualex_is(&x, &t, "name"))
+			continue;
+		if (lualex_next(&x, &eq) != LUALEX_OTHER || text[eq.start] != '=' ||
+		    (x.pos < len && text[x.pos] == '=') || lualex_next(&x, &str) != LUALEX_STRING ||
+		    str.escapes) {
+			x = save;
+			continue;
+		}
+		lua_pushlstring(L, text + str.body, str.body_len);
+		if (lua_rawget(L, -2) != LUA_TTABLE) {
+			lua_pop(L, 1);
+			lua_newtable(L);
+			lua_pushlstring(L, text + str.body, str.body_len);
+			lua_pushvalue(L, -2);
+			lua_rawset(L, -4);
+		}
+		lua_pushinteger(L, t.line);
+		lua_rawseti(L, -2, (lua_Integer)lua_rawlen(L, -2) + 1);
+		lua_pop(L, 1);
+	}
+}
+
+/* The line of the nth (1-based) case named name, from the table at lines
+ * (push_case_lines); 0 when unknown (a name built by code). */
+static int case_line(lua_State *L, int lines, const char *name, int nth)
+{
+	int top = lua_gettop(L), line = 0;
+
+	if (lua_getfield(L, lines, name) == LUA_TTABLE && lua_rawgeti(L, -1, nth) == LUA_TNUMBER)
+		line = (int)lua_tointeger(L, -1);
+	lua_settop(L, top);
+	return line;
+}
+
+/* Whether the field of the table at t is nil or a list of strings. */
+static bool string_list(lua_State *L, int t, const char *field)
+{
+	bool ok = true;
+
+	if (lua_getfield(L, t, field) == LUA_TNIL) {
+		lua_pop(L, 1);
+		return true;
+	}
+	if (!lua_istable(L, -1)) {
+		lua_pop(L, 1);
+		return false;
+	}
+	lua_pushnil(L);
+	while (ok && lua_next(L, -2)) {
+		ok = lua_isinteger(L, -2) && lua_tointeger(L, -2) >= 1 &&
+		     lua_tointeger(L, -2) <= (lua_Integer)lua_rawlen(L, -3) && lua_type(L, -1) == LUA_TSTRING;
+		lua_pop(L, ok ? 1 : 2);
+	}
+	lua_pop(L, 1);
+	return ok;
+}
+
+/* The case's expect table at idx says something, with known keys of the
+ * right types. 0 or -1 with the reason. */
+static int check_expect_shape(lua_State *L, int idx, char *err, size_t errlen)
+{
+	int allow, error;
+
+	if (policyeval_known_keys(L, idx, "expect", expect_keys, err, errlen) != 0)
+		return -1;
+	allow = lua_getfield(L, idx, "allow");
+	error = lua_getfield(L, idx, "error");
+	lua_pop(L, 2);
+	if (error != LUA_TNIL && error != LUA_TBOOLEAN) {
+		snprintf(err, errlen, "expect.error must be true or false");
+		return -1;
+	}
+	lua_getfield(L, idx, "error");
+	error = lua_toboolean(L, -1) ? 1 : 0;
+	lua_pop(L, 1);
+	if (error) {
+		for (const char *const *k = expect_keys; *k; k++) {
+			if (strcmp(*k, "error") == 0 || strcmp(*k, "logs") == 0)
+				continue;
+			if (lua_getfield(L, idx, *k) != LUA_TNIL) {
+				snprintf(err, errlen,
+				         "expect.error = true expects a policy error: expect.%s can never be "
+				         "checked",
+				         *k);
+				lua_pop(L, 1);
+				return -1;
+			}
+			lua_pop(L, 1);
+		}
+	} else if (allow != LUA_TBOOLEAN) {
+		snprintf(err, errlen, "%s",
+		         allow == LUA_TNIL ? "expect.allow is missing: say whether the request is allowed "
+		                             "(or expect.error = true)"
+		                           : "expect.allow must be true or false");
+		return -1;
+	}
+	if (!string_list(L, idx, "scopes")) {
+		snprintf(err, errlen, "expect.scopes must be a list of strings");
+		return -1;
+	}
+	if (!string_list(L, idx, "logs")) {
+		snprintf(err, errlen,
+		         "expect.logs must be a list of strings (the broker.log lines, in order)");
+		return -1;
+	}
+	if (lua_getfield(L, idx, "reason") > LUA_TNIL && !lua_isstring(L, -1)) {
+		lua_pop(L, 1);
+		snprintf(err, errlen, "expect.reason must be a string");
+		return -1;
+	}
+	lua_pop(L, 1);
+	if (lua_getfield(L, idx, "expires_in") > LUA_TNIL && !lua_isinteger(L, -1) &&
+	    lua_type(L, -1) != LUA_TSTRING) {
+		lua_pop(L, 1);
+		snprintf(err, errlen, "expect.expires_in must be whole seconds or a duration (\"15m\")");
+		return -1;
+	}
+	lua_pop(L, 1);
+	lua_getfield(L, idx, "allow");
+	allow = lua_toboolean(L, -1);
+	lua_pop(L, 1);
+	for (int i = 0; !error && !allow && i < 2; i++) {
+		const char *f = i ? "expires_in" : "scopes";
+		if (lua_getfield(L, idx, f) != LUA_TNIL) {
+			snprintf(err, errlen, "expect.%s is never checked on a deny (allow = false)", f);
+			lua_pop(L, 1);
+			return -1;
+		}
+		lua_pop(L, 1);
+	}
+	return 0;
+}
+
+/* The file's own keys (fixtures) and its list: 0 or -1 with the reason. */
+static int check_file_shape(lua_State *L, int cases, char *err, size_t errlen)
+{
+	lua_Integer n = (lua_Integer)lua_rawlen(L, cases);
+
+	lua_pushnil(L);
+	while (lua_next(L, cases)) {
+		lua_pop(L, 1);
+		if (lua_isinteger(L, -1) && lua_tointeger(L, -1) >= 1 && lua_tointeger(L, -1) <= n)
+			continue;
+		if (lua_type(L, -1) == LUA_TSTRING) {
+			bool known = false;
+			for (const char *const *k = file_keys; *k && !known; k++)
+				known = strcmp(*k, lua_tostring(L, -1)) == 0;
+			if (known)
+				continue;
+			snprintf(err, errlen,
+			         "unknown key '%s' in the file's table (data, now, identity, and the cases)",
+			         lua_tostring(L, -1));
+		} else {
+			snprintf(err, errlen, "the list of cases has a hole or a key that is not a case (%s)",
+			         luaL_typename(L, -1));
+		}
+		lua_pop(L, 1);
+		return -1;
+	}
+	if (lua_getfield(L, cases, "now") != LUA_TNIL && !lua_isinteger(L, -1)) {
+		lua_pop(L, 1);
+		snprintf(err, errlen, "now must be an integer (Unix time in seconds)");
+		return -1;
+	}
+	lua_pop(L, 1);
+	if (lua_getfield(L, cases, "identity") != LUA_TNIL && !lua_istable(L, -1)) {
+		lua_pop(L, 1);
+		snprintf(err, errlen, "identity must be a table (the cases' default req.identity)");
+		return -1;
+	}
+	lua_pop(L, 1);
+	return 0;
+}
+
+/* A case's own shape at idx (not its request: policyeval.c checks that). */
+static int check_case_shape(lua_State *L, int idx, char *err, size_t errlen)
+{
+	int data;
+
+	if (policyeval_known_keys(L, idx, "case", case_keys, err, errlen) != 0)
+		return -1;
+	if (lua_getfield(L, idx, "req") != LUA_TTABLE) {
+		lua_pop(L, 1);
+		snprintf(err, errlen, "a case needs a req table");
+		return -1;
+	}
+	lua_pop(L, 1);
+	if (lua_getfield(L, idx, "expect") != LUA_TTABLE) {
+		lua_pop(L, 1);
+		snprintf(err, errlen, "a case needs an expect table: what must come out");
+		return -1;
+	}
+	if (check_expect_shape(L, lua_gettop(L), err, errlen) != 0) {
+		lua_pop(L, 1);
+		return -1;
+	}
+	lua_pop(L, 1);
+	data = lua_getfield(L, idx, "data");
+	lua_pop(L, 1);
+	if (data != LUA_TNIL && data != LUA_TTABLE && data != LUA_TBOOLEAN) {
+		snprintf(err, errlen, "data must be a table (broker.data for this case) or false (none)");
+		return -1;
+	}
+	return 0;
+}
+
+/* ------------------------------------------------------------ fixtures */
+
+/* The JSON of a data fixture at idx (a table; false: "" = none), pushed,
+ * or NULL with the reason. */
+static const char *fixture_json(lua_State *L, int idx, size_t *len, char *err, size_t errlen)
+{
+	const char *s;
+
+	if (lua_type(L, idx) == LUA_TBOOLEAN) {
+		if (lua_toboolean(L, idx)) {
+			snprintf(err, errlen, "data must be a table or false");
+			return NULL;
+		}
+		lua_pushliteral(L, "");
+		*len = 0;
+		return lua_tostring(L, -1);
+	}
+	s = json_encode(L, idx, len);
+	if (!s)
+		snprintf(err, errlen,
+		         "data cannot be written as JSON (a data file could not hold it: "
+		         "functions, mixed or sparse lists)");
+	return s;
+}
+
+/* Pushes the request the case describes (req at ridx), with the file's
+ * defaults (now, identity) for what it leaves out. */
+static void push_req_with_defaults(lua_State *L, int ridx, int cases)
+{
+	static const char *const defaults[] = {"now", "identity"};
+
+	lua_newtable(L);
+	lua_pushnil(L);
+	while (lua_next(L, ridx)) {
+		lua_pushvalue(L, -2);
+		lua_insert(L, -2);
+		lua_rawset(L, -4);
+	}
+	for (size_t i = 0; i < 2; i++) {
+		if (lua_getfield(L, -1, defaults[i]) == LUA_TNIL) {
+			lua_getfield(L, cases, defaults[i]);
+			lua_setfield(L, -3, defaults[i]);
+		}
+		lua_pop(L, 1);
+	}
+}
+
+static void report_case_at(struct report *rep, const char *file, const char *name, int line, const char *why)
+{
+	char msg[768];
+
+	if (line > 0)
+		snprintf(msg, sizeof(msg), "%s:%d: %s", file, line, why);
+	else
+		snprintf(msg, sizeof(msg), "%s: %s", file, why);
+	report_case(rep, file, name, false, msg);
+}
+
 static int run_file(struct policy_engine *e, const struct tenant *t, const char *path, struct report *rep)
 {
 	lua_State *L = policy_engine_lua(e);
-	int top = lua_gettop(L), cases;
-	char err[512];
+	int top = lua_gettop(L), cases, lines, seen;
+	char err[512], label[64];
+	char *text = NULL;
+	size_t text_len = 0;
 	lua_Integer n;
 
-	if (load_cases(e, path, err, sizeof(err)) != 0) {
+	if (load_cases(e, path, &text, &text_len, err, sizeof(err)) != 0) {
 		report_case(rep, path, "(load)", false, err);
+		free(text);
 		return -1;
 	}
 	cases = lua_gettop(L);
+	if (check_file_shape(L, cases, err, sizeof(err)) != 0) {
+		report_case_at(rep, path, "(file)", 0, err);
+		lua_settop(L, top);
+		free(text);
+		return -1;
+	}
+	push_case_lines(L, text, text_len);
+	lines = lua_gettop(L);
+	lua_newtable(L); /* name -> how many cases so far had it */
+	seen = lua_gettop(L);
 	n = (lua_Integer)lua_rawlen(L, cases);
 	for (lua_Integer i = 1; i <= n; i++) {
 		struct policyeval_outcome *o;
-		const char *name;
+		const char *name = label, *json = NULL;
 		char why[512] = "";
+		int line = 0, nth = 1, data;
+		size_t jlen = 0;
 		bool ok;
 
+		snprintf(label, sizeof(label), "(case %lld)", (long long)i);
 		lua_rawgeti(L, cases, i);
 		if (!lua_istable(L, -1)) {
-			report_case(rep, path, "(case)", false, "each case must be a table");
-			lua_settop(L, cases);
+			report_case_at(rep, path, label, 0, "each case must be a table");
+			lua_settop(L, seen);
 			continue;
 		}
-		lua_getfield(L, -1, "name");
-		name = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "(unnamed)";
+		if (lua_getfield(L, -1, "name") == LUA_TSTRING && lua_rawlen(L, -1) > 0) {
+			name = lua_tostring(L, -1);
+			lua_pushvalue(L, -1);
+			if (lua_rawget(L, seen) == LUA_TNUMBER)
+				nth = (int)lua_tointeger(L, -1) + 1;
+			lua_pop(L, 1);
+			lua_pushvalue(L, -1);
+			lua_pushinteger(L, nth);
+			lua_rawset(L, seen);
+			line = case_line(L, lines, name, nth);
+		}
 		if (rep->pattern && !strstr(name, rep->pattern)) {
-			lua_settop(L, cases);
+			lua_settop(L, seen);
 			continue;
 		}
-		lua_getfield(L, -2, "req");
-		lua_getfield(L, -3, "expect");
-		if (!lua_istable(L, -2) || !lua_istable(L, -1)) {
-			report_case(rep, path, name, false, "a case needs req and expect tables");
-			lua_settop(L, cases);
+		if (name == label) {
+			report_case_at(rep, path, label, 0, "a case needs a name (a non-empty string)");
+			lua_settop(L, seen);
 			continue;
 		}
+		if (nth > 1) {
+			snprintf(why, sizeof(why), "duplicate case name (case %d of that name)", nth);
+			report_case_at(rep, path, name, line, why);
+			lua_settop(L, seen);
+			continue;
+		}
+		if (check_case_shape(L, seen + 1, why, sizeof(why)) != 0) {
+			report_case_at(rep, path, name, line, why);
+			lua_settop(L, seen);
+			continue;
+		}
+		/* The data fixture: the case's, else the file's, else the tenant's own. */
+		data = lua_getfield(L, seen + 1, "data");
+		if (data == LUA_TNIL) {
+			lua_pop(L, 1);
+			data = lua_getfield(L, cases, "data");
+		}
+		if (data != LUA_TNIL && (!(json = fixture_json(L, lua_gettop(L), &jlen, why, sizeof(why))) ||
+		                         policy_engine_set_data(e, t, json, jlen, why, sizeof(why)) != 0)) {
+			report_case_at(rep, path, name, line, why);
+			if (json)
+				policy_engine_set_data(e, t, NULL, 0, err, sizeof(err));
+			lua_settop(L, seen);
+			continue;
+		}
+		lua_getfield(L, seen + 1, "req");
+		push_req_with_defaults(L, lua_gettop(L), cases);
+		lua_getfield(L, seen + 1, "expect");
 		o = calloc(1, sizeof(*o));
 		if (!o) {
 			lua_settop(L, top);
+			free(text);
 			return -1;
 		}
 		policyeval_decide(e, L, -2, t, o);
-		ok = check_expect(L, -1, o, why, sizeof(why));
-		report_case(rep, path, name, ok, why);
+		ok = check_expect(L, -1, o, policy_decision_log(e), why, sizeof(why));
+		if (json)
+			policy_engine_set_data(e, t, NULL, 0, err, sizeof(err));
+		if (ok || !o->invalid)
+			report_case(rep, path, name, ok, why);
+		else
+			report_case_at(rep, path, name, line, why);
 		free(o);
-		lua_settop(L, cases);
+		lua_settop(L, seen);
 	}
 	lua_settop(L, top);
+	free(text);
 	return 0;
 }
 
@@ -430,6 +934,11 @@ static int test_file_standalone(const char *path, struct report *rep)
 		report_case(rep, path, "(load)", false, err);
 		goto out;
 	}
+	if (rep->coverage) { /* branch coverage: conditions that report their value */
+		cov_instrument(rep, t.policy_path, &t.policy_text, &t.policy_len);
+		for (size_t i = 0; i < t.n_modules; i++)
+			cov_instrument(rep, t.modules[i].path, &t.modules[i].text, &t.modules[i].len);
+	}
 	snprintf(t.policy_revision, sizeof(t.policy_revision), "test");
 	t.max_expires_s = 7 * 86400;
 	t.default_expires_s = 3600;
@@ -452,8 +961,10 @@ static int test_file_standalone(const char *path, struct report *rep)
 		goto out;
 	}
 	rc = run_file(e, &t, path, rep);
-	if (rep->coverage)
+	if (rep->coverage) {
 		policy_coverage_each(e, cov_hit, rep);
+		policy_branch_each(e, cov_branch_hit, rep);
+	}
 	policy_engine_free(e);
 out:
 	policyfiles_free(&t);
@@ -520,7 +1031,7 @@ static void run_path(const char *path, struct report *rep)
 int policytest_main(int argc, char **argv)
 {
 	struct report rep = {.out = stdout};
-	int npaths = 0, threshold = -1, lowest = 100;
+	int npaths = 0, threshold = -1, branch_threshold = -1, lowest = 100, lowest_branch = 100;
 
 	for (int i = 0; i < argc; i++) {
 		if (strcmp(argv[i], "--run") == 0 && i + 1 < argc)
@@ -535,15 +1046,21 @@ int policytest_main(int argc, char **argv)
 			}
 		} else if (strcmp(argv[i], "--coverage") == 0) {
 			rep.coverage = true;
-		} else if (strcmp(argv[i], "--threshold") == 0 && i + 1 < argc) {
+		} else if ((strcmp(argv[i], "--threshold") == 0 ||
+		            strcmp(argv[i], "--branch-threshold") == 0) &&
+		           i + 1 < argc) {
 			char *end;
-			long n = strtol(argv[++i], &end, 10);
-			if (*end || end == argv[i] || n < 0 || n > 100) {
-				fprintf(stderr,
-				        "courier-broker test: --threshold is a percentage, 0 to 100\n");
+			long n = strtol(argv[i + 1], &end, 10);
+			if (*end || end == argv[i + 1] || n < 0 || n > 100) {
+				fprintf(stderr, "courier-broker test: %s is a percentage, 0 to 100\n",
+				        argv[i]);
 				return 2;
 			}
-			threshold = (int)n;
+			if (strcmp(argv[i], "--threshold") == 0)
+				threshold = (int)n;
+			else
+				branch_threshold = (int)n;
+			i++;
 			rep.coverage = true;
 		} else if (argv[i][0] == '-' && argv[i][1]) {
 			fprintf(stderr, "courier-broker test: unknown option %s\n", argv[i]);
@@ -562,7 +1079,7 @@ int policytest_main(int argc, char **argv)
 	}
 	for (int i = 0; i < argc; i++) {
 		if (strcmp(argv[i], "--run") == 0 || strcmp(argv[i], "--format") == 0 ||
-		    strcmp(argv[i], "--threshold") == 0) {
+		    strcmp(argv[i], "--threshold") == 0 || strcmp(argv[i], "--branch-threshold") == 0) {
 			i++;
 			continue;
 		}
@@ -571,7 +1088,7 @@ int policytest_main(int argc, char **argv)
 		run_path(argv[i], &rep);
 	}
 	if (rep.coverage)
-		lowest = cov_report(&rep);
+		lowest = cov_report(&rep, &lowest_branch);
 	if (rep.json)
 		fprintf(stdout, "{\"passed\":%d,\"failed\":%d}\n", rep.passed, rep.failed);
 	if (rep.L)
@@ -585,6 +1102,11 @@ int policytest_main(int argc, char **argv)
 	if (threshold >= 0 && lowest < threshold) {
 		fprintf(stderr, "courier-broker test: coverage %d%% is below the threshold of %d%%\n", lowest,
 		        threshold);
+		return 1;
+	}
+	if (branch_threshold >= 0 && lowest_branch < branch_threshold) {
+		fprintf(stderr, "courier-broker test: branch coverage %d%% is below the threshold of %d%%\n",
+		        lowest_branch, branch_threshold);
 		return 1;
 	}
 	return rep.failed ? 1 : 0;

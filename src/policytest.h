@@ -2,9 +2,12 @@
  * policytest.h — policy tests: `courier-broker test`, and the tests `check` runs.
  *
  * A test file NAME_test.lua returns a list of cases
- *   { name = ..., req = { ... }, expect = { allow = ..., scopes = ..., expires_in = ... } }
- * run against NAME.lua in the same folder, through the same engine and
- * envelope as a live request. Never calls Courier.
+ *   { name = ..., req = { ... }, expect = { allow = ..., scopes = ..., expires_in = ..., logs = ... } }
+ * (beside them, the fixtures data, now and identity; a case may have its
+ * own data) run against NAME.lua in the same folder, through the same
+ * engine and envelope as a live request. Strict: an unknown key, a
+ * duplicate name or a case that expects nothing fails, naming file:line.
+ * Never calls Courier.
  */
 #ifndef BROKER_POLICYTEST_H
 #define BROKER_POLICYTEST_H
@@ -19,7 +22,8 @@ struct policy_engine;
 
 /* The command line of `test` (main.c's --help and the usage error quote it). */
 #define POLICYTEST_USAGE                                                                                     \
-	"courier-broker test [--run PATTERN] [--format text|json] [--coverage] [--threshold N] PATH..."
+	"courier-broker test [--run PATTERN] [--format text|json] [--coverage] [--threshold N] "             \
+	"[--branch-threshold N] PATH..."
 
 /* `courier-broker test` with the arguments after "test" (POLICYTEST_USAGE): exit status. */
 int policytest_main(int argc, char **argv);

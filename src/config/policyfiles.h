@@ -11,7 +11,7 @@
 
 struct tenant;
 
-/* A module a policy may require: NAME.lua beside the policy, NAME of
+/* A module the policy requires: NAME.lua beside the policy, NAME of
  * [A-Za-z0-9_], not a test file, read once at load. */
 struct policy_module {
 	char *name;
@@ -20,9 +20,11 @@ struct policy_module {
 	size_t len;
 };
 
-/* Reads the modules beside t->policy_path (t->policy_dir must be set) into
- * t->modules, sorted by name; at most 64, each at most 1 MiB. Returns 0, or
- * -1 with the reason in err. */
+/* Reads the modules t's policy requires (t->policy_text and t->policy_dir
+ * must be set): each require("NAME") with a literal NAME in the policy or
+ * in a module so read, when NAME.lua exists beside the policy; into
+ * t->modules, sorted by name; at most 64, each at most 1 MiB. No other file
+ * of the folder is read. Returns 0, or -1 with the reason in err. */
 int policyfiles_load_modules(struct tenant *t, char *err, size_t errlen);
 
 /* Sets t->policy_revision from the policy, its modules and its data. */

@@ -17,14 +17,29 @@
 #include "scope.h"
 #include "utf8.h"
 
+/* broker.duration(d): seconds in a duration string ("1h"), or d itself
+ * when it is already whole seconds (an integer, or a float with a whole
+ * value, as a JSON number may be): clients send expires_in both ways. The
+ * bounds are duration_parse's (1 s to 10 years) either way. */
 static int broker_duration(lua_State *L)
 {
 	size_t len;
 	const char *s;
 	long long secs;
 
+	if (lua_type(L, 1) == LUA_TNUMBER) {
+		int whole;
+		lua_Integer n = lua_tointegerx(L, 1, &whole);
+		if (!whole)
+			return luaL_error(L, "broker.duration: %f is not whole seconds", lua_tonumber(L, 1));
+		if (n < 1 || n > DURATION_MAX_S)
+			return luaL_error(L, "broker.duration: %I seconds is outside 1 s to 10 years", n);
+		lua_pushinteger(L, n);
+		return 1;
+	}
 	if (lua_type(L, 1) != LUA_TSTRING)
-		return luaL_error(L, "broker.duration: expected a string like \"1h\", got %s",
+		return luaL_error(L,
+		                  "broker.duration: expected a string like \"1h\" or whole seconds, got %s",
 		                  luaL_typename(L, 1));
 	s = lua_tolstring(L, 1, &len);
 	if (duration_parse(s, len, &secs) != 0)

@@ -1,9 +1,12 @@
 /*
- * policy/coverage.c — line coverage of policies (test --coverage).
+ * policy/coverage.c — line and branch coverage of policies (test --coverage).
  *
- * Owns the lines a coverage run records and the reader of a chunk's dumped
- * bytecode that lists a policy's code lines (policy_code_lines). It must
- * never charge coverage to a decision's budget.
+ * Owns the lines a coverage run records, the reader of a chunk's dumped
+ * bytecode that lists a policy's code lines (policy_code_lines), and
+ * branches: the instrumented source that reports each if/elseif
+ * condition's value (policy_branch_instrument) and the outcomes recorded.
+ * It must never charge coverage to a decision's budget, never change what a
+ * condition evaluates to, and never move a line of the source.
  */
 #include "state.h"
 
@@ -13,6 +16,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "config.h"
+#include "lualex.h"
 
 /* Coverage: cov[source][line] = true, outside the decision's memory cap. */
 void coverage_record_line(struct policy_engine *e, lua_State *L, lua_Debug *ar)
@@ -46,13 +52,213 @@ void policy_scrub_syntax_error(char *msg)
 
 /* ------------------------------------------------------------ coverage */
 
+static void branch_on(lua_State *L, struct policy_engine *e);
+
 static int cov_on_protected(lua_State *L)
 {
 	struct policy_engine *e = engine_of(L);
 
 	lua_newtable(L);
 	e->ref_cov = luaL_ref(L, LUA_REGISTRYINDEX);
+	branch_on(L, e);
 	return 0;
+}
+
+/* ------------------------------------------------------------ branches */
+
+static const char branch_key = 'b'; /* registry[&branch_key][path][2 * id + value]: seen */
+
+/* __cov_branch(id, v) in instrumented source: records that condition id of
+ * the calling file was v (true or false) and returns v unchanged. */
+static int cov_branch(lua_State *L)
+{
+	struct policy_engine *e = engine_of(L);
+	lua_Debug ar;
+	bool armed = e->cap_armed;
+	lua_Integer id = lua_tointeger(L, 1);
+	int truthy = lua_toboolean(L, 2);
+
+	lua_settop(L, 2);
+	if (!lua_getstack(L, 1, &ar) || !lua_getinfo(L, "S", &ar) || ar.source[0] != '@' || id < 1 ||
+	    !lua_checkstack(L, 4))
+		return 1;
+	e->cap_armed = false;
+	lua_rawgetp(L, LUA_REGISTRYINDEX, &branch_key);
+	if (lua_getfield(L, -1, ar.source + 1) != LUA_TTABLE) {
+		lua_pop(L, 1);
+		lua_newtable(L);
+		lua_pushvalue(L, -1);
+		lua_setfield(L, -3, ar.source + 1);
+	}
+	lua_pushboolean(L, 1);
+	lua_rawseti(L, -2, 2 * id + truthy);
+	lua_settop(L, 2);
+	e->cap_armed = armed;
+	return 1;
+}
+
+/* Gives every tenant's environments __cov_branch. */
+static void branch_on(lua_State *L, struct policy_engine *e)
+{
+	lua_newtable(L);
+	lua_rawsetp(L, LUA_REGISTRYINDEX, &branch_key);
+	for (size_t i = 0; i < e->n_chunks; i++) {
+		if (e->envmts[i] == LUA_NOREF)
+			continue;
+		lua_rawgeti(L, LUA_REGISTRYINDEX, e->envmts[i]);
+		lua_pushliteral(L, "__index");
+		lua_rawget(L, -2); /* the tenant's base */
+		lua_pushcfunction(L, cov_branch);
+		lua_setfield(L, -2, "__cov_branch");
+		lua_pop(L, 2);
+	}
+}
+
+void policy_branch_each(struct policy_engine *e, void (*fn)(void *ctx, const char *path, int id, bool value),
+                        void *ctx)
+{
+	lua_State *L = e->L;
+	int top = lua_gettop(L);
+
+	if (!e->coverage || lua_rawgetp(L, LUA_REGISTRYINDEX, &branch_key) != LUA_TTABLE) {
+		lua_settop(L, top);
+		return;
+	}
+	lua_pushnil(L);
+	while (lua_next(L, -2)) {
+		const char *path = lua_tostring(L, -2);
+		lua_pushnil(L);
+		while (lua_next(L, -2)) {
+			if (lua_isinteger(L, -2)) {
+				lua_Integer k = lua_tointeger(L, -2);
+				fn(ctx, path, (int)(k / 2), k % 2 != 0);
+			}
+			lua_pop(L, 1);
+		}
+		lua_pop(L, 1);
+	}
+	lua_settop(L, top);
+}
+
+/* What goes after `if`/`elseif`, and before its `then`: the condition's
+ * value passes through __cov_branch (or, while the policy is compiled and
+ * before coverage is on, through a function that only returns it). */
+#define BRANCH_OPEN  " (__cov_branch or function(_, v) return v end)(%d, ("
+#define BRANCH_CLOSE ")) "
+
+struct branch_insert {
+	size_t at;
+	int id; /* 0: BRANCH_CLOSE */
+};
+
+static bool opens_block(const struct lualex *x, const struct lualex_token *t)
+{
+	return lualex_is(x, t, "function") || lualex_is(x, t, "if") || lualex_is(x, t, "do") ||
+	       lualex_is(x, t, "repeat");
+}
+
+static bool closes_block(const struct lualex *x, const struct lualex_token *t)
+{
+	return lualex_is(x, t, "end") || lualex_is(x, t, "until");
+}
+
+static int cmp_insert(const void *a, const void *b)
+{
+	const struct branch_insert *x = a, *y = b;
+
+	/* Never two at one place: an `if` never ends where a `then` starts. */
+	return x->at < y->at ? -1 : x->at > y->at;
+}
+
+/* Whether text is a Lua chunk (compiled in a state of its own, not run). */
+static bool compiles(const char *text, size_t len)
+{
+	lua_State *L = luaL_newstate();
+	bool ok;
+
+	if (!L)
+		return false;
+	ok = luaL_loadbufferx(L, text, len, "=branches", "t") == LUA_OK;
+	lua_close(L);
+	return ok;
+}
+
+int policy_branch_instrument(const char *text, size_t len, char **out, size_t *outlen, int **lines,
+                             size_t *nsites)
+{
+	struct lualex x, scan;
+	struct lualex_token t, u;
+	struct branch_insert *ins = NULL;
+	size_t n_ins = 0, cap = 0, used = 0, from = 0, size;
+	int *sl = NULL, id = 0;
+	char *o = NULL;
+
+	*out = NULL;
+	*lines = NULL;
+	*nsites = 0;
+	/* Only text Lua compiles: its conditions are short (nesting is bounded
+	 * by Lua's own limits), so finding each `then` stays linear; text that
+	 * is not Lua could make it quadratic. */
+	if (!compiles(text, len))
+		return -1;
+	lualex_init(&x, text, len);
+	while (lualex_next(&x, &t) != LUALEX_END) {
+		int depth = 0;
+		if (t.kind == LUALEX_BAD)
+			goto fail;
+		if (!lualex_is(&x, &t, "if") && !lualex_is(&x, &t, "elseif"))
+			continue;
+		scan = x;
+		while (lualex_next(&scan, &u) != LUALEX_END && u.kind != LUALEX_BAD) {
+			if (depth == 0 && lualex_is(&scan, &u, "then"))
+				break;
+			depth += opens_block(&scan, &u) ? 1 : closes_block(&scan, &u) ? -1 : 0;
+		}
+		if (!lualex_is(&scan, &u, "then"))
+			goto fail; /* not Lua: left as it is */
+		if (n_ins + 2 > cap) {
+			struct branch_insert *g = realloc(ins, (cap = cap * 2 + 32) * sizeof(*ins));
+			int *gl = realloc(sl, (cap / 2 + 1) * sizeof(*sl));
+			if (g)
+				ins = g;
+			if (gl)
+				sl = gl;
+			if (!g || !gl)
+				goto fail;
+		}
+		sl[id++] = t.line;
+		ins[n_ins++] = (struct branch_insert){.at = t.start + t.len, .id = id};
+		ins[n_ins++] = (struct branch_insert){.at = u.start, .id = 0};
+	}
+	if (n_ins)
+		qsort(ins, n_ins, sizeof(*ins), cmp_insert);
+	size = len + n_ins * sizeof(BRANCH_OPEN) + n_ins * 12 + 1;
+	o = malloc(size);
+	if (!o)
+		goto fail;
+	for (size_t i = 0; i < n_ins; i++) {
+		memcpy(o + used, text + from, ins[i].at - from);
+		used += ins[i].at - from;
+		from = ins[i].at;
+		if (ins[i].id)
+			used += (size_t)snprintf(o + used, size - used, BRANCH_OPEN, ins[i].id);
+		else
+			used += (size_t)snprintf(o + used, size - used, "%s", BRANCH_CLOSE);
+	}
+	memcpy(o + used, text + from, len - from);
+	used += len - from;
+	o[used] = '\0';
+	free(ins);
+	*out = o;
+	*outlen = used;
+	*lines = sl;
+	*nsites = (size_t)id;
+	return 0;
+fail:
+	free(ins);
+	free(sl);
+	free(o);
+	return -1;
 }
 
 int policy_engine_coverage(struct policy_engine *e)

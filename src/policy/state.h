@@ -15,6 +15,7 @@
  *   alloc.c     the allocator               (-> budget.c)
  *   budget.c    hook, clock, charges        (-> coverage.c, view.c)
  *   coverage.c  lines run, code lines       view.c  read-only views
+ *   fixture.c   a test's broker.data        (-> view.c)
  * and this header under them all.
  */
 #ifndef POLICY_STATE_H

@@ -198,7 +198,7 @@ def test_bad_data_fails_check_naming_the_file(tmp_path):
 def test_module_syntax_error_fails_check(tmp_path):
     pol = tmp_path / "policies"
     pol.mkdir()
-    (pol / "default.lua").write_text('return function(req) return { allow = false } end\n')
+    (pol / "default.lua").write_text('local h = require("helpers")\nreturn function(req) return { allow = false } end\n')
     (pol / "helpers.lua").write_text("return {\n")
     conf = tmp_path / "broker.conf.lua"
     conf.write_text('tenants = { default = { api_key = { env = "COURIER_API_KEY" }, '
@@ -462,6 +462,8 @@ def test_syntax_errors_never_quote_a_file(tmp_path, where):
     (tmp_path / "hex.key").write_text(KEY + "\n")
     os.chmod(tmp_path / "hex.key", 0o600)
     ok = 'return function(req) return { allow = false } end\n'
+    if where == "module":
+        ok = 'local h = require("helpers")\n' + ok
     (pol / "p.lua").write_text(KEY + "\n" if where == "policy" else ok)
     if where == "module":
         (pol / "helpers.lua").write_text(KEY + "\n")

@@ -749,15 +749,20 @@ static void test_policy_data_and_modules(void **state)
 	const struct tenant *t;
 	char rev1[17], rev2[17], rev3[17];
 
+	write_file(f->dir, "policies/default.lua",
+	           "local h = require('helpers')\n"
+	           "return function(req) return { allow = true, tier = 'inbox' } end\n",
+	           0644);
 	write_file(f->dir, "policies/helpers.lua", "return {}\n", 0644);
 	write_file(f->dir, "policies/default_test.lua", "return {}\n", 0644);
 	write_file(f->dir, "policies/not-a-module.lua", "return {}\n", 0644);
+	write_file(f->dir, "policies/stray.lua", "return {\n", 0644); /* never required: never read */
 	write_file(f->dir, "policies/acme_data.json", "{\"admins\": [\"root\"]}", 0644);
 	cfg = load(f, conf);
 	if (!cfg)
 		fail_msg("%s", f->err);
 	t = config_tenant(cfg, "default");
-	assert_int_equal(t->n_modules, 1); /* neither the test, nor the policy, nor a bad name */
+	assert_int_equal(t->n_modules, 1); /* only the one required: not the test, the policy, a stray */
 	assert_string_equal(t->modules[0].name, "helpers");
 	assert_string_equal(t->modules[0].text, "return {}\n");
 	assert_non_null(strstr(t->data_path, "/policies/acme_data.json"));

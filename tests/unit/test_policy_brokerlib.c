@@ -1,6 +1,6 @@
 /*
  * test_policy_brokerlib.c — the broker library (src/policy/brokerlib.c): broker.cidr_match with
- * cidr.h's one rule, broker.log.
+ * cidr.h's one rule, broker.log, broker.duration.
  */
 #include "policy_fixture.h"
 
@@ -81,12 +81,38 @@ static void test_log_lines(void **state)
 	policy_engine_free(fx.e);
 }
 
+/* broker.duration takes whole seconds as well as a duration string
+ * (clients send expires_in both ways), with the same bounds. */
+static void test_duration_accepts_seconds(void **state)
+{
+	(void)state;
+	must_engine("return function(req)\n"
+	            "  local d = broker.duration\n"
+	            "  assert(d(3600) == 3600 and math.type(d(3600)) == 'integer')\n"
+	            "  assert(d(900.0) == 900 and math.type(d(900.0)) == 'integer')\n"
+	            "  assert(d('1h') == 3600 and d('90m') == 5400)\n"
+	            "  assert(d(req.body.expires_in) == 600)\n"
+	            "  for _, bad in ipairs({ 0, -5, 1.5, 315576001, '3600', 'soon', true }) do\n"
+	            "    assert(not pcall(d, bad), tostring(bad))\n"
+	            "  end\n"
+	            "  assert(d(315576000) == 315576000)\n"
+	            "  return {allow=true, tier='inbox', expires_in=d(req.body.expires_in)}\n"
+	            "end\n",
+	            NULL);
+	if (decide_full(0, "{\"user_id\":\"alice\",\"expires_in\":600}", NULL, true, "alice") != 0)
+		fail_msg("%s", fx.err);
+	assert_true(fx.d.allow);
+	assert_int_equal(fx.d.expires_s, 600);
+	policy_engine_free(fx.e);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_cidr_match),
 	    cmocka_unit_test(test_cidr_match_one_rule),
 	    cmocka_unit_test(test_log_lines),
+	    cmocka_unit_test(test_duration_accepts_seconds),
 	};
 	return cmocka_run_group_tests_name("policy_brokerlib", tests, NULL, NULL);
 }

@@ -74,35 +74,68 @@ static int teardown(void **state)
 	return 0;
 }
 
-/* NAME.lua beside the policy, sorted; not the policy, not NAME_test.lua,
- * not a name outside [A-Za-z0-9_]. */
+/* Only the modules the policy requires by a literal name, and those they
+ * require in turn, sorted; never the policy, a NAME_test.lua, a name outside
+ * [A-Za-z0-9_], a name that sits in a string, a comment or a field call,
+ * nor a stray file (issue 15: a stray NAME.lua broke every tenant). */
 static void test_modules_found_and_sorted(void **state)
 {
 	struct fixture *f = *state;
 	char err[256];
 
-	write_file(f->dir, "zeta.lua", "return 'z'\n");
+	f->t.policy_text =
+	    (char *)"local z = require('zeta') -- require('gamma')\n"
+	            "local s = \"require('delta')\" .. [[require 'delta']]\n"
+	            "local n = x.require('eta') or x:require'eta'\n"
+	            "local d = require(name) or require('default_test') or require('default')\n"
+	            "return function(req) return require [[alpha_2]] end\n";
+	f->t.policy_len = strlen(f->t.policy_text);
+	write_file(f->dir, "zeta.lua", "return require \"beta\"\n");
+	write_file(f->dir, "beta.lua", "return 'b'\n");
 	write_file(f->dir, "alpha_2.lua", "return 'a'\n");
 	write_file(f->dir, "default_test.lua", "return {}\n");
-	write_file(f->dir, "not-a-module.lua", "return {}\n");
+	write_file(f->dir, "gamma.lua", "return {\n");
+	write_file(f->dir, "delta.lua", "return {\n");
+	write_file(f->dir, "eta.lua", "return {\n");
+	write_file(f->dir, "stray.lua", "this is not Lua\n");
 	write_file(f->dir, "notes.txt", "hello\n");
 	assert_int_equal(policyfiles_load_modules(&f->t, err, sizeof(err)), 0);
-	assert_int_equal(f->t.n_modules, 2);
+	assert_int_equal(f->t.n_modules, 3);
 	assert_string_equal(f->t.modules[0].name, "alpha_2");
 	assert_string_equal(f->t.modules[0].text, "return 'a'\n");
-	assert_string_equal(f->t.modules[1].name, "zeta");
-	assert_non_null(strstr(f->t.modules[1].path, "/zeta.lua"));
+	assert_string_equal(f->t.modules[1].name, "beta");
+	assert_string_equal(f->t.modules[2].name, "zeta");
+	assert_non_null(strstr(f->t.modules[2].path, "/zeta.lua"));
+}
+
+/* A require whose file does not exist is left to the require (it raises
+ * when it runs); the other modules still load. */
+static void test_missing_module_left_to_require(void **state)
+{
+	struct fixture *f = *state;
+	char err[256];
+
+	f->t.policy_text = (char *)"local a = require('absent')\nlocal h = require('here')\n";
+	f->t.policy_len = strlen(f->t.policy_text);
+	write_file(f->dir, "here.lua", "return 1\n");
+	assert_int_equal(policyfiles_load_modules(&f->t, err, sizeof(err)), 0);
+	assert_int_equal(f->t.n_modules, 1);
+	assert_string_equal(f->t.modules[0].name, "here");
 }
 
 static void test_too_many_modules_refused(void **state)
 {
 	struct fixture *f = *state;
-	char err[256], name[32];
+	char err[256], name[32], text[65 * 24];
+	size_t used = 0;
 
 	for (int i = 0; i < 65; i++) {
 		snprintf(name, sizeof(name), "m%02d.lua", i);
 		write_file(f->dir, name, "return {}\n");
+		used += (size_t)snprintf(text + used, sizeof(text) - used, "require('m%02d')\n", i);
 	}
+	f->t.policy_text = text;
+	f->t.policy_len = used;
 	assert_int_equal(policyfiles_load_modules(&f->t, err, sizeof(err)), -1);
 	assert_non_null(strstr(err, "more than 64 modules"));
 }
@@ -126,6 +159,13 @@ static void test_revision(void **state)
 	write_file(f->dir, "helpers.lua", "return 1\n");
 	assert_int_equal(policyfiles_load_modules(&f->t, err, sizeof(err)), 0);
 	policyfiles_revision(&f->t);
+	assert_string_equal(f->t.policy_revision, lone); /* not required: not part of it */
+	f->t.policy_text = (char *)"local h = require('helpers')\n";
+	f->t.policy_len = strlen(f->t.policy_text);
+	policyfiles_revision(&f->t);
+	snprintf(lone, sizeof(lone), "%s", f->t.policy_revision);
+	assert_int_equal(policyfiles_load_modules(&f->t, err, sizeof(err)), 0);
+	policyfiles_revision(&f->t);
 	snprintf(with_module, sizeof(with_module), "%s", f->t.policy_revision);
 	assert_string_not_equal(lone, with_module);
 
@@ -144,6 +184,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test_setup_teardown(test_modules_found_and_sorted, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_missing_module_left_to_require, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_too_many_modules_refused, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_revision, setup, teardown),
 	};

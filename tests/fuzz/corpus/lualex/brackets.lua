@@ -1,0 +1,1 @@
+local s = [==[ if ]] ]==] --[[ if x then ]] if a then elseif (function() if b then end end)() then end
