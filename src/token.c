@@ -389,6 +389,8 @@ static void shadow_of(struct req *r, struct pipeline *p, const struct policy_req
 	in.headers = request_headers(r, &in.n_headers);
 	in.now = prq->now;
 	p->shadow = shadow_capture(r->gen, (size_t)(t - r->gen->cfg->tenants), &in);
+}
+
 /* The cluster's shared deny list (`courier-broker deny`): a snapshot in
  * memory, never a call to Redis; the policy does not run for such a user. */
 static enum reply_answer stage_cluster_deny(struct req *r, struct pipeline *p)

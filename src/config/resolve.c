@@ -13,7 +13,6 @@
  * resource it acquired unowned: everything lands in struct config, which
  * config_free releases.
  */
-#include <ctype.h>
 #include <errno.h>
 #include <openssl/crypto.h>
 #include <stdio.h>
@@ -173,31 +172,29 @@ static int resolve_deny(struct loader *ld, struct pending *p)
 	t->deny_path = p->path;
 	p->path = NULL;
 	return 0;
+}
+
 /* After cluster.cache_key's secret: 64 hex digits (openssl rand -hex 32)
- * become the 32 bytes of an AES-256 key. Never echoed. */
+ * become the 32 bytes of an AES-256 key (OpenSSL decodes them). Never echoed. */
 static int resolve_cache_key(struct loader *ld, struct pending *p)
 {
 	struct secret *k = &ld->cfg->cluster.cache_key;
+	char hex[65];
 	unsigned char raw[32];
-	int rc = 0;
+	size_t n = 0;
+	int rc = -1;
 
-	if (k->len != 2 * sizeof(raw))
-		rc = -1;
-	for (size_t i = 0; rc == 0 && i < sizeof(raw); i++) {
-		unsigned hi, lo;
-		const unsigned char *h = k->data + 2 * i;
-		if (!isxdigit(h[0]) || !isxdigit(h[1])) {
-			rc = -1;
-			break;
-		}
-		hi = (unsigned)(isdigit(h[0]) ? h[0] - '0' : (tolower(h[0]) - 'a' + 10));
-		lo = (unsigned)(isdigit(h[1]) ? h[1] - '0' : (tolower(h[1]) - 'a' + 10));
-		raw[i] = (unsigned char)(hi << 4 | lo);
+	if (k->len == sizeof(hex) - 1) {
+		memcpy(hex, k->data, k->len);
+		hex[k->len] = '\0';
+		if (OPENSSL_hexstr2buf_ex(raw, sizeof(raw), &n, hex, '\0') == 1 && n == sizeof(raw))
+			rc = 0;
 	}
 	if (rc == 0 && secret_set(k, raw, sizeof(raw)) != 0)
 		rc = config_fail(ld, p->key, "out of memory");
 	else if (rc != 0)
 		config_fail(ld, p->key, "must be 64 hex digits (32 random bytes: openssl rand -hex 32)");
+	OPENSSL_cleanse(hex, sizeof(hex));
 	OPENSSL_cleanse(raw, sizeof(raw));
 	return rc;
 }
