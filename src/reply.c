@@ -111,7 +111,8 @@ void reply_trace_id(struct MHD_Connection *conn, char out[33])
 
 static enum MHD_Result queue(struct MHD_Connection *conn, struct http_server *s, int status,
                              const char *ctype, const char *body, size_t len, const char *extra_name,
-                             const char *extra_value, const char *cors_origin, const char *request_id)
+                             const char *extra_value, const char *cors_origin, const char *request_id,
+                             const char *revision)
 {
 	struct MHD_Response *resp;
 	enum MHD_Result ret;
@@ -125,6 +126,8 @@ static enum MHD_Result queue(struct MHD_Connection *conn, struct http_server *s,
 	MHD_add_response_header(resp, "X-Request-Id", request_id);
 	if (extra_name)
 		MHD_add_response_header(resp, extra_name, extra_value);
+	if (revision)
+		MHD_add_response_header(resp, "X-Policy-Revision", revision);
 	if (cors_origin) {
 		/* Errors carry it too, so the frontend can read why. */
 		MHD_add_response_header(resp, "Access-Control-Allow-Origin", cors_origin);
@@ -148,14 +151,18 @@ enum MHD_Result reply_queue(struct MHD_Connection *conn, struct http_server *s, 
 	char id[REPLY_REQUEST_ID_MAX + 1];
 
 	reply_request_id(conn, id);
-	return queue(conn, s, status, ctype, body, len, extra_name, extra_value, cors_origin, id);
+	return queue(conn, s, status, ctype, body, len, extra_name, extra_value, cors_origin, id, NULL);
 }
 
 enum MHD_Result reply_queue_req(struct req *r, int status, const char *ctype, const char *body, size_t len,
                                 const char *extra_name, const char *extra_value)
 {
+	/* Every answer to a decided request names the revision that decided it,
+	 * 403s and the errors after an allow included (CONTRACT.md). */
+	const char *revision = r->decision && r->tenant ? r->tenant->policy_revision : NULL;
+
 	return queue(r->conn, r->srv, status, ctype, body, len, extra_name, extra_value, r->cors_origin,
-	             r->request_id);
+	             r->request_id, revision);
 }
 
 enum MHD_Result reply_plain(struct MHD_Connection *conn, struct http_server *s, int status, const char *ctype,

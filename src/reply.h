@@ -110,7 +110,8 @@ void reply_request_id(struct MHD_Connection *conn, char *out);
  * not all zero) into out[33], or "" when none. */
 void reply_trace_id(struct MHD_Connection *conn, char out[33]);
 
-/* reply_queue for a token request: its X-Request-Id and CORS origin. */
+/* reply_queue for a token request: its X-Request-Id and CORS origin, and
+ * X-Policy-Revision once the request was decided (r->decision set). */
 enum MHD_Result reply_queue_req(struct req *r, int status, const char *ctype, const char *body, size_t len,
                                 const char *extra_name, const char *extra_value);
 

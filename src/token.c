@@ -516,8 +516,7 @@ static enum MHD_Result answer_token(struct req *r, lua_State *L, int top, size_t
 		lua_settop(L, top);
 		return reply_fail(r, REPLY_UNAVAILABLE, "out of memory", NULL, NULL);
 	}
-	ret = reply_queue_req(r, 200, "application/json", json, jlen, "X-Policy-Revision",
-	                      r->tenant->policy_revision);
+	ret = reply_queue_req(r, 200, "application/json", json, jlen, NULL, NULL);
 	reply_log(r, 200, NULL, token, tlen, up_ms);
 	r->state = RS_DONE;
 	lua_settop(L, top);
