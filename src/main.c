@@ -8,7 +8,7 @@
  * EX_SOFTWARE (70), a clean drain 0. check: loads everything and
  * runs the policy tests. reload: check, then SIGHUP the broker of a pid file
  * and wait for its own verdict (pidfile.h). serve --listen overrides listen.
- * eval: one decision, never calling Courier. Keeps no logic of its own beyond
+ * eval: one decision, never calling Courier. replay: replay.c. Keeps no logic of its own beyond
  * the order of things.
  */
 #include <curl/curl.h>
@@ -42,6 +42,7 @@
 #include "policyeval.h"
 #include "policytest.h"
 #include "reload.h"
+#include "replay.h"
 #include "scope.h"
 #include "sdnotify.h"
 
@@ -70,6 +71,10 @@ static const char usage[] =
     "       courier-broker eval -c CONFIG --tenant NAME [--request FILE|-]\n"
     "                                              print the decision for one request as JSON;\n"
     "                                              never calls Courier\n"
+    "       " REPLAY_USAGE "\n"
+    "                                              decide audit-log lines again with CONFIG's\n"
+    "                                              policies; print each decision that differs;\n"
+    "                                              exit 1 when one does\n"
     "       courier-broker --version | --help\n";
 
 /* Keys live in this process's memory: keep them out of core dumps. */
@@ -406,6 +411,8 @@ int main(int argc, char **argv)
 	}
 	if (strcmp(cmd, "test") == 0)
 		return policytest_main(argc - 2, argv + 2);
+	if (strcmp(cmd, "replay") == 0)
+		return replay_main(argc - 2, argv + 2);
 
 	for (int i = 2; i < argc; i++) {
 		if ((strcmp(argv[i], "-c") == 0 || strcmp(argv[i], "--config") == 0) && i + 1 < argc)

@@ -47,3 +47,84 @@ def test_every_decided_answer_names_the_revision(tmp_path, double):
         assert unauth.status == 401 and unauth.header("X-Policy-Revision") is None
     finally:
         b.stop()
+
+
+# ------------------------------------------------------------ replay
+
+NEXT = policy('if req.user_id == "mallory" or req.user_id == "bob" then\n'
+              '  return { allow = false, reason = "blocked user" }\n'
+              'end\n'
+              'if req.user_id == "oops" then error("boom") end\n'
+              'return { allow = true, tier = "inbox", expires_in = "1h", reason = "ok" }')
+
+NO_SECRETS = {"COURIER_API_KEY": "", "APP_JWT_SECRET": ""}
+
+
+def record(tmp_path, double, inputs=True):
+    """A broker's audit log of four decided requests (alice, bob, mallory: 403, carol)."""
+    extra = 'audit_log = { file = "audit.jsonl", inputs = %s }' % ("true" if inputs else "false")
+    b = Broker(tmp_path, double, policies={"default": DECIDE}, extra=extra)
+    try:
+        for i, user in enumerate(("alice", "bob", "mallory", "carol")):
+            r = b.post(body={"user_id": user}, token=mint(user), headers={"X-Request-Id": "req-%d" % i})
+            assert r.status in (200, 403), r.body
+    finally:
+        b.stop()
+    log = tmp_path / "audit.jsonl"
+    assert len(log.read_text().splitlines()) == 4
+    return b, log
+
+
+def no_secrets_env():
+    e = dict(NO_SECRETS)
+    return e
+
+
+def test_replay_prints_what_a_candidate_changes(tmp_path, double):
+    b, log = record(tmp_path, double)
+    # The same policies decide the same: exit 0, nothing printed.
+    same = run(["replay", "-c", b.config, log], env=no_secrets_env())
+    assert same.returncode == 0, same.err
+    assert same.out == ""
+    assert "4 decided again, 0 differ" in same.err, same.err
+    # The candidate blocks bob: one difference, named by file:line and request.
+    (tmp_path / "policies" / "default.lua").write_text(NEXT)
+    env = dict(os.environ)
+    env.pop("COURIER_API_KEY", None)
+    env.pop("APP_JWT_SECRET", None)
+    p = subprocess.run([BROKER_BIN, "replay", "-c", str(b.config), str(log)], env=env,
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=TIMEOUT)
+    out, err = p.stdout.decode(), p.stderr.decode()
+    assert p.returncode == 1, err
+    lines = out.splitlines()
+    assert len(lines) == 1, out
+    assert lines[0].startswith("%s:2: request req-1, tenant default, user bob: allow user_id:bob " % log), out
+    assert "-> deny (blocked user)" in lines[0], out
+    assert "1 differ" in err
+    j = run(["replay", "-c", b.config, "--format", "json", log], env=no_secrets_env())
+    assert j.returncode == 1, j.err
+    rows = [json.loads(l) for l in j.out.splitlines()]
+    assert len(rows) == 2 and rows[-1]["event"] == "summary", j.out
+    d = rows[0]
+    assert d["line"] == 2 and d["request_id"] == "req-1" and d["user"] == "bob" and d["tenant"] == "default"
+    assert d["recorded"]["decision"] == "allow" and d["recorded"]["expires_in"] == 3600
+    assert d["replayed"]["decision"] == "deny" and d["replayed"]["reason"] == "blocked user"
+    assert d["replayed"]["policy_revision"] != d["recorded"]["policy_revision"]
+    s = rows[-1]
+    assert (s["lines"], s["replayed"], s["differ"], s["without_inputs"]) == (4, 4, 1, 0), s
+    # --tenant keeps that tenant's lines only.
+    other = run(["replay", "-c", b.config, "--tenant", "nosuch", log], env=no_secrets_env())
+    assert other.returncode == 2 and "no tenant nosuch" in other.err
+
+
+def test_replay_counts_lines_it_cannot_decide(tmp_path, double):
+    b, log = record(tmp_path, double, inputs=False)
+    with open(log, "a") as f:
+        f.write("not json\n")
+    p = run(["replay", "-c", b.config, log], env=no_secrets_env())
+    assert p.returncode == 2, (p.out, p.err)
+    assert "4 line(s) without inputs" in p.err and "the first at %s:1" % log in p.err, p.err
+    assert "1 line(s) not an audit line" in p.err and "%s:5" % log in p.err, p.err
+    assert run(["replay", "-c", b.config], env=no_secrets_env()).returncode == 2
+    assert run(["replay", "-c", b.config, "--format", "yaml", log]).returncode == 2
+    assert run(["replay", "-c", b.config, tmp_path / "missing.jsonl"]).returncode == 2
