@@ -226,20 +226,30 @@ static void push_warnings(lua_State *L, const struct tenant *t, const struct pol
 int policyeval_run(struct policy_engine *e, const struct tenant *t, const char *json, size_t len, FILE *out)
 {
 	lua_State *L = policy_engine_lua(e);
-	int top = lua_gettop(L);
-	struct policyeval_outcome *o;
-	const char *s;
-	size_t slen;
+	int top = lua_gettop(L), rc;
 
 	if (json_decode(L, json, len) != 0 || !lua_istable(L, -1)) {
 		fprintf(stderr, "courier-broker eval: the request must be a JSON object\n");
 		lua_settop(L, top);
 		return 1;
 	}
+	rc = policyeval_print(e, t, lua_gettop(L), out);
+	lua_settop(L, top);
+	return rc;
+}
+
+int policyeval_print(struct policy_engine *e, const struct tenant *t, int reqidx, FILE *out)
+{
+	lua_State *L = policy_engine_lua(e);
+	int top = lua_gettop(L);
+	struct policyeval_outcome *o;
+	const char *s;
+	size_t slen;
+
 	o = calloc(1, sizeof(*o));
 	if (!o)
 		return 1;
-	policyeval_decide(e, L, -1, t, o);
+	policyeval_decide(e, L, reqidx, t, o);
 	lua_createtable(L, 0, 8);
 	lua_pushstring(L, t->name);
 	lua_setfield(L, -2, "tenant");

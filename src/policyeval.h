@@ -37,4 +37,8 @@ void policyeval_decide(struct policy_engine *e, struct lua_State *L, int reqidx,
  * to out. Returns the exit status (0 when a decision was printed). */
 int policyeval_run(struct policy_engine *e, const struct tenant *t, const char *json, size_t len, FILE *out);
 
+/* policyeval_run's second half: decides the request description at reqidx
+ * on policy_engine_lua(e) and prints the result. Leaves the stack as it was. */
+int policyeval_print(struct policy_engine *e, const struct tenant *t, int reqidx, FILE *out);
+
 #endif

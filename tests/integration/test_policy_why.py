@@ -128,3 +128,102 @@ def test_replay_counts_lines_it_cannot_decide(tmp_path, double):
     assert run(["replay", "-c", b.config], env=no_secrets_env()).returncode == 2
     assert run(["replay", "-c", b.config, "--format", "yaml", log]).returncode == 2
     assert run(["replay", "-c", b.config, tmp_path / "missing.jsonl"]).returncode == 2
+
+
+# ------------------------------------------------- eval of a real request
+
+SEES = policy('broker.log("headers", req.headers["x-custom"], tostring(req.headers.authorization))\n'
+              'if req.identity.claims.role ~= "admin" then\n'
+              '  return { allow = false, reason = "role " .. tostring(req.identity.claims.role) }\n'
+              'end\n'
+              'return { allow = true, tier = "inbox", expires_in = "1h", reason = "admin " .. req.identity.subject }')
+
+
+def eval_config(tmp_path, text=SEES, extra=""):
+    (tmp_path / "policies").mkdir(exist_ok=True)
+    (tmp_path / "policies" / "acme.lua").write_text(text)
+    conf = tmp_path / "broker.conf.lua"
+    conf.write_text("""listen = "127.0.0.1:0"
+tenants = { acme = {
+  api_key = { env = "COURIER_API_KEY" },
+  policy = "policies/acme.lua",
+  auth = { jwt = { algorithms = { "HS256" }, hmac_secret = { env = "APP_JWT_SECRET" } } },
+  %s
+} }
+""" % extra)
+    return conf
+
+
+def raw(token, body='{"user_id": "alice"}', path="/v1/tenants/acme/token", ctype="application/json", extra=""):
+    lines = ["POST %s HTTP/1.1" % path, "Host: broker.example", "Content-Type: " + ctype,
+             "X-Custom: hello", "Origin: https://app.example"]
+    if token:
+        lines.append("Authorization: Bearer " + token)
+    return ("\r\n".join(lines) + "\r\n" + extra + "\r\n" + body).encode()
+
+
+def eval_env():
+    """The requesters' secret only: never the production Courier key."""
+    e = dict(os.environ)
+    e.pop("COURIER_API_KEY", None)
+    e.pop("COURIER_BASE_URL", None)
+    e["APP_JWT_SECRET"] = APP_SECRET
+    return e
+
+
+def run_eval(conf, data, *args):
+    p = subprocess.run([BROKER_BIN, "eval", "-c", str(conf), "--tenant", "acme", "--request", "-"] + list(args),
+                       input=data, env=eval_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                       timeout=TIMEOUT)
+    p.out, p.err = p.stdout.decode(), p.stderr.decode()
+    return p
+
+
+def test_eval_needs_no_courier_key(tmp_path):
+    conf = eval_config(tmp_path)
+    p = run_eval(conf, json.dumps({"user_id": "alice", "identity": {
+        "authenticated": True, "subject": "alice", "claims": {"role": "admin"}}}).encode())
+    assert p.returncode == 0, p.err
+    d = json.loads(p.out)
+    assert d["decision"] == "allow" and d["reason"] == "admin alice", d
+
+
+def test_eval_verifies_a_raw_request(tmp_path):
+    conf = eval_config(tmp_path)
+    p = run_eval(conf, raw(mint("alice", role="admin")))
+    assert p.returncode == 0, p.err
+    d = json.loads(p.out)
+    assert d["decision"] == "allow" and d["reason"] == "admin alice", d
+    # The policy saw the other headers, never the credential.
+    assert d["policy_log"] == ["headers hello nil"], d
+    p = run_eval(conf, raw(mint("alice", role="viewer")))
+    assert p.returncode == 0 and json.loads(p.out)["reason"] == "role viewer", p.err
+    # A token the tenant's auth refuses never reaches the policy.
+    bad = run_eval(conf, raw(mint("alice", secret="another-secret-0123456789abcdef", role="admin")))
+    assert bad.returncode == 1 and bad.out == "", bad.out
+    assert "401" in bad.err and "signature" in bad.err, bad.err
+    expired = run_eval(conf, raw(mint("alice", ttl=-600, role="admin")))
+    assert expired.returncode == 1 and "401" in expired.err, expired.err
+    assert run_eval(conf, raw(None)).returncode == 1
+    # What the server answers before the policy, eval answers too.
+    wrong = run_eval(conf, raw(mint(role="admin"), path="/v1/tenants/other/token"))
+    assert wrong.returncode == 1 and "404" in wrong.err, wrong.err
+    media = run_eval(conf, raw(mint(role="admin"), ctype="text/plain"))
+    assert media.returncode == 1 and "415" in media.err, media.err
+    body = run_eval(conf, raw(mint(role="admin"), body='{"user_id": ""}'))
+    assert body.returncode == 1 and "400" in body.err, body.err
+    two = run_eval(conf, raw(mint(role="admin"), extra="Authorization: Bearer x\r\n"))
+    assert two.returncode == 1 and "400" in two.err, two.err
+    assert run_eval(conf, b"GET / HTTP/1.1\r\n\r\n").returncode == 1
+    assert run_eval(conf, b"not a request").returncode == 1
+
+
+def test_eval_refuses_unknown_fields(tmp_path):
+    conf = eval_config(tmp_path)
+    for desc, word in (({"user_id": "alice", "identiy": {}}, "identiy"),
+                       ({"user_id": "alice", "identity": {"subjet": "alice"}}, "identity.subjet"),
+                       ({"user_id": "alice", "client": {"addr": "1.2.3.4"}}, "client.addr"),
+                       ({"user_id": "alice", "headers": {"Authorization": "Bearer x"}}, "headers.Authorization")):
+        p = run_eval(conf, json.dumps(desc).encode())
+        assert p.returncode == 1 and p.out == "", (desc, p.out)
+        assert word in p.err, (desc, p.err)
