@@ -388,6 +388,10 @@ int evalreq_run(struct policy_engine *e, const struct config *cfg, const struct 
 	struct raw_request *rq = NULL;
 	char err[768];
 
+	if (opt->explain && policy_engine_explain(e, true) != 0) {
+		fprintf(stderr, "courier-broker eval: --explain: out of memory\n");
+		return 1;
+	}
 	if (is_json(text, len)) {
 		if (json_decode(L, text, len) != 0 || !lua_istable(L, -1)) {
 			fprintf(stderr, "courier-broker eval: the request is not a JSON object\n");

@@ -69,10 +69,11 @@ static const char usage[] =
     "       " POLICYTEST_USAGE "\n"
     "                                              run policy test files (*_test.lua) or folders\n"
     "                                              of them\n"
-    "       courier-broker eval -c CONFIG --tenant NAME [--request FILE|-] [--peer ADDR]\n"
+    "       courier-broker eval -c CONFIG --tenant NAME [--request FILE|-] [--peer ADDR] [--explain]\n"
     "                                              print the decision for one request (JSON\n"
     "                                              description, or raw HTTP with its credential,\n"
-    "                                              verified) as JSON; never calls Courier\n"
+    "                                              verified) as JSON; --explain: the return that\n"
+    "                                              decided and its calls; never calls Courier\n"
     "       " REPLAY_USAGE "\n"
     "                                              decide audit-log lines again with CONFIG's\n"
     "                                              policies; print each decision that differs;\n"
@@ -431,6 +432,8 @@ int main(int argc, char **argv)
 			pid_file = argv[++i];
 		else if (strcmp(argv[i], "--peer") == 0 && i + 1 < argc && strcmp(cmd, "eval") == 0)
 			eval_opt.peer = argv[++i];
+		else if (strcmp(argv[i], "--explain") == 0 && strcmp(cmd, "eval") == 0)
+			eval_opt.explain = true;
 		else if (strcmp(argv[i], "--listen") == 0 && i + 1 < argc && strcmp(cmd, "serve") == 0)
 			config_override_listen(argv[++i]);
 		else {

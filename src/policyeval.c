@@ -223,6 +223,25 @@ static void push_warnings(lua_State *L, const struct tenant *t, const struct pol
 	}
 }
 
+/* With explain on: decided_at (the `return` that decided, "file:line") and
+ * decided_by (the policy frames that led there, outermost first). */
+static void push_origin(lua_State *L, struct policy_engine *e)
+{
+	struct policy_frame fr[POLICY_CHAIN_MAX];
+	size_t n = policy_decision_origin(e, fr, POLICY_CHAIN_MAX);
+
+	if (n == 0)
+		return;
+	lua_pushfstring(L, "%s:%d", fr[n - 1].source, fr[n - 1].line);
+	lua_setfield(L, -2, "decided_at");
+	lua_createtable(L, (int)n, 0);
+	for (size_t i = 0; i < n; i++) {
+		lua_pushfstring(L, "%s:%d%s", fr[i].source, fr[i].line, fr[i].tail ? " (tail call)" : "");
+		lua_rawseti(L, -2, (lua_Integer)i + 1);
+	}
+	lua_setfield(L, -2, "decided_by");
+}
+
 int policyeval_run(struct policy_engine *e, const struct tenant *t, const char *json, size_t len, FILE *out)
 {
 	lua_State *L = policy_engine_lua(e);
@@ -278,6 +297,8 @@ int policyeval_print(struct policy_engine *e, const struct tenant *t, int reqidx
 		}
 		lua_setfield(L, -2, "policy_log");
 	}
+	if (o->kind != POLICYEVAL_ERROR)
+		push_origin(L, e);
 	if (o->kind == POLICYEVAL_ALLOW) {
 		lua_pushstring(L, o->grant.scope);
 		lua_setfield(L, -2, "scope");

@@ -335,6 +335,7 @@ static int run_file(struct policy_engine *e, const struct tenant *t, const char 
 		report_case(rep, path, "(load)", false, err);
 		return -1;
 	}
+	policy_engine_explain(e, true); /* a failure names the return that decided */
 	cases = lua_gettop(L);
 	n = (lua_Integer)lua_rawlen(L, cases);
 	for (lua_Integer i = 1; i <= n; i++) {
@@ -369,6 +370,11 @@ static int run_file(struct policy_engine *e, const struct tenant *t, const char 
 		}
 		policyeval_decide(e, L, -2, t, o);
 		ok = check_expect(L, -1, o, why, sizeof(why));
+		if (!ok && o->kind != POLICYEVAL_ERROR) {
+			char at[256];
+			if (policy_origin_line(e, t->policy_dir, at, sizeof(at)))
+				snprintf(why + strlen(why), sizeof(why) - strlen(why), " (%s)", at);
+		}
 		report_case(rep, path, name, ok, why);
 		free(o);
 		lua_settop(L, cases);

@@ -87,6 +87,20 @@ static bool same_outcome(lua_State *L, int rec, const struct policyeval_outcome 
 	return scope && strcmp(scope, o->grant.scope) == 0 && expires == o->grant.expires_s;
 }
 
+/* The explanation of the last decision on e as a list of "file:line",
+ * outermost call first, pushed (an empty list when unknown). */
+static void push_chain(lua_State *L, struct policy_engine *e)
+{
+	struct policy_frame fr[POLICY_CHAIN_MAX];
+	size_t n = policy_decision_origin(e, fr, POLICY_CHAIN_MAX);
+
+	lua_createtable(L, (int)n, 0);
+	for (size_t i = 0; i < n; i++) {
+		lua_pushfstring(L, "%s:%d", fr[i].source, fr[i].line);
+		lua_rawseti(L, -2, (lua_Integer)i + 1);
+	}
+}
+
 /* One difference as a JSON line: where, who, what was recorded, what the
  * configuration decides now (and where its policy decided it). */
 static void print_json(struct replay *rp, const char *file, unsigned long long lineno, int rec)
@@ -135,6 +149,10 @@ static void print_json(struct replay *rp, const char *file, unsigned long long l
 	lua_pushstring(L, config_tenant(rp->cfg, lua_tostring(L, -1))->policy_revision);
 	lua_setfield(L, -3, "policy_revision");
 	lua_pop(L, 1);
+	if (o->kind != POLICYEVAL_ERROR) {
+		push_chain(L, rp->e);
+		lua_setfield(L, -2, "decided_by");
+	}
 	lua_setfield(L, -2, "replayed");
 	s = json_encode(L, -1, &len);
 	if (s)
@@ -158,6 +176,8 @@ static void print_text(struct replay *rp, const char *file, unsigned long long l
 	const struct policyeval_outcome *o = rp->o;
 	const char *id = field_str(L, rec, "request_id"), *tenant = field_str(L, rec, "tenant");
 	const char *user = field_str(L, rec, "user");
+	struct policy_frame fr[POLICY_CHAIN_MAX];
+	size_t n;
 	long long expires;
 
 	lua_getfield(L, rec, "expires_in");
@@ -170,6 +190,9 @@ static void print_text(struct replay *rp, const char *file, unsigned long long l
 	printf(" -> ");
 	print_side(outcome_name(o), o->grant.scope, o->grant.expires_s,
 	           o->kind == POLICYEVAL_ERROR ? o->err : o->dec.reason);
+	n = o->kind == POLICYEVAL_ERROR ? 0 : policy_decision_origin(rp->e, fr, POLICY_CHAIN_MAX);
+	if (n)
+		printf(" [decided at %s:%d]", fr[n - 1].source, fr[n - 1].line);
 	printf("\n");
 }
 
@@ -354,6 +377,9 @@ int replay_main(int argc, char **argv)
 		fprintf(stderr, "courier-broker replay: %s\n", err);
 		goto out;
 	}
+	/* Each difference names the return that decided it now. */
+	if (policy_engine_explain(rp.e, true) != 0)
+		goto out;
 	rp.L = policy_engine_lua(rp.e);
 	if (!(rp.o = malloc(sizeof(*rp.o))))
 		goto out;

@@ -227,6 +227,22 @@ static void audit_request(struct req *r, struct log_line *l)
 	log_line_close(l, '}');
 }
 
+/* decided_at: the policy's `return` that decided ("file:line"), and
+ * decided_by: the policy frames that led there, outermost first. */
+static void audit_decided(struct req *r, struct log_line *l)
+{
+	const char *last, *end;
+	char at[512];
+
+	if (!r->decided_by || !(end = strrchr(r->decided_by, '\n')))
+		return;
+	for (last = end; last > r->decided_by && last[-1] != '\n'; last--)
+		;
+	snprintf(at, sizeof(at), "%.*s", (int)(end - last), last);
+	log_line_str(l, "decided_at", at);
+	log_line_lines(l, "decided_by", r->decided_by);
+}
+
 /* The audit line of a decided request: who asked, for whom, what was
  * granted or why not, under which policy revision. */
 static void audit_log(struct req *r, int status, const char *error)
@@ -259,6 +275,7 @@ static void audit_log(struct req *r, int status, const char *error)
 	}
 	log_line_int(&l, "status", status);
 	log_line_str(&l, "error", error);
+	audit_decided(r, &l);
 	if (audit_inputs())
 		audit_request(r, &l);
 	line = log_line_finish(&l, &len);

@@ -68,6 +68,7 @@ struct req {
 
 	char *courier_body;
 	char *policy_log; /* broker.log lines of the decision ("a\nb\n"), or NULL */
+	char *decided_by; /* with an audit log: the frames to the deciding return ("f:1\ng:2\n"), or NULL */
 	struct courier_job job;
 
 	/* Identical grants (token.c): the grant's key, the flight this request

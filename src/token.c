@@ -428,6 +428,15 @@ static void audit_inputs_of(struct req *r, struct pipeline *p)
 		r->audit_claims = audit_json(p->L, p->id.claims_idx);
 }
 
+/* The policy frames that led to the decision's `return`, "file:line\n"
+ * lines (the engine's lasts one decision), or NULL. */
+static char *audit_decided_by(struct policy_engine *e)
+{
+	char text[POLICY_CHAIN_MAX * 300];
+
+	return policy_origin_text(e, text, sizeof(text)) ? strdup(text) : NULL;
+}
+
 /* The tenant's policy decides, on the engine pinned by token_begin. */
 static enum reply_answer stage_decide(struct req *r, struct pipeline *p)
 {
@@ -452,9 +461,13 @@ static enum reply_answer stage_decide(struct req *r, struct pipeline *p)
 	prq.now = p->irq.now;
 	audit_inputs_of(r, p);
 
+	/* The audit line names the return that decided (a return hook while
+	 * deciding: paid only with an audit log). */
+	policy_engine_explain(p->e, audit_enabled());
 	decided = policy_decide(p->e, &prq, p->dec, p->err, sizeof(p->err));
 	if (policy_decision_log(p->e)[0])
 		r->policy_log = strdup(policy_decision_log(p->e)); /* the engine's copy lasts one decision */
+	r->decided_by = audit_decided_by(p->e);
 	if (decided != 0) {
 		r->decision = "error";
 		snprintf(r->reason, sizeof(r->reason), "%.*s", (int)sizeof(r->reason) - 1, p->err);
@@ -799,6 +812,7 @@ void token_end(struct req *r)
 	courier_job_cleanup(&r->job);
 	free(r->courier_body);
 	free(r->policy_log);
+	free(r->decided_by);
 	free(r->audit_body);
 	free(r->audit_claims);
 	buf_free(&r->body);

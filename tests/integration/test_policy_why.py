@@ -227,3 +227,79 @@ def test_eval_refuses_unknown_fields(tmp_path):
         p = run_eval(conf, json.dumps(desc).encode())
         assert p.returncode == 1 and p.out == "", (desc, p.out)
         assert word in p.err, (desc, p.err)
+
+
+# ------------------------------------------------------------ explain
+
+RULES = ("local M = {}\n"                                            # 1
+         "function M.check(req)\n"                                   # 2
+         "  if req.user_id == 'mallory' then\n"                      # 3
+         "    local d = { allow = false, reason = 'blocked' }\n"     # 4
+         "    return d\n"                                            # 5
+         "  end\n"                                                   # 6
+         "end\n"                                                     # 7
+         "return M\n")
+MAIN = ("local rules = require('rules')\n"                           # 1
+        "return function(req)\n"                                     # 2
+        "  local d = rules.check(req)\n"                             # 3
+        "  if d then return d end\n"                                 # 4
+        "  return { allow = true, tier = 'inbox', expires_in = '1h', reason = 'ok' }\n"  # 5
+        "end\n")
+
+
+def explain_setup(tmp_path):
+    conf = eval_config(tmp_path, text=MAIN)
+    (tmp_path / "policies" / "rules.lua").write_text(RULES)
+    return conf
+
+
+def test_eval_explain_names_the_return_that_decided(tmp_path):
+    conf = explain_setup(tmp_path)
+    pol = os.path.realpath(tmp_path / "policies")
+    p = run_eval(conf, json.dumps({"user_id": "mallory"}).encode(), "--explain")
+    assert p.returncode == 0, p.err
+    d = json.loads(p.out)
+    assert d["decision"] == "deny"
+    assert d["decided_at"] == pol + "/rules.lua:5", d
+    assert d["decided_by"] == [pol + "/acme.lua:3", pol + "/rules.lua:5"], d
+    p = run_eval(conf, json.dumps({"user_id": "alice"}).encode(), "--explain")
+    assert json.loads(p.out)["decided_at"] == pol + "/acme.lua:5", p.out
+    # Without --explain, no hook and no such field.
+    p = run_eval(conf, json.dumps({"user_id": "mallory"}).encode())
+    assert "decided_at" not in json.loads(p.out)
+
+
+def test_test_failure_names_the_return(tmp_path):
+    explain_setup(tmp_path)
+    (tmp_path / "policies" / "acme_test.lua").write_text(
+        'return { { name = "mallory", req = { user_id = "mallory" }, expect = { allow = true } } }\n')
+    p = run(["test", tmp_path / "policies" / "acme_test.lua"])
+    assert p.returncode == 1
+    assert "decided at rules.lua:5, called from acme.lua:3" in p.out, p.out
+
+
+def test_audit_log_and_replay_name_the_return(tmp_path, double):
+    (tmp_path / "policies").mkdir()
+    (tmp_path / "policies" / "rules.lua").write_text(RULES)
+    b = Broker(tmp_path, double, policies={"default": MAIN},
+               extra='audit_log = { file = "audit.jsonl", inputs = true }')
+    try:
+        assert b.post(body={"user_id": "mallory"}, token=mint("mallory")).status == 403
+        assert b.post(body={"user_id": "alice"}, token=mint("alice")).status == 200
+    finally:
+        b.stop()
+    pol = os.path.realpath(tmp_path / "policies")
+    lines = [json.loads(l) for l in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    deny, allow = lines[-2], lines[-1]
+    assert deny["decided_at"] == pol + "/rules.lua:5", deny
+    assert deny["decided_by"] == [pol + "/default.lua:3", pol + "/rules.lua:5"], deny
+    assert allow["decided_at"] == pol + "/default.lua:5", allow
+    # The candidate lets mallory through: replay says where it decides so now.
+    (tmp_path / "policies" / "rules.lua").write_text(RULES.replace("'mallory'", "'nobody'"))
+    p = run(["replay", "-c", b.config, "--format", "json", tmp_path / "audit.jsonl"], env=NO_SECRETS)
+    assert p.returncode == 1, p.err
+    d = [json.loads(l) for l in p.out.splitlines()][-2]
+    assert d["user"] == "mallory" and d["replayed"]["decision"] == "allow", d
+    assert d["replayed"]["decided_by"] == [pol + "/default.lua:5"], d
+    t = run(["replay", "-c", b.config, tmp_path / "audit.jsonl"], env=NO_SECRETS)
+    assert "[decided at %s/default.lua:5]" % pol in t.out, t.out
