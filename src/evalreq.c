@@ -15,6 +15,7 @@
  */
 #include "evalreq.h"
 
+#include <arpa/inet.h>
 #include <lauxlib.h>
 #include <lua.h>
 #include <stdlib.h>
@@ -380,6 +381,13 @@ static bool is_json(const char *text, size_t len)
 	return false;
 }
 
+static bool numeric_ip(const char *s)
+{
+	unsigned char a[sizeof(struct in6_addr)];
+
+	return inet_pton(AF_INET, s, a) == 1 || inet_pton(AF_INET6, s, a) == 1;
+}
+
 int evalreq_run(struct policy_engine *e, const struct config *cfg, const struct tenant *t, const char *text,
                 size_t len, const struct evalreq_options *opt, FILE *out)
 {
@@ -388,6 +396,11 @@ int evalreq_run(struct policy_engine *e, const struct config *cfg, const struct 
 	struct raw_request *rq = NULL;
 	char err[768];
 
+	if (opt->peer && !numeric_ip(opt->peer)) {
+		fprintf(stderr, "courier-broker eval: --peer %s is not a numeric IPv4 or IPv6 address\n",
+		        opt->peer);
+		return 1;
+	}
 	if (opt->explain && policy_engine_explain(e, true) != 0) {
 		fprintf(stderr, "courier-broker eval: --explain: out of memory\n");
 		return 1;
