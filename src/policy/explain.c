@@ -112,11 +112,11 @@ void explain_return(struct policy_engine *e, lua_State *L, lua_Debug *ar)
 	bool armed;
 	int slot;
 
-	if (!xp || !lua_getinfo(L, "r", ar) || ar->ntransfer < 1 || !lua_checkstack(L, 3))
+	if (!xp || !lua_getinfo(L, "r", ar) || ar->ntransfer < 1)
 		return;
 	armed = e->cap_armed;
 	e->cap_armed = false; /* nothing here is the policy's to pay */
-	if (!lua_getlocal(L, ar, ar->ftransfer))
+	if (!lua_checkstack(L, 3) || !lua_getlocal(L, ar, ar->ftransfer))
 		goto out;
 	if (lua_type(L, -1) != LUA_TTABLE || !lua_getinfo(L, "S", ar) || ar->source[0] != '@') {
 		lua_pop(L, 1);
