@@ -222,6 +222,8 @@ static int decide_protected(lua_State *L)
 out:
 	e->cap_armed = false;
 	e->rq_now = NULL; /* nothing is built for req once its decision is over */
+	if (e->explain)
+		explain_end(e);
 	return 0;
 }
 

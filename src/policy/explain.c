@@ -14,7 +14,7 @@
  * that handed it up share its address. Off (the default) it costs nothing;
  * on, a return that yields no table costs one lua_getinfo and one
  * lua_getlocal. It must never charge a policy's budget, allocate under a
- * decision's memory cap, or hold a table past the next decision.
+ * decision's memory cap, or hold a table past its decision.
  */
 #include "state.h"
 
@@ -83,22 +83,29 @@ void explain_free(struct policy_engine *e)
 	e->xp = NULL;
 }
 
-/* At the start of a decision (on e->L, co idle): forget the last one's
- * records and let go of its tables. */
+/* At the start of a decision: no record, no origin yet. */
 void explain_begin(struct policy_engine *e)
 {
-	struct explain *xp = e->xp;
-	unsigned long long used = xp->seen < EXPLAIN_RING ? xp->seen : EXPLAIN_RING;
+	e->xp->n_origin = 0;
+	e->xp->seen = 0;
+}
 
-	xp->n_origin = 0;
-	if (used && lua_checkstack(e->L, 2)) {
-		lua_rawgeti(e->L, LUA_REGISTRYINDEX, xp->ref_anchor);
-		for (unsigned long long i = 1; i <= used; i++) {
-			lua_pushboolean(e->L, 0);
-			lua_rawseti(e->L, -2, (lua_Integer)i);
-		}
-		lua_pop(e->L, 1);
+/* At the end of a decision, whatever its outcome (on e->L, protected): let
+ * go of the tables the records held, so that nothing of a request is kept
+ * past its decision. Writes false into existing slots: never allocates. */
+void explain_end(struct policy_engine *e)
+{
+	struct explain *xp = e->xp;
+	unsigned long long used = xp && xp->seen < EXPLAIN_RING ? xp->seen : EXPLAIN_RING;
+
+	if (!xp || !xp->seen || !lua_checkstack(e->L, 2))
+		return;
+	lua_rawgeti(e->L, LUA_REGISTRYINDEX, xp->ref_anchor);
+	for (unsigned long long i = 1; i <= used; i++) {
+		lua_pushboolean(e->L, 0);
+		lua_rawseti(e->L, -2, (lua_Integer)i);
 	}
+	lua_pop(e->L, 1);
 	xp->seen = 0;
 }
 

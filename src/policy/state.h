@@ -219,6 +219,7 @@ static inline int budget_mask(const struct policy_engine *e)
 void explain_begin(struct policy_engine *e);
 void explain_return(struct policy_engine *e, lua_State *L, lua_Debug *ar);
 void explain_finish(struct policy_engine *e, const void *table);
+void explain_end(struct policy_engine *e);
 void explain_free(struct policy_engine *e);
 
 /* decision.c */
