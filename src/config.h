@@ -161,6 +161,18 @@ struct config {
  */
 struct config *config_load(const char *path, char *err, size_t errlen);
 
+/* What a command needs of a configuration: `eval` and `replay` never call
+ * Courier, so they never read its API keys (left empty), nor the TLS pair. */
+enum config_use {
+	CONFIG_USE_SERVE,    /* everything (config_load) */
+	CONFIG_USE_EVAL,     /* the requesters' auth and the policies: no Courier key, no TLS */
+	CONFIG_USE_POLICIES, /* the policies and their data only: no secret, key or JWKS at all */
+};
+
+/* config_load for a command that needs only part of the configuration: the
+ * file is checked all the same, what use leaves out is never read. */
+struct config *config_load_for(const char *path, enum config_use use, char *err, size_t errlen);
+
 /* Frees everything, zeroing every secret. NULL is fine. */
 void config_free(struct config *cfg);
 

@@ -8,7 +8,7 @@
  * EX_SOFTWARE (70), a clean drain 0. check: loads everything and
  * runs the policy tests. reload: check, then SIGHUP the broker of a pid file
  * and wait for its own verdict (pidfile.h). serve --listen overrides listen.
- * eval: one decision, never calling Courier. Keeps no logic of its own beyond
+ * eval: one decision, never calling Courier. replay: replay.c. Keeps no logic of its own beyond
  * the order of things.
  */
 #include <curl/curl.h>
@@ -33,6 +33,7 @@
 #include "courier.h"
 #include "denycmd.h"
 #include "envelope.h"
+#include "evalreq.h"
 #include "fileio.h"
 #include "gen.h"
 #include "http.h"
@@ -44,6 +45,7 @@
 #include "policyeval.h"
 #include "policytest.h"
 #include "reload.h"
+#include "replay.h"
 #include "scope.h"
 #include "sdnotify.h"
 
@@ -69,9 +71,15 @@ static const char usage[] =
     "       " POLICYTEST_USAGE "\n"
     "                                              run policy test files (*_test.lua) or folders\n"
     "                                              of them\n"
-    "       courier-broker eval -c CONFIG --tenant NAME [--request FILE|-]\n"
-    "                                              print the decision for one request as JSON;\n"
-    "                                              never calls Courier\n"
+    "       courier-broker eval -c CONFIG --tenant NAME [--request FILE|-] [--peer ADDR] [--explain]\n"
+    "                                              print the decision for one request (JSON\n"
+    "                                              description, or raw HTTP with its credential,\n"
+    "                                              verified) as JSON; --explain: the return that\n"
+    "                                              decided and its calls; never calls Courier\n"
+    "       " REPLAY_USAGE "\n"
+    "                                              decide audit-log lines again with CONFIG's\n"
+    "                                              policies; print each decision that differs;\n"
+    "                                              exit 1 when one does\n"
     "       " DENYCMD_USAGE "\n"
     "                                              with a cluster: add or remove users on the\n"
     "                                              tenant's shared deny list (every broker\n"
@@ -366,7 +374,8 @@ static int cmd_serve(const char *path, const char *pid_file)
 	return 0;
 }
 
-static int cmd_eval(const char *path, const char *tenant, const char *request)
+static int cmd_eval(const char *path, const char *tenant, const char *request,
+                    const struct evalreq_options *opt)
 {
 	char err[1024];
 	struct config *cfg;
@@ -375,7 +384,8 @@ static int cmd_eval(const char *path, const char *tenant, const char *request)
 	size_t len = 0;
 	int rc = 1;
 
-	cfg = config_load(path, err, sizeof(err));
+	/* Never calls Courier: its keys are not read (the requesters' auth is). */
+	cfg = config_load_for(path, CONFIG_USE_EVAL, err, sizeof(err));
 	if (!cfg) {
 		fprintf(stderr, "courier-broker: %s\n", err);
 		return 1;
@@ -393,7 +403,7 @@ static int cmd_eval(const char *path, const char *tenant, const char *request)
 		fprintf(stderr, "courier-broker: %s\n", err);
 		goto out;
 	}
-	rc = policyeval_run(e, config_tenant(cfg, tenant), buf, len, stdout);
+	rc = evalreq_run(e, cfg, config_tenant(cfg, tenant), buf, len, opt, stdout);
 out:
 	free(buf);
 	policy_engine_free(e);
@@ -405,6 +415,7 @@ int main(int argc, char **argv)
 {
 	const char *cmd = argc > 1 ? argv[1] : NULL;
 	const char *config = NULL, *tenant = NULL, *request = NULL, *pid_file = NULL;
+	struct evalreq_options eval_opt = {0};
 
 	if (!cmd || strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0) {
 		fputs(usage, cmd ? stdout : stderr);
@@ -418,6 +429,8 @@ int main(int argc, char **argv)
 		return policytest_main(argc - 2, argv + 2);
 	if (strcmp(cmd, "deny") == 0 || strcmp(cmd, "allow") == 0)
 		return denycmd_main(cmd, argc - 2, argv + 2);
+	if (strcmp(cmd, "replay") == 0)
+		return replay_main(argc - 2, argv + 2);
 
 	for (int i = 2; i < argc; i++) {
 		if ((strcmp(argv[i], "-c") == 0 || strcmp(argv[i], "--config") == 0) && i + 1 < argc)
@@ -429,6 +442,10 @@ int main(int argc, char **argv)
 		else if (strcmp(argv[i], "--pid-file") == 0 && i + 1 < argc &&
 		         (strcmp(cmd, "serve") == 0 || strcmp(cmd, "reload") == 0))
 			pid_file = argv[++i];
+		else if (strcmp(argv[i], "--peer") == 0 && i + 1 < argc && strcmp(cmd, "eval") == 0)
+			eval_opt.peer = argv[++i];
+		else if (strcmp(argv[i], "--explain") == 0 && strcmp(cmd, "eval") == 0)
+			eval_opt.explain = true;
 		else if (strcmp(argv[i], "--listen") == 0 && i + 1 < argc && strcmp(cmd, "serve") == 0)
 			config_override_listen(argv[++i]);
 		else {
@@ -451,7 +468,7 @@ int main(int argc, char **argv)
 			fprintf(stderr, "courier-broker: eval needs --tenant NAME\n");
 			return 2;
 		}
-		return cmd_eval(config, tenant, request);
+		return cmd_eval(config, tenant, request, &eval_opt);
 	}
 	fprintf(stderr, "courier-broker: unknown command %s\n%s", cmd, usage);
 	return 2;

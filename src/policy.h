@@ -82,6 +82,35 @@ const char *policy_decision_log(const struct policy_engine *e);
 int policy_engine_set_data(struct policy_engine *e, const struct tenant *t, const char *json, size_t len,
                            char *err, size_t errlen);
 
+/*
+ * Explain: which `return` of a policy decided. With explain on, each
+ * decision on e records the return that produced the table the policy
+ * returned (the innermost one: a helper's `return { allow = ... }` rather
+ * than decide's `return d`) and the policy frames that led there. It costs
+ * a return hook while deciding; off by default. Returns 0, or -1 when out of
+ * memory (explain stays off).
+ */
+#define POLICY_CHAIN_MAX 8
+struct policy_frame {
+	const char *source; /* the file's absolute path: valid while the engine lives */
+	int line;
+	bool tail; /* reached by a tail call: the caller's frame is gone */
+};
+int policy_engine_explain(struct policy_engine *e, bool on);
+
+/* The last decision's chain into out (at most max frames, outermost first;
+ * the last is the `return` that decided). 0 when unknown: explain off, a
+ * policy error, or a decision table not returned from a policy file. */
+size_t policy_decision_origin(const struct policy_engine *e, struct policy_frame *out, size_t max);
+
+/* The same as "file:line\n" lines, outermost first, into buf (cut at a
+ * whole line); returns the number of frames. */
+size_t policy_origin_text(const struct policy_engine *e, char *buf, size_t len);
+
+/* The same as one phrase, paths shown without base + "/": "decided at
+ * rules.lua:12, called from acme.lua:30 > rules.lua:40" (cut to len). */
+size_t policy_origin_line(const struct policy_engine *e, const char *base, char *buf, size_t len);
+
 /* `test --coverage`: from now on, every line of a policy or module that
  * runs on e is recorded (with a line hook: slower). Returns 0 or -1. */
 int policy_engine_coverage(struct policy_engine *e);

@@ -362,7 +362,41 @@ static void push_warnings(lua_State *L, const struct tenant *t, const struct pol
 	}
 }
 
+/* With explain on: decided_at (the `return` that decided, "file:line") and
+ * decided_by (the policy frames that led there, outermost first). */
+static void push_origin(lua_State *L, struct policy_engine *e)
+{
+	struct policy_frame fr[POLICY_CHAIN_MAX];
+	size_t n = policy_decision_origin(e, fr, POLICY_CHAIN_MAX);
+
+	if (n == 0)
+		return;
+	lua_pushfstring(L, "%s:%d", fr[n - 1].source, fr[n - 1].line);
+	lua_setfield(L, -2, "decided_at");
+	lua_createtable(L, (int)n, 0);
+	for (size_t i = 0; i < n; i++) {
+		lua_pushfstring(L, "%s:%d%s", fr[i].source, fr[i].line, fr[i].tail ? " (tail call)" : "");
+		lua_rawseti(L, -2, (lua_Integer)i + 1);
+	}
+	lua_setfield(L, -2, "decided_by");
+}
+
 int policyeval_run(struct policy_engine *e, const struct tenant *t, const char *json, size_t len, FILE *out)
+{
+	lua_State *L = policy_engine_lua(e);
+	int top = lua_gettop(L), rc;
+
+	if (json_decode(L, json, len) != 0 || !lua_istable(L, -1)) {
+		fprintf(stderr, "courier-broker eval: the request must be a JSON object\n");
+		lua_settop(L, top);
+		return 1;
+	}
+	rc = policyeval_print(e, t, lua_gettop(L), out);
+	lua_settop(L, top);
+	return rc;
+}
+
+int policyeval_print(struct policy_engine *e, const struct tenant *t, int reqidx, FILE *out)
 {
 	lua_State *L = policy_engine_lua(e);
 	int top = lua_gettop(L);
@@ -370,15 +404,10 @@ int policyeval_run(struct policy_engine *e, const struct tenant *t, const char *
 	const char *s;
 	size_t slen;
 
-	if (json_decode(L, json, len) != 0 || !lua_istable(L, -1)) {
-		fprintf(stderr, "courier-broker eval: the request must be a JSON object\n");
-		lua_settop(L, top);
-		return 1;
-	}
 	o = calloc(1, sizeof(*o));
 	if (!o)
 		return 1;
-	policyeval_decide(e, L, -1, t, o);
+	policyeval_decide(e, L, reqidx, t, o);
 	if (o->invalid) { /* a request that cannot be (a typo, a body the server refuses) */
 		fprintf(stderr, "courier-broker eval: the request: %s\n", o->err);
 		lua_settop(L, top);
@@ -413,6 +442,8 @@ int policyeval_run(struct policy_engine *e, const struct tenant *t, const char *
 		}
 		lua_setfield(L, -2, "policy_log");
 	}
+	if (o->kind != POLICYEVAL_ERROR)
+		push_origin(L, e);
 	if (o->kind == POLICYEVAL_ALLOW) {
 		lua_pushstring(L, o->grant.scope);
 		lua_setfield(L, -2, "scope");

@@ -44,4 +44,8 @@ int policyeval_known_keys(struct lua_State *L, int idx, const char *what, const 
  * to out. Returns the exit status (0 when a decision was printed). */
 int policyeval_run(struct policy_engine *e, const struct tenant *t, const char *json, size_t len, FILE *out);
 
+/* policyeval_run's second half: decides the request description at reqidx
+ * on policy_engine_lua(e) and prints the result. Leaves the stack as it was. */
+int policyeval_print(struct policy_engine *e, const struct tenant *t, int reqidx, FILE *out);
+
 #endif

@@ -784,6 +784,7 @@ static int run_file(struct policy_engine *e, const struct tenant *t, const char 
 		free(text);
 		return -1;
 	}
+	policy_engine_explain(e, true); /* a failure names the return that decided */
 	cases = lua_gettop(L);
 	if (check_file_shape(L, cases, err, sizeof(err)) != 0) {
 		report_case_at(rep, path, "(file)", 0, err);
@@ -867,6 +868,11 @@ static int run_file(struct policy_engine *e, const struct tenant *t, const char 
 		}
 		policyeval_decide(e, L, -2, t, o);
 		ok = check_expect(L, -1, o, policy_decision_log(e), why, sizeof(why));
+		if (!ok && o->kind != POLICYEVAL_ERROR && !o->invalid) {
+			char at[256];
+			if (policy_origin_line(e, t->policy_dir, at, sizeof(at)))
+				snprintf(why + strlen(why), sizeof(why) - strlen(why), " (%s)", at);
+		}
 		if (json)
 			policy_engine_set_data(e, t, NULL, 0, err, sizeof(err));
 		if (ok || !o->invalid)

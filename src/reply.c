@@ -113,7 +113,8 @@ void reply_trace_id(struct MHD_Connection *conn, char out[33])
 
 static enum MHD_Result queue(struct MHD_Connection *conn, struct http_server *s, int status,
                              const char *ctype, const char *body, size_t len, const char *extra_name,
-                             const char *extra_value, const char *cors_origin, const char *request_id)
+                             const char *extra_value, const char *cors_origin, const char *request_id,
+                             const char *revision)
 {
 	struct MHD_Response *resp;
 	enum MHD_Result ret;
@@ -127,6 +128,8 @@ static enum MHD_Result queue(struct MHD_Connection *conn, struct http_server *s,
 	MHD_add_response_header(resp, "X-Request-Id", request_id);
 	if (extra_name)
 		MHD_add_response_header(resp, extra_name, extra_value);
+	if (revision)
+		MHD_add_response_header(resp, "X-Policy-Revision", revision);
 	if (cors_origin) {
 		/* Errors carry it too, so the frontend can read why. */
 		MHD_add_response_header(resp, "Access-Control-Allow-Origin", cors_origin);
@@ -150,14 +153,18 @@ enum MHD_Result reply_queue(struct MHD_Connection *conn, struct http_server *s, 
 	char id[REPLY_REQUEST_ID_MAX + 1];
 
 	reply_request_id(conn, id);
-	return queue(conn, s, status, ctype, body, len, extra_name, extra_value, cors_origin, id);
+	return queue(conn, s, status, ctype, body, len, extra_name, extra_value, cors_origin, id, NULL);
 }
 
 enum MHD_Result reply_queue_req(struct req *r, int status, const char *ctype, const char *body, size_t len,
                                 const char *extra_name, const char *extra_value)
 {
+	/* Every answer to a decided request names the revision that decided it,
+	 * 403s and the errors after an allow included (CONTRACT.md). */
+	const char *revision = r->decision && r->tenant ? r->tenant->policy_revision : NULL;
+
 	return queue(r->conn, r->srv, status, ctype, body, len, extra_name, extra_value, r->cors_origin,
-	             r->request_id);
+	             r->request_id, revision);
 }
 
 enum MHD_Result reply_plain(struct MHD_Connection *conn, struct http_server *s, int status, const char *ctype,
@@ -222,6 +229,22 @@ static void audit_request(struct req *r, struct log_line *l)
 	log_line_close(l, '}');
 }
 
+/* decided_at: the policy's `return` that decided ("file:line"), and
+ * decided_by: the policy frames that led there, outermost first. */
+static void audit_decided(struct req *r, struct log_line *l)
+{
+	const char *last, *end;
+	char at[512];
+
+	if (!r->decided_by || !(end = strrchr(r->decided_by, '\n')))
+		return;
+	for (last = end; last > r->decided_by && last[-1] != '\n'; last--)
+		;
+	snprintf(at, sizeof(at), "%.*s", (int)(end - last), last);
+	log_line_str(l, "decided_at", at);
+	log_line_lines(l, "decided_by", r->decided_by);
+}
+
 /* The audit line of a decided request: who asked, for whom, what was
  * granted or why not, under which policy revision. */
 static void audit_log(struct req *r, int status, const char *error)
@@ -254,6 +277,7 @@ static void audit_log(struct req *r, int status, const char *error)
 	}
 	log_line_int(&l, "status", status);
 	log_line_str(&l, "error", error);
+	audit_decided(r, &l);
 	if (audit_inputs())
 		audit_request(r, &l);
 	line = log_line_finish(&l, &len);

@@ -68,6 +68,7 @@ struct req {
 
 	char *courier_body;
 	char *policy_log; /* broker.log lines of the decision ("a\nb\n"), or NULL */
+	char *decided_by; /* with an audit log: the frames to the deciding return ("f:1\ng:2\n"), or NULL */
 	struct courier_job job;
 
 	/* Identical grants (token.c): the grant's key, the flight this request
@@ -99,8 +100,8 @@ enum reply_answer {
 	REPLY_UNAVAILABLE,
 	REPLY_UPSTREAM_TIMEOUT,
 	REPLY_UPSTREAM_UNAVAILABLE, /* the Courier circuit breaker is open */
-	REPLY_USER_DENIED,          /* the kill switch or the cluster deny list: the user may not get tokens */
-	REPLY_TENANT_DISABLED,      /* the kill switch: the tenant has enabled = false */
+	REPLY_USER_DENIED,     /* the kill switch or the cluster deny list: the user may not get tokens */
+	REPLY_TENANT_DISABLED, /* the kill switch: the tenant has enabled = false */
 };
 
 /* The request's id: the client's X-Request-Id when it is 1-128 characters
@@ -112,7 +113,8 @@ void reply_request_id(struct MHD_Connection *conn, char *out);
  * not all zero) into out[33], or "" when none. */
 void reply_trace_id(struct MHD_Connection *conn, char out[33]);
 
-/* reply_queue for a token request: its X-Request-Id and CORS origin. */
+/* reply_queue for a token request: its X-Request-Id and CORS origin, and
+ * X-Policy-Revision once the request was decided (r->decision set). */
 enum MHD_Result reply_queue_req(struct req *r, int status, const char *ctype, const char *body, size_t len,
                                 const char *extra_name, const char *extra_value);
 

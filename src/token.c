@@ -403,6 +403,15 @@ static enum reply_answer stage_cluster_deny(struct req *r, struct pipeline *p)
 	return REPLY_USER_DENIED;
 }
 
+/* The policy frames that led to the decision's `return`, "file:line\n"
+ * lines (the engine's lasts one decision), or NULL. */
+static char *audit_decided_by(struct policy_engine *e)
+{
+	char text[POLICY_CHAIN_MAX * 300];
+
+	return policy_origin_text(e, text, sizeof(text)) ? strdup(text) : NULL;
+}
+
 /* The tenant's policy decides, on the engine pinned by token_begin. */
 static enum reply_answer stage_decide(struct req *r, struct pipeline *p)
 {
@@ -428,9 +437,13 @@ static enum reply_answer stage_decide(struct req *r, struct pipeline *p)
 	audit_inputs_of(r, p);
 
 	shadow_of(r, p, &prq);
+	/* The audit line names the return that decided (a return hook while
+	 * deciding: paid only with an audit log). */
+	policy_engine_explain(p->e, audit_enabled());
 	decided = policy_decide(p->e, &prq, p->dec, p->err, sizeof(p->err));
 	if (policy_decision_log(p->e)[0])
 		r->policy_log = strdup(policy_decision_log(p->e)); /* the engine's copy lasts one decision */
+	r->decided_by = audit_decided_by(p->e);
 	if (decided != 0) {
 		r->decision = "error";
 		snprintf(r->reason, sizeof(r->reason), "%.*s", (int)sizeof(r->reason) - 1, p->err);
@@ -492,8 +505,7 @@ static enum MHD_Result answer_token(struct req *r, lua_State *L, int top, size_t
 		lua_settop(L, top);
 		return reply_fail(r, REPLY_UNAVAILABLE, "out of memory", NULL, NULL);
 	}
-	ret = reply_queue_req(r, 200, "application/json", json, jlen, "X-Policy-Revision",
-	                      r->tenant->policy_revision);
+	ret = reply_queue_req(r, 200, "application/json", json, jlen, NULL, NULL);
 	reply_log(r, 200, NULL, token, tlen, up_ms);
 	r->state = RS_DONE;
 	lua_settop(L, top);
@@ -612,9 +624,8 @@ static enum reply_answer stage_upstream(struct req *r, struct pipeline *p)
 static enum MHD_Result process(struct req *r)
 {
 	static enum reply_answer (*const stages[])(struct req *, struct pipeline *) = {
-	    stage_body,         stage_identity, stage_killswitch, stage_cluster_deny,
-	    stage_rate,
-	    stage_decide, stage_envelope, stage_upstream,
+	    stage_body, stage_identity, stage_killswitch, stage_cluster_deny,
+	    stage_rate, stage_decide,   stage_envelope,   stage_upstream,
 	};
 	struct policy_engine *e = r->engine ? r->engine->engine : NULL;
 	enum reply_answer a = REPLY_GO;
@@ -783,6 +794,7 @@ void token_end(struct req *r)
 	courier_job_cleanup(&r->job);
 	free(r->courier_body);
 	free(r->policy_log);
+	free(r->decided_by);
 	free(r->audit_body);
 	free(r->audit_claims);
 	buf_free(&r->body);

@@ -436,8 +436,13 @@ static int parse(struct loader *ld, const char *path)
 
 struct config *config_load(const char *path, char *err, size_t errlen)
 {
+	return config_load_for(path, CONFIG_USE_SERVE, err, errlen);
+}
+
+struct config *config_load_for(const char *path, enum config_use use, char *err, size_t errlen)
+{
 	char fallback[8];
-	struct loader ld = {.shown = path, .err = err, .errlen = errlen};
+	struct loader ld = {.shown = path, .use = use, .err = err, .errlen = errlen};
 	int rc;
 
 	if (!err || errlen == 0) {

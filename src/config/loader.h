@@ -17,6 +17,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include "config.h"
 #include "secret.h"
 
 struct config;
@@ -74,7 +75,8 @@ struct option {
 struct loader {
 	lua_State *L;
 	struct config *cfg;
-	const char *shown; /* the path as the caller wrote it: every message starts with it */
+	enum config_use use; /* what config_resolve reads (config.h) */
+	const char *shown;   /* the path as the caller wrote it: every message starts with it */
 	char *err;
 	size_t errlen;
 	struct pending *pending; /* what config_resolve reads, in walk order (pending.c) */

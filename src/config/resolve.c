@@ -199,6 +199,26 @@ static int resolve_cache_key(struct loader *ld, struct pending *p)
 	return rc;
 }
 
+/* Whether ld's use needs what p names: `eval` never reads the Courier API
+ * keys nor the TLS pair, `replay` only the policies and their data. */
+static bool wanted(const struct loader *ld, const struct pending *p)
+{
+	if (ld->use == CONFIG_USE_POLICIES)
+		return p->kind == PENDING_POLICY || p->kind == PENDING_DATA;
+	if (ld->use != CONFIG_USE_EVAL)
+		return true;
+	if (p->kind == PENDING_TLS || (p->kind == PENDING_SECRET && p->dst == &ld->cfg->tls.key))
+		return false;
+	if (p->kind == PENDING_CACHE_KEY ||
+	    (p->kind == PENDING_SECRET &&
+	     (p->dst == &ld->cfg->cluster.password || p->dst == &ld->cfg->cluster.cache_key)))
+		return false;
+	for (size_t i = 0; p->kind == PENDING_SECRET && i < ld->cfg->n_tenants; i++)
+		if (p->dst == &ld->cfg->tenants[i].api_key)
+			return false;
+	return true;
+}
+
 int config_resolve(struct loader *ld)
 {
 	static int (*const resolve[])(struct loader *, struct pending *) = {
@@ -214,7 +234,7 @@ int config_resolve(struct loader *ld)
 	};
 
 	for (size_t i = 0; i < ld->n_pending; i++)
-		if (resolve[ld->pending[i].kind](ld, &ld->pending[i]) != 0)
+		if (wanted(ld, &ld->pending[i]) && resolve[ld->pending[i].kind](ld, &ld->pending[i]) != 0)
 			return -1;
 	return 0;
 }

@@ -174,7 +174,7 @@ static bool alloc_big_string(struct policy_engine *e, size_t nsize)
 	}
 	if (e->hook_step > FINE_STEP && e->stop == STOP_NONE && e->co) {
 		e->hook_step = FINE_STEP;
-		lua_sethook(e->co, budget_hook, LUA_MASKCOUNT | (e->coverage ? LUA_MASKLINE : 0), FINE_STEP);
+		lua_sethook(e->co, budget_hook, budget_mask(e), FINE_STEP);
 	}
 	return false;
 }

@@ -56,6 +56,11 @@ void budget_hook(lua_State *L, lua_Debug *ar)
 			coverage_record_line(e, L, ar);
 		return;
 	}
+	if (ar->event == LUA_HOOKRET) {
+		if (e->stop == STOP_NONE)
+			explain_return(e, L, ar);
+		return;
+	}
 	if (e->stop == STOP_NONE) {
 		e->steps += e->hook_step;
 		if (e->mem_hit)
@@ -136,7 +141,9 @@ void budget_arm(struct policy_engine *e)
 	e->log_lines = 0;
 	e->loaded_valid = false;
 	budget_clock(e, ms);
-	lua_sethook(e->co, budget_hook, LUA_MASKCOUNT | (e->coverage ? LUA_MASKLINE : 0), e->hook_step);
+	if (e->explain)
+		explain_begin(e);
+	lua_sethook(e->co, budget_hook, budget_mask(e), e->hook_step);
 	e->mem_cap = e->mem_used + e->lim.max_memory_bytes;
 	e->cap_armed = true;
 }

@@ -214,12 +214,16 @@ static int decide_protected(lua_State *L)
 	lua_rawgeti(e->co, LUA_REGISTRYINDEX, e->ref_reqview);
 	if (engine_run(e, 1, RUN_LAST, "decide", c->err, c->errlen, &c->dirty) != 0)
 		goto out;
+	if (e->explain)
+		explain_finish(e, lua_topointer(e->co, -1));
 	lua_xmove(e->co, L, 1);
 	e->cap_armed = false;
 	c->rc = decision_check(L, e, lua_gettop(L), path, c->out, c->err, c->errlen);
 out:
 	e->cap_armed = false;
 	e->rq_now = NULL; /* nothing is built for req once its decision is over */
+	if (e->explain)
+		explain_end(e);
 	return 0;
 }
 
@@ -663,6 +667,7 @@ void policy_engine_free(struct policy_engine *e)
 		lua_close(e->L);
 	}
 	alloc_release_small(e);
+	explain_free(e);
 	free(e->chunks);
 	free(e->envmts);
 	free(e->mods);

@@ -16,6 +16,7 @@
  *   budget.c    hook, clock, charges        (-> coverage.c, view.c)
  *   coverage.c  lines run, code lines       view.c  read-only views
  *   fixture.c   a test's broker.data        (-> view.c)
+ *   explain.c   the return that decided (from budget.c's hook, engine.c)
  * and this header under them all.
  */
 #ifndef POLICY_STATE_H
@@ -53,6 +54,7 @@ struct pmatch_budget;
 #define STRING_MAX    (REP_MAX + 4096) /* longest string a decision may create */
 #define BIG_STRING    (64 * 1024)      /* a string this long switches to FINE_STEP */
 #define FINE_STEP     16               /* instructions between budget checks once one exists */
+#define EXPLAIN_RING  32               /* table returns an explaining decision remembers */
 
 enum stop_reason { STOP_NONE, STOP_INSTRUCTIONS, STOP_TIME, STOP_MEMORY };
 
@@ -162,6 +164,9 @@ struct policy_engine {
 	bool coverage; /* `test --coverage`: lines run are recorded in ref_cov */
 	int ref_cov;
 
+	bool explain;       /* the return that decided is recorded (explain.c) */
+	struct explain *xp; /* its records, from the first policy_engine_explain */
+
 	char log[LOG_MAX]; /* broker.log lines of the last decision */
 	size_t log_len;
 };
@@ -203,6 +208,20 @@ extern const struct budget_wrap budget_string_wraps[], budget_table_wraps[], bud
 
 /* coverage.c */
 void coverage_record_line(struct policy_engine *e, lua_State *L, lua_Debug *ar);
+
+/* The hook's mask while a decision runs: the budget's count, and the lines
+ * (coverage) or returns (explain) when recorded. */
+static inline int budget_mask(const struct policy_engine *e)
+{
+	return LUA_MASKCOUNT | (e->coverage ? LUA_MASKLINE : 0) | (e->explain ? LUA_MASKRET : 0);
+}
+
+/* explain.c */
+void explain_begin(struct policy_engine *e);
+void explain_return(struct policy_engine *e, lua_State *L, lua_Debug *ar);
+void explain_finish(struct policy_engine *e, const void *table);
+void explain_end(struct policy_engine *e);
+void explain_free(struct policy_engine *e);
 
 /* decision.c */
 int decision_check(lua_State *L, struct policy_engine *e, int idx, const char *path, struct decision *out,

@@ -7,7 +7,8 @@
  * envelope applied too (envelope_apply), as the HTTP front does next. The
  * body and claims are decoded once, outside the timing, as they come from
  * the JSON decoder and the JWT check. Prints the median and p99 of single
- * decisions timed one by one (clock_gettime around each).
+ * decisions timed one by one (clock_gettime around each). Then decisions
+ * with explain off and on in turn: what the audit log's decided_by costs.
  *
  *   bench_decision [POLICY [N]]     (default: policies/default.lua, 200000)
  */
@@ -117,6 +118,37 @@ int main(int argc, char **argv)
 		       with_envelope ? "decision + envelope (grant built):"
 		                     : "decision (req built, run, validated):",
 		       lat[n / 2], lat[n * 99 / 100], total / (double)n, path, n);
+	}
+	/* Explain (the audit log's decided_by): off and on in turn, so that a
+	 * loaded machine weighs on both alike. */
+	{
+		double *on = calloc((size_t)n, sizeof(double));
+		if (!on || policy_engine_explain(e, true) != 0) {
+			fprintf(stderr, "bench_decision: explain: out of memory\n");
+			return 1;
+		}
+		for (long i = -n / 10; i < n; i++) {
+			for (int x = 0; x <= 1; x++) {
+				double t0, dt;
+				policy_engine_explain(e, x == 1);
+				t0 = now_us();
+				if (policy_decide(e, &rq, d, err, sizeof(err)) != 0 || !d->allow) {
+					fprintf(stderr, "bench_decision: decision failed: %s\n", err);
+					return 1;
+				}
+				dt = now_us() - t0;
+				if (i >= 0)
+					(x ? on : lat)[i] = dt;
+			}
+		}
+		qsort(lat, (size_t)n, sizeof(double), cmp_double);
+		qsort(on, (size_t)n, sizeof(double), cmp_double);
+		printf("%-40s median %5.2f us  p99 %5.2f us  (explain off, interleaved)\n",
+		       "decision, explain off:", lat[n / 2], lat[n * 99 / 100]);
+		printf("%-40s median %5.2f us  p99 %5.2f us  (+%.2f us at the median)\n",
+		       "decision, explain on (audit log):", on[n / 2], on[n * 99 / 100],
+		       on[n / 2] - lat[n / 2]);
+		free(on);
 	}
 	policy_engine_free(e);
 	free(t.policy_text);

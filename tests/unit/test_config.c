@@ -1274,6 +1274,36 @@ static void test_trusted_proxy(void **state)
 	             NULL);
 }
 
+/* eval and replay never read the Courier key (nor TLS); replay no secret at all. */
+static void test_load_for_tools(void **state)
+{
+	struct fixture *f = *state;
+	struct config *cfg;
+
+	unsetenv("COURIER_API_KEY");
+	write_file(f->dir, "broker.conf.lua", MINIMAL, 0644);
+	assert_null(config_load(f->path, f->err, sizeof(f->err)));
+	assert_non_null(strstr(f->err, "COURIER_API_KEY"));
+	cfg = config_load_for(f->path, CONFIG_USE_EVAL, f->err, sizeof(f->err));
+	if (!cfg)
+		fail_msg("%s", f->err);
+	assert_int_equal(config_tenant(cfg, "default")->api_key.len, 0);
+	/* The requesters' auth is still read: eval verifies a real request. */
+	assert_true(config_tenant(cfg, "default")->auth.jwt.hmac_secret.len > 0);
+	config_free(cfg);
+	unsetenv("APP_JWT_SECRET");
+	assert_null(config_load_for(f->path, CONFIG_USE_EVAL, f->err, sizeof(f->err)));
+	assert_non_null(strstr(f->err, "APP_JWT_SECRET"));
+	cfg = config_load_for(f->path, CONFIG_USE_POLICIES, f->err, sizeof(f->err));
+	if (!cfg)
+		fail_msg("%s", f->err);
+	assert_non_null(config_tenant(cfg, "default")->policy_text);
+	config_free(cfg);
+	/* The file is checked all the same. */
+	write_file(f->dir, "broker.conf.lua", TENANT_HEAD JWT_AUTH " polcy = 1 } }\n", 0644);
+	assert_null(config_load_for(f->path, CONFIG_USE_POLICIES, f->err, sizeof(f->err)));
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1311,6 +1341,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_cluster_url_forms, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_cluster_url_refused, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_cluster_other_options, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_load_for_tools, setup, teardown),
 	    cmocka_unit_test(test_free_null),
 	};
 
