@@ -365,7 +365,7 @@ static int cmd_eval(const char *path, const char *tenant, const char *request)
 	size_t len = 0;
 	int rc = 1;
 
-	cfg = config_load(path, err, sizeof(err));
+	cfg = config_load(path, &policy_config_sandbox, err, sizeof(err));
 	if (!cfg) {
 		fprintf(stderr, "courier-broker: %s\n", err);
 		return 1;

@@ -62,7 +62,7 @@ static unsigned restart_only_value(const struct config *cfg, size_t i)
 
 struct config *reload_load(const char *path, bool quiet_tests, char *err, size_t errlen)
 {
-	struct config *cfg = config_load(path, err, errlen);
+	struct config *cfg = config_load(path, &policy_config_sandbox, err, errlen);
 	struct policy_engine *e;
 	int rc;
 

@@ -73,6 +73,7 @@ struct option {
 
 struct loader {
 	lua_State *L;
+	const struct config_sandbox *box; /* the caller's: the file runs in one of its sandboxes */
 	struct config *cfg;
 	const char *shown; /* the path as the caller wrote it: every message starts with it */
 	char *err;
