@@ -1,21 +1,23 @@
 /*
  * config.c — loading the broker's configuration from one Lua file.
  *
- * Loading has two phases. Parse: the file runs once in the broker's Lua
- * sandbox (the caller's struct config_sandbox, policy_config_sandbox: no I/O, no load/require/setmetatable, a
- * memory cap, an instruction and a CPU time budget); the globals it assigns
- * land in a private environment table, which is then walked against
- * `config_options` (options.c), the single declarative table of every
- * option. The walk only parses and validates: it reads no secret, opens no
- * file and no JWKS source, starts no thread. Resolve (resolve.c), once the
- * sandbox is closed: secrets, policies and their modules and data, public
- * keys, JWKS sources. Nothing else in the broker parses configuration.
+ * Loading has two phases. Parse: the file runs once in the Lua sandbox the
+ * caller lends (struct config_sandbox; the broker's is policy_config_sandbox:
+ * no I/O, no load/require/setmetatable, a memory cap, an instruction and a
+ * CPU time budget); the globals it assigns land in a private environment
+ * table, which is then walked against `config_options` (options.c), the
+ * single declarative table of every option. The walk only parses and
+ * validates: it reads no secret, opens no file and no JWKS source, starts no
+ * thread. Resolve (resolve.c), once the sandbox is closed: secrets, policies
+ * and their modules and data, public keys, JWKS sources. Nothing else in the
+ * broker parses configuration.
  *
  * Owns config_load/free/tenant, the walk of the tables and the checks that
  * involve more than one option. It must never let an error echo a secret's
  * value, and never run code from the file after its chunk has returned: the
  * walk reads the Lua values with raw accesses only. Every error names the
- * file and the full key path.
+ * file and the full key path. It never builds a Lua state of its own: with
+ * no sandbox from the caller, it loads nothing.
  */
 #include "config.h"
 
@@ -340,15 +342,15 @@ static int walk_table(struct loader *ld, const char *pattern, const char *path, 
 /* ------------------------------------------------------------------------ */
 
 /*
- * The file runs in the sandbox the caller gave (ld->box: the broker's one
- * Lua sandbox, policy_config_sandbox, the policies' own): the charged string, table, math and utf8
- * libraries (a C loop is charged before it runs), the sealed string
- * metatable, no I/O, load, require, print or setmetatable (so no __gc or
- * __close of the file's can run after it returns, nor any of its code while
- * the walk reads its globals), under an instruction budget, a CPU time
- * budget and a memory cap. A syntax error never quotes the file's text.
- * The walk it runs reads and checks values only; config_resolve does the
- * rest after box->close has closed the state.
+ * The file runs in the sandbox the caller lends (ld->box; the broker's one
+ * Lua sandbox, policy_config_sandbox, the policies' own): the charged string,
+ * table, math and utf8 libraries (a C loop is charged before it runs), the
+ * sealed string metatable, no I/O, load, require, print or setmetatable (so
+ * no __gc or __close of the file's can run after it returns, nor any of its
+ * code while the walk reads its globals), under an instruction budget, a CPU
+ * time budget and a memory cap. A syntax error never quotes the file's text.
+ * The walk it runs reads and checks values only; config_resolve does the rest
+ * after box->close has closed the state.
  */
 struct walk_ctx {
 	struct loader *ld;
