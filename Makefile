@@ -214,6 +214,8 @@ lint:
 	cppcheck --quiet --error-exitcode=1 --enable=warning,portability --std=c11 \
 	  --suppress=missingIncludeSystem --suppress=memleak --suppress=varFuncNullUB \
 	  --suppress=va_list_usedBeforeStarted -Isrc tests/unit tests/bench tests/fuzz tests/double tests/tools
+	@# config/ gets its Lua sandbox from its caller (struct config_sandbox): no include of policy/.
+	@! grep -rnE '#include "policy(/|\.h")' src/config/ || { echo "src/config/ must not include policy.h"; exit 1; }
 
 clean:
 	rm -rf build

@@ -154,12 +154,32 @@ struct config {
 };
 
 /*
- * Loads and validates the file at path in two phases: the sandboxed file is
- * parsed and checked, then secrets (env or file), policy files, keys and JWKS
- * sources are resolved. Returns a new config, or NULL with a message naming
- * the file and key in err.
+ * The Lua sandbox the configuration file runs in, given by the caller of
+ * config_load (the broker's one: policy_config_sandbox, policy.h), so that
+ * config/ builds no Lua state of its own and needs nothing of policy/.
+ * open: a fresh sandbox under these budgets (instructions, CPU time, heap),
+ * or NULL with the reason in err. lua: its state. run: runs text once as the
+ * chunk "@name" in a fresh environment; 0 with that environment and then the
+ * chunk's first result pushed on lua(box), or -1 with the reason (file:line,
+ * never a quote of the text) in err, pushing nothing. close: frees it all.
  */
-struct config *config_load(const char *path, char *err, size_t errlen);
+struct lua_State;
+struct config_sandbox {
+	void *(*open)(long long max_instructions, long timeout_ms, size_t max_memory_bytes, char *err,
+	              size_t errlen);
+	struct lua_State *(*lua)(void *box);
+	int (*run)(void *box, const char *name, const char *text, size_t len, char *err, size_t errlen);
+	void (*close)(void *box);
+};
+
+/*
+ * Loads and validates the file at path in two phases: the file is parsed and
+ * checked in a sandbox of box's, then secrets (env or file), policy files,
+ * keys and JWKS sources are resolved. Returns a new config, or NULL with a
+ * message naming the file and key in err (also when box is NULL or lacks a
+ * function: no sandbox, no configuration).
+ */
+struct config *config_load(const char *path, const struct config_sandbox *box, char *err, size_t errlen);
 
 /* What a command needs of a configuration: `eval` and `replay` never call
  * Courier, so they never read its API keys (left empty), nor the TLS pair. */
@@ -171,7 +191,8 @@ enum config_use {
 
 /* config_load for a command that needs only part of the configuration: the
  * file is checked all the same, what use leaves out is never read. */
-struct config *config_load_for(const char *path, enum config_use use, char *err, size_t errlen);
+struct config *config_load_for(const char *path, const struct config_sandbox *box, enum config_use use,
+                               char *err, size_t errlen);
 
 /* Frees everything, zeroing every secret. NULL is fine. */
 void config_free(struct config *cfg);

@@ -18,6 +18,7 @@
 
 #include "cluster.h"
 #include "config.h"
+#include "policy.h"
 #include "redis.h"
 #include "scope.h"
 
@@ -144,7 +145,7 @@ int denycmd_main(const char *cmd, int argc, char **argv)
 		free(a.users);
 		return 2;
 	}
-	if (!(cfg = config_load(a.config, err, sizeof(err)))) {
+	if (!(cfg = config_load(a.config, &policy_config_sandbox, err, sizeof(err)))) {
 		fprintf(stderr, "courier-broker: %s\n", err);
 		goto out;
 	}

@@ -385,7 +385,7 @@ static int cmd_eval(const char *path, const char *tenant, const char *request,
 	int rc = 1;
 
 	/* Never calls Courier: its keys are not read (the requesters' auth is). */
-	cfg = config_load_for(path, CONFIG_USE_EVAL, err, sizeof(err));
+	cfg = config_load_for(path, &policy_config_sandbox, CONFIG_USE_EVAL, err, sizeof(err));
 	if (!cfg) {
 		fprintf(stderr, "courier-broker: %s\n", err);
 		return 1;

@@ -176,4 +176,8 @@ int policy_sandbox_run(struct policy_engine *e, const char *name, const char *te
  * a file that is not Lua (a key named as a policy) must not be echoed. */
 void policy_scrub_syntax_error(char *msg);
 
+/* The sandbox above, as config_load takes it (config.h): each open is a
+ * policy_sandbox_new under the loader's budgets (policy/configbox.c). */
+extern const struct config_sandbox policy_config_sandbox;
+
 #endif

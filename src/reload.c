@@ -72,7 +72,7 @@ static void shadow_failed(char *err, size_t errlen)
 
 struct config *reload_load(const char *path, bool quiet_tests, char *err, size_t errlen)
 {
-	struct config *cfg = config_load(path, err, errlen);
+	struct config *cfg = config_load(path, &policy_config_sandbox, err, errlen);
 	struct policy_engine *e;
 	int rc;
 

@@ -364,7 +364,7 @@ int replay_main(int argc, char **argv)
 	if (strcmp(format, "text") != 0 && strcmp(format, "json") != 0)
 		return usage("--format is text or json");
 	rp.json = strcmp(format, "json") == 0;
-	rp.cfg = config_load_for(config, CONFIG_USE_POLICIES, err, sizeof(err));
+	rp.cfg = config_load_for(config, &policy_config_sandbox, CONFIG_USE_POLICIES, err, sizeof(err));
 	if (!rp.cfg) {
 		fprintf(stderr, "courier-broker replay: %s\n", err);
 		return 2;

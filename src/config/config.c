@@ -1,21 +1,23 @@
 /*
  * config.c — loading the broker's configuration from one Lua file.
  *
- * Loading has two phases. Parse: the file runs once in the broker's Lua
- * sandbox (policy_sandbox_run: no I/O, no load/require/setmetatable, a
- * memory cap, an instruction and a CPU time budget); the globals it assigns
- * land in a private environment table, which is then walked against
- * `config_options` (options.c), the single declarative table of every
- * option. The walk only parses and validates: it reads no secret, opens no
- * file and no JWKS source, starts no thread. Resolve (resolve.c), once the
- * sandbox is closed: secrets, policies and their modules and data, public
- * keys, JWKS sources. Nothing else in the broker parses configuration.
+ * Loading has two phases. Parse: the file runs once in the Lua sandbox the
+ * caller lends (struct config_sandbox; the broker's is policy_config_sandbox:
+ * no I/O, no load/require/setmetatable, a memory cap, an instruction and a
+ * CPU time budget); the globals it assigns land in a private environment
+ * table, which is then walked against `config_options` (options.c), the
+ * single declarative table of every option. The walk only parses and
+ * validates: it reads no secret, opens no file and no JWKS source, starts no
+ * thread. Resolve (resolve.c), once the sandbox is closed: secrets, policies
+ * and their modules and data, public keys, JWKS sources. Nothing else in the
+ * broker parses configuration.
  *
  * Owns config_load/free/tenant, the walk of the tables and the checks that
  * involve more than one option. It must never let an error echo a secret's
  * value, and never run code from the file after its chunk has returned: the
  * walk reads the Lua values with raw accesses only. Every error names the
- * file and the full key path.
+ * file and the full key path. It never builds a Lua state of its own: with
+ * no sandbox from the caller, it loads nothing.
  */
 #include "config.h"
 
@@ -30,7 +32,6 @@
 #include "fileio.h"
 #include "killswitch.h"
 #include "loader.h"
-#include "policy.h"
 #include "trust.h"
 
 #define CONFIG_FILE_MAX     (1024 * 1024) /* the configuration file itself */
@@ -343,15 +344,15 @@ static int walk_table(struct loader *ld, const char *pattern, const char *path, 
 /* ------------------------------------------------------------------------ */
 
 /*
- * The file runs in the broker's one Lua sandbox (policy_sandbox_run in
- * policy.c), the policies' own: the charged string, table, math and utf8
- * libraries (a C loop is charged before it runs), the sealed string
- * metatable, no I/O, load, require, print or setmetatable (so no __gc or
- * __close of the file's can run after it returns, nor any of its code while
- * the walk reads its globals), under an instruction budget, a CPU time
- * budget and a memory cap. A syntax error never quotes the file's text.
- * The walk it runs reads and checks values only; config_resolve does the
- * rest after policy_engine_free has closed the state.
+ * The file runs in the sandbox the caller lends (ld->box; the broker's one
+ * Lua sandbox, policy_config_sandbox, the policies' own): the charged string,
+ * table, math and utf8 libraries (a C loop is charged before it runs), the
+ * sealed string metatable, no I/O, load, require, print or setmetatable (so
+ * no __gc or __close of the file's can run after it returns, nor any of its
+ * code while the walk reads its globals), under an instruction budget, a CPU
+ * time budget and a memory cap. A syntax error never quotes the file's text.
+ * The walk it runs reads and checks values only; config_resolve does the rest
+ * after box->close has closed the state.
  */
 struct walk_ctx {
 	struct loader *ld;
@@ -369,23 +370,19 @@ static int walk_protected(lua_State *L)
 
 static int run_file(struct loader *ld, const char *text, size_t len)
 {
-	static const struct policy_limits lim = {
-	    .max_instructions = CONFIG_INSTRUCTIONS,
-	    .timeout_ms = CONFIG_TIMEOUT_MS,
-	    .max_memory_bytes = CONFIG_MEMORY_MAX,
-	};
+	const struct config_sandbox *sb = ld->box;
 	struct walk_ctx w = {.ld = ld, .rc = -1};
-	struct policy_engine *box;
+	void *box;
 	char why[512];
 	lua_State *L;
 	int rc = -1;
 
-	box = policy_sandbox_new(&lim, why, sizeof(why));
+	box = sb->open(CONFIG_INSTRUCTIONS, CONFIG_TIMEOUT_MS, CONFIG_MEMORY_MAX, why, sizeof(why));
 	if (!box)
 		return config_fail(ld, NULL, "%s", why);
-	L = policy_engine_lua(box);
+	L = sb->lua(box);
 	ld->L = L;
-	if (policy_sandbox_run(box, ld->shown, text, len, why, sizeof(why)) != 0) {
+	if (sb->run(box, ld->shown, text, len, why, sizeof(why)) != 0) {
 		/* Lua's messages start with "<file>:<line>:" already (Lua
 		 * shortens long names). */
 		if (strncmp(why, ld->shown, strlen(ld->shown)) == 0)
@@ -404,7 +401,7 @@ static int run_file(struct loader *ld, const char *text, size_t len)
 		rc = 0;
 out:
 	ld->L = NULL;
-	policy_engine_free(box);
+	sb->close(box);
 	return rc;
 }
 
@@ -434,15 +431,16 @@ static int parse(struct loader *ld, const char *path)
 	return rc;
 }
 
-struct config *config_load(const char *path, char *err, size_t errlen)
+struct config *config_load(const char *path, const struct config_sandbox *box, char *err, size_t errlen)
 {
-	return config_load_for(path, CONFIG_USE_SERVE, err, errlen);
+	return config_load_for(path, box, CONFIG_USE_SERVE, err, errlen);
 }
 
-struct config *config_load_for(const char *path, enum config_use use, char *err, size_t errlen)
+struct config *config_load_for(const char *path, const struct config_sandbox *box, enum config_use use,
+                               char *err, size_t errlen)
 {
 	char fallback[8];
-	struct loader ld = {.shown = path, .use = use, .err = err, .errlen = errlen};
+	struct loader ld = {.shown = path, .box = box, .use = use, .err = err, .errlen = errlen};
 	int rc;
 
 	if (!err || errlen == 0) {
@@ -450,6 +448,10 @@ struct config *config_load_for(const char *path, enum config_use use, char *err,
 		ld.errlen = sizeof(fallback);
 	}
 	ld.err[0] = '\0';
+	if (!box || !box->open || !box->lua || !box->run || !box->close) {
+		config_fail(&ld, NULL, "no sandbox to run the configuration file in");
+		return NULL;
+	}
 	ld.cfg = calloc(1, sizeof(*ld.cfg));
 	if (!ld.cfg) {
 		config_fail(&ld, NULL, "out of memory");

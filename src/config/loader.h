@@ -74,6 +74,7 @@ struct option {
 
 struct loader {
 	lua_State *L;
+	const struct config_sandbox *box; /* the caller's: the file runs in one of its sandboxes */
 	struct config *cfg;
 	enum config_use use; /* what config_resolve reads (config.h) */
 	const char *shown;   /* the path as the caller wrote it: every message starts with it */

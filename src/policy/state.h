@@ -7,6 +7,7 @@
  * outside src/policy/: other modules see only policy.h.
  *
  * The files, top down (every arrow points down, none back):
+ *   configbox.c policy_config_sandbox: the sandbox lent to config_load (-> engine.c)
  *   engine.c    new, compile, decide, run, finish; policy_sandbox_new/run
  *   sandbox.c   building the sandbox: guards, load, require, the libraries
  *   decision.c  the type check of a result  (-> brokerlib.c: UTF-8 repair)

@@ -149,7 +149,7 @@ static void warm_up(void)
 	char err[512];
 
 	write_file("broker.conf.lua", warm, sizeof(warm) - 1, 0644);
-	if (!(cfg = config_load(conf_path, err, sizeof(err))))
+	if (!(cfg = config_load(conf_path, &policy_config_sandbox, err, sizeof(err))))
 		fail("the warm-up configuration does not load", err);
 	config_free(cfg);
 }
@@ -263,7 +263,7 @@ static void run_input(const uint8_t *data, size_t size)
 	write_file("broker.conf.lua", (const char *)data, size, 0644);
 
 	fuzz_clock_start(&c);
-	cfg = config_load(conf_path, err, sizeof(err));
+	cfg = config_load(conf_path, &policy_config_sandbox, err, sizeof(err));
 	check_time(&c, 2.0 * CONFIG_BUDGET_MS + CONFIG_WALK_MS, "loading the configuration");
 	if (fuzz_verbose())
 		fprintf(stderr, "fuzz_config: %s\n", cfg ? "loaded" : err);

@@ -58,7 +58,7 @@ static void setup(void)
 	    "tenants = { default = { api_key = { env = 'FUZZ_UNSET' }, policy = 'p.lua', auth = { none = "
 	    "true } } }\n");
 	snprintf(path, sizeof(path), "%s/broker.conf.lua", dir);
-	if (!(cfg = config_load_for(path, CONFIG_USE_EVAL, err, sizeof(err)))) {
+	if (!(cfg = config_load_for(path, &policy_config_sandbox, CONFIG_USE_EVAL, err, sizeof(err)))) {
 		fprintf(stderr, "fuzz_evalreq: %s\n", err);
 		abort();
 	}

@@ -27,6 +27,7 @@
 #include "config.h"
 #include "ident.h"
 #include "jwt.h"
+#include "policy.h"
 #include "scope.h"
 #include "testkeys.h"
 
@@ -93,7 +94,7 @@ static struct config *load(struct fixture *f, const char *text)
 {
 	write_file(f->dir, "broker.conf.lua", text, 0644);
 	f->err[0] = '\0';
-	return config_load(f->path, f->err, sizeof(f->err));
+	return config_load(f->path, &policy_config_sandbox, f->err, sizeof(f->err));
 }
 
 /* Expects text to be refused with an error that contains every fragment. */
@@ -505,8 +506,82 @@ static void test_missing_and_required(void **state)
 	             "tenants = { ['bad name'] = { api_key = { env = 'COURIER_API_KEY' },\n"
 	             "  policy = 'policies/default.lua', auth = { none = true } } }\n",
 	             ": tenants: \"bad name\" is not a valid tenant name", NULL);
-	config_free(config_load("/nonexistent/broker.conf.lua", f->err, sizeof(f->err)));
+	config_free(
+	    config_load("/nonexistent/broker.conf.lua", &policy_config_sandbox, f->err, sizeof(f->err)));
 	assert_non_null(strstr(f->err, "/nonexistent/broker.conf.lua: No such file or directory"));
+}
+
+/* The sandbox the file runs in is the caller's (config.h's struct
+ * config_sandbox): a recording wrapper around the broker's one. */
+static struct {
+	int opens, runs, closes, fail_open;
+	long long max_instructions;
+	long timeout_ms;
+	size_t max_memory_bytes;
+} rec;
+
+static void *rec_open(long long max_instructions, long timeout_ms, size_t max_memory_bytes, char *err,
+                      size_t errlen)
+{
+	rec.opens++;
+	rec.max_instructions = max_instructions;
+	rec.timeout_ms = timeout_ms;
+	rec.max_memory_bytes = max_memory_bytes;
+	if (rec.fail_open) {
+		snprintf(err, errlen, "the recording sandbox refuses");
+		return NULL;
+	}
+	return policy_config_sandbox.open(max_instructions, timeout_ms, max_memory_bytes, err, errlen);
+}
+
+static int rec_run(void *box, const char *name, const char *text, size_t len, char *err, size_t errlen)
+{
+	rec.runs++;
+	return policy_config_sandbox.run(box, name, text, len, err, errlen);
+}
+
+static void rec_close(void *box)
+{
+	rec.closes++;
+	policy_config_sandbox.close(box);
+}
+
+static void test_sandbox_is_the_callers(void **state)
+{
+	struct fixture *f = *state;
+	const struct config_sandbox box = {rec_open, policy_config_sandbox.lua, rec_run, rec_close};
+	const struct config_sandbox no_run = {rec_open, policy_config_sandbox.lua, NULL, rec_close};
+	struct config *cfg;
+
+	write_file(f->dir, "broker.conf.lua", MINIMAL, 0644);
+	memset(&rec, 0, sizeof(rec));
+	cfg = config_load(f->path, &box, f->err, sizeof(f->err));
+	if (!cfg)
+		fail_msg("%s", f->err);
+	config_free(cfg);
+	/* One sandbox, one run, closed before config_load returns. */
+	assert_int_equal(rec.opens, 1);
+	assert_int_equal(rec.runs, 1);
+	assert_int_equal(rec.closes, 1);
+	/* The configuration file's own budgets, not the policies' defaults. */
+	assert_true(rec.max_instructions > 0 && rec.max_instructions != POLICY_DEFAULT_MAX_INSTRUCTIONS);
+	assert_true(rec.timeout_ms > 0 && rec.timeout_ms != POLICY_DEFAULT_TIMEOUT_MS);
+	assert_true(rec.max_memory_bytes > 0 && rec.max_memory_bytes != POLICY_DEFAULT_MAX_MEMORY_BYTES);
+
+	/* A sandbox that cannot open: no configuration, its reason shown. */
+	memset(&rec, 0, sizeof(rec));
+	rec.fail_open = 1;
+	assert_null(config_load(f->path, &box, f->err, sizeof(f->err)));
+	assert_non_null(strstr(f->err, "the recording sandbox refuses"));
+	assert_int_equal(rec.runs, 0);
+
+	/* Fail closed: no sandbox, or one without a function, no configuration. */
+	memset(&rec, 0, sizeof(rec));
+	assert_null(config_load(f->path, NULL, f->err, sizeof(f->err)));
+	assert_non_null(strstr(f->err, "no sandbox to run the configuration file in"));
+	assert_null(config_load(f->path, &no_run, f->err, sizeof(f->err)));
+	assert_non_null(strstr(f->err, "no sandbox to run the configuration file in"));
+	assert_int_equal(rec.opens, 0);
 }
 
 static void test_bad_listen(void **state)
@@ -1282,9 +1357,9 @@ static void test_load_for_tools(void **state)
 
 	unsetenv("COURIER_API_KEY");
 	write_file(f->dir, "broker.conf.lua", MINIMAL, 0644);
-	assert_null(config_load(f->path, f->err, sizeof(f->err)));
+	assert_null(config_load(f->path, &policy_config_sandbox, f->err, sizeof(f->err)));
 	assert_non_null(strstr(f->err, "COURIER_API_KEY"));
-	cfg = config_load_for(f->path, CONFIG_USE_EVAL, f->err, sizeof(f->err));
+	cfg = config_load_for(f->path, &policy_config_sandbox, CONFIG_USE_EVAL, f->err, sizeof(f->err));
 	if (!cfg)
 		fail_msg("%s", f->err);
 	assert_int_equal(config_tenant(cfg, "default")->api_key.len, 0);
@@ -1292,16 +1367,18 @@ static void test_load_for_tools(void **state)
 	assert_true(config_tenant(cfg, "default")->auth.jwt.hmac_secret.len > 0);
 	config_free(cfg);
 	unsetenv("APP_JWT_SECRET");
-	assert_null(config_load_for(f->path, CONFIG_USE_EVAL, f->err, sizeof(f->err)));
+	assert_null(
+	    config_load_for(f->path, &policy_config_sandbox, CONFIG_USE_EVAL, f->err, sizeof(f->err)));
 	assert_non_null(strstr(f->err, "APP_JWT_SECRET"));
-	cfg = config_load_for(f->path, CONFIG_USE_POLICIES, f->err, sizeof(f->err));
+	cfg = config_load_for(f->path, &policy_config_sandbox, CONFIG_USE_POLICIES, f->err, sizeof(f->err));
 	if (!cfg)
 		fail_msg("%s", f->err);
 	assert_non_null(config_tenant(cfg, "default")->policy_text);
 	config_free(cfg);
 	/* The file is checked all the same. */
 	write_file(f->dir, "broker.conf.lua", TENANT_HEAD JWT_AUTH " polcy = 1 } }\n", 0644);
-	assert_null(config_load_for(f->path, CONFIG_USE_POLICIES, f->err, sizeof(f->err)));
+	assert_null(
+	    config_load_for(f->path, &policy_config_sandbox, CONFIG_USE_POLICIES, f->err, sizeof(f->err)));
 }
 
 int main(void)
@@ -1342,6 +1419,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_cluster_url_refused, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_cluster_other_options, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_load_for_tools, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_sandbox_is_the_callers, setup, teardown),
 	    cmocka_unit_test(test_free_null),
 	};
 

@@ -63,7 +63,7 @@ static int setup(void **state)
 	           "  auth = { none = true } } }\n");
 	unsetenv("TEST_EVALREQ_UNSET");
 	snprintf(path, sizeof(path), "%s/broker.conf.lua", f->dir);
-	f->cfg = config_load_for(path, CONFIG_USE_EVAL, err, sizeof(err));
+	f->cfg = config_load_for(path, &policy_config_sandbox, CONFIG_USE_EVAL, err, sizeof(err));
 	if (!f->cfg)
 		fail_msg("%s", err);
 	f->e = policy_engine_new(f->cfg, err, sizeof(err));

@@ -21,6 +21,7 @@
 #include "config.h"
 #include "gen.h"
 #include "metrics.h"
+#include "policy.h"
 
 static char dir[64];
 
@@ -42,7 +43,7 @@ static struct config *load(void)
 	struct config *cfg;
 
 	snprintf(path, sizeof(path), "%s/broker.conf.lua", dir);
-	cfg = config_load(path, err, sizeof(err));
+	cfg = config_load(path, &policy_config_sandbox, err, sizeof(err));
 	if (!cfg)
 		fail_msg("config: %s", err);
 	return cfg;

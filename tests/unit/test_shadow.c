@@ -51,7 +51,7 @@ static struct config *load(const char *extra, char *err, size_t errlen)
 	         extra);
 	write_file("broker.conf.lua", text);
 	snprintf(path, sizeof(path), "%s/broker.conf.lua", dir);
-	return config_load(path, err, errlen);
+	return config_load(path, &policy_config_sandbox, err, errlen);
 }
 
 static double metric(const char *name)

@@ -21,6 +21,7 @@
 #include "config.h"
 #include "courier.h"
 #include "gen.h"
+#include "policy.h"
 
 struct fixture {
 	char dir[64];
@@ -80,7 +81,7 @@ static struct config *load(struct fixture *f, const char *text)
 {
 	write_file(f->dir, "broker.conf.lua", text);
 	f->err[0] = '\0';
-	return config_load(f->path, f->err, sizeof(f->err));
+	return config_load(f->path, &policy_config_sandbox, f->err, sizeof(f->err));
 }
 
 static void expect_error(struct fixture *f, const char *text, const char *frag)
