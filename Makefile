@@ -40,6 +40,10 @@ LDLIBS_ALL = $(PKG_LIBS) -lpthread -lm $(LDLIBS)
 # Every .c under src/, subfolders included; objects mirror the paths.
 SRCS    = $(sort $(shell find src -name '*.c'))
 OBJS    = $(patsubst src/%.c,$(BUILD)/obj/%.o,$(SRCS))
+# The browser helper (GET /v1/client.js), embedded at build time: its bytes
+# and ETag become a generated C file (scripts/embed.sh).
+WEB_C   = $(BUILD)/gen/web_client_js.c
+OBJS   += $(BUILD)/obj/gen/web_client_js.o
 LIBOBJS = $(filter-out $(BUILD)/obj/main.o,$(OBJS))
 LIB     = $(BUILD)/libbroker.a
 
@@ -72,6 +76,14 @@ $(BUILD)/obj/%.o: src/%.c
 $(BUILD)/tobj/%.o: tests/%.c
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS_ALL) -MMD -MP -c $< -o $@
+
+$(WEB_C): src/web/client.js scripts/embed.sh
+	@mkdir -p $(@D)
+	bash scripts/embed.sh $< $@
+
+$(BUILD)/obj/gen/web_client_js.o: $(WEB_C)
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS_ALL) -c $< -o $@
 
 -include $(OBJS:.o=.d) $(TEST_OBJS:.o=.d)
 # Kept after linking: they are what the .d files describe.
