@@ -2,6 +2,7 @@
 #
 #   make            build/courier-broker and build/courier-double
 #   make test       install missing packages, build, run every suite
+#   make browser    the browser suite alone (tests/browser: node, Debian's chromium)
 #   make check      the same suites built with ASan + UBSan (build/asan/)
 #   make tsan       the integration suite under ThreadSanitizer (build/tsan/)
 #   make docs-check docs/configuration.md's option table against the code's
@@ -63,7 +64,7 @@ TEST_OBJS = $(patsubst tests/%.c,$(BUILD)/tobj/%.o,$(TEST_SRCS))
 FMT_FILES = $(SRCS) $(sort $(shell find src -name '*.h')) \
             $(wildcard tests/unit/*.[ch] tests/bench/*.[ch] tests/fuzz/*.[ch] tests/double/*.[ch] tests/tools/*.[ch])
 
-.PHONY: all man install deps test check tsan demo bench bench-jwt bench-decision bench-errpath fuzz fmt lint docs-check clean unit integration
+.PHONY: all man install deps test check tsan demo bench bench-jwt bench-decision bench-errpath fuzz fmt lint docs-check clean unit integration browser
 all: $(BROKER) $(DOUBLE) man
 
 deps:
@@ -110,6 +111,10 @@ unit: $(UNIT_BINS)
 integration: $(BROKER) $(DOUBLE)
 	@BROKER_BIN=$(abspath $(BROKER)) DOUBLE_BIN=$(abspath $(DOUBLE)) \
 	  bash scripts/run-tests.sh integration
+
+browser: $(BROKER) $(DOUBLE)
+	@BROKER_BIN=$(abspath $(BROKER)) DOUBLE_BIN=$(abspath $(DOUBLE)) \
+	  bash scripts/run-tests.sh browser
 
 test: deps
 	@$(MAKE) --no-print-directory all $(UNIT_BINS)

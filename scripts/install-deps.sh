@@ -7,13 +7,25 @@ pkgs=(build-essential pkg-config git
       liblua5.4-dev lua-cjson-dev libmicrohttpd-dev libgnutls28-dev libcurl4-openssl-dev libssl-dev
       libcmocka-dev python3 python3-pytest python3-jwt python3-cryptography
       wrk curl clang libclang-rt-14-dev clang-format cppcheck man-db nginx
-      prometheus)  # promtool: tests check the /metrics exposition
+      prometheus   # promtool: tests check the /metrics exposition
+      chromium)    # the browser suite (tests/browser) drives Debian's chromium
+# node and npm for the browser suite: Debian's, unless a node is already installed.
+command -v node >/dev/null && command -v npm >/dev/null || pkgs+=(nodejs npm)
+
+# The browser suite's dev dependencies (playwright-core, courier-js), once.
+browser_deps() {
+  local d
+  d="$(cd "$(dirname "$0")/.." && pwd)/tests/browser"
+  [ -d "$d/node_modules" ] && return 0
+  echo "install-deps: npm ci in tests/browser" >&2
+  (cd "$d" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+}
 
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
-[ ${#missing[@]} -eq 0 ] && exit 0
+[ ${#missing[@]} -eq 0 ] && { browser_deps; exit 0; }
 
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"
@@ -21,3 +33,4 @@ echo "install-deps: installing ${missing[*]}" >&2
 export DEBIAN_FRONTEND=noninteractive
 $sudo apt-get update -qq >/dev/null
 $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+browser_deps
