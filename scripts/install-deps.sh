@@ -12,13 +12,16 @@ pkgs=(build-essential pkg-config git
 # node and npm for the browser suite: Debian's, unless a node is already installed.
 command -v node >/dev/null && command -v npm >/dev/null || pkgs+=(nodejs npm)
 
-# The browser suite's dev dependencies (playwright-core, courier-js), once.
+# The browser suite's npm packages (playwright-core, courier-js; the web
+# examples' courier-react, react, esbuild), once.
 browser_deps() {
-  local d
-  d="$(cd "$(dirname "$0")/.." && pwd)/tests/browser"
-  [ -d "$d/node_modules" ] && return 0
-  echo "install-deps: npm ci in tests/browser" >&2
-  (cd "$d" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+  local root d
+  root="$(cd "$(dirname "$0")/.." && pwd)"
+  for d in tests/browser examples/web; do
+    [ -d "$root/$d/node_modules" ] && continue
+    echo "install-deps: npm ci in $d" >&2
+    (cd "$root/$d" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+  done
 }
 
 missing=()

@@ -181,6 +181,7 @@ export function createTokenSession(options) {
     const ctl = typeof AbortController !== "undefined" ? new AbortController() : null;
     const to = ctl ? setTimeout(() => ctl.abort(), TIMEOUT_MS) : null;
     let resp, data;
+    const sent = now();
     try {
       resp = await fetch(endpoint, { method: "POST", mode: "cors", credentials: "omit", cache: "no-store", headers, body: JSON.stringify(opts.body), signal: ctl ? ctl.signal : undefined });
       data = await resp.json().catch(() => null);
@@ -191,7 +192,10 @@ export function createTokenSession(options) {
     }
     const requestId = resp.headers.get("X-Request-Id") || "";
     if (resp.ok && data && typeof data.token === "string" && data.expires_in > 0) {
-      return { token: data.token, userId: data.user_id, scope: data.scope, expiresAt: data.expires_at, lifetime: data.expires_in, deadline: now() + data.expires_in * 1000 };
+      // Counted from when the request left (the token cannot be older), less a
+      // second: Courier's iat and exp are whole seconds.
+      const lifetime = data.expires_in > 2 ? data.expires_in - 1 : data.expires_in / 2;
+      return { token: data.token, userId: data.user_id, scope: data.scope, expiresAt: data.expires_at, lifetime, deadline: sent + lifetime * 1000 };
     }
     const code = (data && data.error) || (resp.ok ? "bad_answer" : "http_error");
     const message = (data && data.message) || `the broker answered HTTP ${resp.status}`;

@@ -2,9 +2,10 @@
 // Debian's headless chromium, with the real @trycourier/courier-js 3.4.0.
 // Waits are bounded; the long cases run side by side to keep the suite short.
 import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
-import { ARTIFACTS, Stack, sessionJwt, sleep, state, until } from "./harness.mjs";
+import { ARTIFACTS, ROOT, Stack, sessionJwt, sleep, state, until } from "./harness.mjs";
 
 const stack = new Stack();
 before(async () => {
@@ -17,6 +18,8 @@ after(async () => {
 const firstToken = (page, ms = 10000) => until(() => state(page).then((s) => s.first || s.firstError), ms, "the first token");
 const courierOk = (user) => stack.courierCalls.filter((c) => c.user === user && c.ok).length;
 const courierFailed = (user) => stack.courierCalls.filter((c) => c.user === user && !c.ok);
+// The page's failed SDK calls, with Courier's view of each failure, for the message.
+const sdkFailures = (s, user) => `${JSON.stringify(s.sdkFail)}; Courier refused: ${JSON.stringify(courierFailed(user))}`;
 
 describe("short cases", () => {
   test("the first token signs courier-js in; the inbox loads; screenshot kept", async () => {
@@ -30,7 +33,7 @@ describe("short cases", () => {
       const first = await firstToken(page);
       assert.equal(first.userId, "alice", JSON.stringify(first));
       assert.match(first.scope, /^user_id:alice inbox:read:messages/);
-      assert.ok(first.expiresIn > 3500 && first.expiresIn <= 3600, first.expiresIn);
+      assert.ok(first.expiresIn > 3500 && first.expiresIn < 3600, first.expiresIn);
       await until(() => state(page).then((s) => s.sdkOk >= 1), 5000, "an inbox call");
       await page.getByText("Welcome to the inbox").waitFor({ timeout: 5000 });
       await page.screenshot({ path: join(ARTIFACTS, "inbox.png") });
@@ -59,6 +62,34 @@ describe("short cases", () => {
       await ctx.close();
     }
   });
+});
+
+describe("examples/web", () => {
+  before(() => {
+    // The React page's one build step (its README's npm run build).
+    execFileSync("npm", ["run", "--silent", "build"], { cwd: join(ROOT, "examples", "web"), stdio: "ignore", timeout: 60000 });
+  });
+  for (const [name, user] of [["plain.html", "erin"], ["react.html", "frank"]]) {
+    test(`${name} shows an inbox through the helper`, async () => {
+      const ctx = await stack.context();
+      try {
+        const page = await ctx.newPage();
+        const errors = [];
+        page.on("pageerror", (e) => errors.push(e.message));
+        await page.goto(`${stack.origin}/examples/${name}?user=${user}&jwt=${sessionJwt(user)}`);
+        // Courier's own <courier-inbox> / <CourierInbox> lists the routed messages.
+        await page.getByText("Welcome to the inbox").waitFor({ timeout: 10000 });
+        await page.screenshot({ path: join(ARTIFACTS, `example-${name.replace(".html", "")}.png`) });
+        assert.match(await page.locator("#status").textContent(), /signed in/i);
+        assert.equal(stack.tokenLines(user).length, 1);
+        assert.ok(courierOk(user) >= 1);
+        assert.deepEqual(courierFailed(user), []);
+        assert.deepEqual(errors, []);
+      } finally {
+        await ctx.close();
+      }
+    });
+  }
 });
 
 // The 429 case is short too: a tenant whose rate limit is one token per 2 s.
@@ -103,17 +134,17 @@ describe("long cases", { concurrency: true }, () => {
       const page = await ctx.newPage();
       await page.goto(stack.pageUrl({ user: "rita" }));
       const first = await firstToken(page);
-      assert.equal(first.expiresIn, 5, JSON.stringify(first)); // 6 s, floored on delivery
+      assert.ok(first.expiresIn >= 0 && first.expiresIn <= 5, JSON.stringify(first)); // 6 s, less a second and the trip
       await sleep(RUN_MS);
       const s = await state(page);
       assert.ok(s.tokens.length >= 4, `tokens in 20 s: ${s.tokens.length}`);
-      assert.deepEqual(s.sdkFail, []);
+      assert.deepEqual(s.sdkFail, [], sdkFailures(s, "rita"));
       assert.deepEqual(s.errors, []);
       assert.deepEqual(courierFailed("rita"), []);
       assert.ok(courierOk("rita") >= 20, `Courier calls: ${courierOk("rita")}`);
       assert.equal(stack.tokenLines("rita").length, s.tokens.length);
       // Each token was handed over with time to spare.
-      for (const t of s.tokens.slice(1)) assert.ok(t.expiresIn >= 4, JSON.stringify(t));
+      for (const t of s.tokens.slice(1)) assert.ok(t.expiresIn >= 3, JSON.stringify(t));
     } finally {
       await ctx.close();
     }
@@ -135,7 +166,7 @@ describe("long cases", { concurrency: true }, () => {
         // Neither a hot loop (clock ahead: every token looks expired) nor a
         // stall (clock behind: every token looks good for an hour).
         assert.ok(s.tokens.length >= 4 && s.tokens.length <= 8, `${user}: tokens in 20 s: ${s.tokens.length}`);
-        assert.deepEqual(s.sdkFail, [], user);
+        assert.deepEqual(s.sdkFail, [], sdkFailures(s, user));
         assert.deepEqual(courierFailed(user), [], user);
       }
     } finally {
@@ -160,14 +191,14 @@ describe("long cases", { concurrency: true }, () => {
       const tokens = new Set(states.flatMap((s) => s.tokens.map((t) => t.token)));
       const fetches = states.reduce((n, s) => n + s.fetches.length, 0);
       console.log(`# three windows: ${requests} broker requests for ${tokens.size} tokens (${tokens.size - 1} refreshes); requests per refresh ${((requests - 1) / Math.max(1, tokens.size - 1)).toFixed(2)}`);
-      assert.ok(tokens.size >= 5, `tokens: ${tokens.size}`);
+      assert.ok(tokens.size >= 4, `tokens: ${tokens.size}`);
       assert.equal(requests, tokens.size);
       assert.equal(fetches, requests);
       // Every window holds the latest token, and none failed a call.
       const last = states[0].tokens.at(-1).token;
       for (const s of states) {
         assert.equal(s.tokens.at(-1).token, last);
-        assert.deepEqual(s.sdkFail, []);
+        assert.deepEqual(s.sdkFail, [], sdkFailures(s, "carol"));
       }
       assert.deepEqual(courierFailed("carol"), []);
     } finally {
@@ -199,6 +230,25 @@ describe("long cases", { concurrency: true }, () => {
       assert.equal(s3.fetches.length, n + 1);
       assert.equal(s3.fetches.at(-1).status, 200);
       assert.equal(s3.tokens.length, s1.tokens.length + 1);
+    } finally {
+      await ctx.close();
+    }
+  });
+
+  test("a hidden page pauses the refresh; visible again, a near-expired token is refreshed at once", async () => {
+    const ctx = await stack.context({ hideable: true });
+    try {
+      const page = await ctx.newPage();
+      await page.goto(stack.pageUrl({ user: "hana" }));
+      await firstToken(page);
+      await page.evaluate(() => window.__setHidden(true));
+      await sleep(7000); // the refresh came due, and the token expired
+      const s1 = await state(page);
+      assert.equal(s1.fetches.length, 1, "no request while hidden");
+      await page.evaluate(() => window.__setHidden(false));
+      const s2 = await until(() => state(page).then((s) => (s.tokens.length >= 2 ? s : null)), 3000, "the refresh on return");
+      assert.equal(s2.fetches.length, 2);
+      assert.equal(s2.fetches[1].status, 200);
     } finally {
       await ctx.close();
     }

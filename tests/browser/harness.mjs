@@ -4,10 +4,10 @@
 // Every server binds 127.0.0.1 on a free port; every wait is bounded.
 import { spawn } from "node:child_process";
 import { createHmac } from "node:crypto";
-import { mkdtempSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { createServer } from "node:http";
 import { tmpdir } from "node:os";
-import { dirname, join, resolve } from "node:path";
+import { dirname, extname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { chromium } from "playwright-core";
 
@@ -151,6 +151,7 @@ tenants = {
 
   servePage(req, res) {
     const path = new URL(req.url, "http://x").pathname;
+    if (path.startsWith("/examples/")) return this.serveExample(path.slice("/examples/".length), res);
     const files = {
       "/": [join(HERE, "pages", "session.html"), "text/html; charset=utf-8"],
       "/courier-js/index.mjs": [join(HERE, "node_modules", "@trycourier", "courier-js", "dist", "index.mjs"), "text/javascript"],
@@ -161,6 +162,22 @@ tenants = {
       return;
     }
     res.writeHead(200, { "Content-Type": f[1], "Cache-Control": "no-store" }).end(readFileSync(f[0]));
+  }
+
+  // examples/web as its README serves it, the broker's address in config.js
+  // (and in the React bundle, which holds config.js) made this broker's.
+  serveExample(rel, res) {
+    const dir = join(ROOT, "examples", "web");
+    const f = resolve(dir, rel);
+    const types = { ".html": "text/html; charset=utf-8", ".js": "text/javascript", ".mjs": "text/javascript" };
+    const type = types[extname(f)];
+    if (!f.startsWith(dir + "/") || !type || !existsSync(f)) {
+      res.writeHead(404).end();
+      return;
+    }
+    let body = readFileSync(f);
+    if (type === "text/javascript") body = String(body).replaceAll("http://localhost:8080", this.url);
+    res.writeHead(200, { "Content-Type": type, "Cache-Control": "no-store" }).end(body);
   }
 
   // Courier's API (api.courier.com, inbox.courier.com) answered by routing:
@@ -185,8 +202,10 @@ tenants = {
   }
 
   // A browser context (one origin's tabs and windows), Courier routed; skewMs
-  // moves the page's wall clock (Date) by that much.
-  async context({ skewMs = 0 } = {}) {
+  // moves the page's wall clock (Date) by that much;
+  // hideable: window.__setHidden(bool) makes the page report itself hidden
+  // or visible (and fires visibilitychange), as a minimised window would.
+  async context({ skewMs = 0, hideable = false } = {}) {
     const ctx = await this.browser.newContext({ viewport: { width: 720, height: 480 } });
     await ctx.route(/^https:\/\/[a-z.]*courier\.(com|io)\//, (route) => this.courier(route));
     if (skewMs) {
@@ -203,6 +222,17 @@ tenants = {
         }
         globalThis.Date = SkewedDate;
       }, skewMs);
+    }
+    if (hideable) {
+      await ctx.addInitScript(() => {
+        let hidden = false;
+        Object.defineProperty(Document.prototype, "visibilityState", { configurable: true, get: () => (hidden ? "hidden" : "visible") });
+        Object.defineProperty(Document.prototype, "hidden", { configurable: true, get: () => hidden });
+        window.__setHidden = (h) => {
+          hidden = h;
+          document.dispatchEvent(new Event("visibilitychange"));
+        };
+      });
     }
     return ctx;
   }
