@@ -16,10 +16,10 @@
 //
 // Dependency-free ES module; docs/frontend.md is its manual.
 
-const REFRESH_AT = 0.6; // refresh between 60% and 75% of the lifetime (jitter)
+const REFRESH_AT = 0.5; // refresh between 50% and 65% of the lifetime (jitter)
 const REFRESH_JITTER = 0.15;
-const STALE_AT = 0.5; // a token with less than half its lifetime left is due for refresh
-const NEAR_EXPIRY = 0.4; // on return (visible, online): refresh at once below 40% left
+const STALE_AT = 0.7; // a token with less than 70% of its lifetime left is due for refresh
+const NEAR_EXPIRY = 0.5; // on return (visible, online): refresh at once below half its life left
 const MIN_DELAY_MS = 500;
 const BACKOFF_BASE_MS = 1000;
 const BACKOFF_MAX_MS = 60000;

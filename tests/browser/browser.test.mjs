@@ -19,7 +19,9 @@ const firstToken = (page, ms = 10000) => until(() => state(page).then((s) => s.f
 const courierOk = (user) => stack.courierCalls.filter((c) => c.user === user && c.ok).length;
 const courierFailed = (user) => stack.courierCalls.filter((c) => c.user === user && !c.ok);
 // The page's failed SDK calls, with Courier's view of each failure, for the message.
-const sdkFailures = (s, user) => `${JSON.stringify(s.sdkFail)}; Courier refused: ${JSON.stringify(courierFailed(user))}`;
+const sdkFailures = (s, user) =>
+  `${JSON.stringify(s.sdkFail)}; Courier refused: ${JSON.stringify(courierFailed(user))}; ` +
+  `tokens (page ms, s left on delivery, s the previous had left): ${JSON.stringify(s.tokens.map((t) => [Math.round(t.t), t.expiresIn, t.margin && +t.margin.toFixed(2)]))}`;
 
 describe("short cases", () => {
   test("the first token signs courier-js in; the inbox loads; screenshot kept", async () => {
@@ -137,11 +139,11 @@ describe("long cases", { concurrency: true }, () => {
       assert.ok(first.expiresIn >= 0 && first.expiresIn <= 5, JSON.stringify(first)); // 6 s, less a second and the trip
       await sleep(RUN_MS);
       const s = await state(page);
-      assert.ok(s.tokens.length >= 4, `tokens in 20 s: ${s.tokens.length}`);
+      assert.ok(s.tokens.length >= 5, `tokens in 20 s: ${s.tokens.length}`);
       assert.deepEqual(s.sdkFail, [], sdkFailures(s, "rita"));
       assert.deepEqual(s.errors, []);
       assert.deepEqual(courierFailed("rita"), []);
-      assert.ok(courierOk("rita") >= 20, `Courier calls: ${courierOk("rita")}`);
+      assert.ok(courierOk("rita") >= 8, `Courier calls: ${courierOk("rita")}`);
       assert.equal(stack.tokenLines("rita").length, s.tokens.length);
       // Each token was handed over with time to spare.
       for (const t of s.tokens.slice(1)) assert.ok(t.expiresIn >= 3, JSON.stringify(t));
@@ -165,7 +167,7 @@ describe("long cases", { concurrency: true }, () => {
         const s = await state(page);
         // Neither a hot loop (clock ahead: every token looks expired) nor a
         // stall (clock behind: every token looks good for an hour).
-        assert.ok(s.tokens.length >= 4 && s.tokens.length <= 8, `${user}: tokens in 20 s: ${s.tokens.length}`);
+        assert.ok(s.tokens.length >= 5 && s.tokens.length <= 10, `${user}: tokens in 20 s: ${s.tokens.length}`);
         assert.deepEqual(s.sdkFail, [], sdkFailures(s, user));
         assert.deepEqual(courierFailed(user), [], user);
       }
@@ -246,7 +248,7 @@ describe("long cases", { concurrency: true }, () => {
       const s1 = await state(page);
       assert.equal(s1.fetches.length, 1, "no request while hidden");
       await page.evaluate(() => window.__setHidden(false));
-      const s2 = await until(() => state(page).then((s) => (s.tokens.length >= 2 ? s : null)), 3000, "the refresh on return");
+      const s2 = await until(() => state(page).then((s) => (s.tokens.length >= 2 ? s : null)), 8000, "the refresh on return");
       assert.equal(s2.fetches.length, 2);
       assert.equal(s2.fetches[1].status, 200);
     } finally {
@@ -265,7 +267,7 @@ describe("long cases", { concurrency: true }, () => {
       const s1 = await state(page);
       assert.equal(s1.fetches.length, 1, "no request while offline");
       await ctx.setOffline(false);
-      const s2 = await until(() => state(page).then((s) => (s.tokens.length >= 2 ? s : null)), 3000, "the refresh on return");
+      const s2 = await until(() => state(page).then((s) => (s.tokens.length >= 2 ? s : null)), 8000, "the refresh on return");
       assert.equal(s2.fetches.length, 2);
       assert.equal(s2.fetches[1].status, 200);
     } finally {
