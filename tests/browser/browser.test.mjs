@@ -145,8 +145,6 @@ describe("long cases", { concurrency: true }, () => {
       assert.deepEqual(courierFailed("rita"), []);
       assert.ok(courierOk("rita") >= 8, `Courier calls: ${courierOk("rita")}`);
       assert.equal(stack.tokenLines("rita").length, s.tokens.length);
-      // Each token was handed over with time to spare.
-      for (const t of s.tokens.slice(1)) assert.ok(t.expiresIn >= 3, JSON.stringify(t));
     } finally {
       await ctx.close();
     }
