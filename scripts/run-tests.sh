@@ -44,7 +44,7 @@ run_integration() {
 # tests/browser: node's test runner (TAP) driving Debian's chromium; at most 5 minutes.
 run_browser() {
   [ -d tests/browser ] || return 0
-  log=$(mktemp)
+  log=$(mktemp); t0=$SECONDS
   (cd tests/browser && timeout 300 node --test --test-reporter=tap browser.test.mjs) >"$log" 2>&1; rc=$?
   grep -E '^ *(not )?ok [0-9]|^ *# [a-z]' "$log" | grep -vE '^# (tests|suites|cancelled|todo|duration_ms) ' || true
   p=$(sed -n 's/^# pass \([0-9]*\)$/\1/p' "$log" | tail -1); p=${p:-0}
@@ -56,7 +56,7 @@ run_browser() {
     tail -80 "$log"
   fi
   rm -f "$log"
-  echo "browser: $p passed, $f failed, $s skipped"
+  echo "browser: $p passed, $f failed, $s skipped ($((SECONDS - t0)) s)"
   passed=$((passed + p)); failed=$((failed + f)); skipped=$((skipped + s))
 }
 

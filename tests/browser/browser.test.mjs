@@ -175,7 +175,7 @@ describe("long cases", { concurrency: true }, () => {
     }
   });
 
-  test("three windows share each token: one broker request per refresh", async () => {
+  test("three windows share each token: one broker request per refresh", async (t) => {
     const ctx = await stack.context();
     try {
       const w1 = await stack.open(ctx, { user: "carol" });
@@ -190,7 +190,7 @@ describe("long cases", { concurrency: true }, () => {
       const requests = stack.tokenLines("carol").length;
       const tokens = new Set(states.flatMap((s) => s.tokens.map((t) => t.token)));
       const fetches = states.reduce((n, s) => n + s.fetches.length, 0);
-      console.log(`# three windows: ${requests} broker requests for ${tokens.size} tokens (${tokens.size - 1} refreshes); requests per refresh ${((requests - 1) / Math.max(1, tokens.size - 1)).toFixed(2)}`);
+      t.diagnostic(`three windows: ${requests} broker requests for ${tokens.size} tokens (${tokens.size - 1} refreshes); requests per refresh ${((requests - 1) / Math.max(1, tokens.size - 1)).toFixed(2)}`);
       assert.ok(tokens.size >= 4, `tokens: ${tokens.size}`);
       assert.equal(requests, tokens.size);
       assert.equal(fetches, requests);
