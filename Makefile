@@ -2,6 +2,7 @@
 #
 #   make            build/courier-broker and build/courier-double
 #   make test       install missing packages, build, run every suite
+#   make browser    the browser suite alone (tests/browser: node, Debian's chromium)
 #   make check      the same suites built with ASan + UBSan (build/asan/)
 #   make tsan       the integration suite under ThreadSanitizer (build/tsan/)
 #   make docs-check docs/configuration.md's option table against the code's
@@ -43,6 +44,10 @@ CFLAGS_ALL += $(if $(findstring fuzzer,$(SAN)),-DFUZZING_BUILD_MODE_UNSAFE_FOR_P
 # Every .c under src/, subfolders included; objects mirror the paths.
 SRCS    = $(sort $(shell find src -name '*.c'))
 OBJS    = $(patsubst src/%.c,$(BUILD)/obj/%.o,$(SRCS))
+# The browser helper (GET /v1/client.js), embedded at build time: its bytes
+# and ETag become a generated C file (scripts/embed.sh).
+WEB_C   = $(BUILD)/gen/web_client_js.c
+OBJS   += $(BUILD)/obj/gen/web_client_js.o
 LIBOBJS = $(filter-out $(BUILD)/obj/main.o,$(OBJS))
 LIB     = $(BUILD)/libbroker.a
 
@@ -62,7 +67,7 @@ TEST_OBJS = $(patsubst tests/%.c,$(BUILD)/tobj/%.o,$(TEST_SRCS))
 FMT_FILES = $(SRCS) $(sort $(shell find src -name '*.h')) \
             $(wildcard tests/unit/*.[ch] tests/bench/*.[ch] tests/fuzz/*.[ch] tests/double/*.[ch] tests/tools/*.[ch])
 
-.PHONY: all man install deps test check tsan demo bench bench-jwt bench-decision bench-errpath fuzz fmt lint docs-check clean unit integration
+.PHONY: all man install deps test check tsan demo bench bench-jwt bench-decision bench-errpath fuzz fmt lint docs-check clean unit integration browser
 all: $(BROKER) $(DOUBLE) man
 
 deps:
@@ -75,6 +80,14 @@ $(BUILD)/obj/%.o: src/%.c
 $(BUILD)/tobj/%.o: tests/%.c
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS_ALL) -MMD -MP -c $< -o $@
+
+$(WEB_C): src/web/client.js scripts/embed.sh
+	@mkdir -p $(@D)
+	bash scripts/embed.sh $< $@
+
+$(BUILD)/obj/gen/web_client_js.o: $(WEB_C)
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS_ALL) -c $< -o $@
 
 -include $(OBJS:.o=.d) $(TEST_OBJS:.o=.d)
 # Kept after linking: they are what the .d files describe.
@@ -101,6 +114,10 @@ unit: $(UNIT_BINS)
 integration: $(BROKER) $(DOUBLE)
 	@BROKER_BIN=$(abspath $(BROKER)) DOUBLE_BIN=$(abspath $(DOUBLE)) \
 	  bash scripts/run-tests.sh integration
+
+browser: $(BROKER) $(DOUBLE)
+	@BROKER_BIN=$(abspath $(BROKER)) DOUBLE_BIN=$(abspath $(DOUBLE)) \
+	  bash scripts/run-tests.sh browser
 
 test: deps
 	@$(MAKE) --no-print-directory all $(UNIT_BINS)

@@ -7,14 +7,29 @@ pkgs=(build-essential pkg-config git
       liblua5.4-dev lua-cjson-dev libmicrohttpd-dev libgnutls28-dev libcurl4-openssl-dev libssl-dev
       libcmocka-dev python3 python3-pytest python3-jwt python3-cryptography
       wrk curl clang libclang-rt-14-dev clang-format cppcheck man-db nginx
-      prometheus  # promtool: tests check the /metrics exposition
-      libhiredis-dev redis-server)  # cluster: hiredis, and the Redis the tests start
+      prometheus   # promtool: tests check the /metrics exposition
+      libhiredis-dev redis-server  # cluster: hiredis, and the Redis the tests start
+      chromium)    # the browser suite (tests/browser) drives Debian's chromium
+# node and npm for the browser suite: Debian's, unless a node is already installed.
+command -v node >/dev/null && command -v npm >/dev/null || pkgs+=(nodejs npm)
+
+# The browser suite's npm packages (playwright-core, courier-js; the web
+# examples' courier-react, react, esbuild), once.
+browser_deps() {
+  local root d
+  root="$(cd "$(dirname "$0")/.." && pwd)"
+  for d in tests/browser examples/web; do
+    [ -d "$root/$d/node_modules" ] && continue
+    echo "install-deps: npm ci in $d" >&2
+    (cd "$root/$d" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+  done
+}
 
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
-[ ${#missing[@]} -eq 0 ] && exit 0
+[ ${#missing[@]} -eq 0 ] && { browser_deps; exit 0; }
 
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"
@@ -22,3 +37,4 @@ echo "install-deps: installing ${missing[*]}" >&2
 export DEBIAN_FRONTEND=noninteractive
 $sudo apt-get update -qq >/dev/null
 $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+browser_deps

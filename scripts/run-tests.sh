@@ -2,7 +2,8 @@
 # Runs the test suites and ends with one line: "N passed, N failed[, N skipped]".
 #   run-tests.sh unit BIN...         cmocka binaries
 #   run-tests.sh integration         pytest suites in tests/integration
-#   run-tests.sh all BIN...          both
+#   run-tests.sh browser             the browser suite in tests/browser (node, chromium)
+#   run-tests.sh all BIN...          all three
 # BROKER_BIN and DOUBLE_BIN name the binaries the integration tests start.
 set -u
 mode=$1; shift
@@ -40,11 +41,31 @@ run_integration() {
   passed=$((passed + p)); failed=$((failed + f + e)); skipped=$((skipped + s))
 }
 
+# tests/browser: node's test runner (TAP) driving Debian's chromium; at most 5 minutes.
+run_browser() {
+  [ -d tests/browser ] || return 0
+  log=$(mktemp); t0=$SECONDS
+  (cd tests/browser && timeout 300 node --test --test-reporter=tap browser.test.mjs) >"$log" 2>&1; rc=$?
+  grep -E '^ *(not )?ok [0-9]|^ *# [a-z]' "$log" | grep -vE '^# (tests|suites|cancelled|todo|duration_ms) ' || true
+  p=$(sed -n 's/^# pass \([0-9]*\)$/\1/p' "$log" | tail -1); p=${p:-0}
+  f=$(sed -n 's/^# fail \([0-9]*\)$/\1/p' "$log" | tail -1); f=${f:-0}
+  s=$(sed -n 's/^# skipped \([0-9]*\)$/\1/p' "$log" | tail -1); s=${s:-0}
+  if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then
+    echo "browser: exited $rc"; tail -40 "$log"; f=1
+  elif [ "$f" -gt 0 ]; then
+    tail -80 "$log"
+  fi
+  rm -f "$log"
+  echo "browser: $p passed, $f failed, $s skipped ($((SECONDS - t0)) s)"
+  passed=$((passed + p)); failed=$((failed + f)); skipped=$((skipped + s))
+}
+
 case "$mode" in
   unit) run_unit "$@" ;;
   integration) run_integration ;;
-  all) run_unit "$@"; run_integration ;;
-  *) echo "usage: run-tests.sh unit|integration|all [BIN...]" >&2; exit 2 ;;
+  browser) run_browser ;;
+  all) run_unit "$@"; run_integration; run_browser ;;
+  *) echo "usage: run-tests.sh unit|integration|browser|all [BIN...]" >&2; exit 2 ;;
 esac
 
 if [ "$skipped" -gt 0 ]; then

@@ -2,8 +2,8 @@
  * http.c — the HTTP front on libmicrohttpd: routing and the probes.
  *
  * Owns the routes: the token routes (handed to the token pipeline,
- * token.c), /healthz, /readyz and /metrics, and the framing checks every
- * request passes before routing. The event loops, acceptor and listeners that
+ * token.c), /healthz, /readyz and /metrics, /v1/client.js (webclient.c),
+ * and the framing checks every request passes before routing. The event loops, acceptor and listeners that
  * call these handlers are loop.c's; answers and the log line are reply.c's.
  * A token request goes: headers (route, tenant, media type, size) → body →
  * identity → rate → policy → envelope → suspend while the Courier client
@@ -30,6 +30,7 @@
 #include "metrics.h"
 #include "reply.h"
 #include "token.h"
+#include "webclient.h"
 
 /* A tenant name in a token route: longer ones route nowhere (a tenant's
  * name is shorter, config.c's TENANT_NAME_MAX). */
@@ -200,13 +201,15 @@ static enum MHD_Result serve_other(struct http_server *s, struct MHD_Connection 
 		return reply_plain(conn, s, 400, "application/json", msg, MHD_HTTP_HEADER_CONNECTION,
 		                   "close");
 	}
-	if (!is_probe(url))
+	if (!is_probe(url) && !webclient_route(url))
 		return reply_plain(conn, s, 404, "application/json",
 		                   "{\"error\":\"not_found\",\"message\":\"no such path\"}", NULL, NULL);
 	if (!get)
 		return reply_plain(conn, s, 405, "application/json",
 		                   "{\"error\":\"method_not_allowed\",\"message\":\"use GET\"}",
 		                   MHD_HTTP_HEADER_ALLOW, "GET, HEAD");
+	if (webclient_route(url))
+		return webclient_serve(conn, s);
 	if (strcmp(url, "/healthz") == 0)
 		return reply_plain(conn, s, 200, "application/json", "{\"status\":\"ok\"}", NULL, NULL);
 	if (strcmp(url, "/readyz") == 0)
