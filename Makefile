@@ -18,7 +18,7 @@
 
 BUILD    ?= build
 CC       ?= cc
-PKGS      = lua5.4 lua5.4-cjson libmicrohttpd libcurl libcrypto gnutls
+PKGS      = lua5.4 lua5.4-cjson libmicrohttpd libcurl libcrypto gnutls hiredis
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 

@@ -43,6 +43,12 @@ void metrics_courier_attempt(enum metrics_attempt outcome);
 void metrics_courier_breaker_open(int delta);
 void metrics_courier_paused(void);
 
+/* The cluster (cluster.redis): a loop's Redis connection became ready (+1)
+ * or went down (-1); one rate-limit check decided by Redis (shared) or, Redis
+ * being unavailable or slow, by the local buckets. */
+void metrics_cluster_redis(int delta);
+void metrics_cluster_rate(bool shared);
+
 /* Requests currently between arrival and answer on the token routes. */
 void metrics_inflight_add(int delta);
 
