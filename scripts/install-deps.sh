@@ -7,8 +7,8 @@ pkgs=(build-essential pkg-config git
       liblua5.4-dev lua-cjson-dev libmicrohttpd-dev libgnutls28-dev libcurl4-openssl-dev libssl-dev
       libcmocka-dev python3 python3-pytest python3-jwt python3-cryptography
       wrk curl clang libclang-rt-14-dev clang-format cppcheck man-db nginx
-      libhiredis-dev redis-server
-      prometheus)  # promtool: tests check the /metrics exposition
+      prometheus  # promtool: tests check the /metrics exposition
+      libhiredis-dev redis-server)  # cluster: hiredis, and the Redis the tests start
 
 missing=()
 for p in "${pkgs[@]}"; do

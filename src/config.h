@@ -64,6 +64,20 @@ struct tenant {
 	bool token_cache;       /* reuse a token for an identical grant (grantcache.h) */
 };
 
+/* cluster: brokers that share one Redis (redis.h). Absent: enabled false,
+ * and nothing touches Redis. Keys start "courier-broker:<name>:". */
+struct cluster_conf {
+	bool enabled;
+	char *host;              /* from cluster.redis.url: a name, IPv4 or IPv6 (no brackets) */
+	unsigned short port;     /* default 6379 */
+	unsigned db;             /* SELECTed after AUTH; default 0 */
+	char *user;              /* ACL user ("redis://user@host"), or NULL: AUTH with the password only */
+	struct secret password;  /* cluster.redis.password; unset (data NULL): no AUTH */
+	unsigned timeout_ms;     /* connecting, and each synchronous command; default 1000 */
+	char *name;              /* the cluster's name, in every key: [A-Za-z0-9_.-]{1,64} */
+	struct secret cache_key; /* cluster.cache_key: exactly 32 bytes, or unset */
+};
+
 struct config {
 	char *path; /* absolute path of the file */
 	char *dir;  /* its folder: relative paths are relative to it */
@@ -114,6 +128,8 @@ struct config {
 
 	struct tenant *tenants;
 	size_t n_tenants;
+
+	struct cluster_conf cluster;
 };
 
 /*

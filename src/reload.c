@@ -52,6 +52,7 @@ static struct {
 	char admin[300];                 /* admin_listen as host:port, "" when none */
 	unsigned values[N_RESTART_ONLY]; /* of restart_only */
 	bool tls;                        /* the listener speaks TLS */
+	char cluster[600];               /* cluster_text: "" when none */
 	bool set;
 } started;
 
@@ -87,6 +88,20 @@ static void admin_text(const struct config *cfg, char *out, size_t len)
 		snprintf(out, len, "%s", "");
 }
 
+/* The cluster block as comparable text: secrets by fingerprint only (and
+ * the text is never logged). */
+static void cluster_text(const struct config *cfg, char *out, size_t len)
+{
+	const struct cluster_conf *c = &cfg->cluster;
+
+	if (!c->enabled)
+		snprintf(out, len, "%s", "");
+	else
+		snprintf(out, len, "%s@%s:%u/%u %s %u %s %s", c->user ? c->user : "", c->host, c->port, c->db,
+		         c->name, c->timeout_ms, c->password.data ? c->password.fingerprint : "-",
+		         c->cache_key.data ? c->cache_key.fingerprint : "-");
+}
+
 void reload_started_with(const struct config *cfg)
 {
 	snprintf(started.listen_host, sizeof(started.listen_host), "%s", cfg->listen_host);
@@ -95,13 +110,14 @@ void reload_started_with(const struct config *cfg)
 	for (size_t i = 0; i < N_RESTART_ONLY; i++)
 		started.values[i] = restart_only_value(cfg, i);
 	started.tls = cfg->tls.enabled;
+	cluster_text(cfg, started.cluster, sizeof(started.cluster));
 	started.set = true;
 }
 
 /* One warning per setting the new configuration changes but cannot apply. */
 static void warn_restart_only(const struct config *cfg)
 {
-	char admin[sizeof(started.admin)];
+	char admin[sizeof(started.admin)], cluster[sizeof(started.cluster)];
 
 	if (!started.set)
 		return;
@@ -116,6 +132,11 @@ static void warn_restart_only(const struct config *cfg)
 	if (strcmp(admin, started.admin) != 0)
 		log_msg("warn", "reload: admin_listen changed to \"%s\"; still \"%s\" until a restart", admin,
 		        started.admin);
+	cluster_text(cfg, cluster, sizeof(cluster));
+	if (strcmp(cluster, started.cluster) != 0)
+		log_msg("warn",
+		        "reload: cluster changed; the broker keeps the cluster it started with until a "
+		        "restart");
 	for (size_t i = 0; i < N_RESTART_ONLY; i++) {
 		unsigned now = restart_only_value(cfg, i);
 		if (now != started.values[i])

@@ -488,6 +488,11 @@ void config_free(struct config *cfg)
 	free(cfg->audit_file);
 	free(cfg->courier_base_url);
 	free(cfg->courier_ca_file);
+	free(cfg->cluster.host);
+	free(cfg->cluster.user);
+	free(cfg->cluster.name);
+	secret_clear(&cfg->cluster.password);
+	secret_clear(&cfg->cluster.cache_key);
 	free(cfg);
 }
 

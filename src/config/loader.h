@@ -147,6 +147,10 @@ int config_conv_proxy_header(struct loader *ld, const char *key, struct value *v
 int config_conv_proxy_from(struct loader *ld, const char *key, struct value *v, void *base);
 int config_conv_tls_cert(struct loader *ld, const char *key, struct value *v, void *base);
 int config_conv_tls_key(struct loader *ld, const char *key, struct value *v, void *base);
+int config_conv_cluster_url(struct loader *ld, const char *key, struct value *v, void *base);
+int config_conv_cluster_password(struct loader *ld, const char *key, struct value *v, void *base);
+int config_conv_cluster_name(struct loader *ld, const char *key, struct value *v, void *base);
+int config_conv_cluster_cache_key(struct loader *ld, const char *key, struct value *v, void *base);
 
 /* resolve.c: the second phase. The walk defers what needs a file, the
  * environment or the network; config_resolve does it outside the sandbox,
@@ -160,6 +164,7 @@ enum pending_kind {
 	PENDING_CLIENT_KEY, /* ref -> t's client key [index], unique in its list */
 	PENDING_TENANT,     /* t's JWT keys, JWKS source and HMAC key */
 	PENDING_TLS,        /* path (tls.cert) -> cfg->tls, checked with the key */
+	PENDING_CACHE_KEY,  /* cfg->cluster.cache_key, loaded: 64 hex digits -> 32 bytes */
 };
 
 /* One thing the walk met that needs reading (pending.c writes the list,

@@ -233,6 +233,28 @@ const struct option config_options[] = {
     {"tenants.*.rate_limit.per_requester.burst", OPT_NUMBER, "per_second", 0, 1e6, NOWHERE, OPT_PROSE_DEFAULT,
      config_conv_requester_burst,
      "Bucket size per requester; at least 1 when `per_second` > 0; refused without `per_second`."},
+
+    {"cluster", OPT_TABLE, NULL, 0, 0, CFG(cluster.enabled), OPT_PRESENCE, NULL,
+     "Brokers that share one Redis act as one (docs/operations.md, \"Running a cluster\"): the "
+     "`deny`/`allow` "
+     "list reaches every broker. Absent: the broker stands alone and never touches Redis. Read at start: "
+     "a reload that changes it warns and keeps the cluster the broker started with until a restart."},
+    {"cluster.redis", OPT_TABLE, NULL, 0, 0, NOWHERE, 0, NULL, "How to reach the cluster's Redis."},
+    {"cluster.redis.url", OPT_STRING, NULL, 0, 0, NOWHERE, OPT_REQUIRED, config_conv_cluster_url,
+     "`redis://[user@]host[:port][/db]` (port 6379 and database 0 by default; `user` for a Redis ACL "
+     "user). No password in it (`password`). `rediss://` (TLS) is refused: Debian 12's hiredis (0.14) "
+     "has no TLS; use a private network or a TLS tunnel."},
+    {"cluster.redis.password", OPT_SECRET, NULL, 0, 0, NOWHERE, 0, config_conv_cluster_password,
+     "Redis password (`AUTH`; with the URL's user, `AUTH user password`); required when the URL names a "
+     "user."},
+    {"cluster.redis.timeout_ms", OPT_INT, "1000", 10, 60000, CFG(cluster.timeout_ms), 0, NULL,
+     "Connecting to Redis, and each command of the deny list's subscriber and of `deny`/`allow`."},
+    {"cluster.name", OPT_STRING, NULL, 0, 0, NOWHERE, OPT_REQUIRED, config_conv_cluster_name,
+     "The cluster's name, 1..64 of `A-Z a-z 0-9 _ . -`: every key it writes starts "
+     "`courier-broker:<name>:`, so several clusters may share one Redis."},
+    {"cluster.cache_key", OPT_SECRET, NULL, 0, 0, NOWHERE, 0, config_conv_cluster_cache_key,
+     "Key that encrypts the tokens shared through Redis (`token_cache`): 64 hex digits "
+     "(`openssl rand -hex 32`), `{ file = \"PATH\" }` or `{ env = \"NAME\" }`."},
 };
 
 const size_t config_n_options = sizeof(config_options) / sizeof(config_options[0]);

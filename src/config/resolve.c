@@ -13,7 +13,9 @@
  * resource it acquired unowned: everything lands in struct config, which
  * config_free releases.
  */
+#include <ctype.h>
 #include <errno.h>
+#include <openssl/crypto.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -158,6 +160,35 @@ static int resolve_tls(struct loader *ld, struct pending *p)
 	return 0;
 }
 
+/* After cluster.cache_key's secret: 64 hex digits (openssl rand -hex 32)
+ * become the 32 bytes of an AES-256 key. Never echoed. */
+static int resolve_cache_key(struct loader *ld, struct pending *p)
+{
+	struct secret *k = &ld->cfg->cluster.cache_key;
+	unsigned char raw[32];
+	int rc = 0;
+
+	if (k->len != 2 * sizeof(raw))
+		rc = -1;
+	for (size_t i = 0; rc == 0 && i < sizeof(raw); i++) {
+		unsigned hi, lo;
+		const unsigned char *h = k->data + 2 * i;
+		if (!isxdigit(h[0]) || !isxdigit(h[1])) {
+			rc = -1;
+			break;
+		}
+		hi = (unsigned)(isdigit(h[0]) ? h[0] - '0' : (tolower(h[0]) - 'a' + 10));
+		lo = (unsigned)(isdigit(h[1]) ? h[1] - '0' : (tolower(h[1]) - 'a' + 10));
+		raw[i] = (unsigned char)(hi << 4 | lo);
+	}
+	if (rc == 0 && secret_set(k, raw, sizeof(raw)) != 0)
+		rc = config_fail(ld, p->key, "out of memory");
+	else if (rc != 0)
+		config_fail(ld, p->key, "must be 64 hex digits (32 random bytes: openssl rand -hex 32)");
+	OPENSSL_cleanse(raw, sizeof(raw));
+	return rc;
+}
+
 int config_resolve(struct loader *ld)
 {
 	static int (*const resolve[])(struct loader *, struct pending *) = {
@@ -168,6 +199,7 @@ int config_resolve(struct loader *ld)
 	    [PENDING_CLIENT_KEY] = resolve_client_key,
 	    [PENDING_TENANT] = resolve_tenant,
 	    [PENDING_TLS] = resolve_tls,
+	    [PENDING_CACHE_KEY] = resolve_cache_key,
 	};
 
 	for (size_t i = 0; i < ld->n_pending; i++)

@@ -822,6 +822,191 @@ static void test_parse_before_resolve(void **state)
 	             "tenants.a.policy", "missing.lua", NULL);
 }
 
+/* ------------------------------------------------------------------------ */
+/* cluster                                                                  */
+/* ------------------------------------------------------------------------ */
+
+#define CLUSTER(body) MINIMAL "cluster = { " body " }\n"
+
+static struct config *load_cluster_url(struct fixture *f, const char *url)
+{
+	char text[2048];
+
+	snprintf(text, sizeof(text), CLUSTER("redis = { url = '%s' }, name = 'prod'"), url);
+	return load(f, text);
+}
+
+static void test_cluster_absent_touches_nothing(void **state)
+{
+	struct fixture *f = *state;
+	struct config *cfg = load(f, MINIMAL);
+
+	assert_non_null(cfg);
+	assert_false(cfg->cluster.enabled);
+	assert_null(cfg->cluster.host);
+	assert_null(cfg->cluster.name);
+	assert_null(cfg->cluster.password.data);
+	config_free(cfg);
+}
+
+static void test_cluster_url_forms(void **state)
+{
+	struct fixture *f = *state;
+	static const struct {
+		const char *url, *host, *user;
+		unsigned port, db;
+	} ok[] = {
+	    {"redis://127.0.0.1", "127.0.0.1", NULL, 6379, 0},
+	    {"redis://127.0.0.1/", "127.0.0.1", NULL, 6379, 0},
+	    {"redis://redis.internal:6380/3", "redis.internal", NULL, 6380, 3},
+	    {"redis://[::1]:7000/15", "::1", NULL, 7000, 15},
+	    {"redis://[fd00::5]", "fd00::5", NULL, 6379, 0},
+	    {"redis://broker@10.0.0.5:6379/0", "10.0.0.5", "broker", 6379, 0},
+	};
+
+	setenv("REDIS_PASSWORD", "redis-pass-0123", 1);
+	for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++) {
+		char text[1024];
+		struct config *cfg;
+		snprintf(
+		    text, sizeof(text),
+		    CLUSTER("redis = { url = '%s', password = { env = 'REDIS_PASSWORD' } }, name = 'prod'"),
+		    ok[i].url);
+		cfg = load(f, text);
+		if (!cfg)
+			fail_msg("%s refused: %s", ok[i].url, f->err);
+		assert_true(cfg->cluster.enabled);
+		assert_string_equal(cfg->cluster.host, ok[i].host);
+		assert_int_equal(cfg->cluster.port, ok[i].port);
+		assert_int_equal(cfg->cluster.db, ok[i].db);
+		if (ok[i].user)
+			assert_string_equal(cfg->cluster.user, ok[i].user);
+		else
+			assert_null(cfg->cluster.user);
+		assert_string_equal(cfg->cluster.name, "prod");
+		assert_int_equal(cfg->cluster.timeout_ms, 1000);
+		assert_int_equal(cfg->cluster.password.len, strlen("redis-pass-0123"));
+		assert_memory_equal(cfg->cluster.password.data, "redis-pass-0123", cfg->cluster.password.len);
+		assert_null(cfg->cluster.cache_key.data);
+		config_free(cfg);
+	}
+	unsetenv("REDIS_PASSWORD");
+}
+
+static void test_cluster_url_refused(void **state)
+{
+	struct fixture *f = *state;
+	static const struct {
+		const char *url, *why;
+	} bad[] = {
+	    {"rediss://10.0.0.5:6379", "rediss:// (TLS) is not supported"},
+	    {"redis://:hunter2@10.0.0.5", "must not carry a password"},
+	    {"redis://u:hunter2@10.0.0.5", "must not carry a password"},
+	    {"redis://u@x@10.0.0.5", "must not carry a password"},
+	    {"redis://@10.0.0.5", "empty user name"},
+	    {"http://10.0.0.5:6379", "must start with redis://"},
+	    {"10.0.0.5:6379", "must start with redis://"},
+	    {"unix:///run/redis.sock", "must start with redis://"},
+	    {"redis://", "is not redis://"},
+	    {"redis://:6379", "is not redis://"},
+	    {"redis://10.0.0.5:0", "port must be 1..65535"},
+	    {"redis://10.0.0.5:65536", "port must be 1..65535"},
+	    {"redis://10.0.0.5:", "port must be 1..65535"},
+	    {"redis://10.0.0.5:63x9", "port must be 1..65535"},
+	    {"redis://10.0.0.5/x", "database after '/'"},
+	    {"redis://10.0.0.5/1/2", "database after '/'"},
+	    {"redis://10.0.0.5/99999999999", "database after '/'"},
+	    {"redis://10.0.0.5?db=1", "no query"},
+	    {"redis://10.0.0.5#x", "no query"},
+	    {"redis://us%40er@10.0.0.5", "no query"},
+	    {"redis://[::1", "is not redis://"},
+	    {"redis://[nothex]:1", "is not redis://"},
+	    {"redis://[::1]x", "is not redis://"},
+	    {"redis://host name", "spaces"},
+	    {"redis://ho$t", "is not redis://"},
+	};
+
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		struct config *cfg = load_cluster_url(f, bad[i].url);
+		if (cfg)
+			fail_msg("%s accepted", bad[i].url);
+		if (!strstr(f->err, "cluster.redis.url") || !strstr(f->err, bad[i].why))
+			fail_msg("%s: \"%s\" lacks \"%s\"", bad[i].url, f->err, bad[i].why);
+		/* A password written into the URL is never echoed. */
+		assert_null(strstr(f->err, "hunter2"));
+	}
+}
+
+static void test_cluster_other_options(void **state)
+{
+	struct fixture *f = *state;
+	struct config *cfg;
+	unsigned char want[32];
+
+	/* Required parts, and the name's charset. */
+	expect_error(f, CLUSTER("name = 'prod'"), "cluster.redis.url", "is required", NULL);
+	expect_error(f, CLUSTER("redis = { url = 'redis://127.0.0.1' }"), "cluster.name", "is required",
+	             NULL);
+	expect_error(f, CLUSTER("redis = { url = 'redis://127.0.0.1' }, name = 'a:b'"), "cluster.name",
+	             "A-Z a-z 0-9 _ . -", NULL);
+	expect_error(f, CLUSTER("redis = { url = 'redis://127.0.0.1' }, name = ''"), "cluster.name", NULL);
+	expect_error(f,
+	             CLUSTER("redis = { url = 'redis://127.0.0.1' }, name = "
+	                     "'x123456789x123456789x123456789x123456789x123456789x123456789abcde'"),
+	             "cluster.name", NULL);
+	expect_error(f, CLUSTER("redis = { url = 'redis://127.0.0.1', timeout_ms = 5 }, name = 'p'"),
+	             "cluster.redis.timeout_ms", NULL);
+	expect_error(f, CLUSTER("redis = { url = 'redis://127.0.0.1', pasword = 'x' }, name = 'p'"),
+	             "did you mean \"password\"", NULL);
+	/* A password is a secret: never a literal; an ACL user needs one. */
+	expect_error(f, CLUSTER("redis = { url = 'redis://127.0.0.1', password = 'hunter2' }, name = 'p'"),
+	             "cluster.redis.password", NULL);
+	assert_null(strstr(f->err, "hunter2"));
+	expect_error(f, CLUSTER("redis = { url = 'redis://app@127.0.0.1' }, name = 'p'"),
+	             "cluster.redis.password", "is required when cluster.redis.url names a user", NULL);
+	unsetenv("NO_SUCH_REDIS_PASSWORD");
+	expect_error(
+	    f,
+	    CLUSTER("redis = { url = 'redis://127.0.0.1', password = { env = 'NO_SUCH_REDIS_PASSWORD' } "
+	            "}, name = 'p'"),
+	    "cluster.redis.password", NULL);
+
+	/* cache_key: 64 hex digits become 32 bytes; anything else is refused unechoed. */
+	write_file(f->dir, "cluster.key",
+	           "00112233445566778899aabbccddeeff00112233445566778899AABBCCDDEEFF\n", 0600);
+	cfg = load(f, CLUSTER("redis = { url = 'redis://127.0.0.1', timeout_ms = 250 }, name = 'p.q-r_1', "
+	                      "cache_key = { file = 'cluster.key' }"));
+	if (!cfg)
+		fail_msg("refused: %s", f->err);
+	for (size_t i = 0; i < 32; i++)
+		want[i] = (unsigned char)((i % 16) * 0x11);
+	assert_int_equal(cfg->cluster.cache_key.len, 32);
+	assert_memory_equal(cfg->cluster.cache_key.data, want, 32);
+	assert_int_equal(cfg->cluster.timeout_ms, 250);
+	assert_string_equal(cfg->cluster.name, "p.q-r_1");
+	assert_null(cfg->cluster.password.data);
+	config_free(cfg);
+	write_file(f->dir, "cluster.key", "0123456789abcdef0123456789abcdef",
+	           0600); /* 32 bytes, not hex of 32 */
+	expect_error(f,
+	             CLUSTER("redis = { url = 'redis://127.0.0.1' }, name = 'p', cache_key = { file = "
+	                     "'cluster.key' }"),
+	             "cluster.cache_key", "64 hex digits", NULL);
+	assert_null(strstr(f->err, "0123456789abcdef"));
+	write_file(f->dir, "cluster.key", "zz112233445566778899aabbccddeeff00112233445566778899aabbccddeeff",
+	           0600);
+	expect_error(f,
+	             CLUSTER("redis = { url = 'redis://127.0.0.1' }, name = 'p', cache_key = { file = "
+	                     "'cluster.key' }"),
+	             "cluster.cache_key", "64 hex digits", NULL);
+	write_file(f->dir, "cluster.key", "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff",
+	           0644);
+	expect_error(f,
+	             CLUSTER("redis = { url = 'redis://127.0.0.1' }, name = 'p', cache_key = { file = "
+	                     "'cluster.key' }"),
+	             "cluster.cache_key", NULL);
+}
+
 static void test_print_options(void **state)
 {
 	char path[128], buf[16384];
@@ -1117,6 +1302,10 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_policy_data_and_modules, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_parse_before_resolve, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_print_options, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_cluster_absent_touches_nothing, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_cluster_url_forms, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_cluster_url_refused, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_cluster_other_options, setup, teardown),
 	    cmocka_unit_test(test_free_null),
 	};
 

@@ -1,0 +1,102 @@
+/*
+ * redis.c — synchronous connections to the cluster's Redis, and its keys.
+ *
+ * Owns redis_connect (connect with a timeout, keepalive, AUTH, SELECT),
+ * the AUTH arguments and the key names. It must never put the password in
+ * a message or a log line, never be called on a request's loop (every call
+ * here may block for up to cluster.redis.timeout_ms), and never write a key
+ * outside "courier-broker:<name>:".
+ */
+#include "redis.h"
+
+#include <hiredis.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/time.h>
+
+#include "config.h"
+
+int redis_auth_args(const struct cluster_conf *c, const char *argv[3], size_t lens[3])
+{
+	int n = 0;
+
+	if (!c->password.data)
+		return 0;
+	argv[n] = "AUTH";
+	lens[n++] = 4;
+	if (c->user) {
+		argv[n] = c->user;
+		lens[n++] = strlen(c->user);
+	}
+	argv[n] = (const char *)c->password.data;
+	lens[n++] = c->password.len;
+	return n;
+}
+
+/* Runs one command; 0 when Redis answered OK. */
+static int command_ok(redisContext *rc, int argc, const char **argv, const size_t *lens, const char *what,
+                      char *err, size_t errlen)
+{
+	redisReply *r = redisCommandArgv(rc, argc, argv, lens);
+	int ok;
+
+	if (!r) {
+		snprintf(err, errlen, "%s: %s", what, rc->errstr[0] ? rc->errstr : "no answer");
+		return -1;
+	}
+	ok = r->type == REDIS_REPLY_STATUS && strcmp(r->str, "OK") == 0;
+	if (!ok)
+		/* Redis's own error text names no secret ("WRONGPASS invalid
+		 * username-password pair", "NOAUTH ..."). */
+		snprintf(err, errlen, "%s: %s", what,
+		         r->type == REDIS_REPLY_ERROR ? r->str : "unexpected answer");
+	freeReplyObject(r);
+	return ok ? 0 : -1;
+}
+
+struct redisContext *redis_connect(const struct cluster_conf *c, char *err, size_t errlen)
+{
+	struct timeval tv = {.tv_sec = c->timeout_ms / 1000, .tv_usec = (c->timeout_ms % 1000) * 1000};
+	const char *argv[3];
+	size_t lens[3];
+	char db[16];
+	redisContext *rc;
+	int n;
+
+	rc = redisConnectWithTimeout(c->host, c->port, tv);
+	if (!rc) {
+		snprintf(err, errlen, "redis %s:%u: out of memory", c->host, c->port);
+		return NULL;
+	}
+	if (rc->err) {
+		snprintf(err, errlen, "redis %s:%u: %s", c->host, c->port, rc->errstr);
+		goto fail;
+	}
+	if (redisSetTimeout(rc, tv) != REDIS_OK || redisEnableKeepAlive(rc) != REDIS_OK) {
+		snprintf(err, errlen, "redis %s:%u: %s", c->host, c->port, rc->errstr);
+		goto fail;
+	}
+	if ((n = redis_auth_args(c, argv, lens)) > 0 &&
+	    command_ok(rc, n, argv, lens, "redis AUTH", err, errlen))
+		goto fail;
+	if (c->db) {
+		snprintf(db, sizeof(db), "%u", c->db);
+		argv[0] = "SELECT";
+		lens[0] = 6;
+		argv[1] = db;
+		lens[1] = strlen(db);
+		if (command_ok(rc, 2, argv, lens, "redis SELECT", err, errlen))
+			goto fail;
+	}
+	return rc;
+fail:
+	redisFree(rc);
+	return NULL;
+}
+
+int redis_key(const struct cluster_conf *c, const char *suffix, char *out, size_t outlen)
+{
+	int n = snprintf(out, outlen, REDIS_KEY_ROOT "%s:%s", c->name, suffix);
+
+	return n < 0 || (size_t)n >= outlen ? -1 : 0;
+}
