@@ -162,6 +162,17 @@ int clusterrate_command(struct clusterrate_cmd *c, bool eval, const char *prefix
 	return 0;
 }
 
+void clusterrate_as_eval(struct clusterrate_cmd *c)
+{
+	size_t len;
+	const char *text = clusterrate_script(&len);
+
+	c->argv[0] = "EVAL";
+	c->len[0] = 4;
+	c->argv[1] = text;
+	c->len[1] = len;
+}
+
 int clusterrate_verdict(const struct clusterrate_cmd *c, const struct redisReply *r,
                         enum clusterrate_level *level, double *retry_s)
 {

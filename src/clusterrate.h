@@ -49,6 +49,9 @@ const char *clusterrate_sha(void);
 int clusterrate_command(struct clusterrate_cmd *c, bool eval, const char *prefix, const char *tenant,
                         const char *requester, size_t len, const struct clusterrate_limits *lim);
 
+/* Turns an EVALSHA command into the EVAL of the same call. */
+void clusterrate_as_eval(struct clusterrate_cmd *c);
+
 /* Reads the script's reply: 0 with *level (and *retry_s, seconds >= 1, when
  * refused); 1 when Redis does not know the script (send it with EVAL); -1
  * when the reply is unusable. */

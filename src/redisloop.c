@@ -57,7 +57,7 @@ struct rloop {
 	void *tag;
 	char host[INET6_ADDRSTRLEN];
 	struct rloop_conf conf;
-	char *password; /* a copy, zeroed when freed */
+	char *user, *password; /* copies; the password zeroed when freed */
 
 	redisAsyncContext *ac;
 	enum rl_state state;
@@ -270,9 +270,10 @@ static void send_hello(struct rloop *rl)
 	char db[16];
 
 	if (rl->password) {
-		const char *argv[2] = {"AUTH", rl->password};
-		size_t len[2] = {4, rl->conf.password_len};
-		redisAsyncCommandArgv(ac, on_hello, rl, 2, argv, len);
+		const char *argv[3] = {"AUTH", rl->user ? rl->user : rl->password, rl->password};
+		size_t len[3] = {4, rl->user ? strlen(rl->user) : rl->conf.password_len,
+		                 rl->conf.password_len};
+		redisAsyncCommandArgv(ac, on_hello, rl, rl->user ? 3 : 2, argv, len);
 	}
 	if (rl->conf.db) {
 		const char *argv[2] = {"SELECT", db};
@@ -372,7 +373,13 @@ struct rloop *rloop_new(int epfd, void *tag, const struct rloop_conf *conf, char
 		memcpy(rl->password, conf->password, conf->password_len);
 		rl->password[conf->password_len] = '\0';
 	}
+	if (conf->user && !(rl->user = strdup(conf->user))) {
+		snprintf(err, errlen, "out of memory");
+		rloop_free(rl);
+		return NULL;
+	}
 	rl->conf.password = NULL;
+	rl->conf.user = NULL;
 	/* The first attempt is made by the loop's first turn. */
 	rl->state = RL_DOWN;
 	rl->deadline = 0;
@@ -398,6 +405,7 @@ void rloop_free(struct rloop *rl)
 		free(rl->hellos[i].argvlen);
 	}
 	free(rl->hellos);
+	free(rl->user);
 	if (rl->password) {
 		memset(rl->password, 0, rl->conf.password_len);
 		free(rl->password);
@@ -458,6 +466,12 @@ void rloop_run(struct rloop *rl, uint32_t events)
 		}
 		break;
 	}
+}
+
+void rloop_flush(struct rloop *rl)
+{
+	if (rl->ac && rl->state == RL_READY && (rl->want & EPOLLOUT))
+		redisAsyncHandleWrite(rl->ac);
 }
 
 static void on_reply(redisAsyncContext *ac, void *reply, void *p)

@@ -21,6 +21,7 @@ struct rloop_conf {
 	const char *host;
 	int port;
 	int db;
+	const char *user; /* AUTH user password (a Redis ACL user), or NULL */
 	const char *password;
 	size_t password_len;
 	unsigned connect_timeout_ms; /* also the wait for AUTH/SELECT */
@@ -49,6 +50,9 @@ long long rloop_due_ms(const struct rloop *rl);
 
 /* Handles the socket's epoll events (0: timers only). */
 void rloop_run(struct rloop *rl, uint32_t events);
+
+/* Writes what commands queued since the loop last waited (saves a turn). */
+void rloop_flush(struct rloop *rl);
 
 /* Sends a command; fn runs later on this loop, never inside this call.
  * Returns 0, or -1 (fn will not run) when the connection is not ready. */

@@ -28,7 +28,7 @@ struct http_server;
 struct loop;
 struct tenant;
 
-enum req_state { RS_BODY, RS_WAITING, RS_DONE };
+enum req_state { RS_BODY, RS_WAITING, RS_DONE, RS_RATE /* waiting on the cluster's rate limits */ };
 
 /* The longest X-Request-Id taken from a client (CONTRACT.md). */
 #define REPLY_REQUEST_ID_MAX 128
@@ -77,6 +77,9 @@ struct req {
 	struct flight *flight;
 	struct req *flight_next;
 	bool shared;
+
+	/* A cluster rate check (token.c): the pipeline kept while Redis answers. */
+	struct rate_wait *rate_wait;
 
 	/* Last and not zeroed at allocation (8 KiB): token_begin and
 	 * envelope_apply set each field, the strings up to their NUL. */

@@ -29,6 +29,7 @@
 
 #include "audit.h"
 #include "clock.h"
+#include "clusterrate.h"
 #include "config.h"
 #include "courier.h"
 #include "envelope.h"
@@ -41,6 +42,7 @@
 #include "loop.h"
 #include "metrics.h"
 #include "policy.h"
+#include "redisloop.h"
 #include "reply.h"
 #include "reqbody.h"
 
@@ -324,6 +326,24 @@ struct pipeline {
 	/* A stage that answered itself (a cached token): what MHD gets. */
 	bool answered;
 	enum MHD_Result answer;
+	/* A stage that suspended the request (the cluster's rate limits). */
+	bool suspended;
+};
+
+/* A request waiting on the cluster's rate limits: its pipeline, with the
+ * body and claims it decoded kept in the engine's registry (the stack is
+ * the next request's meanwhile), and what Redis answered. */
+struct rate_wait {
+	struct req *r;
+	struct pipeline p;
+	int body_ref, claims_ref;
+	struct clusterrate_cmd cmd;
+	const char *prefix;
+	unsigned wait_ms;
+	bool eval_sent;
+	bool answered; /* Redis decided: level and retry */
+	enum clusterrate_level level;
+	double retry;
 };
 
 /* The body: a JSON object with a valid user_id. */
@@ -369,15 +389,134 @@ static enum reply_answer stage_identity(struct req *r, struct pipeline *p)
 	return REPLY_GO;
 }
 
+/* Redis answered (or not: reply NULL): the request goes on where it stopped. */
+static void on_rate_reply(const struct redisReply *reply, void *arg)
+{
+	struct rate_wait *w = arg;
+	struct req *r = w->r;
+	const char *prefix;
+	unsigned wait_ms;
+	struct rloop *rl = loop_redis(r->loop, &prefix, &wait_ms);
+	int rc = clusterrate_verdict(&w->cmd, reply, &w->level, &w->retry);
+
+	(void)prefix;
+	if (rc == 1 && !w->eval_sent) {
+		/* Redis lost the script (SCRIPT FLUSH, a failover): send it whole. */
+		w->eval_sent = true;
+		clusterrate_as_eval(&w->cmd);
+		if (rloop_command(rl, w->cmd.argc, w->cmd.argv, w->cmd.len, wait_ms, on_rate_reply, w) == 0)
+			return;
+	}
+	w->answered = rc == 0;
+	if (rc != 0 && reply)
+		log_warn_limited(
+		    "cluster: Redis's rate-limit answer is unusable: deciding with local buckets");
+	loop_upstream_end(r->srv);
+	MHD_resume_connection(r->conn);
+	loop_resumed(r->loop);
+}
+
+/* Keeps a value of the engine's stack in its registry (protected: an
+ * allocation failure is an error, not a panic). */
+static int keep_values(lua_State *L)
+{
+	struct rate_wait *w = lua_touserdata(L, 1);
+
+	lua_settop(L, 3);
+	if (lua_isnil(L, 3))
+		lua_pop(L, 1);
+	else
+		w->claims_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+	w->body_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+	return 0;
+}
+
+static void forget_values(lua_State *L, struct rate_wait *w)
+{
+	luaL_unref(L, LUA_REGISTRYINDEX, w->body_ref);
+	luaL_unref(L, LUA_REGISTRYINDEX, w->claims_ref);
+	w->body_ref = w->claims_ref = LUA_NOREF;
+}
+
+/* With cluster: asks Redis to charge both limits in one script call and
+ * suspends the request until it answers (on_rate_reply): 0. 1: no cluster
+ * or no limit; -1: not asked (Redis not connected, shutting down, out of
+ * memory): the local buckets decide either way. */
+static int shared_rate_start(struct req *r, struct pipeline *p, const char *who, size_t len)
+{
+	const struct rate_limit *rl_conf = &r->tenant->rate_limit;
+	struct clusterrate_limits lim = {rl_conf->per_second, rl_conf->burst,
+	                                 rl_conf->per_requester.per_second, rl_conf->per_requester.burst};
+	struct rate_wait *w;
+	struct rloop *rl;
+	const char *prefix;
+	unsigned wait_ms;
+
+	if (!(rl = loop_redis(r->loop, &prefix, &wait_ms)) ||
+	    (lim.per_second <= 0 && lim.requester_per_second <= 0))
+		return 1;
+	if (!rloop_ready(rl) || !(w = calloc(1, sizeof(*w))))
+		return -1;
+	w->r = r;
+	w->body_ref = w->claims_ref = LUA_NOREF;
+	if (clusterrate_command(&w->cmd, false, prefix, r->tenant->name, who, len, &lim) != 0 ||
+	    !lua_checkstack(p->L, 4))
+		goto fail;
+	lua_pushcfunction(p->L, keep_values);
+	lua_pushlightuserdata(p->L, w);
+	lua_pushvalue(p->L, p->body);
+	if (p->id.claims_idx)
+		lua_pushvalue(p->L, p->id.claims_idx);
+	else
+		lua_pushnil(p->L);
+	if (lua_pcall(p->L, 3, 0, 0) != LUA_OK) {
+		lua_pop(p->L, 1);
+		goto fail;
+	}
+	if (loop_upstream_begin(r->srv) != 0)
+		goto fail;
+	if (rloop_command(rl, w->cmd.argc, w->cmd.argv, w->cmd.len, wait_ms, on_rate_reply, w) != 0) {
+		loop_upstream_end(r->srv);
+		goto fail;
+	}
+	r->rate_wait = w;
+	p->suspended = true;
+	return 0;
+fail:
+	forget_values(p->L, w);
+	free(w);
+	return -1;
+}
+
 /* Charged after authentication, so strangers cannot spend a tenant's
- * budget. The requester is its subject, or its address when it has none. */
+ * budget. The requester is its subject, or its address when it has none.
+ * With cluster the limits are the cluster's (Redis), else, or while Redis
+ * is unavailable, this broker's own buckets. */
 static enum reply_answer stage_rate(struct req *r, struct pipeline *p)
 {
 	char who[300];
-	double retry;
+	double retry = 1;
 	int n = p->id.subject[0] ? snprintf(who, sizeof(who), "%s:%s", p->id.method, p->id.subject)
 	                         : snprintf(who, sizeof(who), "ip:%s", p->client_ip);
-	enum gen_rate_level lv = gen_rate_take(r->gen, r->tenant, who, n > 0 ? (size_t)n : 0, &retry);
+	struct rate_wait *w = r->rate_wait;
+	enum gen_rate_level lv;
+	int asked = 1;
+
+	if (n < 0 || (size_t)n >= sizeof(who))
+		n = (int)strlen(who);
+	if (!w && (asked = shared_rate_start(r, p, who, (size_t)n)) == 0)
+		return REPLY_GO; /* suspended: on_rate_reply resumes it */
+	if (w && w->answered) {
+		metrics_cluster_rate(true);
+		lv = w->level == CLUSTERRATE_OK          ? GEN_RATE_OK
+		     : w->level == CLUSTERRATE_REQUESTER ? GEN_RATE_REQUESTER
+		                                         : GEN_RATE_TENANT;
+		retry = w->retry;
+	} else {
+		if (w || asked < 0)
+			metrics_cluster_rate(false); /* Redis unavailable, or late */
+		lv = gen_rate_take(r->gen, r->tenant, who, (size_t)n, &retry);
+	}
 
 	if (lv == GEN_RATE_OK)
 		return REPLY_GO;
@@ -629,18 +768,45 @@ static enum reply_answer stage_upstream(struct req *r, struct pipeline *p)
 	return REPLY_GO;
 }
 
+static enum reply_answer (*const stages[])(struct req *, struct pipeline *) = {
+    stage_body, stage_identity, stage_rate, stage_decide, stage_envelope, stage_upstream,
+};
+
+/* Where a request waiting on the cluster's rate limits goes on. */
+#define STAGE_RATE 2
+
+/* The stages from `from` on; L back at top either way. The engine is
+ * unpinned once decided, or kept for a request that suspended itself. */
+static enum MHD_Result run_stages(struct req *r, struct pipeline *p, size_t from, int top)
+{
+	enum reply_answer a = REPLY_GO;
+	enum MHD_Result ret;
+
+	p->suspended = false;
+	for (size_t i = from; a == REPLY_GO && !p->suspended && i < sizeof(stages) / sizeof(stages[0]); i++)
+		a = stages[i](r, p);
+	if (p->suspended) {
+		r->rate_wait->p = *p;
+		lua_settop(p->L, top);
+		r->state = RS_RATE;
+		MHD_suspend_connection(r->conn);
+		return MHD_YES;
+	}
+	ret = a != REPLY_GO ? reply_fail(r, a, p->msg, p->extra_name, p->extra_value)
+	      : p->answered ? p->answer
+	                    : MHD_YES;
+	lua_settop(p->L, top);
+	gen_engine_unpin(loop_engines(r->loop), r->engine);
+	r->engine = NULL;
+	return ret;
+}
+
 /* The body has arrived: the stages in order, on the generation's engine
- * (pinned by token_begin, unpinned here either way). */
+ * (pinned by token_begin, unpinned by run_stages once decided). */
 static enum MHD_Result process(struct req *r)
 {
-	static enum reply_answer (*const stages[])(struct req *, struct pipeline *) = {
-	    stage_body, stage_identity, stage_rate, stage_decide, stage_envelope, stage_upstream,
-	};
 	struct policy_engine *e = r->engine ? r->engine->engine : NULL;
-	enum reply_answer a = REPLY_GO;
 	struct pipeline p;
-	enum MHD_Result ret;
-	int top;
 
 	if (!e)
 		return reply_fail(r, REPLY_UNAVAILABLE, "the policy engine is not available", NULL, NULL);
@@ -649,16 +815,32 @@ static enum MHD_Result process(struct req *r)
 	p.dec = &scratch_of(r->loop)->dec;
 	p.msg = p.extra_name = p.extra_value = NULL;
 	p.answered = false;
-	top = lua_gettop(p.L);
-	for (size_t i = 0; a == REPLY_GO && i < sizeof(stages) / sizeof(stages[0]); i++)
-		a = stages[i](r, &p);
-	ret = a != REPLY_GO ? reply_fail(r, a, p.msg, p.extra_name, p.extra_value)
-	      : p.answered  ? p.answer
-	                    : MHD_YES;
-	lua_settop(p.L, top);
-	gen_engine_unpin(loop_engines(r->loop), r->engine);
-	r->engine = NULL;
-	return ret;
+	return run_stages(r, &p, 0, lua_gettop(p.L));
+}
+
+/* Redis answered the rate check (or did not in time): the request's body
+ * and claims back on the engine's stack, and on from the rate stage. */
+static enum MHD_Result resume_rate(struct req *r)
+{
+	struct rate_wait *w = r->rate_wait;
+	struct pipeline p = w->p;
+	int top = lua_gettop(p.L);
+
+	r->state = RS_BODY;
+	if (!lua_checkstack(p.L, 2)) {
+		forget_values(p.L, w);
+		gen_engine_unpin(loop_engines(r->loop), r->engine);
+		r->engine = NULL;
+		return reply_fail(r, REPLY_UNAVAILABLE, "out of memory", NULL, NULL);
+	}
+	lua_rawgeti(p.L, LUA_REGISTRYINDEX, w->body_ref);
+	p.body = lua_gettop(p.L);
+	if (w->claims_ref != LUA_NOREF) {
+		lua_rawgeti(p.L, LUA_REGISTRYINDEX, w->claims_ref);
+		p.id.claims_idx = lua_gettop(p.L);
+	}
+	forget_values(p.L, w);
+	return run_stages(r, &p, STAGE_RATE, top);
 }
 
 /* ------------------------------------------------------------ the answer */
@@ -768,6 +950,8 @@ enum MHD_Result token_continue(struct req *r, const char *upload_data, size_t *u
 		return MHD_YES;
 	case RS_WAITING:
 		return complete(r);
+	case RS_RATE:
+		return resume_rate(r);
 	case RS_BODY:
 		break;
 	}
@@ -797,6 +981,9 @@ void token_end(struct req *r)
 	if (r->flight)
 		flight_land(scratch_of(r->loop)->flights,
 		            r); /* not reached: a leader ends after its call; never strand followers */
+	if (r->rate_wait && r->engine)
+		forget_values(policy_engine_lua(r->engine->engine), r->rate_wait);
+	free(r->rate_wait);
 	courier_job_cleanup(&r->job);
 	free(r->courier_body);
 	free(r->policy_log);

@@ -249,6 +249,9 @@ const struct option config_options[] = {
      "user."},
     {"cluster.redis.timeout_ms", OPT_INT, "1000", 10, 60000, CFG(cluster.timeout_ms), 0, NULL,
      "Connecting to Redis, and each command of the deny list's subscriber and of `deny`/`allow`."},
+    {"cluster.redis.rate_timeout_ms", OPT_INT, "50", 1, 5000, CFG(cluster.rate_timeout_ms), 0, NULL,
+     "The longest a token request waits for the shared rate limits' answer from Redis; past it (or "
+     "while Redis is unreachable) this broker's own buckets decide, and the connection is made again."},
     {"cluster.name", OPT_STRING, NULL, 0, 0, NOWHERE, OPT_REQUIRED, config_conv_cluster_name,
      "The cluster's name, 1..64 of `A-Z a-z 0-9 _ . -`: every key it writes starts "
      "`courier-broker:<name>:`, so several clusters may share one Redis."},
