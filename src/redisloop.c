@@ -62,6 +62,7 @@ struct rloop {
 	redisAsyncContext *ac;
 	enum rl_state state;
 	uint32_t want;   /* EPOLLIN / EPOLLOUT hiredis asked for */
+	uint32_t set;    /* what the epoll set holds for it */
 	bool registered; /* the socket is in the epoll set */
 	int fd;
 	uint64_t deadline; /* RL_CONNECTING: connect and handshake; RL_DOWN: the reconnection */
@@ -80,11 +81,14 @@ static atomic_bool announced_down;
 
 /* ------------------------------------------------------ epoll hooks */
 
-static void update(struct rloop *rl)
+/* The epoll set made to match what hiredis wants. Called once per turn
+ * (rloop_run, rloop_flush), not by every hook: a command sets EPOLLOUT and
+ * its write clears it in the same turn, which then costs no system call. */
+static void sync_epoll(struct rloop *rl)
 {
 	struct epoll_event ev = {.events = rl->want, .data.ptr = rl->tag};
 
-	if (!rl->ac)
+	if (!rl->ac || (rl->registered && rl->set == rl->want && rl->fd == rl->ac->c.fd))
 		return;
 	if (rl->registered && rl->fd != rl->ac->c.fd) {
 		epoll_ctl(rl->epfd, EPOLL_CTL_DEL, rl->fd, NULL);
@@ -97,36 +101,34 @@ static void update(struct rloop *rl)
 		rl->registered = false;
 		return;
 	}
-	if (epoll_ctl(rl->epfd, rl->registered ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, rl->fd, &ev) == 0)
+	if (epoll_ctl(rl->epfd, rl->registered ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, rl->fd, &ev) == 0) {
 		rl->registered = true;
+		rl->set = rl->want;
+	}
 }
 
 static void add_read(void *p)
 {
 	struct rloop *rl = p;
 	rl->want |= EPOLLIN;
-	update(rl);
 }
 
 static void del_read(void *p)
 {
 	struct rloop *rl = p;
 	rl->want &= ~(uint32_t)EPOLLIN;
-	update(rl);
 }
 
 static void add_write(void *p)
 {
 	struct rloop *rl = p;
 	rl->want |= EPOLLOUT;
-	update(rl);
 }
 
 static void del_write(void *p)
 {
 	struct rloop *rl = p;
 	rl->want &= ~(uint32_t)EPOLLOUT;
-	update(rl);
 }
 
 /* hiredis is about to close the socket. */
@@ -137,7 +139,7 @@ static void cleanup(void *p)
 	if (rl->registered)
 		epoll_ctl(rl->epfd, EPOLL_CTL_DEL, rl->fd, NULL);
 	rl->registered = false;
-	rl->want = 0;
+	rl->want = rl->set = 0;
 	rl->fd = -1;
 }
 
@@ -466,12 +468,14 @@ void rloop_run(struct rloop *rl, uint32_t events)
 		}
 		break;
 	}
+	sync_epoll(rl);
 }
 
 void rloop_flush(struct rloop *rl)
 {
 	if (rl->ac && rl->state == RL_READY && (rl->want & EPOLLOUT))
 		redisAsyncHandleWrite(rl->ac);
+	sync_epoll(rl);
 }
 
 static void on_reply(redisAsyncContext *ac, void *reply, void *p)

@@ -51,7 +51,9 @@ long long rloop_due_ms(const struct rloop *rl);
 /* Handles the socket's epoll events (0: timers only). */
 void rloop_run(struct rloop *rl, uint32_t events);
 
-/* Writes what commands queued since the loop last waited (saves a turn). */
+/* Writes what commands queued since the loop last waited (saves a turn),
+ * and brings the epoll set up to date: call it before waiting whenever
+ * commands were sent outside rloop_run. */
 void rloop_flush(struct rloop *rl);
 
 /* Sends a command; fn runs later on this loop, never inside this call.

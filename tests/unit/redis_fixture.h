@@ -108,7 +108,9 @@ static inline bool drive(struct rloop *rl, int epfd, bool (*done)(void *), void 
 
 	while (!done(arg) && fixture_ms() < end) {
 		struct epoll_event ev;
-		long long due = rloop_due_ms(rl);
+		long long due;
+		rloop_flush(rl);
+		due = rloop_due_ms(rl);
 		int timeout = due < 0 || due > 10 ? 10 : (int)due;
 		int n = epoll_wait(epfd, &ev, 1, timeout);
 		rloop_run(rl, n > 0 ? ev.events : 0);
