@@ -60,6 +60,7 @@
 #include "metrics.h"
 #include "redis.h"
 #include "redisloop.h"
+#include "sharedcache.h"
 #include "tls.h"
 
 /* MHD's memory a client connection (its request's headers, and buffers). */
@@ -106,12 +107,13 @@ struct loop {
 	struct http_server *srv;
 	struct MHD_Daemon *d;
 	struct courier_client *cc;
-	struct rloop *redis;    /* the cluster's Redis (cluster), or NULL */
-	char redis_prefix[100]; /* its keys' prefix, "courier-broker:<name>:" */
-	unsigned redis_wait_ms; /* cluster.redis.rate_timeout_ms */
-	int epfd, wakefd;       /* the loop's epoll set; wake-ups from the acceptor and the drain */
-	atomic_int cmd;         /* CMD_* bits the loop has not acted on yet */
-	bool resumed;           /* a connection was resumed: MHD must run before waiting */
+	struct rloop *redis;       /* the cluster's Redis (cluster), or NULL */
+	char redis_prefix[100];    /* its keys' prefix, "courier-broker:<name>:" */
+	unsigned redis_wait_ms;    /* cluster.redis.rate_timeout_ms */
+	struct sharedcache *share; /* with cluster.cache_key: the shared token cache's keys */
+	int epfd, wakefd;          /* the loop's epoll set; wake-ups from the acceptor and the drain */
+	atomic_int cmd;            /* CMD_* bits the loop has not acted on yet */
+	bool resumed;              /* a connection was resumed: MHD must run before waiting */
 	pthread_t thread;
 	bool running;
 	struct gen_engines engines;
@@ -487,6 +489,11 @@ static void loop_free(struct loop *lp)
 	/* First: its pending commands' callbacks resume their connections. */
 	rloop_free(lp->redis);
 	lp->redis = NULL;
+	if (lp->share) {
+		sharedcache_wipe(lp->share);
+		free(lp->share);
+		lp->share = NULL;
+	}
 	/* Closes the loop's connections: their on_completed runs here. */
 	if (lp->d)
 		MHD_stop_daemon(lp->d);
@@ -557,6 +564,12 @@ static void cluster_connect(struct loop *lp, const struct cluster_conf *c)
 	if (rloop_on_connect(lp->redis, 3, argv, lens) != 0) {
 		rloop_free(lp->redis);
 		lp->redis = NULL;
+		return;
+	}
+	if (c->cache_key.data && (lp->share = malloc(sizeof(*lp->share))) &&
+	    sharedcache_init(lp->share, c->cache_key.data, c->cache_key.len) != 0) {
+		free(lp->share);
+		lp->share = NULL;
 	}
 }
 
@@ -768,6 +781,11 @@ struct rloop *loop_redis(struct loop *lp, const char **prefix, unsigned *wait_ms
 	*prefix = lp->redis_prefix;
 	*wait_ms = lp->redis_wait_ms;
 	return lp->redis;
+}
+
+struct sharedcache *loop_sharedcache(struct loop *lp)
+{
+	return lp->share;
 }
 
 struct gen_engines *loop_engines(struct loop *lp)

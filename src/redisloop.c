@@ -462,7 +462,8 @@ void rloop_run(struct rloop *rl, uint32_t events)
 				rloop_reply_fn *fn = c->fn;
 				unlist(rl, c);
 				c->fn = NULL;
-				fn(NULL, c->arg);
+				if (fn)
+					fn(NULL, c->arg);
 			}
 			drop(rl, "a command missed its deadline");
 		}

@@ -56,7 +56,8 @@ void rloop_run(struct rloop *rl, uint32_t events);
  * commands were sent outside rloop_run. */
 void rloop_flush(struct rloop *rl);
 
-/* Sends a command; fn runs later on this loop, never inside this call.
+/* Sends a command; fn (NULL: nobody waits for the answer) runs later on
+ * this loop, never inside this call.
  * Returns 0, or -1 (fn will not run) when the connection is not ready. */
 int rloop_command(struct rloop *rl, int argc, const char **argv, const size_t *argvlen, unsigned timeout_ms,
                   rloop_reply_fn *fn, void *arg);

@@ -78,8 +78,8 @@ struct req {
 	struct req *flight_next;
 	bool shared;
 
-	/* A cluster rate check (token.c): the pipeline kept while Redis answers. */
-	struct rate_wait *rate_wait;
+	/* Waiting on Redis (token.c): the pipeline kept meanwhile. */
+	struct stage_wait *wait;
 
 	/* Last and not zeroed at allocation (8 KiB): token_begin and
 	 * envelope_apply set each field, the strings up to their NUL. */

@@ -16,6 +16,7 @@
 #include "token.h"
 
 #include <arpa/inet.h>
+#include <hiredis/hiredis.h>
 #include <lauxlib.h>
 #include <lua.h>
 #include <microhttpd.h>
@@ -45,6 +46,7 @@
 #include "redisloop.h"
 #include "reply.h"
 #include "reqbody.h"
+#include "sharedcache.h"
 
 /* The headers a policy may read (req.headers): how many, and their names' bytes. */
 #define MAX_HEADERS 64
@@ -330,16 +332,21 @@ struct pipeline {
 	bool suspended;
 };
 
-/* A request waiting on the cluster's rate limits: its pipeline, with the
- * body and claims it decoded kept in the engine's registry (the stack is
- * the next request's meanwhile), and what Redis answered. */
-struct rate_wait {
+/* Where a request waiting on Redis goes on (indexes of stages[]). */
+#define STAGE_RATE     2
+#define STAGE_UPSTREAM 5
+
+/* A request waiting on Redis (the cluster's rate limits, then its shared
+ * token cache): its pipeline, with the body and claims it decoded kept in
+ * the engine's registry (the stack is the next request's meanwhile), the
+ * stage it goes on from, and what Redis answered. */
+struct stage_wait {
 	struct req *r;
 	struct pipeline p;
 	int body_ref, claims_ref;
+	size_t resume_at;
+	bool cache_checked; /* the shared token cache was asked */
 	struct clusterrate_cmd cmd;
-	const char *prefix;
-	unsigned wait_ms;
 	bool eval_sent;
 	bool answered; /* Redis decided: level and retry */
 	enum clusterrate_level level;
@@ -392,7 +399,7 @@ static enum reply_answer stage_identity(struct req *r, struct pipeline *p)
 /* Redis answered (or not: reply NULL): the request goes on where it stopped. */
 static void on_rate_reply(const struct redisReply *reply, void *arg)
 {
-	struct rate_wait *w = arg;
+	struct stage_wait *w = arg;
 	struct req *r = w->r;
 	const char *prefix;
 	unsigned wait_ms;
@@ -420,7 +427,7 @@ static void on_rate_reply(const struct redisReply *reply, void *arg)
  * allocation failure is an error, not a panic). */
 static int keep_values(lua_State *L)
 {
-	struct rate_wait *w = lua_touserdata(L, 1);
+	struct stage_wait *w = lua_touserdata(L, 1);
 
 	lua_settop(L, 3);
 	if (lua_isnil(L, 3))
@@ -431,7 +438,7 @@ static int keep_values(lua_State *L)
 	return 0;
 }
 
-static void forget_values(lua_State *L, struct rate_wait *w)
+static void forget_values(lua_State *L, struct stage_wait *w)
 {
 	luaL_unref(L, LUA_REGISTRYINDEX, w->body_ref);
 	luaL_unref(L, LUA_REGISTRYINDEX, w->claims_ref);
@@ -447,7 +454,7 @@ static int shared_rate_start(struct req *r, struct pipeline *p, const char *who,
 	const struct rate_limit *rl_conf = &r->tenant->rate_limit;
 	struct clusterrate_limits lim = {rl_conf->per_second, rl_conf->burst,
 	                                 rl_conf->per_requester.per_second, rl_conf->per_requester.burst};
-	struct rate_wait *w;
+	struct stage_wait *w;
 	struct rloop *rl;
 	const char *prefix;
 	unsigned wait_ms;
@@ -459,6 +466,7 @@ static int shared_rate_start(struct req *r, struct pipeline *p, const char *who,
 		return -1;
 	w->r = r;
 	w->body_ref = w->claims_ref = LUA_NOREF;
+	w->resume_at = STAGE_RATE;
 	if (clusterrate_command(&w->cmd, false, prefix, r->tenant->name, who, len, &lim) != 0 ||
 	    !lua_checkstack(p->L, 4))
 		goto fail;
@@ -479,7 +487,7 @@ static int shared_rate_start(struct req *r, struct pipeline *p, const char *who,
 		loop_upstream_end(r->srv);
 		goto fail;
 	}
-	r->rate_wait = w;
+	r->wait = w;
 	p->suspended = true;
 	return 0;
 fail:
@@ -498,7 +506,7 @@ static enum reply_answer stage_rate(struct req *r, struct pipeline *p)
 	double retry = 1;
 	int n = p->id.subject[0] ? snprintf(who, sizeof(who), "%s:%s", p->id.method, p->id.subject)
 	                         : snprintf(who, sizeof(who), "ip:%s", p->client_ip);
-	struct rate_wait *w = r->rate_wait;
+	struct stage_wait *w = r->wait;
 	enum gen_rate_level lv;
 	int asked = 1;
 
@@ -689,6 +697,97 @@ static bool answer_cached(struct req *r, struct pipeline *p)
 	return true;
 }
 
+/* The shared token cache's answer: a token sealed for this grant goes into
+ * the local cache (which then answers, if at least half its lifetime
+ * remains); anything else is a miss. The request goes on either way. */
+static void on_cache_reply(const struct redisReply *reply, void *arg)
+{
+	struct stage_wait *w = arg;
+	struct req *r = w->r;
+	const char *prefix;
+	unsigned wait_ms;
+	struct sharedcache *sc = loop_sharedcache(r->loop);
+	char name[SHAREDCACHE_NAME_MAX], token[GRANTCACHE_TOKEN_MAX + 1];
+	long long exp, lifetime;
+	size_t len;
+
+	loop_redis(r->loop, &prefix, &wait_ms);
+	if (reply && reply->type == REDIS_REPLY_STRING && sc &&
+	    sharedcache_name(sc, prefix, &r->gkey, name, sizeof(name)) == 0) {
+		if (sharedcache_open(sc, name, (const unsigned char *)reply->str, reply->len, token,
+		                     sizeof(token), &len, &exp, &lifetime) == 0) {
+			grantcache_put(&r->gkey, r->tenant->name, token, len, exp, lifetime);
+			OPENSSL_cleanse(token, len);
+		} else {
+			log_warn_limited("cluster: a shared cached token did not open (another cache_key?)");
+		}
+	}
+	loop_upstream_end(r->srv);
+	MHD_resume_connection(r->conn);
+	loop_resumed(r->loop);
+}
+
+/* With cluster.cache_key: asks Redis for this grant's shared token and
+ * suspends the request until it answers (on_cache_reply): 0; -1 when not
+ * asked (no shared cache, Redis not connected, asked already). */
+static int shared_cache_ask(struct req *r, struct pipeline *p)
+{
+	struct sharedcache *sc = loop_sharedcache(r->loop);
+	char name[SHAREDCACHE_NAME_MAX];
+	const char *argv[2] = {"GET", name};
+	size_t lens[2] = {3, 0};
+	struct stage_wait *w = r->wait;
+	const char *prefix;
+	unsigned wait_ms;
+	struct rloop *rl = loop_redis(r->loop, &prefix, &wait_ms);
+
+	if (!sc || !rloop_ready(rl) || (w && w->cache_checked) ||
+	    sharedcache_name(sc, prefix, &r->gkey, name, sizeof(name)) != 0)
+		return -1;
+	if (!w) {
+		if (!(w = calloc(1, sizeof(*w))))
+			return -1;
+		w->r = r;
+		w->body_ref = w->claims_ref = LUA_NOREF;
+		r->wait = w;
+	}
+	w->cache_checked = true;
+	w->resume_at = STAGE_UPSTREAM;
+	lens[1] = strlen(name);
+	if (loop_upstream_begin(r->srv) != 0)
+		return -1;
+	if (rloop_command(rl, 2, argv, lens, wait_ms, on_cache_reply, w) != 0) {
+		loop_upstream_end(r->srv);
+		return -1;
+	}
+	p->suspended = true;
+	return 0;
+}
+
+/* The leader's token into the shared cache, sealed; expires with it. */
+static void shared_cache_put(struct req *r, const char *token, size_t len, long long exp)
+{
+	struct sharedcache *sc = loop_sharedcache(r->loop);
+	char name[SHAREDCACHE_NAME_MAX], ms[24];
+	unsigned char value[GRANTCACHE_TOKEN_MAX + SHAREDCACHE_OVERHEAD];
+	const char *argv[5] = {"SET", name, (const char *)value, "PX", ms};
+	size_t lens[5] = {3, 0, 0, 2, 0};
+	long long left = exp - (long long)time(NULL);
+	const char *prefix;
+	unsigned wait_ms;
+	struct rloop *rl = loop_redis(r->loop, &prefix, &wait_ms);
+
+	if (!sc || !rloop_ready(rl) || left <= 0 ||
+	    sharedcache_name(sc, prefix, &r->gkey, name, sizeof(name)) != 0 ||
+	    sharedcache_seal(sc, name, token, len, exp, r->grant.expires_s, value, sizeof(value), &lens[2]) !=
+	        0)
+		return;
+	lens[1] = strlen(name);
+	lens[4] = (size_t)snprintf(ms, sizeof(ms), "%lld", left * 1000);
+	/* Nobody waits for the answer. */
+	rloop_command(rl, 5, argv, lens, wait_ms, NULL, NULL);
+}
+
 /* Hands the grant to the loop's Courier client and suspends the connection
  * until the call ends (on_courier_done), unless the token cache answers or an
  * identical grant's call is already under way on this loop (then it waits for
@@ -706,6 +805,8 @@ static enum reply_answer stage_upstream(struct req *r, struct pipeline *p)
 	               r->grant.scope, r->grant.expires_s);
 	if (t->token_cache && answer_cached(r, p))
 		return REPLY_GO;
+	if (t->token_cache && shared_cache_ask(r, p) == 0)
+		return REPLY_GO; /* suspended: on_cache_reply resumes it */
 	if ((f = flight_find(scratch_of(r->loop)->flights, &r->gkey))) {
 		flight_follow(f, r);
 		r->state = RS_WAITING;
@@ -772,9 +873,6 @@ static enum reply_answer (*const stages[])(struct req *, struct pipeline *) = {
     stage_body, stage_identity, stage_rate, stage_decide, stage_envelope, stage_upstream,
 };
 
-/* Where a request waiting on the cluster's rate limits goes on. */
-#define STAGE_RATE 2
-
 /* The stages from `from` on; L back at top either way. The engine is
  * unpinned once decided, or kept for a request that suspended itself. */
 static enum MHD_Result run_stages(struct req *r, struct pipeline *p, size_t from, int top)
@@ -786,7 +884,7 @@ static enum MHD_Result run_stages(struct req *r, struct pipeline *p, size_t from
 	for (size_t i = from; a == REPLY_GO && !p->suspended && i < sizeof(stages) / sizeof(stages[0]); i++)
 		a = stages[i](r, p);
 	if (p->suspended) {
-		r->rate_wait->p = *p;
+		r->wait->p = *p;
 		lua_settop(p->L, top);
 		r->state = RS_RATE;
 		MHD_suspend_connection(r->conn);
@@ -822,7 +920,7 @@ static enum MHD_Result process(struct req *r)
  * and claims back on the engine's stack, and on from the rate stage. */
 static enum MHD_Result resume_rate(struct req *r)
 {
-	struct rate_wait *w = r->rate_wait;
+	struct stage_wait *w = r->wait;
 	struct pipeline p = w->p;
 	int top = lua_gettop(p.L);
 
@@ -833,14 +931,16 @@ static enum MHD_Result resume_rate(struct req *r)
 		r->engine = NULL;
 		return reply_fail(r, REPLY_UNAVAILABLE, "out of memory", NULL, NULL);
 	}
-	lua_rawgeti(p.L, LUA_REGISTRYINDEX, w->body_ref);
-	p.body = lua_gettop(p.L);
+	if (w->body_ref != LUA_NOREF) {
+		lua_rawgeti(p.L, LUA_REGISTRYINDEX, w->body_ref);
+		p.body = lua_gettop(p.L);
+	}
 	if (w->claims_ref != LUA_NOREF) {
 		lua_rawgeti(p.L, LUA_REGISTRYINDEX, w->claims_ref);
 		p.id.claims_idx = lua_gettop(p.L);
 	}
 	forget_values(p.L, w);
-	return run_stages(r, &p, STAGE_RATE, top);
+	return run_stages(r, &p, w->resume_at, top);
 }
 
 /* ------------------------------------------------------------ the answer */
@@ -919,8 +1019,10 @@ static enum MHD_Result complete(struct req *r)
 	token = courier_token(r, L, top, &tlen, &exp);
 	if (!token)
 		return reply_fail(r, REPLY_UPSTREAM_ERROR, "Courier answered something unusable", NULL, NULL);
-	if (r->tenant->token_cache && !r->shared)
+	if (r->tenant->token_cache && !r->shared) {
 		grantcache_put(&r->gkey, r->tenant->name, token, tlen, exp, r->grant.expires_s);
+		shared_cache_put(r, token, tlen, exp);
+	}
 	return answer_token(r, L, top, tlen, exp, r->grant.expires_s, r->job.seconds * 1e3);
 }
 
@@ -981,9 +1083,9 @@ void token_end(struct req *r)
 	if (r->flight)
 		flight_land(scratch_of(r->loop)->flights,
 		            r); /* not reached: a leader ends after its call; never strand followers */
-	if (r->rate_wait && r->engine)
-		forget_values(policy_engine_lua(r->engine->engine), r->rate_wait);
-	free(r->rate_wait);
+	if (r->wait && r->engine)
+		forget_values(policy_engine_lua(r->engine->engine), r->wait);
+	free(r->wait);
 	courier_job_cleanup(&r->job);
 	free(r->courier_body);
 	free(r->policy_log);
