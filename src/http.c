@@ -22,6 +22,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "cluster.h"
 #include "config.h"
 #include "gen.h"
 #include "ident.h"
@@ -155,7 +156,15 @@ static enum MHD_Result serve_readyz(struct http_server *s, struct MHD_Connection
 
 	for (size_t i = 0; ready && i < g->cfg->n_tenants; i++)
 		ready = ident_ready(&g->cfg->tenants[i].auth);
-	if (ready)
+	/* A cluster whose Redis is away is not a reason to stop serving: the
+	 * body says so, the status stays 200. */
+	if (ready && cluster_status() != CLUSTER_NONE)
+		ret = reply_plain(conn, s, 200, "application/json",
+		                  cluster_status() == CLUSTER_UP
+		                      ? "{\"status\":\"ready\",\"cluster\":\"up\"}"
+		                      : "{\"status\":\"ready\",\"cluster\":\"down\"}",
+		                  NULL, NULL);
+	else if (ready)
 		ret = reply_plain(conn, s, 200, "application/json", "{\"status\":\"ready\"}", NULL, NULL);
 	else
 		ret = reply_plain(conn, s, 503, "application/json", "{\"status\":\"not ready\"}", NULL, NULL);

@@ -28,8 +28,10 @@
 
 #include "audit.h"
 #include "clock.h"
+#include "cluster.h"
 #include "config.h"
 #include "courier.h"
+#include "denycmd.h"
 #include "envelope.h"
 #include "fileio.h"
 #include "gen.h"
@@ -70,6 +72,10 @@ static const char usage[] =
     "       courier-broker eval -c CONFIG --tenant NAME [--request FILE|-]\n"
     "                                              print the decision for one request as JSON;\n"
     "                                              never calls Courier\n"
+    "       " DENYCMD_USAGE "\n"
+    "                                              with a cluster: add or remove users on the\n"
+    "                                              tenant's shared deny list (every broker\n"
+    "                                              applies it within a second)\n"
     "       courier-broker --version | --help\n";
 
 /* Keys live in this process's memory: keep them out of core dumps. */
@@ -293,6 +299,9 @@ static int cmd_serve(const char *path, const char *pid_file)
 		return 1;
 	}
 	g = gen_acquire();
+	/* Before the listener: with Redis up, the first request sees the deny list. */
+	if (cluster_start(&g->cfg->cluster, err, sizeof(err)) != 0)
+		log_msg("warn", "%s: the cluster's deny list is not followed", err);
 	srv = http_start(g->cfg, err, sizeof(err));
 	if (!srv) {
 		log_msg("error", "%s", err);
@@ -345,6 +354,7 @@ static int cmd_serve(const char *path, const char *pid_file)
 		        "stopped (an abandoned reload was still running: nothing of it was installed)");
 		_exit(0);
 	}
+	cluster_stop();
 	gen_shutdown();
 	/* The generation's JWKS refreshers end before libcurl and OpenSSL are torn down. */
 	if (jwks_shutdown(1000) != 0)
@@ -406,6 +416,8 @@ int main(int argc, char **argv)
 	}
 	if (strcmp(cmd, "test") == 0)
 		return policytest_main(argc - 2, argv + 2);
+	if (strcmp(cmd, "deny") == 0 || strcmp(cmd, "allow") == 0)
+		return denycmd_main(cmd, argc - 2, argv + 2);
 
 	for (int i = 2; i < argc; i++) {
 		if ((strcmp(argv[i], "-c") == 0 || strcmp(argv[i], "--config") == 0) && i + 1 < argc)

@@ -65,6 +65,8 @@ static atomic_ullong gen_id, gen_loaded_at;
 static atomic_int gens_alive;
 static atomic_ullong engines_reload, engines_loop;
 static atomic_ullong reload_ok, reload_failed, reload_last_time, stale_since;
+static atomic_int cluster_up = -1; /* -1: no cluster */
+static atomic_ullong cluster_deny_entries, cluster_denied;
 /* The configuration loaded at start counts as a success: no alert on a fresh start. */
 static atomic_ullong reload_last_ok = 1;
 
@@ -357,16 +359,6 @@ static void render_upstream(struct buf *b)
 	         atomic_load(&attempts[METRICS_ATTEMPT_FAILED]), atomic_load(&breakers_open),
 	         atomic_load(&courier_paused));
 	buf_addf(b,
-	         "# HELP broker_cluster_redis_connections Event loops connected to the cluster's Redis.\n"
-	         "# TYPE broker_cluster_redis_connections gauge\nbroker_cluster_redis_connections %d\n"
-	         "# HELP broker_cluster_rate_checks_total Cluster rate-limit checks: decided by Redis "
-	         "(shared) or, Redis being unavailable or slow, by this broker's buckets (local).\n"
-	         "# TYPE broker_cluster_rate_checks_total counter\n"
-	         "broker_cluster_rate_checks_total{by=\"shared\"} %llu\n"
-	         "broker_cluster_rate_checks_total{by=\"local\"} %llu\n",
-	         atomic_load(&cluster_redis_up), atomic_load(&cluster_rate_shared),
-	         atomic_load(&cluster_rate_local));
-	buf_addf(b,
 	         "# HELP broker_inflight_requests Token requests being handled.\n"
 	         "# TYPE broker_inflight_requests gauge\nbroker_inflight_requests %d\n",
 	         atomic_load(&inflight));
@@ -410,10 +402,55 @@ static void render_upstream(struct buf *b)
 	}
 }
 
+void metrics_cluster_up(bool up)
+{
+	atomic_store(&cluster_up, up ? 1 : 0);
+}
+
+void metrics_cluster_deny_entries(size_t n)
+{
+	atomic_store(&cluster_deny_entries, (unsigned long long)n);
+}
+
+void metrics_cluster_denied(void)
+{
+	atomic_fetch_add_explicit(&cluster_denied, 1, memory_order_relaxed);
+}
+
+/* Only with a cluster: a broker alone shows no cluster lines. */
+static void render_cluster(struct buf *b)
+{
+	int up = atomic_load(&cluster_up);
+
+	if (up < 0)
+		return;
+	buf_addf(b,
+	         "# HELP broker_cluster_up Whether the cluster's Redis is reachable (0: serving alone, with "
+	         "the last deny list).\n"
+	         "# TYPE broker_cluster_up gauge\nbroker_cluster_up %d\n"
+	         "# HELP broker_cluster_deny_entries Users on the cluster's shared deny list, all tenants.\n"
+	         "# TYPE broker_cluster_deny_entries gauge\nbroker_cluster_deny_entries %llu\n"
+	         "# HELP broker_cluster_denied_total Token requests answered 403 user_denied by the shared "
+	         "deny list.\n"
+	         "# TYPE broker_cluster_denied_total counter\nbroker_cluster_denied_total %llu\n",
+	         up, atomic_load(&cluster_deny_entries), atomic_load(&cluster_denied));
+	buf_addf(b,
+	         "# HELP broker_cluster_redis_connections Event loops connected to the cluster's Redis.\n"
+	         "# TYPE broker_cluster_redis_connections gauge\nbroker_cluster_redis_connections %d\n"
+	         "# HELP broker_cluster_rate_checks_total Cluster rate-limit checks: decided by Redis "
+	         "(shared) or, Redis being unavailable or slow, by this broker's buckets (local).\n"
+	         "# TYPE broker_cluster_rate_checks_total counter\n"
+	         "broker_cluster_rate_checks_total{by=\"shared\"} %llu\n"
+	         "broker_cluster_rate_checks_total{by=\"local\"} %llu\n",
+	         atomic_load(&cluster_redis_up), atomic_load(&cluster_rate_shared),
+	         atomic_load(&cluster_rate_local));
+}
+
 static void render_counters(struct buf *b)
 {
 	render_requests(b);
 	render_upstream(b);
+	render_cluster(b);
 }
 
 /* The front's: each loop's connections and the flood counters. */

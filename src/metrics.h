@@ -43,6 +43,13 @@ void metrics_courier_attempt(enum metrics_attempt outcome);
 void metrics_courier_breaker_open(int delta);
 void metrics_courier_paused(void);
 
+/* The cluster (cluster.h): whether its Redis is reachable (set once a
+ * cluster starts: no cluster, no lines), the users on its deny list, and a
+ * token request refused because its user is on it. */
+void metrics_cluster_up(bool up);
+void metrics_cluster_deny_entries(size_t n);
+void metrics_cluster_denied(void);
+
 /* The cluster (cluster.redis): a loop's Redis connection became ready (+1)
  * or went down (-1); one rate-limit check decided by Redis (shared) or, Redis
  * being unavailable or slow, by the local buckets. */

@@ -45,6 +45,7 @@ static const struct {
     [REPLY_UNAVAILABLE] = {503, "unavailable"},
     [REPLY_UPSTREAM_TIMEOUT] = {504, "upstream_timeout"},
     [REPLY_UPSTREAM_UNAVAILABLE] = {503, "upstream_unavailable"},
+    [REPLY_USER_DENIED] = {403, "user_denied"},
 };
 
 /* The fallback error body when even the JSON encoder fails. */

@@ -102,6 +102,7 @@ enum reply_answer {
 	REPLY_UNAVAILABLE,
 	REPLY_UPSTREAM_TIMEOUT,
 	REPLY_UPSTREAM_UNAVAILABLE, /* the Courier circuit breaker is open */
+	REPLY_USER_DENIED,          /* the user is on the cluster's shared deny list */
 };
 
 /* The request's id: the client's X-Request-Id when it is 1-128 characters

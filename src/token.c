@@ -30,6 +30,7 @@
 
 #include "audit.h"
 #include "clock.h"
+#include "cluster.h"
 #include "clusterrate.h"
 #include "config.h"
 #include "courier.h"
@@ -332,9 +333,10 @@ struct pipeline {
 	bool suspended;
 };
 
-/* Where a request waiting on Redis goes on (indexes of stages[]). */
-#define STAGE_RATE     2
-#define STAGE_UPSTREAM 5
+/* A stage: REPLY_GO, or the answer. The two a request waiting on Redis
+ * goes on from: */
+typedef enum reply_answer stage_fn(struct req *r, struct pipeline *p);
+static stage_fn stage_rate, stage_upstream;
 
 /* A request waiting on Redis (the cluster's rate limits, then its shared
  * token cache): its pipeline, with the body and claims it decoded kept in
@@ -344,8 +346,8 @@ struct stage_wait {
 	struct req *r;
 	struct pipeline p;
 	int body_ref, claims_ref;
-	size_t resume_at;
-	bool cache_checked; /* the shared token cache was asked */
+	stage_fn *resume_at; /* the stage it goes on from */
+	bool cache_checked;  /* the shared token cache was asked */
 	struct clusterrate_cmd cmd;
 	bool eval_sent;
 	bool answered; /* Redis decided: level and retry */
@@ -466,7 +468,7 @@ static int shared_rate_start(struct req *r, struct pipeline *p, const char *who,
 		return -1;
 	w->r = r;
 	w->body_ref = w->claims_ref = LUA_NOREF;
-	w->resume_at = STAGE_RATE;
+	w->resume_at = stage_rate;
 	if (clusterrate_command(&w->cmd, false, prefix, r->tenant->name, who, len, &lim) != 0 ||
 	    !lua_checkstack(p->L, 4))
 		goto fail;
@@ -573,6 +575,18 @@ static void audit_inputs_of(struct req *r, struct pipeline *p)
 	r->audit_body = audit_json(p->L, p->body);
 	if (p->id.claims_idx)
 		r->audit_claims = audit_json(p->L, p->id.claims_idx);
+}
+
+/* The cluster's shared deny list (`courier-broker deny`): a snapshot in
+ * memory, never a call to Redis; the policy does not run for such a user. */
+static enum reply_answer stage_cluster_deny(struct req *r, struct pipeline *p)
+{
+	if (!cluster_denied(r->tenant->name, r->user_id))
+		return REPLY_GO;
+	metrics_cluster_denied();
+	snprintf(r->reason, sizeof(r->reason), "%s", "on the cluster's deny list");
+	p->msg = "this user may not get tokens (cluster deny list)";
+	return REPLY_USER_DENIED;
 }
 
 /* The tenant's policy decides, on the engine pinned by token_begin. */
@@ -752,7 +766,7 @@ static int shared_cache_ask(struct req *r, struct pipeline *p)
 		r->wait = w;
 	}
 	w->cache_checked = true;
-	w->resume_at = STAGE_UPSTREAM;
+	w->resume_at = stage_upstream;
 	lens[1] = strlen(name);
 	if (loop_upstream_begin(r->srv) != 0)
 		return -1;
@@ -869,16 +883,20 @@ static enum reply_answer stage_upstream(struct req *r, struct pipeline *p)
 	return REPLY_GO;
 }
 
-static enum reply_answer (*const stages[])(struct req *, struct pipeline *) = {
-    stage_body, stage_identity, stage_rate, stage_decide, stage_envelope, stage_upstream,
+static stage_fn *const stages[] = {
+    stage_body, stage_identity, stage_rate, stage_cluster_deny, stage_decide, stage_envelope, stage_upstream,
 };
 
 /* The stages from `from` on; L back at top either way. The engine is
  * unpinned once decided, or kept for a request that suspended itself. */
-static enum MHD_Result run_stages(struct req *r, struct pipeline *p, size_t from, int top)
+static enum MHD_Result run_stages(struct req *r, struct pipeline *p, stage_fn *first, int top)
 {
 	enum reply_answer a = REPLY_GO;
 	enum MHD_Result ret;
+	size_t from = 0;
+
+	while (first && from < sizeof(stages) / sizeof(stages[0]) && stages[from] != first)
+		from++;
 
 	p->suspended = false;
 	for (size_t i = from; a == REPLY_GO && !p->suspended && i < sizeof(stages) / sizeof(stages[0]); i++)
@@ -913,7 +931,7 @@ static enum MHD_Result process(struct req *r)
 	p.dec = &scratch_of(r->loop)->dec;
 	p.msg = p.extra_name = p.extra_value = NULL;
 	p.answered = false;
-	return run_stages(r, &p, 0, lua_gettop(p.L));
+	return run_stages(r, &p, NULL, lua_gettop(p.L));
 }
 
 /* Redis answered the rate check (or did not in time): the request's body
