@@ -28,7 +28,12 @@ struct http_server;
 struct loop;
 struct tenant;
 
-enum req_state { RS_BODY, RS_WAITING, RS_DONE, RS_RATE /* waiting on the cluster's rate limits */ };
+enum req_state {
+	RS_BODY,
+	RS_WAITING,
+	RS_DONE,
+	RS_REDIS /* waiting on the cluster's Redis (rate limits, token cache) */
+};
 
 /* The longest X-Request-Id taken from a client (CONTRACT.md). */
 #define REPLY_REQUEST_ID_MAX 128

@@ -3,9 +3,11 @@
  *
  * Owns the stages of a token request, in the order the README draws them:
  * headers (tenant, CORS, method, media type, size; token_begin) → body →
- * identity → rate → policy → envelope → upstream (the token cache, or a
- * call shared with identical grants on this loop, or its own call: suspended
- * while the Courier client works) → answer (complete). Each stage returns an
+ * identity → rate (with cluster: the cluster's, the request suspended while
+ * Redis answers) → deny list → policy → envelope → upstream (the token
+ * cache, the cluster's too, or a call shared with identical grants on this
+ * loop, or its own call: suspended while the Courier client works) → answer
+ * (complete). Each stage returns an
  * answer code; the first that is not REPLY_GO is the answer. It must never
  * let a policy see a credential header, never charge a rate budget before the
  * requester is authenticated, never issue a token the envelope refused, and
@@ -904,7 +906,7 @@ static enum MHD_Result run_stages(struct req *r, struct pipeline *p, stage_fn *f
 	if (p->suspended) {
 		r->wait->p = *p;
 		lua_settop(p->L, top);
-		r->state = RS_RATE;
+		r->state = RS_REDIS;
 		MHD_suspend_connection(r->conn);
 		return MHD_YES;
 	}
@@ -934,9 +936,9 @@ static enum MHD_Result process(struct req *r)
 	return run_stages(r, &p, NULL, lua_gettop(p.L));
 }
 
-/* Redis answered the rate check (or did not in time): the request's body
- * and claims back on the engine's stack, and on from the rate stage. */
-static enum MHD_Result resume_rate(struct req *r)
+/* Redis answered (or did not in time): the request's body and claims back
+ * on the engine's stack, and on from the stage that asked. */
+static enum MHD_Result resume_wait(struct req *r)
 {
 	struct stage_wait *w = r->wait;
 	struct pipeline p = w->p;
@@ -1070,8 +1072,8 @@ enum MHD_Result token_continue(struct req *r, const char *upload_data, size_t *u
 		return MHD_YES;
 	case RS_WAITING:
 		return complete(r);
-	case RS_RATE:
-		return resume_rate(r);
+	case RS_REDIS:
+		return resume_wait(r);
 	case RS_BODY:
 		break;
 	}
