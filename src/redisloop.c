@@ -9,9 +9,10 @@
  * a PING that marks it ready; on any failure, a reconnection after a
  * backoff that doubles up to backoff_max_ms (with jitter, so the loops of
  * many brokers do not come back in step). A command that misses its
- * deadline ends with a NULL reply and takes the connection down with it:
- * a Redis that stalls is treated as gone, so later requests do not each
- * wait out the deadline.
+ * deadline ends with a NULL reply; when Redis answered nothing at all since
+ * it was sent, the connection goes with it: a Redis that stalls is treated
+ * as gone, so later requests do not each wait out the deadline, while one
+ * that is merely slow keeps its connection.
  *
  * It must never block (the host is resolved once, by rloop_new, off the
  * loop), never run a caller's callback inside rloop_command, never run one
@@ -40,7 +41,7 @@ enum rl_state { RL_DOWN, RL_CONNECTING, RL_READY };
  * (then fn is NULL); freed when hiredis is done with it. */
 struct call {
 	struct call *prev, *next;
-	uint64_t deadline;
+	uint64_t sent, deadline;
 	rloop_reply_fn *fn;
 	void *arg;
 	bool listed;
@@ -67,7 +68,8 @@ struct rloop {
 	int fd;
 	uint64_t deadline; /* RL_CONNECTING: connect and handshake; RL_DOWN: the reconnection */
 	unsigned backoff;
-	bool failed_once; /* logged since the last time it was ready */
+	bool failed_once;   /* logged since the last time it was ready */
+	uint64_t last_read; /* when the socket was last read: a stalled Redis reads nothing */
 
 	struct call *head, *tail; /* by deadline */
 
@@ -439,8 +441,10 @@ void rloop_run(struct rloop *rl, uint32_t events)
 	redisAsyncContext *ac = rl->ac;
 	uint64_t now;
 
-	if (ac && (events & (EPOLLIN | EPOLLERR | EPOLLHUP)))
+	if (ac && (events & (EPOLLIN | EPOLLERR | EPOLLHUP))) {
+		rl->last_read = clock_ms();
 		redisAsyncHandleRead(ac);
+	}
 	if (ac && rl->ac == ac && (events & (EPOLLOUT | EPOLLERR | EPOLLHUP)))
 		redisAsyncHandleWrite(ac);
 	now = clock_ms();
@@ -455,8 +459,12 @@ void rloop_run(struct rloop *rl, uint32_t events)
 		break;
 	case RL_READY:
 		if (rl->head && rl->head->deadline <= now) {
-			/* Every command past its deadline ends now, NULL; the
-			 * connection goes with them (drop ends the rest). */
+			/* Every command past its deadline ends now, NULL (its late
+			 * reply is dropped). A Redis that answered nothing since the
+			 * oldest of them was sent is stalled: the connection goes
+			 * with them (drop ends the rest); one that is merely slow
+			 * keeps it. */
+			bool stalled = rl->last_read <= rl->head->sent;
 			while (rl->head && rl->head->deadline <= now) {
 				struct call *c = rl->head;
 				rloop_reply_fn *fn = c->fn;
@@ -465,7 +473,8 @@ void rloop_run(struct rloop *rl, uint32_t events)
 				if (fn)
 					fn(NULL, c->arg);
 			}
-			drop(rl, "a command missed its deadline");
+			if (stalled)
+				drop(rl, "no answer within a command's deadline");
 		}
 		break;
 	}
@@ -500,7 +509,8 @@ int rloop_command(struct rloop *rl, int argc, const char **argv, const size_t *a
 		return -1;
 	c->fn = fn;
 	c->arg = arg;
-	c->deadline = clock_ms() + timeout_ms;
+	c->sent = clock_ms();
+	c->deadline = c->sent + timeout_ms;
 	if (redisAsyncCommandArgv(rl->ac, on_reply, c, argc, argv, argvlen) != REDIS_OK) {
 		free(c);
 		return -1;
