@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -64,6 +65,8 @@ static inline int redis_start(struct redis_server *s, int port, const char *pass
 	s->pid = fork();
 	if (s->pid == 0) {
 		int null = open("/dev/null", O_WRONLY);
+		/* Gone with the test, even one that failed before redis_stop. */
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
 		dup2(null, 1);
 		dup2(null, 2);
 		if (password)
