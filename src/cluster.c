@@ -186,8 +186,8 @@ bool cluster_denied(const char *tenant, const char *user_id)
 	if (!atomic_load_explicit(&active, memory_order_acquire))
 		return false;
 	pthread_mutex_lock(&list_lock);
-	if (list && (tp = bsearch(&kp, list->t, list->n, sizeof(*list->t), cmp_tenant)))
-		hit = bsearch(&user_id, (*tp)->users, (*tp)->n, sizeof(char *), cmp_str) != NULL;
+	if (list && list->n && (tp = bsearch(&kp, list->t, list->n, sizeof(*list->t), cmp_tenant)))
+		hit = (*tp)->n && bsearch(&user_id, (*tp)->users, (*tp)->n, sizeof(char *), cmp_str) != NULL;
 	pthread_mutex_unlock(&list_lock);
 	return hit;
 }
