@@ -96,6 +96,10 @@ bash "$root/scripts/bench/reload.sh" "$broker" "$double" "$secs"
 # the deny path's (goal: at least half). scripts/bench/errors.sh, own processes.
 bash "$root/scripts/bench/errors.sh" "$broker" "$double" "$secs"
 
+# ---- cluster (issue 16): shared rate limits on a local Redis next to local
+# buckets, 0 ms upstream. scripts/bench/cluster.sh, own processes.
+bash "$root/scripts/bench/cluster.sh" "$broker" "$double" "$secs" "$rounds"
+
 # ---- upstream (issue 12): default config at 100 ms / 500 conns, plain HTTP and
 # HTTPS (nginx, HTTP/1.1 and HTTP/2), with TLS connections opened and resumed.
 bash "$root/scripts/bench/upstream.sh" "$broker" "$double" "$secs"

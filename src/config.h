@@ -87,6 +87,8 @@ struct cluster_conf {
 	unsigned timeout_ms;     /* connecting, and each synchronous command; default 1000 */
 	char *name;              /* the cluster's name, in every key: [A-Za-z0-9_.-]{1,64} */
 	struct secret cache_key; /* cluster.cache_key: exactly 32 bytes, or unset */
+	/* cluster.redis.rate_timeout_ms: a request's wait for the shared rate limits */
+	unsigned rate_timeout_ms;
 };
 
 struct config {

@@ -49,6 +49,7 @@
 
 #include "client.h"
 #include "clock.h"
+#include "clusterrate.h"
 #include "config.h"
 #include "courier.h"
 #include "gen.h"
@@ -57,6 +58,9 @@
 #include "listen.h"
 #include "log.h"
 #include "metrics.h"
+#include "redis.h"
+#include "redisloop.h"
+#include "sharedcache.h"
 #include "tls.h"
 
 /* MHD's memory a client connection (its request's headers, and buffers). */
@@ -103,9 +107,13 @@ struct loop {
 	struct http_server *srv;
 	struct MHD_Daemon *d;
 	struct courier_client *cc;
-	int epfd, wakefd; /* the loop's epoll set; wake-ups from the acceptor and the drain */
-	atomic_int cmd;   /* CMD_* bits the loop has not acted on yet */
-	bool resumed;     /* a connection was resumed: MHD must run before waiting */
+	struct rloop *redis;       /* the cluster's Redis (cluster), or NULL */
+	char redis_prefix[100];    /* its keys' prefix, "courier-broker:<name>:" */
+	unsigned redis_wait_ms;    /* cluster.redis.rate_timeout_ms */
+	struct sharedcache *share; /* with cluster.cache_key: the shared token cache's keys */
+	int epfd, wakefd;          /* the loop's epoll set; wake-ups from the acceptor and the drain */
+	atomic_int cmd;            /* CMD_* bits the loop has not acted on yet */
+	bool resumed;              /* a connection was resumed: MHD must run before waiting */
 	pthread_t thread;
 	bool running;
 	struct gen_engines engines;
@@ -258,13 +266,14 @@ static void take_handed(struct loop *lp)
 static void *loop_run(void *arg)
 {
 	struct loop *lp = arg;
-	struct epoll_event evs[4];
+	struct epoll_event evs[8];
 	bool looked = false;
 
 	log_batch(1);
 	for (;;) {
 		MHD_UNSIGNED_LONG_LONG mt;
 		bool mhd_ready = false, courier_ready = false;
+		uint32_t redis_events = 0;
 		int timeout = -1, n = 0, cmd;
 		long long due = client_sweep(&lp->deadlines, cut, lp);
 
@@ -275,19 +284,26 @@ static void *loop_run(void *arg)
 		/* Suppressed warnings are reported within about a second. */
 		if (log_limited_tick() && (timeout < 0 || timeout > LOG_TICK_MS))
 			timeout = LOG_TICK_MS;
+		if (lp->redis) {
+			long long rd = rloop_due_ms(lp->redis);
+			if (rd >= 0 && (timeout < 0 || rd < timeout))
+				timeout = rd > INT_MAX ? INT_MAX : (int)rd;
+		}
 		if (lp->resumed || courier_due(lp->cc))
 			timeout = 0;
 		/* Work is pending (MHD's own ready list, a resumed connection, a
 		 * call to start): do it without asking epoll first, but ask every
 		 * other turn, so that the other sources are never starved. */
 		if (timeout != 0 || looked)
-			n = epoll_wait(lp->epfd, evs, 4, timeout);
+			n = epoll_wait(lp->epfd, evs, 8, timeout);
 		looked = timeout == 0 && !looked;
 		if (n == 0 && timeout >= 0)
 			mhd_ready = true; /* a connection's timeout, or work already pending */
 		for (int i = 0; i < n; i++) {
 			if (evs[i].data.ptr == lp->cc) {
 				courier_ready = true;
+			} else if (evs[i].data.ptr == &lp->redis) {
+				redis_events = evs[i].events;
 			} else if (evs[i].data.ptr == lp->d) {
 				mhd_ready = true;
 			} else {
@@ -305,10 +321,16 @@ static void *loop_run(void *arg)
 			courier_abort_all(lp->cc);
 		if (courier_ready || courier_due(lp->cc))
 			courier_run(lp->cc, courier_ready);
+		/* Replies and deadlines: the requests they resume run below. */
+		if (lp->redis)
+			rloop_run(lp->redis, redis_events);
 		if (mhd_ready || lp->resumed) {
 			lp->resumed = false;
 			MHD_run(lp->d);
 		}
+		/* Commands MHD's requests just queued: written now. */
+		if (lp->redis)
+			rloop_flush(lp->redis);
 		/* Calls MHD just started: send them now, not after another wait. */
 		if (courier_due(lp->cc))
 			courier_run(lp->cc, false);
@@ -464,6 +486,14 @@ static void loop_free(struct loop *lp)
 		close(c->fd);
 		client_free(lp, c);
 	}
+	/* First: its pending commands' callbacks resume their connections. */
+	rloop_free(lp->redis);
+	lp->redis = NULL;
+	if (lp->share) {
+		sharedcache_wipe(lp->share);
+		free(lp->share);
+		lp->share = NULL;
+	}
 	/* Closes the loop's connections: their on_completed runs here. */
 	if (lp->d)
 		MHD_stop_daemon(lp->d);
@@ -500,6 +530,47 @@ static int watch(int epfd, int fd, void *tag)
 	struct epoll_event ev = {.events = EPOLLIN, .data.ptr = tag};
 
 	return epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev);
+}
+
+/* The loop's connection to the cluster's Redis (it connects from the loop's
+ * first turn on). Without one (a host that does not resolve now) the loop
+ * serves on its own buckets, as when Redis is down. */
+static void cluster_connect(struct loop *lp, const struct cluster_conf *c)
+{
+	struct rloop_conf rc = {.host = c->host,
+	                        .port = c->port,
+	                        .db = (int)c->db,
+	                        .user = c->user,
+	                        .password = (const char *)c->password.data,
+	                        .password_len = c->password.len,
+	                        .connect_timeout_ms = c->timeout_ms,
+	                        .backoff_min_ms = 100,
+	                        .backoff_max_ms = 5000,
+	                        .name = "cluster"};
+	size_t len;
+	const char *script = clusterrate_script(&len);
+	const char *argv[3] = {"SCRIPT", "LOAD", script};
+	size_t lens[3] = {6, 4, len};
+	char err[256];
+
+	if (redis_key(c, "", lp->redis_prefix, sizeof(lp->redis_prefix)) != 0)
+		return;
+	lp->redis_wait_ms = c->rate_timeout_ms ? c->rate_timeout_ms : 50;
+	lp->redis = rloop_new(lp->epfd, &lp->redis, &rc, err, sizeof(err));
+	if (!lp->redis) {
+		log_msg("warn", "%s: shared rate limits off on this loop until a restart", err);
+		return;
+	}
+	if (rloop_on_connect(lp->redis, 3, argv, lens) != 0) {
+		rloop_free(lp->redis);
+		lp->redis = NULL;
+		return;
+	}
+	if (c->cache_key.data && (lp->share = malloc(sizeof(*lp->share))) &&
+	    sharedcache_init(lp->share, c->cache_key.data, c->cache_key.len) != 0) {
+		free(lp->share);
+		lp->share = NULL;
+	}
 }
 
 /* Sets up loop i and starts its thread. */
@@ -553,6 +624,8 @@ static int loop_start(struct http_server *s, size_t i, const struct config *cfg,
 		snprintf(err, errlen, "cannot set up the HTTP event loop");
 		return -1;
 	}
+	if (cfg->cluster.enabled)
+		cluster_connect(lp, &cfg->cluster);
 	if (pthread_create(&lp->thread, NULL, loop_run, lp) != 0) {
 		snprintf(err, errlen, "cannot start the HTTP threads");
 		return -1;
@@ -701,6 +774,18 @@ struct http_server *loop_server(struct loop *lp)
 struct courier_client *loop_courier(struct loop *lp)
 {
 	return lp->cc;
+}
+
+struct rloop *loop_redis(struct loop *lp, const char **prefix, unsigned *wait_ms)
+{
+	*prefix = lp->redis_prefix;
+	*wait_ms = lp->redis_wait_ms;
+	return lp->redis;
+}
+
+struct sharedcache *loop_sharedcache(struct loop *lp)
+{
+	return lp->share;
 }
 
 struct gen_engines *loop_engines(struct loop *lp)

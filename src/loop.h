@@ -20,6 +20,8 @@ struct http_server;
 struct loop;
 struct lua_State;
 struct metrics_front;
+struct rloop;
+struct sharedcache;
 
 /* What the front gives every loop. */
 struct loop_routes {
@@ -48,6 +50,11 @@ int loop_server_drain(struct http_server *s, unsigned deadline_ms);
 struct http_server *loop_server(struct loop *lp);
 struct courier_client *loop_courier(struct loop *lp);
 struct gen_engines *loop_engines(struct loop *lp);
+/* The cluster's Redis connection (NULL without cluster), its keys' prefix
+ * and how long a request may wait for it. */
+struct rloop *loop_redis(struct loop *lp, const char **prefix, unsigned *wait_ms);
+/* The shared token cache's keys (cluster.cache_key), or NULL. */
+struct sharedcache *loop_sharedcache(struct loop *lp);
 struct lua_State *loop_json(struct loop *lp); /* cjson only: answers, error bodies, log lines */
 void *loop_scratch(struct loop *lp);          /* routes.scratch_size bytes */
 

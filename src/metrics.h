@@ -56,6 +56,12 @@ void metrics_cluster_up(bool up);
 void metrics_cluster_deny_entries(size_t n);
 void metrics_cluster_denied(void);
 
+/* The cluster (cluster.redis): a loop's Redis connection became ready (+1)
+ * or went down (-1); one rate-limit check decided by Redis (shared) or, Redis
+ * being unavailable or slow, by the local buckets. */
+void metrics_cluster_redis(int delta);
+void metrics_cluster_rate(bool shared);
+
 /* Requests currently between arrival and answer on the token routes. */
 void metrics_inflight_add(int delta);
 

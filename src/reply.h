@@ -28,7 +28,12 @@ struct http_server;
 struct loop;
 struct tenant;
 
-enum req_state { RS_BODY, RS_WAITING, RS_DONE };
+enum req_state {
+	RS_BODY,
+	RS_WAITING,
+	RS_DONE,
+	RS_REDIS /* waiting on the cluster's Redis (rate limits, token cache) */
+};
 
 /* The longest X-Request-Id taken from a client (CONTRACT.md). */
 #define REPLY_REQUEST_ID_MAX 128
@@ -78,6 +83,9 @@ struct req {
 	struct flight *flight;
 	struct req *flight_next;
 	bool shared;
+
+	/* Waiting on Redis (token.c): the pipeline kept meanwhile. */
+	struct stage_wait *wait;
 
 	/* Last and not zeroed at allocation (8 KiB): token_begin and
 	 * envelope_apply set each field, the strings up to their NUL. */

@@ -3,9 +3,11 @@
  *
  * Owns the stages of a token request, in the order the README draws them:
  * headers (tenant, CORS, method, media type, size; token_begin) → body →
- * identity → rate → policy → envelope → upstream (the token cache, or a
- * call shared with identical grants on this loop, or its own call: suspended
- * while the Courier client works) → answer (complete). Each stage returns an
+ * identity → rate (with cluster: the cluster's, the request suspended while
+ * Redis answers) → deny list → policy → envelope → upstream (the token
+ * cache, the cluster's too, or a call shared with identical grants on this
+ * loop, or its own call: suspended while the Courier client works) → answer
+ * (complete). Each stage returns an
  * answer code; the first that is not REPLY_GO is the answer. It must never
  * let a policy see a credential header, never charge a rate budget before the
  * requester is authenticated, never issue a token the envelope refused, and
@@ -15,6 +17,8 @@
  */
 #include "token.h"
 
+#include <arpa/inet.h>
+#include <hiredis/hiredis.h>
 #include <lauxlib.h>
 #include <lua.h>
 #include <microhttpd.h>
@@ -27,6 +31,7 @@
 #include "audit.h"
 #include "clock.h"
 #include "cluster.h"
+#include "clusterrate.h"
 #include "config.h"
 #include "courier.h"
 #include "envelope.h"
@@ -40,10 +45,12 @@
 #include "loop.h"
 #include "metrics.h"
 #include "policy.h"
+#include "redisloop.h"
 #include "reply.h"
 #include "reqbody.h"
 #include "reqinfo.h"
 #include "shadow.h"
+#include "sharedcache.h"
 
 /* The headers a policy may read (req.headers): how many, and their names' bytes. */
 #define MAX_HEADERS 64
@@ -241,6 +248,30 @@ struct pipeline {
 	bool answered;
 	enum MHD_Result answer;
 	struct shadow_job *shadow; /* the shadow policy's job, queued once decided */
+	/* A stage that suspended the request (the cluster's rate limits). */
+	bool suspended;
+};
+
+/* A stage: REPLY_GO, or the answer. The two a request waiting on Redis
+ * goes on from: */
+typedef enum reply_answer stage_fn(struct req *r, struct pipeline *p);
+static stage_fn stage_rate, stage_upstream;
+
+/* A request waiting on Redis (the cluster's rate limits, then its shared
+ * token cache): its pipeline, with the body and claims it decoded kept in
+ * the engine's registry (the stack is the next request's meanwhile), the
+ * stage it goes on from, and what Redis answered. */
+struct stage_wait {
+	struct req *r;
+	struct pipeline p;
+	int body_ref, claims_ref;
+	stage_fn *resume_at; /* the stage it goes on from */
+	bool cache_checked;  /* the shared token cache was asked */
+	struct clusterrate_cmd cmd;
+	bool eval_sent;
+	bool answered; /* Redis decided: level and retry */
+	enum clusterrate_level level;
+	double retry;
 };
 
 /* The body: a JSON object with a valid user_id. */
@@ -305,15 +336,135 @@ static enum reply_answer stage_killswitch(struct req *r, struct pipeline *p)
 	return REPLY_USER_DENIED;
 }
 
+/* Redis answered (or not: reply NULL): the request goes on where it stopped. */
+static void on_rate_reply(const struct redisReply *reply, void *arg)
+{
+	struct stage_wait *w = arg;
+	struct req *r = w->r;
+	const char *prefix;
+	unsigned wait_ms;
+	struct rloop *rl = loop_redis(r->loop, &prefix, &wait_ms);
+	int rc = clusterrate_verdict(&w->cmd, reply, &w->level, &w->retry);
+
+	(void)prefix;
+	if (rc == 1 && !w->eval_sent) {
+		/* Redis lost the script (SCRIPT FLUSH, a failover): send it whole. */
+		w->eval_sent = true;
+		clusterrate_as_eval(&w->cmd);
+		if (rloop_command(rl, w->cmd.argc, w->cmd.argv, w->cmd.len, wait_ms, on_rate_reply, w) == 0)
+			return;
+	}
+	w->answered = rc == 0;
+	if (rc != 0 && reply)
+		log_warn_limited(
+		    "cluster: Redis's rate-limit answer is unusable: deciding with local buckets");
+	loop_upstream_end(r->srv);
+	MHD_resume_connection(r->conn);
+	loop_resumed(r->loop);
+}
+
+/* Keeps a value of the engine's stack in its registry (protected: an
+ * allocation failure is an error, not a panic). */
+static int keep_values(lua_State *L)
+{
+	struct stage_wait *w = lua_touserdata(L, 1);
+
+	lua_settop(L, 3);
+	if (lua_isnil(L, 3))
+		lua_pop(L, 1);
+	else
+		w->claims_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+	w->body_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+	return 0;
+}
+
+static void forget_values(lua_State *L, struct stage_wait *w)
+{
+	luaL_unref(L, LUA_REGISTRYINDEX, w->body_ref);
+	luaL_unref(L, LUA_REGISTRYINDEX, w->claims_ref);
+	w->body_ref = w->claims_ref = LUA_NOREF;
+}
+
+/* With cluster: asks Redis to charge both limits in one script call and
+ * suspends the request until it answers (on_rate_reply): 0. 1: no cluster
+ * or no limit; -1: not asked (Redis not connected, shutting down, out of
+ * memory): the local buckets decide either way. */
+static int shared_rate_start(struct req *r, struct pipeline *p, const char *who, size_t len)
+{
+	const struct rate_limit *rl_conf = &r->tenant->rate_limit;
+	struct clusterrate_limits lim = {rl_conf->per_second, rl_conf->burst,
+	                                 rl_conf->per_requester.per_second, rl_conf->per_requester.burst};
+	struct stage_wait *w;
+	struct rloop *rl;
+	const char *prefix;
+	unsigned wait_ms;
+
+	if (!(rl = loop_redis(r->loop, &prefix, &wait_ms)) ||
+	    (lim.per_second <= 0 && lim.requester_per_second <= 0))
+		return 1;
+	if (!rloop_ready(rl) || !(w = calloc(1, sizeof(*w))))
+		return -1;
+	w->r = r;
+	w->body_ref = w->claims_ref = LUA_NOREF;
+	w->resume_at = stage_rate;
+	if (clusterrate_command(&w->cmd, false, prefix, r->tenant->name, who, len, &lim) != 0 ||
+	    !lua_checkstack(p->L, 4))
+		goto fail;
+	lua_pushcfunction(p->L, keep_values);
+	lua_pushlightuserdata(p->L, w);
+	lua_pushvalue(p->L, p->body);
+	if (p->id.claims_idx)
+		lua_pushvalue(p->L, p->id.claims_idx);
+	else
+		lua_pushnil(p->L);
+	if (lua_pcall(p->L, 3, 0, 0) != LUA_OK) {
+		lua_pop(p->L, 1);
+		goto fail;
+	}
+	if (loop_upstream_begin(r->srv) != 0)
+		goto fail;
+	if (rloop_command(rl, w->cmd.argc, w->cmd.argv, w->cmd.len, wait_ms, on_rate_reply, w) != 0) {
+		loop_upstream_end(r->srv);
+		goto fail;
+	}
+	r->wait = w;
+	p->suspended = true;
+	return 0;
+fail:
+	forget_values(p->L, w);
+	free(w);
+	return -1;
+}
+
 /* Charged after authentication, so strangers cannot spend a tenant's
- * budget. The requester is its subject, or its address when it has none. */
+ * budget. The requester is its subject, or its address when it has none.
+ * With cluster the limits are the cluster's (Redis), else, or while Redis
+ * is unavailable, this broker's own buckets. */
 static enum reply_answer stage_rate(struct req *r, struct pipeline *p)
 {
 	char who[300];
-	double retry;
+	double retry = 1;
 	int n = p->id.subject[0] ? snprintf(who, sizeof(who), "%s:%s", p->id.method, p->id.subject)
 	                         : snprintf(who, sizeof(who), "ip:%s", p->client_ip);
-	enum gen_rate_level lv = gen_rate_take(r->gen, r->tenant, who, n > 0 ? (size_t)n : 0, &retry);
+	struct stage_wait *w = r->wait;
+	enum gen_rate_level lv;
+	int asked = 1;
+
+	if (n < 0 || (size_t)n >= sizeof(who))
+		n = (int)strlen(who);
+	if (!w && (asked = shared_rate_start(r, p, who, (size_t)n)) == 0)
+		return REPLY_GO; /* suspended: on_rate_reply resumes it */
+	if (w && w->answered) {
+		metrics_cluster_rate(true);
+		lv = w->level == CLUSTERRATE_OK          ? GEN_RATE_OK
+		     : w->level == CLUSTERRATE_REQUESTER ? GEN_RATE_REQUESTER
+		                                         : GEN_RATE_TENANT;
+		retry = w->retry;
+	} else {
+		if (w || asked < 0)
+			metrics_cluster_rate(false); /* Redis unavailable, or late */
+		lv = gen_rate_take(r->gen, r->tenant, who, (size_t)n, &retry);
+	}
 
 	if (lv == GEN_RATE_OK)
 		return REPLY_GO;
@@ -538,6 +689,97 @@ static bool answer_cached(struct req *r, struct pipeline *p)
 	return true;
 }
 
+/* The shared token cache's answer: a token sealed for this grant goes into
+ * the local cache (which then answers, if at least half its lifetime
+ * remains); anything else is a miss. The request goes on either way. */
+static void on_cache_reply(const struct redisReply *reply, void *arg)
+{
+	struct stage_wait *w = arg;
+	struct req *r = w->r;
+	const char *prefix;
+	unsigned wait_ms;
+	struct sharedcache *sc = loop_sharedcache(r->loop);
+	char name[SHAREDCACHE_NAME_MAX], token[GRANTCACHE_TOKEN_MAX + 1];
+	long long exp, lifetime;
+	size_t len;
+
+	loop_redis(r->loop, &prefix, &wait_ms);
+	if (reply && reply->type == REDIS_REPLY_STRING && sc &&
+	    sharedcache_name(sc, prefix, &r->gkey, name, sizeof(name)) == 0) {
+		if (sharedcache_open(sc, name, (const unsigned char *)reply->str, reply->len, token,
+		                     sizeof(token), &len, &exp, &lifetime) == 0) {
+			grantcache_put(&r->gkey, r->tenant->name, token, len, exp, lifetime);
+			OPENSSL_cleanse(token, len);
+		} else {
+			log_warn_limited("cluster: a shared cached token did not open (another cache_key?)");
+		}
+	}
+	loop_upstream_end(r->srv);
+	MHD_resume_connection(r->conn);
+	loop_resumed(r->loop);
+}
+
+/* With cluster.cache_key: asks Redis for this grant's shared token and
+ * suspends the request until it answers (on_cache_reply): 0; -1 when not
+ * asked (no shared cache, Redis not connected, asked already). */
+static int shared_cache_ask(struct req *r, struct pipeline *p)
+{
+	struct sharedcache *sc = loop_sharedcache(r->loop);
+	char name[SHAREDCACHE_NAME_MAX];
+	const char *argv[2] = {"GET", name};
+	size_t lens[2] = {3, 0};
+	struct stage_wait *w = r->wait;
+	const char *prefix;
+	unsigned wait_ms;
+	struct rloop *rl = loop_redis(r->loop, &prefix, &wait_ms);
+
+	if (!sc || !rloop_ready(rl) || (w && w->cache_checked) ||
+	    sharedcache_name(sc, prefix, &r->gkey, name, sizeof(name)) != 0)
+		return -1;
+	if (!w) {
+		if (!(w = calloc(1, sizeof(*w))))
+			return -1;
+		w->r = r;
+		w->body_ref = w->claims_ref = LUA_NOREF;
+		r->wait = w;
+	}
+	w->cache_checked = true;
+	w->resume_at = stage_upstream;
+	lens[1] = strlen(name);
+	if (loop_upstream_begin(r->srv) != 0)
+		return -1;
+	if (rloop_command(rl, 2, argv, lens, wait_ms, on_cache_reply, w) != 0) {
+		loop_upstream_end(r->srv);
+		return -1;
+	}
+	p->suspended = true;
+	return 0;
+}
+
+/* The leader's token into the shared cache, sealed; expires with it. */
+static void shared_cache_put(struct req *r, const char *token, size_t len, long long exp)
+{
+	struct sharedcache *sc = loop_sharedcache(r->loop);
+	char name[SHAREDCACHE_NAME_MAX], ms[24];
+	unsigned char value[GRANTCACHE_TOKEN_MAX + SHAREDCACHE_OVERHEAD];
+	const char *argv[5] = {"SET", name, (const char *)value, "PX", ms};
+	size_t lens[5] = {3, 0, 0, 2, 0};
+	long long left = exp - (long long)time(NULL);
+	const char *prefix;
+	unsigned wait_ms;
+	struct rloop *rl = loop_redis(r->loop, &prefix, &wait_ms);
+
+	if (!sc || !rloop_ready(rl) || left <= 0 ||
+	    sharedcache_name(sc, prefix, &r->gkey, name, sizeof(name)) != 0 ||
+	    sharedcache_seal(sc, name, token, len, exp, r->grant.expires_s, value, sizeof(value), &lens[2]) !=
+	        0)
+		return;
+	lens[1] = strlen(name);
+	lens[4] = (size_t)snprintf(ms, sizeof(ms), "%lld", left * 1000);
+	/* Nobody waits for the answer. */
+	rloop_command(rl, 5, argv, lens, wait_ms, NULL, NULL);
+}
+
 /* Hands the grant to the loop's Courier client and suspends the connection
  * until the call ends (on_courier_done), unless the token cache answers or an
  * identical grant's call is already under way on this loop (then it waits for
@@ -555,6 +797,8 @@ static enum reply_answer stage_upstream(struct req *r, struct pipeline *p)
 	               r->grant.scope, r->grant.expires_s);
 	if (t->token_cache && answer_cached(r, p))
 		return REPLY_GO;
+	if (t->token_cache && shared_cache_ask(r, p) == 0)
+		return REPLY_GO; /* suspended: on_cache_reply resumes it */
 	if ((f = flight_find(scratch_of(r->loop)->flights, &r->gkey))) {
 		flight_follow(f, r);
 		r->state = RS_WAITING;
@@ -619,19 +863,50 @@ static enum reply_answer stage_upstream(struct req *r, struct pipeline *p)
 	return REPLY_GO;
 }
 
+static stage_fn *const stages[] = {
+    stage_body, stage_identity, stage_killswitch, stage_cluster_deny,
+    stage_rate, stage_decide,   stage_envelope,   stage_upstream,
+};
+
+/* The stages from `from` on; L back at top either way. The engine is
+ * unpinned once decided, or kept for a request that suspended itself. */
+static enum MHD_Result run_stages(struct req *r, struct pipeline *p, stage_fn *first, int top)
+{
+	enum reply_answer a = REPLY_GO;
+	enum MHD_Result ret;
+	size_t from = 0;
+
+	while (first && from < sizeof(stages) / sizeof(stages[0]) && stages[from] != first)
+		from++;
+
+	p->suspended = false;
+	for (size_t i = from; a == REPLY_GO && !p->suspended && i < sizeof(stages) / sizeof(stages[0]); i++)
+		a = stages[i](r, p);
+	if (p->suspended) {
+		r->wait->p = *p;
+		lua_settop(p->L, top);
+		r->state = RS_REDIS;
+		MHD_suspend_connection(r->conn);
+		return MHD_YES;
+	}
+	ret = a != REPLY_GO ? reply_fail(r, a, p->msg, p->extra_name, p->extra_value)
+	      : p->answered ? p->answer
+	                    : MHD_YES;
+	if (p->shadow) /* after the live answer: the shadow never delays it */
+		shadow_submit(p->shadow, r->decision, r->grant.scope, r->grant.expires_s);
+	p->shadow = NULL;
+	lua_settop(p->L, top);
+	gen_engine_unpin(loop_engines(r->loop), r->engine);
+	r->engine = NULL;
+	return ret;
+}
+
 /* The body has arrived: the stages in order, on the generation's engine
- * (pinned by token_begin, unpinned here either way). */
+ * (pinned by token_begin, unpinned by run_stages once decided). */
 static enum MHD_Result process(struct req *r)
 {
-	static enum reply_answer (*const stages[])(struct req *, struct pipeline *) = {
-	    stage_body, stage_identity, stage_killswitch, stage_cluster_deny,
-	    stage_rate, stage_decide,   stage_envelope,   stage_upstream,
-	};
 	struct policy_engine *e = r->engine ? r->engine->engine : NULL;
-	enum reply_answer a = REPLY_GO;
 	struct pipeline p;
-	enum MHD_Result ret;
-	int top;
 
 	if (!e)
 		return reply_fail(r, REPLY_UNAVAILABLE, "the policy engine is not available", NULL, NULL);
@@ -641,18 +916,34 @@ static enum MHD_Result process(struct req *r)
 	p.msg = p.extra_name = p.extra_value = NULL;
 	p.answered = false;
 	p.shadow = NULL;
-	top = lua_gettop(p.L);
-	for (size_t i = 0; a == REPLY_GO && i < sizeof(stages) / sizeof(stages[0]); i++)
-		a = stages[i](r, &p);
-	ret = a != REPLY_GO ? reply_fail(r, a, p.msg, p.extra_name, p.extra_value)
-	      : p.answered  ? p.answer
-	                    : MHD_YES;
-	if (p.shadow) /* after the live answer: the shadow never delays it */
-		shadow_submit(p.shadow, r->decision, r->grant.scope, r->grant.expires_s);
-	lua_settop(p.L, top);
-	gen_engine_unpin(loop_engines(r->loop), r->engine);
-	r->engine = NULL;
-	return ret;
+	return run_stages(r, &p, NULL, lua_gettop(p.L));
+}
+
+/* Redis answered (or did not in time): the request's body and claims back
+ * on the engine's stack, and on from the stage that asked. */
+static enum MHD_Result resume_wait(struct req *r)
+{
+	struct stage_wait *w = r->wait;
+	struct pipeline p = w->p;
+	int top = lua_gettop(p.L);
+
+	r->state = RS_BODY;
+	if (!lua_checkstack(p.L, 2)) {
+		forget_values(p.L, w);
+		gen_engine_unpin(loop_engines(r->loop), r->engine);
+		r->engine = NULL;
+		return reply_fail(r, REPLY_UNAVAILABLE, "out of memory", NULL, NULL);
+	}
+	if (w->body_ref != LUA_NOREF) {
+		lua_rawgeti(p.L, LUA_REGISTRYINDEX, w->body_ref);
+		p.body = lua_gettop(p.L);
+	}
+	if (w->claims_ref != LUA_NOREF) {
+		lua_rawgeti(p.L, LUA_REGISTRYINDEX, w->claims_ref);
+		p.id.claims_idx = lua_gettop(p.L);
+	}
+	forget_values(p.L, w);
+	return run_stages(r, &p, w->resume_at, top);
 }
 
 /* ------------------------------------------------------------ the answer */
@@ -731,8 +1022,10 @@ static enum MHD_Result complete(struct req *r)
 	token = courier_token(r, L, top, &tlen, &exp);
 	if (!token)
 		return reply_fail(r, REPLY_UPSTREAM_ERROR, "Courier answered something unusable", NULL, NULL);
-	if (r->tenant->token_cache && !r->shared)
+	if (r->tenant->token_cache && !r->shared) {
 		grantcache_put(&r->gkey, r->tenant->name, token, tlen, exp, r->grant.expires_s);
+		shared_cache_put(r, token, tlen, exp);
+	}
 	return answer_token(r, L, top, tlen, exp, r->grant.expires_s, r->job.seconds * 1e3);
 }
 
@@ -762,6 +1055,8 @@ enum MHD_Result token_continue(struct req *r, const char *upload_data, size_t *u
 		return MHD_YES;
 	case RS_WAITING:
 		return complete(r);
+	case RS_REDIS:
+		return resume_wait(r);
 	case RS_BODY:
 		break;
 	}
@@ -791,6 +1086,9 @@ void token_end(struct req *r)
 	if (r->flight)
 		flight_land(scratch_of(r->loop)->flights,
 		            r); /* not reached: a leader ends after its call; never strand followers */
+	if (r->wait && r->engine)
+		forget_values(policy_engine_lua(r->engine->engine), r->wait);
+	free(r->wait);
 	courier_job_cleanup(&r->job);
 	free(r->courier_body);
 	free(r->policy_log);

@@ -261,7 +261,8 @@ const struct option config_options[] = {
     {"cluster", OPT_TABLE, NULL, 0, 0, CFG(cluster.enabled), OPT_PRESENCE, NULL,
      "Brokers that share one Redis act as one (docs/operations.md, \"Running a cluster\"): the "
      "`deny`/`allow` "
-     "list reaches every broker. Absent: the broker stands alone and never touches Redis. Read at start: "
+     "list reaches every broker, and rate limits (and, with `cache_key`, the token cache) are shared. "
+     "Absent: the broker stands alone and never touches Redis. Read at start: "
      "a reload that changes it warns and keeps the cluster the broker started with until a restart."},
     {"cluster.redis", OPT_TABLE, NULL, 0, 0, NOWHERE, 0, NULL, "How to reach the cluster's Redis."},
     {"cluster.redis.url", OPT_STRING, NULL, 0, 0, NOWHERE, OPT_REQUIRED, config_conv_cluster_url,
@@ -272,7 +273,11 @@ const struct option config_options[] = {
      "Redis password (`AUTH`; with the URL's user, `AUTH user password`); required when the URL names a "
      "user."},
     {"cluster.redis.timeout_ms", OPT_INT, "1000", 10, 60000, CFG(cluster.timeout_ms), 0, NULL,
-     "Connecting to Redis, and each command of the deny list's subscriber and of `deny`/`allow`."},
+     "Connecting to Redis (each event loop's connection too), and each command of the deny list's subscriber "
+     "and of `deny`/`allow`."},
+    {"cluster.redis.rate_timeout_ms", OPT_INT, "50", 1, 5000, CFG(cluster.rate_timeout_ms), 0, NULL,
+     "The longest a token request waits for the shared rate limits' answer from Redis; past it (or "
+     "while Redis is unreachable) this broker's own buckets decide, and the connection is made again."},
     {"cluster.name", OPT_STRING, NULL, 0, 0, NOWHERE, OPT_REQUIRED, config_conv_cluster_name,
      "The cluster's name, 1..64 of `A-Z a-z 0-9 _ . -`: every key it writes starts "
      "`courier-broker:<name>:`, so several clusters may share one Redis."},

@@ -1,0 +1,57 @@
+"""The cluster's shared token cache (issue 16): tenants with token_cache and
+a cluster.cache_key reuse one token for an identical grant across brokers;
+Redis holds it sealed (AES-GCM) under a name that reveals nothing."""
+import subprocess
+
+from conftest import COURIER_KEY, mint, wait_metric
+from test_cluster_rate import Redis, redis  # noqa: F401 (the fixture)
+
+CACHE_KEY = "5f" * 32
+OTHER_KEY = "a0" * 32
+
+
+def cluster(port, key_env="CACHE_KEY"):
+    return ('cluster = { redis = { url = "redis://127.0.0.1:%d/0" }, name = "c", '
+            'cache_key = { env = "%s" } }\n' % (port, key_env))
+
+
+def start(broker_factory, redis, key=CACHE_KEY):
+    b = broker_factory(tenants={"default": {"extra": "token_cache = true,"}}, extra=cluster(redis.port),
+                       env={"CACHE_KEY": key})
+    wait_metric(b, "broker_cluster_redis_connections", lambda v: v == 2, timeout=10)
+    return b
+
+
+def test_identical_grant_served_once_across_brokers(broker_factory, double, redis):
+    # Old code: each broker called Courier for the same grant.
+    a, b = start(broker_factory, redis), start(broker_factory, redis)
+    r1 = a.post(body={"user_id": "alice-42"}, token=mint("alice-42"))
+    assert r1.status == 200, r1.body
+    assert double.served() == 1
+    r2 = b.post(body={"user_id": "alice-42"}, token=mint("alice-42"))
+    assert r2.status == 200, r2.body
+    assert r2.json()["token"] == r1.json()["token"]
+    assert double.served() == 1
+    # Another grant is another token.
+    assert b.post(body={"user_id": "bob-7"}, token=mint("bob-7")).status == 200
+    assert double.served() == 2
+    # Nothing readable in Redis names a user, a key or a token.
+    keys = redis.cli("--scan").split()
+    cached = [k for k in keys if ":tc:" in k]
+    assert len(cached) == 2, keys
+    dump = subprocess.run(["redis-cli", "-p", str(redis.port), "--no-raw", "MGET"] + cached,
+                          capture_output=True, timeout=10).stdout
+    for secret in (r1.json()["token"], r1.json()["token"].split(".")[1], "alice-42", COURIER_KEY, CACHE_KEY):
+        assert secret.encode() not in dump, secret
+        assert not any(secret in k for k in keys), (secret, keys)
+    for k in cached:
+        assert int(redis.cli("PTTL", k)) > 0, k
+
+
+def test_another_cache_key_cannot_use_it(broker_factory, double, redis):
+    a = start(broker_factory, redis)
+    assert a.post(body={"user_id": "carol"}, token=mint("carol")).status == 200
+    c = start(broker_factory, redis, key=OTHER_KEY)
+    r = c.post(body={"user_id": "carol"}, token=mint("carol"))
+    assert r.status == 200, r.body
+    assert double.served() == 2

@@ -1,0 +1,203 @@
+/*
+ * test_clusterrate.c — unit tests for src/clusterrate.c: the script on a real redis-server.
+ *
+ * Owns the proof of the shared limits' arithmetic: a burst of N lets N
+ * through and refuses the next with a Retry-After; the tenant's refusal
+ * charges nothing of the requester's; the keys expire and name no
+ * requester in clear; NOSCRIPT is answered by sending the script whole.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+#include <hiredis/hiredis.h>
+
+#include "clusterrate.h"
+#include "redis_fixture.h"
+
+#define PREFIX "courier-broker:t1:"
+
+static struct redis_server srv;
+static int epfd;
+static struct rloop *rl;
+
+struct outcome {
+	int calls;
+	int rc;
+	enum clusterrate_level level;
+	double retry;
+	long long integer;
+	const struct clusterrate_cmd *cmd;
+};
+
+static void on_reply(const struct redisReply *r, void *arg)
+{
+	struct outcome *o = arg;
+
+	o->calls++;
+	o->rc = clusterrate_verdict(o->cmd, r, &o->level, &o->retry);
+	if (r && r->type == REDIS_REPLY_INTEGER)
+		o->integer = r->integer;
+}
+
+static bool got(void *arg)
+{
+	return ((struct outcome *)arg)->calls > 0;
+}
+
+/* One script call; returns the verdict's rc (level/retry in *o). */
+static int take(const char *tenant, const char *who, const struct clusterrate_limits *lim, bool eval,
+                struct outcome *o)
+{
+	static struct clusterrate_cmd c;
+
+	memset(o, 0, sizeof(*o));
+	assert_int_equal(clusterrate_command(&c, eval, PREFIX, tenant, who, strlen(who), lim), 0);
+	o->cmd = &c;
+	assert_int_equal(rloop_command(rl, c.argc, c.argv, c.len, 2000, on_reply, o), 0);
+	assert_true(drive(rl, epfd, got, o, 5000));
+	return o->rc;
+}
+
+static long long redis_int(int argc, const char **argv)
+{
+	struct outcome o = {0};
+	size_t len[4];
+
+	for (int i = 0; i < argc; i++)
+		len[i] = strlen(argv[i]);
+	assert_int_equal(rloop_command(rl, argc, argv, len, 2000, on_reply, &o), 0);
+	assert_true(drive(rl, epfd, got, &o, 5000));
+	return o.integer;
+}
+
+static int setup(void **state)
+{
+	struct rloop_conf conf = {.host = "127.0.0.1", .connect_timeout_ms = 1000, .name = "test"};
+	char err[200];
+	size_t len;
+	const char *text = clusterrate_script(&len);
+	const char *argv[3] = {"SCRIPT", "LOAD", text};
+	size_t lens[3] = {6, 4, len};
+
+	(void)state;
+	if (redis_start(&srv, 0, NULL) != 0)
+		return -1;
+	epfd = epoll_create1(0);
+	conf.port = srv.port;
+	rl = rloop_new(epfd, &epfd, &conf, err, sizeof(err));
+	if (!rl || rloop_on_connect(rl, 3, argv, lens) != 0)
+		return -1;
+	return drive(rl, epfd, is_ready, rl, 5000) ? 0 : -1;
+}
+
+static int teardown(void **state)
+{
+	(void)state;
+	rloop_free(rl);
+	redis_stop(&srv);
+	close(epfd);
+	return 0;
+}
+
+/* per_requester burst 5 at a slow rate: exactly 5 through, then 429 with a wait. */
+static void test_requester_burst(void **state)
+{
+	struct clusterrate_limits lim = {.requester_per_second = 0.1, .requester_burst = 5};
+	struct outcome o;
+
+	(void)state;
+	for (int i = 0; i < 5; i++) {
+		assert_int_equal(take("acme", "jwt:alice", &lim, false, &o), 0);
+		assert_int_equal(o.level, CLUSTERRATE_OK);
+	}
+	assert_int_equal(take("acme", "jwt:alice", &lim, false, &o), 0);
+	assert_int_equal(o.level, CLUSTERRATE_REQUESTER);
+	assert_true(o.retry >= 5 && o.retry <= 10);
+	/* Another requester has its own bucket. */
+	assert_int_equal(take("acme", "jwt:bob", &lim, false, &o), 0);
+	assert_int_equal(o.level, CLUSTERRATE_OK);
+}
+
+/* The tenant's bucket empty: refused as the tenant, and the requester's
+ * bucket is not charged for it. */
+static void test_tenant_refusal_charges_nothing(void **state)
+{
+	struct clusterrate_limits lim = {
+	    .per_second = 0.01, .burst = 2, .requester_per_second = 0.01, .requester_burst = 3};
+	struct clusterrate_limits only_req = {.requester_per_second = 0.01, .requester_burst = 3};
+	struct outcome o;
+
+	(void)state;
+	assert_int_equal(take("t2", "ip:10.0.0.1", &lim, false, &o), 0);
+	assert_int_equal(o.level, CLUSTERRATE_OK);
+	assert_int_equal(take("t2", "ip:10.0.0.1", &lim, false, &o), 0);
+	assert_int_equal(o.level, CLUSTERRATE_OK);
+	for (int i = 0; i < 3; i++) {
+		assert_int_equal(take("t2", "ip:10.0.0.1", &lim, false, &o), 0);
+		assert_int_equal(o.level, CLUSTERRATE_TENANT);
+	}
+	/* The requester spent 2 of 3: one more passes its own bucket. */
+	assert_int_equal(take("t2", "ip:10.0.0.1", &only_req, false, &o), 0);
+	assert_int_equal(o.level, CLUSTERRATE_OK);
+	assert_int_equal(take("t2", "ip:10.0.0.1", &only_req, false, &o), 0);
+	assert_int_equal(o.level, CLUSTERRATE_REQUESTER);
+}
+
+/* Keys: under the prefix, with a TTL, no requester in clear. */
+static void test_keys_expire_and_hide_the_requester(void **state)
+{
+	struct clusterrate_limits lim = {
+	    .per_second = 100, .burst = 10, .requester_per_second = 1, .requester_burst = 5};
+	static struct clusterrate_cmd c;
+	struct outcome o;
+
+	(void)state;
+	assert_int_equal(take("t3", "jwt:carol@example.com", &lim, false, &o), 0);
+	assert_int_equal(clusterrate_command(&c, false, PREFIX, "t3", "jwt:carol@example.com", 21, &lim), 0);
+	assert_null(strstr(c.keys[0], "carol"));
+	assert_true(strncmp(c.keys[0], PREFIX "rl:r:", strlen(PREFIX "rl:r:")) == 0);
+	assert_string_equal(c.keys[1], PREFIX "rl:t:t3");
+	for (int k = 0; k < 2; k++) {
+		long long ttl = redis_int(2, (const char *[]){"PTTL", c.keys[k]});
+		assert_true(ttl > 0 && ttl <= 1001);
+	}
+}
+
+/* After SCRIPT FLUSH: EVALSHA answers NOSCRIPT (rc 1), EVAL works. */
+static void test_noscript_then_eval(void **state)
+{
+	struct clusterrate_limits lim = {.per_second = 1000, .burst = 1000};
+	struct outcome o;
+
+	(void)state;
+	redis_int(2, (const char *[]){"SCRIPT", "FLUSH"});
+	assert_int_equal(take("t4", "x", &lim, false, &o), 1);
+	assert_int_equal(take("t4", "x", &lim, true, &o), 0);
+	assert_int_equal(o.level, CLUSTERRATE_OK);
+}
+
+/* No limit on: no command at all. */
+static void test_no_limit_no_command(void **state)
+{
+	struct clusterrate_limits lim = {0};
+	struct clusterrate_cmd c;
+
+	(void)state;
+	assert_int_equal(clusterrate_command(&c, false, PREFIX, "t", "x", 1, &lim), -1);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(test_requester_burst),
+	    cmocka_unit_test(test_tenant_refusal_charges_nothing),
+	    cmocka_unit_test(test_keys_expire_and_hide_the_requester),
+	    cmocka_unit_test(test_noscript_then_eval),
+	    cmocka_unit_test(test_no_limit_no_command),
+	};
+	signal(SIGPIPE, SIG_IGN);
+	return cmocka_run_group_tests(tests, setup, teardown);
+}
