@@ -290,7 +290,8 @@ static void wait_keys(const struct tenant *t)
  * server's stages up to the policy (body, identity), with the tenant's auth.
  * 0, or an HTTP status with err. */
 static int describe_raw(lua_State *L, const struct config *cfg, const struct tenant *t,
-                        struct raw_request *rq, const char *peer, char *err, size_t errlen)
+                        struct raw_request *rq, const char *peer, const struct evalreq_options *opt,
+                        char *err, size_t errlen)
 {
 	struct ident_request irq = {0};
 	struct identity id;
@@ -312,7 +313,9 @@ static int describe_raw(lua_State *L, const struct config *cfg, const struct ten
 	}
 	irq.authorization = raw_header(rq, "authorization", 0);
 	irq.peer_ip = peer;
-	irq.now = (long long)time(NULL);
+	/* --now: a captured request decided as at its time (its credential's
+	 * exp and nbf too), not as at the time eval runs. */
+	irq.now = opt->has_now ? opt->now : (long long)time(NULL);
 	irq.header = raw_header;
 	irq.header_ctx = rq;
 	if (ident_client_ip(&t->auth, &irq, ip, sizeof(ip)) != 0) {
@@ -414,12 +417,21 @@ int evalreq_run(struct policy_engine *e, const struct config *cfg, const struct 
 			fprintf(stderr, "courier-broker eval: %s\n", err);
 			goto out;
 		}
+		/* --now is the clock of a description without its own now. */
+		if (opt->has_now) {
+			if (lua_getfield(L, -1, "now") == LUA_TNIL) {
+				lua_pushinteger(L, (lua_Integer)opt->now);
+				lua_setfield(L, -3, "now");
+			}
+			lua_pop(L, 1);
+		}
 	} else {
 		if (!(rq = calloc(1, sizeof(*rq))) || parse_raw(text, len, rq, err, sizeof(err)) != 0) {
 			fprintf(stderr, "courier-broker eval: %s\n", rq ? err : "out of memory");
 			goto out;
 		}
-		status = describe_raw(L, cfg, t, rq, opt->peer ? opt->peer : "127.0.0.1", err, sizeof(err));
+		status =
+		    describe_raw(L, cfg, t, rq, opt->peer ? opt->peer : "127.0.0.1", opt, err, sizeof(err));
 		if (status != 0) {
 			fprintf(stderr,
 			        "courier-broker eval: the broker answers %d before the policy runs: %s\n",

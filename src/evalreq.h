@@ -16,6 +16,8 @@ struct tenant;
 struct evalreq_options {
 	const char *peer; /* the connection's address a raw request came from (default 127.0.0.1) */
 	bool explain;     /* name the return that decided, and the calls that led there */
+	bool has_now;     /* --now given: */
+	long long now;    /* the clock (Unix seconds) for req.now and the credential's exp/nbf */
 };
 
 /*

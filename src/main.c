@@ -72,6 +72,7 @@ static const char usage[] =
     "                                              run policy test files (*_test.lua) or folders\n"
     "                                              of them\n"
     "       courier-broker eval -c CONFIG --tenant NAME [--request FILE|-] [--peer ADDR] [--explain]\n"
+    "                          [--now UNIX_SECONDS]\n"
     "                                              print the decision for one request (JSON\n"
     "                                              description, or raw HTTP with its credential,\n"
     "                                              verified) as JSON; --explain: the return that\n"
@@ -446,7 +447,17 @@ int main(int argc, char **argv)
 			eval_opt.peer = argv[++i];
 		else if (strcmp(argv[i], "--explain") == 0 && strcmp(cmd, "eval") == 0)
 			eval_opt.explain = true;
-		else if (strcmp(argv[i], "--listen") == 0 && i + 1 < argc && strcmp(cmd, "serve") == 0)
+		else if (strcmp(argv[i], "--now") == 0 && i + 1 < argc && strcmp(cmd, "eval") == 0) {
+			char *end;
+			errno = 0;
+			eval_opt.now = strtoll(argv[++i], &end, 10);
+			if (errno || end == argv[i] || *end || eval_opt.now < 0) {
+				fprintf(stderr, "courier-broker: --now takes Unix seconds, not %s\n",
+				        argv[i]);
+				return 2;
+			}
+			eval_opt.has_now = true;
+		} else if (strcmp(argv[i], "--listen") == 0 && i + 1 < argc && strcmp(cmd, "serve") == 0)
 			config_override_listen(argv[++i]);
 		else {
 			fprintf(stderr, "courier-broker: unexpected argument %s\n%s", argv[i], usage);

@@ -10,7 +10,12 @@
  * decided again. It must never call Courier, never read a secret (the
  * configuration is loaded for its policies only), and never pass over a
  * line in silence: a line without inputs, not JSON or of an unknown tenant is
- * counted, and the first of each kind is named.
+ * counted, and the first of each kind is named. A line the C core refused
+ * before the policy ran (the kill switch: error user_denied or
+ * tenant_disabled; the cluster's deny list) records no policy decision: it is
+ * counted as refused before the policy and never compared, whatever the
+ * candidate's policy would say (the kill switch is an incident's switch, not
+ * part of the policy under review).
  */
 #include "replay.h"
 
@@ -46,8 +51,9 @@ struct replay {
 	const char *tenant; /* --tenant, or NULL: every tenant */
 	bool json;
 	struct policyeval_outcome *o;
-	unsigned long long lines, decided, differ, skipped[SKIP_KINDS];
+	unsigned long long lines, decided, differ, skipped[SKIP_KINDS], refused;
 	char first_skip[SKIP_KINDS][300]; /* "FILE:LINE" of the first of each kind */
+	char first_refused[300];
 	double decide_ms;
 };
 
@@ -196,6 +202,20 @@ static void print_text(struct replay *rp, const char *file, unsigned long long l
 	printf("\n");
 }
 
+/* Whether the recorded line at rec was refused by the C core before the
+ * policy ran: the kill switch (token.c's stage_killswitch: error
+ * user_denied or tenant_disabled, reason "kill switch: ...") or the
+ * cluster's deny list (reason "on the cluster's deny list"). */
+static bool refused_before_policy(lua_State *L, int rec)
+{
+	const char *error = field_str(L, rec, "error"), *reason = field_str(L, rec, "reason");
+
+	if (error && (strcmp(error, "user_denied") == 0 || strcmp(error, "tenant_disabled") == 0))
+		return true;
+	return reason && (strncmp(reason, "kill switch:", 12) == 0 ||
+	                  strcmp(reason, "on the cluster's deny list") == 0);
+}
+
 static void skip(struct replay *rp, enum skip_kind k, const char *file, unsigned long long lineno)
 {
 	if (rp->skipped[k]++ == 0)
@@ -224,6 +244,11 @@ static void replay_line(struct replay *rp, const char *file, unsigned long long 
 	}
 	if (rp->tenant && strcmp(rp->tenant, tenant) != 0)
 		goto out;
+	if (refused_before_policy(L, rec)) {
+		if (rp->refused++ == 0)
+			snprintf(rp->first_refused, sizeof(rp->first_refused), "%s:%llu", file, lineno);
+		goto out;
+	}
 	if (lua_getfield(L, rec, "request") != LUA_TTABLE) {
 		skip(rp, SKIP_NO_INPUTS, file, lineno);
 		goto out;
@@ -312,6 +337,8 @@ static void summary(struct replay *rp, double wall_ms)
 		lua_setfield(L, -2, "unreadable");
 		lua_pushinteger(L, (lua_Integer)rp->skipped[SKIP_UNKNOWN_TENANT]);
 		lua_setfield(L, -2, "unknown_tenant");
+		lua_pushinteger(L, (lua_Integer)rp->refused);
+		lua_setfield(L, -2, "refused_before_policy");
 		lua_pushinteger(L, (lua_Integer)rate);
 		lua_setfield(L, -2, "decisions_per_second");
 		s = json_encode(L, -1, &len);
@@ -325,6 +352,11 @@ static void summary(struct replay *rp, double wall_ms)
 	        "replay: %llu line(s), %llu decided again, %llu differ, %llu could not be decided again "
 	        "(%.0f decisions/s, %.0f ms in all)\n",
 	        rp->lines, rp->decided, rp->differ, skipped, rate, wall_ms);
+	if (rp->refused)
+		fprintf(stderr,
+		        "replay: %llu line(s) refused before the policy (kill switch or cluster deny list), "
+		        "not compared, the first at %s\n",
+		        rp->refused, rp->first_refused);
 	for (int k = 0; k < SKIP_KINDS; k++)
 		if (rp->skipped[k])
 			fprintf(stderr, "replay: %llu line(s) %s, the first at %s\n", rp->skipped[k],

@@ -130,6 +130,40 @@ def test_replay_counts_lines_it_cannot_decide(tmp_path, double):
     assert run(["replay", "-c", b.config, tmp_path / "missing.jsonl"]).returncode == 2
 
 
+def test_replay_does_not_compare_what_the_kill_switch_refused(tmp_path, double):
+    """A line the C core refused before the policy ran (kill switch, cluster
+    deny list) is no policy decision: counted apart, never a difference."""
+    (tmp_path / "blocked").mkdir()
+    (tmp_path / "blocked" / "default.txt").write_text("bob\n")
+    extra = 'audit_log = { file = "audit.jsonl", inputs = true }'
+    b = Broker(tmp_path, double, policies={"default": DECIDE}, extra=extra,
+               tenants={"default": {"extra": 'deny_users = { file = "blocked/default.txt" },'}})
+    try:
+        for i, user in enumerate(("alice", "bob", "carol")):
+            r = b.post(body={"user_id": user}, token=mint(user), headers={"X-Request-Id": "req-%d" % i})
+            assert r.status in (200, 403), r.body
+    finally:
+        b.stop()
+    log = tmp_path / "audit.jsonl"
+    rows = [json.loads(l) for l in log.read_text().splitlines()]
+    assert rows[1]["user"] == "bob" and rows[1]["error"] == "user_denied", rows[1]
+    # A line refused by the cluster's deny list, as an audit line would say it.
+    cl = dict(rows[1], request_id="req-3", reason="on the cluster's deny list")
+    with open(log, "a") as f:
+        f.write(json.dumps(cl) + "\n")
+    # The incident is over: the candidate has no deny list, and its policy
+    # would let bob through. Not a policy difference.
+    b.config.write_text(b.config_text.replace('deny_users = { file = "blocked/default.txt" },', ""))
+    p = run(["replay", "-c", b.config, log], env=no_secrets_env())
+    assert p.returncode == 0, (p.out, p.err)
+    assert p.out == "", p.out
+    assert "2 decided again, 0 differ" in p.err, p.err
+    assert "2 line(s) refused before the policy" in p.err and "the first at %s:2" % log in p.err, p.err
+    j = run(["replay", "-c", b.config, "--format", "json", log], env=no_secrets_env())
+    s = json.loads(j.out.splitlines()[-1])
+    assert j.returncode == 0 and s["refused_before_policy"] == 2 and s["differ"] == 0, j.out
+
+
 # ------------------------------------------------- eval of a real request
 
 SEES = policy('broker.log("headers", req.headers["x-custom"], tostring(req.headers.authorization))\n'
@@ -216,6 +250,36 @@ def test_eval_verifies_a_raw_request(tmp_path):
     assert two.returncode == 1 and "400" in two.err, two.err
     assert run_eval(conf, b"GET / HTTP/1.1\r\n\r\n").returncode == 1
     assert run_eval(conf, b"not a request").returncode == 1
+
+
+NOW_POLICY = policy('return { allow = true, tier = "inbox", expires_in = "1h", reason = "now " .. req.now }')
+
+
+def test_eval_now_replays_a_captured_request_at_its_time(tmp_path):
+    """--now is the clock of both the credential's exp/nbf and req.now."""
+    import jwt as pyjwt
+    conf = eval_config(tmp_path, text=NOW_POLICY)
+    then = 1700000000
+    tok = pyjwt.encode({"sub": "alice", "iat": then, "nbf": then, "exp": then + 300}, APP_SECRET,
+                       algorithm="HS256")
+    # Captured long ago: expired now.
+    late = run_eval(conf, raw(tok))
+    assert late.returncode == 1 and "401" in late.err, late.err
+    p = run_eval(conf, raw(tok), "--now", str(then + 60))
+    assert p.returncode == 0, p.err
+    assert json.loads(p.out)["reason"] == "now %d" % (then + 60), p.out
+    early = run_eval(conf, raw(tok), "--now", str(then - 600))
+    assert early.returncode == 1 and "401" in early.err, early.err
+    after = run_eval(conf, raw(tok), "--now", str(then + 3600))  # past exp and any leeway
+    assert after.returncode == 1 and "401" in after.err, after.err
+    # A described request without its own now takes --now; with one, keeps it.
+    d = run_eval(conf, json.dumps({"user_id": "alice"}).encode(), "--now", "1234")
+    assert d.returncode == 0 and json.loads(d.out)["reason"] == "now 1234", (d.out, d.err)
+    d = run_eval(conf, json.dumps({"user_id": "alice", "now": 99}).encode(), "--now", "1234")
+    assert d.returncode == 0 and json.loads(d.out)["reason"] == "now 99", (d.out, d.err)
+    for bad in ("soon", "-5", "12x", ""):
+        b = run_eval(conf, raw(tok), "--now", bad)
+        assert b.returncode == 2 and "--now" in b.err, (bad, b.err)
 
 
 def test_eval_refuses_unknown_fields(tmp_path):
