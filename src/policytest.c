@@ -30,7 +30,8 @@
 #include "policyeval.h"
 #include "scope.h"
 
-#define MAX_TEST_FILE (1024 * 1024)
+#define MAX_TEST_FILE    (1024 * 1024)
+#define MAX_DATA_FIXTURE (1024 * 1024) /* a data fixture file: as a tenant's data file */
 
 struct report {
 	bool json;
@@ -488,7 +489,7 @@ static int load_cases(struct policy_engine *e, const char *path, char **text, si
 
 /* ------------------------------------------------------ strict test files */
 
-static const char *const case_keys[] = {"name", "req", "expect", "data", NULL};
+static const char *const case_keys[] = {"name", "req", "expect", "data", "now", "identity", NULL};
 static const char *const expect_keys[] = {"allow", "scopes", "expires_in", "reason", "error", "logs", NULL};
 static const char *const file_keys[] = {"data", "now", "identity", NULL};
 
@@ -705,20 +706,66 @@ static int check_case_shape(lua_State *L, int idx, char *err, size_t errlen)
 	lua_pop(L, 1);
 	data = lua_getfield(L, idx, "data");
 	lua_pop(L, 1);
-	if (data != LUA_TNIL && data != LUA_TTABLE && data != LUA_TBOOLEAN) {
-		snprintf(err, errlen, "data must be a table (broker.data for this case) or false (none)");
+	if (data != LUA_TNIL && data != LUA_TTABLE && data != LUA_TBOOLEAN && data != LUA_TSTRING) {
+		snprintf(
+		    err, errlen,
+		    "data must be a table (broker.data for this case), a JSON file's path or false (none)");
 		return -1;
+	}
+	/* now and identity: the case's own, as req.now and req.identity are
+	 * (one place for each: both would leave a reader guessing which wins). */
+	for (int i = 0; i < 2; i++) {
+		const char *k = i == 0 ? "now" : "identity";
+		int type = lua_getfield(L, idx, k);
+		bool ok = type == LUA_TNIL || (i == 0 ? lua_isinteger(L, -1) : type == LUA_TTABLE);
+		lua_pop(L, 1);
+		if (!ok) {
+			snprintf(err, errlen, "%s",
+			         i == 0 ? "now must be an integer (Unix time in seconds)"
+			                : "identity must be a table (this case's req.identity)");
+			return -1;
+		}
+		if (type == LUA_TNIL)
+			continue;
+		lua_getfield(L, idx, "req");
+		type = lua_getfield(L, -1, k);
+		lua_pop(L, 2);
+		if (type != LUA_TNIL) {
+			snprintf(err, errlen, "the case gives both %s and req.%s: keep one", k, k);
+			return -1;
+		}
 	}
 	return 0;
 }
 
 /* ------------------------------------------------------------ fixtures */
 
-/* The JSON of a data fixture at idx (a table; false: "" = none), pushed,
- * or NULL with the reason. */
-static const char *fixture_json(lua_State *L, int idx, size_t *len, char *err, size_t errlen)
+/* The JSON of a data fixture at idx (a table; a string: the path of a JSON
+ * file, relative to the test file at test; false: "" = none), pushed, or
+ * NULL with the reason. */
+static const char *fixture_json(lua_State *L, int idx, const char *test, size_t *len, char *err,
+                                size_t errlen)
 {
 	const char *s;
+
+	if (lua_type(L, idx) == LUA_TSTRING) {
+		char *dir = fileio_dir(test), *path = dir ? fileio_join(dir, lua_tostring(L, idx)) : NULL;
+		char *buf = NULL, why[256];
+		int rc = path ? fileio_read(path, MAX_DATA_FIXTURE, 0, &buf, len, why, sizeof(why)) : -1;
+
+		if (rc == 0 && *len == 0)
+			snprintf(why, sizeof(why),
+			         "empty (write {} for empty data, or data = false for none)");
+		if (rc != 0 || *len == 0)
+			snprintf(err, errlen, "data file %s: %s", path ? path : lua_tostring(L, idx),
+			         path ? why : "out of memory");
+		else
+			lua_pushlstring(L, buf, *len);
+		free(buf);
+		free(path);
+		free(dir);
+		return rc == 0 && *len ? lua_tostring(L, -1) : NULL;
+	}
 
 	if (lua_type(L, idx) == LUA_TBOOLEAN) {
 		if (lua_toboolean(L, idx)) {
@@ -737,9 +784,10 @@ static const char *fixture_json(lua_State *L, int idx, size_t *len, char *err, s
 	return s;
 }
 
-/* Pushes the request the case describes (req at ridx), with the file's
- * defaults (now, identity) for what it leaves out. */
-static void push_req_with_defaults(lua_State *L, int ridx, int cases)
+/* Pushes the request the case describes (req at ridx), with the case's own
+ * now and identity (at kase), else the file's defaults, for what it leaves
+ * out. */
+static void push_req_with_defaults(lua_State *L, int ridx, int kase, int cases)
 {
 	static const char *const defaults[] = {"now", "identity"};
 
@@ -752,7 +800,10 @@ static void push_req_with_defaults(lua_State *L, int ridx, int cases)
 	}
 	for (size_t i = 0; i < 2; i++) {
 		if (lua_getfield(L, -1, defaults[i]) == LUA_TNIL) {
-			lua_getfield(L, cases, defaults[i]);
+			if (lua_getfield(L, kase, defaults[i]) == LUA_TNIL) {
+				lua_pop(L, 1);
+				lua_getfield(L, cases, defaults[i]);
+			}
 			lua_setfield(L, -3, defaults[i]);
 		}
 		lua_pop(L, 1);
@@ -849,8 +900,9 @@ static int run_file(struct policy_engine *e, const struct tenant *t, const char 
 			lua_pop(L, 1);
 			data = lua_getfield(L, cases, "data");
 		}
-		if (data != LUA_TNIL && (!(json = fixture_json(L, lua_gettop(L), &jlen, why, sizeof(why))) ||
-		                         policy_engine_set_data(e, t, json, jlen, why, sizeof(why)) != 0)) {
+		if (data != LUA_TNIL &&
+		    (!(json = fixture_json(L, lua_gettop(L), path, &jlen, why, sizeof(why))) ||
+		     policy_engine_set_data(e, t, json, jlen, why, sizeof(why)) != 0)) {
 			report_case_at(rep, path, name, line, why);
 			if (json)
 				policy_engine_set_data(e, t, NULL, 0, err, sizeof(err));
@@ -858,7 +910,7 @@ static int run_file(struct policy_engine *e, const struct tenant *t, const char 
 			continue;
 		}
 		lua_getfield(L, seen + 1, "req");
-		push_req_with_defaults(L, lua_gettop(L), cases);
+		push_req_with_defaults(L, lua_gettop(L), seen + 1, cases);
 		lua_getfield(L, seen + 1, "expect");
 		o = calloc(1, sizeof(*o));
 		if (!o) {

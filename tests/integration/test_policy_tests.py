@@ -197,6 +197,58 @@ def test_fixture_data_must_be_json(tmp_path):
     assert p.returncode == 1 and "p_test.lua:3: data cannot be written as JSON" in p.all, p.all
 
 
+def test_fixture_data_from_a_json_file_beside_the_tests(tmp_path):
+    """data = "PATH": a JSON file, relative to the test file's folder, for the
+    file or one case; check (the tests of a reload) reads it too."""
+    head = FIXTURE_HEAD.replace('data = { vips = { "bob" } },', 'data = "fixtures/vips.json",')
+    cases = FIXTURE_CASES + ('  { name = "the case\'s own file", data = "fixtures/carol.json", req = { user_id = "carol" },\n'
+                             '    expect = { allow = true, expires_in = 900 } },\n')
+    pol = write(tmp_path, cases, head=head)
+    (pol / "fixtures").mkdir()
+    (pol / "fixtures" / "vips.json").write_text(json.dumps({"vips": ["bob"]}))
+    (pol / "fixtures" / "carol.json").write_text(json.dumps({"vips": ["carol"]}))
+    p = run(["test", pol])
+    assert p.returncode == 0, p.all
+    assert p.out.strip().splitlines()[-1] == "9 passed, 0 failed", p.all
+    # Run from elsewhere, and under check: the path is the test file's, not the cwd's.
+    (pol / "live.json").write_text(json.dumps({"vips": ["someone-else"]}))
+    p = run(["check", "-c", config(tmp_path, 'data = "policies/live.json"')])
+    assert p.returncode == 0, p.all
+    # A missing or broken file fails the case that uses it, naming the file.
+    (pol / "fixtures" / "carol.json").write_text("{not json")
+    p = run(["test", pol])
+    assert p.returncode == 1 and "1 failed" in p.all and "not valid JSON" in p.all, p.all
+    (pol / "fixtures" / "carol.json").unlink()
+    p = run(["test", pol])
+    assert p.returncode == 1 and "fixtures/carol.json" in p.all, p.all
+    pol2 = write(tmp_path / "t2", '  { name = "x", data = 42, req = { user_id = "bob" }, expect = { allow = false } },\n')
+    p = run(["test", pol2])
+    assert p.returncode == 1 and "p_test.lua:3: data must be a table" in p.all, p.all
+
+
+def test_case_level_now_and_identity(tmp_path):
+    """A case may set now and identity beside req, as it sets data; the
+    case's own wins over the file's; giving both now and req.now is refused."""
+    cases = """  { name = "the case's clock", now = 1800000000, req = { user_id = "zed" },
+    expect = { allow = false, reason = "too late" } },
+  { name = "the case's identity", identity = { subject = "zed" }, req = { user_id = "zed" },
+    expect = { allow = true, reason = "own inbox" } },
+  { name = "the file's still", req = { user_id = "zed" }, expect = { allow = false, reason = "not yours" } },
+"""
+    pol = write(tmp_path, cases, head=FIXTURE_HEAD)
+    p = run(["test", pol])
+    assert p.returncode == 0, p.all
+    assert p.out.strip().splitlines()[-1] == "4 passed, 0 failed", p.all
+    for bad, word in (('now = 1, req = { user_id = "zed", now = 2 }', "both now and req.now"),
+                      ('identity = {}, req = { user_id = "zed", identity = {} }', "both identity and req.identity"),
+                      ('now = "soon", req = { user_id = "zed" }', "now must be an integer"),
+                      ('identity = "zed", req = { user_id = "zed" }', "identity must be a table")):
+        pol = write(tmp_path / bad[:8].replace(" ", "_").replace('"', ""),
+                    '  { name = "x", %s, expect = { allow = false } },\n' % bad)
+        p = run(["test", pol])
+        assert p.returncode == 1 and "p_test.lua:3: " in p.all and word in p.all, (bad, p.all)
+
+
 # ------------------------------------------------------------ broker.log lines
 
 def test_expect_logs(tmp_path):
