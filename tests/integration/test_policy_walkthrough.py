@@ -118,7 +118,7 @@ def test_the_walkthrough_works_as_written(tmp_path, double):
         # 6. shadow_policy on, by `courier-broker reload`.
         text = conf.read_text()
         assert '    -- shadow_policy = "policies/acme_next.lua",' in text
-        conf.write_text(text.replace("-- shadow_policy", "shadow_policy"))
+        conf.write_text(text.replace("-- shadow_policy", "shadow_policy"))  # the doc's sed
         p = broker(d, "reload", "-c", "broker.conf.lua", "--pid-file", "broker.pid")
         assert p.returncode == 0 and "ok, generation 2 serving" in p.err, p.err
         assert ask(port, "acme:alice", "acme:alice").status == 200
@@ -134,7 +134,9 @@ def test_the_walkthrough_works_as_written(tmp_path, double):
         # 7. Promote, shadow off, reload.
         shutil.copy(d / "policies" / "acme_next.lua", d / "policies" / "acme.lua")
         shutil.copy(d / "policies" / "acme_next_test.lua", d / "policies" / "acme_test.lua")
-        conf.write_text(text)
+        # The doc's sed -i 's|^    shadow_policy|    -- shadow_policy|'
+        conf.write_text(re.sub(r"(?m)^    shadow_policy", "    -- shadow_policy", conf.read_text()))
+        assert conf.read_text() == text
         p = broker(d, "reload", "-c", "broker.conf.lua", "--pid-file", "broker.pid")
         assert p.returncode == 0 and "ok, generation 3 serving" in p.err, p.err
         r = ask(port, "acme:sam", "acme:bob", "support")
