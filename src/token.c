@@ -317,8 +317,11 @@ static enum reply_answer stage_identity(struct req *r, struct pipeline *p)
 	return REPLY_GO;
 }
 
+static void audit_inputs_of(struct req *r, struct pipeline *p);
+
 /* The kill switch, before the policy: a disabled tenant, a denied user.
- * After authentication, so a stranger cannot learn who is denied. */
+ * After authentication, so a stranger cannot learn who is denied. Its
+ * refusal is audited with the request as the policy would have seen it. */
 static enum reply_answer stage_killswitch(struct req *r, struct pipeline *p)
 {
 	enum killswitch_verdict v = killswitch_check(r->tenant, r->user_id);
@@ -326,6 +329,7 @@ static enum reply_answer stage_killswitch(struct req *r, struct pipeline *p)
 	if (v == KILLSWITCH_PASS)
 		return REPLY_GO;
 	r->decision = "deny";
+	audit_inputs_of(r, p);
 	snprintf(r->reason, sizeof(r->reason), "kill switch: %s", killswitch_code(v));
 	metrics_killswitch(r->tenant->name, killswitch_code(v));
 	if (v == KILLSWITCH_TENANT_DISABLED) {
@@ -548,6 +552,8 @@ static enum reply_answer stage_cluster_deny(struct req *r, struct pipeline *p)
 {
 	if (!cluster_denied(r->tenant->name, r->user_id))
 		return REPLY_GO;
+	r->decision = "deny"; /* audited and counted as the kill switch's are */
+	audit_inputs_of(r, p);
 	metrics_cluster_denied();
 	snprintf(r->reason, sizeof(r->reason), "%s", "on the cluster's deny list");
 	p->msg = "this user may not get tokens (cluster deny list)";

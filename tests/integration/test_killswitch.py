@@ -5,6 +5,7 @@ allows everyone and logs, so a denial can only come from the kill switch).
 A deny file's change applies within a second (inotify), and on SIGHUP.
 Every wait is bounded.
 """
+import json
 import os
 import time
 
@@ -173,3 +174,22 @@ def test_denied_users_cached_tokens_are_dropped(brokers, double):
     (b.dir / "blocked" / "acme.txt").write_text("alice\n")
     wait_metric(b, "broker_token_cache_entries", lambda v: v == 0)
     assert ask(b, "alice").status == 403
+
+
+def test_a_refusal_is_audited_with_the_verified_identity(brokers, double):
+    """The audit line of a kill-switch refusal carries the request as the
+    policy would have seen it: the verified identity and the client's address
+    (replay and incident review read them), not an empty identity."""
+    b = brokers("audited", double, prepare=prep(), policies={"acme": LOGGING_ALLOW},
+                tenants={"acme": {"extra": DENY_FILE}},
+                extra='audit_log = { file = "audit.jsonl", inputs = true }')
+    assert ask(b, "mallory").status == 403
+    log = b.dir / "audit.jsonl"
+    deadline = time.monotonic() + 5
+    while (not log.exists() or not log.read_text().strip()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    line = json.loads(log.read_text().splitlines()[0])
+    req = line["request"]
+    assert line["error"] == "user_denied", line
+    assert req["identity"]["authenticated"] is True, line
+    assert req["client"]["ip"] == "127.0.0.1", line
