@@ -5,6 +5,7 @@ each test on 127.0.0.1 and a free port, with a password and an append-only
 file. Every wait is bounded; the one bound that is a product promise (a
 `deny` reaches every broker within a second) is the brief's own.
 """
+import json
 import shutil
 import subprocess
 import threading
@@ -266,3 +267,20 @@ def test_redis_holds_no_secret(broker_factory, redis):
             assert piece.encode() not in blob, piece
     for k in everything:
         assert k.startswith(b"courier-broker:ci:"), k
+
+
+def test_a_cluster_refusal_is_audited(broker_factory, redis):
+    """A user refused by the cluster's deny list gets an audit line (deny,
+    user_denied, the verified identity), as the kill switch's refusals do."""
+    extra = cluster_block(redis.port) + '\naudit_log = { file = "audit.jsonl", inputs = true }'
+    b = broker_factory(extra=extra, env={"REDIS_PASSWORD": REDIS_PASSWORD})
+    assert cli(b, "deny", "--tenant", "default", "mallory").returncode == 0
+    wait_status([b], "mallory", 403, PROPAGATION * 3)
+    log = b.dir / "audit.jsonl"
+    deadline = time.monotonic() + 5
+    while (not log.exists() or not log.read_text().strip()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    lines = [json.loads(l) for l in log.read_text().splitlines()]
+    refused = [l for l in lines if l.get("error") == "user_denied"]
+    assert refused and refused[0]["decision"] == "deny", lines
+    assert refused[0]["request"]["identity"]["authenticated"] is True, refused[0]
