@@ -216,7 +216,10 @@ static void on_courier_done(struct courier_job *job)
 {
 	struct req *r = job->arg;
 
-	if (r->flight)
+	/* With token_cache the flight lands once the token is in the cache
+	 * (complete): an identical grant arriving in between follows it rather
+	 * than finding neither and calling Courier again. */
+	if (r->flight && !r->tenant->token_cache)
 		flight_land(scratch_of(r->loop)->flights, r);
 
 	/* Runs on the request's loop: count the call as over (whether or not the
@@ -1111,14 +1114,28 @@ static enum MHD_Result complete(struct req *r)
 	long long exp;
 	int top = lua_gettop(L);
 
-	if ((a = courier_outcome(r, &msg)) != REPLY_GO)
+	if ((a = courier_outcome(r, &msg)) != REPLY_GO) {
+		if (r->flight) {
+			flight_land(scratch_of(r->loop)->flights, r);
+			loop_resumed(r->loop);
+		}
 		return reply_fail(r, a, msg, NULL, NULL);
+	}
 	token = courier_token(r, L, top, &tlen, &exp);
-	if (!token)
+	if (!token) {
+		if (r->flight) {
+			flight_land(scratch_of(r->loop)->flights, r);
+			loop_resumed(r->loop);
+		}
 		return reply_fail(r, REPLY_UPSTREAM_ERROR, "Courier answered something unusable", NULL, NULL);
+	}
 	if (r->tenant->token_cache && !r->shared) {
 		grantcache_put(&r->gkey, r->tenant->name, token, tlen, exp, r->grant.expires_s);
 		shared_cache_put(r, token, tlen, exp);
+	}
+	if (r->flight) { /* token_cache: its followers resumed now (on_courier_done) */
+		flight_land(scratch_of(r->loop)->flights, r);
+		loop_resumed(r->loop);
 	}
 	return answer_token(r, L, top, tlen, exp, r->grant.expires_s, r->job.seconds * 1e3);
 }
@@ -1177,9 +1194,10 @@ void token_end(struct req *r)
 		metrics_request(r->tenant ? r->tenant->name : NULL, 499);
 	}
 	gen_engine_unpin(loop_engines(r->loop), r->engine); /* never decided */
-	if (r->flight)
-		flight_land(scratch_of(r->loop)->flights,
-		            r); /* not reached: a leader ends after its call; never strand followers */
+	if (r->flight) { /* a leader whose client left before complete: never strand followers */
+		flight_land(scratch_of(r->loop)->flights, r);
+		loop_resumed(r->loop);
+	}
 	if (r->wait && r->engine)
 		forget_values(policy_engine_lua(r->engine->engine), r->wait);
 	free(r->wait);
