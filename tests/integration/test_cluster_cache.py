@@ -95,3 +95,29 @@ def test_identical_grants_on_one_loop_share_one_call(broker_factory, double, red
     assert [r.status for r in rs] == [200] * 4, [r.body for r in rs]
     assert len({r.json()["token"] for r in rs}) == 1
     assert double.served() == 1
+
+
+def test_cache_behind_the_shared_rate_limits(broker_factory, double, redis):
+    # Redis's rate answer hands the request back to the handler for the
+    # caches (they answer themselves); a refusal decided inside the reply is
+    # answered too.
+    extra = "token_cache = true, rate_limit = { per_requester = { per_second = 0.01, burst = 3 } },"
+    a, b = [broker_factory(tenants={"default": {"extra": extra}}, extra=cluster(redis.port),
+                           env={"CACHE_KEY": CACHE_KEY}) for _ in range(2)]
+    for x in (a, b):
+        wait_metric(x, "broker_cluster_redis_connections", lambda v: v == 2, timeout=10)
+    r1 = a.post(body={"user_id": "fay"}, token=mint("fay"))
+    assert r1.status == 200, r1.body
+    for _ in range(50):  # the SET nobody waits for, bounded
+        if any(":tc:" in k for k in redis.cli("--scan").split()):
+            break
+        time.sleep(0.1)
+    for x in (b, a):
+        r = x.post(body={"user_id": "fay"}, token=mint("fay"))
+        assert r.status == 200, r.body
+        assert r.json()["token"] == r1.json()["token"]
+    assert double.served() == 1
+    r = b.post(body={"user_id": "fay"}, token=mint("fay"))
+    assert r.status == 429, r.body
+    assert r.header("Retry-After")
+    assert metrics(b)['broker_cluster_rate_checks_total{by="shared"}'] == 2
