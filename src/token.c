@@ -216,7 +216,10 @@ static void on_courier_done(struct courier_job *job)
 {
 	struct req *r = job->arg;
 
-	if (r->flight)
+	/* With token_cache the flight lands once the token is in the cache
+	 * (complete): an identical grant arriving in between follows it rather
+	 * than finding neither and calling Courier again. */
+	if (r->flight && !r->tenant->token_cache)
 		flight_land(scratch_of(r->loop)->flights, r);
 
 	/* Runs on the request's loop: count the call as over (whether or not the
@@ -250,6 +253,10 @@ struct pipeline {
 	struct shadow_job *shadow; /* the shadow policy's job, queued once decided */
 	/* A stage that suspended the request (the cluster's rate limits). */
 	bool suspended;
+	/* Running inside Redis's reply (on_rate_reply): the connection is
+	 * suspended already and nothing may be queued on it; an answer, or a
+	 * stage that must answer itself (handoff: the token cache), resumes it. */
+	bool in_reply, handoff;
 };
 
 /* A stage: REPLY_GO, or the answer. The two a request waiting on Redis
@@ -272,7 +279,15 @@ struct stage_wait {
 	bool answered; /* Redis decided: level and retry */
 	enum clusterrate_level level;
 	double retry;
+	/* Decided inside Redis's reply: the answer the handler gives. */
+	bool has_final;
+	enum reply_answer final;
+	bool final_has_msg;
+	const char *final_name; /* a string literal */
+	char final_msg[512], final_value[32];
 };
+
+static void continue_in_reply(struct stage_wait *w);
 
 /* The body: a JSON object with a valid user_id. */
 static enum reply_answer stage_body(struct req *r, struct pipeline *p)
@@ -363,6 +378,12 @@ static void on_rate_reply(const struct redisReply *reply, void *arg)
 		log_warn_limited(
 		    "cluster: Redis's rate-limit answer is unusable: deciding with local buckets");
 	loop_upstream_end(r->srv);
+	if (rc == 0) {
+		/* The pipeline goes on here, the connection still suspended: a
+		 * request that goes on to Courier is suspended and resumed once. */
+		continue_in_reply(w);
+		return;
+	}
 	MHD_resume_connection(r->conn);
 	loop_resumed(r->loop);
 }
@@ -683,10 +704,8 @@ static bool answer_cached(struct req *r, struct pipeline *p)
 
 	clock_gettime(CLOCK_REALTIME, &ts);
 	now = (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-	if (grantcache_get(&r->gkey, now, token, sizeof(token), &len, &exp) != 0) {
-		metrics_grant(METRICS_CACHE_MISS);
-		return false;
-	}
+	if (grantcache_get(&r->gkey, now, token, sizeof(token), &len, &exp) != 0)
+		return false; /* a miss is counted once the shared cache missed too */
 	metrics_grant(METRICS_CACHE_HIT);
 	lua_pushlstring(L, token, len);
 	OPENSSL_cleanse(token, len);
@@ -799,20 +818,31 @@ static enum reply_answer stage_upstream(struct req *r, struct pipeline *p)
 	size_t blen;
 	int rc;
 
+	if (p->in_reply && t->token_cache) {
+		/* The caches answer from the handler (answer_token queues). */
+		p->handoff = true;
+		return REPLY_GO;
+	}
 	grantcache_key(&r->gkey, t->name, r->gen->courier_url, &t->api_key, t->policy_revision,
 	               r->grant.scope, r->grant.expires_s);
 	if (t->token_cache && answer_cached(r, p))
 		return REPLY_GO;
-	if (t->token_cache && shared_cache_ask(r, p) == 0)
-		return REPLY_GO; /* suspended: on_cache_reply resumes it */
 	if ((f = flight_find(scratch_of(r->loop)->flights, &r->gkey))) {
+		/* An identical grant's call is under way: no need to ask Redis. */
+		if (t->token_cache)
+			metrics_grant(METRICS_CACHE_MISS);
 		flight_follow(f, r);
 		r->state = RS_WAITING;
 		metrics_grant(METRICS_FLIGHT_SHARED);
-		MHD_suspend_connection(r->conn);
+		if (!p->in_reply)
+			MHD_suspend_connection(r->conn);
 		return REPLY_GO;
 	}
 
+	if (t->token_cache && shared_cache_ask(r, p) == 0)
+		return REPLY_GO; /* suspended: on_cache_reply resumes it */
+	if (t->token_cache)
+		metrics_grant(METRICS_CACHE_MISS);
 	p->msg = "out of memory";
 	if (loop_upstream_count(r->srv) >= r->gen->cfg->max_inflight) {
 		p->msg = "too many requests waiting on Courier";
@@ -865,7 +895,8 @@ static enum reply_answer stage_upstream(struct req *r, struct pipeline *p)
 	}
 	flight_lead(scratch_of(r->loop)->flights, r);
 	r->state = RS_WAITING;
-	MHD_suspend_connection(r->conn);
+	if (!p->in_reply)
+		MHD_suspend_connection(r->conn);
 	return REPLY_GO;
 }
 
@@ -885,19 +916,44 @@ static enum MHD_Result run_stages(struct req *r, struct pipeline *p, stage_fn *f
 	while (first && from < sizeof(stages) / sizeof(stages[0]) && stages[from] != first)
 		from++;
 
-	p->suspended = false;
-	for (size_t i = from; a == REPLY_GO && !p->suspended && i < sizeof(stages) / sizeof(stages[0]); i++)
+	p->suspended = p->handoff = false;
+	for (size_t i = from;
+	     a == REPLY_GO && !p->suspended && !p->handoff && i < sizeof(stages) / sizeof(stages[0]); i++)
 		a = stages[i](r, p);
-	if (p->suspended) {
+	if (p->suspended || p->handoff) {
+		bool in_reply = p->in_reply, handoff = p->handoff;
+		if (handoff)
+			r->wait->resume_at = stage_upstream;
+		p->in_reply = p->handoff = false;
 		r->wait->p = *p;
 		lua_settop(p->L, top);
 		r->state = RS_REDIS;
-		MHD_suspend_connection(r->conn);
+		if (!in_reply) {
+			MHD_suspend_connection(r->conn);
+		} else if (handoff) { /* the handler goes on (resume_wait) */
+			MHD_resume_connection(r->conn);
+			loop_resumed(r->loop);
+		}
 		return MHD_YES;
 	}
-	ret = a != REPLY_GO ? reply_fail(r, a, p->msg, p->extra_name, p->extra_value)
-	      : p->answered ? p->answer
-	                    : MHD_YES;
+	if (p->in_reply && a != REPLY_GO) {
+		/* Answered by the handler, which only it may do (resume_wait). */
+		struct stage_wait *w = r->wait;
+		w->has_final = true;
+		w->final = a;
+		w->final_has_msg = p->msg != NULL;
+		snprintf(w->final_msg, sizeof(w->final_msg), "%s", p->msg ? p->msg : "");
+		w->final_name = p->extra_name;
+		snprintf(w->final_value, sizeof(w->final_value), "%s", p->extra_value ? p->extra_value : "");
+		r->state = RS_REDIS;
+		MHD_resume_connection(r->conn);
+		loop_resumed(r->loop);
+		ret = MHD_YES;
+	} else {
+		ret = a != REPLY_GO ? reply_fail(r, a, p->msg, p->extra_name, p->extra_value)
+		      : p->answered ? p->answer
+		                    : MHD_YES;
+	}
 	if (p->shadow) /* after the live answer: the shadow never delays it */
 		shadow_submit(p->shadow, r->decision, r->grant.scope, r->grant.expires_s);
 	p->shadow = NULL;
@@ -922,11 +978,34 @@ static enum MHD_Result process(struct req *r)
 	p.msg = p.extra_name = p.extra_value = NULL;
 	p.answered = false;
 	p.shadow = NULL;
+	p.in_reply = p.handoff = false;
 	return run_stages(r, &p, NULL, lua_gettop(p.L));
 }
 
 /* Redis answered (or did not in time): the request's body and claims back
  * on the engine's stack, and on from the stage that asked. */
+/* The body and claims kept while waiting back on p's stack: 0, or -1
+ * (out of memory: the engine unpinned). */
+static int restore_values(struct req *r, struct stage_wait *w, struct pipeline *p)
+{
+	if (!lua_checkstack(p->L, 2)) {
+		forget_values(p->L, w);
+		gen_engine_unpin(loop_engines(r->loop), r->engine);
+		r->engine = NULL;
+		return -1;
+	}
+	if (w->body_ref != LUA_NOREF) {
+		lua_rawgeti(p->L, LUA_REGISTRYINDEX, w->body_ref);
+		p->body = lua_gettop(p->L);
+	}
+	if (w->claims_ref != LUA_NOREF) {
+		lua_rawgeti(p->L, LUA_REGISTRYINDEX, w->claims_ref);
+		p->id.claims_idx = lua_gettop(p->L);
+	}
+	forget_values(p->L, w);
+	return 0;
+}
+
 static enum MHD_Result resume_wait(struct req *r)
 {
 	struct stage_wait *w = r->wait;
@@ -934,22 +1013,40 @@ static enum MHD_Result resume_wait(struct req *r)
 	int top = lua_gettop(p.L);
 
 	r->state = RS_BODY;
-	if (!lua_checkstack(p.L, 2)) {
-		forget_values(p.L, w);
-		gen_engine_unpin(loop_engines(r->loop), r->engine);
-		r->engine = NULL;
+	if (w->has_final) {
+		w->has_final = false;
+		return reply_fail(r, w->final, w->final_has_msg ? w->final_msg : NULL, w->final_name,
+		                  w->final_name ? w->final_value : NULL);
+	}
+	if (restore_values(r, w, &p) != 0)
 		return reply_fail(r, REPLY_UNAVAILABLE, "out of memory", NULL, NULL);
-	}
-	if (w->body_ref != LUA_NOREF) {
-		lua_rawgeti(p.L, LUA_REGISTRYINDEX, w->body_ref);
-		p.body = lua_gettop(p.L);
-	}
-	if (w->claims_ref != LUA_NOREF) {
-		lua_rawgeti(p.L, LUA_REGISTRYINDEX, w->claims_ref);
-		p.id.claims_idx = lua_gettop(p.L);
-	}
-	forget_values(p.L, w);
 	return run_stages(r, &p, w->resume_at, top);
+}
+
+/* Redis allowed (or refused) the request: its stages go on inside the
+ * reply, the connection still suspended. A request that goes on to Courier
+ * (or follows an identical grant's call) stays suspended until that call
+ * ends; an answer, or the token cache, resumes it for the handler. */
+static void continue_in_reply(struct stage_wait *w)
+{
+	struct req *r = w->r;
+	struct pipeline p = w->p;
+	int top = lua_gettop(p.L);
+
+	r->state = RS_BODY;
+	if (restore_values(r, w, &p) != 0) {
+		w->has_final = true;
+		w->final = REPLY_UNAVAILABLE;
+		w->final_has_msg = true;
+		snprintf(w->final_msg, sizeof(w->final_msg), "%s", "out of memory");
+		w->final_name = NULL;
+		r->state = RS_REDIS;
+		MHD_resume_connection(r->conn);
+		loop_resumed(r->loop);
+		return;
+	}
+	p.in_reply = true;
+	run_stages(r, &p, w->resume_at, top);
 }
 
 /* ------------------------------------------------------------ the answer */
@@ -1023,14 +1120,28 @@ static enum MHD_Result complete(struct req *r)
 	long long exp;
 	int top = lua_gettop(L);
 
-	if ((a = courier_outcome(r, &msg)) != REPLY_GO)
+	if ((a = courier_outcome(r, &msg)) != REPLY_GO) {
+		if (r->flight) {
+			flight_land(scratch_of(r->loop)->flights, r);
+			loop_resumed(r->loop);
+		}
 		return reply_fail(r, a, msg, NULL, NULL);
+	}
 	token = courier_token(r, L, top, &tlen, &exp);
-	if (!token)
+	if (!token) {
+		if (r->flight) {
+			flight_land(scratch_of(r->loop)->flights, r);
+			loop_resumed(r->loop);
+		}
 		return reply_fail(r, REPLY_UPSTREAM_ERROR, "Courier answered something unusable", NULL, NULL);
+	}
 	if (r->tenant->token_cache && !r->shared) {
 		grantcache_put(&r->gkey, r->tenant->name, token, tlen, exp, r->grant.expires_s);
 		shared_cache_put(r, token, tlen, exp);
+	}
+	if (r->flight) { /* token_cache: its followers resumed now (on_courier_done) */
+		flight_land(scratch_of(r->loop)->flights, r);
+		loop_resumed(r->loop);
 	}
 	return answer_token(r, L, top, tlen, exp, r->grant.expires_s, r->job.seconds * 1e3);
 }
@@ -1089,9 +1200,10 @@ void token_end(struct req *r)
 		metrics_request(r->tenant ? r->tenant->name : NULL, 499);
 	}
 	gen_engine_unpin(loop_engines(r->loop), r->engine); /* never decided */
-	if (r->flight)
-		flight_land(scratch_of(r->loop)->flights,
-		            r); /* not reached: a leader ends after its call; never strand followers */
+	if (r->flight) { /* a leader whose client left before complete: never strand followers */
+		flight_land(scratch_of(r->loop)->flights, r);
+		loop_resumed(r->loop);
+	}
 	if (r->wait && r->engine)
 		forget_values(policy_engine_lua(r->engine->engine), r->wait);
 	free(r->wait);

@@ -176,6 +176,48 @@ static void test_killed_and_restarted(void **state)
 	close(epfd);
 }
 
+/* A slow Redis (it answers, late): a command that misses its deadline
+ * ends NULL, but Redis answered something since it was sent, so the
+ * connection stays (src/redisloop.c's stalled-vs-slow rule), its late reply
+ * is dropped, and the next command uses the same connection. */
+static void test_slow_keeps_connection(void **state)
+{
+	struct redis_server s;
+	int epfd = epoll_create1(0);
+	struct rloop *rl;
+	struct answer quick, slow, after;
+	char name[64];
+
+	(void)state;
+	assert_int_equal(redis_start(&s, 0, NULL), 0);
+	rl = open_rl(epfd, s.port, NULL, 0);
+	assert_true(drive(rl, epfd, is_ready, rl, 5000));
+	/* The first answers after 150 ms, within its deadline; the second
+	 * (its reply behind it, 400 ms later) misses its 300 ms deadline. */
+	assert_int_equal(command(rl, &quick, 5000, 3, (const char *[]){"BLPOP", "nothing", "0.15"}), 0);
+	assert_int_equal(command(rl, &slow, 300, 3, (const char *[]){"BLPOP", "nothing", "0.4"}), 0);
+	assert_true(drive(rl, epfd, answered, &slow, 5000));
+	assert_int_equal(quick.calls, 1);
+	assert_false(quick.null_reply);
+	assert_true(slow.null_reply);
+	assert_true(rloop_ready(rl)); /* slow, not stalled: kept */
+	/* The late reply arrives and is dropped; the same connection answers. */
+	drive(rl, epfd, never, NULL, 400);
+	assert_int_equal(slow.calls, 1);
+	assert_true(rloop_ready(rl));
+	assert_int_equal(command(rl, &after, 2000, 3, (const char *[]){"CLIENT", "SETNAME", "x"}), 0);
+	assert_true(drive(rl, epfd, answered, &after, 5000));
+	assert_string_equal(after.text, "OK");
+	/* One connection all along: Redis counts one client (ours) named x. */
+	assert_int_equal(command(rl, &after, 2000, 2, (const char *[]){"CLIENT", "GETNAME"}), 0);
+	assert_true(drive(rl, epfd, answered, &after, 5000));
+	snprintf(name, sizeof(name), "%s", after.text);
+	assert_string_equal(name, "x");
+	rloop_free(rl);
+	redis_stop(&s);
+	close(epfd);
+}
+
 /* Freed with a command pending: its callback runs, NULL. */
 static void test_free_ends_pending(void **state)
 {
@@ -201,7 +243,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_auth_select_and_command), cmocka_unit_test(test_wrong_password_never_ready),
 	    cmocka_unit_test(test_deadline_then_reconnect), cmocka_unit_test(test_killed_and_restarted),
-	    cmocka_unit_test(test_free_ends_pending),
+	    cmocka_unit_test(test_free_ends_pending),       cmocka_unit_test(test_slow_keeps_connection),
 	};
 	signal(SIGPIPE, SIG_IGN);
 	return cmocka_run_group_tests(tests, NULL, NULL);
