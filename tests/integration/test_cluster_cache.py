@@ -25,12 +25,23 @@ def start(broker_factory, redis, key=CACHE_KEY):
     return b
 
 
+def wait_cached(redis, n, timeout=5.0):
+    """Until Redis holds n cached tokens (bounded)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if len([k for k in redis.cli("--scan").split() if ":tc:" in k]) >= n:
+            return
+        time.sleep(0.02)
+    raise AssertionError("Redis does not hold %d cached token(s) after %.1f s" % (n, timeout))
+
+
 def test_identical_grant_served_once_across_brokers(broker_factory, double, redis):
     # Old code: each broker called Courier for the same grant.
     a, b = start(broker_factory, redis), start(broker_factory, redis)
     r1 = a.post(body={"user_id": "alice-42"}, token=mint("alice-42"))
     assert r1.status == 200, r1.body
     assert double.served() == 1
+    wait_cached(redis, 1)  # the sealed SET may land just after a's answer
     r2 = b.post(body={"user_id": "alice-42"}, token=mint("alice-42"))
     assert r2.status == 200, r2.body
     assert r2.json()["token"] == r1.json()["token"]
@@ -38,6 +49,7 @@ def test_identical_grant_served_once_across_brokers(broker_factory, double, redi
     # Another grant is another token.
     assert b.post(body={"user_id": "bob-7"}, token=mint("bob-7")).status == 200
     assert double.served() == 2
+    wait_cached(redis, 2)
     # Nothing readable in Redis names a user, a key or a token.
     keys = redis.cli("--scan").split()
     cached = [k for k in keys if ":tc:" in k]
