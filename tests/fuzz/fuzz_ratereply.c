@@ -22,6 +22,7 @@
 
 #include "clusterrate.h"
 #include "grantcache.h"
+#include "redis.h"
 #include "sharedcache.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -100,6 +101,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	}
 	if (!(rd = redisReaderCreate()))
 		return 0;
+	redis_reader_limit(rd); /* as every connection's reader */
 	if (redisReaderFeed(rd, (const char *)data, size) == REDIS_OK) {
 		while (redisReaderGetReply(rd, &reply) == REDIS_OK && reply) {
 			const redisReply *r = reply;

@@ -39,6 +39,7 @@ static redisContext *serve(const uint8_t *data, size_t size, int *peer)
 	/* sv[1] stays open for reading the commands sent: closed by the caller. */
 	if (!(rc = redisConnectFd(sv[0])))
 		abort();
+	redis_reader_limit(rc->reader);
 	redisSetTimeout(rc, tv);
 	*peer = sv[1];
 	return rc;
@@ -73,6 +74,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		conf.timeout_ms = 1000;
 		atomic_store(&active, true);
 	}
+	redis_reader_limit(rd);
 	if (!rd || redisReaderFeed(rd, (const char *)data, size) != REDIS_OK ||
 	    redisReaderGetReply(rd, &reply) != REDIS_OK || !reply) {
 		if (reply)
