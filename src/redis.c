@@ -10,6 +10,7 @@
 #include "redis.h"
 
 #include <hiredis.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/time.h>
@@ -31,6 +32,38 @@ int redis_auth_args(const struct cluster_conf *c, const char *argv[3], size_t le
 	argv[n] = (const char *)c->password.data;
 	lens[n++] = c->password.len;
 	return n;
+}
+
+/* hiredis's own functions, but for an array too long to be ours. */
+static redisReplyObjectFunctions limited;
+static void *(*create_array)(const redisReadTask *, int);
+static pthread_once_t limited_once = PTHREAD_ONCE_INIT;
+
+static void *limited_array(const redisReadTask *task, int elements)
+{
+	return elements > REDIS_ARRAY_MAX ? NULL : create_array(task, elements);
+}
+
+/* hiredis does not export its default functions: a reader holds them. */
+static void limited_init(void)
+{
+	redisReader *r = redisReaderCreate();
+
+	if (!r || !r->fn)
+		goto out;
+	limited = *r->fn;
+	create_array = limited.createArray;
+	limited.createArray = limited_array;
+out:
+	if (r)
+		redisReaderFree(r);
+}
+
+void redis_reader_limit(struct redisReader *r)
+{
+	pthread_once(&limited_once, limited_init);
+	if (r && create_array)
+		r->fn = &limited;
 }
 
 /* Runs one command; 0 when Redis answered OK. */
@@ -72,6 +105,7 @@ struct redisContext *redis_connect(const struct cluster_conf *c, char *err, size
 		snprintf(err, errlen, "redis %s:%u: %s", c->host, c->port, rc->errstr);
 		goto fail;
 	}
+	redis_reader_limit(rc->reader);
 	if (redisSetTimeout(rc, tv) != REDIS_OK || redisEnableKeepAlive(rc) != REDIS_OK) {
 		snprintf(err, errlen, "redis %s:%u: %s", c->host, c->port, rc->errstr);
 		goto fail;

@@ -15,6 +15,11 @@
 
 struct cluster_conf;
 struct redisContext;
+struct redisReader;
+
+/* The most elements a reply may announce (a deny set is at most 1,000,000
+ * users, as a deny_users file). */
+#define REDIS_ARRAY_MAX 1048576
 
 /* Every key starts with this, then the cluster's name and ':'. */
 #define REDIS_KEY_ROOT "courier-broker:"
@@ -31,6 +36,13 @@ struct redisContext *redis_connect(const struct cluster_conf *c, char *err, size
  * "AUTH" [user] password; they point into c) and their count, or 0 when c
  * has no password. */
 int redis_auth_args(const struct cluster_conf *c, const char *argv[3], size_t lens[3]);
+
+/* Makes r refuse a reply announcing more than REDIS_ARRAY_MAX elements
+ * (an out-of-memory error: the connection fails) instead of allocating what
+ * any number a server sends asks for (hiredis 0.14 has no such cap: "*N"
+ * allocates N pointers before a single element comes). Every connection
+ * to Redis gets it. */
+void redis_reader_limit(struct redisReader *r);
 
 /* "courier-broker:<name>:<suffix>" into out; -1 when it does not fit. */
 int redis_key(const struct cluster_conf *c, const char *suffix, char *out, size_t outlen);

@@ -34,6 +34,7 @@
 #include "clock.h"
 #include "log.h"
 #include "metrics.h"
+#include "redis.h"
 
 enum rl_state { RL_DOWN, RL_CONNECTING, RL_READY };
 
@@ -294,6 +295,8 @@ static void start_connect(struct rloop *rl)
 {
 	redisAsyncContext *ac = redisAsyncConnect(rl->host, rl->conf.port);
 
+	if (ac)
+		redis_reader_limit(ac->c.reader);
 	if (!ac) {
 		rl->ac = NULL;
 		went_down(rl, "out of memory");

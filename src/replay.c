@@ -275,24 +275,52 @@ out:
 	lua_settop(L, top);
 }
 
+/* Reads the next line of f into line (at most REPLAY_LINE_MAX + 1 bytes
+ * kept: the rest of a longer line is read and dropped, never held, so a
+ * giant line costs no more memory than a long one). 1 and *len (the bytes
+ * read, which may exceed what was kept), or 0 at the end of the file. */
+static int read_line(FILE *f, char *line, size_t *len)
+{
+	size_t n = 0;
+	int c;
+
+	while ((c = getc_unlocked(f)) != EOF) {
+		if (c == '\n')
+			break;
+		if (n <= REPLAY_LINE_MAX)
+			line[n] = (char)c;
+		n++;
+	}
+	*len = n;
+	return c != EOF || n > 0;
+}
+
 /* Every line of the log at path ("-": standard input). Returns 0, or -1
  * when it cannot be read. */
 static int replay_file(struct replay *rp, const char *path)
 {
 	FILE *f = strcmp(path, "-") == 0 ? stdin : fopen(path, "r");
 	unsigned long long lineno = 0;
-	char *line = NULL;
-	size_t cap = 0;
-	ssize_t n;
+	char *line = malloc(REPLAY_LINE_MAX + 1);
+	size_t len;
 	int rc = 0;
 
-	if (!f) {
-		fprintf(stderr, "courier-broker replay: %s: %s\n", path, strerror(errno));
+	if (!f || !line) {
+		fprintf(stderr, "courier-broker replay: %s: %s\n", path,
+		        f ? "out of memory" : strerror(errno));
+		if (f && f != stdin)
+			fclose(f);
+		free(line);
 		return -1;
 	}
-	while ((n = getline(&line, &cap, f)) >= 0) {
-		size_t len = (size_t)n;
+	while (read_line(f, line, &len)) {
 		lineno++;
+		if (len > REPLAY_LINE_MAX) {
+			/* Too long to be an audit line: counted, not held. */
+			rp->lines++;
+			skip(rp, SKIP_UNREADABLE, path, lineno);
+			continue;
+		}
 		while (len && (line[len - 1] == '\n' || line[len - 1] == '\r'))
 			len--;
 		if (len == 0)

@@ -753,6 +753,9 @@ int config_conv_cluster_url(struct loader *ld, const char *key, struct value *v,
 {
 	struct cluster_conf *c = &((struct config *)base)->cluster;
 	const char *s = v->str, *auth, *end, *at, *host, *hend, *port = NULL;
+	/* What a message may quote: never a URL with an '@' (what stands before
+	 * it may be a password, whatever the rest of the URL looks like). */
+	const char *shown = strchr(s, '@') ? "(not quoted: it holds an '@')" : s;
 	size_t hostlen;
 	long n;
 
@@ -767,12 +770,13 @@ int config_conv_cluster_url(struct loader *ld, const char *key, struct value *v,
 		                   "0.14) has no TLS; reach Redis on a private network or through a TLS "
 		                   "tunnel (stunnel, spiped) and write redis://");
 	if (strncmp(s, "redis://", 8) != 0)
-		return config_fail(ld, key,
-		                   "\"%s\" must start with redis:// (redis://[user@]host[:port][/db])", s);
+		return config_fail(
+		    ld, key, "\"%s\" must start with redis:// (redis://[user@]host[:port][/db])", shown);
 	auth = s + 8;
 	if (strpbrk(auth, "?#%"))
 		return config_fail(
-		    ld, key, "\"%s\": no query, fragment or %%-escape (redis://[user@]host[:port][/db])", s);
+		    ld, key, "\"%s\": no query, fragment or %%-escape (redis://[user@]host[:port][/db])",
+		    shown);
 	end = auth + strcspn(auth, "/");
 	at = memchr(auth, '@', (size_t)(end - auth));
 	if (at && (memchr(auth, ':', (size_t)(at - auth)) || memchr(at + 1, '@', (size_t)(end - at - 1))))
@@ -811,7 +815,7 @@ int config_conv_cluster_url(struct loader *ld, const char *key, struct value *v,
 	if (hend < end) {
 		port = hend + 1;
 		if ((n = digits_value(port, (size_t)(end - port), 65535)) < 1)
-			return config_fail(ld, key, "\"%s\": the port must be 1..65535", s);
+			return config_fail(ld, key, "\"%s\": the port must be 1..65535", shown);
 		c->port = (unsigned short)n;
 	} else {
 		c->port = 6379;
@@ -820,7 +824,7 @@ int config_conv_cluster_url(struct loader *ld, const char *key, struct value *v,
 	if (*end == '/' && end[1]) {
 		if ((n = digits_value(end + 1, strlen(end + 1), 65535)) < 0)
 			return config_fail(ld, key,
-			                   "\"%s\": the database after '/' must be a number 0..65535", s);
+			                   "\"%s\": the database after '/' must be a number 0..65535", shown);
 		c->db = (unsigned)n;
 	}
 	free(c->host);
@@ -833,7 +837,7 @@ int config_conv_cluster_url(struct loader *ld, const char *key, struct value *v,
 bad:
 	return config_fail(
 	    ld, key, "\"%s\" is not redis://[user@]host[:port][/db] (such as \"redis://10.0.0.5:6379/0\")",
-	    s);
+	    shown);
 }
 
 /* After the URL's row: an ACL user without a password could not log in. */

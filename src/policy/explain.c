@@ -11,7 +11,8 @@
  * can take its address while the record lives. When the decision ends, the
  * earliest record of the table the policy returned is the innermost return
  * that produced it: helpers' `return { allow = ... }` and every `return d`
- * that handed it up share its address. Off (the default) it costs nothing;
+ * that handed it up share its address (a table already in the ring is not
+ * recorded again). Off (the default) it costs nothing;
  * on, a return that yields no table costs one lua_getinfo and one
  * lua_getlocal. It must never charge a policy's budget, allocate under a
  * decision's memory cap, or hold a table past its decision.
@@ -130,6 +131,15 @@ void explain_return(struct policy_engine *e, lua_State *L, lua_Debug *ar)
 		goto out;
 	}
 	table = lua_topointer(L, -1);
+	/* A table the ring holds already keeps its first record: handing it
+	 * back again (return d, from many places) must not push the return
+	 * that made it out of the ring. Its record anchors it, so no other
+	 * table has its address. */
+	for (unsigned long long k = xp->seen > EXPLAIN_RING ? xp->seen - EXPLAIN_RING : 0; k < xp->seen; k++)
+		if (xp->rec[k % EXPLAIN_RING].table == table) {
+			lua_pop(L, 1);
+			goto out;
+		}
 	slot = (int)(xp->seen % EXPLAIN_RING);
 	lua_rawgeti(L, LUA_REGISTRYINDEX, xp->ref_anchor);
 	lua_insert(L, -2);

@@ -164,6 +164,34 @@ def test_replay_does_not_compare_what_the_kill_switch_refused(tmp_path, double):
     assert j.returncode == 0 and s["refused_before_policy"] == 2 and s["differ"] == 0, j.out
 
 
+def test_replay_skips_a_giant_line_without_holding_it(tmp_path, double):
+    """A line far longer than any audit line (here 600 MB of NULs, a sparse
+    file: no disk) is counted as unreadable and the lines after it are still
+    decided, within a 400 MB address-space cap: replay reads past it instead
+    of growing a buffer to its size (getline did, and stopped at ENOMEM with
+    the rest of the log unread and unsaid)."""
+    import resource
+    b, log = record(tmp_path, double)
+    big = tmp_path / "giant.jsonl"
+    with open(big, "wb") as f:
+        f.truncate(600 << 20)
+        f.seek(0, 2)
+        f.write(b"\n" + log.read_bytes())
+
+    def cap():
+        resource.setrlimit(resource.RLIMIT_AS, (400 << 20, 400 << 20))
+
+    e = dict(os.environ)
+    e.pop("COURIER_API_KEY", None)
+    e.pop("APP_JWT_SECRET", None)
+    p = subprocess.run([BROKER_BIN, "replay", "-c", str(b.config), str(big)], env=e, preexec_fn=cap,
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=TIMEOUT)
+    err = p.stderr.decode("utf-8", "replace")
+    assert "4 decided again, 0 differ" in err, err
+    assert "1 line(s) not an audit line" in err and "%s:1" % big in err, err
+    assert p.returncode == 2, err
+
+
 # ------------------------------------------------- eval of a real request
 
 SEES = policy('broker.log("headers", req.headers["x-custom"], tostring(req.headers.authorization))\n'

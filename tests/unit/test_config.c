@@ -1004,6 +1004,14 @@ static void test_cluster_url_refused(void **state)
 	    {"redis://[::1]x", "is not redis://"},
 	    {"redis://host name", "spaces"},
 	    {"redis://ho$t", "is not redis://"},
+	    /* A password where the parser stops before the '@' (a '?', '#',
+	     * '%' or '/' in it, or another scheme) is never quoted either. */
+	    {"redis://u:hunter2?x@10.0.0.5", "no query"},
+	    {"redis://u:hunter2#@10.0.0.5", "no query"},
+	    {"http://u:hunter2@10.0.0.5", "must start with redis://"},
+	    {"redis://u:hunt/hunter2@10.0.0.5", "port must be 1..65535"},
+	    {"redis://10.0.0.5/hunter2@x", "database after '/'"},
+	    {"redis://u:hunter2/x@[::1", "port must be 1..65535"},
 	};
 
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {

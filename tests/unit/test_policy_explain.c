@@ -80,6 +80,29 @@ static void test_ring_overflow(void **state)
 }
 
 /* Off: nothing recorded; a policy error or a spent budget: no origin. */
+/* The same table handed back from many places (a helper that returns its
+ * argument, called in a loop) does not push the return that made it out
+ * of the ring: the decision is still said to come from where it was made. */
+static void test_same_table_returned_often(void **state)
+{
+	char buf[128];
+
+	(void)state;
+	must_engine("local function pick(req) return { allow = true, tier = 'inbox' } end\n" /* 1 */
+	            "local function same(d) return d end\n"                                  /* 2 */
+	            "return function(req)\n"                                                 /* 3 */
+	            "  local d = pick(req)\n"                                                /* 4 */
+	            "  for i = 1, 100 do same(d) end\n"                                      /* 5 */
+	            "  return d\n"                                                           /* 6 */
+	            "end\n",
+	            NULL);
+	assert_int_equal(policy_engine_explain(fx.e, true), 0);
+	assert_int_equal(decide_full(0, "{}", NULL, false, NULL), 0);
+	assert_true(fx.d.allow);
+	assert_string_equal(chain(buf, sizeof(buf)), "4,1");
+	policy_engine_free(fx.e);
+}
+
 static void test_off_and_errors(void **state)
 {
 	char buf[128];
@@ -115,6 +138,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_innermost_return),
 	    cmocka_unit_test(test_ring_overflow),
+	    cmocka_unit_test(test_same_table_returned_often),
 	    cmocka_unit_test(test_off_and_errors),
 	};
 	return cmocka_run_group_tests_name("policy_explain", tests, NULL, NULL);
