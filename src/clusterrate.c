@@ -22,6 +22,8 @@
 #include <string.h>
 #include <strings.h>
 
+#include "secret.h"
+
 /* KEYS: one or two buckets, checked in order; ARGV: each one's period
  * (microseconds per token) and burst. Returns {0, 0} when every bucket had
  * a token (all are charged), else {i, wait_us} for the first that had none
@@ -47,24 +49,13 @@ static const char script[] = "local t = redis.call('TIME')\n"
 static char sha_hex[41];
 static pthread_once_t sha_once = PTHREAD_ONCE_INIT;
 
-static void hex(const unsigned char *in, size_t n, char *out)
-{
-	static const char digits[] = "0123456789abcdef";
-
-	for (size_t i = 0; i < n; i++) {
-		out[2 * i] = digits[in[i] >> 4];
-		out[2 * i + 1] = digits[in[i] & 15];
-	}
-	out[2 * n] = '\0';
-}
-
 static void sha_setup(void)
 {
 	unsigned char md[EVP_MAX_MD_SIZE];
 	unsigned int n = 0;
 
 	if (EVP_Digest(script, sizeof(script) - 1, md, &n, EVP_sha1(), NULL) == 1 && n == 20)
-		hex(md, 20, sha_hex);
+		secret_hex(md, 20, sha_hex);
 }
 
 const char *clusterrate_script(size_t *len)
@@ -104,7 +95,7 @@ static int requester_name(const char *prefix, const char *tenant, const char *re
 	memcpy(in + pl + tl, requester, len);
 	if (EVP_Digest(in, pl + tl + len, md, &n, sha256, NULL) != 1 || n != 32)
 		return -1;
-	hex(md, 16, out);
+	secret_hex(md, 16, out);
 	return 0;
 }
 

@@ -28,7 +28,7 @@
 #define POLICY_DEFAULT_MAX_MEMORY_BYTES 8388608
 #define POLICY_DEFAULT_TIMEOUT_MS       50
 
-struct killswitch_set;
+struct denyset;
 
 struct rate_limit {
 	double per_second; /* 0: no limit */
@@ -67,9 +67,9 @@ struct tenant {
 	/* The kill switch (killswitch.h): enabled = false refuses every request;
 	 * deny_users = { file } lists users refused whatever the policy says. */
 	bool enabled;
-	bool deny_given;                   /* deny_users = { ... } is present */
-	char *deny_path;                   /* absolute, NULL when none */
-	struct killswitch_set *deny_users; /* read at load; the watcher keeps newer ones */
+	bool deny_given;            /* deny_users = { ... } is present */
+	char *deny_path;            /* absolute, NULL when none */
+	struct denyset *deny_users; /* read at load (denyset.h); the watcher keeps newer ones */
 	/* shadow_policy: decided beside the live policy, never enforced (shadow.h). */
 	char *shadow_path; /* as configured (absolute), NULL when none */
 	long shadow_index; /* its tenant in cfg->shadow, or -1 */

@@ -41,7 +41,6 @@
 #include "log.h"
 #include "metrics.h"
 #include "policy.h"
-#include "shadow.h"
 
 /* Requesters tracked per tenant: REQ_SETS * REQ_WAYS (2,048; 64 KiB). */
 #define REQ_SETS 256
@@ -457,7 +456,6 @@ void gen_shutdown(void)
 	gen_release(g);
 	grantcache_clear(); /* the cached tokens go with the last generation, zeroed */
 	killswitch_stop();
-	shadow_stop();
 }
 
 /* Takes one token from requester's bucket in tbl (refund: gives one back). */

@@ -97,7 +97,9 @@ void gen_release(struct gen *g);
 /* One more reference to g, which the caller already holds one of. */
 void gen_hold(struct gen *g);
 
-/* Drops the current generation and zeroes the token cache (at exit). */
+/* Drops the current generation, zeroes the token cache and stops the deny
+ * files' watcher (at exit). The shadow thread, which holds generations, is
+ * its caller's to stop (shadow_stop). */
 void gen_shutdown(void);
 
 /* Which bucket refused a request. */

@@ -4,8 +4,8 @@
  * Owns the deny lists in force (one immutable set per tenant with a
  * deny_users file, swapped whole under a read-write lock held by a request
  * only for one lookup), the watcher thread (inotify on each deny file's
- * folder: a change is read once writes have settled, ~100 ms) and the
- * parser of deny files. Writers (configure on the reload thread, the
+ * folder: a change is read once writes have settled, ~100 ms); the sets
+ * and their parser are denyset.c's. Writers (configure on the reload thread, the
  * watcher) take one mutex, so a list never goes back to an older read. It
  * must never read a file on a request's time, never let a read that failed
  * empty a list (the last good one stays, logged), never keep a pointer into
@@ -27,10 +27,10 @@
 
 #include "clock.h"
 #include "config.h"
+#include "denyset.h"
 #include "fileio.h"
 #include "grantcache.h"
 #include "log.h"
-#include "scope.h"
 
 /* What changes a deny file's folder in ways worth a read. IN_CREATE is left
  * out: a new file is empty until written (its close comes next). */
@@ -42,20 +42,13 @@
 #define SETTLE_MS     100
 #define SETTLE_CAP_MS 400
 
-struct killswitch_set {
-	atomic_int refs;
-	size_t n;
-	char **ids; /* sorted, unique; point into text */
-	char *text;
-};
-
 /* A tenant's deny file and the list in force. */
 struct entry {
 	char *tenant;
 	char *path; /* as configured (absolute) */
 	char *dir;
 	int wd; /* its folder's watch, or -1 */
-	struct killswitch_set *set;
+	struct denyset *set;
 };
 
 static pthread_rwlock_t table_lock = PTHREAD_RWLOCK_INITIALIZER; /* entries, n_entries, each set */
@@ -68,159 +61,22 @@ static pthread_t watcher;
 static bool watching;
 static atomic_ullong reads_ok, reads_failed;
 
-/* ------------------------------------------------------------------ sets */
-
-static int id_cmp(const void *a, const void *b)
-{
-	return strcmp(*(char *const *)a, *(char *const *)b);
-}
-
-static void set_free(struct killswitch_set *s)
-{
-	free(s->ids);
-	free(s->text);
-	free(s);
-}
-
-static bool space(char c)
-{
-	return c == ' ' || c == '\t' || c == '\r' || c == '\v' || c == '\f';
-}
-
-/* Splits s->text into ids (each line trimmed, NUL-terminated in place). */
-static int split_lines(struct killswitch_set *s, const char *name, size_t len, char *why, size_t whylen)
-{
-	size_t cap = 0, line = 0;
-	char *p = s->text, *end = s->text + len;
-
-	while (p < end) {
-		char *nl = memchr(p, '\n', (size_t)(end - p)), *a = p, *b = nl ? nl : end;
-		line++;
-		p = nl ? nl + 1 : end;
-		while (a < b && space(*a))
-			a++;
-		while (b > a && space(b[-1]))
-			b--;
-		if (a == b || (*a == '#' && (b - a == 1 || space(a[1]))))
-			continue;
-		if (!scope_user_id_valid(a, (size_t)(b - a))) {
-			snprintf(why, whylen,
-			         "%s:%zu: not a valid user id (1-256 bytes of UTF-8, no whitespace or "
-			         "control characters)",
-			         name, line);
-			return -1;
-		}
-		if (s->n == cap) {
-			char **grown;
-			if (cap >= KILLSWITCH_MAX_USERS) {
-				snprintf(why, whylen, "%s: more than %u user ids", name,
-				         KILLSWITCH_MAX_USERS);
-				return -1;
-			}
-			cap = cap ? cap * 2 : 64;
-			if (!(grown = realloc(s->ids, cap * sizeof(*grown)))) {
-				snprintf(why, whylen, "%s: out of memory", name);
-				return -1;
-			}
-			s->ids = grown;
-		}
-		*b = '\0';
-		s->ids[s->n++] = a;
-	}
-	return 0;
-}
-
-struct killswitch_set *killswitch_set_parse(const char *name, const char *text, size_t len, char *why,
-                                            size_t whylen)
-{
-	struct killswitch_set *s = calloc(1, sizeof(*s));
-	size_t o = 0;
-
-	if (!s || !(s->text = malloc(len + 1))) {
-		snprintf(why, whylen, "%s: out of memory", name);
-		goto fail;
-	}
-	memcpy(s->text, text, len);
-	s->text[len] = '\0';
-	if (split_lines(s, name, len, why, whylen) != 0)
-		goto fail;
-	if (s->n)
-		qsort(s->ids, s->n, sizeof(*s->ids), id_cmp);
-	for (size_t i = 0; i < s->n; i++)
-		if (o == 0 || strcmp(s->ids[o - 1], s->ids[i]) != 0)
-			s->ids[o++] = s->ids[i];
-	s->n = o;
-	atomic_init(&s->refs, 1);
-	return s;
-fail:
-	if (s)
-		set_free(s);
-	return NULL;
-}
-
-struct killswitch_set *killswitch_set_load(const char *path, char *why, size_t whylen)
-{
-	struct killswitch_set *s;
-	char *text = NULL, reason[256];
-	size_t len = 0;
-
-	if (fileio_read(path, KILLSWITCH_FILE_MAX, 0, &text, &len, reason, sizeof(reason)) != 0) {
-		snprintf(why, whylen, "%s: %s", path, reason);
-		return NULL;
-	}
-	s = killswitch_set_parse(path, text, len, why, whylen);
-	free(text);
-	return s;
-}
-
-size_t killswitch_set_size(const struct killswitch_set *s)
-{
-	return s ? s->n : 0;
-}
-
-bool killswitch_set_has(const struct killswitch_set *s, const char *user_id)
-{
-	return s && s->n && bsearch(&user_id, s->ids, s->n, sizeof(*s->ids), id_cmp);
-}
-
-void killswitch_set_ref(struct killswitch_set *s)
-{
-	atomic_fetch_add_explicit(&s->refs, 1, memory_order_relaxed);
-}
-
-void killswitch_set_unref(struct killswitch_set *s)
-{
-	if (s && atomic_fetch_sub_explicit(&s->refs, 1, memory_order_acq_rel) == 1)
-		set_free(s);
-}
-
-static bool set_equal(const struct killswitch_set *a, const struct killswitch_set *b)
-{
-	if (killswitch_set_size(a) != killswitch_set_size(b))
-		return false;
-	for (size_t i = 0; i < killswitch_set_size(a); i++)
-		if (strcmp(a->ids[i], b->ids[i]) != 0)
-			return false;
-	return true;
-}
-
 static int hash_cmp(const void *a, const void *b)
 {
 	return memcmp(a, b, GRANTCACHE_KEY_LEN);
 }
 
 /* The cached tokens of tenant's users in now but not in before are dropped. */
-static void drop_added(const char *tenant, const struct killswitch_set *before,
-                       const struct killswitch_set *now)
+static void drop_added(const char *tenant, const struct denyset *before, const struct denyset *now)
 {
 	unsigned char(*h)[GRANTCACHE_KEY_LEN];
 	size_t n = 0;
 
-	if (!killswitch_set_size(now) || !(h = malloc(now->n * sizeof(*h))))
+	if (!denyset_size(now) || !(h = malloc(denyset_size(now) * sizeof(*h))))
 		return;
-	for (size_t i = 0; i < now->n; i++)
-		if (!killswitch_set_has(before, now->ids[i]))
-			grantcache_user_hash(tenant, now->ids[i], h[n++]);
+	for (size_t i = 0; i < denyset_size(now); i++)
+		if (!denyset_has(before, denyset_id(now, i)))
+			grantcache_user_hash(tenant, denyset_id(now, i), h[n++]);
 	qsort(h, n, sizeof(*h), hash_cmp);
 	grantcache_drop_users(tenant, (const unsigned char(*)[GRANTCACHE_KEY_LEN])h, n);
 	free(h);
@@ -254,8 +110,7 @@ enum killswitch_verdict killswitch_check(const struct tenant *t, const char *use
 	e = entry_of(t->name);
 	/* Not watched yet (the generation is about to serve), or watched for
 	 * another file (a generation older than a reload): the load's list. */
-	denied =
-	    killswitch_set_has(e && strcmp(e->path, t->deny_path) == 0 ? e->set : t->deny_users, user_id);
+	denied = denyset_has(e && strcmp(e->path, t->deny_path) == 0 ? e->set : t->deny_users, user_id);
 	pthread_rwlock_unlock(&table_lock);
 	return denied ? KILLSWITCH_USER_DENIED : KILLSWITCH_PASS;
 }
@@ -276,19 +131,19 @@ const char *killswitch_code(enum killswitch_verdict v)
 /* Reads e's file again; a new list replaces the one in force. update_lock held. */
 static void reread(struct entry *e)
 {
-	struct killswitch_set *s, *old;
+	struct denyset *s, *old;
 	char why[512];
 
-	s = killswitch_set_load(e->path, why, sizeof(why));
+	s = denyset_load(e->path, why, sizeof(why));
 	if (!s) {
 		atomic_fetch_add_explicit(&reads_failed, 1, memory_order_relaxed);
 		log_msg("warn", "tenant %s: deny_users: %s; the last list (%zu users) stays in force",
-		        e->tenant, why, killswitch_set_size(e->set));
+		        e->tenant, why, denyset_size(e->set));
 		return;
 	}
 	atomic_fetch_add_explicit(&reads_ok, 1, memory_order_relaxed);
-	if (set_equal(s, e->set)) {
-		killswitch_set_unref(s);
+	if (denyset_equal(s, e->set)) {
+		denyset_unref(s);
 		return;
 	}
 	drop_added(e->tenant, e->set, s);
@@ -296,9 +151,9 @@ static void reread(struct entry *e)
 	old = e->set;
 	e->set = s;
 	pthread_rwlock_unlock(&table_lock);
-	log_msg("info", "tenant %s: deny_users: %zu users (was %zu), from %s", e->tenant, s->n,
-	        killswitch_set_size(old), e->path);
-	killswitch_set_unref(old);
+	log_msg("info", "tenant %s: deny_users: %zu users (was %zu), from %s", e->tenant, denyset_size(s),
+	        denyset_size(old), e->path);
+	denyset_unref(old);
 }
 
 static void entries_free(struct entry *es, size_t n)
@@ -307,7 +162,7 @@ static void entries_free(struct entry *es, size_t n)
 		free(es[i].tenant);
 		free(es[i].path);
 		free(es[i].dir);
-		killswitch_set_unref(es[i].set);
+		denyset_unref(es[i].set);
 	}
 	free(es);
 }
@@ -436,7 +291,7 @@ void killswitch_configure(const struct config *cfg)
 		e->dir = fileio_dir(t->deny_path);
 		e->wd = -1;
 		e->set = t->deny_users;
-		killswitch_set_ref(e->set);
+		denyset_ref(e->set);
 		n++;
 		if (!e->tenant || !e->path || !e->dir) {
 			log_msg("error",

@@ -21,34 +21,11 @@
 struct config;
 struct tenant;
 
-/* The largest deny file, and the most ids one may list. */
-#define KILLSWITCH_FILE_MAX  (64u * 1024 * 1024)
-#define KILLSWITCH_MAX_USERS 1000000u
-
 enum killswitch_verdict {
 	KILLSWITCH_PASS,            /* the policy decides */
 	KILLSWITCH_TENANT_DISABLED, /* enabled = false */
 	KILLSWITCH_USER_DENIED,     /* on the tenant's deny list */
 };
-
-/* One deny file's users: immutable once built, shared by reference. */
-struct killswitch_set;
-
-/* Reads and parses the deny file at path: one user id a line (each valid
- * as a request's user_id), blank lines and lines of "#" then whitespace
- * ignored, surrounding whitespace trimmed. Returns a set (one reference,
- * the caller's) or NULL with the reason (and line) in why, never quoting
- * the file. */
-struct killswitch_set *killswitch_set_load(const char *path, char *why, size_t whylen);
-
-/* Same, from text in memory; name is for messages. */
-struct killswitch_set *killswitch_set_parse(const char *name, const char *text, size_t len, char *why,
-                                            size_t whylen);
-
-size_t killswitch_set_size(const struct killswitch_set *s);
-bool killswitch_set_has(const struct killswitch_set *s, const char *user_id);
-void killswitch_set_ref(struct killswitch_set *s);
-void killswitch_set_unref(struct killswitch_set *s); /* NULL is fine */
 
 /*
  * The verdict for user_id on tenant t (of any generation still serving):

@@ -48,6 +48,7 @@
 #include "replay.h"
 #include "scope.h"
 #include "sdnotify.h"
+#include "shadow.h"
 
 /* The largest request `eval` reads. */
 #define EVAL_REQUEST_MAX (1024 * 1024)
@@ -316,6 +317,7 @@ static int cmd_serve(const char *path, const char *pid_file)
 		log_msg("error", "%s", err);
 		gen_release(g);
 		gen_shutdown();
+		shadow_stop();
 		return 1;
 	}
 	/* Before the "listening" line, so whoever waits for that line finds it. */
@@ -365,6 +367,8 @@ static int cmd_serve(const char *path, const char *pid_file)
 	}
 	cluster_stop();
 	gen_shutdown();
+	shadow_stop(); /* its queued jobs hold generations: released here, as gen_shutdown released the
+	                  current */
 	/* The generation's JWKS refreshers end before libcurl and OpenSSL are torn down. */
 	if (jwks_shutdown(1000) != 0)
 		log_msg("warn", "a JWKS refresher was still running at exit");

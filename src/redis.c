@@ -17,20 +17,21 @@
 
 #include "config.h"
 
-int redis_auth_args(const struct cluster_conf *c, const char *argv[3], size_t lens[3])
+int redis_auth_argv(const char *user, const char *password, size_t password_len, const char *argv[3],
+                    size_t lens[3])
 {
 	int n = 0;
 
-	if (!c->password.data)
+	if (!password)
 		return 0;
 	argv[n] = "AUTH";
 	lens[n++] = 4;
-	if (c->user) {
-		argv[n] = c->user;
-		lens[n++] = strlen(c->user);
+	if (user) {
+		argv[n] = user;
+		lens[n++] = strlen(user);
 	}
-	argv[n] = (const char *)c->password.data;
-	lens[n++] = c->password.len;
+	argv[n] = password;
+	lens[n++] = password_len;
 	return n;
 }
 
@@ -64,6 +65,11 @@ void redis_reader_limit(struct redisReader *r)
 	pthread_once(&limited_once, limited_init);
 	if (r && create_array)
 		r->fn = &limited;
+}
+
+int redis_auth_args(const struct cluster_conf *c, const char *argv[3], size_t lens[3])
+{
+	return redis_auth_argv(c->user, (const char *)c->password.data, c->password.len, argv, lens);
 }
 
 /* Runs one command; 0 when Redis answered OK. */

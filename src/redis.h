@@ -44,6 +44,11 @@ int redis_auth_args(const struct cluster_conf *c, const char *argv[3], size_t le
  * to Redis gets it. */
 void redis_reader_limit(struct redisReader *r);
 
+/* The same from a user (NULL: none) and a password (NULL: no AUTH), for a
+ * connection that keeps its own copies (redisloop.c). */
+int redis_auth_argv(const char *user, const char *password, size_t password_len, const char *argv[3],
+                    size_t lens[3]);
+
 /* "courier-broker:<name>:<suffix>" into out; -1 when it does not fit. */
 int redis_key(const struct cluster_conf *c, const char *suffix, char *out, size_t outlen);
 

@@ -273,13 +273,12 @@ static void send_hello(struct rloop *rl)
 {
 	redisAsyncContext *ac = rl->ac;
 	char db[16];
+	const char *auth[3];
+	size_t auth_len[3];
+	int n = redis_auth_argv(rl->user, rl->password, rl->conf.password_len, auth, auth_len);
 
-	if (rl->password) {
-		const char *argv[3] = {"AUTH", rl->user ? rl->user : rl->password, rl->password};
-		size_t len[3] = {4, rl->user ? strlen(rl->user) : rl->conf.password_len,
-		                 rl->conf.password_len};
-		redisAsyncCommandArgv(ac, on_hello, rl, rl->user ? 3 : 2, argv, len);
-	}
+	if (n)
+		redisAsyncCommandArgv(ac, on_hello, rl, n, auth, auth_len);
 	if (rl->conf.db) {
 		const char *argv[2] = {"SELECT", db};
 		size_t len[2] = {6, (size_t)snprintf(db, sizeof(db), "%d", rl->conf.db)};

@@ -20,6 +20,7 @@
 #include <string.h>
 
 #include "grantcache.h"
+#include "secret.h"
 
 #define NONCE 12
 #define TAG   16
@@ -54,7 +55,6 @@ void sharedcache_wipe(struct sharedcache *sc)
 int sharedcache_name(const struct sharedcache *sc, const char *prefix, const struct grantcache_key *k,
                      char *out, size_t outlen)
 {
-	static const char digits[] = "0123456789abcdef";
 	unsigned char md[32];
 	unsigned int n = 0;
 	char hex[33];
@@ -62,11 +62,7 @@ int sharedcache_name(const struct sharedcache *sc, const char *prefix, const str
 
 	if (!HMAC(EVP_sha256(), sc->name, sizeof(sc->name), k->h, sizeof(k->h), md, &n) || n != 32)
 		return -1;
-	for (int i = 0; i < 16; i++) {
-		hex[2 * i] = digits[md[i] >> 4];
-		hex[2 * i + 1] = digits[md[i] & 15];
-	}
-	hex[32] = '\0';
+	secret_hex(md, 16, hex);
 	w = snprintf(out, outlen, "%stc:%s", prefix, hex);
 	return w < 0 || (size_t)w >= outlen ? -1 : 0;
 }

@@ -29,8 +29,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "denyset.h"
 #include "fileio.h"
-#include "killswitch.h"
 #include "loader.h"
 #include "trust.h"
 
@@ -499,7 +499,7 @@ void config_free(struct config *cfg)
 		config_free_list(t->allowed_scopes);
 		config_free_list(t->cors_origins);
 		free(t->deny_path);
-		killswitch_set_unref(t->deny_users);
+		denyset_unref(t->deny_users);
 		free(t->shadow_path);
 	}
 	config_shadow_free(cfg->shadow);

@@ -173,7 +173,7 @@ enum pending_kind {
 	PENDING_CLIENT_KEY, /* ref -> t's client key [index], unique in its list */
 	PENDING_TENANT,     /* t's JWT keys, JWKS source and HMAC key */
 	PENDING_TLS,        /* path (tls.cert) -> cfg->tls, checked with the key */
-	PENDING_DENY,       /* path -> t's deny_users (killswitch.h) */
+	PENDING_DENY,       /* path -> t's deny_users (denyset.h) */
 	PENDING_CACHE_KEY,  /* cfg->cluster.cache_key, loaded: 64 hex digits -> 32 bytes */
 };
 

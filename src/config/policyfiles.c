@@ -24,6 +24,7 @@
 #include "config.h"
 #include "fileio.h"
 #include "lualex.h"
+#include "secret.h"
 
 #define MODULES_MAX 64 /* modules beside one policy */
 
@@ -144,7 +145,6 @@ int policyfiles_load_modules(struct tenant *t, char *err, size_t errlen)
  * moving bytes between parts changes the revision. */
 void policyfiles_revision(struct tenant *t)
 {
-	static const char hex[] = "0123456789abcdef";
 	unsigned char md[EVP_MAX_MD_SIZE];
 	unsigned int mdlen = 0;
 	EVP_MD_CTX *ctx = EVP_MD_CTX_new();
@@ -174,13 +174,8 @@ void policyfiles_revision(struct tenant *t)
 			     EVP_DigestUpdate(ctx, t->data_text, t->data_len);
 		}
 	}
-	if (ok && EVP_DigestFinal_ex(ctx, md, &mdlen) && mdlen >= 8) {
-		for (int i = 0; i < 8; i++) {
-			t->policy_revision[2 * i] = hex[md[i] >> 4];
-			t->policy_revision[2 * i + 1] = hex[md[i] & 15];
-		}
-		t->policy_revision[16] = '\0';
-	}
+	if (ok && EVP_DigestFinal_ex(ctx, md, &mdlen) && mdlen >= 8)
+		secret_hex(md, 8, t->policy_revision);
 	EVP_MD_CTX_free(ctx);
 }
 

@@ -20,8 +20,8 @@
 #include <string.h>
 
 #include "config.h"
+#include "denyset.h"
 #include "fileio.h"
-#include "killswitch.h"
 #include "loader.h"
 #include "policyfiles.h"
 #include "tls.h"
@@ -166,7 +166,7 @@ static int resolve_deny(struct loader *ld, struct pending *p)
 	struct tenant *t = p->t;
 	char why[512];
 
-	t->deny_users = killswitch_set_load(p->path, why, sizeof(why));
+	t->deny_users = denyset_load(p->path, why, sizeof(why));
 	if (!t->deny_users)
 		return config_fail(ld, p->key, "%s", why);
 	t->deny_path = p->path;

@@ -138,8 +138,8 @@ def test_eval_refuses_unknown_request_fields(tmp_path):
     write(tmp_path, "")
     conf = config(tmp_path)
     p = run(["eval", "-c", conf, "--tenant", "default"], input=b'{"user_id": "bob", "identiy": {"subject": "bob"}}')
-    # eval's JSON reader (evalreq.c) refuses it first, naming the field
-    assert p.returncode == 1 and "unknown field identiy" in p.err, p.all
+    # one strict check of a described request, the one test cases' req get (policyeval.c)
+    assert p.returncode == 1 and "unknown key 'req.identiy'" in p.err, p.all
     p = run(["eval", "-c", conf, "--tenant", "default"], input=b'{"user_id": "bob", "identity": {"subject": "bob"}}')
     assert p.returncode == 0 and json.loads(p.out)["decision"] == "allow", p.all
 

@@ -21,6 +21,7 @@
 #include "config.h"
 #include "evalreq.h"
 #include "policy.h"
+#include "tmpdir_fixture.h"
 
 /* Logs what it sees of the request; allows. */
 #define POLICY                                                                                               \
@@ -36,18 +37,6 @@ struct fixture {
 	struct policy_engine *e;
 };
 
-static void write_file(const char *dir, const char *name, const char *text)
-{
-	char path[256];
-	FILE *f;
-
-	snprintf(path, sizeof(path), "%s/%s", dir, name);
-	f = fopen(path, "w");
-	assert_non_null(f);
-	fputs(text, f);
-	fclose(f);
-}
-
 static int setup(void **state)
 {
 	struct fixture *f = calloc(1, sizeof(*f));
@@ -56,11 +45,11 @@ static int setup(void **state)
 	assert_non_null(f);
 	snprintf(f->dir, sizeof(f->dir), "/tmp/test_evalreq.XXXXXX");
 	assert_non_null(mkdtemp(f->dir));
-	write_file(f->dir, "acme.lua", POLICY);
+	tmpdir_write(f->dir, "acme.lua", POLICY);
 	/* No Courier key in the environment: eval never reads it. */
-	write_file(f->dir, "broker.conf.lua",
-	           "tenants = { acme = { api_key = { env = 'TEST_EVALREQ_UNSET' }, policy = 'acme.lua',\n"
-	           "  auth = { none = true } } }\n");
+	tmpdir_write(f->dir, "broker.conf.lua",
+	             "tenants = { acme = { api_key = { env = 'TEST_EVALREQ_UNSET' }, policy = 'acme.lua',\n"
+	             "  auth = { none = true } } }\n");
 	unsetenv("TEST_EVALREQ_UNSET");
 	snprintf(path, sizeof(path), "%s/broker.conf.lua", f->dir);
 	f->cfg = config_load_for(path, &policy_config_sandbox, CONFIG_USE_EVAL, err, sizeof(err));
@@ -73,21 +62,13 @@ static int setup(void **state)
 	return 0;
 }
 
-static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-	(void)st;
-	(void)flag;
-	(void)ftw;
-	return remove(path);
-}
-
 static int teardown(void **state)
 {
 	struct fixture *f = *state;
 
 	policy_engine_free(f->e);
 	config_free(f->cfg);
-	nftw(f->dir, rm_entry, 8, FTW_DEPTH | FTW_PHYS);
+	tmpdir_remove(f->dir);
 	free(f);
 	return 0;
 }

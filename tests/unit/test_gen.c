@@ -22,20 +22,9 @@
 #include "gen.h"
 #include "metrics.h"
 #include "policy.h"
+#include "tmpdir_fixture.h"
 
 static char dir[64];
-
-static void write_file(const char *name, const char *text)
-{
-	char path[512];
-	int fd;
-
-	snprintf(path, sizeof(path), "%s/%s", dir, name);
-	fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-	assert_true(fd >= 0);
-	assert_int_equal(write(fd, text, strlen(text)), (ssize_t)strlen(text));
-	close(fd);
-}
 
 static struct config *load(void)
 {
@@ -76,14 +65,6 @@ static size_t n_engines(const struct gen_engines *c)
 	return n;
 }
 
-static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-	(void)st;
-	(void)flag;
-	(void)ftw;
-	return remove(path);
-}
-
 static int setup(void **state)
 {
 	char sub[128];
@@ -93,11 +74,12 @@ static int setup(void **state)
 	assert_non_null(mkdtemp(dir));
 	snprintf(sub, sizeof(sub), "%s/policies", dir);
 	assert_int_equal(mkdir(sub, 0700), 0);
-	write_file("policies/default.lua", "return function(req) return { allow = true } end\n");
-	write_file("broker.conf.lua", "listen = \"127.0.0.1:0\"\n"
-	                              "courier = { base_url = \"http://127.0.0.1:9\" }\n"
-	                              "tenants = { default = { api_key = { env = \"COURIER_API_KEY\" },\n"
-	                              "  policy = \"policies/default.lua\", auth = { none = true } } }\n");
+	tmpdir_write(dir, "policies/default.lua", "return function(req) return { allow = true } end\n");
+	tmpdir_write(dir, "broker.conf.lua",
+	             "listen = \"127.0.0.1:0\"\n"
+	             "courier = { base_url = \"http://127.0.0.1:9\" }\n"
+	             "tenants = { default = { api_key = { env = \"COURIER_API_KEY\" },\n"
+	             "  policy = \"policies/default.lua\", auth = { none = true } } }\n");
 	setenv("COURIER_API_KEY", "pk_test_apikey", 1);
 	unsetenv("COURIER_BASE_URL");
 	return 0;
@@ -107,7 +89,7 @@ static int teardown(void **state)
 {
 	(void)state;
 	gen_shutdown();
-	nftw(dir, rm_entry, 8, FTW_DEPTH | FTW_PHYS);
+	tmpdir_remove(dir);
 	return 0;
 }
 

@@ -12,37 +12,38 @@
 #include <cmocka.h>
 
 #include "config.h"
+#include "denyset.h"
 #include "grantcache.h"
 #include "killswitch.h"
 #include "secret.h"
 
 #define URL "http://127.0.0.1:1/auth/issue-token"
 
-static struct killswitch_set *parse(const char *text, char *why)
+static struct denyset *parse(const char *text, char *why)
 {
-	return killswitch_set_parse("deny.txt", text, strlen(text), why, 256);
+	return denyset_parse("deny.txt", text, strlen(text), why, 256);
 }
 
 static void t_parse(void **state)
 {
 	char why[256] = "";
-	struct killswitch_set *s = parse("# incident 42\n  mallory \r\n\nbob\nmallory\n#\n#alice\n", why);
+	struct denyset *s = parse("# incident 42\n  mallory \r\n\nbob\nmallory\n#\n#alice\n", why);
 
 	(void)state;
 	assert_non_null(s);
-	assert_int_equal(killswitch_set_size(s), 3); /* mallory once, bob, "#alice" is an id */
-	assert_true(killswitch_set_has(s, "mallory"));
-	assert_true(killswitch_set_has(s, "bob"));
-	assert_true(killswitch_set_has(s, "#alice"));
-	assert_false(killswitch_set_has(s, "alice"));
-	assert_false(killswitch_set_has(s, "# incident 42"));
-	killswitch_set_unref(s);
+	assert_int_equal(denyset_size(s), 3); /* mallory once, bob, "#alice" is an id */
+	assert_true(denyset_has(s, "mallory"));
+	assert_true(denyset_has(s, "bob"));
+	assert_true(denyset_has(s, "#alice"));
+	assert_false(denyset_has(s, "alice"));
+	assert_false(denyset_has(s, "# incident 42"));
+	denyset_unref(s);
 
 	s = parse("", why);
 	assert_non_null(s);
-	assert_int_equal(killswitch_set_size(s), 0);
-	assert_false(killswitch_set_has(s, "x"));
-	killswitch_set_unref(s);
+	assert_int_equal(denyset_size(s), 0);
+	assert_false(denyset_has(s, "x"));
+	denyset_unref(s);
 }
 
 static void t_parse_refuses_invalid_ids(void **state)
@@ -64,7 +65,7 @@ static void t_parse_refuses_invalid_ids(void **state)
 		assert_null(parse(long_id, why));
 	}
 	/* A NUL inside a line is not a shorter id. */
-	assert_null(killswitch_set_parse("deny.txt", "ab\0cd\n", 6, why, sizeof(why)));
+	assert_null(denyset_parse("deny.txt", "ab\0cd\n", 6, why, sizeof(why)));
 }
 
 static void t_check(void **state)
@@ -85,7 +86,7 @@ static void t_check(void **state)
 	assert_int_equal(killswitch_check(&t, "alice"), KILLSWITCH_TENANT_DISABLED);
 	assert_string_equal(killswitch_code(KILLSWITCH_TENANT_DISABLED), "tenant_disabled");
 	assert_string_equal(killswitch_code(KILLSWITCH_USER_DENIED), "user_denied");
-	killswitch_set_unref(t.deny_users);
+	denyset_unref(t.deny_users);
 }
 
 static void write_file(const char *path, const char *text)
@@ -129,7 +130,7 @@ static void t_watcher(void **state)
 	t.name = "acme";
 	t.enabled = true;
 	t.deny_path = path;
-	t.deny_users = killswitch_set_load(path, why, sizeof(why));
+	t.deny_users = denyset_load(path, why, sizeof(why));
 	assert_non_null(t.deny_users);
 	cfg.tenants = &t;
 	cfg.n_tenants = 1;
@@ -173,7 +174,7 @@ static void t_watcher(void **state)
 	/* After stop: the load's list again (nothing watched). */
 	assert_int_equal(killswitch_check(&t, "bob"), KILLSWITCH_PASS);
 	assert_int_equal(killswitch_check(&t, "mallory"), KILLSWITCH_USER_DENIED);
-	killswitch_set_unref(t.deny_users);
+	denyset_unref(t.deny_users);
 	grantcache_clear();
 	secret_clear(&key);
 	rmdir(dir);

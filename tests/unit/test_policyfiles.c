@@ -20,24 +20,13 @@
 
 #include "config.h"
 #include "config/policyfiles.h"
+#include "tmpdir_fixture.h"
 
 struct fixture {
 	char dir[64];
 	char policy[128];
 	struct tenant t;
 };
-
-static void write_file(const char *dir, const char *name, const char *text)
-{
-	char path[512];
-	FILE *fp;
-
-	snprintf(path, sizeof(path), "%s/%s", dir, name);
-	fp = fopen(path, "w");
-	assert_non_null(fp);
-	assert_int_equal(fputs(text, fp) >= 0, 1);
-	assert_int_equal(fclose(fp), 0);
-}
 
 static int setup(void **state)
 {
@@ -47,7 +36,7 @@ static int setup(void **state)
 	snprintf(f->dir, sizeof(f->dir), "/tmp/test_policyfiles.XXXXXX");
 	assert_non_null(mkdtemp(f->dir));
 	snprintf(f->policy, sizeof(f->policy), "%s/default.lua", f->dir);
-	write_file(f->dir, "default.lua", "return function(req) return { allow = true } end\n");
+	tmpdir_write(f->dir, "default.lua", "return function(req) return { allow = true } end\n");
 	f->t.policy_path = f->policy;
 	f->t.policy_dir = f->dir;
 	f->t.policy_text = (char *)"return function(req) return { allow = true } end\n";
@@ -56,20 +45,12 @@ static int setup(void **state)
 	return 0;
 }
 
-static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-	(void)st;
-	(void)flag;
-	(void)ftw;
-	return remove(path);
-}
-
 static int teardown(void **state)
 {
 	struct fixture *f = *state;
 
 	policyfiles_free(&f->t);
-	nftw(f->dir, rm_entry, 8, FTW_DEPTH | FTW_PHYS);
+	tmpdir_remove(f->dir);
 	free(f);
 	return 0;
 }
@@ -90,15 +71,15 @@ static void test_modules_found_and_sorted(void **state)
 	            "local d = require(name) or require('default_test') or require('default')\n"
 	            "return function(req) return require [[alpha_2]] end\n";
 	f->t.policy_len = strlen(f->t.policy_text);
-	write_file(f->dir, "zeta.lua", "return require \"beta\"\n");
-	write_file(f->dir, "beta.lua", "return 'b'\n");
-	write_file(f->dir, "alpha_2.lua", "return 'a'\n");
-	write_file(f->dir, "default_test.lua", "return {}\n");
-	write_file(f->dir, "gamma.lua", "return {\n");
-	write_file(f->dir, "delta.lua", "return {\n");
-	write_file(f->dir, "eta.lua", "return {\n");
-	write_file(f->dir, "stray.lua", "this is not Lua\n");
-	write_file(f->dir, "notes.txt", "hello\n");
+	tmpdir_write(f->dir, "zeta.lua", "return require \"beta\"\n");
+	tmpdir_write(f->dir, "beta.lua", "return 'b'\n");
+	tmpdir_write(f->dir, "alpha_2.lua", "return 'a'\n");
+	tmpdir_write(f->dir, "default_test.lua", "return {}\n");
+	tmpdir_write(f->dir, "gamma.lua", "return {\n");
+	tmpdir_write(f->dir, "delta.lua", "return {\n");
+	tmpdir_write(f->dir, "eta.lua", "return {\n");
+	tmpdir_write(f->dir, "stray.lua", "this is not Lua\n");
+	tmpdir_write(f->dir, "notes.txt", "hello\n");
 	assert_int_equal(policyfiles_load_modules(&f->t, err, sizeof(err)), 0);
 	assert_int_equal(f->t.n_modules, 3);
 	assert_string_equal(f->t.modules[0].name, "alpha_2");
@@ -117,7 +98,7 @@ static void test_missing_module_left_to_require(void **state)
 
 	f->t.policy_text = (char *)"local a = require('absent')\nlocal h = require('here')\n";
 	f->t.policy_len = strlen(f->t.policy_text);
-	write_file(f->dir, "here.lua", "return 1\n");
+	tmpdir_write(f->dir, "here.lua", "return 1\n");
 	assert_int_equal(policyfiles_load_modules(&f->t, err, sizeof(err)), 0);
 	assert_int_equal(f->t.n_modules, 1);
 	assert_string_equal(f->t.modules[0].name, "here");
@@ -131,7 +112,7 @@ static void test_too_many_modules_refused(void **state)
 
 	for (int i = 0; i < 65; i++) {
 		snprintf(name, sizeof(name), "m%02d.lua", i);
-		write_file(f->dir, name, "return {}\n");
+		tmpdir_write(f->dir, name, "return {}\n");
 		used += (size_t)snprintf(text + used, sizeof(text) - used, "require('m%02d')\n", i);
 	}
 	f->t.policy_text = text;
@@ -156,7 +137,7 @@ static void test_revision(void **state)
 	assert_string_equal(f->t.policy_revision, hex);
 	snprintf(lone, sizeof(lone), "%s", f->t.policy_revision);
 
-	write_file(f->dir, "helpers.lua", "return 1\n");
+	tmpdir_write(f->dir, "helpers.lua", "return 1\n");
 	assert_int_equal(policyfiles_load_modules(&f->t, err, sizeof(err)), 0);
 	policyfiles_revision(&f->t);
 	assert_string_equal(f->t.policy_revision, lone); /* not required: not part of it */

@@ -22,20 +22,9 @@
 #include "metrics.h"
 #include "policy.h"
 #include "shadow.h"
+#include "tmpdir_fixture.h"
 
 static char dir[64];
-
-static void write_file(const char *name, const char *text)
-{
-	char path[512];
-	int fd;
-
-	snprintf(path, sizeof(path), "%s/%s", dir, name);
-	fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-	assert_true(fd >= 0);
-	assert_int_equal(write(fd, text, strlen(text)), (ssize_t)strlen(text));
-	close(fd);
-}
 
 static struct config *load(const char *extra, char *err, size_t errlen)
 {
@@ -49,7 +38,7 @@ static struct config *load(const char *extra, char *err, size_t errlen)
 	         "  plain = { api_key = { env = \"K\" }, policy = \"live/p.lua\", auth = { none = true } },\n"
 	         "}\n",
 	         extra);
-	write_file("broker.conf.lua", text);
+	tmpdir_write(dir, "broker.conf.lua", text);
 	snprintf(path, sizeof(path), "%s/broker.conf.lua", dir);
 	return config_load(path, &policy_config_sandbox, err, errlen);
 }
@@ -81,9 +70,16 @@ static int setup(void **state)
 	snprintf(sub, sizeof(sub), "%s/next", dir);
 	mkdir(sub, 0755);
 	setenv("K", "ck_test_key", 1);
-	write_file(
-	    "live/p.lua",
+	tmpdir_write(
+	    dir, "live/p.lua",
 	    "return function(req) return { allow = true, tier = \"inbox\", expires_in = \"1h\" } end\n");
+	return 0;
+}
+
+static int teardown(void **state)
+{
+	(void)state;
+	tmpdir_remove(dir);
 	return 0;
 }
 
@@ -93,7 +89,8 @@ static void t_config_builds_the_shadow(void **state)
 	struct config *cfg;
 
 	(void)state;
-	write_file("next/p.lua", "return function(req) return { allow = req.user_id ~= \"bob\" } end\n");
+	tmpdir_write(dir, "next/p.lua",
+	             "return function(req) return { allow = req.user_id ~= \"bob\" } end\n");
 	cfg = load("", err, sizeof(err));
 	assert_non_null(cfg);
 	assert_non_null(cfg->shadow);
@@ -106,7 +103,7 @@ static void t_config_builds_the_shadow(void **state)
 	                        config_tenant(cfg, "live")->policy_revision);
 	config_free(cfg);
 
-	write_file("next/p.lua", "");
+	tmpdir_write(dir, "next/p.lua", "");
 	unlink(strcat(strcpy(err, dir), "/next/p.lua"));
 	assert_null(load("", err, sizeof(err)));
 	assert_non_null(strstr(err, "tenants.live.shadow_policy"));
@@ -136,11 +133,12 @@ static void t_decided_and_counted(void **state)
 	struct gen *g;
 
 	(void)state;
-	write_file("next/p.lua", "return function(req)\n"
-	                         "  if req.user_id == \"bob\" then return { allow = false } end\n"
-	                         "  if req.user_id == \"eve\" then error(\"boom\") end\n"
-	                         "  return { allow = true, tier = \"inbox\", expires_in = \"1h\" }\n"
-	                         "end\n");
+	tmpdir_write(dir, "next/p.lua",
+	             "return function(req)\n"
+	             "  if req.user_id == \"bob\" then return { allow = false } end\n"
+	             "  if req.user_id == \"eve\" then error(\"boom\") end\n"
+	             "  return { allow = true, tier = \"inbox\", expires_in = \"1h\" }\n"
+	             "end\n");
 	cfg = load("", err, sizeof(err));
 	assert_non_null(cfg);
 	g = gen_build(cfg, 0);
@@ -169,7 +167,7 @@ static void t_a_full_queue_drops(void **state)
 	double before = metric("broker_shadow_decisions_total{tenant=\"live\",result=\"dropped\"}");
 
 	(void)state;
-	write_file("next/p.lua", "return function(req) while true do end end\n");
+	tmpdir_write(dir, "next/p.lua", "return function(req) while true do end end\n");
 	cfg = load("policy_limits = { timeout_ms = 1000, max_instructions = 100000000 }", err, sizeof(err));
 	assert_non_null(cfg);
 	g = gen_build(cfg, 0);
@@ -193,5 +191,5 @@ int main(void)
 	    cmocka_unit_test(t_decided_and_counted),
 	    cmocka_unit_test(t_a_full_queue_drops),
 	};
-	return cmocka_run_group_tests(tests, setup, NULL);
+	return cmocka_run_group_tests(tests, setup, teardown);
 }
