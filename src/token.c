@@ -13,12 +13,11 @@
  * requester is authenticated, never issue a token the envelope refused, and
  * never answer from the cache before the policy and the envelope allowed.
  * Only the decision runs on the generation's policy engine; everything else
- * uses the loop's JSON state.
+ * uses the loop's JSON state. A stage's wait on the cluster's Redis (rate
+ * limits, the shared token cache) is tokenwait.c's.
  */
 #include "token.h"
 
-#include <arpa/inet.h>
-#include <hiredis/hiredis.h>
 #include <lauxlib.h>
 #include <lua.h>
 #include <microhttpd.h>
@@ -45,12 +44,12 @@
 #include "loop.h"
 #include "metrics.h"
 #include "policy.h"
-#include "redisloop.h"
 #include "reply.h"
 #include "reqbody.h"
 #include "reqinfo.h"
 #include "shadow.h"
 #include "sharedcache.h"
+#include "tokenwait.h"
 
 /* The headers a policy may read (req.headers): how many, and their names' bytes. */
 #define MAX_HEADERS 64
@@ -233,61 +232,8 @@ static void on_courier_done(struct courier_job *job)
 
 /* ------------------------------------------------------------ the stages */
 
-/* What the stages of one decision share. */
-struct pipeline {
-	lua_State *L; /* the engine's: the body and the claims the policy reads */
-	struct policy_engine *e;
-	int body; /* the body's index on L */
-	struct ident_request irq;
-	struct identity id;
-	char client_ip[INET6_ADDRSTRLEN];
-	struct decision *dec;
-	/* The answer of the stage that stopped the request. */
-	const char *msg;
-	const char *extra_name, *extra_value;
-	char err[512];
-	char retry_after[32];
-	/* A stage that answered itself (a cached token): what MHD gets. */
-	bool answered;
-	enum MHD_Result answer;
-	struct shadow_job *shadow; /* the shadow policy's job, queued once decided */
-	/* A stage that suspended the request (the cluster's rate limits). */
-	bool suspended;
-	/* Running inside Redis's reply (on_rate_reply): the connection is
-	 * suspended already and nothing may be queued on it; an answer, or a
-	 * stage that must answer itself (handoff: the token cache), resumes it. */
-	bool in_reply, handoff;
-};
-
-/* A stage: REPLY_GO, or the answer. The two a request waiting on Redis
- * goes on from: */
-typedef enum reply_answer stage_fn(struct req *r, struct pipeline *p);
+/* The two stages a request waiting on Redis goes on from (tokenwait.c). */
 static stage_fn stage_rate, stage_upstream;
-
-/* A request waiting on Redis (the cluster's rate limits, then its shared
- * token cache): its pipeline, with the body and claims it decoded kept in
- * the engine's registry (the stack is the next request's meanwhile), the
- * stage it goes on from, and what Redis answered. */
-struct stage_wait {
-	struct req *r;
-	struct pipeline p;
-	int body_ref, claims_ref;
-	stage_fn *resume_at; /* the stage it goes on from */
-	bool cache_checked;  /* the shared token cache was asked */
-	struct clusterrate_cmd cmd;
-	bool eval_sent;
-	bool answered; /* Redis decided: level and retry */
-	enum clusterrate_level level;
-	double retry;
-	/* Decided inside Redis's reply: the answer the handler gives. */
-	bool has_final;
-	enum reply_answer final;
-	bool final_has_msg;
-	const char *final_name; /* a string literal */
-	char final_msg[512], final_value[32];
-};
-
-static void continue_in_reply(struct stage_wait *w);
 
 /* The body: a JSON object with a valid user_id. */
 static enum reply_answer stage_body(struct req *r, struct pipeline *p)
@@ -355,112 +301,6 @@ static enum reply_answer stage_killswitch(struct req *r, struct pipeline *p)
 	return REPLY_USER_DENIED;
 }
 
-/* Redis answered (or not: reply NULL): the request goes on where it stopped. */
-static void on_rate_reply(const struct redisReply *reply, void *arg)
-{
-	struct stage_wait *w = arg;
-	struct req *r = w->r;
-	const char *prefix;
-	unsigned wait_ms;
-	struct rloop *rl = loop_redis(r->loop, &prefix, &wait_ms);
-	int rc = clusterrate_verdict(&w->cmd, reply, &w->level, &w->retry);
-
-	(void)prefix;
-	if (rc == 1 && !w->eval_sent) {
-		/* Redis lost the script (SCRIPT FLUSH, a failover): send it whole. */
-		w->eval_sent = true;
-		clusterrate_as_eval(&w->cmd);
-		if (rloop_command(rl, w->cmd.argc, w->cmd.argv, w->cmd.len, wait_ms, on_rate_reply, w) == 0)
-			return;
-	}
-	w->answered = rc == 0;
-	if (rc != 0 && reply)
-		log_warn_limited(
-		    "cluster: Redis's rate-limit answer is unusable: deciding with local buckets");
-	loop_upstream_end(r->srv);
-	if (rc == 0) {
-		/* The pipeline goes on here, the connection still suspended: a
-		 * request that goes on to Courier is suspended and resumed once. */
-		continue_in_reply(w);
-		return;
-	}
-	MHD_resume_connection(r->conn);
-	loop_resumed(r->loop);
-}
-
-/* Keeps a value of the engine's stack in its registry (protected: an
- * allocation failure is an error, not a panic). */
-static int keep_values(lua_State *L)
-{
-	struct stage_wait *w = lua_touserdata(L, 1);
-
-	lua_settop(L, 3);
-	if (lua_isnil(L, 3))
-		lua_pop(L, 1);
-	else
-		w->claims_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-	w->body_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-	return 0;
-}
-
-static void forget_values(lua_State *L, struct stage_wait *w)
-{
-	luaL_unref(L, LUA_REGISTRYINDEX, w->body_ref);
-	luaL_unref(L, LUA_REGISTRYINDEX, w->claims_ref);
-	w->body_ref = w->claims_ref = LUA_NOREF;
-}
-
-/* With cluster: asks Redis to charge both limits in one script call and
- * suspends the request until it answers (on_rate_reply): 0. 1: no cluster
- * or no limit; -1: not asked (Redis not connected, shutting down, out of
- * memory): the local buckets decide either way. */
-static int shared_rate_start(struct req *r, struct pipeline *p, const char *who, size_t len)
-{
-	const struct rate_limit *rl_conf = &r->tenant->rate_limit;
-	struct clusterrate_limits lim = {rl_conf->per_second, rl_conf->burst,
-	                                 rl_conf->per_requester.per_second, rl_conf->per_requester.burst};
-	struct stage_wait *w;
-	struct rloop *rl;
-	const char *prefix;
-	unsigned wait_ms;
-
-	if (!(rl = loop_redis(r->loop, &prefix, &wait_ms)) ||
-	    (lim.per_second <= 0 && lim.requester_per_second <= 0))
-		return 1;
-	if (!rloop_ready(rl) || !(w = calloc(1, sizeof(*w))))
-		return -1;
-	w->r = r;
-	w->body_ref = w->claims_ref = LUA_NOREF;
-	w->resume_at = stage_rate;
-	if (clusterrate_command(&w->cmd, false, prefix, r->tenant->name, who, len, &lim) != 0 ||
-	    !lua_checkstack(p->L, 4))
-		goto fail;
-	lua_pushcfunction(p->L, keep_values);
-	lua_pushlightuserdata(p->L, w);
-	lua_pushvalue(p->L, p->body);
-	if (p->id.claims_idx)
-		lua_pushvalue(p->L, p->id.claims_idx);
-	else
-		lua_pushnil(p->L);
-	if (lua_pcall(p->L, 3, 0, 0) != LUA_OK) {
-		lua_pop(p->L, 1);
-		goto fail;
-	}
-	if (loop_upstream_begin(r->srv) != 0)
-		goto fail;
-	if (rloop_command(rl, w->cmd.argc, w->cmd.argv, w->cmd.len, wait_ms, on_rate_reply, w) != 0) {
-		loop_upstream_end(r->srv);
-		goto fail;
-	}
-	r->wait = w;
-	p->suspended = true;
-	return 0;
-fail:
-	forget_values(p->L, w);
-	free(w);
-	return -1;
-}
-
 /* Charged after authentication, so strangers cannot spend a tenant's
  * budget. The requester is its subject, or its address when it has none.
  * With cluster the limits are the cluster's (Redis), else, or while Redis
@@ -477,7 +317,7 @@ static enum reply_answer stage_rate(struct req *r, struct pipeline *p)
 
 	if (n < 0 || (size_t)n >= sizeof(who))
 		n = (int)strlen(who);
-	if (!w && (asked = shared_rate_start(r, p, who, (size_t)n)) == 0)
+	if (!w && (asked = tokenwait_rate(r, p, who, (size_t)n, stage_rate)) == 0)
 		return REPLY_GO; /* suspended: on_rate_reply resumes it */
 	if (w && w->answered) {
 		metrics_cluster_rate(true);
@@ -714,97 +554,6 @@ static bool answer_cached(struct req *r, struct pipeline *p)
 	return true;
 }
 
-/* The shared token cache's answer: a token sealed for this grant goes into
- * the local cache (which then answers, if at least half its lifetime
- * remains); anything else is a miss. The request goes on either way. */
-static void on_cache_reply(const struct redisReply *reply, void *arg)
-{
-	struct stage_wait *w = arg;
-	struct req *r = w->r;
-	const char *prefix;
-	unsigned wait_ms;
-	struct sharedcache *sc = loop_sharedcache(r->loop);
-	char name[SHAREDCACHE_NAME_MAX], token[GRANTCACHE_TOKEN_MAX + 1];
-	long long exp, lifetime;
-	size_t len;
-
-	loop_redis(r->loop, &prefix, &wait_ms);
-	if (reply && reply->type == REDIS_REPLY_STRING && sc &&
-	    sharedcache_name(sc, prefix, &r->gkey, name, sizeof(name)) == 0) {
-		if (sharedcache_open(sc, name, (const unsigned char *)reply->str, reply->len, token,
-		                     sizeof(token), &len, &exp, &lifetime) == 0) {
-			grantcache_put(&r->gkey, r->tenant->name, token, len, exp, lifetime);
-			OPENSSL_cleanse(token, len);
-		} else {
-			log_warn_limited("cluster: a shared cached token did not open (another cache_key?)");
-		}
-	}
-	loop_upstream_end(r->srv);
-	MHD_resume_connection(r->conn);
-	loop_resumed(r->loop);
-}
-
-/* With cluster.cache_key: asks Redis for this grant's shared token and
- * suspends the request until it answers (on_cache_reply): 0; -1 when not
- * asked (no shared cache, Redis not connected, asked already). */
-static int shared_cache_ask(struct req *r, struct pipeline *p)
-{
-	struct sharedcache *sc = loop_sharedcache(r->loop);
-	char name[SHAREDCACHE_NAME_MAX];
-	const char *argv[2] = {"GET", name};
-	size_t lens[2] = {3, 0};
-	struct stage_wait *w = r->wait;
-	const char *prefix;
-	unsigned wait_ms;
-	struct rloop *rl = loop_redis(r->loop, &prefix, &wait_ms);
-
-	if (!sc || !rloop_ready(rl) || (w && w->cache_checked) ||
-	    sharedcache_name(sc, prefix, &r->gkey, name, sizeof(name)) != 0)
-		return -1;
-	if (!w) {
-		if (!(w = calloc(1, sizeof(*w))))
-			return -1;
-		w->r = r;
-		w->body_ref = w->claims_ref = LUA_NOREF;
-		r->wait = w;
-	}
-	w->cache_checked = true;
-	w->resume_at = stage_upstream;
-	lens[1] = strlen(name);
-	if (loop_upstream_begin(r->srv) != 0)
-		return -1;
-	if (rloop_command(rl, 2, argv, lens, wait_ms, on_cache_reply, w) != 0) {
-		loop_upstream_end(r->srv);
-		return -1;
-	}
-	p->suspended = true;
-	return 0;
-}
-
-/* The leader's token into the shared cache, sealed; expires with it. */
-static void shared_cache_put(struct req *r, const char *token, size_t len, long long exp)
-{
-	struct sharedcache *sc = loop_sharedcache(r->loop);
-	char name[SHAREDCACHE_NAME_MAX], ms[24];
-	unsigned char value[GRANTCACHE_TOKEN_MAX + SHAREDCACHE_OVERHEAD];
-	const char *argv[5] = {"SET", name, (const char *)value, "PX", ms};
-	size_t lens[5] = {3, 0, 0, 2, 0};
-	long long left = exp - (long long)time(NULL);
-	const char *prefix;
-	unsigned wait_ms;
-	struct rloop *rl = loop_redis(r->loop, &prefix, &wait_ms);
-
-	if (!sc || !rloop_ready(rl) || left <= 0 ||
-	    sharedcache_name(sc, prefix, &r->gkey, name, sizeof(name)) != 0 ||
-	    sharedcache_seal(sc, name, token, len, exp, r->grant.expires_s, value, sizeof(value), &lens[2]) !=
-	        0)
-		return;
-	lens[1] = strlen(name);
-	lens[4] = (size_t)snprintf(ms, sizeof(ms), "%lld", left * 1000);
-	/* Nobody waits for the answer. */
-	rloop_command(rl, 5, argv, lens, wait_ms, NULL, NULL);
-}
-
 /* Hands the grant to the loop's Courier client and suspends the connection
  * until the call ends (on_courier_done), unless the token cache answers or an
  * identical grant's call is already under way on this loop (then it waits for
@@ -839,7 +588,7 @@ static enum reply_answer stage_upstream(struct req *r, struct pipeline *p)
 		return REPLY_GO;
 	}
 
-	if (t->token_cache && shared_cache_ask(r, p) == 0)
+	if (t->token_cache && tokenwait_cache_ask(r, p, stage_upstream) == 0)
 		return REPLY_GO; /* suspended: on_cache_reply resumes it */
 	if (t->token_cache)
 		metrics_grant(METRICS_CACHE_MISS);
@@ -907,7 +656,7 @@ static stage_fn *const stages[] = {
 
 /* The stages from `from` on; L back at top either way. The engine is
  * unpinned once decided, or kept for a request that suspended itself. */
-static enum MHD_Result run_stages(struct req *r, struct pipeline *p, stage_fn *first, int top)
+enum MHD_Result token_run_stages(struct req *r, struct pipeline *p, stage_fn *first, int top)
 {
 	enum reply_answer a = REPLY_GO;
 	enum MHD_Result ret;
@@ -964,7 +713,7 @@ static enum MHD_Result run_stages(struct req *r, struct pipeline *p, stage_fn *f
 }
 
 /* The body has arrived: the stages in order, on the generation's engine
- * (pinned by token_begin, unpinned by run_stages once decided). */
+ * (pinned by token_begin, unpinned by token_run_stages once decided). */
 static enum MHD_Result process(struct req *r)
 {
 	struct policy_engine *e = r->engine ? r->engine->engine : NULL;
@@ -979,33 +728,11 @@ static enum MHD_Result process(struct req *r)
 	p.answered = false;
 	p.shadow = NULL;
 	p.in_reply = p.handoff = false;
-	return run_stages(r, &p, NULL, lua_gettop(p.L));
+	return token_run_stages(r, &p, NULL, lua_gettop(p.L));
 }
 
 /* Redis answered (or did not in time): the request's body and claims back
  * on the engine's stack, and on from the stage that asked. */
-/* The body and claims kept while waiting back on p's stack: 0, or -1
- * (out of memory: the engine unpinned). */
-static int restore_values(struct req *r, struct stage_wait *w, struct pipeline *p)
-{
-	if (!lua_checkstack(p->L, 2)) {
-		forget_values(p->L, w);
-		gen_engine_unpin(loop_engines(r->loop), r->engine);
-		r->engine = NULL;
-		return -1;
-	}
-	if (w->body_ref != LUA_NOREF) {
-		lua_rawgeti(p->L, LUA_REGISTRYINDEX, w->body_ref);
-		p->body = lua_gettop(p->L);
-	}
-	if (w->claims_ref != LUA_NOREF) {
-		lua_rawgeti(p->L, LUA_REGISTRYINDEX, w->claims_ref);
-		p->id.claims_idx = lua_gettop(p->L);
-	}
-	forget_values(p->L, w);
-	return 0;
-}
-
 static enum MHD_Result resume_wait(struct req *r)
 {
 	struct stage_wait *w = r->wait;
@@ -1018,35 +745,9 @@ static enum MHD_Result resume_wait(struct req *r)
 		return reply_fail(r, w->final, w->final_has_msg ? w->final_msg : NULL, w->final_name,
 		                  w->final_name ? w->final_value : NULL);
 	}
-	if (restore_values(r, w, &p) != 0)
+	if (tokenwait_restore(r, w, &p) != 0)
 		return reply_fail(r, REPLY_UNAVAILABLE, "out of memory", NULL, NULL);
-	return run_stages(r, &p, w->resume_at, top);
-}
-
-/* Redis allowed (or refused) the request: its stages go on inside the
- * reply, the connection still suspended. A request that goes on to Courier
- * (or follows an identical grant's call) stays suspended until that call
- * ends; an answer, or the token cache, resumes it for the handler. */
-static void continue_in_reply(struct stage_wait *w)
-{
-	struct req *r = w->r;
-	struct pipeline p = w->p;
-	int top = lua_gettop(p.L);
-
-	r->state = RS_BODY;
-	if (restore_values(r, w, &p) != 0) {
-		w->has_final = true;
-		w->final = REPLY_UNAVAILABLE;
-		w->final_has_msg = true;
-		snprintf(w->final_msg, sizeof(w->final_msg), "%s", "out of memory");
-		w->final_name = NULL;
-		r->state = RS_REDIS;
-		MHD_resume_connection(r->conn);
-		loop_resumed(r->loop);
-		return;
-	}
-	p.in_reply = true;
-	run_stages(r, &p, w->resume_at, top);
+	return token_run_stages(r, &p, w->resume_at, top);
 }
 
 /* ------------------------------------------------------------ the answer */
@@ -1137,7 +838,7 @@ static enum MHD_Result complete(struct req *r)
 	}
 	if (r->tenant->token_cache && !r->shared) {
 		grantcache_put(&r->gkey, r->tenant->name, token, tlen, exp, r->grant.expires_s);
-		shared_cache_put(r, token, tlen, exp);
+		tokenwait_cache_put(r, token, tlen, exp);
 	}
 	if (r->flight) { /* token_cache: its followers resumed now (on_courier_done) */
 		flight_land(scratch_of(r->loop)->flights, r);
@@ -1205,7 +906,7 @@ void token_end(struct req *r)
 		loop_resumed(r->loop);
 	}
 	if (r->wait && r->engine)
-		forget_values(policy_engine_lua(r->engine->engine), r->wait);
+		tokenwait_forget(policy_engine_lua(r->engine->engine), r->wait);
 	free(r->wait);
 	courier_job_cleanup(&r->job);
 	free(r->courier_body);
