@@ -202,6 +202,8 @@ export function createTokenSession(options) {
     const retryable = resp.ok || resp.status === 408 || resp.status === 429 || resp.status >= 500;
     const err = new TokenSessionError(message, { status: resp.status, code, requestId, retryable });
     err.retryAfterMs = retryAfterMs(resp.headers.get("Retry-After"));
+    // Told before the lock is let go, so that the tab next in line holds back.
+    if (err.retryAfterMs >= 0 && channel) channel.postMessage({ type: "backoff", waitMs: err.retryAfterMs });
     throw err;
   }
 
@@ -211,6 +213,12 @@ export function createTokenSession(options) {
     if (fresh()) return;
     if (await askOtherTabs()) return;
     if (!running || stopped) return;
+    // Another tab was told to wait (Retry-After) while this one waited its turn.
+    const wait = notBefore - now();
+    if (wait > 0) {
+      schedule(wait);
+      return;
+    }
     const t = await request();
     if (running && !stopped) await adopt(t, false);
   }
@@ -238,7 +246,6 @@ export function createTokenSession(options) {
     let wait = backoff / 2 + Math.random() * (backoff / 2);
     if (err.retryAfterMs >= 0) {
       wait = err.retryAfterMs + Math.random() * Math.min(1000, err.retryAfterMs * 0.1 + 100);
-      if (channel) channel.postMessage({ type: "backoff", waitMs: err.retryAfterMs });
     }
     notBefore = Math.max(notBefore, now() + wait);
     reportError(err);

@@ -206,6 +206,54 @@ describe("long cases", { concurrency: true }, () => {
     }
   });
 
+  test("Retry-After is shared: one window's 429 holds every window back until it expires", async (t) => {
+    const ctx = await stack.context();
+    try {
+      // A tenant that issues one token per 20 s; 12-second tokens. The three
+      // windows share the first token; the network then drops until each
+      // window's token is under half its life, and comes back in all three
+      // at once: all three want a token while the tenant's bucket is empty.
+      const opts = { user: "rhea", expires: "12s", tenant: "throttled" };
+      const w1 = await stack.open(ctx, opts);
+      await firstToken(w1);
+      const windows = [w1, await stack.open(ctx, opts, w1), await stack.open(ctx, opts, w1)];
+      for (const w of windows) await firstToken(w, 30000);
+      await ctx.setOffline(true);
+      const expiring = () => windows.map((w) => w.evaluate(() => window.__session.current?.expiresIn ?? 0));
+      await until(() => Promise.all(expiring()).then((l) => l.every((s) => s <= 4)), 15000, "every window's token under half its life");
+      const before = (await Promise.all(windows.map(state))).map((s) => s.tokens.length);
+      await ctx.setOffline(false);
+      const states = await until(
+        () => Promise.all(windows.map(state)).then((ss) => (ss.every((s, i) => s.tokens.length > before[i]) ? ss : null)),
+        45000,
+        "a new token in every window",
+      );
+      // Every request of every window, on the real clock (comparable across windows).
+      const fetches = states.flatMap((s, i) => s.fetches.map((f) => ({ ...f, w: i + 1 }))).sort((a, b) => a.at0 - b.at0);
+      const limited = fetches.filter((f) => f.status === 429);
+      t.diagnostic(`Retry-After shared: ${fetches.length} broker requests from 3 windows (${limited.length} answered 429, Retry-After ${limited.map((f) => f.retryAfter).join(", ")} s)`);
+      assert.ok(limited.length >= 1, `no 429: ${JSON.stringify(fetches)}`);
+      for (const l of limited) {
+        const wait = Number(l.retryAfter) * 1000;
+        assert.ok(wait >= 1000, `Retry-After readable by the page: ${l.retryAfter}`);
+        // No window asks before it expires (50 ms: the windows' clocks are
+        // the same wall clock read by different processes).
+        const early = fetches.filter((f) => f !== l && f.at0 > l.at0 && f.at0 < l.at1 + wait - 50);
+        assert.deepEqual(
+          early.map((f) => ({ window: f.w, after_ms: Math.round(f.at0 - l.at1), status: f.status })),
+          [],
+          `window ${l.w} got 429 with Retry-After ${l.retryAfter} s; these asked before it expired`,
+        );
+      }
+      // Then the token comes, and every window holds it.
+      assert.equal(fetches.at(-1).status, 200, JSON.stringify(fetches.map((f) => f.status)));
+      const last = states.map((s) => s.tokens.at(-1).token);
+      assert.ok(last.every((x) => x === last[0]), "every window holds the same new token");
+    } finally {
+      await ctx.close();
+    }
+  });
+
   test("401 stops the refresh and reaches onError; start() resumes", async () => {
     const ctx = await stack.context();
     try {
