@@ -144,6 +144,9 @@ export function createTokenSession(options) {
     } else if (m.type === "ask") {
       if (fresh() && current.token !== m.have) {
         channel.postMessage({ type: "token", token: current.token, userId: current.userId, scope: current.scope, expiresAt: current.expiresAt, lifetime: current.lifetime, left: left() });
+      } else if (notBefore > now()) {
+        // A tab opened during a Retry-After learns it before it asks.
+        channel.postMessage({ type: "backoff", waitMs: notBefore - now() });
       }
     } else if (m.type === "backoff" && m.waitMs > 0) {
       notBefore = Math.max(notBefore, now() + m.waitMs);
