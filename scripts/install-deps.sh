@@ -14,14 +14,23 @@ pkgs=(build-essential pkg-config git
 command -v node >/dev/null && command -v npm >/dev/null || pkgs+=(nodejs npm)
 
 # The browser suite's npm packages (playwright-core, courier-js; the web
-# examples' courier-react, react, esbuild), once.
+# examples' courier-react, react, esbuild), again only when package-lock.json
+# changed or a previous npm ci did not finish (the stamp is its copy, written
+# last). Debian 12's node 18 is enough (every package's engines: node >= 18).
+# No browser is ever downloaded: playwright-core has no install step, and the
+# variable below stops any that would; the suite drives /usr/bin/chromium.
 browser_deps() {
-  local root d
+  local root d stamp
   root="$(cd "$(dirname "$0")/.." && pwd)"
+  node -e 'process.exit(Number(process.versions.node.split(".")[0]) < 18 ? 1 : 0)' ||
+    { echo "install-deps: node $(node --version) is too old: the browser suite needs node >= 18" >&2; exit 1; }
   for d in tests/browser examples/web; do
-    [ -d "$root/$d/node_modules" ] && continue
+    stamp="$root/$d/node_modules/.courier-broker-lock"
+    cmp -s "$root/$d/package-lock.json" "$stamp" && continue
     echo "install-deps: npm ci in $d" >&2
-    (cd "$root/$d" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+    (cd "$root/$d" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm_config_update_notifier=false \
+      npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+    cp "$root/$d/package-lock.json" "$stamp"
   done
 }
 

@@ -144,6 +144,9 @@ export function createTokenSession(options) {
     } else if (m.type === "ask") {
       if (fresh() && current.token !== m.have) {
         channel.postMessage({ type: "token", token: current.token, userId: current.userId, scope: current.scope, expiresAt: current.expiresAt, lifetime: current.lifetime, left: left() });
+      } else if (notBefore > now()) {
+        // A tab opened during a Retry-After learns it before it asks.
+        channel.postMessage({ type: "backoff", waitMs: notBefore - now() });
       }
     } else if (m.type === "backoff" && m.waitMs > 0) {
       notBefore = Math.max(notBefore, now() + m.waitMs);
@@ -202,6 +205,8 @@ export function createTokenSession(options) {
     const retryable = resp.ok || resp.status === 408 || resp.status === 429 || resp.status >= 500;
     const err = new TokenSessionError(message, { status: resp.status, code, requestId, retryable });
     err.retryAfterMs = retryAfterMs(resp.headers.get("Retry-After"));
+    // Told before the lock is let go, so that the tab next in line holds back.
+    if (err.retryAfterMs >= 0 && channel) channel.postMessage({ type: "backoff", waitMs: err.retryAfterMs });
     throw err;
   }
 
@@ -211,6 +216,12 @@ export function createTokenSession(options) {
     if (fresh()) return;
     if (await askOtherTabs()) return;
     if (!running || stopped) return;
+    // Another tab was told to wait (Retry-After) while this one waited its turn.
+    const wait = notBefore - now();
+    if (wait > 0) {
+      schedule(wait);
+      return;
+    }
     const t = await request();
     if (running && !stopped) await adopt(t, false);
   }
@@ -238,7 +249,6 @@ export function createTokenSession(options) {
     let wait = backoff / 2 + Math.random() * (backoff / 2);
     if (err.retryAfterMs >= 0) {
       wait = err.retryAfterMs + Math.random() * Math.min(1000, err.retryAfterMs * 0.1 + 100);
-      if (channel) channel.postMessage({ type: "backoff", waitMs: err.retryAfterMs });
     }
     notBefore = Math.max(notBefore, now() + wait);
     reportError(err);

@@ -128,7 +128,8 @@ export class Stack {
 courier = { base_url = "http://127.0.0.1:${dport}", timeout_ms = 3000 }
 tenants = {
   default = ${tenant("")},
-  limited = ${tenant("rate_limit = { per_second = 0.5, burst = 1 },")},
+  limited = ${tenant("rate_limit = { per_second = 0.2, burst = 1 },")},
+  throttled = ${tenant("rate_limit = { per_second = 0.05, burst = 1 },")},
 }
 `,
     );
