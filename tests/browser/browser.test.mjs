@@ -242,13 +242,16 @@ describe("long cases", { concurrency: true }, () => {
       await page.goto(stack.pageUrl({ user: "hana" }));
       await firstToken(page);
       await page.evaluate(() => window.__setHidden(true));
+      // Counted from here: on a busy machine the refresh can come due (and
+      // be sent) between the first token and the page being hidden.
+      const s0 = await state(page);
       await sleep(7000); // the refresh came due, and the token expired
       const s1 = await state(page);
-      assert.equal(s1.fetches.length, 1, "no request while hidden");
+      assert.equal(s1.fetches.length, s0.fetches.length, `no request while hidden: ${JSON.stringify(s1.fetches)}`);
       await page.evaluate(() => window.__setHidden(false));
-      const s2 = await until(() => state(page).then((s) => (s.tokens.length >= 2 ? s : null)), 8000, "the refresh on return");
-      assert.equal(s2.fetches.length, 2);
-      assert.equal(s2.fetches[1].status, 200);
+      const s2 = await until(() => state(page).then((s) => (s.tokens.length > s1.tokens.length ? s : null)), 8000, "the refresh on return");
+      assert.equal(s2.fetches.length, s1.fetches.length + 1);
+      assert.equal(s2.fetches.at(-1).status, 200);
     } finally {
       await ctx.close();
     }
@@ -261,13 +264,16 @@ describe("long cases", { concurrency: true }, () => {
       await page.goto(stack.pageUrl({ user: "olga" }));
       await firstToken(page);
       await ctx.setOffline(true);
+      // Counted from here: on a busy machine the refresh can come due (and
+      // be sent) between the first token and the page going offline.
+      const s0 = await state(page);
       await sleep(7000); // the refresh came due, and the token expired
       const s1 = await state(page);
-      assert.equal(s1.fetches.length, 1, "no request while offline");
+      assert.equal(s1.fetches.length, s0.fetches.length, `no request while offline: ${JSON.stringify(s1.fetches)}`);
       await ctx.setOffline(false);
-      const s2 = await until(() => state(page).then((s) => (s.tokens.length >= 2 ? s : null)), 8000, "the refresh on return");
-      assert.equal(s2.fetches.length, 2);
-      assert.equal(s2.fetches[1].status, 200);
+      const s2 = await until(() => state(page).then((s) => (s.tokens.length > s1.tokens.length ? s : null)), 8000, "the refresh on return");
+      assert.equal(s2.fetches.length, s1.fetches.length + 1);
+      assert.equal(s2.fetches.at(-1).status, 200);
     } finally {
       await ctx.close();
     }
