@@ -234,6 +234,7 @@ static void on_courier_done(struct courier_job *job)
 
 /* The two stages a request waiting on Redis goes on from (tokenwait.c). */
 static stage_fn stage_rate, stage_upstream;
+static stage_runner run_stages;
 
 /* The body: a JSON object with a valid user_id. */
 static enum reply_answer stage_body(struct req *r, struct pipeline *p)
@@ -317,7 +318,7 @@ static enum reply_answer stage_rate(struct req *r, struct pipeline *p)
 
 	if (n < 0 || (size_t)n >= sizeof(who))
 		n = (int)strlen(who);
-	if (!w && (asked = tokenwait_rate(r, p, who, (size_t)n, stage_rate)) == 0)
+	if (!w && (asked = tokenwait_rate(r, p, who, (size_t)n, stage_rate, run_stages)) == 0)
 		return REPLY_GO; /* suspended: on_rate_reply resumes it */
 	if (w && w->answered) {
 		metrics_cluster_rate(true);
@@ -656,7 +657,7 @@ static stage_fn *const stages[] = {
 
 /* The stages from `from` on; L back at top either way. The engine is
  * unpinned once decided, or kept for a request that suspended itself. */
-enum MHD_Result token_run_stages(struct req *r, struct pipeline *p, stage_fn *first, int top)
+static enum MHD_Result run_stages(struct req *r, struct pipeline *p, stage_fn *first, int top)
 {
 	enum reply_answer a = REPLY_GO;
 	enum MHD_Result ret;
@@ -713,7 +714,7 @@ enum MHD_Result token_run_stages(struct req *r, struct pipeline *p, stage_fn *fi
 }
 
 /* The body has arrived: the stages in order, on the generation's engine
- * (pinned by token_begin, unpinned by token_run_stages once decided). */
+ * (pinned by token_begin, unpinned by run_stages once decided). */
 static enum MHD_Result process(struct req *r)
 {
 	struct policy_engine *e = r->engine ? r->engine->engine : NULL;
@@ -728,7 +729,7 @@ static enum MHD_Result process(struct req *r)
 	p.answered = false;
 	p.shadow = NULL;
 	p.in_reply = p.handoff = false;
-	return token_run_stages(r, &p, NULL, lua_gettop(p.L));
+	return run_stages(r, &p, NULL, lua_gettop(p.L));
 }
 
 /* Redis answered (or did not in time): the request's body and claims back
@@ -747,7 +748,7 @@ static enum MHD_Result resume_wait(struct req *r)
 	}
 	if (tokenwait_restore(r, w, &p) != 0)
 		return reply_fail(r, REPLY_UNAVAILABLE, "out of memory", NULL, NULL);
-	return token_run_stages(r, &p, w->resume_at, top);
+	return run_stages(r, &p, w->resume_at, top);
 }
 
 /* ------------------------------------------------------------ the answer */

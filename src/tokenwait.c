@@ -8,7 +8,7 @@
  * claims are kept in the engine's registry meanwhile (the stack is the next
  * request's), and Redis's answer resumes it at the stage that asked: a
  * request Redis's rate limits let through goes on inside the reply
- * (token_run_stages), the connection still suspended, and an answer the
+ * (token.c's runner, lent through tokenwait_rate), the connection still suspended, and an answer the
  * handler must give is recorded for it. It must
  * never decide anything (token.c's stages do, with what it recorded), never
  * wait on Redis past the loop's deadline, and never keep a token it opened
@@ -98,7 +98,8 @@ void tokenwait_forget(lua_State *L, struct stage_wait *w)
  * suspends the request until it answers (on_rate_reply): 0. 1: no cluster
  * or no limit; -1: not asked (Redis not connected, shutting down, out of
  * memory): the local buckets decide either way. */
-int tokenwait_rate(struct req *r, struct pipeline *p, const char *who, size_t len, stage_fn *resume_at)
+int tokenwait_rate(struct req *r, struct pipeline *p, const char *who, size_t len, stage_fn *resume_at,
+                   stage_runner *run)
 {
 	const struct rate_limit *rl_conf = &r->tenant->rate_limit;
 	struct clusterrate_limits lim = {rl_conf->per_second, rl_conf->burst,
@@ -116,6 +117,7 @@ int tokenwait_rate(struct req *r, struct pipeline *p, const char *who, size_t le
 	w->r = r;
 	w->body_ref = w->claims_ref = LUA_NOREF;
 	w->resume_at = resume_at;
+	w->run = run;
 	if (clusterrate_command(&w->cmd, false, prefix, r->tenant->name, who, len, &lim) != 0 ||
 	    !lua_checkstack(p->L, 4))
 		goto fail;
@@ -192,7 +194,7 @@ static void continue_in_reply(struct stage_wait *w)
 		return;
 	}
 	p.in_reply = true;
-	token_run_stages(r, &p, w->resume_at, top);
+	w->run(r, &p, w->resume_at, top);
 }
 
 /* --------------------------------------------------- the shared token cache */

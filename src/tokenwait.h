@@ -50,6 +50,11 @@ struct pipeline {
 /* A stage: REPLY_GO, or the answer. */
 typedef enum reply_answer stage_fn(struct req *r, struct pipeline *p);
 
+/* token.c's runner, lent to tokenwait_rate (the arrow points down): the
+ * stages from first on (all when NULL); L back at top either way. A
+ * request Redis let through goes on with it from inside the reply. */
+typedef enum MHD_Result stage_runner(struct req *r, struct pipeline *p, stage_fn *first, int top);
+
 /* A request waiting on Redis (the cluster's rate limits, then its shared
  * token cache): its pipeline, with the body and claims it decoded kept in
  * the engine's registry (the stack is the next request's meanwhile), the
@@ -59,6 +64,7 @@ struct stage_wait {
 	struct pipeline p;
 	int body_ref, claims_ref;
 	stage_fn *resume_at; /* the stage it goes on from */
+	stage_runner *run;   /* token.c's, to go on inside Redis's reply */
 	bool cache_checked;  /* the shared token cache was asked */
 	struct clusterrate_cmd cmd;
 	bool eval_sent;
@@ -77,7 +83,8 @@ struct stage_wait {
  * suspends the request until it answers; it goes on at resume_at: 0.
  * 1: no cluster or no limit; -1: not asked (Redis not connected, shutting
  * down, out of memory): the local buckets decide either way. */
-int tokenwait_rate(struct req *r, struct pipeline *p, const char *who, size_t len, stage_fn *resume_at);
+int tokenwait_rate(struct req *r, struct pipeline *p, const char *who, size_t len, stage_fn *resume_at,
+                   stage_runner *run);
 
 /* With cluster.cache_key: asks Redis for this grant's shared token and
  * suspends the request until it answers; it goes on at resume_at: 0. -1
@@ -93,9 +100,5 @@ void tokenwait_forget(lua_State *L, struct stage_wait *w);
 /* The body and claims w kept while waiting back on p's stack: 0, or -1
  * (out of memory: the engine unpinned). */
 int tokenwait_restore(struct req *r, struct stage_wait *w, struct pipeline *p);
-
-/* token.c's: the stages from first on (all when NULL); L back at top
- * either way. A request Redis let through goes on here from its reply. */
-enum MHD_Result token_run_stages(struct req *r, struct pipeline *p, stage_fn *first, int top);
 
 #endif
