@@ -1,7 +1,8 @@
 /*
  * policytest.c — the policy test runner: `test`, and the tests of `check`.
  *
- * Owns the test-file format, finding test files, coverage and the report. A
+ * Owns running test files, finding them and the report (the strict checks
+ * of a file and its cases: testcase.c; --coverage's tallies: testcov.c). A
  * case's request goes through policyeval.c: the same engine (policy.c) and
  * the same ceiling (envelope.c) as a live request, so a passing test means
  * what production will do. Test files run
@@ -25,221 +26,14 @@
 #include "duration.h"
 #include "fileio.h"
 #include "json.h"
-#include "lualex.h"
 #include "policy.h"
 #include "policyeval.h"
 #include "scope.h"
+#include "testcase.h"
+#include "testcov.h"
 
 #define MAX_TEST_FILE    (1024 * 1024)
 #define MAX_DATA_FIXTURE (1024 * 1024) /* a data fixture file: as a tenant's data file */
-
-struct report {
-	bool json;
-	bool quiet;
-	const char *pattern;
-	int passed, failed;
-	FILE *out;
-	lua_State *L; /* a state of the report's own, to encode JSON lines */
-	char first_failure[512];
-	bool coverage;
-	struct cov_file *cov; /* files seen by --coverage, merged over test files */
-	size_t n_cov;
-};
-
-/* ------------------------------------------------------------- coverage */
-
-static char *read_text(const char *path, size_t *len);
-
-/* One policy or module file: which lines hold code, which ran. */
-struct cov_file {
-	char *path;
-	size_t nlines; /* entries of code and hit: lines 0 .. nlines - 1 */
-	unsigned char *code, *hit;
-	bool policy; /* a policy under test (reported even when nothing ran) */
-	/* Branches: the if/elseif conditions (site k on line site_line[k - 1]),
-	 * and whether each was seen false (seen[2k - 2]) and true (seen[2k - 1]). */
-	bool branches;
-	size_t nsites;
-	int *site_line;
-	unsigned char *seen;
-};
-
-static struct cov_file *cov_find(struct report *rep, const char *path, bool add)
-{
-	struct cov_file *f, *grown;
-	char *text, err[512];
-	size_t len, lines = 2;
-
-	for (size_t i = 0; i < rep->n_cov; i++)
-		if (strcmp(rep->cov[i].path, path) == 0)
-			return &rep->cov[i];
-	if (!add || !(text = read_text(path, &len)))
-		return NULL;
-	for (size_t i = 0; i < len; i++)
-		lines += text[i] == '\n';
-	grown = realloc(rep->cov, (rep->n_cov + 1) * sizeof(*rep->cov));
-	if (!grown) {
-		free(text);
-		return NULL;
-	}
-	rep->cov = grown;
-	f = &rep->cov[rep->n_cov];
-	memset(f, 0, sizeof(*f));
-	f->path = strdup(path);
-	f->nlines = lines;
-	f->code = calloc(lines, 1);
-	f->hit = calloc(lines, 1);
-	if (!f->path || !f->code || !f->hit ||
-	    policy_code_lines(path, text, len, f->code, lines, err, sizeof(err)) != 0) {
-		free(f->path);
-		free(f->code);
-		free(f->hit);
-		free(text);
-		return NULL;
-	}
-	free(text);
-	rep->n_cov++;
-	return f;
-}
-
-static void cov_hit(void *ctx, const char *path, int line)
-{
-	struct cov_file *f = cov_find(ctx, path, true);
-
-	if (f && line > 0 && (size_t)line < f->nlines)
-		f->hit[line] = 1;
-}
-
-static void cov_branch_hit(void *ctx, const char *path, int id, bool value)
-{
-	struct cov_file *f = cov_find(ctx, path, false);
-
-	if (f && f->branches && id >= 1 && (size_t)id <= f->nsites)
-		f->seen[2 * (size_t)(id - 1) + value] = 1;
-}
-
-/* For --coverage: *text (a policy's or a module's source at path) becomes
- * the same source with its conditions recorded (policy_branch_instrument);
- * left as it is when that fails (the file then has no branch figures). */
-static void cov_instrument(struct report *rep, const char *path, char **text, size_t *len)
-{
-	struct cov_file *f = cov_find(rep, path, true);
-	char *out;
-	size_t outlen, n;
-	int *lines;
-
-	if (!f || policy_branch_instrument(*text, *len, &out, &outlen, &lines, &n) != 0)
-		return;
-	if (!f->branches) {
-		f->seen = calloc(2 * n + 2, 1);
-		if (!f->seen) {
-			free(out);
-			free(lines);
-			return;
-		}
-		f->branches = true;
-		f->nsites = n;
-		f->site_line = lines;
-	} else {
-		free(lines);
-	}
-	free(*text);
-	*text = out;
-	*len = outlen;
-}
-
-/* Prints "file: N% (taken/total branches), not taken: LINE (true) ..."
- * for a file with conditions; returns its percentage (100 without). */
-static int cov_report_branches(struct report *rep, struct cov_file *f)
-{
-	size_t total = 2 * f->nsites, taken = 0;
-	const char *sep = ", not taken: ";
-	int pct;
-
-	for (size_t k = 0; k < total; k++)
-		taken += f->seen[k];
-	pct = total ? (int)(taken * 100 / total) : 100;
-	if (!total || rep->json)
-		return pct;
-	fprintf(rep->out, "%s: %d%% (%zu/%zu branches)", f->path, pct, taken, total);
-	for (size_t k = 0; k < total; k++) {
-		if (f->seen[k])
-			continue;
-		fprintf(rep->out, "%s%d (%s)", sep, f->site_line[k / 2], k % 2 ? "true" : "false");
-		sep = " ";
-	}
-	fputc('\n', rep->out);
-	return pct;
-}
-
-static int cmp_cov(const void *a, const void *b)
-{
-	return strcmp(((const struct cov_file *)a)->path, ((const struct cov_file *)b)->path);
-}
-
-/* Prints "file: N% (covered/total lines)" per file, and its branches; returns
- * the lowest percentage of lines (rounded down), 100 when there is no file,
- * and the lowest of branches in *lowest_branch. */
-static int cov_report(struct report *rep, int *lowest_branch)
-{
-	int lowest = 100;
-
-	*lowest_branch = 100;
-
-	if (rep->n_cov)
-		qsort(rep->cov, rep->n_cov, sizeof(*rep->cov), cmp_cov);
-	for (size_t i = 0; i < rep->n_cov; i++) {
-		struct cov_file *f = &rep->cov[i];
-		size_t total = 0, covered = 0;
-		int pct;
-		for (size_t l = 0; l < f->nlines; l++) {
-			total += f->code[l];
-			covered += f->code[l] && f->hit[l];
-		}
-		pct = total ? (int)(covered * 100 / total) : 100;
-		if (pct < lowest)
-			lowest = pct;
-		if (rep->json) {
-			size_t taken = 0;
-			for (size_t k = 0; f->branches && k < 2 * f->nsites; k++)
-				taken += f->seen[k];
-			fprintf(rep->out,
-			        "{\"coverage\":{\"file\":\"%s\",\"percent\":%d,\"covered\":%zu,\"total\":%zu",
-			        f->path, pct, covered, total);
-			if (f->branches)
-				fprintf(
-				    rep->out,
-				    ",\"branch_percent\":%d,\"branches_taken\":%zu,\"branches_total\":%zu",
-				    f->nsites ? (int)(taken * 100 / (2 * f->nsites)) : 100, taken,
-				    2 * f->nsites);
-			fprintf(rep->out, "}}\n");
-		} else {
-			const char *sep = ", not covered: ";
-			fprintf(rep->out, "%s: %d%% (%zu/%zu lines)", f->path, pct, covered, total);
-			for (size_t l = 0; l < f->nlines; l++) {
-				if (!f->code[l] || f->hit[l])
-					continue;
-				fprintf(rep->out, "%s%zu", sep, l);
-				sep = " ";
-			}
-			fputc('\n', rep->out);
-		}
-		if (f->branches) {
-			int bpct = cov_report_branches(rep, f);
-			if (bpct < *lowest_branch)
-				*lowest_branch = bpct;
-		}
-		free(f->path);
-		free(f->code);
-		free(f->hit);
-		free(f->site_line);
-		free(f->seen);
-	}
-	free(rep->cov);
-	rep->cov = NULL;
-	rep->n_cov = 0;
-	return lowest;
-}
 
 /* -------------------------------------------------------- running a case */
 
@@ -487,257 +281,6 @@ static int load_cases(struct policy_engine *e, const char *path, char **text, si
 	return 0;
 }
 
-/* ------------------------------------------------------ strict test files */
-
-static const char *const case_keys[] = {"name", "req", "expect", "data", "now", "identity", NULL};
-static const char *const expect_keys[] = {"allow", "scopes", "expires_in", "reason", "error", "logs", NULL};
-static const char *const file_keys[] = {"data", "now", "identity", NULL};
-
-/* Pushes, for the test file's text, { [NAME] = { line, line, ... } }: the
- * lines of each `name = "NAME"` in it, in order (read once per file with
- * the Lua tokenizer, so a name in a comment or in another string is none). */
-static void push_case_lines(lua_State *L, const char *text, size_t len)
-{
-	struct lualex x;
-	struct lualex_token t, eq, str;
-
-	lua_newtable(L);
-	if (!text)
-		return;
-	lualex_init(&x, text, len);
-	while (lualex_next(&x, &t) != LUALEX_END && t.kind != LUALEX_BAD) {
-		struct lualex save = x;
-		if (!lualex_is(&x, &t, "name"))
-			continue;
-		if (lualex_next(&x, &eq) != LUALEX_OTHER || text[eq.start] != '=' ||
-		    (x.pos < len && text[x.pos] == '=') || lualex_next(&x, &str) != LUALEX_STRING ||
-		    str.escapes) {
-			x = save;
-			continue;
-		}
-		lua_pushlstring(L, text + str.body, str.body_len);
-		if (lua_rawget(L, -2) != LUA_TTABLE) {
-			lua_pop(L, 1);
-			lua_newtable(L);
-			lua_pushlstring(L, text + str.body, str.body_len);
-			lua_pushvalue(L, -2);
-			lua_rawset(L, -4);
-		}
-		lua_pushinteger(L, t.line);
-		lua_rawseti(L, -2, (lua_Integer)lua_rawlen(L, -2) + 1);
-		lua_pop(L, 1);
-	}
-}
-
-/* The line of the nth (1-based) case named name, from the table at lines
- * (push_case_lines); 0 when unknown (a name built by code). */
-static int case_line(lua_State *L, int lines, const char *name, int nth)
-{
-	int top = lua_gettop(L), line = 0;
-
-	if (lua_getfield(L, lines, name) == LUA_TTABLE && lua_rawgeti(L, -1, nth) == LUA_TNUMBER)
-		line = (int)lua_tointeger(L, -1);
-	lua_settop(L, top);
-	return line;
-}
-
-/* Whether the field of the table at t is nil or a list of strings. */
-static bool string_list(lua_State *L, int t, const char *field)
-{
-	bool ok = true;
-
-	if (lua_getfield(L, t, field) == LUA_TNIL) {
-		lua_pop(L, 1);
-		return true;
-	}
-	if (!lua_istable(L, -1)) {
-		lua_pop(L, 1);
-		return false;
-	}
-	lua_pushnil(L);
-	while (ok && lua_next(L, -2)) {
-		ok = lua_isinteger(L, -2) && lua_tointeger(L, -2) >= 1 &&
-		     lua_tointeger(L, -2) <= (lua_Integer)lua_rawlen(L, -3) && lua_type(L, -1) == LUA_TSTRING;
-		lua_pop(L, ok ? 1 : 2);
-	}
-	lua_pop(L, 1);
-	return ok;
-}
-
-/* The case's expect table at idx says something, with known keys of the
- * right types. 0 or -1 with the reason. */
-static int check_expect_shape(lua_State *L, int idx, char *err, size_t errlen)
-{
-	int allow, error;
-
-	if (policyeval_known_keys(L, idx, "expect", expect_keys, err, errlen) != 0)
-		return -1;
-	allow = lua_getfield(L, idx, "allow");
-	error = lua_getfield(L, idx, "error");
-	lua_pop(L, 2);
-	if (error != LUA_TNIL && error != LUA_TBOOLEAN) {
-		snprintf(err, errlen, "expect.error must be true or false");
-		return -1;
-	}
-	lua_getfield(L, idx, "error");
-	error = lua_toboolean(L, -1) ? 1 : 0;
-	lua_pop(L, 1);
-	if (error) {
-		for (const char *const *k = expect_keys; *k; k++) {
-			if (strcmp(*k, "error") == 0 || strcmp(*k, "logs") == 0)
-				continue;
-			if (lua_getfield(L, idx, *k) != LUA_TNIL) {
-				snprintf(err, errlen,
-				         "expect.error = true expects a policy error: expect.%s can never be "
-				         "checked",
-				         *k);
-				lua_pop(L, 1);
-				return -1;
-			}
-			lua_pop(L, 1);
-		}
-	} else if (allow != LUA_TBOOLEAN) {
-		snprintf(err, errlen, "%s",
-		         allow == LUA_TNIL ? "expect.allow is missing: say whether the request is allowed "
-		                             "(or expect.error = true)"
-		                           : "expect.allow must be true or false");
-		return -1;
-	}
-	if (!string_list(L, idx, "scopes")) {
-		snprintf(err, errlen, "expect.scopes must be a list of strings");
-		return -1;
-	}
-	if (!string_list(L, idx, "logs")) {
-		snprintf(err, errlen,
-		         "expect.logs must be a list of strings (the broker.log lines, in order)");
-		return -1;
-	}
-	if (lua_getfield(L, idx, "reason") > LUA_TNIL && !lua_isstring(L, -1)) {
-		lua_pop(L, 1);
-		snprintf(err, errlen, "expect.reason must be a string");
-		return -1;
-	}
-	lua_pop(L, 1);
-	if (lua_getfield(L, idx, "expires_in") > LUA_TNIL && !lua_isinteger(L, -1) &&
-	    lua_type(L, -1) != LUA_TSTRING) {
-		lua_pop(L, 1);
-		snprintf(err, errlen, "expect.expires_in must be whole seconds or a duration (\"15m\")");
-		return -1;
-	}
-	lua_pop(L, 1);
-	lua_getfield(L, idx, "allow");
-	allow = lua_toboolean(L, -1);
-	lua_pop(L, 1);
-	for (int i = 0; !error && !allow && i < 2; i++) {
-		const char *f = i ? "expires_in" : "scopes";
-		if (lua_getfield(L, idx, f) != LUA_TNIL) {
-			snprintf(err, errlen, "expect.%s is never checked on a deny (allow = false)", f);
-			lua_pop(L, 1);
-			return -1;
-		}
-		lua_pop(L, 1);
-	}
-	return 0;
-}
-
-/* The file's own keys (fixtures) and its list: 0 or -1 with the reason. */
-static int check_file_shape(lua_State *L, int cases, char *err, size_t errlen)
-{
-	lua_Integer n = (lua_Integer)lua_rawlen(L, cases);
-
-	lua_pushnil(L);
-	while (lua_next(L, cases)) {
-		lua_pop(L, 1);
-		if (lua_isinteger(L, -1) && lua_tointeger(L, -1) >= 1 && lua_tointeger(L, -1) <= n)
-			continue;
-		if (lua_type(L, -1) == LUA_TSTRING) {
-			bool known = false;
-			for (const char *const *k = file_keys; *k && !known; k++)
-				known = strcmp(*k, lua_tostring(L, -1)) == 0;
-			if (known)
-				continue;
-			snprintf(err, errlen,
-			         "unknown key '%s' in the file's table (data, now, identity, and the cases)",
-			         lua_tostring(L, -1));
-		} else {
-			snprintf(err, errlen, "the list of cases has a hole or a key that is not a case (%s)",
-			         luaL_typename(L, -1));
-		}
-		lua_pop(L, 1);
-		return -1;
-	}
-	if (lua_getfield(L, cases, "now") != LUA_TNIL && !lua_isinteger(L, -1)) {
-		lua_pop(L, 1);
-		snprintf(err, errlen, "now must be an integer (Unix time in seconds)");
-		return -1;
-	}
-	lua_pop(L, 1);
-	if (lua_getfield(L, cases, "identity") != LUA_TNIL && !lua_istable(L, -1)) {
-		lua_pop(L, 1);
-		snprintf(err, errlen, "identity must be a table (the cases' default req.identity)");
-		return -1;
-	}
-	lua_pop(L, 1);
-	return 0;
-}
-
-/* A case's own shape at idx (not its request: policyeval.c checks that). */
-static int check_case_shape(lua_State *L, int idx, char *err, size_t errlen)
-{
-	int data;
-
-	if (policyeval_known_keys(L, idx, "case", case_keys, err, errlen) != 0)
-		return -1;
-	if (lua_getfield(L, idx, "req") != LUA_TTABLE) {
-		lua_pop(L, 1);
-		snprintf(err, errlen, "a case needs a req table");
-		return -1;
-	}
-	lua_pop(L, 1);
-	if (lua_getfield(L, idx, "expect") != LUA_TTABLE) {
-		lua_pop(L, 1);
-		snprintf(err, errlen, "a case needs an expect table: what must come out");
-		return -1;
-	}
-	if (check_expect_shape(L, lua_gettop(L), err, errlen) != 0) {
-		lua_pop(L, 1);
-		return -1;
-	}
-	lua_pop(L, 1);
-	data = lua_getfield(L, idx, "data");
-	lua_pop(L, 1);
-	if (data != LUA_TNIL && data != LUA_TTABLE && data != LUA_TBOOLEAN && data != LUA_TSTRING) {
-		snprintf(
-		    err, errlen,
-		    "data must be a table (broker.data for this case), a JSON file's path or false (none)");
-		return -1;
-	}
-	/* now and identity: the case's own, as req.now and req.identity are
-	 * (one place for each: both would leave a reader guessing which wins). */
-	for (int i = 0; i < 2; i++) {
-		const char *k = i == 0 ? "now" : "identity";
-		int type = lua_getfield(L, idx, k);
-		bool ok = type == LUA_TNIL || (i == 0 ? lua_isinteger(L, -1) : type == LUA_TTABLE);
-		lua_pop(L, 1);
-		if (!ok) {
-			snprintf(err, errlen, "%s",
-			         i == 0 ? "now must be an integer (Unix time in seconds)"
-			                : "identity must be a table (this case's req.identity)");
-			return -1;
-		}
-		if (type == LUA_TNIL)
-			continue;
-		lua_getfield(L, idx, "req");
-		type = lua_getfield(L, -1, k);
-		lua_pop(L, 2);
-		if (type != LUA_TNIL) {
-			snprintf(err, errlen, "the case gives both %s and req.%s: keep one", k, k);
-			return -1;
-		}
-	}
-	return 0;
-}
-
 /* ------------------------------------------------------------ fixtures */
 
 /* The JSON of a data fixture at idx (a table; a string: the path of a JSON
@@ -837,13 +380,13 @@ static int run_file(struct policy_engine *e, const struct tenant *t, const char 
 	}
 	policy_engine_explain(e, true); /* a failure names the return that decided */
 	cases = lua_gettop(L);
-	if (check_file_shape(L, cases, err, sizeof(err)) != 0) {
+	if (testcase_check_file(L, cases, err, sizeof(err)) != 0) {
 		report_case_at(rep, path, "(file)", 0, err);
 		lua_settop(L, top);
 		free(text);
 		return -1;
 	}
-	push_case_lines(L, text, text_len);
+	testcase_push_lines(L, text, text_len);
 	lines = lua_gettop(L);
 	lua_newtable(L); /* name -> how many cases so far had it */
 	seen = lua_gettop(L);
@@ -872,7 +415,7 @@ static int run_file(struct policy_engine *e, const struct tenant *t, const char 
 			lua_pushvalue(L, -1);
 			lua_pushinteger(L, nth);
 			lua_rawset(L, seen);
-			line = case_line(L, lines, name, nth);
+			line = testcase_line(L, lines, name, nth);
 		}
 		if (rep->pattern && !strstr(name, rep->pattern)) {
 			lua_settop(L, seen);
@@ -889,7 +432,7 @@ static int run_file(struct policy_engine *e, const struct tenant *t, const char 
 			lua_settop(L, seen);
 			continue;
 		}
-		if (check_case_shape(L, seen + 1, why, sizeof(why)) != 0) {
+		if (testcase_check_case(L, seen + 1, why, sizeof(why)) != 0) {
 			report_case_at(rep, path, name, line, why);
 			lua_settop(L, seen);
 			continue;
@@ -942,7 +485,7 @@ static int run_file(struct policy_engine *e, const struct tenant *t, const char 
 /* ---------------------------------------------- a tenant for `test` alone */
 
 /* The text of a file of at most MAX_TEST_FILE bytes, or NULL. */
-static char *read_text(const char *path, size_t *len)
+char *policytest_read_text(const char *path, size_t *len)
 {
 	char *buf, why[128];
 
@@ -974,7 +517,7 @@ static int test_file_standalone(const char *path, struct report *rep)
 	memset(&t, 0, sizeof(t));
 	t.name = "test";
 	t.policy_path = realpath(policy, NULL);
-	t.policy_text = t.policy_path ? read_text(t.policy_path, &t.policy_len) : NULL;
+	t.policy_text = t.policy_path ? policytest_read_text(t.policy_path, &t.policy_len) : NULL;
 	if (!t.policy_text) {
 		snprintf(err, sizeof(err), "cannot read the policy %s", policy);
 		report_case(rep, path, "(load)", false, err);
@@ -987,15 +530,15 @@ static int test_file_standalone(const char *path, struct report *rep)
 	}
 	/* Without a configuration, NAME_data.json beside the policy is broker.data. */
 	snprintf(data, sizeof(data), "%.*s_data.json", (int)(plen - (sizeof(suffix) - 1)), path);
-	if (access(data, F_OK) == 0 && !(t.data_text = read_text(data, &t.data_len))) {
+	if (access(data, F_OK) == 0 && !(t.data_text = policytest_read_text(data, &t.data_len))) {
 		snprintf(err, sizeof(err), "cannot read %s", data);
 		report_case(rep, path, "(load)", false, err);
 		goto out;
 	}
 	if (rep->coverage) { /* branch coverage: conditions that report their value */
-		cov_instrument(rep, t.policy_path, &t.policy_text, &t.policy_len);
+		testcov_instrument(rep, t.policy_path, &t.policy_text, &t.policy_len);
 		for (size_t i = 0; i < t.n_modules; i++)
-			cov_instrument(rep, t.modules[i].path, &t.modules[i].text, &t.modules[i].len);
+			testcov_instrument(rep, t.modules[i].path, &t.modules[i].text, &t.modules[i].len);
 	}
 	snprintf(t.policy_revision, sizeof(t.policy_revision), "test");
 	t.max_expires_s = 7 * 86400;
@@ -1013,15 +556,15 @@ static int test_file_standalone(const char *path, struct report *rep)
 		report_case(rep, path, "(load)", false, err);
 		goto out;
 	}
-	if (rep->coverage && (policy_engine_coverage(e) != 0 || !cov_find(rep, t.policy_path, true))) {
+	if (rep->coverage && (policy_engine_coverage(e) != 0 || !testcov_find(rep, t.policy_path, true))) {
 		report_case(rep, path, "(load)", false, "coverage: out of memory");
 		policy_engine_free(e);
 		goto out;
 	}
 	rc = run_file(e, &t, path, rep);
 	if (rep->coverage) {
-		policy_coverage_each(e, cov_hit, rep);
-		policy_branch_each(e, cov_branch_hit, rep);
+		policy_coverage_each(e, testcov_hit, rep);
+		policy_branch_each(e, testcov_branch_hit, rep);
 	}
 	policy_engine_free(e);
 out:
@@ -1146,7 +689,7 @@ int policytest_main(int argc, char **argv)
 		run_path(argv[i], &rep);
 	}
 	if (rep.coverage)
-		lowest = cov_report(&rep, &lowest_branch);
+		lowest = testcov_report(&rep, &lowest_branch);
 	if (rep.json)
 		fprintf(stdout, "{\"passed\":%d,\"failed\":%d}\n", rep.passed, rep.failed);
 	if (rep.L)
