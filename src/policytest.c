@@ -32,7 +32,6 @@
 #include "testcase.h"
 #include "testcov.h"
 
-#define MAX_TEST_FILE    (1024 * 1024)
 #define MAX_DATA_FIXTURE (1024 * 1024) /* a data fixture file: as a tenant's data file */
 
 /* -------------------------------------------------------- running a case */
@@ -484,14 +483,6 @@ static int run_file(struct policy_engine *e, const struct tenant *t, const char 
 
 /* ---------------------------------------------- a tenant for `test` alone */
 
-/* The text of a file of at most MAX_TEST_FILE bytes, or NULL. */
-char *policytest_read_text(const char *path, size_t *len)
-{
-	char *buf, why[128];
-
-	return fileio_read(path, MAX_TEST_FILE, 0, &buf, len, why, sizeof(why)) == 0 ? buf : NULL;
-}
-
 /* Runs path (a *_test.lua file) against the policy beside it under defaults. */
 static int test_file_standalone(const char *path, struct report *rep)
 {
@@ -517,7 +508,7 @@ static int test_file_standalone(const char *path, struct report *rep)
 	memset(&t, 0, sizeof(t));
 	t.name = "test";
 	t.policy_path = realpath(policy, NULL);
-	t.policy_text = t.policy_path ? policytest_read_text(t.policy_path, &t.policy_len) : NULL;
+	t.policy_text = t.policy_path ? testcov_read_text(t.policy_path, &t.policy_len) : NULL;
 	if (!t.policy_text) {
 		snprintf(err, sizeof(err), "cannot read the policy %s", policy);
 		report_case(rep, path, "(load)", false, err);
@@ -530,7 +521,7 @@ static int test_file_standalone(const char *path, struct report *rep)
 	}
 	/* Without a configuration, NAME_data.json beside the policy is broker.data. */
 	snprintf(data, sizeof(data), "%.*s_data.json", (int)(plen - (sizeof(suffix) - 1)), path);
-	if (access(data, F_OK) == 0 && !(t.data_text = policytest_read_text(data, &t.data_len))) {
+	if (access(data, F_OK) == 0 && !(t.data_text = testcov_read_text(data, &t.data_len))) {
 		snprintf(err, sizeof(err), "cannot read %s", data);
 		report_case(rep, path, "(load)", false, err);
 		goto out;

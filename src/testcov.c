@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fileio.h"
 #include "policy.h"
 
 /* One policy or module file: which lines hold code, which ran. */
@@ -30,6 +31,13 @@ struct cov_file {
 	unsigned char *seen;
 };
 
+char *testcov_read_text(const char *path, size_t *len)
+{
+	char *buf, why[128];
+
+	return fileio_read(path, MAX_TEST_FILE, 0, &buf, len, why, sizeof(why)) == 0 ? buf : NULL;
+}
+
 struct cov_file *testcov_find(struct report *rep, const char *path, bool add)
 {
 	struct cov_file *f, *grown;
@@ -39,7 +47,7 @@ struct cov_file *testcov_find(struct report *rep, const char *path, bool add)
 	for (size_t i = 0; i < rep->n_cov; i++)
 		if (strcmp(rep->cov[i].path, path) == 0)
 			return &rep->cov[i];
-	if (!add || !(text = policytest_read_text(path, &len)))
+	if (!add || !(text = testcov_read_text(path, &len)))
 		return NULL;
 	for (size_t i = 0; i < len; i++)
 		lines += text[i] == '\n';

@@ -26,8 +26,11 @@ struct report {
 	size_t n_cov;
 };
 
-/* The text of a file of at most MAX_TEST_FILE bytes, or NULL (policytest.c). */
-char *policytest_read_text(const char *path, size_t *len);
+/* A test or policy file: at most MAX_TEST_FILE bytes. */
+#define MAX_TEST_FILE (1024 * 1024)
+
+/* The text of a file of at most MAX_TEST_FILE bytes, or NULL (fileio_read). */
+char *testcov_read_text(const char *path, size_t *len);
 
 /* The tally of the file at path; with add, read and added when new. NULL
  * when absent (without add) or unreadable. */
