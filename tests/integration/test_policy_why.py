@@ -178,8 +178,14 @@ def test_replay_skips_a_giant_line_without_holding_it(tmp_path, double):
         f.seek(0, 2)
         f.write(b"\n" + log.read_bytes())
 
+    # AddressSanitizer reserves terabytes of shadow address space, so under
+    # `make check` the cap cannot apply; the sparse line still must not stop
+    # the lines after it.
+    asan = b"libasan" in subprocess.run(["ldd", BROKER_BIN], capture_output=True).stdout
+
     def cap():
-        resource.setrlimit(resource.RLIMIT_AS, (400 << 20, 400 << 20))
+        if not asan:
+            resource.setrlimit(resource.RLIMIT_AS, (400 << 20, 400 << 20))
 
     e = dict(os.environ)
     e.pop("COURIER_API_KEY", None)
