@@ -344,13 +344,13 @@ def wait_metric(b, name, pred, timeout=RELOAD_WAIT):
     raise AssertionError("%s never satisfied the condition (last %r); log:\n%s" % (name, last, b.p.text()[-3000:]))
 
 
-def reload_ok(b):
+def reload_ok(b, timeout=5.0):
     """SIGHUP and wait until the generation increased; returns the new one."""
     g0, ok0, f0 = generation(b), reloads(b, "ok"), reloads(b, "failed")
     b.sighup()
     # The counter moves after the new generation is installed: wait for both.
-    wait_metric(b, 'broker_reloads_total{result="ok"}', lambda v: v > ok0)
-    g = wait_metric(b, "broker_generation", lambda v: v > g0)
+    wait_metric(b, 'broker_reloads_total{result="ok"}', lambda v: v > ok0, timeout=timeout)
+    g = wait_metric(b, "broker_generation", lambda v: v > g0, timeout=timeout)
     m = metrics(b)
     assert m['broker_reloads_total{result="ok"}'] == ok0 + 1, m
     assert m['broker_reloads_total{result="failed"}'] == f0, m

@@ -194,7 +194,7 @@ def test_sighups_in_a_row_coalesce(broker):
     # Policy tests that take a while make every reload slow, so the burst
     # arrives while the first reload runs.
     (broker.dir / "policies" / "default_test.lua").write_text(MANY_CASES)
-    reload_ok(broker)
+    reload_ok(broker, timeout=30)  # a slow reload on purpose: generous under TSan
     ok0 = reloads(broker, "ok")
     for _ in range(5):
         broker.sighup()
