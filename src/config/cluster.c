@@ -1,0 +1,173 @@
+/*
+ * config/cluster.c — the converters of the `cluster` block.
+ *
+ * Owns the checks and stores of cluster.redis.url, cluster.redis.password,
+ * cluster.name and cluster.cache_key (struct cluster_conf). It must never
+ * echo a password (a URL holding an '@' is never quoted), never accept a URL
+ * that asks for TLS it cannot give (rediss://), and never touch Redis.
+ */
+#include <arpa/inet.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "config.h"
+#include "loader.h"
+#include "secret.h"
+
+/* ------------------------------------------------------------------------ */
+/* cluster                                                                  */
+/* ------------------------------------------------------------------------ */
+
+/* The port or database number of n digits at s (n > 0), at most max; -1 when not. */
+static long digits_value(const char *s, size_t n, long max)
+{
+	long v = 0;
+
+	if (n == 0 || n > 10)
+		return -1;
+	for (size_t i = 0; i < n; i++) {
+		if (s[i] < '0' || s[i] > '9')
+			return -1;
+		v = v * 10 + (s[i] - '0');
+	}
+	return v <= max ? v : -1;
+}
+
+/*
+ * redis://[user@]host[:port][/db]: the host a name, an IPv4 address or an
+ * [IPv6] address; port 6379 and database 0 by default. A password is a
+ * secret and never sits in a URL (cluster.redis.password). rediss:// is
+ * refused: Debian 12's hiredis (0.14) has no TLS, and a URL that asks for
+ * TLS must never quietly travel in clear.
+ */
+int config_conv_cluster_url(struct loader *ld, const char *key, struct value *v, void *base)
+{
+	struct cluster_conf *c = &((struct config *)base)->cluster;
+	const char *s = v->str, *auth, *end, *at, *host, *hend, *port = NULL;
+	/* What a message may quote: never a URL with an '@' (what stands before
+	 * it may be a password, whatever the rest of the URL looks like). */
+	const char *shown = strchr(s, '@') ? "(not quoted: it holds an '@')" : s;
+	size_t hostlen;
+	long n;
+
+	if (strlen(s) != v->len)
+		return config_fail(ld, key, "must not contain a NUL byte");
+	for (size_t i = 0; i < v->len; i++)
+		if ((unsigned char)s[i] <= 0x20 || (unsigned char)s[i] >= 0x7f)
+			return config_fail(ld, key, "must not contain spaces, control or non-ASCII bytes");
+	if (strncmp(s, "rediss://", 9) == 0)
+		return config_fail(ld, key,
+		                   "rediss:// (TLS) is not supported: this build's hiredis (Debian 12 ships "
+		                   "0.14) has no TLS; reach Redis on a private network or through a TLS "
+		                   "tunnel (stunnel, spiped) and write redis://");
+	if (strncmp(s, "redis://", 8) != 0)
+		return config_fail(
+		    ld, key, "\"%s\" must start with redis:// (redis://[user@]host[:port][/db])", shown);
+	auth = s + 8;
+	if (strpbrk(auth, "?#%"))
+		return config_fail(
+		    ld, key, "\"%s\": no query, fragment or %%-escape (redis://[user@]host[:port][/db])",
+		    shown);
+	end = auth + strcspn(auth, "/");
+	at = memchr(auth, '@', (size_t)(end - auth));
+	if (at && (memchr(auth, ':', (size_t)(at - auth)) || memchr(at + 1, '@', (size_t)(end - at - 1))))
+		/* Never echo it: the text before '@' may be a password. */
+		return config_fail(ld, key,
+		                   "must not carry a password: write redis://user@host and give the password "
+		                   "as cluster.redis.password = { env = \"NAME\" } or { file = \"PATH\" }");
+	if (at == auth)
+		return config_fail(ld, key, "has an empty user name before '@'");
+	host = at ? at + 1 : auth;
+	if (host < end && *host == '[') {
+		const char *close = memchr(host, ']', (size_t)(end - host));
+		unsigned char addr[sizeof(struct in6_addr)];
+		char buf[INET6_ADDRSTRLEN];
+		if (!close || (size_t)(close - host - 1) >= sizeof(buf))
+			goto bad;
+		memcpy(buf, host + 1, (size_t)(close - host - 1));
+		buf[close - host - 1] = '\0';
+		if (inet_pton(AF_INET6, buf, addr) != 1)
+			goto bad;
+		hend = close + 1;
+		host++;
+		hostlen = (size_t)(close - host);
+		if (hend < end && *hend != ':')
+			goto bad;
+	} else {
+		hend = host + strcspn(host, ":/");
+		hostlen = (size_t)(hend - host);
+		for (size_t i = 0; i < hostlen; i++)
+			if (!strchr("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-_",
+			            host[i]))
+				goto bad;
+	}
+	if (hostlen == 0 || hostlen > 253)
+		goto bad;
+	if (hend < end) {
+		port = hend + 1;
+		if ((n = digits_value(port, (size_t)(end - port), 65535)) < 1)
+			return config_fail(ld, key, "\"%s\": the port must be 1..65535", shown);
+		c->port = (unsigned short)n;
+	} else {
+		c->port = 6379;
+	}
+	c->db = 0;
+	if (*end == '/' && end[1]) {
+		if ((n = digits_value(end + 1, strlen(end + 1), 65535)) < 0)
+			return config_fail(ld, key,
+			                   "\"%s\": the database after '/' must be a number 0..65535", shown);
+		c->db = (unsigned)n;
+	}
+	free(c->host);
+	free(c->user);
+	c->user = NULL;
+	c->host = strndup(host, hostlen);
+	if (!c->host || (at && !(c->user = strndup(auth, (size_t)(at - auth)))))
+		return config_fail(ld, key, "out of memory");
+	return 0;
+bad:
+	return config_fail(
+	    ld, key, "\"%s\" is not redis://[user@]host[:port][/db] (such as \"redis://10.0.0.5:6379/0\")",
+	    shown);
+}
+
+/* After the URL's row: an ACL user without a password could not log in. */
+int config_conv_cluster_password(struct loader *ld, const char *key, struct value *v, void *base)
+{
+	struct cluster_conf *c = &((struct config *)base)->cluster;
+
+	if (!v->present)
+		return c->user ? config_fail(ld, key, "is required when cluster.redis.url names a user") : 0;
+	return config_defer_secret(ld, key, &v->ref, &c->password);
+}
+
+/* The name is part of every key the cluster writes: ':' separates them. */
+int config_conv_cluster_name(struct loader *ld, const char *key, struct value *v, void *base)
+{
+	struct cluster_conf *c = &((struct config *)base)->cluster;
+
+	if (v->len == 0 || v->len > 64 || strlen(v->str) != v->len)
+		goto bad;
+	for (size_t i = 0; i < v->len; i++)
+		if (!strchr("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_.-", v->str[i]))
+			goto bad;
+	if (!(c->name = strndup(v->str, v->len)))
+		return config_fail(ld, key, "out of memory");
+	return 0;
+bad:
+	return config_fail(ld, key, "must be 1..64 of A-Z a-z 0-9 _ . - (it prefixes every Redis key)");
+}
+
+/* Loaded with the other secrets; PENDING_CACHE_KEY then checks its form. */
+int config_conv_cluster_cache_key(struct loader *ld, const char *key, struct value *v, void *base)
+{
+	struct cluster_conf *c = &((struct config *)base)->cluster;
+
+	if (!v->present)
+		return 0;
+	if (config_defer_secret(ld, key, &v->ref, &c->cache_key) != 0)
+		return -1;
+	return config_defer_file(ld, PENDING_CACHE_KEY, key, NULL, NULL);
+}
