@@ -161,3 +161,25 @@ def test_a_shadow_that_does_not_compile_fails_the_reload(broker_factory):
     reload_ok(b)
     assert ask(b, "bob").status == 200
     wait_metric(b, 'broker_shadow_decisions_total{tenant="acme",result="differs"}', lambda v: v == 1)
+
+
+# A careless shadow: every decision leaves garbage whose __gc and __close
+# handlers loop or raise, and a __len that answers differently each time.
+HOSTILE = policy('local t = setmetatable({}, {__gc = function() while true do end end})\n'
+                 'local n = 0\n'
+                 'local odd = setmetatable({}, {__len = function() n = n + 1; return n end})\n'
+                 'table.insert(odd, 1)\n'
+                 'local c <close> = setmetatable({}, {__close = function() error("close") end})\n'
+                 'collectgarbage()\n'
+                 'return { allow = true, tier = "inbox", expires_in = "1h" }')
+
+
+def test_a_hostile_shadow_neither_stops_the_live_requests_nor_the_broker(broker_factory):
+    b = start(broker_factory, shadow=HOSTILE)
+    for i in range(5):
+        r = ask(b, "u%d" % i)
+        assert r.status == 200, r.body
+    wait_metric(b, 'broker_shadow_decisions_total{tenant="acme",result="error"}', lambda v: v >= 1, timeout=20)
+    assert ask(b, "alice").status == 200
+    b.p.proc.send_signal(15)
+    assert b.p.proc.wait(timeout=10) == 0
