@@ -57,6 +57,20 @@ def test_every_answer_has_a_request_id(tmp_path, double):
         b.stop()
 
 
+def test_generated_request_ids_never_repeat(tmp_path, double):
+    """Ids come from a per-thread pool of random bytes refilled every 64 ids:
+    200 answers cross several refills on each loop, and no id repeats or is
+    all zeros (a pool handed out twice, or never filled)."""
+    b = Broker(tmp_path, double)
+    try:
+        ids = [b.get("/healthz").header("X-Request-Id") for _ in range(200)]
+        assert all(re.fullmatch(r"[0-9a-f]{32}", i) for i in ids), ids[:3]
+        assert len(set(ids)) == 200
+        assert "0" * 32 not in ids
+    finally:
+        b.stop()
+
+
 def test_bad_traceparent_not_logged(tmp_path, double):
     b = Broker(tmp_path, double)
     try:
