@@ -4,7 +4,9 @@
  * Owns the deny lists in force (one immutable set per tenant with a
  * deny_users file, swapped whole under a read-write lock held by a request
  * only for one lookup), the watcher thread (inotify on each deny file's
- * folder: a change is read once writes have settled, ~100 ms); the sets
+ * folder: a change is read once writes have settled, ~100 ms; a folder that
+ * goes away, as a deployment replacing the folder does, is watched for
+ * again every second and read when it is back); the sets
  * and their parser are denyset.c's. Writers (configure on the reload thread, the
  * watcher) take one mutex, so a list never goes back to an older read. It
  * must never read a file on a request's time, never let a read that failed
@@ -42,12 +44,16 @@
 #define SETTLE_MS     100
 #define SETTLE_CAP_MS 400
 
+/* While a folder is gone (its watch ended), it is looked for this often. */
+#define REWATCH_MS 1000
+
 /* A tenant's deny file and the list in force. */
 struct entry {
 	char *tenant;
 	char *path; /* as configured (absolute) */
 	char *dir;
-	int wd; /* its folder's watch, or -1 */
+	int wd;    /* its folder's watch, or -1 */
+	bool lost; /* its folder went away: looked for every REWATCH_MS */
 	struct denyset *set;
 };
 
@@ -176,6 +182,7 @@ struct changes {
 	int wds[MAX_CHANGED];
 	size_t n;
 	bool all;
+	bool lost; /* a watch ended (IN_IGNORED): its folder went away */
 };
 
 /* Reads the events waiting on the inotify descriptor into c. */
@@ -190,6 +197,8 @@ static void take_events(struct changes *c)
 			size_t k = 0;
 			while (k < c->n && c->wds[k] != ev->wd)
 				k++;
+			if (ev->mask & IN_IGNORED)
+				c->lost = true;
 			if (ev->mask & IN_Q_OVERFLOW)
 				c->all = true;
 			else if (k == c->n && c->n < MAX_CHANGED)
@@ -201,22 +210,71 @@ static void take_events(struct changes *c)
 	}
 }
 
+/* Whether a watch of wd still exists: inotify_add_watch on the same folder
+ * answers the same wd while it does. update_lock held. */
+static bool watch_alive(const struct entry *e)
+{
+	int wd = inotify_add_watch(ino_fd, e->dir, WATCH_MASK | IN_MASK_ADD);
+
+	return wd >= 0 && wd == e->wd;
+}
+
+/* After a watch ended: the entries whose folder is gone lose their watch
+ * (logged once); then every folder without a watch is looked for, and one
+ * that is back is watched and read. Returns whether any is still missing.
+ * update_lock held. */
+static bool rewatch(bool lost)
+{
+	bool missing = false;
+
+	for (size_t i = 0; i < n_entries; i++) {
+		struct entry *e = &entries[i];
+		if (lost && e->wd >= 0 && !watch_alive(e)) {
+			log_msg("warn",
+			        "tenant %s: deny_users: the folder %s went away; the last list (%zu users) "
+			        "stays in force, and the folder is watched for again every second",
+			        e->tenant, e->dir, denyset_size(e->set));
+			e->wd = -1;
+			e->lost = true;
+		}
+		if (e->wd >= 0 || !e->lost)
+			continue;
+		e->wd = inotify_add_watch(ino_fd, e->dir, WATCH_MASK);
+		if (e->wd < 0) {
+			missing = true;
+			continue;
+		}
+		e->lost = false;
+		log_msg("info", "tenant %s: deny_users: watching %s again", e->tenant, e->dir);
+		reread(e);
+	}
+	return missing;
+}
+
 static void *watch_main(void *arg)
 {
 	struct pollfd fds[2] = {{.fd = ino_fd, .events = POLLIN}, {.fd = wake_fd, .events = POLLIN}};
+	bool missing = false;
 
 	(void)arg;
 	for (;;) {
-		struct changes c = {.n = 0, .all = false};
+		struct changes c = {.n = 0, .all = false, .lost = false};
 		struct timespec first;
+		int rc = poll(fds, 2, missing ? REWATCH_MS : -1);
 
-		if (poll(fds, 2, -1) < 0) {
+		if (rc < 0) {
 			if (errno == EINTR)
 				continue;
 			break;
 		}
 		if (fds[1].revents)
 			break;
+		if (rc == 0) {
+			pthread_mutex_lock(&update_lock);
+			missing = rewatch(false);
+			pthread_mutex_unlock(&update_lock);
+			continue;
+		}
 		if (!(fds[0].revents & POLLIN))
 			continue;
 		/* Settle: events within SETTLE_MS of the last extend the wait, up
@@ -233,6 +291,8 @@ static void *watch_main(void *arg)
 			if (hit)
 				reread(&entries[i]);
 		}
+		if (c.lost || missing)
+			missing = rewatch(c.lost);
 		pthread_mutex_unlock(&update_lock);
 	}
 	return NULL;

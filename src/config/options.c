@@ -236,7 +236,9 @@ const struct option config_options[] = {
      "One user id a line (valid as a request's `user_id`; blank lines and `# ...` comments ignored), "
      "relative to the config file's folder. Read at every load (missing, unreadable or invalid: the "
      "load fails) and again within a second of changing (its folder is watched); a later read that "
-     "fails keeps the last list and logs why. Newly listed users' cached tokens are dropped."},
+     "fails keeps the last list and logs why. A folder deleted and made again (a deployment) is "
+     "watched for every second and its file read when it is back. Newly listed users' cached tokens are "
+     "dropped."},
     {"tenants.*.shadow_policy", OPT_STRING, NULL, 0, 0, NOWHERE, 0, config_conv_shadow_policy,
      "A candidate policy file decided beside `policy` on every request, never enforced: on its own thread "
      "and budget after the live decision, so it can neither slow nor fail a request; differences are "

@@ -85,6 +85,31 @@ def test_file_edit_applies_within_a_second_and_is_counted(brokers, double):
     assert m['broker_deny_list_reads_total{result="ok"}'] >= 2
 
 
+def test_folder_replaced_is_watched_again(brokers, double):
+    """A deployment that deletes the deny file's folder and makes it again
+    (rm -rf, then a fresh checkout): while it is gone the last list stays;
+    once it is back, its file applies within a few seconds, no SIGHUP."""
+    import shutil
+    b = start(brokers, double)
+    assert ask(b, "mallory").status == 403
+    folder = b.dir / "blocked"
+    shutil.rmtree(folder)
+    deadline = time.monotonic() + 5
+    while "went away" not in b.p.text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "went away" in b.p.text()
+    assert ask(b, "mallory").status == 403  # the last list stays
+    assert ask(b, "alice").status == 200
+    folder.mkdir()
+    (folder / "acme.txt").write_text("alice\n")
+    r = status_becomes(b, "alice", 403, timeout=APPLY_WAIT + 2)
+    assert r.status == 403 and r.json()["error"] == "user_denied"
+    assert ask(b, "mallory").status == 200
+    # And it stays watched: an edit after the return applies too.
+    (folder / "acme.txt").write_text("mallory\n")
+    assert status_becomes(b, "mallory", 403).status == 403
+
+
 def test_unreadable_file_later_keeps_the_last_list(brokers, double):
     b = start(brokers, double)
     os.remove(b.dir / "blocked" / "acme.txt")
