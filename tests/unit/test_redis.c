@@ -10,17 +10,12 @@
 
 #include <cmocka.h>
 
-#include <arpa/inet.h>
 #include <hiredis.h>
-#include <netinet/in.h>
-#include <poll.h>
-#include <pthread.h>
 #include <string.h>
-#include <sys/socket.h>
-#include <unistd.h>
 
 #include "config.h"
 #include "redis.h"
+#include "redis_fixture.h"
 
 static void test_auth_args(void **state)
 {
@@ -60,53 +55,13 @@ static void test_keys(void **state)
 	assert_int_equal(redis_key(&c, "deny:acme", tiny, sizeof(tiny)), -1);
 }
 
-/* A hostile Redis on 127.0.0.1: answers the first command with answer,
- * then waits (at most 5 s) for the client to go. */
-struct hostile {
-	int lfd, port;
-	const char *answer;
-	pthread_t th;
-};
-
-static void *hostile_run(void *arg)
+/* SMEMBERS x on rc. */
+static redisReply *smembers(struct redis_conn *rc)
 {
-	struct hostile *h = arg;
-	int fd = accept(h->lfd, NULL, NULL);
-	char buf[4096];
-	struct pollfd pfd;
+	const char *argv[2] = {"SMEMBERS", "x"};
+	size_t lens[2] = {8, 1};
 
-	if (fd < 0)
-		return NULL;
-	if (read(fd, buf, sizeof(buf)) > 0 && write(fd, h->answer, strlen(h->answer)) < 0)
-		goto out;
-	pfd.fd = fd;
-	pfd.events = POLLIN;
-	while (poll(&pfd, 1, 5000) > 0 && read(fd, buf, sizeof(buf)) > 0)
-		;
-out:
-	close(fd);
-	return NULL;
-}
-
-static void hostile_start(struct hostile *h, const char *answer)
-{
-	struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-	socklen_t alen = sizeof(a);
-
-	h->answer = answer;
-	h->lfd = socket(AF_INET, SOCK_STREAM, 0);
-	assert_true(h->lfd >= 0);
-	assert_int_equal(bind(h->lfd, (struct sockaddr *)&a, sizeof(a)), 0);
-	assert_int_equal(listen(h->lfd, 1), 0);
-	assert_int_equal(getsockname(h->lfd, (struct sockaddr *)&a, &alen), 0);
-	h->port = ntohs(a.sin_port);
-	assert_int_equal(pthread_create(&h->th, NULL, hostile_run, h), 0);
-}
-
-static void hostile_stop(struct hostile *h)
-{
-	pthread_join(h->th, NULL);
-	close(h->lfd);
+	return redis_command(rc, 2, argv, lens);
 }
 
 /* A reply announcing two billion elements fails the connection at once
@@ -115,8 +70,8 @@ static void hostile_stop(struct hostile *h)
 static void test_huge_array_refused(void **state)
 {
 	struct cluster_conf c;
-	struct hostile h;
-	redisContext *rc;
+	struct hostile h = {0};
+	struct redis_conn *rc;
 	redisReply *r;
 	char err[256] = "";
 
@@ -125,27 +80,29 @@ static void test_huge_array_refused(void **state)
 	c.host = "127.0.0.1";
 	c.timeout_ms = 3000;
 
-	hostile_start(&h, "*2000000000\r\n");
+	h.answer = "*2000000000\r\n";
+	assert_int_equal(hostile_start(&h), 0);
 	c.port = (unsigned short)h.port;
-	rc = redis_connect(&c, err, sizeof(err));
+	rc = redis_connect(&c, REDIS_REPLY_MAX_LARGE, err, sizeof(err));
 	assert_non_null(rc);
-	r = redisCommand(rc, "SMEMBERS x");
+	r = smembers(rc);
 	assert_null(r);
 	/* Refused by the cap, not a timeout after a 16 GB calloc. */
-	assert_int_equal(rc->err, REDIS_ERR_OOM);
-	redisFree(rc);
+	assert_non_null(strstr(redis_error(rc), "too many elements"));
+	redis_close(rc);
 	hostile_stop(&h);
 
-	hostile_start(&h, "*2\r\n$3\r\nbob\r\n$5\r\nalice\r\n");
+	h.answer = "*2\r\n$3\r\nbob\r\n$5\r\nalice\r\n";
+	assert_int_equal(hostile_start(&h), 0);
 	c.port = (unsigned short)h.port;
-	rc = redis_connect(&c, err, sizeof(err));
+	rc = redis_connect(&c, REDIS_REPLY_MAX_LARGE, err, sizeof(err));
 	assert_non_null(rc);
-	r = redisCommand(rc, "SMEMBERS x");
+	r = smembers(rc);
 	assert_non_null(r);
 	assert_int_equal(r->type, REDIS_REPLY_ARRAY);
 	assert_int_equal(r->elements, 2);
 	freeReplyObject(r);
-	redisFree(rc);
+	redis_close(rc);
 	hostile_stop(&h);
 }
 
