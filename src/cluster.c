@@ -386,13 +386,8 @@ static void session_listen(struct redis_conn *sub, struct redis_conn *cmd, char 
 			if (redis_append(sub, 1, &ping, &len) != 0 || redis_flush(sub) != 0)
 				goto io;
 		}
-		n = poll(&pfd, 1, POLL_MS);
-		if (n < 0)
-			continue; /* EINTR */
-		if (n == 0)
-			continue;
-		if (redis_receive(sub) != 0)
-			goto io;
+		/* Replies already read (with SUBSCRIBE's, or before the last
+		 * one handled) first: the socket will not announce them again. */
 		while ((reply = redis_take(sub))) {
 			int rc = on_reply(cmd, reply, &pong, err, errlen);
 			freeReplyObject(reply);
@@ -400,6 +395,13 @@ static void session_listen(struct redis_conn *sub, struct redis_conn *cmd, char 
 				return;
 		}
 		if (redis_error(sub)[0])
+			goto io;
+		n = poll(&pfd, 1, POLL_MS);
+		if (n < 0)
+			continue; /* EINTR */
+		if (n == 0)
+			continue;
+		if (redis_receive(sub) != 0)
 			goto io;
 	}
 	return;

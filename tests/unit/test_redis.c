@@ -166,6 +166,7 @@ static void test_reply_over_cap(void **state)
 	assert_non_null(strstr(redis_error(rc), "grew past 65536 bytes"));
 	redis_close(rc);
 	hostile_stop(&h);
+	assert_true(h.peer_closed);
 	free(big);
 }
 

@@ -411,6 +411,8 @@ static void test_reply_over_cap_drops(void **state)
 	assert_false(rloop_ready(rl));
 	rloop_free(rl);
 	hostile_stop(&h);
+	/* We hung up, not the fake (it would after 5 s of silence). */
+	assert_true(h.peer_closed);
 	close(epfd);
 	free(big);
 }
