@@ -278,9 +278,9 @@ const struct option config_options[] = {
      "Redis password (`AUTH`; with the URL's user, `AUTH user password`); required when the URL names a "
      "user."},
     {"cluster.redis.timeout_ms", OPT_INT, "1000", 10, 60000, CFG(cluster.timeout_ms), 0, NULL,
-     "Connecting to Redis (each event loop's connection too; the TLS handshake included), and each command of "
-     "the deny list's subscriber and of `deny`/`allow` (its whole reply: one still arriving at the end is a "
-     "stalled Redis)."},
+     "Connecting to Redis (each event loop's connection too; the TLS handshake included), and each command "
+     "of the deny list's subscriber and of `deny`/`allow` (its whole reply: one still arriving at the end "
+     "is a stalled Redis)."},
     {"cluster.redis.rate_timeout_ms", OPT_INT, "50", 1, 5000, CFG(cluster.rate_timeout_ms), 0, NULL,
      "The longest a token request waits for the shared rate limits' answer from Redis; past it (or "
      "while Redis is unreachable) this broker's own buckets decide, and the connection is made again."},

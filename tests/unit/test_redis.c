@@ -255,12 +255,9 @@ static void test_tls(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test(test_auth_args),
-	    cmocka_unit_test(test_keys),
-	    cmocka_unit_test(test_huge_array_refused),
-	    cmocka_unit_test(test_dripped_reply_times_out),
-	    cmocka_unit_test(test_reply_over_cap),
-	    cmocka_unit_test(test_tls),
+	    cmocka_unit_test(test_auth_args),          cmocka_unit_test(test_keys),
+	    cmocka_unit_test(test_huge_array_refused), cmocka_unit_test(test_dripped_reply_times_out),
+	    cmocka_unit_test(test_reply_over_cap),     cmocka_unit_test(test_tls),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
