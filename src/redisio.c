@@ -7,8 +7,9 @@
  * the host name or IP address checked), reads and writes that never block,
  * and the TLS client context those sessions come from. It must never turn
  * verification off (there is no switch), never block, never log, and never
- * leave bytes inside OpenSSL that the caller's poll could not see (a read
- * reports "would block" only when OpenSSL itself wants the socket).
+ * hide bytes inside OpenSSL from a caller that waits on the socket (a read
+ * reports "would block" only when OpenSSL itself wants the socket, and
+ * redisio_pending says when it holds more).
  */
 #include "redisio.h"
 
@@ -209,6 +210,11 @@ ssize_t redisio_read(struct redisio *io, void *buf, size_t len, char *err, size_
 		tls_error(io, rc, "read", err, errlen);
 		return -1;
 	}
+}
+
+bool redisio_pending(const struct redisio *io)
+{
+	return io->ssl && SSL_has_pending(io->ssl);
 }
 
 ssize_t redisio_write(struct redisio *io, const void *buf, size_t len, char *err, size_t errlen)

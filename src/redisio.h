@@ -56,6 +56,11 @@ int redisio_handshake(struct redisio *io, char *err, size_t errlen);
  * peer closed or it failed (err). */
 ssize_t redisio_read(struct redisio *io, void *buf, size_t len, char *err, size_t errlen);
 
+/* Whether OpenSSL holds bytes already read from the socket (which the
+ * socket will not announce again): after a short read without them, the
+ * caller may wait for the socket instead of reading until it would block. */
+bool redisio_pending(const struct redisio *io);
+
 /* Bytes written from buf (> 0); 0 when it would block (io->want); -1 when it
  * failed (err). */
 ssize_t redisio_write(struct redisio *io, const void *buf, size_t len, char *err, size_t errlen);

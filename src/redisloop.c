@@ -385,6 +385,12 @@ static int pump_read(struct rloop *rl)
 		}
 		if (dispatch(rl) != 0)
 			return -1;
+		/* A short read emptied the socket (epoll says when more comes):
+		 * no read just to hear "would block", unless OpenSSL holds more. */
+		if ((size_t)n < sizeof(chunk) && !redisio_pending(&rl->io)) {
+			rl->io.want = REDISIO_WANT_READ;
+			return 0;
+		}
 	}
 }
 
