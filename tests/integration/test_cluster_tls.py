@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from conftest import BROKER_BIN, metrics, mint, wait_metric
+from conftest import BROKER_BIN, metrics, mint, reload_ok, wait_metric
 from redis_server import Client, RedisServer, free_port
 
 pytestmark = pytest.mark.skipif(not RedisServer.available(),
@@ -191,3 +191,15 @@ def test_another_ca_never_talks_to_redis(broker_factory, double, redis, tls):
     log = b.p.text()
     assert "certificate is refused" in log, log
     assert REDIS_PASSWORD not in log
+
+
+def test_a_reload_that_changes_tls_keeps_the_cluster_it_started_with(broker_factory, double, redis, tls):
+    """Another ca_file (or redis:// for rediss://) is a change of cluster: warned
+    about, and the connections made at start stay as they are."""
+    b = start_brokers(broker_factory, redis, tls / "ca.pem", n=1)[0]
+    connected(b)
+    (tls / "copy-ca.pem").write_bytes((tls / "ca.pem").read_bytes())
+    b.config.write_text(b.config_text.replace(str(tls / "ca.pem"), str(tls / "copy-ca.pem")))
+    reload_ok(b)
+    b.p.wait_for(r"reload: cluster changed; the broker keeps the cluster it started with until a restart")
+    assert metrics(b).get("broker_cluster_redis_connections") == 2
