@@ -12,6 +12,7 @@
 #include "denycmd.h"
 
 #include <hiredis.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -146,6 +147,9 @@ int denycmd_main(const char *cmd, int argc, char **argv)
 	char err[1024];
 	int code = 1;
 
+	/* A TLS write to a Redis that hung up must be an error, not SIGPIPE
+	 * (OpenSSL writes with write(2), without MSG_NOSIGNAL). */
+	signal(SIGPIPE, SIG_IGN);
 	if (parse_args(argc, argv, &a) != 0) {
 		fprintf(stderr, "usage: " DENYCMD_USAGE "\n");
 		free(a.users);

@@ -62,7 +62,8 @@ ssize_t redisio_read(struct redisio *io, void *buf, size_t len, char *err, size_
 bool redisio_pending(const struct redisio *io);
 
 /* Bytes written from buf (> 0); 0 when it would block (io->want); -1 when it
- * failed (err). */
+ * failed (err). Plain writes never raise SIGPIPE; OpenSSL's go through
+ * write(2), so a process using TLS ignores SIGPIPE (serve and deny/allow do). */
 ssize_t redisio_write(struct redisio *io, const void *buf, size_t len, char *err, size_t errlen);
 
 /* Closes the socket and frees the session. Safe twice, and on a closed io. */
