@@ -17,6 +17,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
@@ -83,6 +84,9 @@ int redisio_open(struct redisio *io, const struct sockaddr *sa, socklen_t salen,
 		return -1;
 	}
 	setsockopt(io->fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
+	/* Commands are small and waited for: never held back for an ACK (as
+	 * hiredis does). */
+	setsockopt(io->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 	if (tls && tls_session(io, tls, host) != 0) {
 		snprintf(err, errlen, "cannot set up a TLS session for %s", host);
 		ERR_clear_error();

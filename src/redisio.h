@@ -40,7 +40,7 @@ struct ssl_ctx_st *redisio_tls_new(struct x509_store_st *store, char *err, size_
 struct ssl_ctx_st *redisio_tls_ref(struct ssl_ctx_st *ctx);
 void redisio_tls_free(struct ssl_ctx_st *ctx);
 
-/* Starts connecting to sa (non-blocking, TCP keepalive); with tls, the
+/* Starts connecting to sa (non-blocking, TCP keepalive, no Nagle); with tls, the
  * session that will verify host (a name, checked against the certificate's
  * DNS names and sent as SNI, or an IP address, checked against its IP
  * names). 0, or -1 with err (io closed). */
