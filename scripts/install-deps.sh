@@ -9,6 +9,7 @@ pkgs=(build-essential pkg-config git
       wrk curl clang libclang-rt-14-dev clang-format cppcheck man-db nginx
       prometheus   # promtool: tests check the /metrics exposition
       libhiredis-dev redis-server  # cluster: hiredis, and the Redis the tests start
+      openssl      # the rediss:// tests make their CA with the openssl command
       chromium)    # the browser suite (tests/browser) drives Debian's chromium
 # node and npm for the browser suite: Debian's, unless a node is already installed.
 command -v node >/dev/null && command -v npm >/dev/null || pkgs+=(nodejs npm)

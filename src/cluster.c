@@ -32,6 +32,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "redis.h"
+#include "redisio.h"
 #include "scope.h"
 
 #define BACKOFF_MIN_MS 100  /* first retry after a failure */
@@ -208,8 +209,19 @@ enum cluster_status cluster_status(void)
 /* The subscriber's copy of the configuration (a reload never changes it). */
 static struct cluster_conf conf;
 
+/* One command of two arguments (name, then an argument): the reply, or
+ * NULL (redis_error). */
+static redisReply *command2(struct redis_conn *rc, const char *name, const char *arg)
+{
+	const char *argv[2] = {name, arg};
+	size_t lens[2] = {strlen(name), strlen(arg)};
+
+	return redis_command(rc, 2, argv, lens);
+}
+
 /* SMEMBERS of "<prefix><suffix><name>": an array reply, or NULL with err. */
-static redisReply *smembers(redisContext *rc, const char *suffix, const char *name, char *err, size_t errlen)
+static redisReply *smembers(struct redis_conn *rc, const char *suffix, const char *name, char *err,
+                            size_t errlen)
 {
 	char key[KEY_MAX], rest[KEY_MAX];
 	redisReply *r;
@@ -219,9 +231,9 @@ static redisReply *smembers(redisContext *rc, const char *suffix, const char *na
 		snprintf(err, errlen, "key too long");
 		return NULL;
 	}
-	r = redisCommand(rc, "SMEMBERS %s", key);
+	r = command2(rc, "SMEMBERS", key);
 	if (!r) {
-		snprintf(err, errlen, "SMEMBERS: %s", rc->errstr[0] ? rc->errstr : "no answer");
+		snprintf(err, errlen, "SMEMBERS: %s", redis_error(rc));
 		return NULL;
 	}
 	if (r->type != REDIS_REPLY_ARRAY) {
@@ -234,7 +246,7 @@ static redisReply *smembers(redisContext *rc, const char *suffix, const char *na
 }
 
 /* tenant's set, read again and swapped in. */
-static int reload_tenant(redisContext *rc, const char *tenant, char *err, size_t errlen)
+static int reload_tenant(struct redis_conn *rc, const char *tenant, char *err, size_t errlen)
 {
 	redisReply *r = smembers(rc, CLUSTER_DENY_KEY, tenant, err, errlen);
 	struct deny_tenant *t;
@@ -254,7 +266,7 @@ static int reload_tenant(redisContext *rc, const char *tenant, char *err, size_t
 }
 
 /* Every tenant's set, as a new list (published only when whole). */
-static int load_all(redisContext *rc, char *err, size_t errlen)
+static int load_all(struct redis_conn *rc, char *err, size_t errlen)
 {
 	redisReply *names = smembers(rc, CLUSTER_DENY_TENANTS, "", err, errlen);
 	struct deny_list *l = calloc(1, sizeof(*l));
@@ -293,7 +305,7 @@ out:
 }
 
 /* Both connections, subscribed, and the whole list loaded. */
-static int session_open(redisContext **sub, redisContext **cmd, char *err, size_t errlen)
+static int session_open(struct redis_conn **sub, struct redis_conn **cmd, char *err, size_t errlen)
 {
 	char chan[KEY_MAX];
 	redisReply *r;
@@ -303,28 +315,30 @@ static int session_open(redisContext **sub, redisContext **cmd, char *err, size_
 		snprintf(err, errlen, "channel name too long");
 		return -1;
 	}
-	if (!(*sub = redis_connect(&conf, err, errlen)))
+	/* The subscription only ever gets short messages; the other reads
+	 * whole deny sets. */
+	if (!(*sub = redis_connect(&conf, REDIS_REPLY_MAX_SMALL, err, errlen)))
 		return -1;
-	r = redisCommand(*sub, "SUBSCRIBE %s", chan);
+	r = command2(*sub, "SUBSCRIBE", chan);
 	ok = r && r->type == REDIS_REPLY_ARRAY && r->elements == 3 &&
 	     r->element[0]->type == REDIS_REPLY_STRING && strcmp(r->element[0]->str, "subscribe") == 0;
 	if (!ok)
 		snprintf(err, errlen, "SUBSCRIBE: %s",
-		         !r                             ? ((*sub)->errstr[0] ? (*sub)->errstr : "no answer")
+		         !r                             ? redis_error(*sub)
 		         : r->type == REDIS_REPLY_ERROR ? r->str
 		                                        : "unexpected answer");
 	if (r)
 		freeReplyObject(r);
 	if (!ok)
 		return -1;
-	if (!(*cmd = redis_connect(&conf, err, errlen)))
+	if (!(*cmd = redis_connect(&conf, REDIS_REPLY_MAX_LARGE, err, errlen)))
 		return -1;
 	return load_all(*cmd, err, errlen);
 }
 
 /* One reply on the subscription: a change (reload that tenant) or a pong.
  * -1 on a failure that calls for a new session. */
-static int on_reply(redisContext *cmd, const redisReply *r, bool *pong, char *err, size_t errlen)
+static int on_reply(struct redis_conn *cmd, const redisReply *r, bool *pong, char *err, size_t errlen)
 {
 	const redisReply *kind;
 
@@ -348,50 +362,51 @@ static int on_reply(redisContext *cmd, const redisReply *r, bool *pong, char *er
 static atomic_bool stopping;
 
 /* Follows the subscription until it fails or cluster_stop. */
-static void session_listen(redisContext *sub, redisContext *cmd, char *err, size_t errlen)
+static void session_listen(struct redis_conn *sub, struct redis_conn *cmd, char *err, size_t errlen)
 {
 	uint64_t last_ping = clock_ms();
 	bool pong = true;
 
 	while (!atomic_load(&stopping)) {
-		struct pollfd pfd = {.fd = sub->fd, .events = POLLIN};
-		void *reply = NULL;
+		struct pollfd pfd = {.fd = redis_fd(sub), .events = POLLIN};
+		redisReply *reply;
 		int n;
 
 		if (clock_ms() - last_ping >= PING_EVERY_MS) {
-			int done = 0;
+			const char *ping = "PING";
+			size_t len = 4;
+			/* A PING whose answer did not come whole (a message dripped
+			 * ahead of it included) is a stalled Redis. */
 			if (!pong) {
 				snprintf(err, errlen, "no answer to PING within %d ms", PING_EVERY_MS);
 				return;
 			}
 			pong = false;
 			last_ping = clock_ms();
-			if (redisAppendCommand(sub, "PING") != REDIS_OK)
+			if (redis_append(sub, 1, &ping, &len) != 0 || redis_flush(sub) != 0)
 				goto io;
-			while (!done)
-				if (redisBufferWrite(sub, &done) != REDIS_OK)
-					goto io;
 		}
+		/* Replies already read (with SUBSCRIBE's, or before the last
+		 * one handled) first: the socket will not announce them again. */
+		while ((reply = redis_take(sub))) {
+			int rc = on_reply(cmd, reply, &pong, err, errlen);
+			freeReplyObject(reply);
+			if (rc)
+				return;
+		}
+		if (redis_error(sub)[0])
+			goto io;
 		n = poll(&pfd, 1, POLL_MS);
 		if (n < 0)
 			continue; /* EINTR */
 		if (n == 0)
 			continue;
-		if (redisBufferRead(sub) != REDIS_OK)
-			goto io;
-		while (redisGetReplyFromReader(sub, &reply) == REDIS_OK && reply) {
-			int rc = on_reply(cmd, reply, &pong, err, errlen);
-			freeReplyObject(reply);
-			reply = NULL;
-			if (rc)
-				return;
-		}
-		if (sub->err)
+		if (redis_receive(sub) != 0)
 			goto io;
 	}
 	return;
 io:
-	snprintf(err, errlen, "%s", sub->errstr[0] ? sub->errstr : "connection lost");
+	snprintf(err, errlen, "%s", redis_error(sub)[0] ? redis_error(sub) : "connection lost");
 }
 
 /* ------------------------------------------------------------------------ */
@@ -464,7 +479,7 @@ static void *subscriber(void *arg)
 
 	(void)arg;
 	while (!atomic_load(&stopping)) {
-		redisContext *sub = NULL, *cmd = NULL;
+		struct redis_conn *sub = NULL, *cmd = NULL;
 		err[0] = '\0';
 		if (session_open(&sub, &cmd, err, sizeof(err)) == 0) {
 			set_status(CLUSTER_UP, NULL);
@@ -472,10 +487,8 @@ static void *subscriber(void *arg)
 			backoff = BACKOFF_MIN_MS;
 			session_listen(sub, cmd, err, sizeof(err));
 		}
-		if (sub)
-			redisFree(sub);
-		if (cmd)
-			redisFree(cmd);
+		redis_close(sub);
+		redis_close(cmd);
 		if (atomic_load(&stopping))
 			break;
 		set_status(CLUSTER_DOWN, err[0] ? err : "connection lost");
@@ -494,6 +507,7 @@ static void conf_clear(void)
 	free(conf.name);
 	secret_clear(&conf.password);
 	secret_clear(&conf.cache_key);
+	redisio_tls_free(conf.tls_ctx);
 	memset(&conf, 0, sizeof(conf));
 }
 
@@ -510,6 +524,8 @@ int cluster_start(const struct cluster_conf *c, char *err, size_t errlen)
 	conf.name = strdup(c->name);
 	memset(&conf.password, 0, sizeof(conf.password));
 	memset(&conf.cache_key, 0, sizeof(conf.cache_key));
+	conf.ca_file = NULL; /* read at load: its anchors are in tls_ctx */
+	conf.tls_ctx = redisio_tls_ref(c->tls_ctx);
 	if (!conf.host || !conf.name || (c->user && !conf.user) ||
 	    (c->password.data && secret_set(&conf.password, c->password.data, c->password.len) != 0)) {
 		conf_clear();

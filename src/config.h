@@ -89,6 +89,12 @@ struct cluster_conf {
 	struct secret cache_key; /* cluster.cache_key: exactly 32 bytes, or unset */
 	/* cluster.redis.rate_timeout_ms: a request's wait for the shared rate limits */
 	unsigned rate_timeout_ms;
+	/* rediss://: TLS, verified against the system's anchors and
+	 * cluster.redis.ca_file's (absolute path, or NULL); the client context
+	 * is built at load (redisio.h). */
+	bool tls;
+	char *ca_file;
+	struct ssl_ctx_st *tls_ctx;
 };
 
 struct config {

@@ -12,6 +12,7 @@
 #include "denycmd.h"
 
 #include <hiredis.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -76,8 +77,17 @@ static int report(const char *cmd, const struct args *a, const struct config *cf
 	return 0;
 }
 
+/* Queues name [a1 [a2]]: 0 or -1. */
+static int append(struct redis_conn *rc, const char *name, const char *a1, const char *a2)
+{
+	const char *argv[3] = {name, a1, a2};
+	size_t lens[3] = {strlen(name), a1 ? strlen(a1) : 0, a2 ? strlen(a2) : 0};
+
+	return redis_append(rc, a2 ? 3 : a1 ? 2 : 1, argv, lens);
+}
+
 /* MULTI; SADD|SREM set users; [SADD index tenant]; SCARD set; PUBLISH; EXEC. */
-static int apply(const char *cmd, const struct args *a, const struct config *cfg, redisContext *rc)
+static int apply(const char *cmd, const struct args *a, const struct config *cfg, struct redis_conn *rc)
 {
 	bool deny = strcmp(cmd, "deny") == 0;
 	char set[KEY_MAX], idx[KEY_MAX], chan[KEY_MAX], rest[KEY_MAX];
@@ -99,12 +109,9 @@ static int apply(const char *cmd, const struct args *a, const struct config *cfg
 		argv[i + 2] = a->users[i];
 	for (size_t i = 0; i < a->n_users + 2; i++)
 		lens[i] = strlen(argv[i]);
-	if (redisAppendCommand(rc, "MULTI") != REDIS_OK ||
-	    redisAppendCommandArgv(rc, (int)a->n_users + 2, argv, lens) != REDIS_OK ||
-	    (deny && redisAppendCommand(rc, "SADD %s %s", idx, a->tenant) != REDIS_OK) ||
-	    redisAppendCommand(rc, "SCARD %s", set) != REDIS_OK ||
-	    redisAppendCommand(rc, "PUBLISH %s %s", chan, a->tenant) != REDIS_OK ||
-	    redisAppendCommand(rc, "EXEC") != REDIS_OK)
+	if (append(rc, "MULTI", NULL, NULL) || redis_append(rc, (int)a->n_users + 2, argv, lens) ||
+	    (deny && append(rc, "SADD", idx, a->tenant)) || append(rc, "SCARD", set, NULL) ||
+	    append(rc, "PUBLISH", chan, a->tenant) || append(rc, "EXEC", NULL, NULL))
 		goto io;
 	sent = deny ? 6 : 5;
 	/* MULTI's OK and each QUEUED, then EXEC's array. */
@@ -112,7 +119,7 @@ static int apply(const char *cmd, const struct args *a, const struct config *cfg
 		if (r)
 			freeReplyObject(r);
 		r = NULL;
-		if (redisGetReply(rc, (void **)&r) != REDIS_OK || !r)
+		if (!(r = redis_get_reply(rc)))
 			goto io;
 		if (i < sent - 1 && r->type == REDIS_REPLY_ERROR) {
 			fprintf(stderr, "courier-broker: %s: redis: %s\n", cmd, r->str);
@@ -123,7 +130,7 @@ static int apply(const char *cmd, const struct args *a, const struct config *cfg
 	goto out;
 io:
 	fprintf(stderr, "courier-broker: %s: redis %s:%u: %s\n", cmd, cfg->cluster.host, cfg->cluster.port,
-	        rc->errstr[0] ? rc->errstr : "no answer");
+	        redis_error(rc)[0] ? redis_error(rc) : "no answer");
 out:
 	if (r)
 		freeReplyObject(r);
@@ -136,10 +143,13 @@ int denycmd_main(const char *cmd, int argc, char **argv)
 {
 	struct args a = {0};
 	struct config *cfg = NULL;
-	redisContext *rc = NULL;
+	struct redis_conn *rc = NULL;
 	char err[1024];
 	int code = 1;
 
+	/* A TLS write to a Redis that hung up must be an error, not SIGPIPE
+	 * (OpenSSL writes with write(2), without MSG_NOSIGNAL). */
+	signal(SIGPIPE, SIG_IGN);
 	if (parse_args(argc, argv, &a) != 0) {
 		fprintf(stderr, "usage: " DENYCMD_USAGE "\n");
 		free(a.users);
@@ -169,14 +179,13 @@ int denycmd_main(const char *cmd, int argc, char **argv)
 			        cmd, i + 1);
 			goto out;
 		}
-	if (!(rc = redis_connect(&cfg->cluster, err, sizeof(err)))) {
+	if (!(rc = redis_connect(&cfg->cluster, REDIS_REPLY_MAX_SMALL, err, sizeof(err)))) {
 		fprintf(stderr, "courier-broker: %s: %s\n", cmd, err);
 		goto out;
 	}
 	code = apply(cmd, &a, cfg, rc);
 out:
-	if (rc)
-		redisFree(rc);
+	redis_close(rc);
 	config_free(cfg);
 	free(a.users);
 	return code;

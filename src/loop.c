@@ -546,7 +546,9 @@ static void cluster_connect(struct loop *lp, const struct cluster_conf *c)
 	                        .connect_timeout_ms = c->timeout_ms,
 	                        .backoff_min_ms = 100,
 	                        .backoff_max_ms = 5000,
-	                        .name = "cluster"};
+	                        .name = "cluster",
+	                        .tls = c->tls ? c->tls_ctx : NULL,
+	                        .reply_max = REDIS_REPLY_MAX_SMALL};
 	size_t len;
 	const char *script = clusterrate_script(&len);
 	const char *argv[3] = {"SCRIPT", "LOAD", script};

@@ -1,10 +1,12 @@
 /*
  * redisloop.h — one asynchronous Redis connection driven by an event loop's epoll.
  *
- * hiredis's asynchronous API with its event hooks on the loop's own epoll
- * set: no thread, no blocking call. The loop asks rloop_due_ms for its next
- * timer, and calls rloop_run with the events of the connection's socket (or
- * 0 when only the time passed). Everything runs on the loop's thread.
+ * The connection owns its socket on the loop's own epoll set (plain or TLS:
+ * redisio.h), encodes with hiredis's redisFormatCommandArgv and parses with
+ * its reader (redis.h's inbox): no thread, no blocking call. The loop asks
+ * rloop_due_ms for its next timer, and calls rloop_run with the events of
+ * the connection's socket (or 0 when only the time passed). Everything runs
+ * on the loop's thread.
  */
 #ifndef BROKER_REDISLOOP_H
 #define BROKER_REDISLOOP_H
@@ -27,6 +29,12 @@ struct rloop_conf {
 	unsigned connect_timeout_ms; /* also the wait for AUTH/SELECT */
 	unsigned backoff_min_ms, backoff_max_ms;
 	const char *name; /* for the log ("cluster"), static */
+	/* rediss://: the TLS context (redisio_tls_new; rloop_new takes its own
+	 * reference), host then being the name the certificate must carry.
+	 * NULL: plain TCP. */
+	struct ssl_ctx_st *tls;
+	/* Bytes of a reply not yet whole it may hold (0: REDIS_REPLY_MAX_SMALL). */
+	size_t reply_max;
 };
 
 /* A command's end: reply is NULL when it timed out or the connection was

@@ -85,7 +85,7 @@ struct x509_store_st *trust_load(const char *ca_file, char *err, size_t errlen)
 		         bundle ? bundle : "(OpenSSL's default)");
 		goto fail;
 	}
-	n = add_file(store, ca_file);
+	n = ca_file ? add_file(store, ca_file) : 1;
 	if (n <= 0) {
 		snprintf(err, errlen, n < 0 ? "cannot read %s" : "%s holds no PEM certificate", ca_file);
 		goto fail;

@@ -16,9 +16,10 @@ struct x509_store_st; /* OpenSSL's X509_STORE */
  * only (a bundle the test controls stands in for /etc/ssl/certs). */
 #define TRUST_TEST_BUNDLE_ENV "BROKER_TEST_SYSTEM_CA_BUNDLE"
 
-/* The system's anchors plus every certificate of ca_file (PEM), as a store
- * (one reference, for trust_free), or NULL and a reason in err: ca_file
- * unreadable or without a certificate, or the system's bundle unreadable. */
+/* The system's anchors plus every certificate of ca_file (PEM; NULL: the
+ * system's alone), as a store (one reference, for trust_free), or NULL and
+ * a reason in err: ca_file unreadable or without a certificate, or the
+ * system's bundle unreadable. */
 struct x509_store_st *trust_load(const char *ca_file, char *err, size_t errlen);
 
 /* Drops a reference. NULL is fine. */

@@ -1,10 +1,13 @@
 /*
  * config/cluster.c — the converters of the `cluster` block.
  *
- * Owns the checks and stores of cluster.redis.url, cluster.redis.password,
- * cluster.name and cluster.cache_key (struct cluster_conf). It must never
- * echo a password (a URL holding an '@' is never quoted), never accept a URL
- * that asks for TLS it cannot give (rediss://), and never touch Redis.
+ * Owns the checks and stores of cluster.redis.url, cluster.redis.ca_file,
+ * cluster.redis.password, cluster.name and cluster.cache_key (struct
+ * cluster_conf), and building rediss://'s TLS context at load. It must never
+ * echo a password (a URL holding an '@' is never quoted), never give a way
+ * to turn TLS verification off, never accept a ca_file it cannot read (or
+ * one beside a redis:// URL, which would travel in clear), and never touch
+ * Redis.
  */
 #include <arpa/inet.h>
 #include <stdio.h>
@@ -13,8 +16,11 @@
 #include <strings.h>
 
 #include "config.h"
+#include "fileio.h"
 #include "loader.h"
+#include "redisio.h"
 #include "secret.h"
+#include "trust.h"
 
 /* ------------------------------------------------------------------------ */
 /* cluster                                                                  */
@@ -36,11 +42,11 @@ static long digits_value(const char *s, size_t n, long max)
 }
 
 /*
- * redis://[user@]host[:port][/db]: the host a name, an IPv4 address or an
- * [IPv6] address; port 6379 and database 0 by default. A password is a
+ * redis[s]://[user@]host[:port][/db]: the host a name, an IPv4 address or
+ * an [IPv6] address; port 6379 and database 0 by default. A password is a
  * secret and never sits in a URL (cluster.redis.password). rediss:// is
- * refused: Debian 12's hiredis (0.14) has no TLS, and a URL that asks for
- * TLS must never quietly travel in clear.
+ * TLS (redisio.c: OpenSSL, as hiredis 0.14 has none), its context built by
+ * the ca_file row that follows.
  */
 int config_conv_cluster_url(struct loader *ld, const char *key, struct value *v, void *base)
 {
@@ -57,15 +63,13 @@ int config_conv_cluster_url(struct loader *ld, const char *key, struct value *v,
 	for (size_t i = 0; i < v->len; i++)
 		if ((unsigned char)s[i] <= 0x20 || (unsigned char)s[i] >= 0x7f)
 			return config_fail(ld, key, "must not contain spaces, control or non-ASCII bytes");
-	if (strncmp(s, "rediss://", 9) == 0)
+	c->tls = strncmp(s, "rediss://", 9) == 0;
+	if (!c->tls && strncmp(s, "redis://", 8) != 0)
 		return config_fail(ld, key,
-		                   "rediss:// (TLS) is not supported: this build's hiredis (Debian 12 ships "
-		                   "0.14) has no TLS; reach Redis on a private network or through a TLS "
-		                   "tunnel (stunnel, spiped) and write redis://");
-	if (strncmp(s, "redis://", 8) != 0)
-		return config_fail(
-		    ld, key, "\"%s\" must start with redis:// (redis://[user@]host[:port][/db])", shown);
-	auth = s + 8;
+		                   "\"%s\" must start with redis:// or rediss:// (TLS) "
+		                   "(redis://[user@]host[:port][/db])",
+		                   shown);
+	auth = s + (c->tls ? 9 : 8);
 	if (strpbrk(auth, "?#%"))
 		return config_fail(
 		    ld, key, "\"%s\": no query, fragment or %%-escape (redis://[user@]host[:port][/db])",
@@ -131,6 +135,33 @@ bad:
 	return config_fail(
 	    ld, key, "\"%s\" is not redis://[user@]host[:port][/db] (such as \"redis://10.0.0.5:6379/0\")",
 	    shown);
+}
+
+/* After the URL's row: with rediss://, the trust anchors (the system's,
+ * and ca_file's added to them, read now: a bad file fails the load, not
+ * the first connection) and the TLS context every connection uses. */
+int config_conv_cluster_ca_file(struct loader *ld, const char *key, struct value *v, void *base)
+{
+	struct cluster_conf *c = &((struct config *)base)->cluster;
+	struct x509_store_st *store;
+	char err[512];
+
+	if (v->present && !c->tls)
+		return config_fail(ld, key, "only with a rediss:// url (TLS): redis:// travels in clear");
+	if (!c->tls)
+		return 0;
+	free(c->ca_file);
+	c->ca_file = NULL;
+	if (v->present && !(c->ca_file = fileio_join(ld->cfg->dir, v->str)))
+		return config_fail(ld, key, "out of memory");
+	if (!(store = trust_load(c->ca_file, err, sizeof(err))))
+		return config_fail(ld, v->present ? key : "cluster.redis.url", "%s", err);
+	redisio_tls_free(c->tls_ctx);
+	c->tls_ctx = redisio_tls_new(store, err, sizeof(err));
+	trust_free(store);
+	if (!c->tls_ctx)
+		return config_fail(ld, key, "%s", err);
+	return 0;
 }
 
 /* After the URL's row: an ACL user without a password could not log in. */

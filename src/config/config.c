@@ -32,6 +32,7 @@
 #include "denyset.h"
 #include "fileio.h"
 #include "loader.h"
+#include "redisio.h"
 #include "trust.h"
 
 #define CONFIG_FILE_MAX     (1024 * 1024) /* the configuration file itself */
@@ -518,6 +519,8 @@ void config_free(struct config *cfg)
 	free(cfg->cluster.host);
 	free(cfg->cluster.user);
 	free(cfg->cluster.name);
+	free(cfg->cluster.ca_file);
+	redisio_tls_free(cfg->cluster.tls_ctx);
 	secret_clear(&cfg->cluster.password);
 	secret_clear(&cfg->cluster.cache_key);
 	free(cfg);

@@ -157,6 +157,7 @@ int config_conv_shadow_policy(struct loader *ld, const char *key, struct value *
 int config_shadow_build(struct loader *ld);
 void config_shadow_free(struct config *shadow);
 int config_conv_cluster_url(struct loader *ld, const char *key, struct value *v, void *base);
+int config_conv_cluster_ca_file(struct loader *ld, const char *key, struct value *v, void *base);
 int config_conv_cluster_password(struct loader *ld, const char *key, struct value *v, void *base);
 int config_conv_cluster_name(struct loader *ld, const char *key, struct value *v, void *base);
 int config_conv_cluster_cache_key(struct loader *ld, const char *key, struct value *v, void *base);

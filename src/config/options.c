@@ -269,14 +269,20 @@ const struct option config_options[] = {
     {"cluster.redis", OPT_TABLE, NULL, 0, 0, NOWHERE, 0, NULL, "How to reach the cluster's Redis."},
     {"cluster.redis.url", OPT_STRING, NULL, 0, 0, NOWHERE, OPT_REQUIRED, config_conv_cluster_url,
      "`redis://[user@]host[:port][/db]` (port 6379 and database 0 by default; `user` for a Redis ACL "
-     "user). No password in it (`password`). `rediss://` (TLS) is refused: Debian 12's hiredis (0.14) "
-     "has no TLS; use a private network or a TLS tunnel."},
+     "user), or `rediss://...` for TLS (1.2 or later; the server's certificate verified against the "
+     "system's CAs and `ca_file`, and its host name or IP address checked: there is no switch to turn "
+     "that off). No password in it (`password`)."},
+    {"cluster.redis.ca_file", OPT_STRING, NULL, 0, 0, NOWHERE, 0, config_conv_cluster_ca_file,
+     "With `rediss://`: PEM file of CAs trusted for Redis in addition to the system's bundle (a private "
+     "CA); relative to the config file's folder, read at load (missing or without a certificate: a "
+     "config error; refused with `redis://`)."},
     {"cluster.redis.password", OPT_SECRET, NULL, 0, 0, NOWHERE, 0, config_conv_cluster_password,
      "Redis password (`AUTH`; with the URL's user, `AUTH user password`); required when the URL names a "
      "user."},
     {"cluster.redis.timeout_ms", OPT_INT, "1000", 10, 60000, CFG(cluster.timeout_ms), 0, NULL,
-     "Connecting to Redis (each event loop's connection too), and each command of the deny list's subscriber "
-     "and of `deny`/`allow`."},
+     "Connecting to Redis (each event loop's connection too; the TLS handshake included), and each command "
+     "of the deny list's subscriber and of `deny`/`allow` (its whole reply: one still arriving at the end "
+     "is a stalled Redis)."},
     {"cluster.redis.rate_timeout_ms", OPT_INT, "50", 1, 5000, CFG(cluster.rate_timeout_ms), 0, NULL,
      "The longest a token request waits for the shared rate limits' answer from Redis; past it (or "
      "while Redis is unreachable) this broker's own buckets decide, and the connection is made again."},

@@ -1,12 +1,13 @@
 /*
  * fuzz_redisurl.c — libFuzzer driver for config_conv_cluster_url
- * (src/config/conv.c): the bytes are the value of cluster.redis.url.
+ * (src/config/cluster.c): the bytes are the value of cluster.redis.url.
  *
  * Owns the properties: whatever the text, never a crash or a leak; a
  * refusal says why and never quotes what stands before an '@' (it may be a
  * password: "redis://user:secret@host"); a URL taken gives a host of 1-253
  * bytes without '/', '@' or ':' (brackets dropped, IPv6 only then), a port
- * of 1-65535, and a user only when the URL had an '@', without ':'.
+ * of 1-65535, a user only when the URL had an '@', without ':', and TLS
+ * exactly when it starts rediss://.
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -21,13 +22,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 /* The words of conv.c's messages (a "password" made of them is no leak). */
 #define TEMPLATES                                                                                            \
 	"fuzz.conf.lua: cluster.redis.url: \"(not quoted: it holds an '@')\" must start with redis:// "      \
-	"(redis://[user@]host[:port][/db]) no query, fragment or %-escape the port must be 1..65535 the "    \
+	"or rediss:// (TLS) (redis://[user@]host[:port][/db]) no query, fragment or %-escape the port must " \
+	"be 1..65535 the "                                                                                   \
 	"database after '/' must be a number 0..65535 is not redis://[user@]host[:port][/db] (such as "      \
 	"\"redis://10.0.0.5:6379/0\") must not carry a password: write redis://user@host and give the "      \
 	"password as cluster.redis.password = { env = \"NAME\" } or { file = \"PATH\" } has an empty user "  \
-	"name before '@' rediss:// (TLS) is not supported must not contain spaces, control or non-ASCII "    \
-	"bytes must not contain a NUL byte this build's hiredis (Debian 12 ships 0.14) has no TLS; reach "   \
-	"Redis on a private network or through a TLS tunnel (stunnel, spiped) and write redis://"
+	"name before '@' must not contain spaces, control or non-ASCII bytes must not contain a NUL byte"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
@@ -74,6 +74,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		if (strchr(h, ':') && !memchr(s, '[', size))
 			abort();
 		if (cfg->cluster.port == 0)
+			abort();
+		if (cfg->cluster.tls != (size >= 9 && memcmp(s, "rediss://", 9) == 0))
 			abort();
 		if (cfg->cluster.user && (!at || strchr(cfg->cluster.user, ':') || !cfg->cluster.user[0]))
 			abort();

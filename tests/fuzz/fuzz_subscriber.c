@@ -22,11 +22,10 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-static redisContext *serve(const uint8_t *data, size_t size, int *peer)
+static struct redis_conn *serve(const uint8_t *data, size_t size, int *peer)
 {
 	int sv[2];
-	redisContext *rc;
-	struct timeval tv = {.tv_sec = 1};
+	struct redis_conn *rc;
 
 	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
 		abort();
@@ -37,10 +36,8 @@ static redisContext *serve(const uint8_t *data, size_t size, int *peer)
 		(void)write(sv[1], data, size);
 	shutdown(sv[1], SHUT_WR);
 	/* sv[1] stays open for reading the commands sent: closed by the caller. */
-	if (!(rc = redisConnectFd(sv[0])))
+	if (!(rc = redis_conn_fd(sv[0], 1000, REDIS_REPLY_MAX_LARGE)))
 		abort();
-	redis_reader_limit(rc->reader);
-	redisSetTimeout(rc, tv);
 	*peer = sv[1];
 	return rc;
 }
@@ -64,7 +61,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	size_t used;
 	char err[256] = "";
 	bool pong = false;
-	redisContext *cmd;
+	struct redis_conn *cmd;
 	int peer;
 	struct deny_list *before;
 	size_t before_total;
@@ -96,7 +93,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	check_list();
 	freeReplyObject(reply);
 	close(peer);
-	redisFree(cmd);
+	redis_close(cmd);
 	/* The same answers as a first load. */
 	cmd = serve(data + used, size - used, &peer);
 	err[0] = '\0';
@@ -107,7 +104,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	}
 	check_list();
 	close(peer);
-	redisFree(cmd);
+	redis_close(cmd);
 	redisReaderFree(rd);
 	/* Keep the list from growing without bound across inputs. */
 	if (list && list->total > 100000)

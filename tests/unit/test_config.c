@@ -946,6 +946,8 @@ static void test_cluster_url_forms(void **state)
 	    {"redis://[::1]:7000/15", "::1", NULL, 7000, 15},
 	    {"redis://[fd00::5]", "fd00::5", NULL, 6379, 0},
 	    {"redis://broker@10.0.0.5:6379/0", "10.0.0.5", "broker", 6379, 0},
+	    {"rediss://redis.internal:6380/3", "redis.internal", NULL, 6380, 3},
+	    {"rediss://broker@[::1]", "::1", "broker", 6379, 0},
 	};
 
 	setenv("REDIS_PASSWORD", "redis-pass-0123", 1);
@@ -972,9 +974,44 @@ static void test_cluster_url_forms(void **state)
 		assert_int_equal(cfg->cluster.password.len, strlen("redis-pass-0123"));
 		assert_memory_equal(cfg->cluster.password.data, "redis-pass-0123", cfg->cluster.password.len);
 		assert_null(cfg->cluster.cache_key.data);
+		/* rediss://: TLS, its context built at load; redis://: none. */
+		assert_int_equal(cfg->cluster.tls, strncmp(ok[i].url, "rediss://", 9) == 0);
+		assert_int_equal(cfg->cluster.tls_ctx != NULL, cfg->cluster.tls);
+		assert_null(cfg->cluster.ca_file);
 		config_free(cfg);
 	}
 	unsetenv("REDIS_PASSWORD");
+}
+
+/* cluster.redis.ca_file: read at load (a bad file refuses the config),
+ * only beside rediss://. */
+static void test_cluster_ca_file(void **state)
+{
+	struct fixture *f = *state;
+	struct config *cfg;
+	char cmd[1024];
+
+	snprintf(cmd, sizeof(cmd),
+	         "cd '%s' && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes "
+	         "-keyout redis-ca.key -out redis-ca.pem -days 2 -subj /CN=redis-ca >/dev/null 2>&1",
+	         f->dir);
+	assert_int_equal(system(cmd), 0);
+	write_file(f->dir, "empty.pem", "not a certificate\n", 0644);
+	cfg = load(f, CLUSTER("redis = { url = 'rediss://10.0.0.5', ca_file = 'redis-ca.pem' }, name = 'p'"));
+	if (!cfg)
+		fail_msg("refused: %s", f->err);
+	assert_true(cfg->cluster.tls);
+	assert_non_null(cfg->cluster.tls_ctx);
+	assert_non_null(strstr(cfg->cluster.ca_file, "/redis-ca.pem"));
+	assert_true(cfg->cluster.ca_file[0] == '/');
+	config_free(cfg);
+	expect_error(f, CLUSTER("redis = { url = 'rediss://10.0.0.5', ca_file = 'missing.pem' }, name = 'p'"),
+	             "cluster.redis.ca_file", "cannot read", NULL);
+	expect_error(f, CLUSTER("redis = { url = 'rediss://10.0.0.5', ca_file = 'empty.pem' }, name = 'p'"),
+	             "cluster.redis.ca_file", "no PEM certificate", NULL);
+	/* Beside redis:// it would only pretend: the connection is in clear. */
+	expect_error(f, CLUSTER("redis = { url = 'redis://10.0.0.5', ca_file = 'redis-ca.pem' }, name = 'p'"),
+	             "cluster.redis.ca_file", "only with a rediss://", NULL);
 }
 
 static void test_cluster_url_refused(void **state)
@@ -983,7 +1020,8 @@ static void test_cluster_url_refused(void **state)
 	static const struct {
 		const char *url, *why;
 	} bad[] = {
-	    {"rediss://10.0.0.5:6379", "rediss:// (TLS) is not supported"},
+	    {"rediss://u:hunter2@10.0.0.5", "must not carry a password"},
+	    {"redis:/10.0.0.5", "must start with redis:// or rediss://"},
 	    {"redis://:hunter2@10.0.0.5", "must not carry a password"},
 	    {"redis://u:hunter2@10.0.0.5", "must not carry a password"},
 	    {"redis://u@x@10.0.0.5", "must not carry a password"},
@@ -1428,6 +1466,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_print_options, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_cluster_absent_touches_nothing, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_cluster_url_forms, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_cluster_ca_file, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_cluster_url_refused, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_cluster_other_options, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_load_for_tools, setup, teardown),

@@ -5,7 +5,11 @@
  * authenticates and selects its database without blocking; a command's
  * callback runs once, with the reply or NULL at its deadline (a stalled
  * Redis); a lost Redis is reconnected by itself when it returns; a wrong
- * password never makes it ready.
+ * password never makes it ready. Over TLS (rediss://, a test CA made at
+ * test time): ready with the right CA and host, never with another CA or
+ * another host name; a server that stalls mid-handshake is dropped at the
+ * connect timeout. A reply dripped a byte at a time, or growing past the
+ * cap, costs the connection (a fake Redis: redis_fixture.h).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -15,7 +19,11 @@
 #include <cmocka.h>
 #include <hiredis/hiredis.h>
 
+#include "redis.h"
 #include "redis_fixture.h"
+#include "redisio.h"
+#include "tmpdir_fixture.h"
+#include "trust.h"
 
 struct answer {
 	int calls;
@@ -50,9 +58,10 @@ static int command(struct rloop *rl, struct answer *a, unsigned timeout_ms, int 
 	return rloop_command(rl, argc, argv, len, timeout_ms, on_answer, a);
 }
 
-static struct rloop *open_rl(int epfd, int port, const char *password, int db)
+static struct rloop *open_rl_tls(int epfd, int port, const char *password, int db, struct ssl_ctx_st *tls)
 {
 	struct rloop_conf conf = {.host = "127.0.0.1",
+	                          .tls = tls,
 	                          .port = port,
 	                          .db = db,
 	                          .password = password,
@@ -67,6 +76,35 @@ static struct rloop *open_rl(int epfd, int port, const char *password, int db)
 
 	assert_non_null(rl);
 	return rl;
+}
+
+static struct rloop *open_rl(int epfd, int port, const char *password, int db)
+{
+	return open_rl_tls(epfd, port, password, db, NULL);
+}
+
+/* A TLS context trusting the system's anchors and dir/ca (redisio.h). */
+static struct ssl_ctx_st *tls_ctx(const char *dir, const char *ca)
+{
+	char path[512], err[256];
+	struct x509_store_st *store;
+	struct ssl_ctx_st *ctx;
+
+	snprintf(path, sizeof(path), "%s/%s", dir, ca);
+	store = trust_load(path, err, sizeof(err));
+	assert_non_null(store);
+	ctx = redisio_tls_new(store, err, sizeof(err));
+	trust_free(store);
+	assert_non_null(ctx);
+	return ctx;
+}
+
+/* A temporary folder with the test CA's files. */
+static void tls_dir(char *dir)
+{
+	strcpy(dir, "/tmp/test_redisloop.XXXXXX");
+	assert_non_null(mkdtemp(dir));
+	assert_int_equal(tls_make_files(dir), 0);
 }
 
 /* Password, database, a command and its reply; the key is in database 3. */
@@ -238,12 +276,156 @@ static void test_free_ends_pending(void **state)
 	close(epfd);
 }
 
+/* rediss://: the handshake with the test CA, AUTH, a command and its
+ * reply, all on the loop's epoll. */
+static void test_tls_ready_and_command(void **state)
+{
+	struct redis_server s;
+	int epfd = epoll_create1(0);
+	struct ssl_ctx_st *ctx;
+	struct rloop *rl;
+	struct answer a;
+	char dir[64];
+
+	(void)state;
+	tls_dir(dir);
+	assert_int_equal(redis_start_tls(&s, 0, "tls pass", dir, "server"), 0);
+	ctx = tls_ctx(dir, "ca.pem");
+	rl = open_rl_tls(epfd, s.port, "tls pass", 2, ctx);
+	redisio_tls_free(ctx); /* the connection holds its own reference */
+	assert_true(drive(rl, epfd, is_ready, rl, 5000));
+	assert_int_equal(command(rl, &a, 2000, 3, (const char *[]){"SET", "k", "over tls"}), 0);
+	assert_true(drive(rl, epfd, answered, &a, 5000));
+	assert_string_equal(a.text, "OK");
+	assert_int_equal(command(rl, &a, 2000, 2, (const char *[]){"GET", "k"}), 0);
+	assert_true(drive(rl, epfd, answered, &a, 5000));
+	assert_string_equal(a.text, "over tls");
+	rloop_free(rl);
+	redis_stop(&s);
+	close(epfd);
+	tmpdir_remove(dir);
+}
+
+/* Another CA, or a certificate for another host name: never ready. */
+static void test_tls_refused(void **state)
+{
+	struct redis_server s;
+	int epfd = epoll_create1(0);
+	struct ssl_ctx_st *ctx;
+	struct rloop *rl;
+	char dir[64];
+
+	(void)state;
+	tls_dir(dir);
+	assert_int_equal(redis_start_tls(&s, 0, NULL, dir, "server"), 0);
+	ctx = tls_ctx(dir, "other-ca.pem");
+	rl = open_rl_tls(epfd, s.port, NULL, 0, ctx);
+	assert_false(drive(rl, epfd, is_ready, rl, 1500));
+	rloop_free(rl);
+	redisio_tls_free(ctx);
+	redis_stop(&s);
+
+	/* The right CA, but the certificate names redis.elsewhere.test. */
+	assert_int_equal(redis_start_tls(&s, 0, NULL, dir, "wronghost"), 0);
+	ctx = tls_ctx(dir, "ca.pem");
+	rl = open_rl_tls(epfd, s.port, NULL, 0, ctx);
+	assert_false(drive(rl, epfd, is_ready, rl, 1500));
+	rloop_free(rl);
+	redisio_tls_free(ctx);
+	redis_stop(&s);
+	close(epfd);
+	tmpdir_remove(dir);
+}
+
+/* A server that takes the ClientHello and never answers: the connection
+ * is dropped (closed) at the connect timeout, not kept waiting. */
+static void test_tls_stalled_handshake(void **state)
+{
+	struct hostile h = {.answer = ""};
+	int epfd = epoll_create1(0);
+	struct ssl_ctx_st *ctx;
+	struct rloop *rl;
+	char dir[64];
+
+	(void)state;
+	tls_dir(dir);
+	assert_int_equal(hostile_start(&h), 0);
+	ctx = tls_ctx(dir, "ca.pem");
+	rl = open_rl_tls(epfd, h.port, NULL, 0, ctx); /* connect timeout: 500 ms */
+	assert_false(drive(rl, epfd, is_ready, rl, 1500));
+	rloop_free(rl);
+	hostile_stop(&h);
+	assert_true(h.peer_closed);
+	redisio_tls_free(ctx);
+	close(epfd);
+	tmpdir_remove(dir);
+}
+
+/* A reply dripped a byte at a time: the command ends NULL at its deadline
+ * and the connection goes with it (bytes kept coming, so the old "answered
+ * nothing" rule alone kept it, growing without bound). */
+static void test_dripped_reply_drops(void **state)
+{
+	static char drip[256];
+	struct hostile h = {.answer = drip, .drip_ms = 5, .pong = true};
+	int epfd = epoll_create1(0);
+	struct rloop *rl;
+	struct answer a;
+
+	(void)state;
+	snprintf(drip, sizeof(drip), "$100000000\r\n%0200d", 0);
+	assert_int_equal(hostile_start(&h), 0);
+	rl = open_rl(epfd, h.port, NULL, 0);
+	assert_true(drive(rl, epfd, is_ready, rl, 5000));
+	assert_int_equal(command(rl, &a, 300, 2, (const char *[]){"GET", "k"}), 0);
+	assert_true(drive(rl, epfd, answered, &a, 5000));
+	assert_true(a.null_reply);
+	assert_false(rloop_ready(rl));
+	rloop_free(rl);
+	hostile_stop(&h);
+	assert_true(h.peer_closed);
+	close(epfd);
+}
+
+/* A reply that grows past the loop's cap (64 KiB) before it is whole ends
+ * the connection at once, long before its command's deadline. */
+static void test_reply_over_cap_drops(void **state)
+{
+	char *big = malloc(300000);
+	struct hostile h = {.answer = big, .pong = true};
+	int epfd = epoll_create1(0);
+	struct rloop *rl;
+	struct answer a;
+
+	(void)state;
+	assert_non_null(big);
+	memset(big, 'a', 299999);
+	big[299999] = '\0';
+	memcpy(big, "$1000000\r\n", 10);
+	assert_int_equal(hostile_start(&h), 0);
+	rl = open_rl(epfd, h.port, NULL, 0);
+	assert_true(drive(rl, epfd, is_ready, rl, 5000));
+	assert_int_equal(command(rl, &a, 60000, 2, (const char *[]){"GET", "k"}), 0);
+	assert_true(drive(rl, epfd, answered, &a, 10000));
+	assert_true(a.null_reply);
+	assert_false(rloop_ready(rl));
+	rloop_free(rl);
+	hostile_stop(&h);
+	/* We hung up, not the fake (it would after 5 s of silence). */
+	assert_true(h.peer_closed);
+	close(epfd);
+	free(big);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_auth_select_and_command), cmocka_unit_test(test_wrong_password_never_ready),
 	    cmocka_unit_test(test_deadline_then_reconnect), cmocka_unit_test(test_killed_and_restarted),
 	    cmocka_unit_test(test_free_ends_pending),       cmocka_unit_test(test_slow_keeps_connection),
+	    cmocka_unit_test(test_tls_ready_and_command),   cmocka_unit_test(test_tls_refused),
+	    cmocka_unit_test(test_tls_stalled_handshake),   cmocka_unit_test(test_dripped_reply_drops),
+	    cmocka_unit_test(test_reply_over_cap_drops),
 	};
 	signal(SIGPIPE, SIG_IGN);
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1,0 +1,205 @@
+"""The cluster over TLS (rediss://, issue 16): redis-server with TLS only
+(`--port 0 --tls-port FREE`), its certificate from a test CA made with
+openssl at test time, and brokers that trust that CA through
+cluster.redis.ca_file. The shared per-requester limit holds across two
+brokers, `deny`/`allow` (themselves over TLS) reach both, and a broker that
+trusts another CA never talks to that Redis (nor does `deny`): no way
+around the verification.
+"""
+import json
+import socket
+import ssl
+import subprocess
+import time
+
+import pytest
+
+from conftest import BROKER_BIN, metrics, mint, reload_ok, wait_metric
+from redis_server import Client, RedisServer, free_port
+
+pytestmark = pytest.mark.skipif(not RedisServer.available(),
+                                reason="redis-server is not installed (scripts/install-deps.sh installs it)")
+
+REDIS_PASSWORD = "redis-tls-pass-91c2e7"
+PROPAGATION = 1.0  # seconds: every broker applies a deny within this
+PER_REQUESTER_5 = "rate_limit = { per_requester = { per_second = 0.01, burst = 5 } },"
+
+
+def openssl(cwd, *args):
+    subprocess.run(["openssl"] + list(args), cwd=cwd, check=True, capture_output=True, timeout=60)
+
+
+def make_ca(d):
+    """d/ca.pem (a test CA), d/other-ca.pem, and d/redis.pem/.key for
+    127.0.0.1 signed by ca.pem."""
+    d.mkdir(exist_ok=True)
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+    openssl(d, "req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=ci-redis-ca")
+    openssl(d, "req", "-x509", *ec, "-keyout", "other-ca.key", "-out", "other-ca.pem", "-days", "2",
+            "-subj", "/CN=another-ca")
+    openssl(d, "req", *ec, "-keyout", "redis.key", "-out", "redis.csr", "-subj", "/CN=redis")
+    (d / "redis.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    openssl(d, "x509", "-req", "-in", "redis.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", "redis.pem", "-days", "2", "-extfile", "redis.ext")
+    return d
+
+
+class TlsClient(Client):
+    """The suite's RESP client, over TLS verified with the test CA."""
+
+    def __init__(self, port, ca, password=None, timeout=5.0):
+        ctx = ssl.create_default_context(cafile=str(ca))
+        raw = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.sock = ctx.wrap_socket(raw, server_hostname="127.0.0.1")
+        self.buf = b""
+        if password is not None:
+            self.call("AUTH", password)
+
+
+class TlsRedis:
+    """redis-server with TLS only, on a free port of 127.0.0.1."""
+
+    def __init__(self, d):
+        self.ca = d / "ca.pem"
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", "0", "--tls-port", str(self.port), "--bind", "127.0.0.1",
+             "--tls-cert-file", str(d / "redis.pem"), "--tls-key-file", str(d / "redis.key"),
+             "--tls-ca-cert-file", str(self.ca), "--tls-auth-clients", "no",
+             "--requirepass", REDIS_PASSWORD, "--save", "", "--appendonly", "no", "--loglevel", "warning"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                c = self.client()
+                c.call("PING")
+                c.close()
+                return
+            except (OSError, ssl.SSLError):
+                if self.proc.poll() is not None:
+                    break
+                time.sleep(0.05)
+        self.stop()
+        raise AssertionError("redis-server with TLS did not answer")
+
+    def client(self):
+        return TlsClient(self.port, self.ca, REDIS_PASSWORD)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+@pytest.fixture
+def tls(tmp_path):
+    return make_ca(tmp_path / "pki")
+
+
+@pytest.fixture
+def redis(tls):
+    r = TlsRedis(tls)
+    yield r
+    r.stop()
+
+
+def cluster_block(port, ca_file, name="tls"):
+    return ('cluster = { redis = { url = "rediss://127.0.0.1:%d/0", ca_file = %s, '
+            'password = { env = "REDIS_PASSWORD" } }, name = "%s" }' % (port, json.dumps(str(ca_file)), name))
+
+
+def start_brokers(broker_factory, redis, ca_file, n=2, **kw):
+    return [broker_factory(extra=cluster_block(redis.port, ca_file), env={"REDIS_PASSWORD": REDIS_PASSWORD}, **kw)
+            for _ in range(n)]
+
+
+def connected(b, n=2):
+    """Every loop of b (threads = 2 by default) is connected to Redis."""
+    wait_metric(b, "broker_cluster_redis_connections", lambda v: v == n, timeout=10)
+
+
+def cli(b, *args):
+    """courier-broker deny|allow with b's config and environment."""
+    return subprocess.run([BROKER_BIN, args[0], "-c", str(b.config)] + list(args[1:]), env=b.env,
+                          capture_output=True, text=True, timeout=30)
+
+
+def ask(b, user):
+    return b.post(body={"user_id": user}, token=mint(sub=user))
+
+
+def wait_status(brokers, user, status, timeout):
+    t0 = time.monotonic()
+    pending = list(brokers)
+    while pending and time.monotonic() - t0 < timeout:
+        pending = [b for b in pending if ask(b, user).status != status]
+        if pending:
+            time.sleep(0.01)
+    assert not pending, "%d broker(s) still not answering %d for %s after %.1f s" % (
+        len(pending), status, user, timeout)
+
+
+def test_shared_limit_over_tls(broker_factory, double, redis, tls):
+    # Old code: rediss:// was refused at load, so no broker started.
+    bs = start_brokers(broker_factory, redis, tls / "ca.pem", tenants={"default": {"extra": PER_REQUESTER_5}})
+    for b in bs:
+        connected(b)
+        assert b.get("/readyz").json().get("cluster") == "up"
+    codes = [bs[i % 2].post(body={"user_id": "alice"}, token=mint("mallory")).status for i in range(10)]
+    assert codes == [200] * 5 + [429] * 5, (codes, bs[0].p.text()[-3000:])
+    shared = sum(metrics(b).get('broker_cluster_rate_checks_total{by="shared"}', 0) for b in bs)
+    assert shared == 10, shared
+    # The buckets are in the TLS Redis, under the cluster's prefix.
+    keys = redis.client().call("KEYS", "*")
+    assert keys and all(k.startswith(b"courier-broker:tls:rl:") for k in keys), keys
+
+
+def test_deny_and_allow_over_tls_reach_both(broker_factory, double, redis, tls):
+    bs = start_brokers(broker_factory, redis, tls / "ca.pem")
+    for b in bs:
+        connected(b)
+        assert ask(b, "eve").status == 200
+    r = cli(bs[0], "deny", "--tenant", "default", "eve")
+    assert r.returncode == 0, r.stderr
+    assert "1 of 1 user(s) added" in r.stdout and "2 broker(s) notified" in r.stdout, r.stdout
+    wait_status(bs, "eve", 403, PROPAGATION)
+    assert redis.client().call("SMEMBERS", "courier-broker:tls:deny:default") == [b"eve"]
+    r = cli(bs[1], "allow", "--tenant", "default", "eve")
+    assert r.returncode == 0, r.stderr
+    wait_status(bs, "eve", 200, PROPAGATION)
+    # A broker started now loads the list over TLS too.
+    assert cli(bs[0], "deny", "--tenant", "default", "mallory").returncode == 0
+    late = start_brokers(broker_factory, redis, tls / "ca.pem", n=1)[0]
+    connected(late)
+    assert ask(late, "mallory").status == 403
+
+
+def test_another_ca_never_talks_to_redis(broker_factory, double, redis, tls):
+    """Trusting another CA: the broker starts and serves on its own state,
+    says the cluster is down, and neither it nor `deny` ever reaches Redis."""
+    b = start_brokers(broker_factory, redis, tls / "other-ca.pem", n=1)[0]
+    time.sleep(1.0)  # several connection attempts, each refused
+    assert metrics(b).get("broker_cluster_redis_connections") == 0
+    assert b.get("/readyz").json().get("cluster") == "down"
+    r = ask(b, "alice")
+    assert r.status == 200, (r.body, b.p.text()[-3000:])
+    r = cli(b, "deny", "--tenant", "default", "alice")
+    assert r.returncode == 1
+    assert "certificate is refused" in r.stderr, r.stderr
+    assert REDIS_PASSWORD not in r.stderr + r.stdout
+    assert redis.client().call("KEYS", "*") == []
+    log = b.p.text()
+    assert "certificate is refused" in log, log
+    assert REDIS_PASSWORD not in log
+
+
+def test_a_reload_that_changes_tls_keeps_the_cluster_it_started_with(broker_factory, double, redis, tls):
+    """Another ca_file (or redis:// for rediss://) is a change of cluster: warned
+    about, and the connections made at start stay as they are."""
+    b = start_brokers(broker_factory, redis, tls / "ca.pem", n=1)[0]
+    connected(b)
+    (tls / "copy-ca.pem").write_bytes((tls / "ca.pem").read_bytes())
+    b.config.write_text(b.config_text.replace(str(tls / "ca.pem"), str(tls / "copy-ca.pem")))
+    reload_ok(b)
+    b.p.wait_for(r"reload: cluster changed; the broker keeps the cluster it started with until a restart")
+    assert metrics(b).get("broker_cluster_redis_connections") == 2
