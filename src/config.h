@@ -89,6 +89,8 @@ struct cluster_conf {
 	struct secret cache_key; /* cluster.cache_key: exactly 32 bytes, or unset */
 	/* cluster.redis.rate_timeout_ms: a request's wait for the shared rate limits */
 	unsigned rate_timeout_ms;
+	/* cluster.rate_lease_ms: how long leased tokens may be spent; 0: no leases */
+	unsigned rate_lease_ms;
 };
 
 struct config {

@@ -30,6 +30,7 @@ struct outcome {
 	double retry;
 	long long integer;
 	const struct clusterrate_cmd *cmd;
+	unsigned grants[2];
 };
 
 static void on_reply(const struct redisReply *r, void *arg)
@@ -37,7 +38,7 @@ static void on_reply(const struct redisReply *r, void *arg)
 	struct outcome *o = arg;
 
 	o->calls++;
-	o->rc = clusterrate_verdict(o->cmd, r, &o->level, &o->retry);
+	o->rc = clusterrate_verdict(o->cmd, r, &o->level, &o->retry, o->grants);
 	if (r && r->type == REDIS_REPLY_INTEGER)
 		o->integer = r->integer;
 }
