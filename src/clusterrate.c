@@ -120,8 +120,8 @@ static void add_num(struct clusterrate_cmd *c, int i, double v)
 	add(c, c->nums[i], (size_t)n);
 }
 
-int clusterrate_keys(struct clusterrate_keys *k, const char *prefix, const char *tenant, const char *requester,
-                     size_t len, const struct clusterrate_limits *lim)
+int clusterrate_keys(struct clusterrate_keys *k, const char *prefix, const char *tenant,
+                     const char *requester, size_t len, const struct clusterrate_limits *lim)
 {
 	char name[65];
 	int n;
@@ -230,8 +230,8 @@ int clusterrate_verdict(const struct clusterrate_cmd *c, const struct redisReply
 		if (r->elements != (size_t)c->nkeys + 1)
 			return -1;
 		for (int j = 0; j < c->nkeys; j++)
-			if (r->element[j + 1]->type != REDIS_REPLY_INTEGER || r->element[j + 1]->integer < 1 ||
-			    r->element[j + 1]->integer > 1000000)
+			if (r->element[j + 1]->type != REDIS_REPLY_INTEGER ||
+			    r->element[j + 1]->integer < 1 || r->element[j + 1]->integer > 1000000)
 				return -1;
 		if (grants) {
 			grants[0] = grants[1] = 0;

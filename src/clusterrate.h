@@ -59,8 +59,8 @@ const char *clusterrate_sha(void);
  * HEX a SHA-256 of the cluster prefix, tenant and requester (no subject in
  * clear in Redis), then PREFIX rl:t:TENANT. Returns 0, or -1 when no limit
  * is on or a key would be too long. */
-int clusterrate_keys(struct clusterrate_keys *k, const char *prefix, const char *tenant, const char *requester,
-                     size_t len, const struct clusterrate_limits *lim);
+int clusterrate_keys(struct clusterrate_keys *k, const char *prefix, const char *tenant,
+                     const char *requester, size_t len, const struct clusterrate_limits *lim);
 
 /* The command (EVALSHA, or EVAL when eval) charging the keys of k whose ask
  * is at least 1 (ask[i] tokens wanted from key i; 0: not sent). Returns 0,

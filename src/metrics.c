@@ -62,7 +62,7 @@ static atomic_int breakers_open;
 static atomic_ullong courier_paused;
 static atomic_int cluster_redis_up;                           /* loops connected to the cluster's Redis */
 static atomic_ullong cluster_rate_shared, cluster_rate_local; /* cluster rate checks */
-static atomic_ullong cluster_rate_lease;                       /* ... answered by a lease */
+static atomic_ullong cluster_rate_lease;                      /* ... answered by a lease */
 static atomic_ullong limited_requester, limited_tenant;
 static atomic_ullong grant_counts[3]; /* enum metrics_grant */
 static atomic_ullong gen_id, gen_loaded_at;

@@ -26,7 +26,7 @@
 
 #include "clusterrate.h"
 
-#define PROBES 8               /* entries a key may sit in, from its hash's */
+#define PROBES        8        /* entries a key may sit in, from its hash's */
 #define FILL_STALE_MS 10000ull /* past every command's deadline: a fill lost */
 
 struct entry {

@@ -19,7 +19,7 @@
 #include <stdint.h>
 
 #define RATELEASE_SLOTS 256 /* entries a loop's table holds */
-#define RATELEASE_MAX 64    /* the largest lease, in tokens */
+#define RATELEASE_MAX   64  /* the largest lease, in tokens */
 
 struct ratelease;
 

@@ -80,8 +80,8 @@ static void on_prefetch_reply(const struct redisReply *reply, void *arg)
 	if (rc == 1 && !f->eval_sent) {
 		f->eval_sent = true;
 		clusterrate_as_eval(&f->cmd);
-		if (rloop_command(f->rl, f->cmd.argc, f->cmd.argv, f->cmd.len, f->wait_ms, on_prefetch_reply, f) ==
-		    0)
+		if (rloop_command(f->rl, f->cmd.argc, f->cmd.argv, f->cmd.len, f->wait_ms, on_prefetch_reply,
+		                  f) == 0)
 			return;
 	}
 	if (rc == 0 && level == CLUSTERRATE_OK)
@@ -93,8 +93,9 @@ static void on_prefetch_reply(const struct redisReply *reply, void *arg)
 
 /* Asks for key i's next lease (ask tokens) ahead; ref is the request's
  * hold, which keeps its token and gives the filling to the call. */
-static void prefetch(struct rloop *rl, unsigned wait_ms, struct ratelease *t, const struct clusterrate_keys *k,
-                     int i, unsigned ask, struct ratelease_ref *ref, uint64_t now)
+static void prefetch(struct rloop *rl, unsigned wait_ms, struct ratelease *t,
+                     const struct clusterrate_keys *k, int i, unsigned ask, struct ratelease_ref *ref,
+                     uint64_t now)
 {
 	unsigned asks[2] = {0, 0};
 	struct prefetch *f = calloc(1, sizeof(*f));
@@ -115,8 +116,8 @@ static void prefetch(struct rloop *rl, unsigned wait_ms, struct ratelease *t, co
 	if (f)
 		ratelease_release(t, &f->ref, now);
 	else
-		ratelease_release(t, &(struct ratelease_ref){.slot = ref->slot, .stamp = ref->stamp, .filling = true},
-		                  now);
+		ratelease_release(
+		    t, &(struct ratelease_ref){.slot = ref->slot, .stamp = ref->stamp, .filling = true}, now);
 	free(f);
 }
 

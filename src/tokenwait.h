@@ -15,8 +15,8 @@
 #include <stdint.h>
 
 #include "clusterrate.h"
-#include "ratelease.h"
 #include "ident.h"
+#include "ratelease.h"
 #include "reply.h"
 
 struct decision;

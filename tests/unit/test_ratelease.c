@@ -19,7 +19,7 @@
 
 #include "ratelease.h"
 
-#define L 10 /* lease_ms */
+#define L   10 /* lease_ms */
 #define KEY "courier-broker:t:rl:t:acme"
 
 static struct ratelease *t;
@@ -52,13 +52,13 @@ static void lease_of(uint64_t now, unsigned *left, unsigned *k, bool *in_force)
 static void test_cap(void **state)
 {
 	(void)state;
-	assert_int_equal(ratelease_cap(L, 2000, 100), 12);     /* burst / 8 */
-	assert_int_equal(ratelease_cap(L, 500, 1000), 5);      /* per_second * L / 1000 */
-	assert_int_equal(ratelease_cap(L, 1e6, 1e6), 64);      /* RATELEASE_MAX */
-	assert_int_equal(ratelease_cap(L, 150, 1000), 1);      /* under 2000 / L: never leased */
-	assert_int_equal(ratelease_cap(L, 100000, 10), 1);     /* burst under 16: never leased */
-	assert_int_equal(ratelease_cap(L, 0.01, 5), 1);        /* at least 1 */
-	assert_int_equal(ratelease_cap(1000, 0.01, 1000), 1);  /* whatever L */
+	assert_int_equal(ratelease_cap(L, 2000, 100), 12);    /* burst / 8 */
+	assert_int_equal(ratelease_cap(L, 500, 1000), 5);     /* per_second * L / 1000 */
+	assert_int_equal(ratelease_cap(L, 1e6, 1e6), 64);     /* RATELEASE_MAX */
+	assert_int_equal(ratelease_cap(L, 150, 1000), 1);     /* under 2000 / L: never leased */
+	assert_int_equal(ratelease_cap(L, 100000, 10), 1);    /* burst under 16: never leased */
+	assert_int_equal(ratelease_cap(L, 0.01, 5), 1);       /* at least 1 */
+	assert_int_equal(ratelease_cap(1000, 0.01, 1000), 1); /* whatever L */
 }
 
 /* Under 2000/L per second: every request asks Redis for exactly one token,
@@ -138,8 +138,9 @@ static void test_k_grows_then_spends_without_asking(void **state)
 		takes++;
 		if (ref.filling) {
 			calls++;
-			ratelease_granted(t, &(struct ratelease_ref){.slot = ref.slot, .stamp = ref.stamp, .filling = true},
-			                  held ? ask : ask - 1, now, now);
+			ratelease_granted(
+			    t, &(struct ratelease_ref){.slot = ref.slot, .stamp = ref.stamp, .filling = true},
+			    held ? ask : ask - 1, now, now);
 		} else if (!held) {
 			calls++; /* one token, asked while another call fills */
 		}
