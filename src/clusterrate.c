@@ -1,15 +1,16 @@
 /*
  * clusterrate.c — the shared rate limits' script, its keys and its verdict.
  *
- * Owns the Lua script Redis runs for each request (GCRA: each key holds
+ * Owns the Lua script Redis runs for each call (GCRA: each key holds
  * its limit's theoretical arrival time in microseconds of Redis's own
- * clock, so brokers' clocks never matter), the names of the keys it
- * writes and the reading of its answer. A key expires when its bucket
+ * clock, so brokers' clocks never matter; a call may ask a key for several
+ * tokens, a lease, and each key grants what it holds up to its ask), the
+ * names of the keys it writes and the reading of its answer. A key expires when its bucket
  * would be full again: nothing accumulates for requesters who went away.
  *
  * It must never put a requester's subject or address in a key in clear,
  * never charge the requester's limit when the tenant's refuses (the script
- * checks both before it writes either), and never send anything but the
+ * checks every key before it writes any: a refusal charges nothing), and never send anything but the
  * keys and numbers (no secret reaches Redis).
  */
 #include "clusterrate.h"
