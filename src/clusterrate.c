@@ -1,15 +1,16 @@
 /*
  * clusterrate.c — the shared rate limits' script, its keys and its verdict.
  *
- * Owns the Lua script Redis runs for each request (GCRA: each key holds
+ * Owns the Lua script Redis runs for each call (GCRA: each key holds
  * its limit's theoretical arrival time in microseconds of Redis's own
- * clock, so brokers' clocks never matter), the names of the keys it
- * writes and the reading of its answer. A key expires when its bucket
+ * clock, so brokers' clocks never matter; a call may ask a key for several
+ * tokens, a lease, and each key grants what it holds up to its ask), the
+ * names of the keys it writes and the reading of its answer. A key expires when its bucket
  * would be full again: nothing accumulates for requesters who went away.
  *
  * It must never put a requester's subject or address in a key in clear,
  * never charge the requester's limit when the tenant's refuses (the script
- * checks both before it writes either), and never send anything but the
+ * checks every key before it writes any: a refusal charges nothing), and never send anything but the
  * keys and numbers (no secret reaches Redis).
  */
 #include "clusterrate.h"
@@ -25,26 +26,33 @@
 #include "secret.h"
 
 /* KEYS: one or two buckets, checked in order; ARGV: each one's period
- * (microseconds per token) and burst. Returns {0, 0} when every bucket had
- * a token (all are charged), else {i, wait_us} for the first that had none
- * (nothing charged). */
+ * (microseconds per token), burst and ask (the tokens wanted: a lease).
+ * Each bucket can give floor((now + burst * period - tat) / period) tokens;
+ * it grants that, capped by its ask. Returns {0, g1[, g2]} when every bucket
+ * can give at least one (each is charged its grant), else {i, wait_us} for
+ * the first that has none (nothing charged). An ask of 1 is the plain
+ * check: the test below is the one a single token always had. */
 static const char script[] = "local t = redis.call('TIME')\n"
                              "local now = tonumber(t[1]) * 1000000 + tonumber(t[2])\n"
-                             "local tats = {}\n"
+                             "local tats, grants = {}, {0}\n"
                              "for i = 1, #KEYS do\n"
-                             "  local period, burst = tonumber(ARGV[2*i-1]), tonumber(ARGV[2*i])\n"
+                             "  local period, burst = tonumber(ARGV[3*i-2]), tonumber(ARGV[3*i-1])\n"
+                             "  local ask = tonumber(ARGV[3*i]) or 1\n"
                              "  local tat = tonumber(redis.call('GET', KEYS[i]) or '0') or 0\n"
                              "  if tat < now then tat = now end\n"
-                             "  local new = tat + period\n"
-                             "  local wait = new - burst * period - now\n"
+                             "  local wait = tat + period - burst * period - now\n"
                              "  if wait > 0 then return {i, math.ceil(wait)} end\n"
-                             "  tats[i] = new\n"
+                             "  local g = math.floor((now + burst * period - tat) / period)\n"
+                             "  if g > ask then g = ask end\n"
+                             "  if g < 1 then g = 1 end\n"
+                             "  tats[i] = tat + g * period\n"
+                             "  grants[i + 1] = g\n"
                              "end\n"
                              "for i = 1, #KEYS do\n"
                              "  redis.call('SET', KEYS[i], string.format('%.0f', tats[i]), 'PX',\n"
                              "             math.ceil((tats[i] - now) / 1000) + 1)\n"
                              "end\n"
-                             "return {0, 0}\n";
+                             "return grants\n";
 
 static char sha_hex[41];
 static pthread_once_t sha_once = PTHREAD_ONCE_INIT;
@@ -113,18 +121,56 @@ static void add_num(struct clusterrate_cmd *c, int i, double v)
 	add(c, c->nums[i], (size_t)n);
 }
 
-int clusterrate_command(struct clusterrate_cmd *c, bool eval, const char *prefix, const char *tenant,
-                        const char *requester, size_t len, const struct clusterrate_limits *lim)
+int clusterrate_keys(struct clusterrate_keys *k, const char *prefix, const char *tenant,
+                     const char *requester, size_t len, const struct clusterrate_limits *lim)
 {
-	bool req = lim->requester_per_second > 0, ten = lim->per_second > 0;
-	int nkeys = (int)req + (int)ten, k = 0, n;
 	char name[65];
+	int n;
+
+	k->n = 0;
+	if (lim->requester_per_second > 0) {
+		if (requester_name(prefix, tenant, requester, len, name) != 0)
+			return -1;
+		n = snprintf(k->name[0], sizeof(k->name[0]), "%srl:r:%s", prefix, name);
+		if (n < 0 || (size_t)n >= sizeof(k->name[0]))
+			return -1;
+		k->len[0] = (size_t)n;
+		k->per_second[0] = lim->requester_per_second;
+		k->burst[0] = lim->requester_burst < 1 ? 1 : lim->requester_burst;
+		k->level[0] = CLUSTERRATE_REQUESTER;
+		k->n = 1;
+	}
+	if (lim->per_second > 0) {
+		n = snprintf(k->name[k->n], sizeof(k->name[k->n]), "%srl:t:%s", prefix, tenant);
+		if (n < 0 || (size_t)n >= sizeof(k->name[k->n]))
+			return -1;
+		k->len[k->n] = (size_t)n;
+		k->per_second[k->n] = lim->per_second;
+		k->burst[k->n] = lim->burst < 1 ? 1 : lim->burst;
+		k->level[k->n] = CLUSTERRATE_TENANT;
+		k->n++;
+	}
+	return k->n ? 0 : -1;
+}
+
+int clusterrate_command_for(struct clusterrate_cmd *c, bool eval, const struct clusterrate_keys *k,
+                            const unsigned ask[2])
+{
+	static const char *const counts[] = {"0", "1", "2"};
+	int nums = 0;
 	size_t slen;
 
-	if (!nkeys)
-		return -1;
 	c->argc = 0;
-	c->requester = req;
+	c->nkeys = 0;
+	for (int i = 0; i < k->n; i++)
+		if (ask[i] > 0) {
+			c->which[c->nkeys] = i;
+			c->level[c->nkeys] = k->level[i];
+			memcpy(c->keys[c->nkeys], k->name[i], k->len[i] + 1);
+			c->nkeys++;
+		}
+	if (!c->nkeys)
+		return -1;
 	if (eval) {
 		const char *text = clusterrate_script(&slen);
 		add(c, "EVAL", 4);
@@ -134,32 +180,27 @@ int clusterrate_command(struct clusterrate_cmd *c, bool eval, const char *prefix
 		snprintf(c->sha, sizeof(c->sha), "%s", clusterrate_sha());
 		add(c, c->sha, strlen(c->sha));
 	}
-	add(c, nkeys == 2 ? "2" : "1", 1);
-	if (req) {
-		if (requester_name(prefix, tenant, requester, len, name) != 0)
-			return -1;
-		n = snprintf(c->keys[k], sizeof(c->keys[k]), "%srl:r:%s", prefix, name);
-		if (n < 0 || (size_t)n >= sizeof(c->keys[k]))
-			return -1;
-		add(c, c->keys[k], (size_t)n);
-		k++;
-	}
-	if (ten) {
-		n = snprintf(c->keys[k], sizeof(c->keys[k]), "%srl:t:%s", prefix, tenant);
-		if (n < 0 || (size_t)n >= sizeof(c->keys[k]))
-			return -1;
-		add(c, c->keys[k], (size_t)n);
-	}
-	k = 0;
-	if (req) {
-		add_num(c, k++, 1e6 / lim->requester_per_second);
-		add_num(c, k++, lim->requester_burst < 1 ? 1 : lim->requester_burst);
-	}
-	if (ten) {
-		add_num(c, k++, 1e6 / lim->per_second);
-		add_num(c, k, lim->burst < 1 ? 1 : lim->burst);
+	add(c, counts[c->nkeys], 1);
+	for (int j = 0; j < c->nkeys; j++)
+		add(c, c->keys[j], k->len[c->which[j]]);
+	for (int j = 0; j < c->nkeys; j++) {
+		int i = c->which[j];
+		add_num(c, nums++, 1e6 / k->per_second[i]);
+		add_num(c, nums++, k->burst[i]);
+		add_num(c, nums++, (double)ask[i]);
 	}
 	return 0;
+}
+
+int clusterrate_command(struct clusterrate_cmd *c, bool eval, const char *prefix, const char *tenant,
+                        const char *requester, size_t len, const struct clusterrate_limits *lim)
+{
+	struct clusterrate_keys k;
+	static const unsigned ones[2] = {1, 1};
+
+	if (clusterrate_keys(&k, prefix, tenant, requester, len, lim) != 0)
+		return -1;
+	return clusterrate_command_for(c, eval, &k, ones);
 }
 
 void clusterrate_as_eval(struct clusterrate_cmd *c)
@@ -174,7 +215,7 @@ void clusterrate_as_eval(struct clusterrate_cmd *c)
 }
 
 int clusterrate_verdict(const struct clusterrate_cmd *c, const struct redisReply *r,
-                        enum clusterrate_level *level, double *retry_s)
+                        enum clusterrate_level *level, double *retry_s, unsigned grants[2])
 {
 	long long which, wait;
 
@@ -182,21 +223,29 @@ int clusterrate_verdict(const struct clusterrate_cmd *c, const struct redisReply
 		return -1;
 	if (r->type == REDIS_REPLY_ERROR)
 		return r->str && strncasecmp(r->str, "NOSCRIPT", 8) == 0 ? 1 : -1;
-	if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 || r->element[0]->type != REDIS_REPLY_INTEGER ||
-	    r->element[1]->type != REDIS_REPLY_INTEGER)
+	if (r->type != REDIS_REPLY_ARRAY || r->elements < 1 || r->element[0]->type != REDIS_REPLY_INTEGER)
 		return -1;
 	which = r->element[0]->integer;
-	wait = r->element[1]->integer;
 	if (which == 0) {
+		/* Let through: each key sent, its grant (at least 1). */
+		if (r->elements != (size_t)c->nkeys + 1)
+			return -1;
+		for (int j = 0; j < c->nkeys; j++)
+			if (r->element[j + 1]->type != REDIS_REPLY_INTEGER ||
+			    r->element[j + 1]->integer < 1 || r->element[j + 1]->integer > 1000000)
+				return -1;
+		if (grants) {
+			grants[0] = grants[1] = 0;
+			for (int j = 0; j < c->nkeys; j++)
+				grants[c->which[j]] = (unsigned)r->element[j + 1]->integer;
+		}
 		*level = CLUSTERRATE_OK;
 		return 0;
 	}
-	if (which == 1 && c->requester)
-		*level = CLUSTERRATE_REQUESTER;
-	else if (which == 1 || which == 2)
-		*level = CLUSTERRATE_TENANT;
-	else
+	if (r->elements != 2 || r->element[1]->type != REDIS_REPLY_INTEGER || which < 1 || which > c->nkeys)
 		return -1;
+	wait = r->element[1]->integer;
+	*level = c->level[which - 1];
 	*retry_s = ceil((double)wait / 1e6);
 	if (*retry_s < 1)
 		*retry_s = 1;

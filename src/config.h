@@ -95,6 +95,8 @@ struct cluster_conf {
 	bool tls;
 	char *ca_file;
 	struct ssl_ctx_st *tls_ctx;
+	/* cluster.rate_lease_ms: how long leased tokens may be spent; 0: no leases */
+	unsigned rate_lease_ms;
 };
 
 struct config {

@@ -58,6 +58,7 @@
 #include "listen.h"
 #include "log.h"
 #include "metrics.h"
+#include "ratelease.h"
 #include "redis.h"
 #include "redisloop.h"
 #include "sharedcache.h"
@@ -111,6 +112,7 @@ struct loop {
 	char redis_prefix[100];    /* its keys' prefix, "courier-broker:<name>:" */
 	unsigned redis_wait_ms;    /* cluster.redis.rate_timeout_ms */
 	struct sharedcache *share; /* with cluster.cache_key: the shared token cache's keys */
+	struct ratelease *leases;  /* with cluster.rate_lease_ms: the shared rate limits' leases */
 	int epfd, wakefd;          /* the loop's epoll set; wake-ups from the acceptor and the drain */
 	atomic_int cmd;            /* CMD_* bits the loop has not acted on yet */
 	bool resumed;              /* a connection was resumed: MHD must run before waiting */
@@ -489,6 +491,8 @@ static void loop_free(struct loop *lp)
 	/* First: its pending commands' callbacks resume their connections. */
 	rloop_free(lp->redis);
 	lp->redis = NULL;
+	ratelease_free(lp->leases); /* after the callbacks that read it */
+	lp->leases = NULL;
 	if (lp->share) {
 		sharedcache_wipe(lp->share);
 		free(lp->share);
@@ -568,6 +572,8 @@ static void cluster_connect(struct loop *lp, const struct cluster_conf *c)
 		lp->redis = NULL;
 		return;
 	}
+	if (c->rate_lease_ms)
+		lp->leases = ratelease_new(c->rate_lease_ms); /* NULL: one call a request */
 	if (c->cache_key.data && (lp->share = malloc(sizeof(*lp->share))) &&
 	    sharedcache_init(lp->share, c->cache_key.data, c->cache_key.len) != 0) {
 		free(lp->share);
@@ -788,6 +794,11 @@ struct rloop *loop_redis(struct loop *lp, const char **prefix, unsigned *wait_ms
 struct sharedcache *loop_sharedcache(struct loop *lp)
 {
 	return lp->share;
+}
+
+struct ratelease *loop_leases(struct loop *lp)
+{
+	return lp->leases;
 }
 
 struct gen_engines *loop_engines(struct loop *lp)

@@ -21,6 +21,7 @@ struct loop;
 struct lua_State;
 struct metrics_front;
 struct rloop;
+struct ratelease;
 struct sharedcache;
 
 /* What the front gives every loop. */
@@ -55,6 +56,8 @@ struct gen_engines *loop_engines(struct loop *lp);
 struct rloop *loop_redis(struct loop *lp, const char **prefix, unsigned *wait_ms);
 /* The shared token cache's keys (cluster.cache_key), or NULL. */
 struct sharedcache *loop_sharedcache(struct loop *lp);
+/* The loop's leases on the shared rate limits (cluster.rate_lease_ms), or NULL. */
+struct ratelease *loop_leases(struct loop *lp);
 struct lua_State *loop_json(struct loop *lp); /* cjson only: answers, error bodies, log lines */
 void *loop_scratch(struct loop *lp);          /* routes.scratch_size bytes */
 

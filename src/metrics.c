@@ -62,6 +62,7 @@ static atomic_int breakers_open;
 static atomic_ullong courier_paused;
 static atomic_int cluster_redis_up;                           /* loops connected to the cluster's Redis */
 static atomic_ullong cluster_rate_shared, cluster_rate_local; /* cluster rate checks */
+static atomic_ullong cluster_rate_lease;                      /* ... answered by a lease */
 static atomic_ullong limited_requester, limited_tenant;
 static atomic_ullong grant_counts[3]; /* enum metrics_grant */
 static atomic_ullong gen_id, gen_loaded_at;
@@ -246,6 +247,11 @@ void metrics_cluster_rate(bool shared)
 {
 	atomic_fetch_add_explicit(shared ? &cluster_rate_shared : &cluster_rate_local, 1,
 	                          memory_order_relaxed);
+}
+
+void metrics_cluster_rate_lease(void)
+{
+	atomic_fetch_add_explicit(&cluster_rate_lease, 1, memory_order_relaxed);
 }
 
 void metrics_grant(enum metrics_grant what)
@@ -514,12 +520,14 @@ static void render_cluster(struct buf *b)
 	         "# HELP broker_cluster_redis_connections Event loops connected to the cluster's Redis.\n"
 	         "# TYPE broker_cluster_redis_connections gauge\nbroker_cluster_redis_connections %d\n"
 	         "# HELP broker_cluster_rate_checks_total Cluster rate-limit checks: decided by Redis "
-	         "(shared) or, Redis being unavailable or slow, by this broker's buckets (local).\n"
+	         "(shared), by tokens leased from Redis (lease) or, Redis being unavailable or slow, by "
+	         "this broker's buckets (local).\n"
 	         "# TYPE broker_cluster_rate_checks_total counter\n"
 	         "broker_cluster_rate_checks_total{by=\"shared\"} %llu\n"
+	         "broker_cluster_rate_checks_total{by=\"lease\"} %llu\n"
 	         "broker_cluster_rate_checks_total{by=\"local\"} %llu\n",
 	         atomic_load(&cluster_redis_up), atomic_load(&cluster_rate_shared),
-	         atomic_load(&cluster_rate_local));
+	         atomic_load(&cluster_rate_lease), atomic_load(&cluster_rate_local));
 }
 
 static void render_counters(struct buf *b)

@@ -61,6 +61,8 @@ void metrics_cluster_denied(void);
  * being unavailable or slow, by the local buckets. */
 void metrics_cluster_redis(int delta);
 void metrics_cluster_rate(bool shared);
+/* A cluster rate-limit check answered from a loop's leases (no Redis call). */
+void metrics_cluster_rate_lease(void);
 
 /* Requests currently between arrival and answer on the token routes. */
 void metrics_inflight_add(int delta);

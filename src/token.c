@@ -304,8 +304,9 @@ static enum reply_answer stage_killswitch(struct req *r, struct pipeline *p)
 
 /* Charged after authentication, so strangers cannot spend a tenant's
  * budget. The requester is its subject, or its address when it has none.
- * With cluster the limits are the cluster's (Redis), else, or while Redis
- * is unavailable, this broker's own buckets. */
+ * With cluster the limits are the cluster's (Redis, or tokens this loop
+ * leased from it), else, or while Redis is unavailable, this broker's own
+ * buckets. */
 static enum reply_answer stage_rate(struct req *r, struct pipeline *p)
 {
 	char who[300];
@@ -320,7 +321,10 @@ static enum reply_answer stage_rate(struct req *r, struct pipeline *p)
 		n = (int)strlen(who);
 	if (!w && (asked = tokenwait_rate(r, p, who, (size_t)n, stage_rate, run_stages)) == 0)
 		return REPLY_GO; /* suspended: on_rate_reply resumes it */
-	if (w && w->answered) {
+	if (asked == 2) {
+		metrics_cluster_rate_lease(); /* a token of each limit leased on this loop */
+		lv = GEN_RATE_OK;
+	} else if (w && w->answered) {
 		metrics_cluster_rate(true);
 		lv = w->level == CLUSTERRATE_OK          ? GEN_RATE_OK
 		     : w->level == CLUSTERRATE_REQUESTER ? GEN_RATE_REQUESTER

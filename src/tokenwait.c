@@ -2,8 +2,9 @@
  * tokenwait.c — a token request waiting on the cluster's Redis.
  *
  * Owns the two waits of the pipeline (token.c) on the loop's Redis
- * connection (redisloop.c): the cluster's rate limits (one script call, sent
- * whole when Redis lost it) and the cluster's token cache (one GET, a SET
+ * connection (redisloop.c): the cluster's rate limits (a token of each from
+ * the loop's leases, ratelease.c, else one script call for the limits that
+ * lack one, sent whole when Redis lost it) and the cluster's token cache (one GET, a SET
  * that nobody waits for). A waiting request is suspended; its body and
  * claims are kept in the engine's registry meanwhile (the stack is the next
  * request's), and Redis's answer resumes it at the stage that asked: a
@@ -26,6 +27,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "clock.h"
 #include "config.h"
 #include "gen.h"
 #include "grantcache.h"
@@ -39,15 +41,95 @@
 
 static void continue_in_reply(struct stage_wait *w);
 
+/* The request's holds on the loop's leases once Redis answered: the tokens
+ * granted fill the leases (the request takes one of each), or, when the
+ * request was not let through, the tokens it held go back. */
+static void settle_leases(struct stage_wait *w, bool let_through, const unsigned grants[2])
+{
+	struct ratelease *t = loop_leases(w->r->loop);
+
+	uint64_t now = clock_ms();
+
+	for (int i = 0; i < w->keys.n; i++) {
+		if (let_through)
+			ratelease_granted(t, &w->lease[i], grants[i] ? grants[i] - 1 : 0, w->sent_ms, now);
+		else
+			ratelease_release(t, &w->lease[i], now);
+	}
+}
+
+/* A call that asks for a key's next lease ahead, nobody waiting on it. */
+struct prefetch {
+	struct ratelease *t; /* the loop's: freed after its connection's callbacks ran */
+	struct ratelease_ref ref;
+	uint64_t sent_ms;
+	unsigned wait_ms;
+	struct rloop *rl;
+	struct clusterrate_cmd cmd;
+	bool eval_sent;
+};
+
+static void on_prefetch_reply(const struct redisReply *reply, void *arg)
+{
+	struct prefetch *f = arg;
+	enum clusterrate_level level;
+	unsigned grants[2] = {0, 0};
+	double retry;
+	int rc = clusterrate_verdict(&f->cmd, reply, &level, &retry, grants);
+
+	if (rc == 1 && !f->eval_sent) {
+		f->eval_sent = true;
+		clusterrate_as_eval(&f->cmd);
+		if (rloop_command(f->rl, f->cmd.argc, f->cmd.argv, f->cmd.len, f->wait_ms, on_prefetch_reply,
+		                  f) == 0)
+			return;
+	}
+	if (rc == 0 && level == CLUSTERRATE_OK)
+		ratelease_granted(f->t, &f->ref, grants[f->cmd.which[0]], f->sent_ms, clock_ms());
+	else
+		ratelease_release(f->t, &f->ref, clock_ms());
+	free(f);
+}
+
+/* Asks for key i's next lease (ask tokens) ahead; ref is the request's
+ * hold, which keeps its token and gives the filling to the call. */
+static void prefetch(struct rloop *rl, unsigned wait_ms, struct ratelease *t,
+                     const struct clusterrate_keys *k, int i, unsigned ask, struct ratelease_ref *ref,
+                     uint64_t now)
+{
+	unsigned asks[2] = {0, 0};
+	struct prefetch *f = calloc(1, sizeof(*f));
+
+	if (f) {
+		f->t = t;
+		f->ref = *ref;
+		f->ref.held = false;
+		f->sent_ms = now;
+		f->wait_ms = wait_ms;
+		f->rl = rl;
+		asks[i] = ask;
+	}
+	ref->filling = false;
+	if (f && clusterrate_command_for(&f->cmd, false, k, asks) == 0 &&
+	    rloop_command(rl, f->cmd.argc, f->cmd.argv, f->cmd.len, wait_ms, on_prefetch_reply, f) == 0)
+		return;
+	if (f)
+		ratelease_release(t, &f->ref, now);
+	else
+		ratelease_release(
+		    t, &(struct ratelease_ref){.slot = ref->slot, .stamp = ref->stamp, .filling = true}, now);
+	free(f);
+}
+
 /* Redis answered (or not: reply NULL): the request goes on where it stopped. */
 static void on_rate_reply(const struct redisReply *reply, void *arg)
 {
 	struct stage_wait *w = arg;
 	struct req *r = w->r;
 	const char *prefix;
-	unsigned wait_ms;
+	unsigned wait_ms, grants[2] = {0, 0};
 	struct rloop *rl = loop_redis(r->loop, &prefix, &wait_ms);
-	int rc = clusterrate_verdict(&w->cmd, reply, &w->level, &w->retry);
+	int rc = clusterrate_verdict(&w->cmd, reply, &w->level, &w->retry, grants);
 
 	(void)prefix;
 	if (rc == 1 && !w->eval_sent) {
@@ -58,6 +140,7 @@ static void on_rate_reply(const struct redisReply *reply, void *arg)
 			return;
 	}
 	w->answered = rc == 0;
+	settle_leases(w, rc == 0 && w->level == CLUSTERRATE_OK, grants);
 	if (rc != 0 && reply)
 		log_warn_limited(
 		    "cluster: Redis's rate-limit answer is unusable: deciding with local buckets");
@@ -94,32 +177,54 @@ void tokenwait_forget(lua_State *L, struct stage_wait *w)
 	w->body_ref = w->claims_ref = LUA_NOREF;
 }
 
-/* With cluster: asks Redis to charge both limits in one script call and
- * suspends the request until it answers (on_rate_reply): 0. 1: no cluster
- * or no limit; -1: not asked (Redis not connected, shutting down, out of
- * memory): the local buckets decide either way. */
+/* With cluster: a token of each limit from this loop's leases, no call (2);
+ * else asks Redis to charge the limits the leases lack in one script call
+ * and suspends the request until it answers (on_rate_reply): 0. 1: no
+ * cluster or no limit; -1: not asked (Redis not connected, shutting down,
+ * out of memory): the local buckets decide either way. */
 int tokenwait_rate(struct req *r, struct pipeline *p, const char *who, size_t len, stage_fn *resume_at,
                    stage_runner *run)
 {
 	const struct rate_limit *rl_conf = &r->tenant->rate_limit;
 	struct clusterrate_limits lim = {rl_conf->per_second, rl_conf->burst,
 	                                 rl_conf->per_requester.per_second, rl_conf->per_requester.burst};
-	struct stage_wait *w;
+	struct ratelease *leases = loop_leases(r->loop);
+	struct ratelease_ref lease[2] = {{.slot = -1}, {.slot = -1}};
+	unsigned ask[2] = {1, 1};
+	struct clusterrate_keys keys;
+	struct stage_wait *w = NULL;
 	struct rloop *rl;
 	const char *prefix;
 	unsigned wait_ms;
+	uint64_t now;
+	int held = 0;
 
 	if (!(rl = loop_redis(r->loop, &prefix, &wait_ms)) ||
 	    (lim.per_second <= 0 && lim.requester_per_second <= 0))
 		return 1;
-	if (!rloop_ready(rl) || !(w = calloc(1, sizeof(*w))))
+	if (!rloop_ready(rl) || clusterrate_keys(&keys, prefix, r->tenant->name, who, len, &lim) != 0)
 		return -1;
+	now = clock_ms();
+	for (int i = 0; leases && i < keys.n; i++) {
+		if (ratelease_take(leases, keys.name[i], keys.len[i], keys.per_second[i], keys.burst[i], now,
+		                   &ask[i], &lease[i])) {
+			if (lease[i].filling)
+				prefetch(rl, wait_ms, leases, &keys, i, ask[i], &lease[i], now);
+			ask[i] = 0; /* not sent: a token of the lease */
+			held++;
+		}
+	}
+	if (held == keys.n)
+		return 2; /* every limit had a token leased: no round trip */
+	if (!(w = calloc(1, sizeof(*w))))
+		goto fail;
 	w->r = r;
 	w->body_ref = w->claims_ref = LUA_NOREF;
 	w->resume_at = resume_at;
 	w->run = run;
-	if (clusterrate_command(&w->cmd, false, prefix, r->tenant->name, who, len, &lim) != 0 ||
-	    !lua_checkstack(p->L, 4))
+	w->keys = keys;
+	w->sent_ms = now;
+	if (clusterrate_command_for(&w->cmd, false, &w->keys, ask) != 0 || !lua_checkstack(p->L, 4))
 		goto fail;
 	lua_pushcfunction(p->L, keep_values);
 	lua_pushlightuserdata(p->L, w);
@@ -138,12 +243,17 @@ int tokenwait_rate(struct req *r, struct pipeline *p, const char *who, size_t le
 		loop_upstream_end(r->srv);
 		goto fail;
 	}
+	memcpy(w->lease, lease, sizeof(lease));
 	r->wait = w;
 	p->suspended = true;
 	return 0;
 fail:
-	tokenwait_forget(p->L, w);
-	free(w);
+	for (int i = 0; i < keys.n; i++)
+		ratelease_release(leases, &lease[i], now);
+	if (w) {
+		tokenwait_forget(p->L, w);
+		free(w);
+	}
 	return -1;
 }
 

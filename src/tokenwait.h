@@ -12,9 +12,11 @@
 #include <microhttpd.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "clusterrate.h"
 #include "ident.h"
+#include "ratelease.h"
 #include "reply.h"
 
 struct decision;
@@ -66,6 +68,9 @@ struct stage_wait {
 	stage_fn *resume_at; /* the stage it goes on from */
 	stage_runner *run;   /* token.c's, to go on inside Redis's reply */
 	bool cache_checked;  /* the shared token cache was asked */
+	struct clusterrate_keys keys;
+	struct ratelease_ref lease[2]; /* each key's hold on this loop's leases */
+	uint64_t sent_ms;              /* when the call was sent (monotonic) */
 	struct clusterrate_cmd cmd;
 	bool eval_sent;
 	bool answered; /* Redis decided: level and retry */
@@ -79,8 +84,9 @@ struct stage_wait {
 	char final_msg[512], final_value[32];
 };
 
-/* With cluster: asks Redis to charge both limits in one script call and
- * suspends the request until it answers; it goes on at resume_at: 0.
+/* With cluster: a token of each limit from this loop's leases, no call (2);
+ * else asks Redis to charge the limits the leases lack in one script call
+ * and suspends the request until it answers; it goes on at resume_at: 0.
  * 1: no cluster or no limit; -1: not asked (Redis not connected, shutting
  * down, out of memory): the local buckets decide either way. */
 int tokenwait_rate(struct req *r, struct pipeline *p, const char *who, size_t len, stage_fn *resume_at,

@@ -2,8 +2,9 @@
 # The cluster section of `make bench` (called by scripts/bench.sh; issue 16):
 # throughput at 0 ms upstream of two brokers with the same rate limits (per
 # tenant and per requester, set high enough never to refuse), one on its own
-# buckets, one on the cluster's (one EVALSHA to a local redis-server per
-# request). Rounds alternate the two; the cost is the median of the rounds'
+# buckets, one on the cluster's (an EVALSHA to a local redis-server per
+# request, or a token of a lease: cluster.rate_lease_ms, default 10 ms).
+# Rounds alternate the two; the cost is the median of the rounds'
 # ratios. Goal: under 10% of throughput.
 # Usage: cluster.sh BROKER DOUBLE SECONDS ROUNDS
 set -euo pipefail
@@ -96,16 +97,17 @@ for r in $(seq "$rounds"); do
   pairs+=("${l:-0}:${s:-0}")
 done
 shared=$(curl -s "http://127.0.0.1:$sport/metrics" | awk '/^broker_cluster_rate_checks_total\{by="shared"\}/ {print $2}')
+lease=$(curl -s "http://127.0.0.1:$sport/metrics" | awk '/^broker_cluster_rate_checks_total\{by="lease"\}/ {print $2}')
 local_=$(curl -s "http://127.0.0.1:$sport/metrics" | awk '/^broker_cluster_rate_checks_total\{by="local"\}/ {print $2}')
 non2xx=$(cat "$work"/*.txt | awk '/Non-2xx/ {s += $NF} END {print s + 0}')
-/usr/bin/python3 - "$shared" "$local_" "$non2xx" "${pairs[@]}" <<'PY'
+/usr/bin/python3 - "$shared" "${lease:-0}" "$local_" "$non2xx" "${pairs[@]}" <<'PY'
 import statistics, sys
-shared, local, non2xx = sys.argv[1], sys.argv[2], sys.argv[3]
-pairs = [tuple(float(x) for x in a.split(":")) for a in sys.argv[4:]]
+shared, lease, local, non2xx = sys.argv[1:5]
+pairs = [tuple(float(x) for x in a.split(":")) for a in sys.argv[5:]]
 ratios = [s / l if l else 0 for l, s in pairs]
 med = statistics.median(ratios)
 print("cluster/local throughput:                %.1f%% median of %d rounds (%s)" %
       (100 * med, len(ratios), ", ".join("%.1f%%" % (100 * r) for r in ratios)))
-print("cost of the shared rate limits:          %.1f%% (goal < 10%%); checks by Redis %s, by local buckets %s; "
-      "non-2xx %s" % (100 * (1 - med), shared, local, non2xx))
+print("cost of the shared rate limits:          %.1f%% (goal < 10%%); checks by Redis %s, by leases %s, "
+      "by local buckets %s; non-2xx %s" % (100 * (1 - med), shared, lease, local, non2xx))
 PY

@@ -286,6 +286,11 @@ const struct option config_options[] = {
     {"cluster.redis.rate_timeout_ms", OPT_INT, "50", 1, 5000, CFG(cluster.rate_timeout_ms), 0, NULL,
      "The longest a token request waits for the shared rate limits' answer from Redis; past it (or "
      "while Redis is unreachable) this broker's own buckets decide, and the connection is made again."},
+    {"cluster.rate_lease_ms", OPT_INT, "10", 0, 1000, CFG(cluster.rate_lease_ms), 0, NULL,
+     "How long a broker may spend shared rate-limit tokens it took ahead from Redis (a lease; 0: none, "
+     "one Redis call a request): a limit may admit up to `per_second * rate_lease_ms / 1000` more "
+     "than it allows, across the cluster. Limits under `2000 / rate_lease_ms` per second, or with a "
+     "burst under 16, are never leased (exact)."},
     {"cluster.name", OPT_STRING, NULL, 0, 0, NOWHERE, OPT_REQUIRED, config_conv_cluster_name,
      "The cluster's name, 1..64 of `A-Z a-z 0-9 _ . -`: every key it writes starts "
      "`courier-broker:<name>:`, so several clusters may share one Redis."},

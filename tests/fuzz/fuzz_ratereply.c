@@ -11,7 +11,8 @@
  * string reply is also opened as a sealed token (as token.c does), and the
  * raw bytes are opened too. Owns the properties: never a crash; a verdict
  * is 0 (and then a level, and a retry of at least a second when limited),
- * 1 (NOSCRIPT) or -1; a sealed token forged without the key never opens;
+ * 1 (NOSCRIPT) or -1, and a grant a key was sent for between 1 and a
+ * million; a sealed token forged without the key never opens;
  * a token sealed here opens back to what was sealed.
  */
 #include <hiredis/hiredis.h>
@@ -35,11 +36,16 @@ static void judge(const redisReply *r, bool requester)
 	struct clusterrate_cmd c;
 	enum clusterrate_level level = (enum clusterrate_level) - 1;
 	double retry = -1;
+	unsigned grants[2] = {7, 7};
 	int rc;
 
 	memset(&c, 0, sizeof(c));
-	c.requester = requester;
-	rc = clusterrate_verdict(&c, r, &level, &retry);
+	c.nkeys = requester ? 2 : 1;
+	c.which[0] = 0;
+	c.which[1] = 1;
+	c.level[0] = requester ? CLUSTERRATE_REQUESTER : CLUSTERRATE_TENANT;
+	c.level[1] = CLUSTERRATE_TENANT;
+	rc = clusterrate_verdict(&c, r, &level, &retry, grants);
 	if (rc != 0 && rc != 1 && rc != -1)
 		abort();
 	if (rc == 0 && level != CLUSTERRATE_OK && level != CLUSTERRATE_REQUESTER &&
@@ -49,6 +55,10 @@ static void judge(const redisReply *r, bool requester)
 		abort();
 	if (rc == 0 && level == CLUSTERRATE_REQUESTER && !requester)
 		abort();
+	/* Let through: every key sent was granted a sane count. */
+	for (int j = 0; rc == 0 && level == CLUSTERRATE_OK && j < c.nkeys; j++)
+		if (grants[j] < 1 || grants[j] > 1000000)
+			abort();
 }
 
 static void open_bytes(const unsigned char *in, size_t len)

@@ -3,7 +3,8 @@
 A real redis-server on a free loopback port; brokers with the same
 `cluster` block. The per-requester limit holds across all of them; Redis
 killed (or stalled) mid-load costs no request, the local buckets decide
-meanwhile, and the shared limits resume once Redis is back.
+meanwhile, and the shared limits resume once Redis is back. A limit high
+enough to lease (cluster.rate_lease_ms) holds within its stated bound.
 """
 import os
 import signal
@@ -164,3 +165,46 @@ def test_starts_and_serves_without_redis(broker_factory, double):
         assert checks(b, "shared") == 1
     finally:
         r.stop()
+
+
+def test_leased_tenant_limit_holds_across_three_brokers(broker_factory, double, redis):
+    # A tenant limit high enough to lease (300/s, burst 100: leases of up to
+    # 3 tokens for 10 ms): three brokers under a burst of requests admit no
+    # more than the burst, plus the refill while they ran, plus what a lease
+    # may add (per_second * 10 / 1000). Old code: no lease (by="lease" is 0).
+    per_second, burst, lease_ms = 300, 100, 10
+    tenants = {"default": {"extra": "rate_limit = { per_second = %d, burst = %d }," % (per_second, burst)}}
+    bs = [broker_factory(tenants=tenants, extra="threads = 1\n" + cluster(redis.port)) for _ in range(3)]
+    for b in bs:
+        connected(b, n=1)
+    tokens = [mint("u%d" % i) for i in range(12)]
+    codes, lock = [], threading.Lock()
+
+    def load(i):
+        b = bs[i % 3]
+        while True:
+            with lock:
+                if len(codes) >= 900:
+                    return
+            status = b.post(body={"user_id": "u%d" % i}, token=tokens[i]).status
+            with lock:
+                codes.append(status)
+
+    threads = [threading.Thread(target=load, args=(i,)) for i in range(12)]
+    t0 = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    elapsed = time.monotonic() - t0
+    admitted = codes.count(200)
+    assert set(codes) <= {200, 429}, {s: codes.count(s) for s in set(codes)}
+    bound = burst + per_second * lease_ms / 1000 + per_second * elapsed
+    assert admitted <= bound, (admitted, bound, elapsed)
+    # Unspent leased tokens are lost (under-admits), never more than a few.
+    assert admitted >= min(burst, len(codes)) - 3 * 3 * 2, (admitted, elapsed)
+    assert codes.count(429) > 0, (admitted, elapsed)
+    assert sum(checks(b, "lease") for b in bs) > 0, [metrics(b) for b in bs]
+    assert sum(checks(b, "local") for b in bs) == 0
+    # The refusals were Redis's: a lease never refuses on its own.
+    assert sum(checks(b, "shared") + checks(b, "lease") for b in bs) == len(codes)

@@ -4,7 +4,8 @@
  * Owns the proof of the shared limits' arithmetic: a burst of N lets N
  * through and refuses the next with a Retry-After; the tenant's refusal
  * charges nothing of the requester's; the keys expire and name no
- * requester in clear; NOSCRIPT is answered by sending the script whole.
+ * requester in clear; NOSCRIPT is answered by sending the script whole; a
+ * lease: each key grants what it holds up to the ask, a refusal none.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -30,6 +31,7 @@ struct outcome {
 	double retry;
 	long long integer;
 	const struct clusterrate_cmd *cmd;
+	unsigned grants[2];
 };
 
 static void on_reply(const struct redisReply *r, void *arg)
@@ -37,7 +39,7 @@ static void on_reply(const struct redisReply *r, void *arg)
 	struct outcome *o = arg;
 
 	o->calls++;
-	o->rc = clusterrate_verdict(o->cmd, r, &o->level, &o->retry);
+	o->rc = clusterrate_verdict(o->cmd, r, &o->level, &o->retry, o->grants);
 	if (r && r->type == REDIS_REPLY_INTEGER)
 		o->integer = r->integer;
 }
@@ -179,6 +181,82 @@ static void test_noscript_then_eval(void **state)
 	assert_int_equal(o.level, CLUSTERRATE_OK);
 }
 
+/* One call asking ask_r tokens of the requester's key, ask_t of the
+ * tenant's (0: that key not sent). */
+static int take_n(const char *tenant, const char *who, const struct clusterrate_limits *lim, unsigned ask_r,
+                  unsigned ask_t, struct outcome *o)
+{
+	static struct clusterrate_cmd c;
+	struct clusterrate_keys k;
+	unsigned asks[2];
+
+	memset(o, 0, sizeof(*o));
+	assert_int_equal(clusterrate_keys(&k, PREFIX, tenant, who, strlen(who), lim), 0);
+	for (int i = 0; i < k.n; i++)
+		asks[i] = k.level[i] == CLUSTERRATE_REQUESTER ? ask_r : ask_t;
+	assert_int_equal(clusterrate_command_for(&c, false, &k, asks), 0);
+	o->cmd = &c;
+	assert_int_equal(rloop_command(rl, c.argc, c.argv, c.len, 2000, on_reply, o), 0);
+	assert_true(drive(rl, epfd, got, o, 5000));
+	return o->rc;
+}
+
+/* A lease: a key grants up to the ask, what its bucket holds; each key of
+ * a call grants its own; once empty, refused with the wait as one token. */
+static void test_lease_grants(void **state)
+{
+	struct clusterrate_limits ten = {.per_second = 0.01, .burst = 10};
+	struct clusterrate_limits both = {
+	    .per_second = 0.01, .burst = 100, .requester_per_second = 0.01, .requester_burst = 3};
+	struct outcome o;
+
+	(void)state;
+	assert_int_equal(take_n("l1", "x", &ten, 0, 4, &o), 0);
+	assert_int_equal(o.level, CLUSTERRATE_OK);
+	assert_int_equal(o.grants[0], 4);
+	/* 6 left: an ask of 8 gets 6, then nothing but a wait. */
+	assert_int_equal(take_n("l1", "x", &ten, 0, 8, &o), 0);
+	assert_int_equal(o.level, CLUSTERRATE_OK);
+	assert_int_equal(o.grants[0], 6);
+	assert_int_equal(take_n("l1", "x", &ten, 0, 8, &o), 0);
+	assert_int_equal(o.level, CLUSTERRATE_TENANT);
+	assert_true(o.retry >= 50);
+	/* Two keys: the requester can give 3 of 8, the tenant all 8. */
+	assert_int_equal(take_n("l2", "jwt:dave", &both, 8, 8, &o), 0);
+	assert_int_equal(o.level, CLUSTERRATE_OK);
+	assert_int_equal(o.grants[0], 3);
+	assert_int_equal(o.grants[1], 8);
+	/* Only the tenant's key sent (the requester's leased): grants[0] is 0. */
+	assert_int_equal(take_n("l2", "jwt:dave", &both, 0, 5, &o), 0);
+	assert_int_equal(o.level, CLUSTERRATE_OK);
+	assert_int_equal(o.grants[0], 0);
+	assert_int_equal(o.grants[1], 5);
+	/* Only the requester's: empty, refused as the requester. */
+	assert_int_equal(take_n("l2", "jwt:dave", &both, 1, 0, &o), 0);
+	assert_int_equal(o.level, CLUSTERRATE_REQUESTER);
+}
+
+/* A refused lease charges nothing: the tenant empty, the requester's ask
+ * of 5 is not taken, and 5 remain for it afterwards. */
+static void test_lease_refusal_charges_nothing(void **state)
+{
+	struct clusterrate_limits lim = {
+	    .per_second = 0.01, .burst = 1, .requester_per_second = 0.01, .requester_burst = 5};
+	struct clusterrate_limits only_req = {.requester_per_second = 0.01, .requester_burst = 5};
+	struct outcome o;
+
+	(void)state;
+	assert_int_equal(take_n("l3", "jwt:erin", &lim, 1, 1, &o), 0);
+	assert_int_equal(o.level, CLUSTERRATE_OK);
+	for (int i = 0; i < 3; i++) {
+		assert_int_equal(take_n("l3", "jwt:erin", &lim, 5, 5, &o), 0);
+		assert_int_equal(o.level, CLUSTERRATE_TENANT);
+	}
+	assert_int_equal(take_n("l3", "jwt:erin", &only_req, 5, 0, &o), 0);
+	assert_int_equal(o.level, CLUSTERRATE_OK);
+	assert_int_equal(o.grants[0], 4);
+}
+
 /* No limit on: no command at all. */
 static void test_no_limit_no_command(void **state)
 {
@@ -197,6 +275,8 @@ int main(void)
 	    cmocka_unit_test(test_keys_expire_and_hide_the_requester),
 	    cmocka_unit_test(test_noscript_then_eval),
 	    cmocka_unit_test(test_no_limit_no_command),
+	    cmocka_unit_test(test_lease_grants),
+	    cmocka_unit_test(test_lease_refusal_charges_nothing),
 	};
 	signal(SIGPIPE, SIG_IGN);
 	return cmocka_run_group_tests(tests, setup, teardown);
