@@ -196,7 +196,11 @@ def test_http2_where_offered(tmp_path, tls):
     b = start_broker(tmp_path, "b", ng.url, ca)
     try:
         assert calls(b, 4, 4) == [200] * 4
-        assert ng.protocols() == ["HTTP/2.0"] * 4
+        # Every request nginx served was HTTP/2. There can be more than the
+        # four calls (a request made again: one more was seen once, in a
+        # loaded run), never fewer.
+        protocols = ng.protocols()
+        assert len(protocols) >= 4 and set(protocols) == {"HTTP/2.0"}, protocols
     finally:
         b.stop()
 
