@@ -166,6 +166,7 @@ int clusterrate_command_for(struct clusterrate_cmd *c, bool eval, const struct c
 		if (ask[i] > 0) {
 			c->which[c->nkeys] = i;
 			c->level[c->nkeys] = k->level[i];
+			c->ask[c->nkeys] = ask[i];
 			memcpy(c->keys[c->nkeys], k->name[i], k->len[i] + 1);
 			c->nkeys++;
 		}
@@ -227,12 +228,15 @@ int clusterrate_verdict(const struct clusterrate_cmd *c, const struct redisReply
 		return -1;
 	which = r->element[0]->integer;
 	if (which == 0) {
-		/* Let through: each key sent, its grant (at least 1). */
+		/* Let through: each key sent, its grant (at least 1, at most
+		 * what was asked: a reply granting more is unusable, never a
+		 * larger lease). */
 		if (r->elements != (size_t)c->nkeys + 1)
 			return -1;
 		for (int j = 0; j < c->nkeys; j++)
 			if (r->element[j + 1]->type != REDIS_REPLY_INTEGER ||
-			    r->element[j + 1]->integer < 1 || r->element[j + 1]->integer > 1000000)
+			    r->element[j + 1]->integer < 1 ||
+			    r->element[j + 1]->integer > (long long)c->ask[j])
 				return -1;
 		if (grants) {
 			grants[0] = grants[1] = 0;

@@ -45,6 +45,7 @@ struct clusterrate_cmd {
 	int nkeys;
 	int which[2];
 	enum clusterrate_level level[2]; /* a refusal by the script's j-th key */
+	unsigned ask[2];                 /* the tokens the script's j-th key is asked for */
 	char sha[41];
 	char keys[2][CLUSTERRATE_KEY_MAX];
 	char nums[6][32];

@@ -267,6 +267,37 @@ static void test_no_limit_no_command(void **state)
 	assert_int_equal(clusterrate_command(&c, false, PREFIX, "t", "x", 1, &lim), -1);
 }
 
+/* A reply that grants a key more than it was asked for (a Redis, or what
+ * stands between, that lies) is unusable: never a larger lease. */
+static void test_grant_over_the_ask_is_refused(void **state)
+{
+	struct clusterrate_cmd c;
+	redisReply zero = {.type = REDIS_REPLY_INTEGER, .integer = 0};
+	redisReply g = {.type = REDIS_REPLY_INTEGER};
+	redisReply *el[2] = {&zero, &g};
+	redisReply arr = {.type = REDIS_REPLY_ARRAY, .elements = 2, .element = el};
+	enum clusterrate_level level;
+	double retry = 0;
+	unsigned grants[2] = {0, 0};
+
+	(void)state;
+	memset(&c, 0, sizeof(c));
+	c.nkeys = 1;
+	c.which[0] = 1;
+	c.level[0] = CLUSTERRATE_TENANT;
+	c.ask[0] = 3;
+	g.integer = 3;
+	assert_int_equal(clusterrate_verdict(&c, &arr, &level, &retry, grants), 0);
+	assert_int_equal(level, CLUSTERRATE_OK);
+	assert_int_equal(grants[1], 3);
+	g.integer = 4;
+	assert_int_equal(clusterrate_verdict(&c, &arr, &level, &retry, grants), -1);
+	g.integer = 1000000;
+	assert_int_equal(clusterrate_verdict(&c, &arr, &level, &retry, grants), -1);
+	g.integer = 0;
+	assert_int_equal(clusterrate_verdict(&c, &arr, &level, &retry, grants), -1);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -277,6 +308,7 @@ int main(void)
 	    cmocka_unit_test(test_no_limit_no_command),
 	    cmocka_unit_test(test_lease_grants),
 	    cmocka_unit_test(test_lease_refusal_charges_nothing),
+	    cmocka_unit_test(test_grant_over_the_ask_is_refused),
 	};
 	signal(SIGPIPE, SIG_IGN);
 	return cmocka_run_group_tests(tests, setup, teardown);
