@@ -125,6 +125,26 @@ static void tls_error(struct redisio *io, int rc, const char *what, char *err, s
 	ERR_clear_error();
 }
 
+/* What a TLS call's failure means: 1 when it must wait for the socket (which
+ * way is kept in io->want), -1 when the connection is done (err says why). */
+static int tls_outcome(struct redisio *io, int rc, const char *what, char *err, size_t errlen)
+{
+	switch (SSL_get_error(io->ssl, rc)) {
+	case SSL_ERROR_WANT_READ:
+		io->want = REDISIO_WANT_READ;
+		return 1;
+	case SSL_ERROR_WANT_WRITE:
+		io->want = REDISIO_WANT_WRITE;
+		return 1;
+	case SSL_ERROR_ZERO_RETURN:
+		snprintf(err, errlen, "connection closed");
+		return -1;
+	default:
+		tls_error(io, rc, what, err, errlen);
+		return -1;
+	}
+}
+
 int redisio_handshake(struct redisio *io, char *err, size_t errlen)
 {
 	int rc;
@@ -165,17 +185,7 @@ int redisio_handshake(struct redisio *io, char *err, size_t errlen)
 		io->ready = true;
 		return 0;
 	}
-	switch (SSL_get_error(io->ssl, rc)) {
-	case SSL_ERROR_WANT_READ:
-		io->want = REDISIO_WANT_READ;
-		return 1;
-	case SSL_ERROR_WANT_WRITE:
-		io->want = REDISIO_WANT_WRITE;
-		return 1;
-	default:
-		tls_error(io, rc, "handshake", err, errlen);
-		return -1;
-	}
+	return tls_outcome(io, rc, "handshake", err, errlen);
 }
 
 ssize_t redisio_read(struct redisio *io, void *buf, size_t len, char *err, size_t errlen)
@@ -200,20 +210,7 @@ ssize_t redisio_read(struct redisio *io, void *buf, size_t len, char *err, size_
 	rc = SSL_read(io->ssl, buf, len > INT32_MAX ? INT32_MAX : (int)len);
 	if (rc > 0)
 		return rc;
-	switch (SSL_get_error(io->ssl, rc)) {
-	case SSL_ERROR_WANT_READ:
-		io->want = REDISIO_WANT_READ;
-		return 0;
-	case SSL_ERROR_WANT_WRITE:
-		io->want = REDISIO_WANT_WRITE;
-		return 0;
-	case SSL_ERROR_ZERO_RETURN:
-		snprintf(err, errlen, "connection closed");
-		return -1;
-	default:
-		tls_error(io, rc, "read", err, errlen);
-		return -1;
-	}
+	return tls_outcome(io, rc, "read", err, errlen) > 0 ? 0 : -1;
 }
 
 bool redisio_pending(const struct redisio *io)
@@ -243,17 +240,7 @@ ssize_t redisio_write(struct redisio *io, const void *buf, size_t len, char *err
 	rc = SSL_write(io->ssl, buf, len > INT32_MAX ? INT32_MAX : (int)len);
 	if (rc > 0)
 		return rc;
-	switch (SSL_get_error(io->ssl, rc)) {
-	case SSL_ERROR_WANT_READ:
-		io->want = REDISIO_WANT_READ;
-		return 0;
-	case SSL_ERROR_WANT_WRITE:
-		io->want = REDISIO_WANT_WRITE;
-		return 0;
-	default:
-		tls_error(io, rc, "write", err, errlen);
-		return -1;
-	}
+	return tls_outcome(io, rc, "write", err, errlen) > 0 ? 0 : -1;
 }
 
 void redisio_close(struct redisio *io)

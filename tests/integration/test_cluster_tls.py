@@ -14,8 +14,9 @@ import time
 
 import pytest
 
-from conftest import BROKER_BIN, metrics, mint, reload_ok, wait_metric
+from conftest import metrics, mint, reload_ok, wait_metric
 from redis_server import Client, RedisServer, free_port
+from test_cluster import ask, cli, wait_status
 
 pytestmark = pytest.mark.skipif(not RedisServer.available(),
                                 reason="redis-server is not installed (scripts/install-deps.sh installs it)")
@@ -116,27 +117,6 @@ def start_brokers(broker_factory, redis, ca_file, n=2, **kw):
 def connected(b, n=2):
     """Every loop of b (threads = 2 by default) is connected to Redis."""
     wait_metric(b, "broker_cluster_redis_connections", lambda v: v == n, timeout=10)
-
-
-def cli(b, *args):
-    """courier-broker deny|allow with b's config and environment."""
-    return subprocess.run([BROKER_BIN, args[0], "-c", str(b.config)] + list(args[1:]), env=b.env,
-                          capture_output=True, text=True, timeout=30)
-
-
-def ask(b, user):
-    return b.post(body={"user_id": user}, token=mint(sub=user))
-
-
-def wait_status(brokers, user, status, timeout):
-    t0 = time.monotonic()
-    pending = list(brokers)
-    while pending and time.monotonic() - t0 < timeout:
-        pending = [b for b in pending if ask(b, user).status != status]
-        if pending:
-            time.sleep(0.01)
-    assert not pending, "%d broker(s) still not answering %d for %s after %.1f s" % (
-        len(pending), status, user, timeout)
 
 
 def test_shared_limit_over_tls(broker_factory, double, redis, tls):
