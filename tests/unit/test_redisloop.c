@@ -107,6 +107,41 @@ static void tls_dir(char *dir)
 	assert_int_equal(tls_make_files(dir), 0);
 }
 
+/* The common start: a redis-server without a password, and a connection
+ * to it on its own epoll set, ready. A test may stop the server or free
+ * the connection itself (it sets rl to NULL); the teardown ends the rest. */
+struct ready {
+	struct redis_server s;
+	int epfd;
+	struct rloop *rl;
+};
+
+static int ready_setup(void **state)
+{
+	static struct ready r;
+
+	memset(&r, 0, sizeof(r));
+	r.epfd = epoll_create1(0);
+	if (r.epfd < 0 || redis_start(&r.s, 0, NULL) != 0)
+		return -1;
+	r.rl = open_rl(r.epfd, r.s.port, NULL, 0);
+	if (!drive(r.rl, r.epfd, is_ready, r.rl, 5000))
+		return -1;
+	*state = &r;
+	return 0;
+}
+
+static int ready_teardown(void **state)
+{
+	struct ready *r = *state;
+
+	if (r->rl)
+		rloop_free(r->rl);
+	redis_stop(&r->s);
+	close(r->epfd);
+	return 0;
+}
+
 /* Password, database, a command and its reply; the key is in database 3. */
 static void test_auth_select_and_command(void **state)
 {
@@ -161,57 +196,42 @@ static void test_wrong_password_never_ready(void **state)
  * connection goes, and it comes back by itself once Redis does. */
 static void test_deadline_then_reconnect(void **state)
 {
-	struct redis_server s;
-	int epfd = epoll_create1(0);
-	struct rloop *rl;
+	struct ready *r = *state;
+	struct rloop *rl = r->rl;
+	int epfd = r->epfd;
 	struct answer a;
 
-	(void)state;
-	assert_int_equal(redis_start(&s, 0, NULL), 0);
-	rl = open_rl(epfd, s.port, NULL, 0);
-	assert_true(drive(rl, epfd, is_ready, rl, 5000));
-	kill(s.pid, SIGSTOP);
+	kill(r->s.pid, SIGSTOP);
 	assert_int_equal(command(rl, &a, 50, 1, (const char *[]){"PING"}), 0);
 	assert_true(drive(rl, epfd, answered, &a, 5000));
 	assert_true(a.null_reply);
 	assert_false(rloop_ready(rl));
-	kill(s.pid, SIGCONT);
+	kill(r->s.pid, SIGCONT);
 	assert_true(drive(rl, epfd, is_ready, rl, 5000));
 	assert_int_equal(command(rl, &a, 2000, 1, (const char *[]){"PING"}), 0);
 	assert_true(drive(rl, epfd, answered, &a, 5000));
 	assert_string_equal(a.text, "PONG");
 	drive(rl, epfd, never, NULL, 50);
 	assert_int_equal(a.calls, 1);
-	rloop_free(rl);
-	redis_stop(&s);
-	close(epfd);
 }
 
 /* Redis killed: pending commands end NULL; restarted on its port, the
  * connection is made again without anyone asking. */
 static void test_killed_and_restarted(void **state)
 {
-	struct redis_server s;
-	int epfd = epoll_create1(0), port;
-	struct rloop *rl;
+	struct ready *r = *state;
+	struct rloop *rl = r->rl;
+	int epfd = r->epfd, port = r->s.port;
 	struct answer a;
 
-	(void)state;
-	assert_int_equal(redis_start(&s, 0, NULL), 0);
-	port = s.port;
-	rl = open_rl(epfd, port, NULL, 0);
-	assert_true(drive(rl, epfd, is_ready, rl, 5000));
-	kill(s.pid, SIGSTOP);
+	kill(r->s.pid, SIGSTOP);
 	assert_int_equal(command(rl, &a, 5000, 3, (const char *[]){"BLPOP", "nothing", "0"}), 0);
-	redis_stop(&s);
+	redis_stop(&r->s);
 	assert_true(drive(rl, epfd, answered, &a, 5000));
 	assert_true(a.null_reply);
 	assert_false(drive(rl, epfd, is_ready, rl, 200));
-	assert_int_equal(redis_start(&s, port, NULL), 0);
+	assert_int_equal(redis_start(&r->s, port, NULL), 0);
 	assert_true(drive(rl, epfd, is_ready, rl, 5000));
-	rloop_free(rl);
-	redis_stop(&s);
-	close(epfd);
 }
 
 /* A slow Redis (it answers, late): a command that misses its deadline
@@ -220,16 +240,12 @@ static void test_killed_and_restarted(void **state)
  * is dropped, and the next command uses the same connection. */
 static void test_slow_keeps_connection(void **state)
 {
-	struct redis_server s;
-	int epfd = epoll_create1(0);
-	struct rloop *rl;
+	struct ready *r = *state;
+	struct rloop *rl = r->rl;
+	int epfd = r->epfd;
 	struct answer quick, slow, after;
 	char name[64];
 
-	(void)state;
-	assert_int_equal(redis_start(&s, 0, NULL), 0);
-	rl = open_rl(epfd, s.port, NULL, 0);
-	assert_true(drive(rl, epfd, is_ready, rl, 5000));
 	/* The first answers after 150 ms, within its deadline; the second
 	 * (its reply behind it, 400 ms later) misses its 300 ms deadline. */
 	assert_int_equal(command(rl, &quick, 5000, 3, (const char *[]){"BLPOP", "nothing", "0.15"}), 0);
@@ -251,29 +267,19 @@ static void test_slow_keeps_connection(void **state)
 	assert_true(drive(rl, epfd, answered, &after, 5000));
 	snprintf(name, sizeof(name), "%s", after.text);
 	assert_string_equal(name, "x");
-	rloop_free(rl);
-	redis_stop(&s);
-	close(epfd);
 }
 
 /* Freed with a command pending: its callback runs, NULL. */
 static void test_free_ends_pending(void **state)
 {
-	struct redis_server s;
-	int epfd = epoll_create1(0);
-	struct rloop *rl;
+	struct ready *r = *state;
 	struct answer a;
 
-	(void)state;
-	assert_int_equal(redis_start(&s, 0, NULL), 0);
-	rl = open_rl(epfd, s.port, NULL, 0);
-	assert_true(drive(rl, epfd, is_ready, rl, 5000));
-	assert_int_equal(command(rl, &a, 5000, 1, (const char *[]){"PING"}), 0);
-	rloop_free(rl);
+	assert_int_equal(command(r->rl, &a, 5000, 1, (const char *[]){"PING"}), 0);
+	rloop_free(r->rl);
+	r->rl = NULL;
 	assert_int_equal(a.calls, 1);
 	assert_true(a.null_reply);
-	redis_stop(&s);
-	close(epfd);
 }
 
 /* rediss://: the handshake with the test CA, AUTH, a command and its
@@ -420,11 +426,16 @@ static void test_reply_over_cap_drops(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test(test_auth_select_and_command), cmocka_unit_test(test_wrong_password_never_ready),
-	    cmocka_unit_test(test_deadline_then_reconnect), cmocka_unit_test(test_killed_and_restarted),
-	    cmocka_unit_test(test_free_ends_pending),       cmocka_unit_test(test_slow_keeps_connection),
-	    cmocka_unit_test(test_tls_ready_and_command),   cmocka_unit_test(test_tls_refused),
-	    cmocka_unit_test(test_tls_stalled_handshake),   cmocka_unit_test(test_dripped_reply_drops),
+	    cmocka_unit_test(test_auth_select_and_command),
+	    cmocka_unit_test(test_wrong_password_never_ready),
+	    cmocka_unit_test_setup_teardown(test_deadline_then_reconnect, ready_setup, ready_teardown),
+	    cmocka_unit_test_setup_teardown(test_killed_and_restarted, ready_setup, ready_teardown),
+	    cmocka_unit_test_setup_teardown(test_free_ends_pending, ready_setup, ready_teardown),
+	    cmocka_unit_test_setup_teardown(test_slow_keeps_connection, ready_setup, ready_teardown),
+	    cmocka_unit_test(test_tls_ready_and_command),
+	    cmocka_unit_test(test_tls_refused),
+	    cmocka_unit_test(test_tls_stalled_handshake),
+	    cmocka_unit_test(test_dripped_reply_drops),
 	    cmocka_unit_test(test_reply_over_cap_drops),
 	};
 	signal(SIGPIPE, SIG_IGN);
