@@ -524,7 +524,9 @@ int cluster_start(const struct cluster_conf *c, char *err, size_t errlen)
 	conf.name = strdup(c->name);
 	memset(&conf.password, 0, sizeof(conf.password));
 	memset(&conf.cache_key, 0, sizeof(conf.cache_key));
-	conf.ca_file = NULL; /* read at load: its anchors are in tls_ctx */
+	memset(&conf.key, 0, sizeof(conf.key));
+	conf.ca_file = NULL;   /* read at load: its anchors are in tls_ctx, */
+	conf.cert_path = NULL; /* and the client certificate with its key */
 	conf.tls_ctx = redisio_tls_ref(c->tls_ctx);
 	if (!conf.host || !conf.name || (c->user && !conf.user) ||
 	    (c->password.data && secret_set(&conf.password, c->password.data, c->password.len) != 0)) {

@@ -95,6 +95,10 @@ struct cluster_conf {
 	bool tls;
 	char *ca_file;
 	struct ssl_ctx_st *tls_ctx;
+	/* cluster.redis.cert and .key: the client certificate tls_ctx presents
+	 * (absolute path, or NULL: none) and its key, loaded with the secrets */
+	char *cert_path;
+	struct secret key;
 	/* cluster.rate_lease_ms: how long leased tokens may be spent; 0: no leases */
 	unsigned rate_lease_ms;
 };

@@ -52,7 +52,7 @@ static struct {
 	char admin[300];                 /* admin_listen as host:port, "" when none */
 	unsigned values[N_RESTART_ONLY]; /* of restart_only */
 	bool tls;                        /* the listener speaks TLS */
-	char cluster[4800];              /* cluster_text: "" when none */
+	char cluster[9000];              /* cluster_text: "" when none */
 	bool set;
 } started;
 
@@ -114,10 +114,11 @@ static void cluster_text(const struct config *cfg, char *out, size_t len)
 	if (!c->enabled)
 		snprintf(out, len, "%s", "");
 	else
-		snprintf(out, len, "%s%s@%s:%u/%u %s %u %s %s %s",
+		snprintf(out, len, "%s%s@%s:%u/%u %s %u %s %s %s %s %s",
 		         c->tls ? "rediss:" : "redis:", c->user ? c->user : "", c->host, c->port, c->db,
 		         c->name, c->timeout_ms, c->password.data ? c->password.fingerprint : "-",
-		         c->cache_key.data ? c->cache_key.fingerprint : "-", c->ca_file ? c->ca_file : "-");
+		         c->cache_key.data ? c->cache_key.fingerprint : "-", c->ca_file ? c->ca_file : "-",
+		         c->cert_path ? c->cert_path : "-", c->key.data ? c->key.fingerprint : "-");
 }
 
 void reload_started_with(const struct config *cfg)

@@ -1,8 +1,10 @@
 /*
- * tls.c — the client listener's certificate and key.
+ * tls.c — certificate and key pairs: the client listener's, and the one the
+ * broker presents to Redis (cluster.redis.cert).
  *
  * Owns checking a configured pair (OpenSSL: every certificate parses, the
- * key is the leaf's, the leaf has not expired), turning it into GnuTLS
+ * key is the leaf's, the leaf has not expired), making it an OpenSSL client
+ * context's identity (tls_client_identity), turning it into GnuTLS
  * credentials for MHD, and the pair every new handshake presents: MHD calls
  * tls_cert_callback during each handshake, which hands out the pair
  * installed last, so a reload rotates the certificate on the running
@@ -22,6 +24,7 @@
 #include <openssl/bio.h>
 #include <openssl/err.h>
 #include <openssl/pem.h>
+#include <openssl/ssl.h>
 #include <openssl/x509.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -135,6 +138,43 @@ int tls_check_pair(const char *cert_pem, size_t cert_len, const struct secret *k
 out:
 	ERR_clear_error();
 	BIO_free(tb);
+	BIO_free(cb);
+	BIO_free(kb);
+	X509_free(leaf);
+	EVP_PKEY_free(pk);
+	return rc;
+}
+
+int tls_client_identity(struct ssl_ctx_st *ctx, const char *cert_pem, size_t cert_len,
+                        const struct secret *key, char *err, size_t errlen)
+{
+	BIO *cb = NULL, *kb = NULL;
+	X509 *leaf = NULL, *more;
+	EVP_PKEY *pk = NULL;
+	char desc[384];
+	int rc = -1;
+
+	if (tls_check_pair(cert_pem, cert_len, key, desc, sizeof(desc), err, errlen) != 0)
+		return -1;
+	/* The pair parsed above: what fails now is memory, or OpenSSL refusing
+	 * a key too weak for its security level. */
+	snprintf(err, errlen, "cert and key: OpenSSL cannot use them as a client's");
+	if (!(cb = BIO_new_mem_buf(cert_pem, (int)cert_len)) ||
+	    !(kb = BIO_new_mem_buf(key->data, (int)key->len)) ||
+	    !(leaf = PEM_read_bio_X509(cb, NULL, no_passphrase, NULL)) ||
+	    SSL_CTX_use_certificate(ctx, leaf) != 1 || SSL_CTX_clear_chain_certs(ctx) != 1)
+		goto out;
+	while ((more = PEM_read_bio_X509(cb, NULL, no_passphrase, NULL)))
+		if (SSL_CTX_add0_chain_cert(ctx, more) != 1) {
+			X509_free(more);
+			goto out;
+		}
+	if (!(pk = PEM_read_bio_PrivateKey(kb, NULL, no_passphrase, NULL)) ||
+	    SSL_CTX_use_PrivateKey(ctx, pk) != 1 || SSL_CTX_check_private_key(ctx) != 1)
+		goto out;
+	rc = 0;
+out:
+	ERR_clear_error();
 	BIO_free(cb);
 	BIO_free(kb);
 	X509_free(leaf);

@@ -1,5 +1,6 @@
 /*
- * tls.h — the client listener's certificate and key (tls.c).
+ * tls.h — certificate and key pairs (tls.c): the client listener's, and the
+ * one presented to Redis.
  *
  * The configuration's pair is checked at load (tls_check_pair: OpenSSL),
  * turned into GnuTLS credentials for MHD (tls_prepare), and installed
@@ -14,6 +15,7 @@
 
 struct secret;
 struct tls_creds;
+struct ssl_ctx_st; /* OpenSSL's SSL_CTX */
 
 /* The protocol versions and ciphers the listener accepts: TLS 1.2 and 1.3,
  * ECDHE key exchange, AEAD ciphers only (a GnuTLS priority string). */
@@ -29,6 +31,12 @@ struct tls_creds;
  * reason (never the key) in err otherwise. */
 int tls_check_pair(const char *cert_pem, size_t cert_len, const struct secret *key, char *desc,
                    size_t desclen, char *err, size_t errlen);
+
+/* Checks the pair as tls_check_pair does, then makes it what ctx (an
+ * OpenSSL client context: redisio.h) presents when a server asks for a
+ * client certificate. 0, or -1 and a reason (never the key) in err. */
+int tls_client_identity(struct ssl_ctx_st *ctx, const char *cert_pem, size_t cert_len,
+                        const struct secret *key, char *err, size_t errlen);
 
 /* A certificate (PEM, leaf then chain) and its key as credentials for the
  * listener, or NULL and err. */

@@ -2,8 +2,9 @@
  * config/cluster.c — the converters of the `cluster` block.
  *
  * Owns the checks and stores of cluster.redis.url, cluster.redis.ca_file,
- * cluster.redis.password, cluster.name and cluster.cache_key (struct
- * cluster_conf), and building rediss://'s TLS context at load. It must never
+ * cluster.redis.cert and .key, cluster.redis.password, cluster.name and
+ * cluster.cache_key (struct cluster_conf), and building rediss://'s TLS
+ * context at load (the client certificate joins it in resolve.c). It must never
  * echo a password (a URL holding an '@' is never quoted), never give a way
  * to turn TLS verification off, never accept a ca_file it cannot read (or
  * one beside a redis:// URL, which would travel in clear), and never touch
@@ -162,6 +163,39 @@ int config_conv_cluster_ca_file(struct loader *ld, const char *key, struct value
 	if (!c->tls_ctx)
 		return config_fail(ld, key, "%s", err);
 	return 0;
+}
+
+/* After ca_file's row (the context exists): the client certificate's path,
+ * read with the key once the secrets are loaded (resolve.c). */
+int config_conv_cluster_cert(struct loader *ld, const char *key, struct value *v, void *base)
+{
+	struct cluster_conf *c = &((struct config *)base)->cluster;
+
+	if (!v->present)
+		return 0;
+	if (!c->tls)
+		return config_fail(ld, key, "only with a rediss:// url (TLS)");
+	free(c->cert_path);
+	if (!(c->cert_path = fileio_join(ld->cfg->dir, v->str)))
+		return config_fail(ld, key, "out of memory");
+	return 0;
+}
+
+/* After the cert's row: one without the other is refused. */
+int config_conv_cluster_key(struct loader *ld, const char *key, struct value *v, void *base)
+{
+	struct cluster_conf *c = &((struct config *)base)->cluster;
+	char *path;
+
+	if (!v->present)
+		return c->cert_path ? config_fail(ld, key, "is required with cluster.redis.cert") : 0;
+	if (!c->cert_path)
+		return config_fail(ld, "cluster.redis.cert", "is required with cluster.redis.key");
+	if (config_defer_secret(ld, key, &v->ref, &c->key) != 0)
+		return -1;
+	if (!(path = strdup(c->cert_path)))
+		return config_fail(ld, key, "out of memory");
+	return config_defer_file(ld, PENDING_REDIS_TLS, "cluster.redis.cert", NULL, path);
 }
 
 /* After the URL's row: an ACL user without a password could not log in. */

@@ -520,6 +520,8 @@ void config_free(struct config *cfg)
 	free(cfg->cluster.user);
 	free(cfg->cluster.name);
 	free(cfg->cluster.ca_file);
+	free(cfg->cluster.cert_path);
+	secret_clear(&cfg->cluster.key);
 	redisio_tls_free(cfg->cluster.tls_ctx);
 	secret_clear(&cfg->cluster.password);
 	secret_clear(&cfg->cluster.cache_key);

@@ -158,6 +158,8 @@ int config_shadow_build(struct loader *ld);
 void config_shadow_free(struct config *shadow);
 int config_conv_cluster_url(struct loader *ld, const char *key, struct value *v, void *base);
 int config_conv_cluster_ca_file(struct loader *ld, const char *key, struct value *v, void *base);
+int config_conv_cluster_cert(struct loader *ld, const char *key, struct value *v, void *base);
+int config_conv_cluster_key(struct loader *ld, const char *key, struct value *v, void *base);
 int config_conv_cluster_password(struct loader *ld, const char *key, struct value *v, void *base);
 int config_conv_cluster_name(struct loader *ld, const char *key, struct value *v, void *base);
 int config_conv_cluster_cache_key(struct loader *ld, const char *key, struct value *v, void *base);
@@ -176,6 +178,7 @@ enum pending_kind {
 	PENDING_TLS,        /* path (tls.cert) -> cfg->tls, checked with the key */
 	PENDING_DENY,       /* path -> t's deny_users (denyset.h) */
 	PENDING_CACHE_KEY,  /* cfg->cluster.cache_key, loaded: 64 hex digits -> 32 bytes */
+	PENDING_REDIS_TLS,  /* path (cluster.redis.cert) -> cfg->cluster.tls_ctx's identity, with the key */
 };
 
 /* One thing the walk met that needs reading (pending.c writes the list,

@@ -276,6 +276,14 @@ const struct option config_options[] = {
      "With `rediss://`: PEM file of CAs trusted for Redis in addition to the system's bundle (a private "
      "CA); relative to the config file's folder, read at load (missing or without a certificate: a "
      "config error; refused with `redis://`)."},
+    {"cluster.redis.cert", OPT_STRING, NULL, 0, 0, NOWHERE, 0, config_conv_cluster_cert,
+     "With `rediss://`: PEM client certificate (then its intermediates) the broker presents when Redis "
+     "asks for one (`tls-auth-clients yes`, Redis's default with TLS); relative to the config file's "
+     "folder; not a secret. Requires `key`."},
+    {"cluster.redis.key", OPT_SECRET, NULL, 0, 0, NOWHERE, 0, config_conv_cluster_key,
+     "The client certificate's private key, unencrypted PEM: `{ file = \"PATH\" }` (owner-only mode) or "
+     "`{ env = \"NAME\" }`. Read and checked with `cert` at load (the key must be the certificate's, "
+     "the certificate unexpired)."},
     {"cluster.redis.password", OPT_SECRET, NULL, 0, 0, NOWHERE, 0, config_conv_cluster_password,
      "Redis password (`AUTH`; with the URL's user, `AUTH user password`); required when the URL names a "
      "user."},

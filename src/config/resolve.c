@@ -160,6 +160,25 @@ static int resolve_tls(struct loader *ld, struct pending *p)
 	return 0;
 }
 
+/* cluster.redis.cert with its key, loaded now: checked as tls.cert's pair
+ * is, then the identity the rediss:// context presents. */
+static int resolve_redis_tls(struct loader *ld, struct pending *p)
+{
+	struct cluster_conf *c = &ld->cfg->cluster;
+	char why[512], *pem = NULL;
+	size_t len = 0;
+	int rc = 0;
+
+	if (!c->tls_ctx)
+		return config_fail(ld, p->key, "only with a rediss:// url (TLS)");
+	if (fileio_read(p->path, TLS_CERT_FILE_MAX, 0, &pem, &len, why, sizeof(why)) != 0)
+		return config_fail(ld, p->key, "%s: %s", p->path, why);
+	if (tls_client_identity(c->tls_ctx, pem, len, &c->key, why, sizeof(why)) != 0)
+		rc = config_fail(ld, p->key, "%s", why);
+	free(pem);
+	return rc;
+}
+
 /* A deny file that cannot be read at load fails the load (fail closed). */
 static int resolve_deny(struct loader *ld, struct pending *p)
 {
@@ -209,9 +228,10 @@ static bool wanted(const struct loader *ld, const struct pending *p)
 		return true;
 	if (p->kind == PENDING_TLS || (p->kind == PENDING_SECRET && p->dst == &ld->cfg->tls.key))
 		return false;
-	if (p->kind == PENDING_CACHE_KEY ||
+	if (p->kind == PENDING_CACHE_KEY || p->kind == PENDING_REDIS_TLS ||
 	    (p->kind == PENDING_SECRET &&
-	     (p->dst == &ld->cfg->cluster.password || p->dst == &ld->cfg->cluster.cache_key)))
+	     (p->dst == &ld->cfg->cluster.password || p->dst == &ld->cfg->cluster.cache_key ||
+	      p->dst == &ld->cfg->cluster.key)))
 		return false;
 	for (size_t i = 0; p->kind == PENDING_SECRET && i < ld->cfg->n_tenants; i++)
 		if (p->dst == &ld->cfg->tenants[i].api_key)
@@ -231,6 +251,7 @@ int config_resolve(struct loader *ld)
 	    [PENDING_TLS] = resolve_tls,
 	    [PENDING_DENY] = resolve_deny,
 	    [PENDING_CACHE_KEY] = resolve_cache_key,
+	    [PENDING_REDIS_TLS] = resolve_redis_tls,
 	};
 
 	for (size_t i = 0; i < ld->n_pending; i++)

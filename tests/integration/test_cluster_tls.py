@@ -31,17 +31,20 @@ def openssl(cwd, *args):
 
 
 def make_ca(d):
-    """d/ca.pem (a test CA), d/other-ca.pem, and d/redis.pem/.key for
-    127.0.0.1 signed by ca.pem."""
+    """d/ca.pem (a test CA), d/other-ca.pem, d/redis.pem/.key for
+    127.0.0.1 and d/client.pem/.key (a broker's client certificate), both
+    signed by ca.pem."""
     d.mkdir(exist_ok=True)
     ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
     openssl(d, "req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=ci-redis-ca")
     openssl(d, "req", "-x509", *ec, "-keyout", "other-ca.key", "-out", "other-ca.pem", "-days", "2",
             "-subj", "/CN=another-ca")
-    openssl(d, "req", *ec, "-keyout", "redis.key", "-out", "redis.csr", "-subj", "/CN=redis")
-    (d / "redis.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    openssl(d, "x509", "-req", "-in", "redis.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-            "-out", "redis.pem", "-days", "2", "-extfile", "redis.ext")
+    for name, san in (("redis", "IP:127.0.0.1,DNS:localhost"), ("client", "DNS:broker")):
+        openssl(d, "req", *ec, "-keyout", name + ".key", "-out", name + ".csr", "-subj", "/CN=" + name)
+        (d / (name + ".ext")).write_text("subjectAltName=%s\n" % san)
+        openssl(d, "x509", "-req", "-in", name + ".csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+                "-out", name + ".pem", "-days", "2", "-extfile", name + ".ext")
+    (d / "client.key").chmod(0o600)
     return d
 
 
@@ -50,6 +53,7 @@ class TlsClient(Client):
 
     def __init__(self, port, ca, password=None, timeout=5.0):
         ctx = ssl.create_default_context(cafile=str(ca))
+        ctx.load_cert_chain(str(ca.parent / "client.pem"), str(ca.parent / "client.key"))
         raw = socket.create_connection(("127.0.0.1", port), timeout=timeout)
         self.sock = ctx.wrap_socket(raw, server_hostname="127.0.0.1")
         self.buf = b""
@@ -58,15 +62,17 @@ class TlsClient(Client):
 
 
 class TlsRedis:
-    """redis-server with TLS only, on a free port of 127.0.0.1."""
+    """redis-server with TLS only, on a free port of 127.0.0.1; with
+    client_certs, it asks every client for a certificate signed by the CA
+    (`tls-auth-clients yes`, Redis's default with TLS)."""
 
-    def __init__(self, d):
+    def __init__(self, d, client_certs=False):
         self.ca = d / "ca.pem"
         self.port = free_port()
         self.proc = subprocess.Popen(
             ["redis-server", "--port", "0", "--tls-port", str(self.port), "--bind", "127.0.0.1",
              "--tls-cert-file", str(d / "redis.pem"), "--tls-key-file", str(d / "redis.key"),
-             "--tls-ca-cert-file", str(self.ca), "--tls-auth-clients", "no",
+             "--tls-ca-cert-file", str(self.ca), "--tls-auth-clients", "yes" if client_certs else "no",
              "--requirepass", REDIS_PASSWORD, "--save", "", "--appendonly", "no", "--loglevel", "warning"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
@@ -104,13 +110,18 @@ def redis(tls):
     r.stop()
 
 
-def cluster_block(port, ca_file, name="tls"):
-    return ('cluster = { redis = { url = "rediss://127.0.0.1:%d/0", ca_file = %s, '
-            'password = { env = "REDIS_PASSWORD" } }, name = "%s" }' % (port, json.dumps(str(ca_file)), name))
+def cluster_block(port, ca_file, name="tls", identity=None):
+    """identity: (cert, key) paths the broker presents as its client certificate."""
+    pair = ""
+    if identity:
+        pair = "cert = %s, key = { file = %s }, " % (json.dumps(str(identity[0])), json.dumps(str(identity[1])))
+    return ('cluster = { redis = { url = "rediss://127.0.0.1:%d/0", ca_file = %s, %s'
+            'password = { env = "REDIS_PASSWORD" } }, name = "%s" }' % (port, json.dumps(str(ca_file)), pair, name))
 
 
-def start_brokers(broker_factory, redis, ca_file, n=2, **kw):
-    return [broker_factory(extra=cluster_block(redis.port, ca_file), env={"REDIS_PASSWORD": REDIS_PASSWORD}, **kw)
+def start_brokers(broker_factory, redis, ca_file, n=2, identity=None, **kw):
+    return [broker_factory(extra=cluster_block(redis.port, ca_file, identity=identity),
+                           env={"REDIS_PASSWORD": REDIS_PASSWORD}, **kw)
             for _ in range(n)]
 
 
@@ -183,3 +194,42 @@ def test_a_reload_that_changes_tls_keeps_the_cluster_it_started_with(broker_fact
     reload_ok(b)
     b.p.wait_for(r"reload: cluster changed; the broker keeps the cluster it started with until a restart")
     assert metrics(b).get("broker_cluster_redis_connections") == 2
+
+
+def test_client_certificate_when_redis_asks_for_one(broker_factory, double, tls):
+    """A Redis that asks every client for a certificate (tls-auth-clients
+    yes): a broker without one never gets in (down, serving on its own
+    state); brokers presenting cluster.redis.cert share the limit, and
+    `deny` (which presents it too) reaches them."""
+    r = TlsRedis(tls, client_certs=True)
+    try:
+        bare = start_brokers(broker_factory, r, tls / "ca.pem", n=1)[0]
+        bs = start_brokers(broker_factory, r, tls / "ca.pem", identity=(tls / "client.pem", tls / "client.key"),
+                           tenants={"default": {"extra": PER_REQUESTER_5}})
+        for b in bs:
+            connected(b)
+            assert b.get("/readyz").json().get("cluster") == "up"
+        assert metrics(bare).get("broker_cluster_redis_connections") == 0
+        assert bare.get("/readyz").json().get("cluster") == "down"
+        assert cli(bare, "deny", "--tenant", "default", "alice").returncode == 1
+        codes = [bs[i % 2].post(body={"user_id": "alice"}, token=mint("mallory")).status for i in range(10)]
+        assert codes == [200] * 5 + [429] * 5, (codes, bs[0].p.text()[-3000:])
+        res = cli(bs[0], "deny", "--tenant", "default", "eve")
+        assert res.returncode == 0, res.stderr
+        wait_status(bs, "eve", 403, PROPAGATION)
+        assert r.client().call("SMEMBERS", "courier-broker:tls:deny:default") == [b"eve"]
+        for b in bs + [bare]:
+            log = b.p.text()
+            assert "BEGIN" not in log and REDIS_PASSWORD not in log
+        # Another pair (here the same one, elsewhere) is a change of cluster:
+        # warned about, and the connections made at start stay.
+        b = bs[0]
+        for ext in ("pem", "key"):
+            (tls / ("client2." + ext)).write_bytes((tls / ("client." + ext)).read_bytes())
+        (tls / "client2.key").chmod(0o600)
+        b.config.write_text(b.config_text.replace(str(tls / "client."), str(tls / "client2.")))
+        reload_ok(b)
+        b.p.wait_for(r"reload: cluster changed; the broker keeps the cluster it started with until a restart")
+        assert metrics(b).get("broker_cluster_redis_connections") == 2
+    finally:
+        r.stop()

@@ -68,10 +68,11 @@ static inline bool fixture_port_open(int port)
 
 /* Starts redis-server on port (a free one when 0), with requirepass when
  * password is given; with tls_dir, TLS only on that port, with the
- * certificate tls_dir/<cert>.pem and its key (tls_make_files); waits (up to
- * 5 s) until it accepts connections. */
+ * certificate tls_dir/<cert>.pem and its key (tls_make_files), asking
+ * clients for a certificate signed by tls_dir/ca.pem when client_certs;
+ * waits (up to 5 s) until it accepts connections. */
 static inline int redis_start_tls(struct redis_server *s, int port, const char *password, const char *tls_dir,
-                                  const char *cert)
+                                  const char *cert, bool client_certs)
 {
 	char p[16];
 
@@ -92,9 +93,18 @@ static inline int redis_start_tls(struct redis_server *s, int port, const char *
 			snprintf(crt, sizeof(crt), "%s/%s.pem", tls_dir, cert);
 			snprintf(key, sizeof(key), "%s/%s.key", tls_dir, cert);
 			snprintf(ca, sizeof(ca), "%s/ca.pem", tls_dir);
-			const char *more[] = {
-			    "--port",         "0", "--tls-port",         p,  "--tls-cert-file",    crt,
-			    "--tls-key-file", key, "--tls-ca-cert-file", ca, "--tls-auth-clients", "no"};
+			const char *more[] = {"--port",
+			                      "0",
+			                      "--tls-port",
+			                      p,
+			                      "--tls-cert-file",
+			                      crt,
+			                      "--tls-key-file",
+			                      key,
+			                      "--tls-ca-cert-file",
+			                      ca,
+			                      "--tls-auth-clients",
+			                      client_certs ? "yes" : "no"};
 			for (size_t i = 0; i < sizeof(more) / sizeof(more[0]); i++)
 				argv[n++] = more[i];
 		} else {
@@ -118,12 +128,12 @@ static inline int redis_start_tls(struct redis_server *s, int port, const char *
 
 static inline int redis_start(struct redis_server *s, int port, const char *password)
 {
-	return redis_start_tls(s, port, password, NULL, NULL);
+	return redis_start_tls(s, port, password, NULL, NULL, false);
 }
 
 /* In dir: ca.pem (a test CA) and other-ca.pem (another); server.pem/.key
- * for IP 127.0.0.1 and localhost, and wronghost.pem/.key for another name,
- * both signed by ca.pem. 0, or -1. */
+ * for IP 127.0.0.1 and localhost, wronghost.pem/.key for another name, and
+ * client.pem/.key (a client's, "broker"), all signed by ca.pem. 0, or -1. */
 static inline int tls_make_files(const char *dir)
 {
 	char cmd[4096];
@@ -134,7 +144,8 @@ static inline int tls_make_files(const char *dir)
 	         "-out ca.pem -days 2 -subj /CN=test-redis-ca && "
 	         "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout other-ca.key "
 	         "-out other-ca.pem -days 2 -subj /CN=other-ca && "
-	         "for n in server:IP:127.0.0.1,DNS:localhost wronghost:DNS:redis.elsewhere.test; do "
+	         "for n in server:IP:127.0.0.1,DNS:localhost wronghost:DNS:redis.elsewhere.test "
+	         "client:DNS:broker; do "
 	         "f=${n%%%%:*}; printf 'subjectAltName=%%s\n' \"${n#*:}\" > $f.ext && "
 	         "openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout $f.key -out $f.csr "
 	         "-subj /CN=$f && "

@@ -16,6 +16,7 @@
 #include <fcntl.h>
 #include <ftw.h>
 #include <openssl/evp.h>
+#include <openssl/ssl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,6 +26,7 @@
 
 #include "cidr.h"
 #include "config.h"
+#include "fileio.h"
 #include "ident.h"
 #include "jwt.h"
 #include "policy.h"
@@ -1014,6 +1016,70 @@ static void test_cluster_ca_file(void **state)
 	             "cluster.redis.ca_file", "only with a rediss://", NULL);
 }
 
+/* cluster.redis.cert and .key: the pair checked at load and made the TLS
+ * context's client identity; one without the other, a pair that is not
+ * one, or either beside redis:// refuse the config, and no message quotes
+ * the key. */
+static void test_cluster_client_certificate(void **state)
+{
+	struct fixture *f = *state;
+	struct config *cfg;
+	char cmd[1024], *key, why[128];
+	size_t key_len;
+
+	snprintf(cmd, sizeof(cmd),
+	         "cd '%s' && for n in client other; do openssl req -x509 -newkey ec -pkeyopt "
+	         "ec_paramgen_curve:P-256 -nodes -keyout $n.key -out $n.pem -days 2 -subj /CN=$n || exit 1; "
+	         "done >/dev/null 2>&1 && chmod 600 client.key other.key",
+	         f->dir);
+	assert_int_equal(system(cmd), 0);
+	cfg = load(f, CLUSTER("redis = { url = 'rediss://10.0.0.5', cert = 'client.pem', "
+	                      "key = { file = 'client.key' } }, name = 'p'"));
+	if (!cfg)
+		fail_msg("refused: %s", f->err);
+	assert_true(cfg->cluster.cert_path[0] == '/');
+	assert_non_null(strstr(cfg->cluster.cert_path, "/client.pem"));
+	assert_non_null(cfg->cluster.key.data);
+	assert_non_null(SSL_CTX_get0_certificate(cfg->cluster.tls_ctx));
+	assert_non_null(SSL_CTX_get0_privatekey(cfg->cluster.tls_ctx));
+	config_free(cfg);
+	/* Without them the context presents nothing. */
+	cfg = load(f, CLUSTER("redis = { url = 'rediss://10.0.0.5' }, name = 'p'"));
+	assert_non_null(cfg);
+	assert_null(SSL_CTX_get0_certificate(cfg->cluster.tls_ctx));
+	config_free(cfg);
+
+	expect_error(f, CLUSTER("redis = { url = 'rediss://10.0.0.5', cert = 'client.pem' }, name = 'p'"),
+	             "cluster.redis.key", "is required with cluster.redis.cert", NULL);
+	expect_error(
+	    f, CLUSTER("redis = { url = 'rediss://10.0.0.5', key = { file = 'client.key' } }, name = 'p'"),
+	    "cluster.redis.cert", "is required with cluster.redis.key", NULL);
+	expect_error(f,
+	             CLUSTER("redis = { url = 'redis://10.0.0.5', cert = 'client.pem', "
+	                     "key = { file = 'client.key' } }, name = 'p'"),
+	             "cluster.redis.cert", "only with a rediss://", NULL);
+	expect_error(f,
+	             CLUSTER("redis = { url = 'rediss://10.0.0.5', cert = 'client.pem', "
+	                     "key = { file = 'other.key' } }, name = 'p'"),
+	             "cluster.redis.cert", "does not match the certificate", NULL);
+	expect_error(f,
+	             CLUSTER("redis = { url = 'rediss://10.0.0.5', cert = 'missing.pem', "
+	                     "key = { file = 'client.key' } }, name = 'p'"),
+	             "cluster.redis.cert", "missing.pem: No such file", NULL);
+	/* A key given as the certificate: refused, and not quoted. */
+	expect_error(f,
+	             CLUSTER("redis = { url = 'rediss://10.0.0.5', cert = 'other.key', "
+	                     "key = { file = 'client.key' } }, name = 'p'"),
+	             "cluster.redis.cert", "not a PEM certificate", NULL);
+	snprintf(cmd, sizeof(cmd), "%s/other.key", f->dir);
+	assert_int_equal(fileio_read(cmd, 1 << 16, 0, &key, &key_len, why, sizeof(why)), 0);
+	assert_null(strstr(f->err, "BEGIN PRIVATE KEY"));
+	assert_true(key_len > 80);
+	key[key_len - 1] = '\0';
+	assert_null(strstr(f->err, key + 40));
+	free(key);
+}
+
 static void test_cluster_url_refused(void **state)
 {
 	struct fixture *f = *state;
@@ -1467,6 +1533,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_cluster_absent_touches_nothing, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_cluster_url_forms, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_cluster_ca_file, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_cluster_client_certificate, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_cluster_url_refused, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_cluster_other_options, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_load_for_tools, setup, teardown),

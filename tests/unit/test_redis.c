@@ -205,7 +205,7 @@ static void test_tls(void **state)
 	(void)state;
 	assert_non_null(mkdtemp(dir));
 	assert_int_equal(tls_make_files(dir), 0);
-	assert_int_equal(redis_start_tls(&s, 0, "tls-pass", dir, "server"), 0);
+	assert_int_equal(redis_start_tls(&s, 0, "tls-pass", dir, "server", false), 0);
 
 	tls_conf(&c, dir, "ca.pem", s.port, 3000);
 	assert_int_equal(secret_set(&c.password, "tls-pass", 8), 0);
@@ -234,7 +234,7 @@ static void test_tls(void **state)
 	redis_stop(&s);
 
 	/* The right CA, a certificate for redis.elsewhere.test. */
-	assert_int_equal(redis_start_tls(&s, 0, NULL, dir, "wronghost"), 0);
+	assert_int_equal(redis_start_tls(&s, 0, NULL, dir, "wronghost", false), 0);
 	tls_conf(&c, dir, "ca.pem", s.port, 3000);
 	assert_null(redis_connect(&c, REDIS_REPLY_MAX_SMALL, err, sizeof(err)));
 	assert_non_null(strstr(err, "IP address mismatch"));

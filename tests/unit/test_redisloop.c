@@ -7,7 +7,8 @@
  * Redis); a lost Redis is reconnected by itself when it returns; a wrong
  * password never makes it ready. Over TLS (rediss://, a test CA made at
  * test time): ready with the right CA and host, never with another CA or
- * another host name; a server that stalls mid-handshake is dropped at the
+ * another host name; with a client certificate when Redis asks for one,
+ * never without; a server that stalls mid-handshake is dropped at the
  * connect timeout. A reply dripped a byte at a time, or growing past the
  * cap, costs the connection (a fake Redis: redis_fixture.h).
  */
@@ -19,9 +20,12 @@
 #include <cmocka.h>
 #include <hiredis/hiredis.h>
 
+#include "fileio.h"
 #include "redis.h"
 #include "redis_fixture.h"
 #include "redisio.h"
+#include "secret.h"
+#include "tls.h"
 #include "tmpdir_fixture.h"
 #include "trust.h"
 
@@ -295,7 +299,7 @@ static void test_tls_ready_and_command(void **state)
 
 	(void)state;
 	tls_dir(dir);
-	assert_int_equal(redis_start_tls(&s, 0, "tls pass", dir, "server"), 0);
+	assert_int_equal(redis_start_tls(&s, 0, "tls pass", dir, "server", false), 0);
 	ctx = tls_ctx(dir, "ca.pem");
 	rl = open_rl_tls(epfd, s.port, "tls pass", 2, ctx);
 	redisio_tls_free(ctx); /* the connection holds its own reference */
@@ -323,7 +327,7 @@ static void test_tls_refused(void **state)
 
 	(void)state;
 	tls_dir(dir);
-	assert_int_equal(redis_start_tls(&s, 0, NULL, dir, "server"), 0);
+	assert_int_equal(redis_start_tls(&s, 0, NULL, dir, "server", false), 0);
 	ctx = tls_ctx(dir, "other-ca.pem");
 	rl = open_rl_tls(epfd, s.port, NULL, 0, ctx);
 	assert_false(drive(rl, epfd, is_ready, rl, 1500));
@@ -332,12 +336,73 @@ static void test_tls_refused(void **state)
 	redis_stop(&s);
 
 	/* The right CA, but the certificate names redis.elsewhere.test. */
-	assert_int_equal(redis_start_tls(&s, 0, NULL, dir, "wronghost"), 0);
+	assert_int_equal(redis_start_tls(&s, 0, NULL, dir, "wronghost", false), 0);
 	ctx = tls_ctx(dir, "ca.pem");
 	rl = open_rl_tls(epfd, s.port, NULL, 0, ctx);
 	assert_false(drive(rl, epfd, is_ready, rl, 1500));
 	rloop_free(rl);
 	redisio_tls_free(ctx);
+	redis_stop(&s);
+	close(epfd);
+	tmpdir_remove(dir);
+}
+
+/* Makes dir/<name>.pem and .key the identity ctx presents (tls.h). */
+static void use_identity(struct ssl_ctx_st *ctx, const char *dir, const char *name)
+{
+	char path[512], why[256], *cert, *key;
+	size_t cert_len, key_len;
+	struct secret k = {0};
+
+	snprintf(path, sizeof(path), "%s/%s.pem", dir, name);
+	assert_int_equal(fileio_read(path, 1 << 20, 0, &cert, &cert_len, why, sizeof(why)), 0);
+	snprintf(path, sizeof(path), "%s/%s.key", dir, name);
+	assert_int_equal(fileio_read(path, 1 << 20, 0, &key, &key_len, why, sizeof(why)), 0);
+	assert_int_equal(secret_set(&k, key, key_len), 0);
+	assert_int_equal(tls_client_identity(ctx, cert, cert_len, &k, why, sizeof(why)), 0);
+	secret_clear(&k);
+	free(cert);
+	free(key);
+}
+
+/* A Redis that asks for a client certificate (tls-auth-clients yes):
+ * never ready without one, nor with one its CA did not sign (the server's
+ * own CA's other-ca pair is not one: a self-signed CA certificate); ready
+ * with the client pair, and a command answered. */
+static void test_tls_client_certificate(void **state)
+{
+	struct redis_server s;
+	int epfd = epoll_create1(0);
+	struct ssl_ctx_st *ctx;
+	struct rloop *rl;
+	struct answer a;
+	char dir[64];
+
+	(void)state;
+	tls_dir(dir);
+	assert_int_equal(redis_start_tls(&s, 0, NULL, dir, "server", true), 0);
+	ctx = tls_ctx(dir, "ca.pem");
+	rl = open_rl_tls(epfd, s.port, NULL, 0, ctx);
+	assert_false(drive(rl, epfd, is_ready, rl, 1500));
+	rloop_free(rl);
+	redisio_tls_free(ctx);
+
+	ctx = tls_ctx(dir, "ca.pem");
+	use_identity(ctx, dir, "other-ca");
+	rl = open_rl_tls(epfd, s.port, NULL, 0, ctx);
+	assert_false(drive(rl, epfd, is_ready, rl, 1500));
+	rloop_free(rl);
+	redisio_tls_free(ctx);
+
+	ctx = tls_ctx(dir, "ca.pem");
+	use_identity(ctx, dir, "client");
+	rl = open_rl_tls(epfd, s.port, NULL, 0, ctx);
+	redisio_tls_free(ctx);
+	assert_true(drive(rl, epfd, is_ready, rl, 5000));
+	assert_int_equal(command(rl, &a, 2000, 1, (const char *[]){"PING"}), 0);
+	assert_true(drive(rl, epfd, answered, &a, 5000));
+	assert_string_equal(a.text, "PONG");
+	rloop_free(rl);
 	redis_stop(&s);
 	close(epfd);
 	tmpdir_remove(dir);
@@ -434,6 +499,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_slow_keeps_connection, ready_setup, ready_teardown),
 	    cmocka_unit_test(test_tls_ready_and_command),
 	    cmocka_unit_test(test_tls_refused),
+	    cmocka_unit_test(test_tls_client_certificate),
 	    cmocka_unit_test(test_tls_stalled_handshake),
 	    cmocka_unit_test(test_dripped_reply_drops),
 	    cmocka_unit_test(test_reply_over_cap_drops),
