@@ -4,8 +4,11 @@
 # tenant and per requester, set high enough never to refuse), one on its own
 # buckets, one on the cluster's (an EVALSHA to a local redis-server per
 # request, or a token of a lease: cluster.rate_lease_ms, default 10 ms).
-# Rounds alternate the two; the cost is the median of the rounds'
-# ratios. Goal: under 10% of throughput.
+# A third broker does the same over TLS (rediss:// to a second
+# redis-server, TLS only, asking for a client certificate: the test CA and
+# pairs are made here with openssl). Rounds alternate the three; each cost is
+# the median of the rounds' ratios to the local buckets. Goal: under 10% of
+# throughput.
 # Usage: cluster.sh BROKER DOUBLE SECONDS ROUNDS
 set -euo pipefail
 broker=$1 double=$2 secs=${3:-10} rounds=${4:-3}
@@ -21,6 +24,23 @@ redis-server --port "$rport" --bind 127.0.0.1 --save '' --appendonly no --loglev
 rpid=$!
 pids+=($rpid)
 for _ in $(seq 100); do redis-cli -p "$rport" PING >/dev/null 2>&1 && break; sleep 0.1; done
+
+# The TLS Redis: a CA, its certificate for 127.0.0.1, a broker's client pair.
+ec=(-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes)
+(cd "$work" && openssl req -x509 "${ec[@]}" -keyout ca.key -out ca.pem -days 2 -subj /CN=bench-ca &&
+  for n in redis:IP:127.0.0.1 client:DNS:broker; do
+    f=${n%%:*}
+    printf 'subjectAltName=%s\n' "${n#*:}" >"$f.ext"
+    openssl req "${ec[@]}" -keyout "$f.key" -out "$f.csr" -subj "/CN=$f" &&
+      openssl x509 -req -in "$f.csr" -CA ca.pem -CAkey ca.key -CAcreateserial -out "$f.pem" -days 2 \
+        -extfile "$f.ext" || exit 1
+  done && chmod 600 client.key) >/dev/null 2>&1
+tport=$(/usr/bin/python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+redis-server --port 0 --tls-port "$tport" --bind 127.0.0.1 --tls-cert-file "$work/redis.pem" \
+  --tls-key-file "$work/redis.key" --tls-ca-cert-file "$work/ca.pem" --save '' --appendonly no \
+  --loglevel warning >"$work/redis-tls.log" 2>&1 &
+tpid=$!
+pids+=($tpid)
 
 COURIER_DOUBLE_KEYS=bench-courier-key "$double" --port 0 >"$work/double.out" 2>"$work/double.err" &
 pids+=($!)
@@ -48,6 +68,8 @@ CONF
 }
 conf local ""
 conf shared "cluster = { redis = { url = \"redis://127.0.0.1:$rport/0\" }, name = \"bench\" }"
+conf tls "cluster = { redis = { url = \"rediss://127.0.0.1:$tport/0\", ca_file = \"$work/ca.pem\",
+  cert = \"$work/client.pem\", key = { file = \"$work/client.key\" } }, name = \"bench\" }"
 "$broker" serve -c "$work/local.conf.lua" 2>"$work/local.log" &
 lpid=$!
 pids+=($lpid)
@@ -57,6 +79,11 @@ spid=$!
 pids+=($spid)
 sport=$(wait_for "$work/shared.log" 'listening on 127\.0\.0\.1:[0-9]+' bench)
 wait_for "$work/shared.log" 'connected to Redis at [0-9.]+:[0-9]+' bench >/dev/null
+"$broker" serve -c "$work/tls.conf.lua" 2>"$work/tls.log" &
+tbpid=$!
+pids+=($tbpid)
+tbport=$(wait_for "$work/tls.log" 'listening on 127\.0\.0\.1:[0-9]+' bench)
+wait_for "$work/tls.log" 'connected to Redis at [0-9.]+:[0-9]+' bench >/dev/null
 
 session=$(/usr/bin/python3 -c 'import jwt, time, sys
 print(jwt.encode({"sub": "alice", "iat": int(time.time()), "exp": int(time.time()) + 3600}, sys.argv[1], algorithm="HS256"))' "$APP_JWT_SECRET")
@@ -90,24 +117,30 @@ pairs=()
 for r in $(seq "$rounds"); do
   l=$(rps "$lport" "local$r" "$lpid")
   s=$(rps "$sport" "shared$r" "$spid" "$rpid")
+  t=$(rps "$tbport" "tls$r" "$tbpid" "$tpid")
   read -r lc <"$work/local$r.cpu"
   read -r sc rc <"$work/shared$r.cpu"
-  printf '  round %d: local buckets %9s rps (broker CPU %s us/req)   cluster %9s rps (broker CPU %s us/req, Redis CPU %s us/req)\n' \
-    "$r" "${l:-?}" "$lc" "${s:-?}" "$sc" "$rc"
-  pairs+=("${l:-0}:${s:-0}")
+  read -r tc trc <"$work/tls$r.cpu"
+  printf '  round %d: local buckets %9s rps (broker CPU %s us/req)   cluster %9s rps (broker CPU %s us/req, Redis CPU %s us/req)   over TLS %9s rps (broker CPU %s us/req, Redis CPU %s us/req)\n' \
+    "$r" "${l:-?}" "$lc" "${s:-?}" "$sc" "$rc" "${t:-?}" "$tc" "$trc"
+  pairs+=("${l:-0}:${s:-0}:${t:-0}")
 done
 shared=$(curl -s "http://127.0.0.1:$sport/metrics" | awk '/^broker_cluster_rate_checks_total\{by="shared"\}/ {print $2}')
 lease=$(curl -s "http://127.0.0.1:$sport/metrics" | awk '/^broker_cluster_rate_checks_total\{by="lease"\}/ {print $2}')
 local_=$(curl -s "http://127.0.0.1:$sport/metrics" | awk '/^broker_cluster_rate_checks_total\{by="local"\}/ {print $2}')
+tls_shared=$(curl -s "http://127.0.0.1:$tbport/metrics" | awk '/^broker_cluster_rate_checks_total\{by="shared"\}/ {print $2}')
+tls_lease=$(curl -s "http://127.0.0.1:$tbport/metrics" | awk '/^broker_cluster_rate_checks_total\{by="lease"\}/ {print $2}')
 non2xx=$(cat "$work"/*.txt | awk '/Non-2xx/ {s += $NF} END {print s + 0}')
-/usr/bin/python3 - "$shared" "${lease:-0}" "$local_" "$non2xx" "${pairs[@]}" <<'PY'
+/usr/bin/python3 - "$shared" "${lease:-0}" "$local_" "$non2xx" "${tls_shared:-0}" "${tls_lease:-0}" "${pairs[@]}" <<'PY'
 import statistics, sys
-shared, lease, local, non2xx = sys.argv[1:5]
-pairs = [tuple(float(x) for x in a.split(":")) for a in sys.argv[5:]]
-ratios = [s / l if l else 0 for l, s in pairs]
-med = statistics.median(ratios)
-print("cluster/local throughput:                %.1f%% median of %d rounds (%s)" %
-      (100 * med, len(ratios), ", ".join("%.1f%%" % (100 * r) for r in ratios)))
-print("cost of the shared rate limits:          %.1f%% (goal < 10%%); checks by Redis %s, by leases %s, "
-      "by local buckets %s; non-2xx %s" % (100 * (1 - med), shared, lease, local, non2xx))
+shared, lease, local, non2xx, tls_shared, tls_lease = sys.argv[1:7]
+rounds = [tuple(float(x) for x in a.split(":")) for a in sys.argv[7:]]
+for name, i in (("cluster", 1), ("cluster over TLS", 2)):
+    ratios = [r[i] / r[0] if r[0] else 0 for r in rounds]
+    med = statistics.median(ratios)
+    print("%-40s %.1f%% median of %d rounds (%s); cost %.1f%% (goal < 10%%)" %
+          (name + "/local throughput:", 100 * med, len(ratios), ", ".join("%.1f%%" % (100 * r) for r in ratios),
+           100 * (1 - med)))
+print("plain cluster broker: checks by Redis %s, by leases %s, by local buckets %s; over TLS: by Redis %s, "
+      "by leases %s; non-2xx (all) %s" % (shared, lease, local, tls_shared, tls_lease, non2xx))
 PY
