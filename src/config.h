@@ -99,6 +99,7 @@ struct cluster_conf {
 	 * (absolute path, or NULL: none) and its key, loaded with the secrets */
 	char *cert_path;
 	struct secret key;
+	char cert_digest[65]; /* SHA-256 of the certificate's file, hex; "" without */
 	/* cluster.rate_lease_ms: how long leased tokens may be spent; 0: no leases */
 	unsigned rate_lease_ms;
 };

@@ -26,6 +26,7 @@
 #include <openssl/pem.h>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
+#include <openssl/x509v3.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -86,6 +87,13 @@ int tls_check_pair(const char *cert_pem, size_t cert_len, const struct secret *k
 	ERR_clear_error();
 	if (!key->data || cert_len > (size_t)INT32_MAX || key->len > (size_t)INT32_MAX) {
 		snprintf(err, errlen, "no certificate or key");
+		goto out;
+	}
+	/* A key kept in the certificate's file (read whatever its mode, since a
+	 * certificate is no secret) would sidestep the key's owner-only rule. */
+	if (cert_pem && memmem(cert_pem, cert_len, "PRIVATE KEY", 11)) {
+		snprintf(err, errlen,
+		         "cert: the file holds a private key: keep the key in its own owner-only file");
 		goto out;
 	}
 	cb = BIO_new_mem_buf(cert_pem, (int)cert_len);
@@ -156,22 +164,41 @@ int tls_client_identity(struct ssl_ctx_st *ctx, const char *cert_pem, size_t cer
 
 	if (tls_check_pair(cert_pem, cert_len, key, desc, sizeof(desc), err, errlen) != 0)
 		return -1;
-	/* The pair parsed above: what fails now is memory, or OpenSSL refusing
-	 * a key too weak for its security level. */
-	snprintf(err, errlen, "cert and key: OpenSSL cannot use them as a client's");
 	if (!(cb = BIO_new_mem_buf(cert_pem, (int)cert_len)) ||
 	    !(kb = BIO_new_mem_buf(key->data, (int)key->len)) ||
-	    !(leaf = PEM_read_bio_X509(cb, NULL, no_passphrase, NULL)) ||
-	    SSL_CTX_use_certificate(ctx, leaf) != 1 || SSL_CTX_clear_chain_certs(ctx) != 1)
+	    !(leaf = PEM_read_bio_X509(cb, NULL, no_passphrase, NULL))) {
+		snprintf(err, errlen, "out of memory");
 		goto out;
+	}
+	/* A server's certificate (extended key usage without clientAuth) would
+	 * pass every check here and fail every handshake. */
+	if (X509_check_purpose(leaf, X509_PURPOSE_SSL_CLIENT, 0) != 1) {
+		snprintf(err, errlen,
+		         "cert: not for a client (its extended key usage leaves out clientAuth)");
+		goto out;
+	}
+	/* The pair parsed above: what fails now is memory, or OpenSSL refusing
+	 * a key or signature too weak for its security level (its reason says
+	 * which; a certificate's reason never holds key material). */
+	if (SSL_CTX_use_certificate(ctx, leaf) != 1 || SSL_CTX_clear_chain_certs(ctx) != 1) {
+		ossl_reason(err, errlen, "cert: OpenSSL cannot present it");
+		goto out;
+	}
 	while ((more = PEM_read_bio_X509(cb, NULL, no_passphrase, NULL)))
 		if (SSL_CTX_add0_chain_cert(ctx, more) != 1) {
 			X509_free(more);
+			ossl_reason(err, errlen, "cert: OpenSSL cannot present its chain");
 			goto out;
 		}
+	ERR_clear_error(); /* the chain's end */
 	if (!(pk = PEM_read_bio_PrivateKey(kb, NULL, no_passphrase, NULL)) ||
-	    SSL_CTX_use_PrivateKey(ctx, pk) != 1 || SSL_CTX_check_private_key(ctx) != 1)
+	    SSL_CTX_use_PrivateKey(ctx, pk) != 1 || SSL_CTX_check_private_key(ctx) != 1) {
+		ERR_clear_error(); /* say only what failed */
+		snprintf(
+		    err, errlen,
+		    "key: OpenSSL cannot use it with the certificate (too weak for its security level?)");
 		goto out;
+	}
 	rc = 0;
 out:
 	ERR_clear_error();

@@ -189,13 +189,15 @@ int config_conv_cluster_key(struct loader *ld, const char *key, struct value *v,
 
 	if (!v->present)
 		return c->cert_path ? config_fail(ld, key, "is required with cluster.redis.cert") : 0;
+	if (!c->tls)
+		return config_fail(ld, key, "only with a rediss:// url (TLS)");
 	if (!c->cert_path)
 		return config_fail(ld, "cluster.redis.cert", "is required with cluster.redis.key");
 	if (config_defer_secret(ld, key, &v->ref, &c->key) != 0)
 		return -1;
 	if (!(path = strdup(c->cert_path)))
 		return config_fail(ld, key, "out of memory");
-	return config_defer_file(ld, PENDING_REDIS_TLS, "cluster.redis.cert", NULL, path);
+	return config_defer_file(ld, PENDING_REDIS_TLS, "cluster.redis", NULL, path);
 }
 
 /* After the URL's row: an ACL user without a password could not log in. */

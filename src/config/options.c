@@ -52,7 +52,8 @@ const struct option config_options[] = {
      "certificate's, the certificate unexpired) at every load; a reload with a new pair serves it to new "
      "connections, a bad pair refuses the reload. Absent: plain HTTP. `admin_listen` stays plain HTTP."},
     {"tls.cert", OPT_STRING, NULL, 0, 0, NOWHERE, OPT_REQUIRED, config_conv_tls_cert,
-     "PEM certificate, then its intermediates, relative to the config file's folder; not a secret."},
+     "PEM certificate, then its intermediates, relative to the config file's folder; not a secret (a file "
+     "that also holds the private key is refused: the key goes in `key`)."},
     {"tls.key", OPT_SECRET, NULL, 0, 0, NOWHERE, OPT_REQUIRED, config_conv_tls_key,
      "The certificate's private key, unencrypted PEM: `{ file = \"PATH\" }` (owner-only mode) or "
      "`{ env = \"NAME\" }`."},
@@ -279,7 +280,8 @@ const struct option config_options[] = {
     {"cluster.redis.cert", OPT_STRING, NULL, 0, 0, NOWHERE, 0, config_conv_cluster_cert,
      "With `rediss://`: PEM client certificate (then its intermediates) the broker presents when Redis "
      "asks for one (`tls-auth-clients yes`, Redis's default with TLS); relative to the config file's "
-     "folder; not a secret. Requires `key`."},
+     "folder; not a secret (a file that also holds the key is refused); its extended key usage, if any, "
+     "must allow clientAuth. Requires `key`."},
     {"cluster.redis.key", OPT_SECRET, NULL, 0, 0, NOWHERE, 0, config_conv_cluster_key,
      "The client certificate's private key, unencrypted PEM: `{ file = \"PATH\" }` (owner-only mode) or "
      "`{ env = \"NAME\" }`. Read and checked with `cert` at load (the key must be the certificate's, "

@@ -165,6 +165,7 @@ static int resolve_tls(struct loader *ld, struct pending *p)
 static int resolve_redis_tls(struct loader *ld, struct pending *p)
 {
 	struct cluster_conf *c = &ld->cfg->cluster;
+	unsigned char md[SECRET_DIGEST_LEN];
 	char why[512], *pem = NULL;
 	size_t len = 0;
 	int rc = 0;
@@ -175,6 +176,11 @@ static int resolve_redis_tls(struct loader *ld, struct pending *p)
 		return config_fail(ld, p->key, "%s: %s", p->path, why);
 	if (tls_client_identity(c->tls_ctx, pem, len, &c->key, why, sizeof(why)) != 0)
 		rc = config_fail(ld, p->key, "%s", why);
+	else if (secret_sha256(pem, len, md))
+		secret_hex(md, sizeof(md), c->cert_digest); /* a renewal in place is a change (reload.c) */
+	else
+		rc = config_fail(ld, p->key, "cannot hash the certificate");
+	OPENSSL_cleanse(pem, len); /* a refused file may have held a key */
 	free(pem);
 	return rc;
 }

@@ -1,4 +1,5 @@
-/* test_tls.c — the listener's certificate and key checked at load, and their credentials (src/tls.c). */
+/* test_tls.c — certificate and key pairs checked at load, the listener's
+ * credentials, and a client context's identity (src/tls.c). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -10,7 +11,9 @@
 #include <cmocka.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
+#include <openssl/ssl.h>
 #include <openssl/x509.h>
+#include <openssl/x509v3.h>
 
 #include "config.h"
 #include "secret.h"
@@ -169,6 +172,106 @@ static void t_garbage(void **state)
 	X509_free(c);
 }
 
+/* A private key in the certificate's file is refused (that file is read
+ * whatever its mode), before anything is parsed. */
+static void t_key_in_cert_file(void **state)
+{
+	EVP_PKEY *k = new_key();
+	X509 *c = new_cert("x", k, NULL, -60, 3600);
+	struct secret s = {0};
+	char desc[384], err[512], *pem, *both;
+	size_t len;
+
+	(void)state;
+	key_secret(k, NULL, &s);
+	pem = pem_certs(c, NULL, &len);
+	both = malloc(len + s.len + 1);
+	memcpy(both, pem, len);
+	memcpy(both + len, s.data, s.len);
+	assert_int_equal(tls_check_pair(both, len + s.len, &s, desc, sizeof(desc), err, sizeof(err)), -1);
+	assert_non_null(strstr(err, "holds a private key"));
+	assert_null(strstr(err, "BEGIN"));
+	assert_int_equal(tls_check_pair(pem, len, &s, desc, sizeof(desc), err, sizeof(err)), 0);
+	secret_clear(&s);
+	free(pem);
+	free(both);
+	EVP_PKEY_free(k);
+	X509_free(c);
+}
+
+/* cert, re-signed by signer with an extended key usage (such as "serverAuth"). */
+static void with_eku(X509 *cert, EVP_PKEY *signer, const char *eku)
+{
+	X509_EXTENSION *e = X509V3_EXT_conf_nid(NULL, NULL, NID_ext_key_usage, eku);
+
+	assert_non_null(e);
+	assert_int_equal(X509_add_ext(cert, e, -1), 1);
+	X509_EXTENSION_free(e);
+	assert_true(X509_sign(cert, signer, EVP_sha256()) > 0);
+}
+
+/* The pair an OpenSSL client context presents (cluster.redis.cert): the
+ * leaf, its chain and its key; checked as the listener's pair is, and a
+ * certificate only for servers is refused. */
+static void t_client_identity(void **state)
+{
+	EVP_PKEY *ca = new_key(), *mid = new_key(), *k = new_key(), *other = new_key();
+	X509 *root = new_cert("test ca", ca, NULL, -3600, 86400);
+	X509 *inter = new_cert("intermediate", mid, ca, -3600, 86400);
+	X509 *leaf = new_cert("broker", k, mid, -3600, 86400);
+	X509 *server = new_cert("server only", k, mid, -3600, 86400);
+	X509 *client = new_cert("client", k, mid, -3600, 86400);
+	STACK_OF(X509) *chain = NULL;
+	struct secret s = {0};
+	char err[512], *pem;
+	size_t len;
+	SSL_CTX *ctx;
+
+	(void)state;
+	(void)root;
+	with_eku(server, mid, "serverAuth");
+	with_eku(client, mid, "clientAuth,serverAuth");
+	key_secret(k, NULL, &s);
+
+	ctx = SSL_CTX_new(TLS_client_method());
+	pem = pem_certs(leaf, inter, &len);
+	assert_int_equal(tls_client_identity(ctx, pem, len, &s, err, sizeof(err)), 0);
+	assert_int_equal(X509_cmp(SSL_CTX_get0_certificate(ctx), leaf), 0);
+	assert_non_null(SSL_CTX_get0_privatekey(ctx));
+	assert_int_equal(SSL_CTX_get0_chain_certs(ctx, &chain), 1);
+	assert_int_equal(sk_X509_num(chain), 1);
+	assert_int_equal(X509_cmp(sk_X509_value(chain, 0), inter), 0);
+	free(pem);
+	SSL_CTX_free(ctx);
+
+	ctx = SSL_CTX_new(TLS_client_method());
+	pem = pem_certs(client, NULL, &len);
+	assert_int_equal(tls_client_identity(ctx, pem, len, &s, err, sizeof(err)), 0);
+	free(pem);
+	pem = pem_certs(server, inter, &len);
+	assert_int_equal(tls_client_identity(ctx, pem, len, &s, err, sizeof(err)), -1);
+	assert_non_null(strstr(err, "not for a client"));
+	free(pem);
+	secret_clear(&s);
+	key_secret(other, NULL, &s);
+	pem = pem_certs(leaf, NULL, &len);
+	assert_int_equal(tls_client_identity(ctx, pem, len, &s, err, sizeof(err)), -1);
+	assert_non_null(strstr(err, "does not match the certificate"));
+	free(pem);
+	SSL_CTX_free(ctx);
+
+	secret_clear(&s);
+	EVP_PKEY_free(ca);
+	EVP_PKEY_free(mid);
+	EVP_PKEY_free(k);
+	EVP_PKEY_free(other);
+	X509_free(root);
+	X509_free(inter);
+	X509_free(leaf);
+	X509_free(server);
+	X509_free(client);
+}
+
 /* The credentials GnuTLS gets, and which pair counts as the one installed. */
 static void t_install(void **state)
 {
@@ -220,6 +323,8 @@ int main(void)
 	    cmocka_unit_test(t_pair),
 	    cmocka_unit_test(t_validity),
 	    cmocka_unit_test(t_garbage),
+	    cmocka_unit_test(t_key_in_cert_file),
+	    cmocka_unit_test(t_client_identity),
 	    cmocka_unit_test(t_install),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
