@@ -94,6 +94,7 @@ struct cluster_conf {
 	 * is built at load (redisio.h). */
 	bool tls;
 	char *ca_file;
+	char ca_digest[65]; /* SHA-256 of ca_file's content, hex; "" without */
 	struct ssl_ctx_st *tls_ctx;
 	/* cluster.redis.cert and .key: the client certificate tls_ctx presents
 	 * (absolute path, or NULL: none) and its key, loaded with the secrets */

@@ -106,9 +106,9 @@ static void admin_text(const struct config *cfg, char *out, size_t len)
 }
 
 /* The cluster block as comparable text: secrets by fingerprint only (and
- * the text is never logged), the client certificate by its digest (renewed
- * in place, it is a change too); fixed-length parts first, so that no cut
- * of a long text hides a change of key. */
+ * the text is never logged), ca_file and the client certificate by their
+ * content's digest too (renewed in place, they are a change); fixed-length
+ * parts first, so that no cut of a long text hides a change of key. */
 static void cluster_text(const struct config *cfg, char *out, size_t len)
 {
 	const struct cluster_conf *c = &cfg->cluster;
@@ -116,13 +116,13 @@ static void cluster_text(const struct config *cfg, char *out, size_t len)
 	if (!c->enabled)
 		snprintf(out, len, "%s", "");
 	else
-		snprintf(out, len, "%s %s %s %s %u %s%s@%s:%u/%u %s %s %s",
+		snprintf(out, len, "%s %s %s %s %s %u %s%s@%s:%u/%u %s %s %s",
 		         c->password.data ? c->password.fingerprint : "-",
 		         c->cache_key.data ? c->cache_key.fingerprint : "-",
 		         c->key.data ? c->key.fingerprint : "-", c->cert_digest[0] ? c->cert_digest : "-",
-		         c->timeout_ms, c->tls ? "rediss:" : "redis:", c->user ? c->user : "", c->host,
-		         c->port, c->db, c->name, c->ca_file ? c->ca_file : "-",
-		         c->cert_path ? c->cert_path : "-");
+		         c->ca_digest[0] ? c->ca_digest : "-", c->timeout_ms,
+		         c->tls ? "rediss:" : "redis:", c->user ? c->user : "", c->host, c->port, c->db,
+		         c->name, c->ca_file ? c->ca_file : "-", c->cert_path ? c->cert_path : "-");
 }
 
 void reload_started_with(const struct config *cfg)

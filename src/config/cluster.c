@@ -138,6 +138,32 @@ bad:
 	    shown);
 }
 
+/* The largest ca_file whose content is compared across reloads. */
+#define CA_FILE_MAX (64 * 1024 * 1024)
+
+/* The SHA-256 of path's content as hex into out (65 bytes): a file changed
+ * in place is a change of cluster (reload.c). 0, or -1 and err. */
+static int file_digest(const char *path, char *out, char *err, size_t errlen)
+{
+	unsigned char md[SECRET_DIGEST_LEN];
+	char why[256], *text = NULL;
+	size_t len = 0;
+	bool ok;
+
+	if (fileio_read(path, CA_FILE_MAX, 0, &text, &len, why, sizeof(why)) != 0) {
+		snprintf(err, errlen, "%s: %s", path, why);
+		return -1;
+	}
+	ok = secret_sha256(text, len, md);
+	free(text);
+	if (!ok) {
+		snprintf(err, errlen, "cannot hash %s", path);
+		return -1;
+	}
+	secret_hex(md, sizeof(md), out);
+	return 0;
+}
+
 /* After the URL's row: with rediss://, the trust anchors (the system's,
  * and ca_file's added to them, read now: a bad file fails the load, not
  * the first connection) and the TLS context every connection uses. */
@@ -157,6 +183,10 @@ int config_conv_cluster_ca_file(struct loader *ld, const char *key, struct value
 		return config_fail(ld, key, "out of memory");
 	if (!(store = trust_load(c->ca_file, err, sizeof(err))))
 		return config_fail(ld, v->present ? key : "cluster.redis.url", "%s", err);
+	if (c->ca_file && file_digest(c->ca_file, c->ca_digest, err, sizeof(err)) != 0) {
+		trust_free(store);
+		return config_fail(ld, key, "%s", err);
+	}
 	redisio_tls_free(c->tls_ctx);
 	c->tls_ctx = redisio_tls_new(store, err, sizeof(err));
 	trust_free(store);

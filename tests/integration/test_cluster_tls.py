@@ -196,6 +196,22 @@ def test_a_reload_that_changes_tls_keeps_the_cluster_it_started_with(broker_fact
     assert metrics(b).get("broker_cluster_redis_connections") == 2
 
 
+def test_a_ca_file_changed_in_place_is_a_change_of_cluster(broker_factory, double, redis, tls):
+    """The same ca_file path with other content (a CA added, say) is a
+    change too: warned about at the reload; a reload with nothing changed
+    warns nothing."""
+    ca = tls / "copy-ca.pem"
+    ca.write_bytes((tls / "ca.pem").read_bytes())
+    b = start_brokers(broker_factory, redis, ca, n=1)[0]
+    connected(b)
+    reload_ok(b)
+    assert "cluster changed" not in b.p.text()
+    ca.write_bytes((tls / "ca.pem").read_bytes() + (tls / "other-ca.pem").read_bytes())
+    reload_ok(b)
+    b.p.wait_for(r"reload: cluster changed; the broker keeps the cluster it started with until a restart")
+    assert metrics(b).get("broker_cluster_redis_connections") == 2
+
+
 def test_client_certificate_when_redis_asks_for_one(broker_factory, double, tls):
     """A Redis that asks every client for a certificate (tls-auth-clients
     yes): a broker without one never gets in (down, serving on its own
