@@ -4,8 +4,9 @@
  *
  * The first input makes a scratch folder (/dev/shm/fuzz_config.PID)
  * holding what a configuration may name: policies and a module, a data file,
- * secret files (one readable by others, to be refused), PEM public keys and
- * a JWKS file; and sets the environment variables a secret may name. Each
+ * secret files (one readable by others, to be refused), PEM public keys, a
+ * JWKS file, and a client certificate with its key (cluster.redis.cert; and
+ * both in one file, to be refused); and sets the environment variables a secret may name. Each
  * input is written there as broker.conf.lua and loaded, as `check` does; a
  * configuration that loads is freed, after its policies were compiled into
  * an engine (with the policy budgets made small, whatever the file asked).
@@ -32,6 +33,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -75,6 +77,26 @@ static const char P256_PEM[] = "-----BEGIN PUBLIC KEY-----\n"
                                "MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEjE4xoI5HA6w1+xcIFniqZ9iwu68F\n"
                                "7LvZa0kXgPmxTW8JR9KhEC6jONHmY+QNtIplRS2zO4MxpIVrqhzKX20b6w==\n"
                                "-----END PUBLIC KEY-----\n";
+/* A client certificate (self-signed, for a century) and its key, for
+ * cluster.redis.cert/.key and ca_file; the key is a secret like the others. */
+#define CLIENT_CERT                                                                                          \
+	"-----BEGIN CERTIFICATE-----\n"                                                                      \
+	"MIIBlTCCATygAwIBAgIUIVU1pS2IKJ3qWQlVEAWb7p0CUnAwCgYIKoZIzj0EAwIw\n"                                 \
+	"FjEUMBIGA1UEAwwLZnV6ei1jbGllbnQwIBcNMjYxMjA2MDQxNjIyWhgPMjEyNjEx\n"                                 \
+	"MTIwNDE2MjJaMBYxFDASBgNVBAMMC2Z1enotY2xpZW50MFkwEwYHKoZIzj0CAQYI\n"                                 \
+	"KoZIzj0DAQcDQgAEQ1GZ04L5dgLIhioXah+3tw1Y0Z6tHyXuIvLp3CPgaiSkjxdt\n"                                 \
+	"D6I8BA2/y1jG6Xmoj2x2eErEiOU4mizbaKPJRaNmMGQwHQYDVR0OBBYEFPOPtU9h\n"                                 \
+	"q94qtP/4Qu21xlYwsZSPMB8GA1UdIwQYMBaAFPOPtU9hq94qtP/4Qu21xlYwsZSP\n"                                 \
+	"MA8GA1UdEwEB/wQFMAMBAf8wEQYDVR0RBAowCIIGYnJva2VyMAoGCCqGSM49BAMC\n"                                 \
+	"A0cAMEQCIBDjPIacArAlWFcgIVM/IToe96z0iK1ltPQsq+HIxFMDAiAB6dwrtH8u\n"                                 \
+	"BcYI5Zue5UDarpr4lqCShXreUPIwsbPnlA==\n"                                                             \
+	"-----END CERTIFICATE-----\n"
+#define CLIENT_KEY_PEM                                                                                       \
+	"-----BEGIN PRIVATE KEY-----\n"                                                                      \
+	"MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgAcTrEgpKMNy9oFdn\n"                                 \
+	"dd5RzDNXN/rpP82ULMEtnz6gN0WhRANCAARDUZnTgvl2AsiGKhdqH7e3DVjRnq0f\n"                                 \
+	"Je4i8uncI+BqJKSPF20PojwEDb/LWMbpeaiPbHZ4SsSI5TiaLNtoo8lF\n"                                         \
+	"-----END PRIVATE KEY-----\n"
 static const char JWKS[] = "{\"keys\":[{\"kid\":\"e1\",\"kty\":\"EC\",\"crv\":\"P-256\","
                            "\"x\":\"rXGfHg96XWONQ7rTP9sdHySSRb8h8DjHFQsg-vD0P_w\","
                            "\"y\":\"l-Xup74xVVGWQBVdLpbdOh5OWAedVncMxSUFO8MgNJQ\"},"
@@ -104,6 +126,9 @@ static const struct {
     {"p256.pem", P256_PEM, 0644},
     {"jwks.json", JWKS, 0644},
     {"bad.json", "{\"keys\":", 0644},
+    {"client.pem", CLIENT_CERT, 0644},
+    {"client.key", CLIENT_KEY_PEM, 0600},
+    {"both.pem", CLIENT_CERT CLIENT_KEY_PEM, 0644},
 };
 
 /* The folders of FILES: each policy folder's other *.lua are its modules. */
@@ -232,21 +257,31 @@ static void check_time(const struct fuzz_clock *c, double limit_ms, const char *
 	fuzz_check_time(c, limit_ms, "fuzz_config", what);
 }
 
+/* Whether err holds any 12 bytes of v[0..n) (at a 4-byte step) that the
+ * input itself does not (anywhere: Lua reads past a NUL, so the whole input
+ * counts). */
+static bool gives_away(const char *err, const char *v, size_t n, const uint8_t *data, size_t size)
+{
+	for (size_t k = 0; k + 12 <= n; k += 4)
+		if (memmem(err, strlen(err), v + k, 12) && !memmem(data, size, v + k, 12))
+			return true;
+	return false;
+}
+
 /* An error message must hold no secret's value, unless the input itself
- * did (anywhere: Lua reads past a NUL, so the whole input counts). */
+ * did: the environment's and the file's, and the client key's text. */
 static void check_secrets(const char *err, const uint8_t *data, size_t size)
 {
-	for (size_t i = 0; i < sizeof(SECRETS) / sizeof(SECRETS[0]) + 1; i++) {
-		const char *v = i < sizeof(SECRETS) / sizeof(SECRETS[0]) ? SECRETS[i][1] : FILE_SECRET;
-		/* Any 12 bytes of the value give it away. */
-		for (size_t k = 0; k + 12 <= strlen(v); k += 4) {
-			char part[13];
-			memcpy(part, v + k, 12);
-			part[12] = '\0';
-			if (strstr(err, part) && !memmem(data, size, part, 12))
-				fail("an error message holds a secret", err);
-		}
-	}
+	for (size_t i = 0; i < sizeof(SECRETS) / sizeof(SECRETS[0]); i++)
+		if (gives_away(err, SECRETS[i][1], strlen(SECRETS[i][1]), data, size))
+			fail("an error message holds a secret", err);
+	if (gives_away(err, FILE_SECRET, strlen(FILE_SECRET), data, size))
+		fail("an error message holds a secret", err);
+	/* The key's base64, a line at a time (its PEM lines are no secret). */
+	for (const char *l = strchr(CLIENT_KEY_PEM, '\n') + 1, *e; (e = strchr(l, '\n')) && *l != '-';
+	     l = e + 1)
+		if (gives_away(err, l, (size_t)(e - l), data, size))
+			fail("an error message holds the client key", err);
 }
 
 static void run_input(const uint8_t *data, size_t size)
