@@ -25,6 +25,7 @@
 #include <lauxlib.h>
 #include <limits.h>
 #include <lua.h>
+#include <openssl/crypto.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -510,6 +511,8 @@ void config_free(struct config *cfg)
 	free(cfg->listen_host);
 	free(cfg->admin_host);
 	free(cfg->tls.cert_path);
+	if (cfg->tls.cert_pem) /* a refused file may have held a key */
+		OPENSSL_cleanse(cfg->tls.cert_pem, cfg->tls.cert_len);
 	free(cfg->tls.cert_pem);
 	secret_clear(&cfg->tls.key);
 	free(cfg->audit_file);

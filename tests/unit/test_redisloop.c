@@ -316,37 +316,6 @@ static void test_tls_ready_and_command(void **state)
 	tmpdir_remove(dir);
 }
 
-/* Another CA, or a certificate for another host name: never ready. */
-static void test_tls_refused(void **state)
-{
-	struct redis_server s;
-	int epfd = epoll_create1(0);
-	struct ssl_ctx_st *ctx;
-	struct rloop *rl;
-	char dir[64];
-
-	(void)state;
-	tls_dir(dir);
-	assert_int_equal(redis_start_tls(&s, 0, NULL, dir, "server", false), 0);
-	ctx = tls_ctx(dir, "other-ca.pem");
-	rl = open_rl_tls(epfd, s.port, NULL, 0, ctx);
-	assert_false(drive(rl, epfd, is_ready, rl, 1500));
-	rloop_free(rl);
-	redisio_tls_free(ctx);
-	redis_stop(&s);
-
-	/* The right CA, but the certificate names redis.elsewhere.test. */
-	assert_int_equal(redis_start_tls(&s, 0, NULL, dir, "wronghost", false), 0);
-	ctx = tls_ctx(dir, "ca.pem");
-	rl = open_rl_tls(epfd, s.port, NULL, 0, ctx);
-	assert_false(drive(rl, epfd, is_ready, rl, 1500));
-	rloop_free(rl);
-	redisio_tls_free(ctx);
-	redis_stop(&s);
-	close(epfd);
-	tmpdir_remove(dir);
-}
-
 /* Makes dir/<name>.pem and .key the identity ctx presents (tls.h). */
 static void use_identity(struct ssl_ctx_st *ctx, const char *dir, const char *name)
 {
@@ -365,6 +334,42 @@ static void use_identity(struct ssl_ctx_st *ctx, const char *dir, const char *na
 	free(key);
 }
 
+/* A connection to port trusting dir/ca, presenting dir/<identity>.pem
+ * (or nothing when NULL): never ready within 1.5 s. */
+static void never_ready(int epfd, int port, const char *dir, const char *ca, const char *identity)
+{
+	struct ssl_ctx_st *ctx = tls_ctx(dir, ca);
+	struct rloop *rl;
+
+	if (identity)
+		use_identity(ctx, dir, identity);
+	rl = open_rl_tls(epfd, port, NULL, 0, ctx);
+	assert_false(drive(rl, epfd, is_ready, rl, 1500));
+	rloop_free(rl);
+	redisio_tls_free(ctx);
+}
+
+/* Another CA, or a certificate for another host name: never ready. */
+static void test_tls_refused(void **state)
+{
+	struct redis_server s;
+	int epfd = epoll_create1(0);
+	char dir[64];
+
+	(void)state;
+	tls_dir(dir);
+	assert_int_equal(redis_start_tls(&s, 0, NULL, dir, "server", false), 0);
+	never_ready(epfd, s.port, dir, "other-ca.pem", NULL);
+	redis_stop(&s);
+
+	/* The right CA, but the certificate names redis.elsewhere.test. */
+	assert_int_equal(redis_start_tls(&s, 0, NULL, dir, "wronghost", false), 0);
+	never_ready(epfd, s.port, dir, "ca.pem", NULL);
+	redis_stop(&s);
+	close(epfd);
+	tmpdir_remove(dir);
+}
+
 /* A Redis that asks for a client certificate (tls-auth-clients yes):
  * never ready without one, nor with one its CA did not sign (the server's
  * own CA's other-ca pair is not one: a self-signed CA certificate); ready
@@ -381,18 +386,8 @@ static void test_tls_client_certificate(void **state)
 	(void)state;
 	tls_dir(dir);
 	assert_int_equal(redis_start_tls(&s, 0, NULL, dir, "server", true), 0);
-	ctx = tls_ctx(dir, "ca.pem");
-	rl = open_rl_tls(epfd, s.port, NULL, 0, ctx);
-	assert_false(drive(rl, epfd, is_ready, rl, 1500));
-	rloop_free(rl);
-	redisio_tls_free(ctx);
-
-	ctx = tls_ctx(dir, "ca.pem");
-	use_identity(ctx, dir, "other-ca");
-	rl = open_rl_tls(epfd, s.port, NULL, 0, ctx);
-	assert_false(drive(rl, epfd, is_ready, rl, 1500));
-	rloop_free(rl);
-	redisio_tls_free(ctx);
+	never_ready(epfd, s.port, dir, "ca.pem", NULL);
+	never_ready(epfd, s.port, dir, "ca.pem", "other-ca");
 
 	ctx = tls_ctx(dir, "ca.pem");
 	use_identity(ctx, dir, "client");
